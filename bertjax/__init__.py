@@ -1,0 +1,8 @@
+"""bertjax: BERT pretraining and GLUE fine-tuning in JAX/Equinox.
+
+The package is split by concern: config, model (layers, model, precision), data (tokenizer,
+prepare, data, masking), training (loss, optim, sharding, checkpoint, train) and tasks (glue,
+predict, hf). Import submodules directly; this file stays light so `import bertjax` is cheap.
+"""
+
+__version__ = "0.1.0"

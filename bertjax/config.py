@@ -1,0 +1,338 @@
+"""Typed configuration: frozen dataclasses, loaded from defaults <- YAML files <- key=value overrides.
+
+`load(files, overrides)` merges through OmegaConf structured configs (so types are checked) and
+returns plain frozen dataclasses. Every mistake becomes a `UserError` naming the key, where it came
+from and the fix. `to_yaml(cfg)` writes the resolved config that every run directory keeps.
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from bertjax.errors import UserError
+
+
+def opt(default: Any, doc: str) -> Any:
+    """A config field with a default and a one-line doc (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+# Turc et al. 2019 ("Well-Read Students Learn Better") shapes; base/large are BERT's own.
+# name: (num_layers, hidden_size, num_heads); the feed-forward size is 4 * hidden.
+MODEL_SIZES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: str = opt("tiny", "named shape: tiny | mini | small | medium | base | large")
+    num_layers: int | None = opt(None, "encoder blocks; null = from size")
+    hidden_size: int | None = opt(None, "model width; null = from size")
+    num_heads: int | None = opt(None, "attention heads; null = from size")
+    intermediate_size: int | None = opt(None, "feed-forward width; null = 4 * hidden_size")
+    vocab_size: int | None = opt(None, "vocabulary rows; null = the tokenizer's size")
+    max_position_embeddings: int = opt(512, "learned positions")
+    type_vocab_size: int = opt(2, "token type (segment) embeddings")
+    norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)")
+    dropout: float = opt(0.1, "hidden dropout")
+    attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit path)")
+    layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
+    scan_layers: bool = opt(True, "run blocks with lax.scan so compile time does not grow with depth")
+    remat: bool = opt(False, "rematerialise each block in the backward pass (saves memory)")
+
+    def __post_init__(self):
+        if self.size not in MODEL_SIZES:
+            raise UserError(f"model.size={self.size!r} is unknown; use one of {list(MODEL_SIZES)}")
+        layers, hidden, heads = MODEL_SIZES[self.size]
+        set_default = lambda name, value: (  # noqa: E731
+            object.__setattr__(self, name, value) if getattr(self, name) is None else None
+        )
+        set_default("num_layers", layers)
+        set_default("hidden_size", hidden)
+        set_default("num_heads", heads)
+        set_default("intermediate_size", 4 * self.hidden_size)
+        if self.hidden_size % self.num_heads:
+            raise UserError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_heads={self.num_heads}; pick sizes whose ratio is an integer"
+            )
+        if self.norm not in ("pre", "post"):
+            raise UserError(f"model.norm={self.norm!r} must be 'pre' or 'post'")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus")
+    vocab_size: int = opt(8192, "WordPiece vocabulary size when training")
+    lowercase: bool = opt(True, "BERT normalizer lowercases and strips accents")
+    min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)")
+    sources: list[str] = opt([], "local text/jsonl/parquet files or globs")
+    hf_dataset: str | None = opt(None, "Hugging Face hub dataset name (streamed)")
+    hf_config: str | None = opt(None, "hub dataset config, e.g. 20231101.en")
+    hf_split: str = opt("train", "hub dataset split")
+    text_column: str = opt("text", "column holding the text (hub, jsonl, parquet)")
+    builtin: str | None = opt(None, "embedded corpus: 'stdlib' (Python's own docs, offline)")
+    validation_fraction: float = opt(0.01, "fraction of documents held out for validation")
+    max_documents: int | None = opt(None, "stop after this many documents (null = all)")
+    seq_len: int = opt(128, "tokens per training sequence, [CLS] and [SEP] included")
+    objective: str = opt("mlm", "mlm | mlm+nsp | mlm+sop")
+    mask_rate: float = opt(0.15, "fraction of tokens to predict (BERT: 0.15)")
+    max_predictions: int | None = opt(None, "predicted positions per sequence; null = ceil(rate*len)")
+    prefetch: int = opt(2, "batches prepared ahead by the loader thread")
+
+    def __post_init__(self):
+        if self.objective not in ("mlm", "mlm+nsp", "mlm+sop"):
+            raise UserError(f"data.objective={self.objective!r}: use mlm, mlm+nsp or mlm+sop")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise UserError(f"data.mask_rate={self.mask_rate} must be in (0, 1)")
+        if self.seq_len < 8:
+            raise UserError(f"data.seq_len={self.seq_len} is too short; use at least 8")
+
+    @property
+    def predictions(self) -> int:
+        """Fixed number of predicted positions per sequence (a static shape for XLA)."""
+        if self.max_predictions is not None:
+            return self.max_predictions
+        return -(-int(self.mask_rate * self.seq_len * 1000) // 1000)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = opt(1e-3, "peak learning rate")
+    schedule: str = opt("one_cycle", "one_cycle | linear (warmup + linear decay) | constant")
+    warmup: float = opt(0.1, "warm-up length as a fraction of training steps")
+    final_lr_fraction: float = opt(0.01, "one_cycle/linear: final lr as a fraction of peak")
+    weight_decay: float = opt(0.01, "AdamW decoupled weight decay (matrices and embeddings only)")
+    b1: float = opt(0.9, "Adam beta1")
+    b2: float = opt(0.98, "Adam beta2")
+    eps: float = opt(1e-6, "Adam epsilon")
+    clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
+
+    def __post_init__(self):
+        if self.schedule not in ("one_cycle", "linear", "constant"):
+            raise UserError(f"optim.schedule={self.schedule!r}: use one_cycle, linear or constant")
+        if not 0.0 <= self.warmup < 1.0:
+            raise UserError(f"optim.warmup={self.warmup} is a fraction of training in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    param: str = opt("float32", "parameter and optimizer-state dtype")
+    compute: str = opt("float32", "activation dtype: float32 | bfloat16 | float16")
+    loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale")
+    loss_scale_period: int = opt(2000, "fp16 only: finite steps before the scale doubles")
+
+    def __post_init__(self):
+        for name in ("param", "compute"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise UserError(f"precision.{name}={getattr(self, name)!r}: use float32, "
+                                "bfloat16 or float16")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    strategy: str = opt("dp", "dp (replicated params) | fsdp (params sharded on the data axis)")
+    fsdp_min_size: int = opt(2**14, "fsdp: arrays smaller than this stay replicated")
+    coordinator_address: str | None = opt(None, "multi-host: host:port of process 0 (null = auto)")
+    num_processes: int | None = opt(None, "multi-host: process count (null = auto)")
+    process_id: int | None = opt(None, "multi-host: this process's index (null = auto)")
+
+    def __post_init__(self):
+        if self.strategy not in ("dp", "fsdp"):
+            raise UserError(f"mesh.strategy={self.strategy!r}: use dp or fsdp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = opt("pretrain", "pretrain | glue")
+    run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go")
+    steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)")
+    tokens: int | None = opt(None, "token budget; when set, overrides steps")
+    micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)")
+    batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)")
+    batch_end: int | None = opt(None, "global batch after the ramp (null = micro_batch)")
+    batch_ramp: float = opt(0.0, "fraction of training over which the batch grows linearly")
+    seed: int = opt(0, "root seed: data order, masks, dropout, init")
+    resume: str = opt("auto", "auto (newest complete checkpoint) | never")
+    log_every: int = opt(10, "steps between log lines / metrics.jsonl rows")
+    eval_every: int = opt(200, "steps between validation passes (0 = only at the end)")
+    eval_batches: int = opt(8, "validation batches per pass")
+    checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = opt(2, "newest checkpoints kept")
+    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
+    fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training")
+
+    def __post_init__(self):
+        if self.task not in ("pretrain", "glue"):
+            raise UserError(f"train.task={self.task!r}: use pretrain or glue")
+        if self.resume not in ("auto", "never"):
+            raise UserError(f"train.resume={self.resume!r}: use auto or never")
+        if self.steps is None and self.tokens is None:
+            raise UserError("set train.steps or train.tokens")
+        end = self.batch_end or self.micro_batch
+        for name, value in (("batch_start", self.batch_start or end), ("batch_end", end)):
+            if value % self.micro_batch:
+                raise UserError(f"train.{name}={value} must be a multiple of "
+                                f"train.micro_batch={self.micro_batch}")
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = opt("disabled", "disabled | offline | online (online needs a valid API key)")
+    project: str = opt("bertjax", "wandb project")
+    name: str | None = opt(None, "run name (null = the run directory's name)")
+    entity: str | None = opt(None, "wandb entity (team or user)")
+
+    def __post_init__(self):
+        if self.mode not in ("disabled", "offline", "online"):
+            raise UserError(f"wandb.mode={self.mode!r}: use disabled, offline or online")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir")
+
+
+@dataclass(frozen=True)
+class GlueConfig:
+    task: str = opt("mnli", "cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli")
+    data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)")
+    seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread")
+    epochs: float = opt(3.0, "passes over the training set")
+    batch_size: int = opt(32, "sequences per step")
+    buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length")
+    classifier_dropout: float = opt(0.1, "dropout before the classifier")
+    max_train_examples: int | None = opt(None, "use only the first N training rows")
+    train_file: str | None = opt(None, "override the training TSV name inside data_dir")
+    dev_files: list[str] = opt([], "override the dev TSV names inside data_dir")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    glue: GlueConfig = field(default_factory=GlueConfig)
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
+    """Keys that exist at the level of `dotted` (e.g. 'model.hiden' -> model's field names)."""
+    parent = dotted.rpartition(".")[0]
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if not isinstance(node, DictConfig):
+        return []
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+
+
+def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> UserError:
+    key = e.full_key or "?"
+    if isinstance(e, ConfigKeyError):
+        close = difflib.get_close_matches(key, _valid_keys(schema, key), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see bertjax/config.py for keys"
+        return UserError(f"unknown config key '{key}' in {source}{hint}")
+    if isinstance(e, ValidationError):
+        node_type = OmegaConf.get_type(schema, key.rpartition(".")[0]) if "." in key else Config
+        hints = {f.name: f.type for f in dataclasses.fields(node_type)} if node_type else {}
+        name = key.rpartition(".")[2].split("[")[0]  # 'seeds[0]' -> 'seeds'
+        expected = hints.get(name, "?")
+        expected = getattr(expected, "__name__", str(expected))
+        if "[" in key:
+            expected = f"items of {expected}"
+        value = getattr(e, "value", None)
+        got = f"{value!r}" if value is not None else "the given value"
+        return UserError(f"config key '{key}' in {source} expects {expected}, got {got}")
+    return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
+
+
+def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, other)
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, source) from None
+
+
+def _schema() -> DictConfig:
+    """The defaults as a mutable OmegaConf tree, with size-derived model dims left unset.
+
+    Building the structured config runs ModelConfig.__post_init__, which fills the dims from the
+    default size; they are reset so that `model.size: base` in a YAML file still decides them.
+    """
+    schema = OmegaConf.structured(Config)
+    for node in [schema, *schema.values()]:  # frozen dataclasses mark every section read-only
+        OmegaConf.set_readonly(node, False)
+    for name in _SIZE_DERIVED:
+        schema.model[name] = None
+    return schema
+
+
+_SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+
+
+def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+    """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`."""
+    merged = _schema()
+    for path in map(Path, files):
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
+        try:
+            data = OmegaConf.load(path)
+        except Exception as e:  # yaml.YAMLError and friends
+            raise UserError(f"{path} is not valid YAML ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0]})") from None
+        if not isinstance(data, DictConfig):
+            raise UserError(f"{path} must hold a mapping of sections (model:, data:, ...)")
+        merged = _merge(merged, data, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=100)")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _explain(e, merged, "the merged config") from None
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line words -> (YAML files, key=value overrides)."""
+    files = [a for a in argv if "=" not in a]
+    return files, [a for a in argv if "=" in a]
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml_text(text: str, source: str) -> Config:
+    """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
+    return OmegaConf.to_object(_merge(_schema(), OmegaConf.create(text), source))

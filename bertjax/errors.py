@@ -1,0 +1,22 @@
+"""User-facing errors and the command-line wrapper that turns them into one line + exit code 2.
+
+Anything a user can get wrong (config, path, data, checkpoint) raises `UserError` with a message
+naming the thing and the fix; `cli` prints it without a traceback.
+"""
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, exit code 2."""
+
+
+def cli(main: Callable[[list[str]], None]) -> None:
+    """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        message = " ".join(str(e).split("\n"))
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
