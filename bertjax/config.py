@@ -1,4 +1,4 @@
-"""Typed configuration: frozen dataclasses, loaded from defaults <- YAML files <- key=value overrides.
+"""Typed configuration: frozen dataclasses; defaults <- YAML files <- key=value overrides.
 
 `load(files, overrides)` merges through OmegaConf structured configs (so types are checked) and
 returns plain frozen dataclasses. Every mistake becomes a `UserError` naming the key, where it came
@@ -50,7 +50,7 @@ class ModelConfig:
     dropout: float = opt(0.1, "hidden dropout")
     attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit path)")
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
-    scan_layers: bool = opt(True, "run blocks with lax.scan so compile time does not grow with depth")
+    scan_layers: bool = opt(True, "lax.scan over blocks: compile time independent of depth")
     remat: bool = opt(False, "rematerialise each block in the backward pass (saves memory)")
 
     def __post_init__(self):
@@ -98,7 +98,7 @@ class DataConfig:
     seq_len: int = opt(128, "tokens per training sequence, [CLS] and [SEP] included")
     objective: str = opt("mlm", "mlm | mlm+nsp | mlm+sop")
     mask_rate: float = opt(0.15, "fraction of tokens to predict (BERT: 0.15)")
-    max_predictions: int | None = opt(None, "predicted positions per sequence; null = ceil(rate*len)")
+    max_predictions: int | None = opt(None, "predictions per sequence; null = ceil(rate*len)")
     prefetch: int = opt(2, "batches prepared ahead by the loader thread")
 
     def __post_init__(self):

@@ -1,0 +1,74 @@
+"""Mixed precision as a value: param / compute / output dtypes, casts, fp16 dynamic loss scaling.
+
+Parameters and optimizer state stay in `param` dtype (f32); the loss function casts the model to
+`compute` dtype, so gradients come back in the parameter dtype. LayerNorm statistics, softmax and
+the loss are computed in f32 regardless (see layers.py and loss.py).
+"""
+
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+@dataclass(frozen=True)
+class Precision:
+    param: jnp.dtype = jnp.float32
+    compute: jnp.dtype = jnp.float32
+    output: jnp.dtype = jnp.float32
+
+    @classmethod
+    def from_names(cls, param: str = "float32", compute: str = "float32") -> "Precision":
+        return cls(jnp.dtype(param), jnp.dtype(compute), jnp.dtype(jnp.float32))
+
+    def cast_to_compute(self, tree):
+        """Floating arrays of `tree` (e.g. the model) in compute dtype; integers untouched."""
+        return cast_floating(tree, self.compute)
+
+    @property
+    def needs_loss_scale(self) -> bool:
+        return self.compute == jnp.float16
+
+
+def cast_floating(tree, dtype):
+    def cast(x):
+        if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+class LossScale(eqx.Module):
+    """Dynamic loss scale (Micikevicius et al. 2018): grow after `period` finite steps, halve on
+    overflow. Its fields are arrays so it lives in the train state and checkpoints."""
+
+    scale: jax.Array
+    finite_steps: jax.Array
+    period: int = eqx.field(static=True)
+
+    @classmethod
+    def create(cls, initial: float, period: int) -> "LossScale":
+        return cls(jnp.asarray(initial, jnp.float32), jnp.asarray(0, jnp.int32), period)
+
+    def scale_loss(self, loss: jax.Array) -> jax.Array:
+        return loss * self.scale.astype(loss.dtype)
+
+    def unscale(self, grads):
+        return jax.tree.map(lambda g: g / self.scale.astype(g.dtype), grads)
+
+    def update(self, grads_finite: jax.Array) -> "LossScale":
+        grow = self.finite_steps + 1 >= self.period
+        scale = jnp.where(
+            grads_finite,
+            jnp.where(grow, self.scale * 2.0, self.scale),
+            jnp.maximum(self.scale * 0.5, 1.0),
+        )
+        steps = jnp.where(grads_finite & ~grow, self.finite_steps + 1, 0)
+        return LossScale(scale, steps.astype(jnp.int32), self.period)
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.stack(leaves).all() if leaves else jnp.asarray(True)

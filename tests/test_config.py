@@ -1,0 +1,84 @@
+"""Config loading: every shipped config loads, sizes resolve, and mistakes give clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertjax import config
+from bertjax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = config.load([path])
+    assert cfg.model.hidden_size % cfg.model.num_heads == 0
+
+
+def test_named_size_sets_dims_and_each_dim_is_overridable():
+    base = config.load([], ["model.size=base"]).model
+    assert (base.num_layers, base.hidden_size, base.num_heads, base.intermediate_size) == (
+        12, 768, 12, 3072)
+    deep = config.load([], ["model.size=base", "model.num_layers=24"]).model
+    assert (deep.num_layers, deep.hidden_size) == (24, 768)
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("model:\n  size: mini\ntrain:\n  steps: 7\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("train:\n  steps: 9\n")
+    cfg = config.load([a, b], ["optim.lr=0.5"])
+    assert (cfg.model.hidden_size, cfg.train.steps, cfg.optim.lr) == (256, 9, 0.5)
+
+
+def test_resolved_yaml_round_trips():
+    cfg = config.load([], ["model.size=small", "glue.seeds=[1,2]"])
+    assert config.from_yaml_text(config.to_yaml(cfg), "test") == cfg
+
+
+def test_unknown_key_names_key_file_and_closest(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hiden_size: 64\n")
+    with pytest.raises(UserError, match=r"'model.hiden_size' in .*bad.yaml.*'model.hidden_size'"):
+        config.load([bad])
+
+
+def test_wrong_type_names_key_expected_type_and_value():
+    with pytest.raises(UserError, match=r"'train.steps' .* expects int .* got 'ten'"):
+        config.load([], ["train.steps=ten"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.num_heads=5", "not divisible"),
+    ("model.norm=middle", "model.norm"),
+    ("model.size=huge", "model.size"),
+    ("optim.schedule=cosine", "optim.schedule"),
+    ("wandb.mode=sometimes", "wandb.mode"),
+    ("train.batch_end=40", "multiple of"),
+])
+def test_cross_field_validation(override, fragment):
+    with pytest.raises(UserError, match=fragment):
+        config.load([], [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        config.load([tmp_path / "nope.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        config.load([broken])
+
+
+def test_cli_bad_key_is_one_line_exit_2():
+    out = subprocess.run(
+        [sys.executable, "-m", "bertjax.train", "configs/demo.yaml", "model.hiden_size=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "model.hidden_size" in out.stderr and "Traceback" not in out.stderr
