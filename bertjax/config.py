@@ -173,6 +173,7 @@ class TrainConfig:
     batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)")
     batch_end: int | None = opt(None, "global batch after the ramp (null = micro_batch)")
     batch_ramp: float = opt(0.0, "fraction of training over which the batch grows linearly")
+    batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times")
     seed: int = opt(0, "root seed: data order, masks, dropout, init")
     resume: str = opt("auto", "auto (newest complete checkpoint) | never")
     log_every: int = opt(10, "steps between log lines / metrics.jsonl rows")

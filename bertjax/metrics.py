@@ -1,0 +1,94 @@
+"""Run monitoring: console progress bar, metrics.jsonl, wandb, throughput and MFU.
+
+Only process 0 writes. wandb is imported lazily and defaults to `disabled`; `online` with a bad
+key hangs in wandb itself, so it is never a default. MFU needs the device's peak FLOP/s, known
+for common accelerators only (dense bf16 / f32 peaks from the vendors' data sheets).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from bertjax.config import WandbConfig
+
+# Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 2},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 2},
+}
+
+
+def device_peak_flops(compute_dtype: str) -> float | None:
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAK_FLOPS.items():
+        if name in kind:
+            return peaks.get(compute_dtype)
+    return None
+
+
+class Monitor:
+    """Progress bar + metrics.jsonl + wandb for one run (process 0 only)."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, wandb_cfg: WandbConfig,
+                 config_dict: dict, flops_per_token: float | None, compute_dtype: str):
+        self.enabled = jax.process_index() == 0
+        self.peak = device_peak_flops(compute_dtype)
+        self.flops_per_token = flops_per_token
+        self.n_devices = jax.device_count()
+        self.last_time, self.last_tokens = time.perf_counter(), None
+        if not self.enabled:
+            return
+        self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+        self.wandb = None
+        if wandb_cfg.mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(mode=wandb_cfg.mode, project=wandb_cfg.project,
+                                    name=wandb_cfg.name or run_dir.name, entity=wandb_cfg.entity,
+                                    dir=str(run_dir), config=config_dict)
+
+    def throughput(self, tokens_seen: int) -> dict:
+        """tokens/s (and MFU where the peak is known) since the previous call."""
+        now = time.perf_counter()
+        out = {}
+        if self.last_tokens is not None and now > self.last_time:
+            rate = (tokens_seen - self.last_tokens) / (now - self.last_time)
+            out["tokens_per_s"] = rate
+            if self.peak and self.flops_per_token:
+                out["mfu"] = rate * self.flops_per_token / (self.peak * self.n_devices)
+        self.last_time, self.last_tokens = now, tokens_seen
+        return out
+
+    def log(self, step: int, row: dict, show: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": time.time(), **row}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+        if show is not None:
+            self.bar.set_postfix(show, refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.enabled:
+            self.bar.update(steps)
+
+    def write(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()

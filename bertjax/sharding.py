@@ -1,0 +1,98 @@
+"""The device mesh: one `data` axis over every device of every host.
+
+Batches are sharded on their leading (row) axis; parameters are replicated (data parallel) or,
+with the FSDP rule, split along their largest axis that the device count divides. Multi-host runs
+go through `jax.distributed.initialize` (JAX's own engine); each host feeds only its own rows.
+Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives.
+"""
+
+import os
+
+import equinox as eqx
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bertjax.config import MeshConfig
+
+
+def _in_cluster() -> bool:
+    """A multi-process launch JAX can configure itself from (SLURM, Open MPI, TPU pods, env)."""
+    sizes = [int(os.environ.get(v, "1") or 1) for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")]
+    return max(sizes) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ or (
+        "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def initialize_distributed(cfg: MeshConfig) -> None:
+    """Join a multi-process run when the config or the cluster environment asks for one."""
+    if jax.distributed.is_initialized():
+        return
+    explicit = cfg.coordinator_address is not None or (cfg.num_processes or 1) > 1
+    if explicit or _in_cluster():
+        jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+
+
+def make_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def rows(mesh: Mesh) -> NamedSharding:
+    """Arrays whose leading axis is batch rows: split across every device."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def param_shardings(tree, mesh: Mesh, cfg: MeshConfig):
+    """A sharding per array leaf: replicated (dp), or FSDP-split along the largest axis the
+    device count divides, for arrays of at least `fsdp_min_size` elements."""
+    n = mesh.devices.size
+
+    def rule(x):
+        if not eqx.is_array(x):
+            return None
+        if cfg.strategy == "dp" or x.size < cfg.fsdp_min_size:
+            return replicated(mesh)
+        for axis in sorted(range(x.ndim), key=lambda a: -x.shape[a]):
+            if x.shape[axis] % n == 0:
+                spec = [None] * x.ndim
+                spec[axis] = "data"
+                return NamedSharding(mesh, PartitionSpec(*spec))
+        return replicated(mesh)
+
+    return jax.tree.map(rule, tree)
+
+
+def place(x, sharding: NamedSharding) -> jax.Array:
+    """Put an array that every process holds identically (e.g. init or imported weights) onto
+    `sharding`, which may span hosts; already-global arrays are resharded by XLA."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shard_params(tree, mesh: Mesh, cfg: MeshConfig):
+    """Place every array of `tree` (model, optimizer state) by `param_shardings`."""
+    shardings = param_shardings(tree, mesh, cfg)
+    return jax.tree.map(lambda x, s: x if s is None else place(x, s), tree, shardings,
+                        is_leaf=lambda x: x is None)
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded on rows (the hosts' rows concatenated in
+    process order)."""
+    sharding = rows(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def process_slice(global_rows: int) -> tuple[int, int]:
+    """(offset, count) of the rows of a global batch that this process feeds."""
+    count = jax.process_count()
+    if global_rows % count:
+        raise ValueError(f"global batch {global_rows} is not divisible by {count} processes")
+    local = global_rows // count
+    return jax.process_index() * local, local
