@@ -20,6 +20,14 @@ def truncated_normal(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
     return INIT_STD * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
 
 
+def einsum_f32(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """einsum with f32 results (accumulated in f32 on accelerators). XLA:CPU has no f16 x f16 ->
+    f32 dot, so f16 operands are upcast there (CPU runs of fp16 configs are for testing)."""
+    if x.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
 def dropout(x: jax.Array, rate: float, key: PRNGKeyArray | None) -> jax.Array:
     """Inverted dropout; the identity when `key` is None (evaluation) or `rate` is 0."""
     if key is None or rate == 0.0:
@@ -104,13 +112,16 @@ def attention(q: Heads, k: Heads, v: Heads, mask: Bool[Array, "batch seq"], rate
     the explicit path computes logits and softmax in f32.
     """
     key_mask = mask[:, None, None, :]  # [batch, 1 (heads), 1 (queries), seq (keys)]
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":  # see einsum_f32
+        f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+        return attention(*f32, mask, rate, key).astype(jnp.float16)
     if key is None or rate == 0.0:
         # jax's XLA attention promotes bf16 with f32 internally, which strict promotion (our
         # tests) rejects; the promotion is JAX's own and intended, so allow it here only.
         with jax.numpy_dtype_promotion("standard"):
             return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = einsum_f32("btnd,bsnd->bnts", q, k) * scale
     logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(logits, axis=-1), rate, key).astype(v.dtype)
     return jnp.einsum("bnts,bsnd->btnd", probs, v)

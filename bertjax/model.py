@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from bertjax.config import ModelConfig
-from bertjax.layers import Block, Dense, Embeddings, LayerNorm, dropout, split_key
+from bertjax.layers import Block, Dense, Embeddings, LayerNorm, dropout, einsum_f32, split_key
 
 
 class Encoder(eqx.Module):
@@ -79,8 +79,7 @@ class MLMHead(eqx.Module):
                  word: Float[Array, "vocab embed"]) -> Float[Array, "batch preds vocab"]:
         h = self.norm(jax.nn.gelu(self.transform(h), approximate=False))
         # Logits leave in f32: the softmax cross-entropy over the vocabulary is done in f32.
-        logits = jnp.einsum("bpe,ve->bpv", h, word.astype(h.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = einsum_f32("bpe,ve->bpv", h, word.astype(h.dtype))
         return logits + self.bias.astype(jnp.float32)
 
 

@@ -1,0 +1,326 @@
+"""The pretraining loop: data -> sharded train step -> logs, validation, checkpoints, resume.
+
+Everything a step does is a pure function of (config, step): the rows it reads, its masks and its
+dropout. Resuming therefore restores the newest complete checkpoint and simply continues; the
+result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit.
+"""
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from bertjax import config as config_lib
+from bertjax.checkpoint import Checkpoints, config_hash
+from bertjax.config import Config
+from bertjax.errors import UserError
+from bertjax.loss import safe_ratio
+from bertjax.metrics import Monitor
+from bertjax.model import Bert, flops_per_token, param_count
+from bertjax.optim import BatchRamp, make_optimizer, schedule
+from bertjax.precision import Precision
+from bertjax.sharding import (
+    global_batch,
+    initialize_distributed,
+    make_mesh,
+    process_slice,
+    shard_params,
+)
+from bertjax.train import StepSpec, TrainState, init_state, make_eval_step, make_train_step
+
+# Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.
+INIT, MASK, DROPOUT, EVAL = range(4)
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, resolved from the config and the prepared data."""
+
+    cfg: Config
+    data: object  # bertjax.data.PretrainData (train split)
+    validation: object | None
+    tokenizer: object
+    ramp: BatchRamp
+    total_steps: int
+    run_dir: Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def resolve(cfg: Config) -> Run:
+    """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
+    from bertjax import data as data_lib
+    from bertjax import prepare
+    from bertjax import tokenizer as tokenizer_lib
+
+    data_dir = prepare.ensure_prepared(cfg)
+    tok = tokenizer_lib.load(data_dir / "tokenizer.json")
+    vocab = tokenizer_lib.vocab_size(tok)
+    if cfg.model.vocab_size is None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    elif cfg.model.vocab_size < vocab:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                        f"{vocab} tokens; set model.vocab_size=null to use the tokenizer's size")
+    train = data_lib.PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective,
+                                  cfg.train.seed)
+    validation = data_lib.PretrainData(data_dir, "validation", cfg.data.seq_len,
+                                       cfg.data.objective, cfg.train.seed)
+    if validation.num_sequences == 0:
+        validation = None
+    probe = BatchRamp.from_config(cfg.train, 1)
+    steps = cfg.train.steps
+    if cfg.train.tokens is not None:
+        # The ramp depends on the step count; a constant-batch estimate is refined once.
+        steps = max(1, cfg.train.tokens // (probe.end * cfg.data.seq_len))
+        steps = BatchRamp.from_config(cfg.train, steps).steps_for_tokens(cfg.train.tokens,
+                                                                         cfg.data.seq_len)
+    ramp = BatchRamp.from_config(cfg.train, steps)
+    return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
+
+
+def abstract_state(cfg: Config, total_steps: int) -> TrainState:
+    """Shapes and dtypes of the train state, without allocating it (a restore target)."""
+    def build():
+        model = Bert(cfg.model, key=jax.random.key(0), nsp=cfg.data.objective != "mlm")
+        optimizer = make_optimizer(cfg.optim, total_steps, eqx.filter(model, eqx.is_array))
+        return init_state(model, optimizer, cfg.precision)
+
+    return eqx.filter_eval_shape(build)
+
+
+def masking_fn(cfg: Config, tok):
+    from bertjax import masking
+    from bertjax.tokenizer import special_tokens
+
+    fn = partial(masking.mask_tokens, rate=cfg.data.mask_rate,
+                 max_predictions=cfg.data.predictions, vocab_size=cfg.model.vocab_size,
+                 special=special_tokens(tok))
+
+    def one_row(key, input_ids, attention_mask):  # vmapped over rows by the train step
+        out = fn(key, input_ids[None], attention_mask[None])
+        return jax.tree.map(lambda x: x[0], out)
+
+    return one_row
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+
+def pretrain(cfg: Config) -> Path:
+    initialize_distributed(cfg.mesh)
+    run = resolve(cfg)
+    cfg = run.cfg
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = config_lib.to_yaml(cfg)
+    if jax.process_index() == 0:
+        write_atomic(run.run_dir / "config.yaml", config_yaml)
+
+    mesh = make_mesh()
+    root = jax.random.key(cfg.train.seed)
+    keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
+    pair = cfg.data.objective != "mlm"
+    model = Bert(cfg.model, key=keys[INIT], nsp=pair)
+    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
+    state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
+
+    checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
+    start = 0
+    latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
+    if latest is not None:
+        state, meta = checkpoints.restore(latest, state)
+        start = meta["step"]
+        if meta.get("config_hash") != config_hash(config_yaml):
+            print(f"warning: resuming {run.run_dir} with a config that differs from the "
+                  "checkpoint's", file=sys.stderr)
+
+    precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
+    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
+    spec = StepSpec(precision, masking_fn(cfg, run.tokenizer), pair, dropout)
+    train_step = make_train_step(spec, optimizer, cfg.train.micro_batch)
+    eval_step = make_eval_step(spec)
+    lr = schedule(cfg.optim, run.total_steps)
+    fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
+    monitor = Monitor(run.run_dir, run.total_steps, start, cfg.wandb, config_lib.to_dict(cfg),
+                      fpt, cfg.precision.compute)
+    monitor.write(f"bertjax: {param_count(model):,} parameters, {jax.device_count()} device(s), "
+                  f"{run.total_steps} steps, {run.data.num_sequences:,} train sequences/epoch, "
+                  f"attention: {'explicit (dropout)' if cfg.model.attention_dropout else 'fused'}")
+    stop = StopSignal()
+    loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
+                config_yaml)
+    try:
+        state = loop.run(state, start, stop)
+    finally:
+        monitor.close()
+        checkpoints.close()
+    if stop.received is None and jax.process_index() == 0:
+        write_results(run, loop.last_validation)
+        finish(run, state, cfg)
+    return run.run_dir
+
+
+class Loop:
+    """The step loop and its periodic work (logging, validation, checkpoints)."""
+
+    def __init__(self, run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
+                 config_yaml):
+        self.run, self.cfg, self.mesh, self.keys = run, cfg, mesh, keys
+        self.train_step, self.eval_step, self.lr = train_step, eval_step, lr
+        self.monitor, self.checkpoints, self.config_yaml = monitor, checkpoints, config_yaml
+        self.pending: list[tuple[int, dict]] = []
+        self.nonfinite_in_a_row = 0
+        self.warned_epoch = False
+        self.last_validation: dict | None = None
+
+    def batches(self, start: int):
+        """(step, first global row, this process's rows), read ahead on a thread."""
+        from bertjax.data import prefetch
+
+        ramp, data = self.run.ramp, self.run.data
+
+        def read(step):
+            first, size = ramp.sequences_before(step), ramp.batch(step)
+            offset, count = process_slice(size)
+            return step, first, data.rows(first + offset, count)
+
+        return prefetch(map(read, range(start, self.run.total_steps)), self.cfg.data.prefetch)
+
+    def run(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
+        train = self.cfg.train
+        step = start
+        for step, first, local in self.batches(start):
+            batch = global_batch(local, self.mesh)
+            state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],
+                                             jax.random.fold_in(self.keys[DROPOUT], step))
+            self.pending.append((step, metrics))
+            done = step + 1
+            if done % train.log_every == 0 or done == self.run.total_steps:
+                self.log()
+            if train.eval_every and done % train.eval_every == 0:
+                self.validate(state, done)
+            if (train.checkpoint_every and done % train.checkpoint_every == 0) or stop.received:
+                self.save(state, done)
+            self.monitor.advance()
+            if stop.received:
+                self.log()
+                self.monitor.write(f"{stop.received}: saved a checkpoint at step {done}; run the "
+                                   "same command again to resume")
+                return state
+        if not train.checkpoint_every or self.run.total_steps % train.checkpoint_every:
+            self.save(state, self.run.total_steps)
+        if not train.eval_every or self.run.total_steps % train.eval_every:
+            self.validate(state, self.run.total_steps)
+        return state
+
+    def tokens_seen(self, steps_done: int) -> int:
+        return self.run.ramp.sequences_before(steps_done) * self.cfg.data.seq_len
+
+    def log(self) -> None:
+        if not self.pending:
+            return
+        fetched = jax.device_get([m for _, m in self.pending])
+        last_step = self.pending[-1][0]
+        self.pending = []
+        for m in fetched:
+            self.nonfinite_in_a_row = 0 if m["finite"] else self.nonfinite_in_a_row + 1
+        if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite:
+            sys.exit(f"error: {self.nonfinite_in_a_row} non-finite steps in a row at step "
+                     f"{last_step + 1}; stopping. The last good checkpoint is kept in "
+                     f"{self.checkpoints.directory}; lower optim.lr or use float32/bfloat16")
+        finite = [m for m in fetched if m["finite"]] or fetched
+        total = {k: float(sum(m[k] for m in finite)) for k in finite[0] if k != "finite"}
+        done = last_step + 1
+        sequences = self.run.ramp.sequences_before(done)
+        row = {"loss": total["mlm_loss"] / max(total["mlm_weight"], 1.0),
+               "accuracy": total["mlm_correct"] / max(total["mlm_weight"], 1.0),
+               "lr": float(self.lr(last_step)), "batch": self.run.ramp.batch(last_step),
+               "tokens": sequences * self.cfg.data.seq_len,
+               "epoch": sequences / self.run.data.num_sequences,
+               "grad_norm": total["grad_norm"] / len(finite),
+               "skipped": sum(1 for m in fetched if not m["finite"])}
+        if "pair_loss" in total:
+            row["pair_loss"] = total["pair_loss"] / max(total["pair_weight"], 1.0)
+            row["pair_accuracy"] = total["pair_correct"] / max(total["pair_weight"], 1.0)
+        if "loss_scale" in fetched[-1]:
+            row["loss_scale"] = float(fetched[-1]["loss_scale"])
+        row |= self.monitor.throughput(row["tokens"])
+        if row["epoch"] > 1 and not self.warned_epoch:
+            self.warned_epoch = True
+            self.monitor.write(f"warning: passed one epoch of the training data at step {done}; "
+                               "sequences now repeat (in a new order)")
+        show = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
+                "lr": f"{row['lr']:.2e}", "batch": row["batch"]}
+        if "tokens_per_s" in row:
+            show["tok/s"] = f"{row['tokens_per_s']:,.0f}"
+        if "mfu" in row:
+            show["mfu"] = f"{row['mfu']:.1%}"
+        self.monitor.log(done, row, show)
+
+    def validate(self, state: TrainState, done: int) -> dict | None:
+        data = self.run.validation
+        if data is None:
+            return None
+        size = self.cfg.train.micro_batch
+        n_batches = min(self.cfg.train.eval_batches, max(1, data.num_sequences // size))
+        sums = []
+        for i in range(n_batches):
+            offset, count = process_slice(size)
+            batch = global_batch(data.rows(i * size + offset, count), self.mesh)
+            sums.append(self.eval_step(state.model, batch, jnp.int32(i * size), self.keys[EVAL]))
+        total = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
+        loss = float(safe_ratio(jnp.asarray(total["mlm_loss"]), jnp.asarray(total["mlm_weight"])))
+        row = {"val_loss": loss, "val_accuracy": total["mlm_correct"] / total["mlm_weight"],
+               "val_perplexity": math.exp(min(loss, 50.0))}
+        if "pair_loss" in total:
+            row["val_pair_accuracy"] = total["pair_correct"] / total["pair_weight"]
+        self.monitor.log(done, row)
+        self.last_validation = row
+        self.monitor.write(f"step {done}: validation loss {loss:.3f}, accuracy "
+                           f"{row['val_accuracy']:.3f}, perplexity {row['val_perplexity']:.1f}")
+        return row
+
+    def save(self, state: TrainState, done: int) -> None:
+        meta = {"tokens_seen": self.tokens_seen(done), "total_steps": self.run.total_steps,
+                "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml}
+        self.checkpoints.save(done, state, meta)
+
+
+def finish(run: Run, state: TrainState, cfg: Config) -> None:
+    """End of training: curves to PNG and fill-mask examples."""
+    from bertjax import plot
+    from bertjax.predict import fill_mask
+
+    plot.plot_run(run.run_dir)
+    if cfg.train.fill_mask:
+        print("fill-mask predictions:")
+        for text, top in zip(cfg.train.fill_mask, fill_mask(state.model, run.tokenizer,
+                                                            cfg.train.fill_mask, top_k=3),
+                             strict=True):
+            guesses = ", ".join(f"{tok} ({p:.2f})" for tok, p in top[0])
+            print(f"  {text}  ->  {guesses}")
+
+def write_results(run: Run, validation: dict | None) -> None:
+    results = {"steps": run.total_steps,
+               "tokens_seen": run.ramp.sequences_before(run.total_steps) * run.cfg.data.seq_len,
+               "validation": validation}
+    write_atomic(run.run_dir / "results.json", json.dumps(results, indent=2))

@@ -1,0 +1,131 @@
+"""The jitted train step: micro-batch split invariance, fp16 loss scaling, skipped steps,
+compilation count under the batch ramp, and device-count invariance of the sharded step."""
+
+import dataclasses
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import config
+from bertjax.model import Bert
+from bertjax.optim import make_optimizer
+from bertjax.precision import LossScale, Precision
+from bertjax.sharding import global_batch, make_mesh, shard_params
+from bertjax.train import StepSpec, init_state, make_train_step
+
+VOCAB, SEQ, PREDS = 61, 16, 4
+
+
+class Masked(NamedTuple):
+    input_ids: jax.Array
+    positions: jax.Array
+    labels: jax.Array
+    weights: jax.Array
+
+
+def key_mask(key, input_ids, attention_mask):
+    """A simple keyed row mask (the real one is tested in test_masking.py): PREDS random
+    positions among 1..SEQ-2, replaced by id 4; the last slot is a padding slot (weight 0)."""
+    positions = jax.random.choice(key, jnp.arange(1, SEQ - 1), (PREDS,), replace=False)
+    labels = input_ids[positions]
+    weights = jnp.ones((PREDS,), jnp.float32).at[-1].set(0.0)
+    return Masked(input_ids.at[positions].set(4), positions.astype(jnp.int32), labels, weights)
+
+
+def setup(overrides=(), rows=8):
+    # Adam turns tiny gradient differences (reduction order across devices or micro-batches)
+    # into update differences of up to ~lr for near-zero gradients, hence the small lr.
+    cfg = config.load([], [f"model.vocab_size={VOCAB}", "model.dropout=0.0",
+                           "model.attention_dropout=0.0", "optim.warmup=0.0", "optim.lr=1e-3",
+                           *overrides])
+    model = Bert(cfg.model, key=jax.random.key(0), nsp=True)
+    optimizer = make_optimizer(cfg.optim, 10, eqx.filter(model, eqx.is_array))
+    state = init_state(model, optimizer, cfg.precision)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32),
+             "token_type_ids": np.zeros((rows, SEQ), np.int32),
+             "attention_mask": np.ones((rows, SEQ), bool),
+             "pair_labels": rng.integers(0, 2, rows).astype(np.int32)}
+    precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
+    spec = StepSpec(precision, key_mask, True, False)
+    return cfg, optimizer, state, batch, spec
+
+
+def run_step(state, batch, spec, optimizer, micro, mesh=None):
+    step = make_train_step(spec, optimizer, micro)
+    if mesh is not None:
+        batch = global_batch(batch, mesh)
+    else:
+        batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
+    return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
+
+
+def assert_trees_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(b, eqx.is_array)), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_splitting_into_micro_batches_leaves_the_update_unchanged():
+    _, optimizer, state, batch, spec = setup()
+    whole, m_whole = run_step(state, batch, spec, optimizer, micro=8)
+    split, m_split = run_step(state, batch, spec, optimizer, micro=2)
+    assert float(m_whole["mlm_weight"]) == float(m_split["mlm_weight"]) == 8 * (PREDS - 1)
+    np.testing.assert_allclose(m_whole["mlm_loss"], m_split["mlm_loss"], rtol=1e-5)
+    assert_trees_close(whole.model, split.model, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(whole.model.encoder.embeddings.word, state.model.encoder.embeddings.word)
+
+
+def test_injected_fp16_overflow_skips_the_step_and_halves_the_scale():
+    _, optimizer, state, batch, spec = setup(["precision.compute=float16"])
+    assert state.loss_scale is not None
+    huge = LossScale(jnp.asarray(3e38, jnp.float32), jnp.asarray(5, jnp.int32), 2000)
+    state = dataclasses.replace(state, loss_scale=huge)
+    new, metrics = run_step(state, batch, spec, optimizer, micro=4)
+    assert not bool(metrics["finite"])
+    assert float(new.loss_scale.scale) == pytest.approx(1.5e38)
+    assert int(new.loss_scale.finite_steps) == 0
+    assert_trees_close(new.model, state.model, rtol=0, atol=0)
+    assert_trees_close(new.opt_state, state.opt_state, rtol=0, atol=0)
+
+
+def test_fp16_finite_steps_train_and_grow_the_scale_after_the_period():
+    _, optimizer, state, batch, spec = setup(["precision.compute=float16"])
+    state = dataclasses.replace(state, loss_scale=LossScale.create(1024.0, 2))
+    s1, m1 = run_step(state, batch, spec, optimizer, micro=8)
+    assert bool(m1["finite"]) and float(s1.loss_scale.scale) == 1024.0
+    s2, m2 = run_step(s1, batch, spec, optimizer, micro=8)
+    assert bool(m2["finite"]) and float(s2.loss_scale.scale) == 2048.0
+    assert float(m2["mlm_loss"]) < float(m1["mlm_loss"])
+
+
+def test_ramp_recompiles_once_per_accumulation_count():
+    _, optimizer, state, batch, spec = setup(rows=8)
+    step = make_train_step(spec, optimizer, micro=2)
+    args = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
+    for rows in (2, 4, 4, 8, 8, 2):  # 3 distinct global batches -> 3 compilations
+        part = {k: jnp.asarray(v[:rows]) for k, v in batch.items()}
+        state, _ = step(state, part, *args)
+    assert step.jitted._cached._cache_size() == 3
+
+
+@pytest.mark.parametrize("strategy", ["dp", "fsdp"])
+def test_eight_devices_match_one_device(strategy):
+    assert jax.device_count() == 8
+    cfg, optimizer, state, batch, spec = setup([f"mesh.strategy={strategy}",
+                                                "mesh.fsdp_min_size=64"], rows=16)
+    single, m1 = run_step(state, batch, spec, optimizer, micro=8)
+    mesh = make_mesh()
+    sharded_state = shard_params(state, mesh, cfg.mesh)
+    if strategy == "fsdp":
+        word = sharded_state.model.encoder.embeddings.word
+        assert word.sharding.spec != jax.sharding.PartitionSpec()  # really split
+        assert word.addressable_shards[0].data.size == word.size // 8
+    multi, m8 = run_step(sharded_state, batch, spec, optimizer, micro=8, mesh=mesh)
+    np.testing.assert_allclose(m1["mlm_loss"], m8["mlm_loss"], rtol=1e-5)
+    assert_trees_close(single.model, multi.model, rtol=1e-5, atol=1e-5)
