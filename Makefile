@@ -17,3 +17,13 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bertjax tests bench
+
+# Benchmarks compare against Hugging Face PyTorch: torch lives only in this environment.
+.venv-bench/.installed: pyproject.toml
+	python3 -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q --upgrade pip
+	.venv-bench/bin/python -m pip install -q -e . torch==2.13.0 transformers
+	touch $@
+
+.PHONY: bench-env
+bench-env: .venv-bench/.installed
