@@ -296,20 +296,30 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
+def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    """Merge one YAML file, after the files its `include:` names (relative to it)."""
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
+    if path.resolve() in seen:
+        raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UserError(f"{path} is not valid YAML ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from None
+    if not isinstance(data, DictConfig):
+        raise UserError(f"{path} must hold a mapping of sections (model:, data:, ...)")
+    includes = data.pop("include", [])
+    for name in [includes] if isinstance(includes, str) else includes:
+        merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()))
+    return _merge(merged, data, str(path))
+
+
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`."""
     merged = _schema()
     for path in map(Path, files):
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
-        try:
-            data = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError and friends
-            raise UserError(f"{path} is not valid YAML ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0]})") from None
-        if not isinstance(data, DictConfig):
-            raise UserError(f"{path} must hold a mapping of sections (model:, data:, ...)")
-        merged = _merge(merged, data, str(path))
+        merged = _merge_file(merged, path, seen=())
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value (e.g. train.steps=100)")

@@ -82,3 +82,13 @@ def test_cli_bad_key_is_one_line_exit_2():
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0, out.stderr
     assert "model.hidden_size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_include_merges_the_base_first(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 5\n  seed: 3\n")
+    (tmp_path / "task.yaml").write_text("include: base.yaml\ntrain:\n  steps: 8\n")
+    cfg = config.load([tmp_path / "task.yaml"])
+    assert (cfg.train.steps, cfg.train.seed) == (8, 3)
+    (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        config.load([tmp_path / "loop.yaml"])

@@ -1,0 +1,269 @@
+"""GLUE fine-tuning: `python -m bertjax.train configs/mnli.yaml init.checkpoint=PATH`.
+
+For each seed: a pretrained encoder (or a random one, the baseline) gets a fresh classifier or
+regression head, trains with AdamW (warm-up + linear decay) on bucketed fixed-shape batches, is
+evaluated on every dev split after each epoch, and the best epoch (GLUE's main score on the first
+dev split) is kept as a release bundle. Then test predictions become GLUE submission files, and
+`results.json` reports every seed with mean, median and spread.
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from bertjax import glue
+from bertjax.config import Config
+from bertjax.errors import UserError
+from bertjax.loss import classification_sums
+from bertjax.model import Bert
+from bertjax.optim import make_optimizer
+from bertjax.precision import Precision
+from bertjax.sharding import global_batch, make_mesh, shard_params
+from bertjax.train import select
+
+
+def transplant(source, target):
+    """`target`'s structure and static fields (dropout rates, scan, remat) with `source`'s
+    arrays: how a checkpoint's weights meet the fine-tuning config."""
+    leaves, structure = jax.tree.leaves(source), jax.tree.structure(target)
+    if len(leaves) != structure.num_leaves:
+        raise UserError("the checkpoint's encoder does not match the configured model")
+    return jax.tree.unflatten(structure, leaves)
+
+
+def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
+    """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
+    under a fresh classifier or regression head."""
+    fresh = Bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
+                 classifier_dropout=cfg.glue.classifier_dropout)
+    pooler = fresh.pooler if start.pooler is None else start.pooler
+    return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
+                       (transplant(start.encoder, fresh.encoder), pooler))
+
+
+def make_steps(optimizer, precision: Precision, dropout: bool):
+    def loss_fn(model, batch, key):
+        m = precision.cast_to_compute(model)
+        k_enc, k_cls = (None, None) if key is None else jax.random.split(key)
+        hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                   key=k_enc)
+        logits = m.classify(hidden, key=k_cls)
+        sums = classification_sums(logits, batch["labels"], batch["valid"].astype(jnp.float32))
+        return sums["loss"] / jnp.maximum(sums["weight"], 1.0), sums
+
+    @eqx.filter_jit(donate="all-except-first")
+    def train_step(inputs, model_and_opt):
+        batch, key = inputs
+        model, opt_state = model_and_opt
+        (_, sums), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
+            model, batch, key if dropout else None)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python ints and floats
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+        finite = jnp.isfinite(sums["loss"])
+        new_model = select(finite, eqx.apply_updates(model, updates), model)
+        return (new_model, select(finite, new_opt, opt_state)), sums
+
+    @eqx.filter_jit
+    def predict(model, batch):
+        m = precision.cast_to_compute(model)
+        hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        return m.classify(hidden)
+
+    return train_step, predict
+
+
+def predict_split(predict, model, enc: glue.Encoded, batch_size: int, mesh) -> np.ndarray:
+    """Logits [n, labels] in example order."""
+    indices, outputs = [], []
+    for batch in glue.iter_batches(enc, batch_size):
+        indices.append(batch["example_index"])
+        device_batch = global_batch({k: v for k, v in batch.items() if k != "example_index"},
+                                    mesh)
+        outputs.append(np.asarray(predict(model, device_batch)))
+    return glue.in_example_order(len(enc), indices, outputs)
+
+
+def evaluate(predict, model, dev: dict, cfg: Config, mesh) -> dict[str, dict]:
+    out = {}
+    for split, (examples, enc) in dev.items():
+        logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
+        out[split] = glue.compute_metrics(cfg.glue.task, logits, examples.labels)
+    return out
+
+
+def summarize(per_seed: list[dict], task: str) -> dict:
+    """Mean, median and spread of the main score and of every metric across seeds."""
+    def stats(values):
+        v = np.asarray(values, np.float64)
+        return {"mean": float(v.mean()), "median": float(np.median(v)),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()), "max": float(v.max())}
+
+    summary = {"main_score": stats([r["best_score"] for r in per_seed])}
+    for split in per_seed[0]["best_metrics"]:
+        for name in per_seed[0]["best_metrics"][split]:
+            summary[f"{split}/{name}"] = stats([r["best_metrics"][split][name]
+                                               for r in per_seed])
+    return summary
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def batch_size_fits(cfg: Config) -> None:
+    if cfg.glue.batch_size % jax.device_count():
+        raise UserError(f"glue.batch_size={cfg.glue.batch_size} must be a multiple of the "
+                        f"{jax.device_count()} devices")
+
+
+def run_seed(seed: int, start: Bert, cfg: Config, train_enc, dev: dict, mesh, run_dir: Path,
+             save_best) -> dict:
+    """Fine-tune one seed; returns its per-epoch and best metrics."""
+    task = glue.get_task(cfg.glue.task)
+    key = jax.random.key(seed)
+    model = with_task_head(start, cfg, task.num_labels, jax.random.fold_in(key, 0))
+    per_epoch = glue.num_batches(train_enc, cfg.glue.batch_size)
+    total = max(1, math.ceil(cfg.glue.epochs * per_epoch))
+    optim_cfg = dataclasses.replace(cfg.optim, schedule="linear", final_lr_fraction=0.0)
+    optimizer = make_optimizer(optim_cfg, total, eqx.filter(model, eqx.is_array))
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
+    precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
+    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
+        cfg.glue.classifier_dropout > 0
+    train_step, predict = make_steps(optimizer, precision, dropout)
+    history, best = [], {"best_score": -math.inf}
+    step = 0
+    bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
+    for epoch in range(math.ceil(cfg.glue.epochs)):
+        losses = []
+        for batch in glue.iter_batches(train_enc, cfg.glue.batch_size, seed=seed, epoch=epoch):
+            if step == total:
+                break
+            device_batch = global_batch({k: v for k, v in batch.items()
+                                         if k != "example_index"}, mesh)
+            (model, opt_state), sums = train_step(
+                (device_batch, jax.random.fold_in(key, step + 1)), (model, opt_state))
+            losses.append(sums)
+            step += 1
+            bar.update()
+        loss = sum(float(s["loss"]) for s in losses) / max(sum(float(s["weight"])
+                                                               for s in losses), 1.0)
+        metrics = evaluate(predict, model, dev, cfg, mesh)
+        score = glue.main_score(task.name, next(iter(metrics.values())))
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": loss, "dev": metrics,
+                        "score": score})
+        bar.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
+                  f"dev {json.dumps(metrics)}")
+        if score > best["best_score"]:
+            best = {"best_score": score, "best_epoch": epoch + 1, "best_metrics": metrics}
+            save_best(model, run_dir / f"seed{seed}" / "best", best)
+    bar.close()
+    return {"seed": seed, "history": history, **best}
+
+
+def load_start(cfg: Config):
+    """(encoder source model, model config, tokenizer path) from init.checkpoint, or a random
+    encoder (the no-pretraining baseline) with the tokenizer named by the config."""
+    from bertjax import tokenizer as tokenizer_lib
+
+    if cfg.init.checkpoint is not None:
+        from bertjax.pretrained import load_pretrained
+
+        pretrained = load_pretrained(cfg.init.checkpoint)
+        tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
+                                                 if cfg.tokenizer.path else None)
+        model, model_cfg = pretrained.model, pretrained.model_cfg
+    else:
+        tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \
+            Path(cfg.data.dir) / "tokenizer.json"
+        model, model_cfg = None, None
+    if tok_path is None or not Path(tok_path).is_file():
+        raise UserError(f"no tokenizer found (looked for {tok_path}); set tokenizer.path to a "
+                        "tokenizer.json or init.checkpoint to a checkpoint that carries one")
+    tok = tokenizer_lib.load(tok_path)
+    vocab = tokenizer_lib.vocab_size(tok)
+    if model_cfg is None:
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)
+        model = Bert(model_cfg, key=jax.random.key(cfg.train.seed), mlm=False)
+    if vocab > model_cfg.vocab_size:
+        raise UserError(f"the tokenizer {tok_path} has {vocab} tokens but the checkpoint's "
+                        f"vocabulary has {model_cfg.vocab_size}: they do not belong together; "
+                        "use the tokenizer saved with the checkpoint")
+    return model, model_cfg, tok
+
+
+def finetune(cfg: Config) -> Path:
+    from bertjax.export import save_bundle
+
+    model, model_cfg, tok = load_start(cfg)
+    # The checkpoint decides the architecture; dropout and the like still come from the config.
+    model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,
+                                    attention_dropout=cfg.model.attention_dropout,
+                                    scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    batch_size_fits(cfg)
+    task = glue.get_task(cfg.glue.task)
+    train = glue.load_split(cfg.glue, "train")
+    train_enc = glue.encode(tok, train, cfg.glue.buckets)
+    dev = {}
+    for split in glue.dev_splits(cfg.glue):
+        examples = glue.load_split(cfg.glue, split)
+        dev[split] = (examples, glue.encode(tok, examples, cfg.glue.buckets))
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from bertjax import config as config_lib
+
+    (run_dir / "config.yaml").write_text(config_lib.to_yaml(cfg))
+    print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
+          f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
+          f"seeds {cfg.glue.seeds}")
+    mesh = make_mesh()
+
+    def save_best(best_model, out_dir, best):
+        save_bundle(best_model, cfg, tok, out_dir, summary=best)
+
+    per_seed = [run_seed(s, model, cfg, train_enc, dev, mesh, run_dir, save_best)
+                for s in cfg.glue.seeds]
+    results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
+               "summary": summarize(per_seed, task.name)}
+    best_seed = max(per_seed, key=lambda r: r["best_score"])["seed"]
+    results["submissions"] = write_submissions(cfg, tok, run_dir, best_seed, mesh)
+    write_json(run_dir / "results.json", results)
+    s = results["summary"]["main_score"]
+    print(f"{task.name}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
+          f"std {s['std']:.4f} over {len(per_seed)} seed(s); {run_dir / 'results.json'}")
+    return run_dir
+
+
+def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh) -> list[str]:
+    """GLUE test-set files from the best seed's best model, for the test splits that exist."""
+    from bertjax.pretrained import load_pretrained
+
+    written = []
+    pairs = [(t, s) for t, s in glue.submissions(cfg.glue.task)
+             if glue.split_available(cfg.glue, s, task=t)]
+    if not pairs:
+        return written
+    best = load_pretrained(run_dir / f"seed{seed}" / "best")
+    _, predict = make_steps(None, Precision.from_names(cfg.precision.param,
+                                                       cfg.precision.compute), False)
+    model = shard_params(best.model, mesh, cfg.mesh)
+    for task, split in pairs:
+        examples = glue.load_split(cfg.glue, split, task=task)
+        enc = glue.encode(tok, examples, cfg.glue.buckets)
+        logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
+        written.append(str(glue.write_submission(task, split, examples.index, logits,
+                                                 run_dir / "submission")))
+    return written
