@@ -18,6 +18,7 @@ from bertjax.sharding import global_batch, make_mesh, shard_params
 from bertjax.train import StepSpec, init_state, make_train_step
 
 VOCAB, SEQ, PREDS = 61, 16, 4
+STEPS = 3
 
 
 class Masked(NamedTuple):
@@ -63,6 +64,28 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
+
+
+def step_inputs(i: int):
+    """first_row, mask key and dropout key of step i (as the pretraining loop derives them)."""
+    return jnp.int32(16 * i), jax.random.key(1), jax.random.fold_in(jax.random.key(2), i)
+
+
+def flat_params(model) -> dict:
+    """Parameters by tree path, for comparing runs made in other processes."""
+    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
+    return {jax.tree_util.keystr(path): x for path, x in leaves}
+
+
+def three_steps_on_one_device():
+    _, optimizer, state, batch, spec = setup(rows=16)
+    step = make_train_step(spec, optimizer, micro=8)
+    losses = []
+    for i in range(STEPS):
+        state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+                              *step_inputs(i))
+        losses.append(float(metrics["mlm_loss"]))
+    return losses, {k: np.asarray(v) for k, v in flat_params(state.model).items()}
 
 
 def assert_trees_close(a, b, **tol):
