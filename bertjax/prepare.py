@@ -1,0 +1,294 @@
+"""Corpus -> prepared data: tokenizer.json, flat token files, document offsets and meta.json.
+
+`python -m bertjax.prepare CONFIG [key=value ...]`; the trainer calls `ensure_prepared(cfg)`.
+The input is streamed and tokens are written as they come, so memory does not grow with the
+corpus. Outputs get temporary names and are renamed when complete, meta.json last: a run that
+dies half-way is never taken as finished. Format: data/README.md.
+"""
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from bertjax import config as config_lib
+from bertjax import sources, tokenizer
+from bertjax.config import Config, DataConfig
+from bertjax.errors import UserError, cli
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")
+BATCH_CHARS = 1 << 20  # text per encode_batch call: enough pieces to keep the Rust threads busy
+# The tokenizer is trained on at most this much training text, so that its word counts (which
+# grow with the vocabulary of the corpus) stay bounded too.
+TOKENIZER_SAMPLE_CHARS = 100 << 20
+
+
+def _say(message: str) -> None:
+    print(f"prepare: {message}", file=sys.stderr, flush=True)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65,536), else uint32."""
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise UserError(f"vocabulary of {vocab_size} tokens does not fit uint32 token files; "
+                    "use a smaller tokenizer")
+
+
+def is_validation(doc: int, fraction: float) -> bool:
+    """Exactly `fraction` of documents, evenly spread: doc i when floor((i+1)f) > floor(if)."""
+    return math.floor((doc + 1) * fraction) > math.floor(doc * fraction)
+
+
+def split_pieces(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
+    """(text, ends_document, split index) for every piece, up to data.max_documents documents."""
+    if not 0.0 <= cfg.validation_fraction < 1.0:
+        raise UserError(f"data.validation_fraction={cfg.validation_fraction} must be in [0, 1)")
+    doc = 0
+    for text, ends in sources.pieces(cfg):
+        yield text, ends, int(is_validation(doc, cfg.validation_fraction))
+        if ends:
+            doc += 1
+            if cfg.max_documents is not None and doc >= cfg.max_documents:
+                return
+
+
+class _SplitWriter:
+    """Appends one split's tokens (a [SEP] closes each document) and document offsets."""
+
+    def __init__(self, directory: Path, name: str, dtype: np.dtype, sep: int):
+        self.tokens = open(directory / f"{name}.bin.tmp", "wb")
+        self.docs = open(directory / f"{name}.docs.tmp", "wb")
+        self.dtype, self.sep = dtype, [sep]
+        self.pending: list[list[int]] = []
+        self.offsets = [0]  # int64 start of each document, plus the end of the last one
+        self.n_tokens = self.written = self.n_docs = self.doc_len = 0
+
+    def add(self, ids: list[int], ends: bool) -> None:
+        if ids:
+            self.pending.append(ids)
+            self.doc_len += len(ids)
+            self.n_tokens += len(ids)
+        if ends and self.doc_len:  # a document with no tokens leaves no trace
+            self.pending.append(self.sep)
+            self.n_tokens += 1
+            self.offsets.append(self.n_tokens)
+            self.n_docs += 1
+            self.doc_len = 0
+
+    def flush(self) -> None:
+        count = self.n_tokens - self.written
+        np.fromiter(chain.from_iterable(self.pending), self.dtype, count).tofile(self.tokens)
+        np.asarray(self.offsets, np.int64).tofile(self.docs)
+        self.pending, self.offsets, self.written = [], [], self.n_tokens
+
+    def close(self) -> dict:
+        self.flush()
+        self.tokens.close()
+        self.docs.close()
+        return {"tokens": self.n_tokens, "documents": self.n_docs}
+
+
+def _encode_into(tok: Tokenizer, batch: list[tuple[str, bool, int]], writers) -> int:
+    encodings = tok.encode_batch_fast([text for text, _, _ in batch], add_special_tokens=False)
+    for encoding, (_, ends, split) in zip(encodings, batch, strict=True):
+        writers[split].add(encoding.ids, ends)
+    for w in writers:
+        w.flush()
+    return sum(len(e.ids) for e in encodings)
+
+
+def _tokenize(cfg: DataConfig, tok: Tokenizer, directory: Path, dtype: np.dtype) -> dict:
+    """Stream every piece through encode_batch into the split writers; returns counts."""
+    tok.encode_special_tokens = True  # a literal "[SEP]" in the text is text, not a separator
+    sep = tokenizer.special_tokens(tok).sep
+    writers = [_SplitWriter(directory, name, dtype, sep) for name in SPLITS]
+    bar = tqdm(total=sources.total_bytes(cfg), unit="B", unit_scale=True, unit_divisor=1000,
+               desc="prepare", mininterval=1.0, file=sys.stderr, leave=False)
+    start, n_bytes, n_tokens, batch, chars = time.perf_counter(), 0, 0, [], 0
+    try:
+        for piece in chain(split_pieces(cfg), [None]):
+            if piece is not None:
+                batch.append(piece)
+                chars += len(piece[0])
+            if batch and (piece is None or chars >= BATCH_CHARS):
+                n_tokens += _encode_into(tok, batch, writers)
+                size = sum(len(text.encode()) for text, _, _ in batch)
+                n_bytes += size
+                bar.update(size)
+                bar.set_postfix_str(f"{n_tokens / (time.perf_counter() - start) / 1e6:.2f} "
+                                    "M tokens/s", refresh=False)
+                batch, chars = [], 0
+    finally:
+        bar.close()
+        counts = {name: w.close() for name, w in zip(SPLITS, writers, strict=True)}
+    return {"splits": counts, "text_bytes": n_bytes, "text_tokens": n_tokens}
+
+
+def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
+    """Copy tokenizer.path, or train on the training documents; written as tokenizer.json.tmp."""
+    tmp = directory / "tokenizer.json.tmp"
+    if cfg.tokenizer.path is not None:
+        tok = tokenizer.load(cfg.tokenizer.path)
+        shutil.copyfile(cfg.tokenizer.path, tmp)
+        return tok
+    seen = [0]
+
+    def texts() -> Iterator[str]:
+        for text, _, split in split_pieces(cfg.data):
+            if split == 0 and text.strip():
+                yield text
+                seen[0] += len(text)
+                if seen[0] >= TOKENIZER_SAMPLE_CHARS:
+                    return
+
+    _say("training the WordPiece tokenizer")
+    tok = tokenizer.train(texts(), cfg.tokenizer)
+    if not seen[0]:
+        raise UserError(f"the corpus is empty: {_describe(cfg.data)} holds no text")
+    tok.save(str(tmp), pretty=True)
+    return tok
+
+
+def _describe(cfg: DataConfig) -> str:
+    named = [f"data.builtin={cfg.builtin}"] if cfg.builtin else []
+    named += [f"data.hf_dataset={cfg.hf_dataset}"] if cfg.hf_dataset else []
+    return ", ".join(named + [f"data.sources={list(cfg.sources)}"] * bool(cfg.sources))
+
+
+def _inputs(cfg: Config) -> dict:
+    """Everything the prepared files depend on; a change in any of it means a rebuild."""
+    if cfg.tokenizer.path is not None:
+        tokenizer.load(cfg.tokenizer.path)  # fails early, with one line, on a bad path
+        tok = {"path": str(Path(cfg.tokenizer.path).resolve()),
+               "sha256": tokenizer.sha256_file(cfg.tokenizer.path)}
+    else:
+        tok = {"vocab_size": cfg.tokenizer.vocab_size, "lowercase": cfg.tokenizer.lowercase,
+               "min_frequency": cfg.tokenizer.min_frequency,
+               "sample_chars": TOKENIZER_SAMPLE_CHARS}
+    d = cfg.data
+    return {"format_version": FORMAT_VERSION, "sources": sources.fingerprint(d), "tokenizer": tok,
+            "text_column": d.text_column, "validation_fraction": d.validation_fraction,
+            "max_documents": d.max_documents}
+
+
+def read_meta(directory: str | Path) -> dict:
+    """meta.json of a complete preparation, with every file checked; else a UserError."""
+    directory = Path(directory)
+    fix = f"run python -m bertjax.prepare with data.dir={directory}"
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{directory} holds no prepared data (no meta.json); {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{directory}/meta.json is corrupt; {fix}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{directory} was prepared in format {meta.get('format_version')}, "
+                        f"this code reads format {FORMAT_VERSION}; {fix}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    if meta["vocab_size"] > np.iinfo(meta["dtype"]).max + 1:
+        raise UserError(f"{directory}: vocabulary of {meta['vocab_size']} does not fit its "
+                        f"{meta['dtype']} token files; {fix}")
+    for name, split in meta["splits"].items():
+        for file, size in ((f"{name}.bin", split["tokens"] * itemsize),
+                           (f"{name}.docs", (split["documents"] + 1) * 8)):
+            path = directory / file
+            if not path.is_file() or path.stat().st_size != size:
+                raise UserError(f"{path} is missing or has the wrong size; {fix}")
+    tok_path = directory / "tokenizer.json"
+    if not tok_path.is_file() or tokenizer.sha256_file(tok_path) != meta["tokenizer_sha256"]:
+        raise UserError(f"{tok_path} does not match the tokenizer the data was prepared with "
+                        f"(sha256 {meta['tokenizer_sha256'][:12]}…); {fix}")
+    return meta
+
+
+def _is_current(directory: Path, inputs: dict) -> bool:
+    try:
+        return read_meta(directory)["inputs"] == inputs
+    except UserError:
+        return False
+
+
+def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
+    """Write everything under .tmp names, rename, then write meta.json (last)."""
+    start = time.perf_counter()
+    (directory / "meta.json").unlink(missing_ok=True)  # from here on the directory is incomplete
+    try:
+        tok = _make_tokenizer(cfg, directory)
+        vocab = tokenizer.vocab_size(tok)
+        dtype = token_dtype(vocab)
+        stats = _tokenize(cfg.data, tok, directory, dtype)
+        if not stats["splits"]["train"]["tokens"]:
+            raise UserError(f"the corpus is empty: {_describe(cfg.data)} yields no tokens")
+        for tmp in directory.glob("*.tmp"):
+            os.replace(tmp, tmp.with_suffix(""))
+        meta = {"format_version": FORMAT_VERSION, "inputs": inputs,
+                "tokenizer_sha256": tokenizer.sha256_file(directory / "tokenizer.json"),
+                "vocab_size": vocab, "dtype": dtype.name,
+                "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,
+                "seconds": round(time.perf_counter() - start, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = directory / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, directory / "meta.json")
+        return meta
+    finally:
+        for tmp in directory.glob("*.tmp"):
+            tmp.unlink()
+
+
+@contextmanager
+def _locked(directory: Path):
+    """One preparer per directory at a time (several processes of one run may call us)."""
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_prepared(cfg: Config) -> Path:
+    """Prepare cfg.data.dir unless it is complete and built from the same inputs; returns it."""
+    directory = Path(cfg.data.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory):
+        inputs = _inputs(cfg)
+        if _is_current(directory, inputs):
+            _say(f"{directory} is up to date (same inputs and tokenizer); nothing to do")
+            return directory
+        _say(f"preparing {directory} from {_describe(cfg.data)}")
+        meta = _build(cfg, directory, inputs)
+    mb, s = meta["text_bytes"] / 1e6, meta["seconds"]
+    train, valid = meta["splits"]["train"], meta["splits"]["validation"]
+    _say(f"{meta['text_tokens'] / 1e6:.2f} M tokens from {mb:.1f} MB in {s:.1f} s "
+         f"({mb / s:.2f} MB/s, {meta['text_tokens'] / s / 1e6:.2f} M tokens/s); "
+         f"train {train['tokens']:,} tokens / {train['documents']:,} docs, validation "
+         f"{valid['tokens']:,} / {valid['documents']:,}; vocab {meta['vocab_size']} "
+         f"({meta['dtype']}) -> {directory}")
+    return directory
+
+
+def main(argv: list[str]) -> None:
+    files, overrides = config_lib.split_args(argv)
+    if not files:
+        raise UserError("usage: python -m bertjax.prepare CONFIG.yaml [key=value ...]")
+    ensure_prepared(config_lib.load(files, overrides))
+
+
+if __name__ == "__main__":
+    cli(main)

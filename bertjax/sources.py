@@ -1,0 +1,256 @@
+"""Text sources for `prepare`: local text/.jsonl/.parquet files, a streamed hub dataset, or the
+embedded `stdlib` corpus, all read as a stream of (text, ends_document) pieces in bounded memory.
+
+Plain text: one paragraph per line, a blank line between documents. Bad text is an error, never
+silently replaced: a file with a NUL byte in its first 8 KiB is called binary, and invalid UTF-8
+anywhere is reported with its file and line (see data/README.md).
+"""
+
+import ast
+import functools
+import glob
+import json
+import re
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from bertjax.config import DataConfig
+from bertjax.errors import UserError
+
+Piece = tuple[str, bool]  # (text, whether this piece ends its document)
+
+READ_CHUNK = 1 << 20  # characters read at a time; a longer document is emitted in pieces
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_FIX = "data.sources takes plain UTF-8 text, .jsonl or .parquet files"
+
+
+def local_files(cfg: DataConfig) -> list[Path]:
+    """data.sources expanded (globs sorted), each checked to exist."""
+    files: list[Path] = []
+    for pattern in cfg.sources:
+        if glob.has_magic(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"data.sources pattern {pattern!r} matches no file; check the "
+                                "path (globs are expanded by bertjax, quote them in the shell)")
+            files += map(Path, matches)
+        elif Path(pattern).is_file():
+            files.append(Path(pattern))
+        else:
+            raise UserError(f"data.sources entry {pattern} does not exist; give a file, "
+                            "a glob, or remove it")
+    return files
+
+
+def _check_not_binary(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if b"\0" in head:
+        line = head[: head.index(b"\0")].count(b"\n") + 1
+        raise UserError(f"{path} looks binary (NUL byte on line {line}); {_FIX}")
+
+
+def _utf8_error(path: Path) -> UserError:
+    """Find the first line that is not UTF-8 (slow path, only after a decode error)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(f"{path} line {number}: not valid UTF-8 (byte "
+                                 f"0x{raw[e.start]:02x} at column {e.start + 1}); convert it, "
+                                 "e.g. iconv -f latin1 -t utf-8, or drop it from data.sources")
+    return UserError(f"{path}: not valid UTF-8; convert it to UTF-8")
+
+
+def text_pieces(path: Path) -> Iterator[Piece]:
+    """Documents of a plain-text file, split on blank lines, read 1 M characters at a time."""
+    _check_not_binary(path)
+    carry, open_doc = "", False  # open_doc: part of the current document was already emitted
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            while chunk := f.read(READ_CHUNK):
+                parts = _BLANK_LINE.split(carry + chunk)
+                carry = parts.pop()
+                for part in parts:
+                    if open_doc or part.strip():
+                        yield part, True
+                    open_doc = False
+                cut = carry.rfind("\n") if len(carry) > READ_CHUNK else -1
+                if cut > 0:  # a long document: hand over whole lines, keep the tail
+                    yield carry[:cut], False
+                    carry, open_doc = carry[cut:], True
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    if open_doc or carry.strip():
+        yield carry, True
+
+
+def _column_text(value: object, where: str, column: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{where}: column {column!r} holds {type(value).__name__}, not text; "
+                        "set data.text_column to a text column")
+    return value
+
+
+def jsonl_pieces(path: Path, column: str) -> Iterator[Piece]:
+    """One document per JSON line, its text in `column`."""
+    _check_not_binary(path)
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except UnicodeDecodeError:
+                raise _utf8_error(path) from None
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {number}: not valid JSON ({e.msg}); "
+                                "a .jsonl file holds one JSON object per line") from None
+            if not isinstance(row, dict) or column not in row:
+                keys = list(row) if isinstance(row, dict) else type(row).__name__
+                raise UserError(f"{path} line {number}: no {column!r} field (found {keys}); "
+                                "set data.text_column")
+            yield _column_text(row[column], f"{path} line {number}", column), True
+
+
+def parquet_pieces(path: Path, column: str) -> Iterator[Piece]:
+    """One document per row of `column`, read in record batches."""
+    import pyarrow.parquet as pq  # imported here: pyarrow is heavy and only parquet needs it
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet files
+        raise UserError(f"{path} is not a readable parquet file ({e}); {_FIX}") from None
+    if column not in pf.schema_arrow.names:
+        raise UserError(f"{path} has no column {column!r} (columns: {pf.schema_arrow.names}); "
+                        "set data.text_column")
+    for batch in pf.iter_batches(batch_size=1024, columns=[column]):
+        for value in batch.column(0).to_pylist():
+            yield _column_text(value, str(path), column), True
+
+
+def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
+    """Stream a Hugging Face hub dataset; an unreachable hub becomes one clear UserError."""
+    import datasets  # imported here: heavy, and only the hub path needs it
+
+    name = f"data.hf_dataset={cfg.hf_dataset}"
+    fix = ("without network access download the data elsewhere and set data.hf_dataset=null "
+           "data.sources=[files] (text, .jsonl or .parquet)")
+    try:
+        stream = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split,
+                                       streaming=True)
+        for row in stream:
+            if cfg.text_column not in row:
+                raise UserError(f"{name} has no column {cfg.text_column!r} (found "
+                                f"{list(row)}); set data.text_column")
+            yield _column_text(row[cfg.text_column], name, cfg.text_column), True
+    except (ConnectionError, TimeoutError) as e:
+        raise UserError(f"cannot reach the Hugging Face hub for {name} ({e}); {fix}") from None
+    except datasets.exceptions.DatasetNotFoundError as e:
+        raise UserError(f"{name} not found on the hub ({e}); check the name or {fix}") from None
+    except ValueError as e:  # e.g. an unknown config or split
+        raise UserError(f"{name}: {str(e).splitlines()[0]}; check data.hf_config and "
+                        "data.hf_split") from None
+
+
+def stdlib_pieces() -> Iterator[Piece]:
+    """The embedded corpus (about 2 MB, kept after the first read since prepare reads twice)."""
+    return iter(_stdlib_corpus())
+
+
+@functools.cache
+def _stdlib_corpus() -> tuple[Piece, ...]:
+    return tuple(_read_stdlib())
+
+
+def _read_stdlib() -> Iterator[Piece]:
+    """pydoc's topic pages, then docstrings of the standard library, one document per module.
+
+    Modules are parsed with `ast` (never imported) in sorted path order (module, class and
+    function docstrings); tests and bundled apps are skipped.
+    """
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield topics[name], True
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "turtledemo", "encodings", "pydoc_data"}
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # e.g. lib2to3 test data written in Python 2
+            continue
+        text = "\n\n".join(_docstrings(tree))
+        if text:
+            yield text, True
+
+
+def _docstrings(node: ast.AST) -> Iterator[str]:
+    """Docstrings of a module and its classes and functions (not of nested function bodies)."""
+    doc = ast.get_docstring(node)
+    if doc:
+        yield doc
+    for child in getattr(node, "body", []):
+        if isinstance(child, ast.ClassDef):
+            yield from _docstrings(child)
+        elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+            if doc := ast.get_docstring(child):
+                yield doc
+
+
+BUILTINS = {"stdlib": stdlib_pieces}
+
+
+def check(cfg: DataConfig) -> list[Path]:
+    """Validate the source settings early; returns the local files."""
+    if cfg.builtin is not None and cfg.builtin not in BUILTINS:
+        raise UserError(f"data.builtin={cfg.builtin!r} is unknown; use {list(BUILTINS)} or null")
+    files = local_files(cfg)
+    if not files and cfg.hf_dataset is None and cfg.builtin is None:
+        raise UserError("no data source: set data.sources (files or globs), data.hf_dataset "
+                        "or data.builtin=stdlib")
+    return files
+
+
+def pieces(cfg: DataConfig) -> Iterator[Piece]:
+    """Every source in a fixed order: builtin, hub dataset, then local files as listed."""
+    files = check(cfg)
+    if cfg.builtin is not None:
+        yield from BUILTINS[cfg.builtin]()
+    if cfg.hf_dataset is not None:
+        yield from hub_pieces(cfg)
+    for path in files:
+        if path.suffix == ".jsonl":
+            yield from jsonl_pieces(path, cfg.text_column)
+        elif path.suffix == ".parquet":
+            yield from parquet_pieces(path, cfg.text_column)
+        else:
+            yield from text_pieces(path)
+
+
+def fingerprint(cfg: DataConfig) -> list[dict]:
+    """What identifies the inputs: file paths with sizes and mtimes; the hub name; the Python."""
+    out: list[dict] = []
+    if cfg.builtin is not None:
+        out.append({"builtin": cfg.builtin, "python": sys.version,
+                    "stdlib": sysconfig.get_paths()["stdlib"]})
+    if cfg.hf_dataset is not None:  # a hub dataset is assumed immutable for a given name/config
+        out.append({"hub": cfg.hf_dataset, "config": cfg.hf_config, "split": cfg.hf_split})
+    for path in local_files(cfg):
+        st = path.stat()
+        out.append({"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def total_bytes(cfg: DataConfig) -> int | None:
+    """Input size for the progress bar when it is known (local files only)."""
+    if cfg.builtin is not None or cfg.hf_dataset is not None:
+        return None
+    return sum(p.stat().st_size for p in local_files(cfg))

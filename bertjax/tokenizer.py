@@ -1,0 +1,125 @@
+"""WordPiece tokenizer: train one from an iterator of texts, or load an existing tokenizer.json.
+
+Special-token ids are read from the tokenizer (`special_tokens`), never hard-coded: ours puts
+[PAD] at 0 and the rest at 1-4, bert-base-uncased uses 0/100/101/102/103.
+"""
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
+from bertjax.config import TokenizerConfig
+from bertjax.errors import UserError
+
+SPECIAL_NAMES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class SpecialTokens(NamedTuple):
+    """Ids of the five BERT special tokens; hashable, so it can be a static jit argument."""
+
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+
+def build(cfg: TokenizerConfig) -> Tokenizer:
+    """An untrained BERT WordPiece pipeline (normalizer, pre-tokenizer, model, decoder)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=cfg.lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _add_post_processor(tok: Tokenizer) -> None:
+    """[CLS] A [SEP] for one text, [CLS] A [SEP] B [SEP] with type ids 0/1 for a pair (BERT)."""
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+
+
+def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train WordPiece on a stream of texts (the trainer counts words; the texts are not kept).
+
+    The specials come first, so [PAD] = 0 and [UNK], [CLS], [SEP], [MASK] = 1..4.
+    """
+    if cfg.vocab_size < len(SPECIAL_NAMES) + 1:
+        raise UserError(f"tokenizer.vocab_size={cfg.vocab_size} is too small; use at least 100")
+    tok = build(cfg)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(SPECIAL_NAMES),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    _add_post_processor(tok)
+    special_tokens(tok, "the trained tokenizer")  # sanity: all five specials exist
+    return tok
+
+
+def load(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json; a missing or unreadable file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} does not exist; set tokenizer.path to a "
+                        "tokenizer.json or null to train one")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+        raise UserError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]}); "
+                        "point tokenizer.path at a Hugging Face tokenizers file") from None
+    special_tokens(tok, str(path))
+    return tok
+
+
+def special_tokens(tok: Tokenizer, name: str = "the tokenizer") -> SpecialTokens:
+    """The ids of [PAD] [UNK] [CLS] [SEP] [MASK]; a UserError names any that is missing."""
+    ids = [tok.token_to_id(t) for t in SPECIAL_NAMES]
+    missing = [t for t, i in zip(SPECIAL_NAMES, ids, strict=True) if i is None]
+    if missing:
+        raise UserError(f"{name} has no {', '.join(missing)} token; a BERT tokenizer needs "
+                        f"all of {', '.join(SPECIAL_NAMES)}")
+    return SpecialTokens(*ids)
+
+
+def vocab_size(tok: Tokenizer) -> int:
+    """Rows an embedding table needs: one more than the largest id (added tokens included)."""
+    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(tok: Tokenizer, path: str | Path) -> str:
+    """Write tokenizer.json atomically (temporary name, then rename); returns its sha256."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tok.save(str(tmp), pretty=True)
+    os.replace(tmp, path)
+    return sha256_file(path)
