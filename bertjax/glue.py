@@ -1,0 +1,509 @@
+"""GLUE tasks as data: task specs and label maps, readers (GLUE TSV directory or the HF hub),
+the official metrics in numpy, submission files, and bucketed fixed-shape batches.
+
+Label indices follow GLUE's own label lists (MNLI: contradiction, entailment, neutral); hub
+labels are mapped through their names, so both sources give the same index for the same string.
+"""
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from jaxtyping import Float, Int, Shaped
+from numpy.typing import ArrayLike
+from tokenizers import Tokenizer
+
+from bertjax.config import GlueConfig
+from bertjax.errors import UserError
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str  # ours: train, dev, dev_matched, test, ...
+    file: str  # GLUE TSV name inside the task directory
+    hub: str  # split name in nyu-mll/glue
+    submission: str | None = None  # GLUE leaderboard file written for this (test) split
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dir: str  # directory in GLUE's download layout
+    columns: tuple[str, str | None]  # text column names in the TSV header
+    hub_columns: tuple[str, str | None]
+    label_column: str
+    labels: tuple[str, ...]  # GLUE's label strings in GLUE's order; () = regression
+    metrics: tuple[str, ...]  # the main score is their mean (GLUE convention)
+    splits: tuple[Split, ...]
+    hub_labels: tuple[str, ...] = ()  # hub ClassLabel names aligned with `labels`; () = same
+    index_column: str = "index"
+    headerless: tuple[int, int] | None = None  # (text, label) positions when there is no header
+    skip_malformed: bool = False  # QQP: skip short rows and count them, as GLUE-era loaders did
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) or 1  # STS-B: one regression output
+
+    def split(self, name: str) -> Split:
+        for s in self.splits:
+            if s.name == name:
+                return s
+        raise UserError(f"{self.name} has no split {name!r}; use one of "
+                        f"{[s.name for s in self.splits]}")
+
+    @property
+    def dev_splits(self) -> list[str]:
+        return [s.name for s in self.splits if s.name.startswith("dev")]
+
+
+def _std(sub: str) -> tuple[Split, ...]:
+    return Split("train", "train.tsv", "train"), Split("dev", "dev.tsv", "validation"), \
+        Split("test", "test.tsv", "test", sub)
+
+
+_BIN, _NLI = ("0", "1"), ("entailment", "not_entailment")
+_MNLI_LABELS = ("contradiction", "entailment", "neutral")
+_MNLI_SPLITS = (Split("train", "train.tsv", "train"),
+                Split("dev_matched", "dev_matched.tsv", "validation_matched"),
+                Split("dev_mismatched", "dev_mismatched.tsv", "validation_mismatched"),
+                Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv"),
+                Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv"))
+_PAIR = ("sentence1", "sentence2")
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("cola", "CoLA", ("sentence", None), ("sentence", None), "label", _BIN, ("mcc",),
+         _std("CoLA.tsv"), ("unacceptable", "acceptable"), headerless=(3, 1)),
+    Task("sst2", "SST-2", ("sentence", None), ("sentence", None), "label", _BIN, ("accuracy",),
+         _std("SST-2.tsv"), ("negative", "positive")),
+    Task("mrpc", "MRPC", ("#1 String", "#2 String"), _PAIR, "Quality", _BIN,
+         ("f1", "accuracy"), _std("MRPC.tsv"), ("not_equivalent", "equivalent")),
+    Task("stsb", "STS-B", _PAIR, _PAIR, "score", (), ("pearson", "spearman"), _std("STS-B.tsv")),
+    Task("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
+         _BIN, ("f1", "accuracy"), _std("QQP.tsv"), ("not_duplicate", "duplicate"),
+         index_column="id", skip_malformed=True),
+    Task("mnli", "MNLI", _PAIR, ("premise", "hypothesis"), "gold_label", _MNLI_LABELS,
+         ("accuracy",), _MNLI_SPLITS),
+    Task("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label", _NLI,
+         ("accuracy",), _std("QNLI.tsv")),
+    Task("rte", "RTE", _PAIR, _PAIR, "label", _NLI, ("accuracy",), _std("RTE.tsv")),
+    Task("wnli", "WNLI", _PAIR, _PAIR, "label", _BIN, ("accuracy",), _std("WNLI.tsv"),
+         ("not_entailment", "entailment")),
+    # AX, GLUE's diagnostic set: test only, predicted with the MNLI model (GLUE scores it by R3,
+    # the K-class Matthews correlation, against labels it keeps private).
+    Task("ax", "diagnostic", _PAIR, ("premise", "hypothesis"), "label", _MNLI_LABELS, ("mcc",),
+         (Split("test", "diagnostic.tsv", "test", "AX.tsv"),)),
+)}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"glue.task={name!r} is unknown; use one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def label_index(task: str, label: str) -> int:
+    """GLUE label string -> the fixed class index of this task."""
+    t = get_task(task)
+    if label not in t.labels:
+        raise UserError(f"{label!r} is not a {task} label; use one of {list(t.labels)}")
+    return t.labels.index(label)
+
+
+def label_string(task: str, index: int | np.integer) -> str:
+    """Class index -> GLUE label string (the inverse of label_index)."""
+    return get_task(task).labels[int(index)]
+
+
+def submissions(task: str) -> list[tuple[str, str]]:
+    """(task, split) pairs whose predictions make up the GLUE submission of `task`."""
+    own = [(task, s.name) for s in get_task(task).splits if s.submission]
+    return own + [("ax", "test")] if task == "mnli" else own
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One split, columnar. `labels` is None for unlabeled test splits."""
+
+    task: str
+    split: str
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: Int[np.ndarray, " n"] | Float[np.ndarray, " n"] | None  # int32 index / f32 score
+    index: Int[np.ndarray, " n"]  # GLUE's `index`/`id` column (row number where there is none)
+    source: str  # file or hub id, for messages
+    skipped: int = 0  # malformed rows left out (QQP)
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    def head(self, n: int) -> "Examples":
+        cut = lambda x: None if x is None else x[:n]  # noqa: E731
+        return replace(self, text_a=self.text_a[:n], text_b=cut(self.text_b),
+                       labels=cut(self.labels), index=self.index[:n])
+
+
+# ---------------------------------------------------------------- readers: GLUE TSV directory
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    # GLUE's TSVs are unquoted: a '"' inside a sentence is a literal character (MNLI, QQP), so
+    # quoting is off. utf-8-sig drops the byte-order mark MRPC's header carries.
+    with open(path, encoding="utf-8-sig") as f:
+        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def _layout(t: Task, header: list[str], path: Path) -> tuple[bool, list[int | None]]:
+    """(has header, positions of text_a, text_b, label, index) for this file."""
+    if t.columns[0] not in header:
+        if t.headerless is None:
+            raise UserError(f"{path} has no column {t.columns[0]!r} in its header {header}; "
+                            f"is it the {t.name} file?")
+        return False, [t.headerless[0], None, t.headerless[1], None]
+    find = lambda name: header.index(name) if name in header else None  # noqa: E731
+    return True, [find(t.columns[0]), find(t.columns[1]) if t.columns[1] else None,
+                  find(t.label_column), find(t.index_column)]
+
+
+def _parse_label(t: Task, value: str, where: str) -> int | float:
+    try:
+        return t.labels.index(value) if t.labels else float(value)
+    except ValueError:
+        want = list(t.labels) if t.labels else "a number"
+        raise UserError(f"{where}: label {value!r} is not {want}; is this the {t.name} "
+                        "file?") from None
+
+
+def read_tsv(task: str, split: str, path: str | Path) -> Examples:
+    """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
+    t, path = get_task(task), Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; set glue.data_dir to a directory of GLUE TSVs "
+                        f"({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
+    rows = [r for r in _read_tsv(path) if r]
+    has_header, pos = _layout(t, rows[0] if rows else [], path)
+    if pos[2] is None and not split.startswith("test"):
+        raise UserError(f"{path} has no {t.label_column!r} column; the {split} split needs labels")
+    need = max(p for p in pos if p is not None) + 1
+    a, b, labels, index, skipped = [], [], [], [], 0
+    for n, row in enumerate(rows[1:] if has_header else rows):
+        if len(row) < need:
+            if t.skip_malformed:
+                skipped += 1
+                continue
+            raise UserError(f"{path} row {n + 1} has {len(row)} fields, expected at least "
+                            f"{need}; is this the {t.name} {split} file?")
+        a.append(row[pos[0]])
+        b.append(row[pos[1]]) if pos[1] is not None else None
+        if pos[2] is not None:
+            labels.append(_parse_label(t, row[pos[2]], f"{path} row {n + 1}"))
+        index.append(int(row[pos[3]]) if pos[3] is not None else n)
+    dtype = np.float32 if not t.labels else np.int32
+    return Examples(t.name, split, a, b if pos[1] is not None else None,
+                    np.asarray(labels, dtype) if pos[2] is not None else None,
+                    np.asarray(index, np.int64), str(path), skipped)
+
+
+# ---------------------------------------------------------------- readers: Hugging Face hub
+
+def read_hub(task: str, split: str, cache_dir: str | None = None) -> Examples:
+    """One split from `nyu-mll/glue` on the hub (needs a network or a filled cache)."""
+    t = get_task(task)
+    s = t.split(split)
+    try:
+        import datasets  # heavy; only this path needs it
+
+        ds = datasets.load_dataset(HUB_DATASET, t.name, split=s.hub, cache_dir=cache_dir)
+    except Exception as e:  # offline, no cache, hub errors: all mean "use local files"
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"could not load {HUB_DATASET}/{t.name} split {s.hub} from the hub "
+                        f"({type(e).__name__}: {first}); set glue.data_dir to a directory of "
+                        "GLUE TSV files") from None
+    raw = np.asarray(ds["label"])
+    labels = None
+    if (raw >= 0).any():  # the hub stores hidden test labels as -1
+        if not t.labels:
+            labels = raw.astype(np.float32)
+        else:  # hub order differs (MNLI: entailment=0): go through the label names
+            names = ds.features["label"].names
+            ours = t.hub_labels or t.labels
+            labels = np.asarray([ours.index(n) for n in names], np.int32)[raw]
+    b = list(ds[t.hub_columns[1]]) if t.hub_columns[1] else None
+    return Examples(t.name, split, list(ds[t.hub_columns[0]]), b, labels,
+                    np.asarray(ds["idx"], np.int64), f"{HUB_DATASET}/{t.name}:{s.hub}")
+
+
+def _named_file(cfg: GlueConfig, t: Task, split: str) -> str:
+    dev = t.dev_splits
+    if split == "train" and cfg.train_file:
+        return cfg.train_file
+    if split in dev and cfg.dev_files:
+        if len(cfg.dev_files) > len(dev):
+            raise UserError(f"glue.dev_files has {len(cfg.dev_files)} names but {t.name} has "
+                            f"only the dev splits {dev}; name at most {len(dev)}")
+        if dev.index(split) < len(cfg.dev_files):
+            return cfg.dev_files[dev.index(split)]
+    return t.split(split).file
+
+
+def dev_splits(cfg: GlueConfig) -> list[str]:
+    """Dev splits to evaluate: the task's, or the first len(glue.dev_files) of them."""
+    dev = get_task(cfg.task).dev_splits
+    return dev[: len(cfg.dev_files)] if cfg.dev_files else dev
+
+
+def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples:
+    """`split` of glue.task (or of `task`, e.g. 'ax' next to MNLI) from glue.data_dir or the hub.
+
+    glue.train_file / glue.dev_files name files inside `<data_dir>/<TaskDir>/` (absolute paths
+    work too); dev_files map in order onto the task's dev splits. glue.max_train_examples cuts
+    the training split.
+    """
+    t = get_task(task or cfg.task)
+    t.split(split)
+    if cfg.data_dir is None:
+        if cfg.train_file or cfg.dev_files:
+            raise UserError("glue.train_file / glue.dev_files name files inside glue.data_dir; "
+                            "set glue.data_dir too")
+        ex = read_hub(t.name, split)
+    else:
+        ex = read_tsv(t.name, split, Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split))
+    if split == "train" and cfg.max_train_examples is not None:
+        ex = ex.head(cfg.max_train_examples)
+    return ex
+
+
+def split_available(cfg: GlueConfig, split: str, task: str | None = None) -> bool:
+    """Whether load_split can be asked for `split` (the hub has every split; a dir needs a file)."""
+    t = get_task(task or cfg.task)
+    if cfg.data_dir is None:
+        return True
+    return (Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split)).is_file()
+
+
+# ---------------------------------------------------------------- metrics (GLUE's definitions)
+
+def _classes(t: Task, predictions: ArrayLike) -> np.ndarray:
+    """Class indices from indices [n] or logits [n, classes]; scores [n] or [n, 1] for STS-B."""
+    p = np.asarray(predictions)
+    if not t.labels:
+        return p.reshape(len(p)).astype(np.float64)
+    return p.argmax(-1) if p.ndim == 2 else p.astype(np.int64)
+
+
+def matthews(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Matthews correlation, K-class form (Gorodkin 2004; = binary MCC for two classes).
+
+    Returns 0 when undefined (a constant prediction or label), as sklearn does.
+    """
+    k = int(max(pred.max(), labels.max())) + 1
+    conf = np.zeros((k, k), np.float64)
+    np.add.at(conf, (labels, pred), 1.0)
+    t, p, s, c = conf.sum(1), conf.sum(0), conf.sum(), np.trace(conf)
+    denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom > 0 else 0.0
+
+
+def f1_positive(pred: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of class 1 (MRPC, QQP); 0 when there are no positives at all."""
+    tp = float(np.sum((pred == 1) & (labels == 1)))
+    wrong = float(np.sum(pred != labels))  # every error is a false positive or false negative
+    return 2 * tp / (2 * tp + wrong) if tp + wrong > 0 else 0.0
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r; 0 when either side is constant (r is undefined there)."""
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / denom) if denom > 0 else 0.0
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing the mean of their ranks (what Spearman's rho uses)."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    first = np.r_[True, xs[1:] != xs[:-1]]
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(x)]  # exclusive
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(first) - 1]
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def compute_metrics(task: str, predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
+    """GLUE metrics of `task` (names: mcc, accuracy, f1, pearson, spearman).
+
+    predictions: class indices [n] or logits [n, classes]; STS-B scores [n] or [n, 1].
+    MNLI-m / MNLI-mm are this on dev_matched / dev_mismatched.
+    """
+    t = get_task(task)
+    pred = _classes(t, predictions)
+    gold = np.asarray(labels).astype(pred.dtype)
+    if len(pred) != len(gold) or len(gold) == 0:
+        raise ValueError(f"{len(pred)} predictions for {len(gold)} labels")
+    fns = {"mcc": matthews, "accuracy": lambda p, g: float(np.mean(p == g)),
+           "f1": f1_positive, "pearson": pearson, "spearman": spearman}
+    return {name: fns[name](pred, gold) for name in t.metrics}
+
+
+def main_score(task: str, metrics: dict[str, float]) -> float:
+    """The number that picks the best checkpoint: the mean of the task's GLUE metrics
+    (CoLA mcc; MRPC/QQP (f1 + acc)/2; STS-B (pearson + spearman)/2; else accuracy)."""
+    return float(np.mean([metrics[m] for m in get_task(task).metrics]))
+
+
+# ---------------------------------------------------------------- submission files
+
+def write_submission(task: str, split: str, index: ArrayLike, predictions: ArrayLike,
+                     out_dir: str | Path) -> Path:
+    """Write GLUE's `<Name>.tsv` (header `index\\tprediction`) for a test split; returns its path.
+
+    Labels are GLUE's strings (0/1 for CoLA, SST-2, MRPC, QQP, WNLI); STS-B scores are clipped
+    to [0, 5]. Written to a temporary name and renamed, so a file present is a complete one.
+    """
+    t = get_task(task)
+    name = t.split(split).submission
+    if name is None:
+        raise UserError(f"{task} {split} is not a GLUE test split; submissions are for "
+                        f"{[s.name for s in t.splits if s.submission]}")
+    pred, idx = _classes(t, predictions), np.asarray(index).astype(np.int64)
+    if len(pred) != len(idx):
+        raise ValueError(f"{len(pred)} predictions for {len(idx)} indices")
+    if t.labels:
+        values = [t.labels[int(p)] for p in pred]
+    else:
+        values = [f"{v:.3f}" for v in np.clip(pred, 0.0, 5.0)]
+    out = Path(out_dir) / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("index\tprediction\n")
+        f.writelines(f"{i}\t{v}\n" for i, v in sorted(zip(idx.tolist(), values, strict=True)))
+    os.replace(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------- bucketed fixed-shape batches
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one split, concatenated (row i is tokens[offsets[i]:offsets[i + 1]])."""
+
+    tokens: Int[np.ndarray, " total"]
+    type_ids: Int[np.ndarray, " total"]
+    offsets: Int[np.ndarray, " n1"]
+    labels: Shaped[np.ndarray, " n"]  # int32 class / float32 score (zeros for a test split)
+    bucket: Int[np.ndarray, " n"]  # index into `buckets` of each row
+    buckets: tuple[int, ...]
+    truncated: int  # rows cut to the largest bucket
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+
+def _check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    b = tuple(int(x) for x in buckets)
+    if not b or b[0] < 8 or any(x >= y for x, y in zip(b[:-1], b[1:], strict=True)):
+        raise UserError(f"glue.buckets={list(b)} must be strictly increasing lengths >= 8, "
+                        "e.g. [32, 64, 128]")
+    return b
+
+
+def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> Encoded:
+    """Tokenize (pairs through the tokenizer's post-processor: [CLS] a [SEP] b [SEP], type ids
+    0/1), truncating longest-first to the largest bucket, and assign each row its bucket."""
+    b = _check_buckets(buckets)
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they are
+    tok.no_padding()
+    tok.enable_truncation(b[-1], strategy="longest_first")
+    pairs = examples.text_b is not None
+    inputs = list(zip(examples.text_a, examples.text_b, strict=True)) if pairs else examples.text_a
+    encs = tok.encode_batch(inputs)
+    lengths = np.asarray([len(e.ids) for e in encs], np.int64)
+    labels = examples.labels
+    if labels is None:
+        labels = np.zeros(len(encs), np.float32 if not get_task(examples.task).labels else np.int32)
+    return Encoded(
+        tokens=np.fromiter((i for e in encs for i in e.ids), np.int32, int(lengths.sum())),
+        type_ids=np.fromiter((i for e in encs for i in e.type_ids), np.int32, int(lengths.sum())),
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        labels=labels,
+        bucket=np.searchsorted(np.asarray(b), lengths).astype(np.int32),  # smallest that fits
+        buckets=b,
+        truncated=sum(bool(e.overflowing) for e in encs),
+    )
+
+
+def batch_order(enc: Encoded, batch_size: int, seed: int | None = None,
+                epoch: int = 0) -> list[np.ndarray]:
+    """Row numbers of each batch (-1 fills the last batch of a bucket). seed=None: eval order
+    (bucket, then file order); else shuffled by default_rng((seed, epoch)) within buckets and
+    across batches, so one length per batch and at most len(buckets) shapes."""
+    if batch_size < 1:
+        raise UserError(f"glue.batch_size={batch_size} must be positive")
+    rng = None if seed is None else np.random.default_rng((seed, epoch))
+    batches = []
+    for k in range(len(enc.buckets)):
+        rows = np.flatnonzero(enc.bucket == k)
+        rows = rows if rng is None else rng.permutation(rows)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            batches.append(np.pad(chunk, (0, batch_size - len(chunk)), constant_values=-1))
+    return batches if rng is None else [batches[i] for i in rng.permutation(len(batches))]
+
+
+def num_batches(enc: Encoded, batch_size: int) -> int:
+    """Batches per epoch (the same for every seed and epoch)."""
+    counts = np.bincount(enc.bucket, minlength=len(enc.buckets))
+    return int(np.sum(-(-counts // batch_size)))
+
+
+def make_batch(enc: Encoded, rows: Int[np.ndarray, " batch"]) -> dict[str, np.ndarray]:
+    """Fixed-shape arrays for `rows`; L = the smallest bucket holding the longest row.
+
+    Rows of -1 are padding: a copy of the first row (so every row has real tokens and finite
+    activations) with valid=False and example_index=-1; they must carry zero weight.
+    """
+    real = rows[rows >= 0]
+    src = np.where(rows >= 0, rows, real[0])
+    length = enc.buckets[int(enc.bucket[real].max())]
+    ids = np.zeros((len(rows), length), np.int32)
+    types = np.zeros((len(rows), length), np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for r, i in enumerate(src):
+        lo, hi = enc.offsets[i], enc.offsets[i + 1]
+        ids[r, : hi - lo], types[r, : hi - lo], mask[r, : hi - lo] = \
+            enc.tokens[lo:hi], enc.type_ids[lo:hi], True
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+            "labels": enc.labels[src], "example_index": rows.astype(np.int32),
+            "valid": rows >= 0}
+
+
+def iter_batches(enc: Encoded, batch_size: int, seed: int | None = None, epoch: int = 0,
+                 start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of one epoch from batch `start` on (resume skips without building them)."""
+    for rows in batch_order(enc, batch_size, seed, epoch)[start:]:
+        yield make_batch(enc, rows)
+
+
+def in_example_order(n: int, example_index: Sequence[np.ndarray],
+                     values: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-batch outputs (e.g. logits) -> one array in row order, padding rows dropped.
+
+    Raises if a row is missing or seen twice, so an eval pass that lost data cannot be scored.
+    """
+    idx = np.concatenate([np.asarray(i) for i in example_index])
+    val = np.concatenate([np.asarray(v) for v in values])
+    keep = idx >= 0
+    idx, val = idx[keep], val[keep]
+    if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+        raise ValueError(f"expected each of {n} rows once, got {len(idx)} rows")
+    out = np.empty_like(val)
+    out[idx] = val
+    return out
