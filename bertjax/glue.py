@@ -162,6 +162,9 @@ def _layout(t: Task, header: list[str], path: Path) -> tuple[bool, list[int | No
             raise UserError(f"{path} has no column {t.columns[0]!r} in its header {header}; "
                             f"is it the {t.name} file?")
         return False, [t.headerless[0], None, t.headerless[1], None]
+    if t.columns[1] and t.columns[1] not in header:
+        raise UserError(f"{path} has no column {t.columns[1]!r} in its header {header}; "
+                        f"{t.name} needs a sentence pair")
     find = lambda name: header.index(name) if name in header else None  # noqa: E731
     return True, [find(t.columns[0]), find(t.columns[1]) if t.columns[1] else None,
                   find(t.label_column), find(t.index_column)]
@@ -183,7 +186,9 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
         raise UserError(f"{path} does not exist; set glue.data_dir to a directory of GLUE TSVs "
                         f"({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
     rows = [r for r in _read_tsv(path) if r]
-    has_header, pos = _layout(t, rows[0] if rows else [], path)
+    if not rows:
+        raise UserError(f"{path} is empty; expected the {t.name} {split} TSV")
+    has_header, pos = _layout(t, rows[0], path)
     if pos[2] is None and not split.startswith("test"):
         raise UserError(f"{path} has no {t.label_column!r} column; the {split} split needs labels")
     need = max(p for p in pos if p is not None) + 1
@@ -193,12 +198,13 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
             if t.skip_malformed:
                 skipped += 1
                 continue
-            raise UserError(f"{path} row {n + 1} has {len(row)} fields, expected at least "
-                            f"{need}; is this the {t.name} {split} file?")
+            raise UserError(f"{path} data row {n + 1} has {len(row)} fields, expected at "
+                            f"least {need}; is this the {t.name} {split} file?")
         a.append(row[pos[0]])
-        b.append(row[pos[1]]) if pos[1] is not None else None
+        if pos[1] is not None:
+            b.append(row[pos[1]])
         if pos[2] is not None:
-            labels.append(_parse_label(t, row[pos[2]], f"{path} row {n + 1}"))
+            labels.append(_parse_label(t, row[pos[2]], f"{path} data row {n + 1}"))
         index.append(int(row[pos[3]]) if pos[3] is not None else n)
     dtype = np.float32 if not t.labels else np.int32
     return Examples(t.name, split, a, b if pos[1] is not None else None,

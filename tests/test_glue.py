@@ -145,6 +145,11 @@ def test_mnli_partial_files_by_header_names():
     assert not glue.split_available(cfg(task="rte", dev_files=["nope.tsv"]), "dev")
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_bad_inputs_raise_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"MRPC/dev\.tsv does not exist; set glue\.data_dir"):
         glue.load_split(GlueConfig(task="mrpc", data_dir=str(tmp_path)), "dev")
@@ -152,10 +157,17 @@ def test_bad_inputs_raise_user_errors(tmp_path):
         glue.load_split(cfg(task="rte"), "dev_matched")
     with pytest.raises(UserError, match="no 'label' column; the train split needs labels"):
         glue.read_tsv("rte", "train", FIX / "RTE" / "test.tsv")
-    with pytest.raises(UserError, match="row 1: label 'not_entailment' is not"):
+    with pytest.raises(UserError, match="data row 1: label 'not_entailment' is not"):
         glue.read_tsv("wnli", "train", FIX / "RTE" / "train.tsv")
     with pytest.raises(UserError, match="no column 'question'"):
         glue.read_tsv("qnli", "train", FIX / "SST-2" / "train.tsv")
+    with pytest.raises(UserError, match="no column 'sentence2'.*needs a sentence pair"):
+        glue.read_tsv("rte", "test", _write(tmp_path / "one.tsv", "index\tsentence1\n0\ta\n"))
+    short = _write(tmp_path / "short.tsv", "index\tsentence1\tsentence2\tlabel\n0\tonly one\n")
+    with pytest.raises(UserError, match="data row 1 has 2 fields, expected at least 4"):
+        glue.read_tsv("rte", "dev", short)
+    with pytest.raises(UserError, match="is empty"):
+        glue.read_tsv("cola", "dev", _write(tmp_path / "empty.tsv", ""))
     with pytest.raises(UserError, match="has only the dev splits"):
         glue.load_split(cfg(task="rte", dev_files=["a.tsv", "b.tsv"]), "dev")
     with pytest.raises(UserError, match="set glue.data_dir too"):
@@ -346,6 +358,8 @@ def test_training_batches_shapes_coverage_determinism(tokenizer):
         assert np.array_equal(b["labels"][b["valid"]], real % 2)
         assert np.diff(enc.offsets)[real].max() > {8: 0, 16: 8, 32: 16}[b["input_ids"].shape[1]]
     assert sum((~b["valid"]).sum() for b in epoch0) == len(epoch0) * bs - 45
+    lengths = [b["input_ids"].shape[1] for b in epoch0]
+    assert lengths != sorted(lengths)  # batch order is shuffled across buckets too
     again = list(glue.iter_batches(enc, bs, seed=3, epoch=0))
     assert all(np.array_equal(x["example_index"], y["example_index"])
                for x, y in zip(epoch0, again, strict=True))
