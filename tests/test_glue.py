@@ -319,8 +319,8 @@ def tokenizer() -> Tokenizer:
 def _many(n: int) -> glue.Examples:
     """n RTE-style pairs of varied length, built from the real fixture rows."""
     rte = glue.load_split(cfg(task="rte"), "train")
-    a = [" ".join(rte.text_a[i % 4].split()[: 3 + (7 * i) % 60]) for i in range(n)]
-    b = [rte.text_b[i % 4] for i in range(n)]
+    a = [" ".join(rte.text_a[i % 4].split()[: 1 + (7 * i) % 40]) for i in range(n)]
+    b = [" ".join(rte.text_b[i % 4].split()[: 1 + i % 5]) for i in range(n)]
     return glue.Examples("rte", "train", a, b, np.arange(n, dtype=np.int32) % 2,
                          np.arange(n, dtype=np.int64), "synthetic")
 
@@ -330,6 +330,7 @@ def test_encode_pairs_truncates_and_buckets(tokenizer):
     enc = glue.encode(tokenizer, ex, buckets)
     lengths = np.diff(enc.offsets)
     assert lengths.max() == 32 and enc.truncated > 0  # longest-first cut to the largest bucket
+    assert np.all(np.bincount(enc.bucket, minlength=3) > 0)  # the data exercise every bucket
     b = np.asarray(buckets)[enc.bucket]
     assert np.all(lengths <= b) and np.all((enc.bucket == 0) | (lengths > b - b // 2))
     row = slice(enc.offsets[0], enc.offsets[1])  # [CLS] a [SEP] b [SEP]: type 0 then 1
