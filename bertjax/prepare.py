@@ -242,13 +242,18 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
                 "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,
                 "seconds": round(time.perf_counter() - start, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = directory / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, directory / "meta.json")
+        _write_meta(directory, meta)
         return meta
     finally:
         for tmp in directory.glob("*.tmp"):
             tmp.unlink()
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    """The last step: until meta.json exists the directory counts as unprepared."""
+    tmp = directory / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, directory / "meta.json")
 
 
 @contextmanager

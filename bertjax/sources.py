@@ -7,7 +7,6 @@ anywhere is reported with its file and line (see data/README.md).
 """
 
 import ast
-import functools
 import glob
 import json
 import re
@@ -159,13 +158,18 @@ def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
 
 
 def stdlib_pieces() -> Iterator[Piece]:
-    """The embedded corpus (about 2 MB, kept after the first read since prepare reads twice)."""
-    return iter(_stdlib_corpus())
+    """The embedded corpus (about 2 MB): kept once read in full, since prepare reads it twice."""
+    if _STDLIB:
+        yield from _STDLIB[0]
+        return
+    seen = []
+    for piece in _read_stdlib():
+        seen.append(piece)
+        yield piece
+    _STDLIB.append(tuple(seen))
 
 
-@functools.cache
-def _stdlib_corpus() -> tuple[Piece, ...]:
-    return tuple(_read_stdlib())
+_STDLIB: list[tuple[Piece, ...]] = []
 
 
 def _read_stdlib() -> Iterator[Piece]:

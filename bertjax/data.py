@@ -1,0 +1,316 @@
+"""Host-side loader over prepared data: fixed-length sequences read from a token memmap.
+
+`PretrainData.rows(start, count)` returns the sequences at global positions start.. of an endless
+stream of epochs, each epoch a keyed pseudo-random permutation of (seed, epoch): a pure function
+of the position, so resuming and slicing a batch across processes are exact and cost O(1).
+MLM rows are contiguous `seq_len - 2` token chunks framed [CLS] … [SEP]; a [SEP] already in the
+stream marks each document end (data/README.md). NSP/SOP rows pair sentences of one document.
+"""
+
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertjax import prepare, tokenizer
+from bertjax.errors import UserError
+from bertjax.tokenizer import SpecialTokens
+
+_PERM, _PAIR = 1, 2  # purpose tags, so the two host random streams never coincide
+_SENTENCE_END = (".", "!", "?")
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+class EpochWarning(UserWarning):
+    """The run has gone past the end of the data and sees it again, in a new order."""
+
+
+class Permutation:
+    """A keyed bijection of [0, n): a 4-round Feistel network on the smallest even-bit domain
+    holding n (at most 4n), cycle-walking back into range. O(1) memory and per index."""
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        self.n = n
+        self.half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        rng = np.random.default_rng((seed, _PERM, epoch))
+        self.keys = rng.integers(0, 1 << 63, 4, dtype=np.uint64)
+
+    def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
+        z = r ^ key  # splitmix64's finaliser: a good 64-bit mix
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return (z ^ (z >> np.uint64(31))) & self.mask
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        shift = np.uint64(self.half)
+        left, right = x >> shift, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << shift) | right
+
+    def __call__(self, index: np.ndarray) -> np.ndarray:
+        y = self._feistel(index.astype(np.uint64))
+        out = y >= self.n
+        while out.any():  # cycle-walking: each cycle through the domain returns to [0, n)
+            y[out] = self._feistel(y[out])
+            out = y >= self.n
+        return y.astype(np.int64)
+
+
+class PretrainData:
+    """Sequences of one split of a prepared directory (train shuffles, validation does not)."""
+
+    def __init__(self, data_dir: str | Path, split: str = "train", seq_len: int = 128,
+                 objective: str = "mlm", seed: int = 0, special: SpecialTokens | None = None,
+                 shuffle: bool | None = None):
+        meta = prepare.read_meta(data_dir)
+        if split not in meta["splits"]:
+            raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
+        if objective not in ("mlm", "mlm+nsp", "mlm+sop"):
+            raise UserError(f"data.objective={objective!r}: use mlm, mlm+nsp or mlm+sop")
+        self.special = SpecialTokens(**meta["special_tokens"])
+        if special is not None and tuple(special) != tuple(self.special):
+            raise UserError(f"the tokenizer's special ids {tuple(special)} do not match the data "
+                            f"in {data_dir} {tuple(self.special)}; use the tokenizer.json "
+                            "saved there, or prepare the data again with yours")
+        self.split, self.seq_len, self.objective, self.seed = split, seq_len, objective, seed
+        self.shuffle = split == "train" if shuffle is None else shuffle
+        n_tokens, n_docs = meta["splits"][split]["tokens"], meta["splits"][split]["documents"]
+        self.tokens = _memmap(Path(data_dir) / f"{split}.bin", meta["dtype"], n_tokens)
+        self.docs = _memmap(Path(data_dir) / f"{split}.docs", "int64", n_docs + 1)
+        self.pair = objective != "mlm"
+        if self.pair:
+            tok = tokenizer.load(Path(data_dir) / "tokenizer.json")
+            ends = [tok.token_to_id(t) for t in _SENTENCE_END]
+            self.enders = np.asarray([i for i in ends if i is not None], np.int64)
+            self.num_sequences = self._index_chunks()
+        else:
+            self.span = seq_len - 2  # tokens per row between [CLS] and [SEP]
+            self.num_sequences = -(-n_tokens // self.span)
+            self.windows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.span) \
+                if n_tokens >= self.span else None
+        self._perms: dict[int, Permutation] = {}
+        self._warned_epoch = 0
+
+    def _index_chunks(self) -> int:
+        """Pair mode: each document of >= 2 tokens is cut into ceil(len / (seq_len-3)) near-equal
+        chunks; chunk j is the text a sentence pair is cut from."""
+        self.doc_len = np.diff(self.docs) - 1  # without the closing [SEP]
+        room = self.seq_len - 3  # [CLS] A [SEP] B [SEP]
+        self.doc_chunks = np.where(self.doc_len >= 2, -(-self.doc_len // room), 0)
+        self.chunk_end = np.cumsum(self.doc_chunks)  # chunk ids < chunk_end[d] lie in docs <= d
+        if np.count_nonzero(self.doc_chunks) < 2:
+            raise UserError(f"{self.objective} needs 2+ documents in the {self.split} split, "
+                            f"which has {np.count_nonzero(self.doc_chunks)}; use more text, a "
+                            "larger data.validation_fraction, or data.objective=mlm")
+        return int(self.chunk_end[-1])
+
+    def epoch(self, position: int) -> int:
+        """The epoch a global sequence position falls in (0 for the first pass)."""
+        return position // self.num_sequences
+
+    def sequence_index(self, positions: np.ndarray) -> np.ndarray:
+        """Global positions -> sequence ids in [0, num_sequences)."""
+        epochs, index = np.divmod(positions, self.num_sequences)
+        if not self.shuffle:
+            return index
+        out = np.empty_like(index)
+        for e in np.unique(epochs):
+            if int(e) not in self._perms:
+                self._perms = {k: v for k, v in self._perms.items() if k >= e - 1}
+                self._perms[int(e)] = Permutation(self.num_sequences, self.seed, int(e))
+            sel = epochs == e
+            out[sel] = self._perms[int(e)](index[sel])
+        return out
+
+    def rows(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """The sequences at global positions start .. start+count-1 (any slice of a batch
+        equals that slice of the whole batch)."""
+        if self.num_sequences == 0:
+            raise UserError(f"the {self.split} split is empty; use more text or a larger "
+                            "data.validation_fraction")
+        positions = start + np.arange(count, dtype=np.int64)
+        if self.shuffle and count and (epoch := self.epoch(start + count - 1)) > self._warned_epoch:
+            warnings.warn(f"{self.split} data: position {epoch * self.num_sequences} starts "
+                          f"epoch {epoch} ({self.num_sequences:,} sequences per epoch); the "
+                          "data repeats in a new order", EpochWarning, stacklevel=2)
+            self._warned_epoch = epoch
+        index = self.sequence_index(positions)
+        return self._pair_rows(positions, index) if self.pair else self._mlm_rows(index)
+
+    def _mlm_rows(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        count, n, span, sp = len(index), len(self.tokens), self.span, self.special
+        begin = index * span
+        full = begin + span <= n
+        ids = np.full((count, self.seq_len), sp.pad, np.int32)
+        mask = np.ones((count, self.seq_len), bool)
+        ids[:, 0] = sp.cls
+        if full.all():  # the common case: one vectorised copy out of the memmap
+            ids[:, 1:-1] = self.windows[begin]
+            ids[:, -1] = sp.sep
+        else:
+            if full.any():
+                ids[full, 1:-1] = self.windows[begin[full]]
+                ids[full, -1] = sp.sep
+            for r in np.flatnonzero(~full):  # only the last chunk of the split is short
+                tail = self.tokens[begin[r]:]
+                ids[r, 1:1 + len(tail)] = tail
+                ids[r, 1 + len(tail)] = sp.sep
+                mask[r, 2 + len(tail):] = False
+        return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
+
+    def _chunk(self, j: int) -> tuple[int, int, int]:
+        """Pair mode: (start, end, document) of chunk j in the token stream."""
+        d = int(np.searchsorted(self.chunk_end, j, side="right"))
+        k = j - (int(self.chunk_end[d - 1]) if d else 0)
+        n, length, base = int(self.doc_chunks[d]), int(self.doc_len[d]), int(self.docs[d])
+        return base + k * length // n, base + (k + 1) * length // n, d
+
+    def _other_segment(self, rng: np.random.Generator, doc: int, length: int) -> np.ndarray:
+        """NSP's random next segment: from a chunk of another document, starting at a sentence."""
+        r = int(rng.integers(self.num_sequences - int(self.doc_chunks[doc])))
+        if r >= self.chunk_end[doc] - self.doc_chunks[doc]:  # skip the current document's chunks
+            r += int(self.doc_chunks[doc])
+        begin, end, other = self._chunk(r)
+        starts = np.flatnonzero(np.isin(self.tokens[begin:end - 1], self.enders))
+        begin += int(starts[0]) + 1 if len(starts) else 0
+        doc_end = int(self.docs[other + 1]) - 1
+        return self.tokens[begin:min(begin + length, doc_end)]
+
+    def _pair_row(self, position: int, j: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """[CLS] A [SEP] B [SEP] from chunk j, cut after a sentence end where there is one."""
+        rng = np.random.default_rng((self.seed, _PAIR, position))
+        begin, end, doc = self._chunk(j)
+        chunk = self.tokens[begin:end]
+        cuts = 1 + np.flatnonzero(np.isin(chunk[:-1], self.enders))
+        cut = int(rng.choice(cuts)) if len(cuts) else int(rng.integers(1, len(chunk)))
+        first, second = chunk[:cut], chunk[cut:]
+        label = int(rng.random() < 0.5)  # 1 = random next (NSP) or swapped order (SOP)
+        if label and self.objective == "mlm+nsp":
+            second = self._other_segment(rng, doc, len(second))
+        elif label:
+            first, second = second, first
+        sp = self.special
+        ids = np.concatenate([[sp.cls], first, [sp.sep], second, [sp.sep]])
+        types = np.zeros(len(ids), np.int32)
+        types[len(first) + 2:] = 1
+        return ids, types, label
+
+    def _pair_rows(self, positions: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
+        count = len(index)
+        out = _empty(count, self.seq_len, self.special.pad, pair=True)
+        for r in range(count):  # pair rows are built one by one (cuts depend on the text)
+            ids, types, label = self._pair_row(int(positions[r]), int(index[r]))
+            out["input_ids"][r, :len(ids)] = ids
+            out["token_type_ids"][r, :len(ids)] = types
+            out["attention_mask"][r, :len(ids)] = True
+            out["pair_labels"][r] = label
+        return out
+
+    def batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
+        """Validation order: sequences 0, 1, 2, … once, in fixed-size batches; the last batch is
+        filled with empty rows (attention_mask all False, so they carry no weight)."""
+        total = -(-self.num_sequences // batch_size)
+        if self.num_sequences == 0:
+            warnings.warn(f"the {self.split} split is empty: no batches", stacklevel=2)
+        for b in range(total if max_batches is None else min(total, max_batches)):
+            count = min(batch_size, self.num_sequences - b * batch_size)
+            positions = b * batch_size + np.arange(count, dtype=np.int64)
+            real = (self._pair_rows(positions, positions % self.num_sequences) if self.pair
+                    else self._mlm_rows(positions % self.num_sequences))
+            pad = _empty(batch_size - count, self.seq_len, self.special.pad, self.pair)
+            yield {k: np.concatenate([real[k], pad[k]]) for k in real}
+
+
+def _memmap(path: Path, dtype: str, length: int) -> np.ndarray:
+    if length == 0:  # mmap cannot map an empty file
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+
+
+def _empty(count: int, seq_len: int, pad: int, pair: bool) -> dict[str, np.ndarray]:
+    out = {"input_ids": np.full((count, seq_len), pad, np.int32),
+           "token_type_ids": np.zeros((count, seq_len), np.int32),
+           "attention_mask": np.zeros((count, seq_len), bool)}
+    if pair:
+        out["pair_labels"] = np.zeros(count, np.int32)
+    return out
+
+
+class Prefetcher:
+    """Runs fn(item) for each item on a daemon thread, at most `depth` results ahead.
+
+    Iterate it for the results in order; an exception in fn is raised in the consumer.
+    `close()` (or leaving a `with` block) stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(fn, items), daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put((True, fn(item))):
+                    return
+        except BaseException as e:  # handed to the consumer, who re-raises it
+            self._put((False, e))
+            return
+        self._put((True, self._END))
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Any:
+        ok, value = self._queue.get()
+        if not ok:
+            raise value
+        if value is self._END:
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefetch(source: Callable[[int], Any] | Iterable[tuple[int, int]], depth: int = 2, *,
+             data: PretrainData | None = None, first_step: int = 0) -> Prefetcher:
+    """Background batches: `source` is a function step -> batch (called for first_step,
+    first_step+1, …), or an iterable of (start, count) spans read with `data.rows`."""
+    if callable(source):
+        return Prefetcher(source, _count(first_step), depth)
+    if data is None:
+        raise ValueError("prefetch over (start, count) spans needs data=PretrainData(...)")
+    return Prefetcher(lambda span: data.rows(*span), source, depth)
+
+
+def _count(first: int) -> Iterator[int]:
+    step = first
+    while True:
+        yield step
+        step += 1

@@ -1,0 +1,240 @@
+"""prepare: the written format, dtype choice, idempotent and crash-safe re-runs, every source
+kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_tokenizer import bert_style_tokenizer, sentences
+
+from bertjax import config, prepare, sources, tokenizer
+from bertjax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(path: Path, n_docs: int, seed: int = 0) -> list[str]:
+    """Plain text: one paragraph per line, a blank line between documents."""
+    rng = np.random.default_rng(seed)
+    docs = ["\n".join(" ".join(sentences(int(rng.integers(1, 4)), seed=seed * 1000 + i * 10 + p))
+                      for p in range(int(rng.integers(1, 4)))) for i in range(n_docs)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return docs
+
+
+def load_cfg(tmp_path: Path, sources_: list, **data) -> config.Config:
+    overrides = [f"data.dir={tmp_path / 'prepared'}", "tokenizer.vocab_size=300",
+                 "data.validation_fraction=0.1",
+                 *(f"{k if '.' in k else 'data.' + k}={v}" for k, v in data.items())]
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(json.dumps({"data": {"sources": [str(s) for s in sources_]}}))
+    return config.load([cfg_file], overrides)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> tuple[Path, list[str]]:
+    return tmp_path / "a.txt", write_corpus(tmp_path / "a.txt", 60)
+
+
+def read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    meta = json.loads((directory / "meta.json").read_text())
+    return (np.fromfile(directory / f"{split}.bin", meta["dtype"]),
+            np.fromfile(directory / f"{split}.docs", np.int64))
+
+
+def test_format_split_and_boundaries(tmp_path, corpus):
+    path, docs = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    meta = prepare.read_meta(out)
+    tok = tokenizer.load(out / "tokenizer.json")
+    sep = meta["special_tokens"]["sep"]
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == tokenizer.vocab_size(tok)
+    assert meta["tokenizer_sha256"] == tokenizer.sha256_file(out / "tokenizer.json")
+    split_of = [prepare.is_validation(i, 0.1) for i in range(len(docs))]
+    assert sum(split_of) == 6
+    for split, want in (("train", False), ("validation", True)):
+        tokens, offsets = read_split(out, split)
+        mine = [d for d, s in zip(docs, split_of, strict=True) if s == want]
+        assert meta["splits"][split] == {"tokens": len(tokens), "documents": len(mine)}
+        assert offsets[0] == 0 and offsets[-1] == len(tokens) and len(offsets) == len(mine) + 1
+        for doc, a, b in zip(mine, offsets[:-1], offsets[1:], strict=True):
+            assert tokens[b - 1] == sep  # each document ends with one [SEP] …
+            assert tokens[a:b - 1].tolist() == tok.encode(doc, add_special_tokens=False).ids
+    assert not list(out.glob("*.tmp"))
+
+
+def test_dtype_choice(tmp_path, corpus):
+    assert prepare.token_dtype(65536) == np.uint16 and prepare.token_dtype(65537) == np.uint32
+    with pytest.raises(UserError, match="does not fit uint32"):
+        prepare.token_dtype(2**32 + 1)
+    big = bert_style_tokenizer(tmp_path / "big.json", extra_words=70_000)
+    path, docs = corpus
+    cfg = load_cfg(tmp_path, [path], **{"tokenizer.path": tmp_path / "big.json"})
+    out = prepare.ensure_prepared(cfg)
+    meta = prepare.read_meta(out)
+    assert meta["dtype"] == "uint32" and meta["special_tokens"]["sep"] == 102
+    tokens, offsets = read_split(out, "train")
+    assert tokens[: offsets[1] - 1].tolist() == big.encode(docs[0], add_special_tokens=False).ids
+
+
+def test_rerun_is_a_no_op_and_changes_rebuild(tmp_path, corpus, capsys):
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert "up to date" in capsys.readouterr().err
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+    write_corpus(path, 61)  # changed input
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert prepare.read_meta(out)["inputs"]["sources"][0]["bytes"] == path.stat().st_size
+    before = prepare.read_meta(out)["created"], (out / "meta.json").stat().st_mtime_ns
+    prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.vocab_size": 280}))
+    assert "preparing" in capsys.readouterr().err  # changed tokenizer settings
+    assert (out / "meta.json").stat().st_mtime_ns != before[1]
+
+
+def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatch, capsys):
+    path, _ = corpus
+    cfg = load_cfg(tmp_path, [path])
+    out = prepare.ensure_prepared(cfg)
+    write_corpus(path, 70, seed=1)
+
+    def crash(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_write_meta", crash)  # dies just before meta.json
+    with pytest.raises(KeyboardInterrupt):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert not (out / "meta.json").exists() and not list(out.glob("*.tmp"))
+    with pytest.raises(UserError, match="no meta.json"):
+        prepare.read_meta(out)
+    monkeypatch.undo()
+    capsys.readouterr()
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert "preparing" in capsys.readouterr().err
+    # A file cut short after the fact (e.g. a copy that died) is caught by its size.
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(UserError, match="wrong size"):
+        prepare.read_meta(out)
+
+
+def test_jsonl_parquet_and_max_documents(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = sentences(30)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    pq.write_table(pa.table({"body": texts}), tmp_path / "b.parquet")
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "a.jsonl", tmp_path / "b.parquet"],
+                                           text_column="body", max_documents=50))
+    meta = prepare.read_meta(out)
+    assert sum(s["documents"] for s in meta["splits"].values()) == 50
+    with pytest.raises(UserError, match="no 'text' field"):
+        list(sources.jsonl_pieces(tmp_path / "a.jsonl", "text"))
+    with pytest.raises(UserError, match="has no column 'text'"):
+        list(sources.parquet_pieces(tmp_path / "b.parquet", "text"))
+
+
+def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_CHUNK", 64)
+    text = "one two three\nfour five\n\n\n  \nsix seven\neight\n\nnine"
+    (tmp_path / "t.txt").write_text(text)
+    pieces = list(sources.text_pieces(tmp_path / "t.txt"))
+    docs = "".join(t if not end else t + "\x00" for t, end in pieces).split("\x00")[:-1]
+    assert [d.split() for d in docs] == [["one", "two", "three", "four", "five"],
+                                        ["six", "seven", "eight"], ["nine"]]
+    monkeypatch.setattr(sources, "READ_CHUNK", 8)  # documents longer than a read come in pieces
+    pieces = list(sources.text_pieces(tmp_path / "t.txt"))
+    assert any(not end for _, end in pieces) and sum(end for _, end in pieces) == 3
+    assert " ".join(t for t, _ in pieces).split() == text.split()
+
+
+def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
+    first = [p for p, _ in zip(sources._read_stdlib(), range(120), strict=False)]
+    again = [p for p, _ in zip(sources._read_stdlib(), range(120), strict=False)]
+    assert first == again and all(end for _, end in first)
+    cfg = config.load([ROOT / "configs" / "demo.yaml"],
+                      [f"data.dir={tmp_path / 'demo'}", "data.max_documents=120",
+                       "tokenizer.vocab_size=1000"])
+    meta = prepare.read_meta(prepare.ensure_prepared(cfg))
+    assert meta["splits"]["train"]["tokens"] > 10_000
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("glob", "matches no file"),
+    ("empty", "the corpus is empty"),
+    ("binary", "looks binary"),
+    ("latin1", "line 3: not valid UTF-8"),
+    ("no_source", "no data source"),
+])
+def test_bad_input_errors(tmp_path, case, message):
+    target = tmp_path / "x.txt"
+    if case == "empty":
+        target.write_text("\n\n   \n\n")
+    elif case == "binary":
+        target.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    elif case == "latin1":
+        target.write_bytes("ok line\nfine\ncaf\xe9 au lait\n".encode("latin-1"))
+    srcs = {"glob": [tmp_path / "*.nothing"], "no_source": []}.get(case, [target])
+    with pytest.raises(UserError, match=message):
+        prepare.ensure_prepared(load_cfg(tmp_path, srcs))
+
+
+def test_tokenizer_mismatch_and_vocab_too_large_for_dtype(tmp_path, corpus):
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "vocab_size": 70_000}))
+    with pytest.raises(UserError, match="does not fit its uint16"):
+        prepare.read_meta(out)
+    (out / "meta.json").write_text(json.dumps(meta))
+    bert_style_tokenizer(out / "tokenizer.json")  # someone swapped the tokenizer
+    with pytest.raises(UserError, match="does not match the tokenizer"):
+        prepare.read_meta(out)
+
+
+def test_hub_offline_is_one_clear_error(tmp_path):
+    cfg = load_cfg(tmp_path, [], hf_dataset="wikitext", hf_config="wikitext-2-raw-v1")
+    with pytest.raises(UserError, match="cannot reach the Hugging Face hub.*data.sources"):
+        prepare.ensure_prepared(cfg)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "bertjax.prepare", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_success_and_errors(tmp_path, corpus):
+    path, _ = corpus
+    out = tmp_path / "cli"
+    ok = run_cli(str(ROOT / "configs" / "demo.yaml"), f"data.dir={out}", "data.builtin=null",
+                 f"data.sources=[{path}]", "tokenizer.vocab_size=300")
+    assert ok.returncode == 0, ok.stderr
+    assert prepare.read_meta(out)["splits"]["train"]["documents"] > 0
+    for args, message in (([f"data.sources=[{tmp_path}/nope.txt]"], "does not exist"),
+                          (["data.hf_dataset=wikitext"], "cannot reach the Hugging Face hub"),
+                          ([], "usage")):
+        cfg = [str(ROOT / "configs" / "demo.yaml"), f"data.dir={out}", "data.builtin=null"]
+        bad = run_cli(*(cfg + args if args else []))
+        assert bad.returncode == 2, bad.stderr
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0]  # progress lines may come before it
+        assert bad.stderr.strip().splitlines()[-1] == errors[0]
+        assert "Traceback" not in bad.stderr
+
+
+def test_shared_corpus_subset(shared_data, tmp_path):
+    wiki = shared_data / "corpus" / "wikipedia_en" / "wiki_00.txt"
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [wiki], **{"tokenizer.vocab_size": 2000}))
+    meta = prepare.read_meta(out)
+    tokens, offsets = read_split(out, "train")
+    assert meta["splits"]["train"]["documents"] > 500 and tokens.max() < meta["vocab_size"]
+    text = tokenizer.load(out / "tokenizer.json").decode(tokens[: offsets[1]].tolist())
+    assert text.startswith("jarred shaw")
