@@ -1,0 +1,180 @@
+"""Release bundles: `python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force]`.
+
+A bundle is a directory: model.safetensors (our parameter names, e.g.
+`encoder.blocks.attn.qkv.weight`, stacked layers kept stacked), config.yaml, tokenizer.json and
+manifest.json (format version, sha256 and size of every file, parameter count, training summary),
+written to a temporary directory and renamed when complete; `load_pretrained` verifies it.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from bertjax import __version__
+from bertjax.config import Config
+from bertjax.errors import UserError
+from bertjax.model import Bert, param_count
+from bertjax.pretrained import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    check_not_lfs_pointer,
+    restore_model,
+    sha256_file,
+    state_dict,
+    tokenizer_of,
+)
+
+DTYPES = ("float32", "bfloat16")
+USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
+         "[--tokenizer PATH]")
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path, force: bool):
+    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir`
+    (refused when `out_dir` holds files and not `force`). On failure nothing is left behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
+                        "replace it, or choose another directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
+                                        dir=out_dir.parent))
+            out_dir.replace(old / "previous")
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_tokenizer(tokenizer, path: Path) -> None:
+    """`tokenizer`: a `tokenizers.Tokenizer`, a path to tokenizer.json, or None (no file)."""
+    if tokenizer is None:
+        return
+    if hasattr(tokenizer, "to_str"):
+        path.write_text(tokenizer.to_str(pretty=True))
+        return
+    source = Path(tokenizer)
+    if not source.is_file():
+        raise UserError(f"tokenizer {source} does not exist; pass --tokenizer PATH to a "
+                        "tokenizer.json")
+    check_not_lfs_pointer(source)
+    shutil.copyfile(source, path)
+
+
+def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
+                summary: dict | None = None, dtype: str = "float32", force: bool = True) -> Path:
+    """Write `model` (any heads) with its config and tokenizer as a release bundle.
+
+    `force=True` (the library default) replaces an existing bundle, as fine-tuning does when a
+    better epoch arrives; the CLI asks for --force."""
+    from safetensors.numpy import save_file
+
+    from bertjax import config as config_lib
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    out_dir = Path(out_dir)
+    target = np.dtype(jnp.dtype(dtype))
+    arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
+                                      else v) for k, v in state_dict(model).items()}
+    heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
+             "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
+    with staged_dir(out_dir, force) as tmp:
+        save_file(arrays, str(tmp / "model.safetensors"),
+                  metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
+        (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
+        _write_tokenizer(tokenizer, tmp / "tokenizer.json")
+        files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+                 for p in sorted(tmp.iterdir())}
+        manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+                    "bertjax_version": __version__, "dtype": dtype,
+                    "parameters": param_count(model), "norm": cfg.model.norm, "heads": heads,
+                    "files": files, "summary": summary or {}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir
+
+
+def training_summary(run_dir: Path, meta: dict) -> dict:
+    """Step, tokens seen and, from results.json when present, the final validation metrics."""
+    summary = {"step": meta["step"], "total_steps": meta.get("total_steps"),
+               "tokens_seen": meta.get("tokens_seen"), "validation": None}
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            data = json.loads(results.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{results} is not valid JSON; fix or delete it") from None
+        summary["validation"] = data.get("validation")
+        summary["validation_step"] = data.get("steps")
+    return summary
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32",
+               force: bool = False, tokenizer: str | Path | None = None) -> Path:
+    """The newest complete checkpoint of a pretraining run -> a release bundle."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist; pass a pretraining run "
+                        "directory (train.run_dir, holding checkpoints/)")
+    if not (run_dir / "checkpoints").is_dir():
+        raise UserError(f"{run_dir} has no checkpoints/ directory; pass a pretraining run "
+                        "directory (train.run_dir)")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before restoring
+        raise UserError(f"{out_dir} exists and is not empty; pass --force to replace it, or "
+                        "choose another directory")
+    model, cfg, meta = restore_model(run_dir, None)
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(cfg)
+    if tokenizer is None:
+        raise UserError(f"no tokenizer found at {Path(cfg.data.dir) / 'tokenizer.json'} (the "
+                        "run's data.dir, relative to the current directory); run from where "
+                        "training ran or pass --tokenizer PATH")
+    return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
+                       dtype=dtype, force=force)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2 through bertjax.errors.cli
+        raise UserError(f"{message}; {USAGE}")
+
+
+def main(argv: list[str]) -> None:
+    parser = _Parser(prog="python -m bertjax.export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's)")
+    args = parser.parse_args(argv)
+    out = export_run(args.run_dir, args.out_dir, dtype=args.dtype, force=args.force,
+                     tokenizer=args.tokenizer)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"wrote {out}: {manifest['parameters']:,} parameters ({args.dtype}), step "
+          f"{manifest['summary']['step']}; {os.path.getsize(out / 'model.safetensors'):,} bytes "
+          "of weights. Load it with bertjax.pretrained.load_pretrained or init.checkpoint=")
+
+
+if __name__ == "__main__":
+    from bertjax.errors import cli
+
+    cli(main)

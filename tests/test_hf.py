@@ -1,0 +1,228 @@
+"""Hugging Face interop: parity with transformers' BERT on the hf_tiny fixtures, exact round trips
+of the weight mapping, exported directories against what transformers computed on them
+(tests/fixtures/hf_export, made by tests/make_hf_export_fixture.py), and clear errors."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from bertjax.errors import UserError
+from bertjax.hf import (
+    bert_from_hf,
+    bert_to_hf,
+    config_from_hf,
+    config_to_hf,
+    export_hf,
+    import_hf,
+)
+from bertjax.pretrained import load_pretrained, state_dict
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HF_TINY = FIXTURES / "hf_tiny"
+HF_EXPORT = FIXTURES / "hf_export"
+sys.path.insert(0, str(Path(__file__).parent))
+import make_hf_export_fixture as export_fixture  # noqa: E402
+
+TOL = 1e-4  # f32; HF's own f32 rounding at this scale is ~2e-6, converter mistakes are > 1e-3
+
+
+def forward(model, ref):
+    ids, types, mask = (jnp.asarray(ref[k]) for k in ("input_ids", "token_type_ids",
+                                                      "attention_mask"))
+    return model(ids, types, mask.astype(bool))
+
+
+def assert_close(ours, theirs, mask=None, tol=TOL):
+    diff = np.abs(np.asarray(ours, np.float64) - theirs)
+    assert (diff if mask is None else diff[mask]).max() < tol
+
+
+@pytest.mark.parametrize("name", ["mlm", "cls", "pretrain"])
+def test_hf_fixture_parity_at_real_and_pad_positions(name):
+    model, cfg, _ = import_hf(HF_TINY / name)
+    ref = load_file(str(HF_TINY / name / "reference.safetensors"))
+    real = ref["attention_mask"].astype(bool)
+    assert cfg.norm == "post" and cfg.hidden_size == 32 and cfg.intermediate_size == 37
+    hidden = forward(model, ref)
+    # HF computes padded query rows too (they attend to real keys only), and so do we: the
+    # outputs match at pad positions as well, so both are checked.
+    for mask in (real, ~real):
+        assert_close(hidden, ref["hidden_states"], mask)
+    if name in ("mlm", "pretrain"):
+        logits = ref["logits" if name == "mlm" else "prediction_logits"]
+        for mask in (real, ~real):
+            assert_close(model.mlm_logits(hidden), logits, mask)
+    if name in ("cls", "pretrain"):
+        assert_close(model.pooled(hidden), ref["pooler_output"])
+    if name == "cls":
+        assert model.classifier.bias.shape == (3,) and model.mlm is None
+        assert_close(model.classify(hidden), ref["logits"])
+    if name == "pretrain":
+        assert_close(model.pair_logits(hidden), ref["seq_relationship_logits"])
+
+
+@pytest.mark.parametrize("name", ["mlm", "cls", "pretrain"])
+def test_hf_to_ours_to_hf_gives_the_file_back(name):
+    original = load_file(str(HF_TINY / name / "model.safetensors"))
+    model, cfg, _ = import_hf(HF_TINY / name)
+    back = bert_to_hf(model, cfg, name)
+    assert set(back) == set(original)
+    for key, value in original.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value), key
+
+
+@pytest.mark.parametrize("name", list(export_fixture.MODELS))
+def test_ours_to_hf_to_ours_is_identical(name):
+    model, cfg = export_fixture.build_model(name)
+    norm, kind, heads, _ = export_fixture.MODELS[name]
+    special = {"pad": 0, "cls": 2, "sep": 3}
+    hf_config = json.loads(json.dumps(config_to_hf(cfg, kind, heads["num_labels"], special)))
+    back, back_cfg = bert_from_hf(bert_to_hf(model, cfg, kind), hf_config)
+    ours, theirs = state_dict(model), state_dict(back)
+    assert set(ours) == set(theirs)
+    for key in ours:
+        assert np.array_equal(ours[key], theirs[key]), key
+    for field in ("norm", "num_layers", "hidden_size", "num_heads", "intermediate_size",
+                  "vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps"):
+        assert getattr(back_cfg, field) == getattr(cfg, field), field
+
+
+def test_a_converter_mistake_is_caught_by_the_parity_tolerance():
+    """Honesty check of TOL: a transposed query weight in layer 0 must fail it."""
+    sd = load_file(str(HF_TINY / "mlm" / "model.safetensors"))
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    sd[key] = np.ascontiguousarray(sd[key].T)
+    model, _ = bert_from_hf(sd, json.loads((HF_TINY / "mlm" / "config.json").read_text()))
+    ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
+    with pytest.raises(AssertionError):
+        assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+@pytest.mark.parametrize("name", list(export_fixture.MODELS))
+def test_exported_directory_matches_transformers(name, tmp_path):
+    """Our outputs equal what transformers computed on the same export (fixture), and today's
+    export is byte-identical to the one the fixture was made from."""
+    meta = json.loads((HF_EXPORT / "meta.json").read_text())["models"][name]
+    ref = load_file(str(HF_EXPORT / "reference.safetensors"))
+    norm, kind, _, _ = export_fixture.MODELS[name]
+    model, cfg = export_fixture.build_model(name)
+    tok = tmp_path / "tokenizer.json"
+    export_fixture.make_tokenizer().save(str(tok))
+    note = export_hf(model, cfg, tok, tmp_path / name, kind)
+    out = tmp_path / name
+    for file in ("model.safetensors", "config.json"):
+        assert export_fixture.sha256(out / file) == meta[file], f"{file}: regenerate the fixture"
+    assert meta["class"] == json.loads((out / "config.json").read_text())["architectures"][0]
+    assert not any(meta["loading_info"].values()) and meta["warnings"] == []
+    assert ("right-padded" in note) == (norm == "pre")
+    hidden = forward(model, ref)
+    real = ref["attention_mask"].astype(bool)
+    # Pre-LN: RoBERTa gives pad tokens position row `pad` (zeros), we give them their index, so
+    # only real positions match there; post-LN matches everywhere.
+    masks = [real] if norm == "pre" else [real, ~real]
+    for mask in masks:
+        assert_close(hidden, ref[f"{name}.hidden_states"], mask)
+    if kind in ("mlm", "pretrain"):
+        for mask in masks:
+            assert_close(model.mlm_logits(hidden), ref[f"{name}.logits"], mask)
+    if kind == "pretrain":
+        assert_close(model.pair_logits(hidden), ref[f"{name}.nsp_logits"])
+    if kind == "cls":
+        assert_close(model.classify(hidden), ref[f"{name}.logits"])
+    # And back: import_hf of the exported directory is the same model.
+    again, again_cfg, tok_path = import_hf(out)
+    assert again_cfg.norm == norm and tok_path == out / "tokenizer.json"
+    assert all(np.array_equal(a, state_dict(again)[k]) for k, a in state_dict(model).items())
+
+
+def test_exported_tokenizer_files_encode_like_transformers_autotokenizer(tmp_path):
+    meta = json.loads((HF_EXPORT / "meta.json").read_text())["tokenizer"]
+    assert meta["class"] == "BertTokenizer"
+    enc = export_fixture.make_tokenizer().encode(*meta["text"])
+    assert enc.ids == meta["input_ids"] and enc.type_ids == meta["token_type_ids"]
+    model, cfg = export_fixture.build_model("post_mlm")
+    tok = tmp_path / "tokenizer.json"
+    export_fixture.make_tokenizer().save(str(tok))
+    export_hf(model, cfg, tok, tmp_path / "out", "mlm")
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= files
+    special = json.loads((tmp_path / "out" / "special_tokens_map.json").read_text())
+    assert special["mask_token"] == "[MASK]" and special["pad_token"] == "[PAD]"
+
+
+def test_export_refuses_a_non_empty_directory_and_unsupported_kinds(tmp_path):
+    model, cfg = export_fixture.build_model("pre_mlm")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_hf(model, cfg, None, tmp_path / "busy", "mlm")
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="pre-LN model as kind='pretrain'"):
+        export_hf(model, cfg, None, tmp_path / "new", "pretrain")
+    with pytest.raises(UserError, match="classifier head"):
+        export_hf(model, cfg, None, tmp_path / "new", "cls")
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_act": "gelu_new"}, "hidden_act='gelu_new' is not supported"),
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
+    ({"model_type": "distilbert"}, "model_type='distilbert' is not supported"),
+])
+def test_unsupported_configs_are_refused(change, message):
+    hf_config = json.loads((HF_TINY / "mlm" / "config.json").read_text()) | change
+    with pytest.raises(UserError, match=message):
+        config_from_hf(hf_config)
+
+
+def hf_copy(tmp_path: Path, name: str = "mlm") -> Path:
+    out = tmp_path / name
+    shutil.copytree(HF_TINY / name, out)
+    return out
+
+
+def test_pytorch_bin_only_is_refused_with_the_fix(tmp_path):
+    d = hf_copy(tmp_path)
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    with pytest.raises(UserError, match="pickle.*convert it to model.safetensors"):
+        import_hf(d)
+
+
+def test_untied_decoder_and_unknown_tensors_are_refused(tmp_path):
+    d = hf_copy(tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"] + 1
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="decoder.weight differs"):
+        import_hf(d)
+    sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"]
+    sd["bert.encoder.layer.0.attention.self.distance_embedding.weight"] = np.zeros((3, 32))
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(UserError, match="cannot place.*distance_embedding"):
+        import_hf(d)
+
+
+def test_old_gamma_beta_names_and_bare_bertmodel_keys_load(tmp_path):
+    d = hf_copy(tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    renamed = {k.removeprefix("bert.").replace("LayerNorm.weight", "LayerNorm.gamma")
+               .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in sd.items()
+               if k.startswith("bert.")}
+    save_file(renamed, str(d / "model.safetensors"))
+    model, _, _ = import_hf(d)
+    assert model.mlm is None and model.pooler is None
+    ref = load_file(str(d / "reference.safetensors"))
+    assert_close(forward(model, ref), ref["hidden_states"])
+
+
+def test_load_pretrained_reads_a_hugging_face_directory():
+    p = load_pretrained(HF_TINY / "pretrain")
+    assert p.kind == "hf" and p.config is None and p.tokenizer_path is None
+    assert p.model.nsp is not None and p.model_cfg.vocab_size == 99
