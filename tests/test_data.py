@@ -1,0 +1,193 @@
+"""Loader: contiguous framed chunks, per-epoch permutations, exact resume, process slices that
+add up to the global batch, NSP/SOP pairs and label balance, validation order, prefetch."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from test_prepare import load_cfg, write_corpus
+
+from bertjax import prepare, tokenizer
+from bertjax.data import EpochWarning, Permutation, PretrainData, prefetch
+from bertjax.errors import UserError
+
+SEQ = 16
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data")
+    write_corpus(tmp / "c.txt", 120)
+    return prepare.ensure_prepared(load_cfg(tmp, [tmp / "c.txt"]))
+
+
+def stream(directory, split="train"):
+    meta = json.loads((directory / "meta.json").read_text())
+    return np.fromfile(directory / f"{split}.bin", meta["dtype"]).astype(np.int64)
+
+
+def test_permutation_is_a_bijection_keyed_by_seed_and_epoch():
+    for n in (1, 2, 3, 7, 64, 1000, 4097):
+        assert sorted(Permutation(n, 3, 0)(np.arange(n))) == list(range(n))
+    a, b, c = (Permutation(1000, s, e)(np.arange(1000)) for s, e in ((0, 0), (0, 1), (1, 0)))
+    assert (a != b).mean() > 0.9 and (a != c).mean() > 0.9
+    assert np.array_equal(a, Permutation(1000, 0, 0)(np.arange(1000)))
+
+
+def test_mlm_rows_are_framed_contiguous_chunks(prepared):
+    data = PretrainData(prepared, "train", SEQ, shuffle=False)
+    sp, tokens = data.special, stream(prepared)
+    batch = data.rows(0, data.num_sequences)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.dtype == batch["token_type_ids"].dtype == np.int32 and mask.dtype == bool
+    assert (ids[:, 0] == sp.cls).all() and not batch["token_type_ids"].any()
+    lengths = mask.sum(1)
+    assert (ids[np.arange(len(ids)), lengths - 1] == sp.sep).all()
+    body = np.concatenate([row[1:n - 1] for row, n in zip(ids, lengths, strict=True)])
+    assert np.array_equal(body, tokens)  # every token once, in order, nothing else
+    assert (lengths[:-1] == SEQ).all() and (ids[-1, lengths[-1]:] == sp.pad).all()
+
+
+def test_each_epoch_is_a_permutation_and_differs(prepared):
+    data = PretrainData(prepared, "train", SEQ, seed=5)
+    n = data.num_sequences
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EpochWarning)
+        first, second = data.sequence_index(np.arange(n)), data.sequence_index(np.arange(n, 2 * n))
+    assert sorted(first) == sorted(second) == list(range(n))
+    assert (first != second).mean() > 0.9
+    other = PretrainData(prepared, "train", SEQ, seed=6).sequence_index(np.arange(n))
+    assert (first != other).mean() > 0.9
+    assert data.epoch(n - 1) == 0 and data.epoch(n) == 1 and data.epoch(5 * n + 3) == 5
+
+
+def schedule(steps: int) -> list[tuple[int, int]]:
+    """(start, count) per step with a batch ramp 4 -> 12, as the trainer computes it."""
+    out, start = [], 0
+    for step in range(steps):
+        count = 4 * min(3, 1 + step // 3)
+        out.append((start, count))
+        start += count
+    return out
+
+
+@pytest.mark.parametrize("objective", ["mlm", "mlm+nsp"])
+def test_resume_matches_uninterrupted_run(prepared, objective):
+    spans = schedule(40)  # > 1 epoch for mlm, so the epoch boundary is crossed too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EpochWarning)
+        full = [PretrainData(prepared, "train", SEQ, objective, 7).rows(*s) for s in spans]
+        for k in (0, 17, 39):  # a fresh process resuming at step k, running to the end
+            resumed = PretrainData(prepared, "train", SEQ, objective, 7)
+            for step in range(k, len(spans)):
+                got = resumed.rows(*spans[step])
+                assert all(np.array_equal(full[step][key], got[key]) for key in got)
+
+
+@pytest.mark.filterwarnings("ignore::bertjax.data.EpochWarning")
+@pytest.mark.parametrize("objective", ["mlm", "mlm+sop"])
+def test_process_slices_partition_the_global_batch(prepared, objective):
+    data = PretrainData(prepared, "train", SEQ, objective, seed=1)
+    start, batch, procs = 1000, 32, 2
+    whole = data.rows(start, batch)
+    local = batch // procs
+    parts = [PretrainData(prepared, "train", SEQ, objective, seed=1).rows(start + p * local, local)
+             for p in range(procs)]
+    for key in whole:
+        assert np.array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    index = [data.sequence_index(start + p * local + np.arange(local)) for p in range(procs)]
+    assert not set(index[0]) & set(index[1])
+
+
+def test_epoch_warning_once_per_new_epoch(prepared):
+    data = PretrainData(prepared, "train", SEQ)
+    n = data.num_sequences
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        data.rows(0, 8)
+        data.rows(n - 4, 8)
+        data.rows(n + 4, 8)
+    assert [str(w.message).split(";")[0] for w in seen if w.category is EpochWarning] == [
+        f"train data: position {n} starts epoch 1 ({n:,} sequences per epoch)"]
+
+
+def contiguous(tokens: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """Start offsets where `piece` occurs in `tokens`."""
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, len(piece))
+    return np.flatnonzero((windows == piece).all(1))
+
+
+@pytest.mark.filterwarnings("ignore::bertjax.data.EpochWarning")
+@pytest.mark.parametrize("objective", ["mlm+nsp", "mlm+sop"])
+def test_pairs_structure_order_and_label_balance(prepared, objective):
+    data = PretrainData(prepared, "train", SEQ, objective, seed=2)
+    tokens, sp = stream(prepared), data.special
+    offsets = np.fromfile(prepared / "train.docs", np.int64)
+    n, checked = 2000, 0
+    batch = data.rows(0, n)
+    labels = batch["pair_labels"]
+    assert labels.dtype == np.int32 and abs(labels.mean() - 0.5) < 3.5 * 0.5 / np.sqrt(n)
+    for r in range(40):
+        ids, types, mask = (batch[k][r] for k in ("input_ids", "token_type_ids", "attention_mask"))
+        real = ids[mask]
+        seps = np.flatnonzero(real == sp.sep)
+        assert real[0] == sp.cls and len(seps) == 2 and seps[1] == len(real) - 1
+        assert np.array_equal(types[mask], (np.arange(len(real)) > seps[0]).astype(np.int32))
+        assert not ids[~mask].any() or (ids[~mask] == sp.pad).all()
+        a, b = real[1:seps[0]], real[seps[0] + 1:-1]
+        joined = np.concatenate([b, a] if objective == "mlm+sop" and labels[r] else [a, b])
+        if labels[r] and objective == "mlm+nsp":  # B comes from another document
+            where_a, where_b = contiguous(tokens, a), contiguous(tokens, b)
+            assert len(where_a) and len(where_b)
+            if len(where_a) == len(where_b) == 1:  # unambiguous: compare their documents
+                docs_ab = np.searchsorted(offsets, [where_a[0], where_b[0]], side="right")
+                assert docs_ab[0] != docs_ab[1]
+                checked += 1
+        else:  # A then B (or B then A for a swapped SOP pair) is the original text
+            assert len(contiguous(tokens, joined))
+    assert checked > 5 or objective == "mlm+sop"
+    again = PretrainData(prepared, "train", SEQ, objective, seed=2).rows(0, 64)
+    assert all(np.array_equal(again[k], batch[k][:64]) for k in again)
+
+
+def test_validation_batches_fixed_order_padded(prepared):
+    val = PretrainData(prepared, "validation", SEQ)
+    assert not val.shuffle and val.num_sequences > 5
+    batches = list(val.batches(4))
+    assert len(batches) == -(-val.num_sequences // 4)
+    ids = np.concatenate([b["input_ids"] for b in batches])
+    real = np.concatenate([b["attention_mask"] for b in batches]).any(1)
+    assert real.sum() == val.num_sequences and not real[val.num_sequences:].any()
+    assert np.array_equal(ids[: val.num_sequences], val.rows(0, val.num_sequences)["input_ids"])
+    assert all(np.array_equal(a["input_ids"], b["input_ids"])
+               for a, b in zip(batches, val.batches(4), strict=True))
+    assert len(list(val.batches(4, max_batches=2))) == 2
+
+
+def test_prefetch_spans_and_step_function(prepared):
+    data = PretrainData(prepared, "train", SEQ)
+    spans = schedule(6)
+    with prefetch(spans, 2, data=data) as it:
+        got = list(it)
+    assert all(np.array_equal(g["input_ids"], data.rows(*s)["input_ids"])
+               for g, s in zip(got, spans, strict=True))
+    with prefetch(lambda step: step * 10, 3, first_step=5) as it:
+        assert [next(it) for _ in range(4)] == [50, 60, 70, 80]
+
+    def boom(step):
+        raise ValueError(f"bad step {step}")
+
+    with prefetch(boom, 2) as it, pytest.raises(ValueError, match="bad step 0"):
+        next(it)
+
+
+def test_mismatched_tokenizer_and_missing_data_are_user_errors(prepared, tmp_path):
+    tok = tokenizer.load(prepared / "tokenizer.json")
+    assert PretrainData(prepared, special=tokenizer.special_tokens(tok)).num_sequences > 0
+    with pytest.raises(UserError, match="special ids .* do not match"):
+        PretrainData(prepared, special=tokenizer.SpecialTokens(0, 100, 101, 102, 103))
+    with pytest.raises(UserError, match="no meta.json"):
+        PretrainData(tmp_path)
+    with pytest.raises(UserError, match="split 'test' is unknown"):
+        PretrainData(prepared, "test")
