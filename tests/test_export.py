@@ -1,0 +1,212 @@
+"""Release bundles and load_pretrained: run dir -> bundle -> model gives identical outputs; bf16
+bundles; LFS pointers, truncated, tampered and corrupt files each get their own one-line error;
+`python -m bertjax.export` exits 2 with one stderr line on a bad path."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import config
+from bertjax.checkpoint import Checkpoints
+from bertjax.errors import UserError
+from bertjax.export import export_run, main, save_bundle
+from bertjax.model import Bert, param_count
+from bertjax.optim import make_optimizer
+from bertjax.pretrained import load_pretrained, state_dict
+from bertjax.train import init_state
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HF_TINY = Path(__file__).parent / "fixtures" / "hf_tiny"
+STEP, TOTAL, TOKENS = 6, 10, 6 * 4 * 16
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
+               "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n")
+
+
+def make_config(tmp: Path) -> config.Config:
+    return config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                            "model.num_heads=2", "model.intermediate_size=48",
+                            "model.max_position_embeddings=32", "data.objective=mlm+nsp",
+                            f"data.dir={tmp / 'data'}", f"train.run_dir={tmp / 'run'}"])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A pretraining-like run directory: one Orbax checkpoint, tokenizer, results.json."""
+    tmp = tmp_path_factory.mktemp("pretrain")
+    cfg = make_config(tmp)
+    (tmp / "data").mkdir()
+    make_tokenizer().save(str(tmp / "data" / "tokenizer.json"))
+    model = Bert(cfg.model, key=jax.random.key(3), nsp=True)
+    optimizer = make_optimizer(cfg.optim, TOTAL, eqx.filter(model, eqx.is_array))
+    checkpoints = Checkpoints(tmp / "run")
+    checkpoints.save(STEP, init_state(model, optimizer, cfg.precision),
+                     {"config_yaml": config.to_yaml(cfg), "total_steps": TOTAL,
+                      "tokens_seen": TOKENS})
+    checkpoints.close()
+    validation = {"val_loss": 4.25, "val_accuracy": 0.125}
+    (tmp / "run" / "results.json").write_text(json.dumps({"steps": STEP, "validation":
+                                                          validation}))
+    return tmp / "run", model, cfg
+
+
+def outputs(model: Bert) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(5, len(VOCAB), (2, 10)), jnp.int32)
+    mask = jnp.arange(10)[None] < jnp.array([[10], [6]])
+    hidden = model(ids, jnp.zeros_like(ids), mask)
+    return {"hidden": np.asarray(hidden), "mlm": np.asarray(model.mlm_logits(hidden)),
+            "nsp": np.asarray(model.pair_logits(hidden))}
+
+
+@pytest.fixture(scope="module")
+def bundle(run, tmp_path_factory):
+    return export_run(run[0], tmp_path_factory.mktemp("bundles") / "b32")
+
+
+def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(bundle, tmp_path / "copy"))
+
+
+def test_bundle_round_trip_gives_identical_outputs(run, bundle):
+    run_dir, model, cfg = run
+    loaded = load_pretrained(bundle)
+    assert loaded.kind == "bundle" and loaded.model_cfg == cfg.model and loaded.config == cfg
+    assert loaded.tokenizer_path == bundle / "tokenizer.json"
+    for key, ours in outputs(model).items():
+        np.testing.assert_array_equal(outputs(loaded.model)[key], ours, err_msg=key)
+    names = set(state_dict(loaded.model))
+    assert "encoder.blocks.attn.qkv.weight" in names and "nsp.weight" in names
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "config.yaml", "tokenizer.json"}
+    assert manifest["parameters"] == param_count(model)
+    assert manifest["summary"]["step"] == STEP and manifest["summary"]["tokens_seen"] == TOKENS
+    assert manifest["summary"]["validation"]["val_loss"] == 4.25
+    assert manifest["heads"] == {"mlm": True, "nsp": True, "num_labels": 0}
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
+
+
+def test_run_and_checkpoint_directories_load_the_same_model(run):
+    run_dir, model, cfg = run
+    for path, kind in ((run_dir, "run"), (run_dir / "checkpoints" / str(STEP), "checkpoint")):
+        loaded = load_pretrained(path)
+        assert loaded.kind == kind and loaded.config == cfg
+        assert loaded.tokenizer_path == Path(cfg.data.dir) / "tokenizer.json"
+        np.testing.assert_array_equal(outputs(loaded.model)["mlm"], outputs(model)["mlm"])
+
+
+def test_bfloat16_bundle_is_half_the_size_and_close(run, bundle, tmp_path):
+    run_dir, model, _ = run
+    half = export_run(run_dir, tmp_path / "b16", dtype="bfloat16")
+    ratio = (half / "model.safetensors").stat().st_size / (bundle / "model.safetensors").stat(
+    ).st_size
+    assert 0.49 < ratio < 0.52
+    loaded = load_pretrained(half).model
+    for key, ours in state_dict(model).items():
+        theirs = state_dict(loaded)[key]
+        assert theirs.dtype == np.float32  # loaded into the configured param dtype
+        np.testing.assert_allclose(theirs, ours, rtol=2**-8, atol=1e-30, err_msg=key)
+    assert not np.array_equal(state_dict(loaded)["mlm.transform.weight"],
+                              state_dict(model)["mlm.transform.weight"])  # really rounded
+    np.testing.assert_allclose(outputs(loaded)["mlm"], outputs(model)["mlm"], atol=0.05)
+
+
+def test_lfs_pointer_is_named_with_the_fix(bundle, tmp_path):
+    copy = copy_bundle(bundle, tmp_path)
+    (copy / "model.safetensors").write_text(LFS_POINTER)
+    with pytest.raises(UserError, match=r"model.safetensors is a git LFS pointer.*"
+                                        r"`git lfs install && git lfs pull`") as e:
+        load_pretrained(copy)
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_file_says_truncated_with_both_digests(bundle, tmp_path):
+    copy = copy_bundle(bundle, tmp_path)
+    data = (copy / "model.safetensors").read_bytes()
+    (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    expected = json.loads((copy / "manifest.json").read_text())["files"]["model.safetensors"]
+    with pytest.raises(UserError, match=rf"truncated: {len(data) // 2} of {len(data)} bytes "
+                                        rf"\(sha256 expected {expected['sha256']}, actual "):
+        load_pretrained(copy)
+
+
+def test_tampered_file_gives_a_sha256_mismatch(bundle, tmp_path):
+    copy = copy_bundle(bundle, tmp_path)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01  # same size, one bit of one weight flipped
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    import hashlib
+
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+    expected = json.loads((copy / "manifest.json").read_text())["files"]["model.safetensors"]
+    with pytest.raises(UserError, match=rf"sha256 mismatch for .*model.safetensors: expected "
+                                        rf"{expected['sha256']}, actual {actual}"):
+        load_pretrained(copy)
+
+
+def test_corrupt_safetensors_header_and_lfs_pointer_in_a_hf_directory(tmp_path):
+    import shutil
+
+    d = Path(shutil.copytree(HF_TINY / "mlm", tmp_path / "hf"))
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        load_pretrained(d)
+    (d / "model.safetensors").write_text(LFS_POINTER)
+    with pytest.raises(UserError, match="git LFS pointer"):
+        load_pretrained(d)
+
+
+def test_unrecognisable_paths_say_what_was_expected(tmp_path, run):
+    with pytest.raises(UserError, match="does not exist; pass a run directory"):
+        load_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="nothing recognisable .* release bundle"):
+        load_pretrained(tmp_path / "empty")
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        load_pretrained(tmp_path / "fresh")
+    (tmp_path / "weights.safetensors").write_text(LFS_POINTER)
+    with pytest.raises(UserError, match="git LFS pointer"):
+        load_pretrained(tmp_path / "weights.safetensors")
+
+
+def test_glue_model_bundle_keeps_its_classifier(tmp_path):
+    cfg = make_config(tmp_path)
+    model = Bert(cfg.model, key=jax.random.key(5), mlm=False, num_labels=3,
+                 classifier_dropout=cfg.glue.classifier_dropout)
+    save_bundle(model, cfg, make_tokenizer(), tmp_path / "best", summary={"best_score": 0.5})
+    save_bundle(model, cfg, make_tokenizer(), tmp_path / "best")  # a better epoch replaces it
+    loaded = load_pretrained(tmp_path / "best").model
+    assert loaded.mlm is None and loaded.classifier.bias.shape == (3,)
+    ids = jnp.ones((1, 4), jnp.int32)
+    args = (ids, jnp.zeros_like(ids), jnp.ones((1, 4), bool))
+    np.testing.assert_array_equal(loaded.classify(loaded(*args)), model.classify(model(*args)))
+
+
+def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
+    proc = subprocess.run([sys.executable, "-m", "bertjax.export", str(tmp_path / "missing"),
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run directory") and "missing" in lines[0]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep")
+    with pytest.raises(UserError, match="not empty; pass --force"):
+        main([str(run[0]), str(tmp_path / "out")])
+    main([str(run[0]), str(tmp_path / "out"), "--force", "--dtype", "bfloat16"])
+    assert not (tmp_path / "out" / "x").exists() and (tmp_path / "out" / "manifest.json").exists()
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(UserError, match="invalid choice.*usage: python -m bertjax.export"):
+        main([str(run[0]), str(tmp_path / "o2"), "--dtype", "float16"])
