@@ -298,15 +298,17 @@ class Prefetcher:
         self.close()
 
 
-def prefetch(source: Callable[[int], Any] | Iterable[tuple[int, int]], depth: int = 2, *,
+def prefetch(source: Callable[[int], Any] | Iterable[Any], depth: int = 2, *,
              data: PretrainData | None = None, first_step: int = 0) -> Prefetcher:
-    """Background batches: `source` is a function step -> batch (called for first_step,
-    first_step+1, …), or an iterable of (start, count) spans read with `data.rows`."""
+    """Background batches, `depth` ahead. `source` is a function step -> batch (called for
+    first_step, first_step+1, …); or, with `data`, an iterable of (start, count) spans read with
+    `data.rows`; or any other iterable, whose items are pulled on the thread (so a lazy
+    `map(read, steps)` does its reading there)."""
     if callable(source):
         return Prefetcher(source, _count(first_step), depth)
-    if data is None:
-        raise ValueError("prefetch over (start, count) spans needs data=PretrainData(...)")
-    return Prefetcher(lambda span: data.rows(*span), source, depth)
+    if data is not None:
+        return Prefetcher(lambda span: data.rows(*span), source, depth)
+    return Prefetcher(lambda item: item, source, depth)
 
 
 def _count(first: int) -> Iterator[int]:

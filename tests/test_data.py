@@ -172,6 +172,9 @@ def test_prefetch_spans_and_step_function(prepared):
         got = list(it)
     assert all(np.array_equal(g["input_ids"], data.rows(*s)["input_ids"])
                for g, s in zip(got, spans, strict=True))
+    with prefetch(map(lambda s: data.rows(*s), spans), 2) as it:  # a lazy iterable of batches
+        assert all(np.array_equal(g["input_ids"], b["input_ids"])
+                   for g, b in zip(it, got, strict=True))
     with prefetch(lambda step: step * 10, 3, first_step=5) as it:
         assert [next(it) for _ in range(4)] == [50, 60, 70, 80]
 
