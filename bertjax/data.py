@@ -82,7 +82,7 @@ class PretrainData:
         self.shuffle = split == "train" if shuffle is None else shuffle
         n_tokens, n_docs = meta["splits"][split]["tokens"], meta["splits"][split]["documents"]
         self.tokens = _memmap(Path(data_dir) / f"{split}.bin", meta["dtype"], n_tokens)
-        self.docs = _memmap(Path(data_dir) / f"{split}.docs", "int64", n_docs + 1)
+        self.lengths = _memmap(Path(data_dir) / f"{split}.lengths", "uint32", n_docs)
         self.pair = objective != "mlm"
         if self.pair:
             tok = tokenizer.load(Path(data_dir) / "tokenizer.json")
@@ -100,7 +100,9 @@ class PretrainData:
     def _index_chunks(self) -> int:
         """Pair mode: each document of >= 2 tokens is cut into ceil(len / (seq_len-3)) near-equal
         chunks; chunk j is the text a sentence pair is cut from."""
-        self.doc_len = np.diff(self.docs) - 1  # without the closing [SEP]
+        self.docs = np.zeros(len(self.lengths) + 1, np.int64)  # document d: docs[d]..docs[d+1]
+        np.cumsum(self.lengths, out=self.docs[1:])
+        self.doc_len = self.lengths.astype(np.int64) - 1  # without the closing [SEP]
         room = self.seq_len - 3  # [CLS] A [SEP] B [SEP]
         self.doc_chunks = np.where(self.doc_len >= 2, -(-self.doc_len // room), 0)
         self.chunk_end = np.cumsum(self.doc_chunks)  # chunk ids < chunk_end[d] lie in docs <= d

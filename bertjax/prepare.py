@@ -1,4 +1,4 @@
-"""Corpus -> prepared data: tokenizer.json, flat token files, document offsets and meta.json.
+"""Corpus -> prepared data: tokenizer.json, flat token files, document lengths and meta.json.
 
 `python -m bertjax.prepare CONFIG [key=value ...]`; the trainer calls `ensure_prepared(cfg)`.
 The input is streamed and tokens are written as they come, so memory does not grow with the
@@ -68,14 +68,14 @@ def split_pieces(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
 
 
 class _SplitWriter:
-    """Appends one split's tokens (a [SEP] closes each document) and document offsets."""
+    """Appends one split's tokens (a [SEP] closes each document) and document lengths."""
 
     def __init__(self, directory: Path, name: str, dtype: np.dtype, sep: int):
         self.tokens = open(directory / f"{name}.bin.tmp", "wb")
-        self.docs = open(directory / f"{name}.docs.tmp", "wb")
+        self.docs = open(directory / f"{name}.lengths.tmp", "wb")
         self.dtype, self.sep = dtype, [sep]
         self.pending: list[list[int]] = []
-        self.offsets = [0]  # int64 start of each document, plus the end of the last one
+        self.lengths: list[int] = []  # tokens per document, its [SEP] included (uint32)
         self.n_tokens = self.written = self.n_docs = self.doc_len = 0
 
     def add(self, ids: list[int], ends: bool) -> None:
@@ -86,15 +86,15 @@ class _SplitWriter:
         if ends and self.doc_len:  # a document with no tokens leaves no trace
             self.pending.append(self.sep)
             self.n_tokens += 1
-            self.offsets.append(self.n_tokens)
+            self.lengths.append(self.doc_len + 1)
             self.n_docs += 1
             self.doc_len = 0
 
     def flush(self) -> None:
         count = self.n_tokens - self.written
         np.fromiter(chain.from_iterable(self.pending), self.dtype, count).tofile(self.tokens)
-        np.asarray(self.offsets, np.int64).tofile(self.docs)
-        self.pending, self.offsets, self.written = [], [], self.n_tokens
+        np.asarray(self.lengths, np.uint32).tofile(self.docs)  # 4 bytes a document, not 8
+        self.pending, self.lengths, self.written = [], [], self.n_tokens
 
     def close(self) -> dict:
         self.flush()
@@ -205,7 +205,7 @@ def read_meta(directory: str | Path) -> dict:
                         f"{meta['dtype']} token files; {fix}")
     for name, split in meta["splits"].items():
         for file, size in ((f"{name}.bin", split["tokens"] * itemsize),
-                           (f"{name}.docs", (split["documents"] + 1) * 8)):
+                           (f"{name}.lengths", split["documents"] * 4)):
             path = directory / file
             if not path.is_file() or path.stat().st_size != size:
                 raise UserError(f"{path} is missing or has the wrong size; {fix}")

@@ -43,7 +43,8 @@ def corpus(tmp_path) -> tuple[Path, list[str]]:
 def read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     meta = json.loads((directory / "meta.json").read_text())
     return (np.fromfile(directory / f"{split}.bin", meta["dtype"]),
-            np.fromfile(directory / f"{split}.docs", np.int64))
+            np.concatenate([[0], np.cumsum(np.fromfile(directory / f"{split}.lengths", np.uint32),
+                                            dtype=np.int64)]))
 
 
 def test_format_split_and_boundaries(tmp_path, corpus):
