@@ -226,3 +226,20 @@ def test_load_pretrained_reads_a_hugging_face_directory():
     p = load_pretrained(HF_TINY / "pretrain")
     assert p.kind == "hf" and p.config is None and p.tokenizer_path is None
     assert p.model.nsp is not None and p.model_cfg.vocab_size == 99
+
+
+def test_sharded_safetensors_load_like_a_single_file(tmp_path):
+    d = hf_copy(tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    keys = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": keys[::2],
+              "model-00002-of-00002.safetensors": keys[1::2]}
+    for shard, names in shards.items():
+        save_file({k: sd[k] for k in names}, str(d / shard))
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: shard for shard, names in shards.items() for k in names}}))
+    sharded, _, _ = import_hf(d)
+    single, _, _ = import_hf(HF_TINY / "mlm")
+    for key, value in state_dict(single).items():
+        assert np.array_equal(state_dict(sharded)[key], value), key
