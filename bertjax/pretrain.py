@@ -169,7 +169,7 @@ def pretrain(cfg: Config) -> Path:
     loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
                 config_yaml)
     try:
-        state = loop.run(state, start, stop)
+        state = loop.train(state, start, stop)
     finally:
         monitor.close()
         checkpoints.close()
@@ -205,7 +205,7 @@ class Loop:
 
         return prefetch(map(read, range(start, self.run.total_steps)), self.cfg.data.prefetch)
 
-    def run(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
+    def train(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
         step = start
         for step, first, local in self.batches(start):
