@@ -20,7 +20,7 @@ from bertjax.errors import UserError
 
 Piece = tuple[str, bool]  # (text, whether this piece ends its document)
 
-READ_CHUNK = 1 << 20  # characters read at a time; a longer document is emitted in pieces
+READ_CHUNK = 1 << 18  # characters read at a time; a longer document is emitted in pieces
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _FIX = "data.sources takes plain UTF-8 text, .jsonl or .parquet files"
 
@@ -65,7 +65,7 @@ def _utf8_error(path: Path) -> UserError:
 
 
 def text_pieces(path: Path) -> Iterator[Piece]:
-    """Documents of a plain-text file, split on blank lines, read 1 M characters at a time."""
+    """Documents of a plain-text file, split on blank lines, read 256 k characters at a time."""
     _check_not_binary(path)
     carry, open_doc = "", False  # open_doc: part of the current document was already emitted
     try:
@@ -224,7 +224,18 @@ def check(cfg: DataConfig) -> list[Path]:
 
 
 def pieces(cfg: DataConfig) -> Iterator[Piece]:
-    """Every source in a fixed order: builtin, hub dataset, then local files as listed."""
+    """Every source in a fixed order (builtin, hub dataset, local files as listed), with long
+    documents handed on in pieces of at most ~READ_CHUNK characters."""
+    for text, ends in _all_pieces(cfg):
+        while len(text) > READ_CHUNK:  # e.g. a whole book in one jsonl row
+            cut = max(text.rfind("\n", 0, READ_CHUNK), text.rfind(" ", 0, READ_CHUNK))
+            cut = cut if cut > 0 else READ_CHUNK  # cut at whitespace: tokens do not change
+            yield text[:cut], False
+            text = text[cut:]
+        yield text, ends
+
+
+def _all_pieces(cfg: DataConfig) -> Iterator[Piece]:
     files = check(cfg)
     if cfg.builtin is not None:
         yield from BUILTINS[cfg.builtin]()

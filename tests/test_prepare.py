@@ -153,6 +153,13 @@ def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
     pieces = list(sources.text_pieces(tmp_path / "t.txt"))
     assert any(not end for _, end in pieces) and sum(end for _, end in pieces) == 3
     assert " ".join(t for t, _ in pieces).split() == text.split()
+    rows = [{"text": "alpha beta gamma delta epsilon zeta eta theta"}, {"text": "iota"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_cfg(tmp_path, [tmp_path / "t.jsonl"]).data
+    cut = list(sources.pieces(cfg))  # a long row is cut at whitespace, never inside a word
+    assert all(len(t) <= 8 for t, _ in cut) and [end for _, end in cut].count(True) == 2
+    joined = "".join(t + "\x00" * end for t, end in cut).split("\x00")[:-1]
+    assert [d.split() for d in joined] == [r["text"].split() for r in rows]
 
 
 def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
