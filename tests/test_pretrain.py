@@ -1,0 +1,139 @@
+"""The pretraining loop end to end (subprocesses, like a user): outputs, exact resume after a
+kill, SIGTERM checkpointing, resume on another device count, and the non-finite stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_prepare import write_corpus
+
+from bertjax.pretrained import restore_model
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("pretrain")
+    write_corpus(base / "corpus.txt", 120)
+    path = base / "run.yaml"
+    path.write_text(json.dumps({
+        "model": {"size": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 2,
+                  "dropout": 0.1, "attention_dropout": 0.0},
+        "tokenizer": {"vocab_size": 300},
+        "data": {"dir": str(base / "prepared"), "sources": [str(base / "corpus.txt")],
+                 "seq_len": 32, "validation_fraction": 0.1},
+        "optim": {"lr": 3e-3, "warmup": 0.2},
+        "train": {"steps": STEPS, "micro_batch": 8, "batch_start": 8, "batch_end": 16,
+                  "batch_ramp": 0.5, "log_every": 1, "eval_every": 3, "eval_batches": 2,
+                  "checkpoint_every": 2, "keep_checkpoints": 5,
+                  "fill_mask": ["the [MASK] is here ."]}}))
+    return path
+
+
+def train(config_file, run_dir, *extra, devices=8, wait=True):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    cmd = [sys.executable, "-m", "bertjax.train", str(config_file), f"train.run_dir={run_dir}",
+           *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return proc
+    out = proc.communicate(timeout=600)[0]
+    return proc.returncode, out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Training loss by step (a resumed run's rows replace the killed run's)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def final_params(run_dir: Path) -> list[np.ndarray]:
+    model, _, meta = restore_model(run_dir, None)
+    assert meta["step"] == STEPS
+    return [np.asarray(x) for x in jax.tree.leaves(model)]
+
+
+def wait_for_checkpoint(run_dir: Path, proc, step: int) -> None:
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / str(step)).is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def straight(config_file, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight")
+    code, out = train(config_file, run_dir)
+    assert code == 0, out
+    return run_dir
+
+
+def test_a_run_writes_its_outputs_and_learns(straight):
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "curves.png"):
+        assert (straight / name).is_file(), name
+    history = losses(straight)
+    assert sorted(history) == list(range(1, STEPS + 1))
+    assert history[STEPS] < history[1]
+    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    batches = [r["batch"] for r in rows if "batch" in r]
+    assert batches[0] == 8 and batches[-1] == 16  # the ramp
+    assert any("val_loss" in r for r in rows)
+    results = json.loads((straight / "results.json").read_text())
+    assert results["validation"]["val_accuracy"] >= 0.0
+
+
+def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
+    proc = train(config_file, tmp_path, wait=False)
+    wait_for_checkpoint(tmp_path, proc, 2)
+    proc.kill()
+    proc.wait()
+    code, out = train(config_file, tmp_path)
+    assert code == 0, out
+    assert losses(tmp_path) == losses(straight)  # exact equality, not allclose
+    for a, b in zip(final_params(tmp_path), final_params(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
+    proc = train(config_file, tmp_path, "train.checkpoint_every=0", wait=False)
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").is_file() or not losses(tmp_path):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "SIGTERM: saved a checkpoint at step" in out
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) < STEPS
+
+
+def test_resume_on_a_different_device_count(config_file, straight, tmp_path):
+    proc = train(config_file, tmp_path, "mesh.strategy=fsdp", "mesh.fsdp_min_size=256",
+                 wait=False)
+    wait_for_checkpoint(tmp_path, proc, 2)
+    proc.kill()
+    proc.wait()
+    code, out = train(config_file, tmp_path, devices=1)
+    assert code == 0, out
+    np.testing.assert_allclose(list(losses(tmp_path).values()),
+                               list(losses(straight).values()), rtol=1e-4)
+    for a, b in zip(final_params(tmp_path), final_params(straight), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_steps_stop_the_run_keeping_the_last_checkpoint(config_file, tmp_path):
+    code, out = train(config_file, tmp_path, "optim.lr=1e30", "optim.clip=0",
+                      "optim.warmup=0.0", "train.max_nonfinite=2")
+    assert code == 1, out
+    assert "non-finite steps in a row" in out and "Traceback" not in out
