@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from bertjax import glue
+from bertjax import glue, glue_batches
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.loss import classification_sums
@@ -80,15 +80,16 @@ def make_steps(optimizer, precision: Precision, dropout: bool):
     return train_step, predict
 
 
-def predict_split(predict, model, enc: glue.Encoded, batch_size: int, mesh) -> np.ndarray:
+def predict_split(predict, model, enc: glue_batches.Encoded, batch_size: int,
+                  mesh) -> np.ndarray:
     """Logits [n, labels] in example order."""
     indices, outputs = [], []
-    for batch in glue.iter_batches(enc, batch_size):
+    for batch in glue_batches.iter_batches(enc, batch_size):
         indices.append(batch["example_index"])
         device_batch = global_batch({k: v for k, v in batch.items() if k != "example_index"},
                                     mesh)
         outputs.append(np.asarray(predict(model, device_batch)))
-    return glue.in_example_order(len(enc), indices, outputs)
+    return glue_batches.in_example_order(len(enc), indices, outputs)
 
 
 def evaluate(predict, model, dev: dict, cfg: Config, mesh) -> dict[str, dict]:
@@ -133,7 +134,7 @@ def run_seed(seed: int, start: Bert, cfg: Config, train_enc, dev: dict, mesh, ru
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
     model = with_task_head(start, cfg, task.num_labels, jax.random.fold_in(key, 0))
-    per_epoch = glue.num_batches(train_enc, cfg.glue.batch_size)
+    per_epoch = glue_batches.num_batches(train_enc, cfg.glue.batch_size)
     total = max(1, math.ceil(cfg.glue.epochs * per_epoch))
     optim_cfg = dataclasses.replace(cfg.optim, schedule="linear", final_lr_fraction=0.0)
     optimizer = make_optimizer(optim_cfg, total, eqx.filter(model, eqx.is_array))
@@ -148,7 +149,8 @@ def run_seed(seed: int, start: Bert, cfg: Config, train_enc, dev: dict, mesh, ru
     bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
     for epoch in range(math.ceil(cfg.glue.epochs)):
         losses = []
-        for batch in glue.iter_batches(train_enc, cfg.glue.batch_size, seed=seed, epoch=epoch):
+        batches = glue_batches.iter_batches(train_enc, cfg.glue.batch_size, seed=seed, epoch=epoch)
+        for batch in batches:
             if step == total:
                 break
             device_batch = global_batch({k: v for k, v in batch.items()
@@ -216,11 +218,11 @@ def finetune(cfg: Config) -> Path:
     batch_size_fits(cfg)
     task = glue.get_task(cfg.glue.task)
     train = glue.load_split(cfg.glue, "train")
-    train_enc = glue.encode(tok, train, cfg.glue.buckets)
+    train_enc = glue_batches.encode(tok, train, cfg.glue.buckets)
     dev = {}
     for split in glue.dev_splits(cfg.glue):
         examples = glue.load_split(cfg.glue, split)
-        dev[split] = (examples, glue.encode(tok, examples, cfg.glue.buckets))
+        dev[split] = (examples, glue_batches.encode(tok, examples, cfg.glue.buckets))
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from bertjax import config as config_lib
@@ -262,7 +264,7 @@ def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh) -> list[
     model = shard_params(best.model, mesh, cfg.mesh)
     for task, split in pairs:
         examples = glue.load_split(cfg.glue, split, task=task)
-        enc = glue.encode(tok, examples, cfg.glue.buckets)
+        enc = glue_batches.encode(tok, examples, cfg.glue.buckets)
         logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
         written.append(str(glue.write_submission(task, split, examples.index, logits,
                                                  run_dir / "submission")))

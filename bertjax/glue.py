@@ -7,14 +7,12 @@ labels are mapped through their names, so both sources give the same index for t
 
 import csv
 import os
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from jaxtyping import Float, Int, Shaped
+from jaxtyping import Float, Int
 from numpy.typing import ArrayLike
-from tokenizers import Tokenizer
 
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
@@ -392,124 +390,4 @@ def write_submission(task: str, split: str, index: ArrayLike, predictions: Array
         f.write("index\tprediction\n")
         f.writelines(f"{i}\t{v}\n" for i, v in sorted(zip(idx.tolist(), values, strict=True)))
     os.replace(tmp, out)
-    return out
-
-
-# ---------------------------------------------------------------- bucketed fixed-shape batches
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one split, concatenated (row i is tokens[offsets[i]:offsets[i + 1]])."""
-
-    tokens: Int[np.ndarray, " total"]
-    type_ids: Int[np.ndarray, " total"]
-    offsets: Int[np.ndarray, " n1"]
-    labels: Shaped[np.ndarray, " n"]  # int32 class / float32 score (zeros for a test split)
-    bucket: Int[np.ndarray, " n"]  # index into `buckets` of each row
-    buckets: tuple[int, ...]
-    truncated: int  # rows cut to the largest bucket
-
-    def __len__(self) -> int:
-        return len(self.bucket)
-
-
-def _check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
-    b = tuple(int(x) for x in buckets)
-    if not b or b[0] < 8 or any(x >= y for x, y in zip(b[:-1], b[1:], strict=True)):
-        raise UserError(f"glue.buckets={list(b)} must be strictly increasing lengths >= 8, "
-                        "e.g. [32, 64, 128]")
-    return b
-
-
-def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> Encoded:
-    """Tokenize (pairs through the tokenizer's post-processor: [CLS] a [SEP] b [SEP], type ids
-    0/1), truncating longest-first to the largest bucket, and assign each row its bucket."""
-    b = _check_buckets(buckets)
-    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they are
-    tok.no_padding()
-    tok.enable_truncation(b[-1], strategy="longest_first")
-    pairs = examples.text_b is not None
-    inputs = list(zip(examples.text_a, examples.text_b, strict=True)) if pairs else examples.text_a
-    encs = tok.encode_batch(inputs)
-    lengths = np.asarray([len(e.ids) for e in encs], np.int64)
-    labels = examples.labels
-    if labels is None:
-        labels = np.zeros(len(encs), np.float32 if not get_task(examples.task).labels else np.int32)
-    return Encoded(
-        tokens=np.fromiter((i for e in encs for i in e.ids), np.int32, int(lengths.sum())),
-        type_ids=np.fromiter((i for e in encs for i in e.type_ids), np.int32, int(lengths.sum())),
-        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
-        labels=labels,
-        bucket=np.searchsorted(np.asarray(b), lengths).astype(np.int32),  # smallest that fits
-        buckets=b,
-        truncated=sum(bool(e.overflowing) for e in encs),
-    )
-
-
-def batch_order(enc: Encoded, batch_size: int, seed: int | None = None,
-                epoch: int = 0) -> list[np.ndarray]:
-    """Row numbers of each batch (-1 fills the last batch of a bucket). seed=None: eval order
-    (bucket, then file order); else shuffled by default_rng((seed, epoch)) within buckets and
-    across batches, so one length per batch and at most len(buckets) shapes."""
-    if batch_size < 1:
-        raise UserError(f"glue.batch_size={batch_size} must be positive")
-    rng = None if seed is None else np.random.default_rng((seed, epoch))
-    batches = []
-    for k in range(len(enc.buckets)):
-        rows = np.flatnonzero(enc.bucket == k)
-        rows = rows if rng is None else rng.permutation(rows)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            batches.append(np.pad(chunk, (0, batch_size - len(chunk)), constant_values=-1))
-    return batches if rng is None else [batches[i] for i in rng.permutation(len(batches))]
-
-
-def num_batches(enc: Encoded, batch_size: int) -> int:
-    """Batches per epoch (the same for every seed and epoch)."""
-    counts = np.bincount(enc.bucket, minlength=len(enc.buckets))
-    return int(np.sum(-(-counts // batch_size)))
-
-
-def make_batch(enc: Encoded, rows: Int[np.ndarray, " batch"]) -> dict[str, np.ndarray]:
-    """Fixed-shape arrays for `rows`; L = the smallest bucket holding the longest row.
-
-    Rows of -1 are padding: a copy of the first row (so every row has real tokens and finite
-    activations) with valid=False and example_index=-1; they must carry zero weight.
-    """
-    real = rows[rows >= 0]
-    src = np.where(rows >= 0, rows, real[0])
-    length = enc.buckets[int(enc.bucket[real].max())]
-    ids = np.zeros((len(rows), length), np.int32)
-    types = np.zeros((len(rows), length), np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for r, i in enumerate(src):
-        lo, hi = enc.offsets[i], enc.offsets[i + 1]
-        ids[r, : hi - lo], types[r, : hi - lo], mask[r, : hi - lo] = \
-            enc.tokens[lo:hi], enc.type_ids[lo:hi], True
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-            "labels": enc.labels[src], "example_index": rows.astype(np.int32),
-            "valid": rows >= 0}
-
-
-def iter_batches(enc: Encoded, batch_size: int, seed: int | None = None, epoch: int = 0,
-                 start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of one epoch from batch `start` on (resume skips without building them)."""
-    for rows in batch_order(enc, batch_size, seed, epoch)[start:]:
-        yield make_batch(enc, rows)
-
-
-def in_example_order(n: int, example_index: Sequence[np.ndarray],
-                     values: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-batch outputs (e.g. logits) -> one array in row order, padding rows dropped.
-
-    Raises if a row is missing or seen twice, so an eval pass that lost data cannot be scored.
-    """
-    idx = np.concatenate([np.asarray(i) for i in example_index])
-    val = np.concatenate([np.asarray(v) for v in values])
-    keep = idx >= 0
-    idx, val = idx[keep], val[keep]
-    if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
-        raise ValueError(f"expected each of {n} rows once, got {len(idx)} rows")
-    out = np.empty_like(val)
-    out[idx] = val
     return out

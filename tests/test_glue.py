@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from bertjax import glue
+from bertjax import glue, glue_batches
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
 
@@ -327,7 +327,7 @@ def _many(n: int) -> glue.Examples:
 
 def test_encode_pairs_truncates_and_buckets(tokenizer):
     ex, buckets = _many(45), [8, 16, 32]
-    enc = glue.encode(tokenizer, ex, buckets)
+    enc = glue_batches.encode(tokenizer, ex, buckets)
     lengths = np.diff(enc.offsets)
     assert lengths.max() == 32 and enc.truncated > 0  # longest-first cut to the largest bucket
     assert np.all(np.bincount(enc.bucket, minlength=3) > 0)  # the data exercise every bucket
@@ -338,13 +338,13 @@ def test_encode_pairs_truncates_and_buckets(tokenizer):
     assert ids[0] == tokenizer.token_to_id("[CLS]") and types[0] == 0 and types[-1] == 1
     assert tokenizer.truncation is None  # the caller's tokenizer is left untouched
     with pytest.raises(UserError, match="glue.buckets"):
-        glue.encode(tokenizer, ex, [64, 32])
+        glue_batches.encode(tokenizer, ex, [64, 32])
 
 
 def test_training_batches_shapes_coverage_determinism(tokenizer):
-    enc, bs = glue.encode(tokenizer, _many(45), [8, 16, 32]), 4
-    epoch0 = list(glue.iter_batches(enc, bs, seed=3, epoch=0))
-    assert len(epoch0) == glue.num_batches(enc, bs)
+    enc, bs = glue_batches.encode(tokenizer, _many(45), [8, 16, 32]), 4
+    epoch0 = list(glue_batches.iter_batches(enc, bs, seed=3, epoch=0))
+    assert len(epoch0) == glue_batches.num_batches(enc, bs)
     shapes = {b["input_ids"].shape for b in epoch0}
     assert len(shapes) <= 3 and all(s[0] == bs and s[1] in (8, 16, 32) for s in shapes)
     seen = np.concatenate([b["example_index"][b["valid"]] for b in epoch0])
@@ -361,31 +361,31 @@ def test_training_batches_shapes_coverage_determinism(tokenizer):
     assert sum((~b["valid"]).sum() for b in epoch0) == len(epoch0) * bs - 45
     lengths = [b["input_ids"].shape[1] for b in epoch0]
     assert lengths != sorted(lengths)  # batch order is shuffled across buckets too
-    again = list(glue.iter_batches(enc, bs, seed=3, epoch=0))
+    again = list(glue_batches.iter_batches(enc, bs, seed=3, epoch=0))
     assert all(np.array_equal(x["example_index"], y["example_index"])
                for x, y in zip(epoch0, again, strict=True))
-    other = [b["example_index"] for b in glue.iter_batches(enc, bs, seed=3, epoch=1)]
+    other = [b["example_index"] for b in glue_batches.iter_batches(enc, bs, seed=3, epoch=1)]
     assert not all(np.array_equal(x["example_index"], y) for x, y in zip(epoch0, other,
                                                                          strict=True))
-    tail = list(glue.iter_batches(enc, bs, seed=3, epoch=0, start=5))
+    tail = list(glue_batches.iter_batches(enc, bs, seed=3, epoch=0, start=5))
     assert np.array_equal(tail[0]["example_index"], epoch0[5]["example_index"])
 
 
 def test_eval_order_and_scatter_back(tokenizer):
     ex = glue.load_split(cfg(task="stsb"), "dev")
-    enc = glue.encode(tokenizer, ex, [16, 32, 64])
-    batches = list(glue.iter_batches(enc, 4))
+    enc = glue_batches.encode(tokenizer, ex, [16, 32, 64])
+    batches = list(glue_batches.iter_batches(enc, 4))
     assert batches[0]["labels"].dtype == np.float32
     assert all(np.array_equal(x["example_index"], y["example_index"])
-               for x, y in zip(batches, glue.iter_batches(enc, 4), strict=True))
+               for x, y in zip(batches, glue_batches.iter_batches(enc, 4), strict=True))
     # a fake model output per row: its label; scattered back it must equal the labels in order
-    out = glue.in_example_order(len(ex), [b["example_index"] for b in batches],
+    out = glue_batches.in_example_order(len(ex), [b["example_index"] for b in batches],
                                 [b["labels"] for b in batches])
     assert np.array_equal(out, ex.labels)
     with pytest.raises(ValueError, match="each of 6 rows once"):
-        glue.in_example_order(6, [batches[0]["example_index"]], [batches[0]["labels"]])
-    test = glue.encode(tokenizer, glue.load_split(cfg(task="rte"), "test"), [16, 32, 64])
-    assert np.all(next(glue.iter_batches(test, 4))["labels"] == 0)  # no labels: zeros
+        glue_batches.in_example_order(6, [batches[0]["example_index"]], [batches[0]["labels"]])
+    test = glue_batches.encode(tokenizer, glue.load_split(cfg(task="rte"), "test"), [16, 32, 64])
+    assert np.all(next(glue_batches.iter_batches(test, 4))["labels"] == 0)  # no labels: zeros
 
 
 # ---------------------------------------------------------------- the real files
