@@ -103,8 +103,10 @@ def ours(work: Path, files: list[Path], tok: Path | None, name: str) -> dict:
                                "tokenizer": {"path": str(tok) if tok else None}}))
     seconds, rss, _, _ = run([sys.executable, "-m", "bertjax.prepare", str(cfg)])
     meta = json.loads((out / "meta.json").read_text())
+    parts = {kind: sum(p.stat().st_size for p in out.glob(f"*{kind}"))
+             for kind in (".bin", ".lengths", ".json")}
     return {"seconds": seconds, "rss_mb": rss, "tokens": meta["text_tokens"],
-            "disk": dir_bytes(out), "dir": out}
+            "disk": dir_bytes(out), "parts": parts, "dir": out}
 
 
 def huggingface(work: Path, files: list[Path], tok: Path, hf_python: str) -> dict:
@@ -201,6 +203,10 @@ def print_table(rows: list) -> None:
             print(f"{mb:6.1f} {name:<24} {r['seconds']:7.1f} {mb / r['seconds']:6.2f} "
                   f"{text_tokens / r['seconds'] / 1e6:8.3f} {r['rss_mb']:12.0f} "
                   f"{r['disk'] / text_tokens:12.2f}")
+        per = {k: v / a["tokens"] for k, v in a["parts"].items()}
+        print(f"{'':6} ours on disk per text token: token files {per['.bin']:.3f} (2 bytes a "
+              f"token + one [SEP] a document), lengths {per['.lengths']:.3f}, tokenizer.json + "
+              f"meta.json {per['.json']:.3f}")
         print(f"{'':6} ours / HF throughput: {b['seconds'] / a['seconds']:.2f}x (target >= 1.7); "
               f"HF without its imports: {b['inner_seconds']:.1f} s; HF tokens incl. per-line "
               f"[CLS]/[SEP]: {b['tokens']:,} vs our text tokens {a['tokens']:,}")
