@@ -1,0 +1,135 @@
+"""GLUE fine-tuning and inference: a tiny model overfits a handful of real SST-2 rows through the
+front door, writes results, a best bundle and submission files; fill-mask finds the word an
+overfit toy model learnt; compilations are bounded by the buckets; bad inputs are one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from bertjax import config, glue, glue_batches
+from bertjax import tokenizer as tokenizer_lib
+from bertjax.errors import UserError
+from bertjax.finetune import finetune, make_steps
+from bertjax.model import Bert
+from bertjax.precision import Precision
+from bertjax.predict import fill_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE_DIR = ROOT / "tests" / "fixtures" / "glue"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory) -> Path:
+    texts = [line for f in sorted(GLUE_DIR.rglob("*.tsv")) for line in
+             f.read_text(encoding="utf-8").splitlines()]
+    tok = tokenizer_lib.train(texts * 3, config.TokenizerConfig(vocab_size=400, min_frequency=1))
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer_lib.save(tok, path)
+    return path
+
+
+def sst2_cfg(tmp_path, tokenizer_path, *extra) -> config.Config:
+    return config.load([ROOT / "configs" / "sst2.yaml"], [
+        f"glue.data_dir={GLUE_DIR}", "glue.dev_files=[train.tsv]", f"train.run_dir={tmp_path}",
+        f"tokenizer.path={tokenizer_path}", "model.num_layers=2", "model.hidden_size=64",
+        "model.num_heads=2", "model.dropout=0.0", "model.attention_dropout=0.0",
+        "glue.classifier_dropout=0.0", "glue.batch_size=8", "glue.epochs=25", "optim.lr=2e-3",
+        "optim.warmup=0.0", "glue.buckets=[16,32,64]", "glue.seeds=[0,1]", *extra])
+
+
+def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path):
+    run_dir = finetune(sst2_cfg(tmp_path, tokenizer_path))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["seed"] for r in results["seeds"]] == [0, 1]
+    for seed in results["seeds"]:
+        assert seed["best_metrics"]["dev"]["accuracy"] == 1.0  # the training rows, memorised
+        assert (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").is_file()
+    assert results["summary"]["main_score"]["mean"] == 1.0
+    submission = (run_dir / "submission" / "SST-2.tsv").read_text().splitlines()
+    test_rows = glue.load_split(config.load([], [f"glue.data_dir={GLUE_DIR}",
+                                                 "glue.task=sst2"]).glue, "test")
+    assert submission[0] == "index\tprediction" and len(submission) == len(test_rows) + 1
+    assert {line.split("\t")[1] for line in submission[1:]} <= {"0", "1"}
+
+
+def test_training_compiles_once_per_bucket(tokenizer_path):
+    cfg = config.load([], [f"glue.data_dir={GLUE_DIR}", "glue.task=rte",
+                           "model.vocab_size=400", "model.dropout=0.0"])
+    tok = tokenizer_lib.load(tokenizer_path)
+    examples = glue.load_split(cfg.glue, "train")
+    enc = glue_batches.encode(tok, examples, [16, 32, 64, 128])
+    model = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2)
+    optimizer = optax.adam(1e-3)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    train_step, _ = make_steps(optimizer, Precision(), dropout=False)
+    shapes = set()
+    for epoch in range(3):
+        for batch in glue_batches.iter_batches(enc, 2, seed=0, epoch=epoch):
+            shapes.add(batch["input_ids"].shape)
+            batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "example_index"}
+            (model, opt_state), _ = train_step((batch, jax.random.key(epoch)), (model, opt_state))
+    assert train_step._cached._cache_size() == len(shapes) <= 4
+
+
+def test_fill_mask_finds_the_word_an_overfit_model_learnt(tokenizer_path):
+    tok = tokenizer_lib.load(tokenizer_path)
+    cfg = config.load([], ["model.vocab_size=400", "model.dropout=0.0",
+                           "model.attention_dropout=0.0"]).model
+    model = Bert(cfg, key=jax.random.key(0))
+    enc = tok.encode("the film is a story about the people in it .")
+    ids = jnp.asarray([enc.ids], jnp.int32)
+    # The masked word: the longest whole-word token of the sentence that is in the vocabulary.
+    target = max((i for i, t in enumerate(enc.tokens) if t.isalpha() and t != "[UNK]"),
+                 key=lambda i: len(enc.tokens[i]))
+    word = enc.tokens[target]
+    masked = ids.at[0, target].set(tok.token_to_id("[MASK]"))
+    mask = jnp.ones(ids.shape, bool)
+    optimizer = optax.adam(3e-3)
+    state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(m, s):
+        def loss(m):
+            logits = m.mlm_logits(m(masked, jnp.zeros_like(ids), mask))
+            return optax.softmax_cross_entropy_with_integer_labels(logits[0, target],
+                                                                   ids[0, target])
+        g = eqx.filter_grad(loss)(m)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, s = optimizer.update(g, s)
+        return eqx.apply_updates(m, updates), s
+
+    for _ in range(60):
+        model, state = step(model, state)
+    text = " ".join("[MASK]" if i == target else t for i, t in enumerate(enc.tokens[1:-1], 1))
+    [[top]] = fill_mask(model, tok, [text], top_k=3)
+    assert len(word) > 2 and top[0][0] == word and top[0][1] > 0.5
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path):
+    with pytest.raises(UserError, match="SST-2"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, f"glue.data_dir={tmp_path}"))
+    with pytest.raises(UserError, match="cola"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.task=colaa"))
+    with pytest.raises(UserError, match="do not belong together"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path,
+                          f"init.checkpoint={ROOT / 'tests/fixtures/hf_tiny/mlm'}"))
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path):
+    cases = [
+        [sys.executable, "-m", "bertjax.train", "configs/mnli.yaml", f"glue.data_dir={tmp_path}",
+         f"init.checkpoint={tmp_path / 'missing'}"],
+        [sys.executable, "-m", "bertjax.predict", "classify",
+         str(ROOT / "tests/fixtures/hf_tiny/mlm"), "some text"],
+    ]
+    for cmd in cases:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr, out.stderr
