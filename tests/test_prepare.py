@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,31 @@ def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatc
         f.truncate(10)
     with pytest.raises(UserError, match="wrong size"):
         prepare.read_meta(out)
+
+
+def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
+    """A real SIGKILL in the middle of tokenizing (no cleanup code runs)."""
+    path = tmp_path / "big.txt"
+    block = "\n\n".join(" ".join(sentences(6, seed=i)) for i in range(100))
+    path.write_text("\n\n".join([block] * 100))  # 10,000 documents, ~3 MB
+    out = tmp_path / "killed"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({"data": {"dir": str(out), "sources": [str(path)]},
+                               "tokenizer": {"vocab_size": 300}}))
+    proc = subprocess.Popen([sys.executable, "-m", "bertjax.prepare", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "train.bin.tmp").exists() or not (out / "train.bin.tmp").stat().st_size:
+        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended too soon"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert list(out.glob("*.tmp")) and not (out / "meta.json").exists()
+    with pytest.raises(UserError, match="no meta.json"):
+        prepare.read_meta(out)
+    prepare.ensure_prepared(config.load([cfg]))  # the next run rebuilds and cleans up
+    assert prepare.read_meta(out)["splits"]["train"]["documents"] == 9_900
+    assert not list(out.glob("*.tmp"))
 
 
 def test_jsonl_parquet_and_max_documents(tmp_path):
