@@ -1,10 +1,10 @@
 """Data-pipeline benchmark: `python -m bertjax.prepare` vs the Hugging Face way, and loader+masking.
 
-    .venv/bin/python bench/data.py [--sizes 10 40] [--hf-python /tmp/hfpeer/bin/python]
+    .venv/bin/python bench/data.py [--sizes 10 40] [--hf-python .venv-bench/bin/python]
 
 Same text (subsets of ../shared/data/corpus), same tokenizer.json on both sides. The HF way is
 transformers' run_mlm.py: load_dataset("text") + .map(tokenize, num_proc=2) + .map(group_texts,
-num_proc=2); it needs `transformers` in --hf-python (e.g. a venv that sees ours plus transformers).
+num_proc=2); --hf-python needs datasets + transformers (`make bench-env` makes .venv-bench).
 Each side runs in its own subprocess: wall time, peak RSS (os.wait4), bytes on disk per text
 token. Loader + masking run pinned to one core with single-threaded XLA.
 """
