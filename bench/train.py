@@ -110,7 +110,7 @@ def run_peer(args) -> dict:
                         num_hidden_layers=mcfg.num_layers, num_attention_heads=mcfg.num_heads,
                         intermediate_size=mcfg.intermediate_size,
                         attention_probs_dropout_prob=args.attention_dropout)
-    model = BertForMaskedLM(hf_cfg, attn_implementation="sdpa").to(device).train()
+    model = BertForMaskedLM._from_config(hf_cfg, attn_implementation="sdpa").to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, args.vocab, (args.batch, args.seq), generator=gen)
