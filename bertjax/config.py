@@ -106,6 +106,9 @@ class DataConfig:
             raise UserError(f"data.objective={self.objective!r}: use mlm, mlm+nsp or mlm+sop")
         if not 0.0 < self.mask_rate < 1.0:
             raise UserError(f"data.mask_rate={self.mask_rate} must be in (0, 1)")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise UserError(f"data.validation_fraction={self.validation_fraction} must be in "
+                            "[0, 1)")
         if self.seq_len < 8:
             raise UserError(f"data.seq_len={self.seq_len} is too short; use at least 8")
 

@@ -101,10 +101,11 @@ def abstract_state(cfg: Config, total_steps: int) -> TrainState:
 
 def masking_fn(cfg: Config, tok):
     from bertjax import masking
-    from bertjax.tokenizer import special_tokens
+    from bertjax.tokenizer import special_tokens, vocab_size
 
+    # Random replacements come from the tokenizer's ids (model rows beyond it are never inputs).
     fn = partial(masking.mask_tokens, rate=cfg.data.mask_rate,
-                 max_predictions=cfg.data.predictions, vocab_size=cfg.model.vocab_size,
+                 max_predictions=cfg.data.predictions, vocab_size=vocab_size(tok),
                  special=special_tokens(tok))
 
     def one_row(key, input_ids, attention_mask):  # vmapped over rows by the train step
