@@ -57,6 +57,13 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path):
                                                  "glue.task=sst2"]).glue, "test")
     assert submission[0] == "index\tprediction" and len(submission) == len(test_rows) + 1
     assert {line.split("\t")[1] for line in submission[1:]} <= {"0", "1"}
+    # MNLI -> RTE style: a fine-tuned bundle initialises the next task (its head is replaced).
+    chained = finetune(sst2_cfg(tmp_path / "rte", tokenizer_path, "glue.task=rte",
+                                f"init.checkpoint={run_dir / 'seed0' / 'best'}",
+                                "glue.seeds=[0]", "glue.epochs=2"))
+    rte = json.loads((chained / "results.json").read_text())
+    assert rte["init"].endswith("best") and len(rte["seeds"]) == 1
+    assert (chained / "submission" / "RTE.tsv").is_file()
 
 
 def test_training_compiles_once_per_bucket(tokenizer_path):

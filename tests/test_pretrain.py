@@ -137,3 +137,12 @@ def test_non_finite_steps_stop_the_run_keeping_the_last_checkpoint(config_file, 
                       "optim.warmup=0.0", "train.max_nonfinite=2")
     assert code == 1, out
     assert "non-finite steps in a row" in out and "Traceback" not in out
+
+
+def test_demo_config_runs_end_to_end(tmp_path):
+    code, out = train(ROOT / "configs" / "demo.yaml", tmp_path / "run",
+                      f"data.dir={tmp_path / 'data'}", "train.steps=4", "train.log_every=2",
+                      "train.eval_every=4", "train.checkpoint_every=0", devices=1)
+    assert code == 0, out
+    assert "fill-mask predictions:" in out and "validation loss" in out
+    assert (tmp_path / "run" / "curves.png").is_file()
