@@ -41,10 +41,10 @@ def run_ours(args) -> dict:
     import numpy as np
 
     from bertjax import config
-    from bertjax.masking import mask_tokens
     from bertjax.model import Bert, flops_per_token
     from bertjax.optim import make_optimizer
     from bertjax.precision import Precision
+    from bertjax.pretrain import row_masker
     from bertjax.tokenizer import SpecialTokens
     from bertjax.train import StepSpec, init_state, make_train_step
 
@@ -53,12 +53,7 @@ def run_ours(args) -> dict:
                            f"precision.compute={args.precision}", f"data.seq_len={args.seq}"])
     special = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
 
-    def one_row(key, ids, attention_mask):
-        out = mask_tokens(key, ids[None], attention_mask[None], rate=0.15,
-                          max_predictions=cfg.data.predictions, vocab_size=args.vocab,
-                          special=special)
-        return jax.tree.map(lambda x: x[0], out)
-
+    one_row = row_masker(cfg.data, args.vocab, special)
     model = Bert(cfg.model, key=jax.random.key(0))
     optimizer = make_optimizer(cfg.optim, 1000, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)

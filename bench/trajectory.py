@@ -19,10 +19,10 @@ from transformers import BertConfig, BertForMaskedLM
 
 from bertjax import config
 from bertjax.hf import bert_to_hf, config_to_hf
-from bertjax.masking import mask_tokens
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer
 from bertjax.precision import Precision
+from bertjax.pretrain import row_masker
 from bertjax.tokenizer import SpecialTokens
 from bertjax.train import StepSpec, init_state, make_train_step, mask_rows
 
@@ -37,11 +37,7 @@ def setup(args):
         f"optim.b1={B1}", f"optim.b2={B2}", f"optim.eps={EPS}", f"data.seq_len={args.seq}"])
     special = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
 
-    def one_row(key, ids, attention_mask):
-        out = mask_tokens(key, ids[None], attention_mask[None], rate=0.15,
-                          max_predictions=cfg.data.predictions, vocab_size=args.vocab,
-                          special=special)
-        return jax.tree.map(lambda x: x[0], out)
+    one_row = row_masker(cfg.data, args.vocab, special)
 
     spec = StepSpec(Precision(), one_row, False, False)
     return cfg, spec

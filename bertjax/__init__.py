@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(path):
-    """Model, configs and tokenizer from a run dir, checkpoint dir, release bundle or HF BERT dir."""
+    """Model, configs and tokenizer from a run dir, checkpoint, release bundle or HF BERT dir."""
     from bertjax.pretrained import load_pretrained as _load
 
     return _load(path)

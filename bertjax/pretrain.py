@@ -100,15 +100,21 @@ def abstract_state(cfg: Config, total_steps: int) -> TrainState:
 
 
 def masking_fn(cfg: Config, tok):
-    from bertjax import masking
+    """The train step's per-row masker for this config and tokenizer."""
     from bertjax.tokenizer import special_tokens, vocab_size
 
     # Random replacements come from the tokenizer's ids (model rows beyond it are never inputs).
-    fn = partial(masking.mask_tokens, rate=cfg.data.mask_rate,
-                 max_predictions=cfg.data.predictions, vocab_size=vocab_size(tok),
-                 special=special_tokens(tok))
+    return row_masker(cfg.data, vocab_size(tok), special_tokens(tok))
 
-    def one_row(key, input_ids, attention_mask):  # vmapped over rows by the train step
+
+def row_masker(data_cfg, vocab_size: int, special):
+    """mask_tokens for one row (the train step vmaps it over rows with per-row keys)."""
+    from bertjax import masking
+
+    fn = partial(masking.mask_tokens, rate=data_cfg.mask_rate,
+                 max_predictions=data_cfg.predictions, vocab_size=vocab_size, special=special)
+
+    def one_row(key, input_ids, attention_mask):
         out = fn(key, input_ids[None], attention_mask[None])
         return jax.tree.map(lambda x: x[0], out)
 
