@@ -25,6 +25,7 @@ from bertjax.loss import classification_sums
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer
 from bertjax.precision import Precision
+from bertjax.pretrain import write_atomic
 from bertjax.sharding import global_batch, make_mesh, shard_params
 from bertjax.train import select
 
@@ -100,7 +101,7 @@ def evaluate(predict, model, dev: dict, cfg: Config, mesh) -> dict[str, dict]:
     return out
 
 
-def summarize(per_seed: list[dict], task: str) -> dict:
+def summarize(per_seed: list[dict]) -> dict:
     """Mean, median and spread of the main score and of every metric across seeds."""
     def stats(values):
         v = np.asarray(values, np.float64)
@@ -114,12 +115,6 @@ def summarize(per_seed: list[dict], task: str) -> dict:
             summary[f"{split}/{name}"] = stats([r["best_metrics"][split][name]
                                                for r in per_seed])
     return summary
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def batch_size_fits(cfg: Config) -> None:
@@ -227,7 +222,7 @@ def finetune(cfg: Config) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     from bertjax import config as config_lib
 
-    (run_dir / "config.yaml").write_text(config_lib.to_yaml(cfg))
+    write_atomic(run_dir / "config.yaml", config_lib.to_yaml(cfg))
     print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
           f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
           f"seeds {cfg.glue.seeds}")
@@ -239,10 +234,10 @@ def finetune(cfg: Config) -> Path:
     per_seed = [run_seed(s, model, cfg, train_enc, dev, mesh, run_dir, save_best)
                 for s in cfg.glue.seeds]
     results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
-               "summary": summarize(per_seed, task.name)}
+               "summary": summarize(per_seed)}
     best_seed = max(per_seed, key=lambda r: r["best_score"])["seed"]
     results["submissions"] = write_submissions(cfg, tok, run_dir, best_seed, mesh)
-    write_json(run_dir / "results.json", results)
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
     s = results["summary"]["main_score"]
     print(f"{task.name}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
           f"std {s['std']:.4f} over {len(per_seed)} seed(s); {run_dir / 'results.json'}")
