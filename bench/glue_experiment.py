@@ -33,6 +33,7 @@ PLAN = {
 
 def run(task: str, init: str, args) -> dict:
     extra, seeds = PLAN[task]
+    seeds = args.seeds or seeds
     run_dir = Path(args.out) / f"{task}_{init}"
     cmd = [sys.executable, "-m", "bertjax.train", f"configs/{task}.yaml",
            f"glue.data_dir={GLUE}", f"train.run_dir={run_dir}", f"glue.seeds={seeds}",
@@ -51,6 +52,7 @@ def main():
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--out", default="runs/glue_experiment")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seeds", type=int, nargs="*", help="override the plan's seeds")
     parser.add_argument("--tasks", nargs="*", default=["mnli", "sst2"], choices=list(PLAN))
     args = parser.parse_args()
     table = []
@@ -64,7 +66,8 @@ def main():
     for task, init, s in table:
         m = s["main_score"]
         metrics = ", ".join(f"{k}={v['mean']:.4f}" for k, v in s.items() if k != "main_score")
-        print(f"{task:6} {init:10} {len(PLAN[task][1]):>5} {m['mean']:16.4f} {m['std']:7.4f} "
+        seeds = len(args.seeds or PLAN[task][1])
+        print(f"{task:6} {init:10} {seeds:>5} {m['mean']:16.4f} {m['std']:7.4f} "
               f"{m['min']:7.4f} {m['max']:7.4f}   {metrics}")
 
 
