@@ -214,7 +214,6 @@ class Loop:
 
     def train(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
-        step = start
         for step, first, local in self.batches(start):
             batch = global_batch(local, self.mesh)
             state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],

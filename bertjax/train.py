@@ -44,9 +44,8 @@ def mask_rows(spec: StepSpec, key: jax.Array, batch: dict, first_row: jax.Array)
     rows = batch["input_ids"].shape[0]
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_row + jnp.arange(rows))
     masked = jax.vmap(spec.mask_fn)(keys, batch["input_ids"], batch["attention_mask"])
-    out = dict(batch, input_ids=masked.input_ids, positions=masked.positions,
-               labels=masked.labels, weights=masked.weights)
-    return out
+    return dict(batch, input_ids=masked.input_ids, positions=masked.positions,
+                labels=masked.labels, weights=masked.weights)
 
 
 def forward_sums(model: Bert, batch: dict, spec: StepSpec, key) -> dict[str, jax.Array]:
