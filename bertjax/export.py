@@ -144,11 +144,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
         raise UserError(f"{out_dir} exists and is not empty; pass --force to replace it, or "
                         "choose another directory")
     model, cfg, meta = restore_model(run_dir, None)
-    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(cfg)
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(cfg, run_dir)
     if tokenizer is None:
-        raise UserError(f"no tokenizer found at {Path(cfg.data.dir) / 'tokenizer.json'} (the "
-                        "run's data.dir, relative to the current directory); run from where "
-                        "training ran or pass --tokenizer PATH")
+        raise UserError(f"no tokenizer found in {run_dir} or at "
+                        f"{Path(cfg.data.dir) / 'tokenizer.json'} (the run's data.dir, relative "
+                        "to the current directory); pass --tokenizer PATH")
     return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
                        dtype=dtype, force=force)
 

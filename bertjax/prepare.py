@@ -255,10 +255,35 @@ def read_meta(directory: str | Path) -> dict:
 
 
 def _is_current(directory: Path, inputs: dict) -> bool:
+    """Built from these inputs. Local files whose mtime alone changed (a fresh copy, a checkout,
+    rsync without -t) are compared by content and meta.json takes the new mtimes: a needless
+    rebuild would retrain the tokenizer, which is not reproducible, so every token id, and the
+    meaning of every run trained on them, would change."""
     try:
-        return read_meta(directory)["inputs"] == inputs
+        meta = read_meta(directory)
     except UserError:
         return False
+    if meta["inputs"] == inputs:
+        return True
+    if _without_mtimes(meta["inputs"]) != _without_mtimes(inputs):
+        return False
+    hashes = meta.get("source_sha256", {})
+    for old, new in zip(meta["inputs"]["sources"], inputs["sources"], strict=True):
+        if old != new and hashes.get(new["path"]) != tokenizer.sha256_file(new["path"]):
+            return False
+    _write_meta(directory, {**meta, "inputs": inputs})
+    _say(f"{directory}: source files were touched but their contents are unchanged")
+    return True
+
+
+def _without_mtimes(inputs: dict) -> dict:
+    return {**inputs, "sources": [{k: v for k, v in source.items() if k != "mtime_ns"}
+                                  for source in inputs["sources"]]}
+
+
+def _source_hashes(inputs: dict) -> dict[str, str]:
+    """sha256 of each local source file (cheap next to tokenizing it), for _is_current."""
+    return {s["path"]: tokenizer.sha256_file(s["path"]) for s in inputs["sources"] if "path" in s}
 
 
 def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
@@ -275,6 +300,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
         for tmp in directory.glob("*.tmp"):
             os.replace(tmp, tmp.with_suffix(""))
         meta = {"format_version": FORMAT_VERSION, "inputs": inputs,
+                "source_sha256": _source_hashes(inputs),
                 "tokenizer_sha256": tokenizer.sha256_file(directory / "tokenizer.json"),
                 "vocab_size": vocab, "dtype": dtype.name,
                 "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,

@@ -58,6 +58,20 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
+    """The run keeps a copy of its tokenizer (fine-tuning and export read it from there), and a
+    resume refuses a data directory whose tokenizer has changed since: re-preparing retrains it,
+    which is not reproducible, so every token id would silently mean something else."""
+    source, kept = data_dir / "tokenizer.json", run_dir / "tokenizer.json"
+    if kept.is_file():
+        if kept.read_bytes() != source.read_bytes():
+            raise UserError(f"{source} is not the tokenizer {run_dir} was trained with ({kept}): "
+                            f"{data_dir} was prepared again since; prepare a data.dir with "
+                            f"tokenizer.path={kept} to resume, or start a new train.run_dir")
+    elif jax.process_index() == 0:
+        write_atomic(kept, source.read_text())
+
+
 def resolve(cfg: Config) -> Run:
     """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
     from bertjax import data as data_lib
@@ -139,6 +153,7 @@ def pretrain(cfg: Config) -> Path:
     cfg = run.cfg
     run.run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = config_lib.to_yaml(cfg)
+    keep_tokenizer(run.run_dir, Path(cfg.data.dir))
     if jax.process_index() == 0:
         write_atomic(run.run_dir / "config.yaml", config_yaml)
 

@@ -179,9 +179,10 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
     return state.model, cfg, meta
 
 
-def tokenizer_of(cfg: Config) -> Path | None:
-    """The tokenizer a run trained with: data.dir/tokenizer.json, else tokenizer.path."""
-    for candidate in (Path(cfg.data.dir) / "tokenizer.json",
+def tokenizer_of(cfg: Config, run_dir: Path) -> Path | None:
+    """The tokenizer a run trained with: the run's own copy; for runs made before runs kept one,
+    data.dir/tokenizer.json, else tokenizer.path."""
+    for candidate in (run_dir / "tokenizer.json", Path(cfg.data.dir) / "tokenizer.json",
                       Path(cfg.tokenizer.path) if cfg.tokenizer.path else None):
         if candidate is not None and candidate.is_file():
             return candidate
@@ -209,7 +210,8 @@ def load_pretrained(path: str | Path) -> Pretrained:
         return Pretrained(model, model_cfg, None, tokenizer, "hf")
     if (path / "checkpoints").is_dir() or is_step_dir(path):
         step = int(path.name) if is_step_dir(path) else None
-        model, cfg, _ = restore_model(path.parent.parent if step is not None else path, step)
-        return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg),
+        run_dir = path.parent.parent if step is not None else path
+        model, cfg, _ = restore_model(run_dir, step)
+        return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
                           "run" if step is None else "checkpoint")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")

@@ -99,6 +99,26 @@ def test_rerun_is_a_no_op_and_changes_rebuild(tmp_path, corpus, capsys):
     assert (out / "meta.json").stat().st_mtime_ns != before[1]
 
 
+def test_touched_source_with_same_content_is_not_rebuilt(tmp_path, corpus, capsys):
+    """A copy or checkout changes mtimes only: rebuilding would retrain the tokenizer (not
+    reproducible) under every run trained on this directory."""
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    tok_sha = prepare.read_meta(out)["tokenizer_sha256"]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert "contents are unchanged" in capsys.readouterr().err
+    meta = prepare.read_meta(out)
+    assert meta["tokenizer_sha256"] == tok_sha
+    assert meta["inputs"]["sources"][0]["mtime_ns"] == path.stat().st_mtime_ns
+    text = path.read_text()  # same size, different content: rebuilt
+    path.write_text(text.replace("a", "b", 1))
+    assert path.stat().st_size == meta["inputs"]["sources"][0]["bytes"]
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert "preparing" in capsys.readouterr().err
+
+
 def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatch, capsys):
     path, _ = corpus
     cfg = load_cfg(tmp_path, [path])

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from test_prepare import write_corpus
 
+from bertjax.errors import UserError
+from bertjax.pretrain import keep_tokenizer
 from bertjax.pretrained import restore_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +80,11 @@ def straight(config_file, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_a_run_writes_its_outputs_and_learns(straight):
+def test_a_run_writes_its_outputs_and_learns(config_file, straight):
     for name in ("config.yaml", "metrics.jsonl", "results.json", "curves.png"):
         assert (straight / name).is_file(), name
+    data_tokenizer = config_file.parent / "prepared" / "tokenizer.json"
+    assert (straight / "tokenizer.json").read_bytes() == data_tokenizer.read_bytes()
     history = losses(straight)
     assert sorted(history) == list(range(1, STEPS + 1))
     assert history[STEPS] < history[1]
@@ -90,6 +94,20 @@ def test_a_run_writes_its_outputs_and_learns(straight):
     assert any("val_loss" in r for r in rows)
     results = json.loads((straight / "results.json").read_text())
     assert results["validation"]["val_accuracy"] >= 0.0
+
+
+def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
+    data_dir, run_dir = tmp_path / "data", tmp_path / "run"
+    data_dir.mkdir()
+    run_dir.mkdir()
+    (data_dir / "tokenizer.json").write_text('{"version": "1.0", "vocab": "first"}')
+    keep_tokenizer(run_dir, data_dir)
+    keep_tokenizer(run_dir, data_dir)  # same tokenizer: resuming is fine
+    assert (run_dir / "tokenizer.json").read_text() == (data_dir / "tokenizer.json").read_text()
+    (data_dir / "tokenizer.json").write_text('{"version": "1.0", "vocab": "retrained"}')
+    with pytest.raises(UserError, match="not the tokenizer .* was trained with"):
+        keep_tokenizer(run_dir, data_dir)
+    assert "first" in (run_dir / "tokenizer.json").read_text()
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
