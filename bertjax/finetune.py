@@ -123,22 +123,47 @@ def batch_size_fits(cfg: Config) -> None:
                         f"{jax.device_count()} devices")
 
 
-def run_seed(seed: int, start: Bert, cfg: Config, train_enc, dev: dict, mesh, run_dir: Path,
-             save_best) -> dict:
-    """Fine-tune one seed; returns its per-epoch and best metrics."""
-    task = glue.get_task(cfg.glue.task)
-    key = jax.random.key(seed)
-    model = with_task_head(start, cfg, task.num_labels, jax.random.fold_in(key, 0))
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The optimizer and jitted steps, made once per process: every seed has the same shapes,
+    so XLA compiles each bucket once rather than once per seed."""
+
+    optimizer: object
+    train_step: object
+    predict: object
+    total: int
+
+
+def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> Steps:
     per_epoch = glue_batches.num_batches(train_enc, cfg.glue.batch_size)
     total = max(1, math.ceil(cfg.glue.epochs * per_epoch))
     optim_cfg = dataclasses.replace(cfg.optim, schedule="linear", final_lr_fraction=0.0)
     optimizer = make_optimizer(optim_cfg, total, eqx.filter(model, eqx.is_array))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
     precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0
-    train_step, predict = make_steps(optimizer, precision, dropout)
+    return Steps(optimizer, *make_steps(optimizer, precision, dropout), total)
+
+
+def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
+    """The encoder under a fresh head; without a checkpoint a fresh random encoder per seed,
+    so that the baseline's spread covers its initialisation too."""
+    key = jax.random.key(seed)
+    if start is None:
+        start = Bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
+    return with_task_head(start, cfg, glue.get_task(cfg.glue.task).num_labels,
+                          jax.random.fold_in(key, 0))
+
+
+def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc, dev: dict,
+             mesh, run_dir: Path, save_best) -> dict:
+    """Fine-tune one seed; returns its per-epoch and best metrics."""
+    task = glue.get_task(cfg.glue.task)
+    key = jax.random.key(seed)
+    model = initial_model(seed, start, cfg)
+    opt_state = steps.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
+    train_step, predict, total = steps.train_step, steps.predict, steps.total
     history, best = [], {"best_score": -math.inf}
     step = 0
     bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
@@ -171,8 +196,8 @@ def run_seed(seed: int, start: Bert, cfg: Config, train_enc, dev: dict, mesh, ru
 
 
 def load_start(cfg: Config):
-    """(encoder source model, model config, tokenizer path) from init.checkpoint, or a random
-    encoder (the no-pretraining baseline) with the tokenizer named by the config."""
+    """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
+    configured model, the tokenizer named by the config) for the no-pretraining baseline."""
     from bertjax import tokenizer as tokenizer_lib
 
     if cfg.init.checkpoint is not None:
@@ -193,7 +218,6 @@ def load_start(cfg: Config):
     vocab = tokenizer_lib.vocab_size(tok)
     if model_cfg is None:
         model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)
-        model = Bert(model_cfg, key=jax.random.key(cfg.train.seed), mlm=False)
     if vocab > model_cfg.vocab_size:
         raise UserError(f"the tokenizer {tok_path} has {vocab} tokens but the checkpoint's "
                         f"vocabulary has {model_cfg.vocab_size}: they do not belong together; "
@@ -231,12 +255,13 @@ def finetune(cfg: Config) -> Path:
     def save_best(best_model, out_dir, best):
         save_bundle(best_model, cfg, tok, out_dir, summary=best)
 
-    per_seed = [run_seed(s, model, cfg, train_enc, dev, mesh, run_dir, save_best)
+    steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
+    per_seed = [run_seed(s, model, cfg, steps, train_enc, dev, mesh, run_dir, save_best)
                 for s in cfg.glue.seeds]
     results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed)}
     best_seed = max(per_seed, key=lambda r: r["best_score"])["seed"]
-    results["submissions"] = write_submissions(cfg, tok, run_dir, best_seed, mesh)
+    results["submissions"] = write_submissions(cfg, tok, run_dir, best_seed, mesh, steps.predict)
     write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
     s = results["summary"]["main_score"]
     print(f"{task.name}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
@@ -244,7 +269,7 @@ def finetune(cfg: Config) -> Path:
     return run_dir
 
 
-def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh) -> list[str]:
+def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh, predict) -> list[str]:
     """GLUE test-set files from the best seed's best model, for the test splits that exist."""
     from bertjax.pretrained import load_pretrained
 
@@ -254,8 +279,6 @@ def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh) -> list[
     if not pairs:
         return written
     best = load_pretrained(run_dir / f"seed{seed}" / "best")
-    _, predict = make_steps(None, Precision.from_names(cfg.precision.param,
-                                                       cfg.precision.compute), False)
     model = shard_params(best.model, mesh, cfg.mesh)
     for task, split in pairs:
         examples = glue.load_split(cfg.glue, split, task=task)

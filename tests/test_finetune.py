@@ -10,10 +10,12 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 from bertjax import config, glue, glue_batches
+from bertjax import finetune as finetune_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.finetune import finetune, make_steps
@@ -44,10 +46,19 @@ def sst2_cfg(tmp_path, tokenizer_path, *extra) -> config.Config:
         "optim.warmup=0.0", "glue.buckets=[16,32,64]", "glue.seeds=[0,1]", *extra])
 
 
-def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path):
+def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, monkeypatch):
+    original, built = finetune_lib.build_steps, []
+
+    def record(*args):
+        built.append(original(*args))
+        return built[-1]
+
+    monkeypatch.setattr(finetune_lib, "build_steps", record)
     run_dir = finetune(sst2_cfg(tmp_path, tokenizer_path))
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["seed"] for r in results["seeds"]] == [0, 1]
+    # Both seeds (and the submission predictions) share one compilation per bucket.
+    assert len(built) == 1 and built[0].train_step._cached._cache_size() <= 3
     for seed in results["seeds"]:
         assert seed["best_metrics"]["dev"]["accuracy"] == 1.0  # the training rows, memorised
         assert (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").is_file()
@@ -64,6 +75,16 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path):
     rte = json.loads((chained / "results.json").read_text())
     assert rte["init"].endswith("best") and len(rte["seeds"]) == 1
     assert (chained / "submission" / "RTE.tsv").is_file()
+
+
+def test_random_baseline_draws_a_new_encoder_per_seed(tmp_path, tokenizer_path):
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "model.vocab_size=400")
+    first, second = (finetune_lib.initial_model(s, None, cfg) for s in (0, 1))
+    assert not np.array_equal(jax.tree.leaves(first.encoder)[0],
+                              jax.tree.leaves(second.encoder)[0])
+    kept = finetune_lib.initial_model(1, first, cfg)  # a checkpoint's encoder is kept as is
+    for a, b in zip(jax.tree.leaves(kept.encoder), jax.tree.leaves(first.encoder), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_training_compiles_once_per_bucket(tokenizer_path):
