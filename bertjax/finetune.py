@@ -4,7 +4,8 @@ For each seed: a pretrained encoder (or a random one, the baseline) gets a fresh
 regression head, trains with AdamW (warm-up + linear decay) on bucketed fixed-shape batches, is
 evaluated on every dev split after each epoch, and the best epoch (GLUE's main score on the first
 dev split) is kept as a release bundle. Then test predictions become GLUE submission files, and
-`results.json` reports every seed with mean, median and spread.
+`results.json` reports every seed with mean, median and spread. Progress goes to a bar,
+`metrics.jsonl` and wandb (when enabled) through the same Monitor as pretraining.
 """
 
 import dataclasses
@@ -16,14 +17,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
+from bertjax import config as config_lib
 from bertjax import glue, glue_batches
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.loss import classification_sums
+from bertjax.metrics import Monitor
 from bertjax.model import Bert
-from bertjax.optim import make_optimizer
+from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrain import write_atomic
 from bertjax.sharding import global_batch, make_mesh, shard_params
@@ -132,6 +134,7 @@ class Steps:
     train_step: object
     predict: object
     total: int
+    lr: object  # step -> learning rate, for the logs
 
 
 def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> Steps:
@@ -142,7 +145,8 @@ def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> St
     precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0
-    return Steps(optimizer, *make_steps(optimizer, precision, dropout), total)
+    return Steps(optimizer, *make_steps(optimizer, precision, dropout), total,
+                 schedule(optim_cfg, total))
 
 
 def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
@@ -156,8 +160,9 @@ def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
 
 
 def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc, dev: dict,
-             mesh, run_dir: Path, save_best) -> dict:
-    """Fine-tune one seed; returns its per-epoch and best metrics."""
+             mesh, run_dir: Path, save_best, monitor: Monitor, offset: int) -> dict:
+    """Fine-tune one seed; returns its per-epoch and best metrics. Rows go to the run's monitor
+    (metrics.jsonl, wandb) at global step offset + step, so seeds follow each other."""
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
     model = initial_model(seed, start, cfg)
@@ -165,8 +170,7 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
     model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
     train_step, predict, total = steps.train_step, steps.predict, steps.total
     history, best = [], {"best_score": -math.inf}
-    step = 0
-    bar = tqdm(total=total, desc=f"{task.name} seed {seed}", dynamic_ncols=True)
+    step, tokens, every = 0, 0, cfg.train.log_every
     for epoch in range(math.ceil(cfg.glue.epochs)):
         losses = []
         batches = glue_batches.iter_batches(train_enc, cfg.glue.batch_size, seed=seed, epoch=epoch)
@@ -179,20 +183,33 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                 (device_batch, jax.random.fold_in(key, step + 1)), (model, opt_state))
             losses.append(sums)
             step += 1
-            bar.update()
-        loss = sum(float(s["loss"]) for s in losses) / max(sum(float(s["weight"])
-                                                               for s in losses), 1.0)
+            tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
+            monitor.advance()
+            if step % every == 0:
+                loss = mean_loss(losses[-every:])
+                row = {"seed": seed, "epoch": epoch + 1, "loss": loss,
+                       "lr": float(steps.lr(step)), **monitor.throughput(tokens)}
+                monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
+        loss = mean_loss(losses)
         metrics = evaluate(predict, model, dev, cfg, mesh)
         score = glue.main_score(task.name, next(iter(metrics.values())))
         history.append({"epoch": epoch + 1, "step": step, "train_loss": loss, "dev": metrics,
                         "score": score})
-        bar.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
-                  f"dev {json.dumps(metrics)}")
+        monitor.log(offset + step, {"seed": seed, "epoch": epoch + 1, "train_loss": loss,
+                                    "dev_score": score,
+                                    **{f"{split}/{name}": value for split, values
+                                       in metrics.items() for name, value in values.items()}})
+        monitor.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
+                      f"dev {json.dumps(metrics)}")
         if score > best["best_score"]:
             best = {"best_score": score, "best_epoch": epoch + 1, "best_metrics": metrics}
             save_best(model, run_dir / f"seed{seed}" / "best", best)
-    bar.close()
     return {"seed": seed, "history": history, **best}
+
+
+def mean_loss(sums: list[dict]) -> float:
+    """Per-example mean over batches of (loss sum, weight) pairs (padding rows weigh 0)."""
+    return sum(float(s["loss"]) for s in sums) / max(sum(float(s["weight"]) for s in sums), 1.0)
 
 
 def load_start(cfg: Config):
@@ -244,8 +261,6 @@ def finetune(cfg: Config) -> Path:
         dev[split] = (examples, glue_batches.encode(tok, examples, cfg.glue.buckets))
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from bertjax import config as config_lib
-
     write_atomic(run_dir / "config.yaml", config_lib.to_yaml(cfg))
     print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
           f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
@@ -256,8 +271,14 @@ def finetune(cfg: Config) -> Path:
         save_bundle(best_model, cfg, tok, out_dir, summary=best)
 
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
-    per_seed = [run_seed(s, model, cfg, steps, train_enc, dev, mesh, run_dir, save_best)
-                for s in cfg.glue.seeds]
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fine-tune starts over, never resumes
+    monitor = Monitor(run_dir, steps.total * len(cfg.glue.seeds), 0, cfg.wandb,
+                      config_lib.to_dict(cfg), None, cfg.precision.compute)
+    try:
+        per_seed = [run_seed(s, model, cfg, steps, train_enc, dev, mesh, run_dir, save_best,
+                             monitor, i * steps.total) for i, s in enumerate(cfg.glue.seeds)]
+    finally:
+        monitor.close()
     results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed)}
     best_seed = max(per_seed, key=lambda r: r["best_score"])["seed"]

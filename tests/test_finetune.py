@@ -59,6 +59,13 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
     assert [r["seed"] for r in results["seeds"]] == [0, 1]
     # Both seeds (and the submission predictions) share one compilation per bucket.
     assert len(built) == 1 and built[0].train_step._cached._cache_size() <= 3
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)  # seeds in sequence
+    epochs = [r for r in rows if "dev/accuracy" in r]
+    assert [(r["seed"], r["epoch"]) for r in epochs] == [(s, e) for s in (0, 1)
+                                                          for e in range(1, 26)]
+    assert epochs[-1]["dev/accuracy"] == results["seeds"][1]["history"][-1]["score"]
+    assert any("loss" in r and "lr" in r for r in rows)
     for seed in results["seeds"]:
         assert seed["best_metrics"]["dev"]["accuracy"] == 1.0  # the training rows, memorised
         assert (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").is_file()
