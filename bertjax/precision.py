@@ -1,8 +1,9 @@
-"""Mixed precision as a value: param / compute / output dtypes, casts, fp16 dynamic loss scaling.
+"""Mixed precision as a value: param and compute dtypes, casts, fp16 dynamic loss scaling.
 
 Parameters and optimizer state stay in `param` dtype (f32); the loss function casts the model to
 `compute` dtype, so gradients come back in the parameter dtype. LayerNorm statistics, softmax and
-the loss are computed in f32 regardless (see layers.py and loss.py).
+the loss are computed in f32 regardless, and every head returns f32 logits (see layers.py,
+model.py and loss.py).
 """
 
 from dataclasses import dataclass
@@ -16,11 +17,10 @@ import jax.numpy as jnp
 class Precision:
     param: jnp.dtype = jnp.float32
     compute: jnp.dtype = jnp.float32
-    output: jnp.dtype = jnp.float32
 
     @classmethod
     def from_names(cls, param: str = "float32", compute: str = "float32") -> "Precision":
-        return cls(jnp.dtype(param), jnp.dtype(compute), jnp.dtype(jnp.float32))
+        return cls(jnp.dtype(param), jnp.dtype(compute))
 
     def cast_to_compute(self, tree):
         """Floating arrays of `tree` (e.g. the model) in compute dtype; integers untouched."""
