@@ -5,8 +5,8 @@
 
 Runs `python -m bertjax.train configs/<task>.yaml` on the local GLUE files in ../shared/data
 (MNLI: the 10 k training pairs and the dev_matched subset) for each task and initialisation, with
-3 seeds each, then prints one table of dev scores (mean, std, min, max over seeds) and the gain
-of pretraining, and writes it to OUT/summary.json. The random baseline uses the pretrained run's
+3 seeds each, then prints one table of dev scores (mean, std, min, max over seeds), the gain
+of pretraining and each run's wall time, and writes it to OUT/summary.json. The random baseline uses the pretrained run's
 model shape and tokenizer. One JAX compilation cache (OUT/jax_cache) serves all runs: both inits
 compile the same shapes.
 """
@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 SEEDS = [0, 1, 2]
+INITS = ("pretrained", "random")
 
 # task -> overrides. Buckets follow each task's token lengths (mini tokenizer: MNLI mean 46 / p99
 # 116, SST-2 16 / 53, CoLA 13 / 28, RTE 76 / 128+, STS-B 33 / 91). MNLI gets 2 epochs: after one,
@@ -38,7 +39,7 @@ PLAN = {
 }
 
 
-def run(task: str, init: str, args) -> tuple[dict, float]:
+def run(task: str, init: str, args) -> None:
     run_dir = Path(args.out) / f"{task}_{init}"
     cmd = [sys.executable, "-m", "bertjax.train", f"configs/{task}.yaml",
            f"glue.data_dir={GLUE}", f"train.run_dir={run_dir}", f"glue.seeds={args.seeds}",
@@ -57,7 +58,36 @@ def run(task: str, init: str, args) -> tuple[dict, float]:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, env=env)
     seconds = time.perf_counter() - start
-    return json.loads((run_dir / "results.json").read_text()), seconds
+    (run_dir / "bench_seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+    summary = json.loads((run_dir / "results.json").read_text())["summary"]
+    print(f"== {task} {init} ({seconds:.0f} s): {json.dumps(summary['main_score'])}", flush=True)
+
+
+def table(out: Path) -> list[dict]:
+    """Every finished (task, init) under `out`, so that separate invocations (e.g. --inits
+    random while the encoder is still pretraining) add up to one table."""
+    rows = []
+    for task in PLAN:
+        for init in INITS:
+            run_dir = out / f"{task}_{init}"
+            if (run_dir / "results.json").is_file():
+                results = json.loads((run_dir / "results.json").read_text())
+                seconds = json.loads((run_dir / "bench_seconds.json").read_text())["seconds"]
+                rows.append({"task": task, "init": init, "seeds": len(results["seeds"]),
+                             "seconds": seconds, "summary": results["summary"]})
+    print(f"\n{'task':6} {'init':10} {'seeds':>5} {'score mean':>10} {'std':>7} {'min':>7} "
+          f"{'max':>7} {'gain':>7} {'s':>6}   metrics (mean)")
+    for row in rows:
+        m = row["summary"]["main_score"]
+        base = next((r for r in rows if r["task"] == row["task"] and r["init"] == "random"), None)
+        gain = m["mean"] - base["summary"]["main_score"]["mean"] if base else float("nan")
+        metrics = ", ".join(f"{k}={v['mean']:.4f}" for k, v in row["summary"].items()
+                            if k != "main_score")
+        print(f"{row['task']:6} {row['init']:10} {row['seeds']:>5} {m['mean']:10.4f} "
+              f"{m['std']:7.4f} {m['min']:7.4f} {m['max']:7.4f} {gain:+7.4f} "
+              f"{row['seconds']:6.0f}   {metrics}")
+    print(f"fine-tuning time, all runs: {sum(r['seconds'] for r in rows) / 60:.1f} min")
+    return rows
 
 
 def main():
@@ -68,32 +98,15 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--tasks", nargs="+", default=list(PLAN), choices=list(PLAN))
+    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     args = parser.parse_args()
     args.tokenizer = args.tokenizer or str(Path(args.pretrained) / "tokenizer.json")
-    rows, begin = [], time.perf_counter()
     for task in args.tasks:
-        for init in ("pretrained", "random"):
-            results, seconds = run(task, init, args)
-            rows.append({"task": task, "init": init, "seconds": round(seconds, 1),
-                         "summary": results["summary"]})
-            print(f"== {task} {init} ({seconds:.0f} s): "
-                  f"{json.dumps(results['summary']['main_score'])}", flush=True)
-    total = time.perf_counter() - begin
-    print(f"\n{'task':6} {'init':10} {'seeds':>5} {'score mean':>10} {'std':>7} {'min':>7} "
-          f"{'max':>7} {'gain':>7} {'s':>6}   metrics (mean)")
-    for row in rows:
-        m = row["summary"]["main_score"]
-        random_row = next(r for r in rows if r["task"] == row["task"] and r["init"] == "random")
-        gain = m["mean"] - random_row["summary"]["main_score"]["mean"]
-        metrics = ", ".join(f"{k}={v['mean']:.4f}" for k, v in row["summary"].items()
-                            if k != "main_score")
-        print(f"{row['task']:6} {row['init']:10} {len(args.seeds):>5} {m['mean']:10.4f} "
-              f"{m['std']:7.4f} {m['min']:7.4f} {m['max']:7.4f} {gain:+7.4f} "
-              f"{row['seconds']:6.0f}   {metrics}")
-    print(f"total {total / 60:.1f} min")
+        for init in args.inits:
+            run(task, init, args)
+    rows = table(Path(args.out))
     (Path(args.out) / "summary.json").write_text(json.dumps(
-        {"args": vars(args), "plan": PLAN, "total_seconds": round(total, 1), "rows": rows},
-        indent=2))
+        {"args": vars(args), "plan": PLAN, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
