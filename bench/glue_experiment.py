@@ -6,9 +6,9 @@
 Runs `python -m bertjax.train configs/<task>.yaml` on the local GLUE files in ../shared/data
 (MNLI: the 10 k training pairs and the dev_matched subset) for each task and initialisation, with
 3 seeds each, then prints one table of dev scores (mean, std, min, max over seeds), the gain
-of pretraining and each run's wall time, and writes it to OUT/summary.json. The random baseline uses the pretrained run's
-model shape and tokenizer. One JAX compilation cache (OUT/jax_cache) serves all runs: both inits
-compile the same shapes.
+of pretraining and each run's wall time, and writes it to OUT/summary.json. The random baseline
+uses the pretrained run's model shape and tokenizer. One JAX compilation cache (OUT/jax_cache)
+serves all runs: both inits compile the same shapes.
 """
 
 import argparse
