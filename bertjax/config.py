@@ -215,7 +215,8 @@ class WandbConfig:
 
 @dataclass(frozen=True)
 class InitConfig:
-    checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir")
+    checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir "
+                                 "(pretraining: continue from its weights when the run is new)")
 
 
 @dataclass(frozen=True)

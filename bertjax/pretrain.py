@@ -103,6 +103,37 @@ def resolve(cfg: Config) -> Run:
     return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
 
 
+# What must agree for a checkpoint's weights to be another run's starting point.
+_ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
+                 "max_position_embeddings", "type_vocab_size", "norm")
+
+
+def continue_from(model: Bert, cfg: Config, tok) -> Bert:
+    """`model` with init.checkpoint's encoder and heads: continued pretraining (a second phase at
+    another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
+    schedule and the data order start fresh; heads the checkpoint lacks keep their new init."""
+    from bertjax.pretrained import load_pretrained
+    from bertjax.tokenizer import load
+
+    source = load_pretrained(cfg.init.checkpoint)
+    where = f"init.checkpoint={cfg.init.checkpoint}"
+    for name in _ARCHITECTURE:
+        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
+        if theirs != ours:
+            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
+                            f"model.{name}={theirs} (or model.size to the checkpoint's)")
+    if source.tokenizer_path is None or \
+            load(source.tokenizer_path).get_vocab() != tok.get_vocab():
+        raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
+                        f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
+    pretrained = source.model
+    model = eqx.tree_at(lambda m: m.encoder, model, pretrained.encoder)
+    for head in ("mlm", "pooler", "nsp"):
+        if getattr(model, head) is not None and getattr(pretrained, head) is not None:
+            model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
+    return model
+
+
 def abstract_state(cfg: Config, total_steps: int) -> TrainState:
     """Shapes and dtypes of the train state, without allocating it (a restore target)."""
     def build():
@@ -161,13 +192,14 @@ def pretrain(cfg: Config) -> Path:
     root = jax.random.key(cfg.train.seed)
     keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
     pair = cfg.data.objective != "mlm"
-    model = Bert(cfg.model, key=keys[INIT], nsp=pair)
-    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
-    state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
-
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
     start = 0
     latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
+    model = Bert(cfg.model, key=keys[INIT], nsp=pair)
+    if latest is None and cfg.init.checkpoint is not None:
+        model = continue_from(model, cfg, run.tokenizer)
+    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
+    state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         start = meta["step"]

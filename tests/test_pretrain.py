@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from test_prepare import write_corpus
 
+from bertjax import config as config_lib
 from bertjax.errors import UserError
-from bertjax.pretrain import keep_tokenizer
+from bertjax.model import Bert
+from bertjax.pretrain import continue_from, keep_tokenizer, resolve
 from bertjax.pretrained import restore_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +110,26 @@ def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
     with pytest.raises(UserError, match="not the tokenizer .* was trained with"):
         keep_tokenizer(run_dir, data_dir)
     assert "first" in (run_dir / "tokenizer.json").read_text()
+
+
+def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, straight,
+                                                                  tmp_path):
+    # A second phase at another seq_len; a vanishing lr keeps the weights where they started.
+    code, out = train(config_file, tmp_path, f"init.checkpoint={straight}", "data.seq_len=16",
+                      "train.steps=1", "train.batch_ramp=0", "optim.lr=1e-12", "train.fill_mask=[]")
+    assert code == 0, out
+    start, _, _ = restore_model(straight, None)
+    after, _, meta = restore_model(tmp_path, None)
+    assert meta["step"] == 1
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_continued_pretraining_refuses_another_architecture(config_file, straight):
+    cfg = config_lib.load([config_file], [f"init.checkpoint={straight}", "model.hidden_size=32"])
+    run = resolve(cfg)
+    with pytest.raises(UserError, match="has model.hidden_size=64 but this run has 32"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
