@@ -45,6 +45,7 @@ class ModelConfig:
     intermediate_size: int | None = opt(None, "feed-forward width; null = 4 * hidden_size")
     vocab_size: int | None = opt(None, "vocabulary rows; null = the tokenizer's size")
     max_position_embeddings: int = opt(512, "learned positions")
+    position_init: str = opt("normal", "initial position rows: normal (BERT) | sinusoidal")
     type_vocab_size: int = opt(2, "token type (segment) embeddings")
     norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)")
     dropout: float = opt(0.1, "hidden dropout")
@@ -71,6 +72,9 @@ class ModelConfig:
             )
         if self.norm not in ("pre", "post"):
             raise UserError(f"model.norm={self.norm!r} must be 'pre' or 'post'")
+        if self.position_init not in ("normal", "sinusoidal"):
+            raise UserError(f"model.position_init={self.position_init!r} must be 'normal' or "
+                            "'sinusoidal'")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"model.{name}={getattr(self, name)} must be in [0, 1)")

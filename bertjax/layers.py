@@ -75,6 +75,18 @@ class LayerNorm(eqx.Module):
         return y.astype(x.dtype)
 
 
+def sinusoidal(positions: int, dim: int) -> jax.Array:
+    """Vaswani et al. (2017) sin/cos table scaled to the normal init's size. Position i+1 is a
+    fixed rotation of position i, so one query/key map can attend "to the next token" at every
+    position at once; random rows must each learn that on their own, which keeps small-budget
+    MLM runs on a bag-of-words plateau (log.md). The rows stay learnable."""
+    pos = jnp.arange(positions, dtype=jnp.float32)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    table = jnp.zeros((positions, dim), jnp.float32)
+    table = table.at[:, 0::2].set(jnp.sin(pos * freq)).at[:, 1::2].set(jnp.cos(pos * freq))
+    return INIT_STD * table
+
+
 class Embeddings(eqx.Module):
     """Word + learned position + token-type embeddings, then LayerNorm and dropout (as in BERT)."""
 
@@ -85,10 +97,11 @@ class Embeddings(eqx.Module):
     rate: float = eqx.field(static=True)
 
     def __init__(self, vocab: int, positions: int, types: int, dim: int, eps: float,
-                 rate: float, *, key: PRNGKeyArray):
+                 rate: float, *, key: PRNGKeyArray, position_init: str = "normal"):
         k_word, k_pos, k_type = jax.random.split(key, 3)
         self.word = truncated_normal(k_word, (vocab, dim))
-        self.position = truncated_normal(k_pos, (positions, dim))
+        self.position = (sinusoidal(positions, dim) if position_init == "sinusoidal"
+                         else truncated_normal(k_pos, (positions, dim)))
         self.token_type = truncated_normal(k_type, (types, dim))
         self.norm = LayerNorm(dim, eps)
         self.rate = rate

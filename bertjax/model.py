@@ -29,7 +29,7 @@ class Encoder(eqx.Module):
         k_emb, k_blocks = jax.random.split(key)
         self.embeddings = Embeddings(cfg.vocab_size, cfg.max_position_embeddings,
                                      cfg.type_vocab_size, cfg.hidden_size, cfg.layer_norm_eps,
-                                     cfg.dropout, key=k_emb)
+                                     cfg.dropout, key=k_emb, position_init=cfg.position_init)
         pre = cfg.norm == "pre"
 
         def make_block(k):

@@ -55,6 +55,7 @@ def test_wrong_type_names_key_expected_type_and_value():
 @pytest.mark.parametrize("override, fragment", [
     ("model.num_heads=5", "not divisible"),
     ("model.norm=middle", "model.norm"),
+    ("model.position_init=rotary", "model.position_init"),
     ("model.size=huge", "model.size"),
     ("optim.schedule=cosine", "optim.schedule"),
     ("wandb.mode=sometimes", "wandb.mode"),

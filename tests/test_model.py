@@ -138,6 +138,18 @@ def test_init_is_bert_truncated_normal():
     np.testing.assert_array_equal(model.encoder.blocks.ffn.up.bias, 0.0)
 
 
+def test_sinusoidal_positions_depend_only_on_the_offset():
+    model = Bert(tiny(position_init="sinusoidal"), key=jax.random.key(0))
+    table = np.asarray(model.encoder.embeddings.position, np.float64)
+    assert table.shape == (64, model.encoder.embeddings.word.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(table, axis=1), 0.02 * np.sqrt(table.shape[1] / 2),
+                               rtol=1e-5)  # every row as large as a normal-init row, on average
+    gram = table @ table.T
+    for offset in (1, 3, 10):  # <p_i, p_(i+k)> is the same for every i: a shift is a rotation
+        np.testing.assert_allclose(np.diagonal(gram, offset), gram[0, offset], rtol=1e-4)
+    assert gram[0, 1] > gram[0, 10]  # and near positions are more alike than far ones
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_both_norms_train_on_a_fixed_batch(norm):
     model = Bert(tiny(norm=norm), key=jax.random.key(10))
