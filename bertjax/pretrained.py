@@ -169,7 +169,7 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
                             f"or pass {EXPECTED}")
         meta = checkpoints.read_meta(step)
         cfg = from_yaml_text(meta["config_yaml"], f"{run_dir}/checkpoints/{step} (meta)")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
             if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg, meta["total_steps"]))

@@ -132,6 +132,13 @@ def test_continued_pretraining_refuses_another_architecture(config_file, straigh
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
+def test_continued_pretraining_refuses_another_vocabulary(config_file, straight):
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}"]))
+    run.tokenizer.add_tokens(["unseen-token"])  # same size of model, different token ids
+    with pytest.raises(UserError, match="another vocabulary"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+
+
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
     proc = train(config_file, tmp_path, wait=False)
     wait_for_checkpoint(tmp_path, proc, 2)
