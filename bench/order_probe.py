@@ -10,11 +10,13 @@ DIR defaults to the run's data.dir. Same masks (positions and replacements) on b
 """
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bertjax.config import Config
 from bertjax.data import PretrainData
 from bertjax.loss import mlm_sums
 from bertjax.masking import mask_tokens
@@ -32,7 +34,9 @@ def main():
     args = parser.parse_args()
 
     pretrained = load_pretrained(args.checkpoint)
-    data_dir = args.data or pretrained.config.data.dir
+    # The run's masking (rate, predictions per row) at the probe's length; defaults for HF dirs.
+    data = dataclasses.replace((pretrained.config or Config()).data, seq_len=args.seq)
+    data_dir = args.data or data.dir
     special = special_tokens(load(pretrained.tokenizer_path))
     rows = PretrainData(data_dir, "validation", args.seq, "mlm", 0).rows(0, args.rows)
     ordered = rows["input_ids"].astype(np.int32)
@@ -40,11 +44,10 @@ def main():
     rng = np.random.default_rng(0)
     for row, length in zip(shuffled, rows["attention_mask"].sum(-1), strict=True):
         row[1:length - 1] = rng.permutation(row[1:length - 1])  # keep [CLS] ... [SEP] in place
-    predictions = max(1, -(-3 * args.seq // 20))  # ceil(0.15 * seq), as pretraining does
 
     @jax.jit
     def sums(ids, mask, key):
-        m = mask_tokens(key, ids, mask, rate=0.15, max_predictions=predictions,
+        m = mask_tokens(key, ids, mask, rate=data.mask_rate, max_predictions=data.predictions,
                         vocab_size=pretrained.model_cfg.vocab_size, special=special)
         hidden = pretrained.model(m.input_ids, jnp.zeros_like(ids), mask)
         return mlm_sums(pretrained.model.mlm_logits(hidden, m.positions), m.labels, m.weights)

@@ -78,8 +78,8 @@ class LayerNorm(eqx.Module):
 def sinusoidal(positions: int, dim: int) -> jax.Array:
     """Vaswani et al. (2017) sin/cos table scaled to the normal init's size. Position i+1 is a
     fixed rotation of position i, so one query/key map can attend "to the next token" at every
-    position at once; random rows must each learn that on their own, which keeps small-budget
-    MLM runs on a bag-of-words plateau (log.md). The rows stay learnable."""
+    position at once; random rows must each learn that on their own (small-budget MLM runs
+    stay order-blind, log.md). The rows stay learnable."""
     pos = jnp.arange(positions, dtype=jnp.float32)[:, None]
     freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
     table = jnp.zeros((positions, dim), jnp.float32)
