@@ -1,5 +1,6 @@
 """The pretraining loop end to end (subprocesses, like a user): outputs, exact resume after a
-kill, SIGTERM checkpointing, resume on another device count, and the non-finite stop."""
+kill, SIGTERM checkpointing, resume on another device count, continued pretraining and resume on
+two jax.distributed processes, and the non-finite stop."""
 
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from test_distributed import free_port
 from test_prepare import write_corpus
 
 from bertjax import config as config_lib
@@ -123,6 +125,36 @@ def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, s
     assert meta["step"] == 1
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def train_on_two_processes(config_file, run_dir, *extra) -> str:
+    """The CLI as two jax.distributed processes on 127.0.0.1 (2 CPU devices each); process 0's
+    output."""
+    port = free_port()
+    procs = [train(config_file, run_dir, *extra, f"mesh.coordinator_address=127.0.0.1:{port}",
+                   "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    return outs[0]
+
+
+def test_continued_pretraining_and_resume_on_two_processes(config_file, straight, tmp_path):
+    # Each process restores the one-process checkpoint onto its own device, then the weights
+    # are placed on the 2-process mesh; a rerun resumes from the 2-process Orbax checkpoint.
+    frozen = ("train.batch_ramp=0", "optim.lr=1e-12", "train.fill_mask=[]")
+    train_on_two_processes(config_file, tmp_path, f"init.checkpoint={straight}",
+                           "train.steps=1", *frozen)
+    start, _, _ = restore_model(straight, None)
+    after, _, meta = restore_model(tmp_path, None)
+    assert meta["step"] == 1
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    out = train_on_two_processes(config_file, tmp_path, f"init.checkpoint={straight}",
+                                 "train.steps=2", *frozen)
+    assert "warning: resuming" in out  # train.steps changed: resumed, not started over
+    assert restore_model(tmp_path, None)[2]["step"] == 2
+    assert sorted(losses(tmp_path)) == [1, 2]
 
 
 def test_continued_pretraining_refuses_another_architecture(config_file, straight):
