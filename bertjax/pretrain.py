@@ -2,7 +2,7 @@
 
 Everything a step does is a pure function of (config, step): the rows it reads, its masks and its
 dropout. Resuming therefore restores the newest complete checkpoint and simply continues; the
-result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit.
+result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit (all processes after the same step).
 """
 
 import dataclasses
@@ -16,6 +16,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints, config_hash
@@ -31,6 +32,7 @@ from bertjax.sharding import (
     initialize_distributed,
     make_mesh,
     process_slice,
+    replicated,
     shard_params,
 )
 from bertjax.train import StepSpec, TrainState, init_state, make_eval_step, make_train_step
@@ -167,15 +169,41 @@ def row_masker(data_cfg, vocab_size: int, special):
 
 
 class StopSignal:
-    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary."""
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
 
-    def __init__(self):
-        self.received = None
+    With several processes a signal reaches each one at a different point of its loop (or only
+    one of them), and a process that stops alone waits forever in the checkpoint's collectives
+    while the others wait in the next step's. So processes vote after every step and all stop
+    after the same one."""
+
+    def __init__(self, mesh):
+        self.received: str | None = None
+        self.stopped = False
+        self.mesh = mesh
+        self.previous_vote: jax.Array | None = None
+        self.any_true = jax.jit(jnp.any, out_shardings=replicated(mesh))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle)
 
     def handle(self, signum, frame):
         self.received = signal.Signals(signum).name
+
+    @property
+    def name(self) -> str:
+        return self.received or "a signal to another process"
+
+    def should_stop(self) -> bool:
+        """Whether to checkpoint and exit after the step just dispatched (same on every process)."""
+        if jax.process_count() == 1:
+            self.stopped = self.received is not None
+            return self.stopped
+        mine = np.full(jax.local_device_count(), self.received is not None)
+        vote = self.any_true(global_batch({"stop": mine}, self.mesh)["stop"])
+        # Act on the previous step's vote: it is ready when that step is, so the host stays one
+        # step ahead of the devices instead of waiting for the step in flight.
+        previous, self.previous_vote = self.previous_vote, vote
+        self.stopped = previous is not None and bool(previous)
+        return self.stopped
 
 
 def pretrain(cfg: Config) -> Path:
@@ -219,7 +247,7 @@ def pretrain(cfg: Config) -> Path:
     monitor.write(f"bertjax: {param_count(model):,} parameters, {jax.device_count()} device(s), "
                   f"{run.total_steps} steps, {run.data.num_sequences:,} train sequences/epoch, "
                   f"attention: {'explicit (dropout)' if cfg.model.attention_dropout else 'fused'}")
-    stop = StopSignal()
+    stop = StopSignal(mesh)
     loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
                 config_yaml)
     try:
@@ -227,7 +255,7 @@ def pretrain(cfg: Config) -> Path:
     finally:
         monitor.close()
         checkpoints.close()
-    if stop.received is None and jax.process_index() == 0:
+    if not stop.stopped and jax.process_index() == 0:
         write_results(run, loop.last_validation)
         finish(run, state, cfg)
     return run.run_dir
@@ -271,12 +299,13 @@ class Loop:
                 self.log()
             if train.eval_every and done % train.eval_every == 0:
                 self.validate(state, done)
-            if (train.checkpoint_every and done % train.checkpoint_every == 0) or stop.received:
+            stopping = stop.should_stop()
+            if (train.checkpoint_every and done % train.checkpoint_every == 0) or stopping:
                 self.save(state, done)
             self.monitor.advance()
-            if stop.received:
+            if stopping:
                 self.log()
-                self.monitor.write(f"{stop.received}: saved a checkpoint at step {done}; run the "
+                self.monitor.write(f"{stop.name}: saved a checkpoint at step {done}; run the "
                                    "same command again to resume")
                 return state
         if not train.checkpoint_every or self.run.total_steps % train.checkpoint_every:

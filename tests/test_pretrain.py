@@ -127,16 +127,24 @@ def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, s
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def train_on_two_processes(config_file, run_dir, *extra) -> str:
-    """The CLI as two jax.distributed processes on 127.0.0.1 (2 CPU devices each); process 0's
-    output."""
+def start_two_processes(config_file, run_dir, *extra) -> list[subprocess.Popen]:
+    """The CLI as two jax.distributed processes on 127.0.0.1, 2 CPU devices each."""
     port = free_port()
-    procs = [train(config_file, run_dir, *extra, f"mesh.coordinator_address=127.0.0.1:{port}",
-                   "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [train(config_file, run_dir, *extra, f"mesh.coordinator_address=127.0.0.1:{port}",
+                  "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
+            for i in range(2)]
+
+
+def finish(procs: list[subprocess.Popen]) -> str:
+    """Process 0's output, once both processes exited cleanly (a hang fails, it does not wait
+    forever)."""
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
     return outs[0]
+
+
+def train_on_two_processes(config_file, run_dir, *extra) -> str:
+    return finish(start_two_processes(config_file, run_dir, *extra))
 
 
 def test_continued_pretraining_and_resume_on_two_processes(config_file, straight, tmp_path):
@@ -195,6 +203,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(config_file, tmp_path):
     assert "SIGTERM: saved a checkpoint at step" in out
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved and max(saved) < STEPS
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(config_file, tmp_path):
+    # Without a vote the signalled process would checkpoint alone and both would hang in
+    # collectives that the other never joins.
+    procs = start_two_processes(config_file, tmp_path, "train.steps=60", "train.checkpoint_every=0")
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").is_file() or not losses(tmp_path):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    out = finish(procs)
+    assert "a signal to another process: saved a checkpoint at step" in out
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and saved[0] < 60
+    assert restore_model(tmp_path, None)[2]["step"] == saved[0]
 
 
 def test_resume_on_a_different_device_count(config_file, straight, tmp_path):
