@@ -2,7 +2,8 @@
 
 Everything a step does is a pure function of (config, step): the rows it reads, its masks and its
 dropout. Resuming therefore restores the newest complete checkpoint and simply continues; the
-result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit (all processes after the same step).
+result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit,
+every process after the same step.
 """
 
 import dataclasses
