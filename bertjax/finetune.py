@@ -28,7 +28,7 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrain import write_atomic
-from bertjax.sharding import global_batch, make_mesh, shard_params
+from bertjax.sharding import global_batch, make_mesh, multi_process_requested, shard_params
 from bertjax.train import select
 
 
@@ -245,6 +245,12 @@ def load_start(cfg: Config):
 def finetune(cfg: Config) -> Path:
     from bertjax.export import save_bundle
 
+    if multi_process_requested(cfg.mesh):
+        # Evaluation and submissions gather predictions on one host; refuse rather than crash
+        # (or, under srun -n N, run N copies that overwrite each other's files).
+        raise UserError("GLUE fine-tuning runs as one process (it uses every device of its host);"
+                        " launch one process, without mesh.coordinator_address / "
+                        "mesh.num_processes")
     model, model_cfg, tok = load_start(cfg)
     # The checkpoint decides the architecture; dropout and the like still come from the config.
     model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,

@@ -23,12 +23,16 @@ def _in_cluster() -> bool:
         "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
 
+def multi_process_requested(cfg: MeshConfig) -> bool:
+    """Whether the config or the cluster environment asks for a multi-process run."""
+    return cfg.coordinator_address is not None or (cfg.num_processes or 1) > 1 or _in_cluster()
+
+
 def initialize_distributed(cfg: MeshConfig) -> None:
     """Join a multi-process run when the config or the cluster environment asks for one."""
     if jax.distributed.is_initialized():
         return
-    explicit = cfg.coordinator_address is not None or (cfg.num_processes or 1) > 1
-    if explicit or _in_cluster():
+    if multi_process_requested(cfg):
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
                                    num_processes=cfg.num_processes, process_id=cfg.process_id)
 

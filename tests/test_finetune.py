@@ -147,7 +147,7 @@ def test_fill_mask_finds_the_word_an_overfit_model_learnt(tokenizer_path):
     assert len(word) > 2 and top[0][0] == word and top[0][1] > 0.5
 
 
-def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path):
+def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path, monkeypatch):
     with pytest.raises(UserError, match="SST-2"):
         finetune(sst2_cfg(tmp_path, tokenizer_path, f"glue.data_dir={tmp_path}"))
     with pytest.raises(UserError, match="cola"):
@@ -155,6 +155,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path):
     with pytest.raises(UserError, match="do not belong together"):
         finetune(sst2_cfg(tmp_path, tokenizer_path,
                           f"init.checkpoint={ROOT / 'tests/fixtures/hf_tiny/mlm'}"))
+    with pytest.raises(UserError, match="runs as one process"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, "mesh.num_processes=2"))
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # srun -n 4: four copies would overwrite each other
+    with pytest.raises(UserError, match="runs as one process"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path))
 
 
 def test_cli_errors_exit_2_with_one_line(tmp_path):
