@@ -75,6 +75,26 @@ def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
         write_atomic(kept, source.read_text())
 
 
+def same_data_on_every_process(data_dir: Path) -> None:
+    """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
+    Tokenizer training is not reproducible, so their token ids could differ, silently: compare
+    the tokenizer's sha256 and the token counts across processes and refuse a mismatch."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    from bertjax import prepare
+
+    meta = prepare.read_meta(data_dir)
+    counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
+    mine = np.concatenate([np.frombuffer(bytes.fromhex(meta["tokenizer_sha256"]), np.uint8),
+                           np.asarray(counts, np.int64).view(np.uint8)])
+    if (multihost_utils.process_allgather(mine) != mine).any():
+        raise UserError(f"the processes' prepared data in {data_dir} differ (tokenizer or token "
+                        "counts): prepare once and copy the directory to every host, or set "
+                        "tokenizer.path to the same tokenizer.json everywhere")
+
+
 def resolve(cfg: Config) -> Run:
     """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
     from bertjax import data as data_lib
@@ -82,6 +102,7 @@ def resolve(cfg: Config) -> Run:
     from bertjax import tokenizer as tokenizer_lib
 
     data_dir = prepare.ensure_prepared(cfg)
+    same_data_on_every_process(data_dir)
     tok = tokenizer_lib.load(data_dir / "tokenizer.json")
     vocab = tokenizer_lib.vocab_size(tok)
     if cfg.model.vocab_size is None:

@@ -165,6 +165,21 @@ def test_continued_pretraining_and_resume_on_two_processes(config_file, straight
     assert sorted(losses(tmp_path)) == [1, 2]
 
 
+def test_processes_with_different_prepared_data_are_refused(config_file, tmp_path):
+    # Hosts without shared storage prepare their own data; here process 1's tokenizer differs.
+    port = free_port()
+    vocab = {0: 300, 1: 250}
+    procs = [train(config_file, tmp_path / "run", f"data.dir={tmp_path / f'data{i}'}",
+                   f"tokenizer.vocab_size={vocab[i]}", f"mesh.coordinator_address=127.0.0.1:{port}",
+                   "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
+             for i in range(2)]
+    for proc in procs:
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 2, out
+        assert "prepared data in" in out and "differ" in out and "Traceback" not in out, out
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_continued_pretraining_refuses_another_architecture(config_file, straight):
     cfg = config_lib.load([config_file], [f"init.checkpoint={straight}", "model.hidden_size=32"])
     run = resolve(cfg)
