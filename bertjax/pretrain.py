@@ -277,10 +277,24 @@ def pretrain(cfg: Config) -> Path:
     finally:
         monitor.close()
         checkpoints.close()
-    if not stop.stopped and jax.process_index() == 0:
+    if stop.stopped:
+        return run.run_dir
+    # Parameters may be split across hosts (FSDP): every process joins the gather, then process
+    # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
+    model = full_copy(state.model) if cfg.train.fill_mask and jax.process_count() > 1 \
+        else state.model
+    if jax.process_index() == 0:
         write_results(run, loop.last_validation)
-        finish(run, state, cfg)
+        finish(run, model, cfg)
     return run.run_dir
+
+
+def full_copy(tree):
+    """Every array of `tree` whole on this process (a collective: all processes call it)."""
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+                        if eqx.is_array(x) else x, tree)
 
 
 class Loop:
@@ -409,7 +423,7 @@ class Loop:
         self.checkpoints.save(done, state, meta)
 
 
-def finish(run: Run, state: TrainState, cfg: Config) -> None:
+def finish(run: Run, model: Bert, cfg: Config) -> None:
     """End of training: curves to PNG and fill-mask examples."""
     from bertjax import plot
     from bertjax.predict import fill_mask
@@ -417,11 +431,12 @@ def finish(run: Run, state: TrainState, cfg: Config) -> None:
     plot.plot_run(run.run_dir)
     if cfg.train.fill_mask:
         print("fill-mask predictions:")
-        for text, top in zip(cfg.train.fill_mask, fill_mask(state.model, run.tokenizer,
+        for text, top in zip(cfg.train.fill_mask, fill_mask(model, run.tokenizer,
                                                             cfg.train.fill_mask, top_k=3),
                              strict=True):
             guesses = ", ".join(f"{tok} ({p:.2f})" for tok, p in top[0])
             print(f"  {text}  ->  {guesses}")
+
 
 def write_results(run: Run, validation: dict | None) -> None:
     results = {"steps": run.total_steps,

@@ -147,7 +147,7 @@ def train_on_two_processes(config_file, run_dir, *extra) -> str:
     return finish(start_two_processes(config_file, run_dir, *extra))
 
 
-def test_continued_pretraining_and_resume_on_two_processes(config_file, straight, tmp_path):
+def test_continued_pretraining_resume_and_fsdp_on_two_processes(config_file, straight, tmp_path):
     # Each process restores the one-process checkpoint onto its own device, then the weights
     # are placed on the 2-process mesh; a rerun resumes from the 2-process Orbax checkpoint.
     frozen = ("train.batch_ramp=0", "optim.lr=1e-12", "train.fill_mask=[]")
@@ -158,9 +158,13 @@ def test_continued_pretraining_and_resume_on_two_processes(config_file, straight
     assert meta["step"] == 1
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # The resume also switches to FSDP (parameters split across the hosts) and ends with fill-mask,
+    # which process 0 runs on a gathered copy.
     out = train_on_two_processes(config_file, tmp_path, f"init.checkpoint={straight}",
-                                 "train.steps=2", *frozen)
+                                 "train.steps=2", *frozen[:2], "mesh.strategy=fsdp",
+                                 "mesh.fsdp_min_size=64")
     assert "warning: resuming" in out  # train.steps changed: resumed, not started over
+    assert "fill-mask predictions:" in out
     assert restore_model(tmp_path, None)[2]["step"] == 2
     assert sorted(losses(tmp_path)) == [1, 2]
 
