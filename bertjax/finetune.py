@@ -28,7 +28,7 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrain import write_atomic
-from bertjax.sharding import global_batch, make_mesh, multi_process_requested, shard_params
+from bertjax.sharding import global_batch, make_mesh, multi_process_reason, shard_params
 from bertjax.train import select
 
 
@@ -245,12 +245,11 @@ def load_start(cfg: Config):
 def finetune(cfg: Config) -> Path:
     from bertjax.export import save_bundle
 
-    if multi_process_requested(cfg.mesh):
+    if (reason := multi_process_reason(cfg.mesh)) is not None:
         # Evaluation and submissions gather predictions on one host; refuse rather than crash
         # (or, under srun -n N, run N copies that overwrite each other's files).
-        raise UserError("GLUE fine-tuning runs as one process (it uses every device of its host);"
-                        " launch one process, without mesh.coordinator_address / "
-                        "mesh.num_processes")
+        raise UserError(f"GLUE fine-tuning runs as one process on one host's devices, but "
+                        f"{reason} asks for several; launch one process (e.g. srun -n 1)")
     model, model_cfg, tok = load_start(cfg)
     # The checkpoint decides the architecture; dropout and the like still come from the config.
     model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,

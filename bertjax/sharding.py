@@ -16,23 +16,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bertjax.config import MeshConfig
 
 
-def _in_cluster() -> bool:
-    """A multi-process launch JAX can configure itself from (SLURM, Open MPI, TPU pods, env)."""
-    sizes = [int(os.environ.get(v, "1") or 1) for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")]
-    return max(sizes) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ or (
-        "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
-
-
-def multi_process_requested(cfg: MeshConfig) -> bool:
-    """Whether the config or the cluster environment asks for a multi-process run."""
-    return cfg.coordinator_address is not None or (cfg.num_processes or 1) > 1 or _in_cluster()
+def multi_process_reason(cfg: MeshConfig) -> str | None:
+    """What asks for a multi-process run (a config key, or a SLURM / Open MPI / TPU pod / env
+    launch JAX configures itself from), or None for a single process."""
+    if cfg.coordinator_address is not None:
+        return f"mesh.coordinator_address={cfg.coordinator_address}"
+    if (cfg.num_processes or 1) > 1:
+        return f"mesh.num_processes={cfg.num_processes}"
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(os.environ.get(var, "1") or 1) > 1:
+            return f"{var}={os.environ[var]}"
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        return "JAX_COORDINATOR_ADDRESS"
+    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        return "TPU_WORKER_HOSTNAMES (a multi-host TPU slice)"
+    return None
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:
     """Join a multi-process run when the config or the cluster environment asks for one."""
     if jax.distributed.is_initialized():
         return
-    if multi_process_requested(cfg):
+    if multi_process_reason(cfg) is not None:
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
                                    num_processes=cfg.num_processes, process_id=cfg.process_id)
 

@@ -155,10 +155,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path, monkeypatch):
     with pytest.raises(UserError, match="do not belong together"):
         finetune(sst2_cfg(tmp_path, tokenizer_path,
                           f"init.checkpoint={ROOT / 'tests/fixtures/hf_tiny/mlm'}"))
-    with pytest.raises(UserError, match="runs as one process"):
+    with pytest.raises(UserError, match="runs as one process .* mesh.num_processes=2"):
         finetune(sst2_cfg(tmp_path, tokenizer_path, "mesh.num_processes=2"))
     monkeypatch.setenv("SLURM_NTASKS", "4")  # srun -n 4: four copies would overwrite each other
-    with pytest.raises(UserError, match="runs as one process"):
+    with pytest.raises(UserError, match="runs as one process .* SLURM_NTASKS=4"):
         finetune(sst2_cfg(tmp_path, tokenizer_path))
 
 
