@@ -1,6 +1,7 @@
 """The pretraining loop end to end (subprocesses, like a user): outputs, exact resume after a
-kill, SIGTERM checkpointing, resume on another device count, continued pretraining and resume on
-two jax.distributed processes, and the non-finite stop."""
+kill, SIGTERM checkpointing, resume on another device count, the non-finite stop, and the same on
+two jax.distributed processes: continued pretraining, resume, FSDP, a signal to one process, and
+processes whose prepared data differ."""
 
 import json
 import os
@@ -127,18 +128,29 @@ def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, s
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def start_two_processes(config_file, run_dir, *extra) -> list[subprocess.Popen]:
-    """The CLI as two jax.distributed processes on 127.0.0.1, 2 CPU devices each."""
+def start_two_processes(config_file, run_dir, *extra, per_process=lambda i: ()):
+    """The CLI as two jax.distributed processes on 127.0.0.1, 2 CPU devices each;
+    `per_process(i)` adds overrides for process i only."""
     port = free_port()
-    return [train(config_file, run_dir, *extra, f"mesh.coordinator_address=127.0.0.1:{port}",
-                  "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
+    return [train(config_file, run_dir, *extra, *per_process(i), "mesh.num_processes=2",
+                  f"mesh.coordinator_address=127.0.0.1:{port}", f"mesh.process_id={i}",
+                  devices=2, wait=False)
             for i in range(2)]
 
 
+def outputs(procs: list[subprocess.Popen]) -> list[str]:
+    """Each process's output; a hang fails the test (and is killed) instead of waiting forever."""
+    try:
+        return [p.communicate(timeout=300)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+
+
 def finish(procs: list[subprocess.Popen]) -> str:
-    """Process 0's output, once both processes exited cleanly (a hang fails, it does not wait
-    forever)."""
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    """Process 0's output, once both processes exited cleanly."""
+    outs = outputs(procs)
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
     return outs[0]
 
@@ -171,14 +183,10 @@ def test_continued_pretraining_resume_and_fsdp_on_two_processes(config_file, str
 
 def test_processes_with_different_prepared_data_are_refused(config_file, tmp_path):
     # Hosts without shared storage prepare their own data; here process 1's tokenizer differs.
-    port = free_port()
     vocab = {0: 300, 1: 250}
-    procs = [train(config_file, tmp_path / "run", f"data.dir={tmp_path / f'data{i}'}",
-                   f"tokenizer.vocab_size={vocab[i]}", f"mesh.coordinator_address=127.0.0.1:{port}",
-                   "mesh.num_processes=2", f"mesh.process_id={i}", devices=2, wait=False)
-             for i in range(2)]
-    for proc in procs:
-        out = proc.communicate(timeout=300)[0]
+    procs = start_two_processes(config_file, tmp_path / "run", per_process=lambda i: (
+        f"data.dir={tmp_path / f'data{i}'}", f"tokenizer.vocab_size={vocab[i]}"))
+    for proc, out in zip(procs, outputs(procs), strict=True):
         assert proc.returncode == 2, out
         assert "prepared data in" in out and "differ" in out and "Traceback" not in out, out
     assert not (tmp_path / "run" / "checkpoints").exists()
