@@ -6,13 +6,24 @@ feeding the NSP/SOP head (2-way) and the GLUE classifier/regressor. Model code n
 training, data or I/O code. `param_count` and `flops_per_token` serve logging and MFU.
 """
 
+from functools import partial
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from bertjax.config import ModelConfig
-from bertjax.layers import Block, Dense, Embeddings, LayerNorm, dropout, einsum_f32, split_key
+from bertjax.layers import (
+    Block,
+    Dense,
+    Embeddings,
+    LayerNorm,
+    dropout,
+    einsum_f32,
+    gather_f32,
+    split_key,
+)
 
 
 class Encoder(eqx.Module):
@@ -115,7 +126,7 @@ class Bert(eqx.Module):
                    ) -> Float[Array, "batch _ vocab"]:
         """Vocabulary logits (f32) at `positions` (sparse mode) or at every position."""
         if positions is not None:
-            hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+            hidden = jax.vmap(partial(gather_f32, axis=0))(hidden, positions)
         return self.mlm(hidden, self.encoder.embeddings.word)
 
     def pooled(self, hidden: Float[Array, "batch seq embed"]) -> Float[Array, "batch embed"]:

@@ -331,9 +331,22 @@ def _locked(directory: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def names_a_source(cfg: DataConfig) -> bool:
+    return bool(cfg.sources) or cfg.hf_dataset is not None or cfg.builtin is not None
+
+
 def ensure_prepared(cfg: Config) -> Path:
-    """Prepare cfg.data.dir unless it is complete and built from the same inputs; returns it."""
+    """Prepare cfg.data.dir unless it is complete and built from the same inputs; returns it.
+    With no data source set, cfg.data.dir must already be prepared and is used as it is."""
     directory = Path(cfg.data.dir)
+    if not names_a_source(cfg.data):
+        # A prepared directory copied without its corpus (say, to a GPU node): use it as it is.
+        if not (directory / "meta.json").is_file():
+            raise UserError(f"{directory} holds no prepared data and no data source is set: set "
+                            "data.sources (files or globs), data.hf_dataset or data.builtin=stdlib")
+        read_meta(directory)
+        _say(f"{directory}: no data source set; using the prepared data as it is")
+        return directory
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
         inputs = _inputs(cfg)

@@ -127,6 +127,45 @@ def test_bf16_compute_is_close_to_f32():
     assert float(jnp.corrcoef(bf16.ravel(), f32.ravel())[0, 1]) > 0.999
 
 
+def scatter_dtypes(jaxpr) -> list:
+    """Result dtypes of every scatter-add in a jaxpr, nested ones (scan, pjit, ...) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scatter-add":
+            found += [v.aval.dtype for v in eqn.outvars]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    found += scatter_dtypes(inner)
+    return found
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_low_precision_gradients_scatter_in_f32(compute):
+    """The gathers' gradients (word and token-type embeddings, sparse MLM positions) are
+    scatter-adds; in bf16/fp16 they took 200 of 223 ms of an H100 train step (log.md), so they
+    must run in f32 whatever the compute dtype."""
+    model = Bert(tiny(), key=jax.random.key(9))
+    ids, types, mask = inputs()
+    positions = jnp.array([[0, 3, 15], [1, 1, 10], [4, 2, 0]], jnp.int32)
+
+    def loss(model):
+        low = Precision.from_names(compute=compute).cast_to_compute(model)
+        return low.mlm_logits(low(ids, types, mask), positions).sum()
+
+    grad_jaxpr = jax.make_jaxpr(eqx.filter_grad(loss))(model).jaxpr
+    dtypes = scatter_dtypes(grad_jaxpr)
+    assert len(dtypes) >= 3 and set(dtypes) == {jnp.dtype(jnp.float32)}, dtypes
+    reference = eqx.filter_grad(lambda m: m.mlm_logits(m(ids, types, mask), positions).sum())
+    # jax's own XLA attention backward mixes bf16 with f32 (cf. layers.attention's forward).
+    with jax.numpy_dtype_promotion("standard"):
+        low_grad = eqx.filter_grad(loss)(model).encoder.embeddings.token_type
+    expected = reference(model).encoder.embeddings.token_type
+    # bf16 gradients of O(100) entries: compare against the largest, as for the logits above.
+    assert float(jnp.abs(low_grad - expected).max()) < 0.05 * float(jnp.abs(expected).max())
+
+
 def test_init_is_bert_truncated_normal():
     model = Bert(tiny(size="mini"), key=jax.random.key(9))
     w = np.asarray(model.encoder.blocks.ffn.up.weight).ravel()

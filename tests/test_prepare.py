@@ -240,6 +240,20 @@ def test_bad_input_errors(tmp_path, case, message):
         prepare.ensure_prepared(load_cfg(tmp_path, srcs))
 
 
+def test_prepared_dir_is_used_without_its_sources(tmp_path, corpus):
+    """A prepared directory copied to a machine without the corpus trains as it is, and a config
+    without sources never rebuilds (which would first invalidate the directory)."""
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    path.unlink()
+    assert prepare.ensure_prepared(load_cfg(tmp_path, [])) == out
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    (out / "train.bin").write_bytes(b"")  # but it is still checked
+    with pytest.raises(UserError, match="missing or has the wrong size"):
+        prepare.ensure_prepared(load_cfg(tmp_path, []))
+
+
 def test_tokenizer_mismatch_and_vocab_too_large_for_dtype(tmp_path, corpus):
     path, _ = corpus
     out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
