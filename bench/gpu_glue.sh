@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GLUE quality experiment of log.md on one GPU, end to end in about ten minutes: pretrain the
+# `mini` encoder (configs/pretrain_mini_gpu.yaml, shortened), check that it uses word order, then
+# fine-tune it and the random baseline (same shape and tokenizer) on the five local GLUE tasks,
+# 3 seeds each, all runs at once, plus two SST-2 recipes (3 epochs; the whole training set).
+#
+#   bash bench/gpu_glue.sh                # data/corpus_mini prepared (make it on the CPU machine)
+#
+# Environment: OUT (what to keep, default runs/gpu_glue/out), GLUE_DIR (GLUE TSV files, default
+# ../shared/data/glue), STEPS (pretraining steps, default 10000), PRETRAIN_SECONDS (pretraining
+# is stopped, with a checkpoint, after this long; default 330), PY (default python3), and for a
+# small smoke run PRETRAIN_ARGS (config overrides) and GLUE_ARGS (glue_experiment.py arguments),
+# appended last. OUT receives at most 8 files: the encoder as a bf16 release bundle (tar),
+# pretraining metrics, the order probe, three GLUE summaries and this script's log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+RUN=runs/gpu_glue
+OUT=${OUT:-$RUN/out}
+GLUE_DIR=${GLUE_DIR:-../shared/data/glue}
+export PYTHONUNBUFFERED=1
+start=$SECONDS
+stamp() { echo "== $(( SECONDS - start )) s: $*"; }
+
+experiment() {  # NAME, then glue_experiment.py arguments; keeps its summary in OUT
+    local name=$1; shift
+    rm -rf "${RUN:?}/$name"
+    "$PY" bench/glue_experiment.py --pretrained "$RUN" --out "$RUN/$name" --glue-dir "$GLUE_DIR" \
+        "$@" ${GLUE_ARGS:-} > "$RUN/$name.txt" 2>&1
+    local rc=$?
+    cat "$RUN/$name.txt"
+    cp "$RUN/$name/summary.json" "$OUT/${name}_summary.json" 2>/dev/null
+    [ $rc = 0 ] || tail -n 5 "$RUN/$name"/*.log
+}
+
+main() {
+    stamp "pretraining ${STEPS:-10000} steps (stopped after ${PRETRAIN_SECONDS:-330} s at most)"
+    # SIGTERM makes the run save a checkpoint and stop; `timeout` then exits 124, as expected.
+    # ${PRETRAIN_ARGS} is unquoted on purpose: several overrides.
+    timeout -s TERM "${PRETRAIN_SECONDS:-330}" "$PY" -m bertjax.train \
+        configs/pretrain_mini_gpu.yaml 'data.sources=[]' "train.steps=${STEPS:-10000}" \
+        "train.run_dir=$RUN" train.log_every=500 ${PRETRAIN_ARGS:-} 2>&1 \
+        | tr '\r' '\n' | grep -av '%|'  # progress-bar frames dropped
+    ls "$RUN/checkpoints" > /dev/null || { stamp "no checkpoint: pretraining failed"; return 1; }
+    cp "$RUN/metrics.jsonl" "$OUT/pretrain_metrics.jsonl"
+
+    stamp "release bundle (bf16) and order probe"
+    rm -rf "$RUN/bundle"
+    "$PY" -m bertjax.export "$RUN" "$RUN/bundle" --dtype bfloat16 &&
+        tar -C "$RUN" -cf "$OUT/mini_bundle.tar" bundle
+    "$PY" bench/order_probe.py "$RUN" | tee "$OUT/order_probe.txt"
+
+    stamp "GLUE: the plan (5 tasks x 2 inits) and two SST-2 recipes, all at once"
+    experiment glue_plan --jobs 10 &
+    experiment sst2_3epochs --tasks sst2 --jobs 2 --override glue.epochs=3 &
+    experiment sst2_full --tasks sst2 --jobs 2 --override glue.max_train_examples=null &
+    wait
+    stamp "done"
+}
+
+mkdir -p "$OUT"
+main 2>&1 | tee "$OUT/session.log"
