@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=list(PLAN), choices=list(PLAN))
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument("--glue-dir", default=str(GLUE), help="GLUE TSV files (default: %(default)s)")
+    parser.add_argument("--glue-dir", default=str(GLUE), help="GLUE TSVs (default: %(default)s)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, after the plan's (repeatable)")
     args = parser.parse_args()

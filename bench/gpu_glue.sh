@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GLUE quality experiment of log.md on one GPU, end to end in about ten minutes: pretrain the
-# `mini` encoder (configs/pretrain_mini_gpu.yaml, shortened), check that it uses word order, then
-# fine-tune it and the random baseline (same shape and tokenizer) on the five local GLUE tasks,
-# 3 seeds each, all runs at once, plus two SST-2 recipes (3 epochs; the whole training set).
+# `mini` encoder (configs/pretrain_mini_gpu.yaml, shortened), check that it uses word order and
+# what its frozen features know about SST-2 (bench/linear_probe.py), then fine-tune it and the
+# random baseline (same shape and tokenizer) on the five local GLUE tasks, 3 seeds each, all runs
+# at once, plus two SST-2 recipes (3 epochs; the whole training set).
 #
 #   bash bench/gpu_glue.sh                # data/corpus_mini prepared (make it on the CPU machine)
 #
@@ -11,7 +12,7 @@
 # is stopped, with a checkpoint, after this long; default 330), PY (default python3), and for a
 # small smoke run PRETRAIN_ARGS (config overrides) and GLUE_ARGS (glue_experiment.py arguments),
 # appended last. OUT receives at most 8 files: the encoder as a bf16 release bundle (tar),
-# pretraining metrics, the order probe, three GLUE summaries and this script's log.
+# pretraining metrics, the probes, three GLUE summaries and this script's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -44,11 +45,12 @@ main() {
     ls "$RUN/checkpoints" > /dev/null || { stamp "no checkpoint: pretraining failed"; return 1; }
     cp "$RUN/metrics.jsonl" "$OUT/pretrain_metrics.jsonl"
 
-    stamp "release bundle (bf16) and order probe"
+    stamp "release bundle (bf16), order probe, SST-2 linear probe"
     rm -rf "$RUN/bundle"
     "$PY" -m bertjax.export "$RUN" "$RUN/bundle" --dtype bfloat16 &&
         tar -C "$RUN" -cf "$OUT/mini_bundle.tar" bundle
-    "$PY" bench/order_probe.py "$RUN" | tee "$OUT/order_probe.txt"
+    { "$PY" bench/order_probe.py "$RUN"
+      "$PY" bench/linear_probe.py "$RUN" --task sst2 --glue-dir "$GLUE_DIR"; } | tee "$OUT/probes.txt"
 
     stamp "GLUE: the plan (5 tasks x 2 inits) and two SST-2 recipes, all at once"
     experiment glue_plan --jobs 10 &

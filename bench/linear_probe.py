@@ -1,0 +1,130 @@
+"""What do an encoder's frozen features know about a GLUE task? A logistic regression on them.
+
+    .venv/bin/python bench/linear_probe.py CHECKPOINT [--task sst2] [--glue-dir DIR] \
+        [--max-train 6000]
+
+Fine-tuning mixes two things: what the encoder already knows and how fast the recipe can move it.
+This probe keeps the encoder fixed: it embeds the training and dev sentences with the checkpoint's
+encoder and with a random encoder of the same shape and tokenizer, pools the final hidden states
+([CLS], or the mean over real tokens), and fits an L2-regularised logistic regression on each
+(strength chosen on the last 10 % of the training rows, then refit on all of them). If the
+pretrained features do not beat the random ones here, no fine-tuning recipe is likely to make
+pretraining pay off on the task; if they do and fine-tuning does not, the recipe is the limit.
+Classification tasks only.
+"""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bertjax import glue, glue_batches
+from bertjax.config import GlueConfig
+from bertjax.model import Bert
+from bertjax.pretrained import load_pretrained
+from bertjax.tokenizer import load
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalty on the weights (features are standardised)
+
+
+def pooled_features(model: Bert, enc: glue_batches.Encoded, batch_size: int = 64) -> dict:
+    """{"cls": [n, embed], "mean": [n, embed]} of the final hidden states, in example order."""
+
+    @jax.jit
+    def pool(ids, types, mask):
+        hidden = model(ids, types, mask).astype(jnp.float32)
+        weights = mask[..., None].astype(jnp.float32)
+        mean = (hidden * weights).sum(1) / weights.sum(1)
+        return hidden[:, 0], mean
+
+    indices, cls, mean = [], [], []
+    for batch in glue_batches.iter_batches(enc, batch_size):
+        c, m = pool(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        indices.append(batch["example_index"])
+        cls.append(np.asarray(c))
+        mean.append(np.asarray(m))
+    return {"cls": glue_batches.in_example_order(len(enc), indices, cls),
+            "mean": glue_batches.in_example_order(len(enc), indices, mean)}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, strength: float,
+                 steps: int = 500) -> tuple[jax.Array, jax.Array]:
+    """Full-batch Adam on softmax cross-entropy + strength * |W|^2 (convex: converges)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def loss(params):
+        w, b = params
+        ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + b, y).mean()
+        return ce + strength * jnp.sum(w * w)
+
+    opt = optax.adam(0.05)
+    params = (jnp.zeros((x.shape[1], classes)), jnp.zeros((classes,)))
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params
+
+
+def probe(train_x, train_y, dev_x, dev_y, classes: int) -> tuple[float, float]:
+    """(dev accuracy, chosen strength): strength picked on the last 10 % of train, then refit."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, dev_x = (train_x - mu) / sd, (dev_x - mu) / sd
+    cut = int(0.9 * len(train_x))
+
+    def accuracy(params, x, y):
+        return float(np.mean(np.asarray(x @ params[0] + params[1]).argmax(-1) == y))
+
+    best = max(STRENGTHS, key=lambda s: accuracy(
+        fit_logistic(train_x[:cut], train_y[:cut], classes, s), train_x[cut:], train_y[cut:]))
+    return accuracy(fit_logistic(train_x, train_y, classes, best), dev_x, dev_y), best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--glue-dir", default=str(GLUE))
+    parser.add_argument("--max-train", type=int, default=6000)
+    parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--seed", type=int, default=0, help="the random encoder's seed")
+    args = parser.parse_args()
+    task = glue.get_task(args.task)
+    if not task.labels:
+        raise SystemExit(f"{args.task} is a regression task; the probe takes classification tasks")
+
+    pretrained = load_pretrained(args.checkpoint)
+    tok = load(pretrained.tokenizer_path)
+    cfg = GlueConfig(task=args.task, data_dir=args.glue_dir, max_train_examples=args.max_train)
+    if args.task == "mnli" and not (Path(args.glue_dir) / "MNLI" / "train.tsv").is_file():
+        cfg = dataclasses.replace(cfg, train_file="train_pairs10k.tsv",  # ../shared's partial MNLI
+                                  dev_files=["dev_matched_subset.tsv"])
+    train = glue.load_split(cfg, "train")
+    dev = glue.load_split(cfg, glue.dev_splits(cfg)[0])
+    train_enc, dev_enc = (glue_batches.encode(tok, ex, args.buckets) for ex in (train, dev))
+    random_model = Bert(pretrained.model_cfg, key=jax.random.key(args.seed), mlm=False)
+
+    print(f"{args.checkpoint}: {args.task}, {len(train)} training rows, {len(dev)} dev rows; "
+          f"dev majority class {np.bincount(dev.labels).max() / len(dev):.3f}")
+    print(f"{'encoder':<12}{'pooling':<9}{'dev acc':>9}{'L2':>9}")
+    for name, model in (("pretrained", pretrained.model), ("random", random_model)):
+        feats = (pooled_features(model, train_enc), pooled_features(model, dev_enc))
+        for pooling in ("cls", "mean"):
+            acc, strength = probe(feats[0][pooling], train.labels, feats[1][pooling],
+                                  dev.labels, task.num_labels)
+            print(f"{name:<12}{pooling:<9}{acc:>9.3f}{strength:>9.0e}")
+
+
+if __name__ == "__main__":
+    main()
