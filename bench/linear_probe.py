@@ -14,9 +14,10 @@ Classification tasks only.
 """
 
 import argparse
-import dataclasses
+from functools import partial
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,19 +33,19 @@ GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalty on the weights (features are standardised)
 
 
+@eqx.filter_jit
+def pool(model: Bert, ids, types, mask):
+    """[CLS] state and mean over real tokens of the final hidden states."""
+    hidden = model(ids, types, mask).astype(jnp.float32)
+    weights = mask[..., None].astype(jnp.float32)
+    return hidden[:, 0], (hidden * weights).sum(1) / weights.sum(1)
+
+
 def pooled_features(model: Bert, enc: glue_batches.Encoded, batch_size: int = 64) -> dict:
-    """{"cls": [n, embed], "mean": [n, embed]} of the final hidden states, in example order."""
-
-    @jax.jit
-    def pool(ids, types, mask):
-        hidden = model(ids, types, mask).astype(jnp.float32)
-        weights = mask[..., None].astype(jnp.float32)
-        mean = (hidden * weights).sum(1) / weights.sum(1)
-        return hidden[:, 0], mean
-
+    """{"cls": [n, embed], "mean": [n, embed]} in example order."""
     indices, cls, mean = [], [], []
     for batch in glue_batches.iter_batches(enc, batch_size):
-        c, m = pool(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        c, m = pool(model, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         indices.append(batch["example_index"])
         cls.append(np.asarray(c))
         mean.append(np.asarray(m))
@@ -52,10 +53,9 @@ def pooled_features(model: Bert, enc: glue_batches.Encoded, batch_size: int = 64
             "mean": glue_batches.in_example_order(len(enc), indices, mean)}
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, strength: float,
-                 steps: int = 500) -> tuple[jax.Array, jax.Array]:
+@partial(jax.jit, static_argnames=("classes", "steps"))
+def fit_logistic(x, y, strength, classes: int, steps: int = 500):
     """Full-batch Adam on softmax cross-entropy + strength * |W|^2 (convex: converges)."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
 
     def loss(params):
         w, b = params
@@ -63,18 +63,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, strength: float,
         return ce + strength * jnp.sum(w * w)
 
     opt = optax.adam(0.05)
-    params = (jnp.zeros((x.shape[1], classes)), jnp.zeros((classes,)))
 
-    @jax.jit
-    def step(params, state):
-        grads = jax.grad(loss)(params)
-        updates, state = opt.update(grads, state)
+    def step(_, carry):
+        params, state = carry
+        updates, state = opt.update(jax.grad(loss)(params), state)
         return optax.apply_updates(params, updates), state
 
-    state = opt.init(params)
-    for _ in range(steps):
-        params, state = step(params, state)
-    return params
+    params = (jnp.zeros((x.shape[1], classes)), jnp.zeros((classes,)))
+    return jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))[0]
 
 
 def probe(train_x, train_y, dev_x, dev_y, classes: int) -> tuple[float, float]:
@@ -87,8 +83,8 @@ def probe(train_x, train_y, dev_x, dev_y, classes: int) -> tuple[float, float]:
         return float(np.mean(np.asarray(x @ params[0] + params[1]).argmax(-1) == y))
 
     best = max(STRENGTHS, key=lambda s: accuracy(
-        fit_logistic(train_x[:cut], train_y[:cut], classes, s), train_x[cut:], train_y[cut:]))
-    return accuracy(fit_logistic(train_x, train_y, classes, best), dev_x, dev_y), best
+        fit_logistic(train_x[:cut], train_y[:cut], s, classes), train_x[cut:], train_y[cut:]))
+    return accuracy(fit_logistic(train_x, train_y, best, classes), dev_x, dev_y), best
 
 
 def main():
@@ -107,9 +103,6 @@ def main():
     pretrained = load_pretrained(args.checkpoint)
     tok = load(pretrained.tokenizer_path)
     cfg = GlueConfig(task=args.task, data_dir=args.glue_dir, max_train_examples=args.max_train)
-    if args.task == "mnli" and not (Path(args.glue_dir) / "MNLI" / "train.tsv").is_file():
-        cfg = dataclasses.replace(cfg, train_file="train_pairs10k.tsv",  # ../shared's partial MNLI
-                                  dev_files=["dev_matched_subset.tsv"])
     train = glue.load_split(cfg, "train")
     dev = glue.load_split(cfg, glue.dev_splits(cfg)[0])
     train_enc, dev_enc = (glue_batches.encode(tok, ex, args.buckets) for ex in (train, dev))
