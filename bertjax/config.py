@@ -232,9 +232,15 @@ class GlueConfig:
     batch_size: int = opt(32, "sequences per step")
     buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length")
     classifier_dropout: float = opt(0.1, "dropout before the classifier")
+    pooling: str = opt("cls", "what the pooler reads: cls (BERT: the [CLS] state) | mean (the "
+                       "average of the real tokens' states)")
     max_train_examples: int | None = opt(None, "use only the first N training rows")
     train_file: str | None = opt(None, "override the training TSV name inside data_dir")
     dev_files: list[str] = opt([], "override the dev TSV names inside data_dir")
+
+    def __post_init__(self):
+        if self.pooling not in ("cls", "mean"):
+            raise UserError(f"glue.pooling={self.pooling!r} must be 'cls' or 'mean'")
 
 
 @dataclass(frozen=True)

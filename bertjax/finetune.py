@@ -45,7 +45,7 @@ def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
     """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
     under a fresh classifier or regression head."""
     fresh = Bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
-                 classifier_dropout=cfg.glue.classifier_dropout)
+                 classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
     pooler = fresh.pooler if start.pooler is None else start.pooler
     return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
                        (transplant(start.encoder, fresh.encoder), pooler))
@@ -57,7 +57,7 @@ def make_steps(optimizer, precision: Precision, dropout: bool):
         k_enc, k_cls = (None, None) if key is None else jax.random.split(key)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                    key=k_enc)
-        logits = m.classify(hidden, key=k_cls)
+        logits = m.classify(hidden, batch["attention_mask"], key=k_cls)
         sums = classification_sums(logits, batch["labels"], batch["valid"].astype(jnp.float32))
         return sums["loss"] / jnp.maximum(sums["weight"], 1.0), sums
 
@@ -78,7 +78,7 @@ def make_steps(optimizer, precision: Precision, dropout: bool):
     def predict(model, batch):
         m = precision.cast_to_compute(model)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-        return m.classify(hidden)
+        return m.classify(hidden, batch["attention_mask"])
 
     return train_step, predict
 

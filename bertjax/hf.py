@@ -124,6 +124,10 @@ def _heads_for(model: Bert, pre: bool, kind: str) -> dict:
     if lacking:
         raise UserError(f"kind={kind!r} needs the model's {', '.join(lacking)} head, which it "
                         "does not have; pick the kind that matches the model")
+    if heads["classifier"] and model.pooling != "cls":
+        raise UserError(f"this classifier pools with glue.pooling={model.pooling!r}; transformers' "
+                        "sequence classifiers read [CLS] only, so it cannot be exported as "
+                        "kind='cls'; fine-tune with glue.pooling=cls to export one")
     return heads
 
 

@@ -103,9 +103,11 @@ class Bert(eqx.Module):
     nsp: Dense | None
     classifier: Dense | None
     classifier_dropout: float = eqx.field(static=True)
+    pooling: str = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray, mlm: bool = True,
-                 nsp: bool = False, num_labels: int = 0, classifier_dropout: float = 0.1):
+                 nsp: bool = False, num_labels: int = 0, classifier_dropout: float = 0.1,
+                 pooling: str = "cls"):
         k_enc, k_mlm, k_pool, k_nsp, k_cls = jax.random.split(key, 5)
         self.encoder = Encoder(cfg, key=k_enc)
         self.mlm = MLMHead(cfg, key=k_mlm) if mlm else None
@@ -114,6 +116,7 @@ class Bert(eqx.Module):
         self.nsp = Dense(cfg.hidden_size, 2, key=k_nsp) if nsp else None
         self.classifier = Dense(cfg.hidden_size, num_labels, key=k_cls) if num_labels else None
         self.classifier_dropout = classifier_dropout
+        self.pooling = pooling
 
     def __call__(self, input_ids: Int[Array, "batch seq"], token_type_ids: Int[Array, "batch seq"],
                  attention_mask: Bool[Array, "batch seq"], *,
@@ -129,17 +132,27 @@ class Bert(eqx.Module):
             hidden = jax.vmap(partial(gather_f32, axis=0))(hidden, positions)
         return self.mlm(hidden, self.encoder.embeddings.word)
 
-    def pooled(self, hidden: Float[Array, "batch seq embed"]) -> Float[Array, "batch embed"]:
-        return jnp.tanh(self.pooler(hidden[:, 0]))
+    def pooled(self, hidden: Float[Array, "batch seq embed"],
+               attention_mask: Bool[Array, "batch seq"] | None = None,
+               ) -> Float[Array, "batch embed"]:
+        """tanh(dense(.)) of the [CLS] state or, with `pooling="mean"`, of the mean over the
+        real tokens (an MLM-only encoder never trains its [CLS] state; log.md, session 7)."""
+        if self.pooling == "cls":
+            return jnp.tanh(self.pooler(hidden[:, 0]))
+        weights = attention_mask.astype(hidden.dtype)[..., None]
+        mean = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
+        return jnp.tanh(self.pooler(mean))
 
     def pair_logits(self, hidden: Float[Array, "batch seq embed"]) -> Float[Array, "batch 2"]:
         """NSP / SOP logits (f32): index 0 = is next / in order, 1 = random / swapped."""
-        return self.nsp(self.pooled(hidden)).astype(jnp.float32)
+        return self.nsp(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
 
-    def classify(self, hidden: Float[Array, "batch seq embed"], *,
+    def classify(self, hidden: Float[Array, "batch seq embed"],
+                 attention_mask: Bool[Array, "batch seq"] | None = None, *,
                  key: PRNGKeyArray | None = None) -> Float[Array, "batch labels"]:
-        """GLUE logits (or one regression output) from the pooled [CLS] state, in f32."""
-        pooled = dropout(self.pooled(hidden), self.classifier_dropout, key)
+        """GLUE logits (or one regression output) from the pooled state, in f32; the mask is
+        needed for `pooling="mean"`."""
+        pooled = dropout(self.pooled(hidden, attention_mask), self.classifier_dropout, key)
         return self.classifier(pooled).astype(jnp.float32)
 
 

@@ -52,7 +52,7 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5):
 
 @jax.jit
 def _class_probs(model: Bert, ids, types, mask):
-    logits = model.classify(model(ids, types, mask))
+    logits = model.classify(model(ids, types, mask), mask)
     return logits if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
 
 

@@ -97,17 +97,18 @@ def load_state_dict(abstract: eqx.Module, arrays: dict[str, np.ndarray], source:
 
 
 def abstract_bert(model_cfg: ModelConfig, mlm: bool, nsp: bool, num_labels: int,
-                  classifier_dropout: float = 0.1) -> Bert:
+                  classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
     return eqx.filter_eval_shape(Bert, model_cfg, key=jax.random.key(0), mlm=mlm, nsp=nsp,
-                                 num_labels=num_labels, classifier_dropout=classifier_dropout)
+                                 num_labels=num_labels, classifier_dropout=classifier_dropout,
+                                 pooling=pooling)
 
 
 def model_from_arrays(model_cfg: ModelConfig, arrays: dict[str, np.ndarray], source: str,
-                      classifier_dropout: float = 0.1) -> Bert:
+                      classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
     """A Bert with the heads that `arrays` (our names) carry."""
     num_labels = arrays["classifier.bias"].shape[0] if "classifier.bias" in arrays else 0
     abstract = abstract_bert(model_cfg, "mlm.bias" in arrays, "nsp.weight" in arrays,
-                             num_labels, classifier_dropout)
+                             num_labels, classifier_dropout, pooling)
     return load_state_dict(abstract, arrays, source)
 
 
@@ -119,7 +120,7 @@ def load_bundle(path: Path) -> Pretrained:
     cfg = from_yaml_text((path / "config.yaml").read_text(), str(path / "config.yaml"))
     arrays = read_safetensors(path / "model.safetensors")
     model = model_from_arrays(cfg.model, arrays, str(path / "model.safetensors"),
-                              cfg.glue.classifier_dropout)
+                              cfg.glue.classifier_dropout, cfg.glue.pooling)
     tokenizer = path / "tokenizer.json" if "tokenizer.json" in manifest["files"] else None
     return Pretrained(model, cfg.model, cfg, tokenizer, "bundle")
 

@@ -195,6 +195,20 @@ def test_glue_model_bundle_keeps_its_classifier(tmp_path):
     np.testing.assert_array_equal(loaded.classify(loaded(*args)), model.classify(model(*args)))
 
 
+def test_glue_bundle_keeps_mean_pooling(tmp_path):
+    cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                           "model.num_heads=2", "model.intermediate_size=48",
+                           "model.max_position_embeddings=32", "glue.pooling=mean"])
+    model = Bert(cfg.model, key=jax.random.key(6), mlm=False, num_labels=2, pooling="mean")
+    save_bundle(model, cfg, make_tokenizer(), tmp_path / "best")
+    loaded = load_pretrained(tmp_path / "best").model
+    assert loaded.pooling == "mean"
+    ids = jnp.array([[2, 5, 6, 3, 0, 0]], jnp.int32)
+    args = (ids, jnp.zeros_like(ids), ids != 0)
+    np.testing.assert_array_equal(loaded.classify(loaded(*args), args[2]),
+                                  model.classify(model(*args), args[2]))
+
+
 def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "bertjax.export", str(tmp_path / "missing"),
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from bertjax.hf import (
     export_hf,
     import_hf,
 )
+from bertjax.model import Bert
 from bertjax.pretrained import load_pretrained, state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -167,6 +169,9 @@ def test_export_refuses_a_non_empty_directory_and_unsupported_kinds(tmp_path):
         export_hf(model, cfg, None, tmp_path / "new", "pretrain")
     with pytest.raises(UserError, match="classifier head"):
         export_hf(model, cfg, None, tmp_path / "new", "cls")
+    mean_pooled = Bert(cfg, key=jax.random.key(0), mlm=False, num_labels=2, pooling="mean")
+    with pytest.raises(UserError, match="read \\[CLS\\] only"):
+        export_hf(mean_pooled, cfg, None, tmp_path / "new", "cls")
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary directory left
 

@@ -43,6 +43,24 @@ def test_output_shapes_of_every_head(norm):
     assert model.classify(hidden).shape == (3, 3)
 
 
+def test_mean_pooling_averages_real_tokens_only():
+    model = Bert(tiny(), key=jax.random.key(3), mlm=False, num_labels=2, pooling="mean")
+    ids, types, mask = inputs(lengths=(16, 11, 5))
+    hidden = model(ids, types, mask)
+    expected = np.stack([np.asarray(hidden[i, :n]).mean(0) for i, n in enumerate((16, 11, 5))])
+    w, b = np.asarray(model.pooler.weight), np.asarray(model.pooler.bias)
+    np.testing.assert_allclose(model.pooled(hidden, mask), np.tanh(expected @ w + b),
+                               rtol=1e-5, atol=1e-6)
+    # Extra padding (any ids, any states) does not move the result.
+    pad = ((0, 0), (0, 8))
+    longer_mask = jnp.pad(mask, pad)
+    padded = model(jnp.pad(ids, pad, constant_values=7), jnp.pad(types, pad), longer_mask)
+    np.testing.assert_allclose(model.classify(padded, longer_mask), model.classify(hidden, mask),
+                               rtol=1e-5, atol=1e-6)
+    cls = Bert(tiny(), key=jax.random.key(3), mlm=False, num_labels=2)  # same weights
+    assert not np.allclose(cls.classify(hidden, mask), model.classify(hidden, mask))
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_padding_does_not_change_real_positions(norm):
     model = Bert(tiny(norm=norm), key=jax.random.key(1))
