@@ -21,7 +21,8 @@ from bertjax.errors import UserError
 from bertjax.finetune import finetune, make_steps
 from bertjax.model import Bert
 from bertjax.precision import Precision
-from bertjax.predict import fill_mask
+from bertjax.predict import classify, fill_mask
+from bertjax.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT / "tests" / "fixtures" / "glue"
@@ -82,6 +83,18 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
     rte = json.loads((chained / "results.json").read_text())
     assert rte["init"].endswith("best") and len(rte["seeds"]) == 1
     assert (chained / "submission" / "RTE.tsv").is_file()
+
+
+def test_mean_pooled_classifier_trains_saves_and_predicts(tmp_path, tokenizer_path):
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "glue.pooling=mean", "glue.seeds=[0]")
+    run_dir = finetune(cfg)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["seeds"][0]["best_metrics"]["dev"]["accuracy"] == 1.0  # memorised
+    best = load_pretrained(run_dir / "seed0" / "best")
+    assert best.model.pooling == "mean"
+    train = glue.load_split(cfg.glue, "train")
+    probs = classify(best.model, tokenizer_lib.load(best.tokenizer_path), train.text_a)
+    np.testing.assert_array_equal(probs.argmax(-1), train.labels)
 
 
 def test_random_baseline_draws_a_new_encoder_per_seed(tmp_path, tokenizer_path):
