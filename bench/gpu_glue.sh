@@ -3,7 +3,7 @@
 # `mini` encoder (configs/pretrain_mini_gpu.yaml, shortened), check that it uses word order and
 # what its frozen features know about SST-2 (bench/linear_probe.py), then fine-tune it and the
 # random baseline (same shape and tokenizer) on the five local GLUE tasks, 3 seeds each, all runs
-# at once, plus two SST-2 recipes (3 epochs; the whole training set).
+# at once, plus SST-2 recipes (3 epochs; the whole training set) and mean pooling (SST-2, MNLI).
 #
 #   bash bench/gpu_glue.sh                # data/corpus_mini prepared (make it on the CPU machine)
 #
@@ -11,8 +11,8 @@
 # ../shared/data/glue), STEPS (pretraining steps, default 10000), PRETRAIN_SECONDS (pretraining
 # is stopped, with a checkpoint, after this long; default 330), PY (default python3), and for a
 # small smoke run PRETRAIN_ARGS (config overrides) and GLUE_ARGS (glue_experiment.py arguments),
-# appended last. OUT receives at most 8 files: the encoder as a bf16 release bundle (tar),
-# pretraining metrics, the probes, three GLUE summaries and this script's log.
+# appended last. OUT receives at most 10 files: the encoder as a bf16 release bundle (tar),
+# pretraining metrics, the probes, five GLUE summaries and this script's log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -52,10 +52,14 @@ main() {
     { "$PY" bench/order_probe.py "$RUN"
       "$PY" bench/linear_probe.py "$RUN" --task sst2 --glue-dir "$GLUE_DIR"; } | tee "$OUT/probes.txt"
 
-    stamp "GLUE: the plan (5 tasks x 2 inits) and two SST-2 recipes, all at once"
+    stamp "GLUE: the plan (5 tasks x 2 inits) and four variants, all at once"
     experiment glue_plan --jobs 10 &
     experiment sst2_3epochs --tasks sst2 --jobs 2 --override glue.epochs=3 &
     experiment sst2_full --tasks sst2 --jobs 2 --override glue.max_train_examples=null &
+    # An MLM-only encoder never trains [CLS] (log.md, session 7): the same tasks, mean-pooled.
+    experiment sst2_3epochs_mean --tasks sst2 --jobs 2 --override glue.epochs=3 \
+        --override glue.pooling=mean &
+    experiment mnli_mean --tasks mnli --jobs 2 --override glue.pooling=mean &
     wait
     stamp "done"
 }
