@@ -139,13 +139,15 @@ class Bert(eqx.Module):
         real tokens (an MLM-only encoder never trains its [CLS] state; log.md, session 7)."""
         if self.pooling == "cls":
             return jnp.tanh(self.pooler(hidden[:, 0]))
+        if attention_mask is None:
+            raise ValueError("pooling='mean' needs the attention mask")
         weights = attention_mask.astype(hidden.dtype)[..., None]
         mean = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
         return jnp.tanh(self.pooler(mean))
 
     def pair_logits(self, hidden: Float[Array, "batch seq embed"]) -> Float[Array, "batch 2"]:
         """NSP / SOP logits (f32): index 0 = is next / in order, 1 = random / swapped."""
-        return self.nsp(jnp.tanh(self.pooler(hidden[:, 0]))).astype(jnp.float32)
+        return self.nsp(self.pooled(hidden)).astype(jnp.float32)
 
     def classify(self, hidden: Float[Array, "batch seq embed"],
                  attention_mask: Bool[Array, "batch seq"] | None = None, *,
