@@ -50,7 +50,12 @@ def staged_dir(out_dir: Path, force: bool):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         yield tmp
+        # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release is
+        # meant to be read by others.
         tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            if path.is_file():
+                path.chmod(0o644)
         old = None
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",

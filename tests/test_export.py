@@ -195,7 +195,7 @@ def test_glue_model_bundle_keeps_its_classifier(tmp_path):
     np.testing.assert_array_equal(loaded.classify(loaded(*args)), model.classify(model(*args)))
 
 
-def test_glue_bundle_keeps_mean_pooling(tmp_path):
+def test_glue_bundle_keeps_mean_pooling_and_is_readable_by_all(tmp_path):
     cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
                            "model.num_heads=2", "model.intermediate_size=48",
                            "model.max_position_embeddings=32", "glue.pooling=mean"])
@@ -203,6 +203,7 @@ def test_glue_bundle_keeps_mean_pooling(tmp_path):
     save_bundle(model, cfg, make_tokenizer(), tmp_path / "best")
     loaded = load_pretrained(tmp_path / "best").model
     assert loaded.pooling == "mean"
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "best").iterdir()} == {0o644}
     ids = jnp.array([[2, 5, 6, 3, 0, 0]], jnp.int32)
     args = (ids, jnp.zeros_like(ids), ids != 0)
     np.testing.assert_array_equal(loaded.classify(loaded(*args), args[2]),
