@@ -25,7 +25,7 @@ import optax
 
 from bertjax import glue, glue_batches
 from bertjax.config import GlueConfig
-from bertjax.model import Bert
+from bertjax.model import Bert, masked_mean
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import load
 
@@ -37,8 +37,7 @@ STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalty on the weights (features are 
 def pool(model: Bert, ids, types, mask):
     """[CLS] state and mean over real tokens of the final hidden states."""
     hidden = model(ids, types, mask).astype(jnp.float32)
-    weights = mask[..., None].astype(jnp.float32)
-    return hidden[:, 0], (hidden * weights).sum(1) / weights.sum(1)
+    return hidden[:, 0], masked_mean(hidden, mask)
 
 
 def pooled_features(model: Bert, enc: glue_batches.Encoded, batch_size: int = 64) -> dict:

@@ -141,9 +141,7 @@ class Bert(eqx.Module):
             return jnp.tanh(self.pooler(hidden[:, 0]))
         if attention_mask is None:
             raise ValueError("pooling='mean' needs the attention mask")
-        weights = attention_mask.astype(hidden.dtype)[..., None]
-        mean = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
-        return jnp.tanh(self.pooler(mean))
+        return jnp.tanh(self.pooler(masked_mean(hidden, attention_mask)))
 
     def pair_logits(self, hidden: Float[Array, "batch seq embed"]) -> Float[Array, "batch 2"]:
         """NSP / SOP logits (f32): index 0 = is next / in order, 1 = random / swapped."""
@@ -156,6 +154,13 @@ class Bert(eqx.Module):
         needed for `pooling="mean"`."""
         pooled = dropout(self.pooled(hidden, attention_mask), self.classifier_dropout, key)
         return self.classifier(pooled).astype(jnp.float32)
+
+
+def masked_mean(hidden: Float[Array, "batch seq embed"],
+                attention_mask: Bool[Array, "batch seq"]) -> Float[Array, "batch embed"]:
+    """Mean of each row's states over its real (unmasked) tokens."""
+    weights = attention_mask.astype(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
 
 
 def param_count(model: eqx.Module) -> int:
