@@ -22,15 +22,16 @@ TRAIN_FILES = {"mnli": "train_pairs10k.tsv", "sst2": "train.tsv", "cola": "train
 
 
 def write_task_text(task: str, glue_dir: Path, out: Path) -> int:
-    """Write one task's training text to out; returns the number of examples."""
+    """Write one task's training text to out; returns the number of documents written."""
     examples = glue.read_tsv(task, "train",
                              glue_dir / glue.get_task(task).dir / TRAIN_FILES[task])
     pairs = examples.text_b or [None] * len(examples)
     # Text lines must not be blank (a blank line ends a document); GLUE rows never are, but a
     # stray one would silently merge two examples.
     docs = ["\n".join(s.strip() for s in (a, b) if s and s.strip())
-            for a, b in zip(examples.text_a, pairs)]
-    out.write_text("\n\n".join(d for d in docs if d) + "\n", encoding="utf-8")
+            for a, b in zip(examples.text_a, pairs, strict=True)]
+    docs = [d for d in docs if d]
+    out.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return len(docs)
 
 
