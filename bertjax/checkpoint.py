@@ -10,6 +10,7 @@ with the current shardings, so a different device count works. No pickle anywher
 import hashlib
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import orbax.checkpoint as ocp
 
@@ -45,15 +46,32 @@ class Checkpoints:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        meta = restored["meta"]
+        return restored["state"], self._checked(restored["meta"], step)
+
+    def restore_model(self, step: int, abstract_state):
+        """Only `abstract_state.model` (for inference and fine-tuning): the optimizer state stays
+        on disk, which with Adam's two moments is two thirds of the checkpoint."""
+        meta = self.read_meta(step)
+        # PLACEHOLDER leaves are never read. StandardRestore rejects them and the manager keeps
+        # one handler per item, so the state item is read here with its own PyTree checkpointer.
+        target = eqx.tree_at(lambda s: s.model, jax.tree.map(lambda _: ocp.PLACEHOLDER,
+                                                             abstract_state),
+                             jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.model))
+        args = ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target))
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            state = checkpointer.restore(self.directory / str(step) / "state", args=args)
+        return state.model, meta
+
+    def read_meta(self, step: int) -> dict:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"]
+        return self._checked(meta, step)
+
+    def _checked(self, meta: dict, step: int) -> dict:
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"checkpoint {self.directory / str(step)} has schema version "
                             f"{meta.get('schema_version')}, this bertjax reads {SCHEMA_VERSION}")
-        return restored["state"], meta
-
-    def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"]
+        return meta
 
     def close(self) -> None:
         self.manager.close()

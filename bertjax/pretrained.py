@@ -174,10 +174,10 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
             if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg, meta["total_steps"]))
-        state, meta = checkpoints.restore(step, abstract)
+        model, meta = checkpoints.restore_model(step, abstract)
     finally:
         checkpoints.close()
-    return state.model, cfg, meta
+    return model, cfg, meta
 
 
 def tokenizer_of(cfg: Config, run_dir: Path) -> Path | None:

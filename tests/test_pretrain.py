@@ -13,14 +13,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from test_distributed import free_port
 from test_prepare import write_corpus
 
 from bertjax import config as config_lib
+from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrain import continue_from, keep_tokenizer, resolve
+from bertjax.pretrain import abstract_state, continue_from, keep_tokenizer, resolve
 from bertjax.pretrained import restore_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +128,30 @@ def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, s
     assert meta["step"] == 1
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_inference_restore_reads_the_weights_and_leaves_the_optimizer_on_disk(straight,
+                                                                              monkeypatch):
+    checkpoints = Checkpoints(straight)
+    try:
+        step = checkpoints.latest_step()
+        cfg = config_lib.from_yaml_text(checkpoints.read_meta(step)["config_yaml"], "meta")
+        abstract = abstract_state(cfg, STEPS)
+        full, _ = checkpoints.restore(step, abstract)
+        targets = []
+        restore = ocp.PyTreeCheckpointer.restore
+        monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", lambda self, path, args: (
+            targets.append(args.item) or restore(self, path, args=args)))
+        model, meta = checkpoints.restore_model(step, abstract)
+    finally:
+        checkpoints.close()
+    assert meta["step"] == step
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(full.model), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # What was asked of Orbax: every optimizer leaf a placeholder (skipped, never read).
+    skipped = jax.tree.leaves(targets[0].opt_state)
+    assert skipped and all(x is ocp.PLACEHOLDER for x in skipped)
+    assert len(jax.tree.leaves(full.opt_state)) == len(skipped)
 
 
 def start_two_processes(config_file, run_dir, *extra, per_process=lambda i: ()):
