@@ -1,4 +1,4 @@
-"""CPU-scale GLUE experiment: a pretrained `mini` encoder vs the same recipe from random init.
+"""CPU-scale GLUE experiment: a pretrained encoder vs the same recipe from random init.
 
     .venv/bin/python bench/glue_experiment.py --pretrained runs/pretrain_mini_12m \
         [--tokenizer runs/pretrain_mini_12m/tokenizer.json] [--out runs/glue_experiment] \
