@@ -215,4 +215,8 @@ def load_pretrained(path: str | Path) -> Pretrained:
         model, cfg, _ = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
                           "run" if step is None else "checkpoint")
+    bests = sorted(path.glob("seed*/best/manifest.json"))
+    if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
+        raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "
+                        f"them, e.g. {bests[0].parent}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")

@@ -174,6 +174,11 @@ def test_unrecognisable_paths_say_what_was_expected(tmp_path, run):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="nothing recognisable .* release bundle"):
         load_pretrained(tmp_path / "empty")
+    # A GLUE fine-tuning run holds one bundle per seed (seedN/best), not a checkpoint itself.
+    (tmp_path / "glue" / "seed0" / "best").mkdir(parents=True)
+    (tmp_path / "glue" / "seed0" / "best" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best"):
+        load_pretrained(tmp_path / "glue")
     (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
     with pytest.raises(UserError, match="no complete checkpoint"):
         load_pretrained(tmp_path / "fresh")
