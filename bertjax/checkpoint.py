@@ -50,8 +50,8 @@ class Checkpoints:
 
     def restore_model(self, step: int, abstract_state):
         """Only `abstract_state.model` (for inference and fine-tuning): the optimizer state stays
-        on disk, which with Adam's two moments is two thirds of the checkpoint."""
-        meta = self.read_meta(step)
+        on disk, which with Adam's two moments is two thirds of the checkpoint. The caller has
+        read the step's meta already (read_meta: it holds the config that shapes the state)."""
         # PLACEHOLDER leaves are never read. StandardRestore rejects them and the manager keeps
         # one handler per item, so the state item is read here with its own PyTree checkpointer.
         target = eqx.tree_at(lambda s: s.model, jax.tree.map(lambda _: ocp.PLACEHOLDER,
@@ -60,7 +60,7 @@ class Checkpoints:
         args = ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target))
         with ocp.PyTreeCheckpointer() as checkpointer:
             state = checkpointer.restore(self.directory / str(step) / "state", args=args)
-        return state.model, meta
+        return state.model
 
     def read_meta(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[

@@ -174,7 +174,7 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
             if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg, meta["total_steps"]))
-        model, meta = checkpoints.restore_model(step, abstract)
+        model = checkpoints.restore_model(step, abstract)
     finally:
         checkpoints.close()
     return model, cfg, meta
