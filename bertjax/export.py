@@ -118,9 +118,11 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
 
 
 def training_summary(run_dir: Path, meta: dict) -> dict:
-    """Step, tokens seen and, from results.json when present, the final validation metrics."""
+    """Step, tokens seen (all phases; tokens_before: earlier phases', None when unknown) and,
+    from results.json when present, the final validation metrics."""
     summary = {"step": meta["step"], "total_steps": meta.get("total_steps"),
-               "tokens_seen": meta.get("tokens_seen"), "validation": None}
+               "tokens_seen": meta.get("tokens_seen"), "tokens_before": meta.get("tokens_before"),
+               "validation": None}
     results = run_dir / "results.json"
     if results.is_file():
         try:

@@ -132,10 +132,11 @@ _ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", 
                  "max_position_embeddings", "type_vocab_size", "norm")
 
 
-def continue_from(model: Bert, cfg: Config, tok) -> Bert:
+def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     """`model` with init.checkpoint's encoder and heads: continued pretraining (a second phase at
     another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
-    schedule and the data order start fresh; heads the checkpoint lacks keep their new init."""
+    schedule and the data order start fresh; heads the checkpoint lacks keep their new init.
+    Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
     from bertjax.pretrained import load_pretrained
     from bertjax.tokenizer import load
 
@@ -155,7 +156,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> Bert:
     for head in ("mlm", "pooler", "nsp"):
         if getattr(model, head) is not None and getattr(pretrained, head) is not None:
             model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
-    return model
+    return model, source.tokens_seen
 
 
 def abstract_state(cfg: Config, total_steps: int) -> TrainState:
@@ -246,13 +247,15 @@ def pretrain(cfg: Config) -> Path:
     start = 0
     latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
     model = Bert(cfg.model, key=keys[INIT], nsp=pair)
+    tokens_before = 0  # earlier phases' tokens (continued pretraining); None when unknown
     if latest is None and cfg.init.checkpoint is not None:
-        model = continue_from(model, cfg, run.tokenizer)
+        model, tokens_before = continue_from(model, cfg, run.tokenizer)
     optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
     state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
     if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         start = meta["step"]
+        tokens_before = meta.get("tokens_before", 0)
         if meta.get("config_hash") != config_hash(config_yaml):
             print(f"warning: resuming {run.run_dir} with a config that differs from the "
                   "checkpoint's", file=sys.stderr)
@@ -271,7 +274,7 @@ def pretrain(cfg: Config) -> Path:
                   f"attention: {'explicit (dropout)' if cfg.model.attention_dropout else 'fused'}")
     stop = StopSignal(mesh)
     loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
-                config_yaml)
+                config_yaml, tokens_before)
     try:
         state = loop.train(state, start, stop)
     finally:
@@ -284,7 +287,7 @@ def pretrain(cfg: Config) -> Path:
     model = full_copy(state.model) if cfg.train.fill_mask and jax.process_count() > 1 \
         else state.model
     if jax.process_index() == 0:
-        write_results(run, loop.last_validation)
+        write_results(run, loop.last_validation, tokens_before)
         finish(run, model, cfg)
     return run.run_dir
 
@@ -301,10 +304,11 @@ class Loop:
     """The step loop and its periodic work (logging, validation, checkpoints)."""
 
     def __init__(self, run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
-                 config_yaml):
+                 config_yaml, tokens_before):
         self.run, self.cfg, self.mesh, self.keys = run, cfg, mesh, keys
         self.train_step, self.eval_step, self.lr = train_step, eval_step, lr
         self.monitor, self.checkpoints, self.config_yaml = monitor, checkpoints, config_yaml
+        self.tokens_before = tokens_before
         self.pending: list[tuple[int, dict]] = []
         self.nonfinite_in_a_row = 0
         self.warned_epoch = False
@@ -350,8 +354,6 @@ class Loop:
             self.validate(state, self.run.total_steps)
         return state
 
-    def tokens_seen(self, steps_done: int) -> int:
-        return self.run.ramp.sequences_before(steps_done) * self.cfg.data.seq_len
 
     def log(self) -> None:
         if not self.pending:
@@ -418,7 +420,8 @@ class Loop:
         return row
 
     def save(self, state: TrainState, done: int) -> None:
-        meta = {"tokens_seen": self.tokens_seen(done), "total_steps": self.run.total_steps,
+        meta = {**token_counts(self.run, done, self.tokens_before),
+                "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml}
         self.checkpoints.save(done, state, meta)
 
@@ -438,8 +441,15 @@ def finish(run: Run, model: Bert, cfg: Config) -> None:
             print(f"  {text}  ->  {guesses}")
 
 
-def write_results(run: Run, validation: dict | None) -> None:
-    results = {"steps": run.total_steps,
-               "tokens_seen": run.ramp.sequences_before(run.total_steps) * run.cfg.data.seq_len,
+def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
+    """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
+    None when the starting checkpoint does not say) and their sum (None when unknown)."""
+    this_run = run.ramp.sequences_before(steps_done) * run.cfg.data.seq_len
+    return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
+            "tokens_this_run": this_run, "tokens_before": tokens_before}
+
+
+def write_results(run: Run, validation: dict | None, tokens_before: int | None) -> None:
+    results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
                "validation": validation}
     write_atomic(run.run_dir / "results.json", json.dumps(results, indent=2))

@@ -33,6 +33,7 @@ class Pretrained:
     config: Config | None  # the full training config (None for Hugging Face directories)
     tokenizer_path: Path | None
     kind: str  # run | checkpoint | bundle | hf
+    tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
 
 
 # ---- files: LFS pointers, digests, safetensors ----
@@ -122,7 +123,8 @@ def load_bundle(path: Path) -> Pretrained:
     model = model_from_arrays(cfg.model, arrays, str(path / "model.safetensors"),
                               cfg.glue.classifier_dropout, cfg.glue.pooling)
     tokenizer = path / "tokenizer.json" if "tokenizer.json" in manifest["files"] else None
-    return Pretrained(model, cfg.model, cfg, tokenizer, "bundle")
+    return Pretrained(model, cfg.model, cfg, tokenizer, "bundle",
+                      manifest.get("summary", {}).get("tokens_seen"))
 
 
 def verify_bundle(path: Path) -> dict:
@@ -208,13 +210,13 @@ def load_pretrained(path: str | Path) -> Pretrained:
         from bertjax.hf import import_hf
 
         model, model_cfg, tokenizer = import_hf(path)
-        return Pretrained(model, model_cfg, None, tokenizer, "hf")
+        return Pretrained(model, model_cfg, None, tokenizer, "hf", None)
     if (path / "checkpoints").is_dir() or is_step_dir(path):
         step = int(path.name) if is_step_dir(path) else None
         run_dir = path.parent.parent if step is not None else path
-        model, cfg, _ = restore_model(run_dir, step)
+        model, cfg, meta = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
-                          "run" if step is None else "checkpoint")
+                          "run" if step is None else "checkpoint", meta.get("tokens_seen"))
     bests = sorted(path.glob("seed*/best/manifest.json"))
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
         raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "

@@ -83,7 +83,7 @@ def test_bundle_round_trip_gives_identical_outputs(run, bundle):
     run_dir, model, cfg = run
     loaded = load_pretrained(bundle)
     assert loaded.kind == "bundle" and loaded.model_cfg == cfg.model and loaded.config == cfg
-    assert loaded.tokenizer_path == bundle / "tokenizer.json"
+    assert loaded.tokenizer_path == bundle / "tokenizer.json" and loaded.tokens_seen == TOKENS
     for key, ours in outputs(model).items():
         np.testing.assert_array_equal(outputs(loaded.model)[key], ours, err_msg=key)
     names = set(state_dict(loaded.model))
@@ -101,7 +101,7 @@ def test_run_and_checkpoint_directories_load_the_same_model(run):
     run_dir, model, cfg = run
     for path, kind in ((run_dir, "run"), (run_dir / "checkpoints" / str(STEP), "checkpoint")):
         loaded = load_pretrained(path)
-        assert loaded.kind == kind and loaded.config == cfg
+        assert loaded.kind == kind and loaded.config == cfg and loaded.tokens_seen == TOKENS
         assert loaded.tokenizer_path == Path(cfg.data.dir) / "tokenizer.json"
         np.testing.assert_array_equal(outputs(loaded.model)["mlm"], outputs(model)["mlm"])
 

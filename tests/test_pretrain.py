@@ -123,11 +123,18 @@ def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, s
     code, out = train(config_file, tmp_path, f"init.checkpoint={straight}", "data.seq_len=16",
                       "train.steps=1", "train.batch_ramp=0", "optim.lr=1e-12", "train.fill_mask=[]")
     assert code == 0, out
-    start, _, _ = restore_model(straight, None)
+    start, _, first_meta = restore_model(straight, None)
     after, _, meta = restore_model(tmp_path, None)
     assert meta["step"] == 1
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(start), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # Tokens seen count both phases: the first run's, plus one step of 16 rows x 16 tokens.
+    counts = {"tokens_before": first_meta["tokens_seen"], "tokens_this_run": 16 * 16,
+              "tokens_seen": first_meta["tokens_seen"] + 16 * 16}
+    assert first_meta["tokens_before"] == 0 and first_meta["tokens_seen"] > 0
+    assert {k: meta[k] for k in counts} == counts
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {k: results[k] for k in counts} == counts
 
 
 def test_inference_restore_reads_the_weights_and_leaves_the_optimizer_on_disk(straight,
@@ -202,7 +209,9 @@ def test_continued_pretraining_resume_and_fsdp_on_two_processes(config_file, str
                                  "mesh.fsdp_min_size=64")
     assert "warning: resuming" in out  # train.steps changed: resumed, not started over
     assert "fill-mask predictions:" in out
-    assert restore_model(tmp_path, None)[2]["step"] == 2
+    meta = restore_model(tmp_path, None)[2]
+    assert meta["step"] == 2  # and the resume kept the first phase's tokens:
+    assert meta["tokens_before"] == restore_model(straight, None)[2]["tokens_seen"]
     assert sorted(losses(tmp_path)) == [1, 2]
 
 
