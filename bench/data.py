@@ -147,7 +147,11 @@ rows = data.rows(0, batch)
 ids, att = jnp.asarray(rows["input_ids"]), jnp.asarray(rows["attention_mask"])
 masking = timed(lambda s: mask(jax.random.fold_in(key, s), ids, att))
 both = timed(step)
-print(json.dumps({"loader": loader, "masking": masking, "both": both}))
+pairs = {}
+for objective in ("mlm+nsp", "mlm+sop"):  # sentence-pair rows: cut at sentence ends
+    pair_data = PretrainData(directory, "train", 128, objective, seed=0)
+    pairs[objective] = timed(lambda s: pair_data.rows(s * batch, batch)["input_ids"])
+print(json.dumps({"loader": loader, "masking": masking, "both": both, **pairs}))
 '''
 
 
@@ -186,7 +190,8 @@ def main() -> None:
     speed = loader_and_masking(rows[-1][1]["dir"], args.batch, args.steps)
     print(f"\nloader + masking, 1 core, batch {args.batch} x 128, {rows[-1][0]:.1f} MB data: "
           f"loader {speed['loader'] / 1e6:.1f} M tok/s, masking {speed['masking'] / 1e6:.1f} "
-          f"M tok/s, both {speed['both'] / 1e6:.1f} M tok/s (target >= 10)")
+          f"M tok/s, both {speed['both'] / 1e6:.1f} M tok/s (target >= 10); NSP rows "
+          f"{speed['mlm+nsp'] / 1e6:.1f}, SOP rows {speed['mlm+sop'] / 1e6:.1f} M tok/s")
 
 
 def print_table(rows: list) -> None:

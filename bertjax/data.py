@@ -25,6 +25,13 @@ _SENTENCE_END = (".", "!", "?")
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a good 64-bit mix (uint64 in, uint64 out)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
 class EpochWarning(UserWarning):
     """The run has gone past the end of the data and sees it again, in a new order."""
 
@@ -41,10 +48,7 @@ class Permutation:
         self.keys = rng.integers(0, 1 << 63, 4, dtype=np.uint64)
 
     def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
-        z = r ^ key  # splitmix64's finaliser: a good 64-bit mix
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return (z ^ (z >> np.uint64(31))) & self.mask
+        return _mix(r ^ key) & self.mask
 
     def _feistel(self, x: np.ndarray) -> np.ndarray:
         shift = np.uint64(self.half)
@@ -166,53 +170,75 @@ class PretrainData:
                 mask[r, 2 + len(tail):] = False
         return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
 
-    def _chunk(self, j: int) -> tuple[int, int, int]:
-        """Pair mode: (start, end, document) of chunk j in the token stream."""
-        d = int(np.searchsorted(self.chunk_end, j, side="right"))
-        k = j - (int(self.chunk_end[d - 1]) if d else 0)
-        n, length, base = int(self.doc_chunks[d]), int(self.doc_len[d]), int(self.docs[d])
+    def _chunks(self, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pair mode: (start, end, document) of chunks j in the token stream."""
+        d = np.searchsorted(self.chunk_end, j, side="right")
+        k = j - np.where(d > 0, self.chunk_end[d - 1], 0)
+        n, length, base = self.doc_chunks[d], self.doc_len[d], self.docs[d]
         return base + k * length // n, base + (k + 1) * length // n, d
 
-    def _other_segment(self, rng: np.random.Generator, doc: int, length: int) -> np.ndarray:
-        """NSP's random next segment: from a chunk of another document, starting at a sentence."""
-        r = int(rng.integers(self.num_sequences - int(self.doc_chunks[doc])))
-        if r >= self.chunk_end[doc] - self.doc_chunks[doc]:  # skip the current document's chunks
-            r += int(self.doc_chunks[doc])
-        begin, end, other = self._chunk(r)
-        starts = np.flatnonzero(np.isin(self.tokens[begin:end - 1], self.enders))
-        begin += int(starts[0]) + 1 if len(starts) else 0
-        doc_end = int(self.docs[other + 1]) - 1
-        return self.tokens[begin:min(begin + length, doc_end)]
+    def _sentence_ends(self, begin: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """[rows, seq_len - 3]: whether token i of each span (begin, length) ends a sentence,
+        for i < length - 1 (a cut after the last token would leave nothing)."""
+        offsets = np.arange(self.seq_len - 3)
+        window = self.tokens[np.minimum(begin[:, None] + offsets, len(self.tokens) - 1)]
+        return np.isin(window, self.enders) & (offsets < (length - 1)[:, None])
 
-    def _pair_row(self, position: int, j: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """[CLS] A [SEP] B [SEP] from chunk j, cut after a sentence end where there is one."""
-        rng = np.random.default_rng((self.seed, _PAIR, position))
-        begin, end, doc = self._chunk(j)
-        chunk = self.tokens[begin:end]
-        cuts = 1 + np.flatnonzero(np.isin(chunk[:-1], self.enders))
-        cut = int(rng.choice(cuts)) if len(cuts) else int(rng.integers(1, len(chunk)))
-        first, second = chunk[:cut], chunk[cut:]
-        label = int(rng.random() < 0.5)  # 1 = random next (NSP) or swapped order (SOP)
-        if label and self.objective == "mlm+nsp":
-            second = self._other_segment(rng, doc, len(second))
-        elif label:
-            first, second = second, first
-        sp = self.special
-        ids = np.concatenate([[sp.cls], first, [sp.sep], second, [sp.sep]])
-        types = np.zeros(len(ids), np.int32)
-        types[len(first) + 2:] = 1
-        return ids, types, label
+    def _uniforms(self, positions: np.ndarray, draws: int) -> np.ndarray:
+        """[rows, draws] uniforms in [0, 1), each a pure function of (seed, position, draw)."""
+        key = np.random.default_rng((self.seed, _PAIR)).integers(0, 1 << 63, dtype=np.uint64)
+        z = _mix(positions.astype(np.uint64) ^ key)
+        z = _mix(z[:, None] ^ np.arange(1, draws + 1, dtype=np.uint64) * _M1)
+        return (z >> np.uint64(11)) * 2.0 ** -53
 
     def _pair_rows(self, positions: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
-        count = len(index)
-        out = _empty(count, self.seq_len, self.special.pad, pair=True)
-        for r in range(count):  # pair rows are built one by one (cuts depend on the text)
-            ids, types, label = self._pair_row(int(positions[r]), int(index[r]))
-            out["input_ids"][r, :len(ids)] = ids
-            out["token_type_ids"][r, :len(ids)] = types
-            out["attention_mask"][r, :len(ids)] = True
-            out["pair_labels"][r] = label
-        return out
+        """[CLS] A [SEP] B [SEP] from chunk `index` of each row: A ends at a sentence end picked
+        at random (anywhere when the chunk has none); label 1 = B from another document (NSP)
+        or A and B swapped (SOP). Vectorised over rows: a host core must keep up with GPUs."""
+        u = self._uniforms(positions, 3)  # cut, label, NSP's other chunk
+        begin, end, doc = self._chunks(index)
+        length = end - begin
+        ends = self._sentence_ends(begin, length)
+        n_cuts = ends.sum(1)
+        pick = np.floor(u[:, 0] * np.maximum(n_cuts, 1)).astype(np.int64)
+        nth_end = np.argmax(ends & (np.cumsum(ends, 1) == (pick + 1)[:, None]), 1)
+        cut = np.where(n_cuts > 0, nth_end + 1,
+                       1 + np.floor(u[:, 0] * (length - 1)).astype(np.int64))
+        label = u[:, 1] < 0.5
+        a_start, a_len, b_start, b_len = begin, cut, begin + cut, length - cut
+        if self.objective == "mlm+nsp":
+            b_start, b_len = b_start.copy(), b_len.copy()
+            b_start[label], b_len[label] = self._other_segments(u[label, 2], doc[label],
+                                                                b_len[label])
+        else:
+            a_start, b_start = np.where(label, b_start, a_start), np.where(label, a_start, b_start)
+            a_len, b_len = np.where(label, b_len, a_len), np.where(label, a_len, b_len)
+        return self._frame(a_start, a_len, b_start, b_len, label)
+
+    def _other_segments(self, u: np.ndarray, doc: np.ndarray, length: np.ndarray):
+        """NSP's random next segments: (start, length) in a chunk of another document, from the
+        chunk's first sentence start, at most `length` tokens and never past that document."""
+        r = np.floor(u * (self.num_sequences - self.doc_chunks[doc])).astype(np.int64)
+        r += np.where(r >= self.chunk_end[doc] - self.doc_chunks[doc], self.doc_chunks[doc], 0)
+        begin, end, other = self._chunks(r)
+        starts = self._sentence_ends(begin, end - begin)
+        begin = begin + np.where(starts.any(1), np.argmax(starts, 1) + 1, 0)
+        return begin, np.minimum(length, self.docs[other + 1] - 1 - begin)
+
+    def _frame(self, a_start, a_len, b_start, b_len, label) -> dict[str, np.ndarray]:
+        """Rows [CLS] tokens[a_start:+a_len] [SEP] tokens[b_start:+b_len] [SEP] [PAD]…"""
+        sp, p = self.special, np.arange(self.seq_len)[None]
+        first_sep, last_sep = 1 + a_len[:, None], 2 + (a_len + b_len)[:, None]
+        in_a = (p >= 1) & (p < first_sep)
+        in_b = (p > first_sep) & (p < last_sep)
+        source = np.where(in_a, a_start[:, None] + p - 1, b_start[:, None] + p - first_sep - 1)
+        ids = np.where(in_a | in_b, self.tokens[np.clip(source, 0, len(self.tokens) - 1)],
+                       sp.pad).astype(np.int32)
+        ids[:, 0] = sp.cls
+        ids[(p == first_sep) | (p == last_sep)] = sp.sep
+        mask = p <= last_sep
+        return {"input_ids": ids, "token_type_ids": ((p > first_sep) & mask).astype(np.int32),
+                "attention_mask": mask, "pair_labels": label.astype(np.int32)}
 
     def batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
         """Validation order: sequences 0, 1, 2, … once, in fixed-size batches; the last batch is

@@ -123,13 +123,25 @@ def contiguous(tokens: np.ndarray, piece: np.ndarray) -> np.ndarray:
 def test_pairs_structure_order_and_label_balance(prepared, objective):
     data = PretrainData(prepared, "train", SEQ, objective, seed=2)
     tokens, sp = stream(prepared), data.special
+    enders = data.enders
     offsets = np.cumsum(np.fromfile(prepared / "train.lengths", np.uint32), dtype=np.int64)
     offsets = np.concatenate([[0], offsets])
-    n, checked = 2000, 0
+
+    def document(i: int) -> int:
+        return int(np.searchsorted(offsets, i, side="right")) - 1
+
+    # Chunk j of document d is tokens[starts[j]:stops[j]], recomputed from the lengths file.
+    starts, stops = [], []
+    for d in range(len(offsets) - 1):
+        text_len = int(offsets[d + 1] - offsets[d]) - 1  # without the closing [SEP]
+        n = -(-text_len // (SEQ - 3)) if text_len >= 2 else 0
+        starts += [int(offsets[d]) + k * text_len // n for k in range(n)]
+        stops += [int(offsets[d]) + (k + 1) * text_len // n for k in range(n)]
+    n, checked, cut_at_end = 2000, 0, 0
     batch = data.rows(0, n)
-    labels = batch["pair_labels"]
+    labels, index = batch["pair_labels"], data.sequence_index(np.arange(n))
     assert labels.dtype == np.int32 and abs(labels.mean() - 0.5) < 3.5 * 0.5 / np.sqrt(n)
-    for r in range(40):
+    for r in range(300):
         ids, types, mask = (batch[k][r] for k in ("input_ids", "token_type_ids", "attention_mask"))
         real = ids[mask]
         seps = np.flatnonzero(real == sp.sep)
@@ -137,17 +149,23 @@ def test_pairs_structure_order_and_label_balance(prepared, objective):
         assert np.array_equal(types[mask], (np.arange(len(real)) > seps[0]).astype(np.int32))
         assert not ids[~mask].any() or (ids[~mask] == sp.pad).all()
         a, b = real[1:seps[0]], real[seps[0] + 1:-1]
-        joined = np.concatenate([b, a] if objective == "mlm+sop" and labels[r] else [a, b])
-        if labels[r] and objective == "mlm+nsp":  # B comes from another document
-            where_a, where_b = contiguous(tokens, a), contiguous(tokens, b)
-            assert len(where_a) and len(where_b)
-            if len(where_a) == len(where_b) == 1:  # unambiguous: compare their documents
-                docs_ab = np.searchsorted(offsets, [where_a[0], where_b[0]], side="right")
-                assert docs_ab[0] != docs_ab[1]
-                checked += 1
-        else:  # A then B (or B then A for a swapped SOP pair) is the original text
-            assert len(contiguous(tokens, joined))
-    assert checked > 5 or objective == "mlm+sop"
+        chunk = tokens[starts[index[r]]:stops[index[r]]]
+        first = b if objective == "mlm+sop" and labels[r] else a
+        assert len(a) and len(b) and np.array_equal(first, chunk[:len(first)])
+        # A is cut after a sentence end whenever the chunk has one before its last token.
+        if np.isin(chunk[:-1], enders).any():
+            assert first[-1] in enders
+            cut_at_end += 1
+        if labels[r] and objective == "mlm+nsp":
+            # B: from another document, starting at one of its chunks' first sentence start.
+            where_b = [i for i in contiguous(tokens, b) if document(i) != document(starts[index[r]])
+                       and (i in starts or tokens[i - 1] in enders)]
+            assert where_b and len(b) <= len(chunk) - len(a)
+            checked += 1
+        else:  # A then B (or B then A for a swapped SOP pair) is the chunk itself
+            joined = np.concatenate([b, a] if objective == "mlm+sop" and labels[r] else [a, b])
+            assert np.array_equal(joined, chunk)
+    assert cut_at_end > 50 and (checked > 50 or objective == "mlm+sop")
     again = PretrainData(prepared, "train", SEQ, objective, seed=2).rows(0, 64)
     assert all(np.array_equal(again[k], batch[k][:64]) for k in again)
 
