@@ -6,9 +6,13 @@ evaluated on every dev split after each epoch, and the best epoch (GLUE's main s
 dev split) is kept as a release bundle. Then test predictions become GLUE submission files, and
 `results.json` reports every seed with mean, median and spread. Progress goes to a bar,
 `metrics.jsonl` and wandb (when enabled) through the same Monitor as pretraining.
+
+On several processes (jax.distributed, as in pretraining) every process reads the GLUE files and
+builds every batch, feeds its own rows, and sees all predictions; process 0 writes the files.
 """
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -28,7 +32,16 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrain import write_atomic
-from bertjax.sharding import global_batch, make_mesh, multi_process_reason, shard_params
+from bertjax.sharding import (
+    full_copy,
+    global_batch,
+    initialize_distributed,
+    local_rows,
+    make_mesh,
+    replicated,
+    same_on_every_process,
+    shard_params,
+)
 from bertjax.train import select
 
 
@@ -75,12 +88,20 @@ def make_steps(optimizer, precision: Precision, dropout: bool):
         return (new_model, select(finite, new_opt, opt_state)), sums
 
     @eqx.filter_jit
-    def predict(model, batch):
+    def predict(model, batch, everywhere):
         m = precision.cast_to_compute(model)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-        return m.classify(hidden, batch["attention_mask"])
+        # Logits replicated: each process reads all of them (the rows span processes).
+        return jax.lax.with_sharding_constraint(m.classify(hidden, batch["attention_mask"]),
+                                                everywhere)
 
     return train_step, predict
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """A batch every process built whole -> global arrays, each process feeding its rows."""
+    return global_batch(local_rows({k: v for k, v in batch.items() if k != "example_index"}),
+                        mesh)
 
 
 def predict_split(predict, model, enc: glue_batches.Encoded, batch_size: int,
@@ -89,9 +110,7 @@ def predict_split(predict, model, enc: glue_batches.Encoded, batch_size: int,
     indices, outputs = [], []
     for batch in glue_batches.iter_batches(enc, batch_size):
         indices.append(batch["example_index"])
-        device_batch = global_batch({k: v for k, v in batch.items() if k != "example_index"},
-                                    mesh)
-        outputs.append(np.asarray(predict(model, device_batch)))
+        outputs.append(np.asarray(predict(model, device_batch(batch, mesh), replicated(mesh))))
     return glue_batches.in_example_order(len(enc), indices, outputs)
 
 
@@ -160,16 +179,18 @@ def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
 
 
 def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc, dev: dict,
-             mesh, run_dir: Path, save_best, monitor: Monitor, offset: int) -> dict:
-    """Fine-tune one seed; returns its per-epoch and best metrics. Rows go to the run's monitor
-    (metrics.jsonl, wandb) at global step offset + step, so seeds follow each other."""
+             mesh, run_dir: Path, save_best, monitor: Monitor,
+             offset: int) -> tuple[dict, Bert]:
+    """Fine-tune one seed; returns its per-epoch and best metrics, and its best model (whole on
+    this process). Rows go to the run's monitor (metrics.jsonl, wandb) at global step
+    offset + step, so seeds follow each other."""
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
     model = initial_model(seed, start, cfg)
     opt_state = steps.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
     train_step, predict, total = steps.train_step, steps.predict, steps.total
-    history, best = [], {"best_score": -math.inf}
+    history, best, best_model = [], {"best_score": -math.inf}, None
     step, tokens, every = 0, 0, cfg.train.log_every
     for epoch in range(math.ceil(cfg.glue.epochs)):
         losses = []
@@ -177,10 +198,9 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
         for batch in batches:
             if step == total:
                 break
-            device_batch = global_batch({k: v for k, v in batch.items()
-                                         if k != "example_index"}, mesh)
             (model, opt_state), sums = train_step(
-                (device_batch, jax.random.fold_in(key, step + 1)), (model, opt_state))
+                (device_batch(batch, mesh), jax.random.fold_in(key, step + 1)),
+                (model, opt_state))
             losses.append(sums)
             step += 1
             tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
@@ -201,10 +221,14 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                                        in metrics.items() for name, value in values.items()}})
         monitor.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
                       f"dev {json.dumps(metrics)}")
+        # Every process scored the same gathered logits, so all take this branch together.
         if score > best["best_score"]:
             best = {"best_score": score, "best_epoch": epoch + 1, "best_metrics": metrics}
-            save_best(model, run_dir / f"seed{seed}" / "best", best)
-    return {"seed": seed, "history": history, **best}
+            # On the host: the train step donates (frees) the device buffers. full_copy is a
+            # collective when parameters span processes.
+            best_model = jax.device_get(full_copy(model))
+            save_best(best_model, run_dir / f"seed{seed}" / "best", best)
+    return {"seed": seed, "history": history, **best}, best_model
 
 
 def mean_loss(sums: list[dict]) -> float:
@@ -242,14 +266,22 @@ def load_start(cfg: Config):
     return model, model_cfg, tok
 
 
+def same_inputs_on_every_process(tok, train_enc, dev: dict) -> None:
+    """Hosts without shared storage read their own GLUE files and tokenizer: refuse to train
+    on batches that differ between processes (each would feed rows of another dataset)."""
+    arrays = (getattr(enc, f.name) for enc in (train_enc, *(e for _, e in dev.values()))
+              for f in dataclasses.fields(enc))
+    parts = (np.ascontiguousarray(a).tobytes() for a in arrays if isinstance(a, np.ndarray))
+    if not same_on_every_process(itertools.chain([tok.to_str().encode()], parts)):
+        raise UserError("the processes read different GLUE data or tokenizers (glue.data_dir, "
+                        "init.checkpoint): give every host the same files")
+
+
 def finetune(cfg: Config) -> Path:
     from bertjax.export import save_bundle
 
-    if (reason := multi_process_reason(cfg.mesh)) is not None:
-        # Evaluation and submissions gather predictions on one host; refuse rather than crash
-        # (or, under srun -n N, run N copies that overwrite each other's files).
-        raise UserError(f"GLUE fine-tuning runs as one process on one host's devices, but "
-                        f"{reason} asks for several; launch one process (e.g. srun -n 1)")
+    initialize_distributed(cfg.mesh)
+    main = jax.process_index() == 0  # the process that writes files
     model, model_cfg, tok = load_start(cfg)
     # The checkpoint decides the architecture; dropout and the like still come from the config.
     model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,
@@ -264,52 +296,61 @@ def finetune(cfg: Config) -> Path:
     for split in glue.dev_splits(cfg.glue):
         examples = glue.load_split(cfg.glue, split)
         dev[split] = (examples, glue_batches.encode(tok, examples, cfg.glue.buckets))
+    same_inputs_on_every_process(tok, train_enc, dev)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", config_lib.to_yaml(cfg))
-    print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
-          f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
-          f"seeds {cfg.glue.seeds}")
+    if main:
+        write_atomic(run_dir / "config.yaml", config_lib.to_yaml(cfg))
+        print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
+              f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
+              f"seeds {cfg.glue.seeds}, {jax.process_count()} process(es)")
     mesh = make_mesh()
 
     def save_best(best_model, out_dir, best):
-        save_bundle(best_model, cfg, tok, out_dir, summary=best)
+        if main:
+            save_bundle(best_model, cfg, tok, out_dir, summary=best)
 
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fine-tune starts over, never resumes
+    if main:  # a fine-tune starts over, never resumes
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     monitor = Monitor(run_dir, steps.total * len(cfg.glue.seeds), 0, cfg.wandb,
                       config_lib.to_dict(cfg), None, cfg.precision.compute)
+    per_seed, best_model = [], None
     try:
-        per_seed = [run_seed(s, model, cfg, steps, train_enc, dev, mesh, run_dir, save_best,
-                             monitor, i * steps.total) for i, s in enumerate(cfg.glue.seeds)]
+        for i, seed in enumerate(cfg.glue.seeds):
+            result, seed_best = run_seed(seed, model, cfg, steps, train_enc, dev, mesh, run_dir,
+                                         save_best, monitor, i * steps.total)
+            if not per_seed or result["best_score"] > max(r["best_score"] for r in per_seed):
+                best_model = seed_best  # the best seed's best epoch, for the submission files
+            per_seed.append(result)
     finally:
         monitor.close()
     results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed)}
-    best_seed = max(per_seed, key=lambda r: r["best_score"])["seed"]
-    results["submissions"] = write_submissions(cfg, tok, run_dir, best_seed, mesh, steps.predict)
-    write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
-    s = results["summary"]["main_score"]
-    print(f"{task.name}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
-          f"std {s['std']:.4f} over {len(per_seed)} seed(s); {run_dir / 'results.json'}")
+    results["submissions"] = write_submissions(cfg, tok, run_dir, best_model, mesh,
+                                               steps.predict)
+    if main:
+        write_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+        s = results["summary"]["main_score"]
+        print(f"{task.name}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
+              f"std {s['std']:.4f} over {len(per_seed)} seed(s); {run_dir / 'results.json'}")
     return run_dir
 
 
-def write_submissions(cfg: Config, tok, run_dir: Path, seed: int, mesh, predict) -> list[str]:
-    """GLUE test-set files from the best seed's best model, for the test splits that exist."""
-    from bertjax.pretrained import load_pretrained
-
+def write_submissions(cfg: Config, tok, run_dir: Path, best: Bert, mesh, predict) -> list[str]:
+    """GLUE test-set files from the best seed's best model, for the test splits that exist
+    (process 0 writes them and returns their paths)."""
     written = []
     pairs = [(t, s) for t, s in glue.submissions(cfg.glue.task)
              if glue.split_available(cfg.glue, s, task=t)]
     if not pairs:
         return written
-    best = load_pretrained(run_dir / f"seed{seed}" / "best")
-    model = shard_params(best.model, mesh, cfg.mesh)
+    model = shard_params(best, mesh, cfg.mesh)
     for task, split in pairs:
         examples = glue.load_split(cfg.glue, split, task=task)
         enc = glue_batches.encode(tok, examples, cfg.glue.buckets)
         logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
-        written.append(str(glue.write_submission(task, split, examples.index, logits,
-                                                 run_dir / "submission")))
+        if jax.process_index() == 0:  # the others predicted along (rows span processes)
+            written.append(str(glue.write_submission(task, split, examples.index, logits,
+                                                     run_dir / "submission")))
     return written

@@ -29,11 +29,13 @@ from bertjax.model import Bert, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.sharding import (
+    full_copy,
     global_batch,
     initialize_distributed,
     make_mesh,
     process_slice,
     replicated,
+    same_on_every_process,
     shard_params,
 )
 from bertjax.train import StepSpec, TrainState, init_state, make_eval_step, make_train_step
@@ -79,17 +81,11 @@ def same_data_on_every_process(data_dir: Path) -> None:
     """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
     Tokenizer training is not reproducible, so their token ids could differ, silently: compare
     the tokenizer's sha256 and the token counts across processes and refuse a mismatch."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
     from bertjax import prepare
 
     meta = prepare.read_meta(data_dir)
     counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
-    mine = np.concatenate([np.frombuffer(bytes.fromhex(meta["tokenizer_sha256"]), np.uint8),
-                           np.asarray(counts, np.int64).view(np.uint8)])
-    if (multihost_utils.process_allgather(mine) != mine).any():
+    if not same_on_every_process([meta["tokenizer_sha256"].encode(), repr(counts).encode()]):
         raise UserError(f"the processes' prepared data in {data_dir} differ (tokenizer or token "
                         "counts): prepare once and copy the directory to every host, or set "
                         "tokenizer.path to the same tokenizer.json everywhere")
@@ -284,20 +280,11 @@ def pretrain(cfg: Config) -> Path:
         return run.run_dir
     # Parameters may be split across hosts (FSDP): every process joins the gather, then process
     # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
-    model = full_copy(state.model) if cfg.train.fill_mask and jax.process_count() > 1 \
-        else state.model
+    model = full_copy(state.model) if cfg.train.fill_mask else state.model
     if jax.process_index() == 0:
         write_results(run, loop.last_validation, tokens_before)
         finish(run, model, cfg)
     return run.run_dir
-
-
-def full_copy(tree):
-    """Every array of `tree` whole on this process (a collective: all processes call it)."""
-    from jax.experimental import multihost_utils
-
-    return jax.tree.map(lambda x: jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
-                        if eqx.is_array(x) else x, tree)
 
 
 class Loop:

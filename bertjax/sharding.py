@@ -6,10 +6,13 @@ go through `jax.distributed.initialize` (JAX's own engine); each host feeds only
 Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives.
 """
 
+import hashlib
 import os
+from collections.abc import Iterable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -105,3 +108,36 @@ def process_slice(global_rows: int) -> tuple[int, int]:
         raise ValueError(f"global batch {global_rows} is not divisible by {count} processes")
     local = global_rows // count
     return jax.process_index() * local, local
+
+
+def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's slice of a global batch that every process built whole."""
+    offset, count = process_slice(len(next(iter(batch.values()))))
+    return {k: v[offset:offset + count] for k, v in batch.items()}
+
+
+def full_copy(tree):
+    """`tree` with every array whole on this process (a collective when arrays span
+    processes: then every process must call it, at the same point)."""
+    from jax.experimental import multihost_utils
+
+    def whole(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(whole, tree)
+
+
+def same_on_every_process(parts: Iterable[bytes]) -> bool:
+    """Whether every process holds the same `parts` (compared by sha256; a collective). Pass a
+    generator to skip building them on a single process."""
+    if jax.process_count() == 1:
+        return True
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    mine = np.frombuffer(digest.digest(), np.uint8)
+    return not (multihost_utils.process_allgather(mine) != mine).any()
