@@ -5,6 +5,7 @@ naming the thing and the fix; `cli` prints it without a traceback.
 """
 
 import sys
+import warnings
 from collections.abc import Callable
 
 
@@ -12,8 +13,14 @@ class UserError(Exception):
     """A mistake in the user's input: printed as one line, exit code 2."""
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def cli(main: Callable[[list[str]], None]) -> None:
-    """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2."""
+    """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2;
+    warnings print as one `warning: ...` line (no source file and line)."""
+    warnings.showwarning = _one_line_warning
     try:
         main(sys.argv[1:])
     except UserError as e:

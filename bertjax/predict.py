@@ -2,51 +2,86 @@
 
     python -m bertjax.predict fill-mask CHECKPOINT "The capital of France is [MASK]." [--top-k 5]
 
-Inputs are padded to the longest in the batch; outputs are probabilities (softmax in f32).
+Inputs (arguments, or --file with one per line) run in batches of --batch-size, each padded to a
+power-of-two length and cut to the model's positions; outputs are probabilities (softmax in f32).
 """
 
+import warnings
+from functools import partial
+
 import jax
-import jax.numpy as jnp
 import numpy as np
+from tokenizers import Tokenizer
 
 from bertjax.errors import UserError
 from bertjax.model import Bert
 
-
-def encode(tokenizer, texts: list, pairs: list | None = None) -> dict[str, np.ndarray]:
-    """Tokenize (with [CLS]/[SEP] and token types) and right-pad to the longest row."""
-    inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
-    encodings = tokenizer.encode_batch(inputs)
-    length = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), length), np.int32)
-    types = np.zeros_like(ids)
-    mask = np.zeros(ids.shape, bool)
-    for row, e in enumerate(encodings):
-        ids[row, :len(e.ids)] = e.ids
-        types[row, :len(e.ids)] = e.type_ids
-        mask[row, :len(e.ids)] = True
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+BATCH_SIZE = 64
 
 
-@jax.jit
-def _mlm_probs(model: Bert, ids, types, mask):
-    return jax.nn.softmax(model.mlm_logits(model(ids, types, mask)), axis=-1)
+def _bucket(n: int, limit: int) -> int:
+    """A padded size: the next power of two >= n (at least 16), at most `limit`. Few shapes, so
+    a file of any number of inputs compiles a handful of times."""
+    return min(max(16, 1 << (n - 1).bit_length()), limit)
 
 
-def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5):
+def _encodings(model: Bert, tokenizer, texts: list, pairs: list | None) -> list:
+    """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions;
+    a warning says how many inputs were cut."""
+    limit = model.encoder.embeddings.position.shape[0]
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they are
+    tok.no_padding()
+    tok.enable_truncation(limit, strategy="longest_first")
+    encodings = tok.encode_batch(texts if pairs is None else list(zip(texts, pairs, strict=True)))
+    if cut := sum(bool(e.overflowing) for e in encodings):
+        warnings.warn(f"{cut} input(s) longer than the model's {limit} positions were cut to "
+                      f"{limit} tokens", stacklevel=3)
+    return encodings
+
+
+def _batches(model: Bert, encodings: list, batch_size: int):
+    """(first row, rows, padded arrays) per batch of `batch_size` inputs, in input order. Every
+    batch of a call has the same number of rows (the last one is padded with empty rows)."""
+    limit = model.encoder.embeddings.position.shape[0]
+    rows = min(batch_size, len(encodings))
+    for first in range(0, len(encodings), rows):
+        chunk = encodings[first:first + rows]
+        length = _bucket(max(len(e.ids) for e in chunk), limit)
+        ids = np.zeros((rows, length), np.int32)
+        types = np.zeros_like(ids)
+        mask = np.zeros(ids.shape, bool)
+        for row, e in enumerate(chunk):
+            ids[row, :len(e.ids)] = e.ids
+            types[row, :len(e.ids)] = e.type_ids
+            mask[row, :len(e.ids)] = True
+        yield first, len(chunk), (ids, types, mask)
+
+
+@partial(jax.jit, static_argnums=4)
+def _top_k(model: Bert, ids, types, mask, k: int, positions):
+    """Top-k (probability, token id) at `positions` [batch, slots] of each row."""
+    probs = jax.nn.softmax(model.mlm_logits(model(ids, types, mask), positions), axis=-1)
+    return jax.lax.top_k(probs, k)
+
+
+def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
+              batch_size: int = BATCH_SIZE):
     """For each text, for each [MASK] in it: the top-k (token, probability) pairs."""
     mask_id = tokenizer.token_to_id("[MASK]")
-    batch = encode(tokenizer, texts)
-    probs = np.asarray(_mlm_probs(model, *(jnp.asarray(batch[k]) for k in (
-        "input_ids", "token_type_ids", "attention_mask"))))
+    top_k = min(top_k, model.mlm.bias.shape[0])
     results = []
-    for row, ids in enumerate(batch["input_ids"]):
-        per_mask = []
-        for pos in np.flatnonzero(ids == mask_id):
-            best = np.argsort(-probs[row, pos])[:top_k]
-            per_mask.append([(tokenizer.id_to_token(int(t)), float(probs[row, pos, t]))
-                             for t in best])
-        results.append(per_mask)
+    for _, count, (ids, types, mask) in _batches(model, _encodings(model, tokenizer, texts,
+                                                                   None), batch_size):
+        where = [np.flatnonzero(row == mask_id) for row in ids[:count]]
+        positions = np.zeros((len(ids), _bucket(max(map(len, where)) or 1, ids.shape[1])),
+                             np.int32)
+        for row, pos in enumerate(where):
+            positions[row, :len(pos)] = pos
+        probs, tokens = (np.asarray(x) for x in _top_k(model, ids, types, mask, top_k,
+                                                       positions))
+        results += [[[(tokenizer.id_to_token(int(t)), float(p))
+                      for t, p in zip(tokens[row, slot], probs[row, slot], strict=True)]
+                     for slot in range(len(pos))] for row, pos in enumerate(where)]
     return results
 
 
@@ -61,19 +96,24 @@ def _pair_probs(model: Bert, ids, types, mask):
     return jax.nn.softmax(model.pair_logits(model(ids, types, mask)), axis=-1)
 
 
-def _run(fn, model: Bert, batch: dict) -> np.ndarray:
-    return np.asarray(fn(model, *(jnp.asarray(batch[k]) for k in (
-        "input_ids", "token_type_ids", "attention_mask"))))
+def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
+         batch_size: int) -> np.ndarray:
+    """fn's per-row outputs for every input, batch by batch, in input order."""
+    out = [np.asarray(fn(model, *arrays))[:count] for _, count, arrays in
+           _batches(model, _encodings(model, tokenizer, texts, pairs), batch_size)]
+    return np.concatenate(out)
 
 
-def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None):
+def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
+             batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model."""
-    return _run(_class_probs, model, encode(tokenizer, texts, pairs))
+    return _run(_class_probs, model, tokenizer, texts, pairs, batch_size)
 
 
-def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str]) -> np.ndarray:
-    """P(IsNext) of each (first, second) pair from the NSP head."""
-    return _run(_pair_probs, model, encode(tokenizer, first, second))[:, 0]
+def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
+                  batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """P(IsNext) of each (first, second) pair from the NSP head (BERT's class 0: IsNext)."""
+    return _run(_pair_probs, model, tokenizer, first, second, batch_size)[:, 0]
 
 
 def _inputs(args) -> tuple[list[str], list[str] | None]:
@@ -110,28 +150,35 @@ def main(argv: list[str]) -> None:
     parser.add_argument("text", nargs="*", help="inputs; a pair as 'first<TAB>second'")
     parser.add_argument("--file", help="one input per line (pairs tab-separated)")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = parser.parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
     pretrained = load_pretrained(args.checkpoint)
     if pretrained.tokenizer_path is None:
         raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
     tok = tokenizer_lib.load(pretrained.tokenizer_path)
     model, texts = pretrained.model, _inputs(args)
-    needs = {"fill-mask": ("mlm", "an MLM head"), "classify": ("classifier", "a GLUE head"),
-             "nsp": ("nsp", "an NSP head")}[args.command]
+    needs = {"fill-mask": ("mlm", "MLM head"), "classify": ("classifier", "GLUE head (fine-tune "
+             "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:
         raise UserError(f"{args.checkpoint} has no {needs[1]}, which `{args.command}` needs")
     if args.command == "fill-mask":
-        for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k),
-                               strict=True):
-            if not masks:
-                raise UserError(f"no [MASK] token in {text!r}")
+        if missing := [i + 1 for i, text in enumerate(texts[0]) if "[MASK]" not in text]:
+            raise UserError(f"input {missing[0]} has no [MASK] token ({len(missing)} of "
+                            f"{len(texts[0])} inputs have none); fill-mask needs one per input")
+        for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k,
+                                                   args.batch_size), strict=True):
             print(text)
+            if not masks:
+                print("  [MASK] lies beyond the model's positions (the input was cut)")
             for i, top in enumerate(masks):
                 print(f"  [MASK] {i + 1}: " + ", ".join(f"{t} {p:.3f}" for t, p in top))
     elif args.command == "classify":
         task = pretrained.config.glue.task if pretrained.config else None
         labels = glue.get_task(task).labels if task else ()
-        for text, probs in zip(texts[0], classify(model, tok, *texts), strict=True):
+        for text, probs in zip(texts[0], classify(model, tok, *texts, args.batch_size),
+                               strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")
             else:
@@ -141,7 +188,8 @@ def main(argv: list[str]) -> None:
     else:
         if texts[1] is None:
             raise UserError("nsp needs sentence pairs: two TEXT arguments, or 'a<TAB>b' lines")
-        for a, b, p in zip(*texts, next_sentence(model, tok, *texts), strict=True):
+        for a, b, p in zip(*texts, next_sentence(model, tok, *texts, args.batch_size),
+                           strict=True):
             print(f"P(IsNext) {p:.3f}\t{a} || {b}")
 
 

@@ -1,0 +1,126 @@
+"""Inference (bertjax.predict): batches give the same outputs as one input at a time and compile
+once per padded length; inputs longer than the model's positions are cut, not read past the
+position table; the nsp and classify CLIs print what the model computes, from a bundle; an input
+without [MASK] is one error line before any output."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import config, predict
+from bertjax.export import save_bundle
+from bertjax.model import Bert
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+POSITIONS = 32
+
+
+@pytest.fixture(scope="module")
+def cfg() -> config.Config:
+    return config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                            "model.num_layers=2", "model.num_heads=2",
+                            "model.intermediate_size=48",
+                            f"model.max_position_embeddings={POSITIONS}", "glue.task=mnli"])
+
+
+@pytest.fixture(scope="module")
+def model(cfg) -> Bert:
+    return Bert(cfg.model, key=jax.random.key(0), nsp=True, num_labels=3)
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, int(rng.integers(2, 12)))) + "." for _ in range(n)]
+
+
+def test_batches_equal_one_at_a_time_and_compile_once_per_length(model):
+    tok, texts, pairs = make_tokenizer(), sentences(10), sentences(10, seed=1)
+    predict._class_probs.clear_cache()
+    batched = predict.classify(model, tok, texts, pairs, batch_size=4)
+    assert predict._class_probs._cache_size() == 1  # 3 batches of 4 rows, all within 32 tokens
+    single = np.concatenate([predict.classify(model, tok, [a], [b], batch_size=1)
+                             for a, b in zip(texts, pairs, strict=True)])
+    assert batched.shape == (10, 3)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
+    masked = [t.replace(t.split()[0], "[MASK]", 1) + " [MASK]" for t in texts[:5]]
+    top = predict.fill_mask(model, tok, masked, top_k=3, batch_size=2)
+    assert [len(m) for m in top] == [2] * 5 and all(len(k) == 3 for m in top for k in m)
+    for text, expected in zip(masked, top, strict=True):
+        for got, want in zip(predict.fill_mask(model, tok, [text], top_k=3)[0], expected,
+                             strict=True):
+            assert [t for t, _ in got] == [t for t, _ in want]
+            np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+
+
+def test_inputs_longer_than_the_positions_are_cut(model):
+    # Past the cut nothing counts; before, ids beyond the position table were clamped silently.
+    tok = make_tokenizer()
+    long = " ".join(sentences(8))
+    assert len(tok.encode(long).ids) > POSITIONS
+    with pytest.warns(UserWarning, match=f"1 input.* longer than the model's {POSITIONS} "):
+        probs = predict.classify(model, tok, [long])
+    with pytest.warns(UserWarning):
+        longer = predict.classify(model, tok, [long + " the cat sat on the mat."])
+    np.testing.assert_array_equal(probs, longer)
+    with pytest.warns(UserWarning):
+        pair = predict.next_sentence(model, tok, [long], ["the dog ran."])
+    assert 0.0 < pair[0] < 1.0
+
+
+def direct(model: Bert, tok, a: str, b: str) -> tuple[float, np.ndarray]:
+    """P(IsNext) and class probabilities computed straight from the model, one pair."""
+    e = tok.encode(a, b)
+    ids, types = jnp.asarray([e.ids]), jnp.asarray([e.type_ids])
+    mask = jnp.ones_like(ids, dtype=bool)
+    hidden = model(ids, types, mask)
+    return (float(jax.nn.softmax(model.pair_logits(hidden))[0, 0]),
+            np.asarray(jax.nn.softmax(model.classify(hidden, mask))[0]))
+
+
+@pytest.fixture(scope="module")
+def bundle(model, cfg, tmp_path_factory) -> Path:
+    return save_bundle(model, cfg, make_tokenizer(), tmp_path_factory.mktemp("b") / "bundle")
+
+
+def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_path):
+    tok = make_tokenizer()
+    pairs = list(zip(sentences(3), sentences(3, seed=2), strict=True))
+    inputs = tmp_path / "pairs.tsv"
+    inputs.write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
+    for command in ("nsp", "classify"):
+        out = subprocess.run([sys.executable, "-m", "bertjax.predict", command, str(bundle),
+                              "--file", str(inputs), "--batch-size", "2"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert len(lines) == 3
+        for line, (a, b) in zip(lines, pairs, strict=True):
+            p_next, probs = direct(model, tok, a, b)
+            if command == "nsp":
+                assert line.endswith(f"\t{a} || {b}")
+                assert float(re.match(r"P\(IsNext\) ([\d.]+)\t", line).group(1)) == \
+                    pytest.approx(p_next, abs=1e-3)
+            else:  # MNLI's label names, in GLUE's order
+                shown = dict(re.findall(r"(\w+) ([\d.]+)", line.split("\t")[0]))
+                assert list(shown) == ["contradiction", "entailment", "neutral"]
+                np.testing.assert_allclose([float(v) for v in shown.values()], probs,
+                                           atol=1e-3)
+
+
+def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
+    out = subprocess.run([sys.executable, "-m", "bertjax.predict", "fill-mask", str(bundle),
+                          "the [MASK] sat.", "the cat sat."], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr.strip() == ("error: input 2 has no [MASK] token (1 of 2 inputs have none); "
+                                  "fill-mask needs one per input")
