@@ -289,6 +289,10 @@ def finetune(cfg: Config) -> Path:
                                     scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     batch_size_fits(cfg)
+    if cfg.glue.buckets[-1] > model_cfg.max_position_embeddings:
+        raise UserError(f"glue.buckets={list(cfg.glue.buckets)} go up to {cfg.glue.buckets[-1]} "
+                        f"tokens but the model has {model_cfg.max_position_embeddings} positions; "
+                        "use buckets of at most that length")
     task = glue.get_task(cfg.glue.task)
     train = glue.load_split(cfg.glue, "train")
     train_enc = glue_batches.encode(tok, train, cfg.glue.buckets)

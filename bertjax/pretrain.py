@@ -97,6 +97,10 @@ def resolve(cfg: Config) -> Run:
     from bertjax import prepare
     from bertjax import tokenizer as tokenizer_lib
 
+    if cfg.data.seq_len > cfg.model.max_position_embeddings:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's "
+                        f"{cfg.model.max_position_embeddings} positions; lower data.seq_len or "
+                        "raise model.max_position_embeddings")
     data_dir = prepare.ensure_prepared(cfg)
     same_data_on_every_process(data_dir)
     tok = tokenizer_lib.load(data_dir / "tokenizer.json")

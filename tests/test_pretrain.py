@@ -226,6 +226,12 @@ def test_processes_with_different_prepared_data_are_refused(config_file, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_sequences_longer_than_the_position_table_are_refused(config_file):
+    cfg = config_lib.load([config_file], ["model.max_position_embeddings=16"])  # seq_len 32
+    with pytest.raises(UserError, match="data.seq_len=32 is longer than the model's 16 positions"):
+        resolve(cfg)
+
+
 def test_continued_pretraining_refuses_another_architecture(config_file, straight):
     cfg = config_lib.load([config_file], [f"init.checkpoint={straight}", "model.hidden_size=32"])
     run = resolve(cfg)
