@@ -30,7 +30,7 @@ from bertjax.loss import classification_sums
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
-from bertjax.precision import Precision
+from bertjax.precision import Precision, all_finite
 from bertjax.pretrain import write_atomic
 from bertjax.sharding import (
     full_copy,
@@ -42,7 +42,7 @@ from bertjax.sharding import (
     same_on_every_process,
     shard_params,
 )
-from bertjax.train import select
+from bertjax.train import TrainState, init_state, select
 
 
 def transplant(source, target):
@@ -65,27 +65,34 @@ def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
 
 
 def make_steps(optimizer, precision: Precision, dropout: bool):
-    def loss_fn(model, batch, key):
+    def loss_fn(model, batch, key, scale):
         m = precision.cast_to_compute(model)
         k_enc, k_cls = (None, None) if key is None else jax.random.split(key)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                    key=k_enc)
         logits = m.classify(hidden, batch["attention_mask"], key=k_cls)
         sums = classification_sums(logits, batch["labels"], batch["valid"].astype(jnp.float32))
-        return sums["loss"] / jnp.maximum(sums["weight"], 1.0), sums
+        return sums["loss"] / jnp.maximum(sums["weight"], 1.0) * scale, sums
 
     @eqx.filter_jit(donate="all-except-first")
-    def train_step(inputs, model_and_opt):
+    def train_step(inputs, state: TrainState):
+        """One update; float16 scales the loss (dynamic loss scale, as in pretraining) and skips
+        steps whose gradients overflow."""
         batch, key = inputs
-        model, opt_state = model_and_opt
+        scale = jnp.asarray(1.0) if state.loss_scale is None else state.loss_scale.scale
         (_, sums), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
-            model, batch, key if dropout else None)
-        params = eqx.filter(model, eqx.is_inexact_array)
+            state.model, batch, key if dropout else None, scale)
+        if state.loss_scale is not None:
+            grads = state.loss_scale.unscale(grads)
+        finite = all_finite(grads) & jnp.isfinite(sums["loss"])
+        params = eqx.filter(state.model, eqx.is_inexact_array)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes Python ints and floats
-            updates, new_opt = optimizer.update(grads, opt_state, params)
-        finite = jnp.isfinite(sums["loss"])
-        new_model = select(finite, eqx.apply_updates(model, updates), model)
-        return (new_model, select(finite, new_opt, opt_state)), sums
+            updates, new_opt = optimizer.update(grads, state.opt_state, params)
+        loss_scale = None if state.loss_scale is None else state.loss_scale.update(finite)
+        if loss_scale is not None:
+            sums = dict(sums, loss_scale=loss_scale.scale)
+        return TrainState(select(finite, eqx.apply_updates(state.model, updates), state.model),
+                          select(finite, new_opt, state.opt_state), loss_scale), sums
 
     @eqx.filter_jit
     def predict(model, batch, everywhere):
@@ -186,9 +193,8 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
     offset + step, so seeds follow each other."""
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
-    model = initial_model(seed, start, cfg)
-    opt_state = steps.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    model, opt_state = shard_params((model, opt_state), mesh, cfg.mesh)
+    state = shard_params(init_state(initial_model(seed, start, cfg), steps.optimizer,
+                                    cfg.precision), mesh, cfg.mesh)
     train_step, predict, total = steps.train_step, steps.predict, steps.total
     history, best, best_model = [], {"best_score": -math.inf}, None
     step, tokens, every = 0, 0, cfg.train.log_every
@@ -198,9 +204,8 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
         for batch in batches:
             if step == total:
                 break
-            (model, opt_state), sums = train_step(
-                (device_batch(batch, mesh), jax.random.fold_in(key, step + 1)),
-                (model, opt_state))
+            state, sums = train_step(
+                (device_batch(batch, mesh), jax.random.fold_in(key, step + 1)), state)
             losses.append(sums)
             step += 1
             tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
@@ -209,9 +214,11 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                 loss = mean_loss(losses[-every:])
                 row = {"seed": seed, "epoch": epoch + 1, "loss": loss,
                        "lr": float(steps.lr(step)), **monitor.throughput(tokens)}
+                if "loss_scale" in sums:
+                    row["loss_scale"] = float(sums["loss_scale"])
                 monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
         loss = mean_loss(losses)
-        metrics = evaluate(predict, model, dev, cfg, mesh)
+        metrics = evaluate(predict, state.model, dev, cfg, mesh)
         score = glue.main_score(task.name, next(iter(metrics.values())))
         history.append({"epoch": epoch + 1, "step": step, "train_loss": loss, "dev": metrics,
                         "score": score})
@@ -226,7 +233,7 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
             best = {"best_score": score, "best_epoch": epoch + 1, "best_metrics": metrics}
             # On the host: the train step donates (frees) the device buffers. full_copy is a
             # collective when parameters span processes.
-            best_model = jax.device_get(full_copy(model))
+            best_model = jax.device_get(full_copy(state.model))
             save_best(best_model, run_dir / f"seed{seed}" / "best", best)
     return {"seed": seed, "history": history, **best}, best_model
 

@@ -159,6 +159,18 @@ def test_processes_with_different_glue_files_are_refused(tmp_path, tokenizer_pat
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_float16_fine_tuning_trains_under_a_dynamic_loss_scale(tmp_path, tokenizer_path):
+    # fp16 (GPUs without bf16, e.g. T4/V100) needs a loss scale; it doubles every 4 finite steps.
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "precision.compute=float16", "glue.seeds=[0]",
+                   "precision.loss_scale=1024", "precision.loss_scale_period=4",
+                   "train.log_every=1")
+    results = json.loads((finetune(cfg) / "results.json").read_text())
+    assert results["seeds"][0]["best_metrics"]["dev"]["accuracy"] == 1.0  # memorised
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["loss_scale"] for r in rows if "loss_scale" in r]
+    assert scales[:8] == [1024.0] * 3 + [2048.0] * 4 + [4096.0]
+
+
 def test_random_baseline_draws_a_new_encoder_per_seed(tmp_path, tokenizer_path):
     cfg = sst2_cfg(tmp_path, tokenizer_path, "model.vocab_size=400")
     first, second = (finetune_lib.initial_model(s, None, cfg) for s in (0, 1))
