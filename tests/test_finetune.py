@@ -26,6 +26,7 @@ from bertjax.model import Bert
 from bertjax.precision import Precision
 from bertjax.predict import classify, fill_mask
 from bertjax.pretrained import load_pretrained
+from bertjax.train import init_state
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT / "tests" / "fixtures" / "glue"
@@ -189,14 +190,14 @@ def test_training_compiles_once_per_bucket(tokenizer_path):
     enc = glue_batches.encode(tok, examples, [16, 32, 64, 128])
     model = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2)
     optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    state = init_state(model, optimizer, cfg.precision)
     train_step, _ = make_steps(optimizer, Precision(), dropout=False)
     shapes = set()
     for epoch in range(3):
         for batch in glue_batches.iter_batches(enc, 2, seed=0, epoch=epoch):
             shapes.add(batch["input_ids"].shape)
             batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "example_index"}
-            (model, opt_state), _ = train_step((batch, jax.random.key(epoch)), (model, opt_state))
+            state, _ = train_step((batch, jax.random.key(epoch)), state)
     assert train_step._cached._cache_size() == len(shapes) <= 4
 
 
