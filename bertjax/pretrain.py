@@ -345,7 +345,6 @@ class Loop:
             self.validate(state, self.run.total_steps)
         return state
 
-
     def log(self) -> None:
         if not self.pending:
             return
