@@ -71,7 +71,7 @@ class PretrainData:
 
     def __init__(self, data_dir: str | Path, split: str = "train", seq_len: int = 128,
                  objective: str = "mlm", seed: int = 0, special: SpecialTokens | None = None,
-                 shuffle: bool | None = None):
+                 shuffle: bool | None = None, warn_epochs: bool = True):
         meta = prepare.read_meta(data_dir)
         if split not in meta["splits"]:
             raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
@@ -100,6 +100,7 @@ class PretrainData:
                 if n_tokens >= self.span else None
         self._perms: dict[int, Permutation] = {}
         self._warned_epoch = 0
+        self.warn_epochs = warn_epochs  # an EpochWarning when a new pass over the data starts
 
     def _index_chunks(self) -> int:
         """Pair mode: each document of >= 2 tokens is cut into ceil(len / (seq_len-3)) near-equal
@@ -141,7 +142,8 @@ class PretrainData:
             raise UserError(f"the {self.split} split is empty; use more text or a larger "
                             "data.validation_fraction")
         positions = start + np.arange(count, dtype=np.int64)
-        if self.shuffle and count and (epoch := self.epoch(start + count - 1)) > self._warned_epoch:
+        if self.warn_epochs and self.shuffle and count and \
+                (epoch := self.epoch(start + count - 1)) > self._warned_epoch:
             warnings.warn(f"{self.split} data: position {epoch * self.num_sequences} starts "
                           f"epoch {epoch} ({self.num_sequences:,} sequences per epoch); the "
                           "data repeats in a new order", EpochWarning, stacklevel=2)

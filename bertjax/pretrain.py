@@ -110,8 +110,9 @@ def resolve(cfg: Config) -> Run:
     elif cfg.model.vocab_size < vocab:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{vocab} tokens; set model.vocab_size=null to use the tokenizer's size")
+    # The loop says when a new epoch starts, at its step; the loader would say it again.
     train = data_lib.PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective,
-                                  cfg.train.seed)
+                                  cfg.train.seed, warn_epochs=False)
     validation = data_lib.PretrainData(data_dir, "validation", cfg.data.seq_len,
                                        cfg.data.objective, cfg.train.seed)
     if validation.num_sequences == 0:

@@ -103,6 +103,16 @@ def test_a_run_writes_its_outputs_and_learns(config_file, straight):
     assert results["validation"]["val_accuracy"] >= 0.0
 
 
+def test_a_new_pass_over_the_data_is_said_once(config_file, tmp_path):
+    # 12 steps of the 8 -> 16 ramp read ~180 sequences of ~140: the loop says so at its step,
+    # and the loader's own EpochWarning (for library users) stays quiet.
+    code, out = train(config_file, tmp_path, "train.steps=12", "train.fill_mask=[]",
+                      "train.eval_every=0", "train.checkpoint_every=0")
+    assert code == 0, out
+    assert out.count("passed one epoch of the training data at step") == 1, out
+    assert "starts epoch" not in out, out
+
+
 def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
     data_dir.mkdir()
