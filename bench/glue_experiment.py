@@ -48,7 +48,8 @@ def run(task: str, init: str, args) -> None:
     run_dir = Path(args.out) / f"{task}_{init}"
     cmd = [sys.executable, "-m", "bertjax.train", f"configs/{task}.yaml",
            f"glue.data_dir={args.glue_dir}", f"train.run_dir={run_dir}",
-           f"glue.seeds={args.seeds}", f"optim.lr={args.lr}", *PLAN[task]]
+           f"glue.seeds={args.seeds}", f"optim.lr={args.lr}", *PLAN[task],
+           "train.resume=never"]  # timed: a fresh run, never one resumed or found finished
     if init == "pretrained":
         cmd.append(f"init.checkpoint={args.pretrained}")
     else:

@@ -7,6 +7,10 @@ dev split) is kept as a release bundle. Then test predictions become GLUE submis
 `results.json` reports every seed with mean, median and spread. Progress goes to a bar,
 `metrics.jsonl` and wandb (when enabled) through the same Monitor as pretraining.
 
+Each seed's train state is checkpointed after every epoch and every train.checkpoint_every
+steps, and a finished seed leaves `seedN/result.json`: rerunning the same command resumes an
+interrupted fine-tune to the same result (a changed config starts over).
+
 On several processes (jax.distributed, as in pretraining) every process reads the GLUE files and
 builds every batch, feeds its own rows, and sees all predictions; process 0 writes the files.
 """
@@ -15,6 +19,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import equinox as eqx
@@ -24,6 +29,7 @@ import numpy as np
 
 from bertjax import config as config_lib
 from bertjax import glue, glue_batches
+from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.loss import classification_sums
@@ -32,6 +38,7 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision, all_finite
 from bertjax.pretrain import write_atomic
+from bertjax.pretrained import load_bundle
 from bertjax.sharding import (
     full_copy,
     global_batch,
@@ -160,6 +167,7 @@ class Steps:
     train_step: object
     predict: object
     total: int
+    per_epoch: int
     lr: object  # step -> learning rate, for the logs
 
 
@@ -171,7 +179,7 @@ def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> St
     precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0
-    return Steps(optimizer, *make_steps(optimizer, precision, dropout), total,
+    return Steps(optimizer, *make_steps(optimizer, precision, dropout), total, per_epoch,
                  schedule(optim_cfg, total))
 
 
@@ -190,57 +198,96 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
              offset: int) -> tuple[dict, Bert]:
     """Fine-tune one seed; returns its per-epoch and best metrics, and its best model (whole on
     this process). Rows go to the run's monitor (metrics.jsonl, wandb) at global step
-    offset + step, so seeds follow each other."""
+    offset + step, so seeds follow each other.
+
+    The train state is checkpointed (RUN/seedN/checkpoints) after every epoch and every
+    train.checkpoint_every steps; a rerun resumes from there, and the result is the same as
+    without the interruption (batches and dropout are functions of seed, epoch and step)."""
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
+    seed_dir = run_dir / f"seed{seed}"
     state = shard_params(init_state(initial_model(seed, start, cfg), steps.optimizer,
                                     cfg.precision), mesh, cfg.mesh)
-    train_step, predict, total = steps.train_step, steps.predict, steps.total
-    history, best, best_model = [], {"best_score": -math.inf}, None
-    step, tokens, every = 0, 0, cfg.train.log_every
-    for epoch in range(math.ceil(cfg.glue.epochs)):
-        losses = []
-        batches = glue_batches.iter_batches(train_enc, cfg.glue.batch_size, seed=seed, epoch=epoch)
-        for batch in batches:
-            if step == total:
-                break
-            state, sums = train_step(
-                (device_batch(batch, mesh), jax.random.fold_in(key, step + 1)), state)
-            losses.append(sums)
-            step += 1
-            tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
-            monitor.advance()
-            if step % every == 0:
-                loss = mean_loss(losses[-every:])
-                row = {"seed": seed, "epoch": epoch + 1, "loss": loss,
-                       "lr": float(steps.lr(step)), **monitor.throughput(tokens)}
-                if "loss_scale" in sums:
-                    row["loss_scale"] = float(sums["loss_scale"])
-                monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
-        loss = mean_loss(losses)
-        metrics = evaluate(predict, state.model, dev, cfg, mesh)
-        score = glue.main_score(task.name, next(iter(metrics.values())))
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": loss, "dev": metrics,
-                        "score": score})
-        monitor.log(offset + step, {"seed": seed, "epoch": epoch + 1, "train_loss": loss,
-                                    "dev_score": score,
-                                    **{f"{split}/{name}": value for split, values
-                                       in metrics.items() for name, value in values.items()}})
-        monitor.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
-                      f"dev {json.dumps(metrics)}")
-        # Every process scored the same gathered logits, so all take this branch together.
-        if score > best["best_score"]:
-            best = {"best_score": score, "best_epoch": epoch + 1, "best_metrics": metrics}
-            # On the host: the train step donates (frees) the device buffers. full_copy is a
-            # collective when parameters span processes.
-            best_model = jax.device_get(full_copy(state.model))
-            save_best(best_model, run_dir / f"seed{seed}" / "best", best)
-    return {"seed": seed, "history": history, **best}, best_model
+    checkpoints = Checkpoints(seed_dir, keep=1)
+    latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
+    # What the checkpoints carry besides the state: the epochs evaluated so far, the best one,
+    # and the current epoch's running loss sums.
+    progress = {"history": [], "best": {}, "loss": 0.0, "weight": 0.0}
+    best_model = None
+    if latest is not None:
+        state, meta = checkpoints.restore(latest, state)
+        progress = meta["progress"]
+        if progress["best"]:  # the bundle written when that epoch was best
+            best_model = load_bundle(seed_dir / "best").model
+        monitor.write(f"{task.name} seed {seed}: resumed at step {latest}")
+
+    def save(step):
+        checkpoints.save(step, state, {"progress": progress})
+
+    train_step, predict, total, every = steps.train_step, steps.predict, steps.total, \
+        cfg.train.log_every
+    step, tokens = (0 if latest is None else latest), 0
+    window = []  # step sums not yet added to progress (device arrays: read when logged)
+    try:
+        for epoch in range(len(progress["history"]), math.ceil(cfg.glue.epochs)):
+            first = step - epoch * steps.per_epoch  # > 0 when resuming inside this epoch
+            for batch in glue_batches.iter_batches(train_enc, cfg.glue.batch_size, seed=seed,
+                                                   epoch=epoch, start=first):
+                if step == total:
+                    break
+                state, sums = train_step(
+                    (device_batch(batch, mesh), jax.random.fold_in(key, step + 1)), state)
+                window.append(sums)
+                step += 1
+                tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
+                monitor.advance()
+                if step % every == 0:
+                    loss = fold(progress, window)
+                    row = {"seed": seed, "epoch": epoch + 1, "loss": loss,
+                           "lr": float(steps.lr(step)), **monitor.throughput(tokens)}
+                    if "loss_scale" in sums:
+                        row["loss_scale"] = float(sums["loss_scale"])
+                    monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
+                # (An epoch's last step is saved after its evaluation, below.)
+                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and \
+                        step % steps.per_epoch and step != total:
+                    fold(progress, window)
+                    save(step)
+            fold(progress, window)
+            loss = progress["loss"] / max(progress["weight"], 1.0)
+            metrics = evaluate(predict, state.model, dev, cfg, mesh)
+            score = glue.main_score(task.name, next(iter(metrics.values())))
+            progress["history"].append({"epoch": epoch + 1, "step": step, "train_loss": loss,
+                                        "dev": metrics, "score": score})
+            progress["loss"] = progress["weight"] = 0.0
+            monitor.log(offset + step, {"seed": seed, "epoch": epoch + 1, "train_loss": loss,
+                                        "dev_score": score,
+                                        **{f"{split}/{name}": value for split, values
+                                           in metrics.items() for name, value in values.items()}})
+            monitor.write(f"{task.name} seed {seed} epoch {epoch + 1}: train loss {loss:.4f}, "
+                          f"dev {json.dumps(metrics)}")
+            # Every process scored the same gathered logits, so all take this branch together.
+            if not progress["best"] or score > progress["best"]["best_score"]:
+                progress["best"] = {"best_score": score, "best_epoch": epoch + 1,
+                                    "best_metrics": metrics}
+                # On the host: the train step donates (frees) the device buffers. full_copy is a
+                # collective when parameters span processes.
+                best_model = jax.device_get(full_copy(state.model))
+                save_best(best_model, seed_dir / "best", progress["best"])
+            save(step)
+    finally:
+        checkpoints.close()
+    return {"seed": seed, "history": progress["history"], **progress["best"]}, best_model
 
 
-def mean_loss(sums: list[dict]) -> float:
-    """Per-example mean over batches of (loss sum, weight) pairs (padding rows weigh 0)."""
-    return sum(float(s["loss"]) for s in sums) / max(sum(float(s["weight"]) for s in sums), 1.0)
+def fold(progress: dict, window: list[dict]) -> float:
+    """Add the step sums in `window` to the epoch's running loss sums and empty it; returns the
+    window's per-example mean loss (padding rows weigh 0)."""
+    loss, weight = (sum(float(s[k]) for s in window) for k in ("loss", "weight"))
+    progress["loss"] += loss
+    progress["weight"] += weight
+    window.clear()
+    return loss / max(weight, 1.0)
 
 
 def load_start(cfg: Config):
@@ -284,6 +331,28 @@ def same_inputs_on_every_process(tok, train_enc, dev: dict) -> None:
                         "init.checkpoint): give every host the same files")
 
 
+def steps_done(seed_dir: Path, total: int) -> int:
+    """How far an earlier run of this seed got: `total` when it finished (result.json), else
+    its newest checkpoint's step, else 0."""
+    if (seed_dir / "result.json").is_file():
+        return total
+    if not (seed_dir / "checkpoints").is_dir():
+        return 0
+    checkpoints = Checkpoints(seed_dir)
+    try:
+        return checkpoints.latest_step() or 0
+    finally:
+        checkpoints.close()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def finetune(cfg: Config) -> Path:
     from bertjax.export import save_bundle
 
@@ -310,8 +379,13 @@ def finetune(cfg: Config) -> Path:
     same_inputs_on_every_process(tok, train_enc, dev)
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = config_lib.to_yaml(cfg)
+    # An interrupted fine-tune resumes only with the very same config; any change starts over.
+    same_config = (run_dir / "config.yaml").is_file() and \
+        (run_dir / "config.yaml").read_text() == config_yaml
+    barrier("config compared")  # before process 0 writes the new one
     if main:
-        write_atomic(run_dir / "config.yaml", config_lib.to_yaml(cfg))
+        write_atomic(run_dir / "config.yaml", config_yaml)
         print(f"{task.name}: {len(train)} training examples ({train_enc.truncated} truncated to "
               f"{cfg.glue.buckets[-1]} tokens), dev {[len(e) for e, _ in dev.values()]}, "
               f"seeds {cfg.glue.seeds}, {jax.process_count()} process(es)")
@@ -322,17 +396,38 @@ def finetune(cfg: Config) -> Path:
             save_bundle(best_model, cfg, tok, out_dir, summary=best)
 
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
-    if main:  # a fine-tune starts over, never resumes
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    monitor = Monitor(run_dir, steps.total * len(cfg.glue.seeds), 0, cfg.wandb,
+    done = {seed: steps_done(run_dir / f"seed{seed}", steps.total) for seed in cfg.glue.seeds}
+    if cfg.train.resume == "never" or not same_config or not any(done.values()):
+        if any(done.values()) and main:
+            print(f"{run_dir} holds an interrupted or finished fine-tune"
+                  f"{'' if same_config else ' with another config'}: starting over")
+        done = dict.fromkeys(done, 0)
+        if main:  # start over: drop what an earlier run of this directory left
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for seed in cfg.glue.seeds:
+                (run_dir / f"seed{seed}" / "result.json").unlink(missing_ok=True)
+                shutil.rmtree(run_dir / f"seed{seed}" / "checkpoints", ignore_errors=True)
+        barrier("fine-tuning starts over")
+    monitor = Monitor(run_dir, steps.total * len(cfg.glue.seeds), sum(done.values()), cfg.wandb,
                       config_lib.to_dict(cfg), None, cfg.precision.compute)
     per_seed, best_model = [], None
     try:
         for i, seed in enumerate(cfg.glue.seeds):
-            result, seed_best = run_seed(seed, model, cfg, steps, train_enc, dev, mesh, run_dir,
-                                         save_best, monitor, i * steps.total)
+            seed_dir = run_dir / f"seed{seed}"
+            if done[seed] == steps.total:  # finished before an interruption
+                result, seed_best = json.loads((seed_dir / "result.json").read_text()), None
+                monitor.write(f"{task.name} seed {seed}: done before, {seed_dir / 'result.json'}")
+            else:
+                result, seed_best = run_seed(seed, model, cfg, steps, train_enc, dev, mesh,
+                                             run_dir, save_best, monitor, i * steps.total)
+                if main:
+                    write_atomic(seed_dir / "result.json", json.dumps(result, indent=2))
+                barrier(f"seed {seed} done")  # then its checkpoint is no longer needed
+                if main:
+                    shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
             if not per_seed or result["best_score"] > max(r["best_score"] for r in per_seed):
-                best_model = seed_best  # the best seed's best epoch, for the submission files
+                # The best seed's best epoch, for the submission files.
+                best_model = seed_best or load_bundle(seed_dir / "best").model
             per_seed.append(result)
     finally:
         monitor.close()

@@ -2,6 +2,7 @@
 front door, writes results, a best bundle and submission files; fill-mask finds the word an
 overfit toy model learnt; compilations are bounded by the buckets; bad inputs are one line."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -92,6 +93,54 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
     rte = json.loads((chained / "results.json").read_text())
     assert rte["init"].endswith("best") and len(rte["seeds"]) == 1
     assert (chained / "submission" / "RTE.tsv").is_file()
+
+
+def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer_path,
+                                                             monkeypatch):
+    # 25 SST-2 rows (the fixture's 5, five times) in one bucket: 4 batches of 8 per epoch; 2 seeds
+    # x 4 epochs = 16 steps each, checkpoints every 2 steps and at each epoch's end. A crash at
+    # seed 1's 8th step leaves seed 0 finished and seed 1 saved at step 6, inside epoch 2.
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_DIR, glue_dir)
+    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
+    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    extra = (f"glue.data_dir={glue_dir}", "glue.epochs=4", "train.checkpoint_every=2",
+             "model.dropout=0.1", "glue.buckets=[64]")
+    original, calls = finetune_lib.build_steps, []
+
+    def counting(crash_at):
+        def build(*args):
+            steps = original(*args)
+
+            def train_step(*a):
+                calls.append(1)
+                if len(calls) == crash_at:
+                    raise KeyboardInterrupt("simulated crash")
+                return steps.train_step(*a)
+
+            return dataclasses.replace(steps, train_step=train_step)
+        return build
+
+    straight = finetune(sst2_cfg(tmp_path / "straight", tokenizer_path, *extra))
+    history = json.loads((straight / "results.json").read_text())["seeds"][0]["history"]
+    assert [h["step"] for h in history] == [4, 8, 12, 16]
+    monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=16 + 8))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
+    assert (tmp_path / "resumed" / "seed0" / "result.json").is_file()
+    calls.clear()
+    monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=0))
+    resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
+    assert len(calls) == 16 - 6  # only seed 1's remaining steps ran
+    a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
+    assert a["seeds"] == b["seeds"] and a["summary"] == b["summary"]  # exactly
+    assert (straight / "submission" / "SST-2.tsv").read_text() == \
+        (resumed / "submission" / "SST-2.tsv").read_text()
+    assert not list(resumed.glob("seed*/checkpoints"))  # a finished seed keeps no train state
+    # Another config in the same directory starts over instead of mixing runs.
+    calls.clear()
+    finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "optim.lr=1e-3"))
+    assert len(calls) == 2 * 16
 
 
 def test_mean_pooled_classifier_trains_saves_and_predicts(tmp_path, tokenizer_path):
