@@ -40,6 +40,7 @@ from bertjax.precision import Precision, all_finite
 from bertjax.pretrain import write_atomic
 from bertjax.pretrained import load_bundle
 from bertjax.sharding import (
+    barrier,
     full_copy,
     global_batch,
     initialize_distributed,
@@ -343,14 +344,6 @@ def steps_done(seed_dir: Path, total: int) -> int:
         return checkpoints.latest_step() or 0
     finally:
         checkpoints.close()
-
-
-def barrier(name: str) -> None:
-    """Wait until every process gets here (nothing to wait for with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def finetune(cfg: Config) -> Path:

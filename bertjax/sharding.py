@@ -141,3 +141,11 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
         digest.update(hashlib.sha256(part).digest())
     mine = np.frombuffer(digest.digest(), np.uint8)
     return not (multihost_utils.process_allgather(mine) != mine).any()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
