@@ -37,7 +37,7 @@ from bertjax.metrics import Monitor
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision, all_finite
-from bertjax.pretrain import write_atomic
+from bertjax.pretrain import StopSignal, write_atomic
 from bertjax.pretrained import load_bundle
 from bertjax.sharding import (
     barrier,
@@ -194,16 +194,26 @@ def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
                           jax.random.fold_in(key, 0))
 
 
+class Stopped(Exception):
+    """A signal asked the run to stop; the seed's train state was saved at `step`."""
+
+    def __init__(self, seed: int, step: int):
+        super().__init__(f"seed {seed}, step {step}")
+        self.seed, self.step = seed, step
+
+
 def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc, dev: dict,
-             mesh, run_dir: Path, save_best, monitor: Monitor,
-             offset: int) -> tuple[dict, Bert]:
+             mesh, run_dir: Path, save_best, monitor: Monitor, offset: int,
+             stop: StopSignal) -> tuple[dict, Bert]:
     """Fine-tune one seed; returns its per-epoch and best metrics, and its best model (whole on
     this process). Rows go to the run's monitor (metrics.jsonl, wandb) at global step
     offset + step, so seeds follow each other.
 
     The train state is checkpointed (RUN/seedN/checkpoints) after every epoch and every
     train.checkpoint_every steps; a rerun resumes from there, and the result is the same as
-    without the interruption (batches and dropout are functions of seed, epoch and step)."""
+    without the interruption (batches and dropout are functions of seed, epoch and step).
+    SIGTERM/SIGINT save the state and raise Stopped (after an epoch's evaluation when the
+    signal comes at its last step)."""
     task = glue.get_task(cfg.glue.task)
     key = jax.random.key(seed)
     seed_dir = run_dir / f"seed{seed}"
@@ -249,11 +259,15 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                     if "loss_scale" in sums:
                         row["loss_scale"] = float(sums["loss_scale"])
                     monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
-                # (An epoch's last step is saved after its evaluation, below.)
-                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and \
-                        step % steps.per_epoch and step != total:
+                if step % steps.per_epoch == 0 or step == total:
+                    continue  # an epoch's last step is saved after its evaluation, below
+                stopping = stop.should_stop()
+                if stopping or (cfg.train.checkpoint_every and
+                                step % cfg.train.checkpoint_every == 0):
                     fold(progress, window)
                     save(step)
+                if stopping:
+                    raise Stopped(seed, step)
             fold(progress, window)
             loss = progress["loss"] / max(progress["weight"], 1.0)
             metrics = evaluate(predict, state.model, dev, cfg, mesh)
@@ -276,6 +290,8 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                 best_model = jax.device_get(full_copy(state.model))
                 save_best(best_model, seed_dir / "best", progress["best"])
             save(step)
+            if stop.should_stop():
+                raise Stopped(seed, step)
     finally:
         checkpoints.close()
     return {"seed": seed, "history": progress["history"], **progress["best"]}, best_model
@@ -403,7 +419,7 @@ def finetune(cfg: Config) -> Path:
         barrier("fine-tuning starts over")
     monitor = Monitor(run_dir, steps.total * len(cfg.glue.seeds), sum(done.values()), cfg.wandb,
                       config_lib.to_dict(cfg), None, cfg.precision.compute)
-    per_seed, best_model = [], None
+    per_seed, best_model, stop = [], None, StopSignal(mesh)
     try:
         for i, seed in enumerate(cfg.glue.seeds):
             seed_dir = run_dir / f"seed{seed}"
@@ -412,7 +428,7 @@ def finetune(cfg: Config) -> Path:
                 monitor.write(f"{task.name} seed {seed}: done before, {seed_dir / 'result.json'}")
             else:
                 result, seed_best = run_seed(seed, model, cfg, steps, train_enc, dev, mesh,
-                                             run_dir, save_best, monitor, i * steps.total)
+                                             run_dir, save_best, monitor, i * steps.total, stop)
                 if main:
                     write_atomic(seed_dir / "result.json", json.dumps(result, indent=2))
                 barrier(f"seed {seed} done")  # then its checkpoint is no longer needed
@@ -422,7 +438,12 @@ def finetune(cfg: Config) -> Path:
                 # The best seed's best epoch, for the submission files.
                 best_model = seed_best or load_bundle(seed_dir / "best").model
             per_seed.append(result)
+    except Stopped as stopped:
+        monitor.write(f"{stop.name}: saved seed {stopped.seed} at step {stopped.step}; run the "
+                      "same command again to resume")
+        return run_dir
     finally:
+        stop.restore()
         monitor.close()
     results = {"task": task.name, "init": cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed)}

@@ -206,8 +206,13 @@ class StopSignal:
         self.mesh = mesh
         self.previous_vote: jax.Array | None = None
         self.any_true = jax.jit(jnp.any, out_shardings=replicated(mesh))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle)
+                         for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Give the signals back to the handlers they had before (the run is over)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         self.received = signal.Signals(signum).name
@@ -279,6 +284,7 @@ def pretrain(cfg: Config) -> Path:
     try:
         state = loop.train(state, start, stop)
     finally:
+        stop.restore()
         monitor.close()
         checkpoints.close()
     if stop.stopped:

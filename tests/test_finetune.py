@@ -6,8 +6,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -141,6 +143,33 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     calls.clear()
     finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "optim.lr=1e-3"))
     assert len(calls) == 2 * 16
+
+
+def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokenizer_path):
+    # A preempted machine gets SIGTERM: the run saves where it is and exits 0; the same command
+    # then finishes with the results of an uninterrupted run.
+    extra = ("glue.epochs=60", "glue.seeds=[0]", "train.checkpoint_every=0", "train.log_every=1")
+    cfg = sst2_cfg(tmp_path / "straight", tokenizer_path, *extra)
+    straight = json.loads((finetune(cfg) / "results.json").read_text())
+    cmd = [sys.executable, "-m", "bertjax.train", str(ROOT / "configs" / "sst2.yaml"),
+           *sst2_overrides(tmp_path / "run", tokenizer_path, *extra)]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").is_file() or \
+            not (tmp_path / "run" / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "SIGTERM: saved seed 0 at step" in out, out
+    assert not (tmp_path / "run" / "results.json").exists()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "seed 0: resumed at step" in done.stderr + done.stdout, \
+        done.stderr[-2000:]
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert resumed["seeds"] == straight["seeds"]
 
 
 def test_mean_pooled_classifier_trains_saves_and_predicts(tmp_path, tokenizer_path):
