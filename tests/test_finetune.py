@@ -217,6 +217,30 @@ def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
         == (tmp_path / "one" / "submission" / "SST-2.tsv").read_text()
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path,
+                                                                      tokenizer_path):
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(ROOT / "configs" / "sst2.yaml"),
+         *sst2_overrides(tmp_path, tokenizer_path, "glue.epochs=60", "glue.seeds=[0]",
+                         "train.log_every=1"), "mesh.num_processes=2",
+         f"mesh.coordinator_address=127.0.0.1:{port}", f"mesh.process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").is_file() or \
+            not (tmp_path / "metrics.jsonl").read_text():
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    assert "a signal to another process: saved seed 0 at step" in outs[0], outs[0][-2000:]
+    assert (tmp_path / "seed0" / "checkpoints").is_dir()
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_processes_with_different_glue_files_are_refused(tmp_path, tokenizer_path):
     port = free_port()
     other = tmp_path / "glue"
