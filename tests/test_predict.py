@@ -1,6 +1,6 @@
 """Inference (bertjax.predict): batches give the same outputs as one input at a time and compile
-once per padded length; inputs longer than the model's positions are cut, not read past the
-position table; the nsp and classify CLIs print what the model computes, from a bundle; an input
+once per padded length; inputs longer than the model's positions are cut to them (they used to
+crash); the nsp and classify CLIs print what the model computes, from a bundle; an input
 without [MASK] is one error line before any output."""
 
 import re
@@ -63,7 +63,7 @@ def test_batches_equal_one_at_a_time_and_compile_once_per_length(model):
 
 
 def test_inputs_longer_than_the_positions_are_cut(model):
-    # Past the cut nothing counts; before, ids beyond the position table were clamped silently.
+    # Past the cut nothing counts (before, such an input crashed: more tokens than positions).
     tok = make_tokenizer()
     long = " ".join(sentences(8))
     assert len(tok.encode(long).ids) > POSITIONS
