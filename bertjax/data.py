@@ -92,6 +92,8 @@ class PretrainData:
             tok = tokenizer.load(Path(data_dir) / "tokenizer.json")
             ends = [tok.token_to_id(t) for t in _SENTENCE_END]
             self.enders = np.asarray([i for i in ends if i is not None], np.int64)
+            self.pair_key = np.random.default_rng((seed, _PAIR)).integers(0, 1 << 63,
+                                                                          dtype=np.uint64)
             self.num_sequences = self._index_chunks()
         else:
             self.span = seq_len - 2  # tokens per row between [CLS] and [SEP]
@@ -188,8 +190,7 @@ class PretrainData:
 
     def _uniforms(self, positions: np.ndarray, draws: int) -> np.ndarray:
         """[rows, draws] uniforms in [0, 1), each a pure function of (seed, position, draw)."""
-        key = np.random.default_rng((self.seed, _PAIR)).integers(0, 1 << 63, dtype=np.uint64)
-        z = _mix(positions.astype(np.uint64) ^ key)
+        z = _mix(positions.astype(np.uint64) ^ self.pair_key)
         z = _mix(z[:, None] ^ np.arange(1, draws + 1, dtype=np.uint64) * _M1)
         return (z >> np.uint64(11)) * 2.0 ** -53
 

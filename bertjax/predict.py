@@ -40,7 +40,7 @@ def _encodings(model: Bert, tokenizer, texts: list, pairs: list | None) -> list:
 
 
 def _batches(model: Bert, encodings: list, batch_size: int):
-    """(first row, rows, padded arrays) per batch of `batch_size` inputs, in input order. Every
+    """(rows, padded arrays) per batch of `batch_size` inputs, in input order. Every
     batch of a call has the same number of rows (the last one is padded with empty rows)."""
     limit = model.encoder.embeddings.position.shape[0]
     rows = min(batch_size, len(encodings))
@@ -54,7 +54,7 @@ def _batches(model: Bert, encodings: list, batch_size: int):
             ids[row, :len(e.ids)] = e.ids
             types[row, :len(e.ids)] = e.type_ids
             mask[row, :len(e.ids)] = True
-        yield first, len(chunk), (ids, types, mask)
+        yield len(chunk), (ids, types, mask)
 
 
 @partial(jax.jit, static_argnums=4)
@@ -70,7 +70,7 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
     mask_id = tokenizer.token_to_id("[MASK]")
     top_k = min(top_k, model.mlm.bias.shape[0])
     results = []
-    for _, count, (ids, types, mask) in _batches(model, _encodings(model, tokenizer, texts,
+    for count, (ids, types, mask) in _batches(model, _encodings(model, tokenizer, texts,
                                                                    None), batch_size):
         where = [np.flatnonzero(row == mask_id) for row in ids[:count]]
         positions = np.zeros((len(ids), _bucket(max(map(len, where)) or 1, ids.shape[1])),
@@ -99,7 +99,7 @@ def _pair_probs(model: Bert, ids, types, mask):
 def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
          batch_size: int) -> np.ndarray:
     """fn's per-row outputs for every input, batch by batch, in input order."""
-    out = [np.asarray(fn(model, *arrays))[:count] for _, count, arrays in
+    out = [np.asarray(fn(model, *arrays))[:count] for count, arrays in
            _batches(model, _encodings(model, tokenizer, texts, pairs), batch_size)]
     return np.concatenate(out)
 

@@ -171,6 +171,10 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
             raise UserError(f"{run_dir} has no complete checkpoint in checkpoints/; train first "
                             f"or pass {EXPECTED}")
         meta = checkpoints.read_meta(step)
+        if "config_yaml" not in meta:  # finetune.py's resume state (RUN/seedN/checkpoints)
+            raise UserError(f"{run_dir} holds an unfinished GLUE fine-tuning seed's state for "
+                            f"resuming, not a model; rerun its command to finish it, or pass "
+                            f"{run_dir / 'best'}")
         cfg = from_yaml_text(meta["config_yaml"], f"{run_dir}/checkpoints/{step} (meta)")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(

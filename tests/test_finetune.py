@@ -130,6 +130,9 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     with pytest.raises(KeyboardInterrupt):
         finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
     assert (tmp_path / "resumed" / "seed0" / "result.json").is_file()
+    # The unfinished seed's state is for resuming; as a model path it is a one-line error.
+    with pytest.raises(UserError, match=r"unfinished GLUE fine-tuning seed.* pass .*seed1/best"):
+        load_pretrained(tmp_path / "resumed" / "seed1")
     calls.clear()
     monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=0))
     resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
