@@ -90,8 +90,9 @@ class MLMHead(eqx.Module):
                  word: Float[Array, "vocab embed"]) -> Float[Array, "batch preds vocab"]:
         h = self.norm(jax.nn.gelu(self.transform(h), approximate=False))
         # Logits leave in f32: the softmax cross-entropy over the vocabulary is done in f32.
-        logits = einsum_f32("bpe,ve->bpv", h, word.astype(h.dtype))
-        return logits + self.bias.astype(jnp.float32)
+        # As one 2-D matmul: XLA:CPU runs "bpe,ve->bpv" and its gradient ~1.4-2x slower (log.md).
+        logits = einsum_f32("ne,ve->nv", h.reshape(-1, h.shape[-1]), word.astype(h.dtype))
+        return logits.reshape(*h.shape[:-1], -1) + self.bias.astype(jnp.float32)
 
 
 class Bert(eqx.Module):
