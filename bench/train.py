@@ -10,11 +10,9 @@ matmul timed here), and MFU against the vendor peak where known. The environment
 """
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import time
+
+import sides  # bench/sides.py: the script's own folder is on sys.path
 
 
 def measured_matmul_peak(dtype: str) -> float:
@@ -153,22 +151,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--attention-dropout", type=float, default=0.0)
-    parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.side:
-        result = (run_ours if args.side == "ours" else run_peer)(args)
-        result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print("RESULT " + json.dumps(result))
-        return
-    results = []
-    for side in ("ours", "peer"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side],
-                             capture_output=True, text=True, check=False)
-        lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not lines:
-            sys.exit(f"{side} side failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][7:]))
-    report(args, results)
+    sides.main(parser, {"ours": run_ours, "peer": run_peer}, report, __file__)
 
 
 def report(args, results) -> None:

@@ -1,0 +1,41 @@
+"""Run a benchmark's two sides (ours, the Hugging Face peer) each in its own subprocess, so
+that each side's peak memory and threads are its own, and collect their results.
+
+A benchmark's main() builds its argument parser and calls `main(parser, {"ours": f, "peer": g},
+report, __file__)`: the parent runs the same script once per side with `--side NAME`; each child
+calls its side's function and prints the result; the parent hands all results to `report`.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+
+def emit(result: dict) -> None:
+    """Print a side's result (with its process's peak RSS) for the parent to read."""
+    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def run_sides(script: str, sides=("ours", "peer")) -> list[dict]:
+    """Each side's result, in order; exits with the side's stderr when one fails."""
+    results = []
+    for side in sides:
+        out = subprocess.run([sys.executable, script, *sys.argv[1:], "--side", side],
+                             capture_output=True, text=True, check=False)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode or not lines:
+            sys.exit(f"{side} side failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(lines[-1][7:]))
+    return results
+
+
+def main(parser: argparse.ArgumentParser, sides: dict, report, script: str) -> None:
+    parser.add_argument("--side", choices=list(sides), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        emit(sides[args.side](args))
+    else:
+        report(args, run_sides(script, tuple(sides)))
