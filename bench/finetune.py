@@ -2,7 +2,8 @@
 BertForSequenceClassification on the same examples, model shape, batch size and device.
 
     .venv-bench/bin/python bench/finetune.py [--task mnli] [--size tiny] [--batch 32] \
-        [--buckets 32,48,64,96] [--max-examples N] [--glue-dir ../shared/data/glue]
+        [--buckets 32,48,64,96] [--max-examples N] [--lr 3e-4] [--dropout 0.1] \
+        [--glue-dir ../shared/data/glue]
 
 Both sides train a random encoder (speed does not depend on the weights) on the same rows,
 tokenized once with the committed WordPiece vocabulary (configs/tokenizer_mini.json) and cut to

@@ -19,7 +19,7 @@ def emit(result: dict) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_sides(script: str, sides=("ours", "peer")) -> list[dict]:
+def run_sides(script: str, sides: tuple[str, ...]) -> list[dict]:
     """Each side's result, in order; exits with the side's stderr when one fails."""
     results = []
     for side in sides:
