@@ -324,6 +324,11 @@ def load_start(cfg: Config):
             Path(cfg.data.dir) / "tokenizer.json"
         model, model_cfg = None, None
     if tok_path is None or not Path(tok_path).is_file():
+        if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
+            raise UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
+                            "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
+                            "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
+                            "TOKENIZER.json to train the random-init baseline")
         raise UserError(f"no tokenizer found (looked for {tok_path}); set tokenizer.path to a "
                         "tokenizer.json or init.checkpoint to a checkpoint that carries one")
     tok = tokenizer_lib.load(tok_path)

@@ -347,6 +347,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tokenizer_path):
         finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.task=colaa"))
     with pytest.raises(UserError, match=r"go up to 64 tokens but the model has 32 positions"):
         finetune(sst2_cfg(tmp_path, tokenizer_path, "model.max_position_embeddings=32"))
+    # The front door without a checkpoint, where no tokenizer exists: name both ways out.
+    with pytest.raises(UserError, match="no init.checkpoint given .* tokenizer.path="):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, "tokenizer.path=null",
+                          f"data.dir={tmp_path / 'nothing'}"))
     with pytest.raises(UserError, match="do not belong together"):
         finetune(sst2_cfg(tmp_path, tokenizer_path,
                           f"init.checkpoint={ROOT / 'tests/fixtures/hf_tiny/mlm'}"))
