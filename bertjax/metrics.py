@@ -1,11 +1,15 @@
 """Run monitoring: console progress bar, metrics.jsonl, wandb, throughput and MFU.
 
+The bar is for terminals. When stderr is not one (a batch job's log file, `nohup`, CI), a bar
+would fill the log with carriage-return redraws; there each logged row becomes one plain line.
+
 Only process 0 writes. wandb is imported lazily and defaults to `disabled`; `online` with a bad
 key hangs in wandb itself, so it is never a default. MFU needs the device's peak FLOP/s, known
 for common accelerators only (dense bf16 / f32 peaks from the vendors' data sheets).
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +49,9 @@ class Monitor:
         if not self.enabled:
             return
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+        self.total_steps = total_steps
+        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
+                        disable=not sys.stderr.isatty())
         self.wandb = None
         if wandb_cfg.mode != "disabled":
             import wandb
@@ -74,7 +80,12 @@ class Monitor:
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log(row, step=step)
-        if show is not None:
+        if show is None:
+            return
+        if self.bar.disable:
+            print(f"step {step}/{self.total_steps}: "
+                  + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)
+        else:
             self.bar.set_postfix(show, refresh=False)
 
     def advance(self, steps: int = 1) -> None:

@@ -1,6 +1,10 @@
-"""Monitoring: metrics.jsonl rows, throughput, and wandb in offline mode (never online here)."""
+"""Monitoring: metrics.jsonl rows, throughput, wandb in offline mode (never online here), and the
+console: a bar on a terminal, plain lines in a log file."""
 
+import io
 import json
+
+import pytest
 
 from bertjax import config
 from bertjax.metrics import Monitor
@@ -23,3 +27,31 @@ def test_monitor_writes_jsonl_and_an_offline_wandb_run(tmp_path):
     assert "tokens_per_s" not in rows[0] and rows[1]["tokens_per_s"] > 0
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # a local wandb run, no network
     assert plot_run(tmp_path).stat().st_size > 1000
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch, capsys, tty):
+    stderr = Stream(tty)
+    monkeypatch.setattr("sys.stderr", stderr)
+    wandb_cfg = config.load([], []).wandb
+    monitor = Monitor(tmp_path, total_steps=2, start_step=0, wandb_cfg=wandb_cfg,
+                      config_dict={}, flops_per_token=None, compute_dtype="float32")
+    for step in (1, 2):
+        monitor.advance()
+        monitor.log(step, {"loss": 3.0 / step}, {"loss": f"{3.0 / step:.3f}"})
+    monitor.close()
+    out = capsys.readouterr().out
+    if tty:  # tqdm draws on stderr; stdout stays clean
+        assert out == "" and "\r" in stderr.getvalue() and "loss=1.500" in stderr.getvalue()
+    else:  # one line per logged row, no redraws
+        assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500"]
+        assert stderr.getvalue() == ""
