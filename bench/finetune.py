@@ -3,7 +3,7 @@ BertForSequenceClassification on the same examples, model shape, batch size and 
 
     .venv-bench/bin/python bench/finetune.py [--task mnli] [--size tiny] [--batch 32] \
         [--buckets 32,48,64,96] [--max-examples N] [--lr 3e-4] [--dropout 0.1] \
-        [--glue-dir ../shared/data/glue]
+        [--glue-dir ../shared/data/glue] [--set model.remat=true ...]
 
 Both sides train a random encoder (speed does not depend on the weights) on the same rows,
 tokenized once with the committed WordPiece vocabulary (configs/tokenizer_mini.json) and cut to
@@ -41,7 +41,7 @@ def load_rows(args):
         f"glue.batch_size={args.batch}", f"glue.buckets=[{args.buckets}]", "glue.epochs=1",
         f"model.size={args.size}", "model.vocab_size=8192", f"optim.lr={args.lr}",
         *(f"{k}={args.dropout}" for k in ("model.dropout", "model.attention_dropout",
-                                          "glue.classifier_dropout"))])
+                                          "glue.classifier_dropout")), *args.set])
     tok = tokenizer.load(TOKENIZER)
     enc = glue_batches.encode(tok, glue.load_split(cfg.glue, "train"), cfg.glue.buckets)
     return cfg, enc
@@ -181,6 +181,8 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--dropout", type=float, default=0.1, help="hidden, attention and "
                         "classifier dropout, both sides")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for our side (repeatable), e.g. model.remat=true")
     sides.main(parser, {"ours": run_ours, "peer": run_peer}, report, __file__)
 
 
@@ -188,7 +190,8 @@ def report(args, results) -> None:
     ours, peer = results
     print(f"\n{args.task}, {ours['examples']:,} training rows ({ours['real_tokens']:,} real "
           f"tokens), {args.size}, batch {args.batch}, dropout {args.dropout}, float32, "
-          f"device: {ours['device']}")
+          f"device: {ours['device']}"
+          + (f"; bertjax with {' '.join(args.set)}" if args.set else ""))
     print(f"{'':52} {'first s':>8} {'epoch s':>8} {'rows/s':>8} {'tokens/s':>9} "
           f"{'padding':>8} {'loss':>6} {'RSS MB':>7}")
     for r in results:

@@ -1,6 +1,7 @@
 """Train-step benchmark: bertjax vs Hugging Face PyTorch BertForMaskedLM, same shapes and device.
 
-    .venv-bench/bin/python bench/train.py --size tiny --batch 32 --seq 128 [--precision bfloat16]
+    .venv-bench/bin/python bench/train.py --size tiny --batch 32 --seq 128 [--precision bfloat16] \
+        [--set model.remat=true ...]
 
 Each side runs in its own subprocess (so peak memory is its own): random tokens, 15 % masked,
 AdamW, forward + backward + update. Reported: compile/first-step time, step time, tokens/s, peak
@@ -48,7 +49,8 @@ def run_ours(args) -> dict:
 
     cfg = config.load([], [f"model.size={args.size}", f"model.vocab_size={args.vocab}",
                            f"model.attention_dropout={args.attention_dropout}",
-                           f"precision.compute={args.precision}", f"data.seq_len={args.seq}"])
+                           f"precision.compute={args.precision}", f"data.seq_len={args.seq}",
+                           *args.set])
     special = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
 
     one_row = row_masker(cfg.data, args.vocab, special)
@@ -151,6 +153,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--attention-dropout", type=float, default=0.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for our side (repeatable), e.g. model.remat=true")
     sides.main(parser, {"ours": run_ours, "peer": run_peer}, report, __file__)
 
 
@@ -161,7 +165,8 @@ def report(args, results) -> None:
     tokens = args.batch * args.seq
     print(f"\n{args.size}, batch {args.batch} x seq {args.seq}, {args.precision}, "
           f"attention dropout {args.attention_dropout}, device: {ours['device']}, measured "
-          f"matmul peak {ours['matmul_peak'] / 1e12:.2f} TFLOP/s")
+          f"matmul peak {ours['matmul_peak'] / 1e12:.2f} TFLOP/s"
+          + (f"; bertjax with {' '.join(args.set)}" if args.set else ""))
     print(f"{'':44} {'first s':>8} {'step ms':>8} {'tokens/s':>10} {'peak MB':>8} "
           f"{'%mm-peak':>8} {'MFU':>6}")
     vendor = next((p.get(args.precision) for n, p in PEAK_FLOPS.items()

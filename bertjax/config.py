@@ -52,7 +52,9 @@ class ModelConfig:
     attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit path)")
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
     scan_layers: bool = opt(True, "lax.scan over blocks: compile time independent of depth")
-    remat: bool = opt(False, "rematerialise each block in the backward pass (saves memory)")
+    remat: bool | None = opt(None, "recompute each block in the backward pass instead of storing "
+                             "its activations: less memory; null = on for CPU, where it is "
+                             "also faster (log.md, 2026-12-01), off on GPU/TPU")
 
     def __post_init__(self):
         if self.size not in MODEL_SIZES:

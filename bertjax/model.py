@@ -51,7 +51,9 @@ class Encoder(eqx.Module):
         self.final_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps) if pre else None
         self.num_layers = cfg.num_layers
         self.scan_layers = cfg.scan_layers
-        self.remat = cfg.remat
+        # On XLA:CPU the scan's stored activations cost more than recomputing them: stacking
+        # them zero-fills and copies large buffers (a quarter of a tiny gradient; log.md).
+        self.remat = jax.default_backend() == "cpu" if cfg.remat is None else cfg.remat
 
     def __call__(self, input_ids: Int[Array, "batch seq"], token_type_ids: Int[Array, "batch seq"],
                  attention_mask: Bool[Array, "batch seq"], *,
