@@ -41,8 +41,7 @@ main() {
     # ${PRETRAIN_ARGS} is unquoted on purpose: several overrides.
     timeout -s TERM "${PRETRAIN_SECONDS:-330}" "$PY" -m bertjax.train \
         configs/pretrain_mini_gpu.yaml 'data.sources=[]' "train.steps=${STEPS:-10000}" \
-        "train.run_dir=$RUN" train.log_every=500 ${PRETRAIN_ARGS:-} 2>&1 \
-        | tr '\r' '\n' | grep -av '%|'  # progress-bar frames dropped
+        "train.run_dir=$RUN" train.log_every=500 ${PRETRAIN_ARGS:-} 2>&1  # a log: plain lines
     ls "$RUN/checkpoints" > /dev/null || { stamp "no checkpoint: pretraining failed"; return 1; }
     cp "$RUN/metrics.jsonl" "$OUT/pretrain_metrics.jsonl"
 
