@@ -132,9 +132,10 @@ def attention(q: Heads, k: Heads, v: Heads, mask: Bool[Array, "batch seq"], rate
               key: PRNGKeyArray | None) -> Heads:
     """Scaled dot-product attention over non-pad keys.
 
-    Without attention dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention on
-    GPU where supported, XLA elsewhere). With dropout the probabilities must be materialised, so
-    the explicit path computes logits and softmax in f32.
+    Without attention dropout this is `jax.nn.dot_product_attention` with its default
+    implementation, which is XLA's on every backend (jax 0.10: `implementation=None` falls back
+    to "xla"; cuDNN flash attention must be asked for and is not wired in yet). With dropout the
+    probabilities must be materialised, so the explicit path computes logits and softmax in f32.
     """
     key_mask = mask[:, None, None, :]  # [batch, 1 (heads), 1 (queries), seq (keys)]
     if q.dtype == jnp.float16 and jax.default_backend() == "cpu":  # see einsum_f32
