@@ -181,8 +181,6 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--dropout", type=float, default=0.1, help="hidden, attention and "
                         "classifier dropout, both sides")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for our side (repeatable), e.g. model.remat=true")
     sides.main(parser, {"ours": run_ours, "peer": run_peer}, report, __file__)
 
 

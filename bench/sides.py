@@ -4,6 +4,8 @@ that each side's peak memory and threads are its own, and collect their results.
 A benchmark's main() builds its argument parser and calls `main(parser, {"ours": f, "peer": g},
 report, __file__)`: the parent runs the same script once per side with `--side NAME`; each child
 calls its side's function and prints the result; the parent hands all results to `report`.
+Every benchmark also takes `--set KEY=VALUE` (repeatable, in `args.set`): config overrides for
+our side, to compare a setting against the peer and the default in one command each.
 """
 
 import argparse
@@ -34,6 +36,8 @@ def run_sides(script: str, sides: tuple[str, ...]) -> list[dict]:
 
 def main(parser: argparse.ArgumentParser, sides: dict, report, script: str) -> None:
     parser.add_argument("--side", choices=list(sides), help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for our side (repeatable), e.g. model.remat=true")
     args = parser.parse_args()
     if args.side:
         emit(sides[args.side](args))

@@ -153,8 +153,6 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--attention-dropout", type=float, default=0.0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for our side (repeatable), e.g. model.remat=true")
     sides.main(parser, {"ours": run_ours, "peer": run_peer}, report, __file__)
 
 

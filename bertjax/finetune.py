@@ -258,10 +258,7 @@ def run_seed(seed: int, start: Bert | None, cfg: Config, steps: Steps, train_enc
                            "lr": float(steps.lr(step)), **monitor.throughput(tokens)}
                     if "loss_scale" in sums:
                         row["loss_scale"] = float(sums["loss_scale"])
-                    show = {"seed": seed, "loss": f"{loss:.4f}"}
-                    if "tokens_per_s" in row:
-                        show["tok/s"] = f"{row['tokens_per_s']:,.0f}"
-                    monitor.log(offset + step, row, show)
+                    monitor.log(offset + step, row, {"seed": seed, "loss": f"{loss:.4f}"})
                 if step % steps.per_epoch == 0 or step == total:
                     continue  # an epoch's last step is saved after its evaluation, below
                 stopping = stop.should_stop()

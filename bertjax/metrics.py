@@ -73,6 +73,8 @@ class Monitor:
         return out
 
     def log(self, step: int, row: dict, show: dict | None = None) -> None:
+        """Write `row`; `show` (short strings) goes to the console, with the row's throughput
+        and MFU from `throughput()` when it has them."""
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **row}
@@ -82,6 +84,10 @@ class Monitor:
             self.wandb.log(row, step=step)
         if show is None:
             return
+        if "tokens_per_s" in row:
+            show = {**show, "tok/s": f"{row['tokens_per_s']:,.0f}"}
+        if "mfu" in row:
+            show = {**show, "mfu": f"{row['mfu']:.1%}"}
         if self.bar.disable:
             print(f"step {step}/{self.total_steps}: "
                   + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)

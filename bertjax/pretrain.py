@@ -387,10 +387,6 @@ class Loop:
                                "sequences now repeat (in a new order)")
         show = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
                 "lr": f"{row['lr']:.2e}", "batch": row["batch"]}
-        if "tokens_per_s" in row:
-            show["tok/s"] = f"{row['tokens_per_s']:,.0f}"
-        if "mfu" in row:
-            show["mfu"] = f"{row['mfu']:.1%}"
         self.monitor.log(done, row, show)
 
     def validate(self, state: TrainState, done: int) -> dict | None:

@@ -47,11 +47,12 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
                       config_dict={}, flops_per_token=None, compute_dtype="float32")
     for step in (1, 2):
         monitor.advance()
-        monitor.log(step, {"loss": 3.0 / step}, {"loss": f"{3.0 / step:.3f}"})
+        throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
+        monitor.log(step, {"loss": 3.0 / step, **throughput}, {"loss": f"{3.0 / step:.3f}"})
     monitor.close()
     out = capsys.readouterr().out
     if tty:  # tqdm draws on stderr; stdout stays clean
         assert out == "" and "\r" in stderr.getvalue() and "loss=1.500" in stderr.getvalue()
     else:  # one line per logged row, no redraws
-        assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500"]
+        assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500, tok/s 1,234"]
         assert stderr.getvalue() == ""
