@@ -52,11 +52,14 @@ def run_ours(args) -> dict:
     import numpy as np
 
     from bertjax import glue_batches
-    from bertjax.finetune import build_steps, device_batch, fold, initial_model
+    from bertjax.finetune import build_steps, fold, with_glue_schedule
+    from bertjax.glue_eval import device_batch
+    from bertjax.pretrained import initial_model
     from bertjax.sharding import make_mesh, shard_params
-    from bertjax.train import init_state
+    from bertjax.step import init_state
 
     cfg, enc = load_rows(args)
+    cfg = with_glue_schedule(cfg)
     mesh = make_mesh()
     steps = build_steps(cfg, enc, initial_model(0, None, cfg))
     key = jax.random.key(0)

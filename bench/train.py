@@ -40,12 +40,12 @@ def run_ours(args) -> dict:
     import numpy as np
 
     from bertjax import config
+    from bertjax.masking import row_masker
     from bertjax.model import Bert, flops_per_token
     from bertjax.optim import make_optimizer
     from bertjax.precision import Precision
-    from bertjax.pretrain import row_masker
+    from bertjax.step import StepSpec, init_state, make_train_step
     from bertjax.tokenizer import SpecialTokens
-    from bertjax.train import StepSpec, init_state, make_train_step
 
     cfg = config.load([], [f"model.size={args.size}", f"model.vocab_size={args.vocab}",
                            f"model.attention_dropout={args.attention_dropout}",

@@ -19,12 +19,12 @@ from transformers import BertConfig, BertForMaskedLM
 
 from bertjax import config
 from bertjax.hf import bert_to_hf, config_to_hf
+from bertjax.masking import row_masker
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer
 from bertjax.precision import Precision
-from bertjax.pretrain import row_masker
+from bertjax.step import StepSpec, init_state, make_train_step, mask_rows
 from bertjax.tokenizer import SpecialTokens
-from bertjax.train import StepSpec, init_state, make_train_step, mask_rows
 
 LR, WD, CLIP, B1, B2, EPS = 3e-3, 0.01, 1.0, 0.9, 0.98, 1e-6
 

@@ -1,15 +1,19 @@
 """bertjax: BERT pretraining and GLUE fine-tuning in JAX/Equinox.
 
-The package is split by concern: config, model (layers, model, precision), data (tokenizer,
-prepare, data, masking), training (loss, optim, sharding, checkpoint, train) and tasks (glue,
-predict, hf). Import submodules directly; this file stays light so `import bertjax` is cheap.
+A flat package read bottom-up, in one-way layers (tests/test_layers.py keeps them so): a module
+imports only from lower layers, and never in a circle inside its own.
+
+    L0  errors config files                        user errors, typed configs, atomic files
+    L1  layers model precision                     the Equinox BERT, pure
+    L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
+        tokenizer sources prepare data glue glue_metrics glue_batches
+                                                   host-side: text -> tokens -> batches
+        sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
+    L3  hf pretrained export predict plot glue_eval   load / convert / release / infer / score
+    L4  pretrain finetune                          the two loops
+    L5  train                                      `python -m bertjax.train`: dispatch only
+
+Import submodules directly; this file stays empty so `import bertjax` is cheap.
 """
 
 __version__ = "0.1.0"
-
-
-def load_pretrained(path):
-    """Model, configs and tokenizer from a run dir, checkpoint, release bundle or HF BERT dir."""
-    from bertjax.pretrained import load_pretrained as _load
-
-    return _load(path)

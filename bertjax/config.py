@@ -147,16 +147,16 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PrecisionConfig:
-    param: str = opt("float32", "parameter and optimizer-state dtype")
+    """Parameters and optimizer state are always float32 (`compute` casts them per step)."""
+
     compute: str = opt("float32", "activation dtype: float32 | bfloat16 | float16")
     loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale")
     loss_scale_period: int = opt(2000, "fp16 only: finite steps before the scale doubles")
 
     def __post_init__(self):
-        for name in ("param", "compute"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise UserError(f"precision.{name}={getattr(self, name)!r}: use float32, "
-                                "bfloat16 or float16")
+        if self.compute not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"precision.compute={self.compute!r}: use float32, bfloat16 or "
+                            "float16")
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,25 @@ class Config:
     glue: GlueConfig = field(default_factory=GlueConfig)
 
 
+# Keys that older bertjax versions wrote into run directories and bundles, with why they went.
+RETIRED = {"precision.param": "parameters and optimizer state are always float32; "
+                              "precision.compute sets the activation dtype"}
+
+
+def _without_retired(data: DictConfig, source: str, strict: bool) -> DictConfig:
+    """Drop retired keys: an error naming why when a user sets one (`strict`), silently when
+    re-reading a config an older bertjax saved."""
+    for key, why in RETIRED.items():
+        section, _, name = key.partition(".")
+        node = data.get(section) if isinstance(data, DictConfig) else None
+        if isinstance(node, DictConfig) and name in node:
+            if strict:
+                raise UserError(f"config key '{key}' in {source} was removed ({why}); "
+                                "delete it")
+            node.pop(name)
+    return data
+
+
 def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
     """Keys that exist at the level of `dotted` (e.g. 'model.hiden' -> model's field names)."""
     parent = dotted.rpartition(".")[0]
@@ -328,7 +347,7 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     includes = data.pop("include", [])
     for name in [includes] if isinstance(includes, str) else includes:
         merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()))
-    return _merge(merged, data, str(path))
+    return _merge(merged, _without_retired(data, str(path), strict=True), str(path))
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
@@ -339,7 +358,9 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value (e.g. train.steps=100)")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        source = f"override {item!r}"
+        merged = _merge(merged, _without_retired(OmegaConf.from_dotlist([item]), source, True),
+                        source)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
@@ -362,4 +383,5 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    return OmegaConf.to_object(_merge(_schema(), OmegaConf.create(text), source))
+    data = _without_retired(OmegaConf.create(text), source, strict=False)
+    return OmegaConf.to_object(_merge(_schema(), data, source))

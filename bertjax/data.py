@@ -9,8 +9,7 @@ stream marks each document end (data/README.md). NSP/SOP rows pair sentences of 
 
 import queue
 import threading
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,6 @@ def _mix(z: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
-
-
-class EpochWarning(UserWarning):
-    """The run has gone past the end of the data and sees it again, in a new order."""
 
 
 class Permutation:
@@ -71,7 +66,7 @@ class PretrainData:
 
     def __init__(self, data_dir: str | Path, split: str = "train", seq_len: int = 128,
                  objective: str = "mlm", seed: int = 0, special: SpecialTokens | None = None,
-                 shuffle: bool | None = None, warn_epochs: bool = True):
+                 shuffle: bool | None = None):
         meta = prepare.read_meta(data_dir)
         if split not in meta["splits"]:
             raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
@@ -101,8 +96,6 @@ class PretrainData:
             self.windows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.span) \
                 if n_tokens >= self.span else None
         self._perms: dict[int, Permutation] = {}
-        self._warned_epoch = 0
-        self.warn_epochs = warn_epochs  # an EpochWarning when a new pass over the data starts
 
     def _index_chunks(self) -> int:
         """Pair mode: each document of >= 2 tokens is cut into ceil(len / (seq_len-3)) near-equal
@@ -144,12 +137,6 @@ class PretrainData:
             raise UserError(f"the {self.split} split is empty; use more text or a larger "
                             "data.validation_fraction")
         positions = start + np.arange(count, dtype=np.int64)
-        if self.warn_epochs and self.shuffle and count and \
-                (epoch := self.epoch(start + count - 1)) > self._warned_epoch:
-            warnings.warn(f"{self.split} data: position {epoch * self.num_sequences} starts "
-                          f"epoch {epoch} ({self.num_sequences:,} sequences per epoch); the "
-                          "data repeats in a new order", EpochWarning, stacklevel=2)
-            self._warned_epoch = epoch
         index = self.sequence_index(positions)
         return self._pair_rows(positions, index) if self.pair else self._mlm_rows(index)
 
@@ -243,20 +230,6 @@ class PretrainData:
         return {"input_ids": ids, "token_type_ids": ((p > first_sep) & mask).astype(np.int32),
                 "attention_mask": mask, "pair_labels": label.astype(np.int32)}
 
-    def batches(self, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
-        """Validation order: sequences 0, 1, 2, … once, in fixed-size batches; the last batch is
-        filled with empty rows (attention_mask all False, so they carry no weight)."""
-        total = -(-self.num_sequences // batch_size)
-        if self.num_sequences == 0:
-            warnings.warn(f"the {self.split} split is empty: no batches", stacklevel=2)
-        for b in range(total if max_batches is None else min(total, max_batches)):
-            count = min(batch_size, self.num_sequences - b * batch_size)
-            positions = b * batch_size + np.arange(count, dtype=np.int64)
-            real = (self._pair_rows(positions, positions % self.num_sequences) if self.pair
-                    else self._mlm_rows(positions % self.num_sequences))
-            pad = _empty(batch_size - count, self.seq_len, self.special.pad, self.pair)
-            yield {k: np.concatenate([real[k], pad[k]]) for k in real}
-
 
 def _memmap(path: Path, dtype: str, length: int) -> np.ndarray:
     if length == 0:  # mmap cannot map an empty file
@@ -264,28 +237,20 @@ def _memmap(path: Path, dtype: str, length: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
 
 
-def _empty(count: int, seq_len: int, pad: int, pair: bool) -> dict[str, np.ndarray]:
-    out = {"input_ids": np.full((count, seq_len), pad, np.int32),
-           "token_type_ids": np.zeros((count, seq_len), np.int32),
-           "attention_mask": np.zeros((count, seq_len), bool)}
-    if pair:
-        out["pair_labels"] = np.zeros(count, np.int32)
-    return out
-
-
 class Prefetcher:
-    """Runs fn(item) for each item on a daemon thread, at most `depth` results ahead.
+    """Pulls `items` on a daemon thread, at most `depth` ahead (so a lazy `map(read, steps)`
+    does its reading there).
 
-    Iterate it for the results in order; an exception in fn is raised in the consumer.
-    `close()` (or leaving a `with` block) stops the thread.
+    Iterate it for the items in order; an exception raised while pulling one is raised in the
+    consumer. `close()` (or leaving a `with` block) stops the thread.
     """
 
     _END = object()
 
-    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], depth: int = 2):
+    def __init__(self, items: Iterable[Any], depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(fn, items), daemon=True)
+        self._thread = threading.Thread(target=self._work, args=(items,), daemon=True)
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
@@ -297,10 +262,10 @@ class Prefetcher:
                 continue
         return False
 
-    def _work(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> None:
+    def _work(self, items: Iterable[Any]) -> None:
         try:
             for item in items:
-                if not self._put((True, fn(item))):
+                if not self._put((True, item)):
                     return
         except BaseException as e:  # handed to the consumer, who re-raises it
             self._put((False, e))
@@ -327,23 +292,3 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def prefetch(source: Callable[[int], Any] | Iterable[Any], depth: int = 2, *,
-             data: PretrainData | None = None, first_step: int = 0) -> Prefetcher:
-    """Background batches, `depth` ahead. `source` is a function step -> batch (called for
-    first_step, first_step+1, …); or, with `data`, an iterable of (start, count) spans read with
-    `data.rows`; or any other iterable, whose items are pulled on the thread (so a lazy
-    `map(read, steps)` does its reading there)."""
-    if callable(source):
-        return Prefetcher(source, _count(first_step), depth)
-    if data is not None:
-        return Prefetcher(lambda span: data.rows(*span), source, depth)
-    return Prefetcher(lambda item: item, source, depth)
-
-
-def _count(first: int) -> Iterator[int]:
-    step = first
-    while True:
-        yield step
-        step += 1

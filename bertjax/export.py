@@ -7,66 +7,27 @@ written to a temporary directory and renamed when complete; `load_pretrained` ve
 """
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import save_file
 
 from bertjax import __version__
+from bertjax import config as config_lib
 from bertjax.config import Config
-from bertjax.errors import UserError
+from bertjax.errors import UserError, cli
+from bertjax.files import check_not_lfs_pointer, sha256_file, staged_dir
 from bertjax.model import Bert, param_count
-from bertjax.pretrained import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    check_not_lfs_pointer,
-    restore_model,
-    sha256_file,
-    state_dict,
-    tokenizer_of,
-)
+from bertjax.pretrained import BUNDLE_FORMAT, BUNDLE_VERSION, restore_model, tokenizer_of
+from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
 USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
          "[--tokenizer PATH]")
-
-
-@contextlib.contextmanager
-def staged_dir(out_dir: Path, force: bool):
-    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir`
-    (refused when `out_dir` holds files and not `force`). On failure nothing is left behind."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
-                        "replace it, or choose another directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield tmp
-        # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release is
-        # meant to be read by others.
-        tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            if path.is_file():
-                path.chmod(0o644)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
-                                        dir=out_dir.parent))
-            out_dir.replace(old / "previous")
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_tokenizer(tokenizer, path: Path) -> None:
@@ -90,10 +51,6 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
 
     `force=True` (the library default) replaces an existing bundle, as fine-tuning does when a
     better epoch arrives; the CLI asks for --force."""
-    from safetensors.numpy import save_file
-
-    from bertjax import config as config_lib
-
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     out_dir = Path(out_dir)
@@ -182,6 +139,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from bertjax.errors import cli
-
     cli(main)

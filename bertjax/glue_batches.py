@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from bertjax.errors import UserError
 from bertjax.glue import Examples, get_task
+from bertjax.tokenizer import encode_truncated, pad_rows
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,7 @@ def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> 
     """Tokenize (pairs through the tokenizer's post-processor: [CLS] a [SEP] b [SEP], type ids
     0/1), truncating longest-first to the largest bucket, and assign each row its bucket."""
     b = _check_buckets(buckets)
-    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they are
-    tok.no_padding()
-    tok.enable_truncation(b[-1], strategy="longest_first")
-    pairs = examples.text_b is not None
-    inputs = list(zip(examples.text_a, examples.text_b, strict=True)) if pairs else examples.text_a
-    encs = tok.encode_batch(inputs)
+    encs, truncated = encode_truncated(tokenizer, examples.text_a, examples.text_b, b[-1])
     lengths = np.asarray([len(e.ids) for e in encs], np.int64)
     labels = examples.labels
     if labels is None:
@@ -60,7 +56,7 @@ def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> 
         labels=labels,
         bucket=np.searchsorted(np.asarray(b), lengths).astype(np.int32),  # smallest that fits
         buckets=b,
-        truncated=sum(bool(e.overflowing) for e in encs),
+        truncated=truncated,
     )
 
 
@@ -97,13 +93,9 @@ def make_batch(enc: Encoded, rows: Int[np.ndarray, " batch"]) -> dict[str, np.nd
     real = rows[rows >= 0]
     src = np.where(rows >= 0, rows, real[0])
     length = enc.buckets[int(enc.bucket[real].max())]
-    ids = np.zeros((len(rows), length), np.int32)
-    types = np.zeros((len(rows), length), np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for r, i in enumerate(src):
-        lo, hi = enc.offsets[i], enc.offsets[i + 1]
-        ids[r, : hi - lo], types[r, : hi - lo], mask[r, : hi - lo] = \
-            enc.tokens[lo:hi], enc.type_ids[lo:hi], True
+    spans = [(enc.offsets[i], enc.offsets[i + 1]) for i in src]
+    ids, types, mask = pad_rows([(enc.tokens[lo:hi], enc.type_ids[lo:hi]) for lo, hi in spans],
+                                length)
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
             "labels": enc.labels[src], "example_index": rows.astype(np.int32),
             "valid": rows >= 0}

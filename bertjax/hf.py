@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from bertjax.config import MODEL_SIZES, ModelConfig
 from bertjax.errors import UserError
+from bertjax.files import check_not_lfs_pointer, staged_dir
 from bertjax.model import Bert
-from bertjax.pretrained import check_not_lfs_pointer, model_from_arrays, read_safetensors
-from bertjax.pretrained import state_dict as our_state_dict
+from bertjax.weights import model_from_arrays, read_safetensors
+from bertjax.weights import state_dict as our_state_dict
 
 PRE = "roberta_prelayernorm"
 KINDS = ("mlm", "cls", "pretrain")
@@ -289,10 +291,6 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
               out_dir: str | Path, kind: str, *, force: bool = False) -> str:
     """Write a directory `transformers` loads (config.json, model.safetensors, tokenizer files);
     returns a note on how to load it (for pre-LN: that inputs must be right-padded)."""
-    from safetensors.numpy import save_file
-
-    from bertjax.export import staged_dir
-
     if kind not in KINDS:
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything

@@ -1,4 +1,4 @@
-"""Jittable BERT masked-LM corruption, run on device inside the train step.
+"""Jittable BERT masked-LM corruption, run on device inside the train step (row by row).
 
 Per row, min(max_predictions, max(1, round(rate * eligible))) positions are picked uniformly
 among non-special, non-padding tokens (BERT's create_pretraining_data); each becomes [MASK]
@@ -6,12 +6,16 @@ among non-special, non-padding tokens (BERT's create_pretraining_data); each bec
 section 3.1). Shapes are fixed: `max_predictions` slots per row, unused ones have weight 0.
 """
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from tokenizers import Tokenizer
 
+from bertjax import tokenizer as tokenizer_lib
+from bertjax.config import DataConfig
 from bertjax.tokenizer import SpecialTokens
 
 
@@ -78,3 +82,21 @@ def mask_tokens(
         labels=jnp.where(valid, original, zero).astype(jnp.int32),
         weights=valid.astype(jnp.float32),
     )
+
+
+def row_masker(data_cfg: DataConfig, vocab_size: int, special: SpecialTokens):
+    """mask_tokens for one row (the train step vmaps it over rows with per-row keys)."""
+    fn = partial(mask_tokens, rate=data_cfg.mask_rate, max_predictions=data_cfg.predictions,
+                 vocab_size=vocab_size, special=special)
+
+    def one_row(key, input_ids, attention_mask):
+        out = fn(key, input_ids[None], attention_mask[None])
+        return jax.tree.map(lambda x: x[0], out)
+
+    return one_row
+
+
+def tokenizer_masker(data_cfg: DataConfig, tok: Tokenizer):
+    """The train step's row masker for this data config and tokenizer: random replacements come
+    from the tokenizer's ids (model rows beyond it are never inputs)."""
+    return row_masker(data_cfg, tokenizer_lib.vocab_size(tok), tokenizer_lib.special_tokens(tok))

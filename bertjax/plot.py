@@ -4,10 +4,12 @@ Two panels, loss and MLM accuracy, with training rows as lines and validation ro
 against tokens seen (the x-axis that compares runs of different batch sizes).
 """
 
+import io
 import json
 from pathlib import Path
 
 from bertjax.errors import UserError, cli
+from bertjax.files import write_atomic
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -46,11 +48,11 @@ def plot_run(run_dir: str | Path) -> Path:
         ax.legend()
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    out = run_dir / "curves.png"
-    tmp = run_dir / "curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(out)
+    out = run_dir / "curves.png"
+    write_atomic(out, png.getvalue())
     return out
 
 

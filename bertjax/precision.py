@@ -1,7 +1,7 @@
-"""Mixed precision as a value: param and compute dtypes, casts, fp16 dynamic loss scaling.
+"""Mixed precision as a value: the compute dtype, casts, fp16 dynamic loss scaling.
 
-Parameters and optimizer state stay in `param` dtype (f32); the loss function casts the model to
-`compute` dtype, so gradients come back in the parameter dtype. LayerNorm statistics, softmax and
+Parameters and optimizer state are always f32; the loss function casts the model to the
+`compute` dtype, so gradients come back in f32. LayerNorm statistics, softmax and
 the loss are computed in f32 regardless, and every head returns f32 logits (see layers.py,
 model.py and loss.py).
 """
@@ -15,20 +15,15 @@ import jax.numpy as jnp
 
 @dataclass(frozen=True)
 class Precision:
-    param: jnp.dtype = jnp.float32
     compute: jnp.dtype = jnp.float32
 
     @classmethod
-    def from_names(cls, param: str = "float32", compute: str = "float32") -> "Precision":
-        return cls(jnp.dtype(param), jnp.dtype(compute))
+    def from_names(cls, compute: str = "float32") -> "Precision":
+        return cls(jnp.dtype(compute))
 
     def cast_to_compute(self, tree):
         """Floating arrays of `tree` (e.g. the model) in compute dtype; integers untouched."""
         return cast_floating(tree, self.compute)
-
-    @property
-    def needs_loss_scale(self) -> bool:
-        return self.compute == jnp.float16
 
 
 def cast_floating(tree, dtype):
@@ -51,9 +46,6 @@ class LossScale(eqx.Module):
     @classmethod
     def create(cls, initial: float, period: int) -> "LossScale":
         return cls(jnp.asarray(initial, jnp.float32), jnp.asarray(0, jnp.int32), period)
-
-    def scale_loss(self, loss: jax.Array) -> jax.Array:
-        return loss * self.scale.astype(loss.dtype)
 
     def unscale(self, grads):
         return jax.tree.map(lambda g: g / self.scale.astype(g.dtype), grads)

@@ -6,15 +6,21 @@ Inputs (arguments, or --file with one per line) run in batches of --batch-size, 
 power-of-two length and cut to the model's positions; outputs are probabilities (softmax in f32).
 """
 
+import argparse
 import warnings
 from functools import partial
+from pathlib import Path
 
 import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from bertjax.errors import UserError
+from bertjax import glue
+from bertjax import tokenizer as tokenizer_lib
+from bertjax.errors import UserError, cli
 from bertjax.model import Bert
+from bertjax.pretrained import load_pretrained
+from bertjax.tokenizer import encode_truncated, pad_rows
 
 BATCH_SIZE = 64
 
@@ -25,15 +31,12 @@ def _bucket(n: int, limit: int) -> int:
     return min(max(16, 1 << (n - 1).bit_length()), limit)
 
 
-def _encodings(model: Bert, tokenizer, texts: list, pairs: list | None) -> list:
+def _encodings(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None) -> list:
     """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions;
     a warning says how many inputs were cut."""
     limit = model.encoder.embeddings.position.shape[0]
-    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's settings stay as they are
-    tok.no_padding()
-    tok.enable_truncation(limit, strategy="longest_first")
-    encodings = tok.encode_batch(texts if pairs is None else list(zip(texts, pairs, strict=True)))
-    if cut := sum(bool(e.overflowing) for e in encodings):
+    encodings, cut = encode_truncated(tokenizer, texts, pairs, limit)
+    if cut:
         warnings.warn(f"{cut} input(s) longer than the model's {limit} positions were cut to "
                       f"{limit} tokens", stacklevel=3)
     return encodings
@@ -47,14 +50,8 @@ def _batches(model: Bert, encodings: list, batch_size: int):
     for first in range(0, len(encodings), rows):
         chunk = encodings[first:first + rows]
         length = _bucket(max(len(e.ids) for e in chunk), limit)
-        ids = np.zeros((rows, length), np.int32)
-        types = np.zeros_like(ids)
-        mask = np.zeros(ids.shape, bool)
-        for row, e in enumerate(chunk):
-            ids[row, :len(e.ids)] = e.ids
-            types[row, :len(e.ids)] = e.type_ids
-            mask[row, :len(e.ids)] = True
-        yield len(chunk), (ids, types, mask)
+        filled = [(e.ids, e.type_ids) for e in chunk] + [([], [])] * (rows - len(chunk))
+        yield len(chunk), pad_rows(filled, length)
 
 
 @partial(jax.jit, static_argnums=4)
@@ -119,8 +116,6 @@ def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
 def _inputs(args) -> tuple[list[str], list[str] | None]:
     """TEXT arguments, or a file: one input per line, a pair as `first<TAB>second`."""
     if args.file:
-        from pathlib import Path
-
         path = Path(args.file)
         if not path.is_file():
             raise UserError(f"--file {path} does not exist")
@@ -138,12 +133,6 @@ def _inputs(args) -> tuple[list[str], list[str] | None]:
 
 
 def main(argv: list[str]) -> None:
-    import argparse
-
-    from bertjax import glue
-    from bertjax import tokenizer as tokenizer_lib
-    from bertjax.pretrained import load_pretrained
-
     parser = argparse.ArgumentParser(prog="python -m bertjax.predict")
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
     parser.add_argument("checkpoint", help="run dir, checkpoint dir, bundle or HF BERT dir")
@@ -194,6 +183,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from bertjax.errors import cli
-
     cli(main)

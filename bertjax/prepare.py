@@ -27,6 +27,7 @@ from bertjax import config as config_lib
 from bertjax import sources, tokenizer
 from bertjax.config import Config, DataConfig
 from bertjax.errors import UserError, cli
+from bertjax.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
@@ -213,7 +214,7 @@ def _inputs(cfg: Config) -> dict:
     if cfg.tokenizer.path is not None:
         tokenizer.load(cfg.tokenizer.path)  # fails early, with one line, on a bad path
         tok = {"path": str(Path(cfg.tokenizer.path).resolve()),
-               "sha256": tokenizer.sha256_file(cfg.tokenizer.path)}
+               "sha256": sha256_file(cfg.tokenizer.path)}
     else:
         tok = {"vocab_size": cfg.tokenizer.vocab_size, "lowercase": cfg.tokenizer.lowercase,
                "min_frequency": cfg.tokenizer.min_frequency,
@@ -248,7 +249,7 @@ def read_meta(directory: str | Path) -> dict:
             if not path.is_file() or path.stat().st_size != size:
                 raise UserError(f"{path} is missing or has the wrong size; {fix}")
     tok_path = directory / "tokenizer.json"
-    if not tok_path.is_file() or tokenizer.sha256_file(tok_path) != meta["tokenizer_sha256"]:
+    if not tok_path.is_file() or sha256_file(tok_path) != meta["tokenizer_sha256"]:
         raise UserError(f"{tok_path} does not match the tokenizer the data was prepared with "
                         f"(sha256 {meta['tokenizer_sha256'][:12]}…); {fix}")
     return meta
@@ -269,7 +270,7 @@ def _is_current(directory: Path, inputs: dict) -> bool:
         return False
     hashes = meta.get("source_sha256", {})
     for old, new in zip(meta["inputs"]["sources"], inputs["sources"], strict=True):
-        if old != new and hashes.get(new["path"]) != tokenizer.sha256_file(new["path"]):
+        if old != new and hashes.get(new["path"]) != sha256_file(new["path"]):
             return False
     _write_meta(directory, {**meta, "inputs": inputs})
     _say(f"{directory}: source files were touched but their contents are unchanged")
@@ -283,7 +284,7 @@ def _without_mtimes(inputs: dict) -> dict:
 
 def _source_hashes(inputs: dict) -> dict[str, str]:
     """sha256 of each local source file (cheap next to tokenizing it), for _is_current."""
-    return {s["path"]: tokenizer.sha256_file(s["path"]) for s in inputs["sources"] if "path" in s}
+    return {s["path"]: sha256_file(s["path"]) for s in inputs["sources"] if "path" in s}
 
 
 def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
@@ -301,7 +302,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
             os.replace(tmp, tmp.with_suffix(""))
         meta = {"format_version": FORMAT_VERSION, "inputs": inputs,
                 "source_sha256": _source_hashes(inputs),
-                "tokenizer_sha256": tokenizer.sha256_file(directory / "tokenizer.json"),
+                "tokenizer_sha256": sha256_file(directory / "tokenizer.json"),
                 "vocab_size": vocab, "dtype": dtype.name,
                 "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,
                 "seconds": round(time.perf_counter() - start, 3),
@@ -315,9 +316,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
 
 def _write_meta(directory: Path, meta: dict) -> None:
     """The last step: until meta.json exists the directory counts as unprepared."""
-    tmp = directory / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, directory / "meta.json")
+    write_atomic(directory / "meta.json", json.dumps(meta, indent=1))
 
 
 @contextmanager

@@ -9,36 +9,41 @@ every process after the same step.
 import dataclasses
 import json
 import math
-import signal
 import sys
-from functools import partial
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
+from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
+from bertjax import plot, prepare
+from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
+from bertjax.data import Prefetcher, PretrainData
 from bertjax.errors import UserError
+from bertjax.files import write_atomic
 from bertjax.loss import safe_ratio
+from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor
 from bertjax.model import Bert, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.precision import Precision
+from bertjax.predict import fill_mask
+from bertjax.pretrained import continue_from
 from bertjax.sharding import (
+    StopSignal,
     full_copy,
     global_batch,
     initialize_distributed,
     make_mesh,
     process_slice,
-    replicated,
     same_on_every_process,
     shard_params,
 )
-from bertjax.train import StepSpec, TrainState, init_state, make_eval_step, make_train_step
+from bertjax.step import StepSpec, TrainState, init_state, make_eval_step, make_train_step
 
 # Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.
 INIT, MASK, DROPOUT, EVAL = range(4)
@@ -49,18 +54,16 @@ class Run:
     """What the loop needs, resolved from the config and the prepared data."""
 
     cfg: Config
-    data: object  # bertjax.data.PretrainData (train split)
-    validation: object | None
-    tokenizer: object
+    data: PretrainData  # the train split
+    validation: PretrainData | None
+    tokenizer: Tokenizer
     ramp: BatchRamp
     total_steps: int
     run_dir: Path
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    @property
+    def config_yaml(self) -> str:
+        return config_lib.to_yaml(self.cfg)
 
 
 def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
@@ -81,8 +84,6 @@ def same_data_on_every_process(data_dir: Path) -> None:
     """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
     Tokenizer training is not reproducible, so their token ids could differ, silently: compare
     the tokenizer's sha256 and the token counts across processes and refuse a mismatch."""
-    from bertjax import prepare
-
     meta = prepare.read_meta(data_dir)
     counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
     if not same_on_every_process([meta["tokenizer_sha256"].encode(), repr(counts).encode()]):
@@ -93,10 +94,6 @@ def same_data_on_every_process(data_dir: Path) -> None:
 
 def resolve(cfg: Config) -> Run:
     """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
-    from bertjax import data as data_lib
-    from bertjax import prepare
-    from bertjax import tokenizer as tokenizer_lib
-
     if cfg.data.seq_len > cfg.model.max_position_embeddings:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's "
                         f"{cfg.model.max_position_embeddings} positions; lower data.seq_len or "
@@ -110,10 +107,8 @@ def resolve(cfg: Config) -> Run:
     elif cfg.model.vocab_size < vocab:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{vocab} tokens; set model.vocab_size=null to use the tokenizer's size")
-    # The loop says when a new epoch starts, at its step; the loader would say it again.
-    train = data_lib.PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective,
-                                  cfg.train.seed, warn_epochs=False)
-    validation = data_lib.PretrainData(data_dir, "validation", cfg.data.seq_len,
+    train = PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective, cfg.train.seed)
+    validation = PretrainData(data_dir, "validation", cfg.data.seq_len,
                                        cfg.data.objective, cfg.train.seed)
     if validation.num_sequences == 0:
         validation = None
@@ -128,159 +123,29 @@ def resolve(cfg: Config) -> Run:
     return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
 
 
-# What must agree for a checkpoint's weights to be another run's starting point.
-_ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
-                 "max_position_embeddings", "type_vocab_size", "norm")
-
-
-def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
-    """`model` with init.checkpoint's encoder and heads: continued pretraining (a second phase at
-    another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
-    schedule and the data order start fresh; heads the checkpoint lacks keep their new init.
-    Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
-    from bertjax.pretrained import load_pretrained
-    from bertjax.tokenizer import load
-
-    source = load_pretrained(cfg.init.checkpoint)
-    where = f"init.checkpoint={cfg.init.checkpoint}"
-    for name in _ARCHITECTURE:
-        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
-        if theirs != ours:
-            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
-                            f"model.{name}={theirs} (or model.size to the checkpoint's)")
-    if source.tokenizer_path is None or \
-            load(source.tokenizer_path).get_vocab() != tok.get_vocab():
-        raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
-                        f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
-    pretrained = source.model
-    model = eqx.tree_at(lambda m: m.encoder, model, pretrained.encoder)
-    for head in ("mlm", "pooler", "nsp"):
-        if getattr(model, head) is not None and getattr(pretrained, head) is not None:
-            model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
-    return model, source.tokens_seen
-
-
-def abstract_state(cfg: Config, total_steps: int) -> TrainState:
-    """Shapes and dtypes of the train state, without allocating it (a restore target)."""
-    def build():
-        model = Bert(cfg.model, key=jax.random.key(0), nsp=cfg.data.objective != "mlm")
-        optimizer = make_optimizer(cfg.optim, total_steps, eqx.filter(model, eqx.is_array))
-        return init_state(model, optimizer, cfg.precision)
-
-    return eqx.filter_eval_shape(build)
-
-
-def masking_fn(cfg: Config, tok):
-    """The train step's per-row masker for this config and tokenizer."""
-    from bertjax.tokenizer import special_tokens, vocab_size
-
-    # Random replacements come from the tokenizer's ids (model rows beyond it are never inputs).
-    return row_masker(cfg.data, vocab_size(tok), special_tokens(tok))
-
-
-def row_masker(data_cfg, vocab_size: int, special):
-    """mask_tokens for one row (the train step vmaps it over rows with per-row keys)."""
-    from bertjax import masking
-
-    fn = partial(masking.mask_tokens, rate=data_cfg.mask_rate,
-                 max_predictions=data_cfg.predictions, vocab_size=vocab_size, special=special)
-
-    def one_row(key, input_ids, attention_mask):
-        out = fn(key, input_ids[None], attention_mask[None])
-        return jax.tree.map(lambda x: x[0], out)
-
-    return one_row
-
-
-class StopSignal:
-    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
-
-    With several processes a signal reaches each one at a different point of its loop (or only
-    one of them), and a process that stops alone waits forever in the checkpoint's collectives
-    while the others wait in the next step's. So processes vote after every step and all stop
-    after the same one."""
-
-    def __init__(self, mesh):
-        self.received: str | None = None
-        self.stopped = False
-        self.mesh = mesh
-        self.previous_vote: jax.Array | None = None
-        self.any_true = jax.jit(jnp.any, out_shardings=replicated(mesh))
-        self.previous = {sig: signal.signal(sig, self.handle)
-                         for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore(self) -> None:
-        """Give the signals back to the handlers they had before (the run is over)."""
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    @property
-    def name(self) -> str:
-        return self.received or "a signal to another process"
-
-    def should_stop(self) -> bool:
-        """Whether to checkpoint and exit after the step just dispatched (same on every process)."""
-        if jax.process_count() == 1:
-            self.stopped = self.received is not None
-            return self.stopped
-        mine = np.full(jax.local_device_count(), self.received is not None)
-        vote = self.any_true(global_batch({"stop": mine}, self.mesh)["stop"])
-        # Act on the previous step's vote: it is ready when that step is, so the host stays one
-        # step ahead of the devices instead of waiting for the step in flight.
-        previous, self.previous_vote = self.previous_vote, vote
-        self.stopped = previous is not None and bool(previous)
-        return self.stopped
-
-
 def pretrain(cfg: Config) -> Path:
+    """Pretrain (or resume) the run `cfg` describes; returns its run directory."""
     initialize_distributed(cfg.mesh)
     run = resolve(cfg)
     cfg = run.cfg
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = config_lib.to_yaml(cfg)
     keep_tokenizer(run.run_dir, Path(cfg.data.dir))
     if jax.process_index() == 0:
-        write_atomic(run.run_dir / "config.yaml", config_yaml)
-
+        write_atomic(run.run_dir / "config.yaml", run.config_yaml)
     mesh = make_mesh()
     root = jax.random.key(cfg.train.seed)
     keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
-    pair = cfg.data.objective != "mlm"
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
-    start = 0
-    latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
-    model = Bert(cfg.model, key=keys[INIT], nsp=pair)
-    tokens_before = 0  # earlier phases' tokens (continued pretraining); None when unknown
-    if latest is None and cfg.init.checkpoint is not None:
-        model, tokens_before = continue_from(model, cfg, run.tokenizer)
-    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
-    state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
-    if latest is not None:
-        state, meta = checkpoints.restore(latest, state)
-        start = meta["step"]
-        tokens_before = meta.get("tokens_before", 0)
-        if meta.get("config_hash") != config_hash(config_yaml):
-            print(f"warning: resuming {run.run_dir} with a config that differs from the "
-                  "checkpoint's", file=sys.stderr)
-
-    precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
-    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
-    spec = StepSpec(precision, masking_fn(cfg, run.tokenizer), pair, dropout)
-    train_step = make_train_step(spec, optimizer, cfg.train.micro_batch)
-    eval_step = make_eval_step(spec)
-    lr = schedule(cfg.optim, run.total_steps)
+    state, optimizer, start, tokens_before = start_state(run, keys[INIT], mesh, checkpoints)
     fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
     monitor = Monitor(run.run_dir, run.total_steps, start, cfg.wandb, config_lib.to_dict(cfg),
                       fpt, cfg.precision.compute)
-    monitor.write(f"bertjax: {param_count(model):,} parameters, {jax.device_count()} device(s), "
-                  f"{run.total_steps} steps, {run.data.num_sequences:,} train sequences/epoch, "
-                  f"attention: {'explicit (dropout)' if cfg.model.attention_dropout else 'fused'}")
+    monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
+                  f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
+                  f"sequences/epoch, attention: "
+                  f"{'explicit (dropout)' if cfg.model.attention_dropout else 'XLA (jax.nn)'}")
     stop = StopSignal(mesh)
-    loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
-                config_yaml, tokens_before)
+    loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, tokens_before)
     try:
         state = loop.train(state, start, stop)
     finally:
@@ -294,19 +159,46 @@ def pretrain(cfg: Config) -> Path:
     model = full_copy(state.model) if cfg.train.fill_mask else state.model
     if jax.process_index() == 0:
         write_results(run, loop.last_validation, tokens_before)
-        finish(run, model, cfg)
+        finish(run, model)
     return run.run_dir
+
+
+def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
+    """(train state on the mesh, optimizer, first step, tokens of earlier phases): fresh, from
+    init.checkpoint's weights (continued pretraining), or the newest checkpoint (resume)."""
+    cfg = run.cfg
+    latest = checkpoints.latest_step() if cfg.train.resume == "auto" else None
+    model = Bert(cfg.model, key=key, nsp=cfg.data.objective != "mlm")
+    tokens_before = 0  # earlier phases' tokens (continued pretraining); None when unknown
+    if latest is None and cfg.init.checkpoint is not None:
+        model, tokens_before = continue_from(model, cfg, run.tokenizer)
+    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
+    state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
+    if latest is None:
+        return state, optimizer, 0, tokens_before
+    state, meta = checkpoints.restore(latest, state)
+    if meta.get("config_hash") != config_hash(run.config_yaml):
+        print(f"warning: resuming {run.run_dir} with a config that differs from the "
+              "checkpoint's", file=sys.stderr)
+    return state, optimizer, meta["step"], meta.get("tokens_before", 0)
 
 
 class Loop:
     """The step loop and its periodic work (logging, validation, checkpoints)."""
 
-    def __init__(self, run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
-                 config_yaml, tokens_before):
-        self.run, self.cfg, self.mesh, self.keys = run, cfg, mesh, keys
-        self.train_step, self.eval_step, self.lr = train_step, eval_step, lr
-        self.monitor, self.checkpoints, self.config_yaml = monitor, checkpoints, config_yaml
-        self.tokens_before = tokens_before
+    def __init__(self, run: Run, mesh, keys: dict, optimizer, monitor: Monitor,
+                 checkpoints: Checkpoints, tokens_before: int | None):
+        self.run, self.cfg, self.mesh, self.keys = run, run.cfg, mesh, keys
+        self.monitor, self.checkpoints = monitor, checkpoints
+        self.config_yaml, self.tokens_before = run.config_yaml, tokens_before
+        cfg = run.cfg
+        dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
+        spec = StepSpec(Precision.from_names(cfg.precision.compute),
+                        tokenizer_masker(cfg.data, run.tokenizer), cfg.data.objective != "mlm",
+                        dropout)
+        self.train_step = make_train_step(spec, optimizer, cfg.train.micro_batch)
+        self.eval_step = make_eval_step(spec)
+        self.lr = schedule(cfg.optim, run.total_steps)
         self.pending: list[tuple[int, dict]] = []
         self.nonfinite_in_a_row = 0
         self.warned_epoch = False
@@ -314,8 +206,6 @@ class Loop:
 
     def batches(self, start: int):
         """(step, first global row, this process's rows), read ahead on a thread."""
-        from bertjax.data import prefetch
-
         ramp, data = self.run.ramp, self.run.data
 
         def read(step):
@@ -323,7 +213,7 @@ class Loop:
             offset, count = process_slice(size)
             return step, first, data.rows(first + offset, count)
 
-        return prefetch(map(read, range(start, self.run.total_steps)), self.cfg.data.prefetch)
+        return Prefetcher(map(read, range(start, self.run.total_steps)), self.cfg.data.prefetch)
 
     def train(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
@@ -419,16 +309,13 @@ class Loop:
         self.checkpoints.save(done, state, meta)
 
 
-def finish(run: Run, model: Bert, cfg: Config) -> None:
+def finish(run: Run, model: Bert) -> None:
     """End of training: curves to PNG and fill-mask examples."""
-    from bertjax import plot
-    from bertjax.predict import fill_mask
-
     plot.plot_run(run.run_dir)
-    if cfg.train.fill_mask:
+    sentences = run.cfg.train.fill_mask
+    if sentences:
         print("fill-mask predictions:")
-        for text, top in zip(cfg.train.fill_mask, fill_mask(model, run.tokenizer,
-                                                            cfg.train.fill_mask, top_k=3),
+        for text, top in zip(sentences, fill_mask(model, run.tokenizer, sentences, top_k=3),
                              strict=True):
             guesses = ", ".join(f"{tok} ({p:.2f})" for tok, p in top[0])
             print(f"  {text}  ->  {guesses}")

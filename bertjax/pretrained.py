@@ -1,26 +1,31 @@
-"""Load a trained model from wherever it lives: `load_pretrained(path) -> Pretrained`.
+"""Load a trained model from wherever it lives, and fit it as the start of another run.
 
-Accepts a pretraining run directory (newest complete checkpoint), a checkpoint step directory
-(`RUN/checkpoints/<step>`), a release bundle (every sha256 in manifest.json verified) or a Hugging
-Face BERT directory. Also holds the flat `name -> array` view of a model that bundles and hf.py use.
+`load_pretrained(path) -> Pretrained` accepts a pretraining run directory (newest complete
+checkpoint), a checkpoint step directory (`RUN/checkpoints/<step>`), a release bundle (every
+sha256 in manifest.json verified) or a Hugging Face BERT directory. `continue_from` starts
+continued pretraining from one; `load_start` and `initial_model` start GLUE fine-tuning.
 """
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import equinox as eqx
 import jax
-import numpy as np
 
-from bertjax.config import Config, ModelConfig
+from bertjax import glue
+from bertjax import tokenizer as tokenizer_lib
+from bertjax.checkpoint import Checkpoints
+from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
+from bertjax.files import check_not_lfs_pointer, sha256_file
+from bertjax.hf import import_hf
 from bertjax.model import Bert
+from bertjax.step import abstract_state
+from bertjax.weights import model_from_arrays, read_safetensors
 
 BUNDLE_FORMAT = "bertjax-bundle"
 BUNDLE_VERSION = 1
-LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 EXPECTED = ("a run directory (with checkpoints/), a checkpoint directory (RUN/checkpoints/STEP), "
             "a release bundle (manifest.json) or a Hugging Face BERT directory (config.json + "
             "model.safetensors)")
@@ -36,87 +41,8 @@ class Pretrained:
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
 
 
-# ---- files: LFS pointers, digests, safetensors ----
-def check_not_lfs_pointer(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(len(LFS_HEADER))
-    if head == LFS_HEADER:
-        raise UserError(f"{path} is a git LFS pointer, not the file itself; fetch the real "
-                        "file with `git lfs install && git lfs pull`")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file as numpy arrays; bad files become one-line errors."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    check_not_lfs_pointer(path)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, ValueError, OSError) as e:
-        raise UserError(f"{path} is not a valid safetensors file (corrupt header or data: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                        "re-download or re-export it") from None
-
-
-# ---- a model as a flat dict of named arrays ----
-def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:
-    """`{dotted tree path: array}`, e.g. `encoder.blocks.attn.qkv.weight` (stacked [layers, ..])."""
-    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(x)
-            for p, x in leaves if x is not None}
-
-
-def load_state_dict(abstract: eqx.Module, arrays: dict[str, np.ndarray], source: str):
-    """Fill `abstract` (from eqx.filter_eval_shape) with `arrays`, cast to its dtypes."""
-    params, static = eqx.partition(
-        abstract, lambda x: isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x))
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [jax.tree_util.keystr(p, simple=True, separator=".") for p, _ in leaves]
-    missing = [n for n in names if n not in arrays]
-    extra = sorted(set(arrays) - set(names))
-    if missing or extra:
-        raise UserError(f"{source} does not fit the model: missing {missing[:4]}, unexpected "
-                        f"{extra[:4]}; it was written for a different architecture")
-    values = []
-    for name, (_, like) in zip(names, leaves, strict=True):
-        if tuple(arrays[name].shape) != tuple(like.shape):
-            raise UserError(f"{source}: {name} has shape {list(arrays[name].shape)}, the model "
-                            f"needs {list(like.shape)}; the config does not match the weights")
-        values.append(jax.numpy.asarray(arrays[name]).astype(like.dtype))
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, values), static)
-
-
-def abstract_bert(model_cfg: ModelConfig, mlm: bool, nsp: bool, num_labels: int,
-                  classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
-    return eqx.filter_eval_shape(Bert, model_cfg, key=jax.random.key(0), mlm=mlm, nsp=nsp,
-                                 num_labels=num_labels, classifier_dropout=classifier_dropout,
-                                 pooling=pooling)
-
-
-def model_from_arrays(model_cfg: ModelConfig, arrays: dict[str, np.ndarray], source: str,
-                      classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
-    """A Bert with the heads that `arrays` (our names) carry."""
-    num_labels = arrays["classifier.bias"].shape[0] if "classifier.bias" in arrays else 0
-    abstract = abstract_bert(model_cfg, "mlm.bias" in arrays, "nsp.weight" in arrays,
-                             num_labels, classifier_dropout, pooling)
-    return load_state_dict(abstract, arrays, source)
-
-
 # ---- the four kinds of source ----
 def load_bundle(path: Path) -> Pretrained:
-    from bertjax.config import from_yaml_text
-
     manifest = verify_bundle(path)
     cfg = from_yaml_text((path / "config.yaml").read_text(), str(path / "config.yaml"))
     arrays = read_safetensors(path / "model.safetensors")
@@ -157,10 +83,6 @@ def verify_bundle(path: Path) -> dict:
 def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
     """(model, config, meta) of an Orbax train-state checkpoint; the newest complete one when
     `step` is None."""
-    from bertjax.checkpoint import Checkpoints
-    from bertjax.config import from_yaml_text
-    from bertjax.pretrain import abstract_state
-
     for file in (run_dir / "checkpoints").rglob("*"):
         if file.is_file():
             check_not_lfs_pointer(file)
@@ -211,8 +133,6 @@ def load_pretrained(path: str | Path) -> Pretrained:
     if (path / "manifest.json").is_file():
         return load_bundle(path)
     if (path / "config.json").is_file():
-        from bertjax.hf import import_hf
-
         model, model_cfg, tokenizer = import_hf(path)
         return Pretrained(model, model_cfg, None, tokenizer, "hf", None)
     if (path / "checkpoints").is_dir() or is_step_dir(path):
@@ -226,3 +146,93 @@ def load_pretrained(path: str | Path) -> Pretrained:
         raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "
                         f"them, e.g. {bests[0].parent}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
+
+
+# ---- starting points: continued pretraining and GLUE fine-tuning ----
+# What must agree for a checkpoint's weights to be another run's starting point.
+_ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
+                 "max_position_embeddings", "type_vocab_size", "norm")
+
+
+def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
+    """`model` with init.checkpoint's encoder and heads: continued pretraining (a second phase at
+    another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
+    schedule and the data order start fresh; heads the checkpoint lacks keep their new init.
+    Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
+    source = load_pretrained(cfg.init.checkpoint)
+    where = f"init.checkpoint={cfg.init.checkpoint}"
+    for name in _ARCHITECTURE:
+        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
+        if theirs != ours:
+            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
+                            f"model.{name}={theirs} (or model.size to the checkpoint's)")
+    if source.tokenizer_path is None or \
+            tokenizer_lib.load(source.tokenizer_path).get_vocab() != tok.get_vocab():
+        raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
+                        f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
+    pretrained = source.model
+    model = eqx.tree_at(lambda m: m.encoder, model, pretrained.encoder)
+    for head in ("mlm", "pooler", "nsp"):
+        if getattr(model, head) is not None and getattr(pretrained, head) is not None:
+            model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
+    return model, source.tokens_seen
+
+
+def load_start(cfg: Config):
+    """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
+    configured model, the tokenizer named by the config) for the no-pretraining baseline."""
+    if cfg.init.checkpoint is not None:
+        pretrained = load_pretrained(cfg.init.checkpoint)
+        tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
+                                                 if cfg.tokenizer.path else None)
+        model, model_cfg = pretrained.model, pretrained.model_cfg
+    else:
+        tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \
+            Path(cfg.data.dir) / "tokenizer.json"
+        model, model_cfg = None, None
+    if tok_path is None or not Path(tok_path).is_file():
+        if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
+            raise UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
+                            "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
+                            "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
+                            "TOKENIZER.json to train the random-init baseline")
+        raise UserError(f"no tokenizer found (looked for {tok_path}); set tokenizer.path to a "
+                        "tokenizer.json or init.checkpoint to a checkpoint that carries one")
+    tok = tokenizer_lib.load(tok_path)
+    vocab = tokenizer_lib.vocab_size(tok)
+    if model_cfg is None:
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)
+    if vocab > model_cfg.vocab_size:
+        raise UserError(f"the tokenizer {tok_path} has {vocab} tokens but the checkpoint's "
+                        f"vocabulary has {model_cfg.vocab_size}: they do not belong together; "
+                        "use the tokenizer saved with the checkpoint")
+    return model, model_cfg, tok
+
+
+def transplant(source, target):
+    """`target`'s structure and static fields (dropout rates, scan, remat) with `source`'s
+    arrays: how a checkpoint's weights meet the fine-tuning config."""
+    leaves, structure = jax.tree.leaves(source), jax.tree.structure(target)
+    if len(leaves) != structure.num_leaves:
+        raise UserError("the checkpoint's encoder does not match the configured model")
+    return jax.tree.unflatten(structure, leaves)
+
+
+def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
+    """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
+    under a fresh classifier or regression head."""
+    fresh = Bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
+                 classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
+    pooler = fresh.pooler if start.pooler is None else start.pooler
+    return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
+                       (transplant(start.encoder, fresh.encoder), pooler))
+
+
+def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
+    """The encoder under a fresh head; without a checkpoint a fresh random encoder per seed,
+    so that the baseline's spread covers its initialisation too."""
+    key = jax.random.key(seed)
+    if start is None:
+        start = Bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
+    return with_task_head(start, cfg, glue.get_task(cfg.glue.task).num_labels,
+                          jax.random.fold_in(key, 0))

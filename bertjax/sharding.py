@@ -3,17 +3,20 @@
 Batches are sharded on their leading (row) axis; parameters are replicated (data parallel) or,
 with the FSDP rule, split along their largest axis that the device count divides. Multi-host runs
 go through `jax.distributed.initialize` (JAX's own engine); each host feeds only its own rows.
-Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives.
+Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives. `StopSignal`
+turns SIGTERM/SIGINT into a stop that every process takes after the same step.
 """
 
 import hashlib
 import os
+import signal
 from collections.abc import Iterable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import MeshConfig
@@ -119,8 +122,6 @@ def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def full_copy(tree):
     """`tree` with every array whole on this process (a collective when arrays span
     processes: then every process must call it, at the same point)."""
-    from jax.experimental import multihost_utils
-
     def whole(x):
         if not isinstance(x, jax.Array) or x.is_fully_addressable:
             return x
@@ -134,8 +135,6 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
     generator to skip building them on a single process."""
     if jax.process_count() == 1:
         return True
-    from jax.experimental import multihost_utils
-
     digest = hashlib.sha256()
     for part in parts:
         digest.update(hashlib.sha256(part).digest())
@@ -146,6 +145,47 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
 def barrier(name: str) -> None:
     """Wait until every process gets here (nothing to wait for with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint and exit at a step boundary.
+
+    With several processes a signal reaches each one at a different point of its loop (or only
+    one of them), and a process that stops alone waits forever in the checkpoint's collectives
+    while the others wait in the next step's. So processes vote after every step and all stop
+    after the same one."""
+
+    def __init__(self, mesh):
+        self.received: str | None = None
+        self.stopped = False
+        self.mesh = mesh
+        self.previous_vote: jax.Array | None = None
+        self.any_true = jax.jit(jnp.any, out_shardings=replicated(mesh))
+        self.previous = {sig: signal.signal(sig, self.handle)
+                         for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Give the signals back to the handlers they had before (the run is over)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    @property
+    def name(self) -> str:
+        return self.received or "a signal to another process"
+
+    def should_stop(self) -> bool:
+        """Whether to checkpoint and exit after the step just dispatched (same on every process)."""
+        if jax.process_count() == 1:
+            self.stopped = self.received is not None
+            return self.stopped
+        mine = np.full(jax.local_device_count(), self.received is not None)
+        vote = self.any_true(global_batch({"stop": mine}, self.mesh)["stop"])
+        # Act on the previous step's vote: it is ready when that step is, so the host stays one
+        # step ahead of the devices instead of waiting for the step in flight.
+        previous, self.previous_vote = self.previous_vote, vote
+        self.stopped = previous is not None and bool(previous)
+        return self.stopped

@@ -4,13 +4,13 @@ Special-token ids are read from the tokenizer (`special_tokens`), never hard-cod
 [PAD] at 0 and the rest at 1-4, bert-base-uncased uses 0/100/101/102/103.
 """
 
-import hashlib
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from tokenizers import (
+    Encoding,
     Tokenizer,
     decoders,
     models,
@@ -22,6 +22,7 @@ from tokenizers import (
 
 from bertjax.config import TokenizerConfig
 from bertjax.errors import UserError
+from bertjax.files import sha256_file, write_atomic
 
 SPECIAL_NAMES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -108,18 +109,32 @@ def vocab_size(tok: Tokenizer) -> int:
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save(tok: Tokenizer, path: str | Path) -> str:
     """Write tokenizer.json atomically (temporary name, then rename); returns its sha256."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tok.save(str(tmp), pretty=True)
-    os.replace(tmp, path)
+    write_atomic(path, tok.to_str(pretty=True))
     return sha256_file(path)
+
+
+def encode_truncated(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None,
+                     max_len: int) -> tuple[list[Encoding], int]:
+    """Encodings of texts (or text pairs, through the post-processor: [CLS] a [SEP] b [SEP],
+    type ids 0/1), cut longest-first to `max_len` tokens; and how many were cut. Works on a
+    copy, so the caller's tokenizer keeps its padding and truncation settings."""
+    copy = Tokenizer.from_str(tok.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_len, strategy="longest_first")
+    inputs = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
+    encodings = copy.encode_batch(inputs)
+    return encodings, sum(bool(e.overflowing) for e in encodings)
+
+
+def pad_rows(rows: Sequence[tuple], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token ids, type ids) per row -> right-padded int32 ids and types [rows, length] (pad id
+    0 here: padding positions are masked out) and the boolean attention mask."""
+    ids = np.zeros((len(rows), length), np.int32)
+    types = np.zeros_like(ids)
+    mask = np.zeros(ids.shape, bool)
+    for r, (row_ids, row_types) in enumerate(rows):
+        ids[r, :len(row_ids)], types[r, :len(row_ids)], mask[r, :len(row_ids)] = \
+            row_ids, row_types, True
+    return ids, types, mask

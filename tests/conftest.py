@@ -1,24 +1,41 @@
-"""Test environment: 8 forced CPU devices, strict dtype promotion, offline, wandb disabled.
+"""Test environment: 8 forced CPU devices, strict dtype promotion, offline, wandb disabled; and
+the helpers several test files share (corpora, tokenizers, a tiny train step, free ports).
 
 The environment variables must be set before jax (or datasets/wandb) is first imported, which is
-why they sit at the top of conftest.py; jaxtyping's runtime checks come from pyproject's addopts.
+why they sit at the top of conftest.py; jaxtyping's runtime checks come from pyproject's addopts
+(its plugin installs the import hook before this file is loaded, so bertjax is checked).
 """
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # (tests/dist_worker.py sets its own count before it imports the helpers below)
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+import json  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from tokenizers import Tokenizer, models  # noqa: E402
+
+from bertjax import config, tokenizer  # noqa: E402
+from bertjax.config import TokenizerConfig  # noqa: E402
+from bertjax.model import Bert  # noqa: E402
+from bertjax.optim import make_optimizer  # noqa: E402
+from bertjax.precision import Precision  # noqa: E402
+from bertjax.step import StepSpec, init_state, make_train_step  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
@@ -31,3 +48,126 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+# ---- text, corpora and tokenizers ----
+WORDS = ("the cat dog sat on a mat ran far away quickly under blue green tree house river "
+         "stone bird sang loudly while children played nearby").split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, rng.integers(4, 12))).capitalize() + "." for _ in range(n)]
+
+
+def bert_style_tokenizer(path, extra_words: int = 0) -> Tokenizer:
+    """A tokenizer laid out like bert-base-uncased: [PAD]=0, [unused*], [UNK]=100 … [MASK]=103."""
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += WORDS + [".", "##s"] + [f"w{i}" for i in range(extra_words)]
+    tok = tokenizer.build(TokenizerConfig())
+    tok.model = models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]")
+    for name in tokenizer.SPECIAL_NAMES:  # registered as special, like HF's own file
+        tok.add_special_tokens([name])
+    tok.save(str(path))
+    return tok
+
+
+def write_corpus(path: Path, n_docs: int, seed: int = 0) -> list[str]:
+    """Plain text: one paragraph per line, a blank line between documents."""
+    rng = np.random.default_rng(seed)
+    docs = ["\n".join(" ".join(sentences(int(rng.integers(1, 4)), seed=seed * 1000 + i * 10 + p))
+                      for p in range(int(rng.integers(1, 4)))) for i in range(n_docs)]
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return docs
+
+
+def load_cfg(tmp_path: Path, sources_: list, **data) -> config.Config:
+    overrides = [f"data.dir={tmp_path / 'prepared'}", "tokenizer.vocab_size=300",
+                 "data.validation_fraction=0.1",
+                 *(f"{k if '.' in k else 'data.' + k}={v}" for k, v in data.items())]
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(json.dumps({"data": {"sources": [str(s) for s in sources_]}}))
+    return config.load([cfg_file], overrides)
+
+
+# ---- processes ----
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- a tiny train step (test_train_step, test_distributed, dist_worker) ----
+VOCAB, SEQ, PREDS = 61, 16, 4
+STEPS = 3
+
+
+class Masked(NamedTuple):
+    input_ids: jax.Array
+    positions: jax.Array
+    labels: jax.Array
+    weights: jax.Array
+
+
+def key_mask(key, input_ids, attention_mask):
+    """A simple keyed row mask (the real one is tested in test_masking.py): PREDS random
+    positions among 1..SEQ-2, replaced by id 4; the last slot is a padding slot (weight 0)."""
+    positions = jax.random.choice(key, jnp.arange(1, SEQ - 1), (PREDS,), replace=False)
+    labels = input_ids[positions]
+    weights = jnp.ones((PREDS,), jnp.float32).at[-1].set(0.0)
+    return Masked(input_ids.at[positions].set(4), positions.astype(jnp.int32), labels, weights)
+
+
+def setup(overrides=(), rows=8):
+    # Adam turns tiny gradient differences (reduction order across devices or micro-batches)
+    # into update differences of up to ~lr for near-zero gradients, hence the small lr.
+    cfg = config.load([], [f"model.vocab_size={VOCAB}", "model.dropout=0.0",
+                           "model.attention_dropout=0.0", "optim.warmup=0.0", "optim.lr=1e-3",
+                           *overrides])
+    model = Bert(cfg.model, key=jax.random.key(0), nsp=True)
+    optimizer = make_optimizer(cfg.optim, 10, eqx.filter(model, eqx.is_array))
+    state = init_state(model, optimizer, cfg.precision)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32),
+             "token_type_ids": np.zeros((rows, SEQ), np.int32),
+             "attention_mask": np.ones((rows, SEQ), bool),
+             "pair_labels": rng.integers(0, 2, rows).astype(np.int32)}
+    precision = Precision.from_names(cfg.precision.compute)
+    spec = StepSpec(precision, key_mask, True, False)
+    return cfg, optimizer, state, batch, spec
+
+
+def step_inputs(i: int):
+    """first_row, mask key and dropout key of step i (as the pretraining loop derives them)."""
+    return jnp.int32(16 * i), jax.random.key(1), jax.random.fold_in(jax.random.key(2), i)
+
+
+def flat_params(model) -> dict:
+    """Parameters by tree path, for comparing runs made in other processes."""
+    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
+    return {jax.tree_util.keystr(path): x for path, x in leaves}
+
+
+def three_steps_on_one_device():
+    _, optimizer, state, batch, spec = setup(rows=16)
+    step = make_train_step(spec, optimizer, micro=8)
+    losses = []
+    for i in range(STEPS):
+        state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()},
+                              *step_inputs(i))
+        losses.append(float(metrics["mlm_loss"]))
+    return losses, {k: np.asarray(v) for k, v in flat_params(state.model).items()}
+
+
+# ---- compilation counts ----
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Record every call of `owner.name` while the test runs. A function called inside a jitted
+    one runs once per trace, so the length of the list is the number of compilations."""
+    calls, original = [], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls

@@ -19,21 +19,18 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
                            process_id=pid)
 
 import numpy as np  # noqa: E402
+from conftest import STEPS, flat_params, setup, step_inputs  # noqa: E402  (tests/ is sys.path[0])
 from jax.experimental import multihost_utils  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from bertjax.sharding import global_batch, make_mesh, process_slice, shard_params  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from test_train_step import STEPS, flat_params, setup, step_inputs  # noqa: E402
+from bertjax.step import make_train_step  # noqa: E402
 
 cfg, optimizer, state, batch, spec = setup(["mesh.strategy=fsdp", "mesh.fsdp_min_size=64"],
                                            rows=16)
 mesh = make_mesh()
 assert jax.device_count() == 4 and jax.process_count() == 2
 state = shard_params(state, mesh, cfg.mesh)
-from bertjax.train import make_train_step  # noqa: E402
-
 step = make_train_step(spec, optimizer, micro=8)
 offset, count = process_slice(16)
 losses = []

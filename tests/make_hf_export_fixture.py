@@ -74,7 +74,7 @@ def build_model(name: str):
     import jax
 
     from bertjax.config import ModelConfig
-    from bertjax.pretrained import abstract_bert, load_state_dict
+    from bertjax.weights import abstract_bert, load_state_dict
 
     norm, _, heads, seed = MODELS[name]
     cfg = ModelConfig(size="tiny", num_layers=2, hidden_size=32, num_heads=4,

@@ -1,5 +1,7 @@
 """Config loading: every shipped config loads, sizes resolve, and mistakes give clear errors."""
 
+import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,58 @@ def test_include_merges_the_base_first(tmp_path):
     (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
     with pytest.raises(UserError, match="includes itself"):
         config.load([tmp_path / "loop.yaml"])
+
+
+def config_reads(package: Path) -> set[str]:
+    """`section.key` for every config attribute the code reads: `x.field` where x is written
+    `...cfg`, `...config` or `....section` (cfg.train.steps, data_cfg.mask_rate, self.cfg.glue.
+    task), plus field names spelled out as strings (getattr over a tuple of names)."""
+    attrs, strings = set(), set()
+    for path in package.glob("*.py"):
+        if path.name == "config.py":  # validating a key is not using it
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                attrs.add((ast.unparse(node.value).rpartition(".")[2], node.attr))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+    reads = set()
+    for section in dataclasses.fields(config.Config):
+        for f in dataclasses.fields(section.type):
+            if f.name in strings or any(owner in (section.name, "cfg", "config") or
+                                        owner.endswith("_cfg") for owner, attr in attrs
+                                        if attr == f.name):
+                reads.add(f"{section.name}.{f.name}")
+    return reads
+
+
+# Keys the code reads through a property of their section in config.py.
+THROUGH_A_PROPERTY = {"data.max_predictions": "data.predictions"}
+
+
+def test_every_config_key_is_read_somewhere():
+    every = {f"{s.name}.{f.name}" for s in dataclasses.fields(config.Config)
+             for f in dataclasses.fields(s.type)}
+    reads = config_reads(ROOT / "bertjax")
+    text = "\n".join(p.read_text() for p in (ROOT / "bertjax").glob("*.py")
+                     if p.name != "config.py")
+    reads |= {key for key, prop in THROUGH_A_PROPERTY.items()
+              if f".{prop.partition('.')[2]}" in text}
+    assert every - reads == set()
+
+
+def test_a_key_nothing_reads_is_caught(tmp_path):
+    for path in (ROOT / "bertjax").glob("*.py"):
+        text = path.read_text()
+        if path.name == "pretrain.py":  # drop the one read of train.max_nonfinite
+            assert "self.cfg.train.max_nonfinite" in text
+            text = text.replace("self.cfg.train.max_nonfinite", "10")
+        (tmp_path / path.name).write_text(text)
+    assert "train.max_nonfinite" not in config_reads(tmp_path)
+
+
+def test_a_removed_key_says_why(tmp_path):
+    with pytest.raises(UserError, match="precision.param' .* was removed .* always float32"):
+        config.load([], ["precision.param=bfloat16"])
+    old = config.to_yaml(config.load([])).replace("precision:\n", "precision:\n  param: float32\n")
+    assert config.from_yaml_text(old, "an old run's config.yaml") == config.load([])

@@ -1,15 +1,14 @@
 """Loader: contiguous framed chunks, per-epoch permutations, exact resume, process slices that
-add up to the global batch, NSP/SOP pairs and label balance, validation order, prefetch."""
+add up to the global batch, NSP/SOP pairs and label balance, prefetch."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
-from test_prepare import load_cfg, write_corpus
+from conftest import load_cfg, write_corpus
 
 from bertjax import prepare, tokenizer
-from bertjax.data import EpochWarning, Permutation, PretrainData, prefetch
+from bertjax.data import Permutation, Prefetcher, PretrainData
 from bertjax.errors import UserError
 
 SEQ = 16
@@ -52,9 +51,7 @@ def test_mlm_rows_are_framed_contiguous_chunks(prepared):
 def test_each_epoch_is_a_permutation_and_differs(prepared):
     data = PretrainData(prepared, "train", SEQ, seed=5)
     n = data.num_sequences
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EpochWarning)
-        first, second = data.sequence_index(np.arange(n)), data.sequence_index(np.arange(n, 2 * n))
+    first, second = data.sequence_index(np.arange(n)), data.sequence_index(np.arange(n, 2 * n))
     assert sorted(first) == sorted(second) == list(range(n))
     assert (first != second).mean() > 0.9
     other = PretrainData(prepared, "train", SEQ, seed=6).sequence_index(np.arange(n))
@@ -75,17 +72,14 @@ def schedule(steps: int) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("objective", ["mlm", "mlm+nsp"])
 def test_resume_matches_uninterrupted_run(prepared, objective):
     spans = schedule(40)  # > 1 epoch for mlm, so the epoch boundary is crossed too
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EpochWarning)
-        full = [PretrainData(prepared, "train", SEQ, objective, 7).rows(*s) for s in spans]
-        for k in (0, 17, 39):  # a fresh process resuming at step k, running to the end
-            resumed = PretrainData(prepared, "train", SEQ, objective, 7)
-            for step in range(k, len(spans)):
-                got = resumed.rows(*spans[step])
-                assert all(np.array_equal(full[step][key], got[key]) for key in got)
+    full = [PretrainData(prepared, "train", SEQ, objective, 7).rows(*s) for s in spans]
+    for k in (0, 17, 39):  # a fresh process resuming at step k, running to the end
+        resumed = PretrainData(prepared, "train", SEQ, objective, 7)
+        for step in range(k, len(spans)):
+            got = resumed.rows(*spans[step])
+            assert all(np.array_equal(full[step][key], got[key]) for key in got)
 
 
-@pytest.mark.filterwarnings("ignore::bertjax.data.EpochWarning")
 @pytest.mark.parametrize("objective", ["mlm", "mlm+sop"])
 def test_process_slices_partition_the_global_batch(prepared, objective):
     data = PretrainData(prepared, "train", SEQ, objective, seed=1)
@@ -100,25 +94,12 @@ def test_process_slices_partition_the_global_batch(prepared, objective):
     assert not set(index[0]) & set(index[1])
 
 
-def test_epoch_warning_once_per_new_epoch(prepared):
-    data = PretrainData(prepared, "train", SEQ)
-    n = data.num_sequences
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        data.rows(0, 8)
-        data.rows(n - 4, 8)
-        data.rows(n + 4, 8)
-    assert [str(w.message).split(";")[0] for w in seen if w.category is EpochWarning] == [
-        f"train data: position {n} starts epoch 1 ({n:,} sequences per epoch)"]
-
-
 def contiguous(tokens: np.ndarray, piece: np.ndarray) -> np.ndarray:
     """Start offsets where `piece` occurs in `tokens`."""
     windows = np.lib.stride_tricks.sliding_window_view(tokens, len(piece))
     return np.flatnonzero((windows == piece).all(1))
 
 
-@pytest.mark.filterwarnings("ignore::bertjax.data.EpochWarning")
 @pytest.mark.parametrize("objective", ["mlm+nsp", "mlm+sop"])
 def test_pairs_structure_order_and_label_balance(prepared, objective):
     data = PretrainData(prepared, "train", SEQ, objective, seed=2)
@@ -170,37 +151,18 @@ def test_pairs_structure_order_and_label_balance(prepared, objective):
     assert all(np.array_equal(again[k], batch[k][:64]) for k in again)
 
 
-def test_validation_batches_fixed_order_padded(prepared):
-    val = PretrainData(prepared, "validation", SEQ)
-    assert not val.shuffle and val.num_sequences > 5
-    batches = list(val.batches(4))
-    assert len(batches) == -(-val.num_sequences // 4)
-    ids = np.concatenate([b["input_ids"] for b in batches])
-    real = np.concatenate([b["attention_mask"] for b in batches]).any(1)
-    assert real.sum() == val.num_sequences and not real[val.num_sequences:].any()
-    assert np.array_equal(ids[: val.num_sequences], val.rows(0, val.num_sequences)["input_ids"])
-    assert all(np.array_equal(a["input_ids"], b["input_ids"])
-               for a, b in zip(batches, val.batches(4), strict=True))
-    assert len(list(val.batches(4, max_batches=2))) == 2
-
-
-def test_prefetch_spans_and_step_function(prepared):
+def test_prefetch_reads_ahead_in_order_and_hands_errors_over(prepared):
     data = PretrainData(prepared, "train", SEQ)
     spans = schedule(6)
-    with prefetch(spans, 2, data=data) as it:
+    with Prefetcher(map(lambda s: data.rows(*s), spans), 2) as it:  # reads on the thread
         got = list(it)
     assert all(np.array_equal(g["input_ids"], data.rows(*s)["input_ids"])
                for g, s in zip(got, spans, strict=True))
-    with prefetch(map(lambda s: data.rows(*s), spans), 2) as it:  # a lazy iterable of batches
-        assert all(np.array_equal(g["input_ids"], b["input_ids"])
-                   for g, b in zip(it, got, strict=True))
-    with prefetch(lambda step: step * 10, 3, first_step=5) as it:
-        assert [next(it) for _ in range(4)] == [50, 60, 70, 80]
 
     def boom(step):
         raise ValueError(f"bad step {step}")
 
-    with prefetch(boom, 2) as it, pytest.raises(ValueError, match="bad step 0"):
+    with Prefetcher(map(boom, range(3)), 2) as it, pytest.raises(ValueError, match="bad step 0"):
         next(it)
 
 

@@ -1,22 +1,15 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
 and parameters of the same 3 train steps on one device."""
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import free_port, three_steps_on_one_device
 from safetensors.numpy import load_file
-from test_train_step import three_steps_on_one_device
 
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one_device(tmp_path):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
 
 from bertjax import config
 from bertjax.checkpoint import Checkpoints
@@ -19,11 +20,9 @@ from bertjax.errors import UserError
 from bertjax.export import export_run, main, save_bundle
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
-from bertjax.pretrained import load_pretrained, state_dict
-from bertjax.train import init_state
-
-sys.path.insert(0, str(Path(__file__).parent))
-from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
+from bertjax.pretrained import load_pretrained
+from bertjax.step import init_state
+from bertjax.weights import state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_TINY = Path(__file__).parent / "fixtures" / "hf_tiny"

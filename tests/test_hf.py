@@ -4,7 +4,6 @@ of the weight mapping, exported directories against what transformers computed o
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import jax
@@ -23,12 +22,12 @@ from bertjax.hf import (
     import_hf,
 )
 from bertjax.model import Bert
-from bertjax.pretrained import load_pretrained, state_dict
+from bertjax.pretrained import load_pretrained
+from bertjax.weights import state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HF_TINY = FIXTURES / "hf_tiny"
 HF_EXPORT = FIXTURES / "hf_export"
-sys.path.insert(0, str(Path(__file__).parent))
 import make_hf_export_fixture as export_fixture  # noqa: E402
 
 TOL = 1e-4  # f32; HF's own f32 rounding at this scale is ~2e-6, converter mistakes are > 1e-3

@@ -4,7 +4,10 @@ console: a bar on a terminal, plain lines in a log file."""
 import io
 import json
 
+import matplotlib.image
+import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 from bertjax import config
 from bertjax.metrics import Monitor
@@ -26,7 +29,22 @@ def test_monitor_writes_jsonl_and_an_offline_wandb_run(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 4]
     assert "tokens_per_s" not in rows[0] and rows[1]["tokens_per_s"] > 0
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # a local wandb run, no network
-    assert plot_run(tmp_path).stat().st_size > 1000
+
+
+def test_plot_draws_training_curves_and_validation_points_in_both_panels(tmp_path):
+    rows = [{"step": s, "loss": 5.0 - s, "accuracy": 0.1 * s, "tokens": 100 * s} for s in (1, 2, 3)]
+    rows.append({"step": 3, "val_loss": 2.5, "val_accuracy": 0.2})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    image = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
+    assert image.shape[:2] == (400, 1100)  # figsize 11 x 4 inches at 100 dpi
+
+    def drawn(color):  # pixels of this colour in the left (loss) and right (accuracy) panel
+        hit = np.abs(image - np.asarray(to_rgb(color))).max(-1) < 0.05
+        return hit[:, :550].sum(), hit[:, 550:].sum()
+
+    assert min(drawn("C0")) > 50  # the training line (matplotlib's first colour)
+    assert min(drawn("C1")) > 20  # the validation marker (its second)
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 class Stream(io.StringIO):

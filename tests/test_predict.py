@@ -12,13 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import count_calls
+from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 from bertjax import config, predict
 from bertjax.export import save_bundle
 from bertjax.model import Bert
-
-sys.path.insert(0, str(Path(__file__).parent))
-from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIONS = 32
@@ -42,11 +41,12 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, int(rng.integers(2, 12)))) + "." for _ in range(n)]
 
 
-def test_batches_equal_one_at_a_time_and_compile_once_per_length(model):
+def test_batches_equal_one_at_a_time_and_compile_once_per_length(model, monkeypatch):
     tok, texts, pairs = make_tokenizer(), sentences(10), sentences(10, seed=1)
-    predict._class_probs.clear_cache()
+    jax.clear_caches()  # an earlier test may have compiled this shape already
+    traces = count_calls(monkeypatch, Bert, "classify")
     batched = predict.classify(model, tok, texts, pairs, batch_size=4)
-    assert predict._class_probs._cache_size() == 1  # 3 batches of 4 rows, all within 32 tokens
+    assert len(traces) == 1  # 3 batches of 4 rows, all within 32 tokens
     single = np.concatenate([predict.classify(model, tok, [a], [b], batch_size=1)
                              for a, b in zip(texts, pairs, strict=True)])
     assert batched.shape == (10, 3)

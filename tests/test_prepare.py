@@ -10,30 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_tokenizer import bert_style_tokenizer, sentences
+from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
 from bertjax import config, prepare, sources, tokenizer
 from bertjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_corpus(path: Path, n_docs: int, seed: int = 0) -> list[str]:
-    """Plain text: one paragraph per line, a blank line between documents."""
-    rng = np.random.default_rng(seed)
-    docs = ["\n".join(" ".join(sentences(int(rng.integers(1, 4)), seed=seed * 1000 + i * 10 + p))
-                      for p in range(int(rng.integers(1, 4)))) for i in range(n_docs)]
-    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    return docs
-
-
-def load_cfg(tmp_path: Path, sources_: list, **data) -> config.Config:
-    overrides = [f"data.dir={tmp_path / 'prepared'}", "tokenizer.vocab_size=300",
-                 "data.validation_fraction=0.1",
-                 *(f"{k if '.' in k else 'data.' + k}={v}" for k, v in data.items())]
-    cfg_file = tmp_path / "cfg.yaml"
-    cfg_file.write_text(json.dumps({"data": {"sources": [str(s) for s in sources_]}}))
-    return config.load([cfg_file], overrides)
 
 
 @pytest.fixture

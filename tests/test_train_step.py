@@ -2,58 +2,17 @@
 compilation count under the batch ramp, and device-count invariance of the sharded step."""
 
 import dataclasses
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PREDS, key_mask, setup
 
-from bertjax import config
-from bertjax.model import Bert
-from bertjax.optim import make_optimizer
-from bertjax.precision import LossScale, Precision
+from bertjax.precision import LossScale
 from bertjax.sharding import global_batch, make_mesh, shard_params
-from bertjax.train import StepSpec, init_state, make_train_step
-
-VOCAB, SEQ, PREDS = 61, 16, 4
-STEPS = 3
-
-
-class Masked(NamedTuple):
-    input_ids: jax.Array
-    positions: jax.Array
-    labels: jax.Array
-    weights: jax.Array
-
-
-def key_mask(key, input_ids, attention_mask):
-    """A simple keyed row mask (the real one is tested in test_masking.py): PREDS random
-    positions among 1..SEQ-2, replaced by id 4; the last slot is a padding slot (weight 0)."""
-    positions = jax.random.choice(key, jnp.arange(1, SEQ - 1), (PREDS,), replace=False)
-    labels = input_ids[positions]
-    weights = jnp.ones((PREDS,), jnp.float32).at[-1].set(0.0)
-    return Masked(input_ids.at[positions].set(4), positions.astype(jnp.int32), labels, weights)
-
-
-def setup(overrides=(), rows=8):
-    # Adam turns tiny gradient differences (reduction order across devices or micro-batches)
-    # into update differences of up to ~lr for near-zero gradients, hence the small lr.
-    cfg = config.load([], [f"model.vocab_size={VOCAB}", "model.dropout=0.0",
-                           "model.attention_dropout=0.0", "optim.warmup=0.0", "optim.lr=1e-3",
-                           *overrides])
-    model = Bert(cfg.model, key=jax.random.key(0), nsp=True)
-    optimizer = make_optimizer(cfg.optim, 10, eqx.filter(model, eqx.is_array))
-    state = init_state(model, optimizer, cfg.precision)
-    rng = np.random.default_rng(0)
-    batch = {"input_ids": rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32),
-             "token_type_ids": np.zeros((rows, SEQ), np.int32),
-             "attention_mask": np.ones((rows, SEQ), bool),
-             "pair_labels": rng.integers(0, 2, rows).astype(np.int32)}
-    precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
-    spec = StepSpec(precision, key_mask, True, False)
-    return cfg, optimizer, state, batch, spec
+from bertjax.step import make_train_step
 
 
 def run_step(state, batch, spec, optimizer, micro, mesh=None):
@@ -64,28 +23,6 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
-
-
-def step_inputs(i: int):
-    """first_row, mask key and dropout key of step i (as the pretraining loop derives them)."""
-    return jnp.int32(16 * i), jax.random.key(1), jax.random.fold_in(jax.random.key(2), i)
-
-
-def flat_params(model) -> dict:
-    """Parameters by tree path, for comparing runs made in other processes."""
-    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
-    return {jax.tree_util.keystr(path): x for path, x in leaves}
-
-
-def three_steps_on_one_device():
-    _, optimizer, state, batch, spec = setup(rows=16)
-    step = make_train_step(spec, optimizer, micro=8)
-    losses = []
-    for i in range(STEPS):
-        state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()},
-                              *step_inputs(i))
-        losses.append(float(metrics["mlm_loss"]))
-    return losses, {k: np.asarray(v) for k, v in flat_params(state.model).items()}
 
 
 def assert_trees_close(a, b, **tol):
@@ -129,12 +66,18 @@ def test_fp16_finite_steps_train_and_grow_the_scale_after_the_period():
 
 def test_ramp_recompiles_once_per_accumulation_count():
     _, optimizer, state, batch, spec = setup(rows=8)
-    step = make_train_step(spec, optimizer, micro=2)
+    traces = []  # the row masker runs once per trace of the step, i.e. once per compilation
+
+    def counted_mask(*args):
+        traces.append(args[1].shape)
+        return key_mask(*args)
+
+    step = make_train_step(dataclasses.replace(spec, mask_fn=counted_mask), optimizer, micro=2)
     args = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
     for rows in (2, 4, 4, 8, 8, 2):  # 3 distinct global batches -> 3 compilations
         part = {k: jnp.asarray(v[:rows]) for k, v in batch.items()}
         state, _ = step(state, part, *args)
-    assert step.jitted._cached._cache_size() == 3
+    assert len(traces) == 3
 
 
 @pytest.mark.parametrize("strategy", ["dp", "fsdp"])

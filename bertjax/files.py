@@ -1,0 +1,79 @@
+"""File helpers every layer shares: atomic writes, staged directories, sha256, LFS pointers.
+
+Nothing a user keeps is ever half-written: a file is written under a temporary name and renamed
+when complete (`write_atomic`), a directory is filled beside its target and swapped in whole
+(`staged_dir`). Git LFS pointers (a checkout without `git lfs pull`) are named as such.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from bertjax.errors import UserError
+
+LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` to `path` through a temporary sibling and a rename: readers (and a crash)
+    see the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(data)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | Path, force: bool):
+    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir`
+    (refused when `out_dir` holds files and not `force`). On failure nothing is left behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
+                        "replace it, or choose another directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield tmp
+        # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release is
+        # meant to be read by others.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            if path.is_file():
+                path.chmod(0o644)
+        old = None
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
+                                        dir=out_dir.parent))
+            out_dir.replace(old / "previous")
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_not_lfs_pointer(path: str | Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_HEADER))
+    if head == LFS_HEADER:
+        raise UserError(f"{path} is a git LFS pointer, not the file itself; fetch the real "
+                        "file with `git lfs install && git lfs pull`")

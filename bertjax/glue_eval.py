@@ -1,0 +1,78 @@
+"""GLUE evaluation on the mesh: logits in example order, dev metrics, the summary across seeds,
+and the leaderboard's submission files from the best model.
+
+Every process builds every batch and feeds its own rows; logits come back replicated, so every
+process scores the same predictions and process 0 writes the files.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+from tokenizers import Tokenizer
+
+from bertjax import glue, glue_batches, glue_metrics
+from bertjax.config import Config
+from bertjax.model import Bert
+from bertjax.sharding import global_batch, local_rows, replicated, shard_params
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """A batch every process built whole -> global arrays, each process feeding its rows."""
+    return global_batch(local_rows({k: v for k, v in batch.items() if k != "example_index"}),
+                        mesh)
+
+
+def predict_split(predict, model: Bert, enc: glue_batches.Encoded, batch_size: int,
+                  mesh) -> np.ndarray:
+    """Logits [n, labels] in example order."""
+    indices, outputs = [], []
+    for batch in glue_batches.iter_batches(enc, batch_size):
+        indices.append(batch["example_index"])
+        outputs.append(np.asarray(predict(model, device_batch(batch, mesh), replicated(mesh))))
+    return glue_batches.in_example_order(len(enc), indices, outputs)
+
+
+def evaluate(predict, model: Bert, dev: dict, cfg: Config, mesh) -> dict[str, dict]:
+    """{dev split: {metric: value}} for every (examples, encoded) dev split."""
+    out = {}
+    for split, (examples, enc) in dev.items():
+        logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
+        out[split] = glue_metrics.compute_metrics(cfg.glue.task, logits, examples.labels)
+    return out
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """Mean, median and spread of the main score and of every metric across seeds."""
+    def stats(values):
+        v = np.asarray(values, np.float64)
+        return {"mean": float(v.mean()), "median": float(np.median(v)),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()), "max": float(v.max())}
+
+    summary = {"main_score": stats([r["best_score"] for r in per_seed])}
+    for split in per_seed[0]["best_metrics"]:
+        for name in per_seed[0]["best_metrics"][split]:
+            summary[f"{split}/{name}"] = stats([r["best_metrics"][split][name]
+                                               for r in per_seed])
+    return summary
+
+
+def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, mesh,
+                      predict) -> list[str]:
+    """GLUE test-set files from the best seed's best model, for the test splits that exist
+    (process 0 writes them and returns their paths)."""
+    written = []
+    pairs = [(t, s) for t, s in glue.submissions(cfg.glue.task)
+             if glue.split_available(cfg.glue, s, task=t)]
+    if not pairs:
+        return written
+    model = shard_params(best, mesh, cfg.mesh)
+    for task, split in pairs:
+        examples = glue.load_split(cfg.glue, split, task=task)
+        enc = glue_batches.encode(tok, examples, cfg.glue.buckets)
+        logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
+        if jax.process_index() == 0:  # the others predicted along (rows span processes)
+            written.append(str(glue_metrics.write_submission(task, split, examples.index, logits,
+                                                             run_dir / "submission")))
+    return written

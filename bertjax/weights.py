@@ -1,0 +1,75 @@
+"""A model as a flat dict of named arrays, and safetensors I/O (no pickle anywhere).
+
+`state_dict(model)` names every array by its tree path (`encoder.blocks.attn.qkv.weight`, stacked
+layers kept stacked); `load_state_dict` fills an abstract model from such a dict, checking names
+and shapes. Release bundles (export.py) and the Hugging Face mapping (hf.py) are built on this.
+"""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from bertjax.config import ModelConfig
+from bertjax.errors import UserError
+from bertjax.files import check_not_lfs_pointer
+from bertjax.model import Bert
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """All tensors of a .safetensors file as numpy arrays; bad files become one-line errors."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    check_not_lfs_pointer(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise UserError(f"{path} is not a valid safetensors file (corrupt header or data: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                        "re-download or re-export it") from None
+
+
+def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:
+    """`{dotted tree path: array}`, e.g. `encoder.blocks.attn.qkv.weight` (stacked [layers, ..])."""
+    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(x)
+            for p, x in leaves if x is not None}
+
+
+def load_state_dict(abstract: eqx.Module, arrays: dict[str, np.ndarray], source: str):
+    """Fill `abstract` (from eqx.filter_eval_shape) with `arrays`, cast to its dtypes."""
+    params, static = eqx.partition(
+        abstract, lambda x: isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [jax.tree_util.keystr(p, simple=True, separator=".") for p, _ in leaves]
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise UserError(f"{source} does not fit the model: missing {missing[:4]}, unexpected "
+                        f"{extra[:4]}; it was written for a different architecture")
+    values = []
+    for name, (_, like) in zip(names, leaves, strict=True):
+        if tuple(arrays[name].shape) != tuple(like.shape):
+            raise UserError(f"{source}: {name} has shape {list(arrays[name].shape)}, the model "
+                            f"needs {list(like.shape)}; the config does not match the weights")
+        values.append(jax.numpy.asarray(arrays[name]).astype(like.dtype))
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, values), static)
+
+
+def abstract_bert(model_cfg: ModelConfig, mlm: bool, nsp: bool, num_labels: int,
+                  classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
+    return eqx.filter_eval_shape(Bert, model_cfg, key=jax.random.key(0), mlm=mlm, nsp=nsp,
+                                 num_labels=num_labels, classifier_dropout=classifier_dropout,
+                                 pooling=pooling)
+
+
+def model_from_arrays(model_cfg: ModelConfig, arrays: dict[str, np.ndarray], source: str,
+                      classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
+    """A Bert with the heads that `arrays` (our names) carry."""
+    num_labels = arrays["classifier.bias"].shape[0] if "classifier.bias" in arrays else 0
+    abstract = abstract_bert(model_cfg, "mlm.bias" in arrays, "nsp.weight" in arrays,
+                             num_labels, classifier_dropout, pooling)
+    return load_state_dict(abstract, arrays, source)
