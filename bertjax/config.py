@@ -90,6 +90,14 @@ class TokenizerConfig:
     min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge")
 
 
+OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise UserError(f"data.objective={objective!r}: use {', '.join(OBJECTIVES)}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)")
@@ -108,8 +116,7 @@ class DataConfig:
     prefetch: int = opt(2, "batches prepared ahead by the loader thread")
 
     def __post_init__(self):
-        if self.objective not in ("mlm", "mlm+nsp", "mlm+sop"):
-            raise UserError(f"data.objective={self.objective!r}: use mlm, mlm+nsp or mlm+sop")
+        check_objective(self.objective)
         if not 0.0 < self.mask_rate < 1.0:
             raise UserError(f"data.mask_rate={self.mask_rate} must be in (0, 1)")
         if not 0.0 <= self.validation_fraction < 1.0:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bertjax import prepare, tokenizer
+from bertjax.config import check_objective
 from bertjax.errors import UserError
 from bertjax.tokenizer import SpecialTokens
 
@@ -70,8 +71,7 @@ class PretrainData:
         meta = prepare.read_meta(data_dir)
         if split not in meta["splits"]:
             raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
-        if objective not in ("mlm", "mlm+nsp", "mlm+sop"):
-            raise UserError(f"data.objective={objective!r}: use mlm, mlm+nsp or mlm+sop")
+        check_objective(objective)
         self.special = SpecialTokens(**meta["special_tokens"])
         if special is not None and tuple(special) != tuple(self.special):
             raise UserError(f"the tokenizer's special ids {tuple(special)} do not match the data "

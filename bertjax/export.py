@@ -26,6 +26,11 @@ from bertjax.pretrained import BUNDLE_FORMAT, BUNDLE_VERSION, restore_model, tok
 from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
 USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
          "[--tokenizer PATH]")
 
@@ -51,8 +56,7 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
 
     `force=True` (the library default) replaces an existing bundle, as fine-tuning does when a
     better epoch arrives; the CLI asks for --force."""
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     out_dir = Path(out_dir)
     target = np.dtype(jnp.dtype(dtype))
     arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
@@ -101,8 +105,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir} has no checkpoints/ directory; pass a pretraining run "
                         "directory (train.run_dir)")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before restoring
         raise UserError(f"{out_dir} exists and is not empty; pass --force to replace it, or "

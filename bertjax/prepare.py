@@ -70,9 +70,8 @@ def is_validation(doc: int, fraction: float) -> bool:
 
 
 def split_pieces(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
-    """(text, ends_document, split index) for every piece, up to data.max_documents documents."""
-    if not 0.0 <= cfg.validation_fraction < 1.0:
-        raise UserError(f"data.validation_fraction={cfg.validation_fraction} must be in [0, 1)")
+    """(text, ends_document, split index) for every piece, up to data.max_documents documents
+    (data.validation_fraction is checked by DataConfig)."""
     doc = 0
     for text, ends in sources.pieces(cfg):
         yield text, ends, int(is_validation(doc, cfg.validation_fraction))
