@@ -8,12 +8,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: demo test lint
+.PHONY: demo test test-fast lint
 demo: $(VENV)/.installed
 	$(PY) -m bertjax.train configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The quick tier: no CLI subprocesses or end-to-end runs (those are marked slow).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bertjax tests bench
