@@ -18,220 +18,31 @@ builds every batch, feeds its own rows, and sees all predictions; process 0 writ
 import dataclasses
 import itertools
 import json
-import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import numpy as np
-import optax
 from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
-from bertjax import glue, glue_batches, glue_metrics
+from bertjax import glue, glue_batches
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.errors import UserError
-from bertjax.export import save_bundle
 from bertjax.files import write_atomic
-from bertjax.glue_eval import device_batch, evaluate, summarize, write_submissions
+from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
-from bertjax.optim import make_optimizer, schedule
-from bertjax.precision import Precision
 from bertjax.pretrained import initial_model, load_bundle, load_start
+from bertjax.seed_run import Job, SeedRun, Stopped, build_steps
 from bertjax.sharding import (
     StopSignal,
     barrier,
-    full_copy,
     initialize_distributed,
     make_mesh,
     same_on_every_process,
-    shard_params,
 )
-from bertjax.step import init_state, make_glue_steps
-
-
-@dataclasses.dataclass(frozen=True)
-class Steps:
-    """The optimizer and jitted steps, made once per process: every seed has the same shapes,
-    so XLA compiles each bucket once rather than once per seed."""
-
-    optimizer: optax.GradientTransformation
-    train_step: Callable
-    predict: Callable
-    total: int
-    per_epoch: int
-    lr: optax.Schedule  # for the logs
-
-
-def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> Steps:
-    per_epoch = glue_batches.num_batches(train_enc, cfg.glue.batch_size)
-    total = max(1, math.ceil(cfg.glue.epochs * per_epoch))
-    optimizer = make_optimizer(cfg.optim, total, eqx.filter(model, eqx.is_array))
-    dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
-        cfg.glue.classifier_dropout > 0
-    train_step, predict = make_glue_steps(optimizer, Precision.from_names(cfg.precision.compute),
-                                          dropout)
-    return Steps(optimizer, train_step, predict, total, per_epoch, schedule(cfg.optim, total))
-
-
-@dataclasses.dataclass
-class Job:
-    """One fine-tuning run, resolved: config, data, mesh, steps and monitoring."""
-
-    cfg: Config
-    tok: Tokenizer
-    start: Bert | None  # the pretrained model; None for the random-init baseline
-    train_enc: glue_batches.Encoded
-    dev: dict  # dev split -> (Examples, Encoded)
-    mesh: jax.sharding.Mesh
-    run_dir: Path
-    steps: Steps
-    monitor: Monitor | None = None
-    stop: StopSignal | None = None
-
-    @property
-    def main(self) -> bool:
-        return jax.process_index() == 0  # the process that writes files
-
-    def save_best(self, model: Bert, out_dir: Path, best: dict) -> None:
-        if self.main:
-            save_bundle(model, self.cfg, self.tok, out_dir, summary=best)
-
-
-class Stopped(Exception):
-    """A signal asked the run to stop; the seed's train state was saved at `step`."""
-
-    def __init__(self, seed: int, step: int):
-        super().__init__(f"seed {seed}, step {step}")
-        self.seed, self.step = seed, step
-
-
-class SeedRun:
-    """Fine-tune one seed. Rows go to the run's monitor (metrics.jsonl, wandb) at global step
-    offset + step, so seeds follow each other.
-
-    The train state is checkpointed (RUN/seedN/checkpoints) after every epoch and every
-    train.checkpoint_every steps; a rerun resumes from there, and the result is the same as
-    without the interruption (batches and dropout are functions of seed, epoch and step).
-    SIGTERM/SIGINT save the state and raise Stopped (after an epoch's evaluation when the
-    signal comes at its last step)."""
-
-    def __init__(self, job: Job, seed: int, offset: int):
-        self.job, self.seed, self.offset = job, seed, offset
-        self.task = glue.get_task(job.cfg.glue.task).name
-        self.key = jax.random.key(seed)
-        self.dir = job.run_dir / f"seed{seed}"
-        self.state = shard_params(init_state(initial_model(seed, job.start, job.cfg),
-                                             job.steps.optimizer, job.cfg.precision),
-                                  job.mesh, job.cfg.mesh)
-        self.checkpoints = Checkpoints(self.dir, keep=1)
-        # What the checkpoints carry besides the state: the epochs evaluated so far, the best
-        # one, and the current epoch's running loss sums.
-        self.progress = {"history": [], "best": {}, "loss": 0.0, "weight": 0.0}
-        self.best_model: Bert | None = None
-        self.step, self.tokens = 0, 0
-        self.window: list[dict] = []  # step sums not yet in progress (read when logged)
-
-    def run(self) -> tuple[dict, Bert]:
-        """Its per-epoch and best metrics, and its best model (whole on this process)."""
-        try:
-            self.resume()
-            for epoch in range(len(self.progress["history"]), math.ceil(self.job.cfg.glue.epochs)):
-                self.train_epoch(epoch)
-                self.end_epoch(epoch)
-        finally:
-            self.checkpoints.close()
-        return {"seed": self.seed, "history": self.progress["history"],
-                **self.progress["best"]}, self.best_model
-
-    def resume(self) -> None:
-        latest = self.checkpoints.latest_step() if self.job.cfg.train.resume == "auto" else None
-        if latest is None:
-            return
-        self.state, meta = self.checkpoints.restore(latest, self.state)
-        self.progress, self.step = meta["progress"], latest
-        if self.progress["best"]:  # the bundle written when that epoch was best
-            self.best_model = load_bundle(self.dir / "best").model
-        self.job.monitor.write(f"{self.task} seed {self.seed}: resumed at step {latest}")
-
-    def train_epoch(self, epoch: int) -> None:
-        job, steps, train = self.job, self.job.steps, self.job.cfg.train
-        first = self.step - epoch * steps.per_epoch  # > 0 when resuming inside this epoch
-        for batch in glue_batches.iter_batches(job.train_enc, job.cfg.glue.batch_size,
-                                               seed=self.seed, epoch=epoch, start=first):
-            if self.step == steps.total:
-                break
-            self.state, sums = steps.train_step(
-                (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1)),
-                self.state)
-            self.window.append(sums)
-            self.step += 1
-            self.tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
-            job.monitor.advance()
-            if self.step % train.log_every == 0:
-                self.log(epoch, sums)
-            if self.step % steps.per_epoch == 0 or self.step == steps.total:
-                continue  # an epoch's last step is saved after its evaluation (end_epoch)
-            stopping = job.stop.should_stop()
-            if stopping or (train.checkpoint_every and self.step % train.checkpoint_every == 0):
-                fold(self.progress, self.window)
-                self.save()
-            if stopping:
-                raise Stopped(self.seed, self.step)
-
-    def log(self, epoch: int, sums: dict) -> None:
-        monitor = self.job.monitor
-        loss = fold(self.progress, self.window)
-        row = {"seed": self.seed, "epoch": epoch + 1, "loss": loss,
-               "lr": float(self.job.steps.lr(self.step)), **monitor.throughput(self.tokens)}
-        if "loss_scale" in sums:
-            row["loss_scale"] = float(sums["loss_scale"])
-        monitor.log(self.offset + self.step, row, {"seed": self.seed, "loss": f"{loss:.4f}"})
-
-    def end_epoch(self, epoch: int) -> None:
-        """Evaluate, record the epoch, keep the best model as a bundle, checkpoint."""
-        job, progress = self.job, self.progress
-        fold(progress, self.window)
-        loss = progress["loss"] / max(progress["weight"], 1.0)
-        metrics = evaluate(job.steps.predict, self.state.model, job.dev, job.cfg, job.mesh)
-        score = glue_metrics.main_score(self.task, next(iter(metrics.values())))
-        progress["history"].append({"epoch": epoch + 1, "step": self.step, "train_loss": loss,
-                                    "dev": metrics, "score": score})
-        progress["loss"] = progress["weight"] = 0.0
-        job.monitor.log(self.offset + self.step, {
-            "seed": self.seed, "epoch": epoch + 1, "train_loss": loss, "dev_score": score,
-            **{f"{split}/{name}": value for split, values in metrics.items()
-               for name, value in values.items()}})
-        job.monitor.write(f"{self.task} seed {self.seed} epoch {epoch + 1}: train loss "
-                          f"{loss:.4f}, dev {json.dumps(metrics)}")
-        # Every process scored the same gathered logits, so all take this branch together.
-        if not progress["best"] or score > progress["best"]["best_score"]:
-            progress["best"] = {"best_score": score, "best_epoch": epoch + 1,
-                                "best_metrics": metrics}
-            # On the host: the train step donates (frees) the device buffers. full_copy is a
-            # collective when parameters span processes.
-            self.best_model = jax.device_get(full_copy(self.state.model))
-            job.save_best(self.best_model, self.dir / "best", progress["best"])
-        self.save()
-        if job.stop.should_stop():
-            raise Stopped(self.seed, self.step)
-
-    def save(self) -> None:
-        self.checkpoints.save(self.step, self.state, {"progress": self.progress})
-
-
-def fold(progress: dict, window: list[dict]) -> float:
-    """Add the step sums in `window` to the epoch's running loss sums and empty it; returns the
-    window's per-example mean loss (padding rows weigh 0)."""
-    loss, weight = (sum(float(s[k]) for s in window) for k in ("loss", "weight"))
-    progress["loss"] += loss
-    progress["weight"] += weight
-    window.clear()
-    return loss / max(weight, 1.0)
 
 
 def finetune(cfg: Config) -> Path:

@@ -13,7 +13,7 @@ LAYERS = [
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepare", "data", "glue",
      "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights"},
     {"hf", "pretrained", "export", "predict", "plot", "glue_eval"},
-    {"pretrain", "finetune"},
+    {"pretrain", "seed_run", "finetune"},
     {"train"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
