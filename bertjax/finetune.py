@@ -49,6 +49,7 @@ from bertjax.sharding import (
     replicated,
     same_on_every_process,
     shard_params,
+    with_mesh,
 )
 from bertjax.train import TrainState, init_state, select
 
@@ -410,6 +411,8 @@ def finetune(cfg: Config) -> Path:
             save_bundle(best_model, cfg, tok, out_dir, summary=best)
 
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
+    steps = dataclasses.replace(steps, train_step=with_mesh(steps.train_step, mesh),
+                                predict=with_mesh(steps.predict, mesh))
     done = {seed: steps_done(run_dir / f"seed{seed}", steps.total) for seed in cfg.glue.seeds}
     if cfg.train.resume == "never" or not same_config or not any(done.values()):
         if any(done.values()) and main:

@@ -25,7 +25,7 @@ from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.loss import safe_ratio
 from bertjax.metrics import Monitor
-from bertjax.model import Bert, flops_per_token, param_count
+from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.sharding import (
@@ -37,6 +37,7 @@ from bertjax.sharding import (
     replicated,
     same_on_every_process,
     shard_params,
+    with_mesh,
 )
 from bertjax.train import StepSpec, TrainState, init_state, make_eval_step, make_train_step
 
@@ -269,15 +270,15 @@ def pretrain(cfg: Config) -> Path:
     precision = Precision.from_names(cfg.precision.param, cfg.precision.compute)
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
     spec = StepSpec(precision, masking_fn(cfg, run.tokenizer), pair, dropout)
-    train_step = make_train_step(spec, optimizer, cfg.train.micro_batch)
-    eval_step = make_eval_step(spec)
+    train_step = with_mesh(make_train_step(spec, optimizer, cfg.train.micro_batch), mesh)
+    eval_step = with_mesh(make_eval_step(spec), mesh)
     lr = schedule(cfg.optim, run.total_steps)
     fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
     monitor = Monitor(run.run_dir, run.total_steps, start, cfg.wandb, config_lib.to_dict(cfg),
                       fpt, cfg.precision.compute)
     monitor.write(f"bertjax: {param_count(model):,} parameters, {jax.device_count()} device(s), "
                   f"{run.total_steps} steps, {run.data.num_sequences:,} train sequences/epoch, "
-                  f"attention: {'explicit (dropout)' if cfg.model.attention_dropout else 'fused'}")
+                  f"attention: {attention_summary(cfg.model, cfg.precision.compute)}")
     stop = StopSignal(mesh)
     loop = Loop(run, cfg, mesh, keys, train_step, eval_step, lr, monitor, checkpoints,
                 config_yaml, tokens_before)
