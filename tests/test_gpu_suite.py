@@ -89,13 +89,14 @@ def test_smoke_run_end_to_end(tmp_path):
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     status = {d["id"]: d["status"] for d in report["items"]}
     assert {k: v for k, v in status.items() if k != "peer"} == dict.fromkeys(
-        ["matmul", "ours", "micro-xla-lhs", "profile"], "ok"), status
+        ["matmul", "ours", "profile"], "ok"), status
     assert status["peer"] == "ok" or "not installed" in status["peer"]
     by_id = {d["id"]: d for d in report["items"]}
-    micro = by_id["micro-xla-lhs"]["result"]
-    assert micro["micro_batch"] == 4 and micro["attention"].startswith("XLA's")
+    ours = by_id["ours"]["result"]
+    assert ours["micro_batch"] == 4 and ours["attention"].startswith("XLA's")
+    assert by_id["profile"]["note"].endswith("row: ours")
     profile = by_id["profile"]["result"]["profile"]
     assert profile["kernel_ms_per_step"] > 0 and profile["families_ms"]["matmul"] > 0
     assert profile["families_ms"]["attention"] > 0  # the named scope reaches the profile
     text = (tmp_path / "gpu_suite.txt").read_text()
-    assert "profile (2 steps)" in text and "MFU" in text and "micro-xla-lhs" in text
+    assert "profile (2 steps)" in text and "MFU" in text
