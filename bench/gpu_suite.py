@@ -14,6 +14,7 @@ same code on CPU with tiny shapes (tests/test_gpu_suite.py).
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,8 +116,8 @@ class Runner:
         self.start, self.budget, self.min_item_s, self.out = time.monotonic(), budget, \
             min_item_s, out
         self.report = {"meta": meta, "items": [], "elapsed_s": 0.0}
-        cache = tempfile.mkdtemp(prefix="gpu_suite_jax_cache_")  # the profile reuses a compile
-        self.env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+        self.cache = tempfile.mkdtemp(prefix="gpu_suite_jax_cache_")  # the profile reuses it
+        self.env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=self.cache, PYTHONUNBUFFERED="1")
         self.no_torch = torch_missing()
 
     def run(self, it: dict, reserve: float = 0.0) -> None:
@@ -259,10 +260,12 @@ def main() -> None:
     if profiled:
         profile = profile_item(runner.report["items"], main_shape, prof, profile_budget)
         runner.run(dict(profile, precision=precision, steps=steps))
+    shutil.rmtree(runner.cache, ignore_errors=True)
     report = runner.report
     text = report_text(report)
     print("\n" + text)
     (out / "gpu_suite.txt").write_text(text + "\n")
+    print(f"written: {out / 'gpu_suite.json'}, {out / 'gpu_suite.txt'}")
 
 
 if __name__ == "__main__":
