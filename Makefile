@@ -31,3 +31,9 @@ lint: $(VENV)/.installed
 
 .PHONY: bench-env
 bench-env: .venv-bench/.installed
+
+# Issue 18's GPU measurements, one call of ~7 minutes (log: LOG_issue18.md); ARGS=--smoke on CPU.
+SUITE_PY ?= python3
+.PHONY: gpu-suite
+gpu-suite:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(SUITE_PY) bench/gpu_suite.py $(ARGS)

@@ -50,6 +50,8 @@ class ModelConfig:
     norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)")
     dropout: float = opt(0.1, "hidden dropout")
     attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit path)")
+    attention: str = opt("auto", "attention kernel: auto (cuDNN flash attention on NVIDIA GPUs in "
+                         "bf16/fp16, else XLA's) | xla | cudnn (as auto, warning where it cannot)")
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
     scan_layers: bool = opt(True, "lax.scan over blocks: compile time independent of depth")
     remat: bool | None = opt(None, "recompute each block in the backward pass instead of storing "
@@ -77,6 +79,8 @@ class ModelConfig:
         if self.position_init not in ("normal", "sinusoidal"):
             raise UserError(f"model.position_init={self.position_init!r} must be 'normal' or "
                             "'sinusoidal'")
+        if self.attention not in ("auto", "xla", "cudnn"):
+            raise UserError(f"model.attention={self.attention!r} must be auto, xla or cudnn")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"model.{name}={getattr(self, name)} must be in [0, 1)")

@@ -42,6 +42,7 @@ from bertjax.sharding import (
     initialize_distributed,
     make_mesh,
     same_on_every_process,
+    with_mesh,
 )
 
 
@@ -119,8 +120,13 @@ def setup(cfg: Config) -> tuple[Job, bool]:
     same_config = (run_dir / "config.yaml").is_file() and \
         (run_dir / "config.yaml").read_text() == config_yaml
     barrier("config compared")  # before process 0 writes the new one
+    mesh = make_mesh()
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
-    job = Job(cfg, tok, model, train_enc, dev, make_mesh(), run_dir, steps)
+    # The model's sharding hints (FSDP: gather weights, keep activations split by rows) act
+    # under the mesh only.
+    steps = dataclasses.replace(steps, train_step=with_mesh(steps.train_step, mesh),
+                                predict=with_mesh(steps.predict, mesh))
+    job = Job(cfg, tok, model, train_enc, dev, mesh, run_dir, steps)
     if job.main:
         write_atomic(run_dir / "config.yaml", config_yaml)
         print(f"{glue.get_task(cfg.glue.task).name}: {len(train)} training examples "

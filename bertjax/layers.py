@@ -3,10 +3,13 @@
 Every module works on batched arrays ([batch, seq, embed]) and is a pure function of its
 parameters, inputs and an optional dropout key (`key=None` means deterministic). Weights are
 stored [in, out]; initialisation is BERT's truncated normal with stddev 0.02 (Devlin et al. 2019,
-`truncated_normal_initializer`, cut at two standard deviations).
+`truncated_normal_initializer`, cut at two standard deviations). Sharding hints (`whole`,
+`split_rows`) act only under a mesh set with `jax.set_mesh` (bertjax.sharding.with_mesh).
 """
 
+import functools
 import math
+import warnings
 
 import equinox as eqx
 import jax
@@ -36,6 +39,29 @@ def dropout(x: jax.Array, rate: float, key: PRNGKeyArray | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
 
 
+# Sharding hints. Without them XLA's partitioner carries the FSDP split of a weight (often a
+# feature axis) into the activations it multiplies, which then need all-to-alls and
+# collective-permutes inside the layer scan (log.md, 2026-12-01). With them an FSDP step holds
+# only the all-gathers of parameters and the reductions of their gradients. Both are no-ops
+# without a mesh in context, so the model stays a mesh-agnostic pure function.
+def whole(w: jax.Array) -> jax.Array:
+    """Parameter `w` gathered whole on every device before its use (FSDP's all-gather; nothing
+    to do for a replicated one); unchanged without a mesh in context."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return w
+    return jax.lax.with_sharding_constraint(w, jax.sharding.PartitionSpec())
+
+
+def split_rows(x: jax.Array) -> jax.Array:
+    """`x` split by rows (its leading, batch axis) over every axis of the mesh in context;
+    unchanged without one, or when the rows do not divide evenly (XLA then decides)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or x.shape[0] % mesh.size:
+        return x
+    spec = jax.sharding.PartitionSpec(mesh.axis_names, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def split_key(key: PRNGKeyArray | None, n: int) -> list:
     """`n` independent keys, or `n` Nones in deterministic mode."""
     return [None] * n if key is None else list(jax.random.split(key, n))
@@ -52,9 +78,9 @@ class Dense(eqx.Module):
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         # One 2-D matmul over all rows: with [batch, seq, in] operands XLA:CPU computed the
         # weight gradient (a contraction over batch and seq) ~3x slower (log.md, 2026-12-01).
-        y = x.reshape(-1, x.shape[-1]) @ self.weight.astype(x.dtype)
+        y = x.reshape(-1, x.shape[-1]) @ whole(self.weight).astype(x.dtype)
         y = y.reshape(*x.shape[:-1], -1)
-        return y if self.bias is None else y + self.bias.astype(x.dtype)
+        return y if self.bias is None else y + whole(self.bias).astype(x.dtype)
 
 
 class LayerNorm(eqx.Module):
@@ -74,7 +100,7 @@ class LayerNorm(eqx.Module):
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * self.weight.astype(jnp.float32) + self.bias.astype(jnp.float32)
+        y = y * whole(self.weight).astype(jnp.float32) + whole(self.bias).astype(jnp.float32)
         return y.astype(x.dtype)
 
 
@@ -120,37 +146,125 @@ class Embeddings(eqx.Module):
     def __call__(self, input_ids: Int[Array, "batch seq"], token_type_ids: Int[Array, "batch seq"],
                  *, key: PRNGKeyArray | None = None) -> Float[Array, "batch seq embed"]:
         seq = input_ids.shape[1]
-        x = (gather_f32(self.word, input_ids) + self.position[:seq][None]
-             + gather_f32(self.token_type, token_type_ids))
-        return dropout(self.norm(x), self.rate, key)
+        # The whole position table, then its first rows: slicing a table split by rows would
+        # move rows between devices (collective-permutes).
+        x = (gather_f32(whole(self.word), input_ids) + whole(self.position)[:seq][None]
+             + gather_f32(whole(self.token_type), token_type_ids))
+        return split_rows(dropout(self.norm(x), self.rate, key))
 
 
 Heads = Float[Array, "batch seq heads head_dim"]
+ATTENTION = ("auto", "xla", "cudnn")  # model.attention
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    """A warning once per process: attention is traced again for every step and shape."""
+    warnings.warn(message, stacklevel=3)
+
+
+def cudnn_unsupported(dtype, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot run on the default device for this dtype and head size,
+    or None when it can (jax's cuDNN path raises on these; head sizes up to 256 work on Hopper,
+    128 everywhere from Ampere on, and BERT's is 64)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
+        return f"the device is {device.device_kind}, not an NVIDIA GPU"
+    capability = getattr(device, "compute_capability", None)
+    if capability is not None and float(capability) < 8.0:
+        return f"compute capability {capability} < 8.0"
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return f"{jnp.dtype(dtype).name} compute (cuDNN flash attention takes bfloat16 or float16)"
+    if head_dim % 8 or head_dim > 128:
+        return f"head size {head_dim} (cuDNN flash attention here: a multiple of 8, at most 128)"
+    return None
+
+
+def attention_path(implementation: str, dtype, head_dim: int, dropout: bool) -> str:
+    """The attention that runs, "cudnn", "xla" or "explicit", chosen at trace time from static
+    facts only (model.attention, device, dtype, head size, whether dropout is on).
+
+    "xla" always takes XLA's path; "auto" takes cuDNN's where it can run, else XLA's; "cudnn"
+    the same, warning once where it cannot (a model's config travels with its checkpoints to
+    machines without a GPU, e.g. for predict, so an error there would strand it). Attention
+    dropout needs the probabilities, so it takes the explicit path, warning once if cuDNN's
+    would have run.
+    """
+    if implementation not in ATTENTION:
+        raise ValueError(f"attention implementation {implementation!r} is not one of {ATTENTION}")
+    why_not = None if implementation == "xla" else cudnn_unsupported(dtype, head_dim)
+    if implementation == "cudnn" and why_not:
+        warn_once(f"model.attention=cudnn: cuDNN flash attention cannot run here ({why_not}); "
+                  "XLA's attention runs instead")
+    if dropout:
+        if implementation != "xla" and not why_not:
+            warn_once("attention dropout > 0: training steps compute attention explicitly (dropout "
+                      "needs the probabilities), not with cuDNN flash attention, which runs only "
+                      "without dropout (evaluation); model.attention_dropout=0 trains with it")
+        return "explicit"
+    return "xla" if implementation == "xla" or why_not else "cudnn"
+
+
+def describe_attention(implementation: str, dtype, head_dim: int, dropout_rate: float) -> str:
+    """The attention of training and evaluation steps, in words (for the run log)."""
+    names = {"cudnn": "cuDNN flash attention (per-row key lengths)",
+             "xla": "XLA's (jax.nn.dot_product_attention, boolean mask)",
+             "explicit": f"explicit (attention dropout {dropout_rate})"}
+    train = attention_path(implementation, dtype, head_dim, dropout_rate > 0)
+    evaluation = attention_path(implementation, dtype, head_dim, False)
+    if train == evaluation:
+        return names[train]
+    return f"{names[train]} in training, {names[evaluation]} in evaluation"
+
+
+def key_lengths(mask: Bool[Array, "batch seq"]) -> Int[Array, " batch"]:
+    """Real tokens per row of a right-padded mask, at least 1: a row of padding alone (the filler
+    rows of validation and predict batches, which carry no weight) then attends to its first
+    position and stays finite (no keys at all would divide by zero in the softmax)."""
+    return jnp.maximum(mask.sum(axis=-1, dtype=jnp.int32), 1)
+
+
+def length_attention(q: Heads, k: Heads, v: Heads, mask: Bool[Array, "batch seq"],
+                     implementation: str) -> Heads:
+    """`jax.nn.dot_product_attention` with the padding given as per-row key lengths, the form
+    cuDNN's flash kernel takes (a boolean mask would reach cuDNN as a dense additive bias). Valid
+    for right-padded masks only; every batch this project builds is one (tests/test_attention.py).
+    Query lengths are not passed: padding queries then attend to the real keys, as on the mask
+    path, instead of being zeroed, so both paths agree at every position."""
+    with jax.numpy_dtype_promotion("standard"):  # jax promotes bf16 with f32 inside
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_lengths(mask),
+                                            implementation=implementation)
 
 
 def attention(q: Heads, k: Heads, v: Heads, mask: Bool[Array, "batch seq"], rate: float,
-              key: PRNGKeyArray | None) -> Heads:
-    """Scaled dot-product attention over non-pad keys.
+              key: PRNGKeyArray | None, implementation: str = "auto") -> Heads:
+    """Scaled dot-product attention over non-pad keys, by the path `attention_path` picks:
 
-    Without attention dropout this is `jax.nn.dot_product_attention` with its default
-    implementation, which is XLA's on every backend (jax 0.10: `implementation=None` falls back
-    to "xla"; cuDNN flash attention must be asked for and is not wired in yet). With dropout the
-    probabilities must be materialised, so the explicit path computes logits and softmax in f32.
+    - "cudnn": `length_attention` through cuDNN's flash attention (no [seq, seq] logits in
+      memory); needs right-padded masks.
+    - "xla": `jax.nn.dot_product_attention` with the boolean mask and implementation "xla"
+      (jax's default, `implementation=None`, is also XLA's on every backend: jax 0.10's source).
+    - "explicit" (attention dropout: `rate` > 0 and a key): logits and softmax in f32, dropout
+      on the probabilities.
     """
-    key_mask = mask[:, None, None, :]  # [batch, 1 (heads), 1 (queries), seq (keys)]
-    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":  # see einsum_f32
-        f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-        return attention(*f32, mask, rate, key).astype(jnp.float16)
-    if key is None or rate == 0.0:
-        # jax's XLA attention promotes bf16 with f32 internally, which strict promotion (our
-        # tests) rejects; the promotion is JAX's own and intended, so allow it here only.
-        with jax.numpy_dtype_promotion("standard"):
-            return jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = einsum_f32("btnd,bsnd->bnts", q, k) * scale
-    logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), rate, key).astype(v.dtype)
-    return jnp.einsum("bnts,bsnd->btnd", probs, v)
+    path = attention_path(implementation, q.dtype, q.shape[-1], key is not None and rate > 0.0)
+    if path != "cudnn" and q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        f32 = [x.astype(jnp.float32) for x in (q, k, v)]  # see einsum_f32
+        return attention(*f32, mask, rate, key, "xla").astype(jnp.float16)
+    with jax.named_scope("attention"):  # names its ops in profiles (bench/profile_summary.py)
+        if path == "cudnn":
+            return length_attention(q, k, v, mask, "cudnn")
+        key_mask = mask[:, None, None, :]  # [batch, 1 (heads), 1 (queries), seq (keys)]
+        if path == "xla":
+            # jax's XLA attention promotes bf16 with f32 internally, which strict promotion (our
+            # tests) rejects; the promotion is JAX's own and intended, so allow it here only.
+            with jax.numpy_dtype_promotion("standard"):
+                return jax.nn.dot_product_attention(q, k, v, mask=key_mask, implementation="xla")
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        logits = einsum_f32("btnd,bsnd->bnts", q, k) * scale
+        logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+        probs = dropout(jax.nn.softmax(logits, axis=-1), rate, key).astype(v.dtype)
+        return jnp.einsum("bnts,bsnd->btnd", probs, v)
 
 
 class SelfAttention(eqx.Module):
@@ -158,19 +272,25 @@ class SelfAttention(eqx.Module):
     out: Dense
     num_heads: int = eqx.field(static=True)
     rate: float = eqx.field(static=True)
+    implementation: str = eqx.field(static=True)  # model.attention: auto | xla | cudnn
 
-    def __init__(self, dim: int, num_heads: int, rate: float, *, key: PRNGKeyArray):
+    def __init__(self, dim: int, num_heads: int, rate: float, *, key: PRNGKeyArray,
+                 implementation: str = "auto"):
         k_qkv, k_out = jax.random.split(key)
         self.qkv = Dense(dim, 3 * dim, key=k_qkv)
         self.out = Dense(dim, dim, key=k_out)
         self.num_heads = num_heads
         self.rate = rate
+        self.implementation = implementation
 
     def __call__(self, x: Float[Array, "batch seq embed"], mask: Bool[Array, "batch seq"],
                  *, key: PRNGKeyArray | None = None) -> Float[Array, "batch seq embed"]:
         batch, seq, dim = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(batch, seq, 3 * self.num_heads, -1), 3, axis=2)
-        y = attention(q, k, v, mask, self.rate, key)
+        # Split by rows like the layer input: cuDNN's partitioner refuses q/k/v split on any
+        # other axis, and XLA would otherwise move heads between devices (all-to-alls).
+        q, k, v = split_rows(q), split_rows(k), split_rows(v)
+        y = attention(q, k, v, mask, self.rate, key, self.implementation)
         return self.out(y.reshape(batch, seq, dim))
 
 
@@ -200,9 +320,10 @@ class Block(eqx.Module):
     rate: float = eqx.field(static=True)
 
     def __init__(self, dim: int, heads: int, hidden: int, eps: float, pre_norm: bool,
-                 rate: float, attention_rate: float, *, key: PRNGKeyArray):
+                 rate: float, attention_rate: float, *, key: PRNGKeyArray,
+                 attention: str = "auto"):
         k_attn, k_ffn = jax.random.split(key)
-        self.attn = SelfAttention(dim, heads, attention_rate, key=k_attn)
+        self.attn = SelfAttention(dim, heads, attention_rate, key=k_attn, implementation=attention)
         self.ffn = FeedForward(dim, hidden, key=k_ffn)
         self.norm1 = LayerNorm(dim, eps)
         self.norm2 = LayerNorm(dim, eps)

@@ -19,10 +19,12 @@ from bertjax.layers import (
     Dense,
     Embeddings,
     LayerNorm,
+    describe_attention,
     dropout,
     einsum_f32,
     gather_f32,
     split_key,
+    whole,
 )
 
 
@@ -45,7 +47,8 @@ class Encoder(eqx.Module):
 
         def make_block(k):
             return Block(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size,
-                         cfg.layer_norm_eps, pre, cfg.dropout, cfg.attention_dropout, key=k)
+                         cfg.layer_norm_eps, pre, cfg.dropout, cfg.attention_dropout, key=k,
+                         attention=cfg.attention)
 
         self.blocks = eqx.filter_vmap(make_block)(jax.random.split(k_blocks, cfg.num_layers))
         self.final_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps) if pre else None
@@ -93,8 +96,8 @@ class MLMHead(eqx.Module):
         h = self.norm(jax.nn.gelu(self.transform(h), approximate=False))
         # Logits leave in f32: the softmax cross-entropy over the vocabulary is done in f32.
         # As one 2-D matmul: XLA:CPU runs "bpe,ve->bpv" and its gradient ~1.4-2x slower (log.md).
-        logits = einsum_f32("ne,ve->nv", h.reshape(-1, h.shape[-1]), word.astype(h.dtype))
-        return logits.reshape(*h.shape[:-1], -1) + self.bias.astype(jnp.float32)
+        logits = einsum_f32("ne,ve->nv", h.reshape(-1, h.shape[-1]), whole(word).astype(h.dtype))
+        return logits.reshape(*h.shape[:-1], -1) + whole(self.bias).astype(jnp.float32)
 
 
 class Bert(eqx.Module):
@@ -164,6 +167,12 @@ def masked_mean(hidden: Float[Array, "batch seq embed"],
     """Mean of each row's states over its real (unmasked) tokens."""
     weights = attention_mask.astype(hidden.dtype)[..., None]
     return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
+
+
+def attention_summary(cfg: ModelConfig, compute_dtype: str) -> str:
+    """The attention path of training and evaluation steps, in words (for the run log)."""
+    return describe_attention(cfg.attention, compute_dtype, cfg.hidden_size // cfg.num_heads,
+                              cfg.attention_dropout)
 
 
 def param_count(model: eqx.Module) -> int:

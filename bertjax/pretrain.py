@@ -28,7 +28,7 @@ from bertjax.files import write_atomic
 from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor
-from bertjax.model import Bert, flops_per_token, param_count
+from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.predict import fill_mask
@@ -42,6 +42,7 @@ from bertjax.sharding import (
     process_slice,
     same_on_every_process,
     shard_params,
+    with_mesh,
 )
 from bertjax.step import StepSpec, TrainState, init_state, make_eval_step, make_train_step
 
@@ -143,7 +144,7 @@ def pretrain(cfg: Config) -> Path:
     monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
                   f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
                   f"sequences/epoch, attention: "
-                  f"{'explicit (dropout)' if cfg.model.attention_dropout else 'XLA (jax.nn)'}")
+                  f"{attention_summary(cfg.model, cfg.precision.compute)}")
     stop = StopSignal(mesh)
     loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, tokens_before)
     try:
@@ -196,8 +197,8 @@ class Loop:
         spec = StepSpec(Precision.from_names(cfg.precision.compute),
                         tokenizer_masker(cfg.data, run.tokenizer), cfg.data.objective != "mlm",
                         dropout)
-        self.train_step = make_train_step(spec, optimizer, cfg.train.micro_batch)
-        self.eval_step = make_eval_step(spec)
+        self.train_step = with_mesh(make_train_step(spec, optimizer, cfg.train.micro_batch), mesh)
+        self.eval_step = with_mesh(make_eval_step(spec), mesh)
         self.lr = schedule(cfg.optim, run.total_steps)
         self.pending: list[tuple[int, dict]] = []
         self.nonfinite_in_a_row = 0

@@ -3,10 +3,12 @@
 Batches are sharded on their leading (row) axis; parameters are replicated (data parallel) or,
 with the FSDP rule, split along their largest axis that the device count divides. Multi-host runs
 go through `jax.distributed.initialize` (JAX's own engine); each host feeds only its own rows.
-Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives. `StopSignal`
-turns SIGTERM/SIGINT into a stop that every process takes after the same step.
+Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives, guided by the
+model's sharding hints, which `with_mesh` switches on for the jitted steps. `StopSignal` turns
+SIGTERM/SIGINT into a stop that every process takes after the same step.
 """
 
+import functools
 import hashlib
 import os
 import signal
@@ -50,6 +52,21 @@ def initialize_distributed(cfg: MeshConfig) -> None:
 
 def make_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
+
+
+def with_mesh(step, mesh: Mesh):
+    """`step` (a jitted function) called with `mesh` set by `jax.set_mesh`, so that it is traced
+    with the model's sharding hints on (bertjax.layers.whole, split_rows): FSDP then gathers each
+    parameter before use and keeps activations split by rows, and the compiled step holds no
+    all-to-all or collective-permute (tests/test_collectives.py). Only the step's own calls see
+    the mesh: inside `jax.set_mesh`, jitted calls on arrays of one device are refused."""
+
+    @functools.wraps(step)  # keeps attributes such as the train step's `jitted`
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return step(*args, **kwargs)
+
+    return call
 
 
 def rows(mesh: Mesh) -> NamedSharding:

@@ -28,10 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from tokenizers import Tokenizer, models  # noqa: E402
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402,E501
 
-from bertjax import config, tokenizer  # noqa: E402
-from bertjax.config import TokenizerConfig  # noqa: E402
+from bertjax import config, glue, prepare, tokenizer  # noqa: E402
+from bertjax.config import GlueConfig, TokenizerConfig  # noqa: E402
 from bertjax.model import Bert  # noqa: E402
 from bertjax.optim import make_optimizer  # noqa: E402
 from bertjax.precision import Precision  # noqa: E402
@@ -90,6 +90,46 @@ def load_cfg(tmp_path: Path, sources_: list, **data) -> config.Config:
     return config.load([cfg_file], overrides)
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared directory of a 120-document synthetic corpus (one per test module)."""
+    tmp = tmp_path_factory.mktemp("data")
+    write_corpus(tmp / "c.txt", 120)
+    return prepare.ensure_prepared(load_cfg(tmp, [tmp / "c.txt"]))
+
+
+# ---- GLUE ----
+GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
+
+
+@pytest.fixture(scope="module")
+def glue_tokenizer() -> Tokenizer:
+    """A WordPiece tokenizer trained on the GLUE fixture rows (RTE, SST-2, STS-B)."""
+    splits = [glue.load_split(GlueConfig(data_dir=str(GLUE_FIXTURES), task=task), s)
+              for task in ("rte", "sst2", "stsb") for s in ("train", "dev")]
+    texts = [t for ex in splits for t in ex.text_a + (ex.text_b or [])]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300,
+                                                             special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def rte_pairs(n: int) -> glue.Examples:
+    """n RTE-style pairs of varied length, built from the real fixture rows."""
+    rte = glue.load_split(GlueConfig(data_dir=str(GLUE_FIXTURES), task="rte"), "train")
+    a = [" ".join(rte.text_a[i % 4].split()[: 1 + (7 * i) % 40]) for i in range(n)]
+    b = [" ".join(rte.text_b[i % 4].split()[: 1 + i % 5]) for i in range(n)]
+    return glue.Examples("rte", "train", a, b, np.arange(n, dtype=np.int32) % 2,
+                         np.arange(n, dtype=np.int64), "synthetic")
+
+
 # ---- processes ----
 def free_port() -> int:
     with socket.socket() as s:
@@ -146,6 +186,12 @@ def flat_params(model) -> dict:
     """Parameters by tree path, for comparing runs made in other processes."""
     leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
     return {jax.tree_util.keystr(path): x for path, x in leaves}
+
+
+def assert_trees_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(b, eqx.is_array)), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
 def three_steps_on_one_device():

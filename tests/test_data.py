@@ -5,20 +5,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_cfg, write_corpus
 
-from bertjax import prepare, tokenizer
+from bertjax import tokenizer
 from bertjax.data import Permutation, Prefetcher, PretrainData
 from bertjax.errors import UserError
 
 SEQ = 16
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    write_corpus(tmp / "c.txt", 120)
-    return prepare.ensure_prepared(load_cfg(tmp, [tmp / "c.txt"]))
 
 
 def stream(directory, split="train"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from conftest import rte_pairs
 
 from bertjax import glue, glue_batches
 from bertjax import glue_metrics as gm
@@ -294,35 +294,9 @@ def test_submission_files(tmp_path):
 
 # ---------------------------------------------------------------- bucketed batches
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    texts = [t for task in ("rte", "sst2", "stsb") for s in ("train", "dev")
-             for ex in [glue.load_split(cfg(task=task), s)] for t in ex.text_a + (ex.text_b or [])]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300,
-                                                             special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return tok
-
-
-def _many(n: int) -> glue.Examples:
-    """n RTE-style pairs of varied length, built from the real fixture rows."""
-    rte = glue.load_split(cfg(task="rte"), "train")
-    a = [" ".join(rte.text_a[i % 4].split()[: 1 + (7 * i) % 40]) for i in range(n)]
-    b = [" ".join(rte.text_b[i % 4].split()[: 1 + i % 5]) for i in range(n)]
-    return glue.Examples("rte", "train", a, b, np.arange(n, dtype=np.int32) % 2,
-                         np.arange(n, dtype=np.int64), "synthetic")
-
-
-def test_encode_pairs_truncates_and_buckets(tokenizer):
-    ex, buckets = _many(45), [8, 16, 32]
-    enc = glue_batches.encode(tokenizer, ex, buckets)
+def test_encode_pairs_truncates_and_buckets(glue_tokenizer):
+    ex, buckets = rte_pairs(45), [8, 16, 32]
+    enc = glue_batches.encode(glue_tokenizer, ex, buckets)
     lengths = np.diff(enc.offsets)
     assert lengths.max() == 32 and enc.truncated > 0  # longest-first cut to the largest bucket
     assert np.all(np.bincount(enc.bucket, minlength=3) > 0)  # the data exercise every bucket
@@ -330,14 +304,14 @@ def test_encode_pairs_truncates_and_buckets(tokenizer):
     assert np.all(lengths <= b) and np.all((enc.bucket == 0) | (lengths > b - b // 2))
     row = slice(enc.offsets[0], enc.offsets[1])  # [CLS] a [SEP] b [SEP]: type 0 then 1
     types, ids = enc.type_ids[row], enc.tokens[row]
-    assert ids[0] == tokenizer.token_to_id("[CLS]") and types[0] == 0 and types[-1] == 1
-    assert tokenizer.truncation is None  # the caller's tokenizer is left untouched
+    assert ids[0] == glue_tokenizer.token_to_id("[CLS]") and types[0] == 0 and types[-1] == 1
+    assert glue_tokenizer.truncation is None  # the caller's tokenizer is left untouched
     with pytest.raises(UserError, match="glue.buckets"):
-        glue_batches.encode(tokenizer, ex, [64, 32])
+        glue_batches.encode(glue_tokenizer, ex, [64, 32])
 
 
-def test_training_batches_shapes_coverage_determinism(tokenizer):
-    enc, bs = glue_batches.encode(tokenizer, _many(45), [8, 16, 32]), 4
+def test_training_batches_shapes_coverage_determinism(glue_tokenizer):
+    enc, bs = glue_batches.encode(glue_tokenizer, rte_pairs(45), [8, 16, 32]), 4
     epoch0 = list(glue_batches.iter_batches(enc, bs, seed=3, epoch=0))
     assert len(epoch0) == glue_batches.num_batches(enc, bs)
     shapes = {b["input_ids"].shape for b in epoch0}
@@ -366,9 +340,9 @@ def test_training_batches_shapes_coverage_determinism(tokenizer):
     assert np.array_equal(tail[0]["example_index"], epoch0[5]["example_index"])
 
 
-def test_eval_order_and_scatter_back(tokenizer):
+def test_eval_order_and_scatter_back(glue_tokenizer):
     ex = glue.load_split(cfg(task="stsb"), "dev")
-    enc = glue_batches.encode(tokenizer, ex, [16, 32, 64])
+    enc = glue_batches.encode(glue_tokenizer, ex, [16, 32, 64])
     batches = list(glue_batches.iter_batches(enc, 4))
     assert batches[0]["labels"].dtype == np.float32
     assert all(np.array_equal(x["example_index"], y["example_index"])
@@ -379,7 +353,8 @@ def test_eval_order_and_scatter_back(tokenizer):
     assert np.array_equal(out, ex.labels)
     with pytest.raises(ValueError, match="each of 6 rows once"):
         glue_batches.in_example_order(6, [batches[0]["example_index"]], [batches[0]["labels"]])
-    test = glue_batches.encode(tokenizer, glue.load_split(cfg(task="rte"), "test"), [16, 32, 64])
+    rte_test = glue.load_split(cfg(task="rte"), "test")
+    test = glue_batches.encode(glue_tokenizer, rte_test, [16, 32, 64])
     assert np.all(next(glue_batches.iter_batches(test, 4))["labels"] == 0)  # no labels: zeros
 
 

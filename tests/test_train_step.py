@@ -3,12 +3,11 @@ compilation count under the batch ramp, and device-count invariance of the shard
 
 import dataclasses
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PREDS, key_mask, setup
+from conftest import PREDS, assert_trees_close, key_mask, setup
 
 from bertjax.precision import LossScale
 from bertjax.sharding import global_batch, make_mesh, shard_params
@@ -23,12 +22,6 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
-
-
-def assert_trees_close(a, b, **tol):
-    for x, y in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)),
-                    jax.tree.leaves(eqx.filter(b, eqx.is_array)), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
 def test_splitting_into_micro_batches_leaves_the_update_unchanged():

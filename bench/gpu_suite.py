@@ -1,0 +1,272 @@
+"""Issue 18's measurements in one GPU call of at most ~7 minutes: bertjax's BERT pretraining
+step against Hugging Face's (eager and torch.compile), our ablations, and where the time goes.
+
+    python bench/gpu_suite.py [--smoke] [--budget 400] [--only ID,ID] [--out DIR]   # make gpu-suite
+
+Each item runs in its own subprocess (bench/suite_items.py) under its own time budget, so a slow
+compile, a crash or an out-of-memory costs that item alone: it is reported, never fatal. Items run
+in priority order; one that cannot get at least its minimum time from what is left of --budget
+is skipped and listed. A table prints as items finish; $OUT/gpu_suite.json (or --out) is
+rewritten after each item, so a call cut short still returns what it measured. --smoke runs the
+same code on CPU with tiny shapes (tests/test_gpu_suite.py).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sides  # bench/sides.py: the script's own folder is on sys.path
+from profile_summary import format_summary
+
+BASE = ("base", 30522, 128, 128)  # size, vocab, batch, seq: BERT-base, seq 128
+SHAPES = {"base": BASE, "b256": ("base", 30522, 256, 128), "s512": ("base", 30522, 32, 512),
+          "mini": ("mini", 8192, 256, 128)}
+XLA = {"xla-lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
+       "xla-no-triton-gemm": "--xla_gpu_enable_triton_gemm=false",
+       "xla-no-cmd-buffers": "--xla_gpu_enable_command_buffer=",
+       "xla-cmd-buffers-while": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,"
+                                "CUSTOM_CALL,WHILE,CONDITIONAL"}
+
+
+def item(id_, kind, shape=BASE, budget=75, set_=(), xla="", note="", **extra) -> dict:
+    return {"id": id_, "kind": kind, "shape": list(shape), "budget": budget, "set": list(set_),
+            "xla_flags": xla, "note": note, **extra}
+
+
+def gpu_plan() -> list[dict]:
+    """Priority order: what the issue's targets need first, then the ablations, then more shapes.
+    Budgets are caps; a BERT-base item is guessed at 30-40 s (start, compile, 10 steps): the first
+    GPU call measures it, and what did not fit runs in a second call with --only."""
+    return [
+        item("matmul", "matmul", budget=30, n=8192),
+        item("ours", "ours", budget=90, note="defaults (attention auto: cuDNN)"),
+        item("peer", "peer", budget=60),
+        item("attn-xla", "ours", set_=["model.attention=xla"]),
+        item("b256", "ours", SHAPES["b256"]),
+        item("remat", "ours", set_=["model.remat=true"]),
+        item("peer-compile", "peer-compile", budget=120),
+        item("micro", "ours", SHAPES["b256"], set_=["train.micro_batch=128"],
+             note="batch 256 as 2 accumulated micro-batches of 128"),
+        item("unrolled", "ours", budget=120, set_=["model.scan_layers=false"]),
+        *(item(name, "ours", xla=flag) for name, flag in XLA.items()),
+        item("s512", "ours", SHAPES["s512"]),
+        item("peer-s512", "peer", SHAPES["s512"], budget=45),
+        item("mini", "ours", SHAPES["mini"], budget=60),
+        item("peer-mini", "peer", SHAPES["mini"], budget=45),
+        item("peer-b256", "peer", SHAPES["b256"], budget=45),
+    ]
+
+
+def smoke_plan() -> list[dict]:
+    """The same code paths on CPU in tiny shapes, in as few processes as cover them: our item
+    takes an override, micro-batches and an XLA flag; the profile reruns it from the cache."""
+    tiny = ("tiny", 512, 8, 32)
+    return [item("matmul", "matmul", budget=60, n=512),
+            item("ours", "ours", tiny, budget=90, xla=XLA["xla-lhs"],
+                 set_=["train.micro_batch=4", "model.attention=xla"]),
+            item("peer", "peer", tiny, budget=90)]
+
+
+def run_item(it: dict, timeout: float, env: dict) -> dict:
+    """Run one item in a subprocess (its own process group, so torch.compile's workers die with
+    it); returns the item with status "ok" and its result, or "failed"/"over budget"."""
+    env = dict(env)
+    if it["xla_flags"]:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {it['xla_flags']}".strip()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, "--item", json.dumps(it)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended just then
+            pass
+        proc.communicate()
+        return dict(it, status=f"over budget ({timeout:.0f} s): skipped",
+                    seconds=time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = [x for x in err.strip().splitlines() if x.strip()][-12:]
+        reason = next((x for x in reversed(tail) if not x.startswith(" ")), "no output")
+        return dict(it, status=f"failed: {reason[:200]}", seconds=seconds, stderr=tail)
+    return dict(it, status="ok", seconds=seconds, result=json.loads(lines[-1][7:]))
+
+
+def torch_missing() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is None for m in ("torch", "transformers"))
+
+
+class Runner:
+    """Runs items in order within one overall budget, keeping the report and its JSON current."""
+
+    def __init__(self, budget: float, min_item_s: float, out: Path, meta: dict):
+        self.start, self.budget, self.min_item_s, self.out = time.monotonic(), budget, \
+            min_item_s, out
+        self.report = {"meta": meta, "items": [], "elapsed_s": 0.0}
+        self.cache = tempfile.mkdtemp(prefix="gpu_suite_jax_cache_")  # the profile reuses it
+        self.env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=self.cache, PYTHONUNBUFFERED="1")
+        self.no_torch = torch_missing()
+
+    def run(self, it: dict, reserve: float = 0.0) -> None:
+        """Run `it`, leaving `reserve` seconds of the budget for what must come after."""
+        elapsed = time.monotonic() - self.start
+        left = self.budget - elapsed - reserve
+        timeout = min(it["budget"], left)
+        if it["kind"].startswith("peer") and self.no_torch:
+            done = dict(it, status="skipped: torch and transformers are not installed")
+        elif it.get("skip"):
+            done = dict(it, status=f"skipped: {it['skip']}")
+        elif timeout < min(it["budget"], self.min_item_s):
+            done = dict(it, status=f"skipped: {max(left, 0):.0f} s left of the budget")
+        else:
+            print(f"[{elapsed:5.0f} s] {it['id']} (budget {timeout:.0f} s) ...", flush=True)
+            done = run_item(it, timeout, self.env)
+            print(f"        {done['status']} in {done['seconds']:.1f} s", flush=True)
+        self.report["items"].append(done)
+        self.report["elapsed_s"] = time.monotonic() - self.start
+        write_json(self.out, self.report)
+
+
+def write_json(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "gpu_suite.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out / "gpu_suite.json")
+
+
+def profile_item(done: list[dict], shape: list, steps: int, budget: float) -> dict:
+    """A rerun of the fastest successful ours row of `shape`, profiled."""
+    ok = [d for d in done if d["kind"] == "ours" and d["status"] == "ok" and d["shape"] == shape]
+    if not ok:
+        return item("profile", "ours", shape, budget, skip="no successful row of this shape")
+    best = min(ok, key=lambda d: d["result"]["step_s"])
+    return {k: v for k, v in best.items() if k not in ("status", "seconds", "result")} | {
+        "id": "profile", "budget": budget, "profile_steps": steps,
+        "note": f"profile of the fastest {' '.join(map(str, shape))} row: {best['id']}"}
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"
+
+
+def rows(report: dict) -> list[str]:
+    """The table: one line per item. MFU counts the same useful work (our sparse-head model
+    FLOPs of the shape) for every row of a shape, the peer's too."""
+    items = report["items"]
+    ok = [d for d in items if d["status"] == "ok"]
+    mm = next((d["result"] for d in ok if d["kind"] == "matmul"), {})
+    vendor, measured = mm.get("vendor_peak"), mm.get("matmul_flops")
+    peer_s, flops = {}, {}
+    for d in ok:
+        shape = tuple(d["shape"])
+        if d["kind"].startswith("peer"):
+            peer_s[shape] = min(peer_s.get(shape, 1e9), d["result"]["step_s"])
+        elif d["kind"] == "ours":
+            flops[shape] = d["result"]["flops_per_token"]
+    lines = [f"{'item':22} {'shape':22} {'compile s':>9} {'step ms':>8} {'tok/s':>10} "
+             f"{'vs peer':>7} {'MFU':>6} {'%mm':>6} {'peak MB':>8} {'loss':>7}  attention / status"]
+    for d in items:
+        size, vocab, batch, seq = d["shape"]
+        shape = "" if d["kind"] == "matmul" else f"{size} b{batch} s{seq} v{vocab}"
+        if d["kind"] == "matmul" and d["status"] == "ok":
+            status = (f"{measured / 1e12:.3g} TFLOP/s measured ({d['n']}^3 {d['precision']}), "
+                      f"vendor peak {f'{vendor / 1e12:.0f}' if vendor else 'n/a'}, "
+                      f"{mm['device']}, jax {mm['jax']}")
+        if d["status"] != "ok" or d["kind"] == "matmul":
+            lines.append(f"{d['id']:22} {shape:22} {status if d['status'] == 'ok' else ''}"
+                         f"{d['status'] if d['status'] != 'ok' else ''}")
+            continue
+        r = d["result"]
+        tok_s = batch * seq / r["step_s"]
+        achieved = tok_s * flops[tuple(d["shape"])] if tuple(d["shape"]) in flops else None
+        peer = peer_s.get(tuple(d["shape"])) if d["kind"] == "ours" else None
+        speedup = f"{peer / r['step_s']:.2f}x" if peer else ""
+        mem = r.get("peak_bytes") or r.get("compiled_bytes")
+        mem = f"{mem / 2**20:.0f}" if mem else f"{r['max_rss_mb']:.0f}r"
+        what = r.get("attention", r.get("name", ""))
+        what += " [fmha in HLO]" if r.get("cudnn_attention_in_hlo") else ""
+        lines.append(
+            f"{d['id']:22} {shape:22} {r.get('compile_s', r['first_step_s']):9.1f} "
+            f"{r['step_s'] * 1e3:8.2f} {tok_s:10,.0f} {speedup:>7} "
+            f"{pct(achieved / vendor if achieved and vendor else None):>6} "
+            f"{pct(achieved / measured if achieved and measured else None):>6} "
+            f"{mem:>8} {r['loss']:7.3f}  {what[:60]}")
+    return lines
+
+
+def report_text(report: dict) -> str:
+    lines = rows(report)
+    prof = next((d for d in report["items"] if d["id"] == "profile"), None)
+    if prof and prof["status"] == "ok" and "profile" in prof["result"]:
+        lines += ["", prof["note"], format_summary(prof["result"]["profile"],
+                                                   prof["result"]["step_s"] * 1e3)]
+    skipped = [d["id"] for d in report["items"] if d["status"] != "ok"]
+    lines += ["", f"elapsed {report['elapsed_s']:.0f} s of a {report['meta']['budget']:.0f} s "
+              f"budget; not ok: {', '.join(skipped) or 'none'}",
+              "tok/s: batch x seq per step; MFU: model FLOPs (sparse MLM head, both sides) / "
+              "vendor peak; %mm: / the matmul measured above; peak MB: device peak (GPU), compiled "
+              "size (CPU jax), or process max RSS (r)"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, ~1 minute")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole suite "
+                        "(default 400; smoke 240)")
+    parser.add_argument("--only", default="", help="comma-separated item ids (see gpu_plan)")
+    parser.add_argument("--max-item-seconds", type=float, default=None,
+                        help="cap every item's budget")
+    parser.add_argument("--out", default=None, help="output folder (default $OUT, else "
+                        "runs/gpu_suite)")
+    parser.add_argument("--item", help=argparse.SUPPRESS)  # a child: run one item
+    args = parser.parse_args()
+    if args.item:
+        from suite_items import run
+
+        sides.emit(run(json.loads(args.item)))
+        return
+    plan = smoke_plan() if args.smoke else gpu_plan()
+    precision, steps, prof = ("float32", 2, 2) if args.smoke else ("bfloat16", 10, 3)
+    for it in plan:
+        it.update(precision=precision, steps=steps)
+        if args.max_item_seconds:
+            it["budget"] = min(it["budget"], args.max_item_seconds)
+    only = {x for x in args.only.split(",") if x}
+    profiled = not only or "profile" in only
+    main_shape = next(it["shape"] for it in plan if it["kind"] == "ours")
+    plan = [it for it in plan if not only or it["id"] in only]
+    budget = args.budget or (240 if args.smoke else 400)
+    out = Path(args.out or os.environ.get("OUT") or "runs/gpu_suite")
+    meta = {"budget": budget, "smoke": args.smoke, "python": sys.version.split()[0],
+            "argv": sys.argv[1:]}
+    runner = Runner(budget, 5 if args.smoke else 25, out, meta)
+    profile_budget = min(60 if args.smoke else 90, args.max_item_seconds or 1e9)
+    for it in plan:
+        runner.run(it, reserve=profile_budget if profiled else 0.0)
+    if profiled:
+        profile = profile_item(runner.report["items"], main_shape, prof, profile_budget)
+        runner.run(dict(profile, precision=precision, steps=steps))
+    shutil.rmtree(runner.cache, ignore_errors=True)
+    report = runner.report
+    text = report_text(report)
+    print("\n" + text)
+    (out / "gpu_suite.txt").write_text(text + "\n")
+    print(f"written: {out / 'gpu_suite.json'}, {out / 'gpu_suite.txt'}")
+
+
+if __name__ == "__main__":
+    main()

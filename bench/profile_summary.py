@@ -1,0 +1,133 @@
+"""Time by kernel family from a `jax.profiler` trace, as text: no TensorBoard needed.
+
+`trace_steps(fn, steps, compiled_text)` runs `fn` under `jax.profiler.trace(...,
+create_perfetto_trace=True)`, reads the Chrome-format JSON that trace writes, and sums the
+device time of every XLA op by family (matmul, attention, fusions/elementwise, copies,
+scatter/gather, collectives), naming each op from the compiled HLO text (`compiled.as_text()`)
+and the "attention" named scope of bertjax.layers.attention.
+"""
+
+import collections
+import gzip
+import json
+import re
+import tempfile
+from pathlib import Path
+
+FAMILIES = ("matmul", "attention", "fusions/elementwise", "copies", "scatter/gather",
+            "collectives")
+# Control flow: on CPU a while loop's event spans its body's ops, which have events of their own.
+CONTAINERS = {"while", "conditional", "call", "async-start", "async-done"}
+COPY_OPS = {"copy", "copy-start", "copy-done", "transpose", "dynamic-update-slice", "concatenate",
+            "broadcast", "pad", "slice", "dynamic-slice", "bitcast", "reshape"}
+INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][a-z0-9\-]*)\(")
+
+
+def family(op: str, kernel: str = "", opcode: str = "", target: str = "",
+           op_name: str = "") -> str:
+    """The family of one XLA op from its name, the GPU kernel's name, its opcode, custom-call
+    target and jax op_name. The first rule that matches wins: a cuDNN attention kernel is
+    attention, not matmul; an "input_scatter_fusion" is a scatter, not a fusion. Only the op_name
+    path's "attention" scope is read (bertjax.layers.attention): its other parts, such as
+    "transpose(jvp(...))" for autodiff, name no kernel."""
+    own = f"{op} {kernel} {opcode} {target}".lower()
+    if re.search(r"all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|nccl", own):
+        return "collectives"
+    if re.search(r"fmha|flash|sdpa", own) or re.search(r"(^|[/(;])attention[/)]", op_name):
+        return "attention"
+    if opcode in ("dot", "convolution") or re.search(
+            r"gemm|cublas|matmul|nvjet|cutlass|xmma|ynn|^dot[._]|_dot_", own):
+        return "matmul"
+    if re.search(r"scatter|gather", own):
+        return "scatter/gather"
+    if opcode in COPY_OPS or re.search(r"^(copy|transpose|dynamic[-_]update[-_]slice|"
+                                       r"concatenate|wrapped_broadcast|loop_broadcast)|memcpy|"
+                                       r"memset", own):
+        return "copies"
+    return "fusions/elementwise"
+
+
+def describe_ops(hlo_text: str) -> dict[str, dict[str, str]]:
+    """Op name -> {opcode, target, op_name} for every instruction of compiled HLO text."""
+    ops = {}
+    for line in hlo_text.splitlines():
+        m = INSTRUCTION.match(line)
+        if not m:
+            continue
+        target = re.search(r'custom_call_target="([^"]*)"', line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        ops[m.group(1)] = {"opcode": m.group(2), "target": target.group(1) if target else "",
+                           "op_name": op_name.group(1) if op_name else ""}
+    return ops
+
+
+def device_events(trace: dict) -> list[dict]:
+    """The trace's XLA-op events: those naming an `hlo_op`. A GPU's kernels sit on its
+    "Stream" threads; other threads there repeat them as derived summaries, so where stream
+    threads exist only they count (on CPU, ops run on the PjRt client threads)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    streams = [e for e in ops if threads.get((e["pid"], e["tid"]), "").startswith("Stream")]
+    return streams or ops
+
+
+def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 12) -> dict:
+    """Milliseconds per step by family, and the `top` ops by time (control-flow ops left out:
+    their time is their body's)."""
+    by_family, by_op, names = collections.Counter(), collections.Counter(), {}
+    for e in events:
+        op = e["args"]["hlo_op"]
+        info = ops.get(op, {})
+        if info.get("opcode") in CONTAINERS:
+            continue
+        names[op] = family(op, e.get("name", ""), **info)
+        by_family[names[op]] += float(e.get("dur", 0.0))
+        by_op[op] += float(e.get("dur", 0.0))
+    total = sum(by_family.values())
+    ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
+    return {"steps": steps, "kernel_ms_per_step": ms(total), "events": len(events),
+            "families_ms": {f: ms(by_family[f]) for f in FAMILIES},
+            "top_ops": [{"op": op, "family": names[op], "ms": ms(us),
+                         "opcode": ops.get(op, {}).get("opcode", ""),
+                         "op_name": ops.get(op, {}).get("op_name", "")[-120:]}
+                        for op, us in by_op.most_common(top)]}
+
+
+def trace_steps(fn, steps: int, compiled_text: str) -> dict:
+    """Profile `steps` calls of `fn` (which must block until its step is done) and summarize."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for i in range(steps):
+                fn(i)
+        files = sorted(Path(tmp).rglob("perfetto_trace.json.gz"))
+        if not files:
+            return {"error": f"no perfetto_trace.json.gz under the trace directory "
+                             f"({sorted(p.name for p in Path(tmp).rglob('*'))[:8]})"}
+        with gzip.open(files[-1], "rt") as f:
+            trace = json.load(f)
+    events = device_events(trace)
+    if not events:
+        return {"error": "the trace holds no event naming an hlo_op"}
+    return summarize(events, describe_ops(compiled_text), steps)
+
+
+def format_summary(summary: dict, step_ms: float | None = None) -> str:
+    """A few lines of text: ms per step and share by family, then the top ops."""
+    if "error" in summary:
+        return f"profile: {summary['error']}"
+    total = summary["kernel_ms_per_step"] or 1e-9
+    head = f"profile ({summary['steps']} steps): {total:.2f} ms of kernels per step"
+    if step_ms:
+        head += f" ({total / step_ms:.0%} of the {step_ms:.2f} ms step)"
+    lines = [head]
+    for fam, ms in sorted(summary["families_ms"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {fam:22} {ms:9.3f} ms  {ms / total:6.1%}")
+    lines.append("  top ops:")
+    for op in summary["top_ops"]:
+        lines.append(f"    {op['ms']:8.3f} ms  {op['family']:20} {op['op'][:32]:32} "
+                     f"{op['op_name'][-60:]}")
+    return "\n".join(lines)

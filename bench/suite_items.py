@@ -1,0 +1,169 @@
+"""What one item of bench/gpu_suite.py measures, run inside that item's own subprocess.
+
+`run(item)` dispatches on item["kind"]: "matmul" (the practical bf16 matmul peak), "ours" (the
+bertjax pretraining step: compile time, step time, memory, the attention path that really ran,
+and optionally a profile), "peer" / "peer-compile" (Hugging Face BertForMaskedLM, eager or under
+torch.compile, through bench/train.py's `run_peer`).
+"""
+
+import argparse
+import time
+
+SPECIAL_IDS = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
+
+
+def run(item: dict) -> dict:
+    return {"matmul": matmul_peak, "ours": run_ours, "peer": run_peer,
+            "peer-compile": run_peer_compiled}[item["kind"]](item)
+
+
+def matmul_peak(item: dict) -> dict:
+    """FLOP/s of a large square matmul on random data (constant data runs faster on an H200,
+    /work/.library/device/KINDS.md), mean of 10 after 3 warm-ups: the practical peak."""
+    import jax
+
+    from bertjax.metrics import device_peak_flops
+
+    n, dtype = item["n"], item["precision"]
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), dtype) for i in (0, 1))
+    f = jax.jit(lambda x, y: x @ y)
+    for _ in range(3):
+        f(a, b).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        out = f(a, b)
+    out.block_until_ready()
+    seconds = (time.perf_counter() - t0) / 10
+    return {"matmul_flops": 2 * n**3 / seconds, "device": jax.devices()[0].device_kind,
+            "vendor_peak": device_peak_flops(item["precision"]), "jax": jax.__version__}
+
+
+def setup_ours(item: dict):
+    """(config, jitted train step, state, batch) for the item's shape and overrides."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bertjax import config
+    from bertjax.masking import row_masker
+    from bertjax.model import Bert
+    from bertjax.optim import make_optimizer
+    from bertjax.precision import Precision
+    from bertjax.step import StepSpec, init_state, make_train_step
+    from bertjax.tokenizer import SpecialTokens
+
+    size, vocab, batch, seq = item["shape"]
+    cfg = config.load([], [f"model.size={size}", f"model.vocab_size={vocab}",
+                           "model.attention_dropout=0.0", f"precision.compute={item['precision']}",
+                           f"data.seq_len={seq}", f"train.micro_batch={batch}", *item["set"]])
+    if batch % cfg.train.micro_batch:
+        raise ValueError(f"batch {batch} is not a multiple of micro-batch {cfg.train.micro_batch}")
+    special = SpecialTokens(**SPECIAL_IDS)
+    model = Bert(cfg.model, key=jax.random.key(0))
+    optimizer = make_optimizer(cfg.optim, 1000, eqx.filter(model, eqx.is_array))
+    state = init_state(model, optimizer, cfg.precision)
+    # Hidden dropout 0.1 (the default) as the peer's; attention dropout 0 on both sides.
+    spec = StepSpec(Precision.from_names(compute=item["precision"]),
+                    row_masker(cfg.data, vocab, special), False, cfg.model.dropout > 0)
+    step = make_train_step(spec, optimizer, cfg.train.micro_batch)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, vocab, (batch, seq)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]
+    arrays = {"input_ids": jnp.asarray(ids), "token_type_ids": jnp.zeros((batch, seq), jnp.int32),
+              "attention_mask": jnp.ones((batch, seq), bool)}
+    return cfg, step, state, arrays
+
+
+def run_ours(item: dict) -> dict:
+    """Compile (timed apart), one warm-up step, `steps` timed steps, then an optional profile."""
+    import jax
+    import jax.numpy as jnp
+
+    from bertjax.metrics import device_peak_flops
+    from bertjax.model import attention_summary, flops_per_token
+
+    t0 = time.perf_counter()
+    cfg, step, state, batch = setup_ours(item)
+    setup_s = time.perf_counter() - t0
+    rows = batch["input_ids"].shape[0]
+
+    def inputs(i):
+        return (batch, jnp.int32(i * rows), jax.random.key(1), jax.random.key(2 + i))
+
+    t0 = time.perf_counter()
+    compiled = step.jitted.lower(inputs(0), state).compile()
+    compile_s = time.perf_counter() - t0
+    box = [state]
+
+    def one(i):
+        box[0], metrics = compiled(inputs(i), box[0])
+        return metrics
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(one(0))
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1, item["steps"] + 1):
+        metrics = one(i)
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - t0) / item["steps"]
+    hlo = compiled.compiled.as_text()
+    memory = compiled.compiled.memory_analysis()
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    result = {
+        "name": "bertjax", "setup_s": setup_s, "compile_s": compile_s, "first_step_s": first_s,
+        "step_s": step_s, "loss": float(metrics["mlm_loss"] / metrics["mlm_weight"]),
+        "flops_per_token": flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions),
+        "peak_bytes": stats["peak_bytes_in_use"] if stats else None,
+        "compiled_bytes": None if memory is None else (
+            memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes),
+        "attention": attention_summary(cfg.model, item["precision"]),
+        "cudnn_attention_in_hlo": "fmha" in hlo.lower(),  # jax's cuDNN custom call
+        "device": device.device_kind, "vendor_peak": device_peak_flops(item["precision"]),
+        "micro_batch": cfg.train.micro_batch, "jax": jax.__version__}
+    if item.get("profile_steps"):
+        from profile_summary import trace_steps  # bench/: the script's own folder
+
+        def profiled(i):
+            jax.block_until_ready(one(item["steps"] + 1 + i))
+
+        result["profile"] = trace_steps(profiled, item["profile_steps"], hlo)
+    return result
+
+
+def peer_args(item: dict) -> argparse.Namespace:
+    """bench/train.py's arguments for this item."""
+    size, vocab, batch, seq = item["shape"]
+    return argparse.Namespace(size=size, vocab=vocab, batch=batch, seq=seq, steps=item["steps"],
+                              precision=item["precision"], attention_dropout=0.0)
+
+
+def run_peer(item: dict) -> dict:
+    """HF BertForMaskedLM (SDPA, autocast, fused AdamW on GPU), labels -100 off the 15 % masked
+    positions: bench/train.py's peer, unchanged."""
+    import train as hf_bench  # bench/train.py
+
+    return hf_bench.run_peer(peer_args(item))
+
+
+def run_peer_compiled(item: dict) -> dict:
+    """The same peer with its model under torch.compile (Module.compile: compiled in place when
+    first called, so the first step's time includes the compilation)."""
+    import train as hf_bench  # bench/train.py
+    from transformers import BertForMaskedLM
+
+    build = BertForMaskedLM._from_config
+
+    def build_compiled(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.compile()
+        return model
+
+    BertForMaskedLM._from_config = build_compiled  # what bench/train.py's run_peer calls
+    result = hf_bench.run_peer(peer_args(item))
+    result["name"] += " + torch.compile"
+    result["compile_s"] = result["first_step_s"]
+    return result

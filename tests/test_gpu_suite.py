@@ -1,0 +1,100 @@
+"""bench/gpu_suite.py before it meets a GPU: the kernel-family rules and trace reading of
+bench/profile_summary.py, a failing item and an over-budget item reported (never fatal), and the
+whole --smoke run on CPU (every code path of the GPU call, tiny shapes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gpu_suite  # bench/ is on the path through pyproject's [tool.pytest.ini_options]
+import pytest
+from profile_summary import describe_ops, device_events, family, summarize
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+ENV = dict(os.environ, XLA_FLAGS="")  # one CPU device, as on a GPU machine's host
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("input_scatter_fusion",), "scatter/gather"),
+    (("gemm_fusion.3", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n"), "matmul"),
+    (("custom-call.12", "nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN", "custom-call",
+      "__cublas$lt$matmul"), "matmul"),
+    (("custom-call.4", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop", "custom-call",
+      "__cudnn$fmhaSoftmax"), "attention"),
+    (("loop_exponential_fusion", "", "fusion", "",
+      "jit(step)/while/body/transpose(jvp(attention))/exp"), "attention"),
+    (("loop_add_fusion", "", "fusion", "", "jit(step)/transpose(jvp())/add_any"),
+     "fusions/elementwise"),
+    (("copy.7", "", "copy"), "copies"),
+    (("dynamic_update_slice_fusion.2",), "copies"),
+    (("all-gather-start.1", "ncclDevKernel_AllGather_RING_LL"), "collectives"),
+    (("ynn_fusion.3",), "matmul"),
+    (("convert_fusion.1", "", "fusion"), "fusions/elementwise"),
+])
+def test_kernel_families(args, expected):
+    assert family(*args) == expected
+
+
+def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow():
+    hlo = """
+  %fusion.1 = f32[8]{0} fusion(f32[8]{0} %p), kind=kLoop, calls=%c, metadata={op_name="a/add"}
+  %dot.2 = f32[8,8]{1,0} dot(f32[8,8]{1,0} %x, f32[8,8]{1,0} %y), metadata={op_name="b/dot_general"}
+  %while.3 = (s32[], f32[8]{0}) while((s32[], f32[8]{0}) %t), condition=%cond, body=%body
+"""
+    ops = describe_ops(hlo)
+    assert ops["dot.2"] == {"opcode": "dot", "target": "", "op_name": "b/dot_general"}
+    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
+            for t, n in ((1, "Stream #7(Compute)"), (200, "XLA Ops"))]
+    kernels = [{"ph": "X", "pid": 1, "tid": tid, "name": name, "dur": dur,
+                "args": {"hlo_op": op}}
+               for tid in (1, 200)  # the "XLA Ops" line repeats the stream's kernels
+               for op, name, dur in (("fusion.1", "loop_add_fusion", 1000.0),
+                                     ("dot.2", "sm90_gemm", 3000.0),
+                                     ("while.3", "while", 9000.0))]
+    events = device_events({"traceEvents": meta + kernels})
+    assert len(events) == 3
+    s = summarize(events, ops, steps=2)
+    assert s["kernel_ms_per_step"] == 2.0  # (1 + 3) ms over 2 steps; the while left out
+    assert s["families_ms"]["matmul"] == 1.5 and s["families_ms"]["fusions/elementwise"] == 0.5
+
+
+def test_a_failing_item_is_reported_not_fatal():
+    it = dict(gpu_suite.item("bad", "ours", ("tiny", 64, 2, 16), set_=["model.attention=flash"]),
+              precision="float32", steps=1)
+    done = gpu_suite.run_item(it, 120, ENV)
+    assert done["status"].startswith("failed: ") and "model.attention='flash'" in done["status"]
+
+
+def test_an_item_over_its_budget_is_skipped_and_the_suite_goes_on(tmp_path):
+    out = subprocess.run([sys.executable, BENCH / "gpu_suite.py", "--smoke", "--only",
+                          "ours,profile", "--max-item-seconds", "1", "--out", tmp_path],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    items = json.loads((tmp_path / "gpu_suite.json").read_text())["items"]
+    assert [(d["id"], d["status"]) for d in items] == [
+        ("ours", "over budget (1 s): skipped"),
+        ("profile", "skipped: no successful row of this shape")]
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, BENCH / "gpu_suite.py", "--smoke", "--out", tmp_path],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    status = {d["id"]: d["status"] for d in report["items"]}
+    assert {k: v for k, v in status.items() if k != "peer"} == dict.fromkeys(
+        ["matmul", "ours", "profile"], "ok"), status
+    assert status["peer"] == "ok" or "not installed" in status["peer"]
+    by_id = {d["id"]: d for d in report["items"]}
+    ours = by_id["ours"]["result"]
+    assert ours["micro_batch"] == 4 and ours["attention"].startswith("XLA's")
+    assert by_id["profile"]["note"].endswith("row: ours")
+    profile = by_id["profile"]["result"]["profile"]
+    assert profile["kernel_ms_per_step"] > 0 and profile["families_ms"]["matmul"] > 0
+    assert profile["families_ms"]["attention"] > 0  # the named scope reaches the profile
+    text = (tmp_path / "gpu_suite.txt").read_text()
+    assert "profile (2 steps)" in text and "MFU" in text
