@@ -9,6 +9,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import assert_trees_close, setup
 
 from bertjax import config
@@ -17,6 +18,9 @@ from bertjax.optim import make_optimizer
 from bertjax.precision import Precision
 from bertjax.sharding import global_batch, make_mesh, replicated, shard_params, with_mesh
 from bertjax.step import init_state, make_glue_steps, make_train_step
+
+# Compiles whole FSDP steps for 8 devices (1 device = 8 devices stays in the quick tier).
+pytestmark = pytest.mark.slow
 
 COLLECTIVE = re.compile(r"\b(all-gather|reduce-scatter|all-reduce|all-to-all|collective-permute)"
                         r"(?:-start)?\(")

@@ -77,6 +77,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
         config.load([broken])
 
 
+@pytest.mark.slow
 def test_cli_bad_key_is_one_line_exit_2():
     out = subprocess.run(
         [sys.executable, "-m", "bertjax.train", "configs/demo.yaml", "model.hiden_size=8"],

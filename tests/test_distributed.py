@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import free_port, three_steps_on_one_device
 from safetensors.numpy import load_file
+
+pytestmark = pytest.mark.slow  # two jax.distributed processes
 
 HERE = Path(__file__).resolve().parent
 

@@ -214,6 +214,7 @@ def test_glue_bundle_keeps_mean_pooling_and_is_readable_by_all(tmp_path):
                                   model.classify(model(*args), args[2]))
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "bertjax.export", str(tmp_path / "missing"),
                            str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)

@@ -32,6 +32,8 @@ from bertjax.predict import classify, fill_mask
 from bertjax.pretrained import initial_model, load_pretrained
 from bertjax.step import init_state, make_glue_steps
 
+pytestmark = pytest.mark.slow  # end-to-end fine-tunes, CLI subprocesses, two processes
+
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_DIR = ROOT / "tests" / "fixtures" / "glue"
 

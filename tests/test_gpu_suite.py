@@ -68,6 +68,7 @@ def test_a_failing_item_is_reported_not_fatal():
     assert done["status"].startswith("failed: ") and "model.attention='flash'" in done["status"]
 
 
+@pytest.mark.slow
 def test_an_item_over_its_budget_is_skipped_and_the_suite_goes_on(tmp_path):
     out = subprocess.run([sys.executable, BENCH / "gpu_suite.py", "--smoke", "--only",
                           "ours,profile", "--max-item-seconds", "1", "--out", tmp_path],

@@ -92,6 +92,7 @@ def bundle(model, cfg, tmp_path_factory) -> Path:
     return save_bundle(model, cfg, make_tokenizer(), tmp_path_factory.mktemp("b") / "bundle")
 
 
+@pytest.mark.slow
 def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_path):
     tok = make_tokenizer()
     pairs = list(zip(sentences(3), sentences(3, seed=2), strict=True))
@@ -117,6 +118,7 @@ def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_p
                                            atol=1e-3)
 
 
+@pytest.mark.slow
 def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
     out = subprocess.run([sys.executable, "-m", "bertjax.predict", "fill-mask", str(bundle),
                           "the [MASK] sat.", "the cat sat."], cwd=ROOT, capture_output=True,

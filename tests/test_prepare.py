@@ -127,6 +127,7 @@ def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatc
         prepare.read_meta(out)
 
 
+@pytest.mark.slow
 def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
     """A real SIGKILL in the middle of tokenizing (no cleanup code runs)."""
     path = tmp_path / "big.txt"
@@ -190,6 +191,7 @@ def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
     assert [d.split() for d in joined] == [r["text"].split() for r in rows]
 
 
+@pytest.mark.slow
 def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
     first = [p for p, _ in zip(sources._read_stdlib(), range(120), strict=False)]
     again = [p for p, _ in zip(sources._read_stdlib(), range(120), strict=False)]
@@ -261,6 +263,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_success_and_errors(tmp_path, corpus):
     path, _ = corpus
     out = tmp_path / "cli"
@@ -280,6 +283,7 @@ def test_cli_success_and_errors(tmp_path, corpus):
         assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_shared_corpus_subset(shared_data, tmp_path):
     wiki = shared_data / "corpus" / "wikipedia_en" / "wiki_00.txt"
     out = prepare.ensure_prepared(load_cfg(tmp_path, [wiki], **{"tokenizer.vocab_size": 2000}))

@@ -25,6 +25,8 @@ from bertjax.pretrain import keep_tokenizer, resolve
 from bertjax.pretrained import continue_from, restore_model
 from bertjax.step import abstract_state
 
+pytestmark = pytest.mark.slow  # CLI pretraining runs (subprocesses), kills, resumes, two processes
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
 
