@@ -35,7 +35,7 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.export import save_bundle
-from bertjax.files import write_atomic
+from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import device_batch, evaluate, summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
@@ -236,6 +236,8 @@ def fold(progress: dict, window: list[dict]) -> float:
 
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
+    check_dir_path(cfg.train.run_dir, "train.run_dir")
+    glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
     job, same_config = setup(cfg)
     done = seeds_done(job, same_config)

@@ -152,14 +152,14 @@ def test_bad_inputs_raise_user_errors(tmp_path):
         glue.load_split(cfg(task="rte"), "dev_matched")
     with pytest.raises(UserError, match="no 'label' column; the train split needs labels"):
         glue.read_tsv("rte", "train", FIX / "RTE" / "test.tsv")
-    with pytest.raises(UserError, match="data row 1: label 'not_entailment' is not"):
+    with pytest.raises(UserError, match="line 2: label .not_entailment. is not"):
         glue.read_tsv("wnli", "train", FIX / "RTE" / "train.tsv")
     with pytest.raises(UserError, match="no column 'question'"):
         glue.read_tsv("qnli", "train", FIX / "SST-2" / "train.tsv")
     with pytest.raises(UserError, match="no column 'sentence2'.*needs a sentence pair"):
         glue.read_tsv("rte", "test", _write(tmp_path / "one.tsv", "index\tsentence1\n0\ta\n"))
     short = _write(tmp_path / "short.tsv", "index\tsentence1\tsentence2\tlabel\n0\tonly one\n")
-    with pytest.raises(UserError, match="data row 1 has 2 fields, expected at least 4"):
+    with pytest.raises(UserError, match="line 2 has 2 tab-separated fields, expected at least 4"):
         glue.read_tsv("rte", "dev", short)
     with pytest.raises(UserError, match="is empty"):
         glue.read_tsv("cola", "dev", _write(tmp_path / "empty.tsv", ""))
