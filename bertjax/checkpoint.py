@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -29,8 +30,26 @@ def config_hash(config_yaml: str) -> str:
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
+def _quiet_closed_loop() -> None:
+    """When a save or restore fails, tensorstore may finish another pending write or read after
+    Orbax has closed its event loop; Python reports that as an unraisable 'Event loop is closed'
+    RuntimeError, a traceback around the one-line error. Those (and only those) are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "bertjax_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and
+                str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.bertjax_quiet = True
+    sys.unraisablehook = hook
+
+
 class _NotDiskFull(logging.Filter):
-    """Drops Orbax's background-thread tracebacks about a full disk (the UserError says it)."""
+    """Drops the tracebacks Orbax's threads log about a full disk (absl), and asyncio's
+    'Future exception was never retrieved' for the same write at exit: the UserError says it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (is_disk_full(Exception(record.getMessage())) or
@@ -43,18 +62,22 @@ def _disk_full_is_user_error(save):
     the earlier checkpoints are untouched, since Orbax renames a checkpoint only when complete."""
     @functools.wraps(save)
     def wrapper(self, step: int, *args, **kwargs):
-        quiet, absl = _NotDiskFull(), logging.getLogger("absl")
-        absl.addFilter(quiet)
+        quiet, loggers = _NotDiskFull(), [logging.getLogger(n) for n in ("absl", "asyncio")]
+        for logger in loggers:
+            logger.addFilter(quiet)
+        _quiet_closed_loop()
         try:
             return save(self, step, *args, **kwargs)
         except Exception as e:
-            if not is_disk_full(e):
-                raise
-            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_full_error(self.directory, f"checkpoint {step}") from None
+            if is_disk_full(e):
+                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                loggers = []  # the filters stay: asyncio reports the failed writes again at exit
+                raise disk_full_error(self.directory, f"checkpoint {step}") from None
+            raise
         finally:
-            absl.removeFilter(quiet)
+            for logger in loggers:
+                logger.removeFilter(quiet)
     return wrapper
 
 
@@ -112,6 +135,7 @@ class Checkpoints:
     def _reading(self, step: int, first_hint: str = ""):
         """Whatever Orbax, tensorstore or json raise on a damaged checkpoint (a missing or
         truncated file, bad metadata) -> one UserError naming the step directory and the fix."""
+        _quiet_closed_loop()
         try:
             yield
         except UserError:
@@ -125,7 +149,7 @@ class Checkpoints:
                 "resume takes the newest complete one), or pass an earlier RUN/checkpoints/STEP"
             ) from None
 
-    def _checked(self, meta: dict, step: int) -> dict:
+    def _checked(self, meta: object, step: int) -> dict:
         if not isinstance(meta, dict):
             raise UserError(f"checkpoint {self.directory / str(step)}: its meta is not a JSON "
                             f"object; delete {self.directory / str(step)} to fall back to the "

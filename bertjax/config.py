@@ -448,5 +448,15 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    data = _without_retired(OmegaConf.create(text), source, strict=False)
-    return OmegaConf.to_object(_merge(_schema(), data, source))
+    try:
+        data = OmegaConf.create(text)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from None
+    if not isinstance(data, DictConfig):
+        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _explain(e, merged, source) from None

@@ -103,7 +103,7 @@ def check_domains(section: Any) -> None:
     for f in dataclasses.fields(section):
         key, value, domain = f"{name}.{f.name}", getattr(section, f.name), f.metadata["domain"]
         if not _has_type(value, f.type):
-            raise UserError(f"{key}={show(value)} is not {type_name(f.type)}; "
+            raise UserError(f"{key}={value!r} is not {type_name(f.type)}; "
                             f"{key}: {f.metadata['doc']}")
         if value is None or domain is None or domain.test(value):
             continue

@@ -106,8 +106,10 @@ class _SplitWriter:
 
     def flush(self) -> None:
         count = self.n_tokens - self.written
-        np.fromiter(chain.from_iterable(self.pending), self.dtype, count).tofile(self.tokens)
-        np.asarray(self.lengths, np.uint32).tofile(self.docs)  # 4 bytes a document, not 8
+        # file.write, not ndarray.tofile: a full disk then raises OSError(ENOSPC), which
+        # tofile reports without an errno ("N requested and 0 written").
+        self.tokens.write(np.fromiter(chain.from_iterable(self.pending), self.dtype, count).data)
+        self.docs.write(np.asarray(self.lengths, np.uint32).data)  # 4 bytes a document, not 8
         self.pending, self.lengths, self.written = [], [], self.n_tokens
 
     def close(self) -> dict:
