@@ -226,7 +226,7 @@ def _field(c: dict, name: str, source: str):
     return default if value is None else value
 
 
-def config_from_hf(c: dict, source: str = "config.json") -> tuple[ModelConfig, int]:
+def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig, int]:
     """HF config.json -> (ModelConfig, pad_token_id); unsupported variants are UserErrors."""
     if not isinstance(c, dict):
         raise UserError(f"{source}: config.json holds a JSON {type(c).__name__}, not an object; "

@@ -168,6 +168,11 @@ def main(argv: list[str]) -> None:
         raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
     tok = tokenizer_lib.load(pretrained.tokenizer_path)
     model = pretrained.model
+    rows = model.encoder.embeddings.word.shape[0]
+    if tokenizer_lib.vocab_size(tok) > rows:  # ids past the table would be clamped, silently
+        raise UserError(f"{pretrained.tokenizer_path} has {tokenizer_lib.vocab_size(tok)} tokens "
+                        f"but the model's vocabulary has {rows} rows: they do not belong "
+                        "together; use the tokenizer saved with the checkpoint")
     needs = {"fill-mask": ("mlm", "MLM head"), "classify": ("classifier", "GLUE head (fine-tune "
              "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:

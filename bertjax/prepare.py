@@ -306,7 +306,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
                 "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,
                 "seconds": round(time.perf_counter() - start, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (directory / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
+        _stage_meta(directory, meta)
         (directory / "meta.json").unlink(missing_ok=True)  # from here on it is incomplete
         for tmp in sorted(directory.glob("*.tmp"), key=lambda p: p.name == "meta.json.tmp"):
             os.replace(tmp, tmp.with_suffix(""))
@@ -318,6 +318,11 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
     finally:
         for tmp in directory.glob("*.tmp"):
             tmp.unlink()
+
+
+def _stage_meta(directory: Path, meta: dict) -> None:
+    """meta.json.tmp: the new preparation's meta, renamed after its data files."""
+    (directory / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
 
 
 def _write_meta(directory: Path, meta: dict) -> None:
