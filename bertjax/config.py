@@ -134,6 +134,9 @@ class DataConfig:
 
     def __post_init__(self):
         check_domains(self)
+        if self.max_predictions is not None and self.max_predictions > self.seq_len:
+            raise UserError(f"data.max_predictions={self.max_predictions} exceeds data.seq_len="
+                            f"{self.seq_len}; predict at most one token per position (or null)")
 
     @property
     def predictions(self) -> int:

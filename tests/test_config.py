@@ -64,6 +64,7 @@ def test_wrong_type_names_key_expected_type_and_value():
     ("optim.schedule=cosine", "optim.schedule"),
     ("wandb.mode=sometimes", "wandb.mode"),
     ("train.batch_end=40", "multiple of"),
+    ("data.max_predictions=200", "exceeds data.seq_len=128"),
 ])
 def test_cross_field_validation(override, fragment):
     with pytest.raises(UserError, match=fragment):
