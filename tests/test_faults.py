@@ -327,18 +327,20 @@ def outcome(rc: int, stderr: str, changed: list[str], mid_run: bool = False) -> 
     return "clear" if rc == 2 and one_line else "unclear"
 
 
-def record(case: str, category: str, result: str, rc: int, stderr: str) -> None:
+def record(case: str, category: str, result: str, rc: int, stderr: str,
+           changed: list[str]) -> None:
     report = os.environ.get("BERTJAX_FAULTS_REPORT")
     if report:
         with open(report, "a") as f:
-            f.write(json.dumps({"category": category, "case": case, "outcome": result,
-                                "rc": rc, "stderr": stderr.strip().splitlines()[-1:]}) + "\n")
+            f.write(json.dumps({"category": category, "case": case, "outcome": result, "rc": rc,
+                                "traceback": "Traceback" in stderr, "changed": len(changed),
+                                "stderr": stderr.strip().splitlines()[-1:]}) + "\n")
 
 
 def check(case_name: str, category: str, rc: int, stderr: str, changed: list[str], expect: str,
           mid_run: bool = False) -> None:
     result = outcome(rc, stderr, changed, mid_run)
-    record(case_name, category, result, rc, stderr)
+    record(case_name, category, result, rc, stderr, changed)
     assert result == "clear", (result, rc, stderr[-3000:], changed[:5])
     assert expect in stderr.strip().splitlines()[-1], stderr
 
