@@ -4,10 +4,16 @@ A checkpoint is `RUN_DIR/checkpoints/<step>/` holding `state` (arrays only: para
 state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash). Orbax writes
 to a temporary directory and renames it when complete, so a crash mid-save never damages the last
 complete checkpoint, and `latest_step` only sees finished ones. Restores go into an abstract tree
-with the current shardings, so a different device count works. No pickle anywhere.
+with the current shardings, so a different device count works. No pickle anywhere. A checkpoint
+that cannot be read, and a disk too full to write one, are one-line UserErrors.
 """
 
+import contextlib
+import functools
 import hashlib
+import logging
+import shutil
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -15,12 +21,64 @@ import jax
 import orbax.checkpoint as ocp
 
 from bertjax.errors import UserError
+from bertjax.files import disk_full_error, is_disk_full
 
 SCHEMA_VERSION = 1
 
 
 def config_hash(config_yaml: str) -> str:
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
+
+
+def _quiet_closed_loop() -> None:
+    """When a save or restore fails, tensorstore may finish another pending write or read after
+    Orbax has closed its event loop; Python reports that as an unraisable 'Event loop is closed'
+    RuntimeError, a traceback around the one-line error. Those (and only those) are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "bertjax_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and
+                str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.bertjax_quiet = True
+    sys.unraisablehook = hook
+
+
+class _NotDiskFull(logging.Filter):
+    """Drops the tracebacks Orbax's threads log about a full disk (absl), and asyncio's
+    'Future exception was never retrieved' for the same write at exit: the UserError says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (is_disk_full(Exception(record.getMessage())) or
+                    record.exc_info and is_disk_full(record.exc_info[1]))
+
+
+def _disk_full_is_user_error(save):
+    """Wraps Checkpoints.save: a full disk becomes one UserError, and Orbax's temporary
+    directories are removed (they would keep the space, so a rerun would fail the same way);
+    the earlier checkpoints are untouched, since Orbax renames a checkpoint only when complete."""
+    @functools.wraps(save)
+    def wrapper(self, step: int, *args, **kwargs):
+        quiet, loggers = _NotDiskFull(), [logging.getLogger(n) for n in ("absl", "asyncio")]
+        for logger in loggers:
+            logger.addFilter(quiet)
+        _quiet_closed_loop()
+        try:
+            return save(self, step, *args, **kwargs)
+        except Exception as e:
+            if is_disk_full(e):
+                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                loggers = []  # the filters stay: asyncio reports the failed writes again at exit
+                raise disk_full_error(self.directory, f"checkpoint {step}") from None
+            raise
+        finally:
+            for logger in loggers:
+                logger.removeFilter(quiet)
+    return wrapper
 
 
 class Checkpoints:
@@ -35,6 +93,7 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    @_disk_full_is_user_error
     def save(self, step: int, state, meta: dict) -> None:
         meta = {"schema_version": SCHEMA_VERSION, "step": step, **meta}
         self.manager.save(step, args=ocp.args.Composite(
@@ -44,8 +103,12 @@ class Checkpoints:
     def restore(self, step: int, abstract_state) -> tuple[object, dict]:
         """Restore into `abstract_state` (arrays or ShapeDtypeStructs carrying shardings)."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        # A resume after a change of model shape fails here too: say so before advising deletion.
+        changed = ("if the model config changed since it was written, use a new train.run_dir "
+                   "or train.resume=never; if its files are damaged, ")
+        with self._reading(step, changed):
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], self._checked(restored["meta"], step)
 
     def restore_model(self, step: int, abstract_state):
@@ -58,16 +121,39 @@ class Checkpoints:
                                                              abstract_state),
                              jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.model))
         args = ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target))
-        with ocp.PyTreeCheckpointer() as checkpointer:
+        with self._reading(step), ocp.PyTreeCheckpointer() as checkpointer:
             state = checkpointer.restore(self.directory / str(step) / "state", args=args)
         return state.model
 
     def read_meta(self, step: int) -> dict:
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"]
+        with self._reading(step):
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
         return self._checked(meta, step)
 
-    def _checked(self, meta: dict, step: int) -> dict:
+    @contextlib.contextmanager
+    def _reading(self, step: int, first_hint: str = ""):
+        """Whatever Orbax, tensorstore or json raise on a damaged checkpoint (a missing or
+        truncated file, bad metadata) -> one UserError naming the step directory and the fix."""
+        _quiet_closed_loop()
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:  # Orbax raises ValueError, OSError, JSONDecodeError, Exception
+            where = self.directory / str(step)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UserError(
+                f"checkpoint {where} is incomplete or corrupt ({type(e).__name__}: {first}); "
+                f"{first_hint}delete {where} to fall back to the checkpoint before it (a "
+                "resume takes the newest complete one), or pass an earlier RUN/checkpoints/STEP"
+            ) from None
+
+    def _checked(self, meta: object, step: int) -> dict:
+        if not isinstance(meta, dict):
+            raise UserError(f"checkpoint {self.directory / str(step)}: its meta is not a JSON "
+                            f"object; delete {self.directory / str(step)} to fall back to the "
+                            "checkpoint before it")
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"checkpoint {self.directory / str(step)} has schema version "
                             f"{meta.get('schema_version')}, this bertjax reads {SCHEMA_VERSION}")

@@ -1,12 +1,15 @@
 """Typed configuration: frozen dataclasses; defaults <- YAML files <- key=value overrides.
 
 `load(files, overrides)` merges through OmegaConf structured configs (so types are checked) and
-returns plain frozen dataclasses. Every mistake becomes a `UserError` naming the key, where it came
-from and the fix. `to_yaml(cfg)` writes the resolved config that every run directory keeps.
+returns plain frozen dataclasses. Every field declares its domain next to its default (`opt(...,
+domain=POSITIVE)`, vocabulary in domains.py); `check_domains` checks them all whenever a section
+is built, so before any work starts. Every mistake becomes a `UserError` naming the key, the
+value, what it must be and the fix. `to_yaml(cfg)` writes the resolved config a run keeps.
 """
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,15 +17,22 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from bertjax.domains import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_CLOSED,
+    UNIT_OPEN,
+    at_least,
+    check_domains,
+    containing,
+    list_of,
+    one_of,
+    opt,
+    show,
+    type_name,
+)
 from bertjax.errors import UserError
-
-
-def opt(default: Any, doc: str) -> Any:
-    """A config field with a default and a one-line doc (lists get a fresh copy per instance)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
-
 
 # Turc et al. 2019 ("Well-Read Students Learn Better") shapes; base/large are BERT's own.
 # name: (num_layers, hidden_size, num_heads); the feed-forward size is 4 * hidden.
@@ -38,29 +48,35 @@ MODEL_SIZES = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    size: str = opt("tiny", "named shape: tiny | mini | small | medium | base | large")
-    num_layers: int | None = opt(None, "encoder blocks; null = from size")
-    hidden_size: int | None = opt(None, "model width; null = from size")
-    num_heads: int | None = opt(None, "attention heads; null = from size")
-    intermediate_size: int | None = opt(None, "feed-forward width; null = 4 * hidden_size")
-    vocab_size: int | None = opt(None, "vocabulary rows; null = the tokenizer's size")
-    max_position_embeddings: int = opt(512, "learned positions")
-    position_init: str = opt("normal", "initial position rows: normal (BERT) | sinusoidal")
-    type_vocab_size: int = opt(2, "token type (segment) embeddings")
-    norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)")
-    dropout: float = opt(0.1, "hidden dropout")
-    attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit path)")
+    size: str = opt("tiny", "named shape: tiny | mini | small | medium | base | large",
+                    domain=one_of(*MODEL_SIZES))
+    num_layers: int | None = opt(None, "encoder blocks; null = from size", domain=POSITIVE)
+    hidden_size: int | None = opt(None, "model width; null = from size", domain=POSITIVE)
+    num_heads: int | None = opt(None, "attention heads; null = from size", domain=POSITIVE)
+    intermediate_size: int | None = opt(None, "feed-forward width; null = 4 * hidden_size",
+                                        domain=POSITIVE)
+    vocab_size: int | None = opt(None, "vocabulary rows; null = the tokenizer's size",
+                                 domain=POSITIVE)
+    max_position_embeddings: int = opt(512, "learned positions", domain=POSITIVE)
+    position_init: str = opt("normal", "initial position rows: normal (BERT) | sinusoidal",
+                             domain=one_of("normal", "sinusoidal"))
+    type_vocab_size: int = opt(2, "token type (segment) embeddings", domain=POSITIVE)
+    norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)",
+                    domain=one_of("pre", "post"))
+    dropout: float = opt(0.1, "hidden dropout", domain=FRACTION)
+    attention_dropout: float = opt(0.1, "attention-probability dropout (>0 uses the explicit "
+                                   "path)", domain=FRACTION)
     attention: str = opt("auto", "attention kernel: auto (cuDNN flash attention on NVIDIA GPUs in "
-                         "bf16/fp16, else XLA's) | xla | cudnn (as auto, warning where it cannot)")
-    layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)")
+                         "bf16/fp16, else XLA's) | xla | cudnn (as auto, warning where it cannot)",
+                         domain=one_of("auto", "xla", "cudnn"))
+    layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)", domain=POSITIVE)
     scan_layers: bool = opt(True, "lax.scan over blocks: compile time independent of depth")
     remat: bool | None = opt(None, "recompute each block in the backward pass instead of storing "
                              "its activations: less memory; null = on for CPU, where it is "
                              "also faster (log.md, 2026-12-01), off on GPU/TPU")
 
     def __post_init__(self):
-        if self.size not in MODEL_SIZES:
-            raise UserError(f"model.size={self.size!r} is unknown; use one of {list(MODEL_SIZES)}")
+        check_domains(self)
         layers, hidden, heads = MODEL_SIZES[self.size]
         set_default = lambda name, value: (  # noqa: E731
             object.__setattr__(self, name, value) if getattr(self, name) is None else None
@@ -74,27 +90,23 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"model.num_heads={self.num_heads}; pick sizes whose ratio is an integer"
             )
-        if self.norm not in ("pre", "post"):
-            raise UserError(f"model.norm={self.norm!r} must be 'pre' or 'post'")
-        if self.position_init not in ("normal", "sinusoidal"):
-            raise UserError(f"model.position_init={self.position_init!r} must be 'normal' or "
-                            "'sinusoidal'")
-        if self.attention not in ("auto", "xla", "cudnn"):
-            raise UserError(f"model.attention={self.attention!r} must be auto, xla or cudnn")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"model.{name}={getattr(self, name)} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus")
-    vocab_size: int = opt(8192, "WordPiece vocabulary size when training")
+    vocab_size: int = opt(8192, "WordPiece vocabulary size when training", domain=at_least(100))
     lowercase: bool = opt(True, "BERT normalizer lowercases and strips accents")
-    min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge")
+    min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge",
+                             domain=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check_domains(self)
 
 
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
+# The fine-tuning tasks (glue.py's TASKS has them all, plus the test-only diagnostic set `ax`).
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 
 def check_objective(objective: str) -> None:
@@ -111,23 +123,23 @@ class DataConfig:
     hf_split: str = opt("train", "hub dataset split")
     text_column: str = opt("text", "column holding the text (hub, jsonl, parquet)")
     builtin: str | None = opt(None, "embedded corpus: 'stdlib' (Python's own docs, offline)")
-    validation_fraction: float = opt(0.01, "fraction of documents held out for validation")
-    max_documents: int | None = opt(None, "stop after this many documents (null = all)")
-    seq_len: int = opt(128, "tokens per training sequence, [CLS] and [SEP] included")
-    objective: str = opt("mlm", "mlm | mlm+nsp | mlm+sop")
-    mask_rate: float = opt(0.15, "fraction of tokens to predict (BERT: 0.15)")
-    max_predictions: int | None = opt(None, "predictions per sequence; null = ceil(rate*len)")
-    prefetch: int = opt(2, "batches prepared ahead by the loader thread")
+    validation_fraction: float = opt(0.01, "fraction of documents held out for validation",
+                                     domain=FRACTION)
+    max_documents: int | None = opt(None, "stop after this many documents (null = all)",
+                                    domain=POSITIVE)
+    seq_len: int = opt(128, "tokens per training sequence, [CLS] and [SEP] included",
+                       domain=at_least(8))
+    objective: str = opt("mlm", "mlm | mlm+nsp | mlm+sop", domain=one_of(*OBJECTIVES))
+    mask_rate: float = opt(0.15, "fraction of tokens to predict (BERT: 0.15)", domain=UNIT_OPEN)
+    max_predictions: int | None = opt(None, "predictions per sequence; null = ceil(rate*len)",
+                                      domain=POSITIVE)
+    prefetch: int = opt(2, "batches prepared ahead by the loader thread", domain=POSITIVE)
 
     def __post_init__(self):
-        check_objective(self.objective)
-        if not 0.0 < self.mask_rate < 1.0:
-            raise UserError(f"data.mask_rate={self.mask_rate} must be in (0, 1)")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise UserError(f"data.validation_fraction={self.validation_fraction} must be in "
-                            "[0, 1)")
-        if self.seq_len < 8:
-            raise UserError(f"data.seq_len={self.seq_len} is too short; use at least 8")
+        check_domains(self)
+        if self.max_predictions is not None and self.max_predictions > self.seq_len:
+            raise UserError(f"data.max_predictions={self.max_predictions} exceeds data.seq_len="
+                            f"{self.seq_len}; predict at most one token per position (or null)")
 
     @property
     def predictions(self) -> int:
@@ -139,76 +151,90 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = opt(1e-3, "peak learning rate")
-    schedule: str = opt("one_cycle", "one_cycle | linear (warmup + linear decay) | constant")
-    warmup: float = opt(0.1, "warm-up length as a fraction of training steps")
-    final_lr_fraction: float = opt(0.01, "one_cycle/linear: final lr as a fraction of peak")
-    weight_decay: float = opt(0.01, "AdamW decoupled weight decay (matrices and embeddings only)")
-    b1: float = opt(0.9, "Adam beta1")
-    b2: float = opt(0.98, "Adam beta2")
-    eps: float = opt(1e-6, "Adam epsilon")
-    clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
+    lr: float = opt(1e-3, "peak learning rate", domain=POSITIVE)
+    schedule: str = opt("one_cycle", "one_cycle | linear (warmup + linear decay) | constant",
+                        domain=one_of("one_cycle", "linear", "constant"))
+    warmup: float = opt(0.1, "warm-up length as a fraction of training steps", domain=FRACTION)
+    final_lr_fraction: float = opt(0.01, "one_cycle/linear: final lr as a fraction of peak",
+                                   domain=UNIT_CLOSED)
+    weight_decay: float = opt(0.01, "AdamW decoupled weight decay (matrices and embeddings only)",
+                              domain=NON_NEGATIVE)
+    b1: float = opt(0.9, "Adam beta1", domain=FRACTION)
+    b2: float = opt(0.98, "Adam beta2", domain=FRACTION)
+    eps: float = opt(1e-6, "Adam epsilon", domain=POSITIVE)
+    clip: float = opt(1.0, "global gradient-norm clip (0 = off)", domain=NON_NEGATIVE)
 
     def __post_init__(self):
-        if self.schedule not in ("one_cycle", "linear", "constant"):
-            raise UserError(f"optim.schedule={self.schedule!r}: use one_cycle, linear or constant")
-        if not 0.0 <= self.warmup < 1.0:
-            raise UserError(f"optim.warmup={self.warmup} is a fraction of training in [0, 1)")
+        check_domains(self)
 
 
 @dataclass(frozen=True)
 class PrecisionConfig:
     """Parameters and optimizer state are always float32 (`compute` casts them per step)."""
 
-    compute: str = opt("float32", "activation dtype: float32 | bfloat16 | float16")
-    loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale")
-    loss_scale_period: int = opt(2000, "fp16 only: finite steps before the scale doubles")
+    compute: str = opt("float32", "activation dtype: float32 | bfloat16 | float16",
+                       domain=one_of("float32", "bfloat16", "float16"))
+    loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale", domain=POSITIVE)
+    loss_scale_period: int = opt(2000, "fp16 only: finite steps before the scale doubles",
+                                 domain=POSITIVE)
 
     def __post_init__(self):
-        if self.compute not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"precision.compute={self.compute!r}: use float32, bfloat16 or "
-                            "float16")
+        check_domains(self)
 
 
 @dataclass(frozen=True)
 class MeshConfig:
-    strategy: str = opt("dp", "dp (replicated params) | fsdp (params sharded on the data axis)")
-    fsdp_min_size: int = opt(2**14, "fsdp: arrays smaller than this stay replicated")
+    strategy: str = opt("dp", "dp (replicated params) | fsdp (params sharded on the data axis)",
+                        domain=one_of("dp", "fsdp"))
+    fsdp_min_size: int = opt(2**14, "fsdp: arrays smaller than this stay replicated",
+                             domain=NON_NEGATIVE)
     coordinator_address: str | None = opt(None, "multi-host: host:port of process 0 (null = auto)")
-    num_processes: int | None = opt(None, "multi-host: process count (null = auto)")
-    process_id: int | None = opt(None, "multi-host: this process's index (null = auto)")
+    num_processes: int | None = opt(None, "multi-host: process count (null = auto)",
+                                    domain=POSITIVE)
+    process_id: int | None = opt(None, "multi-host: this process's index (null = auto)",
+                                 domain=NON_NEGATIVE)
 
     def __post_init__(self):
-        if self.strategy not in ("dp", "fsdp"):
-            raise UserError(f"mesh.strategy={self.strategy!r}: use dp or fsdp")
+        check_domains(self)
+        if None not in (self.num_processes, self.process_id) and \
+                self.process_id >= self.num_processes:
+            raise UserError(f"mesh.process_id={self.process_id} must be below "
+                            f"mesh.num_processes={self.num_processes} (processes count from 0)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = opt("pretrain", "pretrain | glue")
+    task: str = opt("pretrain", "pretrain | glue", domain=one_of("pretrain", "glue"))
     run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go")
-    steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)")
-    tokens: int | None = opt(None, "token budget; when set, overrides steps")
-    micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)")
-    batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)")
-    batch_end: int | None = opt(None, "global batch after the ramp (null = micro_batch)")
-    batch_ramp: float = opt(0.0, "fraction of training over which the batch grows linearly")
-    batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times")
-    seed: int = opt(0, "root seed: data order, masks, dropout, init")
-    resume: str = opt("auto", "auto (newest complete checkpoint) | never")
-    log_every: int = opt(10, "steps between log lines / metrics.jsonl rows")
-    eval_every: int = opt(200, "steps between validation passes (0 = only at the end)")
-    eval_batches: int = opt(8, "validation batches per pass")
-    checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)")
-    keep_checkpoints: int = opt(2, "newest checkpoints kept")
-    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
-    fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training")
+    steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)", domain=POSITIVE)
+    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE)
+    micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)",
+                           domain=POSITIVE)
+    batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)",
+                                  domain=POSITIVE)
+    batch_end: int | None = opt(None, "global batch after the ramp (null = micro_batch)",
+                                domain=POSITIVE)
+    batch_ramp: float = opt(0.0, "fraction of training over which the batch grows linearly",
+                            domain=UNIT_CLOSED)
+    batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times",
+                                 domain=POSITIVE)
+    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE)
+    resume: str = opt("auto", "auto (newest complete checkpoint) | never",
+                      domain=one_of("auto", "never"))
+    log_every: int = opt(10, "steps between log lines / metrics.jsonl rows", domain=POSITIVE)
+    eval_every: int = opt(200, "steps between validation passes (0 = only at the end)",
+                          domain=NON_NEGATIVE)
+    eval_batches: int = opt(8, "validation batches per pass", domain=POSITIVE)
+    checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)",
+                                domain=NON_NEGATIVE)
+    keep_checkpoints: int = opt(2, "newest checkpoints kept", domain=POSITIVE)
+    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row",
+                             domain=POSITIVE)
+    fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training",
+                               domain=list_of(containing("[MASK]")))
 
     def __post_init__(self):
-        if self.task not in ("pretrain", "glue"):
-            raise UserError(f"train.task={self.task!r}: use pretrain or glue")
-        if self.resume not in ("auto", "never"):
-            raise UserError(f"train.resume={self.resume!r}: use auto or never")
+        check_domains(self)
         if self.steps is None and self.tokens is None:
             raise UserError("set train.steps or train.tokens")
         end = self.batch_end or self.micro_batch
@@ -220,40 +246,48 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    mode: str = opt("disabled", "disabled | offline | online (online needs a valid API key)")
+    mode: str = opt("disabled", "disabled | offline | online (online needs a valid API key)",
+                    domain=one_of("disabled", "offline", "online"))
     project: str = opt("bertjax", "wandb project")
     name: str | None = opt(None, "run name (null = the run directory's name)")
     entity: str | None = opt(None, "wandb entity (team or user)")
 
     def __post_init__(self):
-        if self.mode not in ("disabled", "offline", "online"):
-            raise UserError(f"wandb.mode={self.mode!r}: use disabled, offline or online")
+        check_domains(self)
 
 
 @dataclass(frozen=True)
 class InitConfig:
     checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir "
                                  "(pretraining: continue from its weights when the run is new)")
+    tokenizer_mismatch_ok: bool = opt(False, "accept a bundle whose tokenizer.json is not the "
+                                      "one its weights were exported with (its manifest says)")
+
+    def __post_init__(self):
+        check_domains(self)
 
 
 @dataclass(frozen=True)
 class GlueConfig:
-    task: str = opt("mnli", "cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli")
+    task: str = opt("mnli", " | ".join(GLUE_TASKS), domain=one_of(*GLUE_TASKS))
     data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)")
-    seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread")
-    epochs: float = opt(3.0, "passes over the training set")
-    batch_size: int = opt(32, "sequences per step")
-    buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length")
-    classifier_dropout: float = opt(0.1, "dropout before the classifier")
+    seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
+                           domain=list_of(NON_NEGATIVE, non_empty=True))
+    epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)
+    batch_size: int = opt(32, "sequences per step", domain=POSITIVE)
+    buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length",
+                             domain=list_of(at_least(8), non_empty=True,
+                                            increasing=True))
+    classifier_dropout: float = opt(0.1, "dropout before the classifier", domain=FRACTION)
     pooling: str = opt("cls", "what the pooler reads: cls (BERT: the [CLS] state) | mean (the "
-                       "average of the real tokens' states)")
-    max_train_examples: int | None = opt(None, "use only the first N training rows")
+                       "average of the real tokens' states)", domain=one_of("cls", "mean"))
+    max_train_examples: int | None = opt(None, "use only the first N training rows",
+                                         domain=POSITIVE)
     train_file: str | None = opt(None, "override the training TSV name inside data_dir")
     dev_files: list[str] = opt([], "override the dev TSV names inside data_dir")
 
     def __post_init__(self):
-        if self.pooling not in ("cls", "mean"):
-            raise UserError(f"glue.pooling={self.pooling!r} must be 'cls' or 'mean'")
+        check_domains(self)
 
 
 @dataclass(frozen=True)
@@ -308,8 +342,7 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         node_type = OmegaConf.get_type(schema, key.rpartition(".")[0]) if "." in key else Config
         hints = {f.name: f.type for f in dataclasses.fields(node_type)} if node_type else {}
         name = key.rpartition(".")[2].split("[")[0]  # 'seeds[0]' -> 'seeds'
-        expected = hints.get(name, "?")
-        expected = getattr(expected, "__name__", str(expected))
+        expected = type_name(hints[name]) if name in hints else "another type"
         if "[" in key:
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
@@ -318,7 +351,24 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
     return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
 
 
+def _plain(value: Any) -> str:
+    return show(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value)
+
+
+def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
+    """A scalar or list where a section belongs (`model: tiny`) is named as such; OmegaConf
+    would report it against no key at all."""
+    for name, value in other.items_ex(resolve=False) if isinstance(other, DictConfig) else ():
+        if name in schema and isinstance(schema[name], DictConfig) and \
+                not isinstance(value, DictConfig) and value is not None:
+            first = next(iter(schema[name]))
+            raise UserError(f"'{name}' in {source} is {_plain(value)}, but it is a section: a "
+                            f"mapping of keys, e.g. '{name}:' then '  {first}: ...' on the next "
+                            f"line in YAML, or {name}.{first}=... as an override")
+
+
 def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    _check_sections(schema, other, source)
     try:
         return OmegaConf.merge(schema, other)
     except OmegaConfBaseException as e:
@@ -344,6 +394,8 @@ _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
     """Merge one YAML file, after the files its `include:` names (relative to it)."""
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; pass a path to a YAML file")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
     if path.resolve() in seen:
@@ -356,7 +408,12 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     if not isinstance(data, DictConfig):
         raise UserError(f"{path} must hold a mapping of sections (model:, data:, ...)")
     includes = data.pop("include", [])
-    for name in [includes] if isinstance(includes, str) else includes:
+    includes = [includes] if isinstance(includes, str) else includes
+    if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
+            not all(isinstance(name, str) for name in includes):
+        raise UserError(f"include: in {path} must be a YAML file path or a list of them "
+                        f"(relative to {path.parent}), got {_plain(includes)}")
+    for name in includes:
         merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()))
     return _merge(merged, _without_retired(data, str(path), strict=True), str(path))
 
@@ -367,8 +424,8 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     for path in map(Path, files):
         merged = _merge_file(merged, path, seen=())
     for item in overrides:
-        if "=" not in item:
-            raise UserError(f"override {item!r} is not key=value (e.g. train.steps=100)")
+        if not _OVERRIDE.match(item):
+            raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
         merged = _merge(merged, _without_retired(OmegaConf.from_dotlist([item]), source, True),
                         source)
@@ -376,6 +433,9 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise _explain(e, merged, "the merged config") from None
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -394,5 +454,15 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    data = _without_retired(OmegaConf.create(text), source, strict=False)
-    return OmegaConf.to_object(_merge(_schema(), data, source))
+    try:
+        data = OmegaConf.create(text)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from None
+    if not isinstance(data, DictConfig):
+        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _explain(e, merged, source) from None

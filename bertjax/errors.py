@@ -1,9 +1,11 @@
 """User-facing errors and the command-line wrapper that turns them into one line + exit code 2.
 
 Anything a user can get wrong (config, path, data, checkpoint) raises `UserError` with a message
-naming the thing and the fix; `cli` prints it without a traceback.
+naming the thing and the fix; `cli` prints it without a traceback, and a full disk too (wherever
+it strikes: the writers that can leave temporaries behind catch it themselves and clean up).
 """
 
+import errno
 import sys
 import warnings
 from collections.abc import Callable
@@ -26,4 +28,11 @@ def cli(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the disk holding {e.filename or 'the output'}; free "
+              "space or choose another directory, then run the same command again",
+              file=sys.stderr)
         sys.exit(2)

@@ -2,8 +2,9 @@
 
 A bundle is a directory: model.safetensors (our parameter names, e.g.
 `encoder.blocks.attn.qkv.weight`, stacked layers kept stacked), config.yaml, tokenizer.json and
-manifest.json (format version, sha256 and size of every file, parameter count, training summary),
-written to a temporary directory and renamed when complete; `load_pretrained` verifies it.
+manifest.json (format version, sha256 and size of every file, the weights + tokenizer pair,
+parameter count, training summary), written to a temporary directory and renamed when complete
+(a full disk leaves nothing behind); `load_pretrained` verifies it.
 """
 
 import argparse
@@ -18,9 +19,17 @@ from safetensors.numpy import save_file
 
 from bertjax import __version__
 from bertjax import config as config_lib
+from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
-from bertjax.files import check_not_lfs_pointer, sha256_file, staged_dir
+from bertjax.files import (
+    check_file,
+    check_not_lfs_pointer,
+    disk_full_error,
+    is_disk_full,
+    sha256_file,
+    staged_dir,
+)
 from bertjax.model import Bert, param_count
 from bertjax.pretrained import BUNDLE_FORMAT, BUNDLE_VERSION, restore_model, tokenizer_of
 from bertjax.weights import state_dict
@@ -42,10 +51,7 @@ def _write_tokenizer(tokenizer, path: Path) -> None:
     if hasattr(tokenizer, "to_str"):
         path.write_text(tokenizer.to_str(pretty=True))
         return
-    source = Path(tokenizer)
-    if not source.is_file():
-        raise UserError(f"tokenizer {source} does not exist; pass --tokenizer PATH to a "
-                        "tokenizer.json")
+    source = check_file(tokenizer, "tokenizer", "pass --tokenizer PATH to a tokenizer.json")
     check_not_lfs_pointer(source)
     shutil.copyfile(source, path)
 
@@ -63,19 +69,35 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
                                       else v) for k, v in state_dict(model).items()}
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
              "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
-    with staged_dir(out_dir, force) as tmp:
-        save_file(arrays, str(tmp / "model.safetensors"),
-                  metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
-        (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
-        _write_tokenizer(tokenizer, tmp / "tokenizer.json")
-        files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-                 for p in sorted(tmp.iterdir())}
-        manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-                    "bertjax_version": __version__, "dtype": dtype,
-                    "parameters": param_count(model), "norm": cfg.model.norm, "heads": heads,
-                    "files": files, "summary": summary or {}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        with staged_dir(out_dir, force) as tmp:
+            save_file(arrays, str(tmp / "model.safetensors"),
+                      metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
+            (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
+            _write_tokenizer(tokenizer, tmp / "tokenizer.json")
+            files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+                     for p in sorted(tmp.iterdir())}
+            manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+                        "bertjax_version": __version__, "dtype": dtype,
+                        "parameters": param_count(model), "norm": cfg.model.norm,
+                        "heads": heads, "files": files, "tokenizer": _pair(tmp, files),
+                        "summary": summary or {}}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    except Exception as e:  # safetensors raises its own error type for ENOSPC
+        if is_disk_full(e):
+            raise disk_full_error(out_dir.parent, f"the bundle {out_dir}") from None
+        raise
     return out_dir
+
+
+def _pair(tmp: Path, files: dict) -> dict:
+    """What binds the weights to their tokenizer (pretrained.check_tokenizer_pair): the
+    tokenizer's sha256 and size, and the weights' sha256 ({} without a tokenizer)."""
+    if "tokenizer.json" not in files:
+        return {}
+    vocab = tokenizer_lib.vocab_size(tokenizer_lib.load(tmp / "tokenizer.json"))
+    return {"sha256": files["tokenizer.json"]["sha256"], "vocab_size": vocab,
+            "weights_sha256": files["model.safetensors"]["sha256"]}
 
 
 def training_summary(run_dir: Path, meta: dict) -> dict:
@@ -100,13 +122,16 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     """The newest complete checkpoint of a pretraining run -> a release bundle."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass a pretraining run "
-                        "directory (train.run_dir, holding checkpoints/)")
+        state = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"run directory {run_dir} {state}; pass a pretraining run directory "
+                        "(train.run_dir, holding checkpoints/)")
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir} has no checkpoints/ directory; pass a pretraining run "
                         "directory (train.run_dir)")
     check_dtype(dtype)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; choose a directory for the bundle")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before restoring
         raise UserError(f"{out_dir} exists and is not empty; pass --force to replace it, or "
                         "choose another directory")

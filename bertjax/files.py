@@ -2,10 +2,12 @@
 
 Nothing a user keeps is ever half-written: a file is written under a temporary name and renamed
 when complete (`write_atomic`), a directory is filled beside its target and swapped in whole
-(`staged_dir`). Git LFS pointers (a checkout without `git lfs pull`) are named as such.
+(`staged_dir`). Git LFS pointers (a checkout without `git lfs pull`) are named as such, and so are
+a directory where a file belongs, text that is not UTF-8 and a full disk.
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -22,11 +24,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     see the old file or the new one, never a part."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(data)
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                f.write(data)
+    except BaseException:  # a full disk, say: no partial temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -77,3 +83,54 @@ def check_not_lfs_pointer(path: str | Path) -> None:
     if head == LFS_HEADER:
         raise UserError(f"{path} is a git LFS pointer, not the file itself; fetch the real "
                         "file with `git lfs install && git lfs pull`")
+
+
+# ---- what a user can get wrong about files: one line naming the path and the fix ----
+def check_file(path: str | Path, what: str, fix: str) -> Path:
+    """`path` if it is a file; else a UserError saying whether it is missing or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file; {fix}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; {fix}")
+    return path
+
+
+def check_dir_path(path: str | Path, key: str) -> Path:
+    """`path` (from config key `key`) may be a directory or not exist yet, but not a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file, not a directory; set {key} to a directory "
+                        "(it is created when missing)")
+    return path
+
+
+def utf8_error(path: str | Path, fix: str) -> UserError:
+    """The first line of `path` that is not UTF-8, as an error naming the line, the column and
+    the byte (slow path: call it after a decode error)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(f"{path} line {number}: not valid UTF-8 (byte "
+                                 f"0x{raw[e.start]:02x} at column {e.start + 1}, file offset "
+                                 f"{offset + e.start}); {fix}")
+            offset += len(raw)
+    return UserError(f"{path}: not valid UTF-8; {fix}")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, as an OSError or as the message of a wrapped one (tensorstore, which Orbax
+    writes through, raises ValueError('... No space left on device [os_error_code=28]'))."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def disk_full_error(where: str | Path, what: str) -> UserError:
+    return UserError(f"no space left on the disk holding {where} while writing {what}; nothing "
+                     "was half-written (temporary files were removed): free space or choose "
+                     "another directory, then run the same command again")

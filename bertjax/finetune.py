@@ -30,7 +30,7 @@ from bertjax import glue, glue_batches
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
+from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
@@ -48,6 +48,8 @@ from bertjax.sharding import (
 
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
+    check_dir_path(cfg.train.run_dir, "train.run_dir")
+    glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
     job, same_config = setup(cfg)
     done = seeds_done(job, same_config)

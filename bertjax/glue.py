@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
+from bertjax.files import check_file, utf8_error
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -132,11 +133,25 @@ class Examples:
 
 # ---------------------------------------------------------------- readers: GLUE TSV directory
 
-def _read_tsv(path: Path) -> list[list[str]]:
+def _read_tsv(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-empty line; text that is not UTF-8 or that csv cannot
+    split is an error naming the file and line."""
     # GLUE's TSVs are unquoted: a '"' inside a sentence is a literal character (MNLI, QQP), so
     # quoting is off. utf-8-sig drops the byte-order mark MRPC's header carries.
-    with open(path, encoding="utf-8-sig") as f:
-        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
+                if row:
+                    rows.append((reader.line_num, row))
+    except UnicodeDecodeError:
+        raise utf8_error(path, "GLUE files are UTF-8: convert it (e.g. iconv -t utf-8) or "
+                               "download it again") from None
+    except csv.Error as e:
+        raise UserError(f"{path} line {reader.line_num + 1}: not a TSV line ({e}); is this a "
+                        "GLUE file?") from None
+    return rows
 
 
 def _layout(t: Task, header: list[str], path: Path) -> tuple[bool, list[int | None]]:
@@ -163,33 +178,44 @@ def _parse_label(t: Task, value: str, where: str) -> int | float:
                         "file?") from None
 
 
+def _parse_index(value: str, where: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{where}: index {value!r} is not a whole number; is the row missing a "
+                        "field, or is this another task's file?") from None
+
+
 def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
-    t, path = get_task(task), Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; set glue.data_dir to a directory of GLUE TSVs "
-                        f"({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
-    rows = [r for r in _read_tsv(path) if r]
+    t = get_task(task)
+    path = check_file(path, f"GLUE {split} file", f"set glue.data_dir to a directory of GLUE "
+                      f"TSVs ({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
+    rows = _read_tsv(path)
     if not rows:
         raise UserError(f"{path} is empty; expected the {t.name} {split} TSV")
-    has_header, pos = _layout(t, rows[0], path)
+    has_header, pos = _layout(t, rows[0][1], path)
     if pos[2] is None and not split.startswith("test"):
         raise UserError(f"{path} has no {t.label_column!r} column; the {split} split needs labels")
     need = max(p for p in pos if p is not None) + 1
     a, b, labels, index, skipped = [], [], [], [], 0
-    for n, row in enumerate(rows[1:] if has_header else rows):
+    for n, (line, row) in enumerate(rows[1:] if has_header else rows):
+        where = f"{path} line {line}"
         if len(row) < need:
             if t.skip_malformed:
                 skipped += 1
                 continue
-            raise UserError(f"{path} data row {n + 1} has {len(row)} fields, expected at "
-                            f"least {need}; is this the {t.name} {split} file?")
+            raise UserError(f"{where} has {len(row)} tab-separated fields, expected at least "
+                            f"{need}; is this the {t.name} {split} file?")
         a.append(row[pos[0]])
         if pos[1] is not None:
             b.append(row[pos[1]])
         if pos[2] is not None:
-            labels.append(_parse_label(t, row[pos[2]], f"{path} data row {n + 1}"))
-        index.append(int(row[pos[3]]) if pos[3] is not None else n)
+            labels.append(_parse_label(t, row[pos[2]], where))
+        index.append(_parse_index(row[pos[3]], where) if pos[3] is not None else n)
+    if not a:
+        raise UserError(f"{path} has no data rows{' besides its header' * has_header}; the "
+                        f"{t.name} {split} split needs examples")
     dtype = np.float32 if not t.labels else np.int32
     return Examples(t.name, split, a, b if pos[1] is not None else None,
                     np.asarray(labels, dtype) if pos[2] is not None else None,
@@ -253,6 +279,10 @@ def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples
     """
     t = get_task(task or cfg.task)
     t.split(split)
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        state = "is a file" if Path(cfg.data_dir).exists() else "does not exist"
+        raise UserError(f"glue.data_dir={cfg.data_dir} {state}; set it to a directory of GLUE "
+                        f"TSVs (holding {t.dir}/{t.split(split).file}, ...) or to null for the hub")
     if cfg.data_dir is None:
         if cfg.train_file or cfg.dev_files:
             raise UserError("glue.train_file / glue.dev_files name files inside glue.data_dir; "
@@ -263,6 +293,14 @@ def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples
     if split == "train" and cfg.max_train_examples is not None:
         ex = ex.head(cfg.max_train_examples)
     return ex
+
+
+def check_submission_inputs(cfg: GlueConfig) -> None:
+    """Read every test split the run's submission files will need, now: a malformed one then
+    stops the run before training, not after it."""
+    for task, split in submissions(cfg.task):
+        if split_available(cfg, split, task):
+            load_split(cfg, split, task)
 
 
 def split_available(cfg: GlueConfig, split: str, task: str | None = None) -> bool:

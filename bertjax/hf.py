@@ -175,7 +175,7 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
         raise UserError(f"{source} has tensors bertjax cannot place: {unknown[:5]}; only BERT "
                         "(post-LN) and RobertaPreLayerNorm encoders with MLM/NSP/classifier "
                         "heads are supported")
-    dropout = hf_config.get("classifier_dropout") or model_cfg.dropout
+    dropout = _field(hf_config, "classifier_dropout", source) or model_cfg.dropout
     return model_from_arrays(model_cfg, arrays, source, dropout), model_cfg
 
 
@@ -201,35 +201,66 @@ def _check_tied(sd: dict, pre: bool, source: str) -> None:
 
 
 # ---- config.json ----
-def config_from_hf(c: dict, source: str = "config.json") -> tuple[ModelConfig, int]:
+# The config.json fields bertjax reads: (type, default when absent or null).
+HF_FIELDS = {"model_type": (str, "bert"), "hidden_act": (str, "gelu"),
+             "position_embedding_type": (str, "absolute"), "is_decoder": (bool, False),
+             "add_cross_attention": (bool, False), "pad_token_id": (int, None),
+             "num_hidden_layers": (int, 12), "hidden_size": (int, 768),
+             "num_attention_heads": (int, 12), "intermediate_size": (int, None),
+             "vocab_size": (int, 30522), "max_position_embeddings": (int, 512),
+             "type_vocab_size": (int, 2), "hidden_dropout_prob": (float, 0.1),
+             "attention_probs_dropout_prob": (float, 0.1), "layer_norm_eps": (float, 1e-12),
+             "classifier_dropout": (float, None)}
+
+
+def _field(c: dict, name: str, source: str):
+    """config.json's `name`, checked to be of the type transformers writes there (an int is a
+    fine float; a bool is no number)."""
+    kind, default = HF_FIELDS[name]
+    value = c.get(name)
+    fits = isinstance(value, int | float if kind is float else kind) and \
+        (kind is bool) == isinstance(value, bool)
+    if value is not None and not fits:
+        raise UserError(f"{source}: config.json has {name}={json.dumps(value)}, which is not "
+                        f"{kind.__name__}; fix the file or download the model again")
+    return default if value is None else value
+
+
+def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig, int]:
     """HF config.json -> (ModelConfig, pad_token_id); unsupported variants are UserErrors."""
-    model_type = c.get("model_type", "bert")
+    if not isinstance(c, dict):
+        raise UserError(f"{source}: config.json holds a JSON {type(c).__name__}, not an object; "
+                        "fix the file or download the model again")
+    c = {name: _field(c, name, source) for name in HF_FIELDS}  # read once, each type checked
+    model_type = c["model_type"]
     if model_type not in ("bert", "roberta-prelayernorm"):
         raise UserError(f"{source}: model_type={model_type!r} is not supported; bertjax imports "
                         "'bert' (post-LN) and 'roberta-prelayernorm' (pre-LN) checkpoints")
-    if c.get("hidden_act", "gelu") != "gelu":
+    if c["hidden_act"] != "gelu":
         raise UserError(f"{source}: hidden_act={c['hidden_act']!r} is not supported; bertjax "
                         "uses exact (erf) GELU, hidden_act 'gelu'")
-    if c.get("position_embedding_type", "absolute") != "absolute":
+    if c["position_embedding_type"] != "absolute":
         raise UserError(f"{source}: position_embedding_type={c['position_embedding_type']!r} is "
                         "not supported; bertjax has learned absolute positions only")
-    if c.get("is_decoder") or c.get("add_cross_attention"):
+    if c["is_decoder"] or c["add_cross_attention"]:
         raise UserError(f"{source} is a decoder / cross-attention model; bertjax has encoders only")
     pre = model_type == "roberta-prelayernorm"
-    pad = c.get("pad_token_id")
-    pad = (1 if pre else 0) if pad is None else int(pad)
-    layers, hidden = c.get("num_hidden_layers", 12), c.get("hidden_size", 768)
-    heads = c.get("num_attention_heads", 12)
+    pad = c["pad_token_id"]
+    pad = (1 if pre else 0) if pad is None else pad
+    layers, hidden, heads = c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"]
     size = next((n for n, shape in MODEL_SIZES.items() if shape == (layers, hidden, heads)), "tiny")
-    model_cfg = ModelConfig(
-        size=size, num_layers=layers, hidden_size=hidden, num_heads=heads,
-        intermediate_size=c.get("intermediate_size", 4 * hidden),
-        vocab_size=c.get("vocab_size", 30522),
-        max_position_embeddings=c.get("max_position_embeddings", 512) - (pad + 1 if pre else 0),
-        type_vocab_size=c.get("type_vocab_size", 2), norm="pre" if pre else "post",
-        dropout=c.get("hidden_dropout_prob", 0.1),
-        attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
-        layer_norm_eps=c.get("layer_norm_eps", 1e-12))
+    try:
+        model_cfg = ModelConfig(
+            size=size, num_layers=layers, hidden_size=hidden, num_heads=heads,
+            intermediate_size=c["intermediate_size"] or 4 * hidden, vocab_size=c["vocab_size"],
+            max_position_embeddings=c["max_position_embeddings"] - (pad + 1 if pre else 0),
+            type_vocab_size=c["type_vocab_size"], norm="pre" if pre else "post",
+            dropout=float(c["hidden_dropout_prob"]),
+            attention_dropout=float(c["attention_probs_dropout_prob"]),
+            layer_norm_eps=float(c["layer_norm_eps"]))
+    except UserError as e:  # a value outside bertjax's domains, named by our key
+        raise UserError(f"{source}: config.json describes no model bertjax can build ({e})"
+                        ) from None
     return model_cfg, pad
 
 
@@ -325,6 +356,7 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
         hf_config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not valid JSON ({e}); re-download it") from None
+    config_from_hf(hf_config, str(path))  # its mistakes first: reading the weights takes longer
     model, model_cfg = bert_from_hf(_read_weights(path), hf_config, str(path))
     tokenizer = path / "tokenizer.json"
     return model, model_cfg, tokenizer if tokenizer.is_file() else None
@@ -336,7 +368,11 @@ def _read_weights(path: Path) -> dict[str, np.ndarray]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         check_not_lfs_pointer(index)
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index} is not a safetensors index (JSON with a 'weight_map' of "
+                            "tensor -> shard file); download it again") from None
         return {k: v for shard in shards for k, v in read_safetensors(path / shard).items()}
     if (path / "pytorch_model.bin").exists():
         raise UserError(f"{path} has only pytorch_model.bin, a pickle, which bertjax does not "

@@ -9,7 +9,6 @@ power-of-two length and cut to the model's positions; outputs are probabilities 
 import argparse
 import warnings
 from functools import partial
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,11 +17,14 @@ from tokenizers import Tokenizer
 from bertjax import glue
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
+from bertjax.files import check_file, utf8_error
 from bertjax.model import Bert
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import encode_truncated, pad_rows
 
 BATCH_SIZE = 64
+USAGE = ("usage: python -m bertjax.predict fill-mask|classify|nsp CHECKPOINT [TEXT ...] "
+         "[--file F] [--top-k K] [--batch-size B] [--allow-tokenizer-mismatch]")
 
 
 def _bucket(n: int, limit: int) -> int:
@@ -116,10 +118,12 @@ def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
 def _inputs(args) -> tuple[list[str], list[str] | None]:
     """TEXT arguments, or a file: one input per line, a pair as `first<TAB>second`."""
     if args.file:
-        path = Path(args.file)
-        if not path.is_file():
-            raise UserError(f"--file {path} does not exist")
-        lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        path = check_file(args.file, "--file", "pass a text file with one input per line")
+        try:
+            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        except UnicodeDecodeError:
+            raise utf8_error(path, "--file takes UTF-8 text: convert it (e.g. iconv -t "
+                                   "utf-8)") from None
     else:
         lines = args.text
     if not lines:
@@ -132,30 +136,48 @@ def _inputs(args) -> tuple[list[str], list[str] | None]:
     return lines, None
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2 through bertjax.errors.cli
+        raise UserError(f"{message}; {USAGE}")
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bertjax.predict")
+    parser = _Parser(prog="python -m bertjax.predict")
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
     parser.add_argument("checkpoint", help="run dir, checkpoint dir, bundle or HF BERT dir")
     parser.add_argument("text", nargs="*", help="inputs; a pair as 'first<TAB>second'")
     parser.add_argument("--file", help="one input per line (pairs tab-separated)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                        help="use a bundle whose tokenizer.json is not the one it was exported "
+                             "with (its manifest says so)")
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    pretrained = load_pretrained(args.checkpoint)
+    texts = _inputs(args)  # read and checked before the model is loaded
+    if args.command == "fill-mask":
+        if missing := [i + 1 for i, text in enumerate(texts[0]) if "[MASK]" not in text]:
+            raise UserError(f"input {missing[0]} has no [MASK] token ({len(missing)} of "
+                            f"{len(texts[0])} inputs have none); fill-mask needs one per input")
+    elif args.command == "nsp" and texts[1] is None:
+        raise UserError("nsp needs sentence pairs: two TEXT arguments, or 'a<TAB>b' lines")
+    pretrained = load_pretrained(args.checkpoint,
+                                 allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     if pretrained.tokenizer_path is None:
         raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
     tok = tokenizer_lib.load(pretrained.tokenizer_path)
-    model, texts = pretrained.model, _inputs(args)
+    model = pretrained.model
+    rows = model.encoder.embeddings.word.shape[0]
+    if tokenizer_lib.vocab_size(tok) > rows:  # ids past the table would be clamped, silently
+        raise UserError(f"{pretrained.tokenizer_path} has {tokenizer_lib.vocab_size(tok)} tokens "
+                        f"but the model's vocabulary has {rows} rows: they do not belong "
+                        "together; use the tokenizer saved with the checkpoint")
     needs = {"fill-mask": ("mlm", "MLM head"), "classify": ("classifier", "GLUE head (fine-tune "
              "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:
         raise UserError(f"{args.checkpoint} has no {needs[1]}, which `{args.command}` needs")
     if args.command == "fill-mask":
-        if missing := [i + 1 for i, text in enumerate(texts[0]) if "[MASK]" not in text]:
-            raise UserError(f"input {missing[0]} has no [MASK] token ({len(missing)} of "
-                            f"{len(texts[0])} inputs have none); fill-mask needs one per input")
         for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k,
                                                    args.batch_size), strict=True):
             print(text)
@@ -175,8 +197,6 @@ def main(argv: list[str]) -> None:
                 print("  ".join(f"{n} {p:.3f}" for n, p in zip(names, probs, strict=True))
                       + f"\t{text}")
     else:
-        if texts[1] is None:
-            raise UserError("nsp needs sentence pairs: two TEXT arguments, or 'a<TAB>b' lines")
         for a, b, p in zip(*texts, next_sentence(model, tok, *texts, args.batch_size),
                            strict=True):
             print(f"P(IsNext) {p:.3f}\t{a} || {b}")

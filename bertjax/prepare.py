@@ -27,7 +27,7 @@ from bertjax import config as config_lib
 from bertjax import sources, tokenizer
 from bertjax.config import Config, DataConfig
 from bertjax.errors import UserError, cli
-from bertjax.files import sha256_file, write_atomic
+from bertjax.files import check_dir_path, disk_full_error, is_disk_full, sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
@@ -106,8 +106,10 @@ class _SplitWriter:
 
     def flush(self) -> None:
         count = self.n_tokens - self.written
-        np.fromiter(chain.from_iterable(self.pending), self.dtype, count).tofile(self.tokens)
-        np.asarray(self.lengths, np.uint32).tofile(self.docs)  # 4 bytes a document, not 8
+        # file.write, not ndarray.tofile: a full disk then raises OSError(ENOSPC), which
+        # tofile reports without an errno ("N requested and 0 written").
+        self.tokens.write(np.fromiter(chain.from_iterable(self.pending), self.dtype, count).data)
+        self.docs.write(np.asarray(self.lengths, np.uint32).data)  # 4 bytes a document, not 8
         self.pending, self.lengths, self.written = [], [], self.n_tokens
 
     def close(self) -> dict:
@@ -287,9 +289,9 @@ def _source_hashes(inputs: dict) -> dict[str, str]:
 
 
 def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
-    """Write everything under .tmp names, rename, then write meta.json (last)."""
+    """Write everything, meta.json too, under .tmp names; then rename, meta.json last. Until the
+    renames an earlier preparation stays whole (a full disk or a crash costs nothing)."""
     start = time.perf_counter()
-    (directory / "meta.json").unlink(missing_ok=True)  # from here on the directory is incomplete
     try:
         tok = _make_tokenizer(cfg, directory)
         vocab = tokenizer.vocab_size(tok)
@@ -297,20 +299,30 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
         stats = _tokenize(cfg.data, tok, directory, dtype)
         if not stats["splits"]["train"]["tokens"]:
             raise UserError(f"the corpus is empty: {_describe(cfg.data)} yields no tokens")
-        for tmp in directory.glob("*.tmp"):
-            os.replace(tmp, tmp.with_suffix(""))
         meta = {"format_version": FORMAT_VERSION, "inputs": inputs,
                 "source_sha256": _source_hashes(inputs),
-                "tokenizer_sha256": sha256_file(directory / "tokenizer.json"),
+                "tokenizer_sha256": sha256_file(directory / "tokenizer.json.tmp"),
                 "vocab_size": vocab, "dtype": dtype.name,
                 "special_tokens": tokenizer.special_tokens(tok)._asdict(), **stats,
                 "seconds": round(time.perf_counter() - start, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_meta(directory, meta)
+        _stage_meta(directory, meta)
+        (directory / "meta.json").unlink(missing_ok=True)  # from here on it is incomplete
+        for tmp in sorted(directory.glob("*.tmp"), key=lambda p: p.name == "meta.json.tmp"):
+            os.replace(tmp, tmp.with_suffix(""))
         return meta
+    except Exception as e:  # the tokenizers library raises a bare Exception for ENOSPC
+        if is_disk_full(e):
+            raise disk_full_error(directory, "the prepared data") from None
+        raise
     finally:
         for tmp in directory.glob("*.tmp"):
             tmp.unlink()
+
+
+def _stage_meta(directory: Path, meta: dict) -> None:
+    """meta.json.tmp: the new preparation's meta, renamed after its data files."""
+    (directory / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
 
 
 def _write_meta(directory: Path, meta: dict) -> None:
@@ -336,7 +348,7 @@ def names_a_source(cfg: DataConfig) -> bool:
 def ensure_prepared(cfg: Config) -> Path:
     """Prepare cfg.data.dir unless it is complete and built from the same inputs; returns it.
     With no data source set, cfg.data.dir must already be prepared and is used as it is."""
-    directory = Path(cfg.data.dir)
+    directory = check_dir_path(cfg.data.dir, "data.dir")
     if not names_a_source(cfg.data):
         # A prepared directory copied without its corpus (say, to a GPU node): use it as it is.
         if not (directory / "meta.json").is_file():

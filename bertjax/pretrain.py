@@ -24,7 +24,7 @@ from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
 from bertjax.data import Prefetcher, PretrainData
 from bertjax.errors import UserError
-from bertjax.files import write_atomic
+from bertjax.files import check_dir_path, write_atomic
 from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor
@@ -126,6 +126,7 @@ def resolve(cfg: Config) -> Run:
 
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory."""
+    check_dir_path(cfg.train.run_dir, "train.run_dir")
     initialize_distributed(cfg.mesh)
     run = resolve(cfg)
     cfg = run.cfg

@@ -2,8 +2,9 @@
 
 `load_pretrained(path) -> Pretrained` accepts a pretraining run directory (newest complete
 checkpoint), a checkpoint step directory (`RUN/checkpoints/<step>`), a release bundle (every
-sha256 in manifest.json verified) or a Hugging Face BERT directory. `continue_from` starts
-continued pretraining from one; `load_start` and `initial_model` start GLUE fine-tuning.
+sha256 in manifest.json verified, and its tokenizer the one its weights were exported with) or a
+Hugging Face BERT directory. `continue_from` starts continued pretraining from one; `load_start`
+and `initial_model` start GLUE fine-tuning.
 """
 
 import dataclasses
@@ -42,8 +43,9 @@ class Pretrained:
 
 
 # ---- the four kinds of source ----
-def load_bundle(path: Path) -> Pretrained:
+def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
     manifest = verify_bundle(path)
+    check_tokenizer_pair(path, manifest, allow_tokenizer_mismatch)
     cfg = from_yaml_text((path / "config.yaml").read_text(), str(path / "config.yaml"))
     arrays = read_safetensors(path / "model.safetensors")
     model = model_from_arrays(cfg.model, arrays, str(path / "model.safetensors"),
@@ -53,18 +55,51 @@ def load_bundle(path: Path) -> Pretrained:
                       manifest.get("summary", {}).get("tokens_seen"))
 
 
-def verify_bundle(path: Path) -> dict:
-    """manifest.json, with every listed file present, not an LFS pointer, and of the right
-    size and sha256 (truncated and modified files get different messages)."""
+def read_manifest(path: Path) -> dict:
+    """manifest.json, checked to hold every field load_bundle reads, with the right types."""
+    file = path / "manifest.json"
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        check_not_lfs_pointer(path / "manifest.json")
-        raise UserError(f"{path / 'manifest.json'} is not valid JSON; re-export the bundle "
+        check_not_lfs_pointer(file)
+        raise UserError(f"{file} is not valid JSON; re-export the bundle "
                         "with `python -m bertjax.export`") from None
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{file}: {what}; re-export the bundle with `python -m bertjax.export` "
+                         "or download it again")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"holds a JSON {type(manifest).__name__}, not an object")
     if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
         raise UserError(f"{path} is not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} (manifest says "
                         f"{manifest.get('format')} {manifest.get('format_version')}); re-export it")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("'files' (each file's sha256 and size) is missing or not an object")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and
+                type(entry.get("size")) is int):
+            raise bad(f"files[{name!r}] must be {{\"sha256\": text, \"size\": bytes}}, got "
+                      f"{json.dumps(entry)[:80]}")
+    for name in ("config.yaml", "model.safetensors"):
+        if name not in files:
+            raise bad(f"'files' does not list {name}")
+    for key in ("summary", "heads", "tokenizer"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise bad(f"{key!r} is {json.dumps(manifest[key])[:40]}, not an object")
+    record = manifest.get("tokenizer", {})
+    if record and not (isinstance(record.get("sha256"), str) and
+                       type(record.get("vocab_size")) is int and
+                       isinstance(record.get("weights_sha256"), str)):
+        raise bad("'tokenizer' must hold sha256, vocab_size and weights_sha256")
+    return manifest
+
+
+def verify_bundle(path: Path) -> dict:
+    """manifest.json, with every listed file present, not an LFS pointer, and of the right
+    size and sha256 (truncated and modified files get different messages)."""
+    manifest = read_manifest(path)
     for name, entry in manifest["files"].items():
         file = path / name
         if not file.is_file():
@@ -78,6 +113,29 @@ def verify_bundle(path: Path) -> dict:
             raise UserError(f"sha256 mismatch for {file}: expected {entry['sha256']}, actual "
                             f"{digest}; the file was modified or corrupted, download it again")
     return manifest
+
+
+def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = False) -> None:
+    """Refuse a bundle whose tokenizer.json is not the one its weights were exported with: the
+    manifest records that pair (the tokenizer's sha256 and size, the weights' sha256), and a
+    manifest re-hashed after a file was swapped no longer matches it. Ids would silently mean
+    other words. Bundles exported before the record existed load as they are."""
+    record, files = manifest.get("tokenizer"), manifest["files"]
+    if not record or "tokenizer.json" not in files or allow_mismatch:
+        return
+    found = {"sha256": files["tokenizer.json"]["sha256"],  # verified against the file
+             "vocab_size": tokenizer_lib.vocab_size(tokenizer_lib.load(path / "tokenizer.json")),
+             "weights_sha256": files["model.safetensors"]["sha256"]}
+    differ = [f"{k} {str(record[k])[:12]} recorded, {str(found[k])[:12]} found" for k in found
+              if record[k] != found[k]]
+    if differ:
+        raise UserError(
+            f"{path}: tokenizer.json and model.safetensors were not exported together "
+            f"(manifest.json's 'tokenizer': {'; '.join(differ)}), so token ids would silently "
+            "mean other words; use the tokenizer.json exported with these weights, or re-export "
+            "the bundle. To use this pair anyway, say so: predict --allow-tokenizer-mismatch, "
+            "init.tokenizer_mismatch_ok=true or load_pretrained(..., "
+            "allow_tokenizer_mismatch=True)")
 
 
 def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
@@ -97,6 +155,11 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
             raise UserError(f"{run_dir} holds an unfinished GLUE fine-tuning seed's state for "
                             f"resuming, not a model; rerun its command to finish it, or pass "
                             f"{run_dir / 'best'}")
+        if not isinstance(meta["config_yaml"], str) or type(meta.get("total_steps")) is not int:
+            where = run_dir / "checkpoints" / str(step)
+            raise UserError(f"checkpoint {where}: its meta lacks config_yaml (text) or "
+                            f"total_steps (a number); delete {where} to fall back to the "
+                            "checkpoint before it")
         cfg = from_yaml_text(meta["config_yaml"], f"{run_dir}/checkpoints/{step} (meta)")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
@@ -122,8 +185,10 @@ def is_step_dir(path: Path) -> bool:
     return path.name.isdigit() and path.parent.name == "checkpoints" and (path / "meta").exists()
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir."""
+def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
+    """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir.
+    A bundle whose tokenizer is not the one exported with its weights is refused unless
+    `allow_tokenizer_mismatch`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist; pass {EXPECTED}")
@@ -131,7 +196,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
         check_not_lfs_pointer(path)
         raise UserError(f"{path} is a file; pass the directory that holds it ({EXPECTED})")
     if (path / "manifest.json").is_file():
-        return load_bundle(path)
+        return load_bundle(path, allow_tokenizer_mismatch)
     if (path / "config.json").is_file():
         model, model_cfg, tokenizer = import_hf(path)
         return Pretrained(model, model_cfg, None, tokenizer, "hf", None)
@@ -159,7 +224,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
     schedule and the data order start fresh; heads the checkpoint lacks keep their new init.
     Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
-    source = load_pretrained(cfg.init.checkpoint)
+    source = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
     where = f"init.checkpoint={cfg.init.checkpoint}"
     for name in _ARCHITECTURE:
         theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
@@ -182,7 +247,7 @@ def load_start(cfg: Config):
     """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
     if cfg.init.checkpoint is not None:
-        pretrained = load_pretrained(cfg.init.checkpoint)
+        pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
         tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
                                                  if cfg.tokenizer.path else None)
         model, model_cfg = pretrained.model, pretrained.model_cfg

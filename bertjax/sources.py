@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
+from bertjax.files import utf8_error
 
 Piece = tuple[str, bool]  # (text, whether this piece ends its document)
 
@@ -37,6 +38,9 @@ def local_files(cfg: DataConfig) -> list[Path]:
             files += map(Path, matches)
         elif Path(pattern).is_file():
             files.append(Path(pattern))
+        elif Path(pattern).is_dir():
+            raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
+                            f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")
         else:
             raise UserError(f"data.sources entry {pattern} does not exist; give a file, "
                             "a glob, or remove it")
@@ -52,16 +56,8 @@ def _check_not_binary(path: Path) -> None:
 
 
 def _utf8_error(path: Path) -> UserError:
-    """Find the first line that is not UTF-8 (slow path, only after a decode error)."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return UserError(f"{path} line {number}: not valid UTF-8 (byte "
-                                 f"0x{raw[e.start]:02x} at column {e.start + 1}); convert it, "
-                                 "e.g. iconv -f latin1 -t utf-8, or drop it from data.sources")
-    return UserError(f"{path}: not valid UTF-8; convert it to UTF-8")
+    return utf8_error(path, "convert it, e.g. iconv -f latin1 -t utf-8, or drop it from "
+                            "data.sources")
 
 
 def text_pieces(path: Path) -> Iterator[Piece]:

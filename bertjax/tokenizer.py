@@ -22,7 +22,7 @@ from tokenizers import (
 
 from bertjax.config import TokenizerConfig
 from bertjax.errors import UserError
-from bertjax.files import sha256_file, write_atomic
+from bertjax.files import check_file, sha256_file, write_atomic
 
 SPECIAL_NAMES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -81,10 +81,8 @@ def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 
 def load(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json; a missing or unreadable file is a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"tokenizer file {path} does not exist; set tokenizer.path to a "
-                        "tokenizer.json or null to train one")
+    path = check_file(path, "tokenizer file", "set tokenizer.path to a tokenizer.json or null "
+                      "to train one")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on bad JSON

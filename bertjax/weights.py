@@ -15,14 +15,13 @@ from safetensors.numpy import load_file
 
 from bertjax.config import ModelConfig
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer
+from bertjax.files import check_file, check_not_lfs_pointer
 from bertjax.model import Bert
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file as numpy arrays; bad files become one-line errors."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
+    check_file(path, "weights file", "pass a directory that holds its model.safetensors")
     check_not_lfs_pointer(path)
     try:
         return load_file(str(path))

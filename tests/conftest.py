@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402,E501
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # noqa: E402,E501
 
 from bertjax import config, glue, prepare, tokenizer  # noqa: E402
 from bertjax.config import GlueConfig, TokenizerConfig  # noqa: E402
@@ -104,16 +104,20 @@ GLUE_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
 
 @pytest.fixture(scope="module")
 def glue_tokenizer() -> Tokenizer:
-    """A WordPiece tokenizer trained on the GLUE fixture rows (RTE, SST-2, STS-B)."""
+    """A BERT-style tokenizer whose vocabulary is every word of the GLUE fixture rows (RTE,
+    SST-2, STS-B). Built, not trained: WordPiece training breaks ties in hash-map order, so a
+    trained vocabulary (and every length the tests count) changed from run to run."""
     splits = [glue.load_split(GlueConfig(data_dir=str(GLUE_FIXTURES), task=task), s)
               for task in ("rte", "sst2", "stsb") for s in ("train", "dev")]
     texts = [t for ex in splits for t in ex.text_a + (ex.text_b or [])]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for t in texts
+                    for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))})
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300,
-                                                             special_tokens=specials))
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -4,11 +4,13 @@ import ast
 import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from bertjax import config
+from bertjax import config, domains, glue
+from bertjax.domains import check_domains
 from bertjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,7 @@ def test_wrong_type_names_key_expected_type_and_value():
     ("optim.schedule=cosine", "optim.schedule"),
     ("wandb.mode=sometimes", "wandb.mode"),
     ("train.batch_end=40", "multiple of"),
+    ("data.max_predictions=200", "exceeds data.seq_len=128"),
 ])
 def test_cross_field_validation(override, fragment):
     with pytest.raises(UserError, match=fragment):
@@ -151,3 +154,99 @@ def test_a_removed_key_says_why(tmp_path):
         config.load([], ["precision.param=bfloat16"])
     old = config.to_yaml(config.load([])).replace("precision:\n", "precision:\n  param: float32\n")
     assert config.from_yaml_text(old, "an old run's config.yaml") == config.load([])
+
+
+# ---- domains (issue 19): every numeric and list key declares what it may be, checked at load ----
+# Lists whose every value is fine (paths; dev file names, counted against the task in glue.py).
+FREE_LISTS = {"data.sources", "glue.dev_files"}
+
+
+def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
+    for section in dataclasses.fields(config.Config):
+        for f in dataclasses.fields(section.type):
+            key, kinds = f"{section.name}.{f.name}", typing.get_args(f.type) or (f.type,)
+            numeric = any(k in (int, float) for k in kinds)
+            if (numeric or typing.get_origin(f.type) is list) and key not in FREE_LISTS:
+                assert f.metadata["domain"] is not None, key
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+                else f.default
+            if f.metadata["domain"] is not None and default is not None:
+                assert f.metadata["domain"].test(default), key
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.steps=-5", "it must be > 0"), ("optim.lr=-1", "it must be > 0"),
+    ("train.tokens=-100", "it must be > 0"), ("optim.b2=1.5", "in [0, 1)"),
+    ("train.micro_batch=0", "> 0"), ("model.num_heads=0", "> 0"), ("model.num_layers=0", "> 0"),
+    ("train.log_every=0", "> 0"), ("glue.buckets=[]", "non-empty"),
+    ("glue.buckets=[64,32]", "strictly increasing"), ("glue.buckets=[4,64]", ">= 8"),
+    ("glue.seeds=[]", "non-empty"), ("glue.seeds=[-1]", ">= 0"), ("glue.epochs=-1", "> 0"),
+    ("glue.max_train_examples=0", "> 0"), ("train.seed=-3", ">= 0"),
+    ("data.mask_rate=1.0", "in (0, 1)"), ("model.dropout=1.0", "in [0, 1)"),
+    ("optim.final_lr_fraction=2", "in [0, 1]"), ("data.prefetch=0", "> 0"),
+    ("train.fill_mask=[no mask here]", "containing [MASK]"), ("glue.task=ax", "one of cola"),
+    ("tokenizer.vocab_size=10", ">= 100"), ("mesh.num_processes=0", "> 0"),
+])
+def test_an_impossible_value_names_key_value_domain_and_fix(override, says):
+    key, _, value = override.partition("=")
+    with pytest.raises(UserError, match=r"^(?P<k>[\w.]+)=\S.* is invalid: it must be ") as e:
+        config.load([], [override])
+    message = str(e.value)
+    assert message.startswith(f"{key}=") and says in message and "\n" not in message
+    assert f"e.g. {key}=" in message or f"set {key} to a value" in message  # the fix
+
+
+def test_domains_hold_for_every_way_a_config_is_built():
+    with pytest.raises(UserError, match=r"model\.num_layers=0 is invalid"):
+        config.ModelConfig(num_layers=0)  # direct construction (hf.py) is checked too
+    odd = config.ModelConfig()  # a wrong type (bertjax's tests type-check constructors, so set)
+    object.__setattr__(odd, "num_layers", "2")
+    with pytest.raises(UserError, match=r"model\.num_layers='2' is not int \| None"):
+        check_domains(odd)
+    with pytest.raises(UserError, match=r"optim\.lr=0\.0 is invalid"):
+        dataclasses.replace(config.load([]).optim, lr=0.0)
+    bad = config.to_yaml(config.load([])).replace("  steps: 1000", "  steps: -1")
+    with pytest.raises(UserError, match=r"train\.steps=-1 is invalid"):
+        config.from_yaml_text(bad, "a run's config.yaml")
+    with pytest.raises(UserError, match="a run's config.yaml is not valid YAML"):
+        config.from_yaml_text("model: [", "a run's config.yaml")
+    assert config.load([], ["model.num_layers=null"]).model.num_layers == 2  # null: from size
+
+
+def test_cross_field_checks_stay_in_post_init():
+    with pytest.raises(UserError, match="not divisible"):
+        config.load([], ["model.num_heads=3"])
+    with pytest.raises(UserError, match=r"mesh\.process_id=2 must be below mesh\.num_processes"):
+        config.load([], ["mesh.num_processes=2", "mesh.process_id=2"])
+
+
+def test_domain_vocabulary():
+    assert domains.interval(0, 1, "()").test(0.5) and not domains.interval(0, 1, "()").test(0)
+    assert domains.interval(0, 1, "[]").test(1) and not domains.FRACTION.test(1)
+    increasing = domains.list_of(domains.at_least(8), non_empty=True, increasing=True)
+    assert increasing.test([8, 16]) and not increasing.test([16, 8]) and not increasing.test([])
+    assert increasing.says == "a non-empty, strictly increasing list of values >= 8"
+    assert set(config.GLUE_TASKS) <= set(glue.TASKS)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("model: tiny\n", "'model' in .* is tiny, but it is a section: a mapping of keys"),
+    ("model: [1, 2]\n", "'model' in .* is \\[1, 2\\], but it is a section"),
+    ("include: 5\n", "include: in .* must be a YAML file path or a list of them.*got 5"),
+    ("include: [base.yaml, 3]\n", "include: .* got \\['base.yaml', 3\\]"),
+])
+def test_a_wrong_shape_in_yaml_says_what_was_expected(tmp_path, text, fragment):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        config.load([tmp_path / "bad.yaml"])
+
+
+def test_weak_messages_are_specific(tmp_path):
+    with pytest.raises(UserError, match="override '=5' is not section.key=value"):
+        config.load([], ["=5"])
+    with pytest.raises(UserError, match="'model' in override 'model=5' is 5, but it is a section"):
+        config.load([], ["model=5"])
+    with pytest.raises(UserError, match=f"config file {tmp_path} is a directory"):
+        config.load([tmp_path])
+    with pytest.raises(UserError, match=r"'glue\.seeds\[0\]' .* expects items of list\[int\]"):
+        config.load([], ["glue.seeds=[a]"])

@@ -15,12 +15,13 @@ import pytest
 from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
 
 from bertjax import config
+from bertjax import export as export_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.export import export_run, main, save_bundle
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
-from bertjax.pretrained import load_pretrained
+from bertjax.pretrained import load_pretrained, read_manifest
 from bertjax.step import init_state
 from bertjax.weights import state_dict
 
@@ -230,3 +231,112 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(UserError, match="invalid choice.*usage: python -m bertjax.export"):
         main([str(run[0]), str(tmp_path / "o2"), "--dtype", "float16"])
+
+
+# ---- issue 19: weights bound to their tokenizer, malformed manifests, disk full, bad checkpoints
+def swap_tokenizer(bundle: Path) -> None:
+    """Another tokenizer of the same size (two ids swapped) and a re-hashed manifest."""
+    import hashlib
+
+    spec = json.loads((bundle / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = [t for t in vocab if not t.startswith("[")][-2:]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (bundle / "tokenizer.json").write_text(json.dumps(spec))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        data = (bundle / name).read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_refuses_a_tokenizer_it_was_not_exported_with(bundle, tmp_path):
+    pair = json.loads((bundle / "manifest.json").read_text())["tokenizer"]
+    assert pair["vocab_size"] == len(VOCAB) and len(pair["sha256"]) == len(pair[
+        "weights_sha256"]) == 64
+    copy = copy_bundle(bundle, tmp_path)
+    swap_tokenizer(copy)
+    with pytest.raises(UserError, match=r"tokenizer.json and model.safetensors were not exported "
+                                        r"together .*sha256 .* recorded.*--allow-tokenizer-"
+                                        r"mismatch") as e:
+        load_pretrained(copy)
+    assert "\n" not in str(e.value)
+    assert load_pretrained(copy, allow_tokenizer_mismatch=True).kind == "bundle"  # said so
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["tokenizer"]  # a bundle exported before the pair was recorded still loads
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert load_pretrained(copy).kind == "bundle"
+    released = read_manifest(ROOT / "checkpoints" / "tiny_corpus_mini")  # is such a bundle
+    assert "tokenizer" not in released
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m.pop("files"), "'files' .* is missing or not an object"),
+    (lambda m: m["files"]["model.safetensors"].update(size="big"),
+     r"files\['model.safetensors'\] must be"),
+    (lambda m: m["files"].pop("config.yaml"), "'files' does not list config.yaml"),
+    (lambda m: m.update(summary=5), "'summary' is 5, not an object"),
+    (lambda m: m.update(tokenizer={"sha256": 1}), "'tokenizer' must hold sha256"),
+    (lambda m: [m], "holds a JSON list, not an object"),
+])
+def test_a_malformed_manifest_is_one_line(bundle, tmp_path, edit, fragment):
+    copy = copy_bundle(bundle, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edited = edit(manifest)  # in place, or a new value (the list)
+    manifest = edited if isinstance(edited, list) else manifest
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=fragment):
+        load_pretrained(copy)
+
+
+def test_disk_full_while_exporting_leaves_the_old_bundle(run, bundle, tmp_path, monkeypatch):
+    import errno
+
+    out = copy_bundle(bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(arrays, path, metadata=None):
+        Path(path).write_bytes(b"part of the weights")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(export_lib, "save_file", full)
+    with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
+        export_run(run[0], out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["copy"]  # no staging directory left
+
+
+def test_disk_full_at_a_checkpoint_removes_orbax_temporaries(run, tmp_path):
+    import shutil
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    checkpoints = Checkpoints(run_dir)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+    def full(step, args, force):  # what orbax + tensorstore raise once the disk is full
+        (checkpoints.directory / f"{step}.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing ... Failed to write 1 bytes: No "
+                         "space left on device [os_error_code='28']")
+
+    checkpoints.manager.save = full
+    with pytest.raises(UserError, match="no space left .* checkpoint 7; nothing was half-written"):
+        checkpoints.save(7, {"x": jnp.zeros(3)}, {})
+    checkpoints.close()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("damage", ["arrays", "meta", "meta type"])
+def test_a_damaged_checkpoint_names_its_directory_and_the_fix(run, tmp_path, damage):
+    import shutil
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    step = run_dir / "checkpoints" / str(STEP)
+    if damage == "arrays":
+        for f in (step / "state").rglob("*"):
+            if f.is_file() and f.parent.name == "d":
+                f.write_bytes(f.read_bytes()[:10])
+    else:
+        (step / "meta" / "metadata").write_text("{not json" if damage == "meta" else "[1]")
+    with pytest.raises(UserError, match=rf"checkpoint {step}[ :].*delete {step} to fall back") as e:
+        load_pretrained(run_dir)
+    assert "\n" not in str(e.value)

@@ -30,7 +30,7 @@ def cfg(**kw) -> GlueConfig:
 def test_unknown_task_lists_valid_tasks():
     with pytest.raises(UserError, match="glue.task='mnlii' is unknown.*cola.*mnli.*wnli"):
         glue.get_task("mnlii")
-    with pytest.raises(UserError, match="glue.task='foo'"):
+    with pytest.raises(UserError, match="glue.task=foo is invalid: it must be one of"):
         glue.load_split(cfg(task="foo"), "train")
 
 
@@ -91,7 +91,8 @@ READ_CASES = [
 
 @pytest.mark.parametrize("task,split,n,a0,b0,labels,index", READ_CASES)
 def test_read_each_task_format(task, split, n, a0, b0, labels, index):
-    ex = glue.load_split(cfg(task=task), split)
+    # AX is read next to MNLI (it is no glue.task: it has no training split)
+    ex = glue.load_split(cfg(task="mnli" if task == "ax" else task), split, task=task)
     assert len(ex) == n and ex.text_a[0] == a0 and ex.index.tolist() == index
     assert (ex.text_b is None) == (b0 is None) and (b0 is None or ex.text_b[0] == b0)
     if labels is None:
@@ -152,14 +153,14 @@ def test_bad_inputs_raise_user_errors(tmp_path):
         glue.load_split(cfg(task="rte"), "dev_matched")
     with pytest.raises(UserError, match="no 'label' column; the train split needs labels"):
         glue.read_tsv("rte", "train", FIX / "RTE" / "test.tsv")
-    with pytest.raises(UserError, match="data row 1: label 'not_entailment' is not"):
+    with pytest.raises(UserError, match="line 2: label .not_entailment. is not"):
         glue.read_tsv("wnli", "train", FIX / "RTE" / "train.tsv")
     with pytest.raises(UserError, match="no column 'question'"):
         glue.read_tsv("qnli", "train", FIX / "SST-2" / "train.tsv")
     with pytest.raises(UserError, match="no column 'sentence2'.*needs a sentence pair"):
         glue.read_tsv("rte", "test", _write(tmp_path / "one.tsv", "index\tsentence1\n0\ta\n"))
     short = _write(tmp_path / "short.tsv", "index\tsentence1\tsentence2\tlabel\n0\tonly one\n")
-    with pytest.raises(UserError, match="data row 1 has 2 fields, expected at least 4"):
+    with pytest.raises(UserError, match="line 2 has 2 tab-separated fields, expected at least 4"):
         glue.read_tsv("rte", "dev", short)
     with pytest.raises(UserError, match="is empty"):
         glue.read_tsv("cola", "dev", _write(tmp_path / "empty.tsv", ""))
@@ -382,3 +383,46 @@ def test_real_glue_files_row_counts(shared_data):
 
 def replace_task(c: GlueConfig, task: str, **kw) -> GlueConfig:
     return GlueConfig(**{**c.__dict__, "task": task, **kw})
+
+
+# ---------------------------------------------------------------- malformed files (issue 19)
+
+def _rte_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(FIX / "RTE", tmp_path / "RTE")
+    return tmp_path / "RTE"
+
+
+def test_a_malformed_glue_file_names_the_file_and_line(tmp_path):
+    rte = _rte_copy(tmp_path)
+    header = (rte / "train.tsv").read_text().splitlines()[0]
+    (rte / "train.tsv").write_text(header + "\n")
+    with pytest.raises(UserError, match=r"train.tsv has no data rows besides its header"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    (rte / "train.tsv").write_bytes(f"{header}\n0\ta\tb\tentailment\n1\tcaf\xe9\tb\t"
+                                    "entailment\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"train.tsv line 3: not valid UTF-8 \(byte 0xe9 at "
+                                        r"column 6, file offset \d+\)"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    (rte / "train.tsv").write_text(f"{header}\n0\ta\tb\tentailment\nx\ta\tb\tentailment\n")
+    with pytest.raises(UserError, match=r"train.tsv line 3: index 'x' is not a whole number"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    (rte / "train.tsv").unlink()
+    (rte / "train.tsv").mkdir()
+    with pytest.raises(UserError, match=r"train.tsv is a directory, not a file"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    with pytest.raises(UserError, match=r"glue.data_dir=.*header.tsv is a file; set it to a dir"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(_write(tmp_path / "header.tsv",
+                                                                      header))), "train")
+
+
+def test_the_test_splits_a_submission_needs_are_read_up_front(tmp_path):
+    rte = _rte_copy(tmp_path)
+    glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))  # all fine
+    with open(rte / "test.tsv", "a") as f:
+        f.write("9\tonly one sentence\n")
+    with pytest.raises(UserError, match=r"RTE/test.tsv line 5 has 2 tab-separated fields"):
+        glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
+    (rte / "test.tsv").unlink()  # an absent test split is no error: no submission is written
+    glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))

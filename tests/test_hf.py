@@ -186,6 +186,24 @@ def test_unsupported_configs_are_refused(change, message):
         config_from_hf(hf_config)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"num_hidden_layers": "2"}, 'num_hidden_layers="2", which is not int'),
+    ({"hidden_dropout_prob": "none"}, 'hidden_dropout_prob="none", which is not float'),
+    ({"vocab_size": True}, "vocab_size=true, which is not int"),
+    ({"is_decoder": "no"}, 'is_decoder="no", which is not bool'),
+    ({"num_attention_heads": 0}, r"describes no model bertjax can build \(model.num_heads=0"),
+    (None, "config.json holds a JSON list, not an object"),
+])
+def test_a_config_json_field_of_the_wrong_type_is_one_line(tmp_path, change, message):
+    d = hf_copy(tmp_path)
+    hf_config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps([hf_config] if change is None else
+                                              hf_config | change))
+    with pytest.raises(UserError, match=message) as e:
+        load_pretrained(d)
+    assert "\n" not in str(e.value)
+
+
 def hf_copy(tmp_path: Path, name: str = "mlm") -> Path:
     out = tmp_path / name
     shutil.copytree(HF_TINY / name, out)

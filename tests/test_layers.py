@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
-    {"errors", "config", "files"},
+    {"errors", "domains", "config", "files"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepare", "data", "glue",
      "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights"},

@@ -3,6 +3,7 @@ once per padded length; inputs longer than the model's positions are cut to them
 crash); the nsp and classify CLIs print what the model computes, from a bundle; an input
 without [MASK] is one error line before any output."""
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import count_calls
 from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 from bertjax import config, predict
+from bertjax.errors import UserError
 from bertjax.export import save_bundle
 from bertjax.model import Bert
 
@@ -126,3 +128,35 @@ def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
     assert out.returncode == 2 and out.stdout == "", out.stdout
     assert out.stderr.strip() == ("error: input 2 has no [MASK] token (1 of 2 inputs have none); "
                                   "fill-mask needs one per input")
+
+
+# ---- issue 19: argument and input mistakes are one line, before the model is loaded ----
+@pytest.mark.parametrize("argv, fragment", [
+    (["fill-mask"], "required: checkpoint.*; usage: python -m bertjax.predict"),
+    (["fill-mask", "x", "a [MASK]", "--top-k", "x"], "--top-k: invalid int value: 'x'; usage"),
+    (["guess", "x", "a"], "invalid choice: 'guess'"),
+])
+def test_argument_errors_are_one_line_with_the_usage(argv, fragment):
+    with pytest.raises(UserError, match=fragment) as e:
+        predict.main(argv)
+    assert "\n" not in str(e.value)
+
+
+def test_a_bad_input_file_names_file_line_and_byte(bundle, tmp_path):
+    with pytest.raises(UserError, match=f"--file {tmp_path} is a directory, not a file"):
+        predict.main(["fill-mask", str(bundle), "--file", str(tmp_path)])
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("the [MASK] sat\nthe caf\xe9 [MASK]\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.txt line 2: not valid UTF-8 \(byte 0xe9 at "
+                                        r"column 8, file offset 22\)"):
+        predict.main(["fill-mask", str(bundle), "--file", str(latin)])
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
+    small = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                               vocab_size=len(VOCAB) - 4))
+    model = Bert(small.model, key=jax.random.key(1))
+    bundle = save_bundle(model, small, make_tokenizer(), tmp_path / "small")
+    with pytest.raises(UserError, match=f"has {len(VOCAB)} tokens but the model's vocabulary has "
+                                        f"{len(VOCAB) - 4} rows"):
+        predict.main(["fill-mask", str(bundle), "the [MASK] sat ."])

@@ -105,17 +105,17 @@ def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatc
     path, _ = corpus
     cfg = load_cfg(tmp_path, [path])
     out = prepare.ensure_prepared(cfg)
+    old = {f.name: f.read_bytes() for f in out.iterdir()}
     write_corpus(path, 70, seed=1)
 
     def crash(*_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare, "_write_meta", crash)  # dies just before meta.json
+    monkeypatch.setattr(prepare, "_stage_meta", crash)  # dies just before the renames
     with pytest.raises(KeyboardInterrupt):
         prepare.ensure_prepared(load_cfg(tmp_path, [path]))
-    assert not (out / "meta.json").exists() and not list(out.glob("*.tmp"))
-    with pytest.raises(UserError, match="no meta.json"):
-        prepare.read_meta(out)
+    # The earlier preparation is whole (and its meta names the old inputs, so it is rebuilt).
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == old
     monkeypatch.undo()
     capsys.readouterr()
     prepare.ensure_prepared(load_cfg(tmp_path, [path]))
@@ -292,3 +292,31 @@ def test_shared_corpus_subset(shared_data, tmp_path):
     assert meta["splits"]["train"]["documents"] > 500 and tokens.max() < meta["vocab_size"]
     text = tokenizer.load(out / "tokenizer.json").decode(tokens[: offsets[1]].tolist())
     assert text.startswith("jarred shaw")
+
+
+def test_disk_full_keeps_the_earlier_preparation(tmp_path, corpus, monkeypatch):
+    import errno
+
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    old = {f.name: f.read_bytes() for f in out.iterdir()}
+    write_corpus(path, 70, seed=1)  # the corpus changed: a rebuild, which runs out of space
+    flush = prepare._SplitWriter.flush
+
+    def full(self):
+        flush(self)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare._SplitWriter, "flush", full)
+    with pytest.raises(UserError, match=r"no space left on the disk holding .*prepared while "
+                                        r"writing the prepared data; nothing was half-written"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == old  # no .tmp left either
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path, corpus):
+    path, _ = corpus
+    with pytest.raises(UserError, match=r"data.dir=.*a.txt is a file, not a directory"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path], dir=path))
+    with pytest.raises(UserError, match=r"data.sources entry .* is a directory; name its files"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path]))
