@@ -1,10 +1,11 @@
 """Train-state checkpoints with Orbax: arrays + JSON metadata + the resolved config.yaml.
 
 A checkpoint is `RUN_DIR/checkpoints/<step>/` holding `state` (arrays only: parameters, optimizer
-state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash). Orbax writes
-to a temporary directory and renames it when complete, so a crash mid-save never damages the last
-complete checkpoint, and `latest_step` only sees finished ones. Restores go into an abstract tree
-with the current shardings, so a different device count works. No pickle anywhere.
+state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash; pretraining
+adds its divergence watch). Orbax writes to a temporary directory and renames it when complete, so
+a crash mid-save never damages the last complete checkpoint, and `latest_step` only sees finished
+ones. Restores go into an abstract tree with the current shardings, so a different device count
+works. No pickle anywhere.
 """
 
 import hashlib
@@ -17,6 +18,12 @@ import orbax.checkpoint as ocp
 from bertjax.errors import UserError
 
 SCHEMA_VERSION = 1
+
+
+def restore_target(state):
+    """Shapes, dtypes and shardings of `state`'s arrays: a target to restore into later, once
+    the arrays themselves are gone (a jitted step donates them)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
 def config_hash(config_yaml: str) -> str:
@@ -34,6 +41,12 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
 
     def save(self, step: int, state, meta: dict) -> None:
         meta = {"schema_version": SCHEMA_VERSION, "step": step, **meta}

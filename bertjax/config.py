@@ -197,8 +197,16 @@ class TrainConfig:
     eval_batches: int = opt(8, "validation batches per pass")
     checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = opt(2, "newest checkpoints kept")
-    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row")
+    max_nonfinite: int = opt(10, "float16: non-finite steps in a row that roll back (fewer are "
+                             "skipped: the loss scale overflows now and then); others: 1 does")
     fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training")
+    rollback_spike: float = opt(2.0, "a loss above this times the running mean of the losses "
+                                "before it is a spike and rolls back (0 = no spike test)")
+    rollback_sigmas: float = opt(6.0, "after the warm-up a spike must also exceed the running "
+                                 "mean by this many running standard deviations")
+    rollback_warmup: int = opt(20, "steps of running statistics before the sigma test applies")
+    rollback_lr_factor: float = opt(0.5, "each rollback multiplies the learning rate by this")
+    max_rollbacks: int = opt(3, "rollbacks a diverging run may take before it stops (exit 1)")
 
     def __post_init__(self):
         if self.task not in ("pretrain", "glue"):
