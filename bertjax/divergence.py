@@ -2,21 +2,20 @@
 
 Trouble is a non-finite step (float16: `train.max_nonfinite` in a row, since its dynamic loss
 scale overflows now and then by design) or a loss spike: a finite loss above
-`train.rollback_spike` times the running mean of the losses before it and, once the running
-statistics have seen `train.rollback_warmup` steps, also above that mean by `rollback_sigmas`
-running standard deviations (exponential moving averages, horizon ~1/ALPHA steps). The factor
-test counts from the second step: a run whose lr is far too high explodes at once (bf16,
-lr=100: loss 9.1 -> 3,411 at step 3), before any window of statistics could fill.
+`train.rollback_spike` times the running mean of the losses before it and, once the statistics
+have seen `train.rollback_warmup` steps, also above that mean by `train.rollback_sigmas` running
+standard deviations (exponential moving averages). The factor test counts from the second step:
+a run whose lr is far too high explodes at once (bf16, lr=100: loss 9.1 -> 3,411 at step 3).
 
-A rollback restores the newest checkpoint from before the trouble (`rollback_target`; the initial
-state when there is none: it is before any trouble by definition, it needs no disk, and early
-divergence from too high a learning rate, the common case, is then cured by the lower rate),
-deletes the newer ones, skips the steps up to the bad one and lowers the learning rate.
+A rollback restores the newest checkpoint from before the trouble (`rollback_target`), or the
+initial state when there is none: it is before any trouble by definition, needs no disk, and
+early divergence (the common case: too high a learning rate) gets another try at a lower rate.
+Newer checkpoints are deleted, the steps up to the bad one are skipped, the lr is lowered.
 
 The watch's state (statistics, optimizer updates, rollbacks, the cumulative lr factor, the
 skipped step ranges) is JSON in every checkpoint's meta, so a resume makes the same decisions.
-Steps are counted from 1 here: step s is the s-th update, a checkpoint at s holds the state after
-it, and step s's loss is computed from the checkpoint-(s-1) state.
+Steps count from 1 here: a checkpoint at s holds the state after step s, and step s's loss is
+computed from the checkpoint-(s-1) state.
 """
 
 import dataclasses

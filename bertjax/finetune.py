@@ -42,6 +42,7 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrained import initial_model, load_bundle, load_start
+from bertjax.runlock import hold_run_dir
 from bertjax.sharding import (
     StopSignal,
     barrier,
@@ -237,6 +238,11 @@ def fold(progress: dict, window: list[dict]) -> float:
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
     initialize_distributed(cfg.mesh)
+    with hold_run_dir(cfg.train.run_dir):  # one run at a time in a run directory
+        return finetune_holding_the_run_dir(cfg)
+
+
+def finetune_holding_the_run_dir(cfg: Config) -> Path:
     job, same_config = setup(cfg)
     done = seeds_done(job, same_config)
     job.monitor = Monitor(job.run_dir, job.steps.total * len(job.cfg.glue.seeds),
