@@ -176,7 +176,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
     model = full_copy(state.model) if cfg.train.fill_mask else state.model
     if jax.process_index() == 0:
-        write_results(run, loop.last_validation, loop.tokens_before)
+        write_results(run, loop.last_validation, loop.tokens_before, loop.watch)
         finish(run, model)
     return run.run_dir
 
@@ -401,7 +401,13 @@ def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
             "tokens_this_run": this_run, "tokens_before": tokens_before}
 
 
-def write_results(run: Run, validation: dict | None, tokens_before: int | None) -> None:
+def write_results(run: Run, validation: dict | None, tokens_before: int | None,
+                  watch: Watch) -> None:
     results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
-               "validation": validation}
+               "validation": validation, "rollbacks": watch.rollbacks,
+               "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped}
     write_atomic(run.run_dir / "results.json", json.dumps(results, indent=2))
+    if watch.rollbacks:
+        print(f"note: training diverged and rolled back {watch.rollbacks} time(s): steps "
+              f"{', '.join(f'{a}-{b}' for a, b in watch.skipped)} are not in the model, and "
+              f"the learning rate ended at x{watch.lr_factor:g} of optim.lr's schedule")

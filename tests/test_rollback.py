@@ -216,6 +216,8 @@ def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
         (1, 0.5, [[4, 7]])
     results = json.loads((nan_run / "results.json").read_text())
     assert math.isfinite(results["validation"]["val_loss"])
+    assert (results["rollbacks"], results["lr_factor"], results["skipped_steps"]) == \
+        (1, 0.5, [[4, 7]])
 
 
 @pytest.mark.slow
