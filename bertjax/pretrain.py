@@ -263,7 +263,9 @@ class Loop:
 
     def steps(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
-        lr_scale = jnp.asarray(self.watch.lr_factor, jnp.float32)
+        # No multiplier until a rollback: the step is then the very program it always was.
+        factor = self.watch.lr_factor
+        lr_scale = None if factor == 1.0 else jnp.asarray(factor, jnp.float32)
         with self.batches(start) as batches:
             for step, first, local in batches:
                 batch = global_batch(local, self.mesh)

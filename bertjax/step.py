@@ -6,8 +6,9 @@ derived from each sequence's global position, so masks do not depend on how the 
 split), split into micro-batches that a `lax.scan` accumulates, and normalised once by the
 global number of predicted tokens. GLUE: one bucketed batch, mean loss over its valid rows.
 Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step. The
-MLM step also takes a learning-rate multiplier, an argument (a rollback lowers it without a
-recompile).
+MLM step also takes an optional learning-rate multiplier (after a rollback); without one it is
+the very program it was before the multiplier existed, so runs that never roll back keep their
+numbers to the last bit.
 """
 
 import dataclasses
@@ -120,9 +121,11 @@ def forward_sums(model: Bert, batch: dict, spec: StepSpec, key) -> dict[str, jax
 
 def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, micro: int):
     """The jitted step: (state, batch [global rows, ...], first_row, mask key, dropout key[,
-    lr_scale: f32 multiplier of the schedule, 1 by default]) -> (state, metrics). The state's
-    buffers are donated (updated in place); the step recompiles only when the number of
-    accumulated micro-batches changes."""
+    lr_scale: an f32 multiplier of the schedule]) -> (state, metrics). The state's buffers are
+    donated (updated in place); the step recompiles when the number of accumulated micro-batches
+    changes, and once for the first call with an `lr_scale` (a rollback's: the multiply is left
+    out of the program until then, an exact 1 would still change XLA's fusion and the last bits
+    of the sums)."""
 
     def loss_fn(model, mb, key, denominators, scale):
         sums = forward_sums(model, mb, spec, key)
@@ -162,8 +165,6 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
         return new, dict(sums, **info)
 
     def train_step(state, batch, first_row, mask_key, dropout_key, lr_scale=None):
-        if lr_scale is None:
-            lr_scale = jnp.asarray(1.0, jnp.float32)
         return donating_step((batch, first_row, mask_key, dropout_key, lr_scale), state)
 
     train_step.jitted = donating_step  # for compilation counting
