@@ -89,7 +89,7 @@ def run_ours(item: dict) -> dict:
     rows = batch["input_ids"].shape[0]
 
     def inputs(i):
-        return (batch, jnp.int32(i * rows), jax.random.key(1), jax.random.key(2 + i))
+        return (batch, jnp.int32(i * rows), jax.random.key(1), jax.random.key(2 + i), None)
 
     t0 = time.perf_counter()
     compiled = step.jitted.lower(inputs(0), state).compile()

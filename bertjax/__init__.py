@@ -10,6 +10,7 @@ imports only from lower layers, and never in a circle inside its own.
         tokenizer sources prepare data glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
+        runlock divergence                         the run directory's lock; rollbacks
     L3  hf pretrained export predict plot glue_eval   load / convert / release / infer / score
     L4  pretrain seed_run finetune                 the two loops (GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only

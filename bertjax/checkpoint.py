@@ -1,11 +1,12 @@
 """Train-state checkpoints with Orbax: arrays + JSON metadata + the resolved config.yaml.
 
 A checkpoint is `RUN_DIR/checkpoints/<step>/` holding `state` (arrays only: parameters, optimizer
-state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash). Orbax writes
-to a temporary directory and renames it when complete, so a crash mid-save never damages the last
-complete checkpoint, and `latest_step` only sees finished ones. Restores go into an abstract tree
-with the current shardings, so a different device count works. No pickle anywhere. A checkpoint
-that cannot be read, and a disk too full to write one, are one-line UserErrors.
+state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash; pretraining
+adds its divergence watch). Orbax writes to a temporary directory and renames it when complete, so
+a crash mid-save never damages the last complete checkpoint, and `latest_step` only sees finished
+ones. Restores go into an abstract tree with the current shardings, so a different device count
+works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full to write one, are
+one-line UserErrors.
 """
 
 import contextlib
@@ -24,6 +25,12 @@ from bertjax.errors import UserError
 from bertjax.files import disk_full_error, is_disk_full
 
 SCHEMA_VERSION = 1
+
+
+def restore_target(state):
+    """Shapes, dtypes and shardings of `state`'s arrays: a target to restore into later, once
+    the arrays themselves are gone (a jitted step donates them)."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
 def config_hash(config_yaml: str) -> str:
@@ -92,6 +99,12 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
 
     @_disk_full_is_user_error
     def save(self, step: int, state, meta: dict) -> None:

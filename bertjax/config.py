@@ -26,6 +26,7 @@ from bertjax.domains import (
     at_least,
     check_domains,
     containing,
+    interval,
     list_of,
     one_of,
     opt,
@@ -228,10 +229,23 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)",
                                 domain=NON_NEGATIVE)
     keep_checkpoints: int = opt(2, "newest checkpoints kept", domain=POSITIVE)
-    max_nonfinite: int = opt(10, "stop after this many non-finite steps in a row",
+    max_nonfinite: int = opt(10, "float16: non-finite steps in a row that roll back (fewer are "
+                             "skipped: the loss scale overflows now and then); others: 1 does",
                              domain=POSITIVE)
     fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training",
                                domain=list_of(containing("[MASK]")))
+    rollback_spike: float = opt(2.0, "a loss above this times the running mean of the losses "
+                                "before it is a spike and rolls back (0 = no spike test)",
+                                domain=NON_NEGATIVE)
+    rollback_sigmas: float = opt(6.0, "after the warm-up a spike must also exceed the running "
+                                 "mean by this many running standard deviations",
+                                 domain=NON_NEGATIVE)
+    rollback_warmup: int = opt(20, "steps of running statistics before the sigma test applies",
+                               domain=NON_NEGATIVE)
+    rollback_lr_factor: float = opt(0.5, "each rollback multiplies the learning rate by this",
+                                    domain=interval(0, 1, "(]"))
+    max_rollbacks: int = opt(3, "rollbacks a diverging run may take before it stops (exit 1)",
+                             domain=NON_NEGATIVE)
 
     def __post_init__(self):
         check_domains(self)

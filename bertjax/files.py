@@ -1,18 +1,24 @@
-"""File helpers every layer shares: atomic writes, staged directories, sha256, LFS pointers.
+"""File helpers every layer shares: atomic writes, staged directories, sha256, LFS pointers,
+directory locks.
 
 Nothing a user keeps is ever half-written: a file is written under a temporary name and renamed
 when complete (`write_atomic`), a directory is filled beside its target and swapped in whole
 (`staged_dir`). Git LFS pointers (a checkout without `git lfs pull`) are named as such, and so are
-a directory where a file belongs, text that is not UTF-8 and a full disk.
+a directory where a file belongs, text that is not UTF-8 and a full disk. A run holds its
+directory with an OS lock (`lock_dir`) that dies with the process.
 """
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import warnings
 from pathlib import Path
+from typing import IO
 
 from bertjax.errors import UserError
 
@@ -134,3 +140,34 @@ def disk_full_error(where: str | Path, what: str) -> UserError:
     return UserError(f"no space left on the disk holding {where} while writing {what}; nothing "
                      "was half-written (temporary files were removed): free space or choose "
                      "another directory, then run the same command again")
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_dir(directory: str | Path) -> IO | None:
+    """Hold `directory` (created if missing) with an exclusive `flock` on its `.lock` file until
+    the returned file is closed or the process ends, however it ends (kill -9 included: the
+    kernel drops the lock with the process, so a lock is never left stale). Refused with a
+    `UserError` while another process holds it; nothing in the directory is written then.
+    A file system without locks (some network ones) gets a warning and None: no lock."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    f = open(directory / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (the caller closes)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            warnings.warn(f"cannot lock {directory} ({e.strerror}); nothing stops a second run "
+                          "from writing into it at the same time", stacklevel=2)
+            return None
+        raise UserError(f"{directory} is in use by another run ({holder or 'pid unknown'}); "
+                        "wait for it to end, or set train.run_dir to another directory") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f

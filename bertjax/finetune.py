@@ -35,6 +35,7 @@ from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
 from bertjax.pretrained import initial_model, load_bundle, load_start
+from bertjax.runlock import hold_run_dir
 from bertjax.seed_run import Job, SeedRun, Stopped, build_steps
 from bertjax.sharding import (
     StopSignal,
@@ -51,6 +52,11 @@ def finetune(cfg: Config) -> Path:
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
+    with hold_run_dir(cfg.train.run_dir):  # one run at a time in a run directory
+        return finetune_holding_the_run_dir(cfg)
+
+
+def finetune_holding_the_run_dir(cfg: Config) -> Path:
     job, same_config = setup(cfg)
     done = seeds_done(job, same_config)
     job.monitor = Monitor(job.run_dir, job.steps.total * len(job.cfg.glue.seeds),

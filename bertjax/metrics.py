@@ -3,12 +3,17 @@
 The bar is for terminals. When stderr is not one (a batch job's log file, `nohup`, CI), a bar
 would fill the log with carriage-return redraws; there each logged row becomes one plain line.
 
+metrics.jsonl is strict JSON, one object a line: a value that is not finite (a skipped step's
+loss) is written as null. A resumed run first drops the rows past the step it resumes from
+(`drop_rows_after`), so every step has one row however often the run was killed.
+
 Only process 0 writes. wandb is imported lazily and defaults to `disabled`; `online` with a bad
 key hangs in wandb itself, so it is never a default. MFU needs the device's peak FLOP/s, known
 for common accelerators only (dense bf16 / f32 peaks from the vendors' data sheets).
 """
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,6 +22,7 @@ import jax
 from tqdm import tqdm
 
 from bertjax.config import WandbConfig
+from bertjax.files import write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
 PEAK_FLOPS = {
@@ -34,6 +40,49 @@ def device_peak_flops(compute_dtype: str) -> float | None:
         if name in kind:
             return peaks.get(compute_dtype)
     return None
+
+
+def strict_json(row: dict) -> str:
+    """`row` as one line of strict JSON: non-finite numbers (NaN, inf) become null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in row.items()}, allow_nan=False)
+
+
+def mlm_row(steps: list[dict]) -> dict:
+    """Loss, accuracy, grad norm (and pair objective, fp16 loss scale) of some pretraining
+    steps' metrics (sums, from the train step), and how many were skipped (not finite): those
+    are left out unless all were."""
+    finite = [m for m in steps if m["finite"]] or steps
+    total = {k: float(sum(m[k] for m in finite)) for k in finite[0] if k != "finite"}
+    row = {"loss": total["mlm_loss"] / max(total["mlm_weight"], 1.0),
+           "accuracy": total["mlm_correct"] / max(total["mlm_weight"], 1.0),
+           "grad_norm": total["grad_norm"] / len(finite),
+           "skipped": sum(1 for m in steps if not m["finite"])}
+    if "pair_loss" in total:
+        row["pair_loss"] = total["pair_loss"] / max(total["pair_weight"], 1.0)
+        row["pair_accuracy"] = total["pair_correct"] / max(total["pair_weight"], 1.0)
+    if "loss_scale" in steps[-1]:
+        row["loss_scale"] = float(steps[-1]["loss_scale"])
+    return row
+
+
+def drop_rows_after(run_dir: Path, step: int) -> None:
+    """Keep only the rows of `run_dir/metrics.jsonl` up to `step` (a resume's restored step): the
+    interrupted run's rows past it are about to be written again. A torn last line (a kill in
+    mid-write) goes too. Rewritten atomically; untouched when nothing goes."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class Monitor:
@@ -78,7 +127,7 @@ class Monitor:
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **row}
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(strict_json(row) + "\n")
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log(row, step=step)
@@ -97,6 +146,12 @@ class Monitor:
     def advance(self, steps: int = 1) -> None:
         if self.enabled:
             self.bar.update(steps)
+
+    def seek(self, step: int) -> None:
+        """Put the progress bar back at `step` (after a rollback)."""
+        if self.enabled:
+            self.bar.n = step
+            self.bar.refresh()
 
     def write(self, text: str) -> None:
         if self.enabled:

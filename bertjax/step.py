@@ -5,7 +5,10 @@ MLM: one global batch per step is sharded over the mesh's `data` axis, masked on
 derived from each sequence's global position, so masks do not depend on how the batch is
 split), split into micro-batches that a `lax.scan` accumulates, and normalised once by the
 global number of predicted tokens. GLUE: one bucketed batch, mean loss over its valid rows.
-Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step.
+Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step. The
+MLM step also takes an optional learning-rate multiplier (after a rollback); without one it is
+the very program it was before the multiplier existed, so runs that never roll back keep their
+numbers to the last bit.
 """
 
 import dataclasses
@@ -55,10 +58,13 @@ def select(pred: jax.Array, a, b):
 
 
 def apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads,
-                 loss: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update from (loss-scaled) gradients. A step whose gradients or loss are not
-    finite leaves the model and optimizer state as they were (fp16: the loss scale halves).
-    Returns the new state and `finite`, `grad_norm` (and `loss_scale` under fp16)."""
+                 loss: jax.Array, lr_scale: jax.Array | None = None
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update from (loss-scaled) gradients, times `lr_scale` when given (AdamW's
+    update is linear in the learning rate, decay included, so this scales the schedule). A step
+    whose gradients or loss are not finite leaves the model and optimizer state as they were
+    (fp16: the loss scale halves). Returns the new state and `finite`, `grad_norm` (and
+    `loss_scale` under fp16)."""
     if state.loss_scale is not None:
         grads = state.loss_scale.unscale(grads)
     finite = all_finite(grads) & jnp.isfinite(loss)
@@ -66,6 +72,8 @@ def apply_update(optimizer: optax.GradientTransformation, state: TrainState, gra
     # optax mixes Python ints and floats internally; strict promotion is for our code.
     with jax.numpy_dtype_promotion("standard"):
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
+    if lr_scale is not None:
+        updates = jax.tree.map(lambda u: u * lr_scale, updates)
     model = eqx.apply_updates(state.model, updates)
     loss_scale = None if state.loss_scale is None else state.loss_scale.update(finite)
     new = TrainState(select(finite, model, state.model),
@@ -112,9 +120,12 @@ def forward_sums(model: Bert, batch: dict, spec: StepSpec, key) -> dict[str, jax
 
 
 def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, micro: int):
-    """The jitted step: (state, batch [global rows, ...], first_row, mask key, dropout key) ->
-    (state, metrics). The state's buffers are donated (updated in place); the step recompiles only
-    when the number of accumulated micro-batches changes."""
+    """The jitted step: (state, batch [global rows, ...], first_row, mask key, dropout key[,
+    lr_scale: an f32 multiplier of the schedule]) -> (state, metrics). The state's buffers are
+    donated (updated in place); the step recompiles when the number of accumulated micro-batches
+    changes, and once for the first call with an `lr_scale` (a rollback's: the multiply is left
+    out of the program until then, an exact 1 would still change XLA's fusion and the last bits
+    of the sums)."""
 
     def loss_fn(model, mb, key, denominators, scale):
         sums = forward_sums(model, mb, spec, key)
@@ -127,7 +138,7 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
     def donating_step(inputs, state: TrainState):
         return step(state, *inputs)
 
-    def step(state: TrainState, batch: dict, first_row, mask_key, dropout_key):
+    def step(state: TrainState, batch: dict, first_row, mask_key, dropout_key, lr_scale):
         batch = mask_rows(spec, mask_key, batch, first_row)
         rows = batch["input_ids"].shape[0]
         accum = rows // micro
@@ -150,11 +161,11 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
             lambda x: x[0], micro_batches), spec, None))
         zeros = jax.tree.map(jnp.zeros_like, (params, zero_sums))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(accum)))
-        new, info = apply_update(optimizer, state, grads, sums["mlm_loss"])
+        new, info = apply_update(optimizer, state, grads, sums["mlm_loss"], lr_scale)
         return new, dict(sums, **info)
 
-    def train_step(state, batch, first_row, mask_key, dropout_key):
-        return donating_step((batch, first_row, mask_key, dropout_key), state)
+    def train_step(state, batch, first_row, mask_key, dropout_key, lr_scale=None):
+        return donating_step((batch, first_row, mask_key, dropout_key, lr_scale), state)
 
     train_step.jitted = donating_step  # to lower and inspect the compiled step (HLO, tests)
     return train_step

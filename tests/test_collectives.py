@@ -40,7 +40,7 @@ def compiled_pretraining_step(strategy: str):
     sharded, rows = shard_params(jax.tree.map(jnp.copy, state), mesh, cfg.mesh), \
         global_batch(batch, mesh)
     with jax.set_mesh(mesh):  # what with_mesh does around every call of the step
-        compiled = step.jitted.lower((rows, *INPUTS), sharded).compile()
+        compiled = step.jitted.lower((rows, *INPUTS, None), sharded).compile()
     return compiled, compiled.compiled.as_text(), sharded, rows, (step, state, batch)
 
 
@@ -52,7 +52,7 @@ def test_fsdp_pretraining_step_holds_only_gathers_and_reductions_and_matches_one
     assert n["all-gather"] > 0, n  # parameters really are split: FSDP gathers them
     assert n["all-reduce"] + n["reduce-scatter"] > 0, n  # and reduces their gradients
     with jax.set_mesh(make_mesh()):
-        multi, m8 = compiled((rows, *INPUTS), sharded)
+        multi, m8 = compiled((rows, *INPUTS, None), sharded)
     single, m1 = step(state, {k: jnp.asarray(v) for k, v in batch.items()}, *INPUTS)
     np.testing.assert_allclose(m1["mlm_loss"], m8["mlm_loss"], rtol=1e-5)
     assert_trees_close(single.model, multi.model, rtol=1e-5, atol=1e-5)

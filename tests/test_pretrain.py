@@ -1,7 +1,7 @@
 """The pretraining loop end to end (subprocesses, like a user): outputs, exact resume after a
-kill, SIGTERM checkpointing, resume on another device count, the non-finite stop, and the same on
-two jax.distributed processes: continued pretraining, resume, FSDP, a signal to one process, and
-processes whose prepared data differ."""
+kill, SIGTERM checkpointing, resume on another device count, rollback and stop on non-finite
+steps, and the same on two jax.distributed processes: continued pretraining, resume, FSDP, a
+signal to one process, and processes whose prepared data differ."""
 
 import json
 import os
@@ -268,6 +268,8 @@ def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
     code, out = train(config_file, tmp_path)
     assert code == 0, out
     assert losses(tmp_path) == losses(straight)  # exact equality, not allclose
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))  # once each
     for a, b in zip(final_params(tmp_path), final_params(straight), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -316,11 +318,17 @@ def test_resume_on_a_different_device_count(config_file, straight, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_non_finite_steps_stop_the_run_keeping_the_last_checkpoint(config_file, tmp_path):
+def test_non_finite_steps_roll_back_then_stop(config_file, tmp_path):
+    # Step 1's update (lr 1e30) makes step 2 non-finite: back to the initial state at half the
+    # lr, which step 3 ruins again; with one rollback allowed, step 4 stops the run.
     code, out = train(config_file, tmp_path, "optim.lr=1e30", "optim.clip=0",
-                      "optim.warmup=0.0", "train.max_nonfinite=2")
+                      "optim.warmup=0.0", "train.max_rollbacks=1")
     assert code == 1, out
-    assert "non-finite steps in a row" in out and "Traceback" not in out
+    assert "step 2: a non-finite loss or gradient; rolled back to the initial state" in out
+    assert "error: training diverged at step 4 (a non-finite loss or gradient) after 1 " \
+           "rollback(s); stopping. no checkpoint is from before it" in out
+    assert "Traceback" not in out
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_demo_config_runs_end_to_end(tmp_path):

@@ -1,0 +1,269 @@
+"""Divergence and rollback (bertjax.divergence, pretrain.Loop): the watch's rule on its own, then
+in-process pretraining runs on a tiny corpus with trouble injected at a chosen step through the
+train step's learning-rate multiplier (NaN: the state itself turns non-finite; x1000: a loss
+spike follows). Also the metrics file: strict JSON, one row per step after a resume."""
+
+import json
+import math
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import write_corpus
+
+from bertjax import config as config_lib
+from bertjax import pretrain as pretrain_lib
+from bertjax.checkpoint import Checkpoints
+from bertjax.divergence import Trouble, Watch, rollback_target
+from bertjax.metrics import drop_rows_after, strict_json
+from bertjax.pretrain import pretrain
+from bertjax.step import abstract_state
+
+STEPS = 12
+
+
+# ---- the rule ----
+def watch(**train) -> Watch:
+    return Watch.restore(config_lib.load([], [f"train.{k}={v}" for k, v in train.items()]).train,
+                         nonfinite_limit=1, saved=None)
+
+
+def test_a_falling_noisy_loss_is_no_trouble():
+    w, rng = watch(), np.random.default_rng(0)
+    for step in range(1, 500):
+        loss = 2.0 + 7.0 * math.exp(-step / 50) + 0.3 * rng.standard_normal()
+        assert w.see(step, True, loss) is None, step
+    assert w.updates == 499 and w.seen == 499
+
+
+def test_an_explosion_at_the_start_is_a_spike():
+    # bf16 with optim.lr=100 on the demo: 9.09, 9.06, then 3,411 at step 3.
+    w = watch()
+    assert w.see(1, True, 9.09) is None and w.see(2, True, 9.06) is None
+    trouble = w.see(3, True, 3411.0)
+    assert trouble == Trouble(3, 3, trouble.reason) and "3411" in trouble.reason
+
+
+def test_after_the_warmup_a_spike_must_also_stand_out_of_the_noise():
+    w = watch()
+    for step, loss in enumerate([2.0, 3.0] * 100, 1):  # a mean of 2.5, std 0.5
+        assert w.see(step, True, loss) is None
+    assert w.see(201, True, 5.2) is None  # above 2 x the mean, but within 6 std of it
+    assert w.see(202, True, 20.0) is not None
+
+
+def test_non_finite_steps_are_trouble_at_once_or_after_a_streak_under_fp16():
+    w = watch()
+    w.see(1, True, 9.0)
+    assert w.see(2, False, math.nan) == Trouble(2, 2, "a non-finite loss or gradient")
+    fp16 = Watch.restore(w.cfg, nonfinite_limit=3, saved=None)
+    assert [fp16.see(s, False, math.inf) for s in (1, 2)] == [None, None]
+    assert fp16.see(3, True, 9.0) is None  # the loss scale found its level: streak over
+    assert [fp16.see(s, False, math.nan) for s in (4, 5)] == [None, None]
+    assert fp16.see(6, False, math.nan) == Trouble(6, 4, "3 non-finite step(s) in a row")
+
+
+def test_the_target_is_from_before_the_state_that_made_the_bad_loss():
+    # Step 7's loss came from the checkpoint-6 state, so 6 is suspect and 5 is the newest target.
+    assert rollback_target([3, 5, 6, 9], Trouble(7, 7, "")) == 5
+    assert rollback_target([3, 6, 9], Trouble(7, 7, "")) == 3
+    assert rollback_target([6], Trouble(7, 7, "")) == 0  # the initial state
+
+
+def test_a_rollback_keeps_the_targets_statistics_and_lowers_the_lr():
+    w = watch(rollback_lr_factor=0.25)
+    for step in range(1, 5):
+        w.see(step, True, 9.0 - step)
+    saved = w.saved()
+    assert json.loads(json.dumps(saved)) == saved  # checkpoint meta is JSON
+    for step in range(5, 9):
+        w.see(step, True, 4.0)
+    w.rolled_back(Trouble(9, 9, ""), 4, saved)
+    assert (w.mean, w.seen, w.updates, w.rollbacks) == (saved["mean"], 4, 4, 1)
+    assert w.lr_factor == 0.25 and w.skipped == [[5, 9]]
+    w.rolled_back(Trouble(12, 12, ""), 0, None)  # back to the initial state
+    assert (w.seen, w.updates, w.lr_factor, w.skipped) == (0, 0, 0.25**2, [[1, 12]])
+
+
+# ---- the metrics file ----
+def test_metrics_rows_are_strict_json():
+    line = strict_json({"step": 3, "loss": math.nan, "grad_norm": math.inf, "lr": 1e-3})
+    assert json.loads(line) == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-3}
+    assert "NaN" not in line and "Infinity" not in line
+
+
+def test_a_resume_drops_the_rows_past_its_checkpoint(tmp_path):
+    # A run killed at step 15 after its checkpoint at 10, then resumed, wrote 45 rows for 40
+    # steps; the resume now starts by dropping rows 11..15 (and a torn last line).
+    rows = [{"step": s, "loss": 1.0} for s in range(1, 16)] + [{"step": 10, "val_loss": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                           + '{"step": 16, "lo')
+    drop_rows_after(tmp_path, 10)
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == [r for r in rows if r["step"] <= 10]
+    drop_rows_after(tmp_path / "nowhere", 10)  # no file: nothing to do
+
+
+# ---- in-process runs with injected trouble ----
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rollback")
+    write_corpus(base / "corpus.txt", 120)
+    path = base / "run.yaml"
+    path.write_text(json.dumps({
+        "model": {"size": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 2,
+                  "dropout": 0.1, "attention_dropout": 0.0},
+        "tokenizer": {"vocab_size": 300},
+        "data": {"dir": str(base / "prepared"), "sources": [str(base / "corpus.txt")],
+                 "seq_len": 32, "validation_fraction": 0.1},
+        "optim": {"lr": 3e-3, "warmup": 0.2},
+        "train": {"steps": STEPS, "micro_batch": 8, "log_every": 4, "eval_every": 0,
+                  "eval_batches": 2, "checkpoint_every": 3, "keep_checkpoints": 5}}))
+    return path
+
+
+def config(base, run_dir, *overrides):
+    return config_lib.load([base], [f"train.run_dir={run_dir}", *overrides])
+
+
+def injected(multipliers: dict, stop_after: int | None):
+    """make_train_step whose step s (1-based; 8 rows a step, so first_row = 8 (s - 1)) uses
+    `multipliers[s]` as its lr multiplier instead of the rollbacks' factor, and which sends
+    SIGTERM to this process after step `stop_after` (the run saves and returns, as a signalled
+    run does)."""
+    make = pretrain_lib.make_train_step
+
+    def make_injected(*args, **kwargs):
+        train_step = make(*args, **kwargs)
+
+        def step(state, batch, first_row, mask_key, dropout_key, lr_scale):
+            s = int(first_row) // 8 + 1
+            if s in multipliers:
+                lr_scale = jnp.asarray(multipliers[s], jnp.float32)
+            out = train_step(state, batch, first_row, mask_key, dropout_key, lr_scale)
+            if s == stop_after:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        return step
+
+    return make_injected
+
+
+def run(base, run_dir, multipliers: dict, *overrides, stop_after: int | None = None):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pretrain_lib, "make_train_step", injected(multipliers, stop_after))
+        pretrain(config(base, run_dir, *overrides))
+    return run_dir
+
+
+def rows(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def training_steps(run_dir) -> list[int]:
+    return [r["step"] for r in rows(run_dir) if "loss" in r]
+
+
+def checkpoints(run_dir) -> dict:
+    """{step: (state, meta)} of every checkpoint in the run directory."""
+    found = Checkpoints(run_dir)
+    try:
+        out = {}
+        for step in found.all_steps():
+            cfg = config_lib.from_yaml_text(found.read_meta(step)["config_yaml"], "meta")
+            out[step] = found.restore(step, abstract_state(cfg, STEPS))
+        return out
+    finally:
+        found.close()
+
+
+def all_finite(tree) -> bool:
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(tree))
+
+
+def final_state(run_dir) -> list[np.ndarray]:
+    state, meta = checkpoints(run_dir)[STEPS]
+    assert meta["step"] == STEPS
+    return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+@pytest.fixture(scope="module")
+def nan_run(base, tmp_path_factory):
+    """Step 6's update makes the parameters NaN after its own loss was read, so checkpoint 6
+    is written on a NaN state; step 7's loss is NaN (read lazily, at the step-8 log): the run
+    rolls back to checkpoint 3, deletes 6, and goes on at step 8."""
+    return run(base, tmp_path_factory.mktemp("nan"), {6: math.nan})
+
+
+@pytest.mark.slow
+def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
+    (rollback,) = [r for r in rows(nan_run) if "rollback" in r]
+    assert {k: rollback[k] for k in ("step", "rollback", "restored_step", "skipped_steps",
+                                     "lr_factor")} == {
+        "step": 7, "rollback": 1, "restored_step": 3, "skipped_steps": [4, 7], "lr_factor": 0.5}
+    assert training_steps(nan_run) == [4, 7, 8, 12]  # one row each; 7: the steps up to the NaN
+    last = [r for r in rows(nan_run) if "loss" in r][-1]
+    assert math.isfinite(last["loss"]) and last["skipped"] == 0
+    saved = checkpoints(nan_run)
+    assert sorted(saved) == [3, 9, 12]  # 6 held the NaN state: deleted
+    assert all(all_finite(state) for state, _ in saved.values())
+    divergence = saved[12][1]["divergence"]
+    assert (divergence["rollbacks"], divergence["lr_factor"], divergence["skipped"]) == \
+        (1, 0.5, [[4, 7]])
+    results = json.loads((nan_run / "results.json").read_text())
+    assert math.isfinite(results["validation"]["val_loss"])
+    assert (results["rollbacks"], results["lr_factor"], results["skipped_steps"]) == \
+        (1, 0.5, [[4, 7]])
+
+
+@pytest.mark.slow
+def test_a_loss_spike_rolls_back(base, tmp_path):
+    # x1000 on step 6's update: finite, but step 7's loss is far above its running mean.
+    run(base, tmp_path, {6: 1000.0})
+    (rollback,) = [r for r in rows(tmp_path) if "rollback" in r]
+    assert rollback["step"] == 7 and rollback["restored_step"] == 3, rollback
+    assert "running mean" in rollback["reason"]
+    assert all(all_finite(state) for state, _ in checkpoints(tmp_path).values())
+    assert math.isfinite([r for r in rows(tmp_path) if "loss" in r][-1]["loss"])
+
+
+@pytest.mark.slow
+def test_when_the_rollbacks_run_out_the_run_stops(base, tmp_path):
+    # Every update NaN: trouble at steps 2 and 4 roll back to the initial state, the third stops.
+    with pytest.raises(SystemExit) as stopped:
+        run(base, tmp_path, dict.fromkeys(range(1, STEPS + 1), math.nan), "train.max_rollbacks=2")
+    message = str(stopped.value.code)
+    assert message.startswith("error: training diverged at step 6 (a non-finite loss")
+    assert "after 2 rollback(s)" in message and "no checkpoint is from before it" in message
+    assert [r["restored_step"] for r in rows(tmp_path) if "rollback" in r] == [0, 0]
+    assert rows(tmp_path)[-1] == {**rows(tmp_path)[-1], "step": 6, "stopped": True}
+    assert checkpoints(tmp_path) == {}
+    # The directory is free again: the lock went with the run.
+    with pytest.raises(SystemExit):
+        run(base, tmp_path, dict.fromkeys(range(1, STEPS + 1), math.nan), "train.max_rollbacks=0")
+
+
+@pytest.mark.slow
+def test_the_rollback_path_is_bit_reproducible(base, nan_run, tmp_path):
+    run(base, tmp_path, {6: math.nan})
+    for a, b in zip(final_state(tmp_path), final_state(nan_run), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after", [3, 9], ids=["before-the-trouble", "after-the-rollback"])
+def test_a_resume_equals_the_uninterrupted_run(base, nan_run, tmp_path, stop_after):
+    # Stopped at step 3 the resume meets the NaN again and rolls back the same way; stopped at
+    # 9 it restores the rollback's lr factor and skipped steps from the checkpoint meta.
+    run(base, tmp_path, {6: math.nan}, stop_after=stop_after)
+    assert max(checkpoints(tmp_path)) == stop_after
+    run(base, tmp_path, {6: math.nan})
+    for a, b in zip(final_state(tmp_path), final_state(nan_run), strict=True):
+        np.testing.assert_array_equal(a, b)
+    steps = training_steps(tmp_path)
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # one row per step
+    assert [r["step"] for r in rows(tmp_path) if "rollback" in r] == [7]
