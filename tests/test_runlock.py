@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_corpus
+from conftest import GLUE_FIXTURES, write_corpus
 
 from bertjax import config as config_lib
 from bertjax.errors import UserError
@@ -42,7 +42,8 @@ def test_pretraining_and_fine_tuning_are_refused_before_they_write(tmp_path):
     with hold_run_dir(run_dir):
         for task in ("pretrain", "glue"):
             cfg = config_lib.load([], [f"train.run_dir={run_dir}", f"train.task={task}",
-                                       f"data.dir={tmp_path / 'data'}"])
+                                       f"data.dir={tmp_path / 'data'}",  # (inputs are checked
+                                       f"glue.data_dir={GLUE_FIXTURES}"])  # before the lock)
             with pytest.raises(UserError, match="is in use by another run"):
                 (pretrain if task == "pretrain" else finetune)(cfg)
     assert [p.name for p in run_dir.iterdir()] == [LOCK_NAME]
