@@ -4,6 +4,8 @@ Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `B
 pre-LN models onto `RobertaPreLayerNormForMaskedLM` / `...ForSequenceClassification` (the same
 function on right-padded input; see tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights
 are [out, in], ours [in, out]; our fused QKV is HF's query | key | value. No torch, no pickle.
+Over the guide's ~350 lines because one name table serves both directions (import and export)
+and config.json is read and written next to it; split, the two halves of one mapping drift.
 """
 
 import json
