@@ -1,0 +1,42 @@
+"""Reproduction band: one seed of the pinned recipe (configs/band*.yaml) must land inside the band
+that bench/band.py measured over many seeds (tests/reproduction_band.json), and, on the machine
+type and versions the band file names, reproduce that seed's figures bit for bit.
+Needs ../shared/data/glue/SST-2; ~2-3 minutes on 2 quiet CPU cores.
+"""
+
+import pytest
+from reproduction import FIGURES, load_band, machine_key, outside, prepare, run_seed
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="the recipe retrains its tokenizer, which is not reproducible, so the "
+                  "band file's exact figures cannot hold; pin tokenizer.path in configs/band.yaml "
+                  "and re-measure with bench/band.py first (log.md, session 12)")
+def test_one_seed_stays_in_the_band(tmp_path, shared_data):
+    glue_dir = shared_data / "glue"
+    if not (glue_dir / "SST-2" / "dev.tsv").is_file():
+        pytest.skip(f"{glue_dir}/SST-2 is not present")
+    band = load_band()
+    seed, exact = band["test_seed"], band["exact"]
+    prepare(tmp_path / "data")
+    figures = run_seed(seed, tmp_path / "data", glue_dir, tmp_path / f"seed{seed}")
+
+    key = machine_key()
+    same_machine = key == exact["key"]
+    lines = [f"seed {seed}; band from {band['source']} (mean ± {band['k']} std over "
+             f"{len(band['seeds'])} seeds)"]
+    for name in FIGURES:
+        lo, hi = band["band"][name]
+        want = f", exact {exact['figures'][name]!r}" if same_machine else ""
+        lines.append(f"  {name:18s} {figures[name]!r:22} band [{lo:.6g}, {hi:.6g}]{want}")
+    if not same_machine:
+        lines.append("  exact check off, other machine type or versions: " + ", ".join(
+            f"{k} {key.get(k)!r} (band file: {v!r})" for k, v in exact["key"].items()
+            if key.get(k) != v))
+    print("\n".join(lines))
+    problems = outside(figures, band)
+    if same_machine:  # CPU runs are deterministic: the same seed gives the same bits
+        problems += [f"{name} = {figures[name]!r} differs from the exact {want!r} this machine "
+                     "type gave" for name, want in exact["figures"].items()
+                     if figures[name] != want]
+    assert not problems, "\n".join([*problems, *lines])
