@@ -12,6 +12,7 @@ default, doc and domain, read top to bottom.
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -408,6 +409,18 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
+def _yaml_mapping(read: Callable[[], object], source: str) -> DictConfig:
+    """`read()`'s YAML, which must be a mapping of sections; anything else is one line."""
+    try:
+        data = read()
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from None
+    if not isinstance(data, DictConfig):
+        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    return data
+
+
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
     """Merge one YAML file, after the files its `include:` names (relative to it)."""
     if path.is_dir():
@@ -416,13 +429,7 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
         raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
-    try:
-        data = OmegaConf.load(path)
-    except Exception as e:  # yaml.YAMLError and friends
-        raise UserError(f"{path} is not valid YAML ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0]})") from None
-    if not isinstance(data, DictConfig):
-        raise UserError(f"{path} must hold a mapping of sections (model:, data:, ...)")
+    data = _yaml_mapping(lambda: OmegaConf.load(path), str(path))
     includes = data.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
     if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
@@ -470,13 +477,7 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    try:
-        data = OmegaConf.create(text)
-    except Exception as e:  # yaml.YAMLError and friends
-        raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0]})") from None
-    if not isinstance(data, DictConfig):
-        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    data = _yaml_mapping(lambda: OmegaConf.create(text), source)
     merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
     try:
         return OmegaConf.to_object(merged)
