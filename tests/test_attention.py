@@ -130,6 +130,9 @@ def test_a_row_of_padding_alone_stays_finite_on_the_lengths_path():
     np.testing.assert_allclose(out[1], jnp.broadcast_to(v[1, :1], out[1].shape), rtol=1e-6)
 
 
+# slow: a whole model forward and backward twice (the route rule and the kernel-level
+# equivalence stay in the quick tier)
+@pytest.mark.slow
 def test_the_model_on_the_cudnn_route_matches_the_mask_route(monkeypatch, fresh_warnings):
     # The model as it would run on a GPU with model.attention=auto (every static choice, the
     # key lengths, the call with implementation="cudnn"), with XLA's kernel in cuDNN's place.

@@ -31,6 +31,12 @@ def inputs(batch=3, seq=16, lengths=(16, 11, 5), seed=0):
     return jnp.asarray(ids), jnp.asarray(types), jnp.asarray(mask)
 
 
+@eqx.filter_jit
+def forward(model, ids, types, mask, key=None):
+    """model(...) compiled once, not op by op (eager runs cost these tests seconds each)."""
+    return model(ids, types, mask, key=key)
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_output_shapes_of_every_head(norm):
     model = Bert(tiny(norm=norm), key=jax.random.key(0), nsp=True, num_labels=3)
@@ -81,8 +87,8 @@ def test_scan_equals_unrolled_with_and_without_dropout():
     unrolled = Bert(tiny(num_layers=3, scan_layers=False), key=key)
     ids, types, mask = inputs()
     for dropout_key in (None, jax.random.key(3)):
-        a = scanned(ids, types, mask, key=dropout_key)
-        b = unrolled(ids, types, mask, key=dropout_key)
+        a = forward(scanned, ids, types, mask, dropout_key)
+        b = forward(unrolled, ids, types, mask, dropout_key)
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -92,7 +98,7 @@ def test_remat_gives_the_same_gradients():
 
     def grads(model):
         loss = lambda m: m.mlm_logits(m(ids, types, mask)).mean()  # noqa: E731
-        return eqx.filter_grad(loss)(model)
+        return eqx.filter_jit(eqx.filter_grad(loss))(model)
 
     plain, remat = grads(Bert(tiny(remat=False), key=key)), grads(Bert(tiny(remat=True), key=key))
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
@@ -108,10 +114,11 @@ def test_remat_by_default_on_cpu_only():
 def test_dropout_is_driven_by_the_key():
     model = Bert(tiny(), key=jax.random.key(5))
     ids, types, mask = inputs()
-    np.testing.assert_array_equal(model(ids, types, mask), model(ids, types, mask))
-    a = model(ids, types, mask, key=jax.random.key(1))
-    np.testing.assert_array_equal(a, model(ids, types, mask, key=jax.random.key(1)))
-    assert not np.allclose(a, model(ids, types, mask, key=jax.random.key(2)))
+    np.testing.assert_array_equal(forward(model, ids, types, mask),
+                                  forward(model, ids, types, mask))
+    a = forward(model, ids, types, mask, jax.random.key(1))
+    np.testing.assert_array_equal(a, forward(model, ids, types, mask, jax.random.key(1)))
+    assert not np.allclose(a, forward(model, ids, types, mask, jax.random.key(2)))
 
 
 def test_attention_dropout_path_matches_fused_path_at_rate_zero():
@@ -165,6 +172,7 @@ def scatter_dtypes(jaxpr) -> list:
     return found
 
 
+@pytest.mark.slow  # two low-precision backward compilations; a GPU-speed guard, not a reference
 @pytest.mark.parametrize("compute", ["bfloat16", "float16"])
 def test_low_precision_gradients_scatter_in_f32(compute):
     """The gathers' gradients (word and token-type embeddings, sparse MLM positions) are
@@ -181,10 +189,12 @@ def test_low_precision_gradients_scatter_in_f32(compute):
     grad_jaxpr = jax.make_jaxpr(eqx.filter_grad(loss))(model).jaxpr
     dtypes = scatter_dtypes(grad_jaxpr)
     assert len(dtypes) >= 3 and set(dtypes) == {jnp.dtype(jnp.float32)}, dtypes
-    reference = eqx.filter_grad(lambda m: m.mlm_logits(m(ids, types, mask), positions).sum())
+    reference = eqx.filter_jit(eqx.filter_grad(
+        lambda m: m.mlm_logits(m(ids, types, mask), positions).sum()))
     # jax's own XLA attention backward mixes bf16 with f32 (cf. layers.attention's forward).
+    # (jitted: one compilation instead of one per eager op, most of this test's time)
     with jax.numpy_dtype_promotion("standard"):
-        low_grad = eqx.filter_grad(loss)(model).encoder.embeddings.token_type
+        low_grad = eqx.filter_jit(eqx.filter_grad(loss))(model).encoder.embeddings.token_type
     expected = reference(model).encoder.embeddings.token_type
     # bf16 gradients of O(100) entries: compare against the largest, as for the logits above.
     assert float(jnp.abs(low_grad - expected).max()) < 0.05 * float(jnp.abs(expected).max())
