@@ -38,7 +38,7 @@ lint: $(VENV)/.installed
 .PHONY: bench-env
 bench-env: .venv-bench/.installed
 
-# Issue 18's GPU measurements, one call of ~7 minutes (log: LOG_issue18.md); ARGS=--smoke on CPU.
+# Issue 18's GPU measurements, one call of ~7 minutes (results: log.md); ARGS=--smoke on CPU.
 SUITE_PY ?= python3
 .PHONY: gpu-suite
 gpu-suite:

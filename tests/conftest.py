@@ -81,6 +81,22 @@ def write_corpus(path: Path, n_docs: int, seed: int = 0) -> list[str]:
     return docs
 
 
+def tiny_run_config(base: Path, train: dict) -> Path:
+    """base/run.yaml: a 2-layer, 64-wide model on a 120-document corpus of base/ (test_pretrain,
+    test_rollback), with the given `train` section."""
+    write_corpus(base / "corpus.txt", 120)
+    path = base / "run.yaml"
+    path.write_text(json.dumps({
+        "model": {"size": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 2,
+                  "dropout": 0.1, "attention_dropout": 0.0},
+        "tokenizer": {"vocab_size": 300},
+        "data": {"dir": str(base / "prepared"), "sources": [str(base / "corpus.txt")],
+                 "seq_len": 32, "validation_fraction": 0.1},
+        "optim": {"lr": 3e-3, "warmup": 0.2},
+        "train": train}))
+    return path
+
+
 def load_cfg(tmp_path: Path, sources_: list, **data) -> config.Config:
     overrides = [f"data.dir={tmp_path / 'prepared'}", "tokenizer.vocab_size=300",
                  "data.validation_fraction=0.1",

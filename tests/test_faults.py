@@ -7,7 +7,7 @@ as before. Disk-full cases run on a small tmpfs (a user + mount namespace; skipp
 
 One small prepared corpus, one tiny run (two Orbax checkpoints, written directly: no training),
 its release bundle and a GLUE RTE directory are shared by the module. With BERTJAX_FAULTS_REPORT
-set to a file, each case appends its outcome as a JSON line (LOG_issue19b.md's tables).
+set to a file, each case appends its outcome as a JSON line (log.md's tables, issue 19b).
 """
 
 import dataclasses

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from bertjax import config
+from bertjax import config, layers
 from bertjax.model import Bert, flops_per_token, param_count
 from bertjax.precision import Precision
 
@@ -119,6 +119,28 @@ def test_dropout_is_driven_by_the_key():
     a = forward(model, ids, types, mask, jax.random.key(1))
     np.testing.assert_array_equal(a, forward(model, ids, types, mask, jax.random.key(1)))
     assert not np.allclose(a, forward(model, ids, types, mask, jax.random.key(2)))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_every_dropout_draws_from_its_own_key(monkeypatch, scan_layers):
+    """No two dropouts of one forward pass share a key: a key reused across layers gives every
+    layer the same mask, which no output-level test notices and which moves the reproduction
+    band's figures less than a seed does (log.md, session 13)."""
+    seen = []
+
+    def recording(x, rate, key):
+        if key is not None:
+            jax.debug.callback(lambda k: seen.append(np.asarray(k).tobytes()),
+                               jax.random.key_data(key))
+        return original(x, rate, key)
+
+    original = layers.dropout
+    monkeypatch.setattr(layers, "dropout", recording)
+    model = Bert(tiny(num_layers=3, scan_layers=scan_layers, remat=False), key=jax.random.key(5))
+    jax.block_until_ready(model(*inputs(), key=jax.random.key(1)))
+    # embeddings, then per layer: attention probabilities, attention output, feed-forward
+    assert len(seen) == 1 + 3 * 3
+    assert len(set(seen)) == len(seen)
 
 
 def test_attention_dropout_path_matches_fused_path_at_rate_zero():

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import free_port, write_corpus
+from conftest import free_port, tiny_run_config
 
 from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints
@@ -33,21 +33,10 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("pretrain")
-    write_corpus(base / "corpus.txt", 120)
-    path = base / "run.yaml"
-    path.write_text(json.dumps({
-        "model": {"size": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 2,
-                  "dropout": 0.1, "attention_dropout": 0.0},
-        "tokenizer": {"vocab_size": 300},
-        "data": {"dir": str(base / "prepared"), "sources": [str(base / "corpus.txt")],
-                 "seq_len": 32, "validation_fraction": 0.1},
-        "optim": {"lr": 3e-3, "warmup": 0.2},
-        "train": {"steps": STEPS, "micro_batch": 8, "batch_start": 8, "batch_end": 16,
-                  "batch_ramp": 0.5, "log_every": 1, "eval_every": 3, "eval_batches": 2,
-                  "checkpoint_every": 2, "keep_checkpoints": 5,
-                  "fill_mask": ["the [MASK] is here ."]}}))
-    return path
+    return tiny_run_config(tmp_path_factory.mktemp("pretrain"), {
+        "steps": STEPS, "micro_batch": 8, "batch_start": 8, "batch_end": 16, "batch_ramp": 0.5,
+        "log_every": 1, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 2,
+        "keep_checkpoints": 5, "fill_mask": ["the [MASK] is here ."]})
 
 
 def train(config_file, run_dir, *extra, devices=8, wait=True):

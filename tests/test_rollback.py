@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import write_corpus
+from conftest import tiny_run_config
 
 from bertjax import config as config_lib
 from bertjax import pretrain as pretrain_lib
@@ -110,19 +110,9 @@ def test_a_resume_drops_the_rows_past_its_checkpoint(tmp_path):
 # ---- in-process runs with injected trouble ----
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("rollback")
-    write_corpus(base / "corpus.txt", 120)
-    path = base / "run.yaml"
-    path.write_text(json.dumps({
-        "model": {"size": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 2,
-                  "dropout": 0.1, "attention_dropout": 0.0},
-        "tokenizer": {"vocab_size": 300},
-        "data": {"dir": str(base / "prepared"), "sources": [str(base / "corpus.txt")],
-                 "seq_len": 32, "validation_fraction": 0.1},
-        "optim": {"lr": 3e-3, "warmup": 0.2},
-        "train": {"steps": STEPS, "micro_batch": 8, "log_every": 4, "eval_every": 0,
-                  "eval_batches": 2, "checkpoint_every": 3, "keep_checkpoints": 5}}))
-    return path
+    return tiny_run_config(tmp_path_factory.mktemp("rollback"), {
+        "steps": STEPS, "micro_batch": 8, "log_every": 4, "eval_every": 0, "eval_batches": 2,
+        "checkpoint_every": 3, "keep_checkpoints": 5})
 
 
 def config(base, run_dir, *overrides):

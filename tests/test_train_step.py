@@ -4,15 +4,17 @@ compilation count under the batch ramp, and device-count invariance of the shard
 import dataclasses
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import PREDS, assert_trees_close, key_mask, setup
 
 from bertjax.precision import LossScale
 from bertjax.sharding import global_batch, make_mesh, shard_params
-from bertjax.step import make_train_step
+from bertjax.step import forward_sums, make_train_step, mask_rows
 
 
 def run_step(state, batch, spec, optimizer, micro, mesh=None):
@@ -83,6 +85,25 @@ def one_device_step():
     enter it), computed once: a compilation is most of these tests' time."""
     _, optimizer, state, batch, spec = setup(rows=16)
     return run_step(state, batch, spec, optimizer, micro=8)
+
+
+def test_the_gradient_is_that_of_the_mean_loss_over_the_real_predictions():
+    """The step divides the summed MLM loss by the number of real predictions (weight 1; the
+    padding slots weigh 0) in the whole batch, across its micro-batches, and the pair loss by
+    the rows. A wrong count hardly changes what AdamW learns (it is invariant to a constant loss
+    scale), so the reproduction band cannot see one (log.md, session 13); this can."""
+    _, _, state, batch, spec = setup(rows=16)
+    masked = mask_rows(spec, jax.random.key(1), {k: jnp.asarray(v) for k, v in batch.items()},
+                       jnp.int32(0))
+    assert float(masked["weights"].sum()) == 16 * (PREDS - 1) < masked["weights"].size
+
+    def mean_loss(model):
+        sums = forward_sums(model, masked, spec, None)
+        return sums["mlm_loss"] / sums["mlm_weight"] + sums["pair_loss"] / 16
+
+    expected = optax.tree.norm(eqx.filter_jit(eqx.filter_grad(mean_loss))(state.model))
+    _, metrics = one_device_step()  # micro-batches of 8: two accumulated
+    np.testing.assert_allclose(metrics["grad_norm"], expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["dp", "fsdp"])
