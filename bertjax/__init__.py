@@ -12,7 +12,8 @@ imports only from lower layers, and never in a circle inside its own.
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
     L3  hf pretrained export predict plot glue_eval   load / convert / release / infer / score
-    L4  pretrain seed_run finetune                 the two loops (GLUE: one seed, all seeds)
+    L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
+                                                   GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only
 
 Import submodules directly; this file stays empty so `import bertjax` is cheap.

@@ -14,7 +14,7 @@ LAYERS = [
      "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights", "runlock",
      "divergence"},
     {"hf", "pretrained", "export", "predict", "plot", "glue_eval"},
-    {"pretrain", "seed_run", "finetune"},
+    {"pretrain_loop", "pretrain", "seed_run", "finetune"},
     {"train"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

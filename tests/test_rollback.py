@@ -1,4 +1,4 @@
-"""Divergence and rollback (bertjax.divergence, pretrain.Loop): the watch's rule on its own, then
+"""Divergence and rollback (bertjax.divergence, pretrain_loop.Loop): the watch's rule on its own, then
 in-process pretraining runs on a tiny corpus with trouble injected at a chosen step through the
 train step's learning-rate multiplier (NaN: the state itself turns non-finite; x1000: a loss
 spike follows). Also the metrics file: strict JSON, one row per step after a resume."""
