@@ -6,6 +6,7 @@ tokenizer is a committed file, so a fresh prepare gives the same tokens). Needs
 """
 
 import pytest
+from band_mutations import MUTATIONS, ROOT
 from reproduction import FIGURES, load_band, machine_key, outside, prepare, run_seed
 
 
@@ -41,3 +42,11 @@ def test_one_seed_stays_in_the_band(tmp_path, shared_data):
             problems.append("a change meant to alter numerics: refresh the exact figures with "
                             "`bench/band.py --exact-only --entry ...` and say why in log.md")
     assert not problems, "\n".join([*problems, *lines])
+
+
+def test_each_mutation_still_finds_the_line_it_breaks():
+    """bench/band_mutations.py edits one line per deliberate bug; a refactor that moves a line
+    must move the mutation with it, or the band's mutation table can no longer be re-measured."""
+    stale = [f"{name}: {old!r} in {path}" for name, (path, old, _) in MUTATIONS.items()
+             if (ROOT / path).read_text().count(old) != 1]
+    assert not stale, "not found exactly once: " + "; ".join(stale)
