@@ -1,6 +1,6 @@
-"""Divergence and rollback (bertjax.divergence, pretrain_loop.Loop): the watch's rule on its own, then
-in-process pretraining runs on a tiny corpus with trouble injected at a chosen step through the
-train step's learning-rate multiplier (NaN: the state itself turns non-finite; x1000: a loss
+"""Divergence and rollback (bertjax.divergence, pretrain_loop.Loop): the watch's rule on its own,
+then in-process pretraining runs on a tiny corpus with trouble injected at a chosen step through
+the train step's learning-rate multiplier (NaN: the state itself turns non-finite; x1000: a loss
 spike follows). Also the metrics file: strict JSON, one row per step after a resume."""
 
 import json
@@ -15,7 +15,7 @@ import pytest
 from conftest import tiny_run_config
 
 from bertjax import config as config_lib
-from bertjax import pretrain as pretrain_lib
+from bertjax import pretrain_loop
 from bertjax.checkpoint import Checkpoints
 from bertjax.divergence import Trouble, Watch, rollback_target
 from bertjax.metrics import drop_rows_after, strict_json
@@ -124,7 +124,7 @@ def injected(multipliers: dict, stop_after: int | None):
     `multipliers[s]` as its lr multiplier instead of the rollbacks' factor, and which sends
     SIGTERM to this process after step `stop_after` (the run saves and returns, as a signalled
     run does)."""
-    make = pretrain_lib.make_train_step
+    make = pretrain_loop.make_train_step
 
     def make_injected(*args, **kwargs):
         train_step = make(*args, **kwargs)
@@ -145,7 +145,7 @@ def injected(multipliers: dict, stop_after: int | None):
 
 def run(base, run_dir, multipliers: dict, *overrides, stop_after: int | None = None):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pretrain_lib, "make_train_step", injected(multipliers, stop_after))
+        mp.setattr(pretrain_loop, "make_train_step", injected(multipliers, stop_after))
         pretrain(config(base, run_dir, *overrides))
     return run_dir
 
