@@ -9,14 +9,12 @@ works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full
 one-line UserErrors.
 """
 
-import atexit
 import contextlib
 import functools
 import hashlib
 import logging
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -79,14 +77,9 @@ def _disk_full_is_user_error(save):
             return save(self, step, *args, **kwargs)
         except Exception as e:
             if is_disk_full(e):
-                self.remove_partial_checkpoints()
-                # Writes still in flight when the first one failed may succeed once that space
-                # is freed and re-create the temporary directory (a full-suite run, log.md
-                # session 13): remove it again at exit, after they are done.
-                atexit.register(self.remove_partial_checkpoints)
+                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
                 loggers = []  # the filters stay: asyncio reports the failed writes again at exit
-                warnings.filterwarnings("ignore", r"coroutine .* was never awaited",
-                                        RuntimeWarning)  # (the writes abandoned at exit)
                 raise disk_full_error(self.directory, f"checkpoint {step}") from None
             raise
         finally:
@@ -103,15 +96,6 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
-
-    def remove_partial_checkpoints(self) -> None:
-        """Orbax's temporary directories of checkpoints that were never completed."""
-        try:  # let the writes still in flight finish (or fail) first
-            self.manager.wait_until_finished()
-        except Exception:  # noqa: BLE001 (their error is the one already being reported)
-            pass
-        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
