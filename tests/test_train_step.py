@@ -73,10 +73,10 @@ def test_ramp_recompiles_once_per_accumulation_count():
 
     step = make_train_step(dataclasses.replace(spec, mask_fn=counted_mask), optimizer, micro=2)
     args = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
-    for rows in (2, 4, 4, 2):  # 2 distinct global batches (1 and 2 micro-batches) -> 2 compilations
+    for rows in (2, 4, 4, 8, 8, 2):  # 3 distinct global batches -> 3 compilations
         part = {k: jnp.asarray(v[:rows]) for k, v in batch.items()}
         state, _ = step(state, part, *args)
-    assert len(traces) == 2
+    assert len(traces) == 3
 
 
 @functools.cache
