@@ -15,6 +15,7 @@ import hashlib
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -63,6 +64,18 @@ class _NotDiskFull(logging.Filter):
                     record.exc_info and is_disk_full(record.exc_info[1]))
 
 
+def _remove_temporaries(directory: Path, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+    """Remove Orbax's temporary directories until none reappears for `quiet_s`. Orbax raises at
+    the first failed write while tensorstore still finishes the others: those re-create the
+    directory milliseconds after a first removal (seen in about one save in six)."""
+    start = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s and time.monotonic() - start < limit_s:
+        for tmp in directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            quiet_since = time.monotonic()
+        time.sleep(0.01)
+
+
 def _disk_full_is_user_error(save):
     """Wraps Checkpoints.save: a full disk becomes one UserError, and Orbax's temporary
     directories are removed (they would keep the space, so a rerun would fail the same way);
@@ -77,8 +90,7 @@ def _disk_full_is_user_error(save):
             return save(self, step, *args, **kwargs)
         except Exception as e:
             if is_disk_full(e):
-                for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-                    shutil.rmtree(tmp, ignore_errors=True)
+                _remove_temporaries(self.directory)
                 loggers = []  # the filters stay: asyncio reports the failed writes again at exit
                 raise disk_full_error(self.directory, f"checkpoint {step}") from None
             raise
