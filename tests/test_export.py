@@ -5,6 +5,7 @@ bundles; LFS pointers, truncated, tampered and corrupt files each get their own 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -321,6 +322,35 @@ def test_disk_full_at_a_checkpoint_removes_orbax_temporaries(run, tmp_path):
     checkpoints.manager.save = full
     with pytest.raises(UserError, match="no space left .* checkpoint 7; nothing was half-written"):
         checkpoints.save(7, {"x": jnp.zeros(3)}, {})
+    checkpoints.close()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_a_write_finishing_after_the_disk_full_error_leaves_no_temporaries(run, tmp_path):
+    """Orbax raises at the first failed write while tensorstore still finishes others, which
+    re-create the temporary directory after a first removal: the save waits them out."""
+    import shutil
+    import threading
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    checkpoints = Checkpoints(run_dir)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    late = checkpoints.directory / "7.orbax-checkpoint-tmp" / "state" / "d"
+
+    def finish_late():  # a write still in flight when the error is raised
+        time.sleep(0.2)
+        late.mkdir(parents=True, exist_ok=True)
+        (late / "chunk").write_bytes(b"x")
+    writer = threading.Thread(target=finish_late)
+
+    def full(step, args, force):
+        writer.start()
+        raise ValueError("Failed to write: No space left on device [os_error_code='28']")
+
+    checkpoints.manager.save = full
+    with pytest.raises(UserError, match="no space left .* checkpoint 7"):
+        checkpoints.save(7, {"x": jnp.zeros(3)}, {})
+    writer.join()
     checkpoints.close()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
