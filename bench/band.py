@@ -1,9 +1,13 @@
 """Re-measure the reproduction band: run the pinned recipe (configs/band*.yaml) for N seeds, print
-each seed's figures with their mean, std and band (mean ± k std), and write
-tests/reproduction_band.json with the test seed's exact figures and the machine key they hold for.
-    .venv/bin/python bench/band.py --seeds 10 --entry "2026-12-01 — ..."   (~2.6 min per seed)
-A change meant to alter numerics (or a new machine type) refreshes only the exact figures:
-    .venv/bin/python bench/band.py --exact-only --entry "2026-12-01 — ..."   (one seed)
+each seed's figures with their mean, std and band (mean ± k std); run the test seed again under
+the numerically equivalent variants (reproduction.VARIANTS) for its own band; and write
+tests/reproduction_band.json with both bands, and the test seed's exact figures with the machine
+key they hold for.
+    .venv/bin/python bench/band.py --seeds 10 --entry "2026-12-01 — ..."   (~2.6 min per run)
+A change meant to alter numerics re-measures the test seed only (its exact figures, own band):
+    .venv/bin/python bench/band.py --test-seed-only --entry "2026-12-01 — ..."   (4 runs)
+A change that only reorders sums (or a new machine type) refreshes only the exact figures:
+    .venv/bin/python bench/band.py --exact-only --entry "2026-12-01 — ..."   (1 run)
 """
 
 import argparse
@@ -34,20 +38,43 @@ def false_alarm(k: float, n: int) -> float:
     return float(2 * scipy_stats.t.sf(k / math.sqrt(1 + 1 / n), n - 1))
 
 
-def refresh_exact(work: Path, glue_dir: Path, entry: str) -> None:
-    """Run the test seed and replace the band file's exact figures and machine key; the band
-    stays, and nothing is written when the new figures leave it (then re-measure the band)."""
+def measure_own_band(work: Path, glue_dir: Path, seed: int, center: dict, entry: str,
+                     from_runs: bool) -> dict:
+    """Run (or read) `seed` under each of reproduction.VARIANTS; its band around `center`."""
+    variants = {}
+    for name, flags in recipe.VARIANTS.items():
+        out, start = work / f"seed{seed}-{name.replace(' ', '-')}", time.perf_counter()
+        variants[name] = recipe.figures(out) if from_runs else \
+            recipe.run_seed(seed, work / "data", glue_dir, out, flags)
+        print(f"seed {seed}, {name} ({time.perf_counter() - start:.0f} s): " +
+              ", ".join(f"{k} {v!r}" for k, v in variants[name].items()), flush=True)
+    own = recipe.own_band(center, variants, work / "data", f"log.md, {entry}")
+    print(f"| figure | seed {seed} | largest deviation | own band |\n|---|---:|---:|---|")
+    for n in recipe.FIGURES:
+        lo, hi = own["band"][n]
+        print(f"| {n} | {center[n]:.8g} | {own['deviation'][n]:.3g} | [{lo:.8g}, {hi:.8g}] |")
+    return own
+
+
+def refresh_test_seed(work: Path, glue_dir: Path, entry: str, own: bool) -> None:
+    """Run the test seed and replace the band file's exact figures and machine key (and, with
+    `own`, its own band); nothing is written when the new figures leave the seeds' band (then
+    re-measure everything), or, without `own`, the seed's own band."""
     band = recipe.load_band()
     seed = band["test_seed"]
     figures = recipe.run_seed(seed, work / "data", glue_dir, work / f"seed{seed}")
     print(f"seed {seed}: " + ", ".join(f"{k} {v!r}" for k, v in figures.items()))
-    problems = recipe.outside(figures, band)
-    if problems:
-        raise SystemExit("not written: the new figures leave the band; re-measure it\n" +
+    if problems := recipe.outside(figures, band):
+        raise SystemExit("not written: the new figures leave the seeds' band; re-measure it\n" +
                          "\n".join(problems))
+    if own:
+        band["test_seed_band"] = measure_own_band(work, glue_dir, seed, figures, entry, False)
+    elif problems := recipe.outside_any(figures, band, work / "data"):
+        raise SystemExit("not written: the new figures leave the test seed's own band; "
+                         "re-measure it with --test-seed-only\n" + "\n".join(problems))
     band["exact"] = {"key": recipe.machine_key(), "figures": figures, "source": f"log.md, {entry}"}
     recipe.BAND_FILE.write_text(json.dumps(band, indent=2) + "\n")
-    print(f"wrote the exact figures into {recipe.BAND_FILE}")
+    print(f"wrote the exact figures{' and own band' if own else ''} into {recipe.BAND_FILE}")
 
 
 def main() -> None:
@@ -63,15 +90,19 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="print only; keep the band file")
     p.add_argument("--from-runs", action="store_true",
                    help="read the figures of runs already in --work instead of running")
-    p.add_argument("--exact-only", action="store_true",
-                   help="run the test seed only and replace the exact figures (band unchanged)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--exact-only", action="store_true",
+                      help="run the test seed only and replace the exact figures (bands kept)")
+    only.add_argument("--test-seed-only", action="store_true",
+                      help="run the test seed and its variants; replace its exact figures and "
+                           "own band (the seeds' band kept)")
     args = p.parse_args()
     work = Path(args.work).resolve()
     if not args.from_runs:
         shutil.rmtree(work, ignore_errors=True)
         recipe.prepare(work / "data")
-    if args.exact_only:
-        return refresh_exact(work, Path(args.glue_dir), args.entry)
+    if args.exact_only or args.test_seed_only:
+        return refresh_test_seed(work, Path(args.glue_dir), args.entry, args.test_seed_only)
     per_seed = {}
     for seed in range(args.seeds):
         out, start = work / f"seed{seed}", time.perf_counter()
@@ -104,7 +135,10 @@ def main() -> None:
               "std": {n: s[1] for n, s in stats.items()}, "band": band,
               "per_seed": {str(s): f for s, f in per_seed.items()}, "test_seed": args.test_seed,
               "exact": {"key": recipe.machine_key(), "figures": per_seed[args.test_seed],
-                        "source": f"log.md, {args.entry}"}}
+                        "source": f"log.md, {args.entry}"},
+              "test_seed_band": measure_own_band(work, Path(args.glue_dir), args.test_seed,
+                                                 per_seed[args.test_seed], args.entry,
+                                                 args.from_runs)}
     if not args.dry_run:
         recipe.BAND_FILE.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {recipe.BAND_FILE}")

@@ -1,6 +1,7 @@
 """Does the reproduction band catch what it is for? Run the band's test seed under deliberate bugs
 (each one edit to the code, in a throwaway git worktree of HEAD) and print which figures leave the
-band of tests/reproduction_band.json. log.md (session 13) has the table and what it means.
+bands of tests/reproduction_band.json (the seeds', and the test seed's own). log.md (sessions 13,
+14) has the table and what it means.
     .venv/bin/python bench/band_mutations.py [NAME ...]        (~2.6 min per mutation)
 """
 
@@ -66,7 +67,7 @@ def main() -> None:
                 figures = recipe.run_seed(seed, Path(scratch) / "data", Path(args.glue_dir),
                                           Path(scratch) / name)
                 (tree / path).write_text(source)
-                out = recipe.outside(figures, band)
+                out = recipe.outside_any(figures, band, Path(scratch) / "data")
                 print(f"{name} ({time.perf_counter() - start:.0f} s): " +
                       ", ".join(f"{k} {v:.4f}" for k, v in figures.items()), flush=True)
                 print("  " + ("\n  ".join(out) if out else "INSIDE the band: not caught"),

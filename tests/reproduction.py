@@ -3,8 +3,13 @@ band file that tests/test_reproduction.py and bench/band.py share. Every stage r
 `python -m bertjax.{prepare,train}` in a subprocess whose environment is pinned here (8 forced
 CPU devices, strict promotion, offline), so the test and the bench measure the same numbers.
 A "seed" s is train.seed=s for pretraining and glue.seeds=[s] for fine-tuning.
+
+Two bands: the seeds' band (mean ± k std over many seeds: what any correct run lands in) and the
+test seed's own band (its figures ± what numerically equivalent runs of that same seed move
+them: a few thousand times narrower, so it also sees bugs too small for the seeds' spread).
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -27,13 +32,23 @@ FIGURES = {
     "sst2_dev_accuracy": "fine-tuning: SST-2 dev accuracy after one epoch",
     "sst2_train_loss": "fine-tuning: SST-2 training loss over the epoch",
 }
+XLA_FLAGS = "--xla_force_host_platform_device_count=8"
+# Runs of the test seed that only reorder floating-point sums, as another CPU type, XLA version or
+# a harmless refactor would: the gradient reduced over fewer devices, XLA's fusion changed.
+VARIANTS = {"1 device": "--xla_force_host_platform_device_count=1",
+            "2 devices": "--xla_force_host_platform_device_count=2",
+            "XLA -O0": f"{XLA_FLAGS} --xla_backend_optimization_level=0"}
+# The test seed's band: its figure ± max(MARGIN x the variants' largest deviation, a floor of
+# 1e-4 relative, or 0.5 % for an accuracy: a few dev examples, ~60 MLM predictions), because
+# the three variants cannot show every other machine's rounding (log.md, session 14).
+MARGIN, RELATIVE_FLOOR, ACCURACY_FLOOR = 10.0, 1e-4, 0.005
 SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "asimd")
 
 
-def pinned_env() -> dict[str, str]:
+def pinned_env(xla_flags: str = XLA_FLAGS) -> dict[str, str]:
     """The test suite's environment (tests/conftest.py), pinned: no inherited JAX/XLA settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env.update(XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu",
                JAX_NUMPY_DTYPE_PROMOTION="strict", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="true", PYTHONHASHSEED="0")
     return env
@@ -57,9 +72,9 @@ def machine_key() -> dict:
             "xla_flags": pinned_env()["XLA_FLAGS"]}
 
 
-def _run(args: list[str], log: Path) -> None:
+def _run(args: list[str], log: Path, xla_flags: str = XLA_FLAGS) -> None:
     with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=pinned_env(),
+        done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=pinned_env(xla_flags),
                               stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode:
         tail = "\n".join(log.read_text().splitlines()[-30:])
@@ -72,14 +87,24 @@ def prepare(data_dir: Path) -> None:
     _run(["bertjax.prepare", str(PRETRAIN), f"data.dir={data_dir}"], data_dir / "prepare.log")
 
 
-def run_seed(seed: int, data_dir: Path, glue_dir: Path, out: Path) -> dict[str, float]:
+def data_sha256(data_dir: Path) -> str:
+    """The prepared tokens' fingerprint. The corpus is this Python's stdlib, so another Python
+    version prepares other tokens: the test seed's band holds only for the same tokens."""
+    digest = hashlib.sha256()
+    for name in ("train.bin", "train.lengths", "validation.bin", "validation.lengths"):
+        digest.update((data_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
+def run_seed(seed: int, data_dir: Path, glue_dir: Path, out: Path,
+             xla_flags: str = XLA_FLAGS) -> dict[str, float]:
     """Pretrain + fine-tune one seed into out/pretrain and out/sst2; returns its figures."""
     pre, ft = out / "pretrain", out / "sst2"
     out.mkdir(parents=True, exist_ok=True)
     _run(["bertjax.train", str(PRETRAIN), f"data.dir={data_dir}", f"train.run_dir={pre}",
-          f"train.seed={seed}"], out / "pretrain.log")
+          f"train.seed={seed}"], out / "pretrain.log", xla_flags)
     _run(["bertjax.train", str(FINETUNE), f"init.checkpoint={pre}", f"glue.data_dir={glue_dir}",
-          f"train.run_dir={ft}", f"glue.seeds=[{seed}]"], out / "sst2.log")
+          f"train.run_dir={ft}", f"glue.seeds=[{seed}]"], out / "sst2.log", xla_flags)
     return figures(out)
 
 
@@ -101,8 +126,32 @@ def load_band() -> dict:
     return json.loads(BAND_FILE.read_text())
 
 
-def outside(figures: dict[str, float], band: dict) -> list[str]:
-    """One line per figure outside its band."""
-    return [f"{name} = {figures[name]:.6g} is outside its band [{lo:.6g}, {hi:.6g}]"
+def own_band(center: dict[str, float], variants: dict[str, dict[str, float]],
+                   data_dir: Path, source: str) -> dict:
+    """The test seed's band from its default run (`center`) and its VARIANTS' runs."""
+    deviation = {n: max(abs(v[n] - center[n]) for v in variants.values()) for n in FIGURES}
+    half = {n: max(MARGIN * deviation[n], ACCURACY_FLOOR if "accuracy" in n else
+                   RELATIVE_FLOOR * abs(center[n])) for n in FIGURES}
+    return {"source": source, "data_sha256": data_sha256(data_dir), "margin": MARGIN,
+            "relative_floor": RELATIVE_FLOOR, "accuracy_floor": ACCURACY_FLOOR,
+            "figures": center, "variants": {name: {"xla_flags": VARIANTS[name], "figures": v}
+                                            for name, v in variants.items()},
+            "deviation": deviation,
+            "band": {n: [center[n] - half[n], center[n] + half[n]] for n in FIGURES}}
+
+
+def outside(figures: dict[str, float], band: dict, which: str = "the seeds' band") -> list[str]:
+    """One line per figure outside `band` (the band file, or its "test_seed_band")."""
+    return [f"{name} = {figures[name]:.6g} is outside {which} [{lo:.6g}, {hi:.6g}]"
             for name, (lo, hi) in ((n, band["band"][n]) for n in FIGURES)
             if not lo <= figures[name] <= hi]
+
+
+def outside_any(figures: dict[str, float], band: dict, data_dir: Path) -> list[str]:
+    """Lines for the seeds' band, and for the test seed's band when it holds here (same tokens);
+    the caller runs the test seed."""
+    tight = band.get("test_seed_band")
+    lines = outside(figures, band)
+    if tight and data_sha256(data_dir) == tight["data_sha256"]:
+        lines += outside(figures, tight, f"seed {band['test_seed']}'s own band")
+    return lines
