@@ -16,6 +16,7 @@ from reproduction import (
     machine_key,
     outside,
     outside_any,
+    own_band,
     prepare,
     run_seed,
 )
@@ -74,3 +75,21 @@ def test_each_mutation_still_finds_the_line_it_breaks():
     stale = [f"{name}: {old!r} in {path}" for name, (path, old, _) in MUTATIONS.items()
              if (ROOT / path).read_text().count(old) != 1]
     assert not stale, "not found exactly once: " + "; ".join(stale)
+
+
+def test_the_own_band_holds_only_for_the_tokens_it_was_measured_on(tmp_path):
+    """A figure a few own-band widths off fails only where the prepared tokens are the band's
+    (elsewhere the corpus differs, and only the seeds' band applies)."""
+    for name in ("train.bin", "train.lengths", "validation.bin", "validation.lengths"):
+        (tmp_path / name).write_bytes(name.encode())
+    band = load_band()
+    center = band["test_seed_band"]["figures"]
+    variants = {"1 device": dict(center, val_mlm_loss=center["val_mlm_loss"] + 1e-4)}
+    band["test_seed_band"] = own_band(center, variants, tmp_path, "here")
+    assert band["test_seed_band"]["band"]["val_mlm_loss"] == pytest.approx(
+        [center["val_mlm_loss"] - 1e-3, center["val_mlm_loss"] + 1e-3])
+    off = dict(center, val_mlm_loss=center["val_mlm_loss"] + 3e-3)  # inside the seeds' band
+    assert outside(off, band) == [] and outside_any(center, band, tmp_path) == []
+    assert [line.split(" = ")[0] for line in outside_any(off, band, tmp_path)] == ["val_mlm_loss"]
+    (tmp_path / "train.bin").write_bytes(b"other tokens")
+    assert outside_any(off, band, tmp_path) == []
