@@ -6,7 +6,8 @@ A "seed" s is train.seed=s for pretraining and glue.seeds=[s] for fine-tuning.
 
 Two bands: the seeds' band (mean ± k std over many seeds: what any correct run lands in) and the
 test seed's own band (its figures ± what numerically equivalent runs of that same seed move
-them: a few thousand times narrower, so it also sees bugs too small for the seeds' spread).
+them: ~800 times narrower in the pretraining figures, so it also sees bugs too small for the
+seeds' spread).
 """
 
 import hashlib
@@ -126,8 +127,8 @@ def load_band() -> dict:
     return json.loads(BAND_FILE.read_text())
 
 
-def own_band(center: dict[str, float], variants: dict[str, dict[str, float]],
-                   data_dir: Path, source: str) -> dict:
+def own_band(center: dict[str, float], variants: dict[str, dict[str, float]], data_dir: Path,
+             source: str) -> dict:
     """The test seed's band from its default run (`center`) and its VARIANTS' runs."""
     deviation = {n: max(abs(v[n] - center[n]) for v in variants.values()) for n in FIGURES}
     half = {n: max(MARGIN * deviation[n], ACCURACY_FLOOR if "accuracy" in n else

@@ -3,7 +3,7 @@ that bench/band.py measured over many seeds (tests/reproduction_band.json); insi
 band (what numerically equivalent runs of it moved its figures, widened) wherever the prepared
 tokens are the ones it was measured on; and, on the machine type and versions the band file
 names, reproduce that seed's figures bit for bit (the recipe's tokenizer is a committed file, so
-a fresh prepare gives the same tokens). Needs ../shared/data/glue/SST-2; about 2.6 minutes on 2
+a fresh prepare gives the same tokens). Needs ../shared/data/glue/SST-2; about 3 minutes on 2
 quiet CPU cores.
 """
 
