@@ -5,7 +5,8 @@ state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config h
 adds its divergence watch). Orbax writes to a temporary directory and renames it when complete, so
 a crash mid-save never damages the last complete checkpoint, and `latest_step` only sees finished
 ones. Restores go into an abstract tree with the current shardings, so a different device count
-works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full to write one, are
+works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full to write one
+(checked before writing against the latest checkpoint's size, and caught while writing), are
 one-line UserErrors.
 """
 
@@ -118,8 +119,26 @@ class Checkpoints:
     def delete(self, step: int) -> None:
         self.manager.delete(step)
 
+    def _check_room(self, step: int) -> None:
+        """Refuse before the first byte when the disk has less room than the latest checkpoint
+        takes (the next one holds the same arrays, and Orbax deletes the oldest only after a
+        save): a save that fails midway leaves writes that tensorstore may still finish after
+        Orbax raised, which the cleanup can only chase."""
+        latest = self.manager.latest_step()
+        if latest is None:
+            return
+        size = sum(f.stat().st_size for f in (self.directory / str(latest)).rglob("*")
+                   if f.is_file())
+        free = shutil.disk_usage(self.directory).free
+        if free < size:
+            raise UserError(f"no space left on the disk holding {self.directory} for checkpoint "
+                            f"{step}: it needs about {size / 2**20:.2f} MiB (checkpoint {latest} "
+                            f"does), {free / 2**20:.2f} MiB are free; nothing was written: free "
+                            "space or choose another directory, then run the same command again")
+
     @_disk_full_is_user_error
     def save(self, step: int, state, meta: dict) -> None:
+        self._check_room(step)
         meta = {"schema_version": SCHEMA_VERSION, "step": step, **meta}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)

@@ -326,6 +326,31 @@ def test_disk_full_at_a_checkpoint_removes_orbax_temporaries(run, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
+def test_a_disk_without_room_for_the_latest_checkpoints_size_is_refused_before_writing(
+        run, tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from bertjax import checkpoint as checkpoint_lib
+
+    run_dir = Path(shutil.copytree(run[0], tmp_path / "run"))
+    checkpoints = Checkpoints(run_dir)
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    latest = checkpoints.directory / str(checkpoints.latest_step())
+    size = sum(f.stat().st_size for f in latest.rglob("*") if f.is_file())
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size - 1))
+    checkpoints.manager.save = lambda *a, **k: pytest.fail("wrote despite the full disk")
+    with pytest.raises(UserError, match=r"for checkpoint 7: it needs about .* MiB \(checkpoint "
+                                        r"\d+ does\), .* free; nothing was written"):
+        checkpoints.save(7, {"x": jnp.zeros(3)}, {})
+    monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size))
+    with pytest.raises(pytest.fail.Exception, match="wrote despite"):  # room: it writes
+        checkpoints.save(7, {"x": jnp.zeros(3)}, {})
+    checkpoints.close()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
 def test_a_write_finishing_after_the_disk_full_error_leaves_no_temporaries(run, tmp_path):
     """Orbax raises at the first failed write while tensorstore still finishes others, which
     re-create the temporary directory after a first removal: the save waits them out."""

@@ -432,8 +432,9 @@ def test_disk_full_while_exporting_keeps_the_old_bundle(world, tmp_path, tmpfs):
 
 
 def test_disk_full_at_a_checkpoint_keeps_the_earlier_ones(world, tmp_path, tmpfs):
-    """Resume the run for one more step on a disk without room for its checkpoint: the two
-    earlier checkpoints stay, and orbax's temporary directory is removed."""
+    """Resume the run for one more step on a disk without room for its checkpoint: refused
+    before writing (less room than the latest checkpoint takes), the two earlier checkpoints
+    stay. (The cleanup after a write that fails midway: test_export's disk-full tests.)"""
     mount = tmp_path / "disk"
     setup = f"cp -r {world.run} {mount}/run"
     args = ["-m", "bertjax.train", str(world.pretrain_yaml), f"train.run_dir={mount / 'run'}",
