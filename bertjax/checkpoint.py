@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -93,6 +94,8 @@ def _disk_full_is_user_error(save):
             if is_disk_full(e):
                 _remove_temporaries(self.directory)
                 loggers = []  # the filters stay: asyncio reports the failed writes again at exit
+                # and the writes Orbax abandoned warn at exit, after the one-line error (CI)
+                warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
                 raise disk_full_error(self.directory, f"checkpoint {step}") from None
             raise
         finally:
