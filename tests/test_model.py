@@ -125,7 +125,8 @@ def test_dropout_is_driven_by_the_key():
 def test_every_dropout_draws_from_its_own_key(monkeypatch, scan_layers):
     """No two dropouts of one forward pass share a key: a key reused across layers gives every
     layer the same mask, which no output-level test notices and which moves the reproduction
-    band's figures less than a seed does (log.md, session 13)."""
+    figures less than a seed does (only the test seed's own band sees it: log.md, session 14);
+    this says which key in seconds."""
     seen = []
 
     def recording(x, rate, key):

@@ -91,7 +91,8 @@ def test_the_gradient_is_that_of_the_mean_loss_over_the_real_predictions():
     """The step divides the summed MLM loss by the number of real predictions (weight 1; the
     padding slots weigh 0) in the whole batch, across its micro-batches, and the pair loss by
     the rows. A wrong count hardly changes what AdamW learns (it is invariant to a constant loss
-    scale), so the reproduction band cannot see one (log.md, session 13); this can."""
+    scale), so the seeds' reproduction band cannot see one (only the test seed's own band does:
+    log.md, session 14); this says so in seconds."""
     _, _, state, batch, spec = setup(rows=16)
     masked = mask_rows(spec, jax.random.key(1), {k: jnp.asarray(v) for k, v in batch.items()},
                        jnp.int32(0))
