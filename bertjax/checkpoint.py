@@ -96,7 +96,7 @@ def _disk_full_is_user_error(save):
                 loggers = []  # the filters stay: asyncio reports the failed writes again at exit
                 # and the writes Orbax abandoned warn at exit, after the one-line error (CI)
                 warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
-                raise disk_full_error(self.directory, f"checkpoint {step}") from None
+                raise disk_full_error(self.directory, f"while writing checkpoint {step}") from None
             raise
         finally:
             for logger in loggers:
@@ -134,10 +134,9 @@ class Checkpoints:
                    if f.is_file())
         free = shutil.disk_usage(self.directory).free
         if free < size:
-            raise UserError(f"no space left on the disk holding {self.directory} for checkpoint "
-                            f"{step}: it needs about {size / 2**20:.2f} MiB (checkpoint {latest} "
-                            f"does), {free / 2**20:.2f} MiB are free; nothing was written: free "
-                            "space or choose another directory, then run the same command again")
+            raise disk_full_error(self.directory, f"for checkpoint {step}: it needs about "
+                                  f"{size / 2**20:.2f} MiB (checkpoint {latest} does), "
+                                  f"{free / 2**20:.2f} MiB are free", "nothing was written")
 
     @_disk_full_is_user_error
     def save(self, step: int, state, meta: dict) -> None:

@@ -85,7 +85,7 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     except Exception as e:  # safetensors raises its own error type for ENOSPC
         if is_disk_full(e):
-            raise disk_full_error(out_dir.parent, f"the bundle {out_dir}") from None
+            raise disk_full_error(out_dir.parent, f"while writing the bundle {out_dir}") from None
         raise
     return out_dir
 

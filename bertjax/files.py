@@ -136,10 +136,11 @@ def is_disk_full(e: BaseException) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def disk_full_error(where: str | Path, what: str) -> UserError:
-    return UserError(f"no space left on the disk holding {where} while writing {what}; nothing "
-                     "was half-written (temporary files were removed): free space or choose "
-                     "another directory, then run the same command again")
+def disk_full_error(where: str | Path, what: str,
+                    outcome: str = "nothing was half-written (temporary files were removed)"
+                    ) -> UserError:
+    return UserError(f"no space left on the disk holding {where} {what}; {outcome}: free space "
+                     "or choose another directory, then run the same command again")
 
 
 LOCK_NAME = ".lock"

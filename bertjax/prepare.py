@@ -315,7 +315,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
         return meta
     except Exception as e:  # the tokenizers library raises a bare Exception for ENOSPC
         if is_disk_full(e):
-            raise disk_full_error(directory, "the prepared data") from None
+            raise disk_full_error(directory, "while writing the prepared data") from None
         raise
     finally:
         for tmp in directory.glob("*.tmp"):
