@@ -2,18 +2,22 @@
 
 `run(item)` dispatches on item["kind"]: "matmul" (the practical bf16 matmul peak), "ours" (the
 bertjax pretraining step: compile time, step time, memory, the attention path that really ran,
-and optionally a profile), "peer" / "peer-compile" (Hugging Face BertForMaskedLM, eager or under
+and optionally a profile), "loop" (the whole pretraining loop on real data: what the host adds
+to the step), "peer" / "peer-compile" (Hugging Face BertForMaskedLM, eager or under
 torch.compile, through bench/train.py's `run_peer`).
 """
 
 import argparse
+import json
+import tempfile
 import time
+from pathlib import Path
 
 SPECIAL_IDS = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
 
 
 def run(item: dict) -> dict:
-    return {"matmul": matmul_peak, "ours": run_ours, "peer": run_peer,
+    return {"matmul": matmul_peak, "ours": run_ours, "loop": run_loop, "peer": run_peer,
             "peer-compile": run_peer_compiled}[item["kind"]](item)
 
 
@@ -132,6 +136,49 @@ def run_ours(item: dict) -> dict:
 
         result["profile"] = trace_steps(profiled, item["profile_steps"], hlo)
     return result
+
+
+def run_loop(item: dict) -> dict:
+    """`python -m bertjax.train configs/demo.yaml` at the item's shape, its corpus prepared in a
+    temporary folder: 4 log windows of item["steps"] steps each. The windows after the first
+    (which holds the compilation) give the loop's step time; beside the bare step's (item "ours",
+    same shape, fixed batch on the device) it is what the host adds: reading and copying batches,
+    dispatch, the metrics read-back at each log line."""
+    import jax
+
+    from bertjax import config
+    from bertjax.model import attention_summary, flops_per_token
+    from bertjax.train import main as train
+
+    size, vocab, batch, seq = item["shape"]
+    every = item["steps"]
+    with tempfile.TemporaryDirectory(prefix="gpu_suite_loop_") as tmp:
+        overrides = [f"data.dir={tmp}/data", f"train.run_dir={tmp}/run", f"model.size={size}",
+                     f"model.vocab_size={vocab}", f"tokenizer.vocab_size={min(vocab, 8192)}",
+                     "model.dropout=0.1", "model.attention_dropout=0.0",
+                     f"precision.compute={item['precision']}", f"data.seq_len={seq}",
+                     f"train.micro_batch={batch}", f"train.steps={4 * every}",
+                     f"train.log_every={every}", "train.eval_every=0", "train.eval_batches=1",
+                     "train.checkpoint_every=0", "train.fill_mask=[]", *item["set"]]
+        t0 = time.time()
+        train([str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), *overrides])
+        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+        rows = [r for r in map(json.loads, lines) if "loss" in r]  # not the validation row
+        cfg = config.load([str(Path(tmp) / "run" / "config.yaml")], [])
+    # The first row's window holds the compilation and has no rate (bertjax.metrics.Monitor).
+    later = [r["tokens_per_s"] for r in rows[1:]]
+    if len(later) != 3:
+        raise RuntimeError(f"expected 4 training rows in metrics.jsonl, found {len(rows)}")
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    step_s = sum(batch * seq / rate for rate in later) / len(later)
+    return {"name": "bertjax loop (demo corpus)", "step_s": step_s,
+            "first_step_s": rows[0]["time"] - t0, "loss": rows[-1]["loss"],
+            "flops_per_token": flops_per_token(cfg.model, seq, cfg.data.predictions),
+            "peak_bytes": stats["peak_bytes_in_use"] if stats else None,
+            "attention": attention_summary(cfg.model, item["precision"]),
+            "window_tok_s": later, "device": device.device_kind,
+            "jax": jax.__version__}
 
 
 def peer_args(item: dict) -> argparse.Namespace:

@@ -89,12 +89,15 @@ def test_smoke_run_end_to_end(tmp_path):
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     status = {d["id"]: d["status"] for d in report["items"]}
     assert {k: v for k, v in status.items() if k != "peer"} == dict.fromkeys(
-        ["matmul", "ours", "profile"], "ok"), status
+        ["matmul", "ours", "loop", "profile"], "ok"), status
     assert status["peer"] == "ok" or "not installed" in status["peer"]
     by_id = {d["id"]: d for d in report["items"]}
     ours = by_id["ours"]["result"]
     assert ours["micro_batch"] == 4 and ours["attention"].startswith("XLA's")
     assert by_id["profile"]["note"].endswith("row: ours")
+    loop = by_id["loop"]["result"]  # 3 timed log windows of the real pretraining loop
+    assert len(loop["window_tok_s"]) == 3 and min(loop["window_tok_s"]) > 0
+    assert loop["step_s"] > 0 and loop["flops_per_token"] == ours["flops_per_token"]
     profile = by_id["profile"]["result"]["profile"]
     assert profile["kernel_ms_per_step"] > 0 and profile["families_ms"]["matmul"] > 0
     assert profile["families_ms"]["attention"] > 0  # the named scope reaches the profile
