@@ -50,13 +50,13 @@ def gpu_plan() -> list[dict]:
         item("peer", "peer", budget=60),
         item("attn-xla", "ours", set_=["model.attention=xla"]),
         item("b256", "ours", SHAPES["b256"]),
-        item("loop", "loop", budget=120, note="the whole pretraining loop on the demo corpus: "
-             "beside ours, what the host adds"),
         item("remat", "ours", set_=["model.remat=true"]),
         item("peer-compile", "peer-compile", budget=120),
         item("micro", "ours", SHAPES["b256"], set_=["train.micro_batch=128"],
              note="batch 256 as 2 accumulated micro-batches of 128"),
         item("unrolled", "ours", budget=120, set_=["model.scan_layers=false"]),
+        item("loop", "loop", budget=120, note="the whole pretraining loop on the demo corpus: "
+             "beside ours, what the host adds"),
         *(item(name, "ours", xla=flag) for name, flag in XLA.items()),
         item("s512", "ours", SHAPES["s512"]),
         item("peer-s512", "peer", SHAPES["s512"], budget=45),
