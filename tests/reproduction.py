@@ -57,7 +57,7 @@ def pinned_env(xla_flags: str = XLA_FLAGS) -> dict[str, str]:
 
 def machine_key() -> dict:
     """What a bit-exact result holds for: CPU model and SIMD flags, core count, and the versions
-    that decide the numbers (Python's stdlib is the corpus; tokenizers trains the vocabulary)."""
+    that could decide the numbers (tokenizers encodes the corpus)."""
     info = {}
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -83,14 +83,15 @@ def _run(args: list[str], log: Path, xla_flags: str = XLA_FLAGS) -> None:
 
 
 def prepare(data_dir: Path) -> None:
-    """Tokenizer + prepared stdlib corpus (the same for every seed)."""
+    """The committed corpus through the committed vocabulary (configs/band.yaml): the same tokens
+    for every seed, on any Python."""
     data_dir.mkdir(parents=True, exist_ok=True)
     _run(["bertjax.prepare", str(PRETRAIN), f"data.dir={data_dir}"], data_dir / "prepare.log")
 
 
 def data_sha256(data_dir: Path) -> str:
-    """The prepared tokens' fingerprint. The corpus is this Python's stdlib, so another Python
-    version prepares other tokens: the test seed's band holds only for the same tokens."""
+    """The prepared tokens' fingerprint: the test seed's band holds only for the tokens it was
+    measured on (another tokenizers version could encode the corpus differently)."""
     digest = hashlib.sha256()
     for name in ("train.bin", "train.lengths", "validation.bin", "validation.lengths"):
         digest.update((data_dir / name).read_bytes())

@@ -2,15 +2,16 @@
 that bench/band.py measured over many seeds (tests/reproduction_band.json); inside that seed's own
 band (what numerically equivalent runs of it moved its figures, widened) wherever the prepared
 tokens are the ones it was measured on; and, on the machine type and versions the band file
-names, reproduce that seed's figures bit for bit (the recipe's tokenizer is a committed file, so
-a fresh prepare gives the same tokens). Needs ../shared/data/glue/SST-2; about 3 minutes on 2
-quiet CPU cores.
+names, reproduce that seed's figures bit for bit (the recipe's corpus and tokenizer are committed
+files, so a fresh prepare gives the same tokens on any Python). Needs ../shared/data/glue/SST-2;
+about 3 minutes on 2 quiet CPU cores.
 """
 
 import pytest
 from band_mutations import MUTATIONS, ROOT
 from reproduction import (
     FIGURES,
+    PRETRAIN,
     data_sha256,
     load_band,
     machine_key,
@@ -44,10 +45,10 @@ def test_one_seed_stays_in_the_band(tmp_path, shared_data):
                 if same_tokens else "")
         want = f", exact {exact['figures'][name]!r}" if same_machine else ""
         lines.append(f"  {name:18s} {figures[name]!r:22} band [{lo:.6g}, {hi:.6g}]{mine}{want}")
-    if not same_tokens:  # the corpus is Python's stdlib: another Python, other tokens
-        lines.append("  own-band check off: the prepared tokens differ from the band's (Python "
-                     f"{key['python']}; the band file's exact figures are from Python "
-                     f"{exact['key']['python']})")
+    if not same_tokens:  # corpus and vocabulary are committed: only tokenizers could differ
+        lines.append("  own-band check off: the prepared tokens differ from the band's (tokenizers "
+                     f"{key['tokenizers']}; the band file's exact figures are from tokenizers "
+                     f"{exact['key']['tokenizers']})")
     if not same_machine:
         lines.append("  exact check off, other machine type or versions: " + ", ".join(
             f"{k} {key.get(k)!r} (band file: {v!r})" for k, v in exact["key"].items()
@@ -93,3 +94,23 @@ def test_the_own_band_holds_only_for_the_tokens_it_was_measured_on(tmp_path):
     assert [line.split(" = ")[0] for line in outside_any(off, band, tmp_path)] == ["val_mlm_loss"]
     (tmp_path / "train.bin").write_bytes(b"other tokens")
     assert outside_any(off, band, tmp_path) == []
+
+
+def test_the_band_corpus_prepares_to_the_tokens_the_band_was_measured_on(tmp_path, monkeypatch):
+    """The recipe's corpus and vocabulary are committed, so on any Python a fresh prepare gives
+    the band's tokens; a change to prepare or the corpus that alters them would otherwise turn
+    the test seed's own band off without a failure (the slow test only says so)."""
+    from importlib.metadata import version
+
+    from bertjax import config
+    from bertjax.prepare import ensure_prepared
+
+    monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository
+    band = load_band()
+    ensure_prepared(config.load([str(PRETRAIN)], [f"data.dir={tmp_path}"]))
+    if version("tokenizers") != band["exact"]["key"]["tokenizers"]:
+        pytest.skip(f"tokenizers {version('tokenizers')} here, the band's tokens are from "
+                    f"tokenizers {band['exact']['key']['tokenizers']}")
+    assert data_sha256(tmp_path) == band["test_seed_band"]["data_sha256"], (
+        "the band recipe's tokens changed: re-measure the band (bench/band.py) and say why in "
+        "log.md")
