@@ -200,14 +200,15 @@ def rows(report: dict) -> list[str]:
         speedup = f"{peer / r['step_s']:.2f}x" if peer else ""
         mem = r.get("peak_bytes") or r.get("compiled_bytes")
         mem = f"{mem / 2**20:.0f}" if mem else f"{r['max_rss_mb']:.0f}r"
-        what = r.get("attention", r.get("name", ""))
+        what = r.get("attention", r.get("name", ""))[:60]
         what += " [fmha in HLO]" if r.get("cudnn_attention_in_hlo") else ""
+        what += f" [its end failed: {r['run_end']}]" if r.get("run_end", "ok") != "ok" else ""
         lines.append(
             f"{d['id']:22} {shape:22} {r.get('compile_s', r['first_step_s']):9.1f} "
             f"{r['step_s'] * 1e3:8.2f} {tok_s:10,.0f} {speedup:>7} "
             f"{pct(achieved / vendor if achieved and vendor else None):>6} "
             f"{pct(achieved / measured if achieved and measured else None):>6} "
-            f"{mem:>8} {r['loss']:7.3f}  {what[:60]}")
+            f"{mem:>8} {r['loss']:7.3f}  {what}")
     return lines
 
 

@@ -161,14 +161,22 @@ def run_loop(item: dict) -> dict:
                      f"train.log_every={every}", "train.eval_every=0", "train.eval_batches=1",
                      "train.checkpoint_every=0", "train.fill_mask=[]", *item["set"]]
         t0 = time.time()
-        train([str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), *overrides])
-        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+        ended = "ok"
+        try:
+            train([str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), *overrides])
+        except Exception as e:  # noqa: BLE001 e.g. the image lacks matplotlib for the end plot:
+            ended = f"{type(e).__name__}: {e}"[:120]  # the timed windows may all be written
+        run = Path(tmp) / "run"
+        if not (run / "metrics.jsonl").is_file():
+            raise RuntimeError(f"the run wrote no metrics; it ended: {ended}")
+        lines = (run / "metrics.jsonl").read_text().splitlines()
         rows = [r for r in map(json.loads, lines) if "loss" in r]  # not the validation row
-        cfg = config.load([str(Path(tmp) / "run" / "config.yaml")], [])
+        cfg = config.load([str(run / "config.yaml")], [])
     # The first row's window holds the compilation and has no rate (bertjax.metrics.Monitor).
     later = [r["tokens_per_s"] for r in rows[1:]]
     if len(later) != 3:
-        raise RuntimeError(f"expected 4 training rows in metrics.jsonl, found {len(rows)}")
+        raise RuntimeError(f"expected 4 training rows in metrics.jsonl, found {len(rows)}; the "
+                           f"run ended: {ended}")
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     step_s = sum(batch * seq / rate for rate in later) / len(later)
@@ -176,7 +184,7 @@ def run_loop(item: dict) -> dict:
             "first_step_s": rows[0]["time"] - t0, "loss": rows[-1]["loss"],
             "flops_per_token": flops_per_token(cfg.model, seq, cfg.data.predictions),
             "peak_bytes": stats["peak_bytes_in_use"] if stats else None,
-            "attention": attention_summary(cfg.model, item["precision"]),
+            "attention": attention_summary(cfg.model, item["precision"]), "run_end": ended,
             "window_tok_s": later, "device": device.device_kind,
             "jax": jax.__version__}
 

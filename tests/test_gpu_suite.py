@@ -103,3 +103,23 @@ def test_smoke_run_end_to_end(tmp_path):
     assert profile["families_ms"]["attention"] > 0  # the named scope reaches the profile
     text = (tmp_path / "gpu_suite.txt").read_text()
     assert "profile (2 steps)" in text and "MFU" in text
+
+
+@pytest.mark.slow
+def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypatch):
+    """A GPU image without matplotlib fails the run's end plot after every timed window is
+    written: the item still reports them, and says how the run ended."""
+    import suite_items
+
+    from bertjax import plot
+
+    def no_matplotlib(run_dir):
+        raise ModuleNotFoundError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(plot, "plot_run", no_matplotlib)
+    item = gpu_suite.item("loop", "loop", ("tiny", 512, 8, 32), set_=["data.max_documents=300"],
+                          precision="float32", steps=2)
+    result = suite_items.run_loop(item)
+    assert result["run_end"] == "ModuleNotFoundError: No module named 'matplotlib'"
+    assert len(result["window_tok_s"]) == 3 and result["step_s"] > 0
+
