@@ -64,13 +64,18 @@ def describe_ops(hlo_text: str) -> dict[str, dict[str, str]]:
 def device_events(trace: dict) -> list[dict]:
     """The trace's XLA-op events: those naming an `hlo_op`. A GPU's kernels sit on its
     "Stream" threads; other threads there repeat them as derived summaries, so where stream
-    threads exist only they count (on CPU, ops run on the PjRt client threads)."""
+    threads exist only they count (on CPU, ops run on the PjRt client threads). A trace whose
+    events name no hlo_op (a profiler version that drops it) falls back to every event on the
+    stream threads, named by its kernel."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
-    streams = [e for e in ops if threads.get((e["pid"], e["tid"]), "").startswith("Stream")]
-    return streams or ops
+    timed = [e for e in events if e.get("ph") == "X"]
+    on_stream = [e for e in timed
+                 if threads.get((e["pid"], e["tid"]), "").startswith("Stream")]
+    ops = [e for e in timed if "hlo_op" in e.get("args", {})]
+    streams = [e for e in on_stream if "hlo_op" in e.get("args", {})]
+    return streams or ops or on_stream
 
 
 def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 12) -> dict:
@@ -78,7 +83,7 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 1
     their time is their body's)."""
     by_family, by_op, names = collections.Counter(), collections.Counter(), {}
     for e in events:
-        op = e["args"]["hlo_op"]
+        op = e.get("args", {}).get("hlo_op") or e.get("name", "?")
         info = ops.get(op, {})
         if info.get("opcode") in CONTAINERS:
             continue
@@ -111,7 +116,8 @@ def trace_steps(fn, steps: int, compiled_text: str) -> dict:
             trace = json.load(f)
     events = device_events(trace)
     if not events:
-        return {"error": "the trace holds no event naming an hlo_op"}
+        return {"error": "the trace holds no XLA op event (none names an hlo_op, no Stream "
+                         "thread)"}
     return summarize(events, describe_ops(compiled_text), steps)
 
 

@@ -61,6 +61,21 @@ def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow():
     assert s["families_ms"]["matmul"] == 1.5 and s["families_ms"]["fusions/elementwise"] == 0.5
 
 
+def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels():
+    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
+            for t, n in ((1, "Stream #7(Compute)"), (200, "python"))]
+    kernels = [{"ph": "X", "pid": 1, "tid": tid, "name": name, "dur": dur, "args": {}}
+               for tid, name, dur in ((1, "loop_add_fusion", 1000.0),
+                                      (1, "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 3000.0),
+                                      (1, "MemcpyD2D", 500.0), (200, "jit_step", 9000.0))]
+    events = device_events({"traceEvents": meta + kernels})
+    assert [e["name"] for e in events] == ["loop_add_fusion",
+                                           "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", "MemcpyD2D"]
+    s = summarize(events, {}, steps=1)
+    assert s["families_ms"] == {"matmul": 3.0, "attention": 0.0, "fusions/elementwise": 1.0,
+                                "copies": 0.5, "scatter/gather": 0.0, "collectives": 0.0}
+
+
 def test_a_failing_item_is_reported_not_fatal():
     it = dict(gpu_suite.item("bad", "ours", ("tiny", 64, 2, 16), set_=["model.attention=flash"]),
               precision="float32", steps=1)
