@@ -165,7 +165,7 @@ def run_loop(item: dict) -> dict:
         ended = "ok"
         try:
             train([str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), *overrides])
-        except Exception as e:  # noqa: BLE001 e.g. the image lacks matplotlib for the end plot:
+        except Exception as e:  # e.g. the image lacks matplotlib for the plot at the end:
             ended = f"{type(e).__name__}: {e}"[:120]  # the timed windows may all be written
         run = Path(tmp) / "run"
         if not (run / "metrics.jsonl").is_file():

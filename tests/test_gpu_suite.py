@@ -10,7 +10,10 @@ from pathlib import Path
 
 import gpu_suite  # bench/ is on the path through pyproject's [tool.pytest.ini_options]
 import pytest
+import suite_items
 from profile_summary import describe_ops, device_events, family, summarize
+
+from bertjax import plot
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -124,9 +127,6 @@ def test_smoke_run_end_to_end(tmp_path):
 def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypatch):
     """A GPU image without matplotlib fails the run's end plot after every timed window is
     written: the item still reports them, and says how the run ended."""
-    import suite_items
-
-    from bertjax import plot
 
     def no_matplotlib(run_dir):
         raise ModuleNotFoundError("No module named 'matplotlib'")
@@ -137,4 +137,3 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     result = suite_items.run_loop(item)
     assert result["run_end"] == "ModuleNotFoundError: No module named 'matplotlib'"
     assert len(result["window_tok_s"]) == 3 and result["step_s"] > 0
-

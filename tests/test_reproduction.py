@@ -7,6 +7,8 @@ files, so a fresh prepare gives the same tokens on any Python). Needs ../shared/
 about 3 minutes on 2 quiet CPU cores.
 """
 
+from importlib.metadata import version
+
 import pytest
 from band_mutations import MUTATIONS, ROOT
 from reproduction import (
@@ -21,6 +23,9 @@ from reproduction import (
     prepare,
     run_seed,
 )
+
+from bertjax import config
+from bertjax.prepare import ensure_prepared
 
 
 @pytest.mark.slow
@@ -100,11 +105,6 @@ def test_the_band_corpus_prepares_to_the_tokens_the_band_was_measured_on(tmp_pat
     """The recipe's corpus and vocabulary are committed, so on any Python a fresh prepare gives
     the band's tokens; a change to prepare or the corpus that alters them would otherwise turn
     the test seed's own band off without a failure (the slow test only says so)."""
-    from importlib.metadata import version
-
-    from bertjax import config
-    from bertjax.prepare import ensure_prepared
-
     monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository
     band = load_band()
     ensure_prepared(config.load([str(PRETRAIN)], [f"data.dir={tmp_path}"]))
