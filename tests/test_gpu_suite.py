@@ -79,6 +79,15 @@ def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels():
                                 "copies": 0.5, "scatter/gather": 0.0, "collectives": 0.0}
 
 
+def test_a_call_without_the_matmul_item_keeps_its_mfu():
+    ours = {"id": "unrolled", "kind": "ours", "shape": ["base", 30522, 128, 128], "status": "ok",
+            "result": {"step_s": 0.05, "compile_s": 30.0, "first_step_s": 1.0, "loss": 10.0,
+                       "peak_bytes": 2**30, "flops_per_token": 1e9, "vendor_peak": 1e15,
+                       "attention": "cuDNN"}}
+    line = gpu_suite.rows({"items": [ours]})[1].split()
+    assert line[7:9] == ["327,680", "32.8%"]  # 128 x 128 / 0.05 s; x 1e9 FLOPs / 1e15
+
+
 def test_a_failing_item_is_reported_not_fatal():
     it = dict(gpu_suite.item("bad", "ours", ("tiny", 64, 2, 16), set_=["model.attention=flash"]),
               precision="float32", steps=1)
