@@ -8,7 +8,6 @@ torch.compile, through bench/train.py's `run_peer`).
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -149,6 +148,7 @@ def run_loop(item: dict) -> dict:
 
     from bertjax import config
     from bertjax.model import attention_summary, flops_per_token
+    from bertjax.plot import read_metrics
     from bertjax.train import main as train
 
     size, vocab, batch, seq = item["shape"]
@@ -170,8 +170,7 @@ def run_loop(item: dict) -> dict:
         run = Path(tmp) / "run"
         if not (run / "metrics.jsonl").is_file():
             raise RuntimeError(f"the run wrote no metrics; it ended: {ended}")
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        rows = [r for r in map(json.loads, lines) if "loss" in r]  # not the validation row
+        rows = [r for r in read_metrics(run) if "loss" in r]  # not a validation row
         cfg = config.load([str(run / "config.yaml")], [])
     # The first row's window holds the compilation and has no rate (bertjax.metrics.Monitor).
     later = [r["tokens_per_s"] for r in rows[1:]]
