@@ -6,8 +6,8 @@ adds its divergence watch). Orbax writes to a temporary directory and renames it
 a crash mid-save never damages the last complete checkpoint, and `latest_step` only sees finished
 ones. Restores go into an abstract tree with the current shardings, so a different device count
 works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full to write one
-(checked before writing against the latest checkpoint's size, and caught while writing), are
-one-line UserErrors.
+(checked before the first step and before each write, and caught while writing), are one-line
+UserErrors.
 """
 
 import contextlib
@@ -122,25 +122,33 @@ class Checkpoints:
     def delete(self, step: int) -> None:
         self.manager.delete(step)
 
-    def _check_room(self, step: int) -> None:
-        """Refuse before the first byte when the disk has less room than the latest checkpoint
-        takes (the next one holds the same arrays, and Orbax deletes the oldest only after a
-        save): a save that fails midway leaves writes that tensorstore may still finish after
-        Orbax raised, which the cleanup can only chase."""
+    def check_room(self, state, step: int | None = None) -> None:
+        """Refuse before the first byte when the disk has less room than a checkpoint of `state`
+        takes: as much as the latest one (the next holds the same arrays, and Orbax deletes the
+        oldest only after a save), or before the first, its arrays' bytes (Orbax stores them
+        uncompressed). A save that fails midway leaves writes that tensorstore may still finish
+        after Orbax raised, which the cleanup can only chase. The loops also call this before
+        their first step (`step` None), so a run on a disk too small for its checkpoints stops
+        at once, not at its first checkpoint hours later."""
         latest = self.manager.latest_step()
         if latest is None:
-            return
-        size = sum(f.stat().st_size for f in (self.directory / str(latest)).rglob("*")
-                   if f.is_file())
+            size = sum(x.nbytes for x in jax.tree.leaves(eqx.filter(state, eqx.is_array)))
+            source = "its arrays' size"
+        else:
+            size = sum(f.stat().st_size for f in (self.directory / str(latest)).rglob("*")
+                       if f.is_file())
+            source = f"checkpoint {latest} does"
         free = shutil.disk_usage(self.directory).free
         if free < size:
-            raise disk_full_error(self.directory, f"for checkpoint {step}: it needs about "
-                                  f"{size / 2**20:.2f} MiB (checkpoint {latest} does), "
-                                  f"{free / 2**20:.2f} MiB are free", "nothing was written")
+            what = "for this run's checkpoints" if step is None else f"for checkpoint {step}"
+            raise disk_full_error(self.directory, f"{what}: one needs about {size / 2**20:.2f} "
+                                  f"MiB ({source}), {free / 2**20:.2f} MiB are free",
+                                  "nothing was written" if step is not None else
+                                  "no step was run")
 
     @_disk_full_is_user_error
     def save(self, step: int, state, meta: dict) -> None:
-        self._check_room(step)
+        self.check_room(state, step)
         meta = {"schema_version": SCHEMA_VERSION, "step": step, **meta}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)

@@ -122,6 +122,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
     state, optimizer, start, meta = start_state(run, keys[INIT], mesh, checkpoints)
+    checkpoints.check_room(state)
     if jax.process_index() == 0:
         drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
     fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)

@@ -117,6 +117,7 @@ class SeedRun:
         """Its per-epoch and best metrics, and its best model (whole on this process)."""
         try:
             self.resume()
+            self.checkpoints.check_room(self.state)
             for epoch in range(len(self.progress["history"]), math.ceil(self.job.cfg.glue.epochs)):
                 self.train_epoch(epoch)
                 self.end_epoch(epoch)

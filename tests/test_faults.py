@@ -442,3 +442,17 @@ def test_disk_full_at_a_checkpoint_keeps_the_earlier_ones(world, tmp_path, tmpfs
     rc, stderr, changed = on_full_disk(mount, setup, args, "run/checkpoints", 60, tmp_path)
     check("checkpoint save: disk full", "disk full", rc, stderr, changed, "space",
           mid_run=True)
+
+
+@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+def test_disk_full_for_a_new_runs_checkpoints_stops_before_its_first_step(job, world, tmp_path,
+                                                                          tmpfs):
+    """A new run on a disk with less room than one checkpoint of its state (parameters and
+    AdamW moments) stops before its first step, not at its first checkpoint."""
+    mount = tmp_path / "disk"
+    yaml = world.pretrain_yaml if job == "pretrain" else world.glue_yaml
+    args = ["-m", "bertjax.train", str(yaml), f"train.run_dir={mount / 'run'}"]
+    rc, stderr, changed = on_full_disk(mount, "", args, "run", 60, tmp_path)
+    written = [c for c in changed if "checkpoints/" in c]
+    check(f"{job}: no room for a first checkpoint", "disk full", rc, stderr, written,
+          "no step was run", mid_run=True)
