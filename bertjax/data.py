@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bertjax import prepare, tokenizer
+from bertjax import prepared, tokenizer
 from bertjax.config import check_objective
 from bertjax.errors import UserError
 from bertjax.tokenizer import SpecialTokens
@@ -68,7 +68,7 @@ class PretrainData:
     def __init__(self, data_dir: str | Path, split: str = "train", seq_len: int = 128,
                  objective: str = "mlm", seed: int = 0, special: SpecialTokens | None = None,
                  shuffle: bool | None = None):
-        meta = prepare.read_meta(data_dir)
+        meta = prepared.read_meta(data_dir)
         if split not in meta["splits"]:
             raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
         check_objective(objective)

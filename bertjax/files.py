@@ -103,11 +103,27 @@ def check_file(path: str | Path, what: str, fix: str) -> Path:
 
 
 def check_dir_path(path: str | Path, key: str) -> Path:
-    """`path` (from config key `key`) may be a directory or not exist yet, but not a file."""
+    """`path` (from config key `key`) may be a directory or not exist yet, but neither it nor
+    the nearest existing folder above it may be a file (else creating it fails later)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{key}={path} is a file, not a directory; set {key} to a directory "
                         "(it is created when missing)")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{key}={path} cannot be created: {existing} is a file, not a "
+                        f"directory; set {key} to a path under a directory")
+    return path
+
+
+def make_dir(path: Path, key: str) -> Path:
+    """Create `path` (from config key `key`) with its parents; a refusal by the OS (read-only,
+    no permission, a pseudo file system like /proc) is a UserError naming the reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {key}={path} ({e.strerror}); set {key} to a directory "
+                        "you can write") from None
     return path
 
 
@@ -146,15 +162,24 @@ def disk_full_error(where: str | Path, what: str,
 LOCK_NAME = ".lock"
 
 
+def open_lock_file(directory: Path, fix: str) -> IO:
+    """`directory`'s lock file, opened for appending (the caller closes it); a refusal by the OS
+    (a read-only directory or disk) is a UserError ending with `fix`."""
+    try:
+        return open(directory / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise UserError(f"cannot write the lock file {directory / LOCK_NAME} ({e.strerror}); "
+                        f"{fix}") from None
+
+
 def lock_dir(directory: str | Path) -> IO | None:
     """Hold `directory` (created if missing) with an exclusive `flock` on its `.lock` file until
     the returned file is closed or the process ends, however it ends (kill -9 included: the
     kernel drops the lock with the process, so a lock is never left stale). Refused with a
     `UserError` while another process holds it; nothing in the directory is written then.
     A file system without locks (some network ones) gets a warning and None: no lock."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    f = open(directory / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 (the caller closes)
+    directory = make_dir(Path(directory), "train.run_dir")
+    f = open_lock_file(directory, "make train.run_dir writable or set it to another directory")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -4,8 +4,7 @@
 The input is streamed and tokens are written as they come, so memory does not grow with the
 corpus. Outputs get temporary names and are renamed when complete, meta.json last: a run that
 dies half-way is never taken as finished. Format: data/README.md.
-Over the guide's ~350 lines: streaming, the tokenizer sample, the rebuild check and the
-crash- and disk-full-safe writes are one procedure; a split was left for a quieter session.
+Reading and checking a prepared directory (meta.json and its files) is in prepared.py.
 """
 
 import ctypes
@@ -29,10 +28,17 @@ from bertjax import config as config_lib
 from bertjax import sources, tokenizer
 from bertjax.config import Config, DataConfig
 from bertjax.errors import UserError, cli
-from bertjax.files import check_dir_path, disk_full_error, is_disk_full, sha256_file, write_atomic
+from bertjax.files import (
+    check_dir_path,
+    disk_full_error,
+    is_disk_full,
+    make_dir,
+    open_lock_file,
+    sha256_file,
+    write_atomic,
+)
+from bertjax.prepared import FORMAT_VERSION, SPLITS, read_meta
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation")
 # Text per encode_batch call: enough to keep the Rust threads busy; small enough that the
 # transient Encoding objects (~100 bytes a token) keep peak memory low.
 BATCH_CHARS = 1 << 18
@@ -228,36 +234,6 @@ def _inputs(cfg: Config) -> dict:
             "max_documents": d.max_documents}
 
 
-def read_meta(directory: str | Path) -> dict:
-    """meta.json of a complete preparation, with every file checked; else a UserError."""
-    directory = Path(directory)
-    fix = f"run python -m bertjax.prepare with data.dir={directory}"
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-    except FileNotFoundError:
-        raise UserError(f"{directory} holds no prepared data (no meta.json); {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{directory}/meta.json is corrupt; {fix}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{directory} was prepared in format {meta.get('format_version')}, "
-                        f"this code reads format {FORMAT_VERSION}; {fix}")
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    if meta["vocab_size"] > np.iinfo(meta["dtype"]).max + 1:
-        raise UserError(f"{directory}: vocabulary of {meta['vocab_size']} does not fit its "
-                        f"{meta['dtype']} token files; {fix}")
-    for name, split in meta["splits"].items():
-        for file, size in ((f"{name}.bin", split["tokens"] * itemsize),
-                           (f"{name}.lengths", split["documents"] * 4)):
-            path = directory / file
-            if not path.is_file() or path.stat().st_size != size:
-                raise UserError(f"{path} is missing or has the wrong size; {fix}")
-    tok_path = directory / "tokenizer.json"
-    if not tok_path.is_file() or sha256_file(tok_path) != meta["tokenizer_sha256"]:
-        raise UserError(f"{tok_path} does not match the tokenizer the data was prepared with "
-                        f"(sha256 {meta['tokenizer_sha256'][:12]}…); {fix}")
-    return meta
-
-
 def _is_current(directory: Path, inputs: dict) -> bool:
     """Built from these inputs. Local files whose mtime alone changed (a fresh copy, a checkout,
     rsync without -t) are compared by content and meta.json takes the new mtimes: a needless
@@ -335,7 +311,9 @@ def _write_meta(directory: Path, meta: dict) -> None:
 @contextmanager
 def _locked(directory: Path):
     """One preparer per directory at a time (several processes of one run may call us)."""
-    with open(directory / ".lock", "w") as f:
+    with open_lock_file(directory, "make data.dir writable; or, to use its prepared data as it "
+                        "is (nothing is written then), set data.sources=[] data.builtin=null "
+                        "data.hf_dataset=null") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -359,9 +337,9 @@ def ensure_prepared(cfg: Config) -> Path:
         read_meta(directory)
         _say(f"{directory}: no data source set; using the prepared data as it is")
         return directory
-    directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
-        inputs = _inputs(cfg)
+    sources.check(cfg.data)  # bad sources or tokenizer.path fail before data.dir is created
+    inputs = _inputs(cfg)
+    with _locked(make_dir(directory, "data.dir")):
         if _is_current(directory, inputs):
             _say(f"{directory} is up to date (same inputs and tokenizer); nothing to do")
             return directory

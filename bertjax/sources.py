@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
-from bertjax.files import utf8_error
+from bertjax.files import check_not_lfs_pointer, utf8_error
 
 Piece = tuple[str, bool]  # (text, whether this piece ends its document)
 
@@ -110,7 +110,21 @@ def jsonl_pieces(path: Path, column: str) -> Iterator[Piece]:
                 keys = list(row) if isinstance(row, dict) else type(row).__name__
                 raise UserError(f"{path} line {number}: no {column!r} field (found {keys}); "
                                 "set data.text_column")
-            yield _column_text(row[column], f"{path} line {number}", column), True
+            text = _column_text(row[column], f"{path} line {number}", column)
+            _check_no_lone_surrogate(text, f"{path} line {number}")
+            yield text, True
+
+
+def _check_no_lone_surrogate(text: str, where: str) -> None:
+    """JSON can escape half of a UTF-16 pair ("\\ud800") that no character completes: such
+    text cannot be encoded or tokenized. Like invalid UTF-8 it is refused, not replaced (a
+    replacement would hide a broken export), naming the line so it can be fixed or dropped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: lone surrogate U+{ord(text[e.start]):04X} at character "
+                        f"{e.start + 1} (half of a UTF-16 pair, not a character); fix or drop "
+                        "that line") from None
 
 
 def parquet_pieces(path: Path, column: str) -> Iterator[Piece]:
@@ -124,9 +138,27 @@ def parquet_pieces(path: Path, column: str) -> Iterator[Piece]:
     if column not in pf.schema_arrow.names:
         raise UserError(f"{path} has no column {column!r} (columns: {pf.schema_arrow.names}); "
                         "set data.text_column")
-    for batch in pf.iter_batches(batch_size=1024, columns=[column]):
-        for value in batch.column(0).to_pylist():
+    for values in _parquet_column(pf, column, path):
+        for value in values:
             yield _column_text(value, str(path), column), True
+
+
+def _parquet_column(pf, column: str, path: Path) -> Iterator[list]:
+    """`column`'s values, a record batch at a time. ParquetFile reads only the footer: data
+    pages that fail to decompress or decode, or string bytes that are not UTF-8 (parquet does
+    not enforce it), show up here and are a UserError naming the file."""
+    import pyarrow as pa
+
+    try:
+        for batch in pf.iter_batches(batch_size=1024, columns=[column]):
+            yield batch.column(0).to_pylist()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: column {column!r} holds text that is not valid UTF-8 ({e}); "
+                        "fix the file or drop it from data.sources") from None
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path} is corrupt: reading column {column!r} failed "
+                        f"({str(e).splitlines()[0]}); write it again or drop it from "
+                        "data.sources") from None
 
 
 def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
@@ -213,6 +245,8 @@ def check(cfg: DataConfig) -> list[Path]:
     if cfg.builtin is not None and cfg.builtin not in BUILTINS:
         raise UserError(f"data.builtin={cfg.builtin!r} is unknown; use {list(BUILTINS)} or null")
     files = local_files(cfg)
+    for path in files:  # a checkout without `git lfs pull` would else be read as text
+        check_not_lfs_pointer(path)
     if not files and cfg.hf_dataset is None and cfg.builtin is None:
         raise UserError("no data source: set data.sources (files or globs), data.hf_dataset "
                         "or data.builtin=stdlib")

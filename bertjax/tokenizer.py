@@ -22,7 +22,7 @@ from tokenizers import (
 
 from bertjax.config import TokenizerConfig
 from bertjax.errors import UserError
-from bertjax.files import check_file, sha256_file, write_atomic
+from bertjax.files import check_file, check_not_lfs_pointer, sha256_file, write_atomic
 
 SPECIAL_NAMES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -83,6 +83,7 @@ def load(path: str | Path) -> Tokenizer:
     """Load a tokenizer.json; a missing or unreadable file is a UserError."""
     path = check_file(path, "tokenizer file", "set tokenizer.path to a tokenizer.json or null "
                       "to train one")
+    check_not_lfs_pointer(path)
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on bad JSON

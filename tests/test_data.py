@@ -2,6 +2,7 @@
 add up to the global batch, NSP/SOP pairs and label balance, prefetch."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -167,3 +168,20 @@ def test_mismatched_tokenizer_and_missing_data_are_user_errors(prepared, tmp_pat
         PretrainData(tmp_path)
     with pytest.raises(UserError, match="split 'test' is unknown"):
         PretrainData(prepared, "test")
+
+
+def test_corrupt_meta_or_lengths_are_refused_on_open(prepared, tmp_path):
+    """A copy of the prepared directory whose meta.json lost special ids, or whose lengths are
+    random bytes of the right size: one line when the loader opens it, not a TypeError or a
+    pair stream of billions of garbage documents."""
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "special_tokens": {"pad": 0}}))
+    with pytest.raises(UserError, match=r"meta.json: field 'special_tokens' is \{'pad': 0\}"):
+        PretrainData(copy, objective="mlm+nsp")
+    (copy / "meta.json").write_text(json.dumps(meta))
+    size = (copy / "train.lengths").stat().st_size
+    (copy / "train.lengths").write_bytes(np.random.default_rng(0).bytes(size))
+    with pytest.raises(UserError, match=r"train.lengths does not match its token file"):
+        PretrainData(copy, objective="mlm+nsp")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
-from bertjax import config, prepare, sources, tokenizer
+from bertjax import config, files, prepare, sources, tokenizer
 from bertjax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,3 +320,154 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path, corpus):
         prepare.ensure_prepared(load_cfg(tmp_path, [path], dir=path))
     with pytest.raises(UserError, match=r"data.sources entry .* is a directory; name its files"):
         prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path]))
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:"
+               f"{'0' * 64}\nsize 1234\n")
+
+
+def test_bad_jsonl_and_parquet_content_names_the_file(tmp_path):
+    """Text JSON escapes as half a UTF-16 pair, and parquet data pages under a valid footer
+    that fail to decode, are one line naming the file (and line), never a traceback from the
+    tokenizer or pyarrow; nothing is prepared."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "s.jsonl").write_text('{"text": "fine"}\n{"text": "a \\ud800 b"}\n')
+    with pytest.raises(UserError, match=r"s.jsonl line 2: lone surrogate U\+D800 at character 3"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "s.jsonl"]))
+    assert not (tmp_path / "prepared" / "meta.json").exists()
+    corrupt = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": sentences(200)}), corrupt, compression="snappy",
+                   use_dictionary=False)
+    column = pq.ParquetFile(corrupt).metadata.row_group(0).column(0)
+    data = bytearray(corrupt.read_bytes())
+    middle = column.data_page_offset + column.total_compressed_size // 2
+    data[middle:middle + 40] = b"\xff" * 40
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"c.parquet is corrupt: reading column 'text' failed"):
+        list(sources.parquet_pieces(corrupt, "text"))
+    raw = pa.array([b"caf\xe9"], pa.binary())  # parquet does not enforce UTF-8 in strings
+    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), 1, raw.buffers())}),
+                   tmp_path / "latin1.parquet")
+    with pytest.raises(UserError, match=r"latin1.parquet: column 'text' holds text that is not "
+                                        "valid UTF-8"):
+        list(sources.parquet_pieces(tmp_path / "latin1.parquet", "text"))
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a.jsonl", "a.parquet"])
+def test_an_lfs_pointer_source_is_named_before_anything_is_written(tmp_path, name):
+    (tmp_path / name).write_text(LFS_POINTER)
+    with pytest.raises(UserError, match=rf"{name} is a git LFS pointer.*git lfs pull"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name]))
+    assert not (tmp_path / "prepared").exists()
+
+
+@pytest.mark.parametrize("name", ["meta.json", "tokenizer.json", "train.lengths"])
+def test_an_lfs_pointer_in_a_prepared_dir_is_named(tmp_path, corpus, name):
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    (out / name).write_text(LFS_POINTER)
+    with pytest.raises(UserError, match=rf"{name} is a git LFS pointer.*git lfs pull"):
+        prepare.ensure_prepared(load_cfg(tmp_path, []))
+
+
+def edited_meta(meta: dict, case: str) -> object:
+    if case == "list":
+        return [1, 2]
+    if case == "no_dtype":
+        return {k: v for k, v in meta.items() if k != "dtype"}
+    changes = {"float32": {"dtype": "float32"}, "one_special": {"special_tokens": {"pad": 0}},
+               "special_past_vocab": {"special_tokens": {**meta["special_tokens"], "sep": 10**6}},
+               "negative_count": {"splits": {**meta["splits"], "train": {"tokens": -1,
+                                                                        "documents": 1}}},
+               "no_sources": {"inputs": {}}}
+    return {**meta, **changes[case]}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("list", "holds a JSON list, not an object"),
+    ("no_dtype", "field 'dtype' is missing, not a str"),
+    ("float32", r"field 'dtype' is 'float32', not one of \('uint16', 'uint32'\)"),
+    ("one_special", r"field 'special_tokens' is \{'pad': 0\}"),
+    ("special_past_vocab", "field 'special_tokens' is .* not ids below vocab_size"),
+    ("negative_count", "field 'splits' is .* not token and document counts"),
+    ("no_sources", "field 'inputs' has no list of 'sources'"),
+])
+def test_a_meta_json_of_the_wrong_shape_is_one_line(tmp_path, corpus, case, message):
+    """Parsed but wrong (a hand edit, a mangled copy): one line naming the file and the field,
+    and a fix that works (prepare rebuilds only with a source set), never a KeyError later."""
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps(edited_meta(meta, case)))
+    with pytest.raises(UserError, match=rf"meta.json: {message}.*; prepare it again: python -m "
+                                        rf"bertjax.prepare CONFIG data.dir={out} with "
+                                        r"data.sources \(or data.builtin"):
+        prepare.ensure_prepared(load_cfg(tmp_path, []))
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))  # with its source set it is rebuilt
+    assert prepare.read_meta(out)["dtype"] == "uint16"
+
+
+def test_lengths_that_do_not_tile_the_tokens_are_refused(tmp_path, corpus):
+    """Random bytes of the right size in train.lengths once trained on billions of garbage
+    'documents' at loss 0."""
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    lengths = out / "train.lengths"
+    good = lengths.read_bytes()
+    lengths.write_bytes(np.random.default_rng(0).bytes(len(good)))
+    with pytest.raises(UserError, match=r"train.lengths does not match its token file: the "
+                                        r"document lengths sum to [\d,]+ tokens"):
+        prepare.read_meta(out)
+    shuffled = np.frombuffer(good, np.uint32).copy()
+    shuffled[:2] = shuffled[0] + shuffled[1] - 1, 1  # same sum, but a 1-token document
+    lengths.write_bytes(shuffled.tobytes())
+    with pytest.raises(UserError, match=r"shortest 1; a document has at least 2"):
+        prepare.read_meta(out)
+
+
+def test_a_directory_that_cannot_be_created_is_one_line(tmp_path, corpus, monkeypatch):
+    path, _ = corpus
+    with pytest.raises(UserError, match=r"data.dir=.*a.txt/sub cannot be created: .*a.txt is a "
+                                        "file, not a directory"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path], dir=path / "sub"))
+    with pytest.raises(UserError, match=r"train.run_dir=.*a.txt/x/y cannot be created"):
+        files.check_dir_path(path / "x" / "y", "train.run_dir")
+    if Path("/proc/self").is_dir():  # a pseudo file system refuses mkdir, root or not
+        with pytest.raises(UserError, match=r"cannot create data.dir=/proc/bertjax-test \(No "
+                                            r"such file or directory\); set data.dir to a"):
+            prepare.ensure_prepared(load_cfg(tmp_path, [path], dir="/proc/bertjax-test"))
+        with pytest.raises(UserError, match=r"cannot create train.run_dir=/proc/bertjax-test"):
+            files.lock_dir("/proc/bertjax-test")
+
+
+def test_a_read_only_prepared_dir_is_one_line(tmp_path, corpus, monkeypatch):
+    """Root ignores permissions, so the refusal to open .lock for writing is injected."""
+    import builtins
+    import errno
+
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+
+    def read_only(file, *args, **kwargs):
+        if Path(file).name != files.LOCK_NAME:
+            return builtins.open(file, *args, **kwargs)
+        raise OSError(errno.EROFS, "Read-only file system", str(file))
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    with pytest.raises(UserError, match=rf"cannot write the lock file {out}/.lock \(Read-only "
+                                        r"file system\); make data.dir writable; or.*set "
+                                        r"data.sources=\[\] data.builtin=null"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert prepare.ensure_prepared(load_cfg(tmp_path, [])) == out  # the way round it
+
+
+def test_bad_builtin_or_tokenizer_path_is_refused_before_data_dir_is_created(tmp_path, capsys):
+    with pytest.raises(UserError, match=r"data.builtin='nope' is unknown"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [], builtin="nope"))
+    with pytest.raises(UserError, match=r"tokenizer file .*nope.json does not exist"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [], builtin="stdlib",
+                                         **{"tokenizer.path": tmp_path / "nope.json"}))
+    assert not (tmp_path / "prepared").exists()
+    assert "training the WordPiece tokenizer" not in capsys.readouterr().err

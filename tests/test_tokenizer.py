@@ -75,3 +75,11 @@ def test_missing_file_bad_json_and_missing_specials_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=r"no \[PAD\], \[CLS\], \[SEP\], \[MASK\]"):
         tokenizer.load(tmp_path / "few.json")
     assert json.loads((tmp_path / "few.json").read_text())["model"]["type"] == "WordPiece"
+
+
+def test_an_lfs_pointer_is_named_as_such(tmp_path):
+    """A checkout without `git lfs pull` (tokenizer.path, or a prepared tokenizer.json)."""
+    (tmp_path / "tokenizer.json").write_text("version https://git-lfs.github.com/spec/v1\n"
+                                             f"oid sha256:{'0' * 64}\nsize 1234\n")
+    with pytest.raises(UserError, match=r"tokenizer.json is a git LFS pointer.*git lfs pull"):
+        tokenizer.load(tmp_path / "tokenizer.json")
