@@ -12,13 +12,21 @@ default, doc and domain, read top to bottom.
 import dataclasses
 import difflib
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigKeyError,
+    GrammarParseError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from bertjax.domains import (
     FRACTION,
@@ -364,8 +372,37 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
         got = f"{value!r}" if value is not None else "the given value"
-        return UserError(f"config key '{key}' in {source} expects {expected}, got {got}")
+        return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
+                         f"{_list_hint(key, hints.get(name), value)}")
+    if isinstance(e, InterpolationResolutionError):
+        return _unresolved(e, schema, key)
     return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
+
+
+def _list_hint(key: str, expected: Any, value: Any) -> str:
+    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written."""
+    if typing.get_origin(expected) is not list or "[" in key or value is None:
+        return ""
+    return f"; write a list in brackets, e.g. {key}=[{show(value)}]"
+
+
+def _unresolved(e: InterpolationResolutionError, merged: DictConfig, key: str) -> UserError:
+    """An interpolation that does not resolve, named by its key and its text as written;
+    OmegaConf's message would also name its internal node types."""
+    # 'KeyError raised while resolving interpolation: "Environment variable ..."' -> the cause
+    cause = re.sub(r"^\w+ raised while resolving interpolation: ", "", e.msg.splitlines()[0])
+    cause = cause.strip('"')
+    return UserError(f"{key}={_as_written(merged, key)}: {cause[:1].lower()}{cause[1:]}; refer "
+                     "to an existing key (${section.key}) or a set environment variable "
+                     "(${oc.env:VAR} or ${oc.env:VAR,default}), or write the value itself")
+
+
+def _as_written(merged: DictConfig, key: str) -> str:
+    """The value of `key` ('glue.seeds[0]' too) before interpolations resolve."""
+    node = OmegaConf.to_container(merged, resolve=False)
+    for part in re.findall(r"\w+", key):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return show(node)
 
 
 def _plain(value: Any) -> str:
@@ -409,16 +446,50 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
-def _yaml_mapping(read: Callable[[], object], source: str) -> DictConfig:
-    """`read()`'s YAML, which must be a mapping of sections; anything else is one line."""
+def _yaml_mapping(read: Callable[[], str], source: str) -> DictConfig:
+    """The YAML text `read()` returns, which must be a mapping of sections; anything else is
+    one line."""
     try:
-        data = read()
-    except Exception as e:  # yaml.YAMLError and friends
+        text = read()
+        # The document's shape first: OmegaConf would read a bare word as a key set to null.
+        shape = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = OmegaConf.create(text)
+    except (yaml.MarkedYAMLError, GrammarParseError) as e:
+        raise _syntax_error(e, source, text) from None
+    except Exception as e:  # unreadable text and the like
         raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]})") from None
-    if not isinstance(data, DictConfig):
-        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    if shape is not None and not isinstance(shape, yaml.MappingNode):
+        held = "a list" if isinstance(shape, yaml.SequenceNode) else f"the value {shape.value!r}"
+        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...), not "
+                        f"{held}; write e.g. 'train:' then '  steps: 100' on the next line")
     return data
+
+
+def _syntax_error(e: yaml.MarkedYAMLError | GrammarParseError, source: str,
+                  text: str | None) -> UserError:
+    """A YAML or interpolation syntax error as one line: where (when `text` is the whole file
+    the marks point into), what and the fix."""
+    if isinstance(e, GrammarParseError):
+        return UserError(f"{source}: {e.full_key} holds a malformed interpolation "
+                         f"({e.msg.splitlines()[0]}); write ${{section.key}} or ${{oc.env:VAR}} "
+                         "with its closing brace, or escape a literal '${' as '\\${'")
+    what = e.problem or e.context
+    if e.context and e.problem:
+        what += f" ({e.context}{_yaml_place(e.context_mark, text, ' started at ')})"
+    if text is None:  # an override: its value was parsed alone, so marks say nothing useful
+        return UserError(f"{source} does not parse as YAML: {what}; close its brackets and "
+                         "quotes, or quote the whole value to pass text")
+    lines = text.splitlines()
+    line = lines[e.problem_mark.line] if e.problem_mark.line < len(lines) else ""
+    fix = "indent with spaces, not tabs" if "\t" in line else "correct the YAML there"
+    return UserError(f"{source} is not valid YAML: {_yaml_place(e.problem_mark, text, '')}"
+                     f"{f' ({line!r})' if line else ''}: {what}; {fix}")
+
+
+def _yaml_place(mark: Any, text: str | None, prefix: str) -> str:
+    """'line 2, column 9' of a yaml Mark (pure-Python or libyaml's: no common type), or ''."""
+    return f"{prefix}line {mark.line + 1}, column {mark.column + 1}" if mark and text else ""
 
 
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
@@ -429,7 +500,7 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
         raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
-    data = _yaml_mapping(lambda: OmegaConf.load(path), str(path))
+    data = _yaml_mapping(lambda: path.read_text(encoding="utf-8"), str(path))
     includes = data.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
     if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
@@ -450,8 +521,11 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         if not _OVERRIDE.match(item):
             raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
-        merged = _merge(merged, _without_retired(OmegaConf.from_dotlist([item]), source, True),
-                        source)
+        try:
+            data = OmegaConf.from_dotlist([item])
+        except (yaml.MarkedYAMLError, GrammarParseError) as e:
+            raise _syntax_error(e, source, text=None) from None
+        merged = _merge(merged, _without_retired(data, source, True), source)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
@@ -477,7 +551,7 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    data = _yaml_mapping(lambda: OmegaConf.create(text), source)
+    data = _yaml_mapping(lambda: text, source)
     merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
     try:
         return OmegaConf.to_object(merged)

@@ -250,3 +250,52 @@ def test_weak_messages_are_specific(tmp_path):
         config.load([tmp_path])
     with pytest.raises(UserError, match=r"'glue\.seeds\[0\]' .* expects items of list\[int\]"):
         config.load([], ["glue.seeds=[a]"])
+
+
+# ---- bad input found by the probe: every mistake is one line naming it and the fix ----
+@pytest.mark.parametrize("override, fragment", [
+    ("train.steps=${", r"override 'train.steps=\$\{': train.steps holds a malformed interpolation"),
+    ("train.run_dir=${oc.env:HOME", r"train.run_dir holds a malformed interpolation .*closing"),
+    ("train.steps=[1", r"override 'train.steps=\[1' does not parse as YAML: did not find "
+                       r"expected ',' or '\]' .*close its brackets"),
+])
+def test_an_override_that_does_not_parse_is_named(override, fragment):
+    with pytest.raises(UserError, match=fragment):
+        config.load([], [override])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.steps=${oops}", r"^train.steps=\$\{oops\}: interpolation key 'oops' not found; "
+                            r"refer to an existing key"),
+    ("data.dir=${oc.env:NOPE_XYZ}", r"^data.dir=\$\{oc.env:NOPE_XYZ\}: environment variable "
+                                    r"'NOPE_XYZ' not found; .*\$\{oc.env:VAR,default\}"),
+    ("train.run_dir=${foo:bar}", r"^train.run_dir=\$\{foo:bar\}: unsupported interpolation type"),
+    ("data.dir=${data.dir}", r"^data.dir=\$\{data.dir\}: recursive interpolation"),
+    ("glue.seeds=[0,'${oops}']", r"^glue.seeds\[1\]=\$\{oops\}: interpolation key 'oops'"),
+])
+def test_an_interpolation_that_does_not_resolve_names_key_and_fix(override, fragment):
+    with pytest.raises(UserError, match=fragment) as e:
+        config.load([], [override])
+    assert "reference_type" not in str(e.value) and "\n" not in str(e.value)
+    assert config.load([], ["data.dir=${train.run_dir}"]).data.dir == "runs/demo"  # still works
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("model:\n  size: [tiny\n", r"line 3, column 1: .*expected ',' or '\]'.* \(while parsing a "
+                                r"flow sequence started at line 2, column 9\)"),
+    ("model:\n\tsize: tiny\n", r"line 2, column 1 \('\\tsize: tiny'\): found character .*; "
+                               "indent with spaces, not tabs"),
+    ("model:\n  size: tiny\nmodel:\n  size: mini\n",
+     r"line 3, column 1 \('model:'\): found duplicate key model"),
+    ("hello\n", "must hold a mapping of sections .*, not the value 'hello'"),
+    ("train:\n  steps: ${\n", r"train.steps holds a malformed interpolation"),
+])
+def test_a_yaml_mistake_says_where_and_what(tmp_path, text, fragment):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        config.load([tmp_path / "bad.yaml"])
+
+
+def test_one_value_where_a_list_belongs_shows_the_bracket_form():
+    with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
+        config.load([], ["data.sources=foo.txt"])
