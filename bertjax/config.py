@@ -31,6 +31,8 @@ from omegaconf.errors import (
 from bertjax.domains import (
     FRACTION,
     NON_NEGATIVE,
+    PATH,
+    PATHS,
     POSITIVE,
     UNIT_CLOSED,
     UNIT_OPEN,
@@ -106,7 +108,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus")
+    path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus",
+                           domain=PATH)
     vocab_size: int = opt(8192, "WordPiece vocabulary size when training", domain=at_least(100))
     lowercase: bool = opt(True, "BERT normalizer lowercases and strips accents")
     min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge",
@@ -128,8 +131,10 @@ def check_objective(objective: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)")
-    sources: list[str] = opt([], "local text/jsonl/parquet files or globs")
+    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)",
+                    domain=PATH)
+    sources: list[str] = opt([], "local text/jsonl/parquet files or globs",
+                              domain=PATHS)
     hf_dataset: str | None = opt(None, "Hugging Face hub dataset name (streamed)")
     hf_config: str | None = opt(None, "hub dataset config, e.g. 20231101.en")
     hf_split: str = opt("train", "hub dataset split")
@@ -217,9 +222,11 @@ class MeshConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = opt("pretrain", "pretrain | glue", domain=one_of("pretrain", "glue"))
-    run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go")
+    run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go",
+                        domain=PATH)
     steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)", domain=POSITIVE)
-    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE)
+    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE,
+                             int_bits=64)
     micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)",
                            domain=POSITIVE)
     batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)",
@@ -230,7 +237,8 @@ class TrainConfig:
                             domain=UNIT_CLOSED)
     batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times",
                                  domain=POSITIVE)
-    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE)
+    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE,
+                     int_bits=64)
     resume: str = opt("auto", "auto (newest complete checkpoint) | never",
                       domain=one_of("auto", "never"))
     log_every: int = opt(10, "steps between log lines / metrics.jsonl rows", domain=POSITIVE)
@@ -284,7 +292,8 @@ class WandbConfig:
 @dataclass(frozen=True)
 class InitConfig:
     checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir "
-                                 "(pretraining: continue from its weights when the run is new)")
+                                 "(pretraining: continue from its weights when the run is new)",
+                                 domain=PATH)
     tokenizer_mismatch_ok: bool = opt(False, "accept a bundle whose tokenizer.json is not the "
                                       "one its weights were exported with (its manifest says)")
 
@@ -295,9 +304,10 @@ class InitConfig:
 @dataclass(frozen=True)
 class GlueConfig:
     task: str = opt("mnli", " | ".join(GLUE_TASKS), domain=one_of(*GLUE_TASKS))
-    data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)")
+    data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)",
+                               domain=PATH)
     seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
-                           domain=list_of(NON_NEGATIVE, non_empty=True))
+                           domain=list_of(NON_NEGATIVE, non_empty=True), int_bits=64)
     epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)
     batch_size: int = opt(32, "sequences per step", domain=POSITIVE)
     buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length",
@@ -308,8 +318,10 @@ class GlueConfig:
                        "average of the real tokens' states)", domain=one_of("cls", "mean"))
     max_train_examples: int | None = opt(None, "use only the first N training rows",
                                          domain=POSITIVE)
-    train_file: str | None = opt(None, "override the training TSV name inside data_dir")
-    dev_files: list[str] = opt([], "override the dev TSV names inside data_dir")
+    train_file: str | None = opt(None, "override the training TSV name inside data_dir",
+                                 domain=PATH)
+    dev_files: list[str] = opt([], "override the dev TSV names inside data_dir",
+                                domain=PATHS)
 
     def __post_init__(self):
         check_domains(self)

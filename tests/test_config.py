@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import re
 import subprocess
 import sys
 import typing
@@ -157,16 +158,12 @@ def test_a_removed_key_says_why(tmp_path):
 
 
 # ---- domains (issue 19): every numeric and list key declares what it may be, checked at load ----
-# Lists whose every value is fine (paths; dev file names, counted against the task in glue.py).
-FREE_LISTS = {"data.sources", "glue.dev_files"}
-
-
 def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
     for section in dataclasses.fields(config.Config):
         for f in dataclasses.fields(section.type):
             key, kinds = f"{section.name}.{f.name}", typing.get_args(f.type) or (f.type,)
             numeric = any(k in (int, float) for k in kinds)
-            if (numeric or typing.get_origin(f.type) is list) and key not in FREE_LISTS:
+            if numeric or typing.get_origin(f.type) is list:
                 assert f.metadata["domain"] is not None, key
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
                 else f.default
@@ -299,3 +296,37 @@ def test_a_yaml_mistake_says_where_and_what(tmp_path, text, fragment):
 def test_one_value_where_a_list_belongs_shows_the_bracket_form():
     with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
         config.load([], ["data.sources=foo.txt"])
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optim.lr=inf", "> 0 and finite"), ("optim.lr=-inf", "> 0 and finite"),
+    ("glue.epochs=inf", "> 0 and finite"), ("optim.clip=inf", ">= 0 and finite"),
+    ("precision.loss_scale=inf", "> 0 and finite"), ("model.layer_norm_eps=1e400", "finite"),
+    ("train.steps=2147483648", "> 0 and below 2**31"),  # optax counts steps in int32
+    ("train.steps=99999999999999999999999", "below 2**31"),
+    ("train.seed=9223372036854775808", ">= 0 and below 2**63"),  # jax.random.key: int64
+    ("glue.seeds=[0,99999999999999999999999]", "below 2**63"),
+    ("train.tokens=99999999999999999999999", "below 2**63"),
+])
+def test_a_number_numpy_or_jax_cannot_hold_is_refused_at_load(override, says):
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}=.+ is invalid: it must be "
+                                        rf".*{re.escape(says)}"):
+        config.load([], [override])
+
+
+def test_the_largest_numbers_that_fit_still_load():
+    cfg = config.load([], ["train.steps=2147483647", "train.seed=9223372036854775807",
+                           "train.tokens=9223372036854775807", "optim.lr=1e300"])
+    assert (cfg.train.steps, cfg.train.seed) == (2**31 - 1, 2**63 - 1)
+
+
+@pytest.mark.parametrize("override", [
+    "data.dir=''", "train.run_dir=' '", "tokenizer.path=''", "init.checkpoint=''",
+    "glue.data_dir=''", "glue.train_file=''", "data.sources=[a.txt,'']", "glue.dev_files=['']",
+])
+def test_an_empty_path_is_refused_before_anything_is_written(override):
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}=.* is invalid: it must be a "
+                                        "(non-empty path|list of non-empty paths)"):
+        config.load([], [override])
