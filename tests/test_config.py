@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -330,3 +331,26 @@ def test_an_empty_path_is_refused_before_anything_is_written(override):
     with pytest.raises(UserError, match=rf"^{re.escape(key)}=.* is invalid: it must be a "
                                         "(non-empty path|list of non-empty paths)"):
         config.load([], [override])
+
+
+def test_a_partial_multi_process_setting_names_the_missing_keys():
+    """Without a launcher JAX detects, mesh keys given only in part are a one-line mistake (JAX
+    itself raises ValueError). A subprocess: JAX refuses to initialize after any computation."""
+    calls = ["initialize_distributed(MeshConfig(num_processes=2, process_id=0))",
+             "initialize_distributed(MeshConfig(coordinator_address='notahost:1234'))"]
+    code = "\n".join(["from bertjax.config import MeshConfig",
+                      "from bertjax.errors import UserError",
+                      "from bertjax.sharding import initialize_distributed"] +
+                     [f"try:\n    {call}\nexcept UserError as e:\n    print(e)" for call in calls])
+    launchers = ("SLURM_", "OMPI_", "PMI_", "JAX_", "TPU_", "MEGASCALE_", "KUBERNETES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launchers)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 2, out.stdout + out.stderr
+    assert lines[0].startswith("mesh.num_processes=2 asks for a multi-process run") and \
+        "set mesh.coordinator_address (" in lines[0]
+    assert lines[1].startswith("mesh.coordinator_address=notahost:1234 asks") and \
+        "set mesh.num_processes and mesh.process_id (" in lines[1]
+    assert all("set mesh.coordinator_address, mesh.num_processes and mesh.process_id together"
+               in line for line in lines)
