@@ -509,7 +509,7 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     if path.is_dir():
         raise UserError(f"config file {path} is a directory; pass a path to a YAML file")
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
+        raise _no_config_file(path, included_by=seen[-1] if seen else None)
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
     data = _yaml_mapping(lambda: path.read_text(encoding="utf-8"), str(path))
@@ -522,6 +522,18 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     for name in includes:
         merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()))
     return _merge(merged, _without_retired(data, str(path), strict=True), str(path))
+
+
+def _no_config_file(path: Path, included_by: Path | None) -> UserError:
+    """A missing YAML file, with the likelier mistake when it names an include or a key."""
+    if included_by is not None:
+        return UserError(f"config file {path}, named by include: in {included_by}, does not "
+                         f"exist; fix that include (paths are relative to {included_by.parent})")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if str(path).partition(".")[0] in sections and _OVERRIDE.match(f"{path}="):
+        return UserError(f"config file {path} does not exist, and as an override it lacks a "
+                         f"value: write {path}=VALUE")
+    return UserError(f"config file {path} does not exist; pass a path to a YAML file")
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
@@ -545,6 +557,16 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "
+                  "override (e.g. train.steps=100); every key, its default and its doc: "
+                  "bertjax/config.py")
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    """-h or --help anywhere on a command line that takes CONFIG [key=value ...]."""
+    return any(word in ("-h", "--help") for word in argv)
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bertjax import config, domains, glue
+from bertjax import config, domains, glue, prepare, train
 from bertjax.domains import check_domains
 from bertjax.errors import UserError
 
@@ -354,3 +354,21 @@ def test_a_partial_multi_process_setting_names_the_missing_keys():
         "set mesh.num_processes and mesh.process_id (" in lines[1]
     assert all("set mesh.coordinator_address, mesh.num_processes and mesh.process_id together"
                in line for line in lines)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["configs/demo.yaml", "--help"], ["-h"]])
+def test_help_prints_usage_and_exits_0(argv, capsys):
+    for front_door in (train, prepare):
+        front_door.main(argv)  # returns: exit code 0, nothing loaded or written
+        out = capsys.readouterr().out
+        assert out.startswith(front_door.USAGE) and "section.key=value" in out
+
+
+def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
+    with pytest.raises(UserError, match=r"config file train\.steps does not exist, and as an "
+                                        r"override it lacks a value: write train\.steps=VALUE"):
+        config.load(["train.steps"])
+    (tmp_path / "task.yaml").write_text("include: base.yaml\n")
+    with pytest.raises(UserError, match=r"base\.yaml, named by include: in .*task\.yaml, does "
+                                        r"not exist; fix that include"):
+        config.load([tmp_path / "task.yaml"])
