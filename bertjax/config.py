@@ -12,17 +12,27 @@ default, doc and domain, read top to bottom.
 import dataclasses
 import difflib
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigKeyError,
+    GrammarParseError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from bertjax.domains import (
     FRACTION,
     NON_NEGATIVE,
+    PATH,
+    PATHS,
     POSITIVE,
     UNIT_CLOSED,
     UNIT_OPEN,
@@ -98,7 +108,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus")
+    path: str | None = opt(None, "existing tokenizer.json to use; null = train one on the corpus",
+                           domain=PATH)
     vocab_size: int = opt(8192, "WordPiece vocabulary size when training", domain=at_least(100))
     lowercase: bool = opt(True, "BERT normalizer lowercases and strips accents")
     min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge",
@@ -120,8 +131,10 @@ def check_objective(objective: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)")
-    sources: list[str] = opt([], "local text/jsonl/parquet files or globs")
+    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)",
+                    domain=PATH)
+    sources: list[str] = opt([], "local text/jsonl/parquet files or globs",
+                              domain=PATHS)
     hf_dataset: str | None = opt(None, "Hugging Face hub dataset name (streamed)")
     hf_config: str | None = opt(None, "hub dataset config, e.g. 20231101.en")
     hf_split: str = opt("train", "hub dataset split")
@@ -209,9 +222,11 @@ class MeshConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = opt("pretrain", "pretrain | glue", domain=one_of("pretrain", "glue"))
-    run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go")
+    run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go",
+                        domain=PATH)
     steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)", domain=POSITIVE)
-    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE)
+    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE,
+                             int_bits=64)
     micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)",
                            domain=POSITIVE)
     batch_start: int | None = opt(None, "global batch at step 0 (null = batch_end)",
@@ -222,7 +237,8 @@ class TrainConfig:
                             domain=UNIT_CLOSED)
     batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times",
                                  domain=POSITIVE)
-    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE)
+    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE,
+                     int_bits=64)
     resume: str = opt("auto", "auto (newest complete checkpoint) | never",
                       domain=one_of("auto", "never"))
     log_every: int = opt(10, "steps between log lines / metrics.jsonl rows", domain=POSITIVE)
@@ -276,7 +292,8 @@ class WandbConfig:
 @dataclass(frozen=True)
 class InitConfig:
     checkpoint: str | None = opt(None, "start from: run dir, checkpoint dir, bundle or HF BERT dir "
-                                 "(pretraining: continue from its weights when the run is new)")
+                                 "(pretraining: continue from its weights when the run is new)",
+                                 domain=PATH)
     tokenizer_mismatch_ok: bool = opt(False, "accept a bundle whose tokenizer.json is not the "
                                       "one its weights were exported with (its manifest says)")
 
@@ -287,9 +304,10 @@ class InitConfig:
 @dataclass(frozen=True)
 class GlueConfig:
     task: str = opt("mnli", " | ".join(GLUE_TASKS), domain=one_of(*GLUE_TASKS))
-    data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)")
+    data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)",
+                               domain=PATH)
     seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
-                           domain=list_of(NON_NEGATIVE, non_empty=True))
+                           domain=list_of(NON_NEGATIVE, non_empty=True), int_bits=64)
     epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)
     batch_size: int = opt(32, "sequences per step", domain=POSITIVE)
     buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length",
@@ -300,8 +318,10 @@ class GlueConfig:
                        "average of the real tokens' states)", domain=one_of("cls", "mean"))
     max_train_examples: int | None = opt(None, "use only the first N training rows",
                                          domain=POSITIVE)
-    train_file: str | None = opt(None, "override the training TSV name inside data_dir")
-    dev_files: list[str] = opt([], "override the dev TSV names inside data_dir")
+    train_file: str | None = opt(None, "override the training TSV name inside data_dir",
+                                 domain=PATH)
+    dev_files: list[str] = opt([], "override the dev TSV names inside data_dir",
+                                domain=PATHS)
 
     def __post_init__(self):
         check_domains(self)
@@ -364,8 +384,37 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
         got = f"{value!r}" if value is not None else "the given value"
-        return UserError(f"config key '{key}' in {source} expects {expected}, got {got}")
+        return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
+                         f"{_list_hint(key, hints.get(name), value)}")
+    if isinstance(e, InterpolationResolutionError):
+        return _unresolved(e, schema, key)
     return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
+
+
+def _list_hint(key: str, expected: Any, value: Any) -> str:
+    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written."""
+    if typing.get_origin(expected) is not list or "[" in key or value is None:
+        return ""
+    return f"; write a list in brackets, e.g. {key}=[{show(value)}]"
+
+
+def _unresolved(e: InterpolationResolutionError, merged: DictConfig, key: str) -> UserError:
+    """An interpolation that does not resolve, named by its key and its text as written;
+    OmegaConf's message would also name its internal node types."""
+    # 'KeyError raised while resolving interpolation: "Environment variable ..."' -> the cause
+    cause = re.sub(r"^\w+ raised while resolving interpolation: ", "", e.msg.splitlines()[0])
+    cause = cause.strip('"')
+    return UserError(f"{key}={_as_written(merged, key)}: {cause[:1].lower()}{cause[1:]}; refer "
+                     "to an existing key (${section.key}) or a set environment variable "
+                     "(${oc.env:VAR} or ${oc.env:VAR,default}), or write the value itself")
+
+
+def _as_written(merged: DictConfig, key: str) -> str:
+    """The value of `key` ('glue.seeds[0]' too) before interpolations resolve."""
+    node = OmegaConf.to_container(merged, resolve=False)
+    for part in re.findall(r"\w+", key):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return show(node)
 
 
 def _plain(value: Any) -> str:
@@ -409,16 +458,50 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
-def _yaml_mapping(read: Callable[[], object], source: str) -> DictConfig:
-    """`read()`'s YAML, which must be a mapping of sections; anything else is one line."""
+def _yaml_mapping(read: Callable[[], str], source: str) -> DictConfig:
+    """The YAML text `read()` returns, which must be a mapping of sections; anything else is
+    one line."""
     try:
-        data = read()
-    except Exception as e:  # yaml.YAMLError and friends
+        text = read()
+        # The document's shape first: OmegaConf would read a bare word as a key set to null.
+        shape = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = OmegaConf.create(text)
+    except (yaml.MarkedYAMLError, GrammarParseError) as e:
+        raise _syntax_error(e, source, text) from None
+    except Exception as e:  # unreadable text and the like
         raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]})") from None
-    if not isinstance(data, DictConfig):
-        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...)")
+    if shape is not None and not isinstance(shape, yaml.MappingNode):
+        held = "a list" if isinstance(shape, yaml.SequenceNode) else f"the value {shape.value!r}"
+        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...), not "
+                        f"{held}; write e.g. 'train:' then '  steps: 100' on the next line")
     return data
+
+
+def _syntax_error(e: yaml.MarkedYAMLError | GrammarParseError, source: str,
+                  text: str | None) -> UserError:
+    """A YAML or interpolation syntax error as one line: where (when `text` is the whole file
+    the marks point into), what and the fix."""
+    if isinstance(e, GrammarParseError):
+        return UserError(f"{source}: {e.full_key} holds a malformed interpolation "
+                         f"({e.msg.splitlines()[0]}); write ${{section.key}} or ${{oc.env:VAR}} "
+                         "with its closing brace, or escape a literal '${' as '\\${'")
+    what = e.problem or e.context
+    if e.context and e.problem:
+        what += f" ({e.context}{_yaml_place(e.context_mark, text, ' started at ')})"
+    if text is None:  # an override: its value was parsed alone, so marks say nothing useful
+        return UserError(f"{source} does not parse as YAML: {what}; close its brackets and "
+                         "quotes, or quote the whole value to pass text")
+    lines = text.splitlines()
+    line = lines[e.problem_mark.line] if e.problem_mark.line < len(lines) else ""
+    fix = "indent with spaces, not tabs" if "\t" in line else "correct the YAML there"
+    return UserError(f"{source} is not valid YAML: {_yaml_place(e.problem_mark, text, '')}"
+                     f"{f' ({line!r})' if line else ''}: {what}; {fix}")
+
+
+def _yaml_place(mark: Any, text: str | None, prefix: str) -> str:
+    """'line 2, column 9' of a yaml Mark (pure-Python or libyaml's: no common type), or ''."""
+    return f"{prefix}line {mark.line + 1}, column {mark.column + 1}" if mark and text else ""
 
 
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
@@ -426,10 +509,10 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     if path.is_dir():
         raise UserError(f"config file {path} is a directory; pass a path to a YAML file")
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass a path to a YAML file")
+        raise _no_config_file(path, included_by=seen[-1] if seen else None)
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
-    data = _yaml_mapping(lambda: OmegaConf.load(path), str(path))
+    data = _yaml_mapping(lambda: path.read_text(encoding="utf-8"), str(path))
     includes = data.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
     if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
@@ -441,6 +524,18 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     return _merge(merged, _without_retired(data, str(path), strict=True), str(path))
 
 
+def _no_config_file(path: Path, included_by: Path | None) -> UserError:
+    """A missing YAML file, with the likelier mistake when it names an include or a key."""
+    if included_by is not None:
+        return UserError(f"config file {path}, named by include: in {included_by}, does not "
+                         f"exist; fix that include (paths are relative to {included_by.parent})")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    if str(path).partition(".")[0] in sections and _OVERRIDE.match(f"{path}="):
+        return UserError(f"config file {path} does not exist, and as an override it lacks a "
+                         f"value: write {path}=VALUE")
+    return UserError(f"config file {path} does not exist; pass a path to a YAML file")
+
+
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`."""
     merged = _schema()
@@ -450,8 +545,11 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         if not _OVERRIDE.match(item):
             raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
-        merged = _merge(merged, _without_retired(OmegaConf.from_dotlist([item]), source, True),
-                        source)
+        try:
+            data = OmegaConf.from_dotlist([item])
+        except (yaml.MarkedYAMLError, GrammarParseError) as e:
+            raise _syntax_error(e, source, text=None) from None
+        merged = _merge(merged, _without_retired(data, source, True), source)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
@@ -459,6 +557,16 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "
+                  "override (e.g. train.steps=100); every key, its default and its doc: "
+                  "bertjax/config.py")
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    """-h or --help anywhere on a command line that takes CONFIG [key=value ...]."""
+    return any(word in ("-h", "--help") for word in argv)
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -477,7 +585,7 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    data = _yaml_mapping(lambda: OmegaConf.create(text), source)
+    data = _yaml_mapping(lambda: text, source)
     merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
     try:
         return OmegaConf.to_object(merged)

@@ -2,11 +2,13 @@
 
 `opt(default, doc, domain=POSITIVE)` makes a field; the vocabulary is POSITIVE, NON_NEGATIVE,
 `at_least(n)`, `interval(lo, hi, "[)")` (UNIT_OPEN, FRACTION, UNIT_CLOSED), `one_of(...)`,
-`list_of(item, non_empty=, increasing=)` and `containing(text)`. `check_domains(section)`, run by
-every section's __post_init__, is the one place they are checked (types included).
+`list_of(item, non_empty=, increasing=)`, `containing(text)`, PATH and PATHS.
+`check_domains(section)`, run by every section's __post_init__, is the one place they are checked
+(types included, and that every number fits what numpy and JAX hold: `representable`).
 """
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -52,17 +54,21 @@ def containing(text: str) -> Domain:
 
 
 POSITIVE = Domain("> 0", lambda x: x > 0)
+# A blank path would silently mean the current directory.
+PATH = Domain("a non-empty path", lambda x: x.strip() != "")
+PATHS = Domain("a list of non-empty paths", lambda xs: all(map(PATH.test, xs)))
+FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan
 NON_NEGATIVE = at_least(0)
 UNIT_OPEN = interval(0, 1, "()")  # a probability that must do something: (0, 1)
 FRACTION = interval(0, 1, "[)")  # dropout, warm-up, held-out share: [0, 1)
 UNIT_CLOSED = interval(0, 1, "[]")
 
 
-def opt(default: Any, doc: str, *, domain: Domain | None = None) -> Any:
+def opt(default: Any, doc: str, *, domain: Domain | None = None, int_bits: int = 32) -> Any:
     """A config field with a default, a one-line doc and the domain its values must lie in
     (null, where the type allows it, always passes: it means "derive it"). Lists get a fresh
-    copy per instance."""
-    metadata = {"doc": doc, "domain": domain}
+    copy per instance. `int_bits`: the signed width an int field must fit (`representable`)."""
+    metadata = {"doc": doc, "domain": domain, "int_bits": int_bits}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -96,12 +102,37 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def representable(tp: Any, int_bits: int) -> Domain | None:
+    """What numpy and JAX can hold of a field of type `tp`: floats finite (an infinite learning
+    rate or epoch count is no setting), ints within signed `int_bits`. JAX runs with 64-bit types
+    off, so an int that reaches the device (a step count, which optax schedules count in int32, a
+    shape, an interval compared with the step) must fit 32 bits, the default; seeds and token
+    budgets meet only numpy and jax.random.key, which take int64, and declare 64."""
+    kinds = typing.get_args(tp) or (tp,)
+    if typing.get_origin(tp) is list:
+        item = representable(kinds[0], int_bits)
+        return item and Domain(f"with items {item.says}", lambda xs: all(map(item.test, xs)))
+    if float in kinds:
+        return FINITE
+    if int in kinds:
+        bound = 2 ** (int_bits - 1)
+        return Domain(f"below 2**{int_bits - 1}", lambda x: -bound <= x < bound)
+    return None
+
+
+def both(first: Domain | None, second: Domain | None) -> Domain | None:
+    if first is None or second is None:
+        return first or second
+    return Domain(f"{first.says} and {second.says}", lambda x: first.test(x) and second.test(x))
+
+
 def check_domains(section: Any) -> None:
     """The one check of every field of a config section against its declared type and domain;
     each section's __post_init__ runs it first, so no config with an impossible value exists."""
     name = type(section).__name__.removesuffix("Config").lower()
     for f in dataclasses.fields(section):
-        key, value, domain = f"{name}.{f.name}", getattr(section, f.name), f.metadata["domain"]
+        key, value = f"{name}.{f.name}", getattr(section, f.name)
+        domain = both(f.metadata["domain"], representable(f.type, f.metadata["int_bits"]))
         if not _has_type(value, f.type):
             raise UserError(f"{key}={value!r} is not {type_name(f.type)}; "
                             f"{key}: {f.metadata['doc']}")
@@ -110,7 +141,7 @@ def check_domains(section: Any) -> None:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
             else f.default
         example = f"e.g. {key}={show(default)} (the default)" if default is not None and \
-            domain.test(default) else f"set {key} to a value {domain.says}"
+            domain.test(default) else f"set {key} to a value that is {domain.says}"
         nullable = type(None) in typing.get_args(f.type)
         raise UserError(f"{key}={show(value)} is invalid: it must be {domain.says} "
                         f"({f.metadata['doc']}); {example}{' or null' if nullable else ''}")

@@ -355,10 +355,16 @@ def ensure_prepared(cfg: Config) -> Path:
     return directory
 
 
+USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [key=value ...]"
+
+
 def main(argv: list[str]) -> None:
+    if config_lib.asks_for_help(argv):
+        print(f"{USAGE}\n{config_lib.OVERRIDES_HELP}")
+        return
     files, overrides = config_lib.split_args(argv)
     if not files:
-        raise UserError("usage: python -m bertjax.prepare CONFIG.yaml [key=value ...]")
+        raise UserError(USAGE)
     ensure_prepared(config_lib.load(files, overrides))
 
 

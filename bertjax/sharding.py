@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import MeshConfig
+from bertjax.errors import UserError
 
 
 def multi_process_reason(cfg: MeshConfig) -> str | None:
@@ -42,12 +43,30 @@ def multi_process_reason(cfg: MeshConfig) -> str | None:
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:
-    """Join a multi-process run when the config or the cluster environment asks for one."""
+    """Join a multi-process run when the config or the cluster environment asks for one.
+
+    JAX fills the mesh keys left null from a launcher it detects (SLURM, Open MPI, TPU pods), so
+    some of them alone can be right; without one it refuses before starting anything, which is
+    where a partial setting is named as the user's mistake."""
     if jax.distributed.is_initialized():
         return
-    if multi_process_reason(cfg) is not None:
+    reason = multi_process_reason(cfg)
+    if reason is None:
+        return
+    try:
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
                                    num_processes=cfg.num_processes, process_id=cfg.process_id)
+    except ValueError as e:
+        missing = [f"mesh.{k}" for k in _PROCESS_KEYS if getattr(cfg, k) is None]
+        if not missing:
+            raise
+        raise UserError(f"{reason} asks for a multi-process run, but no launcher JAX detects set "
+                        f"{' and '.join(missing)} ({e}); set mesh.coordinator_address, "
+                        "mesh.num_processes and mesh.process_id together, or none of them under "
+                        "SLURM, Open MPI or a TPU pod") from None
+
+
+_PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")
 
 
 def make_mesh() -> Mesh:

@@ -9,10 +9,15 @@ from bertjax.errors import UserError, cli
 from bertjax.finetune import finetune
 from bertjax.pretrain import pretrain
 
+USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
+
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        raise UserError("usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]")
+    if config.asks_for_help(argv):
+        print(f"{USAGE}\n{config.OVERRIDES_HELP}")
+        return
+    if not argv:
+        raise UserError(USAGE)
     cfg = config.load(*config.split_args(argv))
     if cfg.train.task == "glue":
         finetune(cfg)

@@ -2,6 +2,8 @@
 
 import ast
 import dataclasses
+import os
+import re
 import subprocess
 import sys
 import typing
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bertjax import config, domains, glue
+from bertjax import config, domains, glue, prepare, train
 from bertjax.domains import check_domains
 from bertjax.errors import UserError
 
@@ -157,16 +159,12 @@ def test_a_removed_key_says_why(tmp_path):
 
 
 # ---- domains (issue 19): every numeric and list key declares what it may be, checked at load ----
-# Lists whose every value is fine (paths; dev file names, counted against the task in glue.py).
-FREE_LISTS = {"data.sources", "glue.dev_files"}
-
-
 def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
     for section in dataclasses.fields(config.Config):
         for f in dataclasses.fields(section.type):
             key, kinds = f"{section.name}.{f.name}", typing.get_args(f.type) or (f.type,)
             numeric = any(k in (int, float) for k in kinds)
-            if (numeric or typing.get_origin(f.type) is list) and key not in FREE_LISTS:
+            if numeric or typing.get_origin(f.type) is list:
                 assert f.metadata["domain"] is not None, key
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
                 else f.default
@@ -250,3 +248,127 @@ def test_weak_messages_are_specific(tmp_path):
         config.load([tmp_path])
     with pytest.raises(UserError, match=r"'glue\.seeds\[0\]' .* expects items of list\[int\]"):
         config.load([], ["glue.seeds=[a]"])
+
+
+# ---- bad input found by the probe: every mistake is one line naming it and the fix ----
+@pytest.mark.parametrize("override, fragment", [
+    ("train.steps=${", r"override 'train.steps=\$\{': train.steps holds a malformed interpolation"),
+    ("train.run_dir=${oc.env:HOME", r"train.run_dir holds a malformed interpolation .*closing"),
+    ("train.steps=[1", r"override 'train.steps=\[1' does not parse as YAML: did not find "
+                       r"expected ',' or '\]' .*close its brackets"),
+])
+def test_an_override_that_does_not_parse_is_named(override, fragment):
+    with pytest.raises(UserError, match=fragment):
+        config.load([], [override])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.steps=${oops}", r"^train.steps=\$\{oops\}: interpolation key 'oops' not found; "
+                            r"refer to an existing key"),
+    ("data.dir=${oc.env:NOPE_XYZ}", r"^data.dir=\$\{oc.env:NOPE_XYZ\}: environment variable "
+                                    r"'NOPE_XYZ' not found; .*\$\{oc.env:VAR,default\}"),
+    ("train.run_dir=${foo:bar}", r"^train.run_dir=\$\{foo:bar\}: unsupported interpolation type"),
+    ("data.dir=${data.dir}", r"^data.dir=\$\{data.dir\}: recursive interpolation"),
+    ("glue.seeds=[0,'${oops}']", r"^glue.seeds\[1\]=\$\{oops\}: interpolation key 'oops'"),
+])
+def test_an_interpolation_that_does_not_resolve_names_key_and_fix(override, fragment):
+    with pytest.raises(UserError, match=fragment) as e:
+        config.load([], [override])
+    assert "reference_type" not in str(e.value) and "\n" not in str(e.value)
+    assert config.load([], ["data.dir=${train.run_dir}"]).data.dir == "runs/demo"  # still works
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("model:\n  size: [tiny\n", r"line 3, column 1: .*expected ',' or '\]'.* \(while parsing a "
+                                r"flow sequence started at line 2, column 9\)"),
+    ("model:\n\tsize: tiny\n", r"line 2, column 1 \('\\tsize: tiny'\): found character .*; "
+                               "indent with spaces, not tabs"),
+    ("model:\n  size: tiny\nmodel:\n  size: mini\n",
+     r"line 3, column 1 \('model:'\): found duplicate key model"),
+    ("hello\n", "must hold a mapping of sections .*, not the value 'hello'"),
+    ("train:\n  steps: ${\n", r"train.steps holds a malformed interpolation"),
+])
+def test_a_yaml_mistake_says_where_and_what(tmp_path, text, fragment):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        config.load([tmp_path / "bad.yaml"])
+
+
+def test_one_value_where_a_list_belongs_shows_the_bracket_form():
+    with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
+        config.load([], ["data.sources=foo.txt"])
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optim.lr=inf", "> 0 and finite"), ("optim.lr=-inf", "> 0 and finite"),
+    ("glue.epochs=inf", "> 0 and finite"), ("optim.clip=inf", ">= 0 and finite"),
+    ("precision.loss_scale=inf", "> 0 and finite"), ("model.layer_norm_eps=1e400", "finite"),
+    ("train.steps=2147483648", "> 0 and below 2**31"),  # optax counts steps in int32
+    ("train.steps=99999999999999999999999", "below 2**31"),
+    ("train.seed=9223372036854775808", ">= 0 and below 2**63"),  # jax.random.key: int64
+    ("glue.seeds=[0,99999999999999999999999]", "below 2**63"),
+    ("train.tokens=99999999999999999999999", "below 2**63"),
+])
+def test_a_number_numpy_or_jax_cannot_hold_is_refused_at_load(override, says):
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}=.+ is invalid: it must be "
+                                        rf".*{re.escape(says)}"):
+        config.load([], [override])
+
+
+def test_the_largest_numbers_that_fit_still_load():
+    cfg = config.load([], ["train.steps=2147483647", "train.seed=9223372036854775807",
+                           "train.tokens=9223372036854775807", "optim.lr=1e300"])
+    assert (cfg.train.steps, cfg.train.seed) == (2**31 - 1, 2**63 - 1)
+
+
+@pytest.mark.parametrize("override", [
+    "data.dir=''", "train.run_dir=' '", "tokenizer.path=''", "init.checkpoint=''",
+    "glue.data_dir=''", "glue.train_file=''", "data.sources=[a.txt,'']", "glue.dev_files=['']",
+])
+def test_an_empty_path_is_refused_before_anything_is_written(override):
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}=.* is invalid: it must be a "
+                                        "(non-empty path|list of non-empty paths)"):
+        config.load([], [override])
+
+
+def test_a_partial_multi_process_setting_names_the_missing_keys():
+    """Without a launcher JAX detects, mesh keys given only in part are a one-line mistake (JAX
+    itself raises ValueError). A subprocess: JAX refuses to initialize after any computation."""
+    calls = ["initialize_distributed(MeshConfig(num_processes=2, process_id=0))",
+             "initialize_distributed(MeshConfig(coordinator_address='notahost:1234'))"]
+    code = "\n".join(["from bertjax.config import MeshConfig",
+                      "from bertjax.errors import UserError",
+                      "from bertjax.sharding import initialize_distributed"] +
+                     [f"try:\n    {call}\nexcept UserError as e:\n    print(e)" for call in calls])
+    launchers = ("SLURM_", "OMPI_", "PMI_", "JAX_", "TPU_", "MEGASCALE_", "KUBERNETES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launchers)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 2, out.stdout + out.stderr
+    assert lines[0].startswith("mesh.num_processes=2 asks for a multi-process run") and \
+        "set mesh.coordinator_address (" in lines[0]
+    assert lines[1].startswith("mesh.coordinator_address=notahost:1234 asks") and \
+        "set mesh.num_processes and mesh.process_id (" in lines[1]
+    assert all("set mesh.coordinator_address, mesh.num_processes and mesh.process_id together"
+               in line for line in lines)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["configs/demo.yaml", "--help"], ["-h"]])
+def test_help_prints_usage_and_exits_0(argv, capsys):
+    for front_door in (train, prepare):
+        front_door.main(argv)  # returns: exit code 0, nothing loaded or written
+        out = capsys.readouterr().out
+        assert out.startswith(front_door.USAGE) and "section.key=value" in out
+
+
+def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
+    with pytest.raises(UserError, match=r"config file train\.steps does not exist, and as an "
+                                        r"override it lacks a value: write train\.steps=VALUE"):
+        config.load(["train.steps"])
+    (tmp_path / "task.yaml").write_text("include: base.yaml\n")
+    with pytest.raises(UserError, match=r"base\.yaml, named by include: in .*task\.yaml, does "
+                                        r"not exist; fix that include"):
+        config.load([tmp_path / "task.yaml"])
