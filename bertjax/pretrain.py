@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 
 from bertjax import config as config_lib
-from bertjax import plot, prepare
+from bertjax import plot, prepare, prepared
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
@@ -33,7 +33,7 @@ from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
-from bertjax.pretrained import continue_from
+from bertjax.pretrained import ARCHITECTURE, continue_from
 from bertjax.runlock import hold_run_dir
 from bertjax.sharding import (
     StopSignal,
@@ -46,25 +46,29 @@ from bertjax.sharding import (
 from bertjax.step import init_state
 
 
-def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
-    """The run keeps a copy of its tokenizer (fine-tuning and export read it from there), and a
-    resume refuses a data directory whose tokenizer has changed since: re-preparing retrains it,
-    which is not reproducible, so every token id would silently mean something else."""
+def check_tokenizer(run_dir: Path, data_dir: Path) -> None:
+    """A resume refuses a data directory whose tokenizer has changed since the run began:
+    re-preparing retrains it, which is not reproducible, so every token id would silently mean
+    something else."""
     source, kept = data_dir / "tokenizer.json", run_dir / "tokenizer.json"
-    if kept.is_file():
-        if kept.read_bytes() != source.read_bytes():
-            raise UserError(f"{source} is not the tokenizer {run_dir} was trained with ({kept}): "
-                            f"{data_dir} was prepared again since; prepare a data.dir with "
-                            f"tokenizer.path={kept} to resume, or start a new train.run_dir")
-    elif jax.process_index() == 0:
-        write_atomic(kept, source.read_text())
+    if kept.is_file() and kept.read_bytes() != source.read_bytes():
+        raise UserError(f"{source} is not the tokenizer {run_dir} was trained with ({kept}): "
+                        f"{data_dir} was prepared again since; prepare a data.dir with "
+                        f"tokenizer.path={kept} to resume, or start a new train.run_dir")
+
+
+def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
+    """The run keeps a copy of its tokenizer: fine-tuning and export read it from there."""
+    kept = run_dir / "tokenizer.json"
+    if not kept.is_file():
+        write_atomic(kept, (data_dir / "tokenizer.json").read_text())
 
 
 def same_data_on_every_process(data_dir: Path) -> None:
     """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
     Tokenizer training is not reproducible, so their token ids could differ, silently: compare
     the tokenizer's sha256 and the token counts across processes and refuse a mismatch."""
-    meta = prepare.read_meta(data_dir)
+    meta = prepared.read_meta(data_dir)
     counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
     if not same_on_every_process([meta["tokenizer_sha256"].encode(), repr(counts).encode()]):
         raise UserError(f"the processes' prepared data in {data_dir} differ (tokenizer or token "
@@ -114,16 +118,23 @@ def pretrain(cfg: Config) -> Path:
 def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     run = resolve(cfg)
     cfg = run.cfg
-    keep_tokenizer(run.run_dir, Path(cfg.data.dir))
-    if jax.process_index() == 0:
-        write_atomic(run.run_dir / "config.yaml", run.config_yaml)
+    check_tokenizer(run.run_dir, Path(cfg.data.dir))
     mesh = make_mesh()
     root = jax.random.key(cfg.train.seed)
     keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
     state, optimizer, start, meta = start_state(run, keys[INIT], mesh, checkpoints)
+    if start == run.total_steps and (run.run_dir / "results.json").is_file():
+        checkpoints.close()
+        print(f"{run.run_dir} is trained to its last step ({start}) already: nothing to do; "
+              "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
+        return run.run_dir
     checkpoints.check_room(state)
+    # Written only now that the start is known to work: a refused resume (another model shape,
+    # a damaged checkpoint) leaves the run's config.yaml describing its checkpoints.
     if jax.process_index() == 0:
+        keep_tokenizer(run.run_dir, Path(cfg.data.dir))
+        write_atomic(run.run_dir / "config.yaml", run.config_yaml)
         drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
     fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
     monitor = Monitor(run.run_dir, run.total_steps, start, cfg.wandb, config_lib.to_dict(cfg),
@@ -172,11 +183,34 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
     state, optimizer, tokens_before = initial_state(run, key, mesh, load_init=latest is None)
     if latest is None:
         return state, optimizer, 0, {"tokens_before": tokens_before}
-    state, meta = checkpoints.restore(latest, state)
+    state, meta = restore_resumed(run, checkpoints, latest, state)
     if meta.get("config_hash") != config_hash(run.config_yaml):
         print(f"warning: resuming {run.run_dir} with a config that differs from the "
               "checkpoint's", file=sys.stderr)
     return state, optimizer, meta["step"], meta
+
+
+def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state):
+    """(state, meta) of checkpoint `step`, refusing a resume that cannot continue it: a model of
+    another shape (named, instead of Orbax's shape error read as a damaged checkpoint) or a
+    checkpoint past the run's last step."""
+    meta = checkpoints.read_meta(step)
+    fix = ("undo that change, or set a new train.run_dir (train.resume=never starts this one "
+           "over, replacing its checkpoints)")
+    if "config_yaml" in meta:
+        theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {step}'s config")
+        shape_keys = [("model", name) for name in ARCHITECTURE] + [("data", "objective")]
+        changed = [f"{section}.{name}: {getattr(getattr(theirs, section), name)} -> "
+                   f"{getattr(getattr(run.cfg, section), name)}" for section, name in shape_keys
+                   if getattr(getattr(theirs, section), name) !=
+                   getattr(getattr(run.cfg, section), name)]
+        if changed:
+            raise UserError(f"{run.run_dir} holds checkpoint {step} of another model shape "
+                            f"({', '.join(changed)}); {fix}")
+    if step > run.total_steps:
+        raise UserError(f"{run.run_dir} holds checkpoint {step}, past this run's last step "
+                        f"{run.total_steps}; raise train.steps (or train.tokens), or {fix}")
+    return checkpoints.restore(step, state)
 
 
 def finish(run: Run, model: Bert) -> None:

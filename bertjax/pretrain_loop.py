@@ -143,11 +143,14 @@ class Loop:
 
     def finish(self, state: TrainState, missed: bool) -> None:
         """The last step's checkpoint and validation, where the loop's periodic ones did not
-        fall on it (`missed`: a rollback at the last step skipped them)."""
+        fall on it (`missed`: a rollback at the last step skipped them), and the checkpoint is
+        not there yet (a rerun of a run killed after its last checkpoint, before its results)."""
         train, total = self.cfg.train, self.run.total_steps
-        if missed or not train.checkpoint_every or total % train.checkpoint_every:
+        if (missed or not train.checkpoint_every or total % train.checkpoint_every) and \
+                self.checkpoints.latest_step() != total:
             self.save(state, total)
-        if missed or not train.eval_every or total % train.eval_every:
+        if missed or not train.eval_every or total % train.eval_every or \
+                self.last_validation is None:  # a rerun that started at the last step
             self.validate(state, total)
 
     def read(self) -> None:

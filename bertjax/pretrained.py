@@ -215,7 +215,7 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
 
 # ---- starting points: continued pretraining and GLUE fine-tuning ----
 # What must agree for a checkpoint's weights to be another run's starting point.
-_ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
+ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings", "type_vocab_size", "norm")
 
 
@@ -226,7 +226,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
     source = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
     where = f"init.checkpoint={cfg.init.checkpoint}"
-    for name in _ARCHITECTURE:
+    for name in ARCHITECTURE:
         theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
         if theirs != ours:
             raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "

@@ -3,8 +3,10 @@ kill, SIGTERM checkpointing, resume on another device count, rollback and stop o
 steps, and the same on two jax.distributed processes: continued pretraining, resume, FSDP, a
 signal to one process, and processes whose prepared data differ."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrain import keep_tokenizer, resolve
+from bertjax.pretrain import check_tokenizer, keep_tokenizer, resolve
 from bertjax.pretrained import continue_from, restore_model
 from bertjax.step import abstract_state
 
@@ -111,13 +113,51 @@ def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
     data_dir.mkdir()
     run_dir.mkdir()
     (data_dir / "tokenizer.json").write_text('{"version": "1.0", "vocab": "first"}')
+    check_tokenizer(run_dir, data_dir)  # a new run: nothing kept yet
     keep_tokenizer(run_dir, data_dir)
-    keep_tokenizer(run_dir, data_dir)  # same tokenizer: resuming is fine
+    check_tokenizer(run_dir, data_dir)  # same tokenizer: resuming is fine
     assert (run_dir / "tokenizer.json").read_text() == (data_dir / "tokenizer.json").read_text()
     (data_dir / "tokenizer.json").write_text('{"version": "1.0", "vocab": "retrained"}')
     with pytest.raises(UserError, match="not the tokenizer .* was trained with"):
-        keep_tokenizer(run_dir, data_dir)
+        check_tokenizer(run_dir, data_dir)
     assert "first" in (run_dir / "tokenizer.json").read_text()
+
+
+def file_hashes(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_finished_run_started_again_changes_nothing(config_file, straight, tmp_path):
+    """The same command again: nothing to do (it used to fail saving the last checkpoint
+    twice). A resume that cannot continue the checkpoints (another model shape, fewer steps) is
+    refused in one line before anything is written: config.yaml still describes them."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    before = file_hashes(run_dir)
+    code, out = train(config_file, run_dir)
+    assert code == 0 and "nothing to do" in out, out
+    for change, expect in [("model.intermediate_size=32", "model.intermediate_size: 256 -> 32"),
+                           ("data.objective=mlm+sop", "data.objective: mlm -> mlm+sop"),
+                           (f"train.steps={STEPS - 1}", f"past this run's last step {STEPS - 1}")]:
+        code, out = train(config_file, run_dir, change)
+        last = out.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: ") and expect in last, out
+        assert "Traceback" not in out, out
+    assert file_hashes(run_dir) == before
+
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_on_a_rerun(config_file, straight,
+                                                                    tmp_path):
+    """Killed between the last checkpoint and results.json: the rerun validates and writes the
+    results without saving that checkpoint again."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    (run_dir / "results.json").unlink()
+    code, out = train(config_file, run_dir, "train.checkpoint_every=4")  # 6 % 4: saved at the end
+    assert code == 0, out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["steps"] == STEPS and results["validation"]["val_loss"] > 0
 
 
 def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, straight,
