@@ -140,9 +140,10 @@ class Checkpoints:
             source = f"checkpoint {latest} does"
         free = shutil.disk_usage(self.directory).free
         if free < size:
-            what = "for this run's checkpoints" if step is None else f"for checkpoint {step}"
-            raise disk_full_error(self.directory, f"{what}: one needs about {size / 2**20:.2f} "
-                                  f"MiB ({source}), {free / 2**20:.2f} MiB are free",
+            what = "for this run's checkpoints: each" if step is None else \
+                f"for checkpoint {step}: it"
+            raise disk_full_error(self.directory, f"{what} needs about {size / 2**20:.2f} MiB "
+                                  f"({source}), {free / 2**20:.2f} MiB are free",
                                   "nothing was written" if step is not None else
                                   "no step was run")
 
