@@ -76,12 +76,32 @@ def same_data_on_every_process(data_dir: Path) -> None:
                         "tokenizer.path to the same tokenizer.json everywhere")
 
 
+def size_run(cfg: Config) -> tuple[int, BatchRamp]:
+    """(steps, batch ramp): train.steps, or as many steps as train.tokens take on the ramp."""
+    steps = cfg.train.steps
+    if cfg.train.tokens is not None:
+        # The ramp depends on the step count; a constant-batch estimate is refined once.
+        probe = BatchRamp.from_config(cfg.train, 1)
+        steps = max(1, cfg.train.tokens // (probe.end * cfg.data.seq_len))
+        steps = BatchRamp.from_config(cfg.train, steps).steps_for_tokens(cfg.train.tokens,
+                                                                         cfg.data.seq_len)
+    ramp = BatchRamp.from_config(cfg.train, steps)
+    if ramp.sequences_before(steps) >= 2**31:
+        # The step numbers each sequence's masking key by its global row, an int32 on device.
+        raise UserError(f"{steps:,} steps of this batch ramp read {ramp.sequences_before(steps):,} "
+                        "sequences, more than the masking's int32 row numbers reach (2**31); "
+                        "lower train.steps or train.tokens, or continue in a second run "
+                        "(init.checkpoint)")
+    return steps, ramp
+
+
 def resolve(cfg: Config) -> Run:
     """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
     if cfg.data.seq_len > cfg.model.max_position_embeddings:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's "
                         f"{cfg.model.max_position_embeddings} positions; lower data.seq_len or "
                         "raise model.max_position_embeddings")
+    steps, ramp = size_run(cfg)
     data_dir = prepare.ensure_prepared(cfg)
     same_data_on_every_process(data_dir)
     tok = tokenizer_lib.load(data_dir / "tokenizer.json")
@@ -92,18 +112,10 @@ def resolve(cfg: Config) -> Run:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{vocab} tokens; set model.vocab_size=null to use the tokenizer's size")
     train = PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective, cfg.train.seed)
-    validation = PretrainData(data_dir, "validation", cfg.data.seq_len,
-                                       cfg.data.objective, cfg.train.seed)
+    validation = PretrainData(data_dir, "validation", cfg.data.seq_len, cfg.data.objective,
+                              cfg.train.seed)
     if validation.num_sequences == 0:
         validation = None
-    probe = BatchRamp.from_config(cfg.train, 1)
-    steps = cfg.train.steps
-    if cfg.train.tokens is not None:
-        # The ramp depends on the step count; a constant-batch estimate is refined once.
-        steps = max(1, cfg.train.tokens // (probe.end * cfg.data.seq_len))
-        steps = BatchRamp.from_config(cfg.train, steps).steps_for_tokens(cfg.train.tokens,
-                                                                         cfg.data.seq_len)
-    ramp = BatchRamp.from_config(cfg.train, steps)
     return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
 
 
