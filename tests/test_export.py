@@ -462,3 +462,16 @@ def test_a_bad_tokenizer_flag_names_the_users_file(run, tmp_path, content, fragm
         export_run(run[0], tmp_path / "out", tokenizer=tok)
     assert ".tmp" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
+    import errno
+
+    from bertjax import files
+
+    def full(**_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", full)
+    with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
+        export_run(run[0], tmp_path / "out")
