@@ -4,7 +4,8 @@ A bundle is a directory: model.safetensors (our parameter names, e.g.
 `encoder.blocks.attn.qkv.weight`, stacked layers kept stacked), config.yaml, tokenizer.json and
 manifest.json (format version, sha256 and size of every file, the weights + tokenizer pair,
 parameter count, training summary), written to a temporary directory and renamed when complete
-(a full disk leaves nothing behind); `load_pretrained` verifies it.
+(a full disk leaves nothing behind); `load_pretrained` verifies it. --force replaces a previous
+bundle only: never the run, a directory holding it, or a directory that is not a bundle.
 """
 
 import argparse
@@ -16,6 +17,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer
 
 from bertjax import __version__
 from bertjax import config as config_lib
@@ -25,6 +27,7 @@ from bertjax.errors import UserError, cli
 from bertjax.files import (
     check_file,
     check_not_lfs_pointer,
+    check_output_dir,
     disk_full_error,
     is_disk_full,
     sha256_file,
@@ -35,6 +38,8 @@ from bertjax.pretrained import BUNDLE_FORMAT, BUNDLE_VERSION, restore_model, tok
 from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
+# What --force may replace: a directory holding a bundle's manifest, never anything else.
+MARKER, KIND = "manifest.json", "release bundle"
 
 
 def check_dtype(dtype: str) -> None:
@@ -44,24 +49,42 @@ USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloa
          "[--tokenizer PATH]")
 
 
-def _write_tokenizer(tokenizer, path: Path) -> None:
-    """`tokenizer`: a `tokenizers.Tokenizer`, a path to tokenizer.json, or None (no file)."""
+def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
+    """The tokenizer.json at `path` (`what`: how the user gave it), checked before it is copied:
+    an error about the copy would name the staging directory instead of the user's file."""
+    fix = "pass --tokenizer PATH to a Hugging Face tokenizer.json"
+    path = check_file(path, what, fix)
+    check_not_lfs_pointer(path)
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+        raise UserError(f"{what} {path} is not a valid tokenizer.json "
+                        f"({str(e).splitlines()[0]}); {fix}") from None
+    tokenizer_lib.special_tokens(tok, f"{what} {path}")
+    return tok
+
+
+def _write_tokenizer(tokenizer, path: Path) -> Tokenizer | None:
+    """`tokenizer`: a `tokenizers.Tokenizer`, a path to tokenizer.json, or None (no file).
+    Returns the tokenizer written."""
     if tokenizer is None:
-        return
+        return None
     if hasattr(tokenizer, "to_str"):
         path.write_text(tokenizer.to_str(pretty=True))
-        return
-    source = check_file(tokenizer, "tokenizer", "pass --tokenizer PATH to a tokenizer.json")
-    check_not_lfs_pointer(source)
-    shutil.copyfile(source, path)
+        return tokenizer
+    tok = check_tokenizer_file(tokenizer, "tokenizer")
+    shutil.copyfile(tokenizer, path)
+    return tok
 
 
 def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
-                summary: dict | None = None, dtype: str = "float32", force: bool = True) -> Path:
+                summary: dict | None = None, dtype: str = "float32", force: bool = True,
+                key: str = "out_dir") -> Path:
     """Write `model` (any heads) with its config and tokenizer as a release bundle.
 
     `force=True` (the library default) replaces an existing bundle, as fine-tuning does when a
-    better epoch arrives; the CLI asks for --force."""
+    better epoch arrives, but never a directory of something else; the CLI asks for --force.
+    `key`: how errors name `out_dir`."""
     check_dtype(dtype)
     out_dir = Path(out_dir)
     target = np.dtype(jnp.dtype(dtype))
@@ -70,17 +93,17 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
              "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
     try:
-        with staged_dir(out_dir, force) as tmp:
+        with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
             save_file(arrays, str(tmp / "model.safetensors"),
                       metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
             (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
-            _write_tokenizer(tokenizer, tmp / "tokenizer.json")
+            tok = _write_tokenizer(tokenizer, tmp / "tokenizer.json")
             files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
                      for p in sorted(tmp.iterdir())}
             manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
                         "bertjax_version": __version__, "dtype": dtype,
                         "parameters": param_count(model), "norm": cfg.model.norm,
-                        "heads": heads, "files": files, "tokenizer": _pair(tmp, files),
+                        "heads": heads, "files": files, "tokenizer": _pair(tok, files),
                         "summary": summary or {}}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     except Exception as e:  # safetensors raises its own error type for ENOSPC
@@ -90,12 +113,12 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
     return out_dir
 
 
-def _pair(tmp: Path, files: dict) -> dict:
+def _pair(tok: Tokenizer | None, files: dict) -> dict:
     """What binds the weights to their tokenizer (pretrained.check_tokenizer_pair): the
     tokenizer's sha256 and size, and the weights' sha256 ({} without a tokenizer)."""
-    if "tokenizer.json" not in files:
+    if tok is None:
         return {}
-    vocab = tokenizer_lib.vocab_size(tokenizer_lib.load(tmp / "tokenizer.json"))
+    vocab = tokenizer_lib.vocab_size(tok)
     return {"sha256": files["tokenizer.json"]["sha256"], "vocab_size": vocab,
             "weights_sha256": files["model.safetensors"]["sha256"]}
 
@@ -129,12 +152,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
         raise UserError(f"{run_dir} has no checkpoints/ directory; pass a pretraining run "
                         "directory (train.run_dir)")
     check_dtype(dtype)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file; choose a directory for the bundle")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:  # fail before restoring
-        raise UserError(f"{out_dir} exists and is not empty; pass --force to replace it, or "
-                        "choose another directory")
+    # Bad paths fail before the (slow) restore.
+    out_dir = check_not_the_run(run_dir, Path(out_dir))
+    out_dir = check_output_dir(out_dir, force, "OUT_DIR", MARKER, KIND)
+    if tokenizer is not None:
+        check_tokenizer_file(tokenizer, "--tokenizer")
     model, cfg, meta = restore_model(run_dir, None)
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(cfg, run_dir)
     if tokenizer is None:
@@ -142,7 +164,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
                         f"{Path(cfg.data.dir) / 'tokenizer.json'} (the run's data.dir, relative "
                         "to the current directory); pass --tokenizer PATH")
     return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
-                       dtype=dtype, force=force)
+                       dtype=dtype, force=force, key="OUT_DIR")
+
+
+def check_not_the_run(run_dir: Path, out_dir: Path) -> Path:
+    """`out_dir`, unless it is the run being exported or a directory holding it: writing the
+    bundle there would replace the run (links and relative paths resolved)."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run:
+        raise UserError(f"OUT_DIR={out_dir} is the run directory being exported; choose an empty "
+                        "or new directory for the bundle, or a previous bundle")
+    if out in run.parents:
+        raise UserError(f"OUT_DIR={out_dir} contains the run directory {run_dir} being exported, "
+                        "which writing the bundle there would delete; choose an empty or new "
+                        "directory, or a previous bundle")
+    return out_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,7 +191,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--force", action="store_true", help="replace a previous bundle at OUT_DIR")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's)")
     args = parser.parse_args(argv)
     out = export_run(args.run_dir, args.out_dir, dtype=args.dtype, force=args.force,

@@ -43,17 +43,12 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: str | Path, force: bool):
-    """Yield a temporary sibling of `out_dir` to fill; on success it replaces `out_dir`
-    (refused when `out_dir` holds files and not `force`). On failure nothing is left behind."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
-                        "replace it, or choose another directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+def staged_dir(out_dir: str | Path, force: bool, *, key: str = "out_dir",
+               marker: str | None = None, kind: str = "output"):
+    """Yield a temporary sibling of `out_dir` (from argument or config key `key`) to fill; on
+    success it replaces `out_dir` (see `check_output_dir`). On failure nothing is left behind."""
+    out_dir = check_output_dir(out_dir, force, key, marker, kind)
+    tmp = _temp_dir_beside(out_dir, key)
     try:
         yield tmp
         # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release is
@@ -73,6 +68,36 @@ def staged_dir(out_dir: str | Path, force: bool):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_dir(out_dir: str | Path, force: bool, key: str, marker: str | None = None,
+                     kind: str = "output") -> Path:
+    """`out_dir` if a staged directory can go there: new, empty, or (with `force`) one to
+    replace. With `marker`, the file every `kind` holds, only a previous `kind` is replaced: a
+    mistyped path must not wipe a directory of something else."""
+    out_dir = check_dir_path(out_dir, key)
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        return out_dir
+    if marker is not None and not (out_dir / marker).is_file():
+        raise UserError(f"{key}={out_dir} holds other files and is not a previous {kind} (it "
+                        f"has no {marker}); --force only replaces a previous {kind}: choose an "
+                        f"empty or new directory, or a previous {kind}")
+    if not force:
+        raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
+                        "replace it, or choose another directory")
+    return out_dir
+
+
+def _temp_dir_beside(out_dir: Path, key: str) -> Path:
+    """A new temporary directory in `out_dir`'s parent (created when missing); a refusal by the
+    OS (read-only, no permission, /proc or /sys) is a UserError."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp",
+                                     dir=out_dir.parent))
+    except OSError as e:
+        raise UserError(f"cannot create {key}={out_dir} ({e.strerror}); set {key} to a "
+                        "directory you can write") from None
 
 
 def sha256_file(path: str | Path) -> str:

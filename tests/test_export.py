@@ -223,11 +223,11 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: run directory") and "missing" in lines[0]
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "x").write_text("keep")
+    main([str(run[0]), str(tmp_path / "out")])
+    (tmp_path / "out" / "x").write_text("stale")
     with pytest.raises(UserError, match="not empty; pass --force"):
         main([str(run[0]), str(tmp_path / "out")])
-    main([str(run[0]), str(tmp_path / "out"), "--force", "--dtype", "bfloat16"])
+    main([str(run[0]), str(tmp_path / "out"), "--force", "--dtype", "bfloat16"])  # a bundle
     assert not (tmp_path / "out" / "x").exists() and (tmp_path / "out" / "manifest.json").exists()
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(UserError, match="invalid choice.*usage: python -m bertjax.export"):
@@ -341,7 +341,7 @@ def test_a_disk_without_room_for_the_latest_checkpoints_size_is_refused_before_w
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size - 1))
     checkpoints.manager.save = lambda *a, **k: pytest.fail("wrote despite the full disk")
-    with pytest.raises(UserError, match=r"for checkpoint 7: it needs about .* MiB \(checkpoint "
+    with pytest.raises(UserError, match=r"for checkpoint 7: one needs about .* MiB \(checkpoint "
                                         r"\d+ does\), .* free; nothing was written"):
         checkpoints.save(7, {"x": jnp.zeros(3)}, {})
     monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size))
@@ -395,3 +395,83 @@ def test_a_damaged_checkpoint_names_its_directory_and_the_fix(run, tmp_path, dam
     with pytest.raises(UserError, match=rf"checkpoint {step}[ :].*delete {step} to fall back") as e:
         load_pretrained(run_dir)
     assert "\n" not in str(e.value)
+
+
+# ---- --force replaces a previous bundle only; uncreatable outputs; a bad --tokenizer
+def tree(path: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None
+            for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("out, fragment", [
+    ("parent/run1", "is the run directory being exported"),
+    ("parent/run1/../run1/.", "is the run directory being exported"),
+    ("parent", "contains the run directory .* would delete"),
+    ("link", "contains the run directory"),  # a symlink to the parent
+    ("parent/run1/checkpoints", "not a previous release bundle .* has no manifest.json"),
+    ("parent/notes", "not a previous release bundle .*choose an empty or new directory"),
+])
+def test_force_never_replaces_the_run_what_holds_it_or_a_non_bundle(run, tmp_path, out,
+                                                                     fragment):
+    import shutil
+
+    parent = tmp_path / "parent"
+    shutil.copytree(run[0], parent / "run1")
+    (parent / "other.txt").write_text("mine")
+    (parent / "notes").mkdir()
+    (parent / "notes" / "a.txt").write_text("mine too")
+    (tmp_path / "link").symlink_to(parent)
+    before = tree(parent)
+    with pytest.raises(UserError, match=fragment) as e:
+        export_run(parent / "run1", tmp_path / out, force=True)
+    assert "\n" not in str(e.value)
+    assert tree(parent) == before
+    if out == "parent/notes":  # the library's save_bundle (fine-tuning's best/) refuses too
+        with pytest.raises(UserError, match="not a previous release bundle"):
+            save_bundle(run[1], run[2], make_tokenizer(), tmp_path / out)
+        assert tree(parent) == before
+
+
+@pytest.mark.parametrize("out, fragment", [
+    ("keep.txt/sub", r"OUT_DIR=.*keep.txt/sub cannot be created: .*keep.txt is a file"),
+    ("keep.txt", r"OUT_DIR=.*keep.txt is a file, not a directory"),
+    ("/proc/bertjax-bundle", r"cannot create OUT_DIR=/proc/bertjax-bundle \(.*\); set OUT_DIR "
+                             "to a directory you can write"),
+])
+def test_an_output_path_that_cannot_be_created_is_one_line(run, tmp_path, out, fragment):
+    if out.startswith("/proc") and not Path("/proc/self").exists():
+        pytest.skip("needs Linux /proc")
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match=fragment):
+        export_run(run[0], tmp_path / out)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "does not exist; pass --tokenizer PATH"),
+    ("{not json", "is not a valid tokenizer.json .*; pass --tokenizer PATH"),
+    (LFS_POINTER, "git LFS pointer"),
+    (json.dumps({"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0},
+                                             "unk_token": "a"}}), "has no \\[PAD\\]"),
+])
+def test_a_bad_tokenizer_flag_names_the_users_file(run, tmp_path, content, fragment):
+    tok = tmp_path / "tok.json"
+    if content is not None:
+        tok.write_text(content)
+    with pytest.raises(UserError, match=rf"{tok}.*{fragment}") as e:
+        export_run(run[0], tmp_path / "out", tokenizer=tok)
+    assert ".tmp" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
+    import errno
+
+    from bertjax import files
+
+    def full(**_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.tempfile, "mkdtemp", full)
+    with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
+        export_run(run[0], tmp_path / "out")
