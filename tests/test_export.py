@@ -341,7 +341,7 @@ def test_a_disk_without_room_for_the_latest_checkpoints_size_is_refused_before_w
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size - 1))
     checkpoints.manager.save = lambda *a, **k: pytest.fail("wrote despite the full disk")
-    with pytest.raises(UserError, match=r"for checkpoint 7: one needs about .* MiB \(checkpoint "
+    with pytest.raises(UserError, match=r"for checkpoint 7: it needs about .* MiB \(checkpoint "
                                         r"\d+ does\), .* free; nothing was written"):
         checkpoints.save(7, {"x": jnp.zeros(3)}, {})
     monkeypatch.setattr(checkpoint_lib.shutil, "disk_usage", lambda _: usage(0, 0, size))
