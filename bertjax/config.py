@@ -435,6 +435,10 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
 
 def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
     _check_sections(schema, other, source)
+    missing = sorted(OmegaConf.missing_keys(other))
+    if missing:  # merged, OmegaConf's "???" would silently keep the value it was meant to set
+        raise UserError(f"{missing[0]}=??? in {source}: ??? marks a value not given yet; give "
+                        f"{missing[0]} a value, or null where it may be derived")
     try:
         return OmegaConf.merge(schema, other)
     except OmegaConfBaseException as e:

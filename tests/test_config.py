@@ -372,3 +372,11 @@ def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
     with pytest.raises(UserError, match=r"base\.yaml, named by include: in .*task\.yaml, does "
                                         r"not exist; fix that include"):
         config.load([tmp_path / "task.yaml"])
+
+
+def test_omegaconfs_missing_marker_is_refused_not_silently_the_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: ???\n")
+    for files, overrides in [([path], []), ([], ["optim.lr=???"])]:
+        with pytest.raises(UserError, match=r"=\?\?\? in .*give (train\.steps|optim\.lr) a value"):
+            config.load(files, overrides)
