@@ -5,7 +5,10 @@ without [MASK] is one error line before any output."""
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ from bertjax import config, predict
 from bertjax.errors import UserError
 from bertjax.export import save_bundle
 from bertjax.model import Bert
+from bertjax.pretrained import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIONS = 32
@@ -182,6 +186,35 @@ def test_a_byte_order_mark_is_no_part_of_the_first_input(tmp_path):
     (tmp_path / "in.txt").write_bytes("\ufeffa [MASK]\tb\nc\td\n".encode())
     args = argparse.Namespace(command="classify", text=[], file=str(tmp_path / "in.txt"))
     assert predict._inputs(args) == (["a [MASK]", "c"], ["b", "d"])
+
+
+def rehashed_copy(bundle: Path, to: Path, edit: dict) -> Path:
+    """A copy of `bundle` with files replaced ({name: text}) and its manifest re-hashed."""
+    copy = Path(shutil.copytree(bundle, to))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name, text in edit.items():
+        (copy / name).write_text(text)
+        data = (copy / name).read_bytes()
+        manifest["files"][name] |= {"sha256": hashlib.sha256(data).hexdigest(),
+                                    "size": len(data)}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("text", ["", "model:\n  vocab_size: null\n"], ids=["empty", "null"])
+def test_a_bundle_config_without_a_vocabulary_size_is_named(bundle, tmp_path, text):
+    copy = rehashed_copy(bundle, tmp_path / "b", {"config.yaml": text})
+    with pytest.raises(UserError, match=f"{copy}/config.yaml does not record model.vocab_size"):
+        predict.main(["fill-mask", str(copy), "the [MASK] sat ."])
+
+
+def test_a_missing_bundle_names_its_manifest_and_the_fix(tmp_path):
+    (tmp_path / "seed0").mkdir()
+    with pytest.raises(UserError, match=f"{tmp_path}/seed0/best/manifest.json is missing.*delete "
+                                        f"{tmp_path}/seed0 and run the same command again"):
+        load_bundle(tmp_path / "seed0" / "best")
+    with pytest.raises(UserError, match="copy the whole bundle directory, or export it again"):
+        load_bundle(tmp_path)
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
