@@ -230,6 +230,12 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         model, cfg, meta = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
                           "run" if step is None else "checkpoint", meta.get("tokens_seen"))
+    if (path / "model.safetensors").is_file():  # the weights without what describes them
+        if (path / "config.yaml").is_file():
+            read_manifest(path)  # a bundle without its manifest: says so
+        raise UserError(f"{path} has model.safetensors but no config.json; a Hugging Face BERT "
+                        "directory needs the config.json that came with its weights: download "
+                        "it into the directory")
     bests = sorted(path.glob("seed*/best/manifest.json"))
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
         raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "
@@ -267,6 +273,22 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     return model, source.tokens_seen
 
 
+def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
+    if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
+        return UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
+                         "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
+                         "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
+                         "TOKENIZER.json to train the random-init baseline")
+    where = f"init.checkpoint={cfg.init.checkpoint}"
+    if tok_path is not None:
+        return UserError(f"tokenizer.path={tok_path} is not a file, and {where} carries no "
+                         "tokenizer.json of its own; set tokenizer.path to the tokenizer.json "
+                         "the checkpoint was trained with")
+    return UserError(f"{where} carries no tokenizer.json (looked in it, and for a run also in "
+                     "its data.dir) and tokenizer.path is not set; set tokenizer.path="
+                     "TOKENIZER.json to the tokenizer the checkpoint was trained with")
+
+
 def load_start(cfg: Config):
     """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
@@ -280,13 +302,7 @@ def load_start(cfg: Config):
             Path(cfg.data.dir) / "tokenizer.json"
         model, model_cfg = None, None
     if tok_path is None or not Path(tok_path).is_file():
-        if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
-            raise UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
-                            "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
-                            "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
-                            "TOKENIZER.json to train the random-init baseline")
-        raise UserError(f"no tokenizer found (looked for {tok_path}); set tokenizer.path to a "
-                        "tokenizer.json or init.checkpoint to a checkpoint that carries one")
+        raise _no_tokenizer(cfg, tok_path)
     tok = tokenizer_lib.load(tok_path)
     vocab = tokenizer_lib.vocab_size(tok)
     if model_cfg is None:
