@@ -14,9 +14,11 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,12 @@ from bertjax.errors import UserError
 from bertjax.files import disk_full_error, is_disk_full
 
 SCHEMA_VERSION = 1
+# Orbax's coroutine that reads one array, and the package its reads run in (orbax-checkpoint 0.12).
+ORBAX_READ = "_read_array_index_and_device_put"
+ORBAX_READS = "orbax/checkpoint/_src/serialization"
+# Orbax's error for an array whose stored shape is not the target's.
+SHAPE_MISMATCH = re.compile(r"Requested shape: (\(.*?\)) is not compatible with the stored "
+                            r"shape: (\(.*?\))")
 
 
 def restore_target(state):
@@ -40,21 +48,55 @@ def config_hash(config_yaml: str) -> str:
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
+def _is_closed_loop(unraisable) -> bool:
+    return (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _is_abandoned_read(unraisable) -> bool:
+    """Orbax's read of one array, closed unfinished after another read failed: it catches
+    BaseException, so the GeneratorExit of the close comes back as an Exception, reported
+    when the coroutine is collected (orbax serialization._read_array_index_and_device_put)."""
+    code = getattr(unraisable.object, "cr_code", None)
+    return (getattr(code, "co_name", None) == ORBAX_READ and
+            isinstance(unraisable.exc_value.__cause__, GeneratorExit) and
+            str(unraisable.exc_value).startswith("Encountered error while reading array index"))
+
+
+class _NoOrbaxLeftovers(logging.Filter):
+    """Drops asyncio's 'Task (or _GatheringFuture) exception was never retrieved' for a read
+    inside Orbax's deserialization that failed or was abandoned along with a failed restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+        return not (record.getMessage().split("\n")[0].endswith("exception was never retrieved")
+                    and any(ORBAX_READS in frame.filename for frame in frames))
+
+
+NO_ORBAX_LEFTOVERS = _NoOrbaxLeftovers()
+
+
 def _quiet_closed_loop() -> None:
-    """When a save or restore fails, tensorstore may finish another pending write or read after
-    Orbax has closed its event loop; Python reports that as an unraisable 'Event loop is closed'
-    RuntimeError, a traceback around the one-line error. Those (and only those) are dropped."""
+    """When a save or restore fails, the work Orbax left pending is reported later, up to
+    hundreds of traceback lines around the one-line error: tensorstore may finish a write or
+    read after Orbax has closed its event loop (an unraisable 'Event loop is closed'), the
+    reads of the other arrays are closed unfinished (unraisable, or 'never awaited'), and
+    their tasks' errors are never retrieved (asyncio logs them). Those (and only those) are
+    dropped."""
     previous = sys.unraisablehook
     if getattr(previous, "bertjax_quiet", False):
         return
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and
-                str(unraisable.exc_value) == "Event loop is closed"):
+        if not (_is_closed_loop(unraisable) or _is_abandoned_read(unraisable)):
             previous(unraisable)
 
     hook.bertjax_quiet = True
     sys.unraisablehook = hook
+    warnings.filterwarnings("ignore", f"coroutine '{ORBAX_READ}' was never awaited",
+                            RuntimeWarning)
+    logging.getLogger("asyncio").addFilter(NO_ORBAX_LEFTOVERS)  # added once: the same object
 
 
 class _NotDiskFull(logging.Filter):
@@ -189,7 +231,8 @@ class Checkpoints:
     @contextlib.contextmanager
     def _reading(self, step: int, first_hint: str = ""):
         """Whatever Orbax, tensorstore or json raise on a damaged checkpoint (a missing or
-        truncated file, bad metadata) -> one UserError naming the step directory and the fix."""
+        truncated file, bad metadata) -> one UserError naming the step directory and the fix.
+        Arrays of other shapes than the target's are no damage: that error says so instead."""
         _quiet_closed_loop()
         try:
             yield
@@ -198,6 +241,14 @@ class Checkpoints:
         except Exception as e:  # Orbax raises ValueError, OSError, JSONDecodeError, Exception
             where = self.directory / str(step)
             first = (str(e).strip().splitlines() or [""])[0][:200]
+            if shapes := SHAPE_MISMATCH.search(first):
+                raise UserError(
+                    f"checkpoint {where} holds an array of shape {shapes[2]} where the model "
+                    f"config it is read with needs {shapes[1]}: the config differs from the one "
+                    "the checkpoint was written with (a changed model config, or an edited "
+                    "config_yaml in its meta); its arrays are intact, so do not delete it: read "
+                    "it with the model config it was written with (or train afresh in a new "
+                    "train.run_dir)") from None
             raise UserError(
                 f"checkpoint {where} is incomplete or corrupt ({type(e).__name__}: {first}); "
                 f"{first_hint}delete {where} to fall back to the checkpoint before it (a "

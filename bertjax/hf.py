@@ -159,6 +159,7 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     heads = {"mlm": ("lm_head.bias" if pre else "cls.predictions.bias") in sd,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd}
     _check_tied(sd, pre, source)
+    _check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
     pieces: dict[str, dict] = {}
     used = set()
     for name, layer, part, hf, transpose in _pairs(pre, heads, model_cfg.num_layers):
@@ -179,6 +180,20 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
                         "heads are supported")
     dropout = _field(hf_config, "classifier_dropout", source) or model_cfg.dropout
     return model_from_arrays(model_cfg, arrays, source, dropout), model_cfg
+
+
+def _check_layer_count(sd: dict, prefix: str, hf_config: dict, num_layers: int,
+                       source: str) -> None:
+    """config.json's layer count against the weights' (else a missing layer reads as an
+    incomplete checkpoint, while the weights are whole and config.json is what is wrong)."""
+    found = {key[len(prefix) + 1:].split(".")[0] for key in sd if key.startswith(f"{prefix}.")}
+    layers = sum(index.isdigit() for index in found)
+    if layers and layers != num_layers:
+        says = (f"says num_hidden_layers={num_layers}" if "num_hidden_layers" in hf_config else
+                f"has no num_hidden_layers (so transformers' default, {num_layers})")
+        raise UserError(f"{source}: config.json {says} but the weights hold {layers} layers; "
+                        "config.json does not belong to these weights: fix it or download the "
+                        "model again")
 
 
 def _assemble(parts: dict) -> np.ndarray:

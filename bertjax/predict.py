@@ -115,25 +115,54 @@ def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
     return _run(_pair_probs, model, tokenizer, first, second, batch_size)[:, 0]
 
 
+def _entries(args) -> list[tuple[str, str]]:
+    """(where, text) of each input: the TEXT arguments, or the non-blank lines of --file."""
+    if args.file and args.text:
+        raise UserError(f"got {len(args.text)} TEXT argument(s) and --file {args.file}; give "
+                        "one or the other")
+    if not args.file:
+        return [(f"TEXT argument {n}", text) for n, text in enumerate(args.text, 1)]
+    path = check_file(args.file, "--file", "pass a text file with one input per line")
+    try:  # utf-8-sig: a byte order mark (Windows editors write one) is no part of the text
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise utf8_error(path, "--file takes UTF-8 text: convert it (e.g. iconv -t "
+                               "utf-8)") from None
+    return [(f"--file {path} line {n}", line) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
+
+
+def _split(entries: list[tuple[str, str]]) -> list[list[str]]:
+    """Each input as [text] or [first, second] (split at its tab); anything else, an empty
+    input and a mix of pairs and single texts are refused, naming the input."""
+    split = [text.split("\t") for _, text in entries]
+    for (where, _), parts in zip(entries, split, strict=True):
+        if len(parts) > 2:
+            raise UserError(f"{where} has {len(parts)} tab-separated columns; an input is one "
+                            "text, or a pair as 'first<TAB>second'")
+        if not all(part.strip() for part in parts):
+            raise UserError(f"{where} is empty{' on one side of its tab' if parts[1:] else ''};"
+                            " give it some text")
+    pairs = [where for (where, _), parts in zip(entries, split, strict=True) if len(parts) == 2]
+    if pairs and len(pairs) < len(split):
+        single = next(where for (where, _), parts in zip(entries, split, strict=True)
+                      if len(parts) == 1)
+        raise UserError(f"{pairs[0]} is a pair (first<TAB>second) but {single} is a single "
+                        "text; give only pairs or only single texts")
+    return split
+
+
 def _inputs(args) -> tuple[list[str], list[str] | None]:
     """TEXT arguments, or a file: one input per line, a pair as `first<TAB>second`."""
-    if args.file:
-        path = check_file(args.file, "--file", "pass a text file with one input per line")
-        try:
-            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        except UnicodeDecodeError:
-            raise utf8_error(path, "--file takes UTF-8 text: convert it (e.g. iconv -t "
-                                   "utf-8)") from None
-    else:
-        lines = args.text
-    if not lines:
+    entries = _entries(args)
+    if not entries:
         raise UserError("no input: give TEXT arguments or --file FILE")
-    split = [x.split("\t", 1) for x in lines]
-    if all(len(s) == 2 for s in split):
+    split = _split(entries)
+    if len(split[0]) == 2:
         return [s[0] for s in split], [s[1] for s in split]
-    if args.command == "nsp" and len(lines) == 2 and not args.file:
-        return [lines[0]], [lines[1]]
-    return lines, None
+    if args.command == "nsp" and len(split) == 2 and not args.file:
+        return [split[0][0]], [split[1][0]]
+    return [s[0] for s in split], None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,11 +181,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",
                         help="use a bundle whose tokenizer.json is not the one it was exported "
                              "with (its manifest says so)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # TEXT after --file is TEXT too
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     texts = _inputs(args)  # read and checked before the model is loaded
     if args.command == "fill-mask":
+        if texts[1] is not None:  # fill_mask reads single texts: the second would be dropped
+            raise UserError("fill-mask takes single texts, each with a [MASK]; these are "
+                            "pairs (first<TAB>second)")
         if missing := [i + 1 for i, text in enumerate(texts[0]) if "[MASK]" not in text]:
             raise UserError(f"input {missing[0]} has no [MASK] token ({len(missing)} of "
                             f"{len(texts[0])} inputs have none); fill-mask needs one per input")

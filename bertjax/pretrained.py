@@ -46,7 +46,9 @@ class Pretrained:
 def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
     manifest = verify_bundle(path)
     check_tokenizer_pair(path, manifest, allow_tokenizer_mismatch)
-    cfg = from_yaml_text((path / "config.yaml").read_text(), str(path / "config.yaml"))
+    cfg = checkpoint_config((path / "config.yaml").read_text(), str(path / "config.yaml"),
+                            "re-export the bundle with `python -m bertjax.export` or download "
+                            "it again")
     arrays = read_safetensors(path / "model.safetensors")
     model = model_from_arrays(cfg.model, arrays, str(path / "model.safetensors"),
                               cfg.glue.classifier_dropout, cfg.glue.pooling)
@@ -55,9 +57,30 @@ def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretraine
                       manifest.get("summary", {}).get("tokens_seen"))
 
 
+def checkpoint_config(text: str, source: str, fix: str) -> Config:
+    """The config a checkpoint was saved with. Its model.vocab_size must be recorded: the
+    tokenizer that resolved it in training is not at hand here, and the model cannot be built
+    without it."""
+    cfg = from_yaml_text(text, source)
+    if cfg.model.vocab_size is None:
+        raise UserError(f"{source} does not record model.vocab_size (the rows of the weights' "
+                        f"vocabulary table), which a checkpoint's config always does; {fix}")
+    return cfg
+
+
+def _missing_bundle_fix(path: Path) -> str:
+    if path.name == "best" and path.parent.name.startswith("seed"):  # a GLUE seed's best epoch
+        return (f"delete {path.parent} and run the same command again to fine-tune that seed "
+                "anew")
+    return "copy the whole bundle directory, or export it again with `python -m bertjax.export`"
+
+
 def read_manifest(path: Path) -> dict:
     """manifest.json, checked to hold every field load_bundle reads, with the right types."""
     file = path / "manifest.json"
+    if not file.is_file():
+        raise UserError(f"{file} is missing, so {path} is no complete release bundle; "
+                        f"{_missing_bundle_fix(path)}")
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -155,12 +178,13 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
             raise UserError(f"{run_dir} holds an unfinished GLUE fine-tuning seed's state for "
                             f"resuming, not a model; rerun its command to finish it, or pass "
                             f"{run_dir / 'best'}")
+        where = run_dir / "checkpoints" / str(step)
         if not isinstance(meta["config_yaml"], str) or type(meta.get("total_steps")) is not int:
-            where = run_dir / "checkpoints" / str(step)
             raise UserError(f"checkpoint {where}: its meta lacks config_yaml (text) or "
                             f"total_steps (a number); delete {where} to fall back to the "
                             "checkpoint before it")
-        cfg = from_yaml_text(meta["config_yaml"], f"{run_dir}/checkpoints/{step} (meta)")
+        cfg = checkpoint_config(meta["config_yaml"], f"checkpoint {where} (its meta's config)",
+                                f"delete {where} to fall back to the checkpoint before it")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
@@ -206,6 +230,12 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         model, cfg, meta = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
                           "run" if step is None else "checkpoint", meta.get("tokens_seen"))
+    if (path / "model.safetensors").is_file():  # the weights without what describes them
+        if (path / "config.yaml").is_file():
+            read_manifest(path)  # a bundle without its manifest: says so
+        raise UserError(f"{path} has model.safetensors but no config.json; a Hugging Face BERT "
+                        "directory needs the config.json that came with its weights: download "
+                        "it into the directory")
     bests = sorted(path.glob("seed*/best/manifest.json"))
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
         raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "
@@ -243,6 +273,22 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     return model, source.tokens_seen
 
 
+def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
+    if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
+        return UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
+                         "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
+                         "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
+                         "TOKENIZER.json to train the random-init baseline")
+    where = f"init.checkpoint={cfg.init.checkpoint}"
+    if tok_path is not None:
+        return UserError(f"tokenizer.path={tok_path} is not a file, and {where} carries no "
+                         "tokenizer.json of its own; set tokenizer.path to the tokenizer.json "
+                         "the checkpoint was trained with")
+    return UserError(f"{where} carries no tokenizer.json (looked in it, and for a run also in "
+                     "its data.dir) and tokenizer.path is not set; set tokenizer.path="
+                     "TOKENIZER.json to the tokenizer the checkpoint was trained with")
+
+
 def load_start(cfg: Config):
     """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
@@ -256,13 +302,7 @@ def load_start(cfg: Config):
             Path(cfg.data.dir) / "tokenizer.json"
         model, model_cfg = None, None
     if tok_path is None or not Path(tok_path).is_file():
-        if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
-            raise UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
-                            "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
-                            "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
-                            "TOKENIZER.json to train the random-init baseline")
-        raise UserError(f"no tokenizer found (looked for {tok_path}); set tokenizer.path to a "
-                        "tokenizer.json or init.checkpoint to a checkpoint that carries one")
+        raise _no_tokenizer(cfg, tok_path)
     tok = tokenizer_lib.load(tok_path)
     vocab = tokenizer_lib.vocab_size(tok)
     if model_cfg is None:

@@ -265,3 +265,39 @@ def test_sharded_safetensors_load_like_a_single_file(tmp_path):
     single, _, _ = import_hf(HF_TINY / "mlm")
     for key, value in state_dict(single).items():
         assert np.array_equal(state_dict(sharded)[key], value), key
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"num_hidden_layers": 3}, "says num_hidden_layers=3"),
+    (None, r"has no num_hidden_layers \(so transformers' default, 12\)")])
+def test_a_config_json_that_disagrees_with_the_weights_says_so(tmp_path, change, says):
+    d = hf_copy(tmp_path)
+    hf_config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32,
+                                               "num_attention_heads": 4} if change is None else
+                                              hf_config | change))
+    with pytest.raises(UserError, match=f"config.json {says} but the weights hold 2 layers; "
+                                        "config.json does not belong to these weights"):
+        load_pretrained(d)
+
+
+def test_weights_without_config_json_name_it(tmp_path):
+    d = hf_copy(tmp_path)
+    (d / "config.json").unlink()
+    with pytest.raises(UserError, match="has model.safetensors but no config.json"):
+        load_pretrained(d)
+    (d / "config.yaml").write_text("model: {}\n")  # a release bundle's, less its manifest
+    with pytest.raises(UserError, match="manifest.json is missing, so .* no complete release"):
+        load_pretrained(d)
+
+
+def test_a_checkpoint_without_a_tokenizer_says_where_it_looked_and_the_fix(tmp_path):
+    from bertjax import config
+    from bertjax.pretrained import load_start
+
+    start = [f"init.checkpoint={HF_TINY / 'mlm'}"]
+    with pytest.raises(UserError, match=r"mlm carries no tokenizer.json \(looked in it.*\) and "
+                                        "tokenizer.path is not set; set tokenizer.path="):
+        load_start(config.load([], start))
+    with pytest.raises(UserError, match=f"tokenizer.path={tmp_path}/no.json is not a file"):
+        load_start(config.load([], [*start, f"tokenizer.path={tmp_path}/no.json"]))

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from bertjax import config
+from bertjax.errors import UserError
 from bertjax.metrics import Monitor
 from bertjax.plot import plot_run
 
@@ -45,6 +46,32 @@ def test_plot_draws_training_curves_and_validation_points_in_both_panels(tmp_pat
     assert min(drawn("C0")) > 50  # the training line (matplotlib's first colour)
     assert min(drawn("C1")) > 20  # the validation marker (its second)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
+
+
+@pytest.mark.parametrize("damaged", [
+    b"\xe9t\xe9\n", b'{"step": 2, "loss": 1.0\n', b"5\n", b'{"step": 2, "loss": 1.0}\n',
+    b'{"step": 2, "tokens": 200, "loss": 1.0}\n', b'{"step": 2, "tokens": 200, "loss": "x", '
+    b'"accuracy": 0.1}\n', b'{"step": "a", "val_loss": 1.0, "val_accuracy": 0.1}\n'],
+    ids=["latin1", "cut", "number", "no-tokens", "no-accuracy", "text-loss", "text-step"])
+def test_plot_leaves_out_a_damaged_row_with_one_warning(tmp_path, damaged):
+    (tmp_path / "metrics.jsonl").write_bytes(json.dumps(TRAIN_ROW).encode() + b"\n" + damaged)
+    with pytest.warns(UserWarning, match=r"skipped 1 damaged row\(s\)") as caught:
+        assert plot_run(tmp_path).is_file()
+    assert len(caught) == 1
+
+
+@pytest.mark.parametrize("text", ["", "\n", '{"step": 2, "epoch": 1, "train_loss": 1.1, '
+                                  '"dev_score": 0.4}\n', "5\n[1]\n"],
+                         ids=["empty", "blank", "glue-run", "no-objects"])
+def test_plot_refuses_a_file_with_nothing_to_draw_and_keeps_the_old_png(tmp_path, text):
+    (tmp_path / "metrics.jsonl").write_text(text)
+    (tmp_path / "curves.png").write_bytes(b"old curves")
+    with pytest.raises(UserError, match="no pretraining rows to plot"):
+        plot_run(tmp_path)
+    assert (tmp_path / "curves.png").read_bytes() == b"old curves"
 
 
 class Stream(io.StringIO):

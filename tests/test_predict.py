@@ -3,8 +3,12 @@ once per padded length; inputs longer than the model's positions are cut to them
 crash); the nsp and classify CLIs print what the model computes, from a bundle; an input
 without [MASK] is one error line before any output."""
 
+import argparse
 import dataclasses
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,7 @@ from bertjax import config, predict
 from bertjax.errors import UserError
 from bertjax.export import save_bundle
 from bertjax.model import Bert
+from bertjax.pretrained import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIONS = 32
@@ -150,6 +155,66 @@ def test_a_bad_input_file_names_file_line_and_byte(bundle, tmp_path):
     with pytest.raises(UserError, match=r"latin1.txt line 2: not valid UTF-8 \(byte 0xe9 at "
                                         r"column 8, file offset 22\)"):
         predict.main(["fill-mask", str(bundle), "--file", str(latin)])
+
+
+@pytest.mark.parametrize("lines, text, fragment", [
+    ("a\tb\tc\n", [], r"line 1 has 3 tab-separated columns"),
+    ("a\tb\nsingle\n", [], r"line 1 is a pair \(first<TAB>second\) but .* line 2 is a single"),
+    ("a\t \n", [], r"line 1 is empty on one side of its tab"),
+    ("a\n", ["text"], r"got 1 TEXT argument\(s\) and --file"),
+    (None, [""], r"TEXT argument 1 is empty"),
+    (None, ["a\tb", "c"], r"TEXT argument 1 is a pair .* but TEXT argument 2 is a single"),
+], ids=["three-columns", "mixed", "empty-half", "text-and-file", "empty-text", "mixed-text"])
+def test_malformed_inputs_are_refused_before_the_model_is_loaded(tmp_path, lines, text, fragment):
+    argv = ["classify", str(tmp_path / "no-such-checkpoint"), *text]
+    if lines is not None:
+        (tmp_path / "in.txt").write_text(lines)
+        argv += ["--file", str(tmp_path / "in.txt")]
+    with pytest.raises(UserError, match=fragment):
+        predict.main(argv)
+
+
+def test_text_after_file_is_read_as_text_and_a_pair_is_no_fill_mask_input(tmp_path):
+    (tmp_path / "in.txt").write_text("a [MASK]\n")
+    with pytest.raises(UserError, match=r"got 1 TEXT argument\(s\) and --file"):
+        predict.main(["fill-mask", str(tmp_path), "--file", str(tmp_path / "in.txt"), "text"])
+    with pytest.raises(UserError, match="fill-mask takes single texts"):
+        predict.main(["fill-mask", str(tmp_path), "a [MASK]\tb"])
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_input(tmp_path):
+    (tmp_path / "in.txt").write_bytes("\ufeffa [MASK]\tb\nc\td\n".encode())
+    args = argparse.Namespace(command="classify", text=[], file=str(tmp_path / "in.txt"))
+    assert predict._inputs(args) == (["a [MASK]", "c"], ["b", "d"])
+
+
+def rehashed_copy(bundle: Path, to: Path, edit: dict) -> Path:
+    """A copy of `bundle` with files replaced ({name: text}) and its manifest re-hashed."""
+    copy = Path(shutil.copytree(bundle, to))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name, text in edit.items():
+        (copy / name).write_text(text)
+        data = (copy / name).read_bytes()
+        manifest["files"][name] |= {"sha256": hashlib.sha256(data).hexdigest(),
+                                    "size": len(data)}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("text", ["", "model:\n  vocab_size: null\n"], ids=["empty", "null"])
+def test_a_bundle_config_without_a_vocabulary_size_is_named(bundle, tmp_path, text):
+    copy = rehashed_copy(bundle, tmp_path / "b", {"config.yaml": text})
+    with pytest.raises(UserError, match=f"{copy}/config.yaml does not record model.vocab_size"):
+        predict.main(["fill-mask", str(copy), "the [MASK] sat ."])
+
+
+def test_a_missing_bundle_names_its_manifest_and_the_fix(tmp_path):
+    (tmp_path / "seed0").mkdir()
+    with pytest.raises(UserError, match=f"{tmp_path}/seed0/best/manifest.json is missing.*delete "
+                                        f"{tmp_path}/seed0 and run the same command again"):
+        load_bundle(tmp_path / "seed0" / "best")
+    with pytest.raises(UserError, match="copy the whole bundle directory, or export it again"):
+        load_bundle(tmp_path)
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
