@@ -433,9 +433,19 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
                             f"line in YAML, or {name}.{first}=... as an override")
 
 
+def _missing_keys(node: Any, key: str = "") -> list[str]:
+    """The dotted keys whose value is OmegaConf's "???" in a plain (unresolved) container."""
+    if node == "???":
+        return [key]
+    items = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else ()
+    return [k for name, child in items
+            for k in _missing_keys(child, f"{key}.{name}" if key else str(name))]
+
+
 def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
     _check_sections(schema, other, source)
-    missing = sorted(OmegaConf.missing_keys(other))
+    missing = _missing_keys(OmegaConf.to_container(other, resolve=False))
     if missing:  # merged, OmegaConf's "???" would silently keep the value it was meant to set
         raise UserError(f"{missing[0]}=??? in {source}: ??? marks a value not given yet; give "
                         f"{missing[0]} a value, or null where it may be derived")
