@@ -35,7 +35,7 @@ from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
 from bertjax.pretrained import initial_model, load_bundle, load_start
-from bertjax.runlock import hold_run_dir
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.seed_run import Job, SeedRun, Stopped, build_steps
 from bertjax.sharding import (
     StopSignal,
@@ -50,6 +50,7 @@ from bertjax.sharding import (
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
+    check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
     with hold_run_dir(cfg.train.run_dir):  # one run at a time in a run directory
