@@ -34,9 +34,9 @@ from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
-from bertjax.pretrained import initial_model, load_bundle, load_start
-from bertjax.runlock import hold_run_dir
-from bertjax.seed_run import Job, SeedRun, Stopped, build_steps
+from bertjax.pretrained import initial_model, load_start
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
+from bertjax.seed_run import Job, SeedRun, Stopped, build_steps, damaged_seed, load_best
 from bertjax.sharding import (
     StopSignal,
     barrier,
@@ -50,6 +50,7 @@ from bertjax.sharding import (
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
+    check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
     with hold_run_dir(cfg.train.run_dir):  # one run at a time in a run directory
@@ -59,12 +60,15 @@ def finetune(cfg: Config) -> Path:
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
     job, same_config = setup(cfg)
     done = seeds_done(job, same_config)
+    # Read back now: a damaged result stops the rerun before it writes metrics or results.
+    finished = {seed: read_result(job.run_dir / f"seed{seed}") for seed, steps in done.items()
+                if steps == job.steps.total}
     job.monitor = Monitor(job.run_dir, job.steps.total * len(job.cfg.glue.seeds),
                           sum(done.values()), job.cfg.wandb, config_lib.to_dict(job.cfg), None,
                           job.cfg.precision.compute)
     job.stop = StopSignal(job.mesh)
     try:
-        per_seed, best_model = run_seeds(job, done)
+        per_seed, best_model = run_seeds(job, finished)
     except Stopped as stopped:
         job.monitor.write(f"{job.stop.name}: saved seed {stopped.seed} at step {stopped.step}; "
                           "run the same command again to resume")
@@ -124,9 +128,10 @@ def setup(cfg: Config) -> tuple[Job, bool]:
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = config_lib.to_yaml(cfg)
-    # An interrupted fine-tune resumes only with the very same config; any change starts over.
+    # An interrupted fine-tune resumes only with the very same config; any change (a damaged
+    # file, not UTF-8 even) starts over.
     same_config = (run_dir / "config.yaml").is_file() and \
-        (run_dir / "config.yaml").read_text() == config_yaml
+        (run_dir / "config.yaml").read_bytes() == config_yaml.encode()
     barrier("config compared")  # before process 0 writes the new one
     mesh = make_mesh()
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
@@ -163,14 +168,14 @@ def seeds_done(job: Job, same_config: bool) -> dict[int, int]:
     return dict.fromkeys(done, 0)
 
 
-def run_seeds(job: Job, done: dict[int, int]) -> tuple[list[dict], Bert]:
-    """Each seed's result (fine-tuned now, or read back when an earlier run finished it) and
-    the best seed's best model (for the submission files)."""
+def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
+    """Each seed's result (fine-tuned now, or `finished` by an earlier run) and the best
+    seed's best model (for the submission files)."""
     per_seed, best_model = [], None
     for i, seed in enumerate(job.cfg.glue.seeds):
         seed_dir = job.run_dir / f"seed{seed}"
-        if done[seed] == job.steps.total:  # finished before an interruption
-            result, seed_best = json.loads((seed_dir / "result.json").read_text()), None
+        if seed in finished:  # finished before an interruption
+            result, seed_best = finished[seed], None
             job.monitor.write(f"{job.cfg.glue.task} seed {seed}: done before, "
                               f"{seed_dir / 'result.json'}")
         else:
@@ -181,7 +186,7 @@ def run_seeds(job: Job, done: dict[int, int]) -> tuple[list[dict], Bert]:
             if job.main:
                 shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
         if not per_seed or result["best_score"] > max(r["best_score"] for r in per_seed):
-            best_model = seed_best or load_bundle(seed_dir / "best").model
+            best_model = seed_best or load_best(seed_dir)
         per_seed.append(result)
     return per_seed, best_model
 
@@ -195,6 +200,20 @@ def same_inputs_on_every_process(tok: Tokenizer, train_enc, dev: dict) -> None:
     if not same_on_every_process(itertools.chain([tok.to_str().encode()], parts)):
         raise UserError("the processes read different GLUE data or tokenizers (glue.data_dir, "
                         "init.checkpoint): give every host the same files")
+
+
+def read_result(seed_dir: Path) -> dict:
+    """The result.json of a seed an earlier run finished; a damaged one (cut short, edited) is
+    a UserError: the scores it held are gone, only training that seed again brings them back."""
+    path = seed_dir / "result.json"
+    try:
+        result = json.loads(path.read_bytes())
+    except ValueError as e:  # not UTF-8, not JSON
+        raise damaged_seed(seed_dir, path, f"not valid JSON: {e}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("best_score"), int | float) \
+            or not isinstance(result.get("best_metrics"), dict):
+        raise damaged_seed(seed_dir, path, "no numeric best_score and best_metrics in it")
+    return result
 
 
 def steps_done(seed_dir: Path, total: int) -> int:

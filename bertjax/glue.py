@@ -7,6 +7,7 @@ labels are mapped through their names, so both sources give the same index for t
 """
 
 import csv
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from jaxtyping import Float, Int
 
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
-from bertjax.files import check_file, utf8_error
+from bertjax.files import check_file, check_not_lfs_pointer, utf8_error
 
 HUB_DATASET = "nyu-mll/glue"
+STSB_SCALE = 5.0  # similarity scores run from 0 to 5
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Task:
     hub_labels: tuple[str, ...] = ()  # hub ClassLabel names aligned with `labels`; () = same
     index_column: str = "index"
     headerless: tuple[int, int] | None = None  # (text, label) positions when there is no header
-    skip_malformed: bool = False  # QQP: skip short rows and count them, as GLUE-era loaders did
+    skip_malformed: bool = False  # QQP: skip malformed rows and count them, as GLUE-era loaders did
 
     @property
     def num_labels(self) -> int:
@@ -170,12 +172,26 @@ def _layout(t: Task, header: list[str], path: Path) -> tuple[bool, list[int | No
 
 
 def _parse_label(t: Task, value: str, where: str) -> int | float:
+    if not t.labels:
+        return _parse_score(t, value, where)
     try:
-        return t.labels.index(value) if t.labels else float(value)
+        return t.labels.index(value)
     except ValueError:
-        want = list(t.labels) if t.labels else "a number"
-        raise UserError(f"{where}: label {value!r} is not {want}; is this the {t.name} "
-                        "file?") from None
+        raise UserError(f"{where}: label {value!r} is not {list(t.labels)}; is this the "
+                        f"{t.name} file?") from None
+
+
+def _parse_score(t: Task, value: str, where: str) -> float:
+    """A regression target on GLUE's STS-B scale, 0 to 5: a nan, inf or out-of-scale score
+    would train on a loss of nan, inf or hundreds without a word."""
+    try:
+        score = float(value)
+    except ValueError:
+        score = math.nan
+    if not 0.0 <= score <= STSB_SCALE:  # False for nan too
+        raise UserError(f"{where}: score {value!r} is not a number from 0 to {STSB_SCALE:g} "
+                        f"(the {t.dir} scale); correct that row or remove it")
+    return score
 
 
 def _parse_index(value: str, where: str) -> int:
@@ -186,11 +202,23 @@ def _parse_index(value: str, where: str) -> int:
                         "field, or is this another task's file?") from None
 
 
+def _row_problem(row: list[str], need: int, width: int | None, what: str) -> str | None:
+    """What is wrong with a row that has fewer fields than the columns read or more than its
+    file's header names (a tab inside a sentence would shift the label and index), or None."""
+    if len(row) < need:
+        return f"has {len(row)} tab-separated fields, expected at least {need}; is this {what}?"
+    if width is not None and len(row) > width:
+        return (f"has {len(row)} tab-separated fields but the header names {width} columns; "
+                "a tab inside a text field splits it: replace that tab by a space")
+    return None
+
+
 def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
     t = get_task(task)
     path = check_file(path, f"GLUE {split} file", f"set glue.data_dir to a directory of GLUE "
                       f"TSVs ({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
+    check_not_lfs_pointer(path)
     rows = _read_tsv(path)
     if not rows:
         raise UserError(f"{path} is empty; expected the {t.name} {split} TSV")
@@ -198,15 +226,16 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     if pos[2] is None and not split.startswith("test"):
         raise UserError(f"{path} has no {t.label_column!r} column; the {split} split needs labels")
     need = max(p for p in pos if p is not None) + 1
+    width = len(rows[0][1]) if has_header else None  # a headerless file (CoLA) names no columns
     a, b, labels, index, skipped = [], [], [], [], 0
     for n, (line, row) in enumerate(rows[1:] if has_header else rows):
         where = f"{path} line {line}"
-        if len(row) < need:
-            if t.skip_malformed:
-                skipped += 1
-                continue
-            raise UserError(f"{where} has {len(row)} tab-separated fields, expected at least "
-                            f"{need}; is this the {t.name} {split} file?")
+        problem = _row_problem(row, need, width, f"the {t.name} {split} file")
+        if problem and t.skip_malformed:
+            skipped += 1
+            continue
+        if problem:
+            raise UserError(f"{where} {problem}")
         a.append(row[pos[0]])
         if pos[1] is not None:
             b.append(row[pos[1]])

@@ -34,7 +34,7 @@ from bertjax.optim import BatchRamp, make_optimizer
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
 from bertjax.pretrained import ARCHITECTURE, continue_from
-from bertjax.runlock import hold_run_dir
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import (
     StopSignal,
     full_copy,
@@ -122,6 +122,7 @@ def resolve(cfg: Config) -> Run:
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
+    check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
     initialize_distributed(cfg.mesh)
     with hold_run_dir(cfg.train.run_dir):
         return pretrain_holding_the_run_dir(cfg)

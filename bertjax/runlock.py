@@ -4,13 +4,18 @@ overwrite each other's config, checkpoints and results and interleave their metr
 Process 0 takes the lock (`files.lock_dir`: an flock that dies with the process); every process
 learns whether it got it, so a refused multi-host run stops everywhere with the same one line
 instead of leaving the other processes waiting in a collective.
+
+A run directory also belongs to one kind of job (`check_run_dir_kind`): a fine-tune started in a
+pretraining run's directory, or either in a release bundle, would overwrite what is there.
 """
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
+import yaml
 
 from bertjax.errors import UserError
 from bertjax.files import LOCK_NAME, lock_dir
@@ -48,3 +53,60 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.close()
+
+
+JOBS = {"pretrain": "pretraining", "glue": "fine-tuning"}  # train.task -> what the run does
+
+
+def check_run_dir_kind(run_dir: str | Path, task: str, init_checkpoint: str | None = None) -> None:
+    """Refuse, before anything is written, a train.run_dir holding a release bundle, a run of
+    the other kind (`task` is train.task) or, for fine-tuning, init.checkpoint itself: the run
+    would overwrite its config.yaml, metrics.jsonl and results.json (and break a bundle's
+    sha256 check)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    held = _held_in(run_dir, task, init_checkpoint)
+    if held:
+        raise UserError(f"train.run_dir={run_dir} holds {held}; {JOBS[task]} there would "
+                        "overwrite its files: set train.run_dir to another directory")
+
+
+def _held_in(run_dir: Path, task: str, init_checkpoint: str | None) -> str | None:
+    """What in `run_dir` a `task` run must not write over, in words; None when nothing."""
+    if (run_dir / "manifest.json").is_file():
+        return "a release bundle (manifest.json)"
+    if task == "glue" and init_checkpoint and Path(init_checkpoint).exists():
+        start, own = Path(init_checkpoint).resolve(), run_dir.resolve()
+        if start == own or own in start.parents:
+            return f"init.checkpoint={init_checkpoint}, the model this fine-tune starts from"
+    for other, evidence in _runs_in(run_dir).items():
+        if other != task:
+            return f"a {JOBS[other]} run ({evidence})"
+    return None
+
+
+def _runs_in(run_dir: Path) -> dict[str, str]:
+    """{train.task: what shows it} for the runs `run_dir` holds: its config.yaml's train.task,
+    a pretraining run's checkpoints/, a fine-tune's seedN/ folders."""
+    runs = {}
+    saved = _saved_task(run_dir / "config.yaml")
+    if saved in JOBS:
+        runs[saved] = f"its config.yaml has train.task={saved}"
+    if (run_dir / "checkpoints").is_dir():
+        runs.setdefault("pretrain", "checkpoints/")
+    seeds = sorted(p.name for p in run_dir.iterdir()
+                   if p.is_dir() and re.fullmatch(r"seed\d+", p.name))
+    if seeds:
+        runs.setdefault("glue", f"{seeds[0]}/")
+    return runs
+
+
+def _saved_task(config_yaml: Path) -> str | None:
+    """train.task in a run's saved config.yaml; None when it is missing or unreadable (the
+    folders then tell what the run was)."""
+    try:
+        task = yaml.safe_load(config_yaml.read_bytes())["train"]["task"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return None
+    return task if isinstance(task, str) else None

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from bertjax import glue, glue_batches, glue_metrics
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
+from bertjax.errors import UserError
 from bertjax.export import save_bundle
 from bertjax.glue_eval import device_batch, evaluate
 from bertjax.metrics import Monitor
@@ -133,7 +134,7 @@ class SeedRun:
         self.state, meta = self.checkpoints.restore(latest, self.state)
         self.progress, self.step = meta["progress"], latest
         if self.progress["best"]:  # the bundle written when that epoch was best
-            self.best_model = load_bundle(self.dir / "best").model
+            self.best_model = load_best(self.dir)
         self.job.monitor.write(f"{self.task} seed {self.seed}: resumed at step {latest}")
 
     def train_epoch(self, epoch: int) -> None:
@@ -200,6 +201,24 @@ class SeedRun:
 
     def save(self) -> None:
         self.checkpoints.save(self.step, self.state, {"progress": self.progress})
+
+
+def load_best(seed_dir: Path) -> Bert:
+    """The bundle an earlier run kept of this seed's best epoch; a missing or damaged one is a
+    UserError whose fix is training the seed again (this bundle cannot be downloaded again)."""
+    best = seed_dir / "best"
+    if not (best / "manifest.json").is_file():
+        raise damaged_seed(seed_dir, best, "missing, or written only in part")
+    try:
+        return load_bundle(best).model
+    except UserError as e:
+        raise damaged_seed(seed_dir, best, str(e)) from None
+
+
+def damaged_seed(seed_dir: Path, path: Path, problem: str) -> UserError:
+    """`path`, which an earlier run wrote into `seed_dir`, cannot be read back."""
+    return UserError(f"{path} is damaged ({problem}); delete {seed_dir} to train that seed "
+                     "again (the other seeds are kept)")
 
 
 def fold(progress: dict, window: list[dict]) -> float:

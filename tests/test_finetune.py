@@ -372,3 +372,26 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_damaged_finished_seed_names_the_file_and_keeps_the_run(tmp_path, tokenizer_path):
+    # A rerun reads back what finished seeds left: result.json, and the best seed's bundle.
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=1", "glue.seeds=[0]")
+    seed_dir = finetune(cfg) / "seed0"
+    kept = {name: (tmp_path / name).read_bytes() for name in ("metrics.jsonl", "results.json")}
+    damages = [(seed_dir / "result.json", '{"seed": 0, "best', r"not valid JSON"),
+               (seed_dir / "result.json", "[1]", "no numeric best_score and best_metrics"),
+               (seed_dir / "best" / "manifest.json", None, "missing, or written only in part")]
+    for path, text, problem in damages:
+        good = path.read_bytes()
+        if text is None:
+            path.unlink()
+        else:
+            path.write_text(text)
+        with pytest.raises(UserError, match=rf"^{path.parent if text is None else path} is "
+                                            rf"damaged \({problem}.*\); delete {seed_dir} to "
+                                            "train that seed again"):
+            finetune(cfg)
+        path.write_bytes(good)
+        assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+    assert finetune(cfg) == tmp_path  # repaired: reads the seed back, trains nothing

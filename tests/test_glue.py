@@ -426,3 +426,43 @@ def test_the_test_splits_a_submission_needs_are_read_up_front(tmp_path):
         glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
     (rte / "test.tsv").unlink()  # an absent test split is no error: no submission is written
     glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
+
+
+def test_a_row_with_more_fields_than_its_header_is_named_with_the_likely_cause(tmp_path):
+    rte = _rte_copy(tmp_path)
+    header = (rte / "train.tsv").read_text().splitlines()[0]
+    # A tab inside sentence2 used to read part of the sentence as the label.
+    (rte / "train.tsv").write_text(f"{header}\n0\ta\tb\tentailment\n1\ta\tb\tc\tentailment\n")
+    with pytest.raises(UserError, match=r"train.tsv line 3 has 5 tab-separated fields but the "
+                                        r"header names 4 columns; a tab inside a text field"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    (rte / "train.tsv").write_text(f"{header}\n0\ta\tb\tentailment\textra\n")  # a trailing field
+    with pytest.raises(UserError, match=r"line 2 has 5 tab-separated fields but the header"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    qqp = tmp_path / "qqp.tsv"  # QQP skips its malformed rows, these too
+    qqp.write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n1\t2\t3\ta\tb\t1\n"
+                   "2\t4\t5\ta\tx\tb\t0\n")
+    assert glue.read_tsv("qqp", "train", qqp).skipped == 1
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf", "42", "-0.5", "five", ""])
+def test_an_sts_b_score_off_its_0_to_5_scale_is_refused(tmp_path, score):
+    lines = (FIX / "STS-B" / "train.tsv").read_text().splitlines()
+    lines[2] = lines[2].rsplit("\t", 1)[0] + f"\t{score}"
+    path = _write(tmp_path / "train.tsv", "\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"train.tsv line 3: score '{score}' is not a number "
+                                        r"from 0 to 5 \(the STS-B scale\)"):
+        glue.read_tsv("stsb", "train", path)
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\t5.000"  # the ends of the scale are fine
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\t0"
+    labels = glue.read_tsv("stsb", "train", _write(path, "\n".join(lines) + "\n")).labels
+    assert labels[1:3].tolist() == [5.0, 0.0]
+
+
+def test_a_glue_file_that_is_a_git_lfs_pointer_says_so(tmp_path):
+    rte = _rte_copy(tmp_path)
+    (rte / "dev.tsv").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                 f"{'0' * 64}\nsize 123\n")
+    with pytest.raises(UserError, match=r"RTE/dev.tsv is a git LFS pointer, not the file itself; "
+                                        "fetch the real file with `git lfs"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "dev")

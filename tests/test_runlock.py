@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GLUE_FIXTURES, write_corpus
+from conftest import GLUE_FIXTURES, bert_style_tokenizer, write_corpus
 
 from bertjax import config as config_lib
 from bertjax.errors import UserError
 from bertjax.files import LOCK_NAME, lock_dir
 from bertjax.finetune import finetune
 from bertjax.pretrain import pretrain
-from bertjax.runlock import hold_run_dir
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,3 +113,69 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     assert (run_dir / "config.yaml").read_text() == config_yaml  # seed 0's, not the second's
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # the first run's rows alone
+
+
+# ---------------------------------------------------------------- one kind of job per directory
+
+def pretraining_run(run_dir: Path) -> Path:
+    """What a pretraining run leaves: its config.yaml, checkpoints/, its curve and results."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_lib.to_yaml(config_lib.load([], [])))
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    (run_dir / "results.json").write_text("{}")
+    return run_dir
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else b"dir"
+            for p in sorted(directory.rglob("*"))}
+
+
+def test_a_run_directory_belongs_to_one_kind_of_job(tmp_path):
+    pre = pretraining_run(tmp_path / "pre")
+    with pytest.raises(UserError, match=rf"^train.run_dir={pre} holds a pretraining run \(its "
+                                        r"config.yaml has train.task=pretrain\); fine-tuning "
+                                        "there would overwrite its files: set train.run_dir to "
+                                        "another directory$"):
+        check_run_dir_kind(pre, "glue")
+    (pre / "config.yaml").unlink()  # the folders tell too
+    with pytest.raises(UserError, match=r"holds a pretraining run \(checkpoints/\)"):
+        check_run_dir_kind(pre, "glue")
+    check_run_dir_kind(pre, "pretrain")  # its own kind resumes as before
+    glue_run = tmp_path / "glue"
+    (glue_run / "seed3" / "best").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"holds a fine-tuning run \(seed3/\); pretraining there"):
+        check_run_dir_kind(glue_run, "pretrain")
+    check_run_dir_kind(glue_run, "glue")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    for task in ("pretrain", "glue"):
+        with pytest.raises(UserError, match=r"holds a release bundle \(manifest.json\)"):
+            check_run_dir_kind(bundle, task)
+    for start in (glue_run, glue_run / "seed3" / "best"):  # init.checkpoint itself or inside
+        with pytest.raises(UserError, match=rf"holds init.checkpoint={start}, the model this "
+                                            "fine-tune starts from"):
+            check_run_dir_kind(glue_run, "glue", str(start))
+    check_run_dir_kind(glue_run / "next", "glue", str(glue_run / "seed3" / "best"))
+    check_run_dir_kind(tmp_path / "new", "glue", "bert-base-uncased")  # a name, not a path
+
+
+def test_both_loops_refuse_another_kind_of_run_before_they_write(tmp_path):
+    bert_style_tokenizer(tmp_path / "tokenizer.json")
+    pre = pretraining_run(tmp_path / "pre")
+    glue_run = tmp_path / "glue"
+    (glue_run / "seed0").mkdir(parents=True)
+    before = {d: contents(d) for d in (pre, glue_run)}
+    # Inputs a fine-tune would otherwise run to the end on (the random-init baseline on RTE).
+    fine_tune = ["train.task=glue", "glue.task=rte", f"glue.data_dir={GLUE_FIXTURES}",
+                 f"tokenizer.path={tmp_path / 'tokenizer.json'}", "model.num_layers=1",
+                 "model.hidden_size=32", "model.num_heads=2", "glue.epochs=1", "glue.seeds=[0]",
+                 "glue.batch_size=8", "glue.buckets=[64]"]
+    cases = [(finetune, pre, fine_tune), (finetune, pre, [*fine_tune, f"init.checkpoint={pre}"]),
+             (pretrain, glue_run, ["train.task=pretrain", f"data.dir={tmp_path / 'data'}"])]
+    for loop, run_dir, overrides in cases:
+        cfg = config_lib.load([], [f"train.run_dir={run_dir}", *overrides])
+        with pytest.raises(UserError, match=f"train.run_dir={run_dir} holds"):
+            loop(cfg)
+    assert {d: contents(d) for d in (pre, glue_run)} == before
