@@ -343,7 +343,8 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything
     out_dir = Path(out_dir)
-    with staged_dir(out_dir, force) as tmp:
+    # force replaces a previous export only, never a directory of something else
+    with staged_dir(out_dir, force, marker="config.json", kind="Hugging Face directory") as tmp:
         special = {"pad": 0}
         if tokenizer_json_path is not None:
             special = _tokenizer_files(Path(tokenizer_json_path), tmp,

@@ -48,6 +48,9 @@ class Steps:
 def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> Steps:
     per_epoch = glue_batches.num_batches(train_enc, cfg.glue.batch_size)
     total = max(1, math.ceil(cfg.glue.epochs * per_epoch))
+    if total >= 2**31:  # optax's schedules and the step loop count in int32
+        raise UserError(f"glue.epochs={cfg.glue.epochs:g} of {per_epoch:,} batches is {total:,} "
+                        "steps, more than an int32 step counter holds (2**31); lower glue.epochs")
     optimizer = make_optimizer(cfg.optim, total, eqx.filter(model, eqx.is_array))
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0

@@ -268,6 +268,8 @@ CASES = [
     *[Case("malformed bundle", f"HF config.json: {how}",
            lambda w, c, h=how: predict_args(broken_hf(c, h)), "config.json")
       for how in ("layers a string", "config a list", "dropout a string")],
+    Case("impossible value", "glue.epochs past an int32 step count",
+         lambda w, c: glue_args(w, c, None, "glue.epochs=1e12"), "2**31"),
     Case("impossible value", "train.tokens past the masking's int32 row numbers",
          lambda w, c: pretrain_args(w, c, "train.steps=null", f"train.tokens={10**12}"), "2**31"),
     # ---- paths and includes (19.3, 19.5) ----

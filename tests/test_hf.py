@@ -161,8 +161,9 @@ def test_export_refuses_a_non_empty_directory_and_unsupported_kinds(tmp_path):
     model, cfg = export_fixture.build_model("pre_mlm")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="not empty"):
-        export_hf(model, cfg, None, tmp_path / "busy", "mlm")
+    for force in (False, True):  # force replaces a previous export only
+        with pytest.raises(UserError, match="not a previous Hugging Face directory"):
+            export_hf(model, cfg, None, tmp_path / "busy", "mlm", force=force)
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     with pytest.raises(UserError, match="pre-LN model as kind='pretrain'"):
         export_hf(model, cfg, None, tmp_path / "new", "pretrain")
