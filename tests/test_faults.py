@@ -210,7 +210,8 @@ def pretrain_args(w: World, case: Path, *extra: str) -> list[str]:
 
 
 def predict_args(checkpoint: Path, *extra: str) -> list[str]:
-    return ["-m", "bertjax.predict", "fill-mask", str(checkpoint), "the [MASK] sat .", *extra]
+    text = [] if "--file" in extra else ["the [MASK] sat ."]  # TEXT and --file: one or the other
+    return ["-m", "bertjax.predict", "fill-mask", str(checkpoint), *text, *extra]
 
 
 def yaml_file(case: Path, text: str) -> Path:
