@@ -168,10 +168,11 @@ class Checkpoints:
         """Refuse before the first byte when the disk has less room than a checkpoint of `state`
         takes: as much as the latest one (the next holds the same arrays, and Orbax deletes the
         oldest only after a save), or before the first, its arrays' bytes (a little more than
-        Orbax writes: a 2-step `mini` state of 65.6 MB took 60.1 MB on disk). A save that fails midway leaves writes that tensorstore may still finish
-        after Orbax raised, which the cleanup can only chase. The loops also call this before
-        their first step (`step` None), so a run on a disk too small for its checkpoints stops
-        at once, not at its first checkpoint hours later."""
+        Orbax writes: a 2-step `mini` state of 65.6 MB took 60.1 MB on disk). A save that fails
+        midway leaves writes that tensorstore may still finish after Orbax raised, which the
+        cleanup can only chase. The loops also call this before their first step (`step`
+        None), so a run on a disk too small for its checkpoints stops at once, not at its first
+        checkpoint hours later."""
         latest = self.manager.latest_step()
         if latest is None:
             size = sum(x.nbytes for x in jax.tree.leaves(eqx.filter(state, eqx.is_array)))

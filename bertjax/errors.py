@@ -20,8 +20,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def cli(main: Callable[[list[str]], None]) -> None:
-    """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2;
-    warnings print as one `warning: ...` line (no source file and line)."""
+    """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
+    (Ctrl-C: one line and 130, the shell's code for it); warnings print as one `warning: ...`
+    line (no source file and line)."""
     warnings.showwarning = _one_line_warning
     try:
         main(sys.argv[1:])
@@ -29,6 +30,11 @@ def cli(main: Callable[[list[str]], None]) -> None:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C where no loop catches it (prepare, export, predict)
+        print("error: interrupted; outputs are renamed into place only when complete, so "
+              "nothing half-written is taken as done: run the same command again",
+              file=sys.stderr)
+        sys.exit(130)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -22,6 +22,7 @@ import jax
 from tqdm import tqdm
 
 from bertjax.config import WandbConfig
+from bertjax.errors import UserError
 from bertjax.files import write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
@@ -85,6 +86,23 @@ def drop_rows_after(run_dir: Path, step: int) -> None:
         write_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict):
+    """A wandb run, or None when disabled. wandb's refusals (no API key for online, a bad
+    project or entity) are the user's to fix: one line, not wandb's traceback."""
+    if cfg.mode == "disabled":
+        return None
+    import wandb
+
+    try:
+        return wandb.init(mode=cfg.mode, project=cfg.project, name=cfg.name or run_dir.name,
+                          entity=cfg.entity, dir=str(run_dir), config=config_dict)
+    except Exception as e:  # wandb raises UsageError, CommError, ValueError, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"wandb.mode={cfg.mode}: wandb did not start ({first}); run `wandb "
+                        "login` or set WANDB_API_KEY, or use wandb.mode=offline (sync later) "
+                        "or disabled") from None
+
+
 class Monitor:
     """Progress bar + metrics.jsonl + wandb for one run (process 0 only)."""
 
@@ -97,17 +115,11 @@ class Monitor:
         self.last_time, self.last_tokens = time.perf_counter(), None
         if not self.enabled:
             return
+        self.wandb = start_wandb(wandb_cfg, run_dir, config_dict)  # first: it may refuse
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
                         disable=not sys.stderr.isatty())
-        self.wandb = None
-        if wandb_cfg.mode != "disabled":
-            import wandb
-
-            self.wandb = wandb.init(mode=wandb_cfg.mode, project=wandb_cfg.project,
-                                    name=wandb_cfg.name or run_dir.name, entity=wandb_cfg.entity,
-                                    dir=str(run_dir), config=config_dict)
 
     def throughput(self, tokens_seen: int) -> dict:
         """tokens/s (and MFU where the peak is known) since the previous call."""

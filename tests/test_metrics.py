@@ -11,7 +11,7 @@ from matplotlib.colors import to_rgb
 
 from bertjax import config
 from bertjax.errors import UserError
-from bertjax.metrics import Monitor
+from bertjax.metrics import Monitor, start_wandb
 from bertjax.plot import plot_run
 
 
@@ -101,3 +101,13 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
     else:  # one line per logged row, no redraws
         assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500, tok/s 1,234"]
         assert stderr.getvalue() == ""
+
+
+@pytest.mark.slow  # wandb starts its service process (about 8 s)
+def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' own "disabled" would win
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    with pytest.raises(UserError, match="wandb.mode=online: wandb did not start .*wandb login"):
+        start_wandb(config.WandbConfig(mode="online"), tmp_path, {})
