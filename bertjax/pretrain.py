@@ -143,6 +143,8 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
               "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
         return run.run_dir
     checkpoints.check_room(state)
+    if cfg.train.resume == "never":
+        forget_earlier_run(run.run_dir, checkpoints)
     # Written only now that the start is known to work: a refused resume (another model shape,
     # a damaged checkpoint) leaves the run's config.yaml describing its checkpoints.
     if jax.process_index() == 0:
@@ -174,6 +176,19 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         write_results(run, loop.last_validation, loop.tokens_before, loop.watch)
         finish(run, model)
     return run.run_dir
+
+
+def forget_earlier_run(run_dir: Path, checkpoints: Checkpoints) -> None:
+    """train.resume=never starts over: the earlier run's checkpoints and results go (a later
+    resume would else continue them, and its metrics.jsonl rows are dropped already)."""
+    steps = checkpoints.all_steps()
+    if steps:
+        print(f"train.resume=never: deleting {run_dir}'s earlier checkpoints {steps} and its "
+              "results.json", file=sys.stderr)
+    for step in steps:
+        checkpoints.delete(step)
+    if jax.process_index() == 0:
+        (run_dir / "results.json").unlink(missing_ok=True)
 
 
 def initial_state(run: Run, key: jax.Array, mesh, load_init: bool):

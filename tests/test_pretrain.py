@@ -367,3 +367,16 @@ def test_demo_config_runs_end_to_end(tmp_path):
     assert code == 0, out
     assert "fill-mask predictions:" in out and "validation loss" in out
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_resume_never_starts_over_without_the_earlier_checkpoints(config_file, straight, tmp_path):
+    """The earlier run's checkpoints go: a later plain resume would else continue them."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    code, out = train(config_file, run_dir, "train.resume=never", "train.steps=2",
+                      "train.fill_mask=[]")
+    assert code == 0 and "deleting" in out, out
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [2]
+    assert sorted(losses(run_dir)) == [1, 2]
+    code, out = train(config_file, run_dir, "train.steps=2", "train.fill_mask=[]")
+    assert code == 0 and "nothing to do" in out, out
