@@ -325,6 +325,21 @@ def names_a_source(cfg: DataConfig) -> bool:
     return bool(cfg.sources) or cfg.hf_dataset is not None or cfg.builtin is not None
 
 
+# What a run directory or a release bundle holds, and prepared data never does.
+RUN_FILES = ("checkpoints", "config.yaml", "manifest.json", "metrics.jsonl")
+
+
+def check_not_a_run(directory: Path) -> None:
+    """A data.dir that holds a run or a bundle is refused: preparing there would replace its
+    tokenizer.json, which its weights' rows are numbered by (the run itself takes the lock on
+    its directory, so a run whose data.dir is its own run_dir would also wait forever)."""
+    found = [name for name in RUN_FILES if (directory / name).exists()]
+    if found:
+        raise UserError(f"data.dir={directory} holds a run or a release bundle ({found[0]}); "
+                        "preparing there would replace its tokenizer.json: set data.dir to a "
+                        "directory of its own (e.g. data/NAME)")
+
+
 def ensure_prepared(cfg: Config) -> Path:
     """Prepare cfg.data.dir unless it is complete and built from the same inputs; returns it.
     With no data source set, cfg.data.dir must already be prepared and is used as it is."""
@@ -337,6 +352,7 @@ def ensure_prepared(cfg: Config) -> Path:
         read_meta(directory)
         _say(f"{directory}: no data source set; using the prepared data as it is")
         return directory
+    check_not_a_run(directory)
     sources.check(cfg.data)  # bad sources or tokenizer.path fail before data.dir is created
     inputs = _inputs(cfg)
     with _locked(make_dir(directory, "data.dir")):

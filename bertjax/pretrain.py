@@ -123,6 +123,9 @@ def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
+    if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
+        raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
+                        "the prepared data needs a directory of its own (e.g. data/NAME)")
     initialize_distributed(cfg.mesh)
     with hold_run_dir(cfg.train.run_dir):
         return pretrain_holding_the_run_dir(cfg)
