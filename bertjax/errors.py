@@ -6,6 +6,7 @@ it strikes: the writers that can leave temporaries behind catch it themselves an
 """
 
 import errno
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,11 +20,19 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cli(main: Callable[[list[str]], None]) -> None:
     """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
     (Ctrl-C: one line and 130, the shell's code for it); warnings print as one `warning: ...`
     line (no source file and line)."""
     warnings.showwarning = _one_line_warning
+    # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
+    # run (prepare removes its .tmp files) instead of the process vanishing. The training
+    # loops replace this with their own handler (save a checkpoint, then stop) while they run.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(sys.argv[1:])
     except UserError as e:

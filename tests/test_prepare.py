@@ -3,6 +3,7 @@ kind, and one-line errors for bad input (also through the CLI: exit code 2, no t
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,22 +128,41 @@ def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatc
         prepare.read_meta(out)
 
 
-@pytest.mark.slow
-def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
-    """A real SIGKILL in the middle of tokenizing (no cleanup code runs)."""
+def start_big_prepare(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """A prepare of 10,000 documents (~3 MB), returned once it is writing its token file."""
     path = tmp_path / "big.txt"
     block = "\n\n".join(" ".join(sentences(6, seed=i)) for i in range(100))
-    path.write_text("\n\n".join([block] * 100))  # 10,000 documents, ~3 MB
+    path.write_text("\n\n".join([block] * 100))
     out = tmp_path / "killed"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(json.dumps({"data": {"dir": str(out), "sources": [str(path)]},
                                "tokenizer": {"vocab_size": 300}}))
     proc = subprocess.Popen([sys.executable, "-m", "bertjax.prepare", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / "train.bin.tmp").exists() or not (out / "train.bin.tmp").stat().st_size:
         assert proc.poll() is None and time.monotonic() < deadline, "prepare ended too soon"
         time.sleep(0.01)
+    return proc, out, cfg
+
+
+@pytest.mark.slow
+def test_sigterm_while_tokenizing_removes_the_temporaries(tmp_path):
+    """SIGTERM (a scheduler's time limit, kill) stops as Ctrl-C does: one line, exit 130, and
+    the cleanup runs (without it the process vanished and left corpus-sized .tmp files)."""
+    proc, out, _ = start_big_prepare(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted"), stderr
+    assert "Traceback" not in stderr
+    assert not list(out.glob("*.tmp")) and not (out / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
+    """A real SIGKILL in the middle of tokenizing (no cleanup code runs)."""
+    proc, out, cfg = start_big_prepare(tmp_path)
     proc.kill()
     proc.wait()
     assert list(out.glob("*.tmp")) and not (out / "meta.json").exists()
