@@ -307,7 +307,7 @@ class GlueConfig:
     data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)",
                                domain=PATH)
     seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
-                           domain=list_of(NON_NEGATIVE, non_empty=True), int_bits=64)
+                           domain=list_of(NON_NEGATIVE, non_empty=True, unique=True), int_bits=64)
     epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)
     batch_size: int = opt(32, "sequences per step", domain=POSITIVE)
     buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length",

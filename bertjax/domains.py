@@ -2,7 +2,7 @@
 
 `opt(default, doc, domain=POSITIVE)` makes a field; the vocabulary is POSITIVE, NON_NEGATIVE,
 `at_least(n)`, `interval(lo, hi, "[)")` (UNIT_OPEN, FRACTION, UNIT_CLOSED), `one_of(...)`,
-`list_of(item, non_empty=, increasing=)`, `containing(text)`, PATH and PATHS.
+`list_of(item, non_empty=, increasing=, unique=)`, `containing(text)`, PATH and PATHS.
 `check_domains(section)`, run by every section's __post_init__, is the one place they are checked
 (types included, and that every number fits what numpy and JAX hold: `representable`).
 """
@@ -39,13 +39,17 @@ def one_of(*choices: str) -> Domain:
     return Domain(f"one of {', '.join(choices)}", lambda x: x in choices)
 
 
-def list_of(item: Domain | None = None, *, non_empty: bool = False,
-            increasing: bool = False) -> Domain:
-    """A list (non-empty, strictly increasing, when asked) whose every item is in `item`."""
-    says = "a" + " non-empty" * non_empty + "," * (non_empty and increasing) + \
-        " strictly increasing" * increasing + " list" + (f" of values {item.says}" if item else "")
+def list_of(item: Domain | None = None, *, non_empty: bool = False, increasing: bool = False,
+            unique: bool = False) -> Domain:
+    """A list (non-empty, strictly increasing, without repeats, when asked) whose every item is
+    in `item`."""
+    asked = [name for name, on in (("non-empty", non_empty), ("strictly increasing", increasing),
+                                   ("repeat-free", unique)) if on]
+    says = " ".join(filter(None, ["a", ", ".join(asked), "list"])) + \
+        (f" of values {item.says}" if item else "")
     return Domain(says, lambda xs: (len(xs) > 0 or not non_empty) and
                   (not increasing or all(a < b for a, b in zip(xs[:-1], xs[1:], strict=True))) and
+                  (not unique or len(set(xs)) == len(xs)) and
                   (item is None or all(item.test(x) for x in xs)))
 
 

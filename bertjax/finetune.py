@@ -9,7 +9,9 @@ dev split) is kept as a release bundle. Then test predictions become GLUE submis
 
 Each seed's train state is checkpointed after every epoch and every train.checkpoint_every
 steps, and a finished seed leaves `seedN/result.json`: rerunning the same command resumes an
-interrupted fine-tune to the same result (a changed config starts over).
+interrupted fine-tune to the same result, and keeps finished seeds. A config that changes a key
+deciding the result starts over; one that changes only RESULT_INDEPENDENT keys (logging, where
+checkpoints fall, the seed list, ...) does not.
 
 On several processes (jax.distributed, as in pretraining) every process reads the GLUE files and
 builds every batch, feeds its own rows, and sees all predictions; process 0 writes the files.
@@ -18,11 +20,13 @@ builds every batch, feeds its own rows, and sees all predictions; process 0 writ
 import dataclasses
 import itertools
 import json
+import re
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
@@ -46,6 +50,20 @@ from bertjax.sharding import (
     with_mesh,
 )
 
+# Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
+# only these keeps the finished and interrupted seeds; every other change starts over.
+RESULT_INDEPENDENT = {
+    "wandb": "monitoring only",
+    "train.log_every": "how often progress is logged, not what trains",
+    "train.checkpoint_every": "resuming is exact, so where the saves fall does not matter",
+    "train.keep_checkpoints": "fine-tuning keeps one checkpoint per seed whatever it says",
+    "train.run_dir": "where the run lives (a moved directory), not what it computes",
+    "train.resume": "whether to resume at all, decided on its own (never: start over)",
+    "glue.seeds": "each seed's result depends on its own seed only; results report the listed",
+    "mesh.coordinator_address": "how the processes find each other",
+    "mesh.process_id": "differs between the processes of one run by design",
+}
+
 
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
@@ -58,8 +76,8 @@ def finetune(cfg: Config) -> Path:
 
 
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
-    job, same_config = setup(cfg)
-    done = seeds_done(job, same_config)
+    job, change = setup(cfg)
+    done = seeds_done(job, change)
     # Read back now: a damaged result stops the rerun before it writes metrics or results.
     finished = {seed: read_result(job.run_dir / f"seed{seed}") for seed, steps in done.items()
                 if steps == job.steps.total}
@@ -114,9 +132,10 @@ def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     return cfg, model, tok
 
 
-def setup(cfg: Config) -> tuple[Job, bool]:
-    """Load the start model and the GLUE data, write the run's config.yaml; also returns
-    whether the run directory's earlier config.yaml was the same (then it may resume)."""
+def setup(cfg: Config) -> tuple[Job, str | None]:
+    """Load the start model and the GLUE data, write the run's config.yaml; also returns how
+    the run directory's earlier config.yaml differs in a result-deciding key (`config_change`),
+    None when it does not (then the run may resume)."""
     cfg, model, tok = resolve(cfg)
     train = glue.load_split(cfg.glue, "train")
     train_enc = glue_batches.encode(tok, train, cfg.glue.buckets)
@@ -128,10 +147,7 @@ def setup(cfg: Config) -> tuple[Job, bool]:
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = config_lib.to_yaml(cfg)
-    # An interrupted fine-tune resumes only with the very same config; any change (a damaged
-    # file, not UTF-8 even) starts over.
-    same_config = (run_dir / "config.yaml").is_file() and \
-        (run_dir / "config.yaml").read_bytes() == config_yaml.encode()
+    change = config_change(run_dir / "config.yaml", config_yaml)
     barrier("config compared")  # before process 0 writes the new one
     mesh = make_mesh()
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
@@ -146,26 +162,62 @@ def setup(cfg: Config) -> tuple[Job, bool]:
               f"({train_enc.truncated} truncated to {cfg.glue.buckets[-1]} tokens), dev "
               f"{[len(e) for e, _ in dev.values()]}, seeds {cfg.glue.seeds}, "
               f"{jax.process_count()} process(es)")
-    return job, same_config
+    return job, change
 
 
-def seeds_done(job: Job, same_config: bool) -> dict[int, int]:
-    """{seed: steps already done}; a changed config (or train.resume=never) starts over and
-    removes what an earlier run of this directory left."""
+def config_change(saved: Path, config_yaml: str) -> str | None:
+    """How the run directory's earlier config.yaml differs from `config_yaml` in keys that
+    decide a seed's result (the first few), or None. A missing or unreadable one (damaged, not
+    UTF-8 even) differs: what it trained cannot be told."""
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        old = None
+    if not isinstance(old, dict):
+        return "its config.yaml is missing or unreadable"
+    old, new = flat_keys(old), flat_keys(yaml.safe_load(config_yaml))
+    changed = [key for key in sorted(old.keys() | new.keys())
+               if (key not in old or key not in new or old[key] != new[key]) and
+               not any(key == k or key.startswith(f"{k}.") for k in RESULT_INDEPENDENT)]
+    if not changed:
+        return None
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return f"{', '.join(changed[:3])}{more} changed"
+
+
+def flat_keys(tree: object, prefix: str = "") -> dict[str, object]:
+    """{'optim.lr': 0.001, ...} of a nested mapping; a non-mapping is one value at `prefix`."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {key: value for name, child in tree.items()
+            for key, value in flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
+
+
+def seeds_done(job: Job, change: str | None) -> dict[int, int]:
+    """{seed: steps already done}; a result-deciding config change (or train.resume=never)
+    starts over and removes what an earlier run of this directory left."""
     done = {seed: steps_done(job.run_dir / f"seed{seed}", job.steps.total)
             for seed in job.cfg.glue.seeds}
-    if job.cfg.train.resume == "auto" and same_config and any(done.values()):
+    if job.cfg.train.resume == "auto" and change is None:
         return done
-    if any(done.values()) and job.main:
+    if job.main and earlier_seed_dirs(job.run_dir):
         print(f"{job.run_dir} holds an interrupted or finished fine-tune"
-              f"{'' if same_config else ' with another config'}: starting over")
+              f"{f' with another config ({change})' if change else ''}: starting over")
     if job.main:
         (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        for seed in job.cfg.glue.seeds:
-            (job.run_dir / f"seed{seed}" / "result.json").unlink(missing_ok=True)
-            shutil.rmtree(job.run_dir / f"seed{seed}" / "checkpoints", ignore_errors=True)
+        # Every seed, listed or not: the seed list decides nothing, so an unlisted seed left
+        # here would later be taken for one this config finished.
+        for seed_dir in earlier_seed_dirs(job.run_dir):
+            (seed_dir / "result.json").unlink(missing_ok=True)
+            shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
+
+
+def earlier_seed_dirs(run_dir: Path) -> list[Path]:
+    """The seedN/ folders holding a result or train state of an earlier run."""
+    return [p for p in run_dir.glob("seed*") if re.fullmatch(r"seed\d+", p.name) and
+            ((p / "result.json").is_file() or (p / "checkpoints").is_dir())]
 
 
 def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:

@@ -202,6 +202,15 @@ def _parse_index(value: str, where: str) -> int:
                         "field, or is this another task's file?") from None
 
 
+def check_new_index(index: int, line: int, first_line: dict[int, int], where: str) -> None:
+    """A test row's index is its id in the submission file: a repeat would hand the leaderboard
+    two predictions for one example."""
+    if index in first_line:
+        raise UserError(f"{where}: index {index} repeats line {first_line[index]}'s; each test "
+                        "example has its own index: remove the repeated row (or renumber it)")
+    first_line[index] = line
+
+
 def _row_problem(row: list[str], need: int, width: int | None, what: str) -> str | None:
     """What is wrong with a row that has fewer fields than the columns read or more than its
     file's header names (a tab inside a sentence would shift the label and index), or None."""
@@ -228,6 +237,7 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     need = max(p for p in pos if p is not None) + 1
     width = len(rows[0][1]) if has_header else None  # a headerless file (CoLA) names no columns
     a, b, labels, index, skipped = [], [], [], [], 0
+    first_line = {}  # index -> the line it first appeared on
     for n, (line, row) in enumerate(rows[1:] if has_header else rows):
         where = f"{path} line {line}"
         problem = _row_problem(row, need, width, f"the {t.name} {split} file")
@@ -242,6 +252,8 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
         if pos[2] is not None:
             labels.append(_parse_label(t, row[pos[2]], where))
         index.append(_parse_index(row[pos[3]], where) if pos[3] is not None else n)
+        if split.startswith("test"):
+            check_new_index(index[-1], line, first_line, where)
     if not a:
         raise UserError(f"{path} has no data rows{' besides its header' * has_header}; the "
                         f"{t.name} {split} split needs examples")

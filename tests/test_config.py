@@ -179,6 +179,7 @@ def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
     ("train.log_every=0", "> 0"), ("glue.buckets=[]", "non-empty"),
     ("glue.buckets=[64,32]", "strictly increasing"), ("glue.buckets=[4,64]", ">= 8"),
     ("glue.seeds=[]", "non-empty"), ("glue.seeds=[-1]", ">= 0"), ("glue.epochs=-1", "> 0"),
+    ("glue.seeds=[0,1,0]", "repeat-free"),  # a seed twice would count its result twice
     ("glue.max_train_examples=0", "> 0"), ("train.seed=-3", ">= 0"),
     ("data.mask_rate=1.0", "in (0, 1)"), ("model.dropout=1.0", "in [0, 1)"),
     ("optim.final_lr_fraction=2", "in [0, 1]"), ("data.prefetch=0", "> 0"),
@@ -224,6 +225,9 @@ def test_domain_vocabulary():
     increasing = domains.list_of(domains.at_least(8), non_empty=True, increasing=True)
     assert increasing.test([8, 16]) and not increasing.test([16, 8]) and not increasing.test([])
     assert increasing.says == "a non-empty, strictly increasing list of values >= 8"
+    distinct = domains.list_of(unique=True)
+    assert distinct.test([2, 0, 1]) and distinct.test([]) and not distinct.test([1, 2, 1])
+    assert distinct.says == "a repeat-free list" and domains.list_of().says == "a list"
     assert set(config.GLUE_TASKS) <= set(glue.TASKS)
 
 

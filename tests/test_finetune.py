@@ -152,6 +152,45 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     assert len(calls) == 2 * 16
 
 
+def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
+        tmp_path, tokenizer_path, monkeypatch, capsys):
+    original, calls = finetune_lib.build_steps, []
+
+    def counting(*args):
+        steps = original(*args)
+
+        def train_step(*a):
+            calls.append(1)
+            return steps.train_step(*a)
+
+        return dataclasses.replace(steps, train_step=train_step)
+
+    def run(*extra):
+        return finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=2", *extra))
+
+    monkeypatch.setattr(finetune_lib, "build_steps", counting)
+    run("glue.seeds=[0]")
+    per_seed = len(calls)
+    result = tmp_path / "seed0" / "result.json"
+    kept = result.read_bytes(), result.stat().st_mtime_ns
+    # Logging, checkpoint spacing, wandb and the seed list decide no seed's result.
+    calls.clear()
+    run("glue.seeds=[0,1]", "train.log_every=7", "train.checkpoint_every=3",
+        "wandb.project=foo")
+    assert len(calls) == per_seed  # seed 1 only
+    assert (result.read_bytes(), result.stat().st_mtime_ns) == kept
+    calls.clear()
+    results = json.loads((run("glue.seeds=[1]") / "results.json").read_text())
+    assert not calls and [r["seed"] for r in results["seeds"]] == [1]  # the listed ones
+    # A key that decides the result starts over, every seed (listed or not), and says why.
+    capsys.readouterr()
+    calls.clear()
+    run("glue.seeds=[0]", "optim.lr=1e-3")
+    assert len(calls) == per_seed and result.read_bytes() != kept[0]
+    assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
+    assert not (tmp_path / "seed1" / "result.json").exists()
+
+
 def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokenizer_path):
     # A preempted machine gets SIGTERM: the run saves where it is and exits 0; the same command
     # then finishes with the results of an uninterrupted run.

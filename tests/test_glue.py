@@ -428,6 +428,17 @@ def test_the_test_splits_a_submission_needs_are_read_up_front(tmp_path):
     glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
 
 
+def test_a_repeated_test_index_is_refused_with_file_line_and_index(tmp_path):
+    # The index is the submission file's id: a repeat would submit two predictions for one row.
+    rte = _rte_copy(tmp_path)
+    header, first, *_ = (rte / "test.tsv").read_text().splitlines()
+    (rte / "test.tsv").write_text(f"{header}\n{first}\n7\ta\tb\n{first}\n")
+    index = first.split("\t")[0]
+    with pytest.raises(UserError, match=rf"RTE/test.tsv line 4: index {index} repeats line 2's; "
+                                        "each test example has its own index"):
+        glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
+
+
 def test_a_row_with_more_fields_than_its_header_is_named_with_the_likely_cause(tmp_path):
     rte = _rte_copy(tmp_path)
     header = (rte / "train.tsv").read_text().splitlines()[0]
