@@ -236,10 +236,11 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         raise UserError(f"{path} has model.safetensors but no config.json; a Hugging Face BERT "
                         "directory needs the config.json that came with its weights: download "
                         "it into the directory")
-    bests = sorted(path.glob("seed*/best/manifest.json"))
+    bests = sorted(path.glob("seed*/best/manifest.json")) or \
+        sorted(path.glob("best/manifest.json"))  # a GLUE run, or one of its seeds' folders
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
-        raise UserError(f"{path} is a fine-tuning run with one checkpoint per seed; pass one of "
-                        f"them, e.g. {bests[0].parent}")
+        raise UserError(f"{path} holds fine-tuned checkpoints (each seed's best epoch as a "
+                        f"bundle); pass one of them, e.g. {bests[0].parent}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
 
 

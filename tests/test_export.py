@@ -475,3 +475,11 @@ def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypat
     monkeypatch.setattr(files.tempfile, "mkdtemp", full)
     with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
         export_run(run[0], tmp_path / "out")
+
+
+def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp_path):
+    (tmp_path / "seed0" / "best").mkdir(parents=True)
+    (tmp_path / "seed0" / "best" / "manifest.json").write_text("{}")
+    for path in (tmp_path, tmp_path / "seed0"):
+        with pytest.raises(UserError, match=r"fine-tuned checkpoints .* e\.g\. .*seed0/best$"):
+            load_pretrained(path)
