@@ -239,8 +239,8 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     bests = sorted(path.glob("seed*/best/manifest.json")) or \
         sorted(path.glob("best/manifest.json"))  # a GLUE run, or one of its seeds' folders
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
-        raise UserError(f"{path} holds fine-tuned checkpoints (each seed's best epoch as a "
-                        f"bundle); pass one of them, e.g. {bests[0].parent}")
+        raise UserError(f"{path} holds the checkpoints of a fine-tuning run (each seed's best "
+                        f"epoch as a bundle); pass one of them, e.g. {bests[0].parent}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
 
 

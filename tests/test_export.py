@@ -481,5 +481,5 @@ def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp
     (tmp_path / "seed0" / "best").mkdir(parents=True)
     (tmp_path / "seed0" / "best" / "manifest.json").write_text("{}")
     for path in (tmp_path, tmp_path / "seed0"):
-        with pytest.raises(UserError, match=r"fine-tuned checkpoints .* e\.g\. .*seed0/best$"):
+        with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best$"):
             load_pretrained(path)
