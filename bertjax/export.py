@@ -25,8 +25,6 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import (
-    check_file,
-    check_not_lfs_pointer,
     check_output_dir,
     disk_full_error,
     is_disk_full,
@@ -52,16 +50,7 @@ USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloa
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
     """The tokenizer.json at `path` (`what`: how the user gave it), checked before it is copied:
     an error about the copy would name the staging directory instead of the user's file."""
-    fix = "pass --tokenizer PATH to a Hugging Face tokenizer.json"
-    path = check_file(path, what, fix)
-    check_not_lfs_pointer(path)
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust side raises a bare Exception on bad JSON
-        raise UserError(f"{what} {path} is not a valid tokenizer.json "
-                        f"({str(e).splitlines()[0]}); {fix}") from None
-    tokenizer_lib.special_tokens(tok, f"{what} {path}")
-    return tok
+    return tokenizer_lib.load(path, what, "pass --tokenizer PATH to a Hugging Face tokenizer.json")
 
 
 def _write_tokenizer(tokenizer, path: Path) -> Tokenizer | None:

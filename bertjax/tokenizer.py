@@ -79,17 +79,18 @@ def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     return tok
 
 
-def load(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json; a missing or unreadable file is a UserError."""
-    path = check_file(path, "tokenizer file", "set tokenizer.path to a tokenizer.json or null "
-                      "to train one")
+def load(path: str | Path, what: str = "tokenizer file",
+         fix: str = "set tokenizer.path to a tokenizer.json or null to train one") -> Tokenizer:
+    """Load a tokenizer.json; a missing, unreadable or incomplete file is a UserError naming it
+    as `what` (how the user gave it) and ending with `fix`."""
+    path = check_file(path, what, fix)
     check_not_lfs_pointer(path)
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on bad JSON
-        raise UserError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0]}); "
-                        "point tokenizer.path at a Hugging Face tokenizers file") from None
-    special_tokens(tok, str(path))
+        raise UserError(f"{what} {path} is not a valid tokenizer.json "
+                        f"({str(e).splitlines()[0]}); {fix}") from None
+    special_tokens(tok, f"{what} {path}")
     return tok
 
 
