@@ -16,6 +16,18 @@ class UserError(Exception):
     """A mistake in the user's input: printed as one line, exit code 2."""
 
 
+class StoppedBySignal(Exception):
+    """A training loop stopped on SIGTERM/SIGINT after saving its state (and saying so); the
+    same command resumes it. `cli` exits with 128 + the signal's number, the code a shell reports
+    for a process that signal ended, so `train && export` and a scheduler do not take the run for
+    finished. A process stopped by another's signal (the processes vote to stop together) has
+    none of its own and reports SIGTERM, what schedulers send."""
+
+    def __init__(self, signal_name: str | None):
+        super().__init__(f"stopped by {signal_name or 'a signal to another process'}")
+        self.exit_code = 128 + signal.Signals[signal_name or "SIGTERM"].value
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
@@ -26,7 +38,8 @@ def _interrupt(signum, frame) -> None:
 
 def cli(main: Callable[[list[str]], None]) -> None:
     """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
-    (Ctrl-C: one line and 130, the shell's code for it); warnings print as one `warning: ...`
+    (Ctrl-C: one line and 130, the shell's code for it; a loop that saved and stopped on a signal:
+    128 + its number, see `StoppedBySignal`); warnings print as one `warning: ...`
     line (no source file and line)."""
     warnings.showwarning = _one_line_warning
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
@@ -39,6 +52,8 @@ def cli(main: Callable[[list[str]], None]) -> None:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except StoppedBySignal as e:  # the loop has said where it saved
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C where no loop catches it (prepare, export, predict)
         print("error: interrupted; outputs are renamed into place only when complete, so "
               "nothing half-written is taken as done: run the same command again",

@@ -33,7 +33,7 @@ from bertjax import config as config_lib
 from bertjax import glue, glue_batches
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
-from bertjax.errors import UserError
+from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor
@@ -66,7 +66,8 @@ RESULT_INDEPENDENT = {
 
 
 def finetune(cfg: Config) -> Path:
-    """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory."""
+    """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory.
+    Raises StoppedBySignal when SIGTERM/SIGINT stopped it after saving (not finished)."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
@@ -90,7 +91,7 @@ def finetune_holding_the_run_dir(cfg: Config) -> Path:
     except Stopped as stopped:
         job.monitor.write(f"{job.stop.name}: saved seed {stopped.seed} at step {stopped.step}; "
                           "run the same command again to resume")
-        return job.run_dir
+        raise StoppedBySignal(job.stop.received) from None
     finally:
         job.stop.restore()
         job.monitor.close()

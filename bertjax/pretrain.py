@@ -4,8 +4,9 @@ the state (fresh, continued from init.checkpoint, or resumed), run the step loop
 
 Everything a step does is a pure function of (config, step): the rows it reads, its masks and its
 dropout. Resuming therefore restores the newest complete checkpoint and simply continues; the
-result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit,
-every process after the same step. The run holds its directory (a lock) while it runs.
+result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT save and exit
+(code 128 + the signal's number: not finished), every process after the same step. The run
+holds its directory (a lock) while it runs.
 
 A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); after
 `train.max_rollbacks` the run stops (exit 1).
@@ -26,7 +27,7 @@ from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
 from bertjax.data import PretrainData
 from bertjax.divergence import Watch
-from bertjax.errors import UserError
+from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
@@ -120,7 +121,8 @@ def resolve(cfg: Config) -> Run:
 
 
 def pretrain(cfg: Config) -> Path:
-    """Pretrain (or resume) the run `cfg` describes; returns its run directory."""
+    """Pretrain (or resume) the run `cfg` describes; returns its run directory. Raises
+    StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint (not finished)."""
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
@@ -171,7 +173,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         monitor.close()
         checkpoints.close()
     if stop.stopped:
-        return run.run_dir
+        raise StoppedBySignal(stop.received)
     # Parameters may be split across hosts (FSDP): every process joins the gather, then process
     # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
     model = full_copy(state.model) if cfg.train.fill_mask else state.model

@@ -192,7 +192,8 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
 
 
 def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokenizer_path):
-    # A preempted machine gets SIGTERM: the run saves where it is and exits 0; the same command
+    # A preempted machine gets SIGTERM: the run saves where it is and exits 143 (128 + SIGTERM:
+    # not finished); the same command
     # then finishes with the results of an uninterrupted run.
     extra = ("glue.epochs=60", "glue.seeds=[0]", "train.checkpoint_every=0", "train.log_every=1")
     cfg = sst2_cfg(tmp_path / "straight", tokenizer_path, *extra)
@@ -209,7 +210,8 @@ def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokeni
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0 and "SIGTERM: saved seed 0 at step" in out, out
+    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: saved seed 0 at step" in out, out
+    assert "Traceback" not in out
     assert not (tmp_path / "run" / "results.json").exists()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "seed 0: resumed at step" in done.stderr + done.stdout, \
@@ -281,7 +283,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path
         time.sleep(0.1)
     procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing
     outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    assert all(p.returncode == 128 + signal.SIGTERM for p in procs), \
+        "\n".join(o[-2000:] for o in outs)
     assert "a signal to another process: saved seed 0 at step" in outs[0], outs[0][-2000:]
     assert (tmp_path / "seed0" / "checkpoints").is_dir()
     assert not (tmp_path / "results.json").exists()

@@ -18,6 +18,7 @@ from bertjax import config as config_lib
 from bertjax import pretrain_loop
 from bertjax.checkpoint import Checkpoints
 from bertjax.divergence import Trouble, Watch, rollback_target
+from bertjax.errors import StoppedBySignal
 from bertjax.metrics import drop_rows_after, strict_json
 from bertjax.pretrain import pretrain
 from bertjax.step import abstract_state
@@ -122,8 +123,8 @@ def config(base, run_dir, *overrides):
 def injected(multipliers: dict, stop_after: int | None):
     """make_train_step whose step s (1-based; 8 rows a step, so first_row = 8 (s - 1)) uses
     `multipliers[s]` as its lr multiplier instead of the rollbacks' factor, and which sends
-    SIGTERM to this process after step `stop_after` (the run saves and returns, as a signalled
-    run does)."""
+    SIGTERM to this process after step `stop_after` (the run saves and raises StoppedBySignal, as
+    a signalled run does)."""
     make = pretrain_loop.make_train_step
 
     def make_injected(*args, **kwargs):
@@ -146,7 +147,11 @@ def injected(multipliers: dict, stop_after: int | None):
 def run(base, run_dir, multipliers: dict, *overrides, stop_after: int | None = None):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pretrain_loop, "make_train_step", injected(multipliers, stop_after))
-        pretrain(config(base, run_dir, *overrides))
+        if stop_after is None:
+            pretrain(config(base, run_dir, *overrides))
+        else:
+            with pytest.raises(StoppedBySignal):
+                pretrain(config(base, run_dir, *overrides))
     return run_dir
 
 

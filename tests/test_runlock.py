@@ -102,14 +102,15 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     config_yaml = (run_dir / "config.yaml").read_text()
     second = train(config_file, run_dir, "train.seed=1")
     out = second.communicate(timeout=300)[0]
-    first.send_signal(signal.SIGTERM)  # the first one saves and ends as usual
+    first.send_signal(signal.SIGTERM)  # the first one saves and stops as usual
     first_out = first.communicate(timeout=300)[0]
     assert second.returncode == 2, out
     assert out.strip().splitlines()[-1] == (
         f"error: {run_dir} is in use by another run (pid {first.pid} on {socket.gethostname()}); "
         "wait for it to end, or set train.run_dir to another directory")
     assert "Traceback" not in out
-    assert first.returncode == 0 and "SIGTERM: saved a checkpoint" in first_out, first_out
+    assert first.returncode == 128 + signal.SIGTERM, first_out
+    assert "SIGTERM: saved a checkpoint" in first_out, first_out
     assert (run_dir / "config.yaml").read_text() == config_yaml  # seed 0's, not the second's
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # the first run's rows alone
