@@ -434,3 +434,19 @@ def test_a_damaged_finished_seed_names_the_file_and_keeps_the_run(tmp_path, toke
         path.write_bytes(good)
         assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
     assert finetune(cfg) == tmp_path  # repaired: reads the seed back, trains nothing
+
+
+def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(tmp_path, tokenizer_path,
+                                                                  no_wandb_key):
+    # wandb.mode=online without an API key is refused; it used to be refused only after
+    # config.yaml was rewritten and a result-deciding change had cleared the finished seeds.
+    run_dir = tmp_path / "run"
+    finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", "glue.seeds=[0]"))
+    before = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+              if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UserError, match="wandb.mode=online: wandb did not start"):
+        finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=2", "glue.seeds=[0]",
+                          "wandb.mode=online"))
+    assert {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"} == before
+
