@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -78,6 +79,7 @@ def finetune(cfg: Config) -> Path:
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
     job, change, wandb_run = setup(cfg)
     done = seeds_done(job, change)
+    warn_unlisted_seeds(job)
     # Read back now: a damaged result stops the rerun before it writes metrics or results.
     finished = {seed: read_result(job.run_dir / f"seed{seed}") for seed, steps in done.items()
                 if steps == job.steps.total}
@@ -214,6 +216,20 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
             shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
+
+
+def warn_unlisted_seeds(job: Job) -> None:
+    """Name the seedN/ folders of seeds no longer in glue.seeds: kept (they are the user's
+    results, never deleted silently), but results.json leaves them out, so a reader of the
+    directory could take them for part of this run."""
+    listed = {f"seed{seed}" for seed in job.cfg.glue.seeds}
+    unlisted = sorted((p for p in job.run_dir.glob("seed*") if p.is_dir() and
+                       re.fullmatch(r"seed\d+", p.name) and p.name not in listed),
+                      key=lambda p: int(p.name[4:]))
+    if job.main and unlisted:
+        warnings.warn(f"{', '.join(str(p) for p in unlisted)}: not in glue.seeds="
+                      f"{list(job.cfg.glue.seeds)}, so left out of results.json (kept); delete "
+                      "them, or list their seeds again", stacklevel=2)
 
 
 def earlier_seed_dirs(run_dir: Path) -> list[Path]:
