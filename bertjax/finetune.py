@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -36,7 +37,7 @@ from bertjax.config import Config
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
-from bertjax.metrics import Monitor
+from bertjax.metrics import Monitor, start_wandb
 from bertjax.model import Bert
 from bertjax.pretrained import initial_model, load_start
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -77,14 +78,14 @@ def finetune(cfg: Config) -> Path:
 
 
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
-    job, change = setup(cfg)
+    job, change, wandb_run = setup(cfg)
     done = seeds_done(job, change)
+    warn_unlisted_seeds(job)
     # Read back now: a damaged result stops the rerun before it writes metrics or results.
     finished = {seed: read_result(job.run_dir / f"seed{seed}") for seed, steps in done.items()
                 if steps == job.steps.total}
     job.monitor = Monitor(job.run_dir, job.steps.total * len(job.cfg.glue.seeds),
-                          sum(done.values()), job.cfg.wandb, config_lib.to_dict(job.cfg), None,
-                          job.cfg.precision.compute)
+                          sum(done.values()), wandb_run, None, job.cfg.precision.compute)
     job.stop = StopSignal(job.mesh)
     try:
         per_seed, best_model = run_seeds(job, finished)
@@ -133,10 +134,10 @@ def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     return cfg, model, tok
 
 
-def setup(cfg: Config) -> tuple[Job, str | None]:
-    """Load the start model and the GLUE data, write the run's config.yaml; also returns how
-    the run directory's earlier config.yaml differs in a result-deciding key (`config_change`),
-    None when it does not (then the run may resume)."""
+def setup(cfg: Config) -> tuple[Job, str | None, object]:
+    """Load the start model and the GLUE data, start wandb, write the run's config.yaml; also
+    returns how the run directory's earlier config.yaml differs in a result-deciding key
+    (`config_change`), None when it does not (then the run may resume), and the wandb run."""
     cfg, model, tok = resolve(cfg)
     train = glue.load_split(cfg.glue, "train")
     train_enc = glue_batches.encode(tok, train, cfg.glue.buckets)
@@ -157,13 +158,16 @@ def setup(cfg: Config) -> tuple[Job, str | None]:
     steps = dataclasses.replace(steps, train_step=with_mesh(steps.train_step, mesh),
                                 predict=with_mesh(steps.predict, mesh))
     job = Job(cfg, tok, model, train_enc, dev, mesh, run_dir, steps)
+    # Before config.yaml and seeds_done's clearing: a wandb that refuses to start (online
+    # without an API key) leaves the run directory as it was.
+    wandb_run = start_wandb(cfg.wandb, run_dir, config_lib.to_dict(cfg))
     if job.main:
         write_atomic(run_dir / "config.yaml", config_yaml)
         print(f"{glue.get_task(cfg.glue.task).name}: {len(train)} training examples "
               f"({train_enc.truncated} truncated to {cfg.glue.buckets[-1]} tokens), dev "
               f"{[len(e) for e, _ in dev.values()]}, seeds {cfg.glue.seeds}, "
               f"{jax.process_count()} process(es)")
-    return job, change
+    return job, change, wandb_run
 
 
 def config_change(saved: Path, config_yaml: str) -> str | None:
@@ -213,6 +217,20 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
             shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
+
+
+def warn_unlisted_seeds(job: Job) -> None:
+    """Name the seedN/ folders of seeds no longer in glue.seeds: kept (they are the user's
+    results, never deleted silently), but results.json leaves them out, so a reader of the
+    directory could take them for part of this run."""
+    listed = {f"seed{seed}" for seed in job.cfg.glue.seeds}
+    unlisted = sorted((p for p in job.run_dir.glob("seed*") if p.is_dir() and
+                       re.fullmatch(r"seed\d+", p.name) and p.name not in listed),
+                      key=lambda p: int(p.name[4:]))
+    if job.main and unlisted:
+        warnings.warn(f"{', '.join(str(p) for p in unlisted)}: not in glue.seeds="
+                      f"{list(job.cfg.glue.seeds)}, so left out of results.json (kept); delete "
+                      "them, or list their seeds again", stacklevel=2)
 
 
 def earlier_seed_dirs(run_dir: Path) -> list[Path]:

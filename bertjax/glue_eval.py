@@ -5,6 +5,7 @@ Every process builds every batch and feeds its own rows; logits come back replic
 process scores the same predictions and process 0 writes the files.
 """
 
+import warnings
 from pathlib import Path
 
 import jax
@@ -65,6 +66,8 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
     written = []
     pairs = [(t, s) for t, s in glue.submissions(cfg.glue.task)
              if glue.split_available(cfg.glue, s, task=t)]
+    if jax.process_index() == 0:
+        warn_stale_submissions(cfg, run_dir, pairs)
     if not pairs:
         return written
     model = shard_params(best, mesh, cfg.mesh)
@@ -76,3 +79,16 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
             written.append(str(glue_metrics.write_submission(task, split, examples.index, logits,
                                                              run_dir / "submission")))
     return written
+
+
+def warn_stale_submissions(cfg: Config, run_dir: Path, pairs: list[tuple[str, str]]) -> None:
+    """Warn of each submission file this run does not rewrite (its test split is missing): an
+    earlier run's predictions, maybe of another model. Kept, not deleted: without the test file
+    this run cannot write it again, and the model it came from may be gone."""
+    for task, split in glue.submissions(cfg.glue.task):
+        path = run_dir / "submission" / glue.get_task(task).split(split).submission
+        if (task, split) not in pairs and path.is_file():
+            warnings.warn(f"{path} was not written by this run (no {task} {split} split in "
+                          f"{cfg.glue.data_dir}): it holds an earlier run's predictions, maybe "
+                          "of another model; delete it, or give the test file and run again",
+                          stacklevel=2)

@@ -87,9 +87,11 @@ def drop_rows_after(run_dir: Path, step: int) -> None:
 
 
 def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict):
-    """A wandb run, or None when disabled. wandb's refusals (no API key for online, a bad
-    project or entity) are the user's to fix: one line, not wandb's traceback."""
-    if cfg.mode == "disabled":
+    """A wandb run for the Monitor, or None when disabled or on a process other than 0. wandb's
+    refusals (no API key for online, a bad project or entity) are the user's to fix: one line,
+    not wandb's traceback. The loops start it before they write or delete anything in the run
+    directory, so a refusal leaves the directory as it was."""
+    if cfg.mode == "disabled" or jax.process_index() != 0:
         return None
     import wandb
 
@@ -106,8 +108,10 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict):
 class Monitor:
     """Progress bar + metrics.jsonl + wandb for one run (process 0 only)."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, wandb_cfg: WandbConfig,
-                 config_dict: dict, flops_per_token: float | None, compute_dtype: str):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, wandb_run,
+                 flops_per_token: float | None, compute_dtype: str):
+        """`wandb_run`: start_wandb's run (or None), started by the caller before it wrote to
+        the run directory."""
         self.enabled = jax.process_index() == 0
         self.peak = device_peak_flops(compute_dtype)
         self.flops_per_token = flops_per_token
@@ -115,7 +119,7 @@ class Monitor:
         self.last_time, self.last_tokens = time.perf_counter(), None
         if not self.enabled:
             return
-        self.wandb = start_wandb(wandb_cfg, run_dir, config_dict)  # first: it may refuse
+        self.wandb = wandb_run
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",

@@ -66,8 +66,14 @@ def _top_k(model: Bert, ids, types, mask, k: int, positions):
 def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
               batch_size: int = BATCH_SIZE):
     """For each text, for each [MASK] in it: the top-k (token, probability) pairs."""
+    vocab = model.mlm.bias.shape[0]
+    # Refused, not clamped: a list shorter than the k asked for would pass for the answer (a
+    # script reading k columns breaks later, or reads fewer unawares). Checked before any input
+    # runs; the CLI checks k >= 1 before loading, but the vocabulary is known only from the model.
+    if not 1 <= top_k <= vocab:
+        raise UserError(f"top-k {top_k}: the model's vocabulary has {vocab} tokens, so ask for "
+                        f"1 to {vocab} (--top-k)")
     mask_id = tokenizer.token_to_id("[MASK]")
-    top_k = min(top_k, model.mlm.bias.shape[0])
     results = []
     for count, (ids, types, mask) in _batches(model, _encodings(model, tokenizer, texts,
                                                                    None), batch_size):

@@ -29,7 +29,7 @@ from bertjax.data import PretrainData
 from bertjax.divergence import Watch
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
-from bertjax.metrics import Monitor, drop_rows_after
+from bertjax.metrics import Monitor, drop_rows_after, start_wandb
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer
 from bertjax.predict import fill_mask
@@ -148,6 +148,9 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
               "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
         return run.run_dir
     checkpoints.check_room(state)
+    # Before anything below writes or deletes: a wandb that refuses to start (online without an
+    # API key) leaves the run directory as it was.
+    wandb_run = start_wandb(cfg.wandb, run.run_dir, config_lib.to_dict(cfg))
     if cfg.train.resume == "never":
         forget_earlier_run(run.run_dir, checkpoints)
     # Written only now that the start is known to work: a refused resume (another model shape,
@@ -157,8 +160,8 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         write_atomic(run.run_dir / "config.yaml", run.config_yaml)
         drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
     fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
-    monitor = Monitor(run.run_dir, run.total_steps, start, cfg.wandb, config_lib.to_dict(cfg),
-                      fpt, cfg.precision.compute)
+    monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
+                      cfg.precision.compute)
     monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
                   f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
                   f"sequences/epoch, attention: "

@@ -241,6 +241,10 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
         raise UserError(f"{path} holds the checkpoints of a fine-tuning run (each seed's best "
                         f"epoch as a bundle); pass one of them, e.g. {bests[0].parent}")
+    if any(path.glob("seed*/checkpoints")):  # a GLUE run interrupted before a seed finished
+        raise UserError(f"{path} is a GLUE fine-tuning run with no finished seed yet (only train "
+                        "state for resuming); rerun its command to finish it, then pass a seed's "
+                        f"best epoch, {path}/seedN/best")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
 
 

@@ -50,6 +50,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def no_wandb_key(tmp_path, monkeypatch) -> None:
+    """An environment (this process's, and subprocesses started from os.environ) where
+    wandb.mode=online has no API key to find, so wandb refuses to start, offline."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' own "disabled" would win
+    (tmp_path / "home").mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
 # ---- text, corpora and tokenizers ----
 WORDS = ("the cat dog sat on a mat ran far away quickly under blue green tree house river "
          "stone bird sang loudly while children played nearby").split()

@@ -483,3 +483,10 @@ def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp
     for path in (tmp_path, tmp_path / "seed0"):
         with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best$"):
             load_pretrained(path)
+
+
+def test_a_fine_tuning_run_with_no_finished_seed_says_to_finish_it(tmp_path):
+    (tmp_path / "seed0" / "checkpoints" / "3").mkdir(parents=True)  # interrupted in seed 0
+    with pytest.raises(UserError, match=r"GLUE fine-tuning run with no finished seed yet .* "
+                                        r"rerun its command .* then pass .*/seedN/best$"):
+        load_pretrained(tmp_path)

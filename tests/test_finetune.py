@@ -437,3 +437,40 @@ def test_a_damaged_finished_seed_names_the_file_and_keeps_the_run(tmp_path, toke
         path.write_bytes(good)
         assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
     assert finetune(cfg) == tmp_path  # repaired: reads the seed back, trains nothing
+
+
+def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(tmp_path, tokenizer_path,
+                                                                  no_wandb_key):
+    # wandb.mode=online without an API key is refused; it used to be refused only after
+    # config.yaml was rewritten and a result-deciding change had cleared the finished seeds.
+    run_dir = tmp_path / "run"
+    finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", "glue.seeds=[0]"))
+    before = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+              if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UserError, match="wandb.mode=online: wandb did not start"):
+        finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=2", "glue.seeds=[0]",
+                          "wandb.mode=online"))
+    assert {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_rerun_warns_of_an_earlier_runs_submission_and_unlisted_seeds(tmp_path, tokenizer_path):
+    # Both are kept (they may be all that is left of an earlier model), and named in one line
+    # each: a stale SST-2.tsv could be uploaded as this run's predictions.
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_DIR, glue_dir)
+    run_dir = tmp_path / "run"
+    finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", f"glue.data_dir={glue_dir}"))
+    (glue_dir / "SST-2" / "test.tsv").unlink()
+    with pytest.warns(UserWarning) as caught:
+        finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", f"glue.data_dir={glue_dir}",
+                          "glue.seeds=[0]"))
+    messages = [str(w.message) for w in caught]
+    assert f"{run_dir}/seed1: not in glue.seeds=[0], so left out of results.json (kept); " \
+           "delete them, or list their seeds again" in messages
+    assert f"{run_dir}/submission/SST-2.tsv was not written by this run (no sst2 test split " \
+           f"in {glue_dir}): it holds an earlier run's predictions, maybe of another model; " \
+           "delete it, or give the test file and run again" in messages
+    assert (run_dir / "seed1" / "best").is_dir()
+    assert (run_dir / "submission" / "SST-2.tsv").is_file()
+    assert json.loads((run_dir / "results.json").read_text())["submissions"] == []

@@ -17,8 +17,9 @@ from bertjax.plot import plot_run
 
 def test_monitor_writes_jsonl_and_an_offline_wandb_run(tmp_path):
     wandb_cfg = config.load([], ["wandb.mode=offline", "wandb.project=test"]).wandb
-    monitor = Monitor(tmp_path, total_steps=4, start_step=0, wandb_cfg=wandb_cfg,
-                      config_dict={"a": 1}, flops_per_token=None, compute_dtype="float32")
+    monitor = Monitor(tmp_path, total_steps=4, start_step=0,
+                      wandb_run=start_wandb(wandb_cfg, tmp_path, {"a": 1}),
+                      flops_per_token=None, compute_dtype="float32")
     for step in range(1, 5):
         row = {"loss": 5.0 - step, "accuracy": 0.1 * step, "tokens": 100 * step}
         row |= monitor.throughput(row["tokens"])
@@ -87,9 +88,8 @@ class Stream(io.StringIO):
 def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch, capsys, tty):
     stderr = Stream(tty)
     monkeypatch.setattr("sys.stderr", stderr)
-    wandb_cfg = config.load([], []).wandb
-    monitor = Monitor(tmp_path, total_steps=2, start_step=0, wandb_cfg=wandb_cfg,
-                      config_dict={}, flops_per_token=None, compute_dtype="float32")
+    monitor = Monitor(tmp_path, total_steps=2, start_step=0, wandb_run=None,
+                      flops_per_token=None, compute_dtype="float32")
     for step in (1, 2):
         monitor.advance()
         throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
@@ -104,10 +104,7 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
 
 
 @pytest.mark.slow  # wandb starts its service process (about 8 s)
-def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' own "disabled" would win
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_path,
+                                                                          no_wandb_key):
     with pytest.raises(UserError, match="wandb.mode=online: wandb did not start .*wandb login"):
         start_wandb(config.WandbConfig(mode="online"), tmp_path, {})

@@ -225,3 +225,15 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
     with pytest.raises(UserError, match=f"has {len(VOCAB)} tokens but the model's vocabulary has "
                                         f"{len(VOCAB) - 4} rows"):
         predict.main(["fill-mask", str(bundle), "the [MASK] sat ."])
+
+
+def test_a_top_k_beyond_the_vocabulary_is_refused_before_any_output(bundle, model, capsys):
+    with pytest.raises(UserError, match=f"top-k {len(VOCAB) + 1}: the model's vocabulary has "
+                                        f"{len(VOCAB)} tokens, so ask for 1 to {len(VOCAB)}"):
+        predict.main(["fill-mask", str(bundle), "the [MASK] sat .", "--top-k",
+                      str(len(VOCAB) + 1)])
+    assert capsys.readouterr().out == ""  # not the whole vocabulary, cut short
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
+    everything = predict.fill_mask(model, tok, ["the [MASK] sat ."], len(VOCAB))
+    assert len(everything[0][0]) == len(VOCAB)  # the whole vocabulary, when asked for exactly

@@ -383,3 +383,17 @@ def test_resume_never_starts_over_without_the_earlier_checkpoints(config_file, s
     assert sorted(losses(run_dir)) == [1, 2]
     code, out = train(config_file, run_dir, "train.steps=2", "train.fill_mask=[]")
     assert code == 0 and "nothing to do" in out, out
+
+
+def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(config_file, straight,
+                                                                  tmp_path, no_wandb_key):
+    """wandb.mode=online without an API key is one line; it used to come after train.resume=
+    never had deleted the checkpoints and config.yaml was rewritten."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    before = file_hashes(run_dir)
+    code, out = train(config_file, run_dir, "train.resume=never", f"train.steps={STEPS + 2}",
+                      "wandb.mode=online")
+    assert code == 2 and out.strip().splitlines()[-1].startswith(
+        "error: wandb.mode=online: wandb did not start"), out
+    assert file_hashes(run_dir) == before
