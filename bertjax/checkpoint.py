@@ -37,9 +37,21 @@ SCHEMA_VERSION = 1
 # big arrays only (several hosts writing megabytes each), so smaller slices are not made.
 # Otherwise the handler is Orbax's default one (type_handler_registry._DEFAULT_TYPE_HANDLERS).
 REPLICA_SLICE_MIN_BYTES = 2**20
-ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-    array_metadata_store=array_metadata_store.Store(),
-    min_slice_bytes_for_replica_parallel=REPLICA_SLICE_MIN_BYTES), override=True)
+
+
+def _register_array_handler() -> None:
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # Orbax warns (on every CLI's stderr) that a handler is replaced
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+            array_metadata_store=array_metadata_store.Store(),
+            min_slice_bytes_for_replica_parallel=REPLICA_SLICE_MIN_BYTES), override=True)
+    finally:
+        absl.setLevel(level)
+
+
+_register_array_handler()
 # Orbax's coroutine that reads one array, and the package its reads run in (orbax-checkpoint 0.12).
 ORBAX_READ = "_read_array_index_and_device_put"
 ORBAX_READS = "orbax/checkpoint/_src/serialization"
