@@ -224,8 +224,7 @@ def warn_unlisted_seeds(job: Job) -> None:
     results, never deleted silently), but results.json leaves them out, so a reader of the
     directory could take them for part of this run."""
     listed = {f"seed{seed}" for seed in job.cfg.glue.seeds}
-    unlisted = sorted((p for p in job.run_dir.glob("seed*") if p.is_dir() and
-                       re.fullmatch(r"seed\d+", p.name) and p.name not in listed),
+    unlisted = sorted((p for p in earlier_seed_dirs(job.run_dir) if p.name not in listed),
                       key=lambda p: int(p.name[4:]))
     if job.main and unlisted:
         warnings.warn(f"{', '.join(str(p) for p in unlisted)}: not in glue.seeds="

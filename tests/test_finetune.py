@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -180,12 +181,16 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     assert len(calls) == per_seed  # seed 1 only
     assert (result.read_bytes(), result.stat().st_mtime_ns) == kept
     calls.clear()
-    results = json.loads((run("glue.seeds=[1]") / "results.json").read_text())
+    with pytest.warns(UserWarning, match=r"seed0: not in glue.seeds=\[1\], so left out"):
+        results = json.loads((run("glue.seeds=[1]") / "results.json").read_text())
     assert not calls and [r["seed"] for r in results["seeds"]] == [1]  # the listed ones
     # A key that decides the result starts over, every seed (listed or not), and says why.
     capsys.readouterr()
     calls.clear()
-    run("glue.seeds=[0]", "optim.lr=1e-3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("glue.seeds=[0]", "optim.lr=1e-3")
+    assert not [w for w in caught if "glue.seeds" in str(w.message)]  # seed1 was cleared
     assert len(calls) == per_seed and result.read_bytes() != kept[0]
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
     assert not (tmp_path / "seed1" / "result.json").exists()
