@@ -1,12 +1,16 @@
-"""Test environment: 8 forced CPU devices, strict dtype promotion, offline, wandb disabled; and
-the helpers several test files share (corpora, tokenizers, a tiny train step, free ports).
+"""Test environment: 8 forced CPU devices, strict dtype promotion, offline, wandb disabled, one
+XLA compilation cache per session; and the helpers several test files share (corpora,
+tokenizers, a tiny train step, free ports).
 
 The environment variables must be set before jax (or datasets/wandb) is first imported, which is
 why they sit at the top of conftest.py; jaxtyping's runtime checks come from pyproject's addopts
 (its plugin installs the import hook before this file is loaded, so bertjax is checked).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # (tests/dist_worker.py sets its own count before it imports the helpers below)
@@ -17,6 +21,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# One compilation cache for the whole session, inherited by every process it starts (pytest-xdist
+# workers, CLI subprocesses): the tests compile the same small programs again and again, in new
+# processes and as new closures (a 12-step tiny pretraining run: 19.4 s, 7.7 s with its programs
+# cached). The executables are the ones XLA would compile (keyed by program, flags and devices),
+# so results do not change. Fresh each session: nothing an earlier jax or flag set wrote is read.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="bertjax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import json  # noqa: E402
 import socket  # noqa: E402
