@@ -12,15 +12,16 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m bertjax.train configs/demo.yaml
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q
-
-# The quick tier: no CLI subprocesses or end-to-end runs (those are marked slow). Compiling is
-# most of its time, and XLA compiles on one thread, so it runs in TEST_WORKERS processes
-# (pytest-xdist) and compiles with XLA's CPU backend at -O0 (about half the compile time): the
-# same programs, whose sums may differ in the last bits; no quick test compares with a number
-# recorded under the default flags. `make test` runs serially and compiles as users' runs do.
+# Compiling is most of the tests' time and XLA compiles on one thread, so both tiers run in
+# TEST_WORKERS processes (pytest-xdist), sharing one compilation cache (tests/conftest.py).
+# `make test` runs every test and compiles as users' runs do.
 TEST_WORKERS ?= 2
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The quick tier: no CLI subprocesses or end-to-end runs (those are marked slow), compiled with
+# XLA's CPU backend at -O0 (about half the compile time): the same programs, whose sums may
+# differ in the last bits; no quick test compares with a number recorded under the default flags.
 test-fast: $(VENV)/.installed
 	XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" \
 		$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
