@@ -25,7 +25,6 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.metadata import array_metadata_store
 
 from bertjax.errors import UserError
 from bertjax.files import disk_full_error, is_disk_full
@@ -40,6 +39,11 @@ REPLICA_SLICE_MIN_BYTES = 2**20
 
 
 def _register_array_handler() -> None:
+    try:  # the default handler's metadata store lives in a private module: another Orbax (a GPU
+        # image's, say) may have moved it, and then its default handler stays, slower to save
+        from orbax.checkpoint._src.metadata import array_metadata_store
+    except ImportError:
+        return
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # Orbax warns (on every CLI's stderr) that a handler is replaced
