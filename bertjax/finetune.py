@@ -37,7 +37,7 @@ from bertjax.config import Config
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
-from bertjax.metrics import Monitor, start_wandb
+from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
 from bertjax.pretrained import initial_model, load_start
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -78,7 +78,19 @@ def finetune(cfg: Config) -> Path:
 
 
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
-    job, change, wandb_run = setup(cfg)
+    job, change = setup(cfg)
+    # Entered before config.yaml and seeds_done's clearing: a wandb that refuses to start (online
+    # without an API key) leaves the run directory as it was.
+    with wandb_session(job.cfg.wandb, job.run_dir, config_lib.to_dict(job.cfg),
+                       resuming=job.cfg.train.resume == "auto" and change is None) as wandb_run:
+        return train_seeds(job, change, wandb_run)
+
+
+def train_seeds(job: Job, change: str | None, wandb_run) -> Path:
+    """Write config.yaml, train (or resume, or keep) every seed, then the results and the
+    submission files."""
+    if job.main:
+        write_atomic(job.run_dir / "config.yaml", config_lib.to_yaml(job.cfg))
     done = seeds_done(job, change)
     warn_unlisted_seeds(job)
     # Read back now: a damaged result stops the rerun before it writes metrics or results.
@@ -134,10 +146,10 @@ def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     return cfg, model, tok
 
 
-def setup(cfg: Config) -> tuple[Job, str | None, object]:
-    """Load the start model and the GLUE data, start wandb, write the run's config.yaml; also
+def setup(cfg: Config) -> tuple[Job, str | None]:
+    """Load the start model and the GLUE data and build the steps, writing no file; also
     returns how the run directory's earlier config.yaml differs in a result-deciding key
-    (`config_change`), None when it does not (then the run may resume), and the wandb run."""
+    (`config_change`), None when it does not (then the run may resume)."""
     cfg, model, tok = resolve(cfg)
     train = glue.load_split(cfg.glue, "train")
     train_enc = glue_batches.encode(tok, train, cfg.glue.buckets)
@@ -158,16 +170,12 @@ def setup(cfg: Config) -> tuple[Job, str | None, object]:
     steps = dataclasses.replace(steps, train_step=with_mesh(steps.train_step, mesh),
                                 predict=with_mesh(steps.predict, mesh))
     job = Job(cfg, tok, model, train_enc, dev, mesh, run_dir, steps)
-    # Before config.yaml and seeds_done's clearing: a wandb that refuses to start (online
-    # without an API key) leaves the run directory as it was.
-    wandb_run = start_wandb(cfg.wandb, run_dir, config_lib.to_dict(cfg))
     if job.main:
-        write_atomic(run_dir / "config.yaml", config_yaml)
         print(f"{glue.get_task(cfg.glue.task).name}: {len(train)} training examples "
               f"({train_enc.truncated} truncated to {cfg.glue.buckets[-1]} tokens), dev "
               f"{[len(e) for e, _ in dev.values()]}, seeds {cfg.glue.seeds}, "
               f"{jax.process_count()} process(es)")
-    return job, change, wandb_run
+    return job, change
 
 
 def config_change(saved: Path, config_yaml: str) -> str | None:

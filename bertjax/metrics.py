@@ -12,6 +12,7 @@ key hangs in wandb itself, so it is never a default. MFU needs the device's peak
 for common accelerators only (dense bf16 / f32 peaks from the vendors' data sheets).
 """
 
+import contextlib
 import json
 import math
 import sys
@@ -22,7 +23,7 @@ import jax
 from tqdm import tqdm
 
 from bertjax.config import WandbConfig
-from bertjax.errors import UserError
+from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
@@ -86,23 +87,59 @@ def drop_rows_after(run_dir: Path, step: int) -> None:
         write_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict):
-    """A wandb run for the Monitor, or None when disabled or on a process other than 0. wandb's
+# In the run directory: the id of the wandb run a resume of this run logs into.
+WANDB_RUN_ID = "wandb_run_id"
+
+
+@contextlib.contextmanager
+def wandb_session(cfg: WandbConfig, run_dir: Path, config_dict: dict, *, resuming: bool):
+    """The run's wandb run for the Monitor (None when disabled or on a process other than 0),
+    finished on the way out with what happened: exit code 0 when the block returns; a stop on a
+    signal marks it preempting (wandb shows it preempted, not crashed) with 128 + the signal's
+    number; any other exception: 1 (failed; 2 for the user's mistakes).
+
+    One bertjax run is one wandb run: `resuming` (the run continues its own checkpoints or
+    seeds) logs into the wandb run whose id the run directory keeps (`resume="allow"`), so a
+    preempted and resumed run is one curve; a run that starts over gets a new id. wandb's
     refusals (no API key for online, a bad project or entity) are the user's to fix: one line,
-    not wandb's traceback. The loops start it before they write or delete anything in the run
+    not wandb's traceback. The loops enter this before they write or delete anything in the run
     directory, so a refusal leaves the directory as it was."""
+    run = start_wandb(cfg, run_dir, config_dict, resuming)
+    if run is None:
+        yield None
+        return
+    try:
+        yield run
+    except StoppedBySignal as e:
+        run.mark_preempting()
+        run.finish(exit_code=e.exit_code)
+        raise
+    except BaseException as e:
+        run.finish(exit_code=2 if isinstance(e, UserError) else 1)
+        raise
+    run.finish()
+
+
+def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict, resuming: bool):
+    """wandb.init for `wandb_session` (which see), keeping the run's id in the run directory."""
     if cfg.mode == "disabled" or jax.process_index() != 0:
         return None
     import wandb
 
+    kept = run_dir / WANDB_RUN_ID
+    run_id = kept.read_text(errors="replace").strip() if resuming and kept.is_file() else None
     try:
-        return wandb.init(mode=cfg.mode, project=cfg.project, name=cfg.name or run_dir.name,
-                          entity=cfg.entity, dir=str(run_dir), config=config_dict)
+        run = wandb.init(mode=cfg.mode, project=cfg.project, name=cfg.name or run_dir.name,
+                         entity=cfg.entity, dir=str(run_dir), config=config_dict,
+                         id=run_id, resume="allow")  # no id: wandb makes a new one
     except Exception as e:  # wandb raises UsageError, CommError, ValueError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"wandb.mode={cfg.mode}: wandb did not start ({first}); run `wandb "
                         "login` or set WANDB_API_KEY, or use wandb.mode=offline (sync later) "
                         "or disabled") from None
+    if run.id != run_id:
+        write_atomic(kept, run.id + "\n")
+    return run
 
 
 class Monitor:
@@ -110,8 +147,10 @@ class Monitor:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, wandb_run,
                  flops_per_token: float | None, compute_dtype: str):
-        """`wandb_run`: start_wandb's run (or None), started by the caller before it wrote to
-        the run directory."""
+        """`wandb_run`: the caller's `wandb_session(...)` (or None), entered before it wrote to the
+        run directory, and finished by it. A resumed wandb run already holds the steps before
+        its `step`: rows for them (the steps a killed run repeats) go to metrics.jsonl only, as
+        wandb would drop them, with a warning each."""
         self.enabled = jax.process_index() == 0
         self.peak = device_peak_flops(compute_dtype)
         self.flops_per_token = flops_per_token
@@ -120,6 +159,7 @@ class Monitor:
         if not self.enabled:
             return
         self.wandb = wandb_run
+        self.wandb_from = 0 if wandb_run is None else wandb_run.step
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
@@ -145,7 +185,7 @@ class Monitor:
         row = {"step": step, "time": time.time(), **row}
         self.file.write(strict_json(row) + "\n")
         self.file.flush()
-        if self.wandb is not None:
+        if self.wandb is not None and step >= self.wandb_from:
             self.wandb.log(row, step=step)
         if show is None:
             return
@@ -178,5 +218,3 @@ class Monitor:
             return
         self.bar.close()
         self.file.close()
-        if self.wandb is not None:
-            self.wandb.finish()

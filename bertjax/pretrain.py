@@ -29,7 +29,7 @@ from bertjax.data import PretrainData
 from bertjax.divergence import Watch
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
-from bertjax.metrics import Monitor, drop_rows_after, start_wandb
+from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer
 from bertjax.predict import fill_mask
@@ -148,42 +148,43 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
               "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
         return run.run_dir
     checkpoints.check_room(state)
-    # Before anything below writes or deletes: a wandb that refuses to start (online without an
-    # API key) leaves the run directory as it was.
-    wandb_run = start_wandb(cfg.wandb, run.run_dir, config_lib.to_dict(cfg))
-    if cfg.train.resume == "never":
-        forget_earlier_run(run.run_dir, checkpoints)
-    # Written only now that the start is known to work: a refused resume (another model shape,
-    # a damaged checkpoint) leaves the run's config.yaml describing its checkpoints.
-    if jax.process_index() == 0:
-        keep_tokenizer(run.run_dir, Path(cfg.data.dir))
-        write_atomic(run.run_dir / "config.yaml", run.config_yaml)
-        drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
-    fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
-    monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
-                      cfg.precision.compute)
-    monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
-                  f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
-                  f"sequences/epoch, attention: "
-                  f"{attention_summary(cfg.model, cfg.precision.compute)}")
-    stop = StopSignal(mesh)
-    loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
-                lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
-    try:
-        state = loop.train(state, start, stop)
-    finally:
-        stop.restore()
-        monitor.close()
-        checkpoints.close()
-    if stop.stopped:
-        raise StoppedBySignal(stop.received)
-    # Parameters may be split across hosts (FSDP): every process joins the gather, then process
-    # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
-    model = full_copy(state.model) if cfg.train.fill_mask else state.model
-    if jax.process_index() == 0:
-        write_results(run, loop.last_validation, loop.tokens_before, loop.watch)
-        finish(run, model)
-    return run.run_dir
+    # Entered before anything below writes or deletes: a wandb that refuses to start (online
+    # without an API key) leaves the run directory as it was.
+    with wandb_session(cfg.wandb, run.run_dir, config_lib.to_dict(cfg),
+                       resuming=cfg.train.resume == "auto") as wandb_run:
+        if cfg.train.resume == "never":
+            forget_earlier_run(run.run_dir, checkpoints)
+        # Written only now that the start is known to work: a refused resume (another model shape,
+        # a damaged checkpoint) leaves the run's config.yaml describing its checkpoints.
+        if jax.process_index() == 0:
+            keep_tokenizer(run.run_dir, Path(cfg.data.dir))
+            write_atomic(run.run_dir / "config.yaml", run.config_yaml)
+            drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
+        fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
+        monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
+                          cfg.precision.compute)
+        monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
+                      f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
+                      f"sequences/epoch, attention: "
+                      f"{attention_summary(cfg.model, cfg.precision.compute)}")
+        stop = StopSignal(mesh)
+        loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
+                    lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
+        try:
+            state = loop.train(state, start, stop)
+        finally:
+            stop.restore()
+            monitor.close()
+            checkpoints.close()
+        if stop.stopped:
+            raise StoppedBySignal(stop.received)
+        # Parameters may be split across hosts (FSDP): every process joins the gather, then process
+        # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
+        model = full_copy(state.model) if cfg.train.fill_mask else state.model
+        if jax.process_index() == 0:
+            write_results(run, loop.last_validation, loop.tokens_before, loop.watch)
+            finish(run, model)
+        return run.run_dir
 
 
 def forget_earlier_run(run_dir: Path, checkpoints: Checkpoints) -> None:

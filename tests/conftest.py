@@ -34,6 +34,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import json  # noqa: E402
 import socket  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -73,6 +74,51 @@ def no_wandb_key(tmp_path, monkeypatch) -> None:
     (tmp_path / "home").mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+class FakeWandbRun:
+    """One `wandb.init` of FakeWandb: what the loops log into it and how they finish it."""
+
+    def __init__(self, run_id: str, step: int, kwargs: dict):
+        self.id, self.step, self.kwargs = run_id, step, kwargs
+        self.logged: list[int] = []
+        self.exit_code: int | None = None  # set by finish()
+        self.finished = self.preempting = False
+
+    def log(self, row: dict, step: int) -> None:
+        # wandb drops (with a warning) a row for a step before the run's current one
+        assert not self.finished and step >= self.step, (step, self.step)
+        self.logged.append(step)
+        self.step = step
+
+    def mark_preempting(self) -> None:
+        self.preempting = True
+
+    def finish(self, exit_code: int | None = None) -> None:
+        self.finished, self.exit_code = True, exit_code
+
+
+class FakeWandb:
+    """Stands in for the wandb module (`wandb.init`) with what a wandb server keeps: a run
+    started again with its id (resume="allow") continues it, at the step after its last row."""
+
+    def __init__(self):
+        self.inits: list[FakeWandbRun] = []
+
+    def init(self, *, id=None, **kwargs) -> FakeWandbRun:  # noqa: A002 (wandb's name)
+        run_id = id or f"fresh{len(self.inits)}"
+        earlier = [s for run in self.inits if run.id == run_id for s in run.logged]
+        self.inits.append(FakeWandbRun(run_id, max(earlier, default=-1) + 1, kwargs))
+        return self.inits[-1]
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch) -> FakeWandb:
+    """`import wandb` gives a FakeWandb while the test runs (wandb.mode=online then works
+    offline, and the test sees every run the loops start)."""
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    return fake
 
 
 # ---- text, corpora and tokenizers ----

@@ -154,7 +154,7 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
 
 
 def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
-        tmp_path, tokenizer_path, monkeypatch, capsys):
+        tmp_path, tokenizer_path, monkeypatch, capsys, fake_wandb):
     original, calls = finetune_lib.build_steps, []
 
     def counting(*args):
@@ -167,7 +167,8 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         return dataclasses.replace(steps, train_step=train_step)
 
     def run(*extra):
-        return finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=2", *extra))
+        return finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=2", "wandb.mode=online",
+                                 *extra))
 
     monkeypatch.setattr(finetune_lib, "build_steps", counting)
     run("glue.seeds=[0]")
@@ -194,6 +195,9 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     assert len(calls) == per_seed and result.read_bytes() != kept[0]
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
     assert not (tmp_path / "seed1" / "result.json").exists()
+    # The reruns that kept the seeds logged into the first run's wandb run; the start-over not.
+    ids = [run.id for run in fake_wandb.inits]
+    assert ids[:3] == [ids[0]] * 3 and ids[3] != ids[0]
 
 
 def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokenizer_path):

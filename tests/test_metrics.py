@@ -10,27 +10,76 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from bertjax import config
-from bertjax.errors import UserError
-from bertjax.metrics import Monitor, start_wandb
+from bertjax.errors import StoppedBySignal, UserError
+from bertjax.metrics import WANDB_RUN_ID, Monitor, start_wandb, wandb_session
 from bertjax.plot import plot_run
 
 
 def test_monitor_writes_jsonl_and_an_offline_wandb_run(tmp_path):
     wandb_cfg = config.load([], ["wandb.mode=offline", "wandb.project=test"]).wandb
-    monitor = Monitor(tmp_path, total_steps=4, start_step=0,
-                      wandb_run=start_wandb(wandb_cfg, tmp_path, {"a": 1}),
-                      flops_per_token=None, compute_dtype="float32")
-    for step in range(1, 5):
-        row = {"loss": 5.0 - step, "accuracy": 0.1 * step, "tokens": 100 * step}
-        row |= monitor.throughput(row["tokens"])
-        monitor.log(step, row, {"loss": row["loss"]})
-        monitor.advance()
-    monitor.log(4, {"val_loss": 1.5, "val_accuracy": 0.5})
-    monitor.close()
+    with wandb_session(wandb_cfg, tmp_path, {"a": 1}, resuming=True) as wandb_run:
+        monitor = Monitor(tmp_path, total_steps=4, start_step=0, wandb_run=wandb_run,
+                          flops_per_token=None, compute_dtype="float32")
+        for step in range(1, 5):
+            row = {"loss": 5.0 - step, "accuracy": 0.1 * step, "tokens": 100 * step}
+            row |= monitor.throughput(row["tokens"])
+            monitor.log(step, row, {"loss": row["loss"]})
+            monitor.advance()
+        monitor.log(4, {"val_loss": 1.5, "val_accuracy": 0.5})
+        monitor.close()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 4]
     assert "tokens_per_s" not in rows[0] and rows[1]["tokens_per_s"] > 0
-    assert list((tmp_path / "wandb").glob("offline-run-*"))  # a local wandb run, no network
+    # A local wandb run, no network, under the id the run directory keeps for a resume.
+    run_id = (tmp_path / WANDB_RUN_ID).read_text().strip()
+    assert [p.name for p in (tmp_path / "wandb").glob("offline-run-*")] == \
+        [p.name for p in (tmp_path / "wandb").glob(f"offline-run-*-{run_id}")] != []
+
+
+def log_steps(run_dir, wandb_run, steps) -> list[int]:
+    """Log a loss row at each step through a Monitor; the steps metrics.jsonl holds after."""
+    monitor = Monitor(run_dir, total_steps=max(steps), start_step=min(steps) - 1,
+                      wandb_run=wandb_run, flops_per_token=None, compute_dtype="float32")
+    for step in steps:
+        monitor.log(step, {"loss": 1.0})
+    monitor.close()
+    return [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_a_fresh_start_gets_its_own(tmp_path,
+                                                                             fake_wandb):
+    cfg = config.WandbConfig(mode="online")
+    with wandb_session(cfg, tmp_path, {}, resuming=True) as first:  # nothing kept yet: new id
+        log_steps(tmp_path, first, range(1, 6))
+    assert (tmp_path / WANDB_RUN_ID).read_text() == first.id + "\n"
+    # Killed after step 5, resumed from a checkpoint at step 3: steps 4 and 5 come again. wandb
+    # holds them already (and would drop them, warning each time); metrics.jsonl gets them.
+    with wandb_session(cfg, tmp_path, {}, resuming=True) as second:
+        assert log_steps(tmp_path, second, range(4, 9)) == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+    assert second.id == first.id and second.kwargs["resume"] == "allow"
+    assert second.logged == [6, 7, 8]
+    with wandb_session(cfg, tmp_path, {}, resuming=False) as third:  # starting over
+        pass
+    assert third.id != first.id and (tmp_path / WANDB_RUN_ID).read_text() == third.id + "\n"
+    assert [(r.exit_code, r.preempting) for r in fake_wandb.inits] == [(None, False)] * 3
+
+
+@pytest.mark.parametrize("raised, exit_code, preempting", [
+    (StoppedBySignal("SIGTERM"), 143, True), (StoppedBySignal("SIGINT"), 130, True),
+    (UserError("a damaged seed result"), 2, False), (RuntimeError("a bug"), 1, False)])
+def test_a_wandb_run_is_finished_with_what_stopped_the_run(tmp_path, fake_wandb, raised,
+                                                           exit_code, preempting):
+    with pytest.raises(type(raised)), \
+            wandb_session(config.WandbConfig(mode="online"), tmp_path, {}, resuming=True):
+        raise raised
+    (run,) = fake_wandb.inits
+    assert (run.finished, run.exit_code, run.preempting) == (True, exit_code, preempting)
+
+
+def test_no_wandb_run_when_disabled(tmp_path, fake_wandb):
+    with wandb_session(config.WandbConfig(mode="disabled"), tmp_path, {}, resuming=True) as run:
+        assert run is None
+    assert not fake_wandb.inits and not (tmp_path / WANDB_RUN_ID).exists()
 
 
 def test_plot_draws_training_curves_and_validation_points_in_both_panels(tmp_path):
@@ -107,4 +156,4 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
 def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_path,
                                                                           no_wandb_key):
     with pytest.raises(UserError, match="wandb.mode=online: wandb did not start .*wandb login"):
-        start_wandb(config.WandbConfig(mode="online"), tmp_path, {})
+        start_wandb(config.WandbConfig(mode="online"), tmp_path, {}, resuming=True)

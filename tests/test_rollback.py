@@ -262,3 +262,17 @@ def test_a_resume_equals_the_uninterrupted_run(base, nan_run, tmp_path, stop_aft
     steps = training_steps(tmp_path)
     assert steps == sorted(set(steps)) and steps[-1] == STEPS  # one row per step
     assert [r["step"] for r in rows(tmp_path) if "rollback" in r] == [7]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_into_the_wandb_run_it_started(base, tmp_path, fake_wandb):
+    # Preempted (SIGTERM) after step 3, resumed to the end, then started over: the resume
+    # continues the preempted wandb run (one curve), train.resume=never starts a new one.
+    run(base, tmp_path, {}, "wandb.mode=online", stop_after=3)
+    run(base, tmp_path, {}, "wandb.mode=online")
+    run(base, tmp_path, {}, "wandb.mode=online", "train.resume=never", "train.steps=4")
+    preempted, resumed, fresh = fake_wandb.inits
+    assert (preempted.preempting, preempted.exit_code, preempted.logged) == (True, 143, [3])
+    assert resumed.id == preempted.id and resumed.logged == [4, 8, 12, 12]  # 12: validation
+    assert (resumed.finished, resumed.exit_code, resumed.preempting) == (True, None, False)
+    assert fresh.id != preempted.id and fresh.logged == [4, 4] and fresh.finished
