@@ -1,4 +1,5 @@
-"""Release bundles: `python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force]`.
+"""Release bundles: `python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force]`;
+Hugging Face directories: `python -m bertjax.export CHECKPOINT OUT_DIR --format hf [--force]`.
 
 A bundle is a directory: model.safetensors (our parameter names, e.g.
 `encoder.blocks.attn.qkv.weight`, stacked layers kept stacked), config.yaml, tokenizer.json and
@@ -6,6 +7,10 @@ manifest.json (format version, sha256 and size of every file, the weights + toke
 parameter count, training summary), written to a temporary directory and renamed when complete
 (a full disk leaves nothing behind); `load_pretrained` verifies it. --force replaces a previous
 bundle only: never the run, a directory holding it, or a directory that is not a bundle.
+
+`--format hf` writes what `transformers` loads (bertjax.hf.export_hf) from anything
+`load_pretrained` reads: a pretraining run or checkpoint, or a bundle such as a GLUE seed's
+`best/`; the model's heads pick the class (see `hf_kind`).
 """
 
 import argparse
@@ -31,20 +36,30 @@ from bertjax.files import (
     sha256_file,
     staged_dir,
 )
+from bertjax.hf import export_hf
 from bertjax.model import Bert, param_count
-from bertjax.pretrained import BUNDLE_FORMAT, BUNDLE_VERSION, restore_model, tokenizer_of
+from bertjax.pretrained import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    load_pretrained,
+    restore_model,
+    tokenizer_of,
+)
 from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
-# What --force may replace: a directory holding a bundle's manifest, never anything else.
+FORMATS = ("bundle", "hf")
+# What --force may replace: a directory holding a bundle's manifest (or, --format hf, a Hugging
+# Face directory's config.json), never anything else.
 MARKER, KIND = "manifest.json", "release bundle"
+HF_MARKER, HF_KIND = "config.json", "Hugging Face directory"
 
 
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
 USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
-         "[--tokenizer PATH]")
+         "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 
 
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
@@ -157,17 +172,59 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
 
 
 def check_not_the_run(run_dir: Path, out_dir: Path) -> Path:
-    """`out_dir`, unless it is the run being exported or a directory holding it: writing the
-    bundle there would replace the run (links and relative paths resolved)."""
+    """`out_dir`, unless it is the run (or checkpoint) being exported or a directory holding it:
+    writing the export there would replace it (links and relative paths resolved)."""
     run, out = run_dir.resolve(), out_dir.resolve()
     if out == run:
-        raise UserError(f"OUT_DIR={out_dir} is the run directory being exported; choose an empty "
-                        "or new directory for the bundle, or a previous bundle")
+        raise UserError(f"OUT_DIR={out_dir} is the directory being exported; choose an empty "
+                        "or new directory for the export, or a previous one")
     if out in run.parents:
-        raise UserError(f"OUT_DIR={out_dir} contains the run directory {run_dir} being exported, "
-                        "which writing the bundle there would delete; choose an empty or new "
-                        "directory, or a previous bundle")
+        raise UserError(f"OUT_DIR={out_dir} contains the directory {run_dir} being exported, "
+                        "which writing the export there would delete; choose an empty or new "
+                        "directory, or a previous export")
     return out_dir
+
+
+def hf_kind(model: Bert, norm: str) -> tuple[str, str]:
+    """(bertjax.hf kind, what is left out) for a model's heads: a GLUE classifier is a sequence
+    classifier; MLM + NSP/SOP is BertForPreTraining (post-LN; pre-LN has no such class in
+    transformers, so its pair head stays behind); else MLM."""
+    if model.classifier is not None:
+        return "cls", ""
+    if model.mlm is None:
+        raise UserError("the model has neither an MLM head nor a classifier; transformers has "
+                        "no BERT class for an encoder alone here: export a pretraining run or a "
+                        "fine-tuned seed's best/")
+    if model.nsp is None:
+        return "mlm", ""
+    if norm == "post":
+        return "pretrain", ""
+    return "mlm", ("; its NSP/SOP head is left out (RobertaPreLayerNormForMaskedLM has none)")
+
+
+def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = False,
+                  tokenizer: str | Path | None = None) -> str:
+    """Any checkpoint `load_pretrained` reads -> a Hugging Face directory at `out_dir`; returns
+    how to load it."""
+    source = Path(source)
+    out_dir = check_not_the_run(source, Path(out_dir))
+    # Bad paths fail before the (slow) load.
+    out_dir = check_output_dir(out_dir, force, "OUT_DIR", HF_MARKER, HF_KIND)
+    if tokenizer is not None:
+        check_tokenizer_file(tokenizer, "--tokenizer")
+    loaded = load_pretrained(source)
+    tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer_path
+    if tokenizer is None:
+        raise UserError(f"no tokenizer found with {source}; pass --tokenizer PATH (the "
+                        "tokenizer.json the model was trained with)")
+    kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
+    try:
+        return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind,
+                         force=force) + left_out
+    except Exception as e:  # safetensors raises its own error type for ENOSPC
+        if is_disk_full(e):
+            raise disk_full_error(out_dir.parent, f"while writing {out_dir}") from None
+        raise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,12 +234,23 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str]) -> None:
     parser = _Parser(prog="python -m bertjax.export", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--force", action="store_true", help="replace a previous bundle at OUT_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT",
+                        help="a pretraining run; with --format hf also a checkpoint or bundle")
+    parser.add_argument("out_dir", metavar="OUT_DIR")
+    parser.add_argument("--format", default="bundle", choices=FORMATS,
+                        help="a bertjax release bundle, or a Hugging Face (transformers) directory")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="bundle weights")
+    parser.add_argument("--force", action="store_true", help="replace a previous export at OUT_DIR")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's)")
     args = parser.parse_args(argv)
+    if args.format == "hf":
+        if args.dtype != "float32":
+            raise UserError(f"--format hf writes float32 weights (load them in {args.dtype} with "
+                            "transformers' torch_dtype=); drop --dtype")
+        note = export_hf_dir(args.run_dir, args.out_dir, force=args.force,
+                             tokenizer=args.tokenizer)
+        print(f"wrote {note}")
+        return
     out = export_run(args.run_dir, args.out_dir, dtype=args.dtype, force=args.force,
                      tokenizer=args.tokenizer)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -20,6 +20,7 @@ from bertjax import export as export_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.export import export_run, main, save_bundle
+from bertjax.hf import import_hf
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
 from bertjax.pretrained import load_pretrained, read_manifest
@@ -404,10 +405,10 @@ def tree(path: Path) -> dict[str, bytes | None]:
 
 
 @pytest.mark.parametrize("out, fragment", [
-    ("parent/run1", "is the run directory being exported"),
-    ("parent/run1/../run1/.", "is the run directory being exported"),
-    ("parent", "contains the run directory .* would delete"),
-    ("link", "contains the run directory"),  # a symlink to the parent
+    ("parent/run1", "is the directory being exported"),
+    ("parent/run1/../run1/.", "is the directory being exported"),
+    ("parent", "contains the directory .* would delete"),
+    ("link", "contains the directory"),  # a symlink to the parent
     ("parent/run1/checkpoints", "not a previous release bundle .* has no manifest.json"),
     ("parent/notes", "not a previous release bundle .*choose an empty or new directory"),
 ])
@@ -490,3 +491,72 @@ def test_a_fine_tuning_run_with_no_finished_seed_says_to_finish_it(tmp_path):
     with pytest.raises(UserError, match=r"GLUE fine-tuning run with no finished seed yet .* "
                                         r"rerun its command .* then pass .*/seedN/best$"):
         load_pretrained(tmp_path)
+
+
+# ---- --format hf: any checkpoint -> a directory transformers loads (tests/test_hf.py checks
+# export_hf's files against transformers itself; here: the CLI, the class the heads pick, and
+# that the directory reads back as the same model)
+def test_hf_export_of_a_run_reads_back_as_the_same_model(run, tmp_path, capsys):
+    run_dir, model, cfg = run  # pre-LN, MLM + NSP: RoBERTa-PreLN has no pretraining class
+    main([str(run_dir), str(tmp_path / "hf"), "--format", "hf"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {tmp_path / 'hf'}: RobertaPreLayerNormForMaskedLM")
+    assert "its NSP/SOP head is left out" in out and "right-padded" in out
+    assert {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt"} <= \
+        {p.name for p in (tmp_path / "hf").iterdir()}
+    back, back_cfg, tokenizer_path = import_hf(tmp_path / "hf")
+    assert back_cfg.norm == "pre" and back.nsp is None and tokenizer_path is not None
+    ours, theirs = outputs(model), outputs(with_pair_head_of(back, model))
+    for key in ("hidden", "mlm"):
+        np.testing.assert_allclose(theirs[key], ours[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def with_pair_head_of(model: Bert, source: Bert) -> Bert:
+    """`model` with `source`'s pooler and NSP head (so `outputs` can run; they are not compared)."""
+    return eqx.tree_at(lambda m: (m.pooler, m.nsp), model, (source.pooler, source.nsp),
+                       is_leaf=lambda x: x is None)
+
+
+@pytest.mark.parametrize("norm, heads, architecture", [
+    ("post", {"mlm": False, "num_labels": 3}, "BertForSequenceClassification"),  # a GLUE best/
+    ("pre", {"mlm": False, "num_labels": 3}, "RobertaPreLayerNormForSequenceClassification"),
+    ("post", {"nsp": True}, "BertForPreTraining")])
+def test_hf_export_of_a_bundle_picks_the_class_of_its_heads(tmp_path, norm, heads,
+                                                            architecture):
+    cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                           "model.num_heads=2", "model.intermediate_size=48",
+                           "model.max_position_embeddings=32", f"model.norm={norm}"])
+    model = Bert(cfg.model, key=jax.random.key(5), **heads)
+    save_bundle(model, cfg, make_tokenizer(), tmp_path / "seed0" / "best")
+    main([str(tmp_path / "seed0" / "best"), str(tmp_path / "hf"), "--format", "hf"])
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == \
+        [architecture]
+    back = import_hf(tmp_path / "hf")[0]
+    ids = jnp.array([[2, 5, 6, 7, 3, 0]], jnp.int32)  # right-padded
+    args = (ids, jnp.zeros_like(ids), ids != 0)
+    theirs, ours = back(*args), model(*args)
+    pairs = [(back.classify(theirs), model.classify(ours))] if model.classifier else \
+        [(back.mlm_logits(theirs), model.mlm_logits(ours)),
+         (back.pair_logits(theirs), model.pair_logits(ours))]
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_export_refusals_write_nothing(run, tmp_path):
+    cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                           "model.num_heads=2", "model.intermediate_size=48",
+                           "model.max_position_embeddings=32", "glue.pooling=mean"])
+    model = Bert(cfg.model, key=jax.random.key(6), mlm=False, num_labels=2, pooling="mean")
+    save_bundle(model, cfg, make_tokenizer(), tmp_path / "mean")
+    with pytest.raises(UserError, match="pools with glue.pooling='mean'"):
+        main([str(tmp_path / "mean"), str(tmp_path / "hf"), "--format", "hf"])
+    with pytest.raises(UserError, match="--format hf writes float32 weights"):
+        main([str(run[0]), str(tmp_path / "hf"), "--format", "hf", "--dtype", "bfloat16"])
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a previous Hugging Face directory"):
+        main([str(run[0]), str(tmp_path / "hf"), "--format", "hf", "--force"])
+    with pytest.raises(UserError, match="is the directory being exported"):
+        main([str(run[0]), str(run[0]), "--format", "hf", "--force"])
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
