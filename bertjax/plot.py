@@ -1,9 +1,11 @@
 """Training curves: `python -m bertjax.plot RUN_DIR` writes curves.png next to metrics.jsonl.
 
-Two panels, loss and MLM accuracy, with training rows as lines and validation rows as markers,
-against tokens seen (the x-axis that compares runs of different batch sizes). Damaged rows (a
-line cut by a crash, an edited file) are left out with one warning; a file with nothing to draw
-is refused before an existing curves.png is touched.
+Pretraining: two panels, loss and MLM accuracy, with training rows as lines and validation rows
+as markers, against tokens seen (the x-axis that compares runs of different batch sizes). GLUE:
+each seed's training loss and dev score (the task's main metric) by epoch, one colour a seed,
+where overfitting and the spread between seeds show. Damaged rows (a line cut by a crash, an
+edited file) are left out with one warning; a file with nothing to draw is refused before an
+existing curves.png is touched.
 """
 
 import io
@@ -17,6 +19,9 @@ from bertjax.files import write_atomic
 PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
 VAL_FIELDS = ("step", "val_loss", "val_accuracy")
+EPOCH_FIELDS = ("seed", "epoch", "train_loss", "dev_score")  # a GLUE seed's epoch row
+# A panel: (x label, y label, lines); a line: (legend label, xs, ys, matplotlib format, colour).
+Panel = tuple[str, str, list[tuple[str, list, list, str, str]]]
 
 
 def _parse(path: Path) -> tuple[list[dict], list[str]]:
@@ -83,11 +88,16 @@ def _complete(rows: list[dict], fields: tuple, marker: tuple,
     return complete
 
 
-def _curves(path: Path) -> tuple[list[dict], list[tuple]]:
-    """(training rows, (tokens, validation row) pairs) of `path`, each complete for both
-    panels; one warning counts the rows left out, and a file with nothing to draw is refused
-    (before an existing curves.png is touched)."""
-    rows, skipped = _parse(path)
+def _nothing_to_draw(path: Path, skipped: list[str]) -> UserError:
+    damage = f"; skipped {len(skipped)} damaged row(s): {skipped[0]}" if skipped else ""
+    return UserError(f"{path} has no rows to plot (pretraining: numbers for "
+                     f"{', '.join(TRAIN_FIELDS)}; GLUE: for {', '.join(EPOCH_FIELDS)}){damage}; "
+                     "pass a run directory written by bertjax.train; nothing was written")
+
+
+def _pretraining_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel]:
+    """Training lines and validation markers against tokens seen, each row complete for both
+    panels."""
     train = _complete(rows, TRAIN_FIELDS, ("loss", "accuracy"), skipped)
     val = _complete(rows, VAL_FIELDS, ("val_loss", "val_accuracy"), skipped)
     tokens = {r["step"]: r["tokens"] for r in train}
@@ -95,12 +105,27 @@ def _curves(path: Path) -> tuple[list[dict], list[tuple]]:
     # multiple of log_every): left out, as it always was.
     points = [(tokens[r["step"]], r) for r in val if r["step"] in tokens]
     if not train and not points:
-        damage = f"; skipped {len(skipped)} damaged row(s): {skipped[0]}" if skipped else ""
-        raise UserError(f"{path} has no pretraining rows to plot (numbers for "
-                        f"{', '.join(TRAIN_FIELDS)}){damage}; pass a pretraining run directory "
-                        "(a GLUE run reports results.json instead); nothing was written")
-    _warn_skipped(path, skipped)
-    return train, points
+        raise _nothing_to_draw(path, skipped)
+    return [("tokens seen", label, [
+        ("train", [r["tokens"] for r in train], [r[key] for r in train], "-", "C0"),
+        ("validation", [x for x, _ in points], [r[f"val_{key}"] for _, r in points], "o-", "C1")])
+        for key, label in PANELS]
+
+
+def _glue_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel]:
+    """Each seed's epoch rows (an epoch a resume logged twice: its last row)."""
+    seeds: dict = {}
+    for r in _complete(rows, EPOCH_FIELDS, ("dev_score",), skipped):
+        seeds.setdefault(r["seed"], {})[r["epoch"]] = r
+    if not seeds:
+        raise _nothing_to_draw(path, skipped)
+    by_seed = [(seed, [epochs[e] for e in sorted(epochs)])
+               for seed, epochs in sorted(seeds.items(), key=lambda kv: str(kv[0]))]
+    return [("epoch", label, [(f"seed {seed}", [r["epoch"] for r in epochs],
+                               [r[key] for r in epochs], "o-", f"C{i % 10}")
+                              for i, (seed, epochs) in enumerate(by_seed)])
+            for key, label in (("train_loss", "training loss (epoch mean)"),
+                               ("dev_score", "dev score (the task's main metric)"))]
 
 
 def plot_run(run_dir: str | Path) -> Path:
@@ -110,15 +135,20 @@ def plot_run(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    train, val = _curves(metrics_path(run_dir))
+    path = metrics_path(run_dir)
+    rows, skipped = _parse(path)
+    glue_run = any("dev_score" in r for r in rows)
+    panels = (_glue_panels if glue_run else _pretraining_panels)(path, rows, skipped)
+    _warn_skipped(path, skipped)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (key, label) in zip(axes, PANELS, strict=True):
-        ax.plot([r["tokens"] for r in train], [r[key] for r in train], label="train")
-        if val:
-            ax.plot([x for x, _ in val], [r[f"val_{key}"] for _, r in val], "o-",
-                    label="validation")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel(label)
+    for ax, (xlabel, ylabel, lines) in zip(axes, panels, strict=True):
+        for label, xs, ys, fmt, color in lines:
+            if xs:
+                ax.plot(xs, ys, fmt, label=label, color=color)
+        if glue_run:  # whole epochs only
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(run_dir.name)

@@ -88,6 +88,7 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
         assert seed["best_metrics"]["dev"]["accuracy"] == 1.0  # the training rows, memorised
         assert (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").is_file()
     assert results["summary"]["main_score"]["mean"] == 1.0
+    assert (run_dir / "curves.png").stat().st_size > 10_000  # each seed's epochs (test_metrics)
     submission = (run_dir / "submission" / "SST-2.tsv").read_text().splitlines()
     test_rows = glue.load_split(config.load([], [f"glue.data_dir={GLUE_DIR}",
                                                  "glue.task=sst2"]).glue, "test")

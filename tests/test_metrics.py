@@ -98,6 +98,22 @@ def test_plot_draws_training_curves_and_validation_points_in_both_panels(tmp_pat
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_plot_of_a_glue_run_draws_each_seeds_epochs_in_both_panels(tmp_path):
+    rows = [{"step": 4 * e + 12 * i, "seed": seed, "epoch": e, "train_loss": 1.0 / e,
+             "dev_score": 0.5 + 0.1 * e, "dev/accuracy": 0.5 + 0.1 * e}
+            for i, seed in enumerate((0, 1)) for e in (1, 2, 3)]
+    rows.insert(2, {"step": 5, "seed": 0, "epoch": 2, "loss": 0.7, "lr": 1e-4})  # a step row
+    rows.insert(3, dict(rows[1], dev_score=0.1))  # epoch 2 again (a resume): the last counts
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    image = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
+
+    def drawn(color):  # pixels of this colour in the left (loss) and right (score) panel
+        hit = np.abs(image - np.asarray(to_rgb(color))).max(-1) < 0.05
+        return hit[:, :550].sum(), hit[:, 550:].sum()
+
+    assert min(drawn("C0")) > 50 and min(drawn("C1")) > 50  # seed 0, seed 1
+
+
 TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
 
 
@@ -115,11 +131,11 @@ def test_plot_leaves_out_a_damaged_row_with_one_warning(tmp_path, damaged):
 
 @pytest.mark.parametrize("text", ["", "\n", '{"step": 2, "epoch": 1, "train_loss": 1.1, '
                                   '"dev_score": 0.4}\n', "5\n[1]\n"],
-                         ids=["empty", "blank", "glue-run", "no-objects"])
+                         ids=["empty", "blank", "glue-row-without-seed", "no-objects"])
 def test_plot_refuses_a_file_with_nothing_to_draw_and_keeps_the_old_png(tmp_path, text):
     (tmp_path / "metrics.jsonl").write_text(text)
     (tmp_path / "curves.png").write_bytes(b"old curves")
-    with pytest.raises(UserError, match="no pretraining rows to plot"):
+    with pytest.raises(UserError, match="has no rows to plot .*nothing was written"):
         plot_run(tmp_path)
     assert (tmp_path / "curves.png").read_bytes() == b"old curves"
 
