@@ -120,7 +120,7 @@ def _glue_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel
     if not seeds:
         raise _nothing_to_draw(path, skipped)
     by_seed = [(seed, [epochs[e] for e in sorted(epochs)])
-               for seed, epochs in sorted(seeds.items(), key=lambda kv: str(kv[0]))]
+               for seed, epochs in sorted(seeds.items())]
     return [("epoch", label, [(f"seed {seed}", [r["epoch"] for r in epochs],
                                [r[key] for r in epochs], "o-", f"C{i % 10}")
                               for i, (seed, epochs) in enumerate(by_seed)])
