@@ -125,7 +125,18 @@ def _glue_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel
                                [r[key] for r in epochs], "o-", f"C{i % 10}")
                               for i, (seed, epochs) in enumerate(by_seed)])
             for key, label in (("train_loss", "training loss (epoch mean)"),
-                               ("dev_score", "dev score (the task's main metric)"))]
+                               ("dev_score", _score_name(by_seed[0][1][0])))]
+
+
+def _score_name(row: dict) -> str:
+    """What dev_score is: the mean of the task's metrics on its first dev split, which the row
+    holds as `split/metric` (GLUE's main score; CoLA: dev mcc, MRPC: mean of accuracy and f1)."""
+    keys = [k for k in row if "/" in k]
+    if not keys:
+        return "dev score (the task's main metric)"
+    split = keys[0].split("/")[0]
+    names = [k.split("/", 1)[1] for k in keys if k.startswith(f"{split}/")]
+    return f"{split} {names[0]}" if len(names) == 1 else f"{split}: mean of {', '.join(names)}"
 
 
 def plot_run(run_dir: str | Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from bertjax import config
+from bertjax import config, plot
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.metrics import WANDB_RUN_ID, Monitor, start_wandb, wandb_session
 from bertjax.plot import plot_run
@@ -112,6 +112,10 @@ def test_plot_of_a_glue_run_draws_each_seeds_epochs_in_both_panels(tmp_path):
         return hit[:, :550].sum(), hit[:, 550:].sum()
 
     assert min(drawn("C0")) > 50 and min(drawn("C1")) > 50  # seed 0, seed 1
+    # The score's axis says what it is: the first dev split's metrics (GLUE's main score).
+    assert plot._score_name(rows[0]) == "dev accuracy"
+    assert plot._score_name({"dev/accuracy": 0.8, "dev/f1": 0.7, "test/x": 1}) == \
+        "dev: mean of accuracy, f1"
 
 
 TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
