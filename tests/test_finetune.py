@@ -197,7 +197,7 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
     assert not (tmp_path / "seed1" / "result.json").exists()
     # The reruns that kept the seeds logged into the first run's wandb run; the start-over not.
-    ids = [run.id for run in fake_wandb.inits]
+    ids = [started.id for started in fake_wandb.inits]
     assert ids[:3] == [ids[0]] * 3 and ids[3] != ids[0]
 
 
