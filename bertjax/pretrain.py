@@ -102,6 +102,9 @@ def resolve(cfg: Config) -> Run:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's "
                         f"{cfg.model.max_position_embeddings} positions; lower data.seq_len or "
                         "raise model.max_position_embeddings")
+    if cfg.train.micro_batch % jax.device_count():  # each device takes an equal share of rows
+        raise UserError(f"train.micro_batch={cfg.train.micro_batch} must be a multiple of the "
+                        f"{jax.device_count()} devices")
     steps, ramp = size_run(cfg)
     data_dir = prepare.ensure_prepared(cfg)
     same_data_on_every_process(data_dir)
