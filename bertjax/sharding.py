@@ -8,11 +8,12 @@ model's sharding hints, which `with_mesh` switches on for the jitted steps. `Sto
 SIGTERM/SIGINT into a stop that every process takes after the same step.
 """
 
+import contextlib
 import functools
 import hashlib
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import equinox as eqx
 import jax
@@ -22,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import MeshConfig
-from bertjax.errors import UserError
+from bertjax.errors import LostProcess, UserError
 
 
 def multi_process_reason(cfg: MeshConfig) -> str | None:
@@ -67,6 +68,25 @@ def initialize_distributed(cfg: MeshConfig) -> None:
 
 
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")
+
+
+@contextlib.contextmanager
+def losing_a_process_is_fatal() -> Iterator[None]:
+    """Inside the block, a failed step or collective of a multi-process run (JAX's runtime
+    error: Gloo or NCCL saw a peer's connection drop, or waited for it in vain) becomes a
+    `LostProcess` naming what to do, instead of a traceback followed, a minute or two later,
+    by JAX's abort at exit. What the run saved (checkpoints, finished seeds) is on disk."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise LostProcess(f"a step shared with the other processes failed ({cause}): one of the "
+                          f"{jax.process_count()} processes has likely died or lost its "
+                          "network (see its log); what the run saved (checkpoints, finished "
+                          "seeds) is kept: start every process again with the same command "
+                          "to resume") from None
 
 
 def make_mesh() -> Mesh:
