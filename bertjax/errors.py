@@ -34,6 +34,16 @@ class LostProcess(Exception):
     input. `cli` prints it as one line and exits 1 at once (see there)."""
 
 
+def exit_now(message: str, code: int) -> None:
+    """Print `error: message` and end the process at once, from any thread. Not sys.exit: in a
+    multi-process run jax.distributed's shutdown at exit waits at a barrier for every process,
+    for a lost one until its heartbeat times out (100 s), then aborts with a C++ stack trace."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
@@ -61,13 +71,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
     except StoppedBySignal as e:  # the loop has said where it saved
         sys.exit(e.exit_code)
     except LostProcess as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Not sys.exit: jax.distributed's shutdown at exit waits at a barrier for every
-        # process, for a dead one until its heartbeat times out (100 s), then aborts the
-        # process with a C++ stack trace.
-        os._exit(1)
+        exit_now(str(e), 1)
     except KeyboardInterrupt:  # Ctrl-C where no loop catches it (prepare, export, predict)
         print("error: interrupted; outputs are renamed into place only when complete, so "
               "nothing half-written is taken as done: run the same command again",

@@ -13,6 +13,8 @@ import functools
 import hashlib
 import os
 import signal
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 
 import equinox as eqx
@@ -23,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import MeshConfig
-from bertjax.errors import LostProcess, UserError
+from bertjax.errors import LostProcess, UserError, exit_now
 
 
 def multi_process_reason(cfg: MeshConfig) -> str | None:
@@ -43,6 +45,10 @@ def multi_process_reason(cfg: MeshConfig) -> str | None:
     return None
 
 
+JOIN_TIMEOUT_S = 300  # JAX's own default wait for the processes to join
+JOIN_NOTICE_S = 10  # processes started together join sooner: a longer wait is said
+
+
 def initialize_distributed(cfg: MeshConfig) -> None:
     """Join a multi-process run when the config or the cluster environment asks for one.
 
@@ -54,9 +60,17 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     reason = multi_process_reason(cfg)
     if reason is None:
         return
+    # JAX waits in silence, then aborts with a C++ stack trace: say so, and end first in one line.
+    waiting = f"mesh: {reason}: waiting up to {JOIN_TIMEOUT_S} s for every process to join"
+    timers = [threading.Timer(JOIN_NOTICE_S, print, (waiting,), {"file": sys.stderr}),
+              threading.Timer(JOIN_TIMEOUT_S, exit_now, (_not_joined(reason), 2))]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
     try:
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
-                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id,
+                                   initialization_timeout=JOIN_TIMEOUT_S + 60)
     except ValueError as e:
         missing = [f"mesh.{k}" for k in _PROCESS_KEYS if getattr(cfg, k) is None]
         if not missing:
@@ -65,6 +79,16 @@ def initialize_distributed(cfg: MeshConfig) -> None:
                         f"{' and '.join(missing)} ({e}); set mesh.coordinator_address, "
                         "mesh.num_processes and mesh.process_id together, or none of them under "
                         "SLURM, Open MPI or a TPU pod") from None
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _not_joined(reason: str) -> str:
+    return (f"not every process joined within {JOIN_TIMEOUT_S} s ({reason}); start the same "
+            "command on every host, each with its own mesh.process_id below "
+            "mesh.num_processes, process 0 on the host of mesh.coordinator_address, whose port "
+            "must be free there and reachable from every host")
 
 
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")

@@ -66,3 +66,25 @@ def test_one_process_keeps_jaxs_own_error():
     with pytest.raises(jax.errors.JaxRuntimeError):  # a bug or an OOM: its traceback stays
         with losing_a_process_is_fatal():
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
+    # The other process never starts (or another port, or the same process_id twice): JAX
+    # waited 5 minutes in silence, then aborted (134) with a C++ stack trace.
+    script, port = tmp_path / "alone.py", free_port()
+    script.write_text(
+        "from bertjax import config, errors, sharding\n"
+        "sharding.JOIN_TIMEOUT_S, sharding.JOIN_NOTICE_S = 3, 1\n"
+        "def main(argv):\n"
+        "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
+        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
+        "errors.cli(main)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (f"mesh: mesh.coordinator_address=127.0.0.1:{port}: waiting up to 3 s "
+                        "for every process to join")
+    assert lines[1].startswith("error: not every process joined within 3 s"), done.stderr
+    assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
