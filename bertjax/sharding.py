@@ -5,7 +5,9 @@ with the FSDP rule, split along their largest axis that the device count divides
 go through `jax.distributed.initialize` (JAX's own engine); each host feeds only its own rows.
 Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives, guided by the
 model's sharding hints, which `with_mesh` switches on for the jitted steps. `StopSignal` turns
-SIGTERM/SIGINT into a stop that every process takes after the same step.
+SIGTERM/SIGINT into a stop that every process takes after the same step. A process that waits
+in vain for the others to join ends in one line, and so does one that loses another mid-run
+where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it).
 """
 
 import contextlib

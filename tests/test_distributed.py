@@ -1,6 +1,6 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
-and parameters of the same 3 train steps on one device; a lost process ends the others in one
-line."""
+and parameters of the same 3 train steps on one device; a process left alone at the start, or
+losing another mid-run, ends in one line."""
 
 import subprocess
 import sys
