@@ -79,6 +79,7 @@ class PretrainData:
                             "saved there, or prepare the data again with yours")
         self.split, self.seq_len, self.objective, self.seed = split, seq_len, objective, seed
         self.shuffle = split == "train" if shuffle is None else shuffle
+        self.data_dir, self.vocab_size = Path(data_dir), meta["vocab_size"]
         n_tokens, n_docs = meta["splits"][split]["tokens"], meta["splits"][split]["documents"]
         self.tokens = _memmap(Path(data_dir) / f"{split}.bin", meta["dtype"], n_tokens)
         self.lengths = _memmap(Path(data_dir) / f"{split}.lengths", "uint32", n_docs)
@@ -138,7 +139,19 @@ class PretrainData:
                             "data.validation_fraction")
         positions = start + np.arange(count, dtype=np.int64)
         index = self.sequence_index(positions)
-        return self._pair_rows(positions, index) if self.pair else self._mlm_rows(index)
+        batch = self._pair_rows(positions, index) if self.pair else self._mlm_rows(index)
+        self._check_vocabulary(batch["input_ids"])
+        return batch
+
+    def _check_vocabulary(self, ids: np.ndarray) -> None:
+        """Token ids past the vocabulary (a damaged token file, which is too big to read whole
+        on open) would index past the embedding table: NaN losses that read as a diverging run.
+        Checked on each batch read, at the cost of one max over it."""
+        top = int(ids.max(initial=0))
+        if top >= self.vocab_size:
+            raise UserError(f"{self.data_dir / self.split}.bin holds token id {top}, outside the "
+                            f"vocabulary of {self.vocab_size} its meta.json names: the file is "
+                            f"damaged; {prepared.reprepare_hint(self.data_dir)}")
 
     def _mlm_rows(self, index: np.ndarray) -> dict[str, np.ndarray]:
         count, n, span, sp = len(index), len(self.tokens), self.span, self.special

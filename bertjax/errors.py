@@ -6,6 +6,7 @@ it strikes: the writers that can leave temporaries behind catch it themselves an
 """
 
 import errno
+import os
 import signal
 import sys
 import warnings
@@ -26,6 +27,21 @@ class StoppedBySignal(Exception):
     def __init__(self, signal_name: str | None):
         super().__init__(f"stopped by {signal_name or 'a signal to another process'}")
         self.exit_code = 128 + signal.Signals[signal_name or "SIGTERM"].value
+
+
+class LostProcess(Exception):
+    """A multi-process run lost one of its processes (a collective failed): a fault, not bad
+    input. `cli` prints it as one line and exits 1 at once (see there)."""
+
+
+def exit_now(message: str, code: int) -> None:
+    """Print `error: message` and end the process at once, from any thread. Not sys.exit: in a
+    multi-process run jax.distributed's shutdown at exit waits at a barrier for every process,
+    for a lost one until its heartbeat times out (100 s), then aborts with a C++ stack trace."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -54,6 +70,8 @@ def cli(main: Callable[[list[str]], None]) -> None:
         sys.exit(2)
     except StoppedBySignal as e:  # the loop has said where it saved
         sys.exit(e.exit_code)
+    except LostProcess as e:
+        exit_now(str(e), 1)
     except KeyboardInterrupt:  # Ctrl-C where no loop catches it (prepare, export, predict)
         print("error: interrupted; outputs are renamed into place only when complete, so "
               "nothing half-written is taken as done: run the same command again",

@@ -40,6 +40,7 @@ from bertjax.sharding import (
     StopSignal,
     full_copy,
     initialize_distributed,
+    losing_a_process_is_fatal,
     make_mesh,
     same_on_every_process,
     shard_params,
@@ -102,6 +103,9 @@ def resolve(cfg: Config) -> Run:
         raise UserError(f"data.seq_len={cfg.data.seq_len} is longer than the model's "
                         f"{cfg.model.max_position_embeddings} positions; lower data.seq_len or "
                         "raise model.max_position_embeddings")
+    if cfg.train.micro_batch % jax.device_count():  # each device takes an equal share of rows
+        raise UserError(f"train.micro_batch={cfg.train.micro_batch} must be a multiple of the "
+                        f"{jax.device_count()} devices")
     steps, ramp = size_run(cfg)
     data_dir = prepare.ensure_prepared(cfg)
     same_data_on_every_process(data_dir)
@@ -129,7 +133,7 @@ def pretrain(cfg: Config) -> Path:
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
     initialize_distributed(cfg.mesh)
-    with hold_run_dir(cfg.train.run_dir):
+    with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
         return pretrain_holding_the_run_dir(cfg)
 
 

@@ -5,14 +5,19 @@ with the FSDP rule, split along their largest axis that the device count divides
 go through `jax.distributed.initialize` (JAX's own engine); each host feeds only its own rows.
 Model code never sees the mesh: XLA's SPMD partitioner inserts the collectives, guided by the
 model's sharding hints, which `with_mesh` switches on for the jitted steps. `StopSignal` turns
-SIGTERM/SIGINT into a stop that every process takes after the same step.
+SIGTERM/SIGINT into a stop that every process takes after the same step. A process that waits
+in vain for the others to join ends in one line, and so does one that loses another mid-run
+where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it).
 """
 
+import contextlib
 import functools
 import hashlib
 import os
 import signal
-from collections.abc import Iterable
+import sys
+import threading
+from collections.abc import Iterable, Iterator
 
 import equinox as eqx
 import jax
@@ -22,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import MeshConfig
-from bertjax.errors import UserError
+from bertjax.errors import LostProcess, UserError, exit_now
 
 
 def multi_process_reason(cfg: MeshConfig) -> str | None:
@@ -42,6 +47,10 @@ def multi_process_reason(cfg: MeshConfig) -> str | None:
     return None
 
 
+JOIN_TIMEOUT_S = 300  # JAX's own default wait for the processes to join
+JOIN_NOTICE_S = 10  # processes started together join sooner: a longer wait is said
+
+
 def initialize_distributed(cfg: MeshConfig) -> None:
     """Join a multi-process run when the config or the cluster environment asks for one.
 
@@ -53,9 +62,17 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     reason = multi_process_reason(cfg)
     if reason is None:
         return
+    # JAX waits in silence, then aborts with a C++ stack trace: say so, and end first in one line.
+    waiting = f"mesh: {reason}: waiting up to {JOIN_TIMEOUT_S} s for every process to join"
+    timers = [threading.Timer(JOIN_NOTICE_S, print, (waiting,), {"file": sys.stderr}),
+              threading.Timer(JOIN_TIMEOUT_S, exit_now, (_not_joined(reason), 2))]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
     try:
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
-                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id,
+                                   initialization_timeout=JOIN_TIMEOUT_S + 60)
     except ValueError as e:
         missing = [f"mesh.{k}" for k in _PROCESS_KEYS if getattr(cfg, k) is None]
         if not missing:
@@ -64,9 +81,38 @@ def initialize_distributed(cfg: MeshConfig) -> None:
                         f"{' and '.join(missing)} ({e}); set mesh.coordinator_address, "
                         "mesh.num_processes and mesh.process_id together, or none of them under "
                         "SLURM, Open MPI or a TPU pod") from None
+    finally:
+        for timer in timers:
+            timer.cancel()
+
+
+def _not_joined(reason: str) -> str:
+    return (f"not every process joined within {JOIN_TIMEOUT_S} s ({reason}); start the same "
+            "command on every host, each with its own mesh.process_id below "
+            "mesh.num_processes, process 0 on the host of mesh.coordinator_address, whose port "
+            "must be free there and reachable from every host")
 
 
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")
+
+
+@contextlib.contextmanager
+def losing_a_process_is_fatal() -> Iterator[None]:
+    """Inside the block, a failed step or collective of a multi-process run (JAX's runtime
+    error: Gloo or NCCL saw a peer's connection drop, or waited for it in vain) becomes a
+    `LostProcess` naming what to do, instead of a traceback followed, a minute or two later,
+    by JAX's abort at exit. What the run saved (checkpoints, finished seeds) is on disk."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise LostProcess(f"a step shared with the other processes failed ({cause}): one of the "
+                          f"{jax.process_count()} processes has likely died or lost its "
+                          "network (see its log); what the run saved (checkpoints, finished "
+                          "seeds) is kept: start every process again with the same command "
+                          "to resume") from None
 
 
 def make_mesh() -> Mesh:

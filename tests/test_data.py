@@ -185,3 +185,19 @@ def test_corrupt_meta_or_lengths_are_refused_on_open(prepared, tmp_path):
     (copy / "train.lengths").write_bytes(np.random.default_rng(0).bytes(size))
     with pytest.raises(UserError, match=r"train.lengths does not match its token file"):
         PretrainData(copy, objective="mlm+nsp")
+
+
+@pytest.mark.parametrize("objective", ["mlm", "mlm+sop"])
+def test_token_ids_past_the_vocabulary_are_refused_when_read(prepared, tmp_path, objective):
+    """A token file of the right size with a damaged id: it trained on NaN losses, rolled back
+    and blamed the learning rate; now the batch that reads it says which file is damaged."""
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    tokens = np.memmap(copy / "train.bin", meta["dtype"], mode="r+")
+    tokens[5] = meta["vocab_size"]
+    tokens.flush()
+    data = PretrainData(copy, "train", SEQ, objective, shuffle=False)
+    with pytest.raises(UserError, match=rf"train.bin holds token id {meta['vocab_size']}, "
+                                        "outside the vocabulary"):
+        data.rows(0, data.num_sequences)

@@ -1,14 +1,18 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
-and parameters of the same 3 train steps on one device."""
+and parameters of the same 3 train steps on one device; a process left alone at the start, or
+losing another mid-run, ends in one line."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import free_port, three_steps_on_one_device
 from safetensors.numpy import load_file
+
+from bertjax.sharding import losing_a_process_is_fatal
 
 pytestmark = pytest.mark.slow  # two jax.distributed processes
 
@@ -29,3 +33,58 @@ def test_two_processes_match_one_device(tmp_path):
     for name, value in params.items():
         np.testing.assert_allclose(result[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
     assert losses[-1] < losses[0]  # the three steps really trained
+
+
+def test_a_lost_process_is_one_line_and_exit_1_at_once(tmp_path):
+    # A dead host makes the survivor's next collective fail with JAX's runtime error. That was
+    # a traceback, then a wait at exit for the dead process's heartbeat to time out (~100 s)
+    # and JAX's abort (134) with a C++ stack trace. Now: one line naming what to do, exit 1,
+    # and no exit handlers (jax.distributed's shutdown is one), so no wait.
+    script = tmp_path / "lost.py"
+    script.write_text(
+        "import atexit, jax\n"
+        "from bertjax import errors, sharding\n"
+        "jax.process_count = lambda: 2\n"
+        "atexit.register(print, 'exit handlers ran')\n"
+        "def main(argv):\n"
+        "    with sharding.losing_a_process_is_fatal():\n"
+        "        raise jax.errors.JaxRuntimeError('UNKNOWN: Gloo all-reduce failed: Connection "
+        "reset by peer\\nmore detail')\n"
+        "errors.cli(main)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: a step shared with the other processes failed (UNKNOWN: Gloo all-reduce failed: "
+        "Connection reset by peer): one of the 2 processes has likely died or lost its network "
+        "(see its log); what the run saved (checkpoints, finished seeds) is kept: start every "
+        "process again with the same command to resume"], done.stderr
+    assert "exit handlers ran" not in done.stdout
+
+
+def test_one_process_keeps_jaxs_own_error():
+    with pytest.raises(jax.errors.JaxRuntimeError):  # a bug or an OOM: its traceback stays
+        with losing_a_process_is_fatal():
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
+    # The other process never starts (or another port, or the same process_id twice): JAX
+    # waited 5 minutes in silence, then aborted (134) with a C++ stack trace.
+    script, port = tmp_path / "alone.py", free_port()
+    script.write_text(
+        "from bertjax import config, errors, sharding\n"
+        "sharding.JOIN_TIMEOUT_S, sharding.JOIN_NOTICE_S = 3, 1\n"
+        "def main(argv):\n"
+        "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
+        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
+        "errors.cli(main)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == (f"mesh: mesh.coordinator_address=127.0.0.1:{port}: waiting up to 3 s "
+                        "for every process to join")
+    assert lines[1].startswith("error: not every process joined within 3 s"), done.stderr
+    assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr

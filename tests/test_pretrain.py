@@ -275,6 +275,14 @@ def test_sequences_longer_than_the_position_table_are_refused(config_file):
         resolve(cfg)
 
 
+def test_a_micro_batch_the_devices_do_not_divide_is_refused(config_file):
+    # 8 test devices: 12 rows cannot be split evenly (was a traceback at the first step).
+    cfg = config_lib.load([config_file], ["train.micro_batch=12", "train.batch_start=24",
+                                          "train.batch_end=24"])
+    with pytest.raises(UserError, match="train.micro_batch=12 must be a multiple of the 8 devices"):
+        resolve(cfg)
+
+
 def test_continued_pretraining_refuses_another_architecture(config_file, straight):
     cfg = config_lib.load([config_file], [f"init.checkpoint={straight}", "model.hidden_size=32"])
     run = resolve(cfg)
