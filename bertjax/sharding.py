@@ -108,11 +108,11 @@ def losing_a_process_is_fatal() -> Iterator[None]:
         if jax.process_count() == 1:
             raise
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise LostProcess(f"a step shared with the other processes failed ({cause}): one of the "
-                          f"{jax.process_count()} processes has likely died or lost its "
-                          "network (see its log); what the run saved (checkpoints, finished "
-                          "seeds) is kept: start every process again with the same command "
-                          "to resume") from None
+        # The cause may be another (out of memory on this device): said first, not guessed over.
+        raise LostProcess(f"a step of this {jax.process_count()}-process run failed ({cause}); "
+                          "if another process died or lost its network (see its log), start "
+                          "every process again with the same command to resume: what the run "
+                          "saved (checkpoints, finished seeds) is kept") from None
 
 
 def make_mesh() -> Mesh:

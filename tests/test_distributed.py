@@ -55,10 +55,10 @@ def test_a_lost_process_is_one_line_and_exit_1_at_once(tmp_path):
                           timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
-        "error: a step shared with the other processes failed (UNKNOWN: Gloo all-reduce failed: "
-        "Connection reset by peer): one of the 2 processes has likely died or lost its network "
-        "(see its log); what the run saved (checkpoints, finished seeds) is kept: start every "
-        "process again with the same command to resume"], done.stderr
+        "error: a step of this 2-process run failed (UNKNOWN: Gloo all-reduce failed: Connection "
+        "reset by peer); if another process died or lost its network (see its log), start every "
+        "process again with the same command to resume: what the run saved (checkpoints, "
+        "finished seeds) is kept"], done.stderr
     assert "exit handlers ran" not in done.stdout
 
 
