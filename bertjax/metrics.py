@@ -95,7 +95,7 @@ WANDB_RUN_ID = "wandb_run_id"
 def wandb_session(cfg: WandbConfig, run_dir: Path, config_dict: dict, *, resuming: bool):
     """The run's wandb run for the Monitor (None when disabled or on a process other than 0),
     finished on the way out with what happened: exit code 0 when the block returns; a stop on a
-    signal marks it preempting (wandb shows it preempted, not crashed) with 128 + the signal's
+    signal marks it preempting (for wandb a preemption, not a crash) with 128 + the signal's
     number; any other exception: 1 (failed; 2 for the user's mistakes).
 
     One bertjax run is one wandb run: `resuming` (the run continues its own checkpoints or
