@@ -275,6 +275,10 @@ class TrainConfig:
             if value % self.micro_batch:
                 raise UserError(f"train.{name}={value} must be a multiple of "
                                 f"train.micro_batch={self.micro_batch}")
+        if self.batch_start is not None and self.batch_start > end:  # swapped, most likely
+            raise UserError(f"train.batch_start={self.batch_start} is above train.batch_end={end}: "
+                            "the ramp grows the batch from batch_start to batch_end; swap them, or "
+                            "set batch_start to at most batch_end")
 
 
 @dataclass(frozen=True)

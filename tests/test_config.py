@@ -195,6 +195,14 @@ def test_an_impossible_value_names_key_value_domain_and_fix(override, says):
     assert f"e.g. {key}=" in message or f"set {key} to a value" in message  # the fix
 
 
+def test_a_ramp_that_would_shrink_the_batch_is_refused():
+    # batch_start above batch_end ran as a shrinking batch, though the ramp is documented to grow
+    # it: most likely the two values swapped.
+    with pytest.raises(UserError, match=r"train.batch_start=16 is above train.batch_end=8: .*swap"):
+        config.load([], ["train.micro_batch=8", "train.batch_start=16", "train.batch_end=8"])
+    config.load([], ["train.micro_batch=8", "train.batch_start=16", "train.batch_end=16"])
+
+
 def test_domains_hold_for_every_way_a_config_is_built():
     with pytest.raises(UserError, match=r"model\.num_layers=0 is invalid"):
         config.ModelConfig(num_layers=0)  # direct construction (hf.py) is checked too
