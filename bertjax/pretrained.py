@@ -9,6 +9,7 @@ and `initial_model` start GLUE fine-tuning.
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -301,6 +302,11 @@ def load_start(cfg: Config):
         pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
         tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
                                                  if cfg.tokenizer.path else None)
+        if cfg.tokenizer.path and tok_path != Path(cfg.tokenizer.path) and \
+                Path(cfg.tokenizer.path).read_bytes() != Path(tok_path).read_bytes():
+            warnings.warn(f"tokenizer.path={cfg.tokenizer.path} is not used: "
+                          f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
+                          f"with ({tok_path}); drop tokenizer.path", stacklevel=2)
         model, model_cfg = pretrained.model, pretrained.model_cfg
     else:
         tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \

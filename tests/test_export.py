@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
+from tokenizers import normalizers
 
 from bertjax import config
 from bertjax import export as export_lib
@@ -23,7 +24,7 @@ from bertjax.export import export_run, main, save_bundle
 from bertjax.hf import import_hf
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
-from bertjax.pretrained import load_pretrained, read_manifest
+from bertjax.pretrained import load_pretrained, load_start, read_manifest
 from bertjax.step import init_state
 from bertjax.weights import state_dict
 
@@ -560,3 +561,19 @@ def test_hf_export_refusals_write_nothing(run, tmp_path):
         main([str(run[0]), str(run[0]), "--format", "hf", "--force"])
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["notes.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_tokenizer_path_beside_a_checkpoint_with_its_own_is_said_to_be_unused(bundle, tmp_path,
+                                                                               recwarn):
+    # The checkpoint's tokenizer wins (its ids are the weights'); tokenizer.path used to be
+    # dropped without a word.
+    other, tok = tmp_path / "other.json", make_tokenizer()
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)  # another tokenizer, same size
+    tok.save(str(other))
+    start = [f"init.checkpoint={bundle}", "glue.task=sst2"]
+    with pytest.warns(UserWarning, match=rf"tokenizer.path={other} is not used: .*carries the "
+                                         "tokenizer its weights were trained with"):
+        load_start(config.load([], [*start, f"tokenizer.path={other}"]))
+    recwarn.clear()
+    load_start(config.load([], [*start, f"tokenizer.path={bundle / 'tokenizer.json'}"]))
+    assert not [w for w in recwarn if "tokenizer.path" in str(w.message)]
