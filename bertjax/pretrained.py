@@ -295,6 +295,14 @@ def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
                      "TOKENIZER.json to the tokenizer the checkpoint was trained with")
 
 
+def _same_file_content(a: Path, b: Path) -> bool:
+    """Whether `a` is a readable file with `b`'s bytes (a missing or unreadable `a`: no)."""
+    try:
+        return a.is_file() and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
 def load_start(cfg: Config):
     """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
@@ -302,8 +310,8 @@ def load_start(cfg: Config):
         pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
         tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
                                                  if cfg.tokenizer.path else None)
-        if cfg.tokenizer.path and tok_path != Path(cfg.tokenizer.path) and \
-                Path(cfg.tokenizer.path).read_bytes() != Path(tok_path).read_bytes():
+        if cfg.tokenizer.path and pretrained.tokenizer_path is not None and \
+                not _same_file_content(Path(cfg.tokenizer.path), pretrained.tokenizer_path):
             warnings.warn(f"tokenizer.path={cfg.tokenizer.path} is not used: "
                           f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
                           f"with ({tok_path}); drop tokenizer.path", stacklevel=2)

@@ -574,6 +574,8 @@ def test_a_tokenizer_path_beside_a_checkpoint_with_its_own_is_said_to_be_unused(
     with pytest.warns(UserWarning, match=rf"tokenizer.path={other} is not used: .*carries the "
                                          "tokenizer its weights were trained with"):
         load_start(config.load([], [*start, f"tokenizer.path={other}"]))
+    with pytest.warns(UserWarning, match="is not used"):  # not there at all: said, no traceback
+        load_start(config.load([], [*start, f"tokenizer.path={tmp_path / 'missing.json'}"]))
     recwarn.clear()
     load_start(config.load([], [*start, f"tokenizer.path={bundle / 'tokenizer.json'}"]))
     assert not [w for w in recwarn if "tokenizer.path" in str(w.message)]
