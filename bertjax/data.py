@@ -81,11 +81,11 @@ class PretrainData:
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.data_dir, self.vocab_size = Path(data_dir), meta["vocab_size"]
         n_tokens, n_docs = meta["splits"][split]["tokens"], meta["splits"][split]["documents"]
-        self.tokens = _memmap(Path(data_dir) / f"{split}.bin", meta["dtype"], n_tokens)
-        self.lengths = _memmap(Path(data_dir) / f"{split}.lengths", "uint32", n_docs)
+        self.tokens = _memmap(self.data_dir / f"{split}.bin", meta["dtype"], n_tokens)
+        self.lengths = _memmap(self.data_dir / f"{split}.lengths", "uint32", n_docs)
         self.pair = objective != "mlm"
         if self.pair:
-            tok = tokenizer.load(Path(data_dir) / "tokenizer.json")
+            tok = tokenizer.load(self.data_dir / "tokenizer.json")
             ends = [tok.token_to_id(t) for t in _SENTENCE_END]
             self.enders = np.asarray([i for i in ends if i is not None], np.int64)
             self.pair_key = np.random.default_rng((seed, _PAIR)).integers(0, 1 << 63,

@@ -31,8 +31,6 @@ from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     check_output_dir,
-    disk_full_error,
-    is_disk_full,
     sha256_file,
     staged_dir,
 )
@@ -96,24 +94,19 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
                                       else v) for k, v in state_dict(model).items()}
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
              "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
-    try:
-        with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
-            save_file(arrays, str(tmp / "model.safetensors"),
-                      metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
-            (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
-            tok = _write_tokenizer(tokenizer, tmp / "tokenizer.json")
-            files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-                     for p in sorted(tmp.iterdir())}
-            manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
-                        "bertjax_version": __version__, "dtype": dtype,
-                        "parameters": param_count(model), "norm": cfg.model.norm,
-                        "heads": heads, "files": files, "tokenizer": _pair(tok, files),
-                        "summary": summary or {}}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    except Exception as e:  # safetensors raises its own error type for ENOSPC
-        if is_disk_full(e):
-            raise disk_full_error(out_dir.parent, f"while writing the bundle {out_dir}") from None
-        raise
+    with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
+        save_file(arrays, str(tmp / "model.safetensors"),
+                  metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
+        (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
+        tok = _write_tokenizer(tokenizer, tmp / "tokenizer.json")
+        files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+                 for p in sorted(tmp.iterdir())}
+        manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION,
+                    "bertjax_version": __version__, "dtype": dtype,
+                    "parameters": param_count(model), "norm": cfg.model.norm,
+                    "heads": heads, "files": files, "tokenizer": _pair(tok, files),
+                    "summary": summary or {}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
 
@@ -218,13 +211,8 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
         raise UserError(f"no tokenizer found with {source}; pass --tokenizer PATH (the "
                         "tokenizer.json the model was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
-    try:
-        return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind,
-                         force=force) + left_out
-    except Exception as e:  # safetensors raises its own error type for ENOSPC
-        if is_disk_full(e):
-            raise disk_full_error(out_dir.parent, f"while writing {out_dir}") from None
-        raise
+    return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind,
+                     force=force) + left_out
 
 
 class _Parser(argparse.ArgumentParser):

@@ -46,28 +46,42 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 def staged_dir(out_dir: str | Path, force: bool, *, key: str = "out_dir",
                marker: str | None = None, kind: str = "output"):
     """Yield a temporary sibling of `out_dir` (from argument or config key `key`) to fill; on
-    success it replaces `out_dir` (see `check_output_dir`). On failure nothing is left behind."""
+    success it replaces `out_dir` (see `check_output_dir`). On failure nothing is left behind,
+    and a full disk is one UserError naming the `kind` being written."""
     out_dir = check_output_dir(out_dir, force, key, marker, kind)
-    tmp = _temp_dir_beside(out_dir, key)
+    with _disk_full_is_one_line(out_dir, kind):
+        tmp = _temp_dir_beside(out_dir, key)
+        try:
+            yield tmp
+            # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release
+            # is meant to be read by others.
+            tmp.chmod(0o755)
+            for path in tmp.iterdir():
+                if path.is_file():
+                    path.chmod(0o644)
+            old = None
+            if out_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
+                                            dir=out_dir.parent))
+                out_dir.replace(old / "previous")
+            tmp.rename(out_dir)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(out_dir: Path, kind: str):
+    """A full disk while staging (safetensors raises its own error type for ENOSPC; a refused
+    temporary directory is already a UserError naming it) as `disk_full_error`."""
     try:
-        yield tmp
-        # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release is
-        # meant to be read by others.
-        tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            if path.is_file():
-                path.chmod(0o644)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
-                                        dir=out_dir.parent))
-            out_dir.replace(old / "previous")
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(out_dir.parent, f"while writing the {kind} {out_dir}") from None
+        raise
 
 
 def check_output_dir(out_dir: str | Path, force: bool, key: str, marker: str | None = None,

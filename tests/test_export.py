@@ -303,7 +303,7 @@ def test_disk_full_while_exporting_leaves_the_old_bundle(run, bundle, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
     monkeypatch.setattr(export_lib, "save_file", full)
-    with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
+    with pytest.raises(UserError, match="no space left on the disk holding .* the release bundle"):
         export_run(run[0], out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["copy"]  # no staging directory left
@@ -475,7 +475,7 @@ def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(files.tempfile, "mkdtemp", full)
-    with pytest.raises(UserError, match="no space left on the disk holding .* the bundle"):
+    with pytest.raises(UserError, match="no space left on the disk holding .* the release bundle"):
         export_run(run[0], tmp_path / "out")
 
 
@@ -579,3 +579,20 @@ def test_a_tokenizer_path_beside_a_checkpoint_with_its_own_is_said_to_be_unused(
     recwarn.clear()
     load_start(config.load([], [*start, f"tokenizer.path={bundle / 'tokenizer.json'}"]))
     assert not [w for w in recwarn if "tokenizer.path" in str(w.message)]
+
+
+def test_a_full_disk_during_a_hf_export_is_one_line_and_leaves_nothing(run, tmp_path,
+                                                                      monkeypatch):
+    import errno
+
+    from bertjax import hf
+
+    def full(state, path, metadata=None):
+        Path(path).write_bytes(b"part of the weights")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(hf, "save_file", full)
+    with pytest.raises(UserError, match="no space left on the disk holding .* while writing the "
+                                        "Hugging Face directory"):
+        main([str(run[0]), str(tmp_path / "hf"), "--format", "hf"])
+    assert list(tmp_path.iterdir()) == []  # no staging directory left
