@@ -117,21 +117,11 @@ def train_seeds(job: Job, change: str | None, wandb_run) -> Path:
                                                job.mesh, job.steps.predict)
     if job.main:
         write_atomic(job.run_dir / "results.json", json.dumps(results, indent=2))
-        draw_curves(job.run_dir)
+        plot.plot_finished_run(job.run_dir)
         s = results["summary"]["main_score"]
         print(f"{task}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
               f"std {s['std']:.4f} over {len(per_seed)} seed(s); {job.run_dir / 'results.json'}")
     return job.run_dir
-
-
-def draw_curves(run_dir: Path) -> None:
-    """curves.png: each seed's epochs (bertjax.plot). The run has finished when this runs, so
-    what stops the drawing (no matplotlib on a GPU image, a metrics.jsonl deleted by hand) is a
-    warning, not a failed run."""
-    try:
-        plot.plot_run(run_dir)
-    except (UserError, ImportError) as e:
-        warnings.warn(f"{run_dir / 'curves.png'} not drawn: {e}", stacklevel=2)
 
 
 def with_glue_schedule(cfg: Config) -> Config:

@@ -172,6 +172,16 @@ def plot_run(run_dir: str | Path) -> Path:
     return out
 
 
+def plot_finished_run(run_dir: Path) -> None:
+    """curves.png at the end of a run (both loops). The run has finished when this runs, so what
+    stops the drawing (no matplotlib on a GPU image, a metrics.jsonl deleted by hand) is a
+    warning, not a failed run; `python -m bertjax.plot RUN_DIR` draws it later."""
+    try:
+        plot_run(run_dir)
+    except (UserError, ImportError) as e:
+        warnings.warn(f"{run_dir / 'curves.png'} not drawn: {e}", stacklevel=2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise UserError("usage: python -m bertjax.plot RUN_DIR")

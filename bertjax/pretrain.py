@@ -256,7 +256,7 @@ def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state):
 
 def finish(run: Run, model: Bert) -> None:
     """End of training: curves to PNG and fill-mask examples."""
-    plot.plot_run(run.run_dir)
+    plot.plot_finished_run(run.run_dir)
     sentences = run.cfg.train.fill_mask
     if sentences:
         print("fill-mask predictions:")

@@ -3,6 +3,7 @@ console: a bar on a terminal, plain lines in a log file."""
 
 import io
 import json
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -142,6 +143,21 @@ def test_plot_refuses_a_file_with_nothing_to_draw_and_keeps_the_old_png(tmp_path
     with pytest.raises(UserError, match="has no rows to plot .*nothing was written"):
         plot_run(tmp_path)
     assert (tmp_path / "curves.png").read_bytes() == b"old curves"
+
+
+def test_a_finished_run_without_matplotlib_warns_instead_of_failing(tmp_path, monkeypatch):
+    """Both loops draw curves.png after the run's results are written: a GPU image without
+    matplotlib (or a metrics.jsonl with nothing to draw) must not turn a finished run into a
+    failed one."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(TRAIN_ROW) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    with pytest.warns(UserWarning, match=r"curves.png not drawn: .*matplotlib"):
+        plot.plot_finished_run(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match=r"curves.png not drawn: .*no rows to plot"):
+        plot.plot_finished_run(tmp_path)
+    assert not (tmp_path / "curves.png").exists()
 
 
 class Stream(io.StringIO):
