@@ -165,8 +165,8 @@ def run_loop(item: dict) -> dict:
         ended = "ok"
         try:
             train([str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), *overrides])
-        except Exception as e:  # e.g. the image lacks matplotlib for the plot at the end:
-            ended = f"{type(e).__name__}: {e}"[:120]  # the timed windows may all be written
+        except Exception as e:  # a failure after the timed windows (the end's fill-mask,
+            ended = f"{type(e).__name__}: {e}"[:120]  # results) still leaves them to read
         run = Path(tmp) / "run"
         if not (run / "metrics.jsonl").is_file():
             raise RuntimeError(f"the run wrote no metrics; it ended: {ended}")
