@@ -16,6 +16,7 @@ bundle only: never the run, a directory holding it, or a directory that is not a
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -175,6 +176,16 @@ def check_not_the_run(run_dir: Path, out_dir: Path) -> Path:
         raise UserError(f"OUT_DIR={out_dir} contains the directory {run_dir} being exported, "
                         "which writing the export there would delete; choose an empty or new "
                         "directory, or a previous export")
+    # A run owns its checkpoints/ (a GLUE run: each seedN/checkpoints/): a folder with a step's
+    # name there is taken for a broken checkpoint (resume and export then fail), and Orbax or a
+    # fine-tune starting over deletes old checkpoints with whatever they hold.
+    managed = next((p for p in (out, *out.parents) if p.name == "checkpoints" and (
+        p.parent == run or (p.parent / "config.yaml").is_file()
+        or re.fullmatch(r"seed\d+", p.parent.name))), None)
+    if managed is not None:
+        raise UserError(f"OUT_DIR={out_dir} lies inside {managed}, the checkpoints a run "
+                        "manages (a step-named folder there reads as a broken checkpoint, and old "
+                        "ones are deleted with what they hold); choose a directory outside it")
     return out_dir
 
 

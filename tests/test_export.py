@@ -410,7 +410,7 @@ def tree(path: Path) -> dict[str, bytes | None]:
     ("parent/run1/../run1/.", "is the directory being exported"),
     ("parent", "contains the directory .* would delete"),
     ("link", "contains the directory"),  # a symlink to the parent
-    ("parent/run1/checkpoints", "not a previous release bundle .* has no manifest.json"),
+    ("parent/run1/checkpoints", "lies inside .*checkpoints, the checkpoints a run manages"),
     ("parent/notes", "not a previous release bundle .*choose an empty or new directory"),
 ])
 def test_force_never_replaces_the_run_what_holds_it_or_a_non_bundle(run, tmp_path, out,
@@ -432,6 +432,26 @@ def test_force_never_replaces_the_run_what_holds_it_or_a_non_bundle(run, tmp_pat
         with pytest.raises(UserError, match="not a previous release bundle"):
             save_bundle(run[1], run[2], make_tokenizer(), tmp_path / out)
         assert tree(parent) == before
+
+
+@pytest.mark.parametrize("source, out", [
+    ("run", "run/checkpoints/99"),  # a step's name: resume and export took it for a checkpoint
+    ("run", "run/checkpoints/6/bundle"),  # inside a checkpoint Orbax deletes later
+    (f"run/checkpoints/{STEP}", "run/checkpoints/hf"),  # --format hf of one of its checkpoints
+    ("run", "glue/seed0/checkpoints/7"),  # a GLUE seed's (a start-over deletes them)
+])
+def test_an_export_inside_a_runs_checkpoints_is_refused(run, tmp_path, source, out):
+    import shutil
+
+    shutil.copytree(run[0], tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text(config.to_yaml(run[2]))
+    (tmp_path / "glue" / "seed0" / "checkpoints").mkdir(parents=True)
+    before = tree(tmp_path)
+    export = export_run if source == "run" else export_lib.export_hf_dir
+    with pytest.raises(UserError, match="lies inside .*checkpoints, the checkpoints a run "
+                                        "manages.*choose a directory outside it"):
+        export(tmp_path / source, tmp_path / out)
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("out, fragment", [
