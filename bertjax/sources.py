@@ -247,10 +247,27 @@ def check(cfg: DataConfig) -> list[Path]:
     files = local_files(cfg)
     for path in files:  # a checkout without `git lfs pull` would else be read as text
         check_not_lfs_pointer(path)
+        _check_format(path)
     if not files and cfg.hf_dataset is None and cfg.builtin is None:
         raise UserError("no data source: set data.sources (files or globs), data.hf_dataset "
                         "or data.builtin=stdlib")
     return files
+
+
+_DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst": "unzstd",
+               ".zip": "unzip", ".7z": "7z x"}
+
+
+def _check_format(path: Path) -> None:
+    """Any other suffix is read as plain text: a compressed file would be called binary or
+    latin-1, and JSON (.json) would be trained on as text, braces and keys included."""
+    suffix = path.suffix.lower()
+    if suffix in _DECOMPRESS:
+        raise UserError(f"{path} is compressed ({suffix}); decompress it first (e.g. "
+                        f"{_DECOMPRESS[suffix]} {path}) and list the result in data.sources")
+    if suffix == ".json":
+        raise UserError(f"{path}: .json is not read; {_FIX}: if it holds one JSON object per "
+                        "line, rename it to .jsonl, else convert it")
 
 
 def pieces(cfg: DataConfig) -> Iterator[Piece]:
@@ -272,9 +289,9 @@ def _all_pieces(cfg: DataConfig) -> Iterator[Piece]:
     if cfg.hf_dataset is not None:
         yield from hub_pieces(cfg)
     for path in files:
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":  # any case: a.JSONL was read as plain text
             yield from jsonl_pieces(path, cfg.text_column)
-        elif path.suffix == ".parquet":
+        elif path.suffix.lower() == ".parquet":
             yield from parquet_pieces(path, cfg.text_column)
         else:
             yield from text_pieces(path)

@@ -223,6 +223,28 @@ def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
     assert meta["splits"]["train"]["tokens"] > 10_000
 
 
+def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_path):
+    """a.JSONL was read as plain text (JSON syntax trained on, exit 0); a .gz file was called
+    binary, or not UTF-8 with iconv as the fix; a .json file was read as text."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.JSONL").write_text(json.dumps({"text": "one"}) + "\n")
+    pq.write_table(pa.table({"text": ["two"]}), tmp_path / "b.Parquet")
+    cfg = load_cfg(tmp_path, [tmp_path / "a.JSONL", tmp_path / "b.Parquet"])
+    assert list(sources.pieces(cfg.data)) == [("one", True), ("two", True)]
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"no NUL in here " * 9, mtime=0))
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "three"}]))
+    for name, message in (("c.txt.gz", r"is compressed \(.gz\); decompress it first \(e.g. "
+                                       r"gunzip -k .*c.txt.gz\)"),
+                          ("d.json", r"d.json: .json is not read; .*rename it to .jsonl")):
+        with pytest.raises(UserError, match=message):
+            prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name], dir=tmp_path / "p"))
+        assert not (tmp_path / "p").exists()  # refused before data.dir is created
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("glob", "matches no file"),
