@@ -271,7 +271,9 @@ class TrainConfig:
         if self.steps is None and self.tokens is None:
             raise UserError("set train.steps or train.tokens")
         end = self.batch_end or self.micro_batch
-        for name, value in (("batch_start", self.batch_start or end), ("batch_end", end)):
+        # batch_end first: an unset batch_start takes its value, and the message must name the
+        # key the user set (it said "batch_start=8" after only batch_end=8 was given).
+        for name, value in (("batch_end", end), ("batch_start", self.batch_start or end)):
             if value % self.micro_batch:
                 raise UserError(f"train.{name}={value} must be a multiple of "
                                 f"train.micro_batch={self.micro_batch}")

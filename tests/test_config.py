@@ -195,6 +195,14 @@ def test_an_impossible_value_names_key_value_domain_and_fix(override, says):
     assert f"e.g. {key}=" in message or f"set {key} to a value" in message  # the fix
 
 
+def test_a_batch_that_is_no_multiple_of_the_micro_batch_names_the_key_that_was_set():
+    with pytest.raises(UserError, match=r"^train.batch_end=8 must be a multiple of "
+                                        r"train.micro_batch=16$"):
+        config.load([], ["train.micro_batch=16", "train.batch_end=8"])
+    with pytest.raises(UserError, match=r"^train.batch_start=24 must be a multiple"):
+        config.load([], ["train.micro_batch=16", "train.batch_start=24", "train.batch_end=32"])
+
+
 def test_a_ramp_that_would_shrink_the_batch_is_refused():
     # batch_start above batch_end ran as a shrinking batch, though the ramp is documented to grow
     # it: most likely the two values swapped.
