@@ -19,7 +19,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, utf8_error
 from bertjax.model import Bert
-from bertjax.pretrained import load_pretrained
+from bertjax.pretrained import load_pretrained, vocab_txt_only
 from bertjax.tokenizer import encode_truncated, pad_rows
 
 BATCH_SIZE = 64
@@ -203,7 +203,8 @@ def main(argv: list[str]) -> None:
     pretrained = load_pretrained(args.checkpoint,
                                  allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     if pretrained.tokenizer_path is None:
-        raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
+        raise UserError(f"{args.checkpoint} carries no tokenizer.json"
+                        f"{vocab_txt_only(args.checkpoint) or '; export it with one'}")
     tok = tokenizer_lib.load(pretrained.tokenizer_path)
     model = pretrained.model
     rows = model.encoder.embeddings.word.shape[0]

@@ -279,6 +279,17 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     return model, source.tokens_seen
 
 
+def vocab_txt_only(source: str | Path) -> str:
+    """A note for messages about a directory holding vocab.txt but no tokenizer.json (a Hugging
+    Face BERT saved by older transformers, or by hand): how to write the file bertjax reads."""
+    path = Path(source)
+    if not (path / "vocab.txt").is_file() or (path / "tokenizer.json").exists():
+        return ""
+    return (f"; it holds only vocab.txt, which bertjax does not read: save its tokenizer.json, "
+            f"e.g. AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}') with "
+            "transformers")
+
+
 def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
     if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
         return UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
@@ -292,7 +303,8 @@ def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
                          "the checkpoint was trained with")
     return UserError(f"{where} carries no tokenizer.json (looked in it, and for a run also in "
                      "its data.dir) and tokenizer.path is not set; set tokenizer.path="
-                     "TOKENIZER.json to the tokenizer the checkpoint was trained with")
+                     "TOKENIZER.json to the tokenizer the checkpoint was trained with"
+                     f"{vocab_txt_only(cfg.init.checkpoint)}")
 
 
 def _same_file_content(a: Path, b: Path) -> bool:

@@ -302,3 +302,19 @@ def test_a_checkpoint_without_a_tokenizer_says_where_it_looked_and_the_fix(tmp_p
         load_start(config.load([], start))
     with pytest.raises(UserError, match=f"tokenizer.path={tmp_path}/no.json is not a file"):
         load_start(config.load([], [*start, f"tokenizer.path={tmp_path}/no.json"]))
+
+
+def test_a_vocab_txt_only_directory_says_how_to_write_its_tokenizer_json(tmp_path):
+    """Older transformers save vocab.txt without tokenizer.json: predict said 'export it with
+    one', which names no way out for a directory the user did not export."""
+    from bertjax import config, predict
+    from bertjax.pretrained import load_start
+
+    d = hf_copy(tmp_path)
+    (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    fix = (rf"it holds only vocab.txt, which bertjax does not read: save its tokenizer.json, "
+           rf"e.g. AutoTokenizer.from_pretrained\('{d}'\).save_pretrained\('{d}'\)")
+    with pytest.raises(UserError, match=rf"{d} carries no tokenizer.json; {fix}"):
+        predict.main(["fill-mask", str(d), "a [MASK] b"])
+    with pytest.raises(UserError, match=rf"set tokenizer.path=.*; {fix}"):
+        load_start(config.load([], [f"init.checkpoint={d}"]))
