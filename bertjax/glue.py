@@ -222,11 +222,23 @@ def _row_problem(row: list[str], need: int, width: int | None, what: str) -> str
     return None
 
 
+def _missing_file_fix(t: Task, split: str) -> str:
+    """A partial copy (MNLI's matched dev set without the mismatched one, say) is read by naming
+    the files it has, which the bare 'set glue.data_dir' did not say."""
+    fix = (f"set glue.data_dir to a directory of GLUE TSVs ({t.dir}/{t.split(split).file}, ...) "
+           "or to null to use the hub")
+    if split == "train":
+        return f"{fix}; or name the training file it has: glue.train_file=NAME"
+    if split in t.dev_splits:
+        return (f"{fix}; or name the dev files it has: glue.dev_files=[NAME, ...] (read as "
+                f"{', '.join(t.dev_splits)}, in order; fewer names evaluate fewer splits)")
+    return fix
+
+
 def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
     t = get_task(task)
-    path = check_file(path, f"GLUE {split} file", f"set glue.data_dir to a directory of GLUE "
-                      f"TSVs ({t.dir}/{t.split(split).file}, ...) or to null to use the hub")
+    path = check_file(path, f"GLUE {split} file", _missing_file_fix(t, split))
     check_not_lfs_pointer(path)
     rows = _read_tsv(path)
     if not rows:

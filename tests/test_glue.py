@@ -141,6 +141,18 @@ def test_mnli_partial_files_by_header_names():
     assert not glue.split_available(cfg(task="rte", dev_files=["nope.tsv"]), "dev")
 
 
+def test_a_missing_glue_file_names_the_key_that_reads_a_partial_copy(tmp_path):
+    # MNLI with dev_matched.tsv but no dev_mismatched.tsv said only 'set glue.data_dir'.
+    (tmp_path / "MNLI").mkdir()
+    partial = GlueConfig(task="mnli", data_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"dev_mismatched.tsv does not exist; .*; or name the dev "
+                                        r"files it has: glue.dev_files=\[NAME, ...\] \(read as "
+                                        r"dev_matched, dev_mismatched, in order"):
+        glue.load_split(partial, "dev_mismatched")
+    with pytest.raises(UserError, match=r"train.tsv does not exist; .*glue.train_file=NAME$"):
+        glue.load_split(partial, "train")
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
