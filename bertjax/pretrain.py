@@ -15,6 +15,7 @@ A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); a
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -120,6 +121,11 @@ def resolve(cfg: Config) -> Run:
     validation = PretrainData(data_dir, "validation", cfg.data.seq_len, cfg.data.objective,
                               cfg.train.seed)
     if validation.num_sequences == 0:
+        if cfg.data.validation_fraction > 0:  # said, or results.json's "validation": null is all
+            warnings.warn(f"the validation split of {data_dir} is empty (data.validation_fraction"
+                          f"={cfg.data.validation_fraction:g} of {len(train.lengths)} documents "
+                          "picks none): this run trains without validation; use more documents "
+                          "or a larger data.validation_fraction", stacklevel=2)
         validation = None
     return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
 

@@ -275,6 +275,15 @@ def test_sequences_longer_than_the_position_table_are_refused(config_file):
         resolve(cfg)
 
 
+def test_an_empty_validation_split_is_said(config_file, tmp_path):
+    # 120 documents at 0.5 %: none held out, and the run trained without validation unsaid.
+    cfg = config_lib.load([config_file], ["data.validation_fraction=0.005",
+                                          f"data.dir={tmp_path / 'data'}"])
+    with pytest.warns(UserWarning, match=r"validation split of .* is empty \(data.validation_"
+                                         r"fraction=0.005 of 120 documents picks none\)"):
+        assert resolve(cfg).validation is None
+
+
 def test_a_micro_batch_the_devices_do_not_divide_is_refused(config_file):
     # 8 test devices: 12 rows cannot be split evenly (was a traceback at the first step).
     cfg = config_lib.load([config_file], ["train.micro_batch=12", "train.batch_start=24",
