@@ -222,11 +222,16 @@ def _row_problem(row: list[str], need: int, width: int | None, what: str) -> str
     return None
 
 
-def _missing_file_fix(t: Task, split: str) -> str:
-    """A partial copy (MNLI's matched dev set without the mismatched one, say) is read by naming
-    the files it has, which the bare 'set glue.data_dir' did not say."""
+def _missing_file_fix(t: Task, split: str, path: Path) -> str:
+    """How to read what glue.data_dir holds: its parent, when it is the task's own folder; the
+    files a partial copy has (MNLI's matched dev set without the mismatched one, say)."""
     fix = (f"set glue.data_dir to a directory of GLUE TSVs ({t.dir}/{t.split(split).file}, ...) "
            "or to null to use the hub")
+    if not path.parent.is_dir():
+        if (path.parent.parent / path.name).is_file():
+            return (f"glue.data_dir={path.parent.parent} is the {t.dir} folder itself: set it to "
+                    f"the folder holding {t.dir}/")
+        return fix
     if split == "train":
         return f"{fix}; or name the training file it has: glue.train_file=NAME"
     if split in t.dev_splits:
@@ -238,7 +243,7 @@ def _missing_file_fix(t: Task, split: str) -> str:
 def read_tsv(task: str, split: str, path: str | Path) -> Examples:
     """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
     t = get_task(task)
-    path = check_file(path, f"GLUE {split} file", _missing_file_fix(t, split))
+    path = check_file(path, f"GLUE {split} file", _missing_file_fix(t, split, Path(path)))
     check_not_lfs_pointer(path)
     rows = _read_tsv(path)
     if not rows:

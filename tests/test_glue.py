@@ -141,7 +141,7 @@ def test_mnli_partial_files_by_header_names():
     assert not glue.split_available(cfg(task="rte", dev_files=["nope.tsv"]), "dev")
 
 
-def test_a_missing_glue_file_names_the_key_that_reads_a_partial_copy(tmp_path):
+def test_a_missing_glue_file_names_the_key_that_reads_what_the_directory_holds(tmp_path):
     # MNLI with dev_matched.tsv but no dev_mismatched.tsv said only 'set glue.data_dir'.
     (tmp_path / "MNLI").mkdir()
     partial = GlueConfig(task="mnli", data_dir=str(tmp_path))
@@ -151,6 +151,12 @@ def test_a_missing_glue_file_names_the_key_that_reads_a_partial_copy(tmp_path):
         glue.load_split(partial, "dev_mismatched")
     with pytest.raises(UserError, match=r"train.tsv does not exist; .*glue.train_file=NAME$"):
         glue.load_split(partial, "train")
+    # glue.data_dir set to the task's folder (SST-2/) rather than the one holding it
+    inside = GlueConfig(task="sst2", data_dir=str(FIX / "SST-2"))
+    with pytest.raises(UserError, match=r"SST-2/SST-2/train.tsv does not exist; glue.data_dir=.*"
+                                        r"SST-2 is the SST-2 folder itself: set it to the folder "
+                                        r"holding SST-2/$"):
+        glue.load_split(inside, "train")
 
 
 def _write(path: Path, text: str) -> Path:
