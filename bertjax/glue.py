@@ -232,11 +232,13 @@ def _missing_file_fix(t: Task, split: str, path: Path) -> str:
             return (f"glue.data_dir={path.parent.parent} is the {t.dir} folder itself: set it to "
                     f"the folder holding {t.dir}/")
         return fix
+    has = sorted(p.name for p in path.parent.glob("*.tsv"))
+    has = f" ({path.parent} holds {', '.join(has[:6])}{', ...' * (len(has) > 6)})" if has else ""
     if split == "train":
-        return f"{fix}; or name the training file it has: glue.train_file=NAME"
+        return f"{fix}; or name the training file it has: glue.train_file=NAME{has}"
     if split in t.dev_splits:
         return (f"{fix}; or name the dev files it has: glue.dev_files=[NAME, ...] (read as "
-                f"{', '.join(t.dev_splits)}, in order; fewer names evaluate fewer splits)")
+                f"{', '.join(t.dev_splits)}, in order; fewer names evaluate fewer splits){has}")
     return fix
 
 

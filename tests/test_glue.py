@@ -149,7 +149,9 @@ def test_a_missing_glue_file_names_the_key_that_reads_what_the_directory_holds(t
                                         r"files it has: glue.dev_files=\[NAME, ...\] \(read as "
                                         r"dev_matched, dev_mismatched, in order"):
         glue.load_split(partial, "dev_mismatched")
-    with pytest.raises(UserError, match=r"train.tsv does not exist; .*glue.train_file=NAME$"):
+    (tmp_path / "MNLI" / "train_pairs10k.tsv").write_text("")
+    with pytest.raises(UserError, match=r"train.tsv does not exist; .*glue.train_file=NAME \(.*"
+                                        r"MNLI holds train_pairs10k.tsv\)$"):
         glue.load_split(partial, "train")
     # glue.data_dir set to the task's folder (SST-2/) rather than the one holding it
     inside = GlueConfig(task="sst2", data_dir=str(FIX / "SST-2"))
