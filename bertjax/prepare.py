@@ -321,6 +321,14 @@ def _locked(directory: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _remove_leftovers(directory: Path) -> None:
+    """A preparer killed outright (SIGKILL, a crash) leaves its corpus-sized .tmp files behind;
+    under the lock none is being written, and an up-to-date rerun would otherwise keep them."""
+    for name in ("tokenizer.json", "meta.json",
+                 *(f"{split}.{kind}" for split in SPLITS for kind in ("bin", "lengths"))):
+        (directory / f"{name}.tmp").unlink(missing_ok=True)
+
+
 def names_a_source(cfg: DataConfig) -> bool:
     return bool(cfg.sources) or cfg.hf_dataset is not None or cfg.builtin is not None
 
@@ -356,6 +364,7 @@ def ensure_prepared(cfg: Config) -> Path:
     sources.check(cfg.data)  # bad sources or tokenizer.path fail before data.dir is created
     inputs = _inputs(cfg)
     with _locked(make_dir(directory, "data.dir")):
+        _remove_leftovers(directory)
         if _is_current(directory, inputs):
             _say(f"{directory} is up to date (same inputs and tokenizer); nothing to do")
             return directory

@@ -128,6 +128,19 @@ def test_interrupted_run_is_never_taken_as_complete(tmp_path, corpus, monkeypatc
         prepare.read_meta(out)
 
 
+def test_a_killed_preparers_temporaries_go_even_when_nothing_is_rebuilt(tmp_path, corpus,
+                                                                        capsys):
+    # SIGKILL leaves corpus-sized *.tmp files; a rerun that found the data up to date kept them.
+    path, _ = corpus
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    for name in ("train.bin.tmp", "validation.lengths.tmp", "tokenizer.json.tmp"):
+        (out / name).write_bytes(b"left by a killed prepare")
+    (out / "notes.tmp").write_text("not ours")
+    prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    assert "up to date" in capsys.readouterr().err
+    assert [p.name for p in out.glob("*.tmp")] == ["notes.tmp"]
+
+
 def start_big_prepare(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     """A prepare of 10,000 documents (~3 MB), returned once it is writing its token file."""
     path = tmp_path / "big.txt"
