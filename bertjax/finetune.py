@@ -18,7 +18,6 @@ builds every batch, feeds its own rows, and sees all predictions; process 0 writ
 """
 
 import dataclasses
-import itertools
 import json
 import re
 import shutil
@@ -26,7 +25,6 @@ import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
 import yaml
 from tokenizers import Tokenizer
 
@@ -41,7 +39,18 @@ from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
 from bertjax.pretrained import initial_model, load_start
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
-from bertjax.seed_run import Job, SeedRun, Stopped, build_steps, damaged_seed, load_best
+from bertjax.seed_run import (
+    INPUTS,
+    Job,
+    SeedRun,
+    Stopped,
+    build_steps,
+    check_same_inputs,
+    damaged_seed,
+    encoded_parts,
+    input_digests,
+    load_best,
+)
 from bertjax.sharding import (
     StopSignal,
     barrier,
@@ -81,18 +90,22 @@ def finetune(cfg: Config) -> Path:
 
 def finetune_holding_the_run_dir(cfg: Config) -> Path:
     job, change = setup(cfg)
+    digests = input_digests(job.start, job.tok, job.train_enc, job.dev)
+    if change is None and cfg.train.resume == "auto" and earlier_seed_dirs(job.run_dir):
+        check_same_inputs(job.run_dir, cfg.init.checkpoint, digests)  # before anything is written
     # Entered before config.yaml and seeds_done's clearing: a wandb that refuses to start (online
     # without an API key) leaves the run directory as it was.
     with wandb_session(job.cfg.wandb, job.run_dir, config_lib.to_dict(job.cfg),
                        resuming=job.cfg.train.resume == "auto" and change is None) as wandb_run:
-        return train_seeds(job, change, wandb_run)
+        return train_seeds(job, change, wandb_run, digests)
 
 
-def train_seeds(job: Job, change: str | None, wandb_run) -> Path:
-    """Write config.yaml, train (or resume, or keep) every seed, then the results and the
-    submission files."""
+def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
+    """Write config.yaml and inputs.json, train (or resume, or keep) every seed, then the
+    results and the submission files."""
     if job.main:
         write_atomic(job.run_dir / "config.yaml", config_lib.to_yaml(job.cfg))
+        write_atomic(job.run_dir / INPUTS, json.dumps(digests))
     done = seeds_done(job, change)
     warn_unlisted_seeds(job)
     # Read back now: a damaged result stops the rerun before it writes metrics or results.
@@ -275,10 +288,7 @@ def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
 def same_inputs_on_every_process(tok: Tokenizer, train_enc, dev: dict) -> None:
     """Hosts without shared storage read their own GLUE files and tokenizer: refuse to train
     on batches that differ between processes (each would feed rows of another dataset)."""
-    arrays = (getattr(enc, f.name) for enc in (train_enc, *(e for _, e in dev.values()))
-              for f in dataclasses.fields(enc))
-    parts = (np.ascontiguousarray(a).tobytes() for a in arrays if isinstance(a, np.ndarray))
-    if not same_on_every_process(itertools.chain([tok.to_str().encode()], parts)):
+    if not same_on_every_process(encoded_parts(tok, train_enc, dev)):
         raise UserError("the processes read different GLUE data or tokenizers (glue.data_dir, "
                         "init.checkpoint): give every host the same files")
 

@@ -7,13 +7,15 @@ dropout are functions of (seed, epoch, step).
 """
 
 import dataclasses
+import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import equinox as eqx
 import jax
+import numpy as np
 import optax
 from tokenizers import Tokenizer
 
@@ -30,6 +32,15 @@ from bertjax.precision import Precision
 from bertjax.pretrained import initial_model, load_bundle
 from bertjax.sharding import StopSignal, full_copy, shard_params
 from bertjax.step import init_state, make_glue_steps
+
+
+def encoded_parts(tok: Tokenizer, train_enc, dev: dict) -> Iterator[bytes]:
+    """The bytes of what the seeds train and are scored on: the tokenizer, every encoded split."""
+    yield tok.to_str().encode()
+    for enc in (train_enc, *(e for _, e in dev.values())):
+        for f in dataclasses.fields(enc):
+            if isinstance(array := getattr(enc, f.name), np.ndarray):
+                yield np.ascontiguousarray(array).tobytes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,3 +243,41 @@ def fold(progress: dict, window: list[dict]) -> float:
     progress["weight"] += weight
     window.clear()
     return loss / max(weight, 1.0)
+
+
+INPUTS = "inputs.json"  # RUN/inputs.json: input_digests of the run's seeds
+
+
+def input_digests(start: Bert | None, tok: Tokenizer, train_enc, dev: dict) -> dict:
+    """sha256 of what config.yaml cannot show: the start weights (init.checkpoint names a path,
+    and a run or bundle there can be trained on in place) and the data (GLUE files edited in
+    place, another tokenizer)."""
+    data = hashlib.sha256()
+    for part in encoded_parts(tok, train_enc, dev):
+        data.update(part)
+    weights = None
+    if start is not None:
+        digest = hashlib.sha256()
+        for leaf in jax.tree.leaves(eqx.filter(start, eqx.is_array)):
+            digest.update(np.ascontiguousarray(leaf).tobytes())
+        weights = digest.hexdigest()
+    return {"weights": weights, "data": data.hexdigest()}
+
+
+def check_same_inputs(run_dir: Path, init_checkpoint: str | None, digests: dict) -> None:
+    """Refuse to keep or resume seeds trained on other inputs under the same config: results.json
+    would report them as one run (it said "seed 0: done before" and printed the old scores).
+    A run from before inputs.json was written, or a damaged one, is not checked."""
+    try:
+        saved = json.loads((run_dir / INPUTS).read_text())
+    except (OSError, ValueError):
+        return
+    what = {"weights": f"the weights at init.checkpoint={init_checkpoint}",
+            "data": "the GLUE data or the tokenizer"}
+    changed = [what[key] for key in what
+               if isinstance(saved, dict) and key in saved and saved[key] != digests[key]]
+    if changed:
+        raise UserError(f"{run_dir} holds seeds fine-tuned on other inputs: "
+                        f"{' and '.join(changed)} changed since, so its results would mix the "
+                        "two; set train.run_dir to a new directory, or train.resume=never to "
+                        "start over here")

@@ -449,6 +449,37 @@ def test_a_damaged_finished_seed_names_the_file_and_keeps_the_run(tmp_path, toke
     assert finetune(cfg) == tmp_path  # repaired: reads the seed back, trains nothing
 
 
+def test_a_rerun_on_changed_inputs_is_refused_and_keeps_the_run(tmp_path, tokenizer_path):
+    # The same config on other inputs said "seed 0: done before" and reported the old scores:
+    # a GLUE file edited in place, or a run at init.checkpoint trained further.
+    from bertjax.seed_run import check_same_inputs, input_digests
+
+    shutil.copytree(GLUE_DIR / "SST-2", tmp_path / "glue" / "SST-2")
+    run_dir = tmp_path / "run"
+    cfg = sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", "glue.seeds=[0]",
+                   f"glue.data_dir={tmp_path / 'glue'}")
+    finetune(cfg)
+    files = lambda: {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    train = tmp_path / "glue" / "SST-2" / "train.tsv"
+    train.write_text(train.read_text().replace("\t0\n", "\t1\n", 1))  # one label corrected
+    with pytest.raises(UserError, match=rf"^{run_dir} holds seeds fine-tuned on other inputs: the "
+                                        "GLUE data or the tokenizer changed since, .*set train."
+                                        "run_dir to a new directory, or train.resume=never"):
+        finetune(cfg)
+    assert files() == before
+    # The encoder's weights count too (in-process: the digests of two start models).
+    tok = tokenizer_lib.load(tokenizer_path)
+    enc = glue_batches.encode(tok, glue.load_split(cfg.glue, "train"), cfg.glue.buckets)
+    digests = [input_digests(Bert(dataclasses.replace(cfg.model, vocab_size=400),
+                                  key=jax.random.key(key)), tok, enc, {}) for key in (0, 1)]
+    (run_dir / "inputs.json").write_text(json.dumps(digests[0]))
+    check_same_inputs(run_dir, "runs/enc", digests[0])
+    with pytest.raises(UserError, match=r"other inputs: the weights at init.checkpoint=runs/enc "
+                                        r"changed since, so"):
+        check_same_inputs(run_dir, "runs/enc", digests[1])
+
+
 def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(tmp_path, tokenizer_path,
                                                                   no_wandb_key):
     # wandb.mode=online without an API key is refused; it used to be refused only after
