@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
 from bertjax.files import check_file, check_not_lfs_pointer, utf8_error
+from bertjax.sources import quiet_hub
 
 HUB_DATASET = "nyu-mll/glue"
 STSB_SCALE = 5.0  # similarity scores run from 0 to 5
@@ -291,7 +292,8 @@ def read_hub(task: str, split: str, cache_dir: str | None = None) -> Examples:
     try:
         import datasets  # heavy; only this path needs it
 
-        ds = datasets.load_dataset(HUB_DATASET, t.name, split=s.hub, cache_dir=cache_dir)
+        with quiet_hub():
+            ds = datasets.load_dataset(HUB_DATASET, t.name, split=s.hub, cache_dir=cache_dir)
     except Exception as e:  # offline, no cache, hub errors: all mean "use local files"
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(f"could not load {HUB_DATASET}/{t.name} split {s.hub} from the hub "

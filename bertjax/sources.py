@@ -7,8 +7,10 @@ anywhere is reported with its file and line (see data/README.md).
 """
 
 import ast
+import contextlib
 import glob
 import json
+import logging
 import re
 import sys
 import sysconfig
@@ -161,6 +163,19 @@ def _parquet_column(pf, column: str, path: Path) -> Iterator[list]:
                         "data.sources") from None
 
 
+@contextlib.contextmanager
+def quiet_hub():
+    """huggingface_hub logs every retry of an unreachable hub as a warning, each printed twice
+    (about 20 lines over 25 s before the error that the callers turn into one line)."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
     """Stream a Hugging Face hub dataset; an unreachable hub becomes one clear UserError."""
     import datasets  # imported here: heavy, and only the hub path needs it
@@ -169,13 +184,14 @@ def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
     fix = ("without network access download the data elsewhere and set data.hf_dataset=null "
            "data.sources=[files] (text, .jsonl or .parquet)")
     try:
-        stream = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split,
-                                       streaming=True)
-        for row in stream:
-            if cfg.text_column not in row:
-                raise UserError(f"{name} has no column {cfg.text_column!r} (found "
-                                f"{list(row)}); set data.text_column")
-            yield _column_text(row[cfg.text_column], name, cfg.text_column), True
+        with quiet_hub():
+            stream = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split,
+                                           streaming=True)
+            for row in stream:
+                if cfg.text_column not in row:
+                    raise UserError(f"{name} has no column {cfg.text_column!r} (found "
+                                    f"{list(row)}); set data.text_column")
+                yield _column_text(row[cfg.text_column], name, cfg.text_column), True
     except (ConnectionError, TimeoutError) as e:
         raise UserError(f"cannot reach the Hugging Face hub for {name} ({e}); {fix}") from None
     except datasets.exceptions.DatasetNotFoundError as e:

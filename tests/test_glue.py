@@ -6,6 +6,7 @@ and hand-written rows in GLUE's exact layouts (MRPC, QQP, QNLI, WNLI, MNLI origi
 """
 
 import csv
+import logging
 import math
 from pathlib import Path
 
@@ -195,6 +196,22 @@ def test_bad_inputs_raise_user_errors(tmp_path):
 def test_hub_offline_says_set_data_dir(tmp_path):
     with pytest.raises(UserError, match=r"nyu-mll/glue/rte.*set glue\.data_dir"):
         glue.read_hub("rte", "dev", cache_dir=str(tmp_path))
+
+
+def test_an_unreachable_hub_is_one_line_without_its_retry_warnings(monkeypatch, caplog):
+    # Without HF_HUB_OFFLINE, huggingface_hub logged ~20 retry lines before the error.
+    datasets = pytest.importorskip("datasets")
+
+    def unreachable(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    level = logging.getLogger("huggingface_hub").level
+    with pytest.raises(UserError, match="could not load nyu-mll/glue/rte"):
+        glue.read_hub("rte", "dev")
+    assert not caplog.records
+    assert logging.getLogger("huggingface_hub").level == level  # restored
 
 
 def test_hub_labels_map_through_names(monkeypatch):

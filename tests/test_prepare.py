@@ -2,6 +2,7 @@
 kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -306,10 +307,22 @@ def test_tokenizer_mismatch_and_vocab_too_large_for_dtype(tmp_path, corpus):
         prepare.read_meta(out)
 
 
-def test_hub_offline_is_one_clear_error(tmp_path):
+def test_hub_offline_is_one_clear_error(tmp_path, monkeypatch, caplog):
     cfg = load_cfg(tmp_path, [], hf_dataset="wikitext", hf_config="wikitext-2-raw-v1")
     with pytest.raises(UserError, match="cannot reach the Hugging Face hub.*data.sources"):
         prepare.ensure_prepared(cfg)
+    # Without HF_HUB_OFFLINE huggingface_hub logged ~20 retry lines before the error.
+    datasets = pytest.importorskip("datasets")
+
+    def unreachable(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    caplog.clear()
+    with pytest.raises(UserError, match="cannot reach the Hugging Face hub"):
+        list(sources.hub_pieces(cfg.data))
+    assert not caplog.records
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
