@@ -46,6 +46,13 @@ def local_files(cfg: DataConfig) -> list[Path]:
         else:
             raise UserError(f"data.sources entry {pattern} does not exist; give a file, "
                             "a glob, or remove it")
+    # A file listed twice (a glob and a name, say) was read twice: every document twice, and a
+    # validation document's copy in the training split.
+    seen: dict[Path, Path] = {}
+    for path in files:
+        if (first := seen.setdefault(path.resolve(), path)) is not path:
+            raise UserError(f"data.sources names {path.resolve()} twice ({first} and {path}); "
+                            "list each file once (globs included)")
     return files
 
 

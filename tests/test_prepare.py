@@ -259,6 +259,15 @@ def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_p
         assert not (tmp_path / "p").exists()  # refused before data.dir is created
 
 
+def test_a_file_listed_twice_is_refused(tmp_path):
+    # c.txt and a glob matching it: every document was read twice, validation ones into train.
+    write_corpus(tmp_path / "c.txt", 5)
+    for second in (tmp_path / "*.txt", tmp_path / ".." / tmp_path.name / "c.txt"):
+        with pytest.raises(UserError, match=r"data.sources names .*c.txt twice \(.*c.txt and "
+                                            r".*c.txt\); list each file once"):
+            prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt", second]))
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("glob", "matches no file"),
