@@ -40,6 +40,7 @@ from bertjax.model import Bert, param_count
 from bertjax.pretrained import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
+    check_tokenizer_fits,
     load_pretrained,
     restore_model,
     tokenizer_of,
@@ -59,6 +60,15 @@ def check_dtype(dtype: str) -> None:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
 USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
          "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
+
+
+def check_tokenizer_for(model: Bert, tokenizer, given: bool) -> None:
+    """`tokenizer` (a path or a Tokenizer) must fit `model`'s vocabulary: a release bundle
+    holding a larger one was written (exit 0), and predict refused it only when used."""
+    tok = tokenizer if hasattr(tokenizer, "to_str") else tokenizer_lib.load(tokenizer)
+    where = f"--tokenizer {tokenizer}" if given else f"the tokenizer {tokenizer}"
+    check_tokenizer_fits(tok, where, model, "pass the tokenizer.json the model was trained "
+                         "with" + (" (or drop --tokenizer)" if given else " with --tokenizer"))
 
 
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
@@ -156,11 +166,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     if tokenizer is not None:
         check_tokenizer_file(tokenizer, "--tokenizer")
     model, cfg, meta = restore_model(run_dir, None)
-    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(cfg, run_dir)
+    given = tokenizer is not None
+    tokenizer = tokenizer if given else tokenizer_of(cfg, run_dir)
     if tokenizer is None:
         raise UserError(f"no tokenizer found in {run_dir} or at "
                         f"{Path(cfg.data.dir) / 'tokenizer.json'} (the run's data.dir, relative "
                         "to the current directory); pass --tokenizer PATH")
+    check_tokenizer_for(model, tokenizer, given)
     return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
                        dtype=dtype, force=force, key="OUT_DIR")
 
@@ -217,10 +229,12 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     if tokenizer is not None:
         check_tokenizer_file(tokenizer, "--tokenizer")
     loaded = load_pretrained(source)
-    tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer_path
+    given = tokenizer is not None
+    tokenizer = tokenizer if given else loaded.tokenizer_path
     if tokenizer is None:
         raise UserError(f"no tokenizer found with {source}; pass --tokenizer PATH (the "
                         "tokenizer.json the model was trained with)")
+    check_tokenizer_for(loaded.model, tokenizer, given)
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind,
                      force=force) + left_out

@@ -19,7 +19,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, utf8_error
 from bertjax.model import Bert
-from bertjax.pretrained import load_pretrained, vocab_txt_only
+from bertjax.pretrained import check_tokenizer_fits, load_pretrained, vocab_txt_only
 from bertjax.tokenizer import encode_truncated, pad_rows
 
 BATCH_SIZE = 64
@@ -207,11 +207,8 @@ def main(argv: list[str]) -> None:
                         f"{vocab_txt_only(args.checkpoint) or '; export it with one'}")
     tok = tokenizer_lib.load(pretrained.tokenizer_path)
     model = pretrained.model
-    rows = model.encoder.embeddings.word.shape[0]
-    if tokenizer_lib.vocab_size(tok) > rows:  # ids past the table would be clamped, silently
-        raise UserError(f"{pretrained.tokenizer_path} has {tokenizer_lib.vocab_size(tok)} tokens "
-                        f"but the model's vocabulary has {rows} rows: they do not belong "
-                        "together; use the tokenizer saved with the checkpoint")
+    check_tokenizer_fits(tok, pretrained.tokenizer_path, model,
+                         "use the tokenizer saved with the checkpoint")
     needs = {"fill-mask": ("mlm", "MLM head"), "classify": ("classifier", "GLUE head (fine-tune "
              "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:

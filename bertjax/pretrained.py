@@ -279,6 +279,15 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     return model, source.tokens_seen
 
 
+def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:
+    """A tokenizer (`where` names it) with more tokens than `model` has vocabulary rows belongs
+    to another model: its ids past the table would be clamped, silently."""
+    rows = model.encoder.embeddings.word.shape[0]
+    if tokenizer_lib.vocab_size(tok) > rows:
+        raise UserError(f"{where} has {tokenizer_lib.vocab_size(tok)} tokens but the model's "
+                        f"vocabulary has {rows} rows: they do not belong together; {fix}")
+
+
 def vocab_txt_only(source: str | Path) -> str:
     """A note for messages about a directory holding vocab.txt but no tokenizer.json (a Hugging
     Face BERT saved by older transformers, or by hand): how to write the file bertjax reads."""

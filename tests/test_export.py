@@ -486,6 +486,17 @@ def test_a_bad_tokenizer_flag_names_the_users_file(run, tmp_path, content, fragm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir])
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(run, tmp_path, export):
+    # --tokenizer of another model (8,192 tokens for these 30-odd rows) wrote the bundle, exit 0.
+    big = ROOT / "configs" / "tokenizer_mini.json"
+    with pytest.raises(UserError, match=rf"^--tokenizer {big} has 8192 tokens but the model's "
+                                        rf"vocabulary has {len(VOCAB)} rows: they do not belong "
+                                        "together; .*drop --tokenizer"):
+        export(run[0], tmp_path / "out", tokenizer=big)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
     import errno
 
