@@ -48,20 +48,24 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where it lands so that writers' cleanups run, as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
 
 
 def cli(main: Callable[[list[str]], None]) -> None:
     """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
-    (Ctrl-C: one line and 130, the shell's code for it; a loop that saved and stopped on a signal:
-    128 + its number, see `StoppedBySignal`); warnings print as one `warning: ...`
-    line (no source file and line)."""
+    (Ctrl-C or SIGTERM: one line and 128 + the signal's number, 130 or 143, the shell's code for
+    it, as the loops exit after saving, see `StoppedBySignal`); warnings print as one
+    `warning: ...` line (no source file and line)."""
     warnings.showwarning = _one_line_warning
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
     # run (prepare removes its .tmp files) instead of the process vanishing. The training
     # loops replace this with their own handler (save a checkpoint, then stop) while they run.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(sys.argv[1:])
     except UserError as e:
@@ -72,11 +76,12 @@ def cli(main: Callable[[list[str]], None]) -> None:
         sys.exit(e.exit_code)
     except LostProcess as e:
         exit_now(str(e), 1)
-    except KeyboardInterrupt:  # Ctrl-C where no loop catches it (prepare, export, predict)
-        print("error: interrupted; outputs are renamed into place only when complete, so "
-              "nothing half-written is taken as done: run the same command again",
+    except KeyboardInterrupt as e:  # where no loop catches it (prepare, export, predict)
+        name = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
+        print(f"error: interrupted ({name}); outputs are renamed into place only when "
+              "complete, so nothing half-written is taken as done: run the same command again",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.Signals[name].value)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -62,13 +62,19 @@ USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloa
          "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 
 
-def check_tokenizer_for(model: Bert, tokenizer, given: bool) -> None:
-    """`tokenizer` (a path or a Tokenizer) must fit `model`'s vocabulary: a release bundle
-    holding a larger one was written (exit 0), and predict refused it only when used."""
-    tok = tokenizer if hasattr(tokenizer, "to_str") else tokenizer_lib.load(tokenizer)
-    where = f"--tokenizer {tokenizer}" if given else f"the tokenizer {tokenizer}"
+def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
+                  missing: str) -> Path:
+    """The tokenizer.json to export with `model`: `path`, loaded already as `given` when the user
+    passed --tokenizer, else the one found with the source (None: `missing` is the error). It
+    must fit the model's vocabulary: a release bundle holding a larger one was written (exit 0),
+    and predict refused it only when used."""
+    if path is None:
+        raise UserError(missing)
+    tok = given if given is not None else tokenizer_lib.load(path)
+    where = f"--tokenizer {path}" if given is not None else f"the tokenizer {path}"
     check_tokenizer_fits(tok, where, model, "pass the tokenizer.json the model was trained "
                          "with" + (" (or drop --tokenizer)" if given else " with --tokenizer"))
+    return Path(path)
 
 
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
@@ -163,16 +169,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     # Bad paths fail before the (slow) restore.
     out_dir = check_not_the_run(run_dir, Path(out_dir))
     out_dir = check_output_dir(out_dir, force, "OUT_DIR", MARKER, KIND)
-    if tokenizer is not None:
-        check_tokenizer_file(tokenizer, "--tokenizer")
+    given = None if tokenizer is None else check_tokenizer_file(tokenizer, "--tokenizer")
     model, cfg, meta = restore_model(run_dir, None)
-    given = tokenizer is not None
-    tokenizer = tokenizer if given else tokenizer_of(cfg, run_dir)
-    if tokenizer is None:
-        raise UserError(f"no tokenizer found in {run_dir} or at "
-                        f"{Path(cfg.data.dir) / 'tokenizer.json'} (the run's data.dir, relative "
-                        "to the current directory); pass --tokenizer PATH")
-    check_tokenizer_for(model, tokenizer, given)
+    tokenizer = tokenizer_for(
+        model, given, tokenizer or tokenizer_of(cfg, run_dir),
+        f"no tokenizer found in {run_dir} or at {Path(cfg.data.dir) / 'tokenizer.json'} (the "
+        "run's data.dir, relative to the current directory); pass --tokenizer PATH")
     return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
                        dtype=dtype, force=force, key="OUT_DIR")
 
@@ -226,15 +228,12 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     out_dir = check_not_the_run(source, Path(out_dir))
     # Bad paths fail before the (slow) load.
     out_dir = check_output_dir(out_dir, force, "OUT_DIR", HF_MARKER, HF_KIND)
-    if tokenizer is not None:
-        check_tokenizer_file(tokenizer, "--tokenizer")
+    given = None if tokenizer is None else check_tokenizer_file(tokenizer, "--tokenizer")
     loaded = load_pretrained(source)
-    given = tokenizer is not None
-    tokenizer = tokenizer if given else loaded.tokenizer_path
-    if tokenizer is None:
-        raise UserError(f"no tokenizer found with {source}; pass --tokenizer PATH (the "
-                        "tokenizer.json the model was trained with)")
-    check_tokenizer_for(loaded.model, tokenizer, given)
+    tokenizer = tokenizer_for(
+        loaded.model, given, tokenizer or loaded.tokenizer_path,
+        f"no tokenizer found with {source}; pass --tokenizer PATH (the tokenizer.json the model "
+        "was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind,
                      force=force) + left_out

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -47,29 +48,85 @@ def staged_dir(out_dir: str | Path, force: bool, *, key: str = "out_dir",
                marker: str | None = None, kind: str = "output"):
     """Yield a temporary sibling of `out_dir` (from argument or config key `key`) to fill; on
     success it replaces `out_dir` (see `check_output_dir`). On failure nothing is left behind,
-    and a full disk is one UserError naming the `kind` being written."""
+    and a full disk is one UserError naming the `kind` being written. A writer killed outright
+    (SIGKILL, a crash) leaves its temporaries: the next one to `out_dir` clears them first."""
+    out_dir = Path(out_dir)
+    _clear_abandoned(out_dir)
     out_dir = check_output_dir(out_dir, force, key, marker, kind)
     with _disk_full_is_one_line(out_dir, kind):
         tmp = _temp_dir_beside(out_dir, key)
         try:
-            yield tmp
-            # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a release
-            # is meant to be read by others.
-            tmp.chmod(0o755)
-            for path in tmp.iterdir():
-                if path.is_file():
-                    path.chmod(0o644)
-            old = None
-            if out_dir.exists():
+            with _held(tmp):
+                yield tmp
+                # mkdtemp makes the directory 0700 and safetensors writes its file 0600: a
+                # release is meant to be read by others.
+                tmp.chmod(0o755)
+                for path in tmp.iterdir():
+                    if path.is_file():
+                        path.chmod(0o644)
+                if not out_dir.exists():
+                    tmp.rename(out_dir)
+                    return
                 old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
                                             dir=out_dir.parent))
-                out_dir.replace(old / "previous")
-            tmp.rename(out_dir)
-            if old is not None:
-                shutil.rmtree(old)
+                with _held(old):
+                    out_dir.replace(old / "previous")
+                    tmp.rename(out_dir)
+                    shutil.rmtree(old)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _held(directory: Path):
+    """An flock on `directory` inside the `with` block (or while the process lives): how
+    `_clear_abandoned` tells a live writer's temporaries from a killed one's."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: nothing is cleared
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear_abandoned(out_dir: Path) -> None:
+    """Remove the staging directories (`.NAME.xxxxxxxx.tmp`) a killed writer left beside
+    `out_dir`, and put back a previous `out_dir` it had moved aside (`.NAME.xxxxxxxx.old/
+    previous`) but not yet replaced. A directory is abandoned when nobody holds its flock (the
+    kernel drops it with the process); a live writer's, or any on a file system without locks,
+    is left alone. An empty one is too: a writer may not have locked its new directory yet."""
+    pattern = re.compile(re.escape(f".{out_dir.name}.") + r"[a-z0-9_]{8}\.(tmp|old)")
+    try:
+        found = [p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:  # no such folder yet, or not readable: check_output_dir says what to do
+        return
+    # .old first: a killed replacement's previous output is put back before anything else.
+    for path in sorted(found, key=lambda p: p.suffix != ".old"):
+        try:
+            _clear_if_abandoned(path, out_dir)
+        except FileNotFoundError:  # its writer finished meanwhile
+            pass
+
+
+def _clear_if_abandoned(path: Path, out_dir: Path) -> None:
+    if path.is_symlink() or not path.is_dir() or not any(path.iterdir()):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # a live writer's (or no locks here)
+        previous = path / "previous"
+        if path.suffix == ".old" and previous.exists() and not out_dir.exists():
+            previous.rename(out_dir)
+            warnings.warn(f"put back {out_dir}, which a killed writer had moved aside to "
+                          "replace it", stacklevel=4)
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -191,14 +191,16 @@ def hub_pieces(cfg: DataConfig) -> Iterator[Piece]:
     fix = ("without network access download the data elsewhere and set data.hf_dataset=null "
            "data.sources=[files] (text, .jsonl or .parquet)")
     try:
+        # Only around the call that reaches the hub first: a generator suspended at `yield`
+        # would keep the logger quiet for whatever the caller does meanwhile.
         with quiet_hub():
             stream = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split,
                                            streaming=True)
-            for row in stream:
-                if cfg.text_column not in row:
-                    raise UserError(f"{name} has no column {cfg.text_column!r} (found "
-                                    f"{list(row)}); set data.text_column")
-                yield _column_text(row[cfg.text_column], name, cfg.text_column), True
+        for row in stream:
+            if cfg.text_column not in row:
+                raise UserError(f"{name} has no column {cfg.text_column!r} (found "
+                                f"{list(row)}); set data.text_column")
+            yield _column_text(row[cfg.text_column], name, cfg.text_column), True
     except (ConnectionError, TimeoutError) as e:
         raise UserError(f"cannot reach the Hugging Face hub for {name} ({e}); {fix}") from None
     except datasets.exceptions.DatasetNotFoundError as e:

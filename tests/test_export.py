@@ -2,6 +2,7 @@
 bundles; LFS pointers, truncated, tampered and corrupt files each get their own one-line error;
 `python -m bertjax.export` exits 2 with one stderr line on a bad path."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
 from tokenizers import normalizers
 
-from bertjax import config
+from bertjax import config, files
 from bertjax import export as export_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
@@ -627,3 +628,63 @@ def test_a_full_disk_during_a_hf_export_is_one_line_and_leaves_nothing(run, tmp_
                                         "Hugging Face directory"):
         main([str(run[0]), str(tmp_path / "hf"), "--format", "hf"])
     assert list(tmp_path.iterdir()) == []  # no staging directory left
+
+
+# A writer killed where `stop_at` is first called: after filling its staging directory (at the
+# chmod of its files), or halfway through replacing a previous export (between moving it aside
+# and renaming the new one into place).
+KILLED_WRITER = """
+import os, pathlib, sys, time
+from bertjax import files
+stop_at = getattr(pathlib.Path, sys.argv[2])
+def stop(self, *args):
+    print("ready", flush=True)
+    time.sleep(600)
+setattr(pathlib.Path, sys.argv[2], stop)
+with files.staged_dir(sys.argv[1], force=True) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"half a new export")
+"""
+
+
+def kill_a_writer(out: Path, stop_at: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out), stop_at],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.kill()
+    proc.wait()
+
+
+def hidden(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.slow
+def test_a_killed_exports_temporaries_go_and_a_live_ones_stay(run, bundle, tmp_path):
+    """A SIGKILL while staging left a hidden `.OUT.*.tmp` for good; the next export to OUT
+    removes it, but not one a live writer holds (its flock), which could be a concurrent export."""
+    out = tmp_path / "out"
+    kill_a_writer(out, "chmod")
+    assert [name.endswith(".tmp") for name in hidden(tmp_path)] == [True]
+    with contextlib.ExitStack() as live:
+        live_tmp = live.enter_context(files.staged_dir(tmp_path / "out", force=True))
+        (live_tmp / "weights").write_bytes(b"being written")
+        export_run(run[0], out)
+        assert hidden(tmp_path) == [live_tmp.name]
+        live.pop_all().__exit__(UserError, UserError("stop"), None)  # the live one gives up
+    assert hidden(tmp_path) == []
+    assert read_manifest(out)["files"].keys() == read_manifest(bundle)["files"].keys()
+
+
+@pytest.mark.slow
+def test_a_replacement_killed_halfway_puts_the_previous_export_back(run, bundle, tmp_path):
+    """Killed between moving the previous export aside and renaming the new one in, a writer
+    left OUT missing, its bundle under a hidden `.OUT.*.old/previous`."""
+    out = copy_bundle(bundle, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    kill_a_writer(out, "rename")
+    assert not out.exists() and len(hidden(tmp_path)) == 2
+    with pytest.warns(UserWarning, match="put back .*copy"), \
+            pytest.raises(UserError, match="exists and is not empty; pass --force"):
+        export_run(run[0], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert hidden(tmp_path) == []

@@ -15,7 +15,7 @@ import pytest
 from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
 from bertjax import config, files, prepare, sources, tokenizer
-from bertjax.errors import UserError
+from bertjax.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,15 +162,37 @@ def start_big_prepare(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
 
 @pytest.mark.slow
 def test_sigterm_while_tokenizing_removes_the_temporaries(tmp_path):
-    """SIGTERM (a scheduler's time limit, kill) stops as Ctrl-C does: one line, exit 130, and
-    the cleanup runs (without it the process vanished and left corpus-sized .tmp files)."""
+    """SIGTERM (a scheduler's time limit, kill) stops as Ctrl-C does: one line, exit 143 as a
+    training loop's (it was 130, Ctrl-C's), and the cleanup runs (without it the process
+    vanished and left corpus-sized .tmp files)."""
     proc, out, _ = start_big_prepare(tmp_path)
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1].startswith("error: interrupted"), stderr
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM)"), stderr
     assert "Traceback" not in stderr
     assert not list(out.glob("*.tmp")) and not (out / "meta.json").exists()
+
+
+@pytest.mark.parametrize("stop, code", [
+    (lambda: os.kill(os.getpid(), signal.SIGTERM), 143), (KeyboardInterrupt, 130)])
+def test_a_command_stopped_by_a_signal_exits_with_its_code(stop, code, capsys):
+    """prepare, export and predict exit as a shell reports a process a signal ended, as the
+    training loops do after saving: SIGTERM 143 (it was 130), Ctrl-C 130."""
+    def main(argv):
+        if stop is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        stop()
+        time.sleep(5)  # the handler raises here
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli(main)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stopped.value.code == code
+    assert capsys.readouterr().err.startswith("error: interrupted (SIG")
 
 
 @pytest.mark.slow
