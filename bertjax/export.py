@@ -245,7 +245,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> None:
-    parser = _Parser(prog="python -m bertjax.export", description=__doc__.splitlines()[0])
+    # the docstring's whole first paragraph: its first line alone ended at "[--force]`;" and
+    # left --format hf out of --help
+    parser = _Parser(prog="python -m bertjax.export",
+                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT",
                         help="a pretraining run; with --format hf also a checkpoint or bundle")
     parser.add_argument("out_dir", metavar="OUT_DIR")
