@@ -6,7 +6,8 @@ A bundle is a directory: model.safetensors (our parameter names, e.g.
 manifest.json (format version, sha256 and size of every file, the weights + tokenizer pair,
 parameter count, training summary), written to a temporary directory and renamed when complete
 (a full disk leaves nothing behind); `load_pretrained` verifies it. --force replaces a previous
-bundle only: never the run, a directory holding it, or a directory that is not a bundle.
+bundle only (with --format hf, a previous Hugging Face directory only): never the run, a
+directory holding it, or a directory that is not such an export.
 
 `--format hf` writes what `transformers` loads (bertjax.hf.export_hf) from anything
 `load_pretrained` reads: a pretraining run or checkpoint, or a bundle such as a GLUE seed's
