@@ -6,7 +6,8 @@ A bundle is a directory: model.safetensors (our parameter names, e.g.
 manifest.json (format version, sha256 and size of every file, the weights + tokenizer pair,
 parameter count, training summary), written to a temporary directory and renamed when complete
 (a full disk leaves nothing behind); `load_pretrained` verifies it. --force replaces a previous
-bundle only: never the run, a directory holding it, or a directory that is not a bundle.
+bundle only (with --format hf, a previous Hugging Face directory only): never the run, a
+directory holding it, or a directory that is not such an export.
 
 `--format hf` writes what `transformers` loads (bertjax.hf.export_hf) from anything
 `load_pretrained` reads: a pretraining run or checkpoint, or a bundle such as a GLUE seed's
@@ -245,7 +246,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str]) -> None:
-    parser = _Parser(prog="python -m bertjax.export", description=__doc__.splitlines()[0])
+    # the docstring's whole first paragraph: its first line alone ended at "[--force]`;" and
+    # left --format hf out of --help
+    parser = _Parser(prog="python -m bertjax.export",
+                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT",
                         help="a pretraining run; with --format hf also a checkpoint or bundle")
     parser.add_argument("out_dir", metavar="OUT_DIR")

@@ -182,9 +182,16 @@ def plot_finished_run(run_dir: Path) -> None:
         warnings.warn(f"{run_dir / 'curves.png'} not drawn: {e}", stacklevel=2)
 
 
+USAGE = "usage: python -m bertjax.plot RUN_DIR"
+
+
 def main(argv: list[str]) -> None:
+    # --help answers as in the other commands, instead of being read as a run directory
+    if any(word in ("-h", "--help") for word in argv):
+        print(f"{USAGE}\n{__doc__.splitlines()[0]}")
+        return
     if len(argv) != 1:
-        raise UserError("usage: python -m bertjax.plot RUN_DIR")
+        raise UserError(USAGE)
     print(plot_run(argv[0]))
 
 

@@ -180,7 +180,9 @@ def main(argv: list[str]) -> None:
     parser = _Parser(prog="python -m bertjax.predict")
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
     parser.add_argument("checkpoint", help="run dir, checkpoint dir, bundle or HF BERT dir")
-    parser.add_argument("text", nargs="*", help="inputs; a pair as 'first<TAB>second'")
+    # default=[]: argparse counts a '*' positional without a default as required in its error
+    # ("required: ..., text"), though --file alone is a complete command line
+    parser.add_argument("text", nargs="*", default=[], help="inputs; a pair as 'first<TAB>second'")
     parser.add_argument("--file", help="one input per line (pairs tab-separated)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)

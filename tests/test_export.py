@@ -237,6 +237,17 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
         main([str(run[0]), str(tmp_path / "o2"), "--dtype", "float16"])
 
 
+def test_help_describes_both_formats(capsys):
+    """--help's description was the docstring's first line only, which stops mid-sentence at
+    "[--force]`;" before the --format hf form."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("Hugging Face directories: `python -m bertjax.export CHECKPOINT OUT_DIR --format hf"
+            in out)
+
+
 # ---- issue 19: weights bound to their tokenizer, malformed manifests, disk full, bad checkpoints
 def swap_tokenizer(bundle: Path) -> None:
     """Another tokenizer of the same size (two ids swapped) and a re-hashed manifest."""

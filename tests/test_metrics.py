@@ -145,6 +145,17 @@ def test_plot_refuses_a_file_with_nothing_to_draw_and_keeps_the_old_png(tmp_path
     assert (tmp_path / "curves.png").read_bytes() == b"old curves"
 
 
+@pytest.mark.parametrize("word", ["-h", "--help"])
+def test_plot_help_prints_the_usage_instead_of_reading_it_as_a_run_dir(tmp_path, monkeypatch,
+                                                                        capsys, word):
+    """Like train, prepare, export and predict: `plot --help` once said `--help/metrics.jsonl
+    does not exist` and exited 2."""
+    monkeypatch.chdir(tmp_path)
+    plot.main([word])
+    assert capsys.readouterr().out.startswith("usage: python -m bertjax.plot RUN_DIR\n")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_finished_run_without_matplotlib_warns_instead_of_failing(tmp_path, monkeypatch):
     """Both loops draw curves.png after the run's results are written: a GPU image without
     matplotlib (or a metrics.jsonl with nothing to draw) must not turn a finished run into a

@@ -138,6 +138,7 @@ def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
 # ---- issue 19: argument and input mistakes are one line, before the model is loaded ----
 @pytest.mark.parametrize("argv, fragment", [
     (["fill-mask"], "required: checkpoint.*; usage: python -m bertjax.predict"),
+    ([], "required: command, checkpoint; usage"),  # not TEXT: --file may stand for it
     (["fill-mask", "x", "a [MASK]", "--top-k", "x"], "--top-k: invalid int value: 'x'; usage"),
     (["guess", "x", "a"], "invalid choice: 'guess'"),
 ])
