@@ -32,6 +32,7 @@ from bertjax import config as config_lib
 from bertjax import glue, glue_batches, plot
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
+from bertjax.config_changes import changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
@@ -204,22 +205,9 @@ def config_change(saved: Path, config_yaml: str) -> str | None:
         old = None
     if not isinstance(old, dict):
         return "its config.yaml is missing or unreadable"
-    old, new = flat_keys(old), flat_keys(yaml.safe_load(config_yaml))
-    changed = [key for key in sorted(old.keys() | new.keys())
-               if (key not in old or key not in new or old[key] != new[key]) and
-               not any(key == k or key.startswith(f"{k}.") for k in RESULT_INDEPENDENT)]
-    if not changed:
-        return None
-    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-    return f"{', '.join(changed[:3])}{more} changed"
-
-
-def flat_keys(tree: object, prefix: str = "") -> dict[str, object]:
-    """{'optim.lr': 0.001, ...} of a nested mapping; a non-mapping is one value at `prefix`."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {key: value for name, child in tree.items()
-            for key, value in flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
+    changed = [key for key in changed_keys(old, yaml.safe_load(config_yaml))
+               if not any(key == k or key.startswith(f"{k}.") for k in RESULT_INDEPENDENT)]
+    return f"{listed(changed, 3)} changed" if changed else None
 
 
 def seeds_done(job: Job, change: str | None) -> dict[int, int]:

@@ -14,6 +14,7 @@ A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); a
 
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -26,13 +27,14 @@ from bertjax import plot, prepare, prepared
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
+from bertjax.config_changes import describe_changes
 from bertjax.data import PretrainData
 from bertjax.divergence import Watch
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
-from bertjax.optim import BatchRamp, make_optimizer
+from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
 from bertjax.pretrained import ARCHITECTURE, continue_from
@@ -233,8 +235,26 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
     state, meta = restore_resumed(run, checkpoints, latest, state)
     if meta.get("config_hash") != config_hash(run.config_yaml):
         print(f"warning: resuming {run.run_dir} with a config that differs from the "
-              "checkpoint's", file=sys.stderr)
+              f"checkpoint's{what_changed(run, meta)}", file=sys.stderr)
     return state, optimizer, meta["step"], meta
+
+
+def what_changed(run: Run, meta: dict) -> str:
+    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate it moves (a
+    longer run stretches the schedule: its lr rises again mid-decay); '' for checkpoints older
+    than the config in their meta."""
+    if "config_yaml" not in meta:
+        return ""
+    said = f": {describe_changes(meta['config_yaml'], run.config_yaml)}"
+    theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {meta['step']}'s config")
+    step, total = meta["step"], meta.get("total_steps", run.total_steps)
+    was, now = (float(schedule(theirs.optim, total)(step)),
+                float(schedule(run.cfg.optim, run.total_steps)(step)))
+    if not math.isclose(was, now, rel_tol=1e-6):
+        stretched = (f": the schedule spans {run.total_steps} steps (was {total})"
+                     if total != run.total_steps else "")
+        said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
+    return said
 
 
 def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state):

@@ -6,6 +6,7 @@ signal to one process, and processes whose prepared data differ."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrain import check_tokenizer, keep_tokenizer, resolve
+from bertjax.pretrain import check_tokenizer, keep_tokenizer, resolve, what_changed
 from bertjax.pretrained import continue_from, restore_model
 from bertjax.step import abstract_state
 
@@ -251,6 +252,7 @@ def test_continued_pretraining_resume_and_fsdp_on_two_processes(config_file, str
                                  "train.steps=2", *frozen[:2], "mesh.strategy=fsdp",
                                  "mesh.fsdp_min_size=64")
     assert "warning: resuming" in out  # train.steps changed: resumed, not started over
+    assert "train.steps: 1 -> 2" in out and "mesh.strategy: dp -> fsdp" in out, out
     assert "fill-mask predictions:" in out
     meta = restore_model(tmp_path, None)[2]
     assert meta["step"] == 2  # and the resume kept the first phase's tokens:
@@ -304,6 +306,21 @@ def test_continued_pretraining_refuses_another_vocabulary(config_file, straight)
     run.tokenizer.add_tokens(["unseen-token"])  # same size of model, different token ids
     with pytest.raises(UserError, match="another vocabulary"):
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+
+
+def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_file):
+    """The warning once said only "a config that differs"; raising train.steps mid-run stretches
+    the one-cycle schedule, so the learning rate rises again at the resumed step."""
+    before = resolve(config_lib.load([config_file]))
+    after = resolve(config_lib.load([config_file], [f"train.steps={2 * STEPS}", "optim.b2=0.95"]))
+    meta = {"step": STEPS // 2, "total_steps": STEPS, "config_yaml": before.config_yaml}
+    said = what_changed(after, meta)
+    assert said.startswith(f": optim.b2: {before.cfg.optim.b2} -> 0.95, train.steps: {STEPS} -> "
+                           f"{2 * STEPS}; the learning rate at step {STEPS // 2} is now "), said
+    now, was = (float(x) for x in re.findall(r"now (\S+) \(was (\S+)\)", said)[0])
+    assert now > was > 0
+    assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS})")
+    assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):

@@ -1,0 +1,36 @@
+"""Which config keys differ between two runs of one directory, for the messages that decide or
+explain a rerun: a GLUE rerun starts over when a result-deciding key changed (bertjax.finetune),
+a resumed pretraining run names the keys it changed and what that does to its learning rate
+(bertjax.pretrain)."""
+
+import yaml
+
+
+def flat_keys(tree: object, prefix: str = "") -> dict[str, object]:
+    """{'optim.lr': 0.001, ...} of a nested mapping; a non-mapping is one value at `prefix`."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {key: value for name, child in tree.items()
+            for key, value in flat_keys(child, f"{prefix}.{name}" if prefix else str(name)).items()}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Sorted dotted keys whose values differ, or that only one side has."""
+    old, new = flat_keys(old), flat_keys(new)
+    return [key for key in sorted(old.keys() | new.keys())
+            if key not in old or key not in new or old[key] != new[key]]
+
+
+def listed(items: list[str], limit: int) -> str:
+    """The first `limit` items, comma-separated, then how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{', '.join(items[:limit])}{more}"
+
+
+def describe_changes(old_yaml: str, new_yaml: str, limit: int = 4) -> str:
+    """'train.steps: 100 -> 200, optim.lr: 0.001 -> 0.002' for two configs' YAML texts."""
+    old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
+    old_flat, new_flat = flat_keys(old), flat_keys(new)
+    unset = "(unset)"
+    return listed([f"{key}: {old_flat.get(key, unset)} -> {new_flat.get(key, unset)}"
+                   for key in changed_keys(old, new)], limit)
