@@ -282,8 +282,9 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
 
 
 def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
-                 special: dict | None = None) -> dict:
-    """config.json for `kind` (mlm | cls | pretrain); `special`: pad/cls/sep token ids."""
+                 special: dict | None = None, label_names: tuple[str, ...] = ()) -> dict:
+    """config.json for `kind` (mlm | cls | pretrain); `special`: pad/cls/sep token ids;
+    `label_names`: a classifier's class names by index (else transformers' LABEL_i)."""
     special = special or {"pad": 0}
     pre = model_cfg.norm == "pre"
     positions = model_cfg.max_position_embeddings + (special["pad"] + 1 if pre else 0)
@@ -302,9 +303,10 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
     if pre:
         c |= {"bos_token_id": special.get("cls"), "eos_token_id": special.get("sep")}
     if kind == "cls":
-        c |= {"id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
-              "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
-              "classifier_dropout": None}
+        names = (list(label_names) if len(label_names) == num_labels else
+                 [f"LABEL_{i}" for i in range(num_labels)])
+        c |= {"id2label": {str(i): name for i, name in enumerate(names)},
+              "label2id": {name: i for i, name in enumerate(names)}, "classifier_dropout": None}
     return c
 
 
@@ -336,9 +338,11 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
 
 
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
-              out_dir: str | Path, kind: str, *, force: bool = False) -> str:
+              out_dir: str | Path, kind: str, *, force: bool = False,
+              label_names: tuple[str, ...] = ()) -> str:
     """Write a directory `transformers` loads (config.json, model.safetensors, tokenizer files);
-    returns a note on how to load it (for pre-LN: that inputs must be right-padded)."""
+    returns a note on how to load it (for pre-LN: that inputs must be right-padded).
+    `label_names`: a classifier's classes by index (a GLUE task's), for id2label."""
     if kind not in KINDS:
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything
@@ -350,7 +354,7 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
             special = _tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
         num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
-        config = config_to_hf(model_cfg, kind, num_labels, special)
+        config = config_to_hf(model_cfg, kind, num_labels, special, label_names)
         state = bert_to_hf(model, model_cfg, kind, special["pad"])
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -226,7 +226,8 @@ def main(argv: list[str]) -> None:
     elif args.command == "classify":
         task = pretrained.config.glue.task if pretrained.config else None
         labels = glue.get_task(task).labels if task else ()
-        for text, probs in zip(texts[0], classify(model, tok, *texts, args.batch_size),
+        shown = texts[0] if texts[1] is None else map(" || ".join, zip(*texts, strict=True))
+        for text, probs in zip(shown, classify(model, tok, *texts, args.batch_size),
                                strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")

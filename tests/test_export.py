@@ -569,12 +569,16 @@ def test_hf_export_of_a_bundle_picks_the_class_of_its_heads(tmp_path, norm, head
                                                             architecture):
     cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
                            "model.num_heads=2", "model.intermediate_size=48",
-                           "model.max_position_embeddings=32", f"model.norm={norm}"])
+                           "model.max_position_embeddings=32", f"model.norm={norm}",
+                           "glue.task=mnli"])
     model = Bert(cfg.model, key=jax.random.key(5), **heads)
     save_bundle(model, cfg, make_tokenizer(), tmp_path / "seed0" / "best")
     main([str(tmp_path / "seed0" / "best"), str(tmp_path / "hf"), "--format", "hf"])
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == \
-        [architecture]
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["architectures"] == [architecture]
+    if model.classifier:  # GLUE's class names in GLUE's order (they were LABEL_0..2)
+        assert hf_config["id2label"] == {"0": "contradiction", "1": "entailment", "2": "neutral"}
+        assert hf_config["label2id"] == {"contradiction": 0, "entailment": 1, "neutral": 2}
     back = import_hf(tmp_path / "hf")[0]
     ids = jnp.array([[2, 5, 6, 7, 3, 0]], jnp.int32)  # right-padded
     args = (ids, jnp.zeros_like(ids), ids != 0)

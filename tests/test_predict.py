@@ -114,8 +114,8 @@ def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_p
         assert len(lines) == 3
         for line, (a, b) in zip(lines, pairs, strict=True):
             p_next, probs = direct(model, tok, a, b)
+            assert line.endswith(f"\t{a} || {b}")  # both sentences (classify once showed a)
             if command == "nsp":
-                assert line.endswith(f"\t{a} || {b}")
                 assert float(re.match(r"P\(IsNext\) ([\d.]+)\t", line).group(1)) == \
                     pytest.approx(p_next, abs=1e-3)
             else:  # MNLI's label names, in GLUE's order
