@@ -113,8 +113,9 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
              "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
     with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
-        save_file(arrays, str(tmp / "model.safetensors"),
-                  metadata={"format": BUNDLE_FORMAT, "dtype": dtype})
+        # One metadata key: safetensors writes them in hash order, which changes from call to
+        # call, and the same weights must give the same bytes (the manifest records the dtype).
+        save_file(arrays, str(tmp / "model.safetensors"), metadata={"format": BUNDLE_FORMAT})
         (tmp / "config.yaml").write_text(config_lib.to_yaml(cfg))
         tok = _write_tokenizer(tokenizer, tmp / "tokenizer.json")
         files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}

@@ -110,6 +110,16 @@ def test_run_and_checkpoint_directories_load_the_same_model(run):
         np.testing.assert_array_equal(outputs(loaded.model)["mlm"], outputs(model)["mlm"])
 
 
+def test_exporting_the_same_model_again_writes_the_same_bytes(run, bundle, tmp_path):
+    """The weights file was not reproducible: safetensors writes its header metadata in hash
+    order, which changes from call to call, so two metadata keys came out in either order."""
+    run_dir, model, cfg = run
+    again = [save_bundle(model, cfg, make_tokenizer(), tmp_path / str(i)) for i in range(12)]
+    for out in again:
+        for name in ("model.safetensors", "tokenizer.json"):
+            assert (out / name).read_bytes() == (bundle / name).read_bytes(), (out, name)
+
+
 def test_bfloat16_bundle_is_half_the_size_and_close(run, bundle, tmp_path):
     run_dir, model, _ = run
     half = export_run(run_dir, tmp_path / "b16", dtype="bfloat16")
