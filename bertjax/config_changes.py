@@ -27,10 +27,16 @@ def listed(items: list[str], limit: int) -> str:
     return f"{', '.join(items[:limit])}{more}"
 
 
-def describe_changes(old_yaml: str, new_yaml: str, limit: int = 4) -> str:
-    """'train.steps: 100 -> 200, optim.lr: 0.001 -> 0.002' for two configs' YAML texts."""
+# Keys that differ between launches of one multi-process run without changing what it computes
+# (a new coordinator port each time): not worth a resume's warning.
+LAUNCH_KEYS = ("mesh.coordinator_address", "mesh.process_id")
+
+
+def describe_changes(old_yaml: str, new_yaml: str, limit: int = 5) -> str:
+    """'optim.lr: 0.001 -> 0.002, train.steps: 100 -> 200' for two configs' YAML texts, leaving
+    out LAUNCH_KEYS; '' when nothing else changed."""
     old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
     old_flat, new_flat = flat_keys(old), flat_keys(new)
     unset = "(unset)"
     return listed([f"{key}: {old_flat.get(key, unset)} -> {new_flat.get(key, unset)}"
-                   for key in changed_keys(old, new)], limit)
+                   for key in changed_keys(old, new) if key not in LAUNCH_KEYS], limit)

@@ -233,19 +233,23 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
     if latest is None:
         return state, optimizer, 0, {"tokens_before": tokens_before}
     state, meta = restore_resumed(run, checkpoints, latest, state)
-    if meta.get("config_hash") != config_hash(run.config_yaml):
+    if meta.get("config_hash") != config_hash(run.config_yaml) and (
+            changed := what_changed(run, meta)) is not None:
         print(f"warning: resuming {run.run_dir} with a config that differs from the "
-              f"checkpoint's{what_changed(run, meta)}", file=sys.stderr)
+              f"checkpoint's{changed}", file=sys.stderr)
     return state, optimizer, meta["step"], meta
 
 
-def what_changed(run: Run, meta: dict) -> str:
+def what_changed(run: Run, meta: dict) -> str | None:
     """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate it moves (a
     longer run stretches the schedule: its lr rises again mid-decay); '' for checkpoints older
-    than the config in their meta."""
+    than the config in their meta; None when only how the processes were launched changed."""
     if "config_yaml" not in meta:
         return ""
-    said = f": {describe_changes(meta['config_yaml'], run.config_yaml)}"
+    keys = describe_changes(meta["config_yaml"], run.config_yaml)
+    if not keys:
+        return None
+    said = f": {keys}"
     theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {meta['step']}'s config")
     step, total = meta["step"], meta.get("total_steps", run.total_steps)
     was, now = (float(schedule(theirs.optim, total)(step)),

@@ -321,6 +321,8 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     assert now > was > 0
     assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS})")
     assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
+    relaunched = resolve(config_lib.load([config_file], ["mesh.coordinator_address=h:1234"]))
+    assert what_changed(relaunched, meta) is None  # a new coordinator port changes nothing
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
