@@ -38,7 +38,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.write(data)
     except BaseException:  # a full disk, say: no partial temporary left behind
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only place: keep the error that says so
+            tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
 
