@@ -2,11 +2,13 @@
 
     python -m bertjax.predict fill-mask CHECKPOINT "The capital of France is [MASK]." [--top-k 5]
 
-Inputs (arguments, or --file with one per line) run in batches of --batch-size, each padded to a
-power-of-two length and cut to the model's positions; outputs are probabilities (softmax in f32).
+Inputs (arguments, or --file with one per line; `--file -` reads standard input) run in batches
+of --batch-size, each padded to a power-of-two length and cut to the model's positions; outputs
+are probabilities (softmax in f32).
 """
 
 import argparse
+import sys
 import warnings
 from functools import partial
 
@@ -128,12 +130,21 @@ def _entries(args) -> list[tuple[str, str]]:
                         "one or the other")
     if not args.file:
         return [(f"TEXT argument {n}", text) for n, text in enumerate(args.text, 1)]
-    path = check_file(args.file, "--file", "pass a text file with one input per line")
-    try:  # utf-8-sig: a byte order mark (Windows editors write one) is no part of the text
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise utf8_error(path, "--file takes UTF-8 text: convert it (e.g. iconv -t "
-                               "utf-8)") from None
+    fix = "--file takes UTF-8 text: convert it (e.g. iconv -t utf-8)"
+    if args.file == "-":  # standard input, as Unix tools read it: `... | predict ... --file -`
+        path, raw = "-", sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise UserError(f"--file - (standard input): not valid UTF-8 (byte "
+                            f"0x{raw[e.start]:02x} at offset {e.start}); {fix}") from None
+    else:
+        path = check_file(args.file, "--file", "pass a text file with one input per line, "
+                                               "or - for standard input")
+        try:  # utf-8-sig: a byte order mark (Windows editors write one) is no part of the text
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise utf8_error(path, fix) from None
     return [(f"--file {path} line {n}", line) for n, line in enumerate(text.splitlines(), 1)
             if line.strip()]
 
@@ -183,7 +194,8 @@ def main(argv: list[str]) -> None:
     # default=[]: argparse counts a '*' positional without a default as required in its error
     # ("required: ..., text"), though --file alone is a complete command line
     parser.add_argument("text", nargs="*", default=[], help="inputs; a pair as 'first<TAB>second'")
-    parser.add_argument("--file", help="one input per line (pairs tab-separated)")
+    parser.add_argument("--file", help="one input per line (pairs tab-separated); - reads "
+                        "standard input")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",

@@ -6,6 +6,7 @@ without [MASK] is one error line before any output."""
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -187,6 +188,20 @@ def test_a_byte_order_mark_is_no_part_of_the_first_input(tmp_path):
     (tmp_path / "in.txt").write_bytes("\ufeffa [MASK]\tb\nc\td\n".encode())
     args = argparse.Namespace(command="classify", text=[], file=str(tmp_path / "in.txt"))
     assert predict._inputs(args) == (["a [MASK]", "c"], ["b", "d"])
+
+
+def test_file_dash_reads_standard_input(monkeypatch):
+    """`... | predict ... --file -` was "--file - does not exist"."""
+    def stdin(data: bytes):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    args = argparse.Namespace(command="classify", text=[], file="-")
+    stdin("\ufeffa\tb\r\n\nc\td\n".encode())
+    assert predict._inputs(args) == (["a", "c"], ["b", "d"])
+    stdin("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"--file - \(standard input\): not valid UTF-8 \(byte "
+                                        r"0xe9 at offset 3\)"):
+        predict._inputs(args)
 
 
 def rehashed_copy(bundle: Path, to: Path, edit: dict) -> Path:
