@@ -20,7 +20,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, sha256_file
+from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
 from bertjax.hf import import_hf
 from bertjax.model import Bert
 from bertjax.step import abstract_state
@@ -216,7 +216,7 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     `allow_tokenizer_mismatch`."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint path {path} does not exist; pass {EXPECTED}")
+        raise UserError(f"checkpoint path {path} does not exist{from_cwd(path)}; pass {EXPECTED}")
     if path.is_file():
         check_not_lfs_pointer(path)
         raise UserError(f"{path} is a file; pass the directory that holds it ({EXPECTED})")
