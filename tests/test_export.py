@@ -703,3 +703,34 @@ def test_a_replacement_killed_halfway_puts_the_previous_export_back(run, bundle,
         export_run(run[0], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert hidden(tmp_path) == []
+
+
+def test_a_run_that_replaces_its_checkpoint_while_it_is_read_is_read_again(run, tmp_path,
+                                                                          monkeypatch):
+    """Export, predict or a fine-tune of a run still training: the run saves step N+1 and
+    deletes N (train.keep_checkpoints) while N is read. That was "checkpoint N is incomplete or
+    corrupt ...; delete it", advice that deletes a live run's checkpoint."""
+    import shutil
+
+    from bertjax.pretrained import restore_model
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "run"))
+    original, reads = Checkpoints.restore_model, []
+
+    def saved_meanwhile(self, step, abstract, times):
+        reads.append(step)
+        if len(reads) <= times:  # what the training run does meanwhile
+            shutil.copytree(self.directory / str(step), self.directory / str(step + 1))
+            shutil.rmtree(self.directory / str(step))
+        return original(self, step, abstract)
+
+    monkeypatch.setattr(Checkpoints, "restore_model",
+                        lambda *a: saved_meanwhile(*a, times=1))
+    assert restore_model(copy, None)[2]["step"] == STEP  # the copy's meta: read from STEP + 1
+    assert reads == [STEP, STEP + 1]
+    monkeypatch.setattr(Checkpoints, "restore_model",
+                        lambda *a: saved_meanwhile(*a, times=99))
+    with pytest.raises(UserError, match=rf"^{copy} is still training: its newest checkpoint was "
+                                        r"replaced while being read, 5 times; .*do not delete"):
+        export_run(copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
