@@ -253,3 +253,21 @@ def test_a_top_k_beyond_the_vocabulary_is_refused_before_any_output(bundle, mode
     tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
     everything = predict.fill_mask(model, tok, ["the [MASK] sat ."], len(VOCAB))
     assert len(everything[0][0]) == len(VOCAB)  # the whole vocabulary, when asked for exactly
+
+
+def test_fill_mask_reads_as_many_slots_as_masks(model, monkeypatch):
+    """The vocabulary logits and top-k ran for 16 slots per row whatever the [MASK]s: a third
+    of fill-mask's time with one [MASK] per text."""
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])
+    slots, top_k = [], predict._top_k
+
+    def recorded(model, ids, types, mask, k, positions):
+        slots.append(positions.shape[1])
+        return top_k(model, ids, types, mask, k, positions)
+
+    monkeypatch.setattr(predict, "_top_k", recorded)
+    texts = [t.replace(t.split()[0], "[MASK]", 1) for t in sentences(3)]
+    predict.fill_mask(model, tok, texts, top_k=2)
+    predict.fill_mask(model, tok, [t + " [MASK] [MASK]" for t in texts], top_k=2)
+    assert slots == [1, 4]
