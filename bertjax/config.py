@@ -598,9 +598,10 @@ def asks_for_help(argv: list[str]) -> bool:
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Command-line words -> (YAML files, key=value overrides)."""
-    files = [a for a in argv if "=" not in a]
-    return files, [a for a in argv if "=" in a]
+    """Command-line words -> (YAML files, key=value overrides). A file whose path holds an '='
+    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override."""
+    files = [a for a in argv if "=" not in a or Path(a).is_file()]
+    return files, [a for a in argv if a not in files]
 
 
 def to_dict(cfg: Config) -> dict:

@@ -420,3 +420,14 @@ def test_omegaconfs_missing_marker_is_refused_not_silently_the_default(tmp_path)
     for files, overrides in [([path], []), ([], ["optim.lr=???"])]:
         with pytest.raises(UserError, match=r"=\?\?\? in .*give (train\.steps|optim\.lr) a value"):
             config.load(files, overrides)
+
+
+def test_a_config_file_whose_path_holds_an_equals_sign_is_a_file(tmp_path, monkeypatch):
+    """`train runs/lr=1e-3/config.yaml` was taken for an override (a usage error: no CONFIG)."""
+    path = tmp_path / "lr=1e-3" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text("train:\n  steps: 7\n")
+    monkeypatch.chdir(tmp_path)
+    for given in (str(path), "lr=1e-3/c.yaml"):
+        assert config.split_args([given, "train.seed=3"]) == ([given], ["train.seed=3"])
+    assert config.split_args(["lr=2/c.yaml"]) == ([], ["lr=2/c.yaml"])  # no such file
