@@ -241,7 +241,7 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     labels = glue.get_task(loaded.config.glue.task).labels if kind == "cls" and loaded.config \
         else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
-                     label_names=labels) + left_out
+                     label_names=labels, key="OUT_DIR") + left_out
 
 
 class _Parser(argparse.ArgumentParser):

@@ -472,12 +472,15 @@ def test_an_export_inside_a_runs_checkpoints_is_refused(run, tmp_path, source, o
     ("/proc/bertjax-bundle", r"cannot create OUT_DIR=/proc/bertjax-bundle \(.*\); set OUT_DIR "
                              "to a directory you can write"),
 ])
-def test_an_output_path_that_cannot_be_created_is_one_line(run, tmp_path, out, fragment):
+@pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir], ids=["bundle", "hf"])
+def test_an_output_path_that_cannot_be_created_is_one_line(run, tmp_path, out, fragment,
+                                                           export):
+    """--format hf called it out_dir (the Python argument), the CLI's OUT_DIR elsewhere."""
     if out.startswith("/proc") and not Path("/proc/self").exists():
         pytest.skip("needs Linux /proc")
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match=fragment):
-        export_run(run[0], tmp_path / out)
+        export(run[0], tmp_path / out)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
