@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from bertjax import glue
+from bertjax.errors import cli
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 # task -> training file of the experiment (bench/glue_experiment.py PLAN)
@@ -48,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(lambda argv: main())  # a bad path or checkpoint: one line, exit 2

@@ -254,6 +254,11 @@ def main() -> None:
         if args.max_item_seconds:
             it["budget"] = min(it["budget"], args.max_item_seconds)
     only = {x for x in args.only.split(",") if x}
+    # A mistyped id ran nothing of it (and, with no id right, crashed at the end): on a lent GPU
+    # that is a call spent. Refused before anything runs.
+    if unknown := sorted(only - {it["id"] for it in plan} - {"profile"}):
+        parser.error(f"--only: unknown item id(s) {', '.join(unknown)}; the ids are "
+                     f"{', '.join(it['id'] for it in plan)}, profile")
     profiled = not only or "profile" in only
     main_shape = next(it["shape"] for it in plan if it["kind"] == "ours")
     plan = [it for it in plan if not only or it["id"] in only]

@@ -25,6 +25,7 @@ import optax
 
 from bertjax import glue, glue_batches
 from bertjax.config import GlueConfig
+from bertjax.errors import cli
 from bertjax.model import Bert, masked_mean
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import load
@@ -119,4 +120,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(lambda argv: main())  # a bad path or checkpoint: one line, exit 2

@@ -18,6 +18,7 @@ import numpy as np
 
 from bertjax.config import Config
 from bertjax.data import PretrainData
+from bertjax.errors import cli
 from bertjax.loss import mlm_sums
 from bertjax.masking import mask_tokens
 from bertjax.pretrained import load_pretrained
@@ -66,4 +67,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(lambda argv: main())  # a bad path or checkpoint: one line, exit 2

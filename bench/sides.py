@@ -14,6 +14,8 @@ import resource
 import subprocess
 import sys
 
+from bertjax.errors import UserError
+
 
 def emit(result: dict) -> None:
     """Print a side's result (with its process's peak RSS) for the parent to read."""
@@ -28,6 +30,9 @@ def run_sides(script: str, sides: tuple[str, ...]) -> list[dict]:
         out = subprocess.run([sys.executable, script, *sys.argv[1:], "--side", side],
                              capture_output=True, text=True, check=False)
         lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode == 2 and out.stderr.startswith("error: "):  # bad input: its one line
+            print(out.stderr.strip(), file=sys.stderr)
+            sys.exit(2)
         if out.returncode or not lines:
             sys.exit(f"{side} side failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(lines[-1][7:]))
@@ -40,6 +45,10 @@ def main(parser: argparse.ArgumentParser, sides: dict, report, script: str) -> N
                         help="a config override for our side (repeatable), e.g. model.remat=true")
     args = parser.parse_args()
     if args.side:
-        emit(sides[args.side](args))
+        try:
+            emit(sides[args.side](args))
+        except UserError as e:  # a bad --size or --set: one line and exit 2, as bertjax's CLIs
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     else:
         report(args, run_sides(script, tuple(sides)))

@@ -389,7 +389,9 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         if "[" in key:
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
-        got = f"{value!r}" if value is not None else "the given value"
+        # `key=` and `key=null` reach here as None: say so, and that this key needs a value
+        got = f"{value!r}" if value is not None else "null (no value), which it cannot be: " \
+            f"give {key} a value" if "'None'" in e.msg else "the given value"
         return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
                          f"{_list_hint(key, hints.get(name), value)}")
     if isinstance(e, InterpolationResolutionError):
@@ -401,7 +403,10 @@ def _list_hint(key: str, expected: Any, value: Any) -> str:
     """For one value where a list belongs (`data.sources=foo.txt`), how a list is written."""
     if typing.get_origin(expected) is not list or "[" in key or value is None:
         return ""
-    return f"; write a list in brackets, e.g. {key}=[{show(value)}]"
+    shown = show(value)
+    if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
+        shown = shown[1:-1]
+    return f"; write a list in brackets, e.g. {key}=[{shown}]"
 
 
 def _unresolved(e: InterpolationResolutionError, merged: DictConfig, key: str) -> UserError:
@@ -533,6 +538,9 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
     data = _yaml_mapping(lambda: path.read_text(encoding="utf-8"), str(path))
+    for name in [f.name for f in dataclasses.fields(Config)]:
+        if name in data and data[name] is None:  # `train:` with its keys commented out: empty
+            data.pop(name)
     includes = data.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
     if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
@@ -590,9 +598,10 @@ def asks_for_help(argv: list[str]) -> bool:
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Command-line words -> (YAML files, key=value overrides)."""
-    files = [a for a in argv if "=" not in a]
-    return files, [a for a in argv if "=" in a]
+    """Command-line words -> (YAML files, key=value overrides). A file whose path holds an '='
+    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override."""
+    files = [a for a in argv if "=" not in a or Path(a).is_file()]
+    return files, [a for a in argv if a not in files]
 
 
 def to_dict(cfg: Config) -> dict:

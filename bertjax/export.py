@@ -33,6 +33,7 @@ from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     check_output_dir,
+    from_cwd,
     sha256_file,
     staged_dir,
 )
@@ -161,7 +162,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     """The newest complete checkpoint of a pretraining run -> a release bundle."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        state = "is a file" if run_dir.exists() else "does not exist"
+        state = "is a file" if run_dir.exists() else f"does not exist{from_cwd(run_dir)}"
         raise UserError(f"run directory {run_dir} {state}; pass a pretraining run directory "
                         "(train.run_dir, holding checkpoints/)")
     if not (run_dir / "checkpoints").is_dir():
@@ -241,7 +242,7 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     labels = glue.get_task(loaded.config.glue.task).labels if kind == "cls" and loaded.config \
         else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
-                     label_names=labels) + left_out
+                     label_names=labels, key="OUT_DIR") + left_out
 
 
 class _Parser(argparse.ArgumentParser):

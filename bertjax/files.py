@@ -38,7 +38,8 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.write(data)
     except BaseException:  # a full disk, say: no partial temporary left behind
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only place: keep the error that says so
+            tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
 
@@ -188,13 +189,20 @@ def check_not_lfs_pointer(path: str | Path) -> None:
 
 
 # ---- what a user can get wrong about files: one line naming the path and the fix ----
+def from_cwd(path: str | Path) -> str:
+    """For a relative path that is not there, where it was looked for: paths in configs and on
+    the command line are read from the current directory, not from the config file (as
+    include: is), so a command started elsewhere misses them."""
+    return "" if Path(path).is_absolute() else f" (in the current directory, {Path.cwd()})"
+
+
 def check_file(path: str | Path, what: str, fix: str) -> Path:
     """`path` if it is a file; else a UserError saying whether it is missing or a directory."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file; {fix}")
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; {fix}")
+        raise UserError(f"{what} {path} does not exist{from_cwd(path)}; {fix}")
     return path
 
 

@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
-from bertjax.files import check_file, check_not_lfs_pointer, utf8_error
+from bertjax.files import check_file, check_not_lfs_pointer, from_cwd, utf8_error
 from bertjax.sources import quiet_hub
 
 HUB_DATASET = "nyu-mll/glue"
@@ -342,7 +342,8 @@ def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples
     t = get_task(task or cfg.task)
     t.split(split)
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        state = "is a file" if Path(cfg.data_dir).exists() else "does not exist"
+        state = "is a file" if Path(cfg.data_dir).exists() else \
+            f"does not exist{from_cwd(cfg.data_dir)}"
         raise UserError(f"glue.data_dir={cfg.data_dir} {state}; set it to a directory of GLUE "
                         f"TSVs (holding {t.dir}/{t.split(split).file}, ...) or to null for the hub")
     if cfg.data_dir is None:

@@ -339,16 +339,18 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
 
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
               out_dir: str | Path, kind: str, *, force: bool = False,
-              label_names: tuple[str, ...] = ()) -> str:
+              label_names: tuple[str, ...] = (), key: str = "out_dir") -> str:
     """Write a directory `transformers` loads (config.json, model.safetensors, tokenizer files);
     returns a note on how to load it (for pre-LN: that inputs must be right-padded).
-    `label_names`: a classifier's classes by index (a GLUE task's), for id2label."""
+    `label_names`: a classifier's classes by index (a GLUE task's), for id2label; `key`: what
+    errors call `out_dir` (the CLI's OUT_DIR)."""
     if kind not in KINDS:
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything
     out_dir = Path(out_dir)
     # force replaces a previous export only, never a directory of something else
-    with staged_dir(out_dir, force, marker="config.json", kind="Hugging Face directory") as tmp:
+    with staged_dir(out_dir, force, key=key, marker="config.json",
+                    kind="Hugging Face directory") as tmp:
         special = {"pad": 0}
         if tokenizer_json_path is not None:
             special = _tokenizer_files(Path(tokenizer_json_path), tmp,

@@ -168,7 +168,11 @@ def plot_run(run_dir: str | Path) -> Path:
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
     out = run_dir / "curves.png"
-    write_atomic(out, png.getvalue())
+    try:
+        write_atomic(out, png.getvalue())
+    except OSError as e:  # a read-only copy or mount of a run, a full disk: one line, not a trace
+        raise UserError(f"cannot write {out} ({e.strerror}); make {run_dir} writable (or free "
+                        "space on its disk), or plot a copy of the run elsewhere") from None
     return out
 
 

@@ -7,6 +7,7 @@ Hugging Face BERT directory. `continue_from` starts continued pretraining from o
 and `initial_model` start GLUE fine-tuning.
 """
 
+import contextlib
 import dataclasses
 import json
 import warnings
@@ -20,7 +21,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, sha256_file
+from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
 from bertjax.hf import import_hf
 from bertjax.model import Bert
 from bertjax.step import abstract_state
@@ -162,18 +163,48 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
             "allow_tokenizer_mismatch=True)")
 
 
+READS_OF_A_LIVE_RUN = 5
+
+
 def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
     """(model, config, meta) of an Orbax train-state checkpoint; the newest complete one when
     `step` is None."""
-    for file in (run_dir / "checkpoints").rglob("*"):
-        if file.is_file():
-            check_not_lfs_pointer(file)
+    if step is not None:
+        return _restore_step(run_dir, step)
+    for _ in range(READS_OF_A_LIVE_RUN):
+        newest = _newest_step(run_dir)
+        try:
+            return _restore_step(run_dir, newest)
+        except UserError:
+            # A run still training deletes its older checkpoints as it saves new ones
+            # (train.keep_checkpoints), so the newest one when we looked may go while it is read:
+            # then read the newest again. One still there and still the newest is damaged.
+            if _newest_step(run_dir) == newest and (run_dir / "checkpoints" / str(newest)).is_dir():
+                raise
+    raise UserError(f"{run_dir} is still training: its newest checkpoint was replaced while "
+                    f"being read, {READS_OF_A_LIVE_RUN} times; run this again, or after the run "
+                    "ends (its checkpoints are not damaged: do not delete them)")
+
+
+def _newest_step(run_dir: Path) -> int:
     checkpoints = Checkpoints(run_dir)
     try:
-        step = checkpoints.latest_step() if step is None else step
-        if step is None:
-            raise UserError(f"{run_dir} has no complete checkpoint in checkpoints/; train first "
-                            f"or pass {EXPECTED}")
+        step = checkpoints.latest_step()
+    finally:
+        checkpoints.close()
+    if step is None:
+        raise UserError(f"{run_dir} has no complete checkpoint in checkpoints/; train first or "
+                        f"pass {EXPECTED}")
+    return step
+
+
+def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
+    for file in (run_dir / "checkpoints").rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by a run training
+            if file.is_file():
+                check_not_lfs_pointer(file)
+    checkpoints = Checkpoints(run_dir)
+    try:
         meta = checkpoints.read_meta(step)
         if "config_yaml" not in meta:  # finetune.py's resume state (RUN/seedN/checkpoints)
             raise UserError(f"{run_dir} holds an unfinished GLUE fine-tuning seed's state for "
@@ -216,7 +247,7 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     `allow_tokenizer_mismatch`."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint path {path} does not exist; pass {EXPECTED}")
+        raise UserError(f"checkpoint path {path} does not exist{from_cwd(path)}; pass {EXPECTED}")
     if path.is_file():
         check_not_lfs_pointer(path)
         raise UserError(f"{path} is a file; pass the directory that holds it ({EXPECTED})")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, utf8_error
+from bertjax.files import check_not_lfs_pointer, from_cwd, utf8_error
 
 Piece = tuple[str, bool]  # (text, whether this piece ends its document)
 
@@ -35,8 +35,9 @@ def local_files(cfg: DataConfig) -> list[Path]:
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
             if not matches:
-                raise UserError(f"data.sources pattern {pattern!r} matches no file; check the "
-                                "path (globs are expanded by bertjax, quote them in the shell)")
+                raise UserError(f"data.sources pattern {pattern!r} matches no file"
+                                f"{from_cwd(pattern)}; check the path (globs are expanded by "
+                                "bertjax, quote them in the shell)")
             files += map(Path, matches)
         elif Path(pattern).is_file():
             files.append(Path(pattern))
@@ -44,8 +45,8 @@ def local_files(cfg: DataConfig) -> list[Path]:
             raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
                             f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")
         else:
-            raise UserError(f"data.sources entry {pattern} does not exist; give a file, "
-                            "a glob, or remove it")
+            raise UserError(f"data.sources entry {pattern} does not exist{from_cwd(pattern)}; "
+                            "give a file, a glob, or remove it")
     # A file listed twice (a glob and a name, say) was read twice: every document twice, and a
     # validation document's copy in the training split.
     seen: dict[Path, Path] = {}

@@ -317,6 +317,26 @@ def test_a_yaml_mistake_says_where_and_what(tmp_path, text, fragment):
 def test_one_value_where_a_list_belongs_shows_the_bracket_form():
     with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
         config.load([], ["data.sources=foo.txt"])
+    # a tuple's parentheses become the brackets (the hint was glue.seeds=[(0,1)], itself wrong)
+    with pytest.raises(UserError, match=r"e\.g\. glue\.seeds=\[0,1\]$"):
+        config.load([], ["glue.seeds=(0,1)"])
+
+
+@pytest.mark.parametrize("override", ["train.run_dir=", "model.size=null"])
+def test_no_value_for_a_key_that_needs_one_says_so(override):
+    """Was "expects str, got the given value"."""
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"expects str, got null \(no value\), which it cannot "
+                                        rf"be: give {re.escape(key)} a value$"):
+        config.load([], [override])
+
+
+def test_a_section_with_every_key_commented_out_is_empty(tmp_path):
+    """`train:` with nothing under it is YAML's null; it was "expects TrainConfig, got None"."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  # steps: 5\nmodel:\n  size: mini\n")
+    cfg = config.load([path])
+    assert (cfg.train.steps, cfg.model.size) == (1000, "mini")
 
 
 @pytest.mark.parametrize("override, says", [
@@ -400,3 +420,14 @@ def test_omegaconfs_missing_marker_is_refused_not_silently_the_default(tmp_path)
     for files, overrides in [([path], []), ([], ["optim.lr=???"])]:
         with pytest.raises(UserError, match=r"=\?\?\? in .*give (train\.steps|optim\.lr) a value"):
             config.load(files, overrides)
+
+
+def test_a_config_file_whose_path_holds_an_equals_sign_is_a_file(tmp_path, monkeypatch):
+    """`train runs/lr=1e-3/config.yaml` was taken for an override (a usage error: no CONFIG)."""
+    path = tmp_path / "lr=1e-3" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text("train:\n  steps: 7\n")
+    monkeypatch.chdir(tmp_path)
+    for given in (str(path), "lr=1e-3/c.yaml"):
+        assert config.split_args([given, "train.seed=3"]) == ([given], ["train.seed=3"])
+    assert config.split_args(["lr=2/c.yaml"]) == ([], ["lr=2/c.yaml"])  # no such file

@@ -482,12 +482,15 @@ def test_an_export_inside_a_runs_checkpoints_is_refused(run, tmp_path, source, o
     ("/proc/bertjax-bundle", r"cannot create OUT_DIR=/proc/bertjax-bundle \(.*\); set OUT_DIR "
                              "to a directory you can write"),
 ])
-def test_an_output_path_that_cannot_be_created_is_one_line(run, tmp_path, out, fragment):
+@pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir], ids=["bundle", "hf"])
+def test_an_output_path_that_cannot_be_created_is_one_line(run, tmp_path, out, fragment,
+                                                           export):
+    """--format hf called it out_dir (the Python argument), the CLI's OUT_DIR elsewhere."""
     if out.startswith("/proc") and not Path("/proc/self").exists():
         pytest.skip("needs Linux /proc")
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match=fragment):
-        export_run(run[0], tmp_path / out)
+        export(run[0], tmp_path / out)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
@@ -713,3 +716,34 @@ def test_a_replacement_killed_halfway_puts_the_previous_export_back(run, bundle,
         export_run(run[0], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert hidden(tmp_path) == []
+
+
+def test_a_run_that_replaces_its_checkpoint_while_it_is_read_is_read_again(run, tmp_path,
+                                                                          monkeypatch):
+    """Export, predict or a fine-tune of a run still training: the run saves step N+1 and
+    deletes N (train.keep_checkpoints) while N is read. That was "checkpoint N is incomplete or
+    corrupt ...; delete it", advice that deletes a live run's checkpoint."""
+    import shutil
+
+    from bertjax.pretrained import restore_model
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "run"))
+    original, reads = Checkpoints.restore_model, []
+
+    def saved_meanwhile(self, step, abstract, times):
+        reads.append(step)
+        if len(reads) <= times:  # what the training run does meanwhile
+            shutil.copytree(self.directory / str(step), self.directory / str(step + 1))
+            shutil.rmtree(self.directory / str(step))
+        return original(self, step, abstract)
+
+    monkeypatch.setattr(Checkpoints, "restore_model",
+                        lambda *a: saved_meanwhile(*a, times=1))
+    assert restore_model(copy, None)[2]["step"] == STEP  # the copy's meta: read from STEP + 1
+    assert reads == [STEP, STEP + 1]
+    monkeypatch.setattr(Checkpoints, "restore_model",
+                        lambda *a: saved_meanwhile(*a, times=99))
+    with pytest.raises(UserError, match=rf"^{copy} is still training: its newest checkpoint was "
+                                        r"replaced while being read, 5 times; .*do not delete"):
+        export_run(copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -204,3 +204,27 @@ def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_pa
                                                                           no_wandb_key):
     with pytest.raises(UserError, match="wandb.mode=online: wandb did not start .*wandb login"):
         start_wandb(config.WandbConfig(mode="online"), tmp_path, {}, resuming=True)
+
+
+def test_plot_of_a_read_only_run_is_one_line_and_a_finished_run_only_warns(tmp_path,
+                                                                          monkeypatch):
+    """`plot` on a read-only copy or mount of a run was an OSError traceback (the cleanup's own
+    EROFS hiding the first). Root ignores permissions, so the refusal is injected."""
+    import errno
+    import pathlib
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(TRAIN_ROW) + "\n")
+    (tmp_path / "curves.png").write_bytes(b"old curves")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    with pytest.raises(UserError, match=rf"cannot write {tmp_path}/curves.png \(Read-only file "
+                                        rf"system\); make {tmp_path} writable"):
+        plot_run(tmp_path)
+    with pytest.warns(UserWarning, match=r"curves.png not drawn: cannot write"):
+        plot.plot_finished_run(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "curves.png").read_bytes() == b"old curves"

@@ -6,6 +6,7 @@ without [MASK] is one error line before any output."""
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -189,6 +190,20 @@ def test_a_byte_order_mark_is_no_part_of_the_first_input(tmp_path):
     assert predict._inputs(args) == (["a [MASK]", "c"], ["b", "d"])
 
 
+def test_file_dash_reads_standard_input(monkeypatch):
+    """`... | predict ... --file -` was "--file - does not exist"."""
+    def stdin(data: bytes):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    args = argparse.Namespace(command="classify", text=[], file="-")
+    stdin("\ufeffa\tb\r\n\nc\td\n".encode())
+    assert predict._inputs(args) == (["a", "c"], ["b", "d"])
+    stdin("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"--file - \(standard input\): not valid UTF-8 \(byte "
+                                        r"0xe9 at offset 3\)"):
+        predict._inputs(args)
+
+
 def rehashed_copy(bundle: Path, to: Path, edit: dict) -> Path:
     """A copy of `bundle` with files replaced ({name: text}) and its manifest re-hashed."""
     copy = Path(shutil.copytree(bundle, to))
@@ -238,3 +253,21 @@ def test_a_top_k_beyond_the_vocabulary_is_refused_before_any_output(bundle, mode
     tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
     everything = predict.fill_mask(model, tok, ["the [MASK] sat ."], len(VOCAB))
     assert len(everything[0][0]) == len(VOCAB)  # the whole vocabulary, when asked for exactly
+
+
+def test_fill_mask_reads_as_many_slots_as_masks(model, monkeypatch):
+    """The vocabulary logits and top-k ran for 16 slots per row whatever the [MASK]s: a third
+    of fill-mask's time with one [MASK] per text."""
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])
+    slots, top_k = [], predict._top_k
+
+    def recorded(model, ids, types, mask, k, positions):
+        slots.append(positions.shape[1])
+        return top_k(model, ids, types, mask, k, positions)
+
+    monkeypatch.setattr(predict, "_top_k", recorded)
+    texts = [t.replace(t.split()[0], "[MASK]", 1) for t in sentences(3)]
+    predict.fill_mask(model, tok, texts, top_k=2)
+    predict.fill_mask(model, tok, [t + " [MASK] [MASK]" for t in texts], top_k=2)
+    assert slots == [1, 4]

@@ -4,6 +4,7 @@ kind, and one-line errors for bad input (also through the CLI: exit code 2, no t
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
-from bertjax import config, files, prepare, sources, tokenizer
+from bertjax import config, files, prepare, pretrained, sources, tokenizer
 from bertjax.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -570,3 +571,23 @@ def test_bad_builtin_or_tokenizer_path_is_refused_before_data_dir_is_created(tmp
                                          **{"tokenizer.path": tmp_path / "nope.json"}))
     assert not (tmp_path / "prepared").exists()
     assert "training the WordPiece tokenizer" not in capsys.readouterr().err
+
+
+def test_a_missing_relative_path_says_it_was_looked_for_in_the_current_directory(tmp_path,
+                                                                                 monkeypatch):
+    """Paths in a config are read from the current directory, include: from the config's own
+    folder: `cd elsewhere && prepare /repo/configs/band.yaml` said only "configs/... does not
+    exist"."""
+    monkeypatch.chdir(tmp_path)
+    where = re.escape(f"(in the current directory, {tmp_path})")
+    for sources_, fragment in (["configs/c.txt"], "entry configs/c.txt does not exist "), \
+                              (["configs/*.txt"], "pattern 'configs/\\*.txt' matches no file "):
+        with pytest.raises(UserError, match=fragment + where):
+            prepare.ensure_prepared(load_cfg(tmp_path, sources_))
+    with pytest.raises(UserError, match=r"tokenizer file configs/t.json does not exist " + where):
+        prepare.ensure_prepared(load_cfg(tmp_path, [], builtin="stdlib",
+                                         **{"tokenizer.path": "configs/t.json"}))
+    with pytest.raises(UserError, match=r"checkpoint path runs/x does not exist " + where):
+        pretrained.load_pretrained("runs/x")
+    with pytest.raises(UserError, match=rf"entry {tmp_path}/c.txt does not exist; give"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"]))  # absolute: no hint
