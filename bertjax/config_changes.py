@@ -15,7 +15,8 @@ def flat_keys(tree: object, prefix: str = "") -> dict[str, object]:
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
-    """Sorted dotted keys whose values differ, or that only one side has."""
+    """Sorted dotted keys whose values differ, or that only one side has (nested or already
+    flat mappings: flattening a flat one changes nothing)."""
     old, new = flat_keys(old), flat_keys(new)
     return [key for key in sorted(old.keys() | new.keys())
             if key not in old or key not in new or old[key] != new[key]]
@@ -35,8 +36,7 @@ LAUNCH_KEYS = ("mesh.coordinator_address", "mesh.process_id")
 def describe_changes(old_yaml: str, new_yaml: str, limit: int = 5) -> str:
     """'optim.lr: 0.001 -> 0.002, train.steps: 100 -> 200' for two configs' YAML texts, leaving
     out LAUNCH_KEYS; '' when nothing else changed."""
-    old, new = yaml.safe_load(old_yaml), yaml.safe_load(new_yaml)
-    old_flat, new_flat = flat_keys(old), flat_keys(new)
+    old, new = flat_keys(yaml.safe_load(old_yaml)), flat_keys(yaml.safe_load(new_yaml))
     unset = "(unset)"
-    return listed([f"{key}: {old_flat.get(key, unset)} -> {new_flat.get(key, unset)}"
+    return listed([f"{key}: {old.get(key, unset)} -> {new.get(key, unset)}"
                    for key in changed_keys(old, new) if key not in LAUNCH_KEYS], limit)
