@@ -386,6 +386,18 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
     return model, model_cfg, tokenizer if tokenizer.is_file() else None
 
 
+def hf_label_names(path: Path, num_labels: int) -> tuple[str, ...]:
+    """A classifier's class names by index from config.json's id2label (as transformers'
+    pipelines show them), or () when it names no complete set of `num_labels` classes.
+    config.json was checked by import_hf already."""
+    id2label = json.loads((path / "config.json").read_text()).get("id2label")
+    if not isinstance(id2label, dict):
+        return ()
+    names = tuple(id2label.get(str(i)) for i in range(num_labels))
+    return names if len(id2label) == num_labels and all(
+        isinstance(n, str) for n in names) else ()
+
+
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
     if (path / "model.safetensors").exists():
         return read_safetensors(path / "model.safetensors")

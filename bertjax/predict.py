@@ -16,7 +16,6 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from bertjax import glue
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, utf8_error
@@ -238,15 +237,13 @@ def main(argv: list[str]) -> None:
             for i, top in enumerate(masks):
                 print(f"  [MASK] {i + 1}: " + ", ".join(f"{t} {p:.3f}" for t, p in top))
     elif args.command == "classify":
-        task = pretrained.config.glue.task if pretrained.config else None
-        labels = glue.get_task(task).labels if task else ()
         shown = texts[0] if texts[1] is None else map(" || ".join, zip(*texts, strict=True))
         for text, probs in zip(shown, classify(model, tok, *texts, args.batch_size),
                                strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")
             else:
-                names = labels or [str(i) for i in range(len(probs))]
+                names = pretrained.label_names or [str(i) for i in range(len(probs))]
                 print("  ".join(f"{n} {p:.3f}" for n, p in zip(names, probs, strict=True))
                       + f"\t{text}")
     else:

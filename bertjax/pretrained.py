@@ -22,7 +22,7 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
-from bertjax.hf import import_hf
+from bertjax.hf import hf_label_names, import_hf
 from bertjax.model import Bert
 from bertjax.step import abstract_state
 from bertjax.weights import model_from_arrays, read_safetensors
@@ -43,6 +43,18 @@ class Pretrained:
     kind: str  # run | checkpoint | bundle | hf
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
 
+    label_names: tuple[str, ...] = ()  # the classifier's classes by index (() when unnamed)
+
+
+def _classes(model: Bert) -> int:
+    return model.classifier.weight.shape[-1] if model.classifier is not None else 0
+
+
+def task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
+    """The GLUE task's class names, when the model's classifier is that task's."""
+    labels = tuple(glue.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
+    return labels if labels and len(labels) == _classes(model) else ()
+
 
 # ---- the four kinds of source ----
 def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
@@ -56,7 +68,8 @@ def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretraine
                               cfg.glue.classifier_dropout, cfg.glue.pooling)
     tokenizer = path / "tokenizer.json" if "tokenizer.json" in manifest["files"] else None
     return Pretrained(model, cfg.model, cfg, tokenizer, "bundle",
-                      manifest.get("summary", {}).get("tokens_seen"))
+                      manifest.get("summary", {}).get("tokens_seen"),
+                      task_label_names(model, cfg))
 
 
 def checkpoint_config(text: str, source: str, fix: str) -> Config:
@@ -255,13 +268,15 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         return load_bundle(path, allow_tokenizer_mismatch)
     if (path / "config.json").is_file():
         model, model_cfg, tokenizer = import_hf(path)
-        return Pretrained(model, model_cfg, None, tokenizer, "hf", None)
+        return Pretrained(model, model_cfg, None, tokenizer, "hf", None,
+                          hf_label_names(path, _classes(model)))
     if (path / "checkpoints").is_dir() or is_step_dir(path):
         step = int(path.name) if is_step_dir(path) else None
         run_dir = path.parent.parent if step is not None else path
         model, cfg, meta = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
-                          "run" if step is None else "checkpoint", meta.get("tokens_seen"))
+                          "run" if step is None else "checkpoint", meta.get("tokens_seen"),
+                          task_label_names(model, cfg))
     if (path / "model.safetensors").is_file():  # the weights without what describes them
         if (path / "config.yaml").is_file():
             read_manifest(path)  # a bundle without its manifest: says so

@@ -249,6 +249,20 @@ def test_load_pretrained_reads_a_hugging_face_directory():
     p = load_pretrained(HF_TINY / "pretrain")
     assert p.kind == "hf" and p.config is None and p.tokenizer_path is None
     assert p.model.nsp is not None and p.model_cfg.vocab_size == 99
+    assert p.label_names == ()  # no classifier
+
+
+def test_a_classifier_s_class_names_come_from_config_json_id2label(tmp_path):
+    # transformers' default names are names too (its pipelines show LABEL_0)
+    assert load_pretrained(HF_TINY / "cls").label_names == ("LABEL_0", "LABEL_1", "LABEL_2")
+    d = tmp_path / "cls"
+    shutil.copytree(HF_TINY / "cls", d)
+    config = json.loads((d / "config.json").read_text())
+    for id2label, names in [({"0": "no", "1": "maybe", "2": "yes"}, ("no", "maybe", "yes")),
+                            ({"0": "no", "1": "yes"}, ()),  # not one name per class
+                            (None, ())]:
+        (d / "config.json").write_text(json.dumps(config | {"id2label": id2label}))
+        assert load_pretrained(d).label_names == names
 
 
 def test_sharded_safetensors_load_like_a_single_file(tmp_path):

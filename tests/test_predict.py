@@ -23,6 +23,7 @@ from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 from bertjax import config, predict
 from bertjax.errors import UserError
+from bertjax.export import main as export_main
 from bertjax.export import save_bundle
 from bertjax.model import Bert
 from bertjax.pretrained import load_bundle
@@ -106,8 +107,10 @@ def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_p
     pairs = list(zip(sentences(3), sentences(3, seed=2), strict=True))
     inputs = tmp_path / "pairs.tsv"
     inputs.write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
-    for command in ("nsp", "classify"):
-        out = subprocess.run([sys.executable, "-m", "bertjax.predict", command, str(bundle),
+    hf_dir = tmp_path / "hf"  # the same classifier exported for transformers: id2label
+    export_main([str(bundle), str(hf_dir), "--format", "hf"])  # names its classes
+    for command, source in (("nsp", bundle), ("classify", bundle), ("classify", hf_dir)):
+        out = subprocess.run([sys.executable, "-m", "bertjax.predict", command, str(source),
                               "--file", str(inputs), "--batch-size", "2"], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
