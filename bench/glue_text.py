@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from bertjax import glue
-from bertjax.errors import cli
+from bertjax.errors import UserError, cli
+from bertjax.files import check_dir_path, from_cwd, make_dir, write_atomic
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 # task -> training file of the experiment (bench/glue_experiment.py PLAN)
@@ -22,8 +23,8 @@ TRAIN_FILES = {"mnli": "train_pairs10k.tsv", "sst2": "train.tsv", "cola": "train
                "rte": "train.tsv", "stsb": "train.tsv"}
 
 
-def write_task_text(task: str, glue_dir: Path, out: Path) -> int:
-    """Write one task's training text to out; returns the number of documents written."""
+def task_text(task: str, glue_dir: Path) -> list[str]:
+    """One task's training examples as documents (its sentence, or its two on two lines)."""
     examples = glue.read_tsv(task, "train",
                              glue_dir / glue.get_task(task).dir / TRAIN_FILES[task])
     pairs = examples.text_b or [None] * len(examples)
@@ -31,9 +32,7 @@ def write_task_text(task: str, glue_dir: Path, out: Path) -> int:
     # stray one would silently merge two examples.
     docs = ["\n".join(s.strip() for s in (a, b) if s and s.strip())
             for a, b in zip(examples.text_a, pairs, strict=True)]
-    docs = [d for d in docs if d]
-    out.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    return len(docs)
+    return [d for d in docs if d]
 
 
 def main():
@@ -41,12 +40,16 @@ def main():
     parser.add_argument("out_dir")
     parser.add_argument("--glue-dir", default=str(GLUE), help="GLUE TSVs (default: %(default)s)")
     args = parser.parse_args()
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for task in TRAIN_FILES:
-        n = write_task_text(task, Path(args.glue_dir), out / f"{task}.txt")
-        print(f"{task}: {n} training examples -> {out / f'{task}.txt'}")
-
+    out = check_dir_path(args.out_dir, "OUT_DIR")
+    if not Path(args.glue_dir).is_dir():
+        raise UserError(f"--glue-dir {args.glue_dir} is not a directory{from_cwd(args.glue_dir)}; "
+                        "pass the directory of GLUE TSVs (MNLI/, SST-2/, CoLA/, RTE/, STS-B/)")
+    # Every task is read before anything is written: a bad --glue-dir leaves no OUT_DIR behind.
+    texts = {task: task_text(task, Path(args.glue_dir)) for task in TRAIN_FILES}
+    make_dir(out, "OUT_DIR")
+    for task, docs in texts.items():
+        write_atomic(out / f"{task}.txt", "\n\n".join(docs) + "\n")
+        print(f"{task}: {len(docs)} training examples -> {out / f'{task}.txt'}")
 
 if __name__ == "__main__":
     cli(lambda argv: main())  # a bad path or checkpoint: one line, exit 2

@@ -154,10 +154,12 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
      "error: --only: unknown item id(s) bogus; the ids are matmul, ours, loop, peer, profile"),
     (["train.py", "--size", "nope", "--steps", "1"], "error: model.size=nope is invalid"),
     (["order_probe.py", "nope"], "error: checkpoint path nope does not exist"),
-], ids=["unknown-item", "bad-size", "no-checkpoint"])
+    (["glue_text.py", "out", "--glue-dir", "nope"], "error: --glue-dir nope is not a directory"),
+], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir"])
 def test_a_bench_scripts_bad_argument_is_one_line_and_exit_2(tmp_path, argv, says):
     """`--only` with a mistyped id ran nothing of it (none right: a traceback at the end, the GPU
-    call spent); `bench/train.py --size nope` printed the child's 3000-character traceback."""
+    call spent); `bench/train.py --size nope` printed the child's 3000-character traceback;
+    glue_text.py made an empty OUT_DIR before it found --glue-dir missing."""
     out = subprocess.run([sys.executable, BENCH / argv[0], *argv[1:]], env=ENV, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
