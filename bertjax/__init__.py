@@ -3,8 +3,8 @@
 A flat package read bottom-up, in one-way layers (tests/test_layers.py keeps them so): a module
 imports only from lower layers, and never in a circle inside its own.
 
-    L0  errors domains config config_changes       user errors, config domains and typed configs,
-        files                                      what changed between two configs, atomic files
+    L0  errors domains config_schema config        user errors; config domains, every key (schema),
+        config_changes files                       loading; what changed between two configs; files
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
         tokenizer sources prepared prepare data glue glue_metrics glue_batches

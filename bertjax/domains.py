@@ -1,4 +1,4 @@
-"""Config domains: the values a field may take, declared next to its default in config.py.
+"""Config domains: the values a field may take, declared next to its default in config_schema.py.
 
 `opt(default, doc, domain=POSITIVE)` makes a field; the vocabulary is POSITIVE, NON_NEGATIVE,
 `at_least(n)`, `interval(lo, hi, "[)")` (UNIT_OPEN, FRACTION, UNIT_CLOSED), `one_of(...)`,

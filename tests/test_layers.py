@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
-    {"errors", "domains", "config", "config_changes", "files"},
+    {"errors", "domains", "config_schema", "config", "config_changes", "files"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepared", "prepare", "data",
      "glue", "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights",
