@@ -54,9 +54,9 @@ def run_ours(args) -> dict:
     from bertjax import glue_batches
     from bertjax.finetune import with_glue_schedule
     from bertjax.glue_eval import device_batch
-    from bertjax.pretrained import initial_model
     from bertjax.seed_run import build_steps, fold
     from bertjax.sharding import make_mesh, shard_params
+    from bertjax.starting_points import initial_model
     from bertjax.step import init_state
 
     cfg, enc = load_rows(args)

@@ -38,7 +38,6 @@ from bertjax.files import check_dir_path, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
-from bertjax.pretrained import initial_model, load_start
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.seed_run import (
     INPUTS,
@@ -61,6 +60,7 @@ from bertjax.sharding import (
     same_on_every_process,
     with_mesh,
 )
+from bertjax.starting_points import initial_model, load_start
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.

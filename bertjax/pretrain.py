@@ -37,7 +37,6 @@ from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
-from bertjax.pretrained import ARCHITECTURE, continue_from
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import (
     StopSignal,
@@ -48,6 +47,7 @@ from bertjax.sharding import (
     same_on_every_process,
     shard_params,
 )
+from bertjax.starting_points import ARCHITECTURE, continue_from
 from bertjax.step import init_state
 
 

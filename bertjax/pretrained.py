@@ -1,19 +1,16 @@
-"""Load a trained model from wherever it lives, and fit it as the start of another run.
+"""Load a trained model from wherever it lives.
 
 `load_pretrained(path) -> Pretrained` accepts a pretraining run directory (newest complete
 checkpoint), a checkpoint step directory (`RUN/checkpoints/<step>`), a release bundle (every
 sha256 in manifest.json verified, and its tokenizer the one its weights were exported with) or a
-Hugging Face BERT directory. `continue_from` starts continued pretraining from one; `load_start`
-and `initial_model` start GLUE fine-tuning.
+Hugging Face BERT directory. starting_points.py fits one as the start of another run.
 """
 
 import contextlib
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 
-import equinox as eqx
 import jax
 
 from bertjax import glue
@@ -295,36 +292,6 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
 
 
-# ---- starting points: continued pretraining and GLUE fine-tuning ----
-# What must agree for a checkpoint's weights to be another run's starting point.
-ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
-                 "max_position_embeddings", "type_vocab_size", "norm")
-
-
-def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
-    """`model` with init.checkpoint's encoder and heads: continued pretraining (a second phase at
-    another seq_len, more tokens after a schedule ended, domain adaptation). The optimizer, the
-    schedule and the data order start fresh; heads the checkpoint lacks keep their new init.
-    Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
-    source = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
-    where = f"init.checkpoint={cfg.init.checkpoint}"
-    for name in ARCHITECTURE:
-        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
-        if theirs != ours:
-            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
-                            f"model.{name}={theirs} (or model.size to the checkpoint's)")
-    if source.tokenizer_path is None or \
-            tokenizer_lib.load(source.tokenizer_path).get_vocab() != tok.get_vocab():
-        raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
-                        f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
-    pretrained = source.model
-    model = eqx.tree_at(lambda m: m.encoder, model, pretrained.encoder)
-    for head in ("mlm", "pooler", "nsp"):
-        if getattr(model, head) is not None and getattr(pretrained, head) is not None:
-            model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
-    return model, source.tokens_seen
-
-
 def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:
     """A tokenizer (`where` names it) with more tokens than `model` has vocabulary rows belongs
     to another model: its ids past the table would be clamped, silently."""
@@ -343,87 +310,3 @@ def vocab_txt_only(source: str | Path) -> str:
     return (f"; it holds only vocab.txt, which bertjax does not read: save its tokenizer.json, "
             f"e.g. AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}') with "
             "transformers")
-
-
-def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
-    if cfg.init.checkpoint is None:  # most often the front door run without a checkpoint
-        return UserError(f"no init.checkpoint given and no tokenizer at {tok_path}: pass "
-                         "init.checkpoint=PATH (a pretraining run, checkpoint, release bundle "
-                         "or Hugging Face BERT directory) to fine-tune it, or tokenizer.path="
-                         "TOKENIZER.json to train the random-init baseline")
-    where = f"init.checkpoint={cfg.init.checkpoint}"
-    if tok_path is not None:
-        return UserError(f"tokenizer.path={tok_path} is not a file, and {where} carries no "
-                         "tokenizer.json of its own; set tokenizer.path to the tokenizer.json "
-                         "the checkpoint was trained with")
-    return UserError(f"{where} carries no tokenizer.json (looked in it, and for a run also in "
-                     "its data.dir) and tokenizer.path is not set; set tokenizer.path="
-                     "TOKENIZER.json to the tokenizer the checkpoint was trained with"
-                     f"{vocab_txt_only(cfg.init.checkpoint)}")
-
-
-def _same_file_content(a: Path, b: Path) -> bool:
-    """Whether `a` is a readable file with `b`'s bytes (a missing or unreadable `a`: no)."""
-    try:
-        return a.is_file() and a.read_bytes() == b.read_bytes()
-    except OSError:
-        return False
-
-
-def load_start(cfg: Config):
-    """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
-    configured model, the tokenizer named by the config) for the no-pretraining baseline."""
-    if cfg.init.checkpoint is not None:
-        pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
-        tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
-                                                 if cfg.tokenizer.path else None)
-        if cfg.tokenizer.path and pretrained.tokenizer_path is not None and \
-                not _same_file_content(Path(cfg.tokenizer.path), pretrained.tokenizer_path):
-            warnings.warn(f"tokenizer.path={cfg.tokenizer.path} is not used: "
-                          f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
-                          f"with ({tok_path}); drop tokenizer.path", stacklevel=2)
-        model, model_cfg = pretrained.model, pretrained.model_cfg
-    else:
-        tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \
-            Path(cfg.data.dir) / "tokenizer.json"
-        model, model_cfg = None, None
-    if tok_path is None or not Path(tok_path).is_file():
-        raise _no_tokenizer(cfg, tok_path)
-    tok = tokenizer_lib.load(tok_path)
-    vocab = tokenizer_lib.vocab_size(tok)
-    if model_cfg is None:
-        model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)
-    if vocab > model_cfg.vocab_size:
-        raise UserError(f"the tokenizer {tok_path} has {vocab} tokens but the checkpoint's "
-                        f"vocabulary has {model_cfg.vocab_size}: they do not belong together; "
-                        "use the tokenizer saved with the checkpoint")
-    return model, model_cfg, tok
-
-
-def transplant(source, target):
-    """`target`'s structure and static fields (dropout rates, scan, remat) with `source`'s
-    arrays: how a checkpoint's weights meet the fine-tuning config."""
-    leaves, structure = jax.tree.leaves(source), jax.tree.structure(target)
-    if len(leaves) != structure.num_leaves:
-        raise UserError("the checkpoint's encoder does not match the configured model")
-    return jax.tree.unflatten(structure, leaves)
-
-
-def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
-    """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
-    under a fresh classifier or regression head."""
-    fresh = Bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
-                 classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
-    pooler = fresh.pooler if start.pooler is None else start.pooler
-    return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
-                       (transplant(start.encoder, fresh.encoder), pooler))
-
-
-def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
-    """The encoder under a fresh head; without a checkpoint a fresh random encoder per seed,
-    so that the baseline's spread covers its initialisation too."""
-    key = jax.random.key(seed)
-    if start is None:
-        start = Bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
-    return with_task_head(start, cfg, glue.get_task(cfg.glue.task).num_labels,
-                          jax.random.fold_in(key, 0))

@@ -25,7 +25,8 @@ from bertjax.export import export_run, main, save_bundle
 from bertjax.hf import import_hf
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
-from bertjax.pretrained import load_pretrained, load_start, read_manifest
+from bertjax.pretrained import load_pretrained, read_manifest
+from bertjax.starting_points import load_start
 from bertjax.step import init_state
 from bertjax.weights import state_dict
 

@@ -30,7 +30,8 @@ from bertjax.finetune import finetune
 from bertjax.model import Bert
 from bertjax.precision import Precision
 from bertjax.predict import classify, fill_mask
-from bertjax.pretrained import initial_model, load_pretrained
+from bertjax.pretrained import load_pretrained
+from bertjax.starting_points import initial_model
 from bertjax.step import init_state, make_glue_steps
 
 pytestmark = pytest.mark.slow  # end-to-end fine-tunes, CLI subprocesses, two processes

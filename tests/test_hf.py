@@ -308,7 +308,7 @@ def test_weights_without_config_json_name_it(tmp_path):
 
 def test_a_checkpoint_without_a_tokenizer_says_where_it_looked_and_the_fix(tmp_path):
     from bertjax import config
-    from bertjax.pretrained import load_start
+    from bertjax.starting_points import load_start
 
     start = [f"init.checkpoint={HF_TINY / 'mlm'}"]
     with pytest.raises(UserError, match=r"mlm carries no tokenizer.json \(looked in it.*\) and "
@@ -322,7 +322,7 @@ def test_a_vocab_txt_only_directory_says_how_to_write_its_tokenizer_json(tmp_pat
     """Older transformers save vocab.txt without tokenizer.json: predict said 'export it with
     one', which names no way out for a directory the user did not export."""
     from bertjax import config, predict
-    from bertjax.pretrained import load_start
+    from bertjax.starting_points import load_start
 
     d = hf_copy(tmp_path)
     (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")

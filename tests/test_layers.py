@@ -13,7 +13,7 @@ LAYERS = [
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepared", "prepare", "data",
      "glue", "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights",
      "runlock", "divergence"},
-    {"hf", "pretrained", "export", "predict", "plot", "glue_eval"},
+    {"hf", "pretrained", "starting_points", "export", "predict", "plot", "glue_eval"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune"},
     {"train"},
 ]

@@ -25,7 +25,8 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
 from bertjax.pretrain import check_tokenizer, keep_tokenizer, resolve, what_changed
-from bertjax.pretrained import continue_from, restore_model
+from bertjax.pretrained import restore_model
+from bertjax.starting_points import continue_from
 from bertjax.step import abstract_state
 
 pytestmark = pytest.mark.slow  # CLI pretraining runs (subprocesses), kills, resumes, two processes
