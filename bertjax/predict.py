@@ -228,6 +228,12 @@ def main(argv: list[str]) -> None:
              "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:
         raise UserError(f"{args.checkpoint} has no {needs[1]}, which `{args.command}` needs")
+    print_predictions(args, pretrained, tok, texts)
+
+
+def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] | None]) -> None:
+    """One command's outputs on stdout, one input after another, in input order."""
+    model = pretrained.model
     if args.command == "fill-mask":
         for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k,
                                                    args.batch_size), strict=True):
@@ -250,7 +256,6 @@ def main(argv: list[str]) -> None:
         for a, b, p in zip(*texts, next_sentence(model, tok, *texts, args.batch_size),
                            strict=True):
             print(f"P(IsNext) {p:.3f}\t{a} || {b}")
-
 
 if __name__ == "__main__":
     cli(main)
