@@ -179,9 +179,14 @@ def _disk_full_is_user_error(save):
 class Checkpoints:
     """The checkpoints of one run directory."""
 
-    def __init__(self, directory: str | Path, keep: int = 2):
+    def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False):
+        """`read_only`: a reader's view (export, predict, a fine-tune's start, a resume check)
+        of a run that may be training: it creates, rotates and deletes nothing."""
         self.directory = Path(directory).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        # read_only's other settings spelled out: Orbax warns for each it has to override
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                               save_interval_steps=0) if read_only else \
+            ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 

@@ -302,7 +302,7 @@ def steps_done(seed_dir: Path, total: int) -> int:
         return total
     if not (seed_dir / "checkpoints").is_dir():
         return 0
-    checkpoints = Checkpoints(seed_dir)
+    checkpoints = Checkpoints(seed_dir, read_only=True)
     try:
         return checkpoints.latest_step() or 0
     finally:

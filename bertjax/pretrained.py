@@ -197,7 +197,7 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
 
 
 def _newest_step(run_dir: Path) -> int:
-    checkpoints = Checkpoints(run_dir)
+    checkpoints = Checkpoints(run_dir, read_only=True)
     try:
         step = checkpoints.latest_step()
     finally:
@@ -213,7 +213,7 @@ def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
         with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by a run training
             if file.is_file():
                 check_not_lfs_pointer(file)
-    checkpoints = Checkpoints(run_dir)
+    checkpoints = Checkpoints(run_dir, read_only=True)
     try:
         meta = checkpoints.read_meta(step)
         if "config_yaml" not in meta:  # finetune.py's resume state (RUN/seedN/checkpoints)

@@ -83,3 +83,20 @@ def test_the_reads_orbax_abandons_after_a_failed_restore_report_nothing(edited, 
         logging.getLogger("asyncio").removeHandler(handler)
     assert reports == [], reports[:3]
     assert [w.message for w in caught] == []
+
+
+def test_reading_a_run_writes_nothing_in_it(tmp_path, caplog):
+    """Readers (export, predict, a fine-tune's start) may read a run that is still training:
+    their Orbax managers are read-only, so they create, rotate and delete nothing."""
+    save_run(tmp_path / "run", lambda text: text)
+
+    def tree():
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+    before = tree()
+    load_pretrained(tmp_path / "run")
+    reader = Checkpoints(tmp_path / "empty", read_only=True)
+    assert reader.latest_step() is None
+    reader.close()
+    assert tree() == before  # no tmp_path/empty/checkpoints either (create=True made one)
+    assert "read_only=True" not in caplog.text  # no Orbax warning of options it overrode
