@@ -39,7 +39,6 @@ class Pretrained:
     tokenizer_path: Path | None
     kind: str  # run | checkpoint | bundle | hf
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
-
     label_names: tuple[str, ...] = ()  # the classifier's classes by index (() when unnamed)
 
 
@@ -47,7 +46,7 @@ def _classes(model: Bert) -> int:
     return model.classifier.weight.shape[-1] if model.classifier is not None else 0
 
 
-def task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
+def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
     """The GLUE task's class names, when the model's classifier is that task's."""
     labels = tuple(glue.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
     return labels if labels and len(labels) == _classes(model) else ()
@@ -66,7 +65,7 @@ def load_bundle(path: Path, allow_tokenizer_mismatch: bool = False) -> Pretraine
     tokenizer = path / "tokenizer.json" if "tokenizer.json" in manifest["files"] else None
     return Pretrained(model, cfg.model, cfg, tokenizer, "bundle",
                       manifest.get("summary", {}).get("tokens_seen"),
-                      task_label_names(model, cfg))
+                      _task_label_names(model, cfg))
 
 
 def checkpoint_config(text: str, source: str, fix: str) -> Config:
@@ -273,7 +272,7 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         model, cfg, meta = restore_model(run_dir, step)
         return Pretrained(model, cfg.model, cfg, tokenizer_of(cfg, run_dir),
                           "run" if step is None else "checkpoint", meta.get("tokens_seen"),
-                          task_label_names(model, cfg))
+                          _task_label_names(model, cfg))
     if (path / "model.safetensors").is_file():  # the weights without what describes them
         if (path / "config.yaml").is_file():
             read_manifest(path)  # a bundle without its manifest: says so
