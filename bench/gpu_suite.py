@@ -7,8 +7,9 @@ Each item runs in its own subprocess (bench/suite_items.py) under its own time b
 compile, a crash or an out-of-memory costs that item alone: it is reported, never fatal. Items run
 in priority order; one that cannot get at least its minimum time from what is left of --budget
 is skipped and listed. A table prints as items finish; $OUT/gpu_suite.json (or --out) is
-rewritten after each item, so a call cut short still returns what it measured. --smoke runs the
-same code on CPU with tiny shapes (tests/test_gpu_suite.py).
+rewritten after each item, so a call cut short still returns what it measured. It exits 0 when
+at least one item measured something, 1 when none did. --smoke runs the same code on CPU with
+tiny shapes (tests/test_gpu_suite.py).
 """
 
 import argparse
@@ -279,6 +280,10 @@ def main() -> None:
     print("\n" + text)
     (out / "gpu_suite.txt").write_text(text + "\n")
     print(f"written: {out / 'gpu_suite.json'}, {out / 'gpu_suite.txt'}")
+    # A partial table is a result (exit 0); a call that measured nothing is a failed call.
+    if not any(d["status"] == "ok" for d in report["items"]):
+        sys.exit(f"error: no item measured anything (not ok: "
+                 f"{', '.join(d['id'] for d in report['items'])}); the table above says why")
 
 
 if __name__ == "__main__":
