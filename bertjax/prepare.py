@@ -7,6 +7,7 @@ dies half-way is never taken as finished. Format: data/README.md.
 Reading and checking a prepared directory (meta.json and its files) is in prepared.py.
 """
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -29,6 +30,7 @@ from bertjax import sources, tokenizer
 from bertjax.config import Config, DataConfig
 from bertjax.errors import UserError, cli
 from bertjax.files import (
+    LOCK_NAME,
     check_dir_path,
     disk_full_error,
     is_disk_full,
@@ -310,15 +312,40 @@ def _write_meta(directory: Path, meta: dict) -> None:
 
 @contextmanager
 def _locked(directory: Path):
-    """One preparer per directory at a time (several processes of one run may call us)."""
-    with open_lock_file(directory, "make data.dir writable; or, to use its prepared data as it "
-                        "is (nothing is written then), set data.sources=[] data.builtin=null "
-                        "data.hf_dataset=null") as f:
+    """data.dir, created if missing, held by one preparer at a time (several processes of one
+    run may call us). A preparation that fails in a directory it created leaves no directory
+    behind (it would hold only the lock file), nor the parents it made; a preparer that was
+    waiting on that lock finds its file gone and starts over."""
+    while True:
+        created = [d for d in (directory, *directory.parents) if not d.exists()]  # leaf first
+        make_dir(directory, "data.dir")
+        f = open_lock_file(directory, "make data.dir writable; or, to use its prepared data as "
+                           "it is (nothing is written then), set data.sources=[] "
+                           "data.builtin=null data.hf_dataset=null")
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        if _still_the_lock_file(f, directory):
+            break
+        f.close()
+    try:
+        yield
+    except BaseException:
+        if created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            (directory / LOCK_NAME).unlink()
+            for made in created:  # data.dir, then the parents it was created with
+                with contextlib.suppress(OSError):  # one that is no longer empty stays
+                    made.rmdir()
+        raise
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _still_the_lock_file(f, directory: Path) -> bool:
+    """Whether the locked file `f` is still directory/.lock (not removed by a failed preparer)."""
+    try:
+        return os.stat(directory / LOCK_NAME).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _remove_leftovers(directory: Path) -> None:
@@ -363,7 +390,7 @@ def ensure_prepared(cfg: Config) -> Path:
     check_not_a_run(directory)
     sources.check(cfg.data)  # bad sources or tokenizer.path fail before data.dir is created
     inputs = _inputs(cfg)
-    with _locked(make_dir(directory, "data.dir")):
+    with _locked(directory):
         _remove_leftovers(directory)
         if _is_current(directory, inputs):
             _say(f"{directory} is up to date (same inputs and tokenizer); nothing to do")

@@ -1,6 +1,7 @@
 """prepare: the written format, dtype choice, idempotent and crash-safe re-runs, every source
 kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
 
+import fcntl
 import json
 import logging
 import os
@@ -8,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -453,6 +455,42 @@ def test_bad_jsonl_and_parquet_content_names_the_file(tmp_path):
     with pytest.raises(UserError, match=r"latin1.parquet: column 'text' holds text that is not "
                                         "valid UTF-8"):
         list(sources.parquet_pieces(tmp_path / "latin1.parquet", "text"))
+
+
+def test_a_failed_preparation_leaves_no_data_dir_it_created(tmp_path):
+    """A source found bad while tokenizing left data.dir holding only its .lock file."""
+    (tmp_path / "s.jsonl").write_text('{"text": "fine"}\n{"text": "a \\ud800 b"}\n')
+    for data_dir in (tmp_path / "new" / "prepared", tmp_path / "kept"):
+        cfg = load_cfg(tmp_path, [tmp_path / "s.jsonl"], dir=data_dir)
+        if data_dir.name == "kept":
+            data_dir.mkdir()
+        with pytest.raises(UserError, match="lone surrogate"):
+            prepare.ensure_prepared(cfg)
+    assert not (tmp_path / "new").exists()  # data.dir and the parent made for it
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [".lock"]  # the user's, kept
+
+
+def test_a_preparer_waiting_on_a_removed_lock_starts_over(tmp_path):
+    """A preparer that waits while the holder's preparation fails and removes the directory
+    takes the lock on a file no longer there: it must make the directory and lock anew."""
+    directory, got = tmp_path / "prepared", []
+    directory.mkdir()
+    holder = open(directory / files.LOCK_NAME, "a+")  # noqa: SIM115
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def prepare_after_the_holder():
+        with prepare._locked(directory):
+            got.append((directory / files.LOCK_NAME).is_file())
+
+    waiter = threading.Thread(target=prepare_after_the_holder)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # waiting for the lock
+    (directory / files.LOCK_NAME).unlink()  # what a failed holder that created it does
+    directory.rmdir()
+    holder.close()  # releases the lock
+    waiter.join(30)
+    assert got == [True]
 
 
 @pytest.mark.parametrize("name", ["a.txt", "a.jsonl", "a.parquet"])
