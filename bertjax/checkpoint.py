@@ -176,6 +176,16 @@ def _disk_full_is_user_error(save):
     return wrapper
 
 
+# Orbax logs this (a warning) at every read-only manager: a reader's, opened so on purpose.
+class _NotReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_NotReadOnlyNotice())
+LISTINGS_OF_A_LIVE_RUN = 5
+
+
 class Checkpoints:
     """The checkpoints of one run directory."""
 
@@ -187,8 +197,17 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
                                                save_interval_steps=0) if read_only else \
             ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        for listing in range(LISTINGS_OF_A_LIVE_RUN):
+            try:  # Orbax lists the step directories, then reads each one's time stamp
+                self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                     item_names=("state", "meta"))
+                return
+            except FileNotFoundError:  # a step the run training there deleted in between
+                if listing == LISTINGS_OF_A_LIVE_RUN - 1:
+                    raise UserError(f"{self.directory} changed while being listed, "
+                                    f"{LISTINGS_OF_A_LIVE_RUN} times: a run still training "
+                                    "there replaces its checkpoints; run this again, or after "
+                                    "the run ends (its checkpoints are not damaged)") from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

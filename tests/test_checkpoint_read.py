@@ -11,6 +11,7 @@ import warnings
 
 import equinox as eqx
 import jax
+import orbax.checkpoint as ocp
 import pytest
 from make_hf_export_fixture import VOCAB
 
@@ -99,4 +100,31 @@ def test_reading_a_run_writes_nothing_in_it(tmp_path, caplog):
     assert reader.latest_step() is None
     reader.close()
     assert tree() == before  # no tmp_path/empty/checkpoints either (create=True made one)
-    assert "read_only=True" not in caplog.text  # no Orbax warning of options it overrode
+    # no Orbax warning of options it overrode, nor its notice at every read-only manager
+    assert "read_only=True" not in caplog.text and "read only" not in caplog.text
+
+
+def test_a_step_deleted_while_orbax_lists_the_run_is_listed_again(tmp_path, monkeypatch):
+    """Orbax lists the step directories, then stats each: a run training there may delete one
+    in between (its keep_checkpoints rotation). An export of a live run died of that with
+    FileNotFoundError's traceback (1 export in ~27, checkpoint_every=1 keep_checkpoints=1)."""
+    save_run(tmp_path, lambda text: text)
+    real, calls = ocp.CheckpointManager, []
+
+    def deleted_meanwhile(times):
+        def manager(*args, **kwargs):
+            calls.append(1)
+            if len(calls) <= times:
+                raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "5"))
+            return real(*args, **kwargs)
+        return manager
+
+    monkeypatch.setattr(ocp, "CheckpointManager", deleted_meanwhile(2))
+    reader = Checkpoints(tmp_path, read_only=True)
+    assert reader.latest_step() == STEP and len(calls) == 3
+    reader.close()
+    calls.clear()
+    monkeypatch.setattr(ocp, "CheckpointManager", deleted_meanwhile(99))
+    with pytest.raises(UserError, match=r"changed while being listed, 5 times: a run still "
+                                        r"training there .*not damaged"):
+        Checkpoints(tmp_path, read_only=True)
