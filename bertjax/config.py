@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     GrammarParseError,
@@ -389,20 +389,29 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         if "[" in key:
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
+        if isinstance(value, Node) and value._value() is None:  # `glue.seeds=null` arrives
+            value = None  # as a node holding None (whose repr is 'None')
         # `key=` and `key=null` reach here as None: say so, and that this key needs a value
         got = f"{value!r}" if value is not None else "null (no value), which it cannot be: " \
-            f"give {key} a value" if "'None'" in e.msg else "the given value"
+            f"give {key} a value" if "'None'" in e.msg or "is not Optional" in e.msg \
+            else "the given value"
         return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
-                         f"{_list_hint(key, hints.get(name), value)}")
+                         f"{_list_hint(key, hints.get(name), value, node_type)}")
     if isinstance(e, InterpolationResolutionError):
         return _unresolved(e, schema, key)
     return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
 
 
-def _list_hint(key: str, expected: Any, value: Any) -> str:
-    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written."""
-    if typing.get_origin(expected) is not list or "[" in key or value is None:
+def _list_hint(key: str, expected: Any, value: Any, node_type: Any) -> str:
+    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written; for
+    null, the key's default as the example."""
+    if typing.get_origin(expected) is not list or "[" in key:
         return ""
+    if value is None:
+        name = key.rpartition(".")[2]
+        default = next(f.default_factory() for f in dataclasses.fields(node_type)
+                       if f.name == name)
+        return f" (a list in brackets, e.g. {key}={show(default).replace(' ', '')})"
     shown = show(value)
     if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
         shown = shown[1:-1]
@@ -444,6 +453,22 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
                             f"line in YAML, or {name}.{first}=... as an override")
 
 
+def _check_lists(schema: DictConfig, other: DictConfig, source: str) -> None:
+    """A mapping where a list belongs (`glue.seeds={a: 1}`) is named with the list form;
+    OmegaConf's merge raises a bare TypeError ("Cannot merge incompatible container types")."""
+    for name, section in other.items_ex(resolve=False) if isinstance(other, DictConfig) else ():
+        if not (isinstance(section, DictConfig) and isinstance(schema.get(name), DictConfig)):
+            continue
+        for key, value in section.items_ex(resolve=False):
+            if isinstance(value, DictConfig) and OmegaConf.is_list(schema[name].get(key)):
+                hint = {f.name: f.type for f in dataclasses.fields(OmegaConf.get_type(
+                    schema, name))}.get(key)
+                default = _plain(schema[name][key])
+                raise UserError(f"config key '{name}.{key}' in {source} expects "
+                                f"{type_name(hint)}, got the mapping {_plain(value)}; write a "
+                                f"list in brackets, e.g. {name}.{key}={default}")
+
+
 def _missing_keys(node: Any, key: str = "") -> list[str]:
     """The dotted keys whose value is OmegaConf's "???" in a plain (unresolved) container."""
     if node == "???":
@@ -456,6 +481,7 @@ def _missing_keys(node: Any, key: str = "") -> list[str]:
 
 def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
     _check_sections(schema, other, source)
+    _check_lists(schema, other, source)
     missing = _missing_keys(OmegaConf.to_container(other, resolve=False))
     if missing:  # merged, OmegaConf's "???" would silently keep the value it was meant to set
         raise UserError(f"{missing[0]}=??? in {source}: ??? marks a value not given yet; give "

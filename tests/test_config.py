@@ -331,6 +331,26 @@ def test_no_value_for_a_key_that_needs_one_says_so(override):
         config.load([], [override])
 
 
+def test_null_for_a_list_says_so_with_the_list_form():
+    """Was "got None; write a list in brackets, e.g. glue.seeds=[None]" (itself refused)."""
+    with pytest.raises(UserError, match=r"expects list\[int\], got null \(no value\), which it "
+                                        r"cannot be: give glue\.seeds a value \(a list in "
+                                        r"brackets, e\.g\. glue\.seeds=\[0\]\)$"):
+        config.load([], ["glue.seeds=null"])
+
+
+@pytest.mark.parametrize("where", ["override", "yaml"])
+def test_a_mapping_where_a_list_belongs_is_one_line(tmp_path, where):
+    """Was OmegaConf's TypeError traceback ("Cannot merge incompatible container types")."""
+    path = tmp_path / "c.yaml"
+    path.write_text("glue:\n  buckets:\n    a: 1\n")
+    files, overrides = ([path], []) if where == "yaml" else ([], ["glue.buckets={a: 1}"])
+    with pytest.raises(UserError, match=r"config key 'glue\.buckets' in .* expects list\[int\], "
+                                        r"got the mapping \{'a': 1\}; write a list in brackets, "
+                                        r"e\.g\. glue\.buckets=\[32, 64, 128\]$"):
+        config.load(files, overrides)
+
+
 def test_a_section_with_every_key_commented_out_is_empty(tmp_path):
     """`train:` with nothing under it is YAML's null; it was "expects TrainConfig, got None"."""
     path = tmp_path / "c.yaml"
