@@ -543,6 +543,21 @@ def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp
             load_pretrained(path)
 
 
+@pytest.mark.parametrize("source, fragment", [
+    ("glue", r"it is a GLUE fine-tuning run: its best epochs are release bundles already "
+             r"\(.*glue/seed0/best\): use or copy it .*--format hf"),
+    ("glue/seed0/best", r"it is a release bundle already: use or copy it .*--format hf"),
+])
+def test_a_bundle_export_of_a_fine_tuning_run_or_a_bundle_says_it_is_one_already(
+        tmp_path, source, fragment):
+    """Was "pass a pretraining run directory": no word that the user's model is a bundle."""
+    (tmp_path / "glue" / "seed0" / "best").mkdir(parents=True)
+    (tmp_path / "glue" / "seed0" / "best" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match=rf"has no checkpoints/ directory; {fragment}"):
+        main([str(tmp_path / source), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_fine_tuning_run_with_no_finished_seed_says_to_finish_it(tmp_path):
     (tmp_path / "seed0" / "checkpoints" / "3").mkdir(parents=True)  # interrupted in seed 0
     with pytest.raises(UserError, match=r"GLUE fine-tuning run with no finished seed yet .* "
