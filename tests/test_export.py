@@ -182,6 +182,27 @@ def test_corrupt_safetensors_header_and_lfs_pointer_in_a_hf_directory(tmp_path):
         load_pretrained(d)
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    ("int", r"holds int32 values, not floats; the file is damaged"),
+    ("nan", r"holds NaN or infinite values, which make every prediction NaN"),
+])
+def test_weights_that_are_not_finite_floats_are_refused(tmp_path, damage, fragment):
+    """An integer tensor was cast to float without a word (a bias rounded to whole numbers);
+    a NaN one loaded, and predict printed NaN probabilities with exit 0."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    d = Path(shutil.copytree(HF_TINY / "mlm", tmp_path / "hf"))
+    arrays = load_file(d / "model.safetensors")
+    name = next(k for k, v in sorted(arrays.items()) if v.dtype == np.float32)
+    arrays[name] = arrays[name].astype(np.int32) if damage == "int" else \
+        np.full_like(arrays[name], np.nan)
+    save_file(arrays, d / "model.safetensors")
+    with pytest.raises(UserError, match=rf"/hf: encoder\S+ {fragment}"):
+        load_pretrained(d)
+
+
 def test_unrecognisable_paths_say_what_was_expected(tmp_path, run):
     with pytest.raises(UserError, match="does not exist; pass a run directory"):
         load_pretrained(tmp_path / "nope")
