@@ -47,6 +47,7 @@ from bertjax.domains import (
     type_name,
 )
 from bertjax.errors import UserError
+from bertjax.files import from_cwd
 
 # Turc et al. 2019 ("Well-Read Students Learn Better") shapes; base/large are BERT's own.
 # name: (num_layers, hidden_size, num_heads); the feed-forward size is 4 * hidden.
@@ -587,7 +588,8 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
     if str(path).partition(".")[0] in sections and _OVERRIDE.match(f"{path}="):
         return UserError(f"config file {path} does not exist, and as an override it lacks a "
                          f"value: write {path}=VALUE")
-    return UserError(f"config file {path} does not exist; pass a path to a YAML file")
+    return UserError(f"config file {path} does not exist{from_cwd(path)}; pass a path to a YAML "
+                     "file")
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:

@@ -434,6 +434,16 @@ def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
         config.load([tmp_path / "task.yaml"])
 
 
+def test_a_relative_config_missing_from_another_directory_names_where_it_looked(tmp_path,
+                                                                             monkeypatch):
+    """The README's `train configs/demo.yaml` started outside the repository did not say where
+    the file was looked for, as the config's own paths do (files.from_cwd)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^config file configs/demo.yaml does not exist \(in "
+                                        rf"the current directory, {tmp_path}\); pass a path"):
+        config.load(["configs/demo.yaml"])
+
+
 def test_omegaconfs_missing_marker_is_refused_not_silently_the_default(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  steps: ???\n")

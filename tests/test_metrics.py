@@ -156,6 +156,19 @@ def test_plot_help_prints_the_usage_instead_of_reading_it_as_a_run_dir(tmp_path,
     assert not list(tmp_path.iterdir())
 
 
+def test_a_relative_run_dir_missing_from_another_directory_names_where_it_looked(tmp_path,
+                                                                              monkeypatch):
+    """The README's `plot runs/demo` started outside the repository said only "runs/demo/
+    metrics.jsonl does not exist" (train and export named the current directory)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^runs/demo/metrics.jsonl does not exist \(in the "
+                                        rf"current directory, {tmp_path}\); pass a run directory"):
+        plot.main(["runs/demo"])
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # there, but no run: no directory hint
+    with pytest.raises(UserError, match=r"^runs/demo/metrics.jsonl does not exist; pass a run"):
+        plot.main(["runs/demo"])
+
+
 def test_a_finished_run_without_matplotlib_warns_instead_of_failing(tmp_path, monkeypatch):
     """Both loops draw curves.png after the run's results are written: a GPU image without
     matplotlib (or a metrics.jsonl with nothing to draw) must not turn a finished run into a
