@@ -393,6 +393,22 @@ def test_an_empty_path_is_refused_before_anything_is_written(override):
         config.load([], [override])
 
 
+@pytest.mark.parametrize("text", ["train:\n  run_dir: $HOME/runs/x\n",
+                                  "train:\n  run_dir: ~/runs/x\n",
+                                  "data:\n  sources: ['\\${HOME}/a.txt']\n",  # escaped: a literal
+                                  "init:\n  checkpoint: ~user/run\n"])
+def test_a_shell_variable_or_tilde_in_a_path_is_refused_with_the_oc_env_form(tmp_path, text):
+    """Configs expand neither: `run_dir: $HOME/runs/x` made a directory named `$HOME` in the
+    current one (and `~/x` one named `~`), exit 0."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"is invalid: it must be a (non-empty path|list of "
+                                        r"non-empty paths) without \$VAR or ~ \(configs expand "
+                                        r"neither: write \$\{oc\.env:HOME\}/\.\.\. or the full"):
+        config.load([tmp_path / "c.yaml"])
+    assert config.load([], ["train.run_dir=${oc.env:HOME}/x"]).train.run_dir.endswith("/x")
+    assert config.load([], ["train.run_dir=runs/a~b"]).train.run_dir == "runs/a~b"
+
+
 def test_a_partial_multi_process_setting_names_the_missing_keys():
     """Without a launcher JAX detects, mesh keys given only in part are a one-line mistake (JAX
     itself raises ValueError). A subprocess: JAX refuses to initialize after any computation."""
