@@ -601,6 +601,10 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         if not _OVERRIDE.match(item):
             raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
+        if item.startswith("include="):  # read as an unknown key ("did you mean 'glue'?")
+            raise UserError(f"{source}: include: works inside a YAML file; pass "
+                            f"{item.partition('=')[2] or 'the file'} as another config file "
+                            "instead (files merge in order, before the overrides)")
         try:
             data = OmegaConf.from_dotlist([item])
         except (yaml.MarkedYAMLError, GrammarParseError) as e:

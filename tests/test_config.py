@@ -268,6 +268,10 @@ def test_weak_messages_are_specific(tmp_path):
         config.load([tmp_path])
     with pytest.raises(UserError, match=r"'glue\.seeds\[0\]' .* expects items of list\[int\]"):
         config.load([], ["glue.seeds=[a]"])
+    # was "unknown config key 'include' ...; did you mean 'glue'?"
+    with pytest.raises(UserError, match=r"^override 'include=base.yaml': include: works inside a "
+                                        r"YAML file; pass base.yaml as another config file"):
+        config.load([], ["include=base.yaml"])
 
 
 # ---- bad input found by the probe: every mistake is one line naming it and the fix ----
