@@ -116,8 +116,9 @@ def representable(tp: Any, int_bits: int) -> Domain | None:
     """What numpy and JAX can hold of a field of type `tp`: floats finite (an infinite learning
     rate or epoch count is no setting), ints within signed `int_bits`. JAX runs with 64-bit types
     off, so an int that reaches the device (a step count, which optax schedules count in int32, a
-    shape, an interval compared with the step) must fit 32 bits, the default; seeds and token
-    budgets meet only numpy and jax.random.key, which take int64, and declare 64."""
+    shape, an interval compared with the step) must fit 32 bits, the default; so must seeds
+    (jax.random.key keeps a seed's low 32 bits: 2**32 would be seed 0 again). Token budgets meet
+    only numpy and declare 64."""
     kinds = typing.get_args(tp) or (tp,)
     if typing.get_origin(tp) is list:
         item = representable(kinds[0], int_bits)
