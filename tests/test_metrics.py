@@ -202,13 +202,18 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
     for step in (1, 2):
         monitor.advance()
         throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
-        monitor.log(step, {"loss": 3.0 / step, **throughput}, {"loss": f"{3.0 / step:.3f}"})
+        # skipped steps (not finite, not applied) are shown when there are some; they were
+        # only in metrics.jsonl, so a run of fp16 overflows printed plain losses
+        monitor.log(step, {"loss": 3.0 / step, **throughput, "skipped": step - 1},
+                    {"loss": f"{3.0 / step:.3f}"})
     monitor.close()
     out = capsys.readouterr().out
     if tty:  # tqdm draws on stderr; stdout stays clean
         assert out == "" and "\r" in stderr.getvalue() and "loss=1.500" in stderr.getvalue()
+        assert "skipped=1" in stderr.getvalue()
     else:  # one line per logged row, no redraws
-        assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500, tok/s 1,234"]
+        assert out.splitlines() == ["step 1/2: loss 3.000",
+                                    "step 2/2: loss 1.500, tok/s 1,234, skipped 1"]
         assert stderr.getvalue() == ""
 
 
