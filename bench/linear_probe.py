@@ -25,7 +25,7 @@ import optax
 
 from bertjax import glue, glue_batches
 from bertjax.config import GlueConfig
-from bertjax.errors import cli
+from bertjax.errors import UserError, cli
 from bertjax.model import Bert, masked_mean
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import load
@@ -98,7 +98,8 @@ def main():
     args = parser.parse_args()
     task = glue.get_task(args.task)
     if not task.labels:
-        raise SystemExit(f"{args.task} is a regression task; the probe takes classification tasks")
+        raise UserError(f"--task {args.task} is a regression task; the probe takes "
+                        "classification tasks")
 
     pretrained = load_pretrained(args.checkpoint)
     tok = load(pretrained.tokenizer_path)

@@ -18,11 +18,32 @@ import numpy as np
 
 from bertjax.config import Config
 from bertjax.data import PretrainData
-from bertjax.errors import cli
+from bertjax.errors import UserError, cli
 from bertjax.loss import mlm_sums
 from bertjax.masking import mask_tokens
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import load, special_tokens
+
+
+def check_probe_fits(pretrained, args) -> None:
+    """The probe reads MLM predictions at --seq positions: a fine-tuned classifier has no MLM
+    head, and rows longer than the position table have no position embedding."""
+    if pretrained.model.mlm is None:
+        raise UserError(f"{args.checkpoint} has no MLM head (a fine-tuned classifier?): the probe "
+                        "measures MLM loss; pass a pretraining run, checkpoint or bundle")
+    positions = pretrained.model_cfg.max_position_embeddings
+    if args.seq > positions:
+        raise UserError(f"--seq {args.seq} is longer than the model's {positions} positions "
+                        f"(model.max_position_embeddings); use --seq {positions} or less")
+
+
+def distinct_rows(available: int, wanted: int, where: str, seq: int) -> int:
+    """At most the split's own rows: positions past it wrap around to the same rows again (the
+    demo's validation split holds 113 rows of 128 tokens; the default --rows is 256)."""
+    if wanted <= available:
+        return wanted
+    print(f"note: {where} has {available} rows of {seq} tokens; probing those, not --rows {wanted}")
+    return available
 
 
 def main():
@@ -34,12 +55,19 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
 
+    for flag, value in (("--rows", args.rows), ("--seq", args.seq), ("--batch", args.batch)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: give a positive number")
     pretrained = load_pretrained(args.checkpoint)
+    check_probe_fits(pretrained, args)
     # The run's masking (rate, predictions per row) at the probe's length; defaults for HF dirs.
     data = dataclasses.replace((pretrained.config or Config()).data, seq_len=args.seq)
     data_dir = args.data or data.dir
     special = special_tokens(load(pretrained.tokenizer_path))
-    rows = PretrainData(data_dir, "validation", args.seq, "mlm", 0).rows(0, args.rows)
+    split = PretrainData(data_dir, "validation", args.seq, "mlm", 0)
+    args.rows = distinct_rows(split.num_sequences, args.rows, f"{data_dir}'s validation split",
+                              args.seq)
+    rows = split.rows(0, args.rows)
     ordered = rows["input_ids"].astype(np.int32)
     shuffled = ordered.copy()
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     GrammarParseError,
@@ -44,6 +44,7 @@ from bertjax.config_schema import (  # noqa: F401
 )
 from bertjax.domains import show, type_name
 from bertjax.errors import UserError
+from bertjax.files import from_cwd
 
 # Keys that older bertjax versions wrote into run directories and bundles, with why they went.
 RETIRED = {"precision.param": "parameters and optimizer state are always float32; "
@@ -88,20 +89,29 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         if "[" in key:
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
+        if isinstance(value, Node) and value._value() is None:  # `glue.seeds=null` arrives
+            value = None  # as a node holding None (whose repr is 'None')
         # `key=` and `key=null` reach here as None: say so, and that this key needs a value
         got = f"{value!r}" if value is not None else "null (no value), which it cannot be: " \
-            f"give {key} a value" if "'None'" in e.msg else "the given value"
+            f"give {key} a value" if "'None'" in e.msg or "is not Optional" in e.msg \
+            else "the given value"
         return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
-                         f"{_list_hint(key, hints.get(name), value)}")
+                         f"{_list_hint(key, hints.get(name), value, node_type)}")
     if isinstance(e, InterpolationResolutionError):
         return _unresolved(e, schema, key)
     return UserError(f"bad config in {source}: {e.msg if hasattr(e, 'msg') else e}")
 
 
-def _list_hint(key: str, expected: Any, value: Any) -> str:
-    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written."""
-    if typing.get_origin(expected) is not list or "[" in key or value is None:
+def _list_hint(key: str, expected: Any, value: Any, node_type: Any) -> str:
+    """For one value where a list belongs (`data.sources=foo.txt`), how a list is written; for
+    null, the key's default as the example."""
+    if typing.get_origin(expected) is not list or "[" in key:
         return ""
+    if value is None:
+        name = key.rpartition(".")[2]
+        default = next(f.default_factory() for f in dataclasses.fields(node_type)
+                       if f.name == name)
+        return f" (a list in brackets, e.g. {key}={show(default).replace(' ', '')})"
     shown = show(value)
     if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
         shown = shown[1:-1]
@@ -143,6 +153,22 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
                             f"line in YAML, or {name}.{first}=... as an override")
 
 
+def _check_lists(schema: DictConfig, other: DictConfig, source: str) -> None:
+    """A mapping where a list belongs (`glue.seeds={a: 1}`) is named with the list form;
+    OmegaConf's merge raises a bare TypeError ("Cannot merge incompatible container types")."""
+    for name, section in other.items_ex(resolve=False) if isinstance(other, DictConfig) else ():
+        if not (isinstance(section, DictConfig) and isinstance(schema.get(name), DictConfig)):
+            continue
+        for key, value in section.items_ex(resolve=False):
+            if isinstance(value, DictConfig) and OmegaConf.is_list(schema[name].get(key)):
+                hint = {f.name: f.type for f in dataclasses.fields(OmegaConf.get_type(
+                    schema, name))}.get(key)
+                default = _plain(schema[name][key])
+                raise UserError(f"config key '{name}.{key}' in {source} expects "
+                                f"{type_name(hint)}, got the mapping {_plain(value)}; write a "
+                                f"list in brackets, e.g. {name}.{key}={default}")
+
+
 def _missing_keys(node: Any, key: str = "") -> list[str]:
     """The dotted keys whose value is OmegaConf's "???" in a plain (unresolved) container."""
     if node == "???":
@@ -155,6 +181,7 @@ def _missing_keys(node: Any, key: str = "") -> list[str]:
 
 def _merge(schema: DictConfig, other: DictConfig, source: str) -> DictConfig:
     _check_sections(schema, other, source)
+    _check_lists(schema, other, source)
     missing = _missing_keys(OmegaConf.to_container(other, resolve=False))
     if missing:  # merged, OmegaConf's "???" would silently keep the value it was meant to set
         raise UserError(f"{missing[0]}=??? in {source}: ??? marks a value not given yet; give "
@@ -260,7 +287,8 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
     if str(path).partition(".")[0] in sections and _OVERRIDE.match(f"{path}="):
         return UserError(f"config file {path} does not exist, and as an override it lacks a "
                          f"value: write {path}=VALUE")
-    return UserError(f"config file {path} does not exist; pass a path to a YAML file")
+    return UserError(f"config file {path} does not exist{from_cwd(path)}; pass a path to a YAML "
+                     "file")
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
@@ -272,6 +300,10 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         if not _OVERRIDE.match(item):
             raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
+        if item.startswith("include="):  # read as an unknown key ("did you mean 'glue'?")
+            raise UserError(f"{source}: include: works inside a YAML file; pass "
+                            f"{item.partition('=')[2] or 'the file'} as another config file "
+                            "instead (files merge in order, before the overrides)")
         try:
             data = OmegaConf.from_dotlist([item])
         except (yaml.MarkedYAMLError, GrammarParseError) as e:

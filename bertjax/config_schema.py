@@ -215,8 +215,9 @@ class TrainConfig:
                             domain=UNIT_CLOSED)
     batch_ramp_stages: int = opt(8, "ramp increments; the train step compiles <= stages+1 times",
                                  domain=POSITIVE)
-    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE,
-                     int_bits=64)
+    # 32 bits: jax.random.key keeps only a seed's low 32 bits (64-bit types are off), so seed
+    # 2**32 would be seed 0 again
+    seed: int = opt(0, "root seed: data order, masks, dropout, init", domain=NON_NEGATIVE)
     resume: str = opt("auto", "auto (newest complete checkpoint) | never",
                       domain=one_of("auto", "never"))
     log_every: int = opt(10, "steps between log lines / metrics.jsonl rows", domain=POSITIVE)
@@ -290,8 +291,9 @@ class GlueConfig:
     task: str = opt("mnli", " | ".join(GLUE_TASKS), domain=one_of(*GLUE_TASKS))
     data_dir: str | None = opt(None, "directory of original GLUE TSVs (null = the hub)",
                                domain=PATH)
+    # 32 bits, as train.seed: seeds 1 and 2**32 + 1 would train the same model twice
     seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
-                           domain=list_of(NON_NEGATIVE, non_empty=True, unique=True), int_bits=64)
+                           domain=list_of(NON_NEGATIVE, non_empty=True, unique=True))
     epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)
     batch_size: int = opt(32, "sequences per step", domain=POSITIVE)
     buckets: list[int] = opt([32, 64, 128], "padded lengths; the largest is the max length",

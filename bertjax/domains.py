@@ -8,6 +8,7 @@
 """
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -58,9 +59,14 @@ def containing(text: str) -> Domain:
 
 
 POSITIVE = Domain("> 0", lambda x: x > 0)
-# A blank path would silently mean the current directory.
-PATH = Domain("a non-empty path", lambda x: x.strip() != "")
-PATHS = Domain("a list of non-empty paths", lambda xs: all(map(PATH.test, xs)))
+# A blank path would silently mean the current directory. A shell's `$HOME/runs` or `~/runs`
+# (in YAML, or an override in single quotes) would be a directory named `$HOME` or `~` in the
+# current one: configs expand neither, OmegaConf's ${oc.env:HOME} does.
+_SHELL_SYNTAX = re.compile(r"^~|\$\{?[A-Za-z_]")
+_NO_SHELL = "without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full path)"
+PATH = Domain(f"a non-empty path {_NO_SHELL}",
+              lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x))
+PATHS = Domain(f"a list of non-empty paths {_NO_SHELL}", lambda xs: all(map(PATH.test, xs)))
 FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan
 NON_NEGATIVE = at_least(0)
 UNIT_OPEN = interval(0, 1, "()")  # a probability that must do something: (0, 1)
@@ -110,8 +116,9 @@ def representable(tp: Any, int_bits: int) -> Domain | None:
     """What numpy and JAX can hold of a field of type `tp`: floats finite (an infinite learning
     rate or epoch count is no setting), ints within signed `int_bits`. JAX runs with 64-bit types
     off, so an int that reaches the device (a step count, which optax schedules count in int32, a
-    shape, an interval compared with the step) must fit 32 bits, the default; seeds and token
-    budgets meet only numpy and jax.random.key, which take int64, and declare 64."""
+    shape, an interval compared with the step) must fit 32 bits, the default; so must seeds
+    (jax.random.key keeps a seed's low 32 bits: 2**32 would be seed 0 again). Token budgets meet
+    only numpy and declare 64."""
     kinds = typing.get_args(tp) or (tp,)
     if typing.get_origin(tp) is list:
         item = representable(kinds[0], int_bits)

@@ -157,6 +157,19 @@ def training_summary(run_dir: Path, meta: dict) -> dict:
     return summary
 
 
+def _not_a_run(path: Path) -> str:
+    """What to do with a directory that a release bundle is not made from: a bundle or a GLUE
+    run's seed is one already (the user wanted a copy, or a transformers directory)."""
+    bests = sorted(path.glob("seed*/best/manifest.json")) or \
+        sorted(path.glob("manifest.json")) or sorted(path.glob("best/manifest.json"))
+    if not bests:
+        return "pass a pretraining run directory (train.run_dir)"
+    what = "a release bundle already" if bests[0].parent == path else \
+        f"a GLUE fine-tuning run: its best epochs are release bundles already ({bests[0].parent})"
+    return (f"it is {what}: use or copy it as it is, or convert it for transformers with "
+            "--format hf (bundles are made from pretraining runs)")
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32",
                force: bool = False, tokenizer: str | Path | None = None) -> Path:
     """The newest complete checkpoint of a pretraining run -> a release bundle."""
@@ -166,8 +179,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
         raise UserError(f"run directory {run_dir} {state}; pass a pretraining run directory "
                         "(train.run_dir, holding checkpoints/)")
     if not (run_dir / "checkpoints").is_dir():
-        raise UserError(f"{run_dir} has no checkpoints/ directory; pass a pretraining run "
-                        "directory (train.run_dir)")
+        raise UserError(f"{run_dir} has no checkpoints/ directory; {_not_a_run(run_dir)}")
     check_dtype(dtype)
     # Bad paths fail before the (slow) restore.
     out_dir = check_not_the_run(run_dir, Path(out_dir))

@@ -197,10 +197,14 @@ def _parse_score(t: Task, value: str, where: str) -> float:
 
 def _parse_index(value: str, where: str) -> int:
     try:
-        return int(value)
+        index = int(value)
     except ValueError:
         raise UserError(f"{where}: index {value!r} is not a whole number; is the row missing a "
                         "field, or is this another task's file?") from None
+    if not -2**63 <= index < 2**63:  # the indices are an int64 array (numpy's OverflowError)
+        raise UserError(f"{where}: index {value} does not fit 64 bits; GLUE numbers its rows "
+                        "from 0: correct that row's index")
+    return index
 
 
 def check_new_index(index: int, line: int, first_line: dict[int, int], where: str) -> None:

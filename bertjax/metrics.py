@@ -193,6 +193,8 @@ class Monitor:
             show = {**show, "tok/s": f"{row['tokens_per_s']:,.0f}"}
         if "mfu" in row:
             show = {**show, "mfu": f"{row['mfu']:.1%}"}
+        if row.get("skipped"):  # steps not applied (not finite): a loss alone would not say so
+            show = {**show, "skipped": row["skipped"]}
         if self.bar.disable:
             print(f"step {step}/{self.total_steps}: "
                   + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)

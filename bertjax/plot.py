@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from bertjax.errors import UserError, cli
-from bertjax.files import write_atomic
+from bertjax.files import from_cwd, write_atomic
 
 PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
@@ -56,7 +56,9 @@ def _warn_skipped(path: Path, skipped: list[str]) -> None:
 def metrics_path(run_dir: Path) -> Path:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass a run directory written by bertjax.train")
+        where = from_cwd(run_dir) if not run_dir.exists() else ""
+        raise UserError(f"{path} does not exist{where}; pass a run directory written by "
+                        "bertjax.train")
     return path
 
 

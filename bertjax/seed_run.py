@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -179,8 +180,9 @@ class SeedRun:
 
     def log(self, epoch: int, sums: dict) -> None:
         monitor = self.job.monitor
+        skipped = count_skipped(self.window)
         loss = fold(self.progress, self.window)
-        row = {"seed": self.seed, "epoch": epoch + 1, "loss": loss,
+        row = {"seed": self.seed, "epoch": epoch + 1, "loss": loss, "skipped": skipped,
                "lr": float(self.job.steps.lr(self.step)), **monitor.throughput(self.tokens)}
         if "loss_scale" in sums:
             row["loss_scale"] = float(sums["loss_scale"])
@@ -195,6 +197,10 @@ class SeedRun:
         score = glue_metrics.main_score(self.task, next(iter(metrics.values())))
         progress["history"].append({"epoch": epoch + 1, "step": self.step, "train_loss": loss,
                                     "dev": metrics, "score": score})
+        skipped = progress.pop("skipped", 0)
+        if skipped:
+            progress["history"][-1]["skipped_steps"] = skipped
+            self.warn_skipped(epoch, skipped)
         progress["loss"] = progress["weight"] = 0.0
         job.monitor.log(self.offset + self.step, {
             "seed": self.seed, "epoch": epoch + 1, "train_loss": loss, "dev_score": score,
@@ -213,6 +219,18 @@ class SeedRun:
         self.save()
         if job.stop.should_stop():
             raise Stopped(self.seed, self.step)
+
+    def warn_skipped(self, epoch: int, skipped: int) -> None:
+        """Steps whose gradients or loss were not finite were not applied: said, since the
+        epoch's loss and dev score alone look like a trained model's (under float16 an
+        overflowing loss scale skips steps until it has halved enough)."""
+        steps = self.step - epoch * self.job.steps.per_epoch
+        fix = ("precision.compute=float16: lower precision.loss_scale, or use bfloat16"
+               if self.job.cfg.precision.compute == "float16" else "lower optim.lr")
+        none = " (it did not train at all)" * (skipped >= steps)
+        warnings.warn(f"{self.task} seed {self.seed} epoch {epoch + 1}: {skipped} of {steps} "
+                      f"steps skipped{none}: their gradients or loss were not finite; {fix}",
+                      stacklevel=1)
 
     def save(self) -> None:
         self.checkpoints.save(self.step, self.state, {"progress": self.progress})
@@ -236,12 +254,19 @@ def damaged_seed(seed_dir: Path, path: Path, problem: str) -> UserError:
                      "again (the other seeds are kept)")
 
 
+def count_skipped(window: list[dict]) -> int:
+    """Steps in `window` that were not applied (gradients or loss not finite)."""
+    return sum(1 for s in window if not bool(s["finite"]))
+
+
 def fold(progress: dict, window: list[dict]) -> float:
-    """Add the step sums in `window` to the epoch's running loss sums and empty it; returns the
-    window's per-example mean loss (padding rows weigh 0)."""
+    """Add the step sums in `window` to the epoch's running loss sums and skipped-step count
+    and empty it; returns the window's per-example mean loss (padding rows weigh 0)."""
     loss, weight = (sum(float(s[k]) for s in window) for k in ("loss", "weight"))
     progress["loss"] += loss
     progress["weight"] += weight
+    # .get: a checkpoint written before this count existed resumes without it
+    progress["skipped"] = progress.get("skipped", 0) + count_skipped(window)
     window.clear()
     return loss / max(weight, 1.0)
 

@@ -269,6 +269,10 @@ def test_weak_messages_are_specific(tmp_path):
         config.load([tmp_path])
     with pytest.raises(UserError, match=r"'glue\.seeds\[0\]' .* expects items of list\[int\]"):
         config.load([], ["glue.seeds=[a]"])
+    # was "unknown config key 'include' ...; did you mean 'glue'?"
+    with pytest.raises(UserError, match=r"^override 'include=base.yaml': include: works inside a "
+                                        r"YAML file; pass base.yaml as another config file"):
+        config.load([], ["include=base.yaml"])
 
 
 # ---- bad input found by the probe: every mistake is one line naming it and the fix ----
@@ -332,6 +336,26 @@ def test_no_value_for_a_key_that_needs_one_says_so(override):
         config.load([], [override])
 
 
+def test_null_for_a_list_says_so_with_the_list_form():
+    """Was "got None; write a list in brackets, e.g. glue.seeds=[None]" (itself refused)."""
+    with pytest.raises(UserError, match=r"expects list\[int\], got null \(no value\), which it "
+                                        r"cannot be: give glue\.seeds a value \(a list in "
+                                        r"brackets, e\.g\. glue\.seeds=\[0\]\)$"):
+        config.load([], ["glue.seeds=null"])
+
+
+@pytest.mark.parametrize("where", ["override", "yaml"])
+def test_a_mapping_where_a_list_belongs_is_one_line(tmp_path, where):
+    """Was OmegaConf's TypeError traceback ("Cannot merge incompatible container types")."""
+    path = tmp_path / "c.yaml"
+    path.write_text("glue:\n  buckets:\n    a: 1\n")
+    files, overrides = ([path], []) if where == "yaml" else ([], ["glue.buckets={a: 1}"])
+    with pytest.raises(UserError, match=r"config key 'glue\.buckets' in .* expects list\[int\], "
+                                        r"got the mapping \{'a': 1\}; write a list in brackets, "
+                                        r"e\.g\. glue\.buckets=\[32, 64, 128\]$"):
+        config.load(files, overrides)
+
+
 def test_a_section_with_every_key_commented_out_is_empty(tmp_path):
     """`train:` with nothing under it is YAML's null; it was "expects TrainConfig, got None"."""
     path = tmp_path / "c.yaml"
@@ -346,8 +370,10 @@ def test_a_section_with_every_key_commented_out_is_empty(tmp_path):
     ("precision.loss_scale=inf", "> 0 and finite"), ("model.layer_norm_eps=1e400", "finite"),
     ("train.steps=2147483648", "> 0 and below 2**31"),  # optax counts steps in int32
     ("train.steps=99999999999999999999999", "below 2**31"),
-    ("train.seed=9223372036854775808", ">= 0 and below 2**63"),  # jax.random.key: int64
-    ("glue.seeds=[0,99999999999999999999999]", "below 2**63"),
+    # jax.random.key keeps a seed's low 32 bits: seed 2**32 was seed 0, [1, 2**32 + 1] one seed
+    ("train.seed=4294967296", ">= 0 and below 2**31"),
+    ("glue.seeds=[1,4294967297]", "below 2**31"),
+    ("glue.seeds=[0,99999999999999999999999]", "below 2**31"),
     ("train.tokens=99999999999999999999999", "below 2**63"),
 ])
 def test_a_number_numpy_or_jax_cannot_hold_is_refused_at_load(override, says):
@@ -358,9 +384,9 @@ def test_a_number_numpy_or_jax_cannot_hold_is_refused_at_load(override, says):
 
 
 def test_the_largest_numbers_that_fit_still_load():
-    cfg = config.load([], ["train.steps=2147483647", "train.seed=9223372036854775807",
+    cfg = config.load([], ["train.steps=2147483647", "train.seed=2147483647",
                            "train.tokens=9223372036854775807", "optim.lr=1e300"])
-    assert (cfg.train.steps, cfg.train.seed) == (2**31 - 1, 2**63 - 1)
+    assert (cfg.train.steps, cfg.train.seed) == (2**31 - 1, 2**31 - 1)
 
 
 @pytest.mark.parametrize("override", [
@@ -372,6 +398,22 @@ def test_an_empty_path_is_refused_before_anything_is_written(override):
     with pytest.raises(UserError, match=rf"^{re.escape(key)}=.* is invalid: it must be a "
                                         "(non-empty path|list of non-empty paths)"):
         config.load([], [override])
+
+
+@pytest.mark.parametrize("text", ["train:\n  run_dir: $HOME/runs/x\n",
+                                  "train:\n  run_dir: ~/runs/x\n",
+                                  "data:\n  sources: ['\\${HOME}/a.txt']\n",  # escaped: a literal
+                                  "init:\n  checkpoint: ~user/run\n"])
+def test_a_shell_variable_or_tilde_in_a_path_is_refused_with_the_oc_env_form(tmp_path, text):
+    """Configs expand neither: `run_dir: $HOME/runs/x` made a directory named `$HOME` in the
+    current one (and `~/x` one named `~`), exit 0."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"is invalid: it must be a (non-empty path|list of "
+                                        r"non-empty paths) without \$VAR or ~ \(configs expand "
+                                        r"neither: write \$\{oc\.env:HOME\}/\.\.\. or the full"):
+        config.load([tmp_path / "c.yaml"])
+    assert config.load([], ["train.run_dir=${oc.env:HOME}/x"]).train.run_dir.endswith("/x")
+    assert config.load([], ["train.run_dir=runs/a~b"]).train.run_dir == "runs/a~b"
 
 
 def test_a_partial_multi_process_setting_names_the_missing_keys():
@@ -413,6 +455,16 @@ def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
     with pytest.raises(UserError, match=r"base\.yaml, named by include: in .*task\.yaml, does "
                                         r"not exist; fix that include"):
         config.load([tmp_path / "task.yaml"])
+
+
+def test_a_relative_config_missing_from_another_directory_names_where_it_looked(tmp_path,
+                                                                             monkeypatch):
+    """The README's `train configs/demo.yaml` started outside the repository did not say where
+    the file was looked for, as the config's own paths do (files.from_cwd)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^config file configs/demo.yaml does not exist \(in "
+                                        rf"the current directory, {tmp_path}\); pass a path"):
+        config.load(["configs/demo.yaml"])
 
 
 def test_omegaconfs_missing_marker_is_refused_not_silently_the_default(tmp_path):

@@ -183,6 +183,27 @@ def test_corrupt_safetensors_header_and_lfs_pointer_in_a_hf_directory(tmp_path):
         load_pretrained(d)
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    ("int", r"holds int32 values, not floats; the file is damaged"),
+    ("nan", r"holds NaN or infinite values, which make every prediction NaN"),
+])
+def test_weights_that_are_not_finite_floats_are_refused(tmp_path, damage, fragment):
+    """An integer tensor was cast to float without a word (a bias rounded to whole numbers);
+    a NaN one loaded, and predict printed NaN probabilities with exit 0."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    d = Path(shutil.copytree(HF_TINY / "mlm", tmp_path / "hf"))
+    arrays = load_file(d / "model.safetensors")
+    name = next(k for k, v in sorted(arrays.items()) if v.dtype == np.float32)
+    arrays[name] = arrays[name].astype(np.int32) if damage == "int" else \
+        np.full_like(arrays[name], np.nan)
+    save_file(arrays, d / "model.safetensors")
+    with pytest.raises(UserError, match=rf"/hf: encoder\S+ {fragment}"):
+        load_pretrained(d)
+
+
 def test_unrecognisable_paths_say_what_was_expected(tmp_path, run):
     with pytest.raises(UserError, match="does not exist; pass a run directory"):
         load_pretrained(tmp_path / "nope")
@@ -542,6 +563,21 @@ def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp
     for path in (tmp_path, tmp_path / "seed0"):
         with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best$"):
             load_pretrained(path)
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("glue", r"it is a GLUE fine-tuning run: its best epochs are release bundles already "
+             r"\(.*glue/seed0/best\): use or copy it .*--format hf"),
+    ("glue/seed0/best", r"it is a release bundle already: use or copy it .*--format hf"),
+])
+def test_a_bundle_export_of_a_fine_tuning_run_or_a_bundle_says_it_is_one_already(
+        tmp_path, source, fragment):
+    """Was "pass a pretraining run directory": no word that the user's model is a bundle."""
+    (tmp_path / "glue" / "seed0" / "best").mkdir(parents=True)
+    (tmp_path / "glue" / "seed0" / "best" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match=rf"has no checkpoints/ directory; {fragment}"):
+        main([str(tmp_path / source), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_fine_tuning_run_with_no_finished_seed_says_to_finish_it(tmp_path):

@@ -334,6 +334,22 @@ def test_float16_fine_tuning_trains_under_a_dynamic_loss_scale(tmp_path, tokeniz
     assert scales[:8] == [1024.0] * 3 + [2048.0] * 4 + [4096.0]
 
 
+def test_steps_skipped_for_non_finite_gradients_are_counted_and_warned_of(tmp_path,
+                                                                         tokenizer_path):
+    """An fp16 loss scale of 1e38 overflows every step, so none is applied; the run used to end
+    with a dev score and exit 0 as if it had trained, and nothing counted the skipped steps."""
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "precision.compute=float16", "glue.seeds=[0]",
+                   "precision.loss_scale=1e38", "glue.epochs=1", "train.log_every=1")
+    with pytest.warns(UserWarning, match=r"sst2 seed 0 epoch 1: (\d+) of \1 steps skipped \(it did "
+                                         r"not train at all\): .*lower precision\.loss_scale"):
+        run_dir = finetune(cfg)
+    history = json.loads((run_dir / "results.json").read_text())["seeds"][0]["history"]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert history[0]["skipped_steps"] == history[0]["step"] == len(steps) > 0
+    assert all(r["skipped"] == 1 for r in steps)
+
+
 def test_random_baseline_draws_a_new_encoder_per_seed(tmp_path, tokenizer_path):
     cfg = sst2_cfg(tmp_path, tokenizer_path, "model.vocab_size=400")
     first, second = (initial_model(s, None, cfg) for s in (0, 1))

@@ -476,6 +476,16 @@ def test_a_repeated_test_index_is_refused_with_file_line_and_index(tmp_path):
         glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
 
 
+def test_a_test_index_past_64_bits_is_one_line(tmp_path):
+    """Was numpy's OverflowError traceback ("Python int too large to convert to C long")."""
+    rte = _rte_copy(tmp_path)
+    header, first, *_ = (rte / "test.tsv").read_text().splitlines()
+    (rte / "test.tsv").write_text(f"{header}\n{first}\n{2**64}\ta\tb\n")
+    with pytest.raises(UserError, match=rf"RTE/test.tsv line 3: index {2**64} does not fit 64 "
+                                        "bits; GLUE numbers its rows from 0"):
+        glue.check_submission_inputs(GlueConfig(task="rte", data_dir=str(tmp_path)))
+
+
 def test_a_row_with_more_fields_than_its_header_is_named_with_the_likely_cause(tmp_path):
     rte = _rte_copy(tmp_path)
     header = (rte / "train.tsv").read_text().splitlines()[0]

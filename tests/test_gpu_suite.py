@@ -158,7 +158,8 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     (["train.py", "--size", "nope", "--steps", "1"], "error: model.size=nope is invalid"),
     (["order_probe.py", "nope"], "error: checkpoint path nope does not exist"),
     (["glue_text.py", "out", "--glue-dir", "nope"], "error: --glue-dir nope is not a directory"),
-], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir"])
+    (["linear_probe.py", "nope", "--task", "stsb"], "error: --task stsb is a regression task"),
+], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir", "regression-task"])
 def test_a_bench_scripts_bad_argument_is_one_line_and_exit_2(tmp_path, argv, says):
     """`--only` with a mistyped id ran nothing of it (none right: a traceback at the end, the GPU
     call spent); `bench/train.py --size nope` printed the child's 3000-character traceback;
@@ -168,3 +169,41 @@ def test_a_bench_scripts_bad_argument_is_one_line_and_exit_2(tmp_path, argv, say
     assert out.returncode == 2, out.stderr[-2000:]
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_order_probe_refuses_what_it_cannot_measure_in_one_line(tmp_path):
+    """A fine-tuned classifier (no MLM head), --seq past the positions, --rows 0 / --batch 0:
+    tracebacks (TypeError, ZeroDivisionError, ValueError) before."""
+    import jax
+    from make_hf_export_fixture import VOCAB, make_tokenizer
+
+    from bertjax import config
+    from bertjax.export import save_bundle
+    from bertjax.model import Bert
+
+    cfg = config.load([], [f"model.vocab_size={len(VOCAB)}", "model.hidden_size=32",
+                           "model.num_heads=2", "model.intermediate_size=48",
+                           "model.max_position_embeddings=32"])
+    save_bundle(Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2), cfg,
+                make_tokenizer(), tmp_path / "classifier")
+    save_bundle(Bert(cfg.model, key=jax.random.key(0)), cfg, make_tokenizer(), tmp_path / "mlm")
+    for args, says in (
+            (["classifier"], "error: classifier has no MLM head (a fine-tuned classifier?)"),
+            (["mlm", "--seq", "64"], "error: --seq 64 is longer than the model's 32 positions"),
+            (["mlm", "--rows", "0"], "error: --rows 0: give a positive number"),
+            (["mlm", "--batch", "0"], "error: --batch 0: give a positive number")):
+        out = subprocess.run([sys.executable, BENCH / "order_probe.py", *args], env=ENV,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and says in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+
+
+def test_order_probe_probes_each_validation_row_once(capsys):
+    """--rows past the split's rows wrapped around: the demo's 113 rows were scored as 256, most
+    of them twice, under a header that said 256 rows."""
+    from order_probe import distinct_rows
+
+    assert distinct_rows(113, 256, "data/demo's validation split", 128) == 113
+    assert "has 113 rows of 128 tokens; probing those, not --rows 256" in capsys.readouterr().out
+    assert distinct_rows(113, 64, "x", 128) == 64 and capsys.readouterr().out == ""

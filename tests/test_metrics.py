@@ -156,6 +156,19 @@ def test_plot_help_prints_the_usage_instead_of_reading_it_as_a_run_dir(tmp_path,
     assert not list(tmp_path.iterdir())
 
 
+def test_a_relative_run_dir_missing_from_another_directory_names_where_it_looked(tmp_path,
+                                                                              monkeypatch):
+    """The README's `plot runs/demo` started outside the repository said only "runs/demo/
+    metrics.jsonl does not exist" (train and export named the current directory)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^runs/demo/metrics.jsonl does not exist \(in the "
+                                        rf"current directory, {tmp_path}\); pass a run directory"):
+        plot.main(["runs/demo"])
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # there, but no run: no directory hint
+    with pytest.raises(UserError, match=r"^runs/demo/metrics.jsonl does not exist; pass a run"):
+        plot.main(["runs/demo"])
+
+
 def test_a_finished_run_without_matplotlib_warns_instead_of_failing(tmp_path, monkeypatch):
     """Both loops draw curves.png after the run's results are written: a GPU image without
     matplotlib (or a metrics.jsonl with nothing to draw) must not turn a finished run into a
@@ -189,13 +202,18 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
     for step in (1, 2):
         monitor.advance()
         throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
-        monitor.log(step, {"loss": 3.0 / step, **throughput}, {"loss": f"{3.0 / step:.3f}"})
+        # skipped steps (not finite, not applied) are shown when there are some; they were
+        # only in metrics.jsonl, so a run of fp16 overflows printed plain losses
+        monitor.log(step, {"loss": 3.0 / step, **throughput, "skipped": step - 1},
+                    {"loss": f"{3.0 / step:.3f}"})
     monitor.close()
     out = capsys.readouterr().out
     if tty:  # tqdm draws on stderr; stdout stays clean
         assert out == "" and "\r" in stderr.getvalue() and "loss=1.500" in stderr.getvalue()
+        assert "skipped=1" in stderr.getvalue()
     else:  # one line per logged row, no redraws
-        assert out.splitlines() == ["step 1/2: loss 3.000", "step 2/2: loss 1.500, tok/s 1,234"]
+        assert out.splitlines() == ["step 1/2: loss 3.000",
+                                    "step 2/2: loss 1.500, tok/s 1,234, skipped 1"]
         assert stderr.getvalue() == ""
 
 
