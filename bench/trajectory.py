@@ -18,7 +18,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from bertjax import config
-from bertjax.hf import bert_to_hf, config_to_hf
+from bertjax.hf import bert_to_hf
+from bertjax.hf_config import config_to_hf
 from bertjax.masking import row_masker
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer

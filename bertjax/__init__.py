@@ -11,8 +11,9 @@ imports only from lower layers, and never in a circle inside its own.
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
-    L3  hf pretrained starting_points export       HF interop; load a model; start a run from
-        predict plot glue_eval                     it; release; infer; plot; GLUE scores
+    L3  hf_config hf pretrained starting_points    HF config.json and weights; load a model;
+        export predict plot glue_eval              start a run from it; release; infer; plot;
+                                                   GLUE scores
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
                                                    GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only

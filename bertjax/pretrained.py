@@ -19,7 +19,8 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
-from bertjax.hf import hf_label_names, import_hf
+from bertjax.hf import import_hf
+from bertjax.hf_config import hf_label_names
 from bertjax.model import Bert
 from bertjax.step import abstract_state
 from bertjax.weights import model_from_arrays, read_safetensors

@@ -16,11 +16,10 @@ from bertjax.errors import UserError
 from bertjax.hf import (
     bert_from_hf,
     bert_to_hf,
-    config_from_hf,
-    config_to_hf,
     export_hf,
     import_hf,
 )
+from bertjax.hf_config import config_from_hf, config_to_hf
 from bertjax.model import Bert
 from bertjax.pretrained import load_pretrained
 from bertjax.weights import state_dict

@@ -13,7 +13,8 @@ LAYERS = [
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepared", "prepare", "data",
      "glue", "glue_metrics", "glue_batches", "sharding", "checkpoint", "metrics", "weights",
      "runlock", "divergence"},
-    {"hf", "pretrained", "starting_points", "export", "predict", "plot", "glue_eval"},
+    {"hf_config", "hf", "pretrained", "starting_points", "export", "predict", "plot",
+     "glue_eval"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune"},
     {"train"},
 ]
