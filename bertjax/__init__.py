@@ -7,7 +7,8 @@ imports only from lower layers, and never in a circle inside its own.
         config_changes files                       loading; what changed between two configs; files
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
-        tokenizer sources prepared prepare data glue glue_metrics glue_batches
+        tokenizer sources prepared token_files prepare data
+        glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks

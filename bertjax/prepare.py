@@ -1,29 +1,24 @@
 """Corpus -> prepared data: tokenizer.json, flat token files, document lengths and meta.json.
 
 `python -m bertjax.prepare CONFIG [key=value ...]`; the trainer calls `ensure_prepared(cfg)`.
-The input is streamed and tokens are written as they come, so memory does not grow with the
-corpus. Outputs get temporary names and are renamed when complete, meta.json last: a run that
-dies half-way is never taken as finished. Format: data/README.md.
+The input is streamed and tokens are written as they come (token_files.py), so memory does not
+grow with the corpus. Outputs get temporary names and are renamed when complete, meta.json last:
+a run that dies half-way is never taken as finished. Format: data/README.md.
 Reading and checking a prepared directory (meta.json and its files) is in prepared.py.
 """
 
 import contextlib
-import ctypes
 import fcntl
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import chain
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from bertjax import config as config_lib
 from bertjax import sources, tokenizer
@@ -40,135 +35,16 @@ from bertjax.files import (
     write_atomic,
 )
 from bertjax.prepared import FORMAT_VERSION, SPLITS, read_meta
+from bertjax.token_files import split_pieces, token_dtype, write_token_files
 
-# Text per encode_batch call: enough to keep the Rust threads busy; small enough that the
-# transient Encoding objects (~100 bytes a token) keep peak memory low.
-BATCH_CHARS = 1 << 18
 # The tokenizer is trained on at most this much text: the WordPiece (BPE) trainer's memory grows
 # with the distinct words it sees (~1.7 MB per MB of English text here), and 20 M characters are
 # ample for an 8 k-30 k vocabulary while keeping prepare near 100 MB.
 TOKENIZER_SAMPLE_CHARS = 20_000_000
 
 
-def _malloc_trim() -> Callable[[], object]:
-    """glibc keeps memory freed by the tokenizer's threads in per-thread arenas, so RSS creeps up
-    with the corpus; malloc_trim hands it back (~1 ms). A no-op where there is no glibc."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: trim(0)
-
-
 def _say(message: str) -> None:
     print(f"prepare: {message}", file=sys.stderr, flush=True)
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits (vocab <= 65,536), else uint32."""
-    if vocab_size <= 1 << 16:
-        return np.dtype(np.uint16)
-    if vocab_size <= 1 << 32:
-        return np.dtype(np.uint32)
-    raise UserError(f"vocabulary of {vocab_size} tokens does not fit uint32 token files; "
-                    "use a smaller tokenizer")
-
-
-def is_validation(doc: int, fraction: float) -> bool:
-    """Exactly `fraction` of documents, evenly spread: doc i when floor((i+1)f) > floor(if)."""
-    return math.floor((doc + 1) * fraction) > math.floor(doc * fraction)
-
-
-def split_pieces(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
-    """(text, ends_document, split index) for every piece, up to data.max_documents documents
-    (data.validation_fraction is checked by DataConfig)."""
-    doc = 0
-    for text, ends in sources.pieces(cfg):
-        yield text, ends, int(is_validation(doc, cfg.validation_fraction))
-        if ends:
-            doc += 1
-            if cfg.max_documents is not None and doc >= cfg.max_documents:
-                return
-
-
-class _SplitWriter:
-    """Appends one split's tokens (a [SEP] closes each document) and document lengths."""
-
-    def __init__(self, directory: Path, name: str, dtype: np.dtype, sep: int):
-        self.tokens = open(directory / f"{name}.bin.tmp", "wb")
-        self.docs = open(directory / f"{name}.lengths.tmp", "wb")
-        self.dtype, self.sep = dtype, [sep]
-        self.pending: list[list[int]] = []
-        self.lengths: list[int] = []  # tokens per document, its [SEP] included (uint32)
-        self.n_tokens = self.written = self.n_docs = self.doc_len = 0
-
-    def add(self, ids: list[int], ends: bool) -> None:
-        if ids:
-            self.pending.append(ids)
-            self.doc_len += len(ids)
-            self.n_tokens += len(ids)
-        if ends and self.doc_len:  # a document with no tokens leaves no trace
-            self.pending.append(self.sep)
-            self.n_tokens += 1
-            self.lengths.append(self.doc_len + 1)
-            self.n_docs += 1
-            self.doc_len = 0
-
-    def flush(self) -> None:
-        count = self.n_tokens - self.written
-        # file.write, not ndarray.tofile: a full disk then raises OSError(ENOSPC), which
-        # tofile reports without an errno ("N requested and 0 written").
-        self.tokens.write(np.fromiter(chain.from_iterable(self.pending), self.dtype, count).data)
-        self.docs.write(np.asarray(self.lengths, np.uint32).data)  # 4 bytes a document, not 8
-        self.pending, self.lengths, self.written = [], [], self.n_tokens
-
-    def close(self) -> dict:
-        self.flush()
-        self.tokens.close()
-        self.docs.close()
-        return {"tokens": self.n_tokens, "documents": self.n_docs}
-
-
-_release = _malloc_trim()
-
-
-def _encode_into(tok: Tokenizer, batch: list[tuple[str, bool, int]], writers) -> int:
-    encodings = tok.encode_batch_fast([text for text, _, _ in batch], add_special_tokens=False)
-    for encoding, (_, ends, split) in zip(encodings, batch, strict=True):
-        writers[split].add(encoding.ids, ends)
-    for w in writers:
-        w.flush()
-    n = sum(len(e.ids) for e in encodings)
-    del encodings
-    _release()
-    return n
-
-
-def _tokenize(cfg: DataConfig, tok: Tokenizer, directory: Path, dtype: np.dtype) -> dict:
-    """Stream every piece through encode_batch into the split writers; returns counts."""
-    tok.encode_special_tokens = True  # a literal "[SEP]" in the text is text, not a separator
-    sep = tokenizer.special_tokens(tok).sep
-    writers = [_SplitWriter(directory, name, dtype, sep) for name in SPLITS]
-    bar = tqdm(total=sources.total_bytes(cfg), unit="B", unit_scale=True, unit_divisor=1000,
-               desc="prepare", mininterval=1.0, file=sys.stderr, leave=False)
-    start, n_bytes, n_tokens, batch, chars = time.perf_counter(), 0, 0, [], 0
-    try:
-        for piece in chain(split_pieces(cfg), [None]):
-            if piece is not None:
-                batch.append(piece)
-                chars += len(piece[0])
-            if batch and (piece is None or chars >= BATCH_CHARS):
-                n_tokens += _encode_into(tok, batch, writers)
-                size = sum(len(text.encode()) for text, _, _ in batch)
-                n_bytes += size
-                bar.update(size)
-                bar.set_postfix_str(f"{n_tokens / (time.perf_counter() - start) / 1e6:.2f} "
-                                    "M tokens/s", refresh=False)
-                batch, chars = [], 0
-    finally:
-        bar.close()
-        counts = {name: w.close() for name, w in zip(SPLITS, writers, strict=True)}
-    return {"splits": counts, "text_bytes": n_bytes, "text_tokens": n_tokens}
 
 
 def _tokenizer_sample(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
@@ -276,7 +152,7 @@ def _build(cfg: Config, directory: Path, inputs: dict) -> dict:
         tok = _make_tokenizer(cfg, directory)
         vocab = tokenizer.vocab_size(tok)
         dtype = token_dtype(vocab)
-        stats = _tokenize(cfg.data, tok, directory, dtype)
+        stats = write_token_files(cfg.data, tok, directory, dtype)
         if not stats["splits"]["train"]["tokens"]:
             raise UserError(f"the corpus is empty: {_describe(cfg.data)} yields no tokens")
         meta = {"format_version": FORMAT_VERSION, "inputs": inputs,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
-from bertjax import config, files, prepare, pretrained, sources, tokenizer
+from bertjax import config, files, prepare, pretrained, sources, token_files, tokenizer
 from bertjax.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_format_split_and_boundaries(tmp_path, corpus):
     sep = meta["special_tokens"]["sep"]
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == tokenizer.vocab_size(tok)
     assert meta["tokenizer_sha256"] == tokenizer.sha256_file(out / "tokenizer.json")
-    split_of = [prepare.is_validation(i, 0.1) for i in range(len(docs))]
+    split_of = [token_files.is_validation(i, 0.1) for i in range(len(docs))]
     assert sum(split_of) == 6
     for split, want in (("train", False), ("validation", True)):
         tokens, offsets = read_split(out, split)
@@ -57,9 +57,10 @@ def test_format_split_and_boundaries(tmp_path, corpus):
 
 
 def test_dtype_choice(tmp_path, corpus):
-    assert prepare.token_dtype(65536) == np.uint16 and prepare.token_dtype(65537) == np.uint32
+    assert token_files.token_dtype(65536) == np.uint16
+    assert token_files.token_dtype(65537) == np.uint32
     with pytest.raises(UserError, match="does not fit uint32"):
-        prepare.token_dtype(2**32 + 1)
+        token_files.token_dtype(2**32 + 1)
     big = bert_style_tokenizer(tmp_path / "big.json", extra_words=70_000)
     path, docs = corpus
     cfg = load_cfg(tmp_path, [path], **{"tokenizer.path": tmp_path / "big.json"})
@@ -403,13 +404,13 @@ def test_disk_full_keeps_the_earlier_preparation(tmp_path, corpus, monkeypatch):
     out = prepare.ensure_prepared(load_cfg(tmp_path, [path]))
     old = {f.name: f.read_bytes() for f in out.iterdir()}
     write_corpus(path, 70, seed=1)  # the corpus changed: a rebuild, which runs out of space
-    flush = prepare._SplitWriter.flush
+    flush = token_files.SplitWriter.flush
 
     def full(self):
         flush(self)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prepare._SplitWriter, "flush", full)
+    monkeypatch.setattr(token_files.SplitWriter, "flush", full)
     with pytest.raises(UserError, match=r"no space left on the disk holding .*prepared while "
                                         r"writing the prepared data; nothing was half-written"):
         prepare.ensure_prepared(load_cfg(tmp_path, [path]))
