@@ -4,6 +4,7 @@ console: a bar on a terminal, plain lines in a log file."""
 import io
 import json
 import sys
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -120,6 +121,18 @@ def test_plot_of_a_glue_run_draws_each_seeds_epochs_in_both_panels(tmp_path):
 
 
 TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
+
+
+def test_a_diverged_runs_null_values_are_drawn_as_gaps_not_skipped_as_damage(tmp_path):
+    """metrics.jsonl writes a NaN loss as null (strict JSON). A GLUE run whose every epoch
+    diverged had "no rows to plot ... skipped 2 damaged row(s)", so no curves.png at all."""
+    rows = [{"step": 2 * e, "seed": 0, "epoch": e, "train_loss": None, "dev_score": 0.5}
+            for e in (1, 2)] + [dict(TRAIN_ROW, loss=None), dict(TRAIN_ROW, step=2)]
+    for kept in (rows[:2], rows[2:]):  # a GLUE run; a pretraining run
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "damaged row" warning
+            assert plot_run(tmp_path).is_file()
 
 
 @pytest.mark.parametrize("damaged", [
