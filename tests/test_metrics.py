@@ -237,6 +237,16 @@ def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_pa
         start_wandb(config.WandbConfig(mode="online"), tmp_path, {}, resuming=True)
 
 
+@pytest.mark.slow  # wandb starts its service process (about 8 s)
+def test_a_bad_wandb_project_names_the_key_not_a_login(tmp_path, no_wandb_key):
+    """Offline with wandb.project=a/b said "run `wandb login` ... or use wandb.mode=offline",
+    for a run already offline whose project name was the problem."""
+    with pytest.raises(UserError, match=r"wandb.mode=offline: wandb did not start \(Invalid "
+                                        r"project name 'a/b'.*\); correct wandb\.project") as e:
+        start_wandb(config.WandbConfig(mode="offline", project="a/b"), tmp_path, {}, True)
+    assert "login" not in str(e.value)
+
+
 def test_plot_of_a_read_only_run_is_one_line_and_a_finished_run_only_warns(tmp_path,
                                                                           monkeypatch):
     """`plot` on a read-only copy or mount of a run was an OSError traceback (the cleanup's own
