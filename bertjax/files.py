@@ -12,6 +12,8 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
+import math
 import os
 import re
 import shutil
@@ -24,6 +26,18 @@ from typing import IO
 from bertjax.errors import UserError
 
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def json_text(obj) -> str:
+    """`obj` as indented strict JSON: a NaN or infinite float (a diverged run's loss) becomes
+    null, where json.dumps would write the bare word NaN that other JSON readers reject."""
+    def strict(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: strict(v) for k, v in x.items()}
+        return [strict(v) for v in x] if isinstance(x, list | tuple) else x
+    return json.dumps(strict(obj), indent=2, allow_nan=False)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

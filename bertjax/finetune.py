@@ -34,7 +34,7 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.config_changes import changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.files import check_dir_path, write_atomic
+from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
@@ -130,7 +130,7 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
     results["submissions"] = write_submissions(job.cfg, job.tok, job.run_dir, best_model,
                                                job.mesh, job.steps.predict)
     if job.main:
-        write_atomic(job.run_dir / "results.json", json.dumps(results, indent=2))
+        write_atomic(job.run_dir / "results.json", json_text(results))
         plot.plot_finished_run(job.run_dir)
         s = results["summary"]["main_score"]
         print(f"{task}: main score mean {s['mean']:.4f}, median {s['median']:.4f}, "
@@ -263,7 +263,7 @@ def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
         else:
             result, seed_best = SeedRun(job, seed, i * job.steps.total).run()
             if job.main:
-                write_atomic(seed_dir / "result.json", json.dumps(result, indent=2))
+                write_atomic(seed_dir / "result.json", json_text(result))
             barrier(f"seed {seed} done")  # then its checkpoint is no longer needed
             if job.main:
                 shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)

@@ -75,10 +75,24 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
         examples = glue.load_split(cfg.glue, split, task=task)
         enc = glue_batches.encode(tok, examples, cfg.glue.buckets)
         logits = predict_split(predict, model, enc, cfg.glue.batch_size, mesh)
-        if jax.process_index() == 0:  # the others predicted along (rows span processes)
-            written.append(str(glue_metrics.write_submission(task, split, examples.index, logits,
-                                                             run_dir / "submission")))
+        if jax.process_index() != 0:  # the others predicted along (rows span processes)
+            continue
+        if not np.isfinite(logits).all():
+            warn_not_finite(run_dir, task, split)
+            continue
+        written.append(str(glue_metrics.write_submission(task, split, examples.index, logits,
+                                                         run_dir / "submission")))
     return written
+
+
+def warn_not_finite(run_dir: Path, task: str, split: str) -> None:
+    """A diverged model predicts NaN: as a submission that is rows of `nan` (STS-B), which the
+    leaderboard rejects, or class 0 for every row (argmax of NaN); neither is written."""
+    path = run_dir / "submission" / glue.get_task(task).split(split).submission
+    kept = f"; {path} is an earlier run's, kept" if path.is_file() else ""
+    warnings.warn(f"{task} {split}: the best model's predictions are not finite (NaN or inf: "
+                  f"training diverged), so no submission file was written{kept}; lower "
+                  "optim.lr (or, under float16, use bfloat16) and train again", stacklevel=2)
 
 
 def warn_stale_submissions(cfg: Config, run_dir: Path, pairs: list[tuple[str, str]]) -> None:

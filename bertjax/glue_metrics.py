@@ -60,6 +60,10 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho; 0 where a NaN makes it undefined, as pearson's r (NaN has no rank: argsort
+    would put NaNs last and score a diverged model's predictions as if they were ordered)."""
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return 0.0
     return pearson(average_ranks(x), average_ranks(y))
 
 

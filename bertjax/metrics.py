@@ -15,6 +15,7 @@ for common accelerators only (dense bf16 / f32 peaks from the vendors' data shee
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -134,12 +135,23 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict, resuming: bo
                          id=run_id, resume="allow")  # no id: wandb makes a new one
     except Exception as e:  # wandb raises UsageError, CommError, ValueError, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"wandb.mode={cfg.mode}: wandb did not start ({first}); run `wandb "
-                        "login` or set WANDB_API_KEY, or use wandb.mode=offline (sync later) "
-                        "or disabled") from None
+        raise UserError(f"wandb.mode={cfg.mode}: wandb did not start ({first}); "
+                        f"{_wandb_fix(cfg, first)}") from None
     if run.id != run_id:
         write_atomic(kept, run.id + "\n")
     return run
+
+
+def _wandb_fix(cfg: WandbConfig, message: str) -> str:
+    """The fix for wandb's refusal `message`: a bad project or entity is the config's to
+    correct in any mode (offline too, where login advice misleads); a missing key is online's."""
+    if re.search(r"\b(project|entity)\b", message, re.IGNORECASE):
+        return ("correct wandb.project / wandb.entity (a name may not hold / \\ # ? % :), or use "
+                "wandb.mode=disabled")
+    if cfg.mode == "online":
+        return ("run `wandb login` or set WANDB_API_KEY, or use wandb.mode=offline (sync later) "
+                "or disabled")
+    return "see wandb's reason, or use wandb.mode=disabled"
 
 
 class Monitor:

@@ -10,6 +10,7 @@ existing curves.png is touched.
 
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,8 @@ PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
 VAL_FIELDS = ("step", "val_loss", "val_accuracy")
 EPOCH_FIELDS = ("seed", "epoch", "train_loss", "dev_score")  # a GLUE seed's epoch row
+# The measured values (not the axes): null there is a NaN or infinity strict JSON could not hold.
+MEASURED = {"loss", "accuracy", "val_loss", "val_accuracy", "train_loss", "dev_score"}
 # A panel: (x label, y label, lines); a line: (legend label, xs, ys, matplotlib format, colour).
 Panel = tuple[str, str, list[tuple[str, list, list, str, str]]]
 
@@ -81,6 +84,9 @@ def _complete(rows: list[dict], fields: tuple, marker: tuple,
     are no curve's)."""
     complete = []
     for row in (r for r in rows if any(k in r for k in marker)):
+        # null is how metrics.jsonl writes a NaN or infinite value (a diverged step or epoch):
+        # drawn as a gap, not skipped as damage (a diverged run then had no curves at all)
+        row = {k: math.nan if v is None and k in MEASURED else v for k, v in row.items()}
         lacking = [k for k in fields if not _is_number(row.get(k))]
         if lacking:
             skipped.append(f"a row at step {json.dumps(row.get('step'))[:20]} lacks a number "

@@ -13,7 +13,6 @@ A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); a
 """
 
 import dataclasses
-import json
 import math
 import sys
 import warnings
@@ -31,7 +30,7 @@ from bertjax.config_changes import describe_changes
 from bertjax.data import PretrainData
 from bertjax.divergence import Watch
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.files import check_dir_path, write_atomic
+from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule
@@ -301,7 +300,7 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
     results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
                "validation": validation, "rollbacks": watch.rollbacks,
                "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped}
-    write_atomic(run.run_dir / "results.json", json.dumps(results, indent=2))
+    write_atomic(run.run_dir / "results.json", json_text(results))
     if watch.rollbacks:
         print(f"note: training diverged and rolled back {watch.rollbacks} time(s): steps "
               f"{', '.join(f'{a}-{b}' for a, b in watch.skipped)} are not in the model, and "

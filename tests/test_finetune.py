@@ -350,6 +350,21 @@ def test_steps_skipped_for_non_finite_gradients_are_counted_and_warned_of(tmp_pa
     assert all(r["skipped"] == 1 for r in steps)
 
 
+def test_a_diverged_fine_tune_writes_strict_json_and_no_nan_submission(tmp_path, tokenizer_path):
+    """optim.lr=1e30 makes the weights, then every logit, NaN. results.json held the bare word
+    NaN (no JSON reader but Python's takes it) and submission/SST-2.tsv predicted class 0 for
+    every row (argmax of NaN); STS-B's held rows of `nan`."""
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "optim.lr=1e30", "glue.seeds=[0]", "glue.epochs=2")
+    with pytest.warns(UserWarning, match=r"sst2 test: the best model's predictions are not "
+                                         r"finite .* no submission file was written"):
+        run_dir = finetune(cfg)
+    for path in (run_dir / "results.json", run_dir / "seed0" / "result.json"):
+        text = path.read_text()
+        assert "NaN" not in text and "Infinity" not in text and "null" in text  # the loss
+    assert not (run_dir / "submission" / "SST-2.tsv").exists()
+    assert json.loads((run_dir / "results.json").read_text())["submissions"] == []
+
+
 def test_random_baseline_draws_a_new_encoder_per_seed(tmp_path, tokenizer_path):
     cfg = sst2_cfg(tmp_path, tokenizer_path, "model.vocab_size=400")
     first, second = (initial_model(s, None, cfg) for s in (0, 1))

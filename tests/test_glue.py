@@ -291,6 +291,14 @@ def test_pearson_spearman_against_references():
     assert gm.spearman(v, w) == pytest.approx(stats.spearmanr(v, w).statistic, abs=1e-12)
 
 
+def test_correlations_of_a_diverged_models_nan_predictions_are_zero():
+    """Pearson's r already was (undefined); Spearman's rho ranked the NaNs last and gave a
+    diverged STS-B model a made-up dev score (0.082 in the probe)."""
+    gold = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    for pred in (np.full(5, np.nan), np.array([0.0, 1.0, np.nan, 3.0, 4.0])):
+        assert gm.compute_metrics("stsb", pred, gold) == {"pearson": 0.0, "spearman": 0.0}
+
+
 def test_compute_metrics_per_task_and_main_score():
     logits = np.array([[0.1, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
     assert gm.compute_metrics("mnli", logits, np.array([1, 0, 0])) == {"accuracy": 2 / 3}

@@ -4,6 +4,7 @@ console: a bar on a terminal, plain lines in a log file."""
 import io
 import json
 import sys
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -122,6 +123,18 @@ def test_plot_of_a_glue_run_draws_each_seeds_epochs_in_both_panels(tmp_path):
 TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
 
 
+def test_a_diverged_runs_null_values_are_drawn_as_gaps_not_skipped_as_damage(tmp_path):
+    """metrics.jsonl writes a NaN loss as null (strict JSON). A GLUE run whose every epoch
+    diverged had "no rows to plot ... skipped 2 damaged row(s)", so no curves.png at all."""
+    rows = [{"step": 2 * e, "seed": 0, "epoch": e, "train_loss": None, "dev_score": 0.5}
+            for e in (1, 2)] + [dict(TRAIN_ROW, loss=None), dict(TRAIN_ROW, step=2)]
+    for kept in (rows[:2], rows[2:]):  # a GLUE run; a pretraining run
+        (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "damaged row" warning
+            assert plot_run(tmp_path).is_file()
+
+
 @pytest.mark.parametrize("damaged", [
     b"\xe9t\xe9\n", b'{"step": 2, "loss": 1.0\n', b"5\n", b'{"step": 2, "loss": 1.0}\n',
     b'{"step": 2, "tokens": 200, "loss": 1.0}\n', b'{"step": 2, "tokens": 200, "loss": "x", '
@@ -222,6 +235,16 @@ def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_pa
                                                                           no_wandb_key):
     with pytest.raises(UserError, match="wandb.mode=online: wandb did not start .*wandb login"):
         start_wandb(config.WandbConfig(mode="online"), tmp_path, {}, resuming=True)
+
+
+@pytest.mark.slow  # wandb starts its service process (about 8 s)
+def test_a_bad_wandb_project_names_the_key_not_a_login(tmp_path, no_wandb_key):
+    """Offline with wandb.project=a/b said "run `wandb login` ... or use wandb.mode=offline",
+    for a run already offline whose project name was the problem."""
+    with pytest.raises(UserError, match=r"wandb.mode=offline: wandb did not start \(Invalid "
+                                        r"project name 'a/b'.*\); correct wandb\.project") as e:
+        start_wandb(config.WandbConfig(mode="offline", project="a/b"), tmp_path, {}, True)
+    assert "login" not in str(e.value)
 
 
 def test_plot_of_a_read_only_run_is_one_line_and_a_finished_run_only_warns(tmp_path,
