@@ -297,10 +297,24 @@ def finish(run: Run, model: Bert) -> None:
 
 def write_results(run: Run, validation: dict | None, tokens_before: int | None,
                   watch: Watch) -> None:
+    rolled_back = sum(last - first + 1 for first, last in watch.skipped)
+    # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss (under
+    # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
+    nonfinite = run.total_steps - watch.updates - rolled_back
     results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
                "validation": validation, "rollbacks": watch.rollbacks,
-               "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped}
+               "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
+               "nonfinite_steps": nonfinite}
     write_atomic(run.run_dir / "results.json", json_text(results))
+    if watch.updates == 0:  # every step skipped: the curves and checkpoints look like a run's
+        warnings.warn(f"none of the {run.total_steps} steps was applied (their gradients or loss "
+                      "were not finite): the model did not train at all; "
+                      + ("lower precision.loss_scale, or use bfloat16"
+                         if run.cfg.precision.compute == "float16" else "lower optim.lr"),
+                      stacklevel=2)
+    elif nonfinite:
+        print(f"note: {nonfinite} of {run.total_steps} steps were not applied (gradients or loss "
+              "not finite; results.json nonfinite_steps)")
     if watch.rollbacks:
         print(f"note: training diverged and rolled back {watch.rollbacks} time(s): steps "
               f"{', '.join(f'{a}-{b}' for a, b in watch.skipped)} are not in the model, and "

@@ -400,6 +400,17 @@ def test_non_finite_steps_roll_back_then_stop(config_file, tmp_path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
+def test_a_run_that_applied_no_step_says_so(config_file, tmp_path):
+    """Under float16 a loss scale that overflows every step (below train.max_nonfinite in a
+    row) skips every update: the run exited 0 with curves and checkpoints like a trained one's."""
+    code, out = train(config_file, tmp_path, "precision.compute=float16",
+                      "precision.loss_scale=1e38", "train.max_nonfinite=100")
+    assert code == 0, out
+    assert f"none of the {STEPS} steps was applied (their gradients or loss were not finite): " \
+           "the model did not train at all; lower precision.loss_scale, or use bfloat16" in out
+    assert json.loads((tmp_path / "results.json").read_text())["nonfinite_steps"] == STEPS
+
+
 def test_demo_config_runs_end_to_end(tmp_path):
     code, out = train(ROOT / "configs" / "demo.yaml", tmp_path / "run",
                       f"data.dir={tmp_path / 'data'}", "train.steps=4", "train.log_every=2",

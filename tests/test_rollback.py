@@ -213,6 +213,7 @@ def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
     assert math.isfinite(results["validation"]["val_loss"])
     assert (results["rollbacks"], results["lr_factor"], results["skipped_steps"]) == \
         (1, 0.5, [[4, 7]])
+    assert results["nonfinite_steps"] == 0  # the rolled-back steps are counted apart
 
 
 @pytest.mark.slow
