@@ -94,7 +94,7 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         # `key=` and `key=null` reach here as None: say so, and that this key needs a value
         got = f"{value!r}" if value is not None else "null (no value), which it cannot be: " \
             f"give {key} a value" if "'None'" in e.msg or "is not Optional" in e.msg \
-            else "the given value"
+            or "NoneType" in e.msg else "the given value"  # the last: a null list item
         return UserError(f"config key '{key}' in {source} expects {expected}, got {got}"
                          f"{_list_hint(key, hints.get(name), value, node_type)}")
     if isinstance(e, InterpolationResolutionError):

@@ -342,6 +342,9 @@ def test_null_for_a_list_says_so_with_the_list_form():
                                         r"cannot be: give glue\.seeds a value \(a list in "
                                         r"brackets, e\.g\. glue\.seeds=\[0\]\)$"):
         config.load([], ["glue.seeds=null"])
+    with pytest.raises(UserError, match=r"expects items of list\[int\], got null \(no value\), "
+                                        r"which it cannot be: give glue\.seeds\[0\] a value$"):
+        config.load([], ["glue.seeds=[null]"])  # was "got the given value"
 
 
 @pytest.mark.parametrize("where", ["override", "yaml"])
