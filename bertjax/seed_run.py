@@ -222,11 +222,15 @@ class SeedRun:
 
     def warn_skipped(self, epoch: int, skipped: int) -> None:
         """Steps whose gradients or loss were not finite were not applied: said, since the
-        epoch's loss and dev score alone look like a trained model's (under float16 an
-        overflowing loss scale skips steps until it has halved enough)."""
+        epoch's loss and dev score alone look like a trained model's. Under float16 a few are
+        the loss scale's rhythm (it grows every loss_scale_period steps until one overflows,
+        then halves): said only when they are most of the epoch."""
         steps = self.step - epoch * self.job.steps.per_epoch
+        fp16 = self.job.cfg.precision.compute == "float16"
+        if fp16 and 2 * skipped <= steps:
+            return
         fix = ("precision.compute=float16: lower precision.loss_scale, or use bfloat16"
-               if self.job.cfg.precision.compute == "float16" else "lower optim.lr")
+               if fp16 else "lower optim.lr")
         none = " (it did not train at all)" * (skipped >= steps)
         warnings.warn(f"{self.task} seed {self.seed} epoch {epoch + 1}: {skipped} of {steps} "
                       f"steps skipped{none}: their gradients or loss were not finite; {fix}",
