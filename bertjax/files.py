@@ -28,16 +28,17 @@ from bertjax.errors import UserError
 LFS_HEADER = b"version https://git-lfs.github.com/spec/v1"
 
 
-def json_text(obj) -> str:
-    """`obj` as indented strict JSON: a NaN or infinite float (a diverged run's loss) becomes
-    null, where json.dumps would write the bare word NaN that other JSON readers reject."""
+def json_text(obj, indent: int | None = 2) -> str:
+    """`obj` as strict JSON (indented, or one line with indent=None): a NaN or infinite float (a
+    diverged run's loss) becomes null, where json.dumps would write the bare word NaN that other
+    JSON readers reject."""
     def strict(x):
         if isinstance(x, float) and not math.isfinite(x):
             return None
         if isinstance(x, dict):
             return {k: strict(v) for k, v in x.items()}
         return [strict(v) for v in x] if isinstance(x, list | tuple) else x
-    return json.dumps(strict(obj), indent=2, allow_nan=False)
+    return json.dumps(strict(obj), indent=indent, allow_nan=False)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

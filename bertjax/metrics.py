@@ -14,7 +14,6 @@ for common accelerators only (dense bf16 / f32 peaks from the vendors' data shee
 
 import contextlib
 import json
-import math
 import re
 import sys
 import time
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from bertjax.config import WandbConfig
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.files import write_atomic
+from bertjax.files import json_text, write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
 PEAK_FLOPS = {
@@ -43,12 +42,6 @@ def device_peak_flops(compute_dtype: str) -> float | None:
         if name in kind:
             return peaks.get(compute_dtype)
     return None
-
-
-def strict_json(row: dict) -> str:
-    """`row` as one line of strict JSON: non-finite numbers (NaN, inf) become null."""
-    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                       for k, v in row.items()}, allow_nan=False)
 
 
 def mlm_row(steps: list[dict]) -> dict:
@@ -195,7 +188,7 @@ class Monitor:
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **row}
-        self.file.write(strict_json(row) + "\n")
+        self.file.write(json_text(row, indent=None) + "\n")  # NaN, inf: null
         self.file.flush()
         if self.wandb is not None and step >= self.wandb_from:
             self.wandb.log(row, step=step)

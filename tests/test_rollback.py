@@ -19,7 +19,8 @@ from bertjax import pretrain_loop
 from bertjax.checkpoint import Checkpoints
 from bertjax.divergence import Trouble, Watch, rollback_target
 from bertjax.errors import StoppedBySignal
-from bertjax.metrics import drop_rows_after, strict_json
+from bertjax.files import json_text
+from bertjax.metrics import drop_rows_after
 from bertjax.pretrain import pretrain
 from bertjax.step import abstract_state
 
@@ -91,7 +92,7 @@ def test_a_rollback_keeps_the_targets_statistics_and_lowers_the_lr():
 
 # ---- the metrics file ----
 def test_metrics_rows_are_strict_json():
-    line = strict_json({"step": 3, "loss": math.nan, "grad_norm": math.inf, "lr": 1e-3})
+    line = json_text({"step": 3, "loss": math.nan, "grad_norm": math.inf, "lr": 1e-3}, indent=None)
     assert json.loads(line) == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-3}
     assert "NaN" not in line and "Infinity" not in line
 
