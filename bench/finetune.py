@@ -97,7 +97,7 @@ def run_peer(args) -> dict:
         get_linear_schedule_with_warmup,
     )
 
-    from bertjax import glue
+    from bertjax import glue_tasks
 
     cfg, enc = load_rows(args)
     cuda = torch.cuda.is_available()
@@ -110,7 +110,7 @@ def run_peer(args) -> dict:
                         hidden_dropout_prob=m.dropout,
                         attention_probs_dropout_prob=m.attention_dropout,
                         classifier_dropout=cfg.glue.classifier_dropout,
-                        num_labels=glue.get_task(cfg.glue.task).num_labels)
+                        num_labels=glue_tasks.get_task(cfg.glue.task).num_labels)
     batches = -(-len(enc) // args.batch)
 
     def fresh():

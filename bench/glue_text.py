@@ -13,7 +13,7 @@ the experiment); dev and test text never enters, so dev scores stay honest. Labe
 import argparse
 from pathlib import Path
 
-from bertjax import glue
+from bertjax import glue, glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import check_dir_path, from_cwd, make_dir, write_atomic
 
@@ -26,7 +26,7 @@ TRAIN_FILES = {"mnli": "train_pairs10k.tsv", "sst2": "train.tsv", "cola": "train
 def task_text(task: str, glue_dir: Path) -> list[str]:
     """One task's training examples as documents (its sentence, or its two on two lines)."""
     examples = glue.read_tsv(task, "train",
-                             glue_dir / glue.get_task(task).dir / TRAIN_FILES[task])
+                             glue_dir / glue_tasks.get_task(task).dir / TRAIN_FILES[task])
     pairs = examples.text_b or [None] * len(examples)
     # Text lines must not be blank (a blank line ends a document); GLUE rows never are, but a
     # stray one would silently merge two examples.

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bertjax import glue, glue_batches
+from bertjax import glue, glue_batches, glue_tasks
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError, cli
 from bertjax.model import Bert, masked_mean
@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=0, help="the random encoder's seed")
     args = parser.parse_args()
-    task = glue.get_task(args.task)
+    task = glue_tasks.get_task(args.task)
     if not task.labels:
         raise UserError(f"--task {args.task} is a regression task; the probe takes "
                         "classification tasks")

@@ -8,7 +8,7 @@ imports only from lower layers, and never in a circle inside its own.
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
         tokenizer sources prepared token_files prepare data
-        glue glue_metrics glue_batches
+        glue_tasks glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks

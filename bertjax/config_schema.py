@@ -98,7 +98,7 @@ class TokenizerConfig:
 
 
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
-# The fine-tuning tasks (glue.py's TASKS has them all, plus the test-only diagnostic set `ax`).
+# The fine-tuning tasks (glue_tasks.TASKS has them all, plus the test-only diagnostic set `ax`).
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from bertjax import __version__, glue
+from bertjax import __version__, glue_tasks
 from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
@@ -251,8 +251,8 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
         "was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
     # a fine-tuned seed's classes by GLUE's names (MNLI: contradiction, entailment, neutral)
-    labels = glue.get_task(loaded.config.glue.task).labels if kind == "cls" and loaded.config \
-        else ()
+    labels = glue_tasks.get_task(loaded.config.glue.task).labels \
+        if kind == "cls" and loaded.config else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
                      label_names=labels, key="OUT_DIR") + left_out
 

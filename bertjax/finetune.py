@@ -29,7 +29,7 @@ import yaml
 from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
-from bertjax import glue, glue_batches, plot
+from bertjax import glue, glue_batches, glue_tasks, plot
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.config_changes import changed_keys, listed
@@ -124,7 +124,7 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
     finally:
         job.stop.restore()
         job.monitor.close()
-    task = glue.get_task(job.cfg.glue.task).name
+    task = glue_tasks.get_task(job.cfg.glue.task).name
     results = {"task": task, "init": job.cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed)}
     results["submissions"] = write_submissions(job.cfg, job.tok, job.run_dir, best_model,
@@ -188,7 +188,7 @@ def setup(cfg: Config) -> tuple[Job, str | None]:
                                 predict=with_mesh(steps.predict, mesh))
     job = Job(cfg, tok, model, train_enc, dev, mesh, run_dir, steps)
     if job.main:
-        print(f"{glue.get_task(cfg.glue.task).name}: {len(train)} training examples "
+        print(f"{glue_tasks.get_task(cfg.glue.task).name}: {len(train)} training examples "
               f"({train_enc.truncated} truncated to {cfg.glue.buckets[-1]} tokens), dev "
               f"{[len(e) for e, _ in dev.values()]}, seeds {cfg.glue.seeds}, "
               f"{jax.process_count()} process(es)")

@@ -12,7 +12,7 @@ from jaxtyping import Int, Shaped
 from tokenizers import Tokenizer
 
 from bertjax.errors import UserError
-from bertjax.glue import Examples, get_task
+from bertjax.glue_tasks import Examples, get_task
 from bertjax.tokenizer import encode_truncated, pad_rows
 
 

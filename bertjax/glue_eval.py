@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
-from bertjax import glue, glue_batches, glue_metrics
+from bertjax import glue, glue_batches, glue_metrics, glue_tasks
 from bertjax.config import Config
 from bertjax.model import Bert
 from bertjax.sharding import global_batch, local_rows, replicated, shard_params
@@ -64,7 +64,7 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
     """GLUE test-set files from the best seed's best model, for the test splits that exist
     (process 0 writes them and returns their paths)."""
     written = []
-    pairs = [(t, s) for t, s in glue.submissions(cfg.glue.task)
+    pairs = [(t, s) for t, s in glue_tasks.submissions(cfg.glue.task)
              if glue.split_available(cfg.glue, s, task=t)]
     if jax.process_index() == 0:
         warn_stale_submissions(cfg, run_dir, pairs)
@@ -88,7 +88,7 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
 def warn_not_finite(run_dir: Path, task: str, split: str) -> None:
     """A diverged model predicts NaN: as a submission that is rows of `nan` (STS-B), which the
     leaderboard rejects, or class 0 for every row (argmax of NaN); neither is written."""
-    path = run_dir / "submission" / glue.get_task(task).split(split).submission
+    path = run_dir / "submission" / glue_tasks.get_task(task).split(split).submission
     kept = f"; {path} is an earlier run's, kept" if path.is_file() else ""
     warnings.warn(f"{task} {split}: the best model's predictions are not finite (NaN or inf: "
                   f"training diverged), so no submission file was written{kept}; lower "
@@ -99,8 +99,8 @@ def warn_stale_submissions(cfg: Config, run_dir: Path, pairs: list[tuple[str, st
     """Warn of each submission file this run does not rewrite (its test split is missing): an
     earlier run's predictions, maybe of another model. Kept, not deleted: without the test file
     this run cannot write it again, and the model it came from may be gone."""
-    for task, split in glue.submissions(cfg.glue.task):
-        path = run_dir / "submission" / glue.get_task(task).split(split).submission
+    for task, split in glue_tasks.submissions(cfg.glue.task):
+        path = run_dir / "submission" / glue_tasks.get_task(task).split(split).submission
         if (task, split) not in pairs and path.is_file():
             warnings.warn(f"{path} was not written by this run (no {task} {split} split in "
                           f"{cfg.glue.data_dir}): it holds an earlier run's predictions, maybe "

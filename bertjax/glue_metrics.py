@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 
 from bertjax.errors import UserError
 from bertjax.files import write_atomic
-from bertjax.glue import Task, get_task
+from bertjax.glue_tasks import Task, get_task
 
 
 def _classes(t: Task, predictions: ArrayLike) -> np.ndarray:

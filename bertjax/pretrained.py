@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from bertjax import glue
+from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
@@ -49,7 +49,7 @@ def _classes(model: Bert) -> int:
 
 def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
     """The GLUE task's class names, when the model's classifier is that task's."""
-    labels = tuple(glue.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
+    labels = tuple(glue_tasks.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
     return labels if labels and len(labels) == _classes(model) else ()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
-from bertjax import glue, glue_batches, glue_metrics
+from bertjax import glue_batches, glue_metrics, glue_tasks
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
 from bertjax.errors import UserError
@@ -116,7 +116,7 @@ class SeedRun:
 
     def __init__(self, job: Job, seed: int, offset: int):
         self.job, self.seed, self.offset = job, seed, offset
-        self.task = glue.get_task(job.cfg.glue.task).name
+        self.task = glue_tasks.get_task(job.cfg.glue.task).name
         self.key = jax.random.key(seed)
         self.dir = job.run_dir / f"seed{seed}"
         self.state = shard_params(init_state(initial_model(seed, job.start, job.cfg),

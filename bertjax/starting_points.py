@@ -13,7 +13,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 
-from bertjax import glue
+from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError
@@ -129,5 +129,5 @@ def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
     key = jax.random.key(seed)
     if start is None:
         start = Bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
-    return with_task_head(start, cfg, glue.get_task(cfg.glue.task).num_labels,
+    return with_task_head(start, cfg, glue_tasks.get_task(cfg.glue.task).num_labels,
                           jax.random.fold_in(key, 0))

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # noqa: E402,E501
 
-from bertjax import config, glue, prepare, tokenizer  # noqa: E402
+from bertjax import config, glue, glue_tasks, prepare, tokenizer  # noqa: E402
 from bertjax.config import GlueConfig, TokenizerConfig  # noqa: E402
 from bertjax.model import Bert  # noqa: E402
 from bertjax.optim import make_optimizer  # noqa: E402
@@ -212,12 +212,12 @@ def glue_tokenizer() -> Tokenizer:
     return tok
 
 
-def rte_pairs(n: int) -> glue.Examples:
+def rte_pairs(n: int) -> glue_tasks.Examples:
     """n RTE-style pairs of varied length, built from the real fixture rows."""
     rte = glue.load_split(GlueConfig(data_dir=str(GLUE_FIXTURES), task="rte"), "train")
     a = [" ".join(rte.text_a[i % 4].split()[: 1 + (7 * i) % 40]) for i in range(n)]
     b = [" ".join(rte.text_b[i % 4].split()[: 1 + i % 5]) for i in range(n)]
-    return glue.Examples("rte", "train", a, b, np.arange(n, dtype=np.int32) % 2,
+    return glue_tasks.Examples("rte", "train", a, b, np.arange(n, dtype=np.int32) % 2,
                          np.arange(n, dtype=np.int64), "synthetic")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bertjax import config, domains, glue, prepare, train
+from bertjax import config, domains, glue_tasks, prepare, train
 from bertjax.domains import check_domains
 from bertjax.errors import UserError
 
@@ -245,7 +245,7 @@ def test_domain_vocabulary():
     distinct = domains.list_of(unique=True)
     assert distinct.test([2, 0, 1]) and distinct.test([]) and not distinct.test([1, 2, 1])
     assert distinct.says == "a repeat-free list" and domains.list_of().says == "a list"
-    assert set(config.GLUE_TASKS) <= set(glue.TASKS)
+    assert set(config.GLUE_TASKS) <= set(glue_tasks.TASKS)
 
 
 @pytest.mark.parametrize("text, fragment", [

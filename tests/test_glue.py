@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import rte_pairs
 
-from bertjax import glue, glue_batches
+from bertjax import glue, glue_batches, glue_tasks
 from bertjax import glue_metrics as gm
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
@@ -30,26 +30,27 @@ def cfg(**kw) -> GlueConfig:
 
 def test_unknown_task_lists_valid_tasks():
     with pytest.raises(UserError, match="glue.task='mnlii' is unknown.*cola.*mnli.*wnli"):
-        glue.get_task("mnlii")
+        glue_tasks.get_task("mnlii")
     with pytest.raises(UserError, match="glue.task=foo is invalid: it must be one of"):
         glue.load_split(cfg(task="foo"), "train")
 
 
 def test_label_maps_follow_glue_order():
-    assert glue.get_task("mnli").labels == ("contradiction", "entailment", "neutral")
-    assert glue.get_task("rte").labels == ("entailment", "not_entailment")
-    assert glue.get_task("stsb").num_labels == 1 and glue.get_task("mnli").num_labels == 3
+    assert glue_tasks.get_task("mnli").labels == ("contradiction", "entailment", "neutral")
+    assert glue_tasks.get_task("rte").labels == ("entailment", "not_entailment")
+    assert glue_tasks.get_task("stsb").num_labels == 1
+    assert glue_tasks.get_task("mnli").num_labels == 3
 
 
 def test_splits_and_submission_names():
-    names = {s.submission for t in glue.TASKS.values() for s in t.splits} - {None}
+    names = {s.submission for t in glue_tasks.TASKS.values() for s in t.splits} - {None}
     assert names == {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv",
                      "MNLI-mm.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"}
-    assert [s.name for s in glue.get_task("mnli").splits] == [
+    assert [s.name for s in glue_tasks.get_task("mnli").splits] == [
         "train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched"]
-    assert glue.submissions("mnli") == [
+    assert glue_tasks.submissions("mnli") == [
         ("mnli", "test_matched"), ("mnli", "test_mismatched"), ("ax", "test")]
-    assert glue.submissions("rte") == [("rte", "test")]
+    assert glue_tasks.submissions("rte") == [("rte", "test")]
 
 
 # ---------------------------------------------------------------- TSV readers
@@ -102,7 +103,7 @@ def test_read_each_task_format(task, split, n, a0, b0, labels, index):
         assert ex.labels.dtype == np.float32 and np.allclose(ex.labels, labels)
     else:
         assert ex.labels.dtype == np.int32
-        assert [glue.get_task(task).labels[i] for i in ex.labels] == labels
+        assert [glue_tasks.get_task(task).labels[i] for i in ex.labels] == labels
 
 
 def test_quirks_bom_malformed_rows_and_literal_quotes():
@@ -131,7 +132,7 @@ def test_mnli_partial_files_by_header_names():
     assert glue.dev_splits(c) == ["dev_matched"]
     train = glue.load_split(c, "train")
     assert len(train) == 6 and train.index.tolist() == list(range(6))
-    assert glue.get_task("mnli").labels[int(train.labels[1])] == "entailment"
+    assert glue_tasks.get_task("mnli").labels[int(train.labels[1])] == "entailment"
     assert glue.load_split(c, "dev_matched").labels.tolist() == [1, 0, 2, 0, 1, 2]
     kshot = glue.load_split(cfg(task="mnli", train_file="train_kshot480.tsv"), "train")
     assert kshot.index.tolist()[:3] == [1541, 1980, 5078]
@@ -233,7 +234,7 @@ def test_hub_labels_map_through_names(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     ex = glue.read_hub("mnli", "dev_mismatched")
     assert calls[-1] == ("nyu-mll/glue", "mnli", "validation_mismatched")
-    assert [glue.get_task("mnli").labels[i] for i in ex.labels] == hub_order
+    assert [glue_tasks.get_task("mnli").labels[i] for i in ex.labels] == hub_order
     assert ex.index.tolist() == [7, 8, 9] and ex.text_b == ["h0", "h1", "h2"]
     assert glue.read_hub("mnli", "test_matched").labels is None
 
@@ -532,3 +533,18 @@ def test_a_glue_file_that_is_a_git_lfs_pointer_says_so(tmp_path):
     with pytest.raises(UserError, match=r"RTE/dev.tsv is a git LFS pointer, not the file itself; "
                                         "fetch the real file with `git lfs"):
         glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "dev")
+
+
+def test_lines_end_at_newline_only_so_a_bare_carriage_return_stays_text(tmp_path):
+    """A bare '\\r' inside a sentence used to end the row (csv's and universal newlines' rule):
+    the row was then refused as too short, named by a line number no editor shows."""
+    rte = _rte_copy(tmp_path)
+    header = (rte / "train.tsv").read_text().splitlines()[0]
+    (rte / "train.tsv").write_bytes(f"{header}\r\n0\tone\rtwo\tb\tentailment\r\n\r\n"
+                                    f"1\tc\td\tnot_entailment\n".encode())
+    ex = glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+    assert ex.text_a == ["one\rtwo", "c"] and ex.text_b == ["b", "d"]  # CRLF: no '\r' left
+    assert ex.labels.tolist() == [0, 1] and ex.index.tolist() == [0, 1]
+    (rte / "train.tsv").write_bytes(f"{header}\n0\ta\rb\tentailment\n".encode())
+    with pytest.raises(UserError, match=r"train.tsv line 2 has 3 tab-separated fields"):
+        glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")

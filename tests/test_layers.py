@@ -11,8 +11,8 @@ LAYERS = [
     {"errors", "domains", "config_schema", "config", "config_changes", "files"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepared", "token_files",
-     "prepare", "data", "glue", "glue_metrics", "glue_batches", "sharding", "checkpoint",
-     "metrics", "weights", "runlock", "divergence"},
+     "prepare", "data", "glue_tasks", "glue", "glue_metrics", "glue_batches", "sharding",
+     "checkpoint", "metrics", "weights", "runlock", "divergence"},
     {"hf_config", "hf", "pretrained", "starting_points", "export", "predict", "plot",
      "glue_eval"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune"},
@@ -87,7 +87,7 @@ def test_the_package_keeps_its_layers():
 @pytest.mark.parametrize("module, extra, expected", [
     ("model", "from bertjax.pretrain import pretrain\n", "from a higher layer"),
     ("config", "def f():\n    from bertjax import errors\n", "inside a function"),
-    ("glue", "from bertjax.glue_batches import encode\n", "cycle: "),
+    ("glue_tasks", "from bertjax.glue_batches import encode\n", "cycle: "),
 ])
 def test_an_upward_import_a_local_import_or_a_cycle_fails(tmp_path, module, extra, expected):
     for path in PACKAGE.glob("*.py"):
