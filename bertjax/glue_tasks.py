@@ -22,6 +22,7 @@ class Split:
     file: str  # GLUE TSV name inside the task directory
     hub: str  # split name in nyu-mll/glue
     submission: str | None = None  # GLUE leaderboard file written for this (test) split
+    rows: int | None = None  # its size in GLUE: the leaderboard refuses a file with fewer rows
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ class Task:
         return [s.name for s in self.splits if s.name.startswith("dev")]
 
 
-def _std(sub: str) -> tuple[Split, ...]:
+def _std(sub: str, test_rows: int) -> tuple[Split, ...]:
     return Split("train", "train.tsv", "train"), Split("dev", "dev.tsv", "validation"), \
-        Split("test", "test.tsv", "test", sub)
+        Split("test", "test.tsv", "test", sub, test_rows)
 
 
 _BIN, _NLI = ("0", "1"), ("entailment", "not_entailment")
@@ -65,31 +66,33 @@ _MNLI_LABELS = ("contradiction", "entailment", "neutral")
 _MNLI_SPLITS = (Split("train", "train.tsv", "train"),
                 Split("dev_matched", "dev_matched.tsv", "validation_matched"),
                 Split("dev_mismatched", "dev_mismatched.tsv", "validation_mismatched"),
-                Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv"),
-                Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv"))
+                Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv", 9796),
+                Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv",
+                      9847))
 _PAIR = ("sentence1", "sentence2")
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("cola", "CoLA", ("sentence", None), ("sentence", None), "label", _BIN, ("mcc",),
-         _std("CoLA.tsv"), ("unacceptable", "acceptable"), headerless=(3, 1)),
+         _std("CoLA.tsv", 1063), ("unacceptable", "acceptable"), headerless=(3, 1)),
     Task("sst2", "SST-2", ("sentence", None), ("sentence", None), "label", _BIN, ("accuracy",),
-         _std("SST-2.tsv"), ("negative", "positive")),
+         _std("SST-2.tsv", 1821), ("negative", "positive")),
     Task("mrpc", "MRPC", ("#1 String", "#2 String"), _PAIR, "Quality", _BIN,
-         ("f1", "accuracy"), _std("MRPC.tsv"), ("not_equivalent", "equivalent")),
-    Task("stsb", "STS-B", _PAIR, _PAIR, "score", (), ("pearson", "spearman"), _std("STS-B.tsv")),
+         ("f1", "accuracy"), _std("MRPC.tsv", 1725), ("not_equivalent", "equivalent")),
+    Task("stsb", "STS-B", _PAIR, _PAIR, "score", (), ("pearson", "spearman"),
+         _std("STS-B.tsv", 1379)),
     Task("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
-         _BIN, ("f1", "accuracy"), _std("QQP.tsv"), ("not_duplicate", "duplicate"),
+         _BIN, ("f1", "accuracy"), _std("QQP.tsv", 390965), ("not_duplicate", "duplicate"),
          index_column="id", skip_malformed=True),
     Task("mnli", "MNLI", _PAIR, ("premise", "hypothesis"), "gold_label", _MNLI_LABELS,
          ("accuracy",), _MNLI_SPLITS),
     Task("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label", _NLI,
-         ("accuracy",), _std("QNLI.tsv")),
-    Task("rte", "RTE", _PAIR, _PAIR, "label", _NLI, ("accuracy",), _std("RTE.tsv")),
-    Task("wnli", "WNLI", _PAIR, _PAIR, "label", _BIN, ("accuracy",), _std("WNLI.tsv"),
+         ("accuracy",), _std("QNLI.tsv", 5463)),
+    Task("rte", "RTE", _PAIR, _PAIR, "label", _NLI, ("accuracy",), _std("RTE.tsv", 3000)),
+    Task("wnli", "WNLI", _PAIR, _PAIR, "label", _BIN, ("accuracy",), _std("WNLI.tsv", 146),
          ("not_entailment", "entailment")),
     # AX, GLUE's diagnostic set: test only, predicted with the MNLI model (GLUE scores it by R3,
     # the K-class Matthews correlation, against labels it keeps private).
     Task("ax", "diagnostic", _PAIR, ("premise", "hypothesis"), "label", _MNLI_LABELS, ("mcc",),
-         (Split("test", "diagnostic.tsv", "test", "AX.tsv"),)),
+         (Split("test", "diagnostic.tsv", "test", "AX.tsv", 1104),)),
 )}
 
 

@@ -74,7 +74,11 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
 
     monkeypatch.setattr(finetune_lib, "build_steps", record)
     train_traces = count_calls(monkeypatch, step_lib, "classification_sums")  # train step only
-    run_dir = finetune(sst2_cfg(tmp_path, tokenizer_path))
+    # The fixture's test.tsv has 3 of SST-2's 1,821 test rows: written, and said unsubmittable.
+    with pytest.warns(UserWarning, match=r"submission/SST-2.tsv holds 3 predictions, but GLUE's "
+                                         r"sst2 test split has 1821 examples: the leaderboard "
+                                         "will refuse it"):
+        run_dir = finetune(sst2_cfg(tmp_path, tokenizer_path))
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["seed"] for r in results["seeds"]] == [0, 1]
     # Both seeds (and the submission predictions) share one compilation per bucket.
