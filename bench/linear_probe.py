@@ -32,6 +32,7 @@ from bertjax.tokenizer import load
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 STRENGTHS = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 penalty on the weights (features are standardised)
+MIN_TRAIN = 10  # rows: 90 % to fit, 10 % (at least one) to choose the strength
 
 
 @eqx.filter_jit
@@ -87,6 +88,26 @@ def probe(train_x, train_y, dev_x, dev_y, classes: int) -> tuple[float, float]:
     return accuracy(fit_logistic(train_x, train_y, best, classes), dev_x, dev_y), best
 
 
+def read_splits(task: glue_tasks.Task, glue_dir: str, max_train: int):
+    """(train, dev) of `task`, checked in the probe's own flags (glue.load_split's messages name
+    config keys, which this script does not read)."""
+    if max_train < MIN_TRAIN:
+        raise UserError(f"--max-train {max_train}: the probe needs at least {MIN_TRAIN} training "
+                        "rows (the last 10 % of them choose the L2 strength)")
+    dev_split = task.dev_splits[0]
+    for split in ("train", dev_split):
+        path = Path(glue_dir) / task.dir / task.split(split).file
+        if not path.is_file():
+            raise UserError(f"--glue-dir {glue_dir} holds no {task.dir}/{path.name}; pass a "
+                            f"directory of GLUE TSVs (the folder holding {task.dir}/)")
+    cfg = GlueConfig(task=task.name, data_dir=glue_dir, max_train_examples=max_train)
+    train = glue.load_split(cfg, "train")
+    if len(train) < MIN_TRAIN:
+        raise UserError(f"{train.source} has {len(train)} rows; the probe needs at least "
+                        f"{MIN_TRAIN} (the last 10 % of them choose the L2 strength)")
+    return train, glue.load_split(cfg, dev_split)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -96,16 +117,18 @@ def main():
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=0, help="the random encoder's seed")
     args = parser.parse_args()
+    probed = [t.name for t in glue_tasks.TASKS.values() if t.labels and t.name != "ax"]
+    if args.task not in probed:
+        kind = "a regression task" if args.task == "stsb" else \
+            "a test-only task" if args.task == "ax" else "unknown"
+        raise UserError(f"--task {args.task} is {kind}; the probe takes the classification tasks "
+                        f"{', '.join(probed)}")
     task = glue_tasks.get_task(args.task)
-    if not task.labels:
-        raise UserError(f"--task {args.task} is a regression task; the probe takes "
-                        "classification tasks")
+    glue_batches.check_buckets(args.buckets, lambda b: "--buckets " + " ".join(map(str, b)))
+    train, dev = read_splits(task, args.glue_dir, args.max_train)
 
     pretrained = load_pretrained(args.checkpoint)
     tok = load(pretrained.tokenizer_path)
-    cfg = GlueConfig(task=args.task, data_dir=args.glue_dir, max_train_examples=args.max_train)
-    train = glue.load_split(cfg, "train")
-    dev = glue.load_split(cfg, glue.dev_splits(cfg)[0])
     train_enc, dev_enc = (glue_batches.encode(tok, ex, args.buckets) for ex in (train, dev))
     random_model = Bert(pretrained.model_cfg, key=jax.random.key(args.seed), mlm=False)
 

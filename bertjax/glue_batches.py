@@ -4,7 +4,7 @@ length), deterministic shuffles per (seed, epoch), and outputs put back in examp
 Padding rows fill the last batch of a bucket; they carry valid=False and must get zero weight.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +32,20 @@ class Encoded:
         return len(self.bucket)
 
 
-def _check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+def check_buckets(buckets: Sequence[int], spelled: Callable[[list[int]], str] = "glue.buckets={}"
+                  .format) -> tuple[int, ...]:
+    """The bucket lengths as a tuple; `spelled` writes them as the user gives them."""
     b = tuple(int(x) for x in buckets)
     if not b or b[0] < 8 or any(x >= y for x, y in zip(b[:-1], b[1:], strict=True)):
-        raise UserError(f"glue.buckets={list(b)} must be strictly increasing lengths >= 8, "
-                        "e.g. [32, 64, 128]")
+        raise UserError(f"{spelled(list(b))} must be strictly increasing lengths >= 8, "
+                        f"e.g. {spelled([32, 64, 128])}")
     return b
 
 
 def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> Encoded:
     """Tokenize (pairs through the tokenizer's post-processor: [CLS] a [SEP] b [SEP], type ids
     0/1), truncating longest-first to the largest bucket, and assign each row its bucket."""
-    b = _check_buckets(buckets)
+    b = check_buckets(buckets)
     encs, truncated = encode_truncated(tokenizer, examples.text_a, examples.text_b, b[-1])
     lengths = np.asarray([len(e.ids) for e in encs], np.int64)
     labels = examples.labels

@@ -159,7 +159,14 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     (["order_probe.py", "nope"], "error: checkpoint path nope does not exist"),
     (["glue_text.py", "out", "--glue-dir", "nope"], "error: --glue-dir nope is not a directory"),
     (["linear_probe.py", "nope", "--task", "stsb"], "error: --task stsb is a regression task"),
-], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir", "regression-task"])
+    (["linear_probe.py", "nope", "--max-train", "1"],  # fitted the L2 strength on no rows
+     "error: --max-train 1: the probe needs at least 10 training rows"),
+    (["linear_probe.py", "nope", "--glue-dir", "nope"],  # named glue.data_dir, a config key
+     "error: --glue-dir nope holds no SST-2/train.tsv; pass a directory of GLUE TSVs"),
+    (["linear_probe.py", "nope", "--buckets", "16", "8"],  # named glue.buckets
+     "error: --buckets 16 8 must be strictly increasing lengths >= 8, e.g. --buckets 32 64 128"),
+], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir", "regression-task",
+        "probe-max-train", "probe-glue-dir", "probe-buckets"])
 def test_a_bench_scripts_bad_argument_is_one_line_and_exit_2(tmp_path, argv, says):
     """`--only` with a mistyped id ran nothing of it (none right: a traceback at the end, the GPU
     call spent); `bench/train.py --size nope` printed the child's 3000-character traceback;
