@@ -20,7 +20,13 @@ from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, staged_dir
 from bertjax.hf_config import ARCHITECTURES, config_from_hf, config_to_hf, field
 from bertjax.model import Bert
-from bertjax.weights import model_from_arrays, read_safetensors
+from bertjax.weights import (
+    abstract_bert,
+    check_values,
+    model_from_arrays,
+    parameter_shapes,
+    read_safetensors,
+)
 from bertjax.weights import state_dict as our_state_dict
 
 PRE = "roberta_prelayernorm"
@@ -157,15 +163,21 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd}
     _check_tied(sd, pre, source)
     _check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
+    labels = sd[classifier].shape[0] if heads["classifier"] and sd[classifier].ndim else 0
+    ours = parameter_shapes(abstract_bert(model_cfg, heads["mlm"], heads["nsp"], labels))
     pieces: dict[str, dict] = {}
     used = set()
     for name, layer, part, hf, transpose in _pairs(pre, heads, model_cfg.num_layers):
         if hf not in sd:
             raise UserError(f"{source} lacks {hf}; it is not a complete BERT checkpoint")
+        _check_tensor(sd[hf], hf, _hf_shape(ours[name], layer, part, transpose), source)
         used.add(hf)
         pieces.setdefault(name, {})[(layer, part)] = sd[hf].T if transpose else sd[hf]
     arrays = {name: _assemble(p) for name, p in pieces.items()}
     position = sd[_position_name(pre)]
+    _check_tensor(position, _position_name(pre), (model_cfg.max_position_embeddings +
+                                                  (pad + 1 if pre else 0), model_cfg.hidden_size),
+                  source)
     used.add(_position_name(pre))
     arrays["encoder.embeddings.position"] = position[pad + 1:] if pre else position
     ignorable = ("position_ids", "decoder.weight", "decoder.bias", "pooler.dense.weight",
@@ -177,6 +189,26 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
                         "heads are supported")
     dropout = field(hf_config, "classifier_dropout", source) or model_cfg.dropout
     return model_from_arrays(model_cfg, arrays, source, dropout), model_cfg
+
+
+def _hf_shape(ours: tuple[int, ...], layer: int | None, part: int | None,
+              transpose: bool) -> tuple[int, ...]:
+    """The shape HF stores one piece of our parameter `ours` in: one layer of a stack, one of
+    query | key | value, torch's [out, in]."""
+    shape = list(ours[1:] if layer is not None else ours)
+    if part is not None:
+        shape[-1] //= len(QKV)
+    return tuple(shape[::-1] if transpose else shape)
+
+
+def _check_tensor(array: np.ndarray, hf_name: str, shape: tuple[int, ...], source: str) -> None:
+    """One HF tensor, named as the user's file names it, before it is transposed and joined
+    (a wrong shape then raised numpy's ValueError from the joining)."""
+    if tuple(array.shape) != shape:
+        raise UserError(f"{source}: {hf_name} has shape {list(array.shape)}, but config.json's "
+                        f"sizes need {list(shape)}; config.json does not belong to these weights, "
+                        "or the file is damaged: download the model again")
+    check_values(array, hf_name, source)
 
 
 def _check_layer_count(sd: dict, prefix: str, hf_config: dict, num_layers: int,

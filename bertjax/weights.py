@@ -38,10 +38,20 @@ def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:
             for p, x in leaves if x is not None}
 
 
+def _is_parameter(x) -> bool:
+    return isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x)
+
+
+def parameter_shapes(abstract: eqx.Module) -> dict[str, tuple[int, ...]]:
+    """`{name as state_dict names it: shape}` of a model (abstract, from abstract_bert, or not)."""
+    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(abstract, _is_parameter))[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="."): tuple(x.shape)
+            for p, x in leaves}
+
+
 def load_state_dict(abstract: eqx.Module, arrays: dict[str, np.ndarray], source: str):
     """Fill `abstract` (from eqx.filter_eval_shape) with `arrays`, cast to its dtypes."""
-    params, static = eqx.partition(
-        abstract, lambda x: isinstance(x, jax.ShapeDtypeStruct) or eqx.is_array(x))
+    params, static = eqx.partition(abstract, _is_parameter)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [jax.tree_util.keystr(p, simple=True, separator=".") for p, _ in leaves]
     missing = [n for n in names if n not in arrays]

@@ -4,6 +4,7 @@ bundles; LFS pointers, truncated, tampered and corrupt files each get their own 
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -186,21 +187,25 @@ def test_corrupt_safetensors_header_and_lfs_pointer_in_a_hf_directory(tmp_path):
 @pytest.mark.parametrize("damage, fragment", [
     ("int", r"holds int32 values, not floats; the file is damaged"),
     ("nan", r"holds NaN or infinite values, which make every prediction NaN"),
+    ("shape", r"has shape \[31\], but config.json's sizes need \[32\]; config.json does not "
+              "belong to these weights"),
 ])
 def test_weights_that_are_not_finite_floats_are_refused(tmp_path, damage, fragment):
     """An integer tensor was cast to float without a word (a bias rounded to whole numbers);
-    a NaN one loaded, and predict printed NaN probabilities with exit 0."""
+    a NaN one loaded, and predict printed NaN probabilities with exit 0; a wrong-shaped one
+    raised numpy's ValueError from joining query | key | value. Each is named by the HF file's
+    own tensor name (it was bertjax's)."""
     import shutil
 
     from safetensors.numpy import load_file, save_file
 
     d = Path(shutil.copytree(HF_TINY / "mlm", tmp_path / "hf"))
     arrays = load_file(d / "model.safetensors")
-    name = next(k for k, v in sorted(arrays.items()) if v.dtype == np.float32)
-    arrays[name] = arrays[name].astype(np.int32) if damage == "int" else \
-        np.full_like(arrays[name], np.nan)
+    name = "bert.encoder.layer.1.attention.self.key.bias"
+    arrays[name] = {"int": lambda a: a.astype(np.int32), "nan": lambda a: np.full_like(a, np.nan),
+                    "shape": lambda a: a[1:].copy()}[damage](arrays[name])
     save_file(arrays, d / "model.safetensors")
-    with pytest.raises(UserError, match=rf"/hf: encoder\S+ {fragment}"):
+    with pytest.raises(UserError, match=rf"/hf: {re.escape(name)} {fragment}"):
         load_pretrained(d)
 
 
