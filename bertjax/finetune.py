@@ -57,6 +57,7 @@ from bertjax.sharding import (
     initialize_distributed,
     losing_a_process_is_fatal,
     make_mesh,
+    same_config_on_every_process,
     same_on_every_process,
     with_mesh,
 )
@@ -84,6 +85,7 @@ def finetune(cfg: Config) -> Path:
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     initialize_distributed(cfg.mesh)
+    same_config_on_every_process(cfg)
     # One run at a time in a run directory.
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
         return finetune_holding_the_run_dir(cfg)

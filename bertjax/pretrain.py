@@ -43,6 +43,7 @@ from bertjax.sharding import (
     initialize_distributed,
     losing_a_process_is_fatal,
     make_mesh,
+    same_config_on_every_process,
     same_on_every_process,
     shard_params,
 )
@@ -140,6 +141,7 @@ def pretrain(cfg: Config) -> Path:
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
     initialize_distributed(cfg.mesh)
+    same_config_on_every_process(cfg)
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
         return pretrain_holding_the_run_dir(cfg)
 

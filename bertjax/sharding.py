@@ -11,6 +11,7 @@ where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort en
 """
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -26,7 +27,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bertjax.config import MeshConfig
+from bertjax.config import Config, MeshConfig
+from bertjax.config_changes import LAUNCH_KEYS, flat_keys
 from bertjax.errors import LostProcess, UserError, exit_now
 
 
@@ -222,6 +224,26 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
         digest.update(hashlib.sha256(part).digest())
     mine = np.frombuffer(digest.digest(), np.uint8)
     return not (multihost_utils.process_allgather(mine) != mine).any()
+
+
+def same_config_on_every_process(cfg: Config) -> None:
+    """Refuse processes started with different configs (a collective; launch keys apart). Their
+    steps would still meet in the same collectives: each process would apply its own learning
+    rate to its share of the parameters, or one would stop while the others wait forever."""
+    if jax.process_count() == 1:
+        return
+    values = {k: v for k, v in flat_keys(dataclasses.asdict(cfg)).items() if k not in LAUNCH_KEYS}
+    keys = sorted(values)  # the same keys everywhere: the schema's
+    mine = np.stack([np.frombuffer(hashlib.sha256(repr(values[k]).encode()).digest()[:8],
+                                   np.uint8) for k in keys])
+    everyone = multihost_utils.process_allgather(mine)
+    differ = [k for k, d in zip(keys, (everyone != mine).any(axis=(0, 2)), strict=True) if d]
+    if differ:
+        raise UserError(f"the {jax.process_count()} processes were started with different configs "
+                        f"(process {jax.process_index()} has "
+                        f"{', '.join(f'{k}={values[k]}' for k in differ[:5])}); start every "
+                        "process with the same config files and overrides (only mesh.process_id "
+                        "differs between them)")
 
 
 def barrier(name: str) -> None:

@@ -2,6 +2,7 @@
 and parameters of the same 3 train steps on one device; a process left alone at the start, or
 losing another mid-run, ends in one line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import free_port, three_steps_on_one_device
+from conftest import free_port, three_steps_on_one_device, tiny_run_config
 from safetensors.numpy import load_file
 
 from bertjax.sharding import losing_a_process_is_fatal
@@ -88,3 +89,24 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
                         "for every process to join")
     assert lines[1].startswith("error: not every process joined within 3 s"), done.stderr
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
+
+
+@pytest.mark.parametrize("task", ["pretrain", "glue"])
+def test_processes_started_with_different_configs_are_refused(tmp_path, task):
+    # Process 1 given another learning rate: both trained, exit 0, each process applying its own
+    # rate to its replicas of the parameters (with another train.steps, one process waited
+    # forever for the other). Now both refuse in one line before anything is prepared.
+    cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / 'run'}",
+         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
+         f"mesh.process_id={i}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
+        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+        assert p.returncode == 2 and len(lines) == 1, err
+        assert lines[0].startswith("error: the 2 processes were started with different configs "
+                                   f"(process {i} has optim.lr={0.003 * (i + 1)});"), err
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
