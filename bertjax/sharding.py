@@ -83,6 +83,14 @@ def initialize_distributed(cfg: MeshConfig) -> None:
                         f"{' and '.join(missing)} ({e}); set mesh.coordinator_address, "
                         "mesh.num_processes and mesh.process_id together, or none of them under "
                         "SLURM, Open MPI or a TPU pod") from None
+    except jax.errors.JaxRuntimeError as e:
+        if "Failed to start RPC server" not in str(e):
+            raise
+        # Process 0 serves the coordinator on that port (on every interface).
+        raise UserError(f"{reason}: process {cfg.process_id} could not serve the coordinator on "
+                        "its port, which another program (or another run's process 0) holds; "
+                        "choose a free port in mesh.coordinator_address for every "
+                        "process") from None
     finally:
         for timer in timers:
             timer.cancel()

@@ -3,6 +3,7 @@ and parameters of the same 3 train steps on one device; a process left alone at 
 losing another mid-run, ends in one line."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,25 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
         assert lines[0].startswith("error: the 2 processes were started with different configs "
                                    f"(process {i} has optim.lr={0.003 * (i + 1)});"), err
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_busy_coordinator_port_is_one_line(tmp_path):
+    # Process 0 could not listen on mesh.coordinator_address's port: JAX's "Failed to start RPC
+    # server" traceback, exit 1.
+    script = tmp_path / "busy.py"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        script.write_text(
+            "from bertjax import config, errors, sharding\n"
+            "def main(argv):\n"
+            "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
+            f"'127.0.0.1:{port}', num_processes=2, process_id=0))\n"
+            "errors.cli(main)\n")
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=120)
+    lines = [line for line in done.stderr.splitlines() if "add_port.cc" not in line]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: mesh.coordinator_address=127.0.0.1:{port}: process 0 "
+                               "could not serve the coordinator on its port"), done.stderr
