@@ -43,7 +43,7 @@ def check_buckets(buckets: Sequence[int], spelled: Callable[[list[int]], str] = 
 
 
 def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> Encoded:
-    """Tokenize (pairs through the tokenizer's post-processor: [CLS] a [SEP] b [SEP], type ids
+    """Tokenize (pairs framed by tokenizer.encode_truncated: [CLS] a [SEP] b [SEP], type ids
     0/1), truncating longest-first to the largest bucket, and assign each row its bucket."""
     b = check_buckets(buckets)
     encs, truncated = encode_truncated(tokenizer, examples.text_a, examples.text_b, b[-1])

@@ -117,10 +117,13 @@ def save(tok: Tokenizer, path: str | Path) -> str:
 
 def encode_truncated(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None,
                      max_len: int) -> tuple[list[Encoding], int]:
-    """Encodings of texts (or text pairs, through the post-processor: [CLS] a [SEP] b [SEP],
-    type ids 0/1), cut longest-first to `max_len` tokens; and how many were cut. Works on a
-    copy, so the caller's tokenizer keeps its padding and truncation settings."""
+    """Encodings of texts (or text pairs: [CLS] a [SEP] b [SEP], type ids 0/1), cut
+    longest-first to `max_len` tokens; and how many were cut. Works on a copy, so the caller's
+    tokenizer keeps its padding and truncation settings."""
     copy = Tokenizer.from_str(tok.to_str())
+    # BERT's framing whatever the file says: a tokenizer.json trained with `tokenizers` alone
+    # often has no post-processor, and its pairs would be "a b" (no [CLS] to pool, no [SEP]).
+    _add_post_processor(copy)
     copy.no_padding()
     copy.enable_truncation(max_len, strategy="longest_first")
     inputs = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))

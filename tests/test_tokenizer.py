@@ -83,3 +83,17 @@ def test_an_lfs_pointer_is_named_as_such(tmp_path):
                                              f"oid sha256:{'0' * 64}\nsize 1234\n")
     with pytest.raises(UserError, match=r"tokenizer.json is a git LFS pointer.*git lfs pull"):
         tokenizer.load(tmp_path / "tokenizer.json")
+
+
+def test_pairs_are_framed_the_bert_way_whatever_the_files_post_processor(tmp_path):
+    # A tokenizer.json without BERT's post-processor (trained with `tokenizers` directly; or
+    # this conftest helper) was taken as it was: GLUE trained on "a b" with no [CLS] (the
+    # classifier pooled the first word) and no [SEP], type ids all 0, exit 0.
+    tok = bert_style_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.post_processor is None
+    (enc,), cut = tokenizer.encode_truncated(tok, ["the cat sat"], ["a dog"], 16)
+    assert enc.tokens == ["[CLS]", "the", "cat", "sat", "[SEP]", "a", "dog", "[SEP]"]
+    assert enc.type_ids == [0, 0, 0, 0, 0, 1, 1, 1] and cut == 0
+    (single,), _ = tokenizer.encode_truncated(tok, ["the cat"], None, 16)
+    assert single.tokens == ["[CLS]", "the", "cat", "[SEP]"]
+    assert tok.post_processor is None  # the caller's tokenizer is left as it was
