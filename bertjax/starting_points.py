@@ -42,10 +42,12 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
         raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
                         f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
     pretrained = source.model
-    model = eqx.tree_at(lambda m: m.encoder, model, pretrained.encoder)
-    for head in ("mlm", "pooler", "nsp"):
-        if getattr(model, head) is not None and getattr(pretrained, head) is not None:
-            model = eqx.tree_at(lambda m, h=head: getattr(m, h), model, getattr(pretrained, head))
+    # The checkpoint's arrays in this run's modules: its static fields (dropout rates, remat,
+    # scan) are its own config's, and would silently override this run's.
+    for part in ("encoder", "mlm", "pooler", "nsp"):
+        if getattr(model, part) is not None and getattr(pretrained, part) is not None:
+            model = eqx.tree_at(lambda m, p=part: getattr(m, p), model,
+                                transplant(getattr(pretrained, part), getattr(model, part)))
     return model, source.tokens_seen
 
 

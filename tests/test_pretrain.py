@@ -445,3 +445,18 @@ def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(config_file, s
     assert code == 2 and out.strip().splitlines()[-1].startswith(
         "error: wandb.mode=online: wandb did not start"), out
     assert file_hashes(run_dir) == before
+
+
+def test_continued_pretraining_keeps_this_runs_dropout_and_layout(config_file, straight):
+    # The checkpoint's encoder came in whole, static fields and all: `model.dropout=0.3
+    # model.attention_dropout=0.2 model.remat=false` were silently replaced by the checkpoint's
+    # 0.1 / 0.0 / its remat, while config.yaml and the log said this run's values.
+    overrides = ["model.dropout=0.3", "model.attention_dropout=0.2", "model.remat=false"]
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}", *overrides]))
+    fresh = Bert(run.cfg.model, key=jax.random.key(0))
+    model, _ = continue_from(fresh, run.cfg, run.tokenizer)
+    assert jax.tree.structure(model) == jax.tree.structure(fresh)  # the static fields too
+    assert model.encoder.embeddings.rate == 0.3 and not model.encoder.remat
+    start = restore_model(straight, None)[0]
+    for a, b in zip(jax.tree.leaves(model.encoder), jax.tree.leaves(start.encoder), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the checkpoint's weights
