@@ -97,13 +97,19 @@ class BatchRamp:
             total += (min(hi, step) - lo) * self.batch(lo)
         return total
 
-    def steps_for_tokens(self, tokens: int, seq_len: int) -> int:
-        """Smallest step count whose sequences reach `tokens` tokens."""
-        lo, hi = 1, max(1, tokens // (self.micro * seq_len) + 1)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.sequences_before(mid) * seq_len >= tokens:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+
+def steps_for_tokens(cfg: TrainConfig, tokens: int, seq_len: int) -> int:
+    """Smallest step count whose run reads `tokens` tokens, its ramp spanning train.batch_ramp
+    of those very steps (a ramp sized for another count leaves the budget short: 70 % of it
+    with batch_ramp=1). Every step reads at least micro_batch rows, which bounds the search."""
+    def reads(steps: int) -> int:
+        return BatchRamp.from_config(cfg, steps).sequences_before(steps) * seq_len
+
+    lo, hi = 1, max(1, -(-tokens // (cfg.micro_batch * seq_len)))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reads(mid) >= tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -33,7 +33,7 @@ from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
-from bertjax.optim import BatchRamp, make_optimizer, schedule
+from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -85,11 +85,7 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     """(steps, batch ramp): train.steps, or as many steps as train.tokens take on the ramp."""
     steps = cfg.train.steps
     if cfg.train.tokens is not None:
-        # The ramp depends on the step count; a constant-batch estimate is refined once.
-        probe = BatchRamp.from_config(cfg.train, 1)
-        steps = max(1, cfg.train.tokens // (probe.end * cfg.data.seq_len))
-        steps = BatchRamp.from_config(cfg.train, steps).steps_for_tokens(cfg.train.tokens,
-                                                                         cfg.data.seq_len)
+        steps = steps_for_tokens(cfg.train, cfg.train.tokens, cfg.data.seq_len)
     ramp = BatchRamp.from_config(cfg.train, steps)
     if ramp.sequences_before(steps) >= 2**31:
         # The step numbers each sequence's masking key by its global row, an int32 on device.

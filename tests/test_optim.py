@@ -7,6 +7,7 @@ import pytest
 from bertjax import config
 from bertjax.model import Bert
 from bertjax.optim import BatchRamp, decay_mask, schedule
+from bertjax.pretrain import size_run
 
 
 def test_decay_mask_decays_matrices_and_embeddings_only():
@@ -47,11 +48,22 @@ def test_batch_ramp_grows_in_bounded_stages_and_counts_sequences():
     assert len(set(batches)) <= 8 + 1
     for step in (0, 1, 13, 50, 99, 100, 149):
         assert ramp.sequences_before(step) == sum(batches[:step])
-    steps = ramp.steps_for_tokens(20_000, seq_len=10)
-    assert sum(batches[:steps]) * 10 >= 20_000 > sum(batches[:steps - 1]) * 10
 
 
 def test_constant_batch_without_ramp():
     ramp = BatchRamp.from_config(config.load([], ["train.micro_batch=8"]).train, 100)
     assert {ramp.batch(s) for s in range(100)} == {8}
     np.testing.assert_equal(ramp.sequences_before(37), 37 * 8)
+
+
+@pytest.mark.parametrize("ramp", [0.0, 0.1, 0.5, 1.0])
+def test_a_token_budget_is_read_in_full_whatever_the_ramp(ramp):
+    # The step count was sized on a ramp spanning another step count: train.tokens=30,000,000
+    # with batch_ramp=1.0 trained 1,413 steps that read 21,147,648 tokens (70 %), exit 0.
+    cfg = config.load([], ["train.steps=null", "train.tokens=30000000", "data.seq_len=128",
+                           "train.micro_batch=8", "train.batch_start=8", "train.batch_end=256",
+                           f"train.batch_ramp={ramp}"])
+    steps, ramp_used = size_run(cfg)
+    assert ramp_used == BatchRamp.from_config(cfg.train, steps)
+    reads = lambda s: BatchRamp.from_config(cfg.train, s).sequences_before(s) * 128  # noqa: E731
+    assert reads(steps) >= 30_000_000 > reads(steps - 1)
