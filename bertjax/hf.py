@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import ModelConfig
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, staged_dir
@@ -250,15 +251,11 @@ def _check_tied(sd: dict, pre: bool, source: str) -> None:
 def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json (+ vocab.txt for
     WordPiece), so `AutoTokenizer.from_pretrained(out)` works; returns the special token ids."""
-    check_not_lfs_pointer(tokenizer_json)
+    # The ids through the tokenizers library: a Unigram vocabulary is [token, score] pairs.
+    ids = tokenizer_lib.special_tokens(tokenizer_lib.load(
+        tokenizer_json, "tokenizer", "export with a BERT tokenizer.json"))
     spec = json.loads(tokenizer_json.read_text())
-    vocab = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-    vocab |= (spec.get("model") or {}).get("vocab") or {}
     names = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-    missing = [t for t in names.values() if t not in vocab]
-    if missing:
-        raise UserError(f"{tokenizer_json} has no {', '.join(missing)}; a BERT tokenizer needs "
-                        "[PAD] [UNK] [CLS] [SEP] [MASK]")
     shutil.copyfile(tokenizer_json, out / "tokenizer.json")
     tokens = {f"{k}_token": v for k, v in names.items()}
     lowercase = bool((spec.get("normalizer") or {}).get("lowercase", False))
@@ -270,7 +267,7 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
     if (spec.get("model") or {}).get("type") == "WordPiece":  # for older, vocab.txt-based loaders
         by_id = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
         (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id))
-    return {k: vocab[v] for k, v in names.items()}
+    return ids._asdict()
 
 
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,

@@ -331,3 +331,19 @@ def test_a_vocab_txt_only_directory_says_how_to_write_its_tokenizer_json(tmp_pat
         predict.main(["fill-mask", str(d), "a [MASK] b"])
     with pytest.raises(UserError, match=rf"set tokenizer.path=.*; {fix}"):
         load_start(config.load([], [f"init.checkpoint={d}"]))
+
+
+def test_a_unigram_tokenizer_exports_its_special_ids_not_its_scores(tmp_path):
+    # A Unigram tokenizer.json lists its vocabulary as [token, score] pairs: the special "ids"
+    # were read as their scores (floats), and `export --format hf` died in a TypeError traceback.
+    from tokenizers import Tokenizer, models
+
+    names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = [(t, -0.5 * i) for i, t in enumerate(["x", "y", *names, "a", "b"])]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model, cfg = export_fixture.build_model("pre_mlm")
+    export_hf(model, cfg, tmp_path / "tokenizer.json", tmp_path / "out", "mlm")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (2, 4, 5)
+    assert import_hf(tmp_path / "out")[1] == cfg  # positions offset by pad_token_id + 1
