@@ -28,7 +28,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bertjax.config import Config, MeshConfig
-from bertjax.config_changes import LAUNCH_KEYS, flat_keys
+from bertjax.config_changes import LAUNCH_KEYS
+from bertjax.domains import PATH, PATHS
 from bertjax.errors import LostProcess, UserError, exit_now
 
 
@@ -235,13 +236,18 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
 
 
 def same_config_on_every_process(cfg: Config) -> None:
-    """Refuse processes started with different configs (a collective; launch keys apart). Their
-    steps would still meet in the same collectives: each process would apply its own learning
-    rate to its share of the parameters, or one would stop while the others wait forever."""
+    """Refuse processes started with different configs (a collective). Their steps would still
+    meet in the same collectives: each process would apply its own learning rate to its share
+    of the parameters, or one would stop while the others wait forever. Left out: the launch
+    keys, paths (hosts may hold their own copies) and the tokenizer section (it only builds the
+    prepared data): what those lead to is compared by content (prepared data, GLUE encodings)."""
     if jax.process_count() == 1:
         return
-    values = {k: v for k, v in flat_keys(dataclasses.asdict(cfg)).items() if k not in LAUNCH_KEYS}
-    keys = sorted(values)  # the same keys everywhere: the schema's
+    values = {f"{part.name}.{f.name}": getattr(getattr(cfg, part.name), f.name)
+              for part in dataclasses.fields(cfg) if part.name != "tokenizer"
+              for f in dataclasses.fields(getattr(cfg, part.name))
+              if f.metadata.get("domain") not in (PATH, PATHS)}
+    keys = sorted(k for k in values if k not in LAUNCH_KEYS)  # the schema's, on every process
     mine = np.stack([np.frombuffer(hashlib.sha256(repr(values[k]).encode()).digest()[:8],
                                    np.uint8) for k in keys])
     everyone = multihost_utils.process_allgather(mine)
@@ -251,7 +257,7 @@ def same_config_on_every_process(cfg: Config) -> None:
                         f"(process {jax.process_index()} has "
                         f"{', '.join(f'{k}={values[k]}' for k in differ[:5])}); start every "
                         "process with the same config files and overrides (only mesh.process_id "
-                        "differs between them)")
+                        "and paths may differ between them)")
 
 
 def barrier(name: str) -> None:
