@@ -9,7 +9,6 @@ config.json's fields are mapped, both ways, in hf_config.py.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,20 +250,26 @@ def _check_tied(sd: dict, pre: bool, source: str) -> None:
 def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json (+ vocab.txt for
     WordPiece), so `AutoTokenizer.from_pretrained(out)` works; returns the special token ids."""
+    tok = tokenizer_lib.load(tokenizer_json, "tokenizer", "export with a BERT tokenizer.json")
     # The ids through the tokenizers library: a Unigram vocabulary is [token, score] pairs.
-    ids = tokenizer_lib.special_tokens(tokenizer_lib.load(
-        tokenizer_json, "tokenizer", "export with a BERT tokenizer.json"))
+    ids = tokenizer_lib.special_tokens(tok)
+    # transformers frames text only through the file's post-processor, and a tokenizer.json
+    # trained with `tokenizers` alone may have none: the model was trained on [CLS] a [SEP].
+    tokenizer_lib.add_bert_framing(tok)
+    tok.save(str(out / "tokenizer.json"))
     spec = json.loads(tokenizer_json.read_text())
     names = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-    shutil.copyfile(tokenizer_json, out / "tokenizer.json")
     tokens = {f"{k}_token": v for k, v in names.items()}
     lowercase = bool((spec.get("normalizer") or {}).get("lowercase", False))
+    wordpiece = (spec.get("model") or {}).get("type") == "WordPiece"
     (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
-         "model_max_length": max_length, "clean_up_tokenization_spaces": False, **tokens},
-        indent=2))
-    if (spec.get("model") or {}).get("type") == "WordPiece":  # for older, vocab.txt-based loaders
+        # BertTokenizer is WordPiece (its slow form reads vocab.txt); any other model loads as
+        # the generic fast tokenizer, from tokenizer.json alone
+        {"tokenizer_class": "BertTokenizer" if wordpiece else "PreTrainedTokenizerFast",
+         "do_lower_case": lowercase, "model_max_length": max_length,
+         "clean_up_tokenization_spaces": False, **tokens}, indent=2))
+    if wordpiece:  # for older, vocab.txt-based loaders
         by_id = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
         (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id))
     return ids._asdict()

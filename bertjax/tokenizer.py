@@ -48,7 +48,7 @@ def build(cfg: TokenizerConfig) -> Tokenizer:
     return tok
 
 
-def _add_post_processor(tok: Tokenizer) -> None:
+def add_bert_framing(tok: Tokenizer) -> None:
     """[CLS] A [SEP] for one text, [CLS] A [SEP] B [SEP] with type ids 0/1 for a pair (BERT)."""
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -74,7 +74,7 @@ def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    _add_post_processor(tok)
+    add_bert_framing(tok)
     special_tokens(tok, "the trained tokenizer")  # sanity: all five specials exist
     return tok
 
@@ -123,7 +123,7 @@ def encode_truncated(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] 
     copy = Tokenizer.from_str(tok.to_str())
     # BERT's framing whatever the file says: a tokenizer.json trained with `tokenizers` alone
     # often has no post-processor, and its pairs would be "a b" (no [CLS] to pool, no [SEP]).
-    _add_post_processor(copy)
+    add_bert_framing(copy)
     copy.no_padding()
     copy.enable_truncation(max_len, strategy="longest_first")
     inputs = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))

@@ -347,3 +347,11 @@ def test_a_unigram_tokenizer_exports_its_special_ids_not_its_scores(tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (2, 4, 5)
     assert import_hf(tmp_path / "out")[1] == cfg  # positions offset by pad_token_id + 1
+    # Released framed as BERT (the file had no post-processor: transformers would add no [CLS]
+    # or [SEP]), and as the generic fast tokenizer, not BertTokenizer (WordPiece only).
+    released = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    assert released.encode("a", "b").ids == [4, 7, 5, 8, 5]
+    assert tok.encode("a", "b").ids == [7, 8]
+    tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert not (tmp_path / "out" / "vocab.txt").exists()
