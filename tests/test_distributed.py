@@ -70,18 +70,23 @@ def test_one_process_keeps_jaxs_own_error():
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
 
 
+def write_join_script(script: Path, port: int, process_id: int, setup: str = "") -> None:
+    """A CLI that only joins a 2-process jax.distributed run on 127.0.0.1:port (after `setup`)."""
+    script.write_text(
+        f"from bertjax import config, errors, sharding\n{setup}"
+        "def main(argv):\n"
+        "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
+        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
+        "errors.cli(main)\n")
+
+
 @pytest.mark.parametrize("process_id", [0, 1])
 def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     # The other process never starts (or another port, or the same process_id twice): JAX
     # waited 5 minutes in silence, then aborted (134) with a C++ stack trace.
     script, port = tmp_path / "alone.py", free_port()
-    script.write_text(
-        "from bertjax import config, errors, sharding\n"
-        "sharding.JOIN_TIMEOUT_S, sharding.JOIN_NOTICE_S = 3, 1\n"
-        "def main(argv):\n"
-        "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
-        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
-        "errors.cli(main)\n")
+    write_join_script(script, port, process_id, "sharding.JOIN_TIMEOUT_S, "
+                                                "sharding.JOIN_NOTICE_S = 3, 1\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stderr
@@ -121,12 +126,7 @@ def test_a_busy_coordinator_port_is_one_line(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        script.write_text(
-            "from bertjax import config, errors, sharding\n"
-            "def main(argv):\n"
-            "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
-            f"'127.0.0.1:{port}', num_processes=2, process_id=0))\n"
-            "errors.cli(main)\n")
+        write_join_script(script, port, 0)
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                               timeout=120)
     lines = [line for line in done.stderr.splitlines() if "add_port.cc" not in line]
