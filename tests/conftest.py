@@ -57,6 +57,35 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# ---- distributing the tests over pytest-xdist workers ----
+# The tests of these files share module fixtures (CLI or in-process runs, made once per worker)
+# and compile the same programs (the session's compile cache serves a program only once it is
+# written, so two workers compiling it side by side both pay): each file runs in one worker.
+# Under `-n 2` (--dist load) both workers made test_pretrain's 6-step run, each compiling it
+# cold, at the same time. The other files' tests are spread one by one, as --dist load does.
+# (xdist_group marks with --dist loadgroup would say this per test, but pytest 9.2's structured
+# node ids break loadgroup silently: pytest-xdist issue 1386.)
+ONE_WORKER_FILES = {"test_pretrain.py", "test_finetune.py", "test_rollback.py",
+                    "test_train_step.py"}
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist load (what `-n N` means), with ONE_WORKER_FILES kept whole: a LoadScope scheduler
+    whose scope is the file for those and the test itself for the rest. Its default reordering
+    sends the largest scopes (these files) first. Another --dist is left to xdist."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_FILES else nodeid
+
+    return FilesTogether(config, log)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data when present (tests that need it skip cleanly otherwise)."""

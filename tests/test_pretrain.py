@@ -421,15 +421,17 @@ def test_demo_config_runs_end_to_end(tmp_path):
 
 
 def test_resume_never_starts_over_without_the_earlier_checkpoints(config_file, straight, tmp_path):
-    """The earlier run's checkpoints go: a later plain resume would else continue them."""
+    """The earlier run's checkpoints go: a later plain resume would else continue them. (The
+    same steps as `straight`, so the same compiled programs; checkpoints every 3 steps instead
+    of 2, so that the earlier 2 and 4 must have been deleted.)"""
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
-    code, out = train(config_file, run_dir, "train.resume=never", "train.steps=2",
-                      "train.fill_mask=[]")
+    code, out = train(config_file, run_dir, "train.resume=never", "train.checkpoint_every=3")
     assert code == 0 and "deleting" in out, out
-    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [2]
-    assert sorted(losses(run_dir)) == [1, 2]
-    code, out = train(config_file, run_dir, "train.steps=2", "train.fill_mask=[]")
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [3, 6]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))  # once each
+    code, out = train(config_file, run_dir, "train.checkpoint_every=3")
     assert code == 0 and "nothing to do" in out, out
 
 

@@ -41,7 +41,9 @@ def test_splitting_into_micro_batches_leaves_the_update_unchanged():
 def test_injected_fp16_overflow_skips_the_step_and_halves_the_scale():
     _, optimizer, state, batch, spec = setup(["precision.compute=float16"])
     assert state.loss_scale is not None
-    huge = LossScale(jnp.asarray(3e38, jnp.float32), jnp.asarray(5, jnp.int32), 2000)
+    # period 2, one finite step made: a step taken as finite would double the scale (to inf);
+    # the same step program as the next test's (its period and micro-batches), compiled once
+    huge = LossScale(jnp.asarray(3e38, jnp.float32), jnp.asarray(1, jnp.int32), 2)
     state = dataclasses.replace(state, loss_scale=huge)
     new, metrics = run_step(state, batch, spec, optimizer, micro=4)
     assert not bool(metrics["finite"])
@@ -55,9 +57,9 @@ def test_injected_fp16_overflow_skips_the_step_and_halves_the_scale():
 def test_fp16_finite_steps_train_and_grow_the_scale_after_the_period():
     _, optimizer, state, batch, spec = setup(["precision.compute=float16"])
     state = dataclasses.replace(state, loss_scale=LossScale.create(1024.0, 2))
-    s1, m1 = run_step(state, batch, spec, optimizer, micro=8)
+    s1, m1 = run_step(state, batch, spec, optimizer, micro=4)
     assert bool(m1["finite"]) and float(s1.loss_scale.scale) == 1024.0
-    s2, m2 = run_step(s1, batch, spec, optimizer, micro=8)
+    s2, m2 = run_step(s1, batch, spec, optimizer, micro=4)
     assert bool(m2["finite"]) and float(s2.loss_scale.scale) == 2048.0
     assert float(m2["mlm_loss"]) < float(m1["mlm_loss"])
 
