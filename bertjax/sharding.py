@@ -12,10 +12,12 @@ where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort en
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -69,6 +71,7 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     waiting = f"mesh: {reason}: waiting up to {JOIN_TIMEOUT_S} s for every process to join"
     timers = [threading.Timer(JOIN_NOTICE_S, print, (waiting,), {"file": sys.stderr}),
               threading.Timer(JOIN_TIMEOUT_S, exit_now, (_not_joined(reason), 2))]
+    _refuse_a_busy_coordinator_port(cfg, reason)
     for timer in timers:
         timer.daemon = True
         timer.start()
@@ -87,14 +90,39 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     except jax.errors.JaxRuntimeError as e:
         if "Failed to start RPC server" not in str(e):
             raise
-        # Process 0 serves the coordinator on that port (on every interface).
-        raise UserError(f"{reason}: process {cfg.process_id} could not serve the coordinator on "
-                        "its port, which another program (or another run's process 0) holds; "
-                        "choose a free port in mesh.coordinator_address for every "
-                        "process") from None
+        raise UserError(_busy_port(reason, cfg.process_id)) from None
     finally:
         for timer in timers:
             timer.cancel()
+
+
+def _refuse_a_busy_coordinator_port(cfg: MeshConfig, reason: str) -> None:
+    """Process 0 serves the coordinator on its address's port, on every interface. Try that
+    port first: when JAX's server cannot bind it, the process often dies of a segfault (-11)
+    before JAX raises the "Failed to start RPC server" caught above."""
+    if cfg.process_id != 0 or cfg.coordinator_address is None:
+        return
+    port = cfg.coordinator_address.rpartition(":")[2]
+    if not port.isdigit():
+        return  # JAX names a malformed address itself
+    family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As gRPC does: a port left in TIME_WAIT by a finished run is free to serve again.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind((host, int(port)))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            return  # no IPv6 on this host, a privileged port, ...: JAX tries and tells
+        raise UserError(_busy_port(reason, cfg.process_id)) from None
+
+
+def _busy_port(reason: str, process_id: int | None) -> str:
+    return (f"{reason}: process {process_id} could not serve the coordinator on its port, which "
+            "another program (or another run's process 0) holds; choose a free port in "
+            "mesh.coordinator_address for every process")
 
 
 def _not_joined(reason: str) -> str:

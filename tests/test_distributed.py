@@ -120,7 +120,7 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
 
 def test_a_busy_coordinator_port_is_one_line(tmp_path):
     # Process 0 could not listen on mesh.coordinator_address's port: JAX's "Failed to start RPC
-    # server" traceback, exit 1.
+    # server" traceback, exit 1, or (1 run in 2, in CI too) a segfault, -11, with no message.
     script = tmp_path / "busy.py"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -129,7 +129,7 @@ def test_a_busy_coordinator_port_is_one_line(tmp_path):
         write_join_script(script, port, 0)
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                               timeout=120)
-    lines = [line for line in done.stderr.splitlines() if "add_port.cc" not in line]
+    lines = done.stderr.splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: mesh.coordinator_address=127.0.0.1:{port}: process 0 "
                                "could not serve the coordinator on its port"), done.stderr
