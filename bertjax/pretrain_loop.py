@@ -216,7 +216,8 @@ class Loop:
         for i in range(n_batches):
             offset, count = process_slice(size)
             batch = global_batch(data.rows(i * size + offset, count), self.mesh)
-            sums.append(self.eval_step(state.model, batch, jnp.int32(i * size), self.keys[EVAL]))
+            sums.append(self.eval_step(state.model, batch, jnp.int32(i * size), self.keys[EVAL],
+                                       jnp.int32(data.num_sequences)))
         total = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
         loss = float(safe_ratio(jnp.asarray(total["mlm_loss"]), jnp.asarray(total["mlm_weight"])))
         row = {"val_loss": loss, "val_accuracy": total["mlm_correct"] / total["mlm_weight"],

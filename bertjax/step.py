@@ -114,8 +114,8 @@ def forward_sums(model: Bert, batch: dict, spec: StepSpec, key) -> dict[str, jax
     sums = mlm_sums(model.mlm_logits(hidden, batch["positions"]), batch["labels"],
                     batch["weights"])
     if spec.pair_objective:
-        ones = jnp.ones(batch["pair_labels"].shape, jnp.float32)
-        sums |= pair_sums(model.pair_logits(hidden), batch["pair_labels"], ones)
+        rows = batch.get("pair_weights", jnp.ones(batch["pair_labels"].shape, jnp.float32))
+        sums |= pair_sums(model.pair_logits(hidden), batch["pair_labels"], rows)
     return sums
 
 
@@ -172,9 +172,15 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
 
 
 def make_eval_step(spec: StepSpec):
+    """eval_step(model, batch, first_row, mask key, num_sequences) -> sums over the batch's
+    rows at global positions below num_sequences. A split smaller than one batch fills the
+    batch by reading some sequences again (the shape is fixed); those copies weigh nothing."""
     @eqx.filter_jit
-    def eval_step(model: Bert, batch: dict, first_row, mask_key):
+    def eval_step(model: Bert, batch: dict, first_row, mask_key, num_sequences):
         batch = mask_rows(spec, mask_key, batch, first_row)
+        rows = batch["input_ids"].shape[0]
+        real = (first_row + jnp.arange(rows) < num_sequences).astype(jnp.float32)
+        batch = dict(batch, weights=batch["weights"] * real[:, None], pair_weights=real)
         return forward_sums(model, batch, spec, None)
 
     return eval_step

@@ -1,5 +1,6 @@
 """The jitted train step: micro-batch split invariance, fp16 loss scaling, skipped steps,
-compilation count under the batch ramp, and device-count invariance of the sharded step."""
+compilation count under the batch ramp, and device-count invariance of the sharded step; the
+validation step's count of a split smaller than its batch."""
 
 import dataclasses
 import functools
@@ -14,7 +15,7 @@ from conftest import PREDS, assert_trees_close, key_mask, setup
 
 from bertjax.precision import LossScale
 from bertjax.sharding import global_batch, make_mesh, shard_params
-from bertjax.step import forward_sums, make_train_step, mask_rows
+from bertjax.step import forward_sums, make_eval_step, make_train_step, mask_rows
 
 
 def run_step(state, batch, spec, optimizer, micro, mesh=None):
@@ -25,6 +26,24 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
+
+
+def test_validation_counts_each_sequence_of_a_split_smaller_than_its_batch_once():
+    # 3 validation sequences, micro_batch 8: the batch is filled by reading the split again
+    # (positions 3..7 are sequences 0..4 in another order), and those copies counted as more
+    # validation text: the loss of 8 rows, weighted toward the first 5.
+    _, _, state, batch, spec = setup(rows=8)
+    batch["input_ids"][3:] = batch["input_ids"][[2, 0, 1, 1, 2]]
+    batch["pair_labels"][3:] = batch["pair_labels"][[2, 0, 1, 1, 2]]
+    eval_step, key = make_eval_step(spec), jax.random.key(1)
+    as_arrays = functools.partial(jax.tree.map, jnp.asarray)
+    filled = eval_step(state.model, as_arrays(batch), jnp.int32(0), key, jnp.int32(3))
+    alone = eval_step(state.model, as_arrays({k: v[:3] for k, v in batch.items()}), jnp.int32(0),
+                      key, jnp.int32(3))
+    assert float(filled["mlm_weight"]) == float(alone["mlm_weight"]) == 3 * (PREDS - 1)
+    assert float(filled["pair_weight"]) == float(alone["pair_weight"]) == 3
+    for name in ("mlm_loss", "mlm_correct", "pair_loss", "pair_correct"):
+        np.testing.assert_allclose(filled[name], alone[name], rtol=1e-5, err_msg=name)
 
 
 def test_splitting_into_micro_batches_leaves_the_update_unchanged():
