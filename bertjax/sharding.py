@@ -10,6 +10,7 @@ in vain for the others to join ends in one line, and so does one that loses anot
 where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it).
 """
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -94,6 +95,18 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     finally:
         for timer in timers:
             timer.cancel()
+    _refuse_unequal_device_counts()
+
+
+def _refuse_unequal_device_counts() -> None:
+    """Each process feeds an equal share of every batch, and JAX's multi-host gathers lay the
+    devices out as (processes, devices per process): with unequal counts the first collective
+    was a numpy reshape traceback. Every process sees every device, so all refuse alike."""
+    counts = collections.Counter(d.process_index for d in jax.devices())
+    if len(set(counts.values())) > 1:
+        each = ", ".join(f"process {i}: {counts[i]}" for i in sorted(counts))
+        raise UserError(f"the processes have different numbers of devices ({each}); give every "
+                        "process the same number (e.g. with CUDA_VISIBLE_DEVICES on each host)")
 
 
 def _refuse_a_busy_coordinator_port(cfg: MeshConfig, reason: str) -> None:

@@ -118,6 +118,25 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
 
 
+def test_processes_with_different_device_counts_are_refused(tmp_path):
+    # One host with 1 device, one with 2: the first collective was a numpy reshape traceback
+    # (JAX lays the devices out as processes x devices per process), exit 1, on both.
+    port = free_port()
+    procs = []
+    for i, devices in enumerate([1, 2]):
+        write_join_script(tmp_path / f"join{i}.py", port, i)
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        err = p.communicate(timeout=120)[1]
+        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+        assert p.returncode == 2 and lines == [
+            "error: the processes have different numbers of devices (process 0: 1, process 1: "
+            "2); give every process the same number (e.g. with CUDA_VISIBLE_DEVICES on each "
+            "host)"], err
+
+
 def test_a_busy_coordinator_port_is_one_line(tmp_path):
     # Process 0 could not listen on mesh.coordinator_address's port: JAX's "Failed to start RPC
     # server" traceback, exit 1, or (1 run in 2, in CI too) a segfault, -11, with no message.
