@@ -289,7 +289,9 @@ def finish(run: Run, model: Bert) -> None:
         print("fill-mask predictions:")
         for text, top in zip(sentences, fill_mask(model, run.tokenizer, sentences, top_k=3),
                              strict=True):
-            guesses = ", ".join(f"{tok} ({p:.2f})" for tok, p in top[0])
+            # A [MASK] past the model's positions was cut away with the text's end (as predict)
+            guesses = (", ".join(f"{tok} ({p:.2f})" for tok, p in top[0]) if top else
+                       "[MASK] lies beyond the model's positions (the input was cut)")
             print(f"  {text}  ->  {guesses}")
 
 

@@ -274,3 +274,19 @@ def test_fill_mask_reads_as_many_slots_as_masks(model, monkeypatch):
     predict.fill_mask(model, tok, texts, top_k=2)
     predict.fill_mask(model, tok, [t + " [MASK] [MASK]" for t in texts], top_k=2)
     assert slots == [1, 4]
+
+
+def test_a_fill_mask_sentence_cut_before_its_mask_ends_a_pretraining_run_cleanly(
+        cfg, model, capsys, monkeypatch, tmp_path):
+    """train.fill_mask with a [MASK] past the model's positions: an IndexError traceback at the
+    end of a finished pretraining run (predict's CLI said so already)."""
+    from bertjax import plot, pretrain
+    monkeypatch.setattr(plot, "plot_finished_run", lambda run_dir: None)
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])
+    long = " ".join(["the"] * (2 * POSITIONS)) + " [MASK] ."
+    run = object.__new__(pretrain.Run)  # finish reads only these three
+    run.run_dir, run.tokenizer = tmp_path, tok
+    run.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fill_mask=[long]))
+    pretrain.finish(run, model)
+    assert "[MASK] lies beyond the model's positions" in capsys.readouterr().out
