@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from tokenizers import Tokenizer
 
+from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, utf8_error
@@ -228,7 +229,28 @@ def main(argv: list[str]) -> None:
              "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
     if getattr(model, needs[0]) is None:
         raise UserError(f"{args.checkpoint} has no {needs[1]}, which `{args.command}` needs")
+    if args.command == "classify":
+        check_pairing(args.checkpoint, pretrained, texts)
     print_predictions(args, pretrained, tok, texts)
+
+
+def check_pairing(path: str, pretrained, texts: tuple[list[str], list[str] | None]) -> None:
+    """Single texts for a model fine-tuned on pairs (or pairs for one on single sentences) are
+    refused: each was classified alone, exit 0 (`classify MNLI_RUN "a" "b"`, nsp's spelling of
+    a pair, is two inputs). Models without a recorded GLUE task (Hugging Face) are not checked."""
+    cfg = pretrained.config
+    if cfg is None or cfg.train.task != "glue":
+        return
+    task = glue_tasks.get_task(cfg.glue.task)
+    pairs = task.columns[1] is not None
+    if pairs and texts[1] is None:
+        raise UserError(f"{path} was fine-tuned on {task.dir}, which classifies sentence pairs, "
+                        f"but the inputs are single texts (two TEXT arguments are two inputs); "
+                        f"give each pair as one 'first<TAB>second' argument or --file line")
+    if not pairs and texts[1] is not None:
+        raise UserError(f"{path} was fine-tuned on {task.dir}, which classifies single "
+                        f"sentences, but the inputs are pairs (first<TAB>second); give one "
+                        f"sentence per argument or --file line")
 
 
 def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] | None]) -> None:

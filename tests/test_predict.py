@@ -290,3 +290,23 @@ def test_a_fill_mask_sentence_cut_before_its_mask_ends_a_pretraining_run_cleanly
     run.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fill_mask=[long]))
     pretrain.finish(run, model)
     assert "[MASK] lies beyond the model's positions" in capsys.readouterr().out
+
+
+def test_classify_refuses_single_texts_for_a_pair_task_and_pairs_for_a_single_one(
+        model, cfg, tmp_path, capsys):
+    """`classify MNLI_RUN "a" "b"` (nsp's spelling of a pair) classified "a" and "b" each
+    alone, exit 0; the task recorded in the fine-tuned config says which the model reads."""
+    def glue_bundle(task):
+        fine_tuned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task="glue"),
+                                         glue=dataclasses.replace(cfg.glue, task=task))
+        return str(save_bundle(model, fine_tuned, make_tokenizer(), tmp_path / task))
+
+    mnli = glue_bundle("mnli")
+    with pytest.raises(UserError, match="fine-tuned on MNLI, which classifies sentence pairs, "
+                                        "but the inputs are single texts"):
+        predict.main(["classify", mnli, "the cat sat .", "the dog sat ."])
+    with pytest.raises(UserError, match="fine-tuned on SST-2, which classifies single sentences"):
+        predict.main(["classify", glue_bundle("sst2"), "the cat sat .\tthe dog sat ."])
+    assert capsys.readouterr().out == ""
+    predict.main(["classify", mnli, "the cat sat .\tthe dog sat ."])
+    assert capsys.readouterr().out.endswith("\tthe cat sat . || the dog sat .\n")
