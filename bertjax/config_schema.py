@@ -16,6 +16,7 @@ from bertjax.domains import (
     POSITIVE,
     UNIT_CLOSED,
     UNIT_OPEN,
+    Domain,
     at_least,
     check_domains,
     containing,
@@ -234,7 +235,10 @@ class TrainConfig:
                                domain=list_of(containing("[MASK]")))
     rollback_spike: float = opt(2.0, "a loss above this times the running mean of the losses "
                                 "before it is a spike and rolls back (0 = no spike test)",
-                                domain=NON_NEGATIVE)
+                                # at 1 or below, a loss no higher than the mean is a spike:
+                                # every step rolled back and the run did not train, exit 0
+                                domain=Domain("0 (no spike test) or > 1",
+                                              lambda x: x == 0 or x > 1))
     rollback_sigmas: float = opt(6.0, "after the warm-up a spike must also exceed the running "
                                  "mean by this many running standard deviations",
                                  domain=NON_NEGATIVE)

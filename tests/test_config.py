@@ -186,6 +186,9 @@ def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
     ("optim.final_lr_fraction=2", "in [0, 1]"), ("data.prefetch=0", "> 0"),
     ("train.fill_mask=[no mask here]", "containing [MASK]"), ("glue.task=ax", "one of cola"),
     ("tokenizer.vocab_size=10", ">= 100"), ("mesh.num_processes=0", "> 0"),
+    # below 1 a loss under the running mean rolled back: no step was applied, exit 0
+    ("train.rollback_spike=0.5", "0 (no spike test) or > 1"),
+    ("train.rollback_spike=1", "0 (no spike test) or > 1"),
 ])
 def test_an_impossible_value_names_key_value_domain_and_fix(override, says):
     key, _, value = override.partition("=")
