@@ -490,3 +490,19 @@ def test_a_config_file_whose_path_holds_an_equals_sign_is_a_file(tmp_path, monke
     for given in (str(path), "lr=1e-3/c.yaml"):
         assert config.split_args([given, "train.seed=3"]) == ([given], ["train.seed=3"])
     assert config.split_args(["lr=2/c.yaml"]) == ([], ["lr=2/c.yaml"])  # no such file
+
+
+def test_a_config_file_inside_the_run_dir_is_not_overwritten(tmp_path, monkeypatch):
+    """`train config.yaml train.run_dir=.` replaced the user's config.yaml (comments,
+    includes) by the run's resolved config, exit 0; a run's own config.yaml passed back is
+    still read (a resume)."""
+    from bertjax import train
+    monkeypatch.chdir(tmp_path)
+    mine = "# my notes\ntrain:\n  steps: 1\n"
+    (tmp_path / "config.yaml").write_text(mine)
+    with pytest.raises(UserError, match=r"^train.run_dir=\. would overwrite config.yaml, the "
+                                        r"config file this command reads"):
+        train.main(["config.yaml", "train.run_dir=."])
+    assert (tmp_path / "config.yaml").read_text() == mine
+    (tmp_path / "checkpoints").mkdir()  # a run's directory: its own saved config
+    train.check_config_file_kept(["config.yaml"], str(tmp_path))
