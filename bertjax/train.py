@@ -5,6 +5,7 @@ Nothing imports this module; the steps live in bertjax.step, the loops in pretra
 """
 
 import re
+import warnings
 from pathlib import Path
 
 from bertjax import config
@@ -25,9 +26,31 @@ def main(argv: list[str]) -> None:
     cfg = config.load(files, overrides)
     check_config_file_kept(files, cfg.train.run_dir)
     if cfg.train.task == "glue":
+        warn_pretraining_overrides(overrides)
         finetune(cfg)
     else:
         pretrain(cfg)
+
+
+# Pretraining keys a fine-tune never reads, and what it reads instead.
+PRETRAINING_ONLY = {
+    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
+    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
+    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
+    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
+    "scored after every epoch", "train.eval_batches": "nothing: the dev set is scored whole",
+}
+
+
+def warn_pretraining_overrides(overrides: list[str]) -> None:
+    """A fine-tune's command-line override of a key only pretraining reads (`data.seq_len=256`
+    for longer GLUE inputs) was silently ignored. Only overrides: a YAML file may include a
+    pretraining config on purpose (configs/band_sst2.yaml)."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in PRETRAINING_ONLY:
+            warnings.warn(f"{key} applies to pretraining only and is ignored by GLUE "
+                          f"fine-tuning; it reads {PRETRAINING_ONLY[key]}", stacklevel=2)
 
 
 def check_config_file_kept(files: list[str], run_dir: str) -> None:

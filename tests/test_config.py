@@ -506,3 +506,20 @@ def test_a_config_file_inside_the_run_dir_is_not_overwritten(tmp_path, monkeypat
     assert (tmp_path / "config.yaml").read_text() == mine
     (tmp_path / "checkpoints").mkdir()  # a run's directory: its own saved config
     train.check_config_file_kept(["config.yaml"], str(tmp_path))
+
+
+def test_a_pretraining_only_override_on_a_glue_run_is_warned_of(monkeypatch):
+    """`train configs/rte.yaml ... data.seq_len=256` (for longer inputs) or train.micro_batch=8
+    was silently ignored: GLUE reads glue.buckets and glue.batch_size."""
+    from bertjax import train
+    started = []
+    monkeypatch.setattr(train, "finetune", started.append)
+    with pytest.warns(UserWarning) as seen:
+        train.main([str(ROOT / "configs/rte.yaml"), "data.seq_len=256", "train.micro_batch=8",
+                    "glue.batch_size=8"])
+    assert [str(w.message) for w in seen] == [
+        "data.seq_len applies to pretraining only and is ignored by GLUE fine-tuning; it reads "
+        "glue.buckets (the largest is the max length)",
+        "train.micro_batch applies to pretraining only and is ignored by GLUE fine-tuning; it "
+        "reads glue.batch_size"]
+    assert len(started) == 1  # a warning, not a refusal
