@@ -1,16 +1,17 @@
 """`python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]`: the front door.
 
-Dispatch only: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune.
-Nothing imports this module; the steps live in bertjax.step, the loops in pretrain/finetune.
+Dispatch: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune,
+after two checks of the command line itself (a config file the run would overwrite, pretraining
+keys given to a fine-tune). Nothing imports this module; the steps live in bertjax.step, the
+loops in pretrain/finetune.
 """
 
-import re
 import warnings
 from pathlib import Path
 
 from bertjax import config
 from bertjax.errors import UserError, cli
-from bertjax.finetune import finetune
+from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.pretrain import pretrain
 
 USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
@@ -58,12 +59,12 @@ def check_config_file_kept(files: list[str], run_dir: str) -> None:
     (`train config.yaml train.run_dir=.`): the run saves its resolved config there, and the
     user's file (comments, includes) was replaced, exit 0. A run's own saved config passed back
     (it has checkpoints/, seedN/ or metrics.jsonl beside it) is rewritten with nothing lost."""
-    saved = Path(run_dir) / "config.yaml"
+    run = Path(run_dir)
+    saved = run / "config.yaml"
     if not any(Path(f).is_file() and Path(f).resolve() == saved.resolve() for f in files):
         return
-    run = Path(run_dir)
     if (run / "checkpoints").is_dir() or (run / "metrics.jsonl").is_file() or \
-            any(p.is_dir() and re.fullmatch(r"seed\d+", p.name) for p in run.iterdir()):
+            earlier_seed_dirs(run):
         return
     raise UserError(f"train.run_dir={run_dir} would overwrite {saved}, the config file this "
                     "command reads (a run saves its resolved config there): set train.run_dir "
