@@ -34,6 +34,7 @@ from bertjax.errors import UserError, cli
 from bertjax.files import (
     check_output_dir,
     from_cwd,
+    path_argument,
     sha256_file,
     staged_dir,
 )
@@ -267,14 +268,15 @@ def main(argv: list[str]) -> None:
     # left --format hf out of --help
     parser = _Parser(prog="python -m bertjax.export",
                      description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT",
+    parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT", type=path_argument,
                         help="a pretraining run; with --format hf also a checkpoint or bundle")
-    parser.add_argument("out_dir", metavar="OUT_DIR")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=path_argument)
     parser.add_argument("--format", default="bundle", choices=FORMATS,
                         help="a bertjax release bundle, or a Hugging Face (transformers) directory")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="bundle weights")
     parser.add_argument("--force", action="store_true", help="replace a previous export at OUT_DIR")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the run's)")
+    parser.add_argument("--tokenizer", default=None, type=path_argument,
+                        help="tokenizer.json (default: the run's)")
     args = parser.parse_args(argv)
     if args.format == "hf":
         if args.dtype != "float32":

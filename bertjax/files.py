@@ -8,6 +8,7 @@ a directory where a file belongs, text that is not UTF-8 and a full disk. A run 
 directory with an OS lock (`lock_dir`) that dies with the process.
 """
 
+import argparse
 import contextlib
 import errno
 import fcntl
@@ -209,6 +210,14 @@ def from_cwd(path: str | Path) -> str:
     the command line are read from the current directory, not from the config file (as
     include: is), so a command started elsewhere misses them."""
     return "" if Path(path).is_absolute() else f" (in the current directory, {Path.cwd()})"
+
+
+def path_argument(text: str) -> str:
+    """argparse `type` of a command-line path: an empty one (an unset shell variable) is
+    refused, where Path("") would quietly read as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); give a path")
+    return text
 
 
 def check_file(path: str | Path, what: str, fix: str) -> Path:

@@ -146,6 +146,9 @@ class Embeddings(eqx.Module):
     def __call__(self, input_ids: Int[Array, "batch seq"], token_type_ids: Int[Array, "batch seq"],
                  *, key: PRNGKeyArray | None = None) -> Float[Array, "batch seq embed"]:
         seq = input_ids.shape[1]
+        if self.token_type.shape[0] == 1:  # RoBERTa's convention: one segment for pairs too
+            # (a second segment's id 1 would index past the table: jnp.take fills with NaN)
+            token_type_ids = jnp.zeros_like(token_type_ids)
         # The whole position table, then its first rows: slicing a table split by rows would
         # move rows between devices (collective-permutes).
         x = (gather_f32(whole(self.word), input_ids) + whole(self.position)[:seq][None]

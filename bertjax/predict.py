@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
-from bertjax.files import check_file, utf8_error
+from bertjax.files import check_file, path_argument, utf8_error
 from bertjax.model import Bert
 from bertjax.pretrained import check_tokenizer_fits, load_pretrained, vocab_txt_only
 from bertjax.tokenizer import encode_truncated, pad_rows
@@ -192,12 +192,13 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> None:
     parser = _Parser(prog="python -m bertjax.predict")
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
-    parser.add_argument("checkpoint", help="run dir, checkpoint dir, bundle or HF BERT dir")
+    parser.add_argument("checkpoint", type=path_argument,
+                        help="run dir, checkpoint dir, bundle or HF BERT dir")
     # default=[]: argparse counts a '*' positional without a default as required in its error
     # ("required: ..., text"), though --file alone is a complete command line
     parser.add_argument("text", nargs="*", default=[], help="inputs; a pair as 'first<TAB>second'")
-    parser.add_argument("--file", help="one input per line (pairs tab-separated); - reads "
-                        "standard input")
+    parser.add_argument("--file", type=path_argument,
+                        help="one input per line (pairs tab-separated); - reads standard input")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--allow-tokenizer-mismatch", action="store_true",

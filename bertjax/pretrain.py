@@ -295,6 +295,14 @@ def finish(run: Run, model: Bert) -> None:
             print(f"  {text}  ->  {guesses}")
 
 
+def _why_none(nonfinite: int, rolled_back: int) -> str:
+    """Why no step of a run is in its model: non-finite steps, rollbacks (the last one went
+    back to the initial state), or both."""
+    reasons = (["their gradients or loss were not finite"] if nonfinite else []) + \
+        ([f"{rolled_back} were rolled back after training diverged"] if rolled_back else [])
+    return "; ".join(reasons)
+
+
 def write_results(run: Run, validation: dict | None, tokens_before: int | None,
                   watch: Watch) -> None:
     rolled_back = sum(last - first + 1 for first, last in watch.skipped)
@@ -307,10 +315,11 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
                "nonfinite_steps": nonfinite}
     write_atomic(run.run_dir / "results.json", json_text(results))
     if watch.updates == 0:  # every step skipped: the curves and checkpoints look like a run's
-        warnings.warn(f"none of the {run.total_steps} steps was applied (their gradients or loss "
-                      "were not finite): the model did not train at all; "
+        warnings.warn(f"none of the {run.total_steps} steps was applied "
+                      f"({_why_none(nonfinite, rolled_back)}): the model did not train at all; "
                       + ("lower precision.loss_scale, or use bfloat16"
-                         if run.cfg.precision.compute == "float16" else "lower optim.lr"),
+                         if run.cfg.precision.compute == "float16" and nonfinite
+                         else "lower optim.lr"),
                       stacklevel=2)
     elif nonfinite:
         print(f"note: {nonfinite} of {run.total_steps} steps were not applied (gradients or loss "

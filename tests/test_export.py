@@ -274,6 +274,15 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
         main([str(run[0]), str(tmp_path / "o2"), "--dtype", "float16"])
 
 
+@pytest.mark.parametrize("argv", [["", "out"], ["run", ""], ["run", "out", "--tokenizer", ""]])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(argv, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="an empty path .*give a path; usage: python -m"):
+        main(argv)
+    assert not any(tmp_path.iterdir())
+
+
 def test_help_describes_both_formats(capsys):
     """--help's description was the docstring's first line only, which stops mid-sentence at
     "[--force]`;" before the --format hf form."""

@@ -67,6 +67,17 @@ def test_mean_pooling_averages_real_tokens_only():
     assert not np.allclose(cls.classify(hidden, mask), model.classify(hidden, mask))
 
 
+def test_one_token_type_reads_pairs_as_one_segment():
+    """model.type_vocab_size=1 (RoBERTa's convention) with pairs: the second segment's id 1
+    indexed past the one-row table, and jnp.take filled its embeddings with NaN."""
+    model = Bert(tiny(type_vocab_size=1), key=jax.random.key(2), nsp=True)
+    ids, types, mask = inputs()
+    assert np.asarray(types).max() == 1
+    hidden = forward(model, ids, types, mask)
+    assert np.isfinite(np.asarray(hidden)).all()
+    np.testing.assert_array_equal(hidden, forward(model, ids, jnp.zeros_like(types), mask))
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_padding_does_not_change_real_positions(norm):
     model = Bert(tiny(norm=norm), key=jax.random.key(1))

@@ -145,6 +145,9 @@ def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
     ([], "required: command, checkpoint; usage"),  # not TEXT: --file may stand for it
     (["fill-mask", "x", "a [MASK]", "--top-k", "x"], "--top-k: invalid int value: 'x'; usage"),
     (["guess", "x", "a"], "invalid choice: 'guess'"),
+    # "" (an unset shell variable) read as the current directory
+    (["fill-mask", "", "a [MASK]"], "argument checkpoint: an empty path .*; usage"),
+    (["fill-mask", "x", "--file", " "], "argument --file: an empty path .*; usage"),
 ])
 def test_argument_errors_are_one_line_with_the_usage(argv, fragment):
     with pytest.raises(UserError, match=fragment) as e:

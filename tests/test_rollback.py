@@ -229,6 +229,20 @@ def test_a_loss_spike_rolls_back(base, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_whose_last_rollback_went_to_the_start_says_why_nothing_was_applied(base, tmp_path):
+    # No checkpoint before it: step 12's spike (x1e6 on step 11's update, whose lr is near the
+    # schedule's end) rolls back to the initial state, so none of the 12 steps is in the model.
+    # The end warning said their gradients or loss were not finite.
+    with pytest.warns(UserWarning) as warned:
+        run(base, tmp_path, {STEPS - 1: 1e6}, "train.checkpoint_every=0")
+    (message,) = [str(w.message) for w in warned if "none of the" in str(w.message)]
+    assert message == f"none of the {STEPS} steps was applied ({STEPS} were rolled back after " \
+                      "training diverged): the model did not train at all; lower optim.lr"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["skipped_steps"], results["nonfinite_steps"]) == ([[1, STEPS]], 0)
+
+
+@pytest.mark.slow
 def test_when_the_rollbacks_run_out_the_run_stops(base, tmp_path):
     # Every update NaN: trouble at steps 2 and 4 roll back to the initial state, the third stops.
     with pytest.raises(SystemExit) as stopped:
