@@ -67,7 +67,7 @@ def staged_dir(out_dir: str | Path, force: bool, *, key: str = "out_dir",
     success it replaces `out_dir` (see `check_output_dir`). On failure nothing is left behind,
     and a full disk is one UserError naming the `kind` being written. A writer killed outright
     (SIGKILL, a crash) leaves its temporaries: the next one to `out_dir` clears them first."""
-    out_dir = Path(out_dir)
+    out_dir = _through_link(Path(out_dir))
     _clear_abandoned(out_dir)
     out_dir = check_output_dir(out_dir, force, key, marker, kind)
     with _disk_full_is_one_line(out_dir, kind):
@@ -163,7 +163,7 @@ def check_output_dir(out_dir: str | Path, force: bool, key: str, marker: str | N
     """`out_dir` if a staged directory can go there: new, empty, or (with `force`) one to
     replace. With `marker`, the file every `kind` holds, only a previous `kind` is replaced: a
     mistyped path must not wipe a directory of something else."""
-    out_dir = check_dir_path(out_dir, key)
+    out_dir = check_dir_path(_through_link(Path(out_dir)), key)
     if not (out_dir.is_dir() and any(out_dir.iterdir())):
         return out_dir
     if marker is not None and not (out_dir / marker).is_file():
@@ -174,6 +174,12 @@ def check_output_dir(out_dir: str | Path, force: bool, key: str, marker: str | N
         raise UserError(f"{out_dir} exists and is not empty; pass --force (force=True) to "
                         "replace it, or choose another directory")
     return out_dir
+
+
+def _through_link(out_dir: Path) -> Path:
+    """A symlinked `out_dir` is its target: replacing the link itself left the target (a
+    previous export, on another disk, say) unchanged and the link gone."""
+    return out_dir.resolve() if out_dir.is_symlink() else out_dir
 
 
 def _temp_dir_beside(out_dir: Path, key: str) -> Path:

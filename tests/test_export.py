@@ -754,6 +754,19 @@ def test_a_killed_exports_temporaries_go_and_a_live_ones_stay(run, bundle, tmp_p
     assert read_manifest(out)["files"].keys() == read_manifest(bundle)["files"].keys()
 
 
+def test_force_onto_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    """export --force onto a link to a previous export replaced the link with a directory and
+    left the target holding the old files."""
+    (tmp_path / "disk" / "out").mkdir(parents=True)
+    (tmp_path / "disk" / "out" / "old").write_text("previous")
+    (tmp_path / "out").symlink_to(tmp_path / "disk" / "out")
+    with files.staged_dir(tmp_path / "out", force=True) as tmp:
+        (tmp / "new").write_text("this export")
+    assert (tmp_path / "out").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "disk" / "out").iterdir()) == ["new"]
+    assert hidden(tmp_path / "disk") == [] and hidden(tmp_path) == []
+
+
 @pytest.mark.slow
 def test_a_replacement_killed_halfway_puts_the_previous_export_back(run, bundle, tmp_path):
     """Killed between moving the previous export aside and renaming the new one in, a writer
