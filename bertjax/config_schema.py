@@ -53,7 +53,8 @@ class ModelConfig:
     max_position_embeddings: int = opt(512, "learned positions", domain=POSITIVE)
     position_init: str = opt("normal", "initial position rows: normal (BERT) | sinusoidal",
                              domain=one_of("normal", "sinusoidal"))
-    type_vocab_size: int = opt(2, "token type (segment) embeddings", domain=POSITIVE)
+    type_vocab_size: int = opt(2, "token type (segment) embeddings; 1 = pairs read as one "
+                                 "segment (RoBERTa)", domain=POSITIVE)
     norm: str = opt("pre", "pre (pre-LayerNorm + final norm) | post (original BERT)",
                     domain=one_of("pre", "post"))
     dropout: float = opt(0.1, "hidden dropout", domain=FRACTION)
