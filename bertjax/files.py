@@ -179,7 +179,16 @@ def check_output_dir(out_dir: str | Path, force: bool, key: str, marker: str | N
 def _through_link(out_dir: Path) -> Path:
     """A symlinked `out_dir` is its target: replacing the link itself left the target (a
     previous export, on another disk, say) unchanged and the link gone."""
-    return out_dir.resolve() if out_dir.is_symlink() else out_dir
+    if not out_dir.is_symlink():
+        return out_dir
+    try:
+        target = out_dir.resolve()
+    except RuntimeError:  # a loop, up to Python 3.12; later ones return a path inside it
+        target = out_dir
+    if target.is_symlink():
+        raise UserError(f"{out_dir} is a symlink that points back to itself (a loop); remove it "
+                        "or choose another directory")
+    return target
 
 
 def _temp_dir_beside(out_dir: Path, key: str) -> Path:

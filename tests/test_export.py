@@ -765,6 +765,11 @@ def test_force_onto_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
     assert (tmp_path / "out").is_symlink()
     assert sorted(p.name for p in (tmp_path / "disk" / "out").iterdir()) == ["new"]
     assert hidden(tmp_path / "disk") == [] and hidden(tmp_path) == []
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(UserError, match="a symlink that points back to itself"), \
+            files.staged_dir(tmp_path / "a", force=True):
+        pass
 
 
 @pytest.mark.slow
