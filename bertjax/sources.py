@@ -286,7 +286,8 @@ _DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst
 
 def _check_format(path: Path) -> None:
     """Any other suffix is read as plain text: a compressed file would be called binary or
-    latin-1, and JSON (.json) would be trained on as text, braces and keys included."""
+    latin-1, and JSON (.json) or a table (.csv, .tsv) would be trained on as text, braces,
+    keys, headers and quotes included."""
     suffix = path.suffix.lower()
     if suffix in _DECOMPRESS:
         raise UserError(f"{path} is compressed ({suffix}); decompress it first (e.g. "
@@ -294,6 +295,12 @@ def _check_format(path: Path) -> None:
     if suffix == ".json":
         raise UserError(f"{path}: .json is not read; {_FIX}: if it holds one JSON object per "
                         "line, rename it to .jsonl, else convert it")
+    if suffix in (".csv", ".tsv"):  # as text, its header, ids and quotes were trained on
+        tab = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
+        raise UserError(f"{path}: {suffix} is not read; {_FIX}: convert it, e.g. python -c "
+                        "\"import pyarrow.csv as c, pyarrow.parquet as p; p.write_table("
+                        f"c.read_csv('{path}'{tab}), '{path.with_suffix('.parquet')}')\", "
+                        "and set data.text_column to its text column")
 
 
 def pieces(cfg: DataConfig) -> Iterator[Piece]:

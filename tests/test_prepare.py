@@ -1,6 +1,7 @@
 """prepare: the written format, dtype choice, idempotent and crash-safe re-runs, every source
 kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
 
+import csv
 import fcntl
 import json
 import logging
@@ -283,6 +284,25 @@ def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_p
         with pytest.raises(UserError, match=message):
             prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name], dir=tmp_path / "p"))
         assert not (tmp_path / "p").exists()  # refused before data.dir is created
+
+
+def test_a_csv_or_tsv_source_is_refused_with_a_conversion_that_works(tmp_path):
+    """A .csv was read as plain text: its header, ids and quotes trained on (one document of a
+    60-document table), exit 0. The message's own conversion command makes a parquet file."""
+    import pyarrow.parquet as pq
+
+    docs = write_corpus(tmp_path / "c.txt", 6)
+    with open(tmp_path / "c.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text"], *enumerate(docs)])
+    (tmp_path / "t.tsv").write_text("id\ttext\n0\tA \"quoted\" cat.\n")
+    for name in ("c.csv", "t.tsv"):
+        with pytest.raises(UserError, match=rf"{name}: \.[ct]sv is not read; .*python -c ") as e:
+            prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name], dir=tmp_path / "p"))
+        assert not (tmp_path / "p").exists()
+        command = re.search(r'python -c "(.*)", and set data.text_column', str(e.value))[1]
+        subprocess.run([sys.executable, "-c", command], check=True)
+    assert pq.read_table(tmp_path / "c.parquet")["text"].to_pylist() == docs
+    assert pq.read_table(tmp_path / "t.parquet")["text"].to_pylist() == ['A "quoted" cat.']
 
 
 def test_a_file_listed_twice_is_refused(tmp_path):
