@@ -278,6 +278,8 @@ def check(cfg: DataConfig) -> list[Path]:
     """Validate the source settings early; returns the local files."""
     if cfg.builtin is not None and cfg.builtin not in BUILTINS:
         raise UserError(f"data.builtin={cfg.builtin!r} is unknown; use {list(BUILTINS)} or null")
+    if cfg.hf_dataset is not None:
+        _check_hub_name(cfg.hf_dataset)
     files = local_files(cfg)
     for path in files:  # a checkout without `git lfs pull` would else be read as text
         check_not_lfs_pointer(path)
@@ -286,6 +288,21 @@ def check(cfg: DataConfig) -> list[Path]:
         raise UserError("no data source: set data.sources (files or globs), data.hf_dataset "
                         "or data.builtin=stdlib")
     return files
+
+
+def _check_hub_name(name: str) -> None:
+    """`datasets` also loads a local path, first if one of that name exists (a text file line
+    by line, not by document), and prepare fingerprints a hub name only: a file added there
+    later left prepare "up to date" on the old data. A missing path was a traceback."""
+    where = Path(name).expanduser()
+    if where.exists():
+        example = where / "*.txt" if where.is_dir() else where
+        raise UserError(f"data.hf_dataset={name} is a local path; set data.hf_dataset=null and "
+                        f"list its files in data.sources (e.g. {example}; text, .jsonl "
+                        "or .parquet), which prepare reads by document and checks for changes")
+    if name.startswith(("/", ".", "~")):  # no hub name starts so
+        raise UserError(f"data.hf_dataset={name} does not exist{from_cwd(name)}; local files go "
+                        "in data.sources, hub datasets are named like wikitext or org/name")
 
 
 _DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst": "unzstd",

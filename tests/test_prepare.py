@@ -394,6 +394,25 @@ def test_hub_offline_is_one_clear_error(tmp_path, monkeypatch, caplog):
     assert not caplog.records
 
 
+def test_a_local_path_as_hf_dataset_is_refused(tmp_path, monkeypatch):
+    """datasets.load_dataset reads a local directory too (line by line), and prepare, which
+    fingerprints a hub name only, said "up to date" after a file was added there: the old data
+    trained on, exit 0. A missing path was a FileNotFoundError traceback."""
+    (tmp_path / "texts").mkdir()
+    write_corpus(tmp_path / "texts" / "a.txt", 5)
+    monkeypatch.chdir(tmp_path)
+    for name, message in ((tmp_path / "texts", r"is a local path; set data.hf_dataset=null and "
+                                               r"list its files in data.sources \(e.g. .*texts/"
+                                               r"\*\.txt;"),
+                          ("texts", "is a local path"),
+                          (tmp_path / "texts" / "a.txt", r"is a local path; .*texts/a\.txt;"),
+                          ("./gone", r"does not exist \(in the current directory, .*\); local "
+                                     "files go in data.sources")):
+        with pytest.raises(UserError, match=rf"data.hf_dataset={name} {message}"):
+            prepare.ensure_prepared(load_cfg(tmp_path, [], hf_dataset=name))
+        assert not (tmp_path / "prepared").exists()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "bertjax.prepare", *args], cwd=ROOT, env=env,
