@@ -60,6 +60,9 @@ def local_files(cfg: DataConfig) -> list[Path]:
 def _check_not_binary(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8192)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows editors' "Unicode": was "binary"
+        raise UserError(f"{path} is UTF-16 text; {_FIX}: convert it, e.g. iconv -f utf-16 -t "
+                        f"utf-8 {path} > {path.with_stem(path.stem + '-utf8')}")
     if b"\0" in head:
         line = head[: head.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{path} looks binary (NUL byte on line {line}); {_FIX}")

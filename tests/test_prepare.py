@@ -352,6 +352,8 @@ def test_a_file_listed_twice_is_refused(tmp_path):
     ("glob", "matches no file"),
     ("empty", "the corpus is empty"),
     ("binary", "looks binary"),
+    ("utf16", r"x.txt is UTF-16 text; .*: convert it, e.g. iconv -f utf-16 -t utf-8 .*x.txt > "
+              r".*x-utf8.txt"),  # was "looks binary" (Windows editors' "Unicode" text)
     ("latin1", "line 3: not valid UTF-8"),
     ("no_source", "no data source"),
 ])
@@ -361,6 +363,8 @@ def test_bad_input_errors(tmp_path, case, message):
         target.write_text("\n\n   \n\n")
     elif case == "binary":
         target.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    elif case == "utf16":
+        target.write_text("some text\n", encoding="utf-16")
     elif case == "latin1":
         target.write_bytes("ok line\nfine\ncaf\xe9 au lait\n".encode("latin-1"))
     srcs = {"glob": [tmp_path / "*.nothing"], "no_source": []}.get(case, [target])
