@@ -250,6 +250,15 @@ def test_the_tokenizer_sample_spans_every_parquet_source(tmp_path, monkeypatch):
     assert sum(text.startswith("omega") for text in sample) > 5
 
 
+def test_the_tokenizer_sample_reads_every_document_under_max_documents(tmp_path, monkeypatch):
+    """The stride came from the whole corpus's size while only data.max_documents were read:
+    200 of the shared Wikipedia + Gutenberg sampled 50 documents for the tokenizer."""
+    write_corpus(tmp_path / "c.txt", 400)
+    cfg = load_cfg(tmp_path, [tmp_path / "c.txt"], max_documents=30).data
+    monkeypatch.setattr(prepare, "TOKENIZER_SAMPLE_CHARS", (tmp_path / "c.txt").stat().st_size // 4)
+    assert sum(ends for _, ends, _ in prepare._tokenizer_sample(cfg)) == 30
+
+
 def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHUNK", 64)
     text = "one two three\nfour five\n\n\n  \nsix seven\neight\n\nnine"
