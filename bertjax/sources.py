@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import sysconfig
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,12 +34,13 @@ def local_files(cfg: DataConfig) -> list[Path]:
     files: list[Path] = []
     for pattern in cfg.sources:
         if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-            if not matches:
+            matches = sorted(glob.glob(pattern, recursive=True))
+            files += [Path(p) for p in matches if Path(p).is_file()]
+            _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(files))
+            if not files:
                 raise UserError(f"data.sources pattern {pattern!r} matches no file"
                                 f"{from_cwd(pattern)}; check the path (globs are expanded by "
                                 "bertjax, quote them in the shell)")
-            files += map(Path, matches)
         elif Path(pattern).is_file():
             files.append(Path(pattern))
         elif Path(pattern).is_dir():
@@ -55,6 +57,21 @@ def local_files(cfg: DataConfig) -> list[Path]:
             raise UserError(f"data.sources names {path.resolve()} twice ({first} and {path}); "
                             "list each file once (globs included)")
     return files
+
+
+def _check_glob_dirs(pattern: str, dirs: list[str], any_file: bool) -> None:
+    """Directories a glob matched (WikiExtractor's text/AA/wiki_00 under `text/*`): their files
+    were skipped without a word, or the pattern was said to match nothing, as if mistyped."""
+    if not dirs or "**" in pattern:  # ** walks into directories itself
+        return
+    names = ", ".join(Path(d).name for d in dirs[:3]) + (", ..." if len(dirs) > 3 else "")
+    deeper = Path(pattern).parent / "**" / Path(pattern).name
+    dirs_named = f"{len(dirs)} director{'y' if len(dirs) == 1 else 'ies'} ({names})"
+    if not any_file:
+        raise UserError(f"data.sources pattern {pattern!r} matches no file, only {dirs_named}; "
+                        f"write {str(deeper)!r} to read the files under them")
+    warnings.warn(f"data.sources pattern {pattern!r} matches {dirs_named}, whose files are not "
+                  f"read; write {str(deeper)!r} to read them too", stacklevel=2)
 
 
 def _check_not_binary(path: Path) -> None:

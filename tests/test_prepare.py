@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,26 @@ def test_a_csv_or_tsv_source_is_refused_with_a_conversion_that_works(tmp_path):
         subprocess.run([sys.executable, "-c", command], check=True)
     assert pq.read_table(tmp_path / "c.parquet")["text"].to_pylist() == docs
     assert pq.read_table(tmp_path / "t.parquet")["text"].to_pylist() == ['A "quoted" cat.']
+
+
+def test_a_glob_matching_directories_names_them(tmp_path):
+    """`text/*` over WikiExtractor's text/AA/wiki_00 layout: "matches no file; check the path"
+    though the path was right; with a file beside them, the directories' files were skipped
+    without a word. `**` reads them."""
+    (tmp_path / "text" / "AA").mkdir(parents=True)
+    write_corpus(tmp_path / "text" / "AA" / "wiki_00", 5)
+    deeper = str(tmp_path / "text" / "**" / "*")
+    with pytest.raises(UserError, match=rf"matches no file, only 1 directory \(AA\); write "
+                                        rf"'{re.escape(deeper)}' to read the files under them"):
+        sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data)
+    write_corpus(tmp_path / "text" / "top.txt", 5)
+    with pytest.warns(UserWarning, match=rf"matches 1 directory \(AA\), whose files are not "
+                                         rf"read; write '{re.escape(deeper)}' to read them too"):
+        assert sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data) == \
+            [tmp_path / "text" / "top.txt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(sources.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
 
 
 def test_a_file_listed_twice_is_refused(tmp_path):
