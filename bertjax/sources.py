@@ -34,7 +34,11 @@ def local_files(cfg: DataConfig) -> list[Path]:
     files: list[Path] = []
     for pattern in cfg.sources:
         if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
+            # Never data.dir's own files: under `corpus/**/*` the tokenizer.json.tmp being
+            # written was tokenized into the corpus (exit 0), and a rerun read meta.json.
+            prepared = Path(cfg.dir).resolve()
+            matches = [p for p in sorted(glob.glob(pattern, recursive=True))
+                       if prepared not in (resolved := Path(p).resolve(), *resolved.parents)]
             files += [Path(p) for p in matches if Path(p).is_file()]
             _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(files))
             if not files:

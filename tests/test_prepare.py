@@ -385,6 +385,21 @@ def test_a_glob_matching_directories_names_them(tmp_path):
         assert len(sources.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
 
 
+def test_a_glob_over_the_prepared_directory_reads_none_of_its_files(tmp_path):
+    """data.dir inside `corpus/**/*`: the tokenizer.json.tmp being written was tokenized into
+    the corpus (a CLI run: one more document, 1,897 tokens of JSON, exit 0); a rerun then
+    failed on its meta.json. Its files are no source now, and the rerun is up to date."""
+    (tmp_path / "corpus").mkdir()
+    docs = write_corpus(tmp_path / "corpus" / "c.txt", 20)
+    cfg = load_cfg(tmp_path, [tmp_path / "corpus" / "**" / "*"], dir=tmp_path / "corpus" / "p")
+    out = prepare.ensure_prepared(cfg)
+    assert prepare.read_meta(out)["splits"]["train"]["documents"] + \
+        prepare.read_meta(out)["splits"]["validation"]["documents"] == len(docs)
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    prepare.ensure_prepared(cfg)
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+
+
 def test_a_file_listed_twice_is_refused(tmp_path):
     # c.txt and a glob matching it: every document was read twice, validation ones into train.
     write_corpus(tmp_path / "c.txt", 5)
