@@ -50,6 +50,10 @@ def local_files(cfg: DataConfig) -> list[Path]:
         elif Path(pattern).is_dir():
             raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
                             f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")
+        elif Path(pattern).exists():  # a pipe (`<(zcat x.gz)`) or device: was "does not exist"
+            raise UserError(f"data.sources entry {pattern} is not a regular file (a pipe or a "
+                            "device); prepare reads its sources twice (the tokenizer, then the "
+                            "tokens): write it to a file and list that")
         else:
             raise UserError(f"data.sources entry {pattern} does not exist{from_cwd(pattern)}; "
                             "give a file, a glob, or remove it")

@@ -400,6 +400,15 @@ def test_a_glob_over_the_prepared_directory_reads_none_of_its_files(tmp_path):
     assert (out / "meta.json").stat().st_mtime_ns == stamp
 
 
+def test_a_pipe_as_a_source_is_named_as_one(tmp_path):
+    """`data.sources=[<(zcat corpus.gz)]` (a /dev/fd pipe) or a FIFO: "does not exist", though
+    it did; prepare reads each source twice, so a pipe cannot serve."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"pipe is not a regular file \(a pipe or a device\); "
+                                        "prepare reads its sources twice"):
+        sources.local_files(load_cfg(tmp_path, [tmp_path / "pipe"]).data)
+
+
 def test_a_file_listed_twice_is_refused(tmp_path):
     # c.txt and a glob matching it: every document was read twice, validation ones into train.
     write_corpus(tmp_path / "c.txt", 5)
