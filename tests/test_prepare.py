@@ -407,6 +407,10 @@ def test_a_pipe_as_a_source_is_named_as_one(tmp_path):
     with pytest.raises(UserError, match=r"pipe is not a regular file \(a pipe or a device\); "
                                         "prepare reads its sources twice"):
         sources.local_files(load_cfg(tmp_path, [tmp_path / "pipe"]).data)
+    # predict --file <(cmd), a GLUE TSV, a tokenizer: the same, with each one's own fix
+    with pytest.raises(UserError, match=r"--file .*pipe is not a regular file \(a pipe or a "
+                                        r"device\); or - for standard input"):
+        files.check_file(tmp_path / "pipe", "--file", "or - for standard input")
 
 
 def test_a_file_listed_twice_is_refused(tmp_path):
