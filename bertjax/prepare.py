@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,13 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
     tmp = directory / "tokenizer.json.tmp"
     if cfg.tokenizer.path is not None:
         tok = tokenizer.load(cfg.tokenizer.path)
+        # tokenizer.lowercase trains a tokenizer; a given one keeps its own normalizer, so a
+        # request for cased text was lowercased without a word by an uncased file.
+        if not cfg.tokenizer.lowercase and getattr(tok.normalizer, "lowercase", False):
+            warnings.warn(f"tokenizer.lowercase=false does not apply to tokenizer.path="
+                          f"{cfg.tokenizer.path}, which lowercases: the text "
+                          "is prepared lowercased; give a cased tokenizer.json, or "
+                          "tokenizer.path=null to train one", stacklevel=2)
         shutil.copyfile(cfg.tokenizer.path, tmp)
         return tok
     seen = [0]

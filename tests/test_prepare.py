@@ -346,6 +346,18 @@ def test_a_tokenizer_saved_with_truncation_or_padding_on_cuts_no_document(tmp_pa
     assert bins[0] == bins[1]
 
 
+def test_a_cased_request_with_an_uncased_tokenizer_path_warns(tmp_path):
+    """tokenizer.lowercase=false beside an uncased tokenizer.path: prepared lowercased, silently
+    (the setting only trains a tokenizer)."""
+    write_corpus(tmp_path / "c.txt", 20)
+    bert_style_tokenizer(tmp_path / "uncased.json")
+    cfg = load_cfg(tmp_path, [tmp_path / "c.txt"], **{"tokenizer.path": tmp_path / "uncased.json",
+                                                      "tokenizer.lowercase": "false"})
+    with pytest.warns(UserWarning, match=r"tokenizer.lowercase=false does not apply to "
+                                         r"tokenizer.path=.*uncased.json, which lowercases"):
+        prepare.ensure_prepared(cfg)
+
+
 def test_a_csv_or_tsv_source_is_refused_with_a_conversion_that_works(tmp_path):
     """A .csv was read as plain text: its header, ids and quotes trained on (one document of a
     60-document table), exit 0. The message's own conversion command makes a parquet file."""
