@@ -39,12 +39,13 @@ def local_files(cfg: DataConfig) -> list[Path]:
             prepared = Path(cfg.dir).resolve()
             matches = [p for p in sorted(glob.glob(pattern, recursive=True))
                        if prepared not in (resolved := Path(p).resolve(), *resolved.parents)]
-            files += [Path(p) for p in matches if Path(p).is_file()]
-            _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(files))
-            if not files:
+            found = [Path(p) for p in matches if Path(p).is_file()]
+            _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(found))
+            if not found:
                 raise UserError(f"data.sources pattern {pattern!r} matches no file"
                                 f"{from_cwd(pattern)}; check the path (globs are expanded by "
                                 "bertjax, quote them in the shell)")
+            files += found
         elif Path(pattern).is_file():
             files.append(Path(pattern))
         elif Path(pattern).is_dir():

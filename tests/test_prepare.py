@@ -395,6 +395,8 @@ def test_a_glob_matching_directories_names_them(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(sources.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
+    with pytest.raises(UserError, match=r"pattern '.*\*\.nothing' matches no file"):  # after a
+        sources.local_files(load_cfg(tmp_path, [deeper, tmp_path / "*.nothing"]).data)  # good one
 
 
 def test_a_glob_over_the_prepared_directory_reads_none_of_its_files(tmp_path):
