@@ -33,7 +33,9 @@ def local_files(cfg: DataConfig) -> list[Path]:
     """data.sources expanded (globs sorted), each checked to exist."""
     files: list[Path] = []
     for pattern in cfg.sources:
-        if glob.has_magic(pattern):
+        if Path(pattern).is_file():  # first: a name holding [ ] * ? was read as a glob (so
+            files.append(Path(pattern))  # book[1].txt trained on book1.txt, exit 0)
+        elif glob.has_magic(pattern):
             # Never data.dir's own files: under `corpus/**/*` the tokenizer.json.tmp being
             # written was tokenized into the corpus (exit 0), and a rerun read meta.json.
             prepared = Path(cfg.dir).resolve()
@@ -46,8 +48,6 @@ def local_files(cfg: DataConfig) -> list[Path]:
                                 f"{from_cwd(pattern)}; check the path (globs are expanded by "
                                 "bertjax, quote them in the shell)")
             files += found
-        elif Path(pattern).is_file():
-            files.append(Path(pattern))
         elif Path(pattern).is_dir():
             raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
                             f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")

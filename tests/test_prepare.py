@@ -399,6 +399,17 @@ def test_a_glob_matching_directories_names_them(tmp_path):
         sources.local_files(load_cfg(tmp_path, [deeper, tmp_path / "*.nothing"]).data)  # good one
 
 
+def test_a_file_name_holding_glob_characters_is_that_file(tmp_path):
+    """'book[1].txt' was read as a pattern: it trained on book1.txt (exit 0), or "matches no
+    file" though it existed."""
+    write_corpus(tmp_path / "book[1].txt", 3)
+    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+        [tmp_path / "book[1].txt"]
+    write_corpus(tmp_path / "book1.txt", 3, seed=1)
+    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+        [tmp_path / "book[1].txt"]
+
+
 def test_a_glob_over_the_prepared_directory_reads_none_of_its_files(tmp_path):
     """data.dir inside `corpus/**/*`: the tokenizer.json.tmp being written was tokenized into
     the corpus (a CLI run: one more document, 1,897 tokens of JSON, exit 0); a rerun then
