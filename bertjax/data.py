@@ -107,10 +107,12 @@ class PretrainData:
         room = self.seq_len - 3  # [CLS] A [SEP] B [SEP]
         self.doc_chunks = np.where(self.doc_len >= 2, -(-self.doc_len // room), 0)
         self.chunk_end = np.cumsum(self.doc_chunks)  # chunk ids < chunk_end[d] lie in docs <= d
-        if np.count_nonzero(self.doc_chunks) < 2:
+        if np.count_nonzero(self.doc_chunks) < 2:  # a larger validation_fraction takes from train
+            more = ("a larger data.validation_fraction" if self.split == "validation" else
+                    "blank lines between its documents")
             raise UserError(f"{self.objective} needs 2+ documents in the {self.split} split, "
-                            f"which has {np.count_nonzero(self.doc_chunks)}; use more text, a "
-                            "larger data.validation_fraction, or data.objective=mlm")
+                            f"which has {np.count_nonzero(self.doc_chunks)}; use more text, "
+                            f"{more}, or data.objective=mlm")
         return int(self.chunk_end[-1])
 
     def epoch(self, position: int) -> int:

@@ -240,6 +240,8 @@ def check_file(path: str | Path, what: str, fix: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file; {fix}")
+    if path.exists() and not path.is_file():  # `--file <(cmd)`: was "does not exist"
+        raise UserError(f"{what} {path} is not a regular file (a pipe or a device); {fix}")
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist{from_cwd(path)}; {fix}")
     return path

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,8 +50,11 @@ def _say(message: str) -> None:
 
 def _tokenizer_sample(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
     """Up to TOKENIZER_SAMPLE_CHARS of text, from every k-th document when the input size is
-    known (local files), so that the sample spans all sources; else from the start."""
-    total = sources.total_bytes(cfg)
+    known (local files), so that the sample spans all sources; else from the start. Under
+    data.max_documents, from the start too: the stride came from every file's size, so 200 of
+    the shared Wikipedia and Gutenberg documents gave a sample of 50 (10,000 of a 10 GB corpus
+    would give 20)."""
+    total = sources.total_bytes(cfg) if cfg.max_documents is None else None
     stride = max(1, -(-total // TOKENIZER_SAMPLE_CHARS)) if total else 1
     doc, chars = 0, 0
     for text, ends, split in split_pieces(cfg):
@@ -67,6 +71,13 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
     tmp = directory / "tokenizer.json.tmp"
     if cfg.tokenizer.path is not None:
         tok = tokenizer.load(cfg.tokenizer.path)
+        # tokenizer.lowercase trains a tokenizer; a given one keeps its own normalizer, so a
+        # request for cased text was lowercased without a word by an uncased file.
+        if not cfg.tokenizer.lowercase and getattr(tok.normalizer, "lowercase", False):
+            warnings.warn(f"tokenizer.lowercase=false does not apply to tokenizer.path="
+                          f"{cfg.tokenizer.path}, which lowercases: the text "
+                          "is prepared lowercased; give a cased tokenizer.json, or "
+                          "tokenizer.path=null to train one", stacklevel=2)
         shutil.copyfile(cfg.tokenizer.path, tmp)
         return tok
     seen = [0]

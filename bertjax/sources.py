@@ -14,6 +14,7 @@ import logging
 import re
 import sys
 import sysconfig
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,18 +33,28 @@ def local_files(cfg: DataConfig) -> list[Path]:
     """data.sources expanded (globs sorted), each checked to exist."""
     files: list[Path] = []
     for pattern in cfg.sources:
-        if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-            if not matches:
+        if Path(pattern).is_file():  # first: a name holding [ ] * ? was read as a glob (so
+            files.append(Path(pattern))  # book[1].txt trained on book1.txt, exit 0)
+        elif glob.has_magic(pattern):
+            # Never data.dir's own files: under `corpus/**/*` the tokenizer.json.tmp being
+            # written was tokenized into the corpus (exit 0), and a rerun read meta.json.
+            prepared = Path(cfg.dir).resolve()
+            matches = [p for p in sorted(glob.glob(pattern, recursive=True))
+                       if prepared not in (resolved := Path(p).resolve(), *resolved.parents)]
+            found = [Path(p) for p in matches if Path(p).is_file()]
+            _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(found))
+            if not found:
                 raise UserError(f"data.sources pattern {pattern!r} matches no file"
                                 f"{from_cwd(pattern)}; check the path (globs are expanded by "
                                 "bertjax, quote them in the shell)")
-            files += map(Path, matches)
-        elif Path(pattern).is_file():
-            files.append(Path(pattern))
+            files += found
         elif Path(pattern).is_dir():
             raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
                             f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")
+        elif Path(pattern).exists():  # a pipe (`<(zcat x.gz)`) or device: was "does not exist"
+            raise UserError(f"data.sources entry {pattern} is not a regular file (a pipe or a "
+                            "device); prepare reads its sources twice (the tokenizer, then the "
+                            "tokens): write it to a file and list that")
         else:
             raise UserError(f"data.sources entry {pattern} does not exist{from_cwd(pattern)}; "
                             "give a file, a glob, or remove it")
@@ -57,9 +68,27 @@ def local_files(cfg: DataConfig) -> list[Path]:
     return files
 
 
+def _check_glob_dirs(pattern: str, dirs: list[str], any_file: bool) -> None:
+    """Directories a glob matched (WikiExtractor's text/AA/wiki_00 under `text/*`): their files
+    were skipped without a word, or the pattern was said to match nothing, as if mistyped."""
+    if not dirs or "**" in pattern:  # ** walks into directories itself
+        return
+    names = ", ".join(Path(d).name for d in dirs[:3]) + (", ..." if len(dirs) > 3 else "")
+    deeper = Path(pattern).parent / "**" / Path(pattern).name
+    dirs_named = f"{len(dirs)} director{'y' if len(dirs) == 1 else 'ies'} ({names})"
+    if not any_file:
+        raise UserError(f"data.sources pattern {pattern!r} matches no file, only {dirs_named}; "
+                        f"write {str(deeper)!r} to read the files under them")
+    warnings.warn(f"data.sources pattern {pattern!r} matches {dirs_named}, whose files are not "
+                  f"read; write {str(deeper)!r} to read them too", stacklevel=2)
+
+
 def _check_not_binary(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8192)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows editors' "Unicode": was "binary"
+        raise UserError(f"{path} is UTF-16 text; {_FIX}: convert it, e.g. iconv -f utf-16 -t "
+                        f"utf-8 {path} > {path.with_stem(path.stem + '-utf8')}")
     if b"\0" in head:
         line = head[: head.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{path} looks binary (NUL byte on line {line}); {_FIX}")
@@ -83,14 +112,22 @@ def text_pieces(path: Path) -> Iterator[Piece]:
                     if open_doc or part.strip():
                         yield part, True
                     open_doc = False
-                cut = carry.rfind("\n") if len(carry) > READ_CHUNK else -1
-                if cut > 0:  # a long document: hand over whole lines, keep the tail
-                    yield carry[:cut], False
+                if len(carry) > READ_CHUNK:  # a long document: hand over whole lines, keep
+                    yield carry[:(cut := _cut(carry))], False  # the tail
                     carry, open_doc = carry[cut:], True
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
     if open_doc or carry.strip():
         yield carry, True
+
+
+def _cut(text: str) -> int:
+    """Where to cut a long document: at its last line break, else (one long line: text8, a
+    minified dump) at its last space, else anywhere. Kept whole, such a line made every read
+    rescan all of it (a 13 MB line read in 0.4 s, 52 MB in 7 s) and held it in memory."""
+    cut = text.rfind("\n")
+    cut = cut if cut > 0 else text.rfind(" ")  # no line break to cut at: cut between words
+    return cut if cut > 0 else len(text)
 
 
 def _column_text(value: object, where: str, column: str) -> str:
@@ -270,6 +307,8 @@ def check(cfg: DataConfig) -> list[Path]:
     """Validate the source settings early; returns the local files."""
     if cfg.builtin is not None and cfg.builtin not in BUILTINS:
         raise UserError(f"data.builtin={cfg.builtin!r} is unknown; use {list(BUILTINS)} or null")
+    if cfg.hf_dataset is not None:
+        _check_hub_name(cfg.hf_dataset)
     files = local_files(cfg)
     for path in files:  # a checkout without `git lfs pull` would else be read as text
         check_not_lfs_pointer(path)
@@ -280,13 +319,29 @@ def check(cfg: DataConfig) -> list[Path]:
     return files
 
 
+def _check_hub_name(name: str) -> None:
+    """`datasets` also loads a local path, first if one of that name exists (a text file line
+    by line, not by document), and prepare fingerprints a hub name only: a file added there
+    later left prepare "up to date" on the old data. A missing path was a traceback."""
+    where = Path(name).expanduser()
+    if where.exists():
+        example = where / "*.txt" if where.is_dir() else where
+        raise UserError(f"data.hf_dataset={name} is a local path; set data.hf_dataset=null and "
+                        f"list its files in data.sources (e.g. {example}; text, .jsonl "
+                        "or .parquet), which prepare reads by document and checks for changes")
+    if name.startswith(("/", ".", "~")):  # no hub name starts so
+        raise UserError(f"data.hf_dataset={name} does not exist{from_cwd(name)}; local files go "
+                        "in data.sources, hub datasets are named like wikitext or org/name")
+
+
 _DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst": "unzstd",
                ".zip": "unzip", ".7z": "7z x"}
 
 
 def _check_format(path: Path) -> None:
     """Any other suffix is read as plain text: a compressed file would be called binary or
-    latin-1, and JSON (.json) would be trained on as text, braces and keys included."""
+    latin-1, and JSON (.json) or a table (.csv, .tsv) would be trained on as text, braces,
+    keys, headers and quotes included."""
     suffix = path.suffix.lower()
     if suffix in _DECOMPRESS:
         raise UserError(f"{path} is compressed ({suffix}); decompress it first (e.g. "
@@ -294,6 +349,12 @@ def _check_format(path: Path) -> None:
     if suffix == ".json":
         raise UserError(f"{path}: .json is not read; {_FIX}: if it holds one JSON object per "
                         "line, rename it to .jsonl, else convert it")
+    if suffix in (".csv", ".tsv"):  # as text, its header, ids and quotes were trained on
+        tab = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
+        raise UserError(f"{path}: {suffix} is not read; {_FIX}: convert it, e.g. python -c "
+                        "\"import pyarrow.csv as c, pyarrow.parquet as p; p.write_table("
+                        f"c.read_csv('{path}'{tab}), '{path.with_suffix('.parquet')}')\", "
+                        "and set data.text_column to its text column")
 
 
 def pieces(cfg: DataConfig) -> Iterator[Piece]:
@@ -338,7 +399,25 @@ def fingerprint(cfg: DataConfig) -> list[dict]:
 
 
 def total_bytes(cfg: DataConfig) -> int | None:
-    """Input size for the progress bar when it is known (local files only)."""
+    """Bytes of text in the input when it is known (local files only): for the progress bar and
+    the stride of prepare's tokenizer sample."""
     if cfg.builtin is not None or cfg.hf_dataset is not None:
         return None
-    return sum(p.stat().st_size for p in local_files(cfg))
+    return sum(_text_bytes(p, cfg.text_column) for p in local_files(cfg))
+
+
+def _text_bytes(path: Path, column: str) -> int:
+    """A file's size; for parquet (compressed: the shared Wikipedia 1.7 times) the text
+    column's uncompressed size from its footer, else the tokenizer sample's stride came out too
+    small and the sample stopped before the last sources, which the tokenizer never saw."""
+    if path.suffix.lower() != ".parquet":
+        return path.stat().st_size
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:  # parquet_pieces names the damage when the file is read
+        return path.stat().st_size
+    return sum(chunk.total_uncompressed_size for r in range(meta.num_row_groups)
+               for chunk in map(meta.row_group(r).column, range(meta.num_columns))
+               if chunk.path_in_schema == column) or path.stat().st_size

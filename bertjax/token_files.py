@@ -122,6 +122,10 @@ def write_token_files(cfg: DataConfig, tok: Tokenizer, directory: Path, dtype: n
     """Stream every piece through encode_batch into the split writers (<split>.bin.tmp and
     <split>.lengths.tmp in `directory`); returns the counts meta.json records."""
     tok.encode_special_tokens = True  # a literal "[SEP]" in the text is text, not a separator
+    # A tokenizer.json saved with truncation or padding on (enable_truncation(512) before save):
+    # every document was cut to that length, or padded with [PAD] written as text, exit 0.
+    tok.no_truncation()
+    tok.no_padding()
     sep = tokenizer.special_tokens(tok).sep
     writers = [SplitWriter(directory, name, dtype, sep) for name in SPLITS]
     bar = tqdm(total=sources.total_bytes(cfg), unit="B", unit_scale=True, unit_divisor=1000,

@@ -6,8 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import load_cfg, sentences
 
-from bertjax import tokenizer
+from bertjax import prepare, tokenizer
 from bertjax.data import Permutation, Prefetcher, PretrainData
 from bertjax.errors import UserError
 
@@ -185,6 +186,17 @@ def test_corrupt_meta_or_lengths_are_refused_on_open(prepared, tmp_path):
     (copy / "train.lengths").write_bytes(np.random.default_rng(0).bytes(size))
     with pytest.raises(UserError, match=r"train.lengths does not match its token file"):
         PretrainData(copy, objective="mlm+nsp")
+
+
+def test_a_pair_objective_on_one_training_document_gives_advice_that_helps(tmp_path):
+    """One document in train (a one-line corpus): the advice was "a larger
+    data.validation_fraction", which takes documents from train."""
+    (tmp_path / "one.txt").write_text(" ".join(sentences(400)))
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "one.txt"]))
+    with pytest.raises(UserError, match=r"needs 2\+ documents in the train split, which has 1; "
+                                        "use more text, blank lines between its documents, or "
+                                        "data.objective=mlm"):
+        PretrainData(out, objective="mlm+nsp")
 
 
 @pytest.mark.parametrize("objective", ["mlm", "mlm+sop"])

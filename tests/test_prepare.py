@@ -1,6 +1,7 @@
 """prepare: the written format, dtype choice, idempotent and crash-safe re-runs, every source
 kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
 
+import csv
 import fcntl
 import json
 import logging
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +232,34 @@ def test_jsonl_parquet_and_max_documents(tmp_path):
         list(sources.parquet_pieces(tmp_path / "b.parquet", "text"))
 
 
+def test_the_tokenizer_sample_spans_every_parquet_source(tmp_path, monkeypatch):
+    """The sample's stride came from the files' sizes, and parquet is compressed: on the
+    shared Wikipedia + Gutenberg as parquet it stopped at 103,164 of 114,937 documents, and the
+    tokenizer never saw the last 37 % of the second source. Here a.parquet compresses ~10x."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = {name: [f"{name} {i} " + " ".join(sentences(2, seed=i)) * 20 for i in range(40)]
+            for name in ("alpha", "omega")}
+    for name, texts in docs.items():
+        pq.write_table(pa.table({"text": texts}), tmp_path / f"{name}.parquet")
+    cfg = load_cfg(tmp_path, [tmp_path / "alpha.parquet", tmp_path / "omega.parquet"]).data
+    chars = sum(len(t) for texts in docs.values() for t in texts)
+    monkeypatch.setattr(prepare, "TOKENIZER_SAMPLE_CHARS", chars // 3)
+    assert chars <= sources.total_bytes(cfg) < 1.1 * chars
+    sample = [text for text, _, _ in prepare._tokenizer_sample(cfg)]
+    assert sum(text.startswith("omega") for text in sample) > 5
+
+
+def test_the_tokenizer_sample_reads_every_document_under_max_documents(tmp_path, monkeypatch):
+    """The stride came from the whole corpus's size while only data.max_documents were read:
+    200 of the shared Wikipedia + Gutenberg sampled 50 documents for the tokenizer."""
+    write_corpus(tmp_path / "c.txt", 400)
+    cfg = load_cfg(tmp_path, [tmp_path / "c.txt"], max_documents=30).data
+    monkeypatch.setattr(prepare, "TOKENIZER_SAMPLE_CHARS", (tmp_path / "c.txt").stat().st_size // 4)
+    assert sum(ends for _, ends, _ in prepare._tokenizer_sample(cfg)) == 30
+
+
 def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "READ_CHUNK", 64)
     text = "one two three\nfour five\n\n\n  \nsix seven\neight\n\nnine"
@@ -249,6 +279,20 @@ def test_long_documents_stream_in_pieces(tmp_path, monkeypatch):
     assert all(len(t) <= 8 for t, _ in cut) and [end for _, end in cut].count(True) == 2
     joined = "".join(t + "\x00" * end for t, end in cut).split("\x00")[:-1]
     assert [d.split() for d in joined] == [r["text"].split() for r in rows]
+
+
+def test_one_long_line_streams_in_pieces_cut_between_words(tmp_path, monkeypatch):
+    """A corpus of one line (text8, a minified dump) was held whole and rescanned on every read:
+    quadratic (52 MB took 7 s, 13 MB 0.4 s). Now cut at spaces, else anywhere (CJK)."""
+    monkeypatch.setattr(sources, "READ_CHUNK", 64)
+    for text in (" ".join(sentences(100)), "\u4e2d\u6587" * 1000 + "\n\nnext"):
+        (tmp_path / "t.txt").write_text(text)
+        pieces = list(sources.text_pieces(tmp_path / "t.txt"))
+        assert "".join(t for t, _ in pieces).replace("\n\n", "") == text.replace("\n\n", "")
+        assert max(len(t) for t, _ in pieces) <= 2 * 64 and len(pieces) > 10
+        assert [end for _, end in pieces].count(True) == 1 + ("next" in text)
+        if "next" not in text:  # between words: each piece after the first starts at a space
+            assert all(t.startswith(" ") for t, _ in pieces[1:])
 
 
 @pytest.mark.slow
@@ -285,6 +329,115 @@ def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_p
         assert not (tmp_path / "p").exists()  # refused before data.dir is created
 
 
+def test_a_tokenizer_saved_with_truncation_or_padding_on_cuts_no_document(tmp_path):
+    """tokenizer.path saved after enable_truncation / enable_padding: each document was cut to
+    16 tokens and padded with [PAD] written into train.bin as text (a CLI run: 954 [PAD] of
+    2,700 tokens, 3,892 without the settings), exit 0."""
+    write_corpus(tmp_path / "c.txt", 40)
+    plain = bert_style_tokenizer(tmp_path / "plain.json")
+    plain.enable_truncation(16)
+    plain.enable_padding(pad_id=0, pad_token="[PAD]", length=24)
+    plain.save(str(tmp_path / "set.json"))
+    bins = []
+    for name in ("plain", "set"):
+        out = prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"], dir=tmp_path / name,
+                                               **{"tokenizer.path": tmp_path / f"{name}.json"}))
+        bins.append((out / "train.bin").read_bytes())
+    assert bins[0] == bins[1]
+
+
+def test_a_cased_request_with_an_uncased_tokenizer_path_warns(tmp_path):
+    """tokenizer.lowercase=false beside an uncased tokenizer.path: prepared lowercased, silently
+    (the setting only trains a tokenizer)."""
+    write_corpus(tmp_path / "c.txt", 20)
+    bert_style_tokenizer(tmp_path / "uncased.json")
+    cfg = load_cfg(tmp_path, [tmp_path / "c.txt"], **{"tokenizer.path": tmp_path / "uncased.json",
+                                                      "tokenizer.lowercase": "false"})
+    with pytest.warns(UserWarning, match=r"tokenizer.lowercase=false does not apply to "
+                                         r"tokenizer.path=.*uncased.json, which lowercases"):
+        prepare.ensure_prepared(cfg)
+
+
+def test_a_csv_or_tsv_source_is_refused_with_a_conversion_that_works(tmp_path):
+    """A .csv was read as plain text: its header, ids and quotes trained on (one document of a
+    60-document table), exit 0. The message's own conversion command makes a parquet file."""
+    import pyarrow.parquet as pq
+
+    docs = write_corpus(tmp_path / "c.txt", 6)
+    with open(tmp_path / "c.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text"], *enumerate(docs)])
+    (tmp_path / "t.tsv").write_text("id\ttext\n0\tA \"quoted\" cat.\n")
+    for name in ("c.csv", "t.tsv"):
+        with pytest.raises(UserError, match=rf"{name}: \.[ct]sv is not read; .*python -c ") as e:
+            prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name], dir=tmp_path / "p"))
+        assert not (tmp_path / "p").exists()
+        command = re.search(r'python -c "(.*)", and set data.text_column', str(e.value))[1]
+        subprocess.run([sys.executable, "-c", command], check=True)
+    assert pq.read_table(tmp_path / "c.parquet")["text"].to_pylist() == docs
+    assert pq.read_table(tmp_path / "t.parquet")["text"].to_pylist() == ['A "quoted" cat.']
+
+
+def test_a_glob_matching_directories_names_them(tmp_path):
+    """`text/*` over WikiExtractor's text/AA/wiki_00 layout: "matches no file; check the path"
+    though the path was right; with a file beside them, the directories' files were skipped
+    without a word. `**` reads them."""
+    (tmp_path / "text" / "AA").mkdir(parents=True)
+    write_corpus(tmp_path / "text" / "AA" / "wiki_00", 5)
+    deeper = str(tmp_path / "text" / "**" / "*")
+    with pytest.raises(UserError, match=rf"matches no file, only 1 directory \(AA\); write "
+                                        rf"'{re.escape(deeper)}' to read the files under them"):
+        sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data)
+    write_corpus(tmp_path / "text" / "top.txt", 5)
+    with pytest.warns(UserWarning, match=rf"matches 1 directory \(AA\), whose files are not "
+                                         rf"read; write '{re.escape(deeper)}' to read them too"):
+        assert sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data) == \
+            [tmp_path / "text" / "top.txt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(sources.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
+    with pytest.raises(UserError, match=r"pattern '.*\*\.nothing' matches no file"):  # after a
+        sources.local_files(load_cfg(tmp_path, [deeper, tmp_path / "*.nothing"]).data)  # good one
+
+
+def test_a_file_name_holding_glob_characters_is_that_file(tmp_path):
+    """'book[1].txt' was read as a pattern: it trained on book1.txt (exit 0), or "matches no
+    file" though it existed."""
+    write_corpus(tmp_path / "book[1].txt", 3)
+    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+        [tmp_path / "book[1].txt"]
+    write_corpus(tmp_path / "book1.txt", 3, seed=1)
+    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+        [tmp_path / "book[1].txt"]
+
+
+def test_a_glob_over_the_prepared_directory_reads_none_of_its_files(tmp_path):
+    """data.dir inside `corpus/**/*`: the tokenizer.json.tmp being written was tokenized into
+    the corpus (a CLI run: one more document, 1,897 tokens of JSON, exit 0); a rerun then
+    failed on its meta.json. Its files are no source now, and the rerun is up to date."""
+    (tmp_path / "corpus").mkdir()
+    docs = write_corpus(tmp_path / "corpus" / "c.txt", 20)
+    cfg = load_cfg(tmp_path, [tmp_path / "corpus" / "**" / "*"], dir=tmp_path / "corpus" / "p")
+    out = prepare.ensure_prepared(cfg)
+    assert prepare.read_meta(out)["splits"]["train"]["documents"] + \
+        prepare.read_meta(out)["splits"]["validation"]["documents"] == len(docs)
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    prepare.ensure_prepared(cfg)
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_a_pipe_as_a_source_is_named_as_one(tmp_path):
+    """`data.sources=[<(zcat corpus.gz)]` (a /dev/fd pipe) or a FIFO: "does not exist", though
+    it did; prepare reads each source twice, so a pipe cannot serve."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UserError, match=r"pipe is not a regular file \(a pipe or a device\); "
+                                        "prepare reads its sources twice"):
+        sources.local_files(load_cfg(tmp_path, [tmp_path / "pipe"]).data)
+    # predict --file <(cmd), a GLUE TSV, a tokenizer: the same, with each one's own fix
+    with pytest.raises(UserError, match=r"--file .*pipe is not a regular file \(a pipe or a "
+                                        r"device\); or - for standard input"):
+        files.check_file(tmp_path / "pipe", "--file", "or - for standard input")
+
+
 def test_a_file_listed_twice_is_refused(tmp_path):
     # c.txt and a glob matching it: every document was read twice, validation ones into train.
     write_corpus(tmp_path / "c.txt", 5)
@@ -299,6 +452,8 @@ def test_a_file_listed_twice_is_refused(tmp_path):
     ("glob", "matches no file"),
     ("empty", "the corpus is empty"),
     ("binary", "looks binary"),
+    ("utf16", r"x.txt is UTF-16 text; .*: convert it, e.g. iconv -f utf-16 -t utf-8 .*x.txt > "
+              r".*x-utf8.txt"),  # was "looks binary" (Windows editors' "Unicode" text)
     ("latin1", "line 3: not valid UTF-8"),
     ("no_source", "no data source"),
 ])
@@ -308,6 +463,8 @@ def test_bad_input_errors(tmp_path, case, message):
         target.write_text("\n\n   \n\n")
     elif case == "binary":
         target.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    elif case == "utf16":
+        target.write_text("some text\n", encoding="utf-16")
     elif case == "latin1":
         target.write_bytes("ok line\nfine\ncaf\xe9 au lait\n".encode("latin-1"))
     srcs = {"glob": [tmp_path / "*.nothing"], "no_source": []}.get(case, [target])
@@ -358,6 +515,25 @@ def test_hub_offline_is_one_clear_error(tmp_path, monkeypatch, caplog):
     with pytest.raises(UserError, match="cannot reach the Hugging Face hub"):
         list(sources.hub_pieces(cfg.data))
     assert not caplog.records
+
+
+def test_a_local_path_as_hf_dataset_is_refused(tmp_path, monkeypatch):
+    """datasets.load_dataset reads a local directory too (line by line), and prepare, which
+    fingerprints a hub name only, said "up to date" after a file was added there: the old data
+    trained on, exit 0. A missing path was a FileNotFoundError traceback."""
+    (tmp_path / "texts").mkdir()
+    write_corpus(tmp_path / "texts" / "a.txt", 5)
+    monkeypatch.chdir(tmp_path)
+    for name, message in ((tmp_path / "texts", r"is a local path; set data.hf_dataset=null and "
+                                               r"list its files in data.sources \(e.g. .*texts/"
+                                               r"\*\.txt;"),
+                          ("texts", "is a local path"),
+                          (tmp_path / "texts" / "a.txt", r"is a local path; .*texts/a\.txt;"),
+                          ("./gone", r"does not exist \(in the current directory, .*\); local "
+                                     "files go in data.sources")):
+        with pytest.raises(UserError, match=rf"data.hf_dataset={name} {message}"):
+            prepare.ensure_prepared(load_cfg(tmp_path, [], hf_dataset=name))
+        assert not (tmp_path / "prepared").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
