@@ -7,7 +7,7 @@ imports only from lower layers, and never in a circle inside its own.
         config_changes files                       loading; what changed between two configs; files
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
-        tokenizer sources prepared token_files prepare data
+        tokenizer source_files sources prepared token_files prepare data
         glue_tasks glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors

@@ -1,5 +1,6 @@
 """Text sources for `prepare`: local text/.jsonl/.parquet files, a streamed hub dataset, or the
 embedded `stdlib` corpus, all read as a stream of (text, ends_document) pieces in bounded memory.
+Which local files, and whether they can be read at all, is source_files.py's.
 
 Plain text: one paragraph per line, a blank line between documents. Bad text is an error, never
 silently replaced: a file with a NUL byte in its first 8 KiB is called binary, and invalid UTF-8
@@ -8,90 +9,30 @@ anywhere is reported with its file and line (see data/README.md).
 
 import ast
 import contextlib
-import glob
 import json
 import logging
 import re
 import sys
 import sysconfig
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, from_cwd, utf8_error
+from bertjax.files import utf8_error
+from bertjax.source_files import (
+    FIX,
+    check_hub_name,
+    check_not_binary,
+    checked_local_files,
+    local_files,
+    text_bytes,
+)
 
 Piece = tuple[str, bool]  # (text, whether this piece ends its document)
 
 READ_CHUNK = 1 << 18  # characters read at a time; a longer document is emitted in pieces
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-_FIX = "data.sources takes plain UTF-8 text, .jsonl or .parquet files"
-
-
-def local_files(cfg: DataConfig) -> list[Path]:
-    """data.sources expanded (globs sorted), each checked to exist."""
-    files: list[Path] = []
-    for pattern in cfg.sources:
-        if Path(pattern).is_file():  # first: a name holding [ ] * ? was read as a glob (so
-            files.append(Path(pattern))  # book[1].txt trained on book1.txt, exit 0)
-        elif glob.has_magic(pattern):
-            # Never data.dir's own files: under `corpus/**/*` the tokenizer.json.tmp being
-            # written was tokenized into the corpus (exit 0), and a rerun read meta.json.
-            prepared = Path(cfg.dir).resolve()
-            matches = [p for p in sorted(glob.glob(pattern, recursive=True))
-                       if prepared not in (resolved := Path(p).resolve(), *resolved.parents)]
-            found = [Path(p) for p in matches if Path(p).is_file()]
-            _check_glob_dirs(pattern, [p for p in matches if Path(p).is_dir()], bool(found))
-            if not found:
-                raise UserError(f"data.sources pattern {pattern!r} matches no file"
-                                f"{from_cwd(pattern)}; check the path (globs are expanded by "
-                                "bertjax, quote them in the shell)")
-            files += found
-        elif Path(pattern).is_dir():
-            raise UserError(f"data.sources entry {pattern} is a directory; name its files, e.g. "
-                            f"{Path(pattern) / '*.txt'} (bertjax expands the glob)")
-        elif Path(pattern).exists():  # a pipe (`<(zcat x.gz)`) or device: was "does not exist"
-            raise UserError(f"data.sources entry {pattern} is not a regular file (a pipe or a "
-                            "device); prepare reads its sources twice (the tokenizer, then the "
-                            "tokens): write it to a file and list that")
-        else:
-            raise UserError(f"data.sources entry {pattern} does not exist{from_cwd(pattern)}; "
-                            "give a file, a glob, or remove it")
-    # A file listed twice (a glob and a name, say) was read twice: every document twice, and a
-    # validation document's copy in the training split.
-    seen: dict[Path, Path] = {}
-    for path in files:
-        if (first := seen.setdefault(path.resolve(), path)) is not path:
-            raise UserError(f"data.sources names {path.resolve()} twice ({first} and {path}); "
-                            "list each file once (globs included)")
-    return files
-
-
-def _check_glob_dirs(pattern: str, dirs: list[str], any_file: bool) -> None:
-    """Directories a glob matched (WikiExtractor's text/AA/wiki_00 under `text/*`): their files
-    were skipped without a word, or the pattern was said to match nothing, as if mistyped."""
-    if not dirs or "**" in pattern:  # ** walks into directories itself
-        return
-    names = ", ".join(Path(d).name for d in dirs[:3]) + (", ..." if len(dirs) > 3 else "")
-    deeper = Path(pattern).parent / "**" / Path(pattern).name
-    dirs_named = f"{len(dirs)} director{'y' if len(dirs) == 1 else 'ies'} ({names})"
-    if not any_file:
-        raise UserError(f"data.sources pattern {pattern!r} matches no file, only {dirs_named}; "
-                        f"write {str(deeper)!r} to read the files under them")
-    warnings.warn(f"data.sources pattern {pattern!r} matches {dirs_named}, whose files are not "
-                  f"read; write {str(deeper)!r} to read them too", stacklevel=2)
-
-
-def _check_not_binary(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(8192)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows editors' "Unicode": was "binary"
-        raise UserError(f"{path} is UTF-16 text; {_FIX}: convert it, e.g. iconv -f utf-16 -t "
-                        f"utf-8 {path} > {path.with_stem(path.stem + '-utf8')}")
-    if b"\0" in head:
-        line = head[: head.index(b"\0")].count(b"\n") + 1
-        raise UserError(f"{path} looks binary (NUL byte on line {line}); {_FIX}")
 
 
 def _utf8_error(path: Path) -> UserError:
@@ -101,7 +42,7 @@ def _utf8_error(path: Path) -> UserError:
 
 def text_pieces(path: Path) -> Iterator[Piece]:
     """Documents of a plain-text file, split on blank lines, read 256 k characters at a time."""
-    _check_not_binary(path)
+    check_not_binary(path)
     carry, open_doc = "", False  # open_doc: part of the current document was already emitted
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -141,7 +82,7 @@ def _column_text(value: object, where: str, column: str) -> str:
 
 def jsonl_pieces(path: Path, column: str) -> Iterator[Piece]:
     """One document per JSON line, its text in `column`."""
-    _check_not_binary(path)
+    check_not_binary(path)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
@@ -181,7 +122,7 @@ def parquet_pieces(path: Path, column: str) -> Iterator[Piece]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet files
-        raise UserError(f"{path} is not a readable parquet file ({e}); {_FIX}") from None
+        raise UserError(f"{path} is not a readable parquet file ({e}); {FIX}") from None
     if column not in pf.schema_arrow.names:
         raise UserError(f"{path} has no column {column!r} (columns: {pf.schema_arrow.names}); "
                         "set data.text_column")
@@ -308,65 +249,26 @@ def check(cfg: DataConfig) -> list[Path]:
     if cfg.builtin is not None and cfg.builtin not in BUILTINS:
         raise UserError(f"data.builtin={cfg.builtin!r} is unknown; use {list(BUILTINS)} or null")
     if cfg.hf_dataset is not None:
-        _check_hub_name(cfg.hf_dataset)
-    files = local_files(cfg)
-    for path in files:  # a checkout without `git lfs pull` would else be read as text
-        check_not_lfs_pointer(path)
-        _check_format(path)
+        check_hub_name(cfg.hf_dataset)
+    files = checked_local_files(cfg)
     if not files and cfg.hf_dataset is None and cfg.builtin is None:
         raise UserError("no data source: set data.sources (files or globs), data.hf_dataset "
                         "or data.builtin=stdlib")
     return files
 
 
-def _check_hub_name(name: str) -> None:
-    """`datasets` also loads a local path, first if one of that name exists (a text file line
-    by line, not by document), and prepare fingerprints a hub name only: a file added there
-    later left prepare "up to date" on the old data. A missing path was a traceback."""
-    where = Path(name).expanduser()
-    if where.exists():
-        example = where / "*.txt" if where.is_dir() else where
-        raise UserError(f"data.hf_dataset={name} is a local path; set data.hf_dataset=null and "
-                        f"list its files in data.sources (e.g. {example}; text, .jsonl "
-                        "or .parquet), which prepare reads by document and checks for changes")
-    if name.startswith(("/", ".", "~")):  # no hub name starts so
-        raise UserError(f"data.hf_dataset={name} does not exist{from_cwd(name)}; local files go "
-                        "in data.sources, hub datasets are named like wikitext or org/name")
-
-
-_DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst": "unzstd",
-               ".zip": "unzip", ".7z": "7z x"}
-
-
-def _check_format(path: Path) -> None:
-    """Any other suffix is read as plain text: a compressed file would be called binary or
-    latin-1, and JSON (.json) or a table (.csv, .tsv) would be trained on as text, braces,
-    keys, headers and quotes included."""
-    suffix = path.suffix.lower()
-    if suffix in _DECOMPRESS:
-        raise UserError(f"{path} is compressed ({suffix}); decompress it first (e.g. "
-                        f"{_DECOMPRESS[suffix]} {path}) and list the result in data.sources")
-    if suffix == ".json":
-        raise UserError(f"{path}: .json is not read; {_FIX}: if it holds one JSON object per "
-                        "line, rename it to .jsonl, else convert it")
-    if suffix in (".csv", ".tsv"):  # as text, its header, ids and quotes were trained on
-        tab = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
-        raise UserError(f"{path}: {suffix} is not read; {_FIX}: convert it, e.g. python -c "
-                        "\"import pyarrow.csv as c, pyarrow.parquet as p; p.write_table("
-                        f"c.read_csv('{path}'{tab}), '{path.with_suffix('.parquet')}')\", "
-                        "and set data.text_column to its text column")
-
-
 def pieces(cfg: DataConfig) -> Iterator[Piece]:
     """Every source in a fixed order (builtin, hub dataset, local files as listed), with long
     documents handed on in pieces of at most ~READ_CHUNK characters."""
     for text, ends in _all_pieces(cfg):
-        while len(text) > READ_CHUNK:  # e.g. a whole book in one jsonl row
-            cut = max(text.rfind("\n", 0, READ_CHUNK), text.rfind(" ", 0, READ_CHUNK))
-            cut = cut if cut > 0 else READ_CHUNK  # cut at whitespace: tokens do not change
-            yield text[:cut], False
-            text = text[cut:]
-        yield text, ends
+        start = 0  # an offset, not text = text[cut:], which copied the rest at every cut
+        while len(text) - start > READ_CHUNK:  # e.g. a whole book in one jsonl row
+            end = start + READ_CHUNK
+            cut = max(text.rfind("\n", start, end), text.rfind(" ", start, end))
+            cut = cut if cut > start else end  # cut at whitespace: tokens do not change
+            yield text[start:cut], False
+            start = cut
+        yield text[start:], ends
 
 
 def _all_pieces(cfg: DataConfig) -> Iterator[Piece]:
@@ -403,21 +305,4 @@ def total_bytes(cfg: DataConfig) -> int | None:
     the stride of prepare's tokenizer sample."""
     if cfg.builtin is not None or cfg.hf_dataset is not None:
         return None
-    return sum(_text_bytes(p, cfg.text_column) for p in local_files(cfg))
-
-
-def _text_bytes(path: Path, column: str) -> int:
-    """A file's size; for parquet (compressed: the shared Wikipedia 1.7 times) the text
-    column's uncompressed size from its footer, else the tokenizer sample's stride came out too
-    small and the sample stopped before the last sources, which the tokenizer never saw."""
-    if path.suffix.lower() != ".parquet":
-        return path.stat().st_size
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except Exception:  # parquet_pieces names the damage when the file is read
-        return path.stat().st_size
-    return sum(chunk.total_uncompressed_size for r in range(meta.num_row_groups)
-               for chunk in map(meta.row_group(r).column, range(meta.num_columns))
-               if chunk.path_in_schema == column) or path.stat().st_size
+    return sum(text_bytes(p, cfg.text_column) for p in local_files(cfg))

@@ -10,9 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
     {"errors", "domains", "config_schema", "config", "config_changes", "files"},
     {"layers", "model", "precision"},
-    {"loss", "masking", "optim", "step", "tokenizer", "sources", "prepared", "token_files",
-     "prepare", "data", "glue_tasks", "glue", "glue_metrics", "glue_batches", "sharding",
-     "checkpoint", "metrics", "weights", "runlock", "divergence"},
+    {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "prepared",
+     "token_files", "prepare", "data", "glue_tasks", "glue", "glue_metrics", "glue_batches",
+     "sharding", "checkpoint", "metrics", "weights", "runlock", "divergence"},
     {"hf_config", "hf", "pretrained", "starting_points", "export", "predict", "plot",
      "glue_eval"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune"},

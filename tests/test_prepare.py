@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 from conftest import bert_style_tokenizer, load_cfg, sentences, write_corpus
 
-from bertjax import config, files, prepare, pretrained, sources, token_files, tokenizer
+from bertjax import (
+    config,
+    files,
+    prepare,
+    pretrained,
+    source_files,
+    sources,
+    token_files,
+    tokenizer,
+)
 from bertjax.errors import UserError, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,27 +395,28 @@ def test_a_glob_matching_directories_names_them(tmp_path):
     deeper = str(tmp_path / "text" / "**" / "*")
     with pytest.raises(UserError, match=rf"matches no file, only 1 directory \(AA\); write "
                                         rf"'{re.escape(deeper)}' to read the files under them"):
-        sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data)
+        source_files.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data)
     write_corpus(tmp_path / "text" / "top.txt", 5)
     with pytest.warns(UserWarning, match=rf"matches 1 directory \(AA\), whose files are not "
                                          rf"read; write '{re.escape(deeper)}' to read them too"):
-        assert sources.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data) == \
+        assert source_files.local_files(load_cfg(tmp_path, [tmp_path / "text" / "*"]).data) == \
             [tmp_path / "text" / "top.txt"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(sources.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
-    with pytest.raises(UserError, match=r"pattern '.*\*\.nothing' matches no file"):  # after a
-        sources.local_files(load_cfg(tmp_path, [deeper, tmp_path / "*.nothing"]).data)  # good one
+        assert len(source_files.local_files(load_cfg(tmp_path, [deeper]).data)) == 2
+    with pytest.raises(UserError, match=r"pattern '.*\*\.nothing' matches no file"):
+        # after a good one
+        source_files.local_files(load_cfg(tmp_path, [deeper, tmp_path / "*.nothing"]).data)
 
 
 def test_a_file_name_holding_glob_characters_is_that_file(tmp_path):
     """'book[1].txt' was read as a pattern: it trained on book1.txt (exit 0), or "matches no
     file" though it existed."""
     write_corpus(tmp_path / "book[1].txt", 3)
-    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+    assert source_files.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
         [tmp_path / "book[1].txt"]
     write_corpus(tmp_path / "book1.txt", 3, seed=1)
-    assert sources.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
+    assert source_files.local_files(load_cfg(tmp_path, [tmp_path / "book[1].txt"]).data) == \
         [tmp_path / "book[1].txt"]
 
 
@@ -431,7 +441,7 @@ def test_a_pipe_as_a_source_is_named_as_one(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(UserError, match=r"pipe is not a regular file \(a pipe or a device\); "
                                         "prepare reads its sources twice"):
-        sources.local_files(load_cfg(tmp_path, [tmp_path / "pipe"]).data)
+        source_files.local_files(load_cfg(tmp_path, [tmp_path / "pipe"]).data)
     # predict --file <(cmd), a GLUE TSV, a tokenizer: the same, with each one's own fix
     with pytest.raises(UserError, match=r"--file .*pipe is not a regular file \(a pipe or a "
                                         r"device\); or - for standard input"):
