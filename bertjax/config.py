@@ -44,7 +44,7 @@ from bertjax.config_schema import (  # noqa: F401
 )
 from bertjax.domains import show, type_name
 from bertjax.errors import UserError
-from bertjax.files import from_cwd
+from bertjax.files import from_cwd, read_utf8
 
 # Keys that older bertjax versions wrote into run directories and bundles, with why they went.
 RETIRED = {"precision.param": "parameters and optimizer state are always float32; "
@@ -219,6 +219,8 @@ def _yaml_mapping(read: Callable[[], str], source: str) -> DictConfig:
         data = OmegaConf.create(text)
     except (yaml.MarkedYAMLError, GrammarParseError) as e:
         raise _syntax_error(e, source, text) from None
+    except UserError:  # read() named the problem (UTF-16, not UTF-8)
+        raise
     except Exception as e:  # unreadable text and the like
         raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]})") from None
@@ -263,7 +265,7 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
         raise _no_config_file(path, included_by=seen[-1] if seen else None)
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
-    data = _yaml_mapping(lambda: path.read_text(encoding="utf-8"), str(path))
+    data = _yaml_mapping(lambda: read_utf8(path, "save config files as UTF-8"), str(path))
     for name in [f.name for f in dataclasses.fields(Config)]:
         if name in data and data[name] is None:  # `train:` with its keys commented out: empty
             data.pop(name)

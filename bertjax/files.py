@@ -272,6 +272,28 @@ def make_dir(path: Path, key: str) -> Path:
     return path
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # how Windows editors' "Unicode" text begins
+
+
+def utf16_error(path: str | Path, fix: str) -> UserError:
+    path = Path(path)
+    return UserError(f"{path} is UTF-16 text; {fix}: convert it, e.g. iconv -f utf-16 -t utf-8 "
+                     f"{path} > {path.with_stem(path.stem + '-utf8')}")
+
+
+def read_utf8(path: str | Path, fix: str) -> str:
+    """A UTF-8 text file's text (newlines as read_text gives them); UTF-16 or bytes that are not
+    UTF-8 are one UserError naming the file (and the line) with `fix`."""
+    data = Path(path).read_bytes()
+    if data.startswith(UTF16_BOMS):
+        raise utf16_error(path, fix)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise utf8_error(path, fix) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def utf8_error(path: str | Path, fix: str) -> UserError:
     """The first line of `path` that is not UTF-8, as an error naming the line, the column and
     the byte (slow path: call it after a decode error)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, from_cwd
+from bertjax.files import UTF16_BOMS, check_not_lfs_pointer, from_cwd, utf16_error
 
 FIX = "data.sources takes plain UTF-8 text, .jsonl or .parquet files"
 
@@ -74,9 +74,8 @@ def check_not_binary(path: Path) -> None:
     """UTF-16, or a NUL byte in the first 8 KiB (binary), is refused before reading."""
     with open(path, "rb") as f:
         head = f.read(8192)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # Windows editors' "Unicode": was "binary"
-        raise UserError(f"{path} is UTF-16 text; {FIX}: convert it, e.g. iconv -f utf-16 -t "
-                        f"utf-8 {path} > {path.with_stem(path.stem + '-utf8')}")
+    if head.startswith(UTF16_BOMS):  # Windows editors' "Unicode": was "binary"
+        raise utf16_error(path, FIX)
     if b"\0" in head:
         line = head[: head.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{path} looks binary (NUL byte on line {line}); {FIX}")

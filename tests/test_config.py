@@ -82,6 +82,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
         config.load([broken])
 
 
+def test_a_config_file_not_in_utf8_is_named_with_the_fix(tmp_path):
+    """UTF-16 (a Windows editor's "Unicode") and Latin-1 were "not valid YAML (UnicodeDecodeError:
+    'utf-8' codec can't decode byte 0xff in position 0 ...)", with no fix."""
+    text = "train:\n  steps: 3\n  run_dir: caf\u00e9\n"
+    (tmp_path / "u16.yaml").write_bytes(text.encode("utf-16"))
+    with pytest.raises(UserError, match=r"u16.yaml is UTF-16 text; save config files as UTF-8: "
+                                        r"convert it, e.g. iconv -f utf-16 -t utf-8 "):
+        config.load([tmp_path / "u16.yaml"])
+    (tmp_path / "latin.yaml").write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.yaml line 3: not valid UTF-8 \(byte 0xe9 at "
+                                        r"column 15, .*\); save config files as UTF-8"):
+        config.load([tmp_path / "latin.yaml"])
+    (tmp_path / "crlf.yaml").write_bytes(("\ufeff" + text).replace("\n", "\r\n").encode())
+    assert config.load([tmp_path / "crlf.yaml"]).train.run_dir == "caf\u00e9"  # BOM, CRLF: fine
+
+
 @pytest.mark.slow
 def test_cli_bad_key_is_one_line_exit_2():
     out = subprocess.run(
