@@ -275,10 +275,11 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
                 names = pretrained.label_names or [str(i) for i in range(len(probs))]
                 print("  ".join(f"{n} {p:.3f}" for n, p in zip(names, probs, strict=True))
                       + f"\t{text}")
-    else:
+    else:  # the pair head's class 0: B follows A (NSP), or A and B are in order (SOP)
+        sop = pretrained.config is not None and pretrained.config.data.objective == "mlm+sop"
         for a, b, p in zip(*texts, next_sentence(model, tok, *texts, args.batch_size),
                            strict=True):
-            print(f"P(IsNext) {p:.3f}\t{a} || {b}")
+            print(f"{'P(in order)' if sop else 'P(IsNext)'} {p:.3f}\t{a} || {b}")
 
 if __name__ == "__main__":
     cli(main)

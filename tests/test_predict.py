@@ -129,6 +129,15 @@ def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_p
                                            atol=1e-3)
 
 
+def test_nsp_on_an_sop_model_prints_the_probability_of_the_order(model, cfg, tmp_path, capsys):
+    """The pair head's class 0 of a sentence-order model means "in order", not "IsNext"."""
+    sop = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="mlm+sop"))
+    path = save_bundle(model, sop, make_tokenizer(), tmp_path / "sop")
+    predict.main(["nsp", str(path), "the cat sat .", "the dog ran ."])
+    assert re.fullmatch(r"P\(in order\) [\d.]+\tthe cat sat \. \|\| the dog ran \.\n",
+                        capsys.readouterr().out)
+
+
 @pytest.mark.slow
 def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
     out = subprocess.run([sys.executable, "-m", "bertjax.predict", "fill-mask", str(bundle),
