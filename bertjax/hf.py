@@ -63,7 +63,7 @@ def _tables(pre: bool, heads: dict) -> tuple[list, list, str]:
             top += [*_dense("mlm.transform", "cls.predictions.transform.dense"),
                     *_norm("mlm.norm", "cls.predictions.transform.LayerNorm"),
                     ("mlm.bias", "cls.predictions.bias", False)]
-        if heads["nsp"] or heads["classifier"]:
+        if heads["nsp"] or heads["classifier"] or heads.get("pooler"):
             top += _dense("pooler", "bert.pooler.dense")
         if heads["nsp"]:
             top += _dense("nsp", "cls.seq_relationship")
@@ -160,11 +160,14 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     sd = _normalise(sd, pre)
     classifier = "classifier.out_proj.weight" if pre else "classifier.weight"
     heads = {"mlm": ("lm_head.bias" if pre else "cls.predictions.bias") in sd,
-             "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd}
+             "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd,
+             # a bare BertModel's trained pooler: BertForSequenceClassification starts from it
+             "pooler": not pre and "bert.pooler.dense.weight" in sd}
     _check_tied(sd, pre, source)
     _check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
     labels = sd[classifier].shape[0] if heads["classifier"] and sd[classifier].ndim else 0
-    ours = parameter_shapes(abstract_bert(model_cfg, heads["mlm"], heads["nsp"], labels))
+    ours = parameter_shapes(abstract_bert(model_cfg, heads["mlm"], heads["nsp"], labels,
+                                          pooled=heads["pooler"]))
     pieces: dict[str, dict] = {}
     used = set()
     for name, layer, part, hf, transpose in _pairs(pre, heads, model_cfg.num_layers):

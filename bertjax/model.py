@@ -113,11 +113,11 @@ class Bert(eqx.Module):
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray, mlm: bool = True,
                  nsp: bool = False, num_labels: int = 0, classifier_dropout: float = 0.1,
-                 pooling: str = "cls"):
+                 pooling: str = "cls", pooled: bool = False):
         k_enc, k_mlm, k_pool, k_nsp, k_cls = jax.random.split(key, 5)
         self.encoder = Encoder(cfg, key=k_enc)
         self.mlm = MLMHead(cfg, key=k_mlm) if mlm else None
-        pooled = nsp or num_labels > 0
+        pooled = pooled or nsp or num_labels > 0  # pooled alone: a bare HF BertModel's pooler
         self.pooler = Dense(cfg.hidden_size, cfg.hidden_size, key=k_pool) if pooled else None
         self.nsp = Dense(cfg.hidden_size, 2, key=k_nsp) if nsp else None
         self.classifier = Dense(cfg.hidden_size, num_labels, key=k_cls) if num_labels else None

@@ -83,10 +83,11 @@ def check_values(array: np.ndarray, name: str, source: str) -> None:
 
 
 def abstract_bert(model_cfg: ModelConfig, mlm: bool, nsp: bool, num_labels: int,
-                  classifier_dropout: float = 0.1, pooling: str = "cls") -> Bert:
+                  classifier_dropout: float = 0.1, pooling: str = "cls",
+                  pooled: bool = False) -> Bert:
     return eqx.filter_eval_shape(Bert, model_cfg, key=jax.random.key(0), mlm=mlm, nsp=nsp,
                                  num_labels=num_labels, classifier_dropout=classifier_dropout,
-                                 pooling=pooling)
+                                 pooling=pooling, pooled=pooled)
 
 
 def model_from_arrays(model_cfg: ModelConfig, arrays: dict[str, np.ndarray], source: str,
@@ -94,5 +95,5 @@ def model_from_arrays(model_cfg: ModelConfig, arrays: dict[str, np.ndarray], sou
     """A Bert with the heads that `arrays` (our names) carry."""
     num_labels = arrays["classifier.bias"].shape[0] if "classifier.bias" in arrays else 0
     abstract = abstract_bert(model_cfg, "mlm.bias" in arrays, "nsp.weight" in arrays,
-                             num_labels, classifier_dropout, pooling)
+                             num_labels, classifier_dropout, pooling, "pooler.weight" in arrays)
     return load_state_dict(abstract, arrays, source)

@@ -2,6 +2,7 @@
 of the weight mapping, exported directories against what transformers computed on them
 (tests/fixtures/hf_export, made by tests/make_hf_export_fixture.py), and clear errors."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from bertjax import config
 from bertjax.errors import UserError
 from bertjax.hf import (
     bert_from_hf,
@@ -22,6 +24,7 @@ from bertjax.hf import (
 from bertjax.hf_config import config_from_hf, config_to_hf
 from bertjax.model import Bert
 from bertjax.pretrained import load_pretrained
+from bertjax.starting_points import initial_model
 from bertjax.weights import state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -355,3 +358,20 @@ def test_a_unigram_tokenizer_exports_its_special_ids_not_its_scores(tmp_path):
     tokenizer_config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert not (tmp_path / "out" / "vocab.txt").exists()
+
+
+def test_a_bare_bertmodel_s_pooler_is_loaded_and_glue_starts_from_it(tmp_path):
+    # BertModel (no heads) keeps a trained pooler; transformers' BertForSequenceClassification
+    # starts from it, so a GLUE fine-tune must too (it was dropped: a random pooler)
+    d = hf_copy(tmp_path, "pretrain")
+    sd = load_file(str(d / "model.safetensors"))
+    save_file({k.removeprefix("bert."): v for k, v in sd.items() if k.startswith("bert.")},
+              str(d / "model.safetensors"))
+    model, cfg, _ = import_hf(d)
+    assert model.mlm is None and model.nsp is None and model.classifier is None
+    np.testing.assert_array_equal(np.asarray(model.pooler.weight),
+                                  sd["bert.pooler.dense.weight"].T)
+    glue_cfg = dataclasses.replace(config.load([], ["glue.task=sst2"]), model=cfg)
+    start = initial_model(0, load_pretrained(d).model, glue_cfg)
+    np.testing.assert_array_equal(np.asarray(start.pooler.weight),
+                                  sd["bert.pooler.dense.weight"].T)
