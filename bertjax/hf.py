@@ -31,6 +31,7 @@ from bertjax.weights import state_dict as our_state_dict
 
 PRE = "roberta_prelayernorm"
 KINDS = ("mlm", "cls", "pretrain")
+OTHER_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
 RIGHT_PAD_NOTE = ("inputs must be right-padded: transformers derives RoBERTa position ids from "
                   "input_ids != pad_token_id, so left padding shifts every position")
 
@@ -158,6 +159,11 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     model_cfg, pad = config_from_hf(hf_config, source)
     pre = model_cfg.norm == "pre"
     sd = _normalise(sd, pre)
+    # Per-token, span and multiple-choice heads also say `classifier` (or `qa_outputs`) but score
+    # no sentence: read such a model's encoder (and pooler), as transformers' sequence classes do
+    arch = (hf_config.get("architectures") or [""])[0]
+    if isinstance(arch, str) and arch.endswith(OTHER_TASK_HEADS):
+        sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "qa_outputs."))}
     classifier = "classifier.out_proj.weight" if pre else "classifier.weight"
     heads = {"mlm": ("lm_head.bias" if pre else "cls.predictions.bias") in sd,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd,

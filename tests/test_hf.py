@@ -375,3 +375,24 @@ def test_a_bare_bertmodel_s_pooler_is_loaded_and_glue_starts_from_it(tmp_path):
     start = initial_model(0, load_pretrained(d).model, glue_cfg)
     np.testing.assert_array_equal(np.asarray(start.pooler.weight),
                                   sd["bert.pooler.dense.weight"].T)
+
+
+@pytest.mark.parametrize("arch", ["BertForTokenClassification", "BertForMultipleChoice"])
+def test_a_token_or_multiple_choice_model_s_head_is_left_out(tmp_path, arch):
+    # Both name their head `classifier`: a token classifier (no pooler) was refused as "not a
+    # complete BERT checkpoint", a multiple-choice head ([1, hidden]) read as a regression head
+    d = hf_copy(tmp_path, "cls")
+    sd = load_file(str(d / "model.safetensors"))
+    hidden = sd["classifier.weight"].shape[1]
+    sd["classifier.weight"], sd["classifier.bias"] = np.ones((1, hidden), np.float32), \
+        np.zeros(1, np.float32)
+    if arch == "BertForTokenClassification":
+        sd = {k: v for k, v in sd.items() if "pooler" not in k}
+    save_file(sd, str(d / "model.safetensors"))
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(config | {"architectures": [arch]}))
+    model, _, _ = import_hf(d)
+    assert model.classifier is None and model.mlm is None
+    assert (model.pooler is None) == (arch == "BertForTokenClassification")
+    ref = load_file(str(d / "reference.safetensors"))
+    assert_close(forward(model, ref), ref["hidden_states"])
