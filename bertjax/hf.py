@@ -344,6 +344,10 @@ def _read_weights(path: Path) -> dict[str, np.ndarray]:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"{index} is not a safetensors index (JSON with a 'weight_map' of "
                             "tensor -> shard file); download it again") from None
+        missing = [shard for shard in shards if not (path / shard).exists()]
+        if missing:  # read_safetensors would ask for a model.safetensors, which this has not
+            raise UserError(f"{path / missing[0]} is missing ({len(missing)} of the {len(shards)} "
+                            f"shards {index.name} lists); download the model's shards again")
         return {k: v for shard in shards for k, v in read_safetensors(path / shard).items()}
     if (path / "pytorch_model.bin").exists():
         raise UserError(f"{path} has only pytorch_model.bin, a pickle, which bertjax does not "

@@ -282,6 +282,12 @@ def test_sharded_safetensors_load_like_a_single_file(tmp_path):
     single, _, _ = import_hf(HF_TINY / "mlm")
     for key, value in state_dict(single).items():
         assert np.array_equal(state_dict(sharded)[key], value), key
+    # a shard not downloaded was "… does not exist; pass a directory that holds its
+    # model.safetensors", which the sharded directory never had
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(UserError, match=r"model-00002-of-00002.safetensors is missing \(1 of the 2 "
+                       r"shards model.safetensors.index.json lists\); download"):
+        import_hf(d)
 
 
 @pytest.mark.parametrize("change, says", [
