@@ -35,14 +35,18 @@ def _bucket(n: int, limit: int, least: int = 16) -> int:
     return min(max(least, 1 << (n - 1).bit_length()), limit)
 
 
-def _encodings(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None) -> list:
-    """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions;
-    a warning says how many inputs were cut."""
-    limit = model.encoder.embeddings.position.shape[0]
+def _encodings(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
+               max_len: int | None = None) -> list:
+    """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions
+    or `max_len`; a warning says how many inputs were cut."""
+    positions = model.encoder.embeddings.position.shape[0]
+    limit = min(positions, max_len or positions)
     encodings, cut = encode_truncated(tokenizer, texts, pairs, limit)
     if cut:
-        warnings.warn(f"{cut} input(s) longer than the model's {limit} positions were cut to "
-                      f"{limit} tokens", stacklevel=3)
+        what = f"the model's {limit} positions" if limit == positions else \
+            f"the {limit} tokens it was fine-tuned and evaluated on (glue.buckets)"
+        warnings.warn(f"{cut} input(s) longer than {what} were cut to {limit} tokens",
+                      stacklevel=3)
     return encodings
 
 
@@ -106,17 +110,18 @@ def _pair_probs(model: Bert, ids, types, mask):
 
 
 def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
-         batch_size: int) -> np.ndarray:
+         batch_size: int, max_len: int | None = None) -> np.ndarray:
     """fn's per-row outputs for every input, batch by batch, in input order."""
     out = [np.asarray(fn(model, *arrays))[:count] for count, arrays in
-           _batches(model, _encodings(model, tokenizer, texts, pairs), batch_size)]
+           _batches(model, _encodings(model, tokenizer, texts, pairs, max_len), batch_size)]
     return np.concatenate(out)
 
 
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
-             batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model."""
-    return _run(_class_probs, model, tokenizer, texts, pairs, batch_size)
+             batch_size: int = BATCH_SIZE, max_len: int | None = None) -> np.ndarray:
+    """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model; inputs
+    cut to `max_len` tokens (a GLUE run's largest bucket) when given."""
+    return _run(_class_probs, model, tokenizer, texts, pairs, batch_size, max_len)
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
@@ -267,7 +272,10 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
                 print(f"  [MASK] {i + 1}: " + ", ".join(f"{t} {p:.3f}" for t, p in top))
     elif args.command == "classify":
         shown = texts[0] if texts[1] is None else map(" || ".join, zip(*texts, strict=True))
-        for text, probs in zip(shown, classify(model, tok, *texts, args.batch_size),
+        # cut as the fine-tune cut its dev set, so the scores agree with its dev metrics
+        cfg = pretrained.config
+        max_len = cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
+        for text, probs in zip(shown, classify(model, tok, *texts, args.batch_size, max_len),
                                strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")

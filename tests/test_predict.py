@@ -22,6 +22,7 @@ from conftest import count_calls
 from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 from bertjax import config, predict
+from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.export import main as export_main
 from bertjax.export import save_bundle
@@ -322,3 +323,31 @@ def test_classify_refuses_single_texts_for_a_pair_task_and_pairs_for_a_single_on
     assert capsys.readouterr().out == ""
     predict.main(["classify", mnli, "the cat sat .\tthe dog sat ."])
     assert capsys.readouterr().out.endswith("\tthe cat sat . || the dog sat .\n")
+
+
+def test_classify_cuts_a_glue_model_s_inputs_as_its_dev_set_was_cut(model, cfg, tmp_path,
+                                                                      capsys, monkeypatch):
+    """A fine-tune cuts its dev pairs to its largest bucket; classify cut them only to the
+    model's positions, so its scores on the dev file disagreed with the run's dev metrics."""
+    fine_tuned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, task="glue"),
+                                     glue=dataclasses.replace(cfg.glue, buckets=[8]))
+    path = str(save_bundle(model, fine_tuned, make_tokenizer(), tmp_path / "mnli"))
+    a, b = " ".join(WORDS[:12]) + " .", "the dog sat ."
+    lengths, encode = [], predict.encode_truncated
+
+    def recorded(tok, texts, pairs, max_len):
+        out = encode(tok, texts, pairs, max_len)
+        lengths.append(max(len(e.ids) for e in out[0]))
+        return out
+
+    monkeypatch.setattr(predict, "encode_truncated", recorded)
+    with pytest.warns(UserWarning, match="the 8 tokens it was fine-tuned and evaluated on"):
+        predict.main(["classify", path, f"{a}\t{b}"])
+    shown = [float(v) for v in re.findall(r"\w+ ([\d.]+)",
+                                                  capsys.readouterr().out.split("\t")[0])]
+    cut = tokenizer_lib.encode_truncated(make_tokenizer(), [a], [b], 8)[0][0]
+    ids, types = jnp.asarray([cut.ids]), jnp.asarray([cut.type_ids])
+    mask = jnp.ones_like(ids, dtype=bool)
+    probs = np.asarray(jax.nn.softmax(model.classify(model(ids, types, mask), mask))[0])
+    np.testing.assert_allclose(shown, probs, atol=1e-3)
+    assert lengths == [8]  # (a random model's probabilities hardly move with the cut)
