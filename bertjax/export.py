@@ -31,15 +31,10 @@ from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
-from bertjax.files import (
-    check_output_dir,
-    from_cwd,
-    path_argument,
-    sha256_file,
-    staged_dir,
-)
+from bertjax.files import from_cwd, path_argument, sha256_file
 from bertjax.hf import export_hf
 from bertjax.model import Bert, param_count
+from bertjax.output_dirs import check_output_dir, staged_dir
 from bertjax.pretrained import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,

@@ -17,9 +17,10 @@ from safetensors.numpy import save_file
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import ModelConfig
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, staged_dir
+from bertjax.files import check_not_lfs_pointer
 from bertjax.hf_config import ARCHITECTURES, config_from_hf, config_to_hf, field
 from bertjax.model import Bert
+from bertjax.output_dirs import staged_dir
 from bertjax.weights import (
     abstract_bert,
     check_values,

@@ -18,7 +18,7 @@ import pytest
 from make_hf_export_fixture import VOCAB, make_tokenizer  # noqa: E402
 from tokenizers import normalizers
 
-from bertjax import config, files
+from bertjax import config, output_dirs
 from bertjax import export as export_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
@@ -561,12 +561,10 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(run, tmp_path, export
 def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
     import errno
 
-    from bertjax import files
-
     def full(**_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files.tempfile, "mkdtemp", full)
+    monkeypatch.setattr(output_dirs.tempfile, "mkdtemp", full)
     with pytest.raises(UserError, match="no space left on the disk holding .* the release bundle"):
         export_run(run[0], tmp_path / "out")
 
@@ -714,13 +712,13 @@ def test_a_full_disk_during_a_hf_export_is_one_line_and_leaves_nothing(run, tmp_
 # and renaming the new one into place).
 KILLED_WRITER = """
 import os, pathlib, sys, time
-from bertjax import files
+from bertjax import output_dirs
 stop_at = getattr(pathlib.Path, sys.argv[2])
 def stop(self, *args):
     print("ready", flush=True)
     time.sleep(600)
 setattr(pathlib.Path, sys.argv[2], stop)
-with files.staged_dir(sys.argv[1], force=True) as tmp:
+with output_dirs.staged_dir(sys.argv[1], force=True) as tmp:
     (tmp / "model.safetensors").write_bytes(b"half a new export")
 """
 
@@ -745,7 +743,7 @@ def test_a_killed_exports_temporaries_go_and_a_live_ones_stay(run, bundle, tmp_p
     kill_a_writer(out, "chmod")
     assert [name.endswith(".tmp") for name in hidden(tmp_path)] == [True]
     with contextlib.ExitStack() as live:
-        live_tmp = live.enter_context(files.staged_dir(tmp_path / "out", force=True))
+        live_tmp = live.enter_context(output_dirs.staged_dir(tmp_path / "out", force=True))
         (live_tmp / "weights").write_bytes(b"being written")
         export_run(run[0], out)
         assert hidden(tmp_path) == [live_tmp.name]
@@ -760,7 +758,7 @@ def test_force_onto_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
     (tmp_path / "disk" / "out").mkdir(parents=True)
     (tmp_path / "disk" / "out" / "old").write_text("previous")
     (tmp_path / "out").symlink_to(tmp_path / "disk" / "out")
-    with files.staged_dir(tmp_path / "out", force=True) as tmp:
+    with output_dirs.staged_dir(tmp_path / "out", force=True) as tmp:
         (tmp / "new").write_text("this export")
     assert (tmp_path / "out").is_symlink()
     assert sorted(p.name for p in (tmp_path / "disk" / "out").iterdir()) == ["new"]
@@ -768,7 +766,7 @@ def test_force_onto_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(UserError, match="a symlink that points back to itself"), \
-            files.staged_dir(tmp_path / "a", force=True):
+            output_dirs.staged_dir(tmp_path / "a", force=True):
         pass
 
 
