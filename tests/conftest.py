@@ -95,14 +95,20 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
-def no_wandb_key(tmp_path, monkeypatch) -> None:
+def no_wandb_key(tmp_path, monkeypatch):
     """An environment (this process's, and subprocesses started from os.environ) where
-    wandb.mode=online has no API key to find, so wandb refuses to start, offline."""
+    wandb.mode=online has no API key to find, so wandb refuses to start, offline. A test that
+    started wandb in this process has its service stopped after it: its process and threads
+    stayed up for the rest of the worker's tests (one worker segfaulted in a later XLA
+    compile with them running; the cause is not known)."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' own "disabled" would win
     (tmp_path / "home").mkdir(exist_ok=True)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 class FakeWandbRun:
