@@ -35,6 +35,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import json  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
@@ -96,11 +97,28 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def wandb_never_started_in_the_test_process():
+    """The real wandb starts only in subprocesses (CLI runs, test_metrics.in_fresh_python): in
+    the process that started it, it leaves threads running (its OpenTelemetry exporters
+    survive wandb.teardown()), and three times a pytest worker holding them died of a segfault
+    in a later XLA compile or compilation-cache write (sessions 25-26; whether they caused it
+    is not known). A test that starts it here fails, naming the threads."""
+    def wandb_threads() -> set[tuple[int | None, str]]:
+        return {(t.ident, t.name) for t in threading.enumerate()
+                if t.name.startswith(("Otel", "wandb-"))}
+
+    before = wandb_threads()
+    yield
+    started = sorted(name for _, name in wandb_threads() - before)
+    assert not started, f"this test started wandb in the pytest process (threads {started}): " \
+                        "start it in a subprocess"
+
+
 @pytest.fixture
 def no_wandb_key(tmp_path, monkeypatch):
     """An environment (this process's, and subprocesses started from os.environ) where
-    wandb.mode=online has no API key to find, so wandb refuses to start, offline. (Tests start
-    the real wandb only in subprocesses: see test_metrics.in_fresh_python.)"""
+    wandb.mode=online has no API key to find, so wandb refuses to start, offline."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' own "disabled" would win
     (tmp_path / "home").mkdir(exist_ok=True)

@@ -536,9 +536,13 @@ def test_a_refused_wandb_start_leaves_the_run_directory_as_it_was(tmp_path, toke
     finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=1", "glue.seeds=[0]"))
     before = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
               if p.is_file() and p.name != ".lock"}
-    with pytest.raises(UserError, match="wandb.mode=online: wandb did not start"):
-        finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=2", "glue.seeds=[0]",
-                          "wandb.mode=online"))
+    # (through the CLI: the real wandb starts only in subprocesses, see conftest)
+    out = subprocess.run([sys.executable, "-m", "bertjax.train", str(ROOT / "configs/sst2.yaml"),
+                          *sst2_overrides(run_dir, tokenizer_path, "glue.epochs=2",
+                                          "glue.seeds=[0]", "wandb.mode=online")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and \
+        out.stderr.startswith("error: wandb.mode=online: wandb did not start"), out.stderr
     assert {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
             if p.is_file() and p.name != ".lock"} == before
 

@@ -23,14 +23,10 @@ from bertjax.plot import plot_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The tests that start the real wandb do it in a fresh interpreter: wandb leaves threads behind
-# in the process that started it (its OpenTelemetry exporters survive wandb.teardown()), and
-# twice a pytest worker that had run these tests in-process died of a segfault in a later XLA
-# compile (session 25, and CI of its code). Whether the threads caused it is not known; a
-# worker that never starts wandb cannot have them.
 def in_fresh_python(body: str) -> str:
     """Run `body` (Python, with bertjax's config and metrics imported) in a new interpreter
-    with this process's environment; its stdout. A UserError is printed as "UserError: ..."."""
+    with this process's environment; its stdout. A UserError is printed as "UserError: ...".
+    For the tests that start the real wandb (conftest.wandb_never_started_in_the_test_process)."""
     code = ("import sys\nfrom pathlib import Path\nfrom bertjax import config\n"
             "from bertjax.errors import UserError\n"
             "from bertjax.metrics import Monitor, start_wandb, wandb_session\n"
