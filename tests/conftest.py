@@ -107,10 +107,10 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def wandb_never_started_in_the_test_process():
     """The real wandb starts only in subprocesses (CLI runs, test_metrics.in_fresh_python): in
-    the process that started it, it leaves threads running (its OpenTelemetry exporters
-    survive wandb.teardown()), and three times a pytest worker holding them died of a segfault
-    in a later XLA compile or compilation-cache write (sessions 25-26; whether they caused it
-    is not known). A test that starts it here fails, naming the threads."""
+    the process that started it, it leaves threads running for the rest of the worker's tests
+    (its OpenTelemetry exporters survive wandb.teardown()). They were suspected of the workers'
+    segfaults and cleared (a worker without them crashed alike: log.md, session 26), but no
+    later test should run beside them. A test that starts it here fails, naming the threads."""
     def wandb_threads() -> set[tuple[int | None, str]]:
         return {(t.ident, t.name) for t in threading.enumerate()
                 if t.name.startswith(("Otel", "wandb-"))}

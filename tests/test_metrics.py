@@ -27,7 +27,7 @@ def in_fresh_python(body: str) -> str:
     """Run `body` (Python, with bertjax's config and metrics imported) in a new interpreter
     with this process's environment; its stdout. A UserError is printed as "UserError: ...".
     For the tests that start the real wandb (conftest.wandb_never_started_in_the_test_process)."""
-    code = ("import sys\nfrom pathlib import Path\nfrom bertjax import config\n"
+    code = ("from pathlib import Path\nfrom bertjax import config\n"
             "from bertjax.errors import UserError\n"
             "from bertjax.metrics import Monitor, start_wandb, wandb_session\n"
             "try:\n" + textwrap.indent(body, "    ") +
