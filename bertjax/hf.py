@@ -27,6 +27,7 @@ from bertjax.weights import (
     model_from_arrays,
     parameter_shapes,
     read_safetensors,
+    read_sharded_safetensors,
 )
 from bertjax.weights import state_dict as our_state_dict
 
@@ -337,22 +338,19 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
     if (path / "model.safetensors").exists():
         return read_safetensors(path / "model.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        check_not_lfs_pointer(index)
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{index} is not a safetensors index (JSON with a 'weight_map' of "
-                            "tensor -> shard file); download it again") from None
-        missing = [shard for shard in shards if not (path / shard).exists()]
-        if missing:  # read_safetensors would ask for a model.safetensors, which this has not
-            raise UserError(f"{path / missing[0]} is missing ({len(missing)} of the {len(shards)} "
-                            f"shards {index.name} lists); download the model's shards again")
-        return {k: v for shard in shards for k, v in read_safetensors(path / shard).items()}
-    if (path / "pytorch_model.bin").exists():
-        raise UserError(f"{path} has only pytorch_model.bin, a pickle, which bertjax does not "
+    if (path / "model.safetensors.index.json").is_file():
+        return read_sharded_safetensors(path / "model.safetensors.index.json")
+    pickles = [name for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")
+               if (path / name).exists()]
+    if pickles:
+        raise UserError(f"{path} has only {pickles[0]}, pickled weights, which bertjax does not "
                         "load; convert it to model.safetensors (e.g. transformers: from_pretrained "
                         "then save_pretrained(dir, safe_serialization=True)) and retry")
+    for name, flag in (("tf_model.h5", "from_tf"), ("flax_model.msgpack", "from_flax")):
+        if (path / name).exists():
+            raise UserError(f"{path} has only {name}, weights bertjax does not read; convert "
+                            "them to model.safetensors (transformers: BertForPreTraining."
+                            f"from_pretrained(dir, {flag}=True).save_pretrained(new_dir)) and pass "
+                            "new_dir")
     raise UserError(f"{path} has config.json but no model.safetensors; download the weights "
                     "(safetensors) into it")

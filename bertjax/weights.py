@@ -5,6 +5,7 @@ layers kept stacked); `load_state_dict` fills an abstract model from such a dict
 and shapes. Release bundles (export.py) and the Hugging Face mapping (hf.py) are built on this.
 """
 
+import json
 from pathlib import Path
 
 import equinox as eqx
@@ -29,6 +30,36 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path} is not a valid safetensors file (corrupt header or data: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                         "re-download or re-export it") from None
+
+
+def read_sharded_safetensors(index: Path) -> dict[str, np.ndarray]:
+    """The tensors a sharded checkpoint's `*.safetensors.index.json` maps to its shard files,
+    each taken from the shard its `weight_map` names (a tensor stored in two shards would
+    otherwise load from whichever came last); bad or incomplete shards become one-line errors."""
+    check_not_lfs_pointer(index)
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not all(isinstance(shard, str) for shard in weight_map.values()):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{index} is not a safetensors index (JSON with a 'weight_map' of "
+                        "tensor -> shard file); download it again") from None
+    shards = sorted(set(weight_map.values()))
+    missing = [shard for shard in shards if not (index.parent / shard).exists()]
+    if missing:  # read_safetensors would ask for a model.safetensors, which this has not
+        raise UserError(f"{index.parent / missing[0]} is missing ({len(missing)} of the "
+                        f"{len(shards)} shards {index.name} lists); download the shards again")
+    tensors = {}
+    for shard in shards:
+        stored = read_safetensors(index.parent / shard)
+        names = [name for name, named_shard in weight_map.items() if named_shard == shard]
+        lacking = [name for name in names if name not in stored]
+        if lacking:
+            raise UserError(f"{index.parent / shard} lacks {lacking[0]} ({len(lacking)} of the "
+                            f"{len(names)} tensors {index.name} puts there); download the shards "
+                            "again")
+        tensors.update((name, stored[name]) for name in names)
+    return tensors
 
 
 def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:

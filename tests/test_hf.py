@@ -213,11 +213,17 @@ def hf_copy(tmp_path: Path, name: str = "mlm") -> Path:
     return out
 
 
-def test_pytorch_bin_only_is_refused_with_the_fix(tmp_path):
+@pytest.mark.parametrize("weights, message", [
+    ("pytorch_model.bin", "pickled weights.*convert it to model.safetensors"),
+    ("pytorch_model.bin.index.json", "pickled weights.*convert it to model.safetensors"),
+    ("tf_model.h5", r"only tf_model.h5.*from_pretrained\(dir, from_tf=True\)"),
+    ("flax_model.msgpack", r"only flax_model.msgpack.*from_flax=True")])
+def test_weights_bertjax_does_not_read_are_refused_with_the_fix(tmp_path, weights, message):
     d = hf_copy(tmp_path)
-    (d / "model.safetensors").rename(d / "pytorch_model.bin")
-    with pytest.raises(UserError, match="pickle.*convert it to model.safetensors"):
+    (d / "model.safetensors").rename(d / weights)
+    with pytest.raises(UserError, match=message) as e:
         import_hf(d)
+    assert "\n" not in str(e.value)
 
 
 def test_untied_decoder_and_unknown_tensors_are_refused(tmp_path):
@@ -284,6 +290,20 @@ def test_sharded_safetensors_load_like_a_single_file(tmp_path):
         assert np.array_equal(state_dict(sharded)[key], value), key
     # a shard not downloaded was "… does not exist; pass a directory that holds its
     # model.safetensors", which the sharded directory never had
+    # a tensor in both shards is taken from the one the index names, not the last one read
+    twice = next(k for k in shards["model-00001-of-00002.safetensors"] if "LayerNorm" in k)
+    save_file({k: sd[k] for k in shards["model-00002-of-00002.safetensors"]}
+              | {twice: np.zeros_like(sd[twice])}, str(d / "model-00002-of-00002.safetensors"))
+    again, _, _ = import_hf(d)
+    for key, value in state_dict(single).items():
+        assert np.array_equal(state_dict(again)[key], value), key
+    # a shard without a tensor the index puts there names it
+    save_file({k: sd[k] for k in shards["model-00002-of-00002.safetensors"][1:]},
+              str(d / "model-00002-of-00002.safetensors"))
+    lacking = shards["model-00002-of-00002.safetensors"][0]
+    with pytest.raises(UserError, match=rf"model-00002-of-00002.safetensors lacks {lacking} \(1 of "
+                       r"the \d+ tensors model.safetensors.index.json puts there\); download"):
+        import_hf(d)
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(UserError, match=r"model-00002-of-00002.safetensors is missing \(1 of the 2 "
                        r"shards model.safetensors.index.json lists\); download"):
