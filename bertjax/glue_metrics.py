@@ -78,6 +78,9 @@ def compute_metrics(task: str, predictions: ArrayLike, labels: ArrayLike) -> dic
     gold = np.asarray(labels).astype(pred.dtype)
     if len(pred) != len(gold) or len(gold) == 0:
         raise ValueError(f"{len(pred)} predictions for {len(gold)} labels")
+    if t.labels and not np.isin(gold, np.arange(len(t.labels))).all():  # e.g. a test split's -1
+        raise ValueError(f"{task} labels must be class indices 0..{len(t.labels) - 1}; got "
+                         f"{sorted(set(gold.tolist()) - set(range(len(t.labels))))[:5]}")
     fns = {"mcc": matthews, "accuracy": lambda p, g: float(np.mean(p == g)),
            "f1": f1_positive, "pearson": pearson, "spearman": spearman}
     return {name: fns[name](pred, gold) for name in t.metrics}

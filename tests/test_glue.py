@@ -311,6 +311,9 @@ def test_compute_metrics_per_task_and_main_score():
     assert gm.main_score("rte", {"accuracy": 0.7}) == 0.7
     with pytest.raises(ValueError):
         gm.compute_metrics("rte", np.array([0, 1]), np.array([0]))
+    # an unlabelled split's -1 would index the confusion matrix from its end: a wrong MCC
+    with pytest.raises(ValueError, match=r"class indices 0..1; got \[-1\]"):
+        gm.compute_metrics("cola", np.array([0, 1, 1]), np.array([0, -1, 1]))
 
 
 # ---------------------------------------------------------------- submission files
