@@ -1,8 +1,9 @@
 """User-facing errors and the command-line wrapper that turns them into one line + exit code 2.
 
 Anything a user can get wrong (config, path, data, checkpoint) raises `UserError` with a message
-naming the thing and the fix; `cli` prints it without a traceback, and a full disk too (wherever
-it strikes: the writers that can leave temporaries behind catch it themselves and clean up).
+naming the thing and the fix; `cli` prints it without a traceback, and a full disk or a refused
+permission too (wherever they strike: the writers that can leave temporaries behind catch them
+themselves and clean up).
 """
 
 import errno
@@ -83,9 +84,16 @@ def cli(main: Callable[[list[str]], None]) -> None:
               file=sys.stderr)
         sys.exit(128 + signal.Signals[name].value)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: no space left on the disk holding {e.filename or 'the output'}; free "
+                  "space or choose another directory, then run the same command again",
+                  file=sys.stderr)
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:
+            # e.g. a run directory made read-only after its first run: the writers write through
+            # temporaries, so the refusal came before anything was replaced
+            print(f"error: cannot access {e.filename} ({e.strerror}); give this user "
+                  "permission there or choose another path, then run the same command again",
+                  file=sys.stderr)
+        else:
             raise
-        print(f"error: no space left on the disk holding {e.filename or 'the output'}; free "
-              "space or choose another directory, then run the same command again",
-              file=sys.stderr)
         sys.exit(2)

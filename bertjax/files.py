@@ -90,12 +90,16 @@ def path_argument(text: str) -> str:
 
 
 def check_file(path: str | Path, what: str, fix: str) -> Path:
-    """`path` if it is a file; else a UserError saying whether it is missing or a directory."""
+    """`path` if it is a file; else a UserError saying whether it is missing, a directory, a
+    broken symbolic link or something else."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file; {fix}")
     if path.exists() and not path.is_file():  # `--file <(cmd)`: was "does not exist"
         raise UserError(f"{what} {path} is not a regular file (a pipe or a device); {fix}")
+    if path.is_symlink() and not path.exists():  # listed by ls, so "does not exist" misleads
+        raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does "
+                        "not exist; point the link at the file, or put the file in its place")
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist{from_cwd(path)}; {fix}")
     return path

@@ -4,6 +4,7 @@ in glue_metrics.py, batching in glue_batches.py.
 """
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -253,8 +254,10 @@ def check_submission_inputs(cfg: GlueConfig) -> None:
 
 
 def split_available(cfg: GlueConfig, split: str, task: str | None = None) -> bool:
-    """Whether load_split can be asked for `split` (the hub has every split; a dir needs a file)."""
+    """Whether load_split can be asked for `split` (the hub has every split; a dir needs a file).
+    Anything at the file's name counts, so that a directory or a broken link there is refused
+    by load_split rather than skipped as absent."""
     t = get_task(task or cfg.task)
     if cfg.data_dir is None:
         return True
-    return (Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split)).is_file()
+    return os.path.lexists(Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split))

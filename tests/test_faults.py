@@ -196,6 +196,13 @@ def broken_glue(w: World, case: Path, how: str) -> Path:
     elif how == "train a directory":
         (rte / "train.tsv").unlink()
         (rte / "train.tsv").mkdir()
+    elif how == "test a directory":  # was skipped as absent: no submission, no word
+        (rte / "test.tsv").unlink()
+        (rte / "test.tsv").mkdir()
+    elif how in ("test a broken link", "train a broken link"):
+        name = how.split()[0] + ".tsv"
+        (rte / name).unlink()
+        (rte / name).symlink_to(case / "nowhere.tsv")
     return glue
 
 
@@ -291,6 +298,14 @@ CASES = [
          lambda w, c: ["-m", "bertjax.train", str(c)], "directory"),
     Case("path", "glue.data_dir's train.tsv is a directory",
          lambda w, c: glue_args(w, c, broken_glue(w, c, "train a directory")), "directory"),
+    Case("path", "glue.data_dir's test.tsv is a directory",
+         lambda w, c: glue_args(w, c, broken_glue(w, c, "test a directory")), "directory"),
+    Case("path", "glue.data_dir's test.tsv is a broken link",
+         lambda w, c: glue_args(w, c, broken_glue(w, c, "test a broken link")),
+         "nowhere.tsv, which does not exist"),
+    Case("path", "glue.data_dir's train.tsv is a broken link",
+         lambda w, c: glue_args(w, c, broken_glue(w, c, "train a broken link")),
+         "nowhere.tsv, which does not exist"),
     Case("path", "predict --file is a directory",
          lambda w, c: predict_args(w.bundle, "--file", str(c)), "directory"),
     # ---- text that is not UTF-8 (19.3) ----
@@ -366,6 +381,30 @@ def test_bad_input_is_one_line_and_changes_nothing(case, world, tmp_path):
     changed = sorted(set(before.items()) ^ set(after.items()))
     check(case.name, case.category, out.returncode, out.stderr, [k for k, _ in changed],
           case.expect)
+
+
+def test_a_run_directory_no_longer_writable_is_one_line_and_keeps_the_run(world, tmp_path):
+    """Resuming a run whose directory this user can no longer write (chmod a-w; for root, which
+    permissions do not stop, chattr +i) was a PermissionError traceback at config.yaml.tmp: the
+    lock file it already has still opens, the first new file does not."""
+    run = copy(world.run, tmp_path / "run")
+    (run / ".lock").touch()
+    lock = ["chattr", "+i", str(run)] if os.geteuid() == 0 else ["chmod", "a-w", str(run)]
+    if subprocess.run(lock, capture_output=True).returncode != 0:
+        pytest.skip(f"{lock[0]} cannot lock a directory here (file system or permissions)")
+    try:
+        before = tree_hashes(run)
+        out = subprocess.run([PY, "-m", "bertjax.train", str(world.pretrain_yaml),
+                              f"train.run_dir={run}", f"train.steps={TOTAL_STEPS + 1}"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        changed = sorted(set(before.items()) ^ set(tree_hashes(run).items()))  # the lock's pid:
+        changed = [(k, v) for k, v in changed if not k.endswith("/.lock")]  # holding it writes it
+    finally:
+        subprocess.run(["chattr", "-i", str(run)] if os.geteuid() == 0 else
+                       ["chmod", "u+w", str(run)], check=True)
+    check("resume in a directory no longer writable", "path", out.returncode, out.stderr,
+          [k for k, _ in changed], f"cannot access {run}/", mid_run=True)
 
 
 # ---- disk full: a real ENOSPC on a small tmpfs ----
