@@ -13,6 +13,7 @@ import warnings
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
 
@@ -63,16 +64,20 @@ def _batches(model: Bert, encodings: list, batch_size: int):
 
 
 @partial(jax.jit, static_argnums=4)
-def _top_k(model: Bert, ids, types, mask, k: int, positions):
-    """Top-k (probability, token id) at `positions` [batch, slots] of each row."""
-    probs = jax.nn.softmax(model.mlm_logits(model(ids, types, mask), positions), axis=-1)
-    return jax.lax.top_k(probs, k)
+def _top_k(model: Bert, ids, types, mask, k: int, positions, has_token):
+    """Top-k (probability, token id) at `positions` [batch, slots] of each row, over the ids
+    that `has_token` [vocabulary rows] (rows that pad the table past the tokenizer, or an id a
+    vocabulary with a repeated entry skipped, have no token to print)."""
+    logits = model.mlm_logits(model(ids, types, mask), positions)
+    return jax.lax.top_k(jax.nn.softmax(jnp.where(has_token, logits, -jnp.inf), axis=-1), k)
 
 
 def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
               batch_size: int = BATCH_SIZE):
     """For each text, for each [MASK] in it: the top-k (token, probability) pairs."""
-    vocab = model.mlm.bias.shape[0]
+    has_token = np.array([tokenizer.id_to_token(i) is not None
+                          for i in range(model.mlm.bias.shape[0])])
+    vocab = int(has_token.sum())
     # Refused, not clamped: a list shorter than the k asked for would pass for the answer (a
     # script reading k columns breaks later, or reads fewer unawares). Checked before any input
     # runs; the CLI checks k >= 1 before loading, but the vocabulary is known only from the model.
@@ -91,7 +96,7 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
         for row, pos in enumerate(where):
             positions[row, :len(pos)] = pos
         probs, tokens = (np.asarray(x) for x in _top_k(model, ids, types, mask, top_k,
-                                                       positions))
+                                                       positions, has_token))
         results += [[[(tokenizer.id_to_token(int(t)), float(p))
                       for t, p in zip(tokens[row, slot], probs[row, slot], strict=True)]
                      for slot in range(len(pos))] for row, pos in enumerate(where)]

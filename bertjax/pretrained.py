@@ -9,6 +9,7 @@ Hugging Face BERT directory. starting_points.py fits one as the start of another
 import contextlib
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import jax
@@ -294,11 +295,17 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
 
 def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:
     """A tokenizer (`where` names it) with more tokens than `model` has vocabulary rows belongs
-    to another model: its ids past the table would be clamped, silently."""
-    rows = model.encoder.embeddings.word.shape[0]
-    if tokenizer_lib.vocab_size(tok) > rows:
-        raise UserError(f"{where} has {tokenizer_lib.vocab_size(tok)} tokens but the model's "
-                        f"vocabulary has {rows} rows: they do not belong together; {fix}")
+    to another model: its ids past the table would be clamped, silently (refused). One far
+    smaller most likely does too (a warning: nothing breaks, the predictions mean nothing)."""
+    rows, tokens = model.encoder.embeddings.word.shape[0], tokenizer_lib.vocab_size(tok)
+    if tokens > rows:
+        raise UserError(f"{where} has {tokens} tokens but the model's vocabulary has {rows} "
+                        f"rows: they do not belong together; {fix}")
+    # A table is padded past its tokenizer only to align its rows (30522 -> 30528 or 30592),
+    # never by hundreds: a tokenizer that much smaller most likely belongs to another model.
+    if rows - tokens >= 128:
+        warnings.warn(f"{where} has {tokens} tokens but the model's vocabulary has {rows} rows; "
+                      f"if it is not the model's own tokenizer, {fix}", stacklevel=2)
 
 
 def vocab_txt_only(source: str | Path) -> str:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,16 +260,39 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
         predict.main(["fill-mask", str(bundle), "the [MASK] sat ."])
 
 
+def test_rows_past_the_tokenizer_are_never_predicted_and_far_more_rows_are_warned_of(cfg,
+                                                                                     tmp_path):
+    """A table padded past its tokenizer printed `None` for the rows without a token; a table
+    hundreds of rows larger than its tokenizer (another model's tokenizer) passed unsaid."""
+    rows = len(VOCAB) + 200
+    big = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=rows))
+    model = Bert(big.model, key=jax.random.key(2))
+    # the padding rows' bias far above the rest: each would be the top prediction
+    model = eqx.tree_at(lambda m: m.mlm.bias, model,
+                        model.mlm.bias.at[len(VOCAB):].set(50.0))
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])
+    tokens = len(set(VOCAB))  # one word is in VOCAB twice: its first id has no token
+    predictions = predict.fill_mask(model, tok, ["the [MASK] sat ."], top_k=tokens)
+    assert None not in [token for token, _ in predictions[0][0]]
+    assert sum(p for _, p in predictions[0][0]) == pytest.approx(1.0, abs=1e-4)
+    bundle = save_bundle(model, big, make_tokenizer(), tmp_path / "big")
+    with pytest.warns(UserWarning, match=f"has {len(VOCAB)} tokens but the model's vocabulary "
+                                         f"has {rows} rows; if it is not the model's own"):
+        predict.main(["fill-mask", str(bundle), "the [MASK] sat ."])
+
+
 def test_a_top_k_beyond_the_vocabulary_is_refused_before_any_output(bundle, model, capsys):
+    tokens = len(set(VOCAB))  # one word is in VOCAB twice: its first id has no token
     with pytest.raises(UserError, match=f"top-k {len(VOCAB) + 1}: the model's vocabulary has "
-                                        f"{len(VOCAB)} tokens, so ask for 1 to {len(VOCAB)}"):
+                                        f"{tokens} tokens, so ask for 1 to {tokens}"):
         predict.main(["fill-mask", str(bundle), "the [MASK] sat .", "--top-k",
                       str(len(VOCAB) + 1)])
     assert capsys.readouterr().out == ""  # not the whole vocabulary, cut short
     tok = make_tokenizer()
     tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
-    everything = predict.fill_mask(model, tok, ["the [MASK] sat ."], len(VOCAB))
-    assert len(everything[0][0]) == len(VOCAB)  # the whole vocabulary, when asked for exactly
+    everything = predict.fill_mask(model, tok, ["the [MASK] sat ."], tokens)
+    assert len(everything[0][0]) == tokens  # the whole vocabulary, when asked for exactly
 
 
 def test_fill_mask_reads_as_many_slots_as_masks(model, monkeypatch):
@@ -278,9 +302,9 @@ def test_fill_mask_reads_as_many_slots_as_masks(model, monkeypatch):
     tok.add_special_tokens(["[MASK]"])
     slots, top_k = [], predict._top_k
 
-    def recorded(model, ids, types, mask, k, positions):
+    def recorded(model, ids, types, mask, k, positions, *rest):
         slots.append(positions.shape[1])
-        return top_k(model, ids, types, mask, k, positions)
+        return top_k(model, ids, types, mask, k, positions, *rest)
 
     monkeypatch.setattr(predict, "_top_k", recorded)
     texts = [t.replace(t.split()[0], "[MASK]", 1) for t in sentences(3)]
