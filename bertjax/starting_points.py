@@ -23,6 +23,7 @@ from bertjax.pretrained import load_pretrained, vocab_txt_only
 # What must agree for a checkpoint's weights to be another run's starting point.
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings", "type_vocab_size", "norm")
+SIZE_SETS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")  # via model.size
 
 
 def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
@@ -32,15 +33,18 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
     source = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
     where = f"init.checkpoint={cfg.init.checkpoint}"
-    for name in ARCHITECTURE:
-        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
-        if theirs != ours:
-            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
-                            f"model.{name}={theirs} (or model.size to the checkpoint's)")
+    # The vocabulary first: this run's model.vocab_size comes from its tokenizer, so another
+    # tokenizer shows as another vocab_size too, and setting that would only meet this refusal.
     if source.tokenizer_path is None or \
             tokenizer_lib.load(source.tokenizer_path).get_vocab() != tok.get_vocab():
         raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
                         f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
+    for name in ARCHITECTURE:
+        theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
+        if theirs != ours:
+            by_size = " (or model.size to the checkpoint's)" if name in SIZE_SETS else ""
+            raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
+                            f"model.{name}={theirs}{by_size}")
     pretrained = source.model
     # The checkpoint's arrays in this run's modules: its static fields (dropout rates, remat,
     # scan) are its own config's, and would silently override this run's.

@@ -3,6 +3,7 @@ kill, SIGTERM checkpointing, resume on another device count, rollback and stop o
 steps, and the same on two jax.distributed processes: continued pretraining, resume, FSDP, a
 signal to one process, and processes whose prepared data differ."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -298,7 +299,13 @@ def test_a_micro_batch_the_devices_do_not_divide_is_refused(config_file):
 def test_continued_pretraining_refuses_another_architecture(config_file, straight):
     cfg = config_lib.load([config_file], [f"init.checkpoint={straight}", "model.hidden_size=32"])
     run = resolve(cfg)
-    with pytest.raises(UserError, match="has model.hidden_size=64 but this run has 32"):
+    with pytest.raises(UserError, match=r"has model.hidden_size=64 but this run has 32; set "
+                                        r"model.hidden_size=64 \(or model.size to the"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}",
+                                                  "model.norm=post"]))
+    with pytest.raises(UserError, match=r"has model.norm=pre but this run has post; set "
+                                        r"model.norm=pre$"):  # model.size does not set it
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
@@ -307,6 +314,12 @@ def test_continued_pretraining_refuses_another_vocabulary(config_file, straight)
     run.tokenizer.add_tokens(["unseen-token"])  # same size of model, different token ids
     with pytest.raises(UserError, match="another vocabulary"):
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+    # A tokenizer of another size makes this run's model.vocab_size another too: the message
+    # was "set model.vocab_size=N", which led only to this refusal
+    bigger = dataclasses.replace(run.cfg, model=dataclasses.replace(
+        run.cfg.model, vocab_size=run.cfg.model.vocab_size + 1))
+    with pytest.raises(UserError, match="another vocabulary"):
+        continue_from(Bert(bigger.model, key=jax.random.key(0)), bigger, run.tokenizer)
 
 
 def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_file):
