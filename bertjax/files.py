@@ -50,11 +50,19 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         else:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 f.write(data)
-    except BaseException:  # a full disk, say: no partial temporary left behind
+    except BaseException as e:  # a full disk, say: no partial temporary left behind
         with contextlib.suppress(OSError):  # a read-only place: keep the error that says so
             tmp.unlink(missing_ok=True)
+        _raise_with_filename(e, tmp)
         raise
     os.replace(tmp, path)
+
+
+def _raise_with_filename(e: BaseException, path: Path) -> None:
+    """Re-raise an OSError from writing to an open file (it names no file: cli's "no space
+    left on the disk holding the output" could not say which disk) with `path` in it."""
+    if isinstance(e, OSError) and e.filename is None:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -217,8 +225,14 @@ def lock_dir(directory: str | Path) -> IO | None:
             return None
         raise UserError(f"{directory} is in use by another run ({holder or 'pid unknown'}); "
                         "wait for it to end, or set train.run_dir to another directory") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+    except OSError as e:  # a full disk
+        with contextlib.suppress(OSError):  # closing flushes the same unwritable bytes again
+            f.close()
+        _raise_with_filename(e, directory / LOCK_NAME)
+        raise
     return f

@@ -506,3 +506,16 @@ def test_disk_full_for_a_new_runs_checkpoints_stops_before_its_first_step(job, w
     written = [c for c in changed if "checkpoints/" in c]
     check(f"{job}: no room for a first checkpoint", "disk full", rc, stderr, written,
           "no step was run", mid_run=True)
+
+
+@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+def test_a_disk_with_no_room_at_all_is_named(job, world, tmp_path, tmpfs):
+    """Not a byte free: the lock file's first write failed on an open file, which names no path,
+    so the message said "the disk holding the output"."""
+    mount = tmp_path / "disk"
+    yaml = world.pretrain_yaml if job == "pretrain" else world.glue_yaml
+    args = ["-m", "bertjax.train", str(yaml), f"train.run_dir={mount / 'run'}"]
+    rc, stderr, changed = on_full_disk(mount, "", args, "run", 0, tmp_path)
+    changed = [c for c in changed if c != ".lock"]  # created empty: its pid found no room
+    check(f"{job}: no room at all", "disk full", rc, stderr, changed,
+          f"no space left on the disk holding {mount / 'run' / '.lock'}", mid_run=True)

@@ -767,6 +767,24 @@ def test_a_directory_that_cannot_be_created_is_one_line(tmp_path, corpus, monkey
             files.lock_dir("/proc/bertjax-test")
 
 
+def test_a_full_disk_while_writing_an_open_file_names_the_file(tmp_path, monkeypatch):
+    """A write to an open file that fails names no file (OSError.filename None), so the CLI's
+    disk-full line said "the disk holding the output"; write_atomic names its temporary and
+    removes it. (The lock file's pid: test_faults' real full disk.)"""
+    import errno
+    import pathlib
+
+    def full(self, data):
+        self.open("wb").close()  # created, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left") as e:
+        files.write_atomic(tmp_path / "weights.bin", b"x")
+    assert e.value.filename == str(tmp_path / "weights.bin.tmp")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_prepared_dir_is_one_line(tmp_path, corpus, monkeypatch):
     """Root ignores permissions, so the refusal to open .lock for writing is injected."""
     import builtins
