@@ -133,7 +133,7 @@ def read_manifest(path: Path) -> dict:
 
 def verify_bundle(path: Path) -> dict:
     """manifest.json, with every listed file present, not an LFS pointer, and of the right
-    size and sha256 (truncated and modified files get different messages)."""
+    size and sha256 (short, long and modified files get different messages)."""
     manifest = read_manifest(path)
     for name, entry in manifest["files"].items():
         file = path / name
@@ -141,9 +141,17 @@ def verify_bundle(path: Path) -> dict:
             raise UserError(f"bundle file {file} is missing; copy the whole bundle directory")
         check_not_lfs_pointer(file)
         size, digest = file.stat().st_size, sha256_file(file)
+        # Shorter may also be another file copied over it (a tokenizer.json from elsewhere):
+        # without the original bytes there is no telling, so "truncated" is not claimed.
         if size < entry["size"]:
-            raise UserError(f"{file} is truncated: {size} of {entry['size']} bytes (sha256 "
-                            f"expected {entry['sha256']}, actual {digest}); download it again")
+            raise UserError(f"{file} is shorter than the manifest lists: {size} of "
+                            f"{entry['size']} bytes (sha256 expected {entry['sha256']}, actual "
+                            f"{digest}), truncated or replaced by another file; download the "
+                            "bundle again")
+        if size > entry["size"]:
+            raise UserError(f"{file} is not the file the manifest lists ({size} bytes, sha256 "
+                            f"{digest}; expected {entry['size']} bytes, {entry['sha256']}): it "
+                            "was replaced by another file; download the bundle again")
         if digest != entry["sha256"]:
             raise UserError(f"sha256 mismatch for {file}: expected {entry['sha256']}, actual "
                             f"{digest}; the file was modified or corrupted, download it again")

@@ -147,14 +147,31 @@ def test_lfs_pointer_is_named_with_the_fix(bundle, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_truncated_file_says_truncated_with_both_digests(bundle, tmp_path):
+def test_truncated_file_says_shorter_with_both_digests(bundle, tmp_path):
     copy = copy_bundle(bundle, tmp_path)
     data = (copy / "model.safetensors").read_bytes()
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     expected = json.loads((copy / "manifest.json").read_text())["files"]["model.safetensors"]
-    with pytest.raises(UserError, match=rf"truncated: {len(data) // 2} of {len(data)} bytes "
-                                        rf"\(sha256 expected {expected['sha256']}, actual "):
+    with pytest.raises(UserError, match=rf"shorter than the manifest lists: {len(data) // 2} of "
+                                        rf"{len(data)} bytes \(sha256 expected "
+                                        rf"{expected['sha256']}, actual .*\), truncated or "
+                                        r"replaced by another file; download the bundle again"):
         load_pretrained(copy)
+
+
+def test_a_longer_file_in_its_place_is_not_called_truncated_or_modified(bundle, tmp_path):
+    """A tokenizer.json copied over a bundle's was called "truncated" (it was smaller); a larger
+    one is not the manifest's file either, and says so with both sizes and digests."""
+    copy = copy_bundle(bundle, tmp_path)
+    tokenizer_json = copy / "tokenizer.json"
+    expected = json.loads((copy / "manifest.json").read_text())["files"]["tokenizer.json"]
+    tokenizer_json.write_text(tokenizer_json.read_text() + " ")  # another, longer file
+    with pytest.raises(UserError, match=rf"tokenizer.json is not the file the manifest lists "
+                                        rf"\({expected['size'] + 1} bytes, sha256 \w+; expected "
+                                        rf"{expected['size']} bytes, {expected['sha256']}\): it "
+                                        r"was replaced by another file") as e:
+        load_pretrained(copy)
+    assert "\n" not in str(e.value) and "truncated" not in str(e.value)
 
 
 def test_tampered_file_gives_a_sha256_mismatch(bundle, tmp_path):
