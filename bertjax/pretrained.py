@@ -167,7 +167,8 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
     if not record or "tokenizer.json" not in files or allow_mismatch:
         return
     found = {"sha256": files["tokenizer.json"]["sha256"],  # verified against the file
-             "vocab_size": tokenizer_lib.vocab_size(tokenizer_lib.load(path / "tokenizer.json")),
+             "vocab_size": tokenizer_lib.vocab_size(
+                 load_tokenizer(path / "tokenizer.json", "bundle", path)),
              "weights_sha256": files["model.safetensors"]["sha256"]}
     differ = [f"{k} {str(record[k])[:12]} recorded, {str(found[k])[:12]} found" for k in found
               if record[k] != found[k]]
@@ -179,6 +180,18 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
             "the bundle. To use this pair anyway, say so: predict --allow-tokenizer-mismatch, "
             "init.tokenizer_mismatch_ok=true or load_pretrained(..., "
             "allow_tokenizer_mismatch=True)")
+
+
+def load_tokenizer(path: Path, kind: str | None, source: str | Path):
+    """The tokenizer.json at `path` that came with the `kind` of checkpoint at `source` (None: it
+    did not, so tokenizer.path named it). A damaged one says how to get that file back: the
+    default fix, setting tokenizer.path, is a training key that means nothing to predict."""
+    if kind is None:
+        return tokenizer_lib.load(path)
+    fix = {"hf": f"download {source}'s tokenizer.json again",
+           "bundle": f"download the bundle {source} again, or export it again"}.get(
+        kind, "replace it with a copy of the tokenizer.json the run was trained with")
+    return tokenizer_lib.load(path, fix=fix)
 
 
 READS_OF_A_LIVE_RUN = 5

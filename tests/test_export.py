@@ -564,6 +564,27 @@ def test_a_bad_tokenizer_flag_names_the_users_file(run, tmp_path, content, fragm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_damaged_tokenizer_json_in_a_run_says_how_to_replace_it(run, tmp_path):
+    """Export, predict and a fine-tune's start all said "set tokenizer.path to a tokenizer.json
+    or null to train one" for a run's own tokenizer.json: a key none of them reads there."""
+    import shutil
+
+    from bertjax import predict
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "run"))
+    (copy / "tokenizer.json").write_text("{not json")  # the run's copy is read first
+    damaged = rf"{copy}/tokenizer.json is not a valid tokenizer.json \(.*\); "
+    with pytest.raises(UserError, match=damaged + "pass --tokenizer PATH to the tokenizer.json "
+                                                  "the model was trained with"):
+        export_run(copy, tmp_path / "out")
+    for read in (lambda: predict.main(["fill-mask", str(copy), "a [MASK] b"]),
+                 lambda: load_start(config.load([], [f"init.checkpoint={copy}",
+                                                     "glue.task=sst2"]))):
+        with pytest.raises(UserError, match=damaged + "replace it with a copy of the "
+                                                      "tokenizer.json the run was trained with"):
+            read()
+
+
 @pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir])
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(run, tmp_path, export):
     # --tokenizer of another model (8,192 tokens for these 30-odd rows) wrote the bundle, exit 0.
