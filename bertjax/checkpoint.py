@@ -295,7 +295,7 @@ class Checkpoints:
             raise
         except Exception as e:  # Orbax raises ValueError, OSError, JSONDecodeError, Exception
             where = self.directory / str(step)
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = (str(e).strip().splitlines() or [""])[0]
             if shapes := SHAPE_MISMATCH.search(first):
                 raise UserError(
                     f"checkpoint {where} holds an array of shape {shapes[2]} where the model "
@@ -304,8 +304,12 @@ class Checkpoints:
                     "config_yaml in its meta); its arrays are intact, so do not delete it: read "
                     "it with the model config it was written with (or train afresh in a new "
                     "train.run_dir)") from None
+            # TensorStore ends its errors with "See full TensorStore details: <bound method
+            # ...>", a repr with no details in it: keep what comes before.
+            reason = re.split(r"See full TensorStore details|<bound method", first)[0][:200]
             raise UserError(
-                f"checkpoint {where} is incomplete or corrupt ({type(e).__name__}: {first}); "
+                f"checkpoint {where} is incomplete or corrupt ({type(e).__name__}: "
+                f"{reason.rstrip(' .')}); "
                 f"{first_hint}delete {where} to fall back to the checkpoint before it (a "
                 "resume takes the newest complete one), or pass an earlier RUN/checkpoints/STEP"
             ) from None

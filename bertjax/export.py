@@ -68,7 +68,8 @@ def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
     and predict refused it only when used."""
     if path is None:
         raise UserError(missing)
-    tok = given if given is not None else tokenizer_lib.load(path)
+    tok = given if given is not None else tokenizer_lib.load(
+        path, fix="pass --tokenizer PATH to the tokenizer.json the model was trained with")
     where = f"--tokenizer {path}" if given is not None else f"the tokenizer {path}"
     check_tokenizer_fits(tok, where, model, "pass the tokenizer.json the model was trained "
                          "with" + (" (or drop --tokenizer)" if given else " with --tokenizer"))

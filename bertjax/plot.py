@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from bertjax.errors import UserError, cli
-from bertjax.files import from_cwd, write_atomic
+from bertjax.files import check_file, from_cwd, write_atomic
 
 PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
@@ -58,6 +58,12 @@ def _warn_skipped(path: Path, skipped: list[str]) -> None:
 
 def metrics_path(run_dir: Path) -> Path:
     path = run_dir / "metrics.jsonl"
+    # Both were "RUN/metrics.jsonl does not exist", which sends the user looking for a file
+    if run_dir.is_file():  # `plot runs/demo/metrics.jsonl`, say
+        raise UserError(f"{run_dir} is a file, not a run directory; pass the run directory "
+                        "(the one holding metrics.jsonl)")
+    if path.exists() and not path.is_file():
+        check_file(path, "metrics file", "pass a run directory written by bertjax.train")
     if not path.is_file():
         where = from_cwd(run_dir) if not run_dir.exists() else ""
         raise UserError(f"{path} does not exist{where}; pass a run directory written by "

@@ -18,11 +18,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from bertjax import glue_tasks
-from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, path_argument, utf8_error
 from bertjax.model import Bert
-from bertjax.pretrained import check_tokenizer_fits, load_pretrained, vocab_txt_only
+from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer, vocab_txt_only
 from bertjax.tokenizer import encode_truncated, pad_rows
 
 BATCH_SIZE = 64
@@ -232,7 +231,7 @@ def main(argv: list[str]) -> None:
     if pretrained.tokenizer_path is None:
         raise UserError(f"{args.checkpoint} carries no tokenizer.json"
                         f"{vocab_txt_only(args.checkpoint) or '; export it with one'}")
-    tok = tokenizer_lib.load(pretrained.tokenizer_path)
+    tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, args.checkpoint)
     model = pretrained.model
     check_tokenizer_fits(tok, pretrained.tokenizer_path, model,
                          "use the tokenizer saved with the checkpoint")

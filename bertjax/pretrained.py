@@ -134,7 +134,7 @@ def read_manifest(path: Path) -> dict:
 
 def verify_bundle(path: Path) -> dict:
     """manifest.json, with every listed file present, not an LFS pointer, and of the right
-    size and sha256 (truncated and modified files get different messages)."""
+    size and sha256 (short, long and modified files get different messages)."""
     manifest = read_manifest(path)
     for name, entry in manifest["files"].items():
         file = path / name
@@ -142,9 +142,17 @@ def verify_bundle(path: Path) -> dict:
             raise UserError(f"bundle file {file} is missing; copy the whole bundle directory")
         check_not_lfs_pointer(file)
         size, digest = file.stat().st_size, sha256_file(file)
+        # Shorter may also be another file copied over it (a tokenizer.json from elsewhere):
+        # without the original bytes there is no telling, so "truncated" is not claimed.
         if size < entry["size"]:
-            raise UserError(f"{file} is truncated: {size} of {entry['size']} bytes (sha256 "
-                            f"expected {entry['sha256']}, actual {digest}); download it again")
+            raise UserError(f"{file} is shorter than the manifest lists: {size} of "
+                            f"{entry['size']} bytes (sha256 expected {entry['sha256']}, actual "
+                            f"{digest}), truncated or replaced by another file; download the "
+                            "bundle again")
+        if size > entry["size"]:
+            raise UserError(f"{file} is not the file the manifest lists ({size} bytes, sha256 "
+                            f"{digest}; expected {entry['size']} bytes, {entry['sha256']}): it "
+                            "was replaced by another file; download the bundle again")
         if digest != entry["sha256"]:
             raise UserError(f"sha256 mismatch for {file}: expected {entry['sha256']}, actual "
                             f"{digest}; the file was modified or corrupted, download it again")
@@ -160,7 +168,8 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
     if not record or "tokenizer.json" not in files or allow_mismatch:
         return
     found = {"sha256": files["tokenizer.json"]["sha256"],  # verified against the file
-             "vocab_size": tokenizer_lib.vocab_size(tokenizer_lib.load(path / "tokenizer.json")),
+             "vocab_size": tokenizer_lib.vocab_size(
+                 load_tokenizer(path / "tokenizer.json", "bundle", path)),
              "weights_sha256": files["model.safetensors"]["sha256"]}
     differ = [f"{k} {str(record[k])[:12]} recorded, {str(found[k])[:12]} found" for k in found
               if record[k] != found[k]]
@@ -172,6 +181,18 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
             "the bundle. To use this pair anyway, say so: predict --allow-tokenizer-mismatch, "
             "init.tokenizer_mismatch_ok=true or load_pretrained(..., "
             "allow_tokenizer_mismatch=True)")
+
+
+def load_tokenizer(path: Path, kind: str | None, source: str | Path):
+    """The tokenizer.json at `path` that came with the `kind` of checkpoint at `source` (None: it
+    did not, so tokenizer.path named it). A damaged one says how to get that file back: the
+    default fix, setting tokenizer.path, is a training key that means nothing to predict."""
+    if kind is None:
+        return tokenizer_lib.load(path)
+    fix = {"hf": f"download {source}'s tokenizer.json again",
+           "bundle": f"download the bundle {source} again, or export it again"}.get(
+        kind, "replace it with a copy of the tokenizer.json the run was trained with")
+    return tokenizer_lib.load(path, fix=fix)
 
 
 READS_OF_A_LIVE_RUN = 5

@@ -18,7 +18,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrained import load_pretrained, vocab_txt_only
+from bertjax.pretrained import load_pretrained, load_tokenizer, vocab_txt_only
 
 # What must agree for a checkpoint's weights to be another run's starting point.
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
@@ -36,7 +36,8 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     # The vocabulary first: this run's model.vocab_size comes from its tokenizer, so another
     # tokenizer shows as another vocab_size too, and setting that would only meet this refusal.
     if source.tokenizer_path is None or \
-            tokenizer_lib.load(source.tokenizer_path).get_vocab() != tok.get_vocab():
+            load_tokenizer(source.tokenizer_path, source.kind, cfg.init.checkpoint).get_vocab() \
+            != tok.get_vocab():
         raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
                         f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
     for name in ARCHITECTURE:
@@ -93,13 +94,14 @@ def load_start(cfg: Config):
                           f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
                           f"with ({tok_path}); drop tokenizer.path", stacklevel=2)
         model, model_cfg = pretrained.model, pretrained.model_cfg
+        came_with = pretrained.kind if pretrained.tokenizer_path else None
     else:
         tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \
             Path(cfg.data.dir) / "tokenizer.json"
-        model, model_cfg = None, None
+        model, model_cfg, came_with = None, None, None
     if tok_path is None or not Path(tok_path).is_file():
         raise _no_tokenizer(cfg, tok_path)
-    tok = tokenizer_lib.load(tok_path)
+    tok = load_tokenizer(tok_path, came_with, cfg.init.checkpoint)
     vocab = tokenizer_lib.vocab_size(tok)
     if model_cfg is None:
         model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab)

@@ -47,6 +47,24 @@ def test_a_checkpoint_config_without_a_vocabulary_size_is_named(tmp_path):
         load_pretrained(tmp_path)
 
 
+def test_a_truncated_array_file_is_named_without_tensorstore_internals(tmp_path):
+    """TensorStore's error ends "See full TensorStore details: <bound method pybind11_...>", a
+    Python repr with no details in it, and that was cut into the message mid-word."""
+    save_run(tmp_path, lambda text: text)
+    step_dir = tmp_path / "checkpoints" / str(STEP)
+    # The largest data file holds arrays (the small ones hold the index, whose damage is
+    # reported by another error, without that ending).
+    data = max((f for f in (step_dir / "state").rglob("*") if f.parent.name == "d"),
+               key=lambda f: f.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(UserError, match=rf"checkpoint {step_dir} is incomplete or corrupt "
+                                        r"\(\w+: Encountered error while reading array index: "
+                                        r"\(slice\(.*\)\)\); delete ") as e:
+        load_pretrained(tmp_path)
+    assert "TensorStore details" not in str(e.value) and "<bound method" not in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def edited(tmp_path_factory):
     """A checkpoint whose meta says hidden_size 64 over arrays of hidden size 32."""

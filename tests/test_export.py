@@ -147,14 +147,31 @@ def test_lfs_pointer_is_named_with_the_fix(bundle, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_truncated_file_says_truncated_with_both_digests(bundle, tmp_path):
+def test_truncated_file_says_shorter_with_both_digests(bundle, tmp_path):
     copy = copy_bundle(bundle, tmp_path)
     data = (copy / "model.safetensors").read_bytes()
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     expected = json.loads((copy / "manifest.json").read_text())["files"]["model.safetensors"]
-    with pytest.raises(UserError, match=rf"truncated: {len(data) // 2} of {len(data)} bytes "
-                                        rf"\(sha256 expected {expected['sha256']}, actual "):
+    with pytest.raises(UserError, match=rf"shorter than the manifest lists: {len(data) // 2} of "
+                                        rf"{len(data)} bytes \(sha256 expected "
+                                        rf"{expected['sha256']}, actual .*\), truncated or "
+                                        r"replaced by another file; download the bundle again"):
         load_pretrained(copy)
+
+
+def test_a_longer_file_in_its_place_is_not_called_truncated_or_modified(bundle, tmp_path):
+    """A tokenizer.json copied over a bundle's was called "truncated" (it was smaller); a larger
+    one is not the manifest's file either, and says so with both sizes and digests."""
+    copy = copy_bundle(bundle, tmp_path)
+    tokenizer_json = copy / "tokenizer.json"
+    expected = json.loads((copy / "manifest.json").read_text())["files"]["tokenizer.json"]
+    tokenizer_json.write_text(tokenizer_json.read_text() + " ")  # another, longer file
+    with pytest.raises(UserError, match=rf"tokenizer.json is not the file the manifest lists "
+                                        rf"\({expected['size'] + 1} bytes, sha256 \w+; expected "
+                                        rf"{expected['size']} bytes, {expected['sha256']}\): it "
+                                        r"was replaced by another file") as e:
+        load_pretrained(copy)
+    assert "\n" not in str(e.value) and "truncated" not in str(e.value)
 
 
 def test_tampered_file_gives_a_sha256_mismatch(bundle, tmp_path):
@@ -545,6 +562,27 @@ def test_a_bad_tokenizer_flag_names_the_users_file(run, tmp_path, content, fragm
         export_run(run[0], tmp_path / "out", tokenizer=tok)
     assert ".tmp" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_tokenizer_json_in_a_run_says_how_to_replace_it(run, tmp_path):
+    """Export, predict and a fine-tune's start all said "set tokenizer.path to a tokenizer.json
+    or null to train one" for a run's own tokenizer.json: a key none of them reads there."""
+    import shutil
+
+    from bertjax import predict
+
+    copy = Path(shutil.copytree(run[0], tmp_path / "run"))
+    (copy / "tokenizer.json").write_text("{not json")  # the run's copy is read first
+    damaged = rf"{copy}/tokenizer.json is not a valid tokenizer.json \(.*\); "
+    with pytest.raises(UserError, match=damaged + "pass --tokenizer PATH to the tokenizer.json "
+                                                  "the model was trained with"):
+        export_run(copy, tmp_path / "out")
+    for read in (lambda: predict.main(["fill-mask", str(copy), "a [MASK] b"]),
+                 lambda: load_start(config.load([], [f"init.checkpoint={copy}",
+                                                     "glue.task=sst2"]))):
+        with pytest.raises(UserError, match=damaged + "replace it with a copy of the "
+                                                      "tokenizer.json the run was trained with"):
+            read()
 
 
 @pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir])

@@ -206,6 +206,20 @@ def test_a_relative_run_dir_missing_from_another_directory_names_where_it_looked
         plot.main(["runs/demo"])
 
 
+def test_a_file_or_a_directory_in_the_wrong_place_is_named_as_such(tmp_path):
+    """A metrics.jsonl that is a directory, and a file passed as the run directory, both said
+    "RUN/metrics.jsonl does not exist"."""
+    (tmp_path / "run" / "metrics.jsonl").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"metrics file .*run/metrics.jsonl is a directory, not "
+                                        r"a file; pass a run directory") as e:
+        plot.main([str(tmp_path / "run")])
+    assert "\n" not in str(e.value)
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(UserError, match=r"notes.txt is a file, not a run directory; pass the "
+                                        r"run directory \(the one holding metrics.jsonl\)$"):
+        plot.main([str(tmp_path / "notes.txt")])
+
+
 def test_a_finished_run_without_matplotlib_warns_instead_of_failing(tmp_path, monkeypatch):
     """Both loops draw curves.png after the run's results are written: a GPU image without
     matplotlib (or a metrics.jsonl with nothing to draw) must not turn a finished run into a

@@ -250,6 +250,22 @@ def test_a_missing_bundle_names_its_manifest_and_the_fix(tmp_path):
         load_bundle(tmp_path)
 
 
+def test_a_damaged_tokenizer_json_of_a_checkpoint_says_to_fetch_it_again(bundle, tmp_path):
+    """It said "set tokenizer.path to a tokenizer.json or null to train one": a training key,
+    meaningless to predict. The fix is the directory's own file, downloaded or exported again."""
+    damaged = '{"model": {'
+    hf_dir = tmp_path / "hf"
+    export_main([str(bundle), str(hf_dir), "--format", "hf"])
+    (hf_dir / "tokenizer.json").write_text(damaged)
+    copy = rehashed_copy(bundle, tmp_path / "b", {"tokenizer.json": damaged})
+    for source, fix in ((hf_dir, rf"download {hf_dir}'s tokenizer.json again"),
+                        (copy, rf"download the bundle {copy} again, or export it again")):
+        with pytest.raises(UserError, match=rf"{source}/tokenizer.json is not a valid "
+                                            rf"tokenizer.json \(.*\); {fix}") as e:
+            predict.main(["fill-mask", str(source), "the [MASK] sat ."])
+        assert "tokenizer.path" not in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(cfg, tmp_path):
     small = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
                                                                vocab_size=len(VOCAB) - 4))
