@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -61,11 +62,14 @@ USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloa
 
 
 def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
-                  missing: str) -> Path:
+                  own: Path | None, missing: str) -> Path:
     """The tokenizer.json to export with `model`: `path`, loaded already as `given` when the user
-    passed --tokenizer, else the one found with the source (None: `missing` is the error). It
-    must fit the model's vocabulary: a release bundle holding a larger one was written (exit 0),
-    and predict refused it only when used."""
+    passed --tokenizer, else `own`, the one found with the source (None: `missing` is the
+    error). It must fit the model's vocabulary: a release bundle holding a larger one was
+    written (exit 0), and predict refused it only when used. A --tokenizer with another
+    vocabulary than the source's own is exported, but said: the export records the pair as the
+    weights' own, so no later check would catch it."""
+    path = path or own
     if path is None:
         raise UserError(missing)
     tok = given if given is not None else tokenizer_lib.load(
@@ -73,7 +77,20 @@ def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
     where = f"--tokenizer {path}" if given is not None else f"the tokenizer {path}"
     check_tokenizer_fits(tok, where, model, "pass the tokenizer.json the model was trained "
                          "with" + (" (or drop --tokenizer)" if given else " with --tokenizer"))
+    if given is not None and own is not None and _vocabulary(own) not in (None,
+                                                                          given.get_vocab()):
+        warnings.warn(f"--tokenizer {path} has another vocabulary than {own}, the tokenizer "
+                      "found with the weights; the export pairs the weights with --tokenizer "
+                      "(drop it to export the weights' own)", stacklevel=2)
     return Path(path)
+
+
+def _vocabulary(path: Path) -> dict | None:
+    """A tokenizer's vocabulary; None when it is damaged (the reason to pass --tokenizer)."""
+    try:
+        return tokenizer_lib.load(path).get_vocab()
+    except UserError:
+        return None
 
 
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
@@ -184,7 +201,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     given = None if tokenizer is None else check_tokenizer_file(tokenizer, "--tokenizer")
     model, cfg, meta = restore_model(run_dir, None)
     tokenizer = tokenizer_for(
-        model, given, tokenizer or tokenizer_of(cfg, run_dir),
+        model, given, tokenizer, tokenizer_of(cfg, run_dir),
         f"no tokenizer found in {run_dir} or at {Path(cfg.data.dir) / 'tokenizer.json'} (the "
         "run's data.dir, relative to the current directory); pass --tokenizer PATH")
     return save_bundle(model, cfg, tokenizer, out_dir, summary=training_summary(run_dir, meta),
@@ -243,7 +260,7 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     given = None if tokenizer is None else check_tokenizer_file(tokenizer, "--tokenizer")
     loaded = load_pretrained(source)
     tokenizer = tokenizer_for(
-        loaded.model, given, tokenizer or loaded.tokenizer_path,
+        loaded.model, given, tokenizer, loaded.tokenizer_path,
         f"no tokenizer found with {source}; pass --tokenizer PATH (the tokenizer.json the model "
         "was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)

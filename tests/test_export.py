@@ -596,6 +596,29 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(run, tmp_path, export
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("export", [export_run, export_lib.export_hf_dir])
+def test_a_tokenizer_flag_with_another_vocabulary_than_the_weights_own_is_said(run, tmp_path,
+                                                                              export):
+    """It was exported without a word, and the bundle then records the pair as the weights'
+    own, so the loading check passes it too. The same vocabulary: nothing to say."""
+    import warnings
+
+    same = tmp_path / "same.json"
+    make_tokenizer().save(str(same))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export(run[0], tmp_path / "a", tokenizer=same)
+    vocab = make_tokenizer().get_vocab()
+    cat, dog = vocab["cat"], vocab["dog"]
+    other_json = json.loads(same.read_text())
+    other_json["model"]["vocab"] = {**other_json["model"]["vocab"], "cat": dog, "dog": cat}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(other_json))
+    with pytest.warns(UserWarning, match=rf"--tokenizer {other} has another vocabulary than .*"
+                                         r"tokenizer.json, the tokenizer found with the weights"):
+        export(run[0], tmp_path / "b", tokenizer=other)
+
+
 def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
     import errno
 
