@@ -183,7 +183,7 @@ def check_tokenizer_pair(path: Path, manifest: dict, allow_mismatch: bool = Fals
             "allow_tokenizer_mismatch=True)")
 
 
-def load_tokenizer(path: Path, kind: str | None, source: str | Path):
+def load_tokenizer(path: Path, kind: str | None, source: str | Path | None):
     """The tokenizer.json at `path` that came with the `kind` of checkpoint at `source` (None: it
     did not, so tokenizer.path named it). A damaged one says how to get that file back: the
     default fix, setting tokenizer.path, is a training key that means nothing to predict."""
