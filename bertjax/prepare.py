@@ -92,6 +92,13 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
     tok = tokenizer.train(texts(), cfg.tokenizer)
     if not seen[0]:
         raise UserError(f"the corpus is empty: {_describe(cfg.data)} holds no text")
+    trained = tokenizer.vocab_size(tok)
+    if trained < cfg.tokenizer.vocab_size:  # the model takes the tokenizer's size, not the ask
+        warnings.warn(f"the trained tokenizer has {trained} tokens, fewer than tokenizer."
+                      f"vocab_size={cfg.tokenizer.vocab_size}: the sample of "
+                      f"{seen[0]:,} characters holds too few distinct words and pairs "
+                      f"(tokenizer.min_frequency={cfg.tokenizer.min_frequency}); use more text, "
+                      "or a smaller tokenizer.vocab_size to silence this", stacklevel=2)
     tok.save(str(tmp), pretty=True)
     return tok
 

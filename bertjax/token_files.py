@@ -128,7 +128,9 @@ def write_token_files(cfg: DataConfig, tok: Tokenizer, directory: Path, dtype: n
     tok.no_padding()
     sep = tokenizer.special_tokens(tok).sep
     writers = [SplitWriter(directory, name, dtype, sep) for name in SPLITS]
-    bar = tqdm(total=sources.total_bytes(cfg), unit="B", unit_scale=True, unit_divisor=1000,
+    # Under data.max_documents the files' size is no total: the bar stopped at a few per cent.
+    total = sources.total_bytes(cfg) if cfg.max_documents is None else None
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000,
                desc="prepare", mininterval=1.0, file=sys.stderr, leave=False)
     start, n_bytes, n_tokens, batch, chars = time.perf_counter(), 0, 0, [], 0
     try:

@@ -834,3 +834,34 @@ def test_a_missing_relative_path_says_it_was_looked_for_in_the_current_directory
         pretrained.load_pretrained("runs/x")
     with pytest.raises(UserError, match=rf"entry {tmp_path}/c.txt does not exist; give"):
         prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"]))  # absolute: no hint
+
+
+def test_a_tokenizer_smaller_than_asked_is_said(tmp_path, corpus):
+    """A corpus with too few distinct words trained a smaller vocabulary than
+    tokenizer.vocab_size, and only the closing summary's "vocab N" showed it."""
+    path, _ = corpus
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 100 tokens fit the 60-document corpus: nothing said
+        prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.vocab_size": 100}))
+    with pytest.warns(UserWarning, match=r"the trained tokenizer has \d+ tokens, fewer than "
+                                         r"tokenizer.vocab_size=50000: .* use more text"):
+        out = prepare.ensure_prepared(load_cfg(tmp_path, [path], **{
+            "tokenizer.vocab_size": 50000, "data.dir": tmp_path / "big"}))
+    assert prepare.read_meta(out)["vocab_size"] < 50000
+
+
+def test_the_progress_bar_has_no_total_under_max_documents(tmp_path, corpus, monkeypatch):
+    """Its total was every file's size while only data.max_documents were read: the bar
+    stopped at a few per cent."""
+    totals = []
+
+    class Bar(token_files.tqdm):
+        def __init__(self, *args, **kwargs):
+            totals.append(kwargs["total"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(token_files, "tqdm", Bar)
+    path, _ = corpus
+    prepare.ensure_prepared(load_cfg(tmp_path, [path], max_documents=10))
+    prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"data.dir": tmp_path / "all"}))
+    assert totals == [None, path.stat().st_size]
