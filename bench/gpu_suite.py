@@ -64,6 +64,7 @@ def gpu_plan() -> list[dict]:
         item("mini", "ours", SHAPES["mini"], budget=60),
         item("peer-mini", "peer", SHAPES["mini"], budget=45),
         item("peer-b256", "peer", SHAPES["b256"], budget=45),
+        item("wwm", "ours", set_=["data.whole_word_mask=true"], note="whole-word masking's cost"),
     ]
 
 
@@ -74,7 +75,7 @@ def smoke_plan() -> list[dict]:
     tiny = ("tiny", 512, 8, 32)
     return [item("matmul", "matmul", budget=60, n=512),
             item("ours", "ours", tiny, budget=90, xla=XLA["xla-lhs"],
-                 set_=["train.micro_batch=4", "model.attention=xla"]),
+                 set_=["train.micro_batch=4", "model.attention=xla", "data.whole_word_mask=true"]),
             item("loop", "loop", tiny, budget=90, set_=["data.max_documents=300"]),
             item("peer", "peer", tiny, budget=90)]
 

@@ -130,6 +130,8 @@ class DataConfig:
     mask_rate: float = opt(0.15, "fraction of tokens to predict (BERT: 0.15)", domain=UNIT_OPEN)
     max_predictions: int | None = opt(None, "predictions per sequence; null = ceil(rate*len)",
                                       domain=POSITIVE)
+    whole_word_mask: bool = opt(False, "pick whole words: a word's '##' pieces are predicted "
+                                "with it or not at all (BERT's whole-word masking)")
     prefetch: int = opt(2, "batches prepared ahead by the loader thread", domain=POSITIVE)
 
     def __post_init__(self):

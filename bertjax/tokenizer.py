@@ -109,6 +109,20 @@ def vocab_size(tok: Tokenizer) -> int:
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
+def continuation_pieces(tok: Tokenizer) -> np.ndarray:
+    """[vocab] bool: True for the pieces that continue the word before them ('##ing'), what
+    whole-word masking groups by; a UserError for a tokenizer without them (not WordPiece)."""
+    prefix = getattr(tok.model, "continuing_subword_prefix", None)
+    if not prefix:
+        raise UserError(f"data.whole_word_mask=true needs a WordPiece tokenizer, whose '##' "
+                        f"pieces mark where words continue; this one is "
+                        f"{type(tok.model).__name__}: set data.whole_word_mask=false")
+    table = np.zeros(vocab_size(tok), bool)
+    for piece, i in tok.get_vocab(with_added_tokens=True).items():
+        table[i] = piece.startswith(prefix) and len(piece) > len(prefix)
+    return table
+
+
 def save(tok: Tokenizer, path: str | Path) -> str:
     """Write tokenizer.json atomically (temporary name, then rename); returns its sha256."""
     write_atomic(path, tok.to_str(pretty=True))

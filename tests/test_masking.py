@@ -1,11 +1,17 @@
 """MLM masking statistics on a large batch (tight bounds): prediction counts per row, the
 80/10/10 split, specials and padding never touched, fixed shapes, one compilation."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models
 
+from bertjax import masking, tokenizer
+from bertjax.config import DataConfig
+from bertjax.errors import UserError
 from bertjax.masking import MaskedBatch, mask_tokens
 from bertjax.tokenizer import SpecialTokens
 
@@ -100,3 +106,87 @@ def test_deterministic_in_key_and_compiled_once():
     assert not np.array_equal(a.positions, c.positions)
     fn(jax.random.key(5), jnp.asarray(ids[::-1].copy()), jnp.asarray(attn[::-1].copy()), **kw)
     assert len(traces) == 1
+
+
+def words_of(eligible: np.ndarray, continues: np.ndarray) -> list[list[int]]:
+    """The words of one row, as create_pretraining_data groups them: an eligible piece and the
+    eligible '##' pieces right after it."""
+    words = []
+    for i in np.flatnonzero(eligible):
+        if continues[i] and i > 0 and eligible[i - 1]:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    return words
+
+
+@pytest.mark.parametrize("rate, preds", [(0.15, 10), (0.5, 6)])
+def test_whole_word_masking_takes_whole_words_while_they_fit(rate, preds):
+    """Each word is predicted in all its pieces or in none; the pieces never exceed the row's
+    budget, and a word left out would not have fit in what was left (BERT's greedy order)."""
+    vocab = 600
+    continuation = np.zeros(vocab, bool)
+    continuation[300:] = True  # ids 300.. are '##' pieces: about half the ordinary draws
+    ids, attn = make_batch(OURS, vocab, rows=2048)
+    fn = jax.jit(partial(mask_tokens, rate=rate, max_predictions=preds, vocab_size=vocab,
+                         special=OURS, continuation=continuation))
+    out = fn(jax.random.key(6), jnp.asarray(ids), jnp.asarray(attn))
+    new, pos, lab, w = (np.asarray(x) for x in out)
+    eligible = attn & ~np.isin(ids, list(OURS))
+    n_elig = eligible.sum(1)
+    budget = np.minimum(np.minimum(preds, np.maximum(1, np.round(rate * n_elig))), n_elig)
+    filled, lengths = 0, []
+    for r in range(len(ids)):
+        picked = set(pos[r][w[r] > 0].tolist())
+        assert len(picked) == w[r].sum() <= budget[r]
+        assert np.array_equal(lab[r][w[r] > 0], ids[r, pos[r][w[r] > 0]])
+        assert not ((new[r] != ids[r]) & ~np.isin(np.arange(ids.shape[1]), list(picked))).any()
+        words = words_of(eligible[r], continuation[ids[r]])
+        left = budget[r] - len(picked)
+        for word in words:
+            taken = picked & set(word)
+            assert not taken or taken == set(word), (r, word, picked)
+            assert taken or len(word) > left, (r, word, left)  # it would have fitted
+            lengths += [len(word)] if taken else []
+        filled += len(picked)
+    assert filled > 0.9 * budget.sum()  # the leftovers are small
+    assert max(lengths) >= 3 and np.mean(np.array(lengths) > 1) > 0.2  # long words are taken
+
+
+def test_whole_word_masking_of_unbroken_words_is_token_masking_in_count():
+    ids, attn = make_batch(BERT, 30522, rows=512)
+    out = masker(jax.random.key(7), jnp.asarray(ids), jnp.asarray(attn), rate=0.15,
+                 max_predictions=10, vocab_size=30522, special=BERT)
+    whole = jax.jit(partial(mask_tokens, rate=0.15, max_predictions=10, vocab_size=30522,
+                            special=BERT, continuation=np.zeros(30522, bool)))
+    got = whole(jax.random.key(7), jnp.asarray(ids), jnp.asarray(attn))
+    assert np.array_equal(np.asarray(got.weights).sum(1), np.asarray(out.weights).sum(1))
+
+
+def test_whole_word_masking_groups_a_real_tokenizers_pieces(tmp_path):
+    """Through the train step's masker: the pieces of one long word go together."""
+    from conftest import bert_style_tokenizer
+
+    tok = bert_style_tokenizer(tmp_path / "tok.json")
+    continues = tokenizer.continuation_pieces(tok)
+    assert continues[tok.token_to_id("##s")] and not continues[tok.token_to_id("cat")]
+    cfg = DataConfig(seq_len=16, mask_rate=0.3, whole_word_mask=True)  # 2 of the 7 pieces
+    one_row = masking.tokenizer_masker(cfg, tok)
+    pieces = tok.encode("cats dogs cat cats").ids  # cat ##s dog ##s cat cat ##s
+    ids = np.zeros(16, np.int32)
+    ids[:len(pieces) + 2] = [tok.token_to_id("[CLS]"), *pieces, tok.token_to_id("[SEP]")]
+    rows = jax.jit(jax.vmap(one_row))(jax.random.split(jax.random.key(0), 64),
+                                      jnp.tile(ids, (64, 1)), jnp.tile(ids > 0, (64, 1)))
+    words = [{1, 2}, {3, 4}, {5}, {6, 7}]
+    seen = []
+    for p, w in zip(np.asarray(rows.positions), np.asarray(rows.weights), strict=True):
+        picked = set(p[w > 0].tolist())
+        taken = [word for word in words if word <= picked]
+        assert picked == set().union(*taken) and 1 <= len(picked) <= 2, picked
+        seen += taken
+    assert all(word in seen for word in words)
+    with pytest.raises(UserError, match="needs the tokenizer's word pieces"):
+        masking.row_masker(cfg, 100, OURS)
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    with pytest.raises(UserError, match="needs a WordPiece tokenizer.*this one is BPE"):
+        tokenizer.continuation_pieces(bpe)
