@@ -200,12 +200,13 @@ def setup(cfg: Config) -> tuple[Job, str | None]:
 def config_change(saved: Path, config_yaml: str) -> str | None:
     """How the run directory's earlier config.yaml differs from `config_yaml` in keys that
     decide a seed's result (the first few), or None. A missing or unreadable one (damaged, not
-    UTF-8 even) differs: what it trained cannot be told."""
+    UTF-8 even) differs: what it trained cannot be told. The old one is read through today's
+    schema: a key added since then takes its default, which computes what the run computed
+    (compared as written, every new key read as a change and started the seeds over)."""
     try:
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        old = None
-    if not isinstance(old, dict):
+        old = yaml.safe_load(config_lib.to_yaml(config_lib.from_yaml_text(
+            saved.read_text(encoding="utf-8"), str(saved))))
+    except (OSError, ValueError, UserError):
         return "its config.yaml is missing or unreadable"
     changed = [key for key in changed_keys(old, yaml.safe_load(config_yaml))
                if not any(key == k or key.startswith(f"{k}.") for k in RESULT_INDEPENDENT)]

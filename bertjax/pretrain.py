@@ -243,11 +243,12 @@ def what_changed(run: Run, meta: dict) -> str | None:
     than the config in their meta; None when only how the processes were launched changed."""
     if "config_yaml" not in meta:
         return ""
-    keys = describe_changes(meta["config_yaml"], run.config_yaml)
+    # Through today's schema: a key added since that checkpoint is its default, no change.
+    theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {meta['step']}'s config")
+    keys = describe_changes(config_lib.to_yaml(theirs), run.config_yaml)
     if not keys:
         return None
     said = f": {keys}"
-    theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {meta['step']}'s config")
     step, total = meta["step"], meta.get("total_steps", run.total_steps)
     was, now = (float(schedule(theirs.optim, total)(step)),
                 float(schedule(run.cfg.optim, run.total_steps)(step)))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import yaml
 from conftest import count_calls, free_port
 
 from bertjax import config, glue, glue_batches
@@ -182,7 +183,12 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     per_seed = len(calls)
     result = tmp_path / "seed0" / "result.json"
     kept = result.read_bytes(), result.stat().st_mtime_ns
-    # Logging, checkpoint spacing, wandb and the seed list decide no seed's result.
+    # Logging, checkpoint spacing, wandb and the seed list decide no seed's result; nor does a
+    # key added to bertjax since the run (its default computes what the run computed: a key
+    # missing from an older bertjax's config.yaml once started every seed over).
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["data"]["whole_word_mask"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     calls.clear()
     run("glue.seeds=[0,1]", "train.log_every=7", "train.checkpoint_every=3",
         "wandb.project=foo")
@@ -567,3 +573,21 @@ def test_a_rerun_warns_of_an_earlier_runs_submission_and_unlisted_seeds(tmp_path
     assert (run_dir / "seed1" / "best").is_dir()
     assert (run_dir / "submission" / "SST-2.tsv").is_file()
     assert json.loads((run_dir / "results.json").read_text())["submissions"] == []
+
+
+def test_config_change_reads_the_earlier_config_through_todays_schema(tmp_path, tokenizer_path):
+    cfg = sst2_cfg(tmp_path, tokenizer_path)
+    now = config.to_yaml(cfg)
+    saved = tmp_path / "config.yaml"
+    assert finetune_lib.config_change(saved, now) == "its config.yaml is missing or unreadable"
+    for damaged in (b"\xff\xfe not utf-8", b"model: [unclosed", b"- a list"):
+        saved.write_bytes(damaged)
+        assert finetune_lib.config_change(saved, now) == "its config.yaml is missing or unreadable"
+    older = yaml.safe_load(now)
+    del older["data"]["whole_word_mask"]  # written before the key existed
+    older["precision"]["param"] = "float32"  # a retired key, dropped on reading
+    saved.write_text(yaml.safe_dump(older))
+    assert finetune_lib.config_change(saved, now) is None
+    older["optim"]["lr"] = 0.5
+    saved.write_text(yaml.safe_dump(older))
+    assert finetune_lib.config_change(saved, now) == "optim.lr changed"

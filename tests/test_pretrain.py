@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import yaml
 from conftest import free_port, tiny_run_config
 
 from bertjax import config as config_lib
@@ -337,6 +338,11 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
     relaunched = resolve(config_lib.load([config_file], ["mesh.coordinator_address=h:1234"]))
     assert what_changed(relaunched, meta) is None  # a new coordinator port changes nothing
+    # An older bertjax's checkpoint lacks the keys added since (read as "(unset) -> False"):
+    # their defaults compute what it computed.
+    older = yaml.safe_load(before.config_yaml)
+    del older["data"]["whole_word_mask"]
+    assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(older))) is None
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
