@@ -149,10 +149,12 @@ def with_glue_schedule(cfg: Config) -> Config:
 
 def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     """The run's config as it will be used and saved (the checkpoint decides the architecture;
-    dropout and the like still come from the config), the start model and the tokenizer."""
+    dropout and how the encoder runs still come from the config), the start model and the
+    tokenizer."""
     model, model_cfg, tok = load_start(cfg)
     model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,
                                     attention_dropout=cfg.model.attention_dropout,
+                                    attention=cfg.model.attention,
                                     scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
     cfg = with_glue_schedule(dataclasses.replace(cfg, model=model_cfg))
     if cfg.glue.batch_size % jax.device_count():

@@ -62,10 +62,11 @@ def mlm_row(steps: list[dict]) -> dict:
     return row
 
 
-def drop_rows_after(run_dir: Path, step: int) -> None:
+def drop_rows_after(run_dir: Path, step: int, seed: int | None = None) -> None:
     """Keep only the rows of `run_dir/metrics.jsonl` up to `step` (a resume's restored step): the
-    interrupted run's rows past it are about to be written again. A torn last line (a kill in
-    mid-write) goes too. Rewritten atomically; untouched when nothing goes."""
+    interrupted run's rows past it are about to be written again. With `seed` (a GLUE seed's
+    resume), only that seed's rows go. A torn last line (a kill in mid-write) goes too.
+    Rewritten atomically; untouched when nothing goes."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
@@ -73,7 +74,8 @@ def drop_rows_after(run_dir: Path, step: int) -> None:
     kept = []
     for line in lines:
         try:
-            if json.loads(line)["step"] <= step:
+            row = json.loads(line)
+            if row["step"] <= step or (seed is not None and row.get("seed") != seed):
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
@@ -165,6 +167,7 @@ class Monitor:
             return
         self.wandb = wandb_run
         self.wandb_from = 0 if wandb_run is None else wandb_run.step
+        self.run_dir = run_dir
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
@@ -181,6 +184,15 @@ class Monitor:
                 out["mfu"] = rate * self.flops_per_token / (self.peak * self.n_devices)
         self.last_time, self.last_tokens = now, tokens_seen
         return out
+
+    def drop_seed_rows_after(self, step: int, seed: int) -> None:
+        """A GLUE seed resumed at `step` (global): its rows past it go, as drop_rows_after does
+        for pretraining before the file is opened; here it is open, so it is reopened."""
+        if not self.enabled:
+            return
+        self.file.close()
+        drop_rows_after(self.run_dir, step, seed)
+        self.file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
 
     def log(self, step: int, row: dict, show: dict | None = None) -> None:
         """Write `row`; `show` (short strings) goes to the console, with the row's throughput

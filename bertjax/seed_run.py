@@ -149,6 +149,8 @@ class SeedRun:
             return
         self.state, meta = self.checkpoints.restore(latest, self.state)
         self.progress, self.step = meta["progress"], latest
+        # A run killed outright logged steps past its checkpoint, which this one repeats.
+        self.job.monitor.drop_seed_rows_after(self.offset + latest, self.seed)
         if self.progress["best"]:  # the bundle written when that epoch was best
             self.best_model = load_best(self.dir)
         self.job.monitor.write(f"{self.task} seed {self.seed}: resumed at step {latest}")
@@ -183,7 +185,8 @@ class SeedRun:
         skipped = count_skipped(self.window)
         loss = fold(self.progress, self.window)
         row = {"seed": self.seed, "epoch": epoch + 1, "loss": loss, "skipped": skipped,
-               "lr": float(self.job.steps.lr(self.step)), **monitor.throughput(self.tokens)}
+               # the rate this step's update used (optax counts updates from 0)
+               "lr": float(self.job.steps.lr(self.step - 1)), **monitor.throughput(self.tokens)}
         if "loss_scale" in sums:
             row["loss_scale"] = float(sums["loss_scale"])
         monitor.log(self.offset + self.step, row, {"seed": self.seed, "loss": f"{loss:.4f}"})

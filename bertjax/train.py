@@ -34,12 +34,19 @@ def main(argv: list[str]) -> None:
 
 
 # Pretraining keys a fine-tune never reads, and what it reads instead.
+_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
+_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
 PRETRAINING_ONLY = {
     "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
     "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
     "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
     "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
     "scored after every epoch", "train.eval_batches": "nothing: the dev set is scored whole",
+    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
+    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
+    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
+                     "train.rollback_warmup", "train.rollback_lr_factor",
+                     "train.max_rollbacks"), _ONLY_SKIPPED),
 }
 
 

@@ -120,7 +120,7 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
     (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
     extra = (f"glue.data_dir={glue_dir}", "glue.epochs=4", "train.checkpoint_every=2",
-             "model.dropout=0.1", "glue.buckets=[64]")
+             "model.dropout=0.1", "glue.buckets=[64]", "train.log_every=1")
     original, calls = finetune_lib.build_steps, []
 
     def counting(crash_at):
@@ -155,6 +155,15 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     assert (straight / "submission" / "SST-2.tsv").read_text() == \
         (resumed / "submission" / "SST-2.tsv").read_text()
     assert not list(resumed.glob("seed*/checkpoints"))  # a finished seed keeps no train state
+    # One metrics row per step: seed 1's step 7, logged before the crash, was logged twice.
+    rows = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (straight, resumed)}
+    logged = {d: [(r["seed"], r["step"], "loss" in r) for r in rows[d]] for d in rows}
+    assert logged[resumed] == logged[straight] and len(logged[straight]) == 2 * (16 + 4)
+    # `lr` is the rate the step's update used: the peak at the first (no warm-up), not 0 at
+    # the last (it was the next update's).
+    lrs = [r["lr"] for r in rows[straight] if "lr" in r][:16]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-3 / 16)
     # Another config in the same directory starts over instead of mixing runs.
     calls.clear()
     finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "optim.lr=1e-3"))
@@ -591,3 +600,23 @@ def test_config_change_reads_the_earlier_config_through_todays_schema(tmp_path, 
     older["optim"]["lr"] = 0.5
     saved.write_text(yaml.safe_dump(older))
     assert finetune_lib.config_change(saved, now) == "optim.lr changed"
+
+
+def test_a_fine_tune_runs_the_encoder_as_its_config_says(tmp_path, tokenizer_path, monkeypatch):
+    """model.attention is how the encoder runs, as scan_layers and remat are, not what it is: a
+    fine-tune took the checkpoint's, so a model pretrained with cuDNN attention could not be
+    fine-tuned on XLA's. The schedule keys a fine-tune replaces are warned of when given."""
+    from bertjax import train as train_lib
+
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "model.attention=xla", "model.remat=true")
+    pretrained = dataclasses.replace(cfg.model, attention="cudnn", remat=False)
+    tok = tokenizer_lib.load(tokenizer_path)
+    monkeypatch.setattr(finetune_lib, "load_start", lambda c: (None, pretrained, tok))
+    resolved, _, _ = finetune_lib.resolve(cfg)
+    assert (resolved.model.attention, resolved.model.remat) == ("xla", True)
+    assert (resolved.optim.schedule, resolved.optim.final_lr_fraction) == ("linear", 0.0)
+    for key in ("optim.schedule", "optim.final_lr_fraction", "train.max_nonfinite",
+                "train.fill_mask"):
+        with pytest.warns(UserWarning, match=rf"^{key} applies to pretraining only and is "
+                                             "ignored by GLUE fine-tuning; it reads nothing: "):
+            train_lib.warn_pretraining_overrides([f"{key}=1"])
