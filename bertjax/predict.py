@@ -153,11 +153,13 @@ def _entries(args) -> list[tuple[str, str]]:
         path = check_file(args.file, "--file", "pass a text file with one input per line, "
                                                "or - for standard input")
         try:  # utf-8-sig: a byte order mark (Windows editors write one) is no part of the text
-            text = path.read_text(encoding="utf-8-sig")
+            text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError:
             raise utf8_error(path, fix) from None
-    return [(f"--file {path} line {n}", line) for n, line in enumerate(text.splitlines(), 1)
-            if line.strip()]
+    # Lines end at \n (or \r\n) only, as the GLUE reader's: str.splitlines also breaks at
+    # U+2028, U+0085, \f, ... inside a sentence, which made one line two inputs.
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return [(f"--file {path} line {n}", line) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def _split(entries: list[tuple[str, str]]) -> list[list[str]]:
@@ -270,10 +272,11 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
         for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k,
                                                    args.batch_size), strict=True):
             print(text)
-            if not masks:
-                print("  [MASK] lies beyond the model's positions (the input was cut)")
             for i, top in enumerate(masks):
                 print(f"  [MASK] {i + 1}: " + ", ".join(f"{t} {p:.3f}" for t, p in top))
+            if len(masks) < text.count("[MASK]"):  # the cut took the rest (or all of them)
+                print(f"  [MASK] {len(masks) + 1} on: beyond the model's positions (the input "
+                      "was cut)")
     elif args.command == "classify":
         shown = texts[0] if texts[1] is None else map(" || ".join, zip(*texts, strict=True))
         # cut as the fine-tune cut its dev set, so the scores agree with its dev metrics

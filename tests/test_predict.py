@@ -391,3 +391,23 @@ def test_classify_cuts_a_glue_model_s_inputs_as_its_dev_set_was_cut(model, cfg, 
     probs = np.asarray(jax.nn.softmax(model.classify(model(ids, types, mask), mask))[0])
     np.testing.assert_allclose(shown, probs, atol=1e-3)
     assert lengths == [8]  # (a random model's probabilities hardly move with the cut)
+
+
+def test_a_file_line_ends_at_a_newline_only(tmp_path):
+    """str.splitlines also broke at U+2028, U+0085 and form feeds inside a sentence: a 3-line
+    file gave 4 predictions, out of step with its lines (the GLUE reader keeps them whole)."""
+    (tmp_path / "in.txt").write_bytes("a\u2028b\tc\r\nd\x85e\tf\n\ng\x0ch\ti\n".encode())
+    args = argparse.Namespace(command="classify", text=[], file=str(tmp_path / "in.txt"))
+    assert predict._inputs(args) == (["a\u2028b", "d\x85e", "g\x0ch"], ["c", "f", "i"])
+
+
+def test_fill_mask_says_which_masks_the_cut_took(model, capsys):
+    """A second [MASK] past the model's positions was dropped without a word for that input."""
+    tok = make_tokenizer()
+    tok.add_special_tokens(["[MASK]"])
+    long = "[MASK] " + " ".join(["the"] * (2 * POSITIONS)) + " [MASK] [MASK] ."
+    args = argparse.Namespace(command="fill-mask", top_k=2, batch_size=8)
+    predict.print_predictions(args, argparse.Namespace(model=model), tok, ([long], None))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[1].startswith("  [MASK] 1: ")
+    assert out[2] == "  [MASK] 2 on: beyond the model's positions (the input was cut)"
