@@ -3,9 +3,10 @@
 A flat package read bottom-up, in one-way layers (tests/test_layers.py keeps them so): a module
 imports only from lower layers, and never in a circle inside its own.
 
-    L0  errors domains config_schema config        user errors; config domains, every key (schema),
-        config_changes files output_dirs           loading; what changed between two configs; files
-                                                   and whole output directories
+    L0  errors domains config_schema               user errors; config domains, every key (schema),
+        config_strings config config_changes       str keys as written, loading; what changed
+        files output_dirs                          between two configs; files and whole output
+                                                   directories
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
         tokenizer source_files sources prepared token_files prepare data

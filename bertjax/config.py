@@ -42,6 +42,7 @@ from bertjax.config_schema import (  # noqa: F401
     WandbConfig,
     check_objective,
 )
+from bertjax.config_strings import keep_written_strings
 from bertjax.domains import show, type_name
 from bertjax.errors import UserError
 from bertjax.files import from_cwd, read_utf8
@@ -217,6 +218,7 @@ def _yaml_mapping(read: Callable[[], str], source: str) -> DictConfig:
         # The document's shape first: OmegaConf would read a bare word as a key set to null.
         shape = yaml.compose(text, Loader=yaml.SafeLoader)
         data = OmegaConf.create(text)
+        keep_written_strings(data, shape)  # run_dir: 0010 is './0010', not YAML 1.1's 8
     except (yaml.MarkedYAMLError, GrammarParseError) as e:
         raise _syntax_error(e, source, text) from None
     except UserError:  # read() named the problem (UTF-16, not UTF-8)
@@ -308,6 +310,8 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
                             "instead (files merge in order, before the overrides)")
         try:
             data = OmegaConf.from_dotlist([item])
+            key, _, value = item.partition("=")  # train.run_dir=0010 is './0010', not './8'
+            keep_written_strings(data, yaml.compose(value, Loader=yaml.SafeLoader), key)
         except (yaml.MarkedYAMLError, GrammarParseError) as e:
             raise _syntax_error(e, source, text=None) from None
         merged = _merge(merged, _without_retired(data, source, True), source)

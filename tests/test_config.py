@@ -539,3 +539,75 @@ def test_a_pretraining_only_override_on_a_glue_run_is_warned_of(monkeypatch):
         "train.micro_batch applies to pretraining only and is ignored by GLUE fine-tuning; it "
         "reads glue.batch_size"]
     assert len(started) == 1  # a warning, not a refusal
+
+
+# ---- a str key keeps the characters written, not YAML 1.1's reading of them ----
+AS_WRITTEN = [  # (key, value as typed, what the key holds); each was YAML 1.1's number or bool
+    ("train.run_dir", "0010", "0010"),  # octal: was './8', another directory
+    ("train.run_dir", "2024_01_15", "2024_01_15"),  # was '20240115'
+    ("train.run_dir", "12:30", "12:30"),  # sexagesimal: was '750'
+    ("init.checkpoint", "0010", "0010"),  # was './8', another run's weights
+    ("data.hf_config", "1.10", "1.10"),  # was '1.1'
+    ("wandb.name", "1e3", "1e3"),  # was '1000.0'
+    ("data.text_column", "yes", "yes"),  # was 'True'
+    ("glue.data_dir", "0755", "0755"),  # was '493'
+    ("glue.dev_files", "[0010]", ["0010"]),  # was ['8']
+    ("data.sources", "[2024_01, 1.10]", ["2024_01", "1.10"]),  # was ['202401', '1.1']
+]
+
+
+def _get(cfg, key):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+@pytest.mark.parametrize("key, typed, held", AS_WRITTEN, ids=lambda v: str(v))
+def test_a_str_key_keeps_an_override_as_typed(key, typed, held):
+    assert _get(config.load([], [f"{key}={typed}"]), key) == held
+
+
+@pytest.mark.parametrize("where", ["file", "include"])
+@pytest.mark.parametrize("key, typed, held", AS_WRITTEN, ids=lambda v: str(v))
+def test_a_str_key_keeps_a_yaml_value_as_written(tmp_path, key, typed, held, where):
+    section, name = key.split(".")
+    text = f"{section}:\n  {name}: {typed}\n"
+    if where == "include":
+        (tmp_path / "base.yaml").write_text(text)
+        text = "include: base.yaml\n"
+    (tmp_path / "c.yaml").write_text(text)
+    assert _get(config.load([tmp_path / "c.yaml"]), key) == held
+
+
+def test_values_as_written_survive_the_section_form_and_the_saved_config():
+    # in `train={...}` too, run_dir is text and steps YAML's int (octal 0010, as before)
+    train = config.load([], ["train={run_dir: 0010, steps: 0010}"]).train
+    assert (train.run_dir, train.steps) == ("0010", 8)
+    cfg = config.load([], [f"{key}={typed}" for key, typed, _ in AS_WRITTEN])
+    again = config.from_yaml_text(config.to_yaml(cfg), "test")
+    assert again == cfg and again.wandb.name == "1e3" and again.glue.dev_files == ["0010"]
+
+
+def test_null_quotes_and_typed_keys_read_as_before(tmp_path):
+    """Only plain scalars under str keys changed: null is still None, a quoted value is its text,
+    and an int, float or bool key still reads YAML's value (and refuses text)."""
+    cfg = config.load([], ["wandb.name=null", "init.checkpoint=~", "glue.data_dir=",
+                           "train.run_dir='0010'", "data.hf_config=\"null\"",
+                           "train.steps=1_000", "optim.lr=1e-3", "tokenizer.lowercase=no"])
+    assert (cfg.wandb.name, cfg.init.checkpoint, cfg.glue.data_dir) == (None, None, None)
+    assert (cfg.train.run_dir, cfg.data.hf_config) == ("0010", "null")
+    assert (cfg.train.steps, cfg.optim.lr, cfg.tokenizer.lowercase) == (1000, 1e-3, False)
+    path = tmp_path / "c.yaml"
+    path.write_text("wandb:\n  name: ~\n  entity: null\ninit:\n  checkpoint:\n")
+    cfg = config.load([path])
+    assert (cfg.wandb.name, cfg.wandb.entity, cfg.init.checkpoint) == (None, None, None)
+    with pytest.raises(UserError, match=r"'train.steps' .* expects int .* got 'ten'"):
+        config.load([], ["train.steps=ten"])
+    path.write_text("train:\n  steps: ten\n")
+    with pytest.raises(UserError, match=r"'train.steps' in .*c.yaml expects int .* got 'ten'"):
+        config.load([path])
+    with pytest.raises(UserError, match=r"expects str, got null \(no value\)"):
+        config.load([], ["train.run_dir=null"])
+    # one value where a list belongs: the example shows it as typed (was data.sources=[8])
+    with pytest.raises(UserError, match=r"got '0010'; write a list in brackets, e\.g\. "
+                                        r"data\.sources=\[0010\]$"):
+        config.load([], ["data.sources=0010"])

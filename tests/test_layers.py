@@ -8,7 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
-    {"errors", "domains", "config_schema", "config", "config_changes", "files", "output_dirs"},
+    {"errors", "domains", "config_schema", "config_strings", "config", "config_changes", "files",
+     "output_dirs"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "prepared",
      "token_files", "prepare", "data", "glue_tasks", "glue", "glue_metrics", "glue_batches",
