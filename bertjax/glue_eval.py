@@ -111,11 +111,21 @@ def warn_not_finite(run_dir: Path, task: str, split: str) -> None:
 def warn_stale_submissions(cfg: Config, run_dir: Path, pairs: list[tuple[str, str]]) -> None:
     """Warn of each submission file this run does not rewrite (its test split is missing): an
     earlier run's predictions, maybe of another model. Kept, not deleted: without the test file
-    this run cannot write it again, and the model it came from may be gone."""
+    this run cannot write it again, and the model it came from may be gone. Where this run
+    writes some of the task's files, each one it cannot write is named too (MNLI's AX.tsv
+    without diagnostic/diagnostic.tsv went unsaid, and the leaderboard wants all of them)."""
     for task, split in glue_tasks.submissions(cfg.glue.task):
-        path = run_dir / "submission" / glue_tasks.get_task(task).split(split).submission
-        if (task, split) not in pairs and path.is_file():
+        t = glue_tasks.get_task(task)
+        path = run_dir / "submission" / t.split(split).submission
+        if (task, split) in pairs:
+            continue
+        if path.is_file():
             warnings.warn(f"{path} was not written by this run (no {task} {split} split in "
                           f"{cfg.glue.data_dir}): it holds an earlier run's predictions, maybe "
                           "of another model; delete it, or give the test file and run again",
+                          stacklevel=2)
+        elif pairs:
+            warnings.warn(f"{path} was not written: {cfg.glue.data_dir} has no {t.dir}/"
+                          f"{t.split(split).file} ({task} {split}), which GLUE's "
+                          f"{cfg.glue.task} submission includes; add it and run again",
                           stacklevel=2)

@@ -8,13 +8,14 @@ and hand-written rows in GLUE's exact layouts (MRPC, QQP, QNLI, WNLI, MNLI origi
 import csv
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import rte_pairs
 
-from bertjax import glue, glue_batches, glue_tasks
+from bertjax import config, glue, glue_batches, glue_tasks
 from bertjax import glue_metrics as gm
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
@@ -552,3 +553,22 @@ def test_lines_end_at_newline_only_so_a_bare_carriage_return_stays_text(tmp_path
     (rte / "train.tsv").write_bytes(f"{header}\n0\ta\rb\tentailment\n".encode())
     with pytest.raises(UserError, match=r"train.tsv line 2 has 3 tab-separated fields"):
         glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
+
+
+def test_a_submission_file_this_run_cannot_write_is_named(tmp_path):
+    """MNLI's submission is MNLI-m.tsv, MNLI-mm.tsv and AX.tsv; without diagnostic/diagnostic.tsv
+    the run wrote the first two and said nothing of the third."""
+    from bertjax.glue_eval import warn_stale_submissions
+
+    cfg = config.load([], ["glue.task=mnli", f"glue.data_dir={tmp_path}"])
+    mnli = [("mnli", "test_matched"), ("mnli", "test_mismatched")]
+    with pytest.warns(UserWarning) as said:
+        warn_stale_submissions(cfg, tmp_path / "run", mnli)
+    assert [str(w.message) for w in said] == [
+        f"{tmp_path / 'run' / 'submission' / 'AX.tsv'} was not written: {tmp_path} has no "
+        "diagnostic/diagnostic.tsv (ax test), which GLUE's mnli submission includes; add it and "
+        "run again"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_stale_submissions(cfg, tmp_path / "run", [])  # no test file at all: no submission
+        warn_stale_submissions(cfg, tmp_path / "run", [*mnli, ("ax", "test")])
