@@ -229,9 +229,17 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
         (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         # Every seed, listed or not: the seed list decides nothing, so an unlisted seed left
         # here would later be taken for one this config finished.
+        listed = {f"seed{seed}" for seed in job.cfg.glue.seeds}
+        orphans = []
         for seed_dir in earlier_seed_dirs(job.run_dir):
             (seed_dir / "result.json").unlink(missing_ok=True)
             shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
+            if seed_dir.name not in listed and (seed_dir / "best").is_dir():
+                orphans.append(seed_dir / "best")
+        if orphans:  # the user's models, never deleted; no longer found by warn_unlisted_seeds
+            warnings.warn(f"{', '.join(map(str, sorted(orphans)))}: the earlier run's best "
+                          "model, of another config, kept but no part of this run; delete it "
+                          "(predict or export would take it for this run's)", stacklevel=2)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
 

@@ -114,6 +114,13 @@ def warn_stale_submissions(cfg: Config, run_dir: Path, pairs: list[tuple[str, st
     this run cannot write it again, and the model it came from may be gone. Where this run
     writes some of the task's files, each one it cannot write is named too (MNLI's AX.tsv
     without diagnostic/diagnostic.tsv went unsaid, and the leaderboard wants all of them)."""
+    ours = {glue_tasks.get_task(t).split(s).submission for t, s in
+            glue_tasks.submissions(cfg.glue.task)}
+    others = sorted(p.name for p in (run_dir / "submission").glob("*.tsv") if p.name not in ours)
+    if others:  # a run of another task in this directory (it started over)
+        warnings.warn(f"{run_dir / 'submission'} holds {', '.join(others)} of an earlier run "
+                      f"(not {cfg.glue.task}): not this run's predictions; delete them before "
+                      "submitting the folder", stacklevel=2)
     for task, split in glue_tasks.submissions(cfg.glue.task):
         t = glue_tasks.get_task(task)
         path = run_dir / "submission" / t.split(split).submission

@@ -214,6 +214,11 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         warnings.simplefilter("always")
         run("glue.seeds=[0]", "optim.lr=1e-3")
     assert not [w for w in caught if "glue.seeds" in str(w.message)]  # seed1 was cleared
+    # ... but for its best model, the user's to delete: named, as predict would take it for
+    # this run's.
+    assert [str(w.message) for w in caught if "best model" in str(w.message)] == [
+        f"{tmp_path / 'seed1' / 'best'}: the earlier run's best model, of another config, kept "
+        "but no part of this run; delete it (predict or export would take it for this run's)"]
     assert len(calls) == per_seed and result.read_bytes() != kept[0]
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
     assert not (tmp_path / "seed1" / "result.json").exists()

@@ -572,3 +572,9 @@ def test_a_submission_file_this_run_cannot_write_is_named(tmp_path):
         warnings.simplefilter("error")
         warn_stale_submissions(cfg, tmp_path / "run", [])  # no test file at all: no submission
         warn_stale_submissions(cfg, tmp_path / "run", [*mnli, ("ax", "test")])
+    # An RTE run's file in the folder an MNLI run starts over in (the run directory reused).
+    (tmp_path / "run" / "submission").mkdir(parents=True)
+    (tmp_path / "run" / "submission" / "RTE.tsv").write_text("index\tprediction\n")
+    with pytest.warns(UserWarning, match=r"submission holds RTE.tsv of an earlier run \(not "
+                                         r"mnli\): not this run's predictions; delete them"):
+        warn_stale_submissions(cfg, tmp_path / "run", [*mnli, ("ax", "test")])
