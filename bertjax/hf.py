@@ -271,14 +271,13 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
     spec = json.loads(tokenizer_json.read_text())
     names = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
     tokens = {f"{k}_token": v for k, v in names.items()}
-    lowercase = bool((spec.get("normalizer") or {}).get("lowercase", False))
     wordpiece = (spec.get("model") or {}).get("type") == "WordPiece"
     (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2))
     (out / "tokenizer_config.json").write_text(json.dumps(
         # BertTokenizer is WordPiece (its slow form reads vocab.txt); any other model loads as
         # the generic fast tokenizer, from tokenizer.json alone
         {"tokenizer_class": "BertTokenizer" if wordpiece else "PreTrainedTokenizerFast",
-         "do_lower_case": lowercase, "model_max_length": max_length,
+         "do_lower_case": tokenizer_lib.lowercases(tok), "model_max_length": max_length,
          "clean_up_tokenization_spaces": False, **tokens}, indent=2))
     if wordpiece:  # for older, vocab.txt-based loaders
         by_id = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])

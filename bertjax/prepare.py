@@ -73,7 +73,7 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
         tok = tokenizer.load(cfg.tokenizer.path)
         # tokenizer.lowercase trains a tokenizer; a given one keeps its own normalizer, so a
         # request for cased text was lowercased without a word by an uncased file.
-        if not cfg.tokenizer.lowercase and getattr(tok.normalizer, "lowercase", False):
+        if not cfg.tokenizer.lowercase and tokenizer.lowercases(tok):
             warnings.warn(f"tokenizer.lowercase=false does not apply to tokenizer.path="
                           f"{cfg.tokenizer.path}, which lowercases: the text "
                           "is prepared lowercased; give a cased tokenizer.json, or "

@@ -109,6 +109,12 @@ def vocab_size(tok: Tokenizer) -> int:
     return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
+def lowercases(tok: Tokenizer) -> bool:
+    """Whether the tokenizer's normalizer lowercases text: asked of the normalizer itself, so a
+    Sequence holding Lowercase counts as BertNormalizer(lowercase=True) does."""
+    return tok.normalizer is not None and tok.normalizer.normalize_str("A") == "a"
+
+
 def continuation_pieces(tok: Tokenizer) -> np.ndarray:
     """[vocab] bool: True for the pieces that continue the word before them ('##ing'), what
     whole-word masking groups by; a UserError for a tokenizer without them (not WordPiece)."""

@@ -367,6 +367,24 @@ def test_a_cased_request_with_an_uncased_tokenizer_path_warns(tmp_path):
         prepare.ensure_prepared(cfg)
 
 
+
+def test_a_lowercasing_normalizer_is_told_by_what_it_does():
+    """Only BertNormalizer's `lowercase` field was read: a Sequence holding Lowercase (how the
+    tokenizers library's WordPiece examples build one) lowercased a cased request silently, and
+    its Hugging Face export said do_lower_case false."""
+    from tokenizers import Tokenizer, models
+    from tokenizers import normalizers as n
+
+    cases = {n.BertNormalizer(lowercase=True): True, n.BertNormalizer(lowercase=False): False,
+             n.Sequence([n.NFD(), n.Lowercase(), n.StripAccents()]): True,
+             n.Sequence([n.NFD(), n.StripAccents()]): False, None: False}
+    for normalizer, lowercases in cases.items():
+        tok = Tokenizer(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
+        if normalizer is not None:
+            tok.normalizer = normalizer
+        assert tokenizer.lowercases(tok) == lowercases, normalizer
+
+
 def test_a_csv_or_tsv_source_is_refused_with_a_conversion_that_works(tmp_path):
     """A .csv was read as plain text: its header, ids and quotes trained on (one document of a
     60-document table), exit 0. The message's own conversion command makes a parquet file."""
