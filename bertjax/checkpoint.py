@@ -2,12 +2,12 @@
 
 A checkpoint is `RUN_DIR/checkpoints/<step>/` holding `state` (arrays only: parameters, optimizer
 state, loss scale) and `meta` (JSON: schema version, step, tokens seen, config hash; pretraining
-adds its divergence watch). Orbax writes to a temporary directory and renames it when complete, so
-a crash mid-save never damages the last complete checkpoint, and `latest_step` only sees finished
-ones. Restores go into an abstract tree with the current shardings, so a different device count
-works. No pickle anywhere. A checkpoint that cannot be read, and a disk too full to write one
-(checked before the first step and before each write, and caught while writing), are one-line
-UserErrors.
+adds its divergence watch and `prepared_data`, what identifies its token stream). Orbax writes to
+a temporary directory and renames it when complete, so a crash mid-save never damages the last
+complete checkpoint, and `latest_step` only sees finished ones. Restores go into an abstract tree
+with the current shardings, so a different device count works. No pickle anywhere. A checkpoint
+that cannot be read, and a disk too full to write one (checked before the first step and before
+each write, and caught while writing), are one-line UserErrors.
 """
 
 import contextlib

@@ -1,6 +1,7 @@
 """A prepared data directory, read: meta.json and the files it names, checked before anyone
 indexes them (field types, file sizes, document lengths against tokens, the tokenizer's sha256,
 Git LFS pointers), so a broken or hand-edited copy fails in one line saying how to rebuild it.
+`identity` is what names its token stream (checkpoints record it; a resume on other data says so).
 `prepare` writes the directory; data/README.md describes the format.
 """
 
@@ -116,3 +117,47 @@ def _check_lengths(path: Path, n_tokens: int, fix: str) -> None:
         raise UserError(f"{path} does not match its token file: the document lengths sum to "
                         f"{total:,} tokens (shortest {shortest}; a document has at least 2), "
                         f"the split holds {n_tokens:,}; {fix}")
+
+
+# The inputs besides the texts and the tokenizer that decide what the token files hold.
+_SPLIT_SETTINGS = ("text_column", "validation_fraction", "max_documents")
+
+
+def identity(meta: dict) -> dict:
+    """What identifies the token stream of a prepared directory (its meta.json, read): the
+    splits' token and document counts, the tokenizer's sha256, each source in order (a local
+    file by its sha256 and size, not its path or mtime: a corpus moved or touched is the same
+    text) and the settings that split it. Not `created` or `seconds`: an identical rebuild has
+    the same identity. Checkpoints record it, so that a resume on other data is said."""
+    hashes = meta["source_sha256"]
+    sources_ = [{"sha256": hashes.get(s["path"]), "bytes": s.get("bytes")} if "path" in s
+                else {k: v for k, v in s.items() if k != "mtime_ns"}
+                for s in meta["inputs"]["sources"]]
+    settings = {k: meta["inputs"].get(k) for k in _SPLIT_SETTINGS}
+    return {"splits": {name: {"tokens": split["tokens"], "documents": split["documents"]}
+                       for name, split in sorted(meta["splits"].items())},
+            "tokenizer_sha256": meta["tokenizer_sha256"], "sources": sources_, **settings}
+
+
+def describe_change(old: dict, new: dict) -> str | None:
+    """A few words on how identity `new` differs from `old` ('train 143 -> 285 documents,
+    validation 7 -> 15 documents, the source texts differ'); None when they are the same."""
+    if old == new:
+        return None
+    said = []
+    for name in SPLITS:
+        was, now = old.get("splits", {}).get(name, {}), new["splits"][name]
+        for unit in ("documents", "tokens"):  # documents when they changed, else tokens
+            if was.get(unit) != now[unit]:
+                said.append(f"{name} {_count(was.get(unit))} -> {now[unit]:,} {unit}")
+                break
+    if old.get("sources") != new["sources"]:
+        said.append("the source texts differ")
+    if old.get("tokenizer_sha256") != new["tokenizer_sha256"]:
+        said.append("the tokenizer differs")
+    said += [f"data.{k} {old.get(k)} -> {new[k]}" for k in _SPLIT_SETTINGS if old.get(k) != new[k]]
+    return ", ".join(said) or "its meta.json differs"
+
+
+def _count(n: object) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"

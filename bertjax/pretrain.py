@@ -69,11 +69,11 @@ def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
         write_atomic(kept, (data_dir / "tokenizer.json").read_text())
 
 
-def same_data_on_every_process(data_dir: Path) -> None:
+def same_data_on_every_process(data_dir: Path, meta: dict) -> None:
     """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
     Tokenizer training is not reproducible, so their token ids could differ, silently: compare
-    the tokenizer's sha256 and the token counts across processes and refuse a mismatch."""
-    meta = prepared.read_meta(data_dir)
+    the tokenizer's sha256 and the token counts (of `meta`, its meta.json) across processes and
+    refuse a mismatch."""
     counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
     if not same_on_every_process([meta["tokenizer_sha256"].encode(), repr(counts).encode()]):
         raise UserError(f"the processes' prepared data in {data_dir} differ (tokenizer or token "
@@ -107,7 +107,8 @@ def resolve(cfg: Config) -> Run:
                         f"{jax.device_count()} devices")
     steps, ramp = size_run(cfg)
     data_dir = prepare.ensure_prepared(cfg)
-    same_data_on_every_process(data_dir)
+    data_meta = prepared.read_meta(data_dir)
+    same_data_on_every_process(data_dir, data_meta)
     tok = tokenizer_lib.load(data_dir / "tokenizer.json")
     vocab = tokenizer_lib.vocab_size(tok)
     if cfg.model.vocab_size is None:
@@ -125,7 +126,8 @@ def resolve(cfg: Config) -> Run:
                           "picks none): this run trains without validation; use more documents "
                           "or a larger data.validation_fraction", stacklevel=2)
         validation = None
-    return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir))
+    return Run(cfg, train, validation, tok, ramp, steps, Path(cfg.train.run_dir),
+               prepared.identity(data_meta))
 
 
 def pretrain(cfg: Config) -> Path:
@@ -234,7 +236,25 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
             changed := what_changed(run, meta)) is not None:
         print(f"warning: resuming {run.run_dir} with a config that differs from the "
               f"checkpoint's{changed}", file=sys.stderr)
+    warn_if_other_data(run, meta)
     return state, optimizer, meta["step"], meta
+
+
+def warn_if_other_data(run: Run, meta: dict) -> None:
+    """A resume on prepared data other than its checkpoint's (data.dir prepared again since, say
+    from a file added under a data.sources glob, with the same tokenizer.path) is said: the data
+    order and validation split are functions of (seed, step) on one token stream only. A
+    warning, not a refusal: adding data mid-run can be meant. Older checkpoints lack the record:
+    nothing is said for them."""
+    theirs, step = meta.get("prepared_data"), meta["step"]
+    if not isinstance(theirs, dict):
+        return
+    changed = prepared.describe_change(theirs, run.prepared_data)
+    if changed is not None:
+        warnings.warn(f"resuming {run.run_dir} at step {step} on other prepared data: "
+                      f"{run.cfg.data.dir} is not what checkpoint {step} was trained on "
+                      f"({changed}); the run continues on another token stream: its data order "
+                      "and validation split are not the checkpoint's", stacklevel=2)
 
 
 def what_changed(run: Run, meta: dict) -> str | None:

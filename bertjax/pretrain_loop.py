@@ -46,6 +46,7 @@ class Run:
     ramp: BatchRamp
     total_steps: int
     run_dir: Path
+    prepared_data: dict  # what identifies the token stream (prepared.identity), for checkpoints
 
     @property
     def config_yaml(self) -> str:
@@ -235,5 +236,5 @@ class Loop:
         meta = {**token_counts(self.run, done, self.tokens_before),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
-                "divergence": self.watch.saved()}
+                "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}
         self.checkpoints.save(done, state, meta)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -20,14 +21,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
-from conftest import free_port, tiny_run_config
+from conftest import free_port, tiny_run_config, write_corpus
 
 from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrain import check_tokenizer, keep_tokenizer, resolve, what_changed
+from bertjax.pretrain import (
+    check_tokenizer,
+    keep_tokenizer,
+    pretrain,
+    resolve,
+    start_state,
+    warn_if_other_data,
+    what_changed,
+)
 from bertjax.pretrained import restore_model
+from bertjax.sharding import make_mesh
 from bertjax.starting_points import continue_from
 from bertjax.step import abstract_state
 
@@ -343,6 +353,51 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     older = yaml.safe_load(before.config_yaml)
     del older["data"]["whole_word_mask"]
     assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(older))) is None
+
+
+def test_a_resume_on_data_prepared_again_from_more_text_is_said(config_file, tmp_path):
+    """data.sources is a glob and tokenizer.path is set: a file added under the glob mid-run
+    rebuilds data.dir with the same tokenizer (check_tokenizer passes), and the resume went on
+    over another token stream (another order, another validation split) without a word."""
+    corpus, data_dir, run_dir = tmp_path / "corpus", tmp_path / "data", tmp_path / "run"
+    corpus.mkdir()
+    write_corpus(corpus / "a.txt", 60)
+    cfg = config_lib.load([config_file], [
+        f"data.dir={data_dir}", f"data.sources=[{corpus}/*.txt]",
+        f"tokenizer.path={ROOT / 'configs' / 'tokenizer_mini.json'}", f"train.run_dir={run_dir}",
+        "train.steps=2", "train.batch_end=8", "train.eval_every=0", "train.fill_mask=[]"])
+    pretrain(cfg)  # in-process: its checkpoint 2 records the prepared data
+
+    def resume() -> tuple[list[str], dict, dict]:
+        """(the resume's warnings about data, the resumed checkpoint's meta, this run's data)"""
+        run, checkpoints = resolve(cfg), Checkpoints(run_dir)
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                meta = start_state(run, jax.random.key(0), make_mesh(), checkpoints)[3]
+        finally:
+            checkpoints.close()
+        return [str(w.message) for w in seen if "prepared data" in str(w.message)], meta, \
+            run.prepared_data
+
+    (corpus / "a.txt").touch()  # same text: meta.json takes the new mtime, nothing is rebuilt
+    said, meta, now = resume()
+    assert said == [] and meta["prepared_data"] == now
+    assert now["splits"] == {"train": {"tokens": now["splits"]["train"]["tokens"],
+                                       "documents": 54},
+                             "validation": {"tokens": now["splits"]["validation"]["tokens"],
+                                            "documents": 6}}
+    write_corpus(corpus / "b.txt", 60, seed=1)  # more text under the glob: data.dir is rebuilt
+    said, meta, now = resume()
+    assert said == [f"resuming {run_dir} at step 2 on other prepared data: {data_dir} is not "
+                    "what checkpoint 2 was trained on (train 54 -> 108 documents, validation "
+                    "6 -> 12 documents, the source texts differ); the run continues on another "
+                    "token stream: its data order and validation split are not the "
+                    "checkpoint's"], said
+    run = resolve(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_other_data(run, {"step": 2})  # a checkpoint from before the record: nothing said
 
 
 def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
