@@ -207,7 +207,8 @@ class TrainConfig:
     run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go",
                         domain=PATH)
     steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)", domain=POSITIVE)
-    tokens: int | None = opt(None, "token budget; when set, overrides steps", domain=POSITIVE,
+    tokens: int | None = opt(None, "token budget, counted as sequences x data.seq_len (an NSP/SOP "
+                             "row's padding too); when set, overrides steps", domain=POSITIVE,
                              int_bits=64)
     micro_batch: int = opt(32, "sequences per forward/backward (global, across devices)",
                            domain=POSITIVE)

@@ -6,6 +6,7 @@ The batch ramp grows the number of accumulated micro-batches in at most `stages`
 train step compiles at most `stages + 1` times (one shape per accumulation count).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -96,6 +97,16 @@ class BatchRamp:
                 break
             total += (min(hi, step) - lo) * self.batch(lo)
         return total
+
+
+def warn_if_end_unreached(ramp: BatchRamp, steps: int) -> None:
+    """A ramp over every step (train.batch_ramp=1.0) ends in its last stage, one increment short
+    of train.batch_end, which comes only after the ramp: said, as the run never trains at it."""
+    if ramp.ramp_steps >= steps and ramp.start != ramp.end:
+        warnings.warn(f"the batch ramp spans all {steps:,} steps, so the last batch trained "
+                      f"is {ramp.batch(steps - 1):,}, never train.batch_end={ramp.end:,} (it "
+                      "comes after the ramp); lower train.batch_ramp below 1 to train at it",
+                      stacklevel=2)
 
 
 def steps_for_tokens(cfg: TrainConfig, tokens: int, seq_len: int) -> int:

@@ -55,7 +55,8 @@ class Run:
 
 def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
-    None when the starting checkpoint does not say) and their sum (None when unknown)."""
+    None when the starting checkpoint does not say) and their sum (None when unknown), as
+    sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md)."""
     this_run = run.ramp.sequences_before(steps_done) * run.cfg.data.seq_len
     return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
             "tokens_this_run": this_run, "tokens_before": tokens_before}
