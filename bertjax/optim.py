@@ -86,6 +86,16 @@ class BatchRamp:
     def batch(self, step: int) -> int:
         return self.accum(step) * self.micro
 
+    def warn_if_end_unreached(self, steps: int) -> None:
+        """A ramp over every step (train.batch_ramp=1.0) ends in its last stage, one increment
+        short of train.batch_end, which comes only after the ramp: said, as the run never trains
+        at it."""
+        if self.ramp_steps >= steps and self.start != self.end:
+            warnings.warn(f"the batch ramp spans all {steps:,} steps, so the last batch trained "
+                          f"is {self.batch(steps - 1):,}, never train.batch_end={self.end:,} (it "
+                          "comes after the ramp); lower train.batch_ramp below 1 to train at it",
+                          stacklevel=2)
+
     def sequences_before(self, step: int) -> int:
         """Sequences consumed by steps [0, step): a sum over <= stages + 1 constant pieces, so
         resuming at any step is O(1) in the step."""
@@ -97,16 +107,6 @@ class BatchRamp:
                 break
             total += (min(hi, step) - lo) * self.batch(lo)
         return total
-
-
-def warn_if_end_unreached(ramp: BatchRamp, steps: int) -> None:
-    """A ramp over every step (train.batch_ramp=1.0) ends in its last stage, one increment short
-    of train.batch_end, which comes only after the ramp: said, as the run never trains at it."""
-    if ramp.ramp_steps >= steps and ramp.start != ramp.end:
-        warnings.warn(f"the batch ramp spans all {steps:,} steps, so the last batch trained "
-                      f"is {ramp.batch(steps - 1):,}, never train.batch_end={ramp.end:,} (it "
-                      "comes after the ramp); lower train.batch_ramp below 1 to train at it",
-                      stacklevel=2)
 
 
 def steps_for_tokens(cfg: TrainConfig, tokens: int, seq_len: int) -> int:

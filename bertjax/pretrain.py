@@ -33,13 +33,7 @@ from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
-from bertjax.optim import (
-    BatchRamp,
-    make_optimizer,
-    schedule,
-    steps_for_tokens,
-    warn_if_end_unreached,
-)
+from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -93,7 +87,7 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     if cfg.train.tokens is not None:
         steps = steps_for_tokens(cfg.train, cfg.train.tokens, cfg.data.seq_len)
     ramp = BatchRamp.from_config(cfg.train, steps)
-    warn_if_end_unreached(ramp, steps)
+    ramp.warn_if_end_unreached(steps)
     if ramp.sequences_before(steps) >= 2**31:
         # The step numbers each sequence's masking key by its global row, an int32 on device.
         raise UserError(f"{steps:,} steps of this batch ramp read {ramp.sequences_before(steps):,} "

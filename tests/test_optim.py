@@ -73,16 +73,14 @@ def test_a_ramp_over_every_step_says_it_never_trains_at_the_end_batch():
     """train.batch_ramp=1.0 from 8 to 64 in 8 stages trained at most 56, without a word."""
     import warnings
 
-    from bertjax.optim import warn_if_end_unreached
-
     ramp = ["train.micro_batch=8", "train.batch_start=8", "train.batch_end=64"]
     whole = BatchRamp.from_config(config.load([], [*ramp, "train.batch_ramp=1.0"]).train, 100)
     with pytest.warns(UserWarning, match=r"^the batch ramp spans all 100 steps, so the last "
                                          r"batch trained is 56, never train.batch_end=64 "):
-        warn_if_end_unreached(whole, 100)
+        whole.warn_if_end_unreached(100)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fraction in (0.0, 0.9):
             train = config.load([], [*ramp, f"train.batch_ramp={fraction}"]).train
-            warn_if_end_unreached(BatchRamp.from_config(train, 100), 100)
-        warn_if_end_unreached(BatchRamp.from_config(config.load([], ramp[:1]).train, 100), 100)
+            BatchRamp.from_config(train, 100).warn_if_end_unreached(100)
+        BatchRamp.from_config(config.load([], ramp[:1]).train, 100).warn_if_end_unreached(100)
