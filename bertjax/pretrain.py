@@ -111,6 +111,8 @@ def resolve(cfg: Config) -> Run:
     data_meta = prepared.read_meta(data_dir)
     same_data_on_every_process(data_dir, data_meta)
     tok = tokenizer_lib.load(data_dir / "tokenizer.json")
+    if cfg.data.whole_word_mask:  # refused now, before the run directory is written to
+        tokenizer_lib.continuing_prefix(tok)
     vocab = tokenizer_lib.vocab_size(tok)
     if cfg.model.vocab_size is None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))

@@ -115,14 +115,21 @@ def lowercases(tok: Tokenizer) -> bool:
     return tok.normalizer is not None and tok.normalizer.normalize_str("A") == "a"
 
 
-def continuation_pieces(tok: Tokenizer) -> np.ndarray:
-    """[vocab] bool: True for the pieces that continue the word before them ('##ing'), what
-    whole-word masking groups by; a UserError for a tokenizer without them (not WordPiece)."""
+def continuing_prefix(tok: Tokenizer) -> str:
+    """The prefix of the pieces that continue a word ('##'); a UserError for a tokenizer without
+    such pieces (not WordPiece), which whole-word masking cannot group."""
     prefix = getattr(tok.model, "continuing_subword_prefix", None)
     if not prefix:
         raise UserError(f"data.whole_word_mask=true needs a WordPiece tokenizer, whose '##' "
                         f"pieces mark where words continue; this one is "
                         f"{type(tok.model).__name__}: set data.whole_word_mask=false")
+    return prefix
+
+
+def continuation_pieces(tok: Tokenizer) -> np.ndarray:
+    """[vocab] bool: True for the pieces that continue the word before them ('##ing'), what
+    whole-word masking groups by."""
+    prefix = continuing_prefix(tok)
     table = np.zeros(vocab_size(tok), bool)
     for piece, i in tok.get_vocab(with_added_tokens=True).items():
         table[i] = piece.startswith(prefix) and len(piece) > len(prefix)

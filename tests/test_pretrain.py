@@ -536,3 +536,23 @@ def test_continued_pretraining_keeps_this_runs_dropout_and_layout(config_file, s
     start = restore_model(straight, None)[0]
     for a, b in zip(jax.tree.leaves(model.encoder), jax.tree.leaves(start.encoder), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the checkpoint's weights
+
+
+def test_whole_word_masking_without_word_pieces_is_refused_before_anything_is_written(
+        config_file, tmp_path):
+    """A BPE tokenizer has no '##' pieces to group: refused when the masker was built, after the
+    run directory had its config.yaml and tokenizer.json; now before."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz.,"]
+    bpe = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, [], unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.save(str(tmp_path / "bpe.json"))
+    run_dir = tmp_path / "run"
+    cfg = config_lib.load([config_file], [
+        f"tokenizer.path={tmp_path / 'bpe.json'}", f"data.dir={tmp_path / 'data'}",
+        f"train.run_dir={run_dir}", "data.whole_word_mask=true"])
+    with pytest.raises(UserError, match=r"needs a WordPiece tokenizer.*this one is BPE: set "
+                                        r"data.whole_word_mask=false"):
+        pretrain(cfg)
+    assert not run_dir.exists() or not any(p.name != ".lock" for p in run_dir.iterdir())
