@@ -62,6 +62,22 @@ def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
             "tokens_this_run": this_run, "tokens_before": tokens_before}
 
 
+def validation_sums(eval_step, model, data: PretrainData, size: int, max_batches: int, mesh,
+                    key) -> dict[str, float]:
+    """Loss and accuracy sums over the first `max_batches` batches of `size` rows of the
+    validation split: all of it when it fits. The last batch is filled by reading sequences
+    again (the step's shape is fixed) and those copies weigh nothing, so a split that fits is
+    scored whole, each sequence once, whatever the micro-batch."""
+    n_batches = min(max_batches, -(-data.num_sequences // size))
+    sums = []
+    for i in range(n_batches):
+        offset, count = process_slice(size)
+        batch = global_batch(data.rows(i * size + offset, count), mesh)
+        sums.append(eval_step(model, batch, jnp.int32(i * size), key,
+                              jnp.int32(data.num_sequences)))
+    return jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
+
+
 class Loop:
     """The step loop and its periodic work (logging, validation, checkpoints, rollbacks)."""
 
@@ -212,15 +228,8 @@ class Loop:
         if data is None:
             return None
         self.read()  # a diverged state is not worth validating
-        size = self.cfg.train.micro_batch
-        n_batches = min(self.cfg.train.eval_batches, max(1, data.num_sequences // size))
-        sums = []
-        for i in range(n_batches):
-            offset, count = process_slice(size)
-            batch = global_batch(data.rows(i * size + offset, count), self.mesh)
-            sums.append(self.eval_step(state.model, batch, jnp.int32(i * size), self.keys[EVAL],
-                                       jnp.int32(data.num_sequences)))
-        total = jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
+        total = validation_sums(self.eval_step, state.model, data, self.cfg.train.micro_batch,
+                                self.cfg.train.eval_batches, self.mesh, self.keys[EVAL])
         loss = float(safe_ratio(jnp.asarray(total["mlm_loss"]), jnp.asarray(total["mlm_weight"])))
         row = {"val_loss": loss, "val_accuracy": total["mlm_correct"] / total["mlm_weight"],
                "val_perplexity": math.exp(min(loss, 50.0))}

@@ -13,9 +13,20 @@ import optax
 import pytest
 from conftest import PREDS, assert_trees_close, key_mask, setup
 
-from bertjax.precision import LossScale
-from bertjax.sharding import global_batch, make_mesh, shard_params
-from bertjax.step import forward_sums, make_eval_step, make_train_step, mask_rows
+from bertjax import config, tokenizer
+from bertjax.data import PretrainData
+from bertjax.masking import tokenizer_masker
+from bertjax.model import Bert
+from bertjax.precision import LossScale, Precision
+from bertjax.pretrain_loop import validation_sums
+from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
+from bertjax.step import (
+    StepSpec,
+    forward_sums,
+    make_eval_step,
+    make_train_step,
+    mask_rows,
+)
 
 
 def run_step(state, batch, spec, optimizer, micro, mesh=None):
@@ -44,6 +55,28 @@ def test_validation_counts_each_sequence_of_a_split_smaller_than_its_batch_once(
     assert float(filled["pair_weight"]) == float(alone["pair_weight"]) == 3
     for name in ("mlm_loss", "mlm_correct", "pair_loss", "pair_correct"):
         np.testing.assert_allclose(filled[name], alone[name], rtol=1e-5, err_msg=name)
+
+
+def test_a_validation_split_that_fits_is_scored_whole_whatever_the_micro_batch(prepared):
+    # The split's last batch is part filled: it is scored (its filler rows weigh nothing), not
+    # skipped, so micro_batch 8 and 24 score the same sequences with the same masks.
+    cfg = config.load([], ["model.vocab_size=300", "data.seq_len=16"])
+    tok = tokenizer.load(prepared / "tokenizer.json")
+    data = PretrainData(prepared, "validation", cfg.data.seq_len)
+    assert data.num_sequences % 8 and data.num_sequences % 24  # both end on a partial batch
+    spec = StepSpec(Precision.from_names("float32"), tokenizer_masker(cfg.data, tok), False,
+                    False)
+    model, mesh = Bert(cfg.model, key=jax.random.key(0)), make_mesh()
+    eval_step = with_mesh(make_eval_step(spec), mesh)
+    by_size = {size: validation_sums(eval_step, model, data, size, 1000, mesh, jax.random.key(1))
+               for size in (8, 24)}
+    one_by_one = [validation_sums(eval_step, model, data, 8, 1, mesh, jax.random.key(1))]
+    whole = {k: jnp.asarray(v) for k, v in data.rows(0, data.num_sequences).items()}
+    masked = float(mask_rows(spec, jax.random.key(1), whole, jnp.int32(0))["weights"].sum())
+    assert by_size[8]["mlm_weight"] == by_size[24]["mlm_weight"] == masked
+    assert one_by_one[0]["mlm_weight"] < masked  # eval_batches still caps a larger split
+    np.testing.assert_allclose(by_size[8]["mlm_loss"], by_size[24]["mlm_loss"], rtol=1e-5)
+    assert by_size[8]["mlm_correct"] == by_size[24]["mlm_correct"]
 
 
 def test_splitting_into_micro_batches_leaves_the_update_unchanged():
