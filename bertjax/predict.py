@@ -36,12 +36,13 @@ def _bucket(n: int, limit: int, least: int = 16) -> int:
 
 
 def _encodings(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
-               max_len: int | None = None) -> list:
+               max_len: int | None = None, marks_masks: bool = False) -> list:
     """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions
-    or `max_len`; a warning says how many inputs were cut."""
+    or `max_len`; a warning says how many inputs were cut. Special tokens written in the text
+    are text, but for fill-mask's [MASK] (`marks_masks`)."""
     positions = model.encoder.embeddings.position.shape[0]
     limit = min(positions, max_len or positions)
-    encodings, cut = encode_truncated(tokenizer, texts, pairs, limit)
+    encodings, cut = encode_truncated(tokenizer, texts, pairs, limit, marks_masks=marks_masks)
     if cut:
         what = f"the model's {limit} positions" if limit == positions else \
             f"the {limit} tokens it was fine-tuned and evaluated on (glue.buckets)"
@@ -85,8 +86,8 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
                         f"1 to {vocab} (--top-k)")
     mask_id = tokenizer.token_to_id("[MASK]")
     results = []
-    for count, (ids, types, mask) in _batches(model, _encodings(model, tokenizer, texts,
-                                                                   None), batch_size):
+    encodings = _encodings(model, tokenizer, texts, None, marks_masks=True)
+    for count, (ids, types, mask) in _batches(model, encodings, batch_size):
         where = [np.flatnonzero(row == mask_id) for row in ids[:count]]
         # Slots from 1: the head and top-k run over the whole vocabulary per slot, and 16 slots
         # for the usual one [MASK] took a third of the time (a 10,000-line --file: 67 s).

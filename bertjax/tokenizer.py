@@ -143,11 +143,14 @@ def save(tok: Tokenizer, path: str | Path) -> str:
 
 
 def encode_truncated(tok: Tokenizer, texts: Sequence[str], pairs: Sequence[str] | None,
-                     max_len: int) -> tuple[list[Encoding], int]:
+                     max_len: int, marks_masks: bool = False) -> tuple[list[Encoding], int]:
     """Encodings of texts (or text pairs: [CLS] a [SEP] b [SEP], type ids 0/1), cut
-    longest-first to `max_len` tokens; and how many were cut. Works on a copy, so the caller's
-    tokenizer keeps its padding and truncation settings."""
+    longest-first to `max_len` tokens; and how many were cut. A "[SEP]" or "[MASK]" written in
+    the text is text, as in prepared data (bertjax.token_files), unless `marks_masks` (fill-mask:
+    the user's [MASK] marks a slot). Works on a copy, so the caller's tokenizer keeps its
+    padding and truncation settings."""
     copy = Tokenizer.from_str(tok.to_str())
+    copy.encode_special_tokens = not marks_masks
     # BERT's framing whatever the file says: a tokenizer.json trained with `tokenizers` alone
     # often has no post-processor, and its pairs would be "a b" (no [CLS] to pool, no [SEP]).
     add_bert_framing(copy)

@@ -375,8 +375,8 @@ def test_classify_cuts_a_glue_model_s_inputs_as_its_dev_set_was_cut(model, cfg, 
     a, b = " ".join(WORDS[:12]) + " .", "the dog sat ."
     lengths, encode = [], predict.encode_truncated
 
-    def recorded(tok, texts, pairs, max_len):
-        out = encode(tok, texts, pairs, max_len)
+    def recorded(tok, texts, pairs, max_len, **kw):
+        out = encode(tok, texts, pairs, max_len, **kw)
         lengths.append(max(len(e.ids) for e in out[0]))
         return out
 

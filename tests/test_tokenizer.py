@@ -85,6 +85,17 @@ def test_an_lfs_pointer_is_named_as_such(tmp_path):
         tokenizer.load(tmp_path / "tokenizer.json")
 
 
+def test_special_tokens_written_in_text_are_text_but_for_fill_masks_mask(tmp_path):
+    # A "[SEP]" in a GLUE sentence was a separator (a third segment the model never saw in
+    # pretraining, where prepare encodes it as text), "[MASK]" a mask, "[CLS]" a second [CLS].
+    tok = bert_style_tokenizer(tmp_path / "tokenizer.json")
+    (enc,), _ = tokenizer.encode_truncated(tok, ["the [SEP] cat [MASK]"], ["a [CLS] dog"], 32)
+    cls, sep, mask = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
+    assert enc.ids.count(cls) == 1 and enc.ids.count(sep) == 2 and mask not in enc.ids  # frame
+    (masked,), _ = tokenizer.encode_truncated(tok, ["the [MASK] sat"], None, 32, marks_masks=True)
+    assert masked.tokens == ["[CLS]", "the", "[MASK]", "sat", "[SEP]"]
+
+
 def test_pairs_are_framed_the_bert_way_whatever_the_files_post_processor(tmp_path):
     # A tokenizer.json without BERT's post-processor (trained with `tokenizers` directly; or
     # this conftest helper) was taken as it was: GLUE trained on "a b" with no [CLS] (the
