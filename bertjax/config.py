@@ -49,7 +49,10 @@ from bertjax.files import from_cwd, read_utf8
 
 # Keys that older bertjax versions wrote into run directories and bundles, with why they went.
 RETIRED = {"precision.param": "parameters and optimizer state are always float32; "
-                              "precision.compute sets the activation dtype"}
+                              "precision.compute sets the activation dtype",
+           "train.eval_batches": "validation is counted in sequences, so that its sample does "
+                                 "not change with micro_batch: set train.eval_sequences to "
+                                 "eval_batches x micro_batch"}
 
 
 def _without_retired(data: DictConfig, source: str, strict: bool) -> DictConfig:

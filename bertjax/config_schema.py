@@ -228,8 +228,9 @@ class TrainConfig:
     log_every: int = opt(10, "steps between log lines / metrics.jsonl rows", domain=POSITIVE)
     eval_every: int = opt(200, "steps between validation passes (0 = only at the end)",
                           domain=NON_NEGATIVE)
-    eval_batches: int = opt(8, "validation batches per pass, at most (a split that fits in fewer "
-                            "is scored whole)", domain=POSITIVE)
+    eval_sequences: int = opt(256, "validation sequences per pass, at most (a smaller split is "
+                              "scored whole); the same ones whatever micro_batch",
+                              domain=POSITIVE)
     checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)",
                                 domain=NON_NEGATIVE)
     keep_checkpoints: int = opt(2, "newest checkpoints kept", domain=POSITIVE)

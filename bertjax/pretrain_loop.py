@@ -62,19 +62,18 @@ def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
             "tokens_this_run": this_run, "tokens_before": tokens_before}
 
 
-def validation_sums(eval_step, model, data: PretrainData, size: int, max_batches: int, mesh,
+def validation_sums(eval_step, model, data: PretrainData, size: int, max_sequences: int, mesh,
                     key) -> dict[str, float]:
-    """Loss and accuracy sums over the first `max_batches` batches of `size` rows of the
-    validation split: all of it when it fits. The last batch is filled by reading sequences
-    again (the step's shape is fixed) and those copies weigh nothing, so a split that fits is
-    scored whole, each sequence once, whatever the micro-batch."""
-    n_batches = min(max_batches, -(-data.num_sequences // size))
+    """Loss and accuracy sums over the first `max_sequences` sequences of the validation split
+    (all of it when it is smaller), in batches of `size` rows. The last batch is filled by
+    reading sequences again (the step's shape is fixed) and those rows weigh nothing: each
+    sequence is scored once, and the same sequences whatever the micro-batch."""
+    scored = min(max_sequences, data.num_sequences)
     sums = []
-    for i in range(n_batches):
+    for i in range(-(-scored // size)):
         offset, count = process_slice(size)
         batch = global_batch(data.rows(i * size + offset, count), mesh)
-        sums.append(eval_step(model, batch, jnp.int32(i * size), key,
-                              jnp.int32(data.num_sequences)))
+        sums.append(eval_step(model, batch, jnp.int32(i * size), key, jnp.int32(scored)))
     return jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
 
 
@@ -229,7 +228,7 @@ class Loop:
             return None
         self.read()  # a diverged state is not worth validating
         total = validation_sums(self.eval_step, state.model, data, self.cfg.train.micro_batch,
-                                self.cfg.train.eval_batches, self.mesh, self.keys[EVAL])
+                                self.cfg.train.eval_sequences, self.mesh, self.keys[EVAL])
         loss = float(safe_ratio(jnp.asarray(total["mlm_loss"]), jnp.asarray(total["mlm_weight"])))
         row = {"val_loss": loss, "val_accuracy": total["mlm_correct"] / total["mlm_weight"],
                "val_perplexity": math.exp(min(loss, 50.0))}

@@ -173,8 +173,8 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
 
 def make_eval_step(spec: StepSpec):
     """eval_step(model, batch, first_row, mask key, num_sequences) -> sums over the batch's
-    rows at global positions below num_sequences. A split smaller than one batch fills the
-    batch by reading some sequences again (the shape is fixed); those copies weigh nothing."""
+    rows at global positions below num_sequences (the sequences scored). A last batch part
+    filled (the shape is fixed) reads some sequences again; those copies weigh nothing."""
     @eqx.filter_jit
     def eval_step(model: Bert, batch: dict, first_row, mask_key, num_sequences):
         batch = mask_rows(spec, mask_key, batch, first_row)

@@ -41,7 +41,7 @@ PRETRAINING_ONLY = {
     "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
     "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
     "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
-    "scored after every epoch", "train.eval_batches": "nothing: the dev set is scored whole",
+    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
     "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
     "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
     **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",

@@ -173,6 +173,11 @@ def test_a_removed_key_says_why(tmp_path):
         config.load([], ["precision.param=bfloat16"])
     old = config.to_yaml(config.load([])).replace("precision:\n", "precision:\n  param: float32\n")
     assert config.from_yaml_text(old, "an old run's config.yaml") == config.load([])
+    with pytest.raises(UserError, match="eval_batches' .* removed .* set train.eval_sequences to "
+                                        "eval_batches x micro_batch"):
+        config.load([], ["train.eval_batches=4"])
+    old = config.to_yaml(config.load([])).replace("train:\n", "train:\n  eval_batches: 8\n")
+    assert config.from_yaml_text(old, "an old run's config.yaml") == config.load([])
 
 
 # ---- domains (issue 19): every numeric and list key declares what it may be, checked at load ----

@@ -60,7 +60,7 @@ def tiny_overrides(root: Path) -> dict:
         "model": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
                   "max_position_embeddings": 32, "dropout": 0.0, "attention_dropout": 0.0},
         "train": {"steps": TOTAL_STEPS, "micro_batch": 8, "log_every": 1, "eval_every": 0,
-                  "checkpoint_every": 1, "eval_batches": 1},
+                  "checkpoint_every": 1, "eval_sequences": 8},
     }
 
 

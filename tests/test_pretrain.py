@@ -51,7 +51,7 @@ STEPS = 6
 def config_file(tmp_path_factory) -> Path:
     return tiny_run_config(tmp_path_factory.mktemp("pretrain"), {
         "steps": STEPS, "micro_batch": 8, "batch_start": 8, "batch_end": 16, "batch_ramp": 0.5,
-        "log_every": 1, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 2,
+        "log_every": 1, "eval_every": 3, "eval_sequences": 16, "checkpoint_every": 2,
         "keep_checkpoints": 5, "fill_mask": ["the [MASK] is here ."]})
 
 

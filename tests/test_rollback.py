@@ -113,7 +113,7 @@ def test_a_resume_drops_the_rows_past_its_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tiny_run_config(tmp_path_factory.mktemp("rollback"), {
-        "steps": STEPS, "micro_batch": 8, "log_every": 4, "eval_every": 0, "eval_batches": 2,
+        "steps": STEPS, "micro_batch": 8, "log_every": 4, "eval_every": 0, "eval_sequences": 16,
         "checkpoint_every": 3, "keep_checkpoints": 5})
 
 

@@ -57,26 +57,31 @@ def test_validation_counts_each_sequence_of_a_split_smaller_than_its_batch_once(
         np.testing.assert_allclose(filled[name], alone[name], rtol=1e-5, err_msg=name)
 
 
-def test_a_validation_split_that_fits_is_scored_whole_whatever_the_micro_batch(prepared):
-    # The split's last batch is part filled: it is scored (its filler rows weigh nothing), not
-    # skipped, so micro_batch 8 and 24 score the same sequences with the same masks.
+def test_validation_scores_the_same_sequences_whatever_the_micro_batch(prepared):
+    # It scored whole batches only, up to train.eval_batches of them: a split's last partial
+    # batch was skipped (the demo scored 96 of its 113 sequences), and the sample grew and
+    # shrank with micro_batch. Now: the first eval_sequences sequences (the whole split when
+    # smaller), each once, with the same masks, in batches of any size.
     cfg = config.load([], ["model.vocab_size=300", "data.seq_len=16"])
     tok = tokenizer.load(prepared / "tokenizer.json")
     data = PretrainData(prepared, "validation", cfg.data.seq_len)
-    assert data.num_sequences % 8 and data.num_sequences % 24  # both end on a partial batch
     spec = StepSpec(Precision.from_names("float32"), tokenizer_masker(cfg.data, tok), False,
                     False)
-    model, mesh = Bert(cfg.model, key=jax.random.key(0)), make_mesh()
+    model, mesh, key = Bert(cfg.model, key=jax.random.key(0)), make_mesh(), jax.random.key(1)
     eval_step = with_mesh(make_eval_step(spec), mesh)
-    by_size = {size: validation_sums(eval_step, model, data, size, 1000, mesh, jax.random.key(1))
-               for size in (8, 24)}
-    one_by_one = [validation_sums(eval_step, model, data, 8, 1, mesh, jax.random.key(1))]
-    whole = {k: jnp.asarray(v) for k, v in data.rows(0, data.num_sequences).items()}
-    masked = float(mask_rows(spec, jax.random.key(1), whole, jnp.int32(0))["weights"].sum())
-    assert by_size[8]["mlm_weight"] == by_size[24]["mlm_weight"] == masked
-    assert one_by_one[0]["mlm_weight"] < masked  # eval_batches still caps a larger split
-    np.testing.assert_allclose(by_size[8]["mlm_loss"], by_size[24]["mlm_loss"], rtol=1e-5)
-    assert by_size[8]["mlm_correct"] == by_size[24]["mlm_correct"]
+
+    def masked(n):  # the prediction slots of the first n sequences, masked all at once
+        first = {k: jnp.asarray(v) for k, v in data.rows(0, n).items()}
+        return float(mask_rows(spec, key, first, jnp.int32(0))["weights"].sum())
+
+    for cap in (20, 1000):  # a sample; more than the split holds
+        assert data.num_sequences % 8 and min(cap, data.num_sequences) % 24  # partial batches
+        by_size = {size: validation_sums(eval_step, model, data, size, cap, mesh, key)
+                   for size in (8, 24)}
+        assert by_size[8]["mlm_weight"] == by_size[24]["mlm_weight"] == masked(
+            min(cap, data.num_sequences))
+        np.testing.assert_allclose(by_size[8]["mlm_loss"], by_size[24]["mlm_loss"], rtol=1e-5)
+        assert by_size[8]["mlm_correct"] == by_size[24]["mlm_correct"]
 
 
 def test_splitting_into_micro_batches_leaves_the_update_unchanged():
