@@ -35,7 +35,7 @@ from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
-from bertjax.pretrain_loop import DROPOUT, EVAL, INIT, MASK, Loop, Run, token_counts
+from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys, token_counts
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import (
     StopSignal,
@@ -120,8 +120,10 @@ def resolve(cfg: Config) -> Run:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{vocab} tokens; set model.vocab_size=null to use the tokenizer's size")
     train = PretrainData(data_dir, "train", cfg.data.seq_len, cfg.data.objective, cfg.train.seed)
+    # A fixed shuffle: the first train.eval_sequences are a sample of the whole split (its
+    # documents come in corpus order: the first source's first), the same one for every seed.
     validation = PretrainData(data_dir, "validation", cfg.data.seq_len, cfg.data.objective,
-                              cfg.train.seed)
+                              VALIDATION_SEED, shuffle=True)
     if validation.num_sequences == 0:
         if cfg.data.validation_fraction > 0:  # said, or results.json's "validation": null is all
             warnings.warn(f"the validation split of {data_dir} is empty (data.validation_fraction"
@@ -152,8 +154,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     cfg = run.cfg
     check_tokenizer(run.run_dir, Path(cfg.data.dir))
     mesh = make_mesh()
-    root = jax.random.key(cfg.train.seed)
-    keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT, EVAL)}
+    keys = purpose_keys(cfg.train.seed)
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
     state, optimizer, start, meta = start_state(run, keys[INIT], mesh, checkpoints)
     if start == run.total_steps and (run.run_dir / "results.json").is_file():

@@ -33,6 +33,17 @@ from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
 
 # Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.
 INIT, MASK, DROPOUT, EVAL = range(4)
+# Validation scores the same sequences, masked the same way, whatever train.seed: its sample
+# (a fixed shuffle of the split) and its masks come from this seed, so two runs' validation
+# losses score the same predictions, a paired comparison rather than each run's own draw.
+VALIDATION_SEED = 0
+
+
+def purpose_keys(seed: int) -> dict:
+    """The run's key for each purpose, from train.seed; validation's from VALIDATION_SEED."""
+    root = jax.random.key(seed)
+    keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT)}
+    return keys | {EVAL: jax.random.fold_in(jax.random.key(VALIDATION_SEED), EVAL)}
 
 
 @dataclasses.dataclass

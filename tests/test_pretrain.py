@@ -36,6 +36,7 @@ from bertjax.pretrain import (
     warn_if_other_data,
     what_changed,
 )
+from bertjax.pretrain_loop import EVAL, MASK, purpose_keys
 from bertjax.pretrained import restore_model
 from bertjax.sharding import make_mesh
 from bertjax.starting_points import continue_from
@@ -297,6 +298,22 @@ def test_an_empty_validation_split_is_said(config_file, tmp_path):
     with pytest.warns(UserWarning, match=r"validation split of .* is empty \(data.validation_"
                                          r"fraction=0.005 of 120 documents picks none\)"):
         assert resolve(cfg).validation is None
+
+
+def test_validation_is_one_sample_of_the_whole_split_masked_alike_for_every_seed(config_file):
+    # Validation read its split in corpus order (a sample of train.eval_sequences was the first
+    # documents: the first source's) with masks drawn from train.seed, so two seeds' validation
+    # losses scored different predictions.
+    splits = [resolve(config_lib.load([config_file], [f"train.seed={seed}"])).validation
+              for seed in (0, 1)]
+    n = splits[0].num_sequences
+    order = [split.sequence_index(np.arange(n)) for split in splits]
+    np.testing.assert_array_equal(order[0], order[1])
+    assert sorted(order[0]) == list(range(n)) and (order[0] != np.arange(n)).any()
+    keys = [jax.random.key_data(purpose_keys(seed)[purpose]) for seed in (0, 1)
+            for purpose in (EVAL, MASK)]
+    np.testing.assert_array_equal(keys[0], keys[2])  # validation's masks: one key
+    assert (keys[1] != keys[3]).any()  # training's: one per seed
 
 
 def test_a_micro_batch_the_devices_do_not_divide_is_refused(config_file):
