@@ -86,7 +86,9 @@ class Loop:
         self.lr = schedule(cfg.optim, run.total_steps)
         self.pending: list[tuple[int, dict]] = []  # dispatched steps, metrics not read yet
         self.window: list[tuple[int, dict, int]] = []  # read, not logged: (step, metrics, updates)
-        self.warned_epoch = False
+        # A resume past the first epoch said so before it was stopped (the row that crossed
+        # it); said again, it named the resume's first logged step as the crossing.
+        self.warned_epoch = run.ramp.sequences_before(start) > run.data.num_sequences
         self.last_validation: dict | None = None
         self.target = None  # what a rollback restores into
 
