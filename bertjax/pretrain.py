@@ -86,6 +86,13 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     steps = cfg.train.steps
     if cfg.train.tokens is not None:
         steps = steps_for_tokens(cfg.train, cfg.train.tokens, cfg.data.seq_len)
+        if cfg.train.steps is not None and cfg.train.steps != steps:
+            # The budget wins (the key's doc): said, as `train.steps=100` on a config with a
+            # token budget (pretrain_base.yaml's 30 B) otherwise started its 59,644 steps.
+            warnings.warn(f"train.steps={cfg.train.steps} is not used: train.tokens="
+                          f"{cfg.train.tokens:,} sets the run's length ({steps:,} steps); set "
+                          "train.tokens=null to train for train.steps, or train.steps=null to "
+                          "silence this", stacklevel=2)
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
     if ramp.sequences_before(steps) >= 2**31:
