@@ -292,3 +292,19 @@ def test_a_resumed_run_logs_into_the_wandb_run_it_started(base, tmp_path, fake_w
     assert resumed.id == preempted.id and resumed.logged == [4, 8, 12, 12]  # 12: validation
     assert (resumed.finished, resumed.exit_code, resumed.preempting) == (True, None, False)
     assert fresh.id != preempted.id and fresh.logged == [4, 4] and fresh.finished
+
+
+
+@pytest.mark.slow
+def test_a_rollback_past_the_kept_checkpoints_stops_instead_of_starting_over(base, tmp_path):
+    # keep_checkpoints=1: checkpoint 3 was rotated away when 6 was written, so the NaN of step 7
+    # rolled back to the initial state (steps 1-7 gone, checkpoint 6 deleted), exit 0: at scale,
+    # a day of training thrown away, its only checkpoint with it.
+    with pytest.raises(SystemExit) as stopped:
+        run(base, tmp_path, {6: math.nan}, "train.keep_checkpoints=1")
+    message = str(stopped.value.code)
+    assert message.startswith("error: training diverged at step 7 (a non-finite loss"), message
+    assert "(step 3 and earlier) were rotated away (train.keep_checkpoints=1)" in message
+    assert sorted(checkpoints(tmp_path)) == [6]  # kept: the user's to resume or delete
+    assert not [r for r in rows(tmp_path) if "rollback" in r]
+    assert rows(tmp_path)[-1] == {**rows(tmp_path)[-1], "step": 7, "stopped": True}
