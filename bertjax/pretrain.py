@@ -340,7 +340,8 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
     # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss (under
     # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
     nonfinite = run.total_steps - watch.updates - rolled_back
-    results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
+    results = {"steps": run.total_steps,
+               **token_counts(run, run.total_steps, tokens_before, watch.skipped),
                "validation": validation, "rollbacks": watch.rollbacks,
                "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
                "nonfinite_steps": nonfinite}

@@ -215,6 +215,10 @@ def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
     assert (results["rollbacks"], results["lr_factor"], results["skipped_steps"]) == \
         (1, 0.5, [[4, 7]])
     assert results["nonfinite_steps"] == 0  # the rolled-back steps are counted apart
+    # Tokens behind the weights leave the 4 thrown-away steps out (8 rows of 32 a step): all
+    # 12 steps' were counted, and went on into a continued run's tokens_before and bundles.
+    assert results["tokens_this_run"] == (STEPS - 4) * 8 * 32
+    assert [saved[s][1]["tokens_this_run"] for s in (3, 9)] == [3 * 8 * 32, 5 * 8 * 32]
 
 
 @pytest.mark.slow
