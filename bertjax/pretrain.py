@@ -86,6 +86,13 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     steps = cfg.train.steps
     if cfg.train.tokens is not None:
         steps = steps_for_tokens(cfg.train, cfg.train.tokens, cfg.data.seq_len)
+        if cfg.train.steps is not None and cfg.train.steps != steps:
+            # The budget wins (the key's doc): said, as `train.steps=100` on a config with a
+            # token budget (pretrain_base.yaml's 30 B) otherwise started its 59,644 steps.
+            warnings.warn(f"train.steps={cfg.train.steps} is not used: train.tokens="
+                          f"{cfg.train.tokens:,} sets the run's length ({steps:,} steps); set "
+                          "train.tokens=null to train for train.steps, or train.steps=null to "
+                          "silence this", stacklevel=2)
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
     if ramp.sequences_before(steps) >= 2**31:
@@ -334,7 +341,8 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
     # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss (under
     # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
     nonfinite = run.total_steps - watch.updates - rolled_back
-    results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
+    results = {"steps": run.total_steps,
+               **token_counts(run, run.total_steps, tokens_before, watch.skipped),
                "validation": validation, "rollbacks": watch.rollbacks,
                "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
                "nonfinite_steps": nonfinite}

@@ -121,6 +121,12 @@ def test_a_new_pass_over_the_data_is_said_once(config_file, tmp_path):
     assert code == 0, out
     assert out.count("passed one epoch of the training data at step") == 1, out
     assert "starts epoch" not in out, out
+    # Resumed past that epoch (trained on to 14 steps), it is not said again: it named the
+    # resume's first logged step as the one that passed it.
+    code, out = train(config_file, tmp_path, "train.steps=14", "train.fill_mask=[]",
+                      "train.eval_every=0", "train.checkpoint_every=0")
+    assert code == 0 and "resuming" in out, out
+    assert "passed one epoch" not in out, out
 
 
 def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
