@@ -269,9 +269,10 @@ def warn_if_other_data(run: Run, meta: dict) -> None:
 
 
 def what_changed(run: Run, meta: dict) -> str | None:
-    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate it moves (a
-    longer run stretches the schedule: its lr rises again mid-decay); '' for checkpoints older
-    than the config in their meta; None when only how the processes were launched changed."""
+    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate and data
+    position it moves (a longer run stretches the schedule: its lr rises again mid-decay); ''
+    for checkpoints older than the config in their meta; None when only how the processes were
+    launched changed."""
     if "config_yaml" not in meta:
         return ""
     # Through today's schema: a key added since that checkpoint is its default, no change.
@@ -287,6 +288,13 @@ def what_changed(run: Run, meta: dict) -> str | None:
         stretched = (f": the schedule spans {run.total_steps} steps (was {total})"
                      if total != run.total_steps else "")
         said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
+    # The data position is the ramp's sequence count (its stages are whole micro-batches): a
+    # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
+    was, now = BatchRamp.from_config(theirs.train, total).sequences_before(step), \
+        run.ramp.sequences_before(step)
+    if was != now:
+        said += (f"; the data stream goes on from sequence {now:,} (was {was:,}): "
+                 f"{abs(was - now):,} sequences {'read again' if now < was else 'skipped'}")
     return said
 
 
