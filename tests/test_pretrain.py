@@ -380,8 +380,8 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     del older["data"]["whole_word_mask"]
     assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(older))) is None
     # A new micro_batch (with the batch_start it needs) moves the ramp's stages (whole
-    # micro-batches), so the data position:
-    # the resume re-read sequences unsaid (pretrain_base 1024 -> 512 at step 10,000: ~400 k).
+    # micro-batches), so the data position: a resume read sequences again, or skipped them,
+    # unsaid (pretrain_base, micro_batch 1024 -> 512 at step 10,000: ~400 k read again).
     coarser = resolve(config_lib.load([config_file], ["train.micro_batch=16",
                                                         "train.batch_start=16"]))
     assert what_changed(coarser, dict(meta, step=4)).endswith(
