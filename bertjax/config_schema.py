@@ -233,7 +233,9 @@ class TrainConfig:
                               domain=POSITIVE)
     checkpoint_every: int = opt(500, "steps between checkpoints (0 = only at the end)",
                                 domain=NON_NEGATIVE)
-    keep_checkpoints: int = opt(2, "newest checkpoints kept", domain=POSITIVE)
+    keep_checkpoints: int = opt(2, "newest checkpoints kept (at 1, a divergence right after "
+                                 "a checkpoint has none before it to roll back to: the run stops)",
+                                 domain=POSITIVE)
     max_nonfinite: int = opt(10, "float16: non-finite steps in a row that roll back (fewer are "
                              "skipped: the loss scale overflows now and then); others: 1 does",
                              domain=POSITIVE)

@@ -129,13 +129,35 @@ def rollback_target(steps: list[int], trouble: Trouble) -> int:
     return max((s for s in steps if s <= trouble.first - 2), default=0)
 
 
+def rotated_away(watch: Watch, trouble: Trouble) -> int:
+    """The newest step from before `trouble` that the run checkpointed (a multiple of
+    train.checkpoint_every at most `first - 2`, outside the steps rollbacks skipped, whose
+    checkpoints went with them); 0 when there is none. Found in no kept checkpoint, it went to
+    train.keep_checkpoints' rotation."""
+    every = watch.cfg.checkpoint_every
+    step = (trouble.first - 2) // every * every if every else 0
+    while step > 0 and any(first <= step <= last for first, last in watch.skipped):
+        step -= every
+    return max(step, 0)
+
+
 def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore_into,
               initial: Callable, monitor: Monitor):
     """The state to go on with after `trouble` (the step after it comes next): the target
     checkpoint restored into `restore_into` (checkpoint.restore_target), or `initial()`. The
     checkpoints after the target are deleted, written on a state that was already diverging.
-    After train.max_rollbacks the run stops instead: exit 1 with one line."""
+    After train.max_rollbacks the run stops instead: exit 1 with one line. So it does, deleting
+    nothing, when the checkpoints from before the trouble were rotated away (keep_checkpoints=1):
+    the initial state would throw the whole run away, with its only checkpoint."""
     target = rollback_target(checkpoints.all_steps(), trouble)
+    if target == 0 and (gone := rotated_away(watch, trouble)):
+        monitor.log(trouble.step, {"diverged": trouble.reason, "stopped": True})
+        sys.exit(f"error: training diverged at step {trouble.step} ({trouble.reason}); its "
+                 f"checkpoints from before that (step {gone} and earlier) were rotated away "
+                 f"(train.keep_checkpoints={watch.cfg.keep_checkpoints}), so a rollback would "
+                 f"start over from the initial state: stopping instead, {checkpoints.directory} "
+                 f"untouched (its checkpoints may hold the diverging state). Resume with a lower "
+                 f"optim.lr, and keep 2 or more checkpoints so that a rollback finds one")
     for step in checkpoints.all_steps():
         if step > target:
             checkpoints.delete(step)

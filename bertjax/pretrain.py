@@ -86,6 +86,13 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     steps = cfg.train.steps
     if cfg.train.tokens is not None:
         steps = steps_for_tokens(cfg.train, cfg.train.tokens, cfg.data.seq_len)
+        if cfg.train.steps is not None and cfg.train.steps != steps:
+            # The budget wins (the key's doc): said, as `train.steps=100` on a config with a
+            # token budget (pretrain_base.yaml's 30 B) otherwise started its 59,644 steps.
+            warnings.warn(f"train.steps={cfg.train.steps} is not used: train.tokens="
+                          f"{cfg.train.tokens:,} sets the run's length ({steps:,} steps); set "
+                          "train.tokens=null to train for train.steps, or train.steps=null to "
+                          "silence this", stacklevel=2)
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
     if ramp.sequences_before(steps) >= 2**31:
@@ -262,9 +269,10 @@ def warn_if_other_data(run: Run, meta: dict) -> None:
 
 
 def what_changed(run: Run, meta: dict) -> str | None:
-    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate it moves (a
-    longer run stretches the schedule: its lr rises again mid-decay); '' for checkpoints older
-    than the config in their meta; None when only how the processes were launched changed."""
+    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate and data
+    position it moves (a longer run stretches the schedule: its lr rises again mid-decay); ''
+    for checkpoints older than the config in their meta; None when only how the processes were
+    launched changed."""
     if "config_yaml" not in meta:
         return ""
     # Through today's schema: a key added since that checkpoint is its default, no change.
@@ -280,6 +288,13 @@ def what_changed(run: Run, meta: dict) -> str | None:
         stretched = (f": the schedule spans {run.total_steps} steps (was {total})"
                      if total != run.total_steps else "")
         said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
+    # The data position is the ramp's sequence count (its stages are whole micro-batches): a
+    # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
+    was, now = BatchRamp.from_config(theirs.train, total).sequences_before(step), \
+        run.ramp.sequences_before(step)
+    if was != now:
+        said += (f"; the data stream goes on from sequence {now:,} (was {was:,}): "
+                 f"{abs(was - now):,} sequences {'read again' if now < was else 'skipped'}")
     return said
 
 
@@ -334,7 +349,8 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
     # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss (under
     # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
     nonfinite = run.total_steps - watch.updates - rolled_back
-    results = {"steps": run.total_steps, **token_counts(run, run.total_steps, tokens_before),
+    results = {"steps": run.total_steps,
+               **token_counts(run, run.total_steps, tokens_before, watch.skipped),
                "validation": validation, "rollbacks": watch.rollbacks,
                "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
                "nonfinite_steps": nonfinite}

@@ -64,11 +64,18 @@ class Run:
         return config_lib.to_yaml(self.cfg)
 
 
-def token_counts(run: Run, steps_done: int, tokens_before: int | None) -> dict:
+def token_counts(run: Run, steps_done: int, tokens_before: int | None,
+                 skipped: list | None = None) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
     None when the starting checkpoint does not say) and their sum (None when unknown), as
-    sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md)."""
-    this_run = run.ramp.sequences_before(steps_done) * run.cfg.data.seq_len
+    sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md).
+    The steps rollbacks threw away (`skipped`: [first, last] ranges, Watch.skipped) are not
+    behind the weights and are left out (metrics.jsonl's `tokens` is the stream's position)."""
+    ramp = run.ramp
+    sequences = ramp.sequences_before(steps_done) - sum(
+        ramp.sequences_before(min(last, steps_done)) - ramp.sequences_before(first - 1)
+        for first, last in skipped or () if first <= steps_done)
+    this_run = sequences * run.cfg.data.seq_len
     return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
             "tokens_this_run": this_run, "tokens_before": tokens_before}
 
@@ -112,7 +119,9 @@ class Loop:
         self.lr = schedule(cfg.optim, run.total_steps)
         self.pending: list[tuple[int, dict]] = []  # dispatched steps, metrics not read yet
         self.window: list[tuple[int, dict, int]] = []  # read, not logged: (step, metrics, updates)
-        self.warned_epoch = False
+        # A resume past the first epoch said so before it was stopped (the row that crossed
+        # it); said again, it named the resume's first logged step as the crossing.
+        self.warned_epoch = run.ramp.sequences_before(start) > run.data.num_sequences
         self.last_validation: dict | None = None
         self.target = None  # what a rollback restores into
 
@@ -253,7 +262,7 @@ class Loop:
 
     def save(self, state: TrainState, done: int) -> None:
         self.read()  # never checkpoint a state whose steps diverged
-        meta = {**token_counts(self.run, done, self.tokens_before),
+        meta = {**token_counts(self.run, done, self.tokens_before, self.watch.skipped),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}

@@ -1,5 +1,7 @@
 """Optimizer pieces: decay mask, schedules, batch ramp arithmetic."""
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ from bertjax import config
 from bertjax.model import Bert
 from bertjax.optim import BatchRamp, decay_mask, schedule
 from bertjax.pretrain import size_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_decay_mask_decays_matrices_and_embeddings_only():
@@ -67,6 +71,20 @@ def test_a_token_budget_is_read_in_full_whatever_the_ramp(ramp):
     assert ramp_used == BatchRamp.from_config(cfg.train, steps)
     reads = lambda s: BatchRamp.from_config(cfg.train, s).sequences_before(s) * 128  # noqa: E731
     assert reads(steps) >= 30_000_000 > reads(steps - 1)
+
+
+def test_a_step_count_a_token_budget_overrides_is_said():
+    """`train configs/pretrain_base.yaml train.steps=100` trained the 30 B tokens' 59,644 steps
+    without a word: train.tokens wins (its doc), and now says so."""
+    import warnings
+
+    cfg = config.load([str(ROOT / "configs/pretrain_base.yaml")], ["train.steps=100"])
+    with pytest.warns(UserWarning, match=r"^train.steps=100 is not used: train.tokens="
+                                         r"30,000,000,000 sets the run's length \(59,644 steps\)"):
+        assert size_run(cfg)[0] == 59_644
+    with warnings.catch_warnings():  # the config as written (steps: null) says nothing
+        warnings.simplefilter("error")
+        assert size_run(config.load([str(ROOT / "configs/pretrain_base.yaml")], []))[0] == 59_644
 
 
 def test_a_ramp_over_every_step_says_it_never_trains_at_the_end_batch():

@@ -121,6 +121,12 @@ def test_a_new_pass_over_the_data_is_said_once(config_file, tmp_path):
     assert code == 0, out
     assert out.count("passed one epoch of the training data at step") == 1, out
     assert "starts epoch" not in out, out
+    # Resumed past that epoch (trained on to 14 steps), it is not said again: it named the
+    # resume's first logged step as the one that passed it.
+    code, out = train(config_file, tmp_path, "train.steps=14", "train.fill_mask=[]",
+                      "train.eval_every=0", "train.checkpoint_every=0")
+    assert code == 0 and "resuming" in out, out
+    assert "passed one epoch" not in out, out
 
 
 def test_resume_refuses_a_data_dir_with_another_tokenizer(tmp_path):
@@ -361,7 +367,10 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
                            f"{2 * STEPS}; the learning rate at step {STEPS // 2} is now "), said
     now, was = (float(x) for x in re.findall(r"now (\S+) \(was (\S+)\)", said)[0])
     assert now > was > 0
-    assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS})")
+    # A longer run ramps its batch over more steps (batch_ramp is a fraction), so it is also
+    # further back in the data at that step.
+    assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS}); the data "
+                         "stream goes on from sequence 24 (was 32): 8 sequences read again")
     assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
     relaunched = resolve(config_lib.load([config_file], ["mesh.coordinator_address=h:1234"]))
     assert what_changed(relaunched, meta) is None  # a new coordinator port changes nothing
@@ -370,6 +379,13 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     older = yaml.safe_load(before.config_yaml)
     del older["data"]["whole_word_mask"]
     assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(older))) is None
+    # A new micro_batch (with the batch_start it needs) moves the ramp's stages (whole
+    # micro-batches), so the data position: a resume read sequences again, or skipped them,
+    # unsaid (pretrain_base, micro_batch 1024 -> 512 at step 10,000: ~400 k read again).
+    coarser = resolve(config_lib.load([config_file], ["train.micro_batch=16",
+                                                        "train.batch_start=16"]))
+    assert what_changed(coarser, dict(meta, step=4)).endswith(
+        "; the data stream goes on from sequence 64 (was 48): 16 sequences skipped")
 
 
 def test_a_resume_on_data_prepared_again_from_more_text_is_said(config_file, tmp_path):

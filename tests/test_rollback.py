@@ -215,6 +215,10 @@ def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
     assert (results["rollbacks"], results["lr_factor"], results["skipped_steps"]) == \
         (1, 0.5, [[4, 7]])
     assert results["nonfinite_steps"] == 0  # the rolled-back steps are counted apart
+    # Tokens behind the weights leave the 4 thrown-away steps out (8 rows of 32 a step): all
+    # 12 steps' were counted, and went on into a continued run's tokens_before and bundles.
+    assert results["tokens_this_run"] == (STEPS - 4) * 8 * 32
+    assert [saved[s][1]["tokens_this_run"] for s in (3, 9)] == [3 * 8 * 32, 5 * 8 * 32]
 
 
 @pytest.mark.slow
@@ -292,3 +296,19 @@ def test_a_resumed_run_logs_into_the_wandb_run_it_started(base, tmp_path, fake_w
     assert resumed.id == preempted.id and resumed.logged == [4, 8, 12, 12]  # 12: validation
     assert (resumed.finished, resumed.exit_code, resumed.preempting) == (True, None, False)
     assert fresh.id != preempted.id and fresh.logged == [4, 4] and fresh.finished
+
+
+
+@pytest.mark.slow
+def test_a_rollback_past_the_kept_checkpoints_stops_instead_of_starting_over(base, tmp_path):
+    # keep_checkpoints=1: checkpoint 3 was rotated away when 6 was written, so the NaN of step 7
+    # rolled back to the initial state (steps 1-7 gone, checkpoint 6 deleted), exit 0: at scale,
+    # a day of training thrown away, its only checkpoint with it.
+    with pytest.raises(SystemExit) as stopped:
+        run(base, tmp_path, {6: math.nan}, "train.keep_checkpoints=1")
+    message = str(stopped.value.code)
+    assert message.startswith("error: training diverged at step 7 (a non-finite loss"), message
+    assert "(step 3 and earlier) were rotated away (train.keep_checkpoints=1)" in message
+    assert sorted(checkpoints(tmp_path)) == [6]  # kept: the user's to resume or delete
+    assert not [r for r in rows(tmp_path) if "rollback" in r]
+    assert rows(tmp_path)[-1] == {**rows(tmp_path)[-1], "step": 7, "stopped": True}
