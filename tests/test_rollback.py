@@ -298,7 +298,6 @@ def test_a_resumed_run_logs_into_the_wandb_run_it_started(base, tmp_path, fake_w
     assert fresh.id != preempted.id and fresh.logged == [4, 4] and fresh.finished
 
 
-
 @pytest.mark.slow
 def test_a_rollback_past_the_kept_checkpoints_stops_instead_of_starting_over(base, tmp_path):
     # keep_checkpoints=1: checkpoint 3 was rotated away when 6 was written, so the NaN of step 7
