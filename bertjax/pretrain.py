@@ -290,11 +290,12 @@ def what_changed(run: Run, meta: dict) -> str | None:
         said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
     # The data position is the ramp's sequence count (its stages are whole micro-batches): a
     # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
-    was, now = BatchRamp.from_config(theirs.train, total).sequences_before(step), \
-        run.ramp.sequences_before(step)
-    if was != now:
-        said += (f"; the data stream goes on from sequence {now:,} (was {was:,}): "
-                 f"{abs(was - now):,} sequences {'read again' if now < was else 'skipped'}")
+    was_at = BatchRamp.from_config(theirs.train, total).sequences_before(step)
+    now_at = run.ramp.sequences_before(step)
+    if was_at != now_at:
+        said += (f"; the data stream goes on from sequence {now_at:,} (was {was_at:,}): "
+                 f"{abs(was_at - now_at):,} sequences "
+                 f"{'read again' if now_at < was_at else 'skipped'}")
     return said
 
 

@@ -65,7 +65,7 @@ class Run:
 
 
 def token_counts(run: Run, steps_done: int, tokens_before: int | None,
-                 skipped: list | None = None) -> dict:
+                 skipped: list) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
     None when the starting checkpoint does not say) and their sum (None when unknown), as
     sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md).
@@ -74,7 +74,7 @@ def token_counts(run: Run, steps_done: int, tokens_before: int | None,
     ramp = run.ramp
     sequences = ramp.sequences_before(steps_done) - sum(
         ramp.sequences_before(min(last, steps_done)) - ramp.sequences_before(first - 1)
-        for first, last in skipped or () if first <= steps_done)
+        for first, last in skipped if first <= steps_done)
     this_run = sequences * run.cfg.data.seq_len
     return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
             "tokens_this_run": this_run, "tokens_before": tokens_before}
