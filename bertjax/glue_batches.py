@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 
 from bertjax.errors import UserError
 from bertjax.glue_tasks import Examples, get_task
-from bertjax.tokenizer import encode_truncated, pad_rows
+from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,14 @@ def check_buckets(buckets: Sequence[int], spelled: Callable[[list[int]], str] = 
     return b
 
 
-# Rows tokenized at a time. The tokenizer's Encoding objects (tokens, offsets, masks, the cut
-# overflow) take ~20 times the arrays kept from them: encoded whole, MNLI's 393 k training pairs
-# peaked near 2.6 GB in every process (100 k pairs: 670 MB for 35 MB of arrays).
-ENCODE_ROWS = 8192
-
-
 def encode(tokenizer: Tokenizer, examples: Examples, buckets: Sequence[int]) -> Encoded:
     """Tokenize (pairs framed by tokenizer.encode_truncated: [CLS] a [SEP] b [SEP], type ids
     0/1), truncating longest-first to the largest bucket, and assign each row its bucket.
-    ENCODE_ROWS rows at a time, so memory follows the arrays, not the tokenizer's objects."""
+    A chunk of rows at a time (tokenizer.encode_in_chunks), so memory follows the arrays, not
+    the tokenizer's objects."""
     b = check_buckets(buckets)
     tokens, type_ids, lengths, truncated = [], [], [], 0
-    for first in range(0, len(examples.text_a), ENCODE_ROWS):
-        rows = slice(first, first + ENCODE_ROWS)
-        encs, cut = encode_truncated(tokenizer, examples.text_a[rows],
-                                     None if examples.text_b is None else examples.text_b[rows],
-                                     b[-1])
+    for encs, cut in encode_in_chunks(tokenizer, examples.text_a, examples.text_b, b[-1]):
         size = sum(len(e.ids) for e in encs)
         tokens.append(np.fromiter((i for e in encs for i in e.ids), np.int32, size))
         type_ids.append(np.fromiter((i for e in encs for i in e.type_ids), np.int32, size))

@@ -22,7 +22,7 @@ from bertjax.errors import UserError, cli
 from bertjax.files import check_file, path_argument, utf8_error
 from bertjax.model import Bert
 from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer, vocab_txt_only
-from bertjax.tokenizer import encode_truncated, pad_rows
+from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 BATCH_SIZE = 64
 USAGE = ("usage: python -m bertjax.predict fill-mask|classify|nsp CHECKPOINT [TEXT ...] "
@@ -35,32 +35,30 @@ def _bucket(n: int, limit: int, least: int = 16) -> int:
     return min(max(least, 1 << (n - 1).bit_length()), limit)
 
 
-def _encodings(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
-               max_len: int | None = None, marks_masks: bool = False) -> list:
-    """Token ids with [CLS]/[SEP] and token types, cut (longest first) to the model's positions
-    or `max_len`; a warning says how many inputs were cut. Special tokens written in the text
-    are text, but for fill-mask's [MASK] (`marks_masks`)."""
+def _batches(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
+             batch_size: int, max_len: int | None = None, marks_masks: bool = False):
+    """(rows, padded arrays) per batch of `batch_size` inputs, in input order; every batch of a
+    call has the same number of rows (the last one is padded with empty rows). Inputs get
+    [CLS]/[SEP] and token types, and are cut (longest first) to the model's positions or
+    `max_len`; a warning says how many were cut. Special tokens written in the text are text,
+    but for fill-mask's [MASK] (`marks_masks`). Tokenized a chunk at a time
+    (tokenizer.encode_in_chunks): a --file of any length never holds all its Encodings."""
     positions = model.encoder.embeddings.position.shape[0]
     limit = min(positions, max_len or positions)
-    encodings, cut = encode_truncated(tokenizer, texts, pairs, limit, marks_masks=marks_masks)
+    rows, cut = max(1, min(batch_size, len(texts))), 0
+    for encodings, chunk_cut in encode_in_chunks(tokenizer, texts, pairs, limit, marks_masks,
+                                                 batch=rows):
+        cut += chunk_cut
+        for first in range(0, len(encodings), rows):
+            chunk = encodings[first:first + rows]
+            length = _bucket(max(len(e.ids) for e in chunk), positions)
+            filled = [(e.ids, e.type_ids) for e in chunk] + [([], [])] * (rows - len(chunk))
+            yield len(chunk), pad_rows(filled, length)
     if cut:
         what = f"the model's {limit} positions" if limit == positions else \
             f"the {limit} tokens it was fine-tuned and evaluated on (glue.buckets)"
         warnings.warn(f"{cut} input(s) longer than {what} were cut to {limit} tokens",
                       stacklevel=3)
-    return encodings
-
-
-def _batches(model: Bert, encodings: list, batch_size: int):
-    """(rows, padded arrays) per batch of `batch_size` inputs, in input order. Every
-    batch of a call has the same number of rows (the last one is padded with empty rows)."""
-    limit = model.encoder.embeddings.position.shape[0]
-    rows = min(batch_size, len(encodings))
-    for first in range(0, len(encodings), rows):
-        chunk = encodings[first:first + rows]
-        length = _bucket(max(len(e.ids) for e in chunk), limit)
-        filled = [(e.ids, e.type_ids) for e in chunk] + [([], [])] * (rows - len(chunk))
-        yield len(chunk), pad_rows(filled, length)
 
 
 @partial(jax.jit, static_argnums=4)
@@ -86,8 +84,8 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
                         f"1 to {vocab} (--top-k)")
     mask_id = tokenizer.token_to_id("[MASK]")
     results = []
-    encodings = _encodings(model, tokenizer, texts, None, marks_masks=True)
-    for count, (ids, types, mask) in _batches(model, encodings, batch_size):
+    for count, (ids, types, mask) in _batches(model, tokenizer, texts, None, batch_size,
+                                              marks_masks=True):
         where = [np.flatnonzero(row == mask_id) for row in ids[:count]]
         # Slots from 1: the head and top-k run over the whole vocabulary per slot, and 16 slots
         # for the usual one [MASK] took a third of the time (a 10,000-line --file: 67 s).
@@ -118,7 +116,7 @@ def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
          batch_size: int, max_len: int | None = None) -> np.ndarray:
     """fn's per-row outputs for every input, batch by batch, in input order."""
     out = [np.asarray(fn(model, *arrays))[:count] for count, arrays in
-           _batches(model, _encodings(model, tokenizer, texts, pairs, max_len), batch_size)]
+           _batches(model, tokenizer, texts, pairs, batch_size, max_len)]
     return np.concatenate(out)
 
 

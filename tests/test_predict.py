@@ -73,6 +73,34 @@ def test_batches_equal_one_at_a_time_and_compile_once_per_length(model, monkeypa
             np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
 
 
+def test_inputs_are_tokenized_a_chunk_at_a_time_with_the_same_outputs(model, monkeypatch):
+    # `classify --file` tokenized the whole file at once: its Encoding objects take ~20 times
+    # the arrays kept (GLUE encoding's 2.8 GB peak on MNLI). Now whole batches at a time.
+    tok, texts, pairs = make_tokenizer(), sentences(11), sentences(11, seed=2)
+    long = " ".join(sentences(8))  # cut: the warning counts the cuts of every chunk
+    texts[3] = texts[9] = long
+    with pytest.warns(UserWarning, match="^2 input"):
+        whole = predict.classify(model, tok, texts, pairs, batch_size=2)
+    seen, real = [], tokenizer_lib.encode_truncated
+
+    def counting(tok, texts, pairs, max_len, marks_masks):
+        seen.append(len(texts))
+        return real(tok, texts, pairs, max_len, marks_masks)
+
+    monkeypatch.setattr(tokenizer_lib, "ENCODE_ROWS", 5)
+    monkeypatch.setattr(tokenizer_lib, "encode_truncated", counting)
+    with pytest.warns(UserWarning, match="^2 input"):
+        chunked = predict.classify(model, tok, texts, pairs, batch_size=2)
+    assert seen == [4, 4, 3]  # whole batches of 2 per chunk
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    tok.add_special_tokens(["[MASK]"])  # the fixture tokenizer has it in its vocabulary only
+    masked = [t + " [MASK]" for t in sentences(5)]
+    seen.clear()
+    assert [len(m) for m in predict.fill_mask(model, tok, masked, top_k=2, batch_size=3)] == \
+        [1] * 5
+    assert seen == [3, 2]
+
+
 def test_inputs_longer_than_the_positions_are_cut(model):
     # Past the cut nothing counts (before, such an input crashed: more tokens than positions).
     tok = make_tokenizer()
@@ -373,19 +401,19 @@ def test_classify_cuts_a_glue_model_s_inputs_as_its_dev_set_was_cut(model, cfg, 
                                      glue=dataclasses.replace(cfg.glue, buckets=[8]))
     path = str(save_bundle(model, fine_tuned, make_tokenizer(), tmp_path / "mnli"))
     a, b = " ".join(WORDS[:12]) + " .", "the dog sat ."
-    lengths, encode = [], predict.encode_truncated
+    lengths, encode = [], tokenizer_lib.encode_truncated
 
-    def recorded(tok, texts, pairs, max_len, **kw):
-        out = encode(tok, texts, pairs, max_len, **kw)
+    def recorded(tok, texts, pairs, max_len, *args):
+        out = encode(tok, texts, pairs, max_len, *args)
         lengths.append(max(len(e.ids) for e in out[0]))
         return out
 
-    monkeypatch.setattr(predict, "encode_truncated", recorded)
+    monkeypatch.setattr(tokenizer_lib, "encode_truncated", recorded)
     with pytest.warns(UserWarning, match="the 8 tokens it was fine-tuned and evaluated on"):
         predict.main(["classify", path, f"{a}\t{b}"])
     shown = [float(v) for v in re.findall(r"\w+ ([\d.]+)",
                                                   capsys.readouterr().out.split("\t")[0])]
-    cut = tokenizer_lib.encode_truncated(make_tokenizer(), [a], [b], 8)[0][0]
+    cut = encode(make_tokenizer(), [a], [b], 8)[0][0]
     ids, types = jnp.asarray([cut.ids]), jnp.asarray([cut.type_ids])
     mask = jnp.ones_like(ids, dtype=bool)
     probs = np.asarray(jax.nn.softmax(model.classify(model(ids, types, mask), mask))[0])
