@@ -13,7 +13,8 @@ early divergence (the common case: too high a learning rate) gets another try at
 Newer checkpoints are deleted, the steps up to the bad one are skipped, the lr is lowered.
 
 The watch's state (statistics, optimizer updates, rollbacks, the cumulative lr factor, the
-skipped step ranges) is JSON in every checkpoint's meta, so a resume makes the same decisions.
+skipped step ranges, the single non-finite steps not applied) is JSON in every checkpoint's
+meta, so a resume makes the same decisions.
 Steps count from 1 here: a checkpoint at s holds the state after step s, and step s's loss is
 computed from the checkpoint-(s-1) state.
 """
@@ -57,10 +58,12 @@ class Watch:
     updates: int = 0  # optimizer updates in the state (a non-finite step applies none)
     rollbacks: int = 0
     lr_factor: float = 1.0  # the schedule's multiplier: rollback_lr_factor ** rollbacks
-    skipped: list = dataclasses.field(default_factory=list)  # [first, last] steps not applied
+    skipped: list = dataclasses.field(default_factory=list)  # [first, last] steps rolled back
+    # Single non-finite steps not applied, and kept (float16: the loss scale's overflows).
+    unapplied: list = dataclasses.field(default_factory=list)
 
     SAVED = ("mean", "var", "seen", "streak", "streak_start", "updates", "rollbacks",
-             "lr_factor", "skipped")
+             "lr_factor", "skipped", "unapplied")
 
     @classmethod
     def restore(cls, cfg: TrainConfig, nonfinite_limit: int, saved: dict | None,
@@ -69,7 +72,8 @@ class Watch:
         before the watch existed) starts empty with `step` updates."""
         watch = cls(cfg, nonfinite_limit, updates=step)
         for name in cls.SAVED if saved else ():
-            setattr(watch, name, saved[name])
+            if name in saved:  # `unapplied` is newer than the rest: older checkpoints lack it
+                setattr(watch, name, saved[name])
         return watch
 
     def saved(self) -> dict:
@@ -84,6 +88,7 @@ class Watch:
                 return Trouble(step, self.streak_start,
                                f"{self.streak} non-finite step(s) in a row" if self.streak > 1
                                else "a non-finite loss or gradient")
+            self.unapplied = [*self.unapplied, step]  # a rollback drops it with the range
             return None
         self.streak = 0
         if self.is_spike(loss):
@@ -114,7 +119,7 @@ class Watch:
         """The state is back at checkpoint `target` (0: the initial state) whose meta held
         `target_saved`; training goes on after `trouble.step` with a lower learning rate."""
         restored = Watch.restore(self.cfg, self.nonfinite_limit, target_saved, target)
-        for name in ("mean", "var", "seen", "updates"):
+        for name in ("mean", "var", "seen", "updates", "unapplied"):
             setattr(self, name, getattr(restored, name))
         self.streak = 0
         self.skipped = [*restored.skipped, [target + 1, trouble.step]]

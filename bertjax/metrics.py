@@ -1,7 +1,8 @@
 """Run monitoring: console progress bar, metrics.jsonl, wandb, throughput and MFU.
 
 The bar is for terminals. When stderr is not one (a batch job's log file, `nohup`, CI), a bar
-would fill the log with carriage-return redraws; there each logged row becomes one plain line.
+would fill the log with carriage-return redraws; there each logged row becomes one plain line,
+with the time left at the pace so far (the bar's ETA).
 
 metrics.jsonl is strict JSON, one object a line: a value that is not finite (a skipped step's
 loss) is written as null. A resumed run first drops the rows past the step it resumes from
@@ -172,6 +173,7 @@ class Monitor:
         self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
                         disable=not sys.stderr.isatty())
+        self.since: tuple[float, int] | None = None  # (time, step) the log lines' ETA counts from
 
     def throughput(self, tokens_seen: int) -> dict:
         """tokens/s (and MFU where the peak is known) since the previous call."""
@@ -213,10 +215,24 @@ class Monitor:
         if row.get("skipped"):  # steps not applied (not finite): a loss alone would not say so
             show = {**show, "skipped": row["skipped"]}
         if self.bar.disable:
+            show = {**show, **self.eta(step)}
             print(f"step {step}/{self.total_steps}: "
                   + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)
         else:
             self.bar.set_postfix(show, refresh=False)
+
+    def eta(self, step: int) -> dict:
+        """{"eta": "H:MM:SS"} for a log line (the bar shows its own), at the pace of the steps
+        since the first line (compilation and a resume's restore come before it); nothing on
+        the first line and the last."""
+        now = time.perf_counter()
+        if self.since is None:
+            self.since = now, step
+            return {}
+        (then, first), left = self.since, self.total_steps - step
+        if step <= first or left <= 0:
+            return {}
+        return {"eta": tqdm.format_interval(left * (now - then) / (step - first))}
 
     def advance(self, steps: int = 1) -> None:
         if self.enabled:
@@ -227,6 +243,7 @@ class Monitor:
         if self.enabled:
             self.bar.n = step
             self.bar.refresh()
+            self.since = None  # the pace counts again from the next line
 
     def write(self, text: str) -> None:
         if self.enabled:

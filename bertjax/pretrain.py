@@ -351,7 +351,8 @@ def write_results(run: Run, validation: dict | None, tokens_before: int | None,
     # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
     nonfinite = run.total_steps - watch.updates - rolled_back
     results = {"steps": run.total_steps,
-               **token_counts(run, run.total_steps, tokens_before, watch.skipped),
+               **token_counts(run.ramp, run.cfg.data.seq_len, run.total_steps, tokens_before,
+                               watch),
                "validation": validation, "rollbacks": watch.rollbacks,
                "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
                "nonfinite_steps": nonfinite}

@@ -64,18 +64,19 @@ class Run:
         return config_lib.to_yaml(self.cfg)
 
 
-def token_counts(run: Run, steps_done: int, tokens_before: int | None,
-                 skipped: list) -> dict:
+def token_counts(ramp: BatchRamp, seq_len: int, steps_done: int, tokens_before: int | None,
+                 watch: Watch) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
     None when the starting checkpoint does not say) and their sum (None when unknown), as
     sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md).
-    The steps rollbacks threw away (`skipped`: [first, last] ranges, Watch.skipped) are not
-    behind the weights and are left out (metrics.jsonl's `tokens` is the stream's position)."""
-    ramp = run.ramp
+    The steps that applied no update are not behind the weights and are left out: those
+    rollbacks threw away (Watch.skipped, [first, last] ranges) and float16's single non-finite
+    steps (Watch.unapplied). metrics.jsonl's `tokens` is the stream's position."""
     sequences = ramp.sequences_before(steps_done) - sum(
         ramp.sequences_before(min(last, steps_done)) - ramp.sequences_before(first - 1)
-        for first, last in skipped if first <= steps_done)
-    this_run = sequences * run.cfg.data.seq_len
+        for first, last in watch.skipped if first <= steps_done) - sum(
+        ramp.batch(step - 1) for step in watch.unapplied if step <= steps_done)
+    this_run = sequences * seq_len
     return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
             "tokens_this_run": this_run, "tokens_before": tokens_before}
 
@@ -262,7 +263,8 @@ class Loop:
 
     def save(self, state: TrainState, done: int) -> None:
         self.read()  # never checkpoint a state whose steps diverged
-        meta = {**token_counts(self.run, done, self.tokens_before, self.watch.skipped),
+        meta = {**token_counts(self.run.ramp, self.cfg.data.seq_len, done, self.tokens_before,
+                                     self.watch),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}

@@ -248,9 +248,9 @@ class Stream(io.StringIO):
 def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch, capsys, tty):
     stderr = Stream(tty)
     monkeypatch.setattr("sys.stderr", stderr)
-    monitor = Monitor(tmp_path, total_steps=2, start_step=0, wandb_run=None,
+    monitor = Monitor(tmp_path, total_steps=3, start_step=0, wandb_run=None,
                       flops_per_token=None, compute_dtype="float32")
-    for step in (1, 2):
+    for step in (1, 2, 3):
         monitor.advance()
         throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
         # skipped steps (not finite, not applied) are shown when there are some; they were
@@ -260,11 +260,14 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
     monitor.close()
     out = capsys.readouterr().out
     if tty:  # tqdm draws on stderr; stdout stays clean
-        assert out == "" and "\r" in stderr.getvalue() and "loss=1.500" in stderr.getvalue()
-        assert "skipped=1" in stderr.getvalue()
-    else:  # one line per logged row, no redraws
-        assert out.splitlines() == ["step 1/2: loss 3.000",
-                                    "step 2/2: loss 1.500, tok/s 1,234, skipped 1"]
+        assert out == "" and "\r" in stderr.getvalue() and "loss=1.000" in stderr.getvalue()
+        assert "skipped=2" in stderr.getvalue() and "eta" not in stderr.getvalue()
+    else:  # one line per logged row, no redraws, and the time left (the bar's ETA) between
+        # the first and the last (a week-long job's log said nothing of when it would end)
+        lines = out.splitlines()
+        assert lines[0] == "step 1/3: loss 3.000" and lines[2].startswith("step 3/3: loss 1.000,")
+        assert re.fullmatch(r"step 2/3: loss 1\.500, tok/s 1,234, skipped 1, eta 00:0\d",
+                            lines[1])
         assert stderr.getvalue() == ""
 
 

@@ -21,6 +21,7 @@ from bertjax.divergence import Trouble, Watch, rollback_target
 from bertjax.errors import StoppedBySignal
 from bertjax.files import json_text
 from bertjax.metrics import drop_rows_after
+from bertjax.optim import BatchRamp
 from bertjax.pretrain import pretrain
 from bertjax.step import abstract_state
 
@@ -88,6 +89,37 @@ def test_a_rollback_keeps_the_targets_statistics_and_lowers_the_lr():
     assert w.lr_factor == 0.25 and w.skipped == [[5, 9]]
     w.rolled_back(Trouble(12, 12, ""), 0, None)  # back to the initial state
     assert (w.seen, w.updates, w.lr_factor, w.skipped) == (0, 0, 0.25**2, [[1, 12]])
+
+
+def test_float16s_single_non_finite_steps_stay_out_of_the_tokens_behind_the_weights():
+    # A loss-scale overflow skips a step without trouble; its tokens were counted as trained on
+    # (results.json, checkpoint meta and bundles: tokens_seen) though no update applied them.
+    w = Watch.restore(watch().cfg, nonfinite_limit=3, saved=None)
+    for step, finite in enumerate([True, False, True, True, False, False, True], start=1):
+        assert w.see(step, finite, 9.0) is None
+    assert w.unapplied == [2, 5, 6] and w.updates == 4
+    saved = w.saved()
+    assert json.loads(json.dumps(saved)) == saved
+    ramp = BatchRamp(micro=4, start=4, end=12, ramp_steps=4, stages=2)  # 4, 4, 8, 8, 12, ...
+    counts = pretrain_loop.token_counts(ramp, 10, 7, 100, w)
+    assert counts["tokens_this_run"] == (ramp.sequences_before(7) - 4 - 12 - 12) * 10
+    assert counts["tokens_seen"] == 100 + counts["tokens_this_run"]
+    assert pretrain_loop.token_counts(ramp, 10, 4, None, w)["tokens_this_run"] == (24 - 4) * 10
+    # A streak that becomes trouble: the rollback to checkpoint 4 keeps only its own skips.
+    for step in (8, 9):
+        w.see(step, False, math.nan)
+    trouble = w.see(10, False, math.nan)
+    target = Watch.restore(w.cfg, 3, None)
+    for step in range(1, 5):
+        target.see(step, step != 2, 9.0)
+    w.rolled_back(trouble, 4, target.saved())
+    assert w.unapplied == [2] and w.skipped == [[5, 10]]
+    assert pretrain_loop.token_counts(ramp, 10, 10, 0, w)["tokens_this_run"] == \
+        (ramp.sequences_before(10) - 4 - (ramp.sequences_before(10) - ramp.sequences_before(4))) \
+        * 10
+    # A checkpoint from before the field resumes with none recorded.
+    old = {k: v for k, v in saved.items() if k != "unapplied"}
+    assert Watch.restore(w.cfg, 3, old, 7).unapplied == []
 
 
 # ---- the metrics file ----
