@@ -147,9 +147,12 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
         if name in schema and isinstance(schema[name], DictConfig) and \
                 not isinstance(value, DictConfig) and value is not None:
             first = next(iter(schema[name]))
-            raise UserError(f"'{name}' in {source} is {_plain(value)}, but it is a section: a "
-                            f"mapping of keys, e.g. '{name}:' then '  {first}: ...' on the next "
-                            f"line in YAML, or {name}.{first}=... as an override")
+            # `train:\n  steps:5` reads as the text 'steps:5'
+            space = " (YAML needs a space after the ':')" if re.fullmatch(
+                r"\w+:\S.*", str(value)) else ""
+            raise UserError(f"'{name}' in {source} is {_plain(value)}{space}, but it is a "
+                            f"section: a mapping of keys, e.g. '{name}:' then '  {first}: ...' "
+                            f"on the next line in YAML, or {name}.{first}=... as an override")
 
 
 def _check_lists(schema: DictConfig, other: DictConfig, source: str) -> None:
@@ -235,8 +238,11 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
 def _no_config_file(path: Path, included_by: Path | None) -> UserError:
     """A missing YAML file, with the likelier mistake when it names an include or a key."""
     if included_by is not None:
+        shell = ", and expand neither ~ nor $VAR: write ${oc.env:HOME}/..." if any(
+            part.startswith(("~", "$")) for part in path.parts) else ""  # include: ~/base.yaml
         return UserError(f"config file {path}, named by include: in {included_by}, does not "
-                         f"exist; fix that include (paths are relative to {included_by.parent})")
+                         f"exist; fix that include (paths are relative to {included_by.parent}"
+                         f"{shell})")
     sections = {f.name for f in dataclasses.fields(Config)}
     word, bare = str(path), str(path).lstrip("+~-").replace(":", "=", 1)
     if (word[:1] in "+~-" or ":" in word) and bare.partition(".")[0] in sections and \
@@ -245,8 +251,9 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
     if word.partition(".")[0] in sections and OVERRIDE.match(f"{word}="):
         return UserError(f"config file {path} does not exist, and as an override it lacks a "
                          f"value: write {path}=VALUE")
+    yaml_file = path.with_name(f"{path.name}.yaml")  # `train configs/tiny`
     return UserError(f"config file {path} does not exist{from_cwd(path)}; pass a path to a YAML "
-                     "file")
+                     f"file{f' (did you mean {yaml_file}?)' if yaml_file.is_file() else ''}")
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
@@ -276,8 +283,16 @@ def asks_for_help(argv: list[str]) -> bool:
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Command-line words -> (YAML files, key=value overrides). A file whose path holds an '='
-    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override."""
+    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override. A word after
+    an override that is no file is the override's rest, split off by the shell (`glue.seeds=[0,
+    1]` unquoted): refused as such (it was "config file 1] does not exist")."""
     files = [a for a in argv if "=" not in a or Path(a).is_file()]
+    for before, word in zip(argv, argv[1:], strict=False):
+        if OVERRIDE.match(before) and before not in files and word in files and \
+                not Path(word).exists() and not word.endswith((".yaml", ".yml", ".json")):
+            raise UserError(f"{word!r} follows the override {before!r} but is no config file: "
+                            "the shell splits words at spaces; quote the whole override, e.g. "
+                            f"'{before} {word}'")
     return files, [a for a in argv if a not in files]
 
 

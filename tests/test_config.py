@@ -767,3 +767,46 @@ def test_a_quoted_list_says_to_unquote_it(tmp_path, where):
                                         r"write it without the quotes, e\.g\. "
                                         r"glue\.seeds=\[0, 1\]$"):
         config.load(files, overrides)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["glue.seeds=[0,", "1]"], r"^'1\]' follows the override 'glue.seeds=\[0,' but is no config "
+                               r"file: the shell splits words at spaces; quote the whole "
+                               r"override, e\.g\. 'glue.seeds=\[0, 1\]'$"),
+    (["wandb.name=my", "run"], r"^'run' follows the override 'wandb.name=my' .*'wandb.name=my "
+                               r"run'$"),
+])
+def test_an_override_the_shell_split_at_a_space_says_to_quote_it(tmp_path, monkeypatch, argv,
+                                                                  says):
+    """Was "config file 1] does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=says):
+        config.split_args(argv)
+    (tmp_path / "c.yaml").write_text("")  # a real file after an override is a file
+    assert config.split_args(["train.steps=5", "c.yaml"]) == (["c.yaml"], ["train.steps=5"])
+
+
+def test_a_missing_file_says_what_was_likely_meant(tmp_path):
+    (tmp_path / "tiny.yaml").write_text("")
+    with pytest.raises(UserError, match=rf"does not exist; pass a path to a YAML file \(did you "
+                                        rf"mean {re.escape(str(tmp_path / 'tiny.yaml'))}\?\)$"):
+        config.load([tmp_path / "tiny"])
+    (tmp_path / "c.yaml").write_text("include: ~/base.yaml\n")
+    with pytest.raises(UserError, match=r"\(paths are relative to .*, and expand neither ~ nor "
+                                        r"\$VAR: write \$\{oc.env:HOME\}/\.\.\.\)$"):
+        config.load([tmp_path / "c.yaml"])
+    (tmp_path / "c.yaml").write_text("train:\n  steps:5\n")
+    with pytest.raises(UserError, match=r"'train' in .* is steps:5 \(YAML needs a space after "
+                                        r"the ':'\), but it is a section"):
+        config.load([tmp_path / "c.yaml"])
+
+
+@pytest.mark.parametrize("override, meant", [
+    ("glue.task=SST-2", "glue.task=sst2"), ("glue.task=MNLI", "glue.task=mnli"),
+    ("glue.task=STS-B", "glue.task=stsb"), ("model.size=Base", "model.size=base"),
+])
+def test_a_choice_in_another_case_or_spelling_names_the_choice(override, meant):
+    """GLUE's own task names (SST-2, STS-B) were refused with only the list of choices."""
+    with pytest.raises(UserError, match=rf"^{re.escape(override)} is invalid: .*; did you mean "
+                                        rf"{re.escape(meant)}\?$"):
+        config.load([], [override])
