@@ -120,6 +120,8 @@ def _list_hint(key: str, expected: Any, value: Any, node_type: Any) -> str:
     if isinstance(value, str) and shown.startswith("[") and shown.endswith("]"):  # "[0, 1]"
         return f"; the list is quoted, so it is text: write it without the quotes, " \
             f"e.g. {key}={shown}"
+    if isinstance(value, str) and any(c in shown for c in "[]{}"):  # `The [MASK] sat.`
+        return f"; write a list in brackets, e.g. {key}=[{shown!r}]"
     if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
         shown = shown[1:-1]
     return f"; write a list in brackets, e.g. {key}=[{shown}]"

@@ -94,6 +94,9 @@ def _syntax_error(e: yaml.MarkedYAMLError | GrammarParseError, source: str,
     lines = text.splitlines()
     line = lines[e.problem_mark.line] if e.problem_mark.line < len(lines) else ""
     fix = "indent with spaces, not tabs" if "\t" in line else "correct the YAML there"
+    opens = re.search(r"(^\s*-|:)\s+([\[{])", line)  # `- [MASK] is ...`: a list, then text
+    if opens:
+        fix = f"close the bracket, or quote the value if it is text starting with '{opens[2]}'"
     return UserError(f"{source} is not valid YAML: {_yaml_place(e.problem_mark, text, '')}"
                      f"{f' ({line!r})' if line else ''}: {what}; {fix}")
 

@@ -150,7 +150,10 @@ def check_domains(section: Any) -> None:
         key, value = f"{name}.{f.name}", getattr(section, f.name)
         domain = both(f.metadata["domain"], representable(f.type, f.metadata["int_bits"]))
         if not _has_type(value, f.type):
-            raise UserError(f"{key}={value!r} is not {type_name(f.type)}; "
+            # `- Python: the [MASK] language.` is a one-key mapping in YAML
+            mapping = " (an item holding ': ' is a mapping in YAML: quote it)" if isinstance(
+                value, list) and any(isinstance(x, dict) for x in value) else ""
+            raise UserError(f"{key}={value!r} is not {type_name(f.type)}{mapping}; "
                             f"{key}: {f.metadata['doc']}")
         if value is None or domain is None or domain.test(value):
             continue

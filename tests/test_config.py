@@ -810,3 +810,23 @@ def test_a_choice_in_another_case_or_spelling_names_the_choice(override, meant):
     with pytest.raises(UserError, match=rf"^{re.escape(override)} is invalid: .*; did you mean "
                                         rf"{re.escape(meant)}\?$"):
         config.load([], [override])
+
+
+def test_fill_mask_sentences_yaml_reads_otherwise_say_to_quote(tmp_path):
+    """A sentence starting with [MASK] is a YAML list, one holding ': ' a mapping; the hint for
+    one sentence where a list belongs was train.fill_mask=[The [MASK] sat.], itself a nested
+    list."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  fill_mask:\n    - [MASK] is a keyword.\n")
+    with pytest.raises(UserError, match=r"line 3, .*; close the bracket, or quote the value if "
+                                        r"it is text starting with '\['$"):
+        config.load([path])
+    train = config.TrainConfig()  # as `- Python: the [MASK] language.` reads (bertjax's tests
+    object.__setattr__(train, "fill_mask", [{"Python": "the [MASK] language."}])  # type-check
+    with pytest.raises(UserError, match=r"is not list\[str\] \(an item holding ': ' is a mapping "
+                                        r"in YAML: quote it\)"):  # constructors, so set)
+        check_domains(train)
+    with pytest.raises(UserError, match=r"e\.g\. train\.fill_mask=\['The \[MASK\] sat\.'\]$"):
+        config.load([], ["train.fill_mask=The [MASK] sat."])
+    assert config.load([], ["train.fill_mask=['The [MASK] sat.']"]).train.fill_mask == \
+        ["The [MASK] sat."]
