@@ -93,7 +93,8 @@ def _syntax_error(e: yaml.MarkedYAMLError | GrammarParseError, source: str,
                          "quotes, or quote the whole value to pass text")
     lines = text.splitlines()
     line = lines[e.problem_mark.line] if e.problem_mark.line < len(lines) else ""
-    fix = "indent with spaces, not tabs" if "\t" in line else "correct the YAML there"
+    fix = "correct the YAML there" if "\t" not in line else "indent with spaces, not tabs" \
+        if line.lstrip(" ").startswith("\t") else "replace the tab with spaces"
     opens = re.search(r"(^\s*-|:)\s+([\[{])", line)  # `- [MASK] is ...`: a list, then text
     if opens:
         fix = f"close the bracket, or quote the value if it is text starting with '{opens[2]}'"
@@ -137,7 +138,7 @@ def read_override(item: str, source: str) -> DictConfig:
 
 def not_an_override(item: str) -> UserError:
     """An argument that is not `section.key=value`, with the likely intent where there is one
-    (Hydra's +key / ~key, argparse's --key, key:value)."""
+    (Hydra's +key / ~key, argparse's --key, key:value, section.dashed-key)."""
     key, equals, value = item.partition("=")
     bare = key.lstrip("+~-").strip()
     fix = f"write {bare}={value.strip()}" if equals else "e.g. train.steps=100"
@@ -152,6 +153,9 @@ def not_an_override(item: str) -> UserError:
         why = "no spaces around '='"
     elif ":" in key and not equals:
         why, fix = "an override is section.key=value", f"write {key.replace(':', '=', 1)}"
+    elif "-" in key and OVERRIDE.match(f"{key.replace('-', '_')}="):  # train.micro-batch=8
+        why = "keys are written with underscores"
+        fix = f"write {key.replace('-', '_')}={value}"
     else:
         return UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
     return UserError(f"override {item!r}: {why}; {fix}")

@@ -332,6 +332,7 @@ def test_an_interpolation_that_does_not_resolve_names_key_and_fix(override, frag
                                 r"flow sequence started at line 2, column 9\)"),
     ("model:\n\tsize: tiny\n", r"line 2, column 1 \('\\tsize: tiny'\): found character .*; "
                                "indent with spaces, not tabs"),
+    ("train:\n  steps: 100\t# trial\n", r"line 2, column 13 .*; replace the tab with spaces$"),
     ("model:\n  size: tiny\nmodel:\n  size: mini\n",
      r"line 3, column 1 \('model:'\): found duplicate key model"),
     ("hello\n", "must hold a mapping of sections .*, not the value 'hello'"),
@@ -748,6 +749,7 @@ def test_a_misspelt_include_suggests_include(tmp_path):
     ("--train.steps=5", r"overrides take no leading dashes; write train.steps=5$"),
     ("train.steps =5", r"no spaces around '='; write train.steps=5$"),
     ("train.steps:5", r"an override is section.key=value; write train.steps=5$"),
+    ("train.micro-batch=8", r"keys are written with underscores; write train.micro_batch=8$"),
 ])
 def test_another_tools_override_syntax_is_named_with_ours(argument, says):
     """Each was "is not section.key=value" (`~train.steps`: "config file ... does not
