@@ -291,7 +291,8 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     files = [a for a in argv if "=" not in a or Path(a).is_file()]
     for before, word in zip(argv, argv[1:], strict=False):
         if OVERRIDE.match(before) and before not in files and word in files and \
-                not Path(word).exists() and not word.endswith((".yaml", ".yml", ".json")):
+                not Path(word).exists() and not word.endswith((".yaml", ".yml", ".json")) and \
+                not Path(f"{word}.yaml").is_file():  # `configs/tiny`: _no_config_file's hint
             raise UserError(f"{word!r} follows the override {before!r} but is no config file: "
                             "the shell splits words at spaces; quote the whole override, e.g. "
                             f"'{before} {word}'")

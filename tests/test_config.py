@@ -786,6 +786,7 @@ def test_an_override_the_shell_split_at_a_space_says_to_quote_it(tmp_path, monke
         config.split_args(argv)
     (tmp_path / "c.yaml").write_text("")  # a real file after an override is a file
     assert config.split_args(["train.steps=5", "c.yaml"]) == (["c.yaml"], ["train.steps=5"])
+    assert config.split_args(["train.steps=5", "c"]) == (["c"], ["train.steps=5"])  # c.yaml?
 
 
 def test_a_missing_file_says_what_was_likely_meant(tmp_path):
