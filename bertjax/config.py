@@ -122,8 +122,8 @@ def _list_hint(key: str, expected: Any, value: Any, node_type: Any) -> str:
             f"e.g. {key}={shown}"
     if isinstance(value, str) and any(c in shown for c in "[]{}"):  # `The [MASK] sat.`
         return f"; write a list in brackets, e.g. {key}=[{shown!r}]"
-    if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
-        shown = shown[1:-1]
+    if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0 1)`: [0,1] instead
+        shown = ",".join(shown[1:-1].replace(",", " ").split())
     return f"; write a list in brackets, e.g. {key}=[{shown}]"
 
 

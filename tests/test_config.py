@@ -348,8 +348,9 @@ def test_one_value_where_a_list_belongs_shows_the_bracket_form():
     with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
         config.load([], ["data.sources=foo.txt"])
     # a tuple's parentheses become the brackets (the hint was glue.seeds=[(0,1)], itself wrong)
-    with pytest.raises(UserError, match=r"e\.g\. glue\.seeds=\[0,1\]$"):
-        config.load([], ["glue.seeds=(0,1)"])
+    for tuple_ in ("(0,1)", "(0 1)", "(0, 1)"):  # the last two hinted [0 1] ('0 1', one item)
+        with pytest.raises(UserError, match=r"e\.g\. glue\.seeds=\[0,1\]$"):
+            config.load([], [f"glue.seeds={tuple_}"])
 
 
 @pytest.mark.parametrize("override", ["train.run_dir=", "model.size=null"])
