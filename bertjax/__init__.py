@@ -4,9 +4,9 @@ A flat package read bottom-up, in one-way layers (tests/test_layers.py keeps the
 imports only from lower layers, and never in a circle inside its own.
 
     L0  errors domains config_schema               user errors; config domains, every key (schema),
-        config_strings config config_changes       str keys as written, loading; what changed
-        files output_dirs                          between two configs; files and whole output
-                                                   directories
+        config_yaml config config_changes          YAML text in (values as written), loading;
+        files output_dirs                          what changed between two configs; files and
+                                                   whole output directories
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
         tokenizer source_files sources prepared token_files prepare data

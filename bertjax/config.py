@@ -1,24 +1,22 @@
 """Typed configuration: defaults <- YAML files <- key=value overrides, as frozen dataclasses.
 
-`load(files, overrides)` merges through OmegaConf structured configs (so types are checked) and
-returns the plain frozen dataclasses of config_schema.py, where every key, its default, doc and
-domain are declared. Every mistake becomes a `UserError` naming the key, the value, what it must
-be and the fix. `to_yaml(cfg)` writes the resolved config a run keeps.
+`load(files, overrides)` merges through OmegaConf structured configs (so types are checked; the
+YAML text is read in config_yaml.py) and returns the plain frozen dataclasses of
+config_schema.py, where every key, its default, doc and domain are declared. Every mistake
+becomes a `UserError` naming the key, the value, what it must be and the fix. `to_yaml(cfg)`
+writes the resolved config a run keeps.
 """
 
 import dataclasses
 import difflib
 import re
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
-    GrammarParseError,
     InterpolationResolutionError,
     OmegaConfBaseException,
     ValidationError,
@@ -42,7 +40,7 @@ from bertjax.config_schema import (  # noqa: F401
     WandbConfig,
     check_objective,
 )
-from bertjax.config_strings import keep_written_strings
+from bertjax.config_yaml import OVERRIDE, as_written, not_an_override, read_override, yaml_mapping
 from bertjax.domains import show, type_name
 from bertjax.errors import UserError
 from bertjax.files import from_cwd, read_utf8
@@ -75,7 +73,9 @@ def _valid_keys(schema: DictConfig, dotted: str) -> list[str]:
     node = OmegaConf.select(schema, parent) if parent else schema
     if not isinstance(node, DictConfig):
         return []
-    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+    # a file's `includes:` was "did you mean 'glue'?"
+    return [f"{parent}.{k}" if parent else str(k) for k in node.keys()] + \
+        ([] if parent else ["include"])
 
 
 def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> UserError:
@@ -93,8 +93,8 @@ def _explain(e: OmegaConfBaseException, schema: DictConfig, source: str) -> User
         if "[" in key:
             expected = f"items of {expected}"
         value = getattr(e, "value", None)
-        if isinstance(value, Node) and value._value() is None:  # `glue.seeds=null` arrives
-            value = None  # as a node holding None (whose repr is 'None')
+        if isinstance(value, Node):  # `glue.seeds=null` arrives as a node holding None
+            value = value._value()  # (whose repr is 'None'), `glue.seeds='[0,1]'` as one too
         # `key=` and `key=null` reach here as None: say so, and that this key needs a value
         got = f"{value!r}" if value is not None else "null (no value), which it cannot be: " \
             f"give {key} a value" if "'None'" in e.msg or "is not Optional" in e.msg \
@@ -116,9 +116,14 @@ def _list_hint(key: str, expected: Any, value: Any, node_type: Any) -> str:
         default = next(f.default_factory() for f in dataclasses.fields(node_type)
                        if f.name == name)
         return f" (a list in brackets, e.g. {key}={show(default).replace(' ', '')})"
-    shown = show(value)
-    if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0,1)`: brackets instead
-        shown = shown[1:-1]
+    shown = str(value)  # as typed, unquoted
+    if isinstance(value, str) and shown.startswith("[") and shown.endswith("]"):  # "[0, 1]"
+        return f"; the list is quoted, so it is text: write it without the quotes, " \
+            f"e.g. {key}={shown}"
+    if isinstance(value, str) and any(c in shown for c in "[]{}"):  # `The [MASK] sat.`
+        return f"; write a list in brackets, e.g. {key}=[{shown!r}]"
+    if shown.startswith("(") and shown.endswith(")"):  # `glue.seeds=(0 1)`: [0,1] instead
+        shown = ",".join(shown[1:-1].replace(",", " ").split())
     return f"; write a list in brackets, e.g. {key}=[{shown}]"
 
 
@@ -128,17 +133,9 @@ def _unresolved(e: InterpolationResolutionError, merged: DictConfig, key: str) -
     # 'KeyError raised while resolving interpolation: "Environment variable ..."' -> the cause
     cause = re.sub(r"^\w+ raised while resolving interpolation: ", "", e.msg.splitlines()[0])
     cause = cause.strip('"')
-    return UserError(f"{key}={_as_written(merged, key)}: {cause[:1].lower()}{cause[1:]}; refer "
+    return UserError(f"{key}={as_written(merged, key)}: {cause[:1].lower()}{cause[1:]}; refer "
                      "to an existing key (${section.key}) or a set environment variable "
                      "(${oc.env:VAR} or ${oc.env:VAR,default}), or write the value itself")
-
-
-def _as_written(merged: DictConfig, key: str) -> str:
-    """The value of `key` ('glue.seeds[0]' too) before interpolations resolve."""
-    node = OmegaConf.to_container(merged, resolve=False)
-    for part in re.findall(r"\w+", key):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return show(node)
 
 
 def _plain(value: Any) -> str:
@@ -152,9 +149,12 @@ def _check_sections(schema: DictConfig, other: DictConfig, source: str) -> None:
         if name in schema and isinstance(schema[name], DictConfig) and \
                 not isinstance(value, DictConfig) and value is not None:
             first = next(iter(schema[name]))
-            raise UserError(f"'{name}' in {source} is {_plain(value)}, but it is a section: a "
-                            f"mapping of keys, e.g. '{name}:' then '  {first}: ...' on the next "
-                            f"line in YAML, or {name}.{first}=... as an override")
+            # `train:\n  steps:5` reads as the text 'steps:5'
+            space = " (YAML needs a space after the ':')" if re.fullmatch(
+                r"\w+:\S.*", str(value)) else ""
+            raise UserError(f"'{name}' in {source} is {_plain(value)}{space}, but it is a "
+                            f"section: a mapping of keys, e.g. '{name}:' then '  {first}: ...' "
+                            f"on the next line in YAML, or {name}.{first}=... as an override")
 
 
 def _check_lists(schema: DictConfig, other: DictConfig, source: str) -> None:
@@ -213,55 +213,6 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
-def _yaml_mapping(read: Callable[[], str], source: str) -> DictConfig:
-    """The YAML text `read()` returns, which must be a mapping of sections; anything else is
-    one line."""
-    try:
-        text = read()
-        # The document's shape first: OmegaConf would read a bare word as a key set to null.
-        shape = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = OmegaConf.create(text)
-        keep_written_strings(data, shape)  # run_dir: 0010 is './0010', not YAML 1.1's 8
-    except (yaml.MarkedYAMLError, GrammarParseError) as e:
-        raise _syntax_error(e, source, text) from None
-    except UserError:  # read() named the problem (UTF-16, not UTF-8)
-        raise
-    except Exception as e:  # unreadable text and the like
-        raise UserError(f"{source} is not valid YAML ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0]})") from None
-    if shape is not None and not isinstance(shape, yaml.MappingNode):
-        held = "a list" if isinstance(shape, yaml.SequenceNode) else f"the value {shape.value!r}"
-        raise UserError(f"{source} must hold a mapping of sections (model:, data:, ...), not "
-                        f"{held}; write e.g. 'train:' then '  steps: 100' on the next line")
-    return data
-
-
-def _syntax_error(e: yaml.MarkedYAMLError | GrammarParseError, source: str,
-                  text: str | None) -> UserError:
-    """A YAML or interpolation syntax error as one line: where (when `text` is the whole file
-    the marks point into), what and the fix."""
-    if isinstance(e, GrammarParseError):
-        return UserError(f"{source}: {e.full_key} holds a malformed interpolation "
-                         f"({e.msg.splitlines()[0]}); write ${{section.key}} or ${{oc.env:VAR}} "
-                         "with its closing brace, or escape a literal '${' as '\\${'")
-    what = e.problem or e.context
-    if e.context and e.problem:
-        what += f" ({e.context}{_yaml_place(e.context_mark, text, ' started at ')})"
-    if text is None:  # an override: its value was parsed alone, so marks say nothing useful
-        return UserError(f"{source} does not parse as YAML: {what}; close its brackets and "
-                         "quotes, or quote the whole value to pass text")
-    lines = text.splitlines()
-    line = lines[e.problem_mark.line] if e.problem_mark.line < len(lines) else ""
-    fix = "indent with spaces, not tabs" if "\t" in line else "correct the YAML there"
-    return UserError(f"{source} is not valid YAML: {_yaml_place(e.problem_mark, text, '')}"
-                     f"{f' ({line!r})' if line else ''}: {what}; {fix}")
-
-
-def _yaml_place(mark: Any, text: str | None, prefix: str) -> str:
-    """'line 2, column 9' of a yaml Mark (pure-Python or libyaml's: no common type), or ''."""
-    return f"{prefix}line {mark.line + 1}, column {mark.column + 1}" if mark and text else ""
-
-
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
     """Merge one YAML file, after the files its `include:` names (relative to it)."""
     if path.is_dir():
@@ -270,12 +221,13 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
         raise _no_config_file(path, included_by=seen[-1] if seen else None)
     if path.resolve() in seen:
         raise UserError(f"{path} includes itself (through {[str(p) for p in seen]})")
-    data = _yaml_mapping(lambda: read_utf8(path, "save config files as UTF-8"), str(path))
+    data = yaml_mapping(lambda: read_utf8(path, "save config files as UTF-8"), str(path))
     for name in [f.name for f in dataclasses.fields(Config)]:
         if name in data and data[name] is None:  # `train:` with its keys commented out: empty
             data.pop(name)
     includes = data.pop("include", [])
-    includes = [includes] if isinstance(includes, str) else includes
+    # `include:` with its files commented out is empty, as a section is
+    includes = [includes] if isinstance(includes, str) else [] if includes is None else includes
     if not OmegaConf.is_list(includes) and not isinstance(includes, list) or \
             not all(isinstance(name, str) for name in includes):
         raise UserError(f"include: in {path} must be a YAML file path or a list of them "
@@ -288,14 +240,22 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
 def _no_config_file(path: Path, included_by: Path | None) -> UserError:
     """A missing YAML file, with the likelier mistake when it names an include or a key."""
     if included_by is not None:
+        shell = ", and expand neither ~ nor $VAR: write ${oc.env:HOME}/..." if any(
+            part.startswith(("~", "$")) for part in path.parts) else ""  # include: ~/base.yaml
         return UserError(f"config file {path}, named by include: in {included_by}, does not "
-                         f"exist; fix that include (paths are relative to {included_by.parent})")
+                         f"exist; fix that include (paths are relative to {included_by.parent}"
+                         f"{shell})")
     sections = {f.name for f in dataclasses.fields(Config)}
-    if str(path).partition(".")[0] in sections and _OVERRIDE.match(f"{path}="):
+    word, bare = str(path), str(path).lstrip("+~-").replace(":", "=", 1)
+    if (word[:1] in "+~-" or ":" in word) and bare.partition(".")[0] in sections and \
+            OVERRIDE.match(f"{bare}="):  # ~train.steps, train.steps:5
+        return not_an_override(word)
+    if word.partition(".")[0] in sections and OVERRIDE.match(f"{word}="):
         return UserError(f"config file {path} does not exist, and as an override it lacks a "
                          f"value: write {path}=VALUE")
+    yaml_file = path.with_name(f"{path.name}.yaml")  # `train configs/tiny`
     return UserError(f"config file {path} does not exist{from_cwd(path)}; pass a path to a YAML "
-                     "file")
+                     f"file{f' (did you mean {yaml_file}?)' if yaml_file.is_file() else ''}")
 
 
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
@@ -304,27 +264,13 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     for path in map(Path, files):
         merged = _merge_file(merged, path, seen=())
     for item in overrides:
-        if not _OVERRIDE.match(item):
-            raise UserError(f"override {item!r} is not section.key=value (e.g. train.steps=100)")
         source = f"override {item!r}"
-        if item.startswith("include="):  # read as an unknown key ("did you mean 'glue'?")
-            raise UserError(f"{source}: include: works inside a YAML file; pass "
-                            f"{item.partition('=')[2] or 'the file'} as another config file "
-                            "instead (files merge in order, before the overrides)")
-        try:
-            data = OmegaConf.from_dotlist([item])
-            key, _, value = item.partition("=")  # train.run_dir=0010 is './0010', not './8'
-            keep_written_strings(data, yaml.compose(value, Loader=yaml.SafeLoader), key)
-        except (yaml.MarkedYAMLError, GrammarParseError) as e:
-            raise _syntax_error(e, source, text=None) from None
-        merged = _merge(merged, _without_retired(data, source, True), source)
+        merged = _merge(merged, _without_retired(read_override(item, source), source, True),
+                        source)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise _explain(e, merged, "the merged config") from None
-
-
-_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
 
 
 OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "
@@ -339,8 +285,17 @@ def asks_for_help(argv: list[str]) -> bool:
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Command-line words -> (YAML files, key=value overrides). A file whose path holds an '='
-    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override."""
+    (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override. A word after
+    an override that is no file is the override's rest, split off by the shell (`glue.seeds=[0,
+    1]` unquoted): refused as such (it was "config file 1] does not exist")."""
     files = [a for a in argv if "=" not in a or Path(a).is_file()]
+    for before, word in zip(argv, argv[1:], strict=False):
+        if OVERRIDE.match(before) and before not in files and word in files and \
+                not Path(word).exists() and not word.endswith((".yaml", ".yml", ".json")) and \
+                not Path(f"{word}.yaml").is_file():  # `configs/tiny`: _no_config_file's hint
+            raise UserError(f"{word!r} follows the override {before!r} but is no config file: "
+                            "the shell splits words at spaces; quote the whole override, e.g. "
+                            f"'{before} {word}'")
     return files, [a for a in argv if a not in files]
 
 
@@ -354,7 +309,7 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str, source: str) -> Config:
     """Re-read a resolved config (e.g. a checkpoint's config.yaml)."""
-    data = _yaml_mapping(lambda: text, source)
+    data = yaml_mapping(lambda: text, source, by_hand=False)
     merged = _merge(_schema(), _without_retired(data, source, strict=False), source)
     try:
         return OmegaConf.to_object(merged)

@@ -23,6 +23,7 @@ from bertjax.errors import UserError
 class Domain:
     says: str  # completes "must be ...", e.g. "> 0", "in [0, 1)", "one of pre, post"
     test: Callable[[Any], bool]
+    meant: Callable[[Any], Any] = lambda x: None  # the value a refused one likely meant, or None
 
 
 def at_least(low: int | float) -> Domain:
@@ -37,7 +38,11 @@ def interval(low: int | float, high: int | float, brackets: str = "[)") -> Domai
 
 
 def one_of(*choices: str) -> Domain:
-    return Domain(f"one of {', '.join(choices)}", lambda x: x in choices)
+    """One of `choices`; a value that is one but for case and punctuation (glue.task=SST-2,
+    MNLI, model.size=Base: GLUE's and papers' spellings) is named with the choice it means."""
+    bare = lambda x: re.sub(r"[^a-z0-9]", "", str(x).lower())  # noqa: E731
+    return Domain(f"one of {', '.join(choices)}", lambda x: x in choices,
+                  lambda x: next((c for c in choices if bare(c) == bare(x)), None))
 
 
 def list_of(item: Domain | None = None, *, non_empty: bool = False, increasing: bool = False,
@@ -145,7 +150,10 @@ def check_domains(section: Any) -> None:
         key, value = f"{name}.{f.name}", getattr(section, f.name)
         domain = both(f.metadata["domain"], representable(f.type, f.metadata["int_bits"]))
         if not _has_type(value, f.type):
-            raise UserError(f"{key}={value!r} is not {type_name(f.type)}; "
+            # `- Python: the [MASK] language.` is a one-key mapping in YAML
+            mapping = " (an item holding ': ' is a mapping in YAML: quote it)" if isinstance(
+                value, list) and any(isinstance(x, dict) for x in value) else ""
+            raise UserError(f"{key}={value!r} is not {type_name(f.type)}{mapping}; "
                             f"{key}: {f.metadata['doc']}")
         if value is None or domain is None or domain.test(value):
             continue
@@ -153,6 +161,8 @@ def check_domains(section: Any) -> None:
             else f.default
         example = f"e.g. {key}={show(default)} (the default)" if default is not None and \
             domain.test(default) else f"set {key} to a value that is {domain.says}"
+        if domain.meant(value) is not None:
+            example = f"did you mean {key}={show(domain.meant(value))}?"
         nullable = type(None) in typing.get_args(f.type)
         raise UserError(f"{key}={show(value)} is invalid: it must be {domain.says} "
                         f"({f.metadata['doc']}); {example}{' or null' if nullable else ''}")

@@ -332,6 +332,7 @@ def test_an_interpolation_that_does_not_resolve_names_key_and_fix(override, frag
                                 r"flow sequence started at line 2, column 9\)"),
     ("model:\n\tsize: tiny\n", r"line 2, column 1 \('\\tsize: tiny'\): found character .*; "
                                "indent with spaces, not tabs"),
+    ("train:\n  steps: 100\t# trial\n", r"line 2, column 13 .*; replace the tab with spaces$"),
     ("model:\n  size: tiny\nmodel:\n  size: mini\n",
      r"line 3, column 1 \('model:'\): found duplicate key model"),
     ("hello\n", "must hold a mapping of sections .*, not the value 'hello'"),
@@ -347,8 +348,9 @@ def test_one_value_where_a_list_belongs_shows_the_bracket_form():
     with pytest.raises(UserError, match=r"expects list\[str\].*e\.g\. data\.sources=\[foo\.txt\]"):
         config.load([], ["data.sources=foo.txt"])
     # a tuple's parentheses become the brackets (the hint was glue.seeds=[(0,1)], itself wrong)
-    with pytest.raises(UserError, match=r"e\.g\. glue\.seeds=\[0,1\]$"):
-        config.load([], ["glue.seeds=(0,1)"])
+    for tuple_ in ("(0,1)", "(0 1)", "(0, 1)"):  # the last two hinted [0 1] ('0 1', one item)
+        with pytest.raises(UserError, match=r"e\.g\. glue\.seeds=\[0,1\]$"):
+            config.load([], [f"glue.seeds={tuple_}"])
 
 
 @pytest.mark.parametrize("override", ["train.run_dir=", "model.size=null"])
@@ -584,9 +586,9 @@ def test_a_str_key_keeps_a_yaml_value_as_written(tmp_path, key, typed, held, whe
 
 
 def test_values_as_written_survive_the_section_form_and_the_saved_config():
-    # in `train={...}` too, run_dir is text and steps YAML's int (octal 0010, as before)
-    train = config.load([], ["train={run_dir: 0010, steps: 0010}"]).train
-    assert (train.run_dir, train.steps) == ("0010", 8)
+    # in `train={...}` too, run_dir is text and steps an int (1e1, not YAML's float)
+    train = config.load([], ["train={run_dir: 0010, steps: 1e1}"]).train
+    assert (train.run_dir, train.steps) == ("0010", 10)
     cfg = config.load([], [f"{key}={typed}" for key, typed, _ in AS_WRITTEN])
     again = config.from_yaml_text(config.to_yaml(cfg), "test")
     assert again == cfg and again.wandb.name == "1e3" and again.glue.dev_files == ["0010"]
@@ -616,3 +618,219 @@ def test_null_quotes_and_typed_keys_read_as_before(tmp_path):
     with pytest.raises(UserError, match=r"got '0010'; write a list in brackets, e\.g\. "
                                         r"data\.sources=\[0010\]$"):
         config.load([], ["data.sources=0010"])
+
+
+# ---- the fourteenth probe: configs and overrides as users write them ----
+def test_an_int_written_as_a_float_is_that_int(tmp_path):
+    """`tokens: 3e10` (YAML 1.2's and Python's spelling) and `train.steps=1e3` were refused
+    ("expects int, got 30000000000.0"); now the int, exactly as written (not via a float)."""
+    path = tmp_path / "c.yaml"
+    for written, held in [("3e10", 30_000_000_000), ("3.0e+10", 30_000_000_000),
+                          ("30000000000.0", 30_000_000_000),
+                          ("1.23456789012345678e17", 123_456_789_012_345_678)]:
+        path.write_text(f"train:\n  tokens: {written}\n")
+        assert config.load([path]).train.tokens == held
+    cfg = config.load([], ["train.steps=1e3", "train.seed=7.0", "glue.seeds=[1e1,2.0]"])
+    assert (cfg.train.steps, cfg.train.seed, cfg.glue.seeds) == (1000, 7, [10, 2])
+    with pytest.raises(UserError, match=r"'train.steps' .* expects int \| None, got 1.5$"):
+        config.load([], ["train.steps=1.5"])
+    with pytest.raises(UserError, match=r"^train.steps=1000000000000 is invalid: .*below 2\*\*31"):
+        config.load([], ["train.steps=1e12"])
+
+
+@pytest.mark.parametrize("where", ["override", "yaml"])
+@pytest.mark.parametrize("key, written, says", [
+    ("train.seed", "0042", r"with a leading 0 as octal \(34\); write it without the leading zeros "
+                           r"\(42\)$"),  # was seed 34, silently
+    ("train.steps", "010", r"with a leading 0 as octal \(8\)"),
+    ("glue.epochs", "010", r"with a leading 0 as octal \(8\)"),
+    ("train.steps", "1:30", r"with ':' in base 60 \(1:30 is 90\); write the number itself$"),
+])
+def test_a_number_yaml_1_1_reads_otherwise_is_refused(tmp_path, where, key, written, says):
+    section, name = key.split(".")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {name}: {written}\n")
+    files, overrides = ([path], []) if where == "yaml" else ([], [f"{key}={written}"])
+    with pytest.raises(UserError, match=rf"^{re.escape(key)}={re.escape(written)} in .*: YAML "
+                                        rf"1\.1 reads a number {says}"):
+        config.load(files, overrides)
+
+
+def test_numbers_yaml_1_1_reads_as_written_still_load():
+    cfg = config.load([], ["train.steps=07", "train.seed=09", "train.log_every=0x10",
+                           "train.eval_every=1_000", "train.run_dir=0042"])
+    assert (cfg.train.steps, cfg.train.seed, cfg.train.log_every) == (7, 9, 16)
+    assert (cfg.train.eval_every, cfg.train.run_dir) == (1000, "0042")
+
+
+@pytest.mark.parametrize("override", ["init.checkpoint=None", "wandb.name=none",
+                                      "train.tokens=None", "model.remat=None"])
+def test_pythons_none_for_a_nullable_key_says_null(override):
+    """`init.checkpoint: None` loaded a checkpoint named 'None' (and `wandb.name=None` named the
+    run so); for an int or bool key it said "expects int | None, got 'None'"."""
+    key, _, written = override.partition("=")
+    with pytest.raises(UserError, match=rf"^{re.escape(override)} in .*: YAML's null is null or "
+                                        rf"~, not {written} \(Python's\); write {key}=null, or "
+                                        rf"quote '{written}' to mean the text$"):
+        config.load([], [override])
+
+
+def test_none_quoted_is_the_text_and_survives_the_saved_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("init:\n  checkpoint: None\n")
+    with pytest.raises(UserError, match=r"init.checkpoint=None in .*c.yaml: YAML's null"):
+        config.load([path])
+    cfg = config.load([], ["wandb.name='None'"])
+    # OmegaConf writes the text unquoted (`name: None`): a saved config reads it back as text
+    assert config.from_yaml_text(config.to_yaml(cfg), "saved").wandb.name == "None"
+
+
+@pytest.mark.parametrize("override, was", [
+    ("wandb.name=run #2", "run"), ("train.run_dir=runs/lr 1e-3 #2", "'runs/lr 1e-3'"),
+    ("wandb.name=#2", "null"), ("train.steps=100  # the trial", "100"),
+])
+def test_a_comment_inside_an_override_is_refused(override, was):
+    """A ' #' in one shell word was YAML's comment: `wandb.name='run #2'` named the run 'run',
+    `train.run_dir='runs/lr 1e-3 #2'` trained into runs/lr 1e-3."""
+    key, _, value = override.partition("=")
+    with pytest.raises(UserError, match=rf"^override .*: YAML reads '#' after a space \(or "
+                                        rf"first\) as the start of a comment, so {re.escape(key)} "
+                                        rf"would be {re.escape(was)}; drop the comment, or quote "
+                                        rf"the value inside the argument to keep the '#': "
+                                        rf"'{re.escape(key)}=\"{re.escape(value)}\"'$"):
+        config.load([], [override])
+
+
+def test_a_hash_that_is_no_comment_is_kept():
+    cfg = config.load([], ["wandb.name=run#2", "wandb.entity='team #2'", 'train.run_dir="a #b"'])
+    assert (cfg.wandb.name, cfg.wandb.entity, cfg.train.run_dir) == ("run#2", "team #2", "a #b")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("42\n", "not the value '42'"),  # was an IndexError traceback (OmegaConf: a bare assert)
+    ("true\n", "not the value 'true'"),
+])
+def test_a_config_that_is_a_bare_value_is_one_line(tmp_path, text, says):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=rf"c\.yaml must hold a mapping of sections .*, {says}"):
+        config.load([tmp_path / "c.yaml"])
+
+
+@pytest.mark.parametrize("text", ["---\n", "null\n", "~\n", "include:\n", "include:\n# - a.yaml\n"])
+def test_an_empty_document_or_include_sets_nothing(tmp_path, text):
+    """`---` alone was "must hold a mapping ..., not the value ''" (an empty file loads);
+    `include:` with its files commented out was "must be a YAML file path ..., got None"."""
+    (tmp_path / "c.yaml").write_text(text)
+    assert config.load([tmp_path / "c.yaml"]) == config.load()
+
+
+@pytest.mark.parametrize("text, key, example", [
+    ("train.steps: 5\n", "train.steps", r"'train:' then '  steps: \.\.\.'"),
+    ("train:\n  optim.lr: 5\n", "optim.lr", r"'train:' then '  optim: \.\.\.'"),
+])
+def test_a_dotted_key_in_yaml_says_to_nest_it(tmp_path, text, key, example):
+    """Was "unknown config key 'train.steps'; did you mean 'train.steps'?"."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=rf"^key '{re.escape(key)}' in .*c\.yaml: YAML does not "
+                                        rf"split keys at dots; nest them, e\.g\. {example} on"):
+        config.load([tmp_path / "c.yaml"])
+
+
+def test_a_misspelt_include_suggests_include(tmp_path):
+    (tmp_path / "c.yaml").write_text("includes: base.yaml\n")  # was "did you mean 'glue'?"
+    with pytest.raises(UserError, match=r"unknown config key 'includes' .*did you mean 'include'"):
+        config.load([tmp_path / "c.yaml"])
+
+
+@pytest.mark.parametrize("argument, says", [
+    ("+train.new_key=1", r"there is no \+key or \+\+key \(Hydra's add\): every key exists "
+                         r"already; write train.new_key=1$"),
+    ("~train.steps", r"there is no ~key \(Hydra's delete\); leave train.steps out to keep its "
+                     r"default, or set it: train.steps=VALUE$"),
+    ("--train.steps=5", r"overrides take no leading dashes; write train.steps=5$"),
+    ("train.steps =5", r"no spaces around '='; write train.steps=5$"),
+    ("train.steps:5", r"an override is section.key=value; write train.steps=5$"),
+    ("train.micro-batch=8", r"keys are written with underscores; write train.micro_batch=8$"),
+])
+def test_another_tools_override_syntax_is_named_with_ours(argument, says):
+    """Each was "is not section.key=value" (`~train.steps`: "config file ... does not
+    exist")."""
+    files, overrides = config.split_args([argument])
+    with pytest.raises(UserError, match=rf"^override {re.escape(repr(argument))}: {says}"):
+        config.load(files, overrides)
+
+
+@pytest.mark.parametrize("where", ["override", "yaml"])
+def test_a_quoted_list_says_to_unquote_it(tmp_path, where):
+    """The hint was glue.seeds=[[0, 1]], itself wrong."""
+    (tmp_path / "c.yaml").write_text("glue:\n  seeds: '[0, 1]'\n")
+    files, overrides = ([tmp_path / "c.yaml"], []) if where == "yaml" else \
+        ([], ["glue.seeds='[0, 1]'"])
+    with pytest.raises(UserError, match=r"got '\[0, 1\]'; the list is quoted, so it is text: "
+                                        r"write it without the quotes, e\.g\. "
+                                        r"glue\.seeds=\[0, 1\]$"):
+        config.load(files, overrides)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["glue.seeds=[0,", "1]"], r"^'1\]' follows the override 'glue.seeds=\[0,' but is no config "
+                               r"file: the shell splits words at spaces; quote the whole "
+                               r"override, e\.g\. 'glue.seeds=\[0, 1\]'$"),
+    (["wandb.name=my", "run"], r"^'run' follows the override 'wandb.name=my' .*'wandb.name=my "
+                               r"run'$"),
+])
+def test_an_override_the_shell_split_at_a_space_says_to_quote_it(tmp_path, monkeypatch, argv,
+                                                                  says):
+    """Was "config file 1] does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=says):
+        config.split_args(argv)
+    (tmp_path / "c.yaml").write_text("")  # a real file after an override is a file
+    assert config.split_args(["train.steps=5", "c.yaml"]) == (["c.yaml"], ["train.steps=5"])
+    assert config.split_args(["train.steps=5", "c"]) == (["c"], ["train.steps=5"])  # c.yaml?
+
+
+def test_a_missing_file_says_what_was_likely_meant(tmp_path):
+    (tmp_path / "tiny.yaml").write_text("")
+    with pytest.raises(UserError, match=rf"does not exist; pass a path to a YAML file \(did you "
+                                        rf"mean {re.escape(str(tmp_path / 'tiny.yaml'))}\?\)$"):
+        config.load([tmp_path / "tiny"])
+    (tmp_path / "c.yaml").write_text("include: ~/base.yaml\n")
+    with pytest.raises(UserError, match=r"\(paths are relative to .*, and expand neither ~ nor "
+                                        r"\$VAR: write \$\{oc.env:HOME\}/\.\.\.\)$"):
+        config.load([tmp_path / "c.yaml"])
+    (tmp_path / "c.yaml").write_text("train:\n  steps:5\n")
+    with pytest.raises(UserError, match=r"'train' in .* is steps:5 \(YAML needs a space after "
+                                        r"the ':'\), but it is a section"):
+        config.load([tmp_path / "c.yaml"])
+
+
+@pytest.mark.parametrize("override, meant", [
+    ("glue.task=SST-2", "glue.task=sst2"), ("glue.task=MNLI", "glue.task=mnli"),
+    ("glue.task=STS-B", "glue.task=stsb"), ("model.size=Base", "model.size=base"),
+])
+def test_a_choice_in_another_case_or_spelling_names_the_choice(override, meant):
+    """GLUE's own task names (SST-2, STS-B) were refused with only the list of choices."""
+    with pytest.raises(UserError, match=rf"^{re.escape(override)} is invalid: .*; did you mean "
+                                        rf"{re.escape(meant)}\?$"):
+        config.load([], [override])
+
+
+def test_fill_mask_sentences_yaml_reads_otherwise_say_to_quote(tmp_path):
+    """A sentence starting with [MASK] is a YAML list, one holding ': ' a mapping; the hint for
+    one sentence where a list belongs was train.fill_mask=[The [MASK] sat.], itself a nested
+    list."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  fill_mask:\n    - [MASK] is a keyword.\n")
+    with pytest.raises(UserError, match=r"line 3, .*; close the bracket, or quote the value if "
+                                        r"it is text starting with '\['$"):
+        config.load([path])
+    train = config.TrainConfig()  # as `- Python: the [MASK] language.` reads (bertjax's tests
+    object.__setattr__(train, "fill_mask", [{"Python": "the [MASK] language."}])  # type-check
+    with pytest.raises(UserError, match=r"is not list\[str\] \(an item holding ': ' is a mapping "
+                                        r"in YAML: quote it\)"):  # constructors, so set)
+        check_domains(train)
+    with pytest.raises(UserError, match=r"e\.g\. train\.fill_mask=\['The \[MASK\] sat\.'\]$"):
+        config.load([], ["train.fill_mask=The [MASK] sat."])
+    assert config.load([], ["train.fill_mask=['The [MASK] sat.']"]).train.fill_mask == \
+        ["The [MASK] sat."]

@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
-    {"errors", "domains", "config_schema", "config_strings", "config", "config_changes", "files",
+    {"errors", "domains", "config_schema", "config_yaml", "config", "config_changes", "files",
      "output_dirs"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "prepared",
