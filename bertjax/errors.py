@@ -60,8 +60,8 @@ def _terminate(signum, frame) -> None:
 def cli(main: Callable[[list[str]], None]) -> None:
     """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
     (Ctrl-C or SIGTERM: one line and 128 + the signal's number, 130 or 143, the shell's code for
-    it, as the loops exit after saving, see `StoppedBySignal`); warnings print as one
-    `warning: ...` line (no source file and line)."""
+    it, as the loops exit after saving, see `StoppedBySignal`; a reader that closed the pipe:
+    quietly, 141); warnings print as one `warning: ...` line (no source file and line)."""
     warnings.showwarning = _one_line_warning
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
     # run (prepare removes its .tmp files) instead of the process vanishing. The training
@@ -69,6 +69,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main(sys.argv[1:])
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
     except UserError as e:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr)
@@ -83,6 +84,11 @@ def cli(main: Callable[[list[str]], None]) -> None:
               "complete, so nothing half-written is taken as done: run the same command again",
               file=sys.stderr)
         sys.exit(128 + signal.Signals[name].value)
+    except BrokenPipeError:  # `predict ... | head`: the reader has all it wanted
+        # quietly, with the code of a process SIGPIPE ended (Python ignores SIGPIPE), as `yes |
+        # head` reports; stdout goes to /dev/null first, or flushing it at exit fails again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE.value)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             print(f"error: no space left on the disk holding {e.filename or 'the output'}; free "

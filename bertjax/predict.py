@@ -71,8 +71,13 @@ def _top_k(model: Bert, ids, types, mask, k: int, positions, has_token):
 
 
 def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
-              batch_size: int = BATCH_SIZE):
+              batch_size: int = BATCH_SIZE) -> list:
     """For each text, for each [MASK] in it: the top-k (token, probability) pairs."""
+    return list(_each_fill_mask(model, tokenizer, texts, top_k, batch_size))
+
+
+def _each_fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int, batch_size: int):
+    """fill_mask's answer for one text after another, computed a batch at a time."""
     has_token = np.array([tokenizer.id_to_token(i) is not None
                           for i in range(model.mlm.bias.shape[0])])
     vocab = int(has_token.sum())
@@ -83,7 +88,6 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
         raise UserError(f"top-k {top_k}: the model's vocabulary has {vocab} tokens, so ask for "
                         f"1 to {vocab} (--top-k)")
     mask_id = tokenizer.token_to_id("[MASK]")
-    results = []
     for count, (ids, types, mask) in _batches(model, tokenizer, texts, None, batch_size,
                                               marks_masks=True):
         where = [np.flatnonzero(row == mask_id) for row in ids[:count]]
@@ -95,10 +99,10 @@ def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
             positions[row, :len(pos)] = pos
         probs, tokens = (np.asarray(x) for x in _top_k(model, ids, types, mask, top_k,
                                                        positions, has_token))
-        results += [[[(tokenizer.id_to_token(int(t)), float(p))
-                      for t, p in zip(tokens[row, slot], probs[row, slot], strict=True)]
-                     for slot in range(len(pos))] for row, pos in enumerate(where)]
-    return results
+        for row, pos in enumerate(where):
+            yield [[(tokenizer.id_to_token(int(t)), float(p))
+                    for t, p in zip(tokens[row, slot], probs[row, slot], strict=True)]
+                   for slot in range(len(pos))]
 
 
 @jax.jit
@@ -113,24 +117,25 @@ def _pair_probs(model: Bert, ids, types, mask):
 
 
 def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
-         batch_size: int, max_len: int | None = None) -> np.ndarray:
-    """fn's per-row outputs for every input, batch by batch, in input order."""
-    out = [np.asarray(fn(model, *arrays))[:count] for count, arrays in
-           _batches(model, tokenizer, texts, pairs, batch_size, max_len)]
-    return np.concatenate(out)
+         batch_size: int, max_len: int | None = None):
+    """fn's per-row outputs [rows, ...] of one batch after another, in input order."""
+    for count, arrays in _batches(model, tokenizer, texts, pairs, batch_size, max_len):
+        yield np.asarray(fn(model, *arrays))[:count]
 
 
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
              batch_size: int = BATCH_SIZE, max_len: int | None = None) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model; inputs
     cut to `max_len` tokens (a GLUE run's largest bucket) when given."""
-    return _run(_class_probs, model, tokenizer, texts, pairs, batch_size, max_len)
+    return np.concatenate(list(_run(_class_probs, model, tokenizer, texts, pairs, batch_size,
+                                    max_len)))
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
                   batch_size: int = BATCH_SIZE) -> np.ndarray:
     """P(IsNext) of each (first, second) pair from the NSP head (BERT's class 0: IsNext)."""
-    return _run(_pair_probs, model, tokenizer, first, second, batch_size)[:, 0]
+    return np.concatenate(list(_run(_pair_probs, model, tokenizer, first, second,
+                                    batch_size)))[:, 0]
 
 
 def _entries(args) -> list[tuple[str, str]]:
@@ -265,11 +270,12 @@ def check_pairing(path: str, pretrained, texts: tuple[list[str], list[str] | Non
 
 
 def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] | None]) -> None:
-    """One command's outputs on stdout, one input after another, in input order."""
+    """One command's outputs on stdout, one input after another, in input order, each batch's
+    as soon as it is computed (a long --file shows progress, and `| head` ends it early)."""
     model = pretrained.model
     if args.command == "fill-mask":
-        for text, masks in zip(texts[0], fill_mask(model, tok, texts[0], args.top_k,
-                                                   args.batch_size), strict=True):
+        for text, masks in zip(texts[0], _each_fill_mask(model, tok, texts[0], args.top_k,
+                                                         args.batch_size), strict=True):
             print(text)
             for i, top in enumerate(masks):
                 print(f"  [MASK] {i + 1}: " + ", ".join(f"{t} {p:.3f}" for t, p in top))
@@ -281,8 +287,8 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
         # cut as the fine-tune cut its dev set, so the scores agree with its dev metrics
         cfg = pretrained.config
         max_len = cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
-        for text, probs in zip(shown, classify(model, tok, *texts, args.batch_size, max_len),
-                               strict=True):
+        outputs = _run(_class_probs, model, tok, *texts, args.batch_size, max_len)
+        for text, probs in zip(shown, (row for batch in outputs for row in batch), strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")
             else:
@@ -291,8 +297,8 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
                       + f"\t{text}")
     else:  # the pair head's class 0: B follows A (NSP), or A and B are in order (SOP)
         sop = pretrained.config is not None and pretrained.config.data.objective == "mlm+sop"
-        for a, b, p in zip(*texts, next_sentence(model, tok, *texts, args.batch_size),
-                           strict=True):
+        outputs = _run(_pair_probs, model, tok, *texts, args.batch_size)
+        for a, b, p in zip(*texts, (row[0] for batch in outputs for row in batch), strict=True):
             print(f"{'P(in order)' if sop else 'P(IsNext)'} {p:.3f}\t{a} || {b}")
 
 if __name__ == "__main__":

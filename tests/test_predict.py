@@ -159,6 +159,42 @@ def test_nsp_and_classify_cli_print_the_model_probabilities(model, bundle, tmp_p
                                            atol=1e-3)
 
 
+@pytest.mark.slow
+def test_outputs_stream_batch_by_batch_and_a_closed_pipe_ends_quietly(bundle, tmp_path):
+    """`classify --file` printed nothing until every input was computed, and `| head` then
+    ended it with a BrokenPipeError traceback (exit 1). Now each batch prints as it is done,
+    and a reader that stops reading ends the run: no traceback, SIGPIPE's code (141)."""
+    inputs = tmp_path / "many.tsv"  # ~170 kB of output: more than a pipe holds
+    inputs.write_text("".join(f"{a}\t{b}\n" for a, b in zip(sentences(2000), sentences(
+        2000, seed=3), strict=True)))
+    run = subprocess.Popen([sys.executable, "-m", "bertjax.predict", "classify", str(bundle),
+                            "--file", str(inputs), "--batch-size", "8"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run.stdout.readline()
+    run.stdout.close()
+    assert run.wait(timeout=300) == 141 and run.stderr.read() == ""
+    assert re.match(r"contradiction [\d.]+  entailment [\d.]+  neutral [\d.]+\t\w", first)
+    # In process: a reader gone after the first line leaves the other 249 batches uncomputed.
+    batches, probs = [], predict._class_probs
+
+    class ClosedAfterOneLine(io.StringIO):
+        def write(self, text):
+            if self.getvalue():
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    def counted(*args):
+        batches.append(1)
+        return probs(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(predict, "_class_probs", counted)
+        mp.setattr(sys, "stdout", ClosedAfterOneLine())
+        with pytest.raises(BrokenPipeError):
+            predict.main(["classify", str(bundle), "--file", str(inputs), "--batch-size", "8"])
+    assert len(batches) == 1  # the second line, still the first batch's, found the pipe closed
+
+
 def test_nsp_on_an_sop_model_prints_the_probability_of_the_order(model, cfg, tmp_path, capsys):
     """The pair head's class 0 of a sentence-order model means "in order", not "IsNext"."""
     sop = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, objective="mlm+sop"))
