@@ -61,13 +61,12 @@ def _check_shape(shape: yaml.Node | None, source: str) -> None:
     `train.steps: 5` was "unknown key 'train.steps'; did you mean 'train.steps'?")."""
     if isinstance(shape, yaml.MappingNode):
         sections = [(k, v) for k, v in shape.value if isinstance(k, yaml.ScalarNode)]
-        keys = [(k.value, "") for k, _ in sections] + [
-            (k.value, f"{name.value}.") for name, v in sections
-            if isinstance(v, yaml.MappingNode) for k, _ in v.value
+        keys = [k.value for k, _ in sections] + [  # and the sections' keys (`optim.lr:`)
+            k.value for _, v in sections if isinstance(v, yaml.MappingNode) for k, _ in v.value
             if isinstance(k, yaml.ScalarNode)]
-        for key, parent in keys:
+        for key in keys:
             if "." in key:
-                section, name = f"{parent}{key}".split(".")[:2]
+                section, name = key.split(".")[:2]
                 raise UserError(f"key '{key}' in {source}: YAML does not split keys at dots; "
                                 f"nest them, e.g. '{section}:' then '  {name}: ...' on the next "
                                 "line (section.key=value is the override form)")

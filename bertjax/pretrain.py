@@ -28,14 +28,13 @@ from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
 from bertjax.config_changes import describe_changes
 from bertjax.data import PretrainData
-from bertjax.divergence import Watch
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.files import check_dir_path, json_text, write_atomic
+from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
-from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys, token_counts
+from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import (
     StopSignal,
@@ -204,7 +203,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         # 0 alone runs fill-mask on its full copy (alone on the global mesh it would wait forever).
         model = full_copy(state.model) if cfg.train.fill_mask else state.model
         if jax.process_index() == 0:
-            write_results(run, loop.last_validation, loop.tokens_before, loop.watch)
+            loop.write_results()
             finish(run, model)
         return run.run_dir
 
@@ -334,40 +333,3 @@ def finish(run: Run, model: Bert) -> None:
             guesses = (", ".join(f"{tok} ({p:.2f})" for tok, p in top[0]) if top else
                        "[MASK] lies beyond the model's positions (the input was cut)")
             print(f"  {text}  ->  {guesses}")
-
-
-def _why_none(nonfinite: int, rolled_back: int) -> str:
-    """Why no step of a run is in its model: non-finite steps, rollbacks (the last one went
-    back to the initial state), or both."""
-    reasons = (["their gradients or loss were not finite"] if nonfinite else []) + \
-        ([f"{rolled_back} were rolled back after training diverged"] if rolled_back else [])
-    return "; ".join(reasons)
-
-
-def write_results(run: Run, validation: dict | None, tokens_before: int | None,
-                  watch: Watch) -> None:
-    rolled_back = sum(last - first + 1 for first, last in watch.skipped)
-    # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss (under
-    # float16, a loss scale still halving; a few at the start are how dynamic scaling settles).
-    nonfinite = run.total_steps - watch.updates - rolled_back
-    results = {"steps": run.total_steps,
-               **token_counts(run.ramp, run.cfg.data.seq_len, run.total_steps, tokens_before,
-                               watch),
-               "validation": validation, "rollbacks": watch.rollbacks,
-               "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
-               "nonfinite_steps": nonfinite}
-    write_atomic(run.run_dir / "results.json", json_text(results))
-    if watch.updates == 0:  # every step skipped: the curves and checkpoints look like a run's
-        warnings.warn(f"none of the {run.total_steps} steps was applied "
-                      f"({_why_none(nonfinite, rolled_back)}): the model did not train at all; "
-                      + ("lower precision.loss_scale, or use bfloat16"
-                         if run.cfg.precision.compute == "float16" and nonfinite
-                         else "lower optim.lr"),
-                      stacklevel=2)
-    elif nonfinite:
-        print(f"note: {nonfinite} of {run.total_steps} steps were not applied (gradients or loss "
-              "not finite; results.json nonfinite_steps)")
-    if watch.rollbacks:
-        print(f"note: training diverged and rolled back {watch.rollbacks} time(s): steps "
-              f"{', '.join(f'{a}-{b}' for a, b in watch.skipped)} are not in the model, and "
-              f"the learning rate ended at x{watch.lr_factor:g} of optim.lr's schedule")

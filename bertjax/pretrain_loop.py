@@ -1,16 +1,18 @@
 """The pretraining step loop (`Loop`) and what it runs on (`Run`): batches -> sharded train step ->
-metrics rows, validation, checkpoints, and rollbacks when the steps diverge.
+metrics rows, validation, checkpoints, rollbacks when the steps diverge, and the results.
 
-bertjax.pretrain resolves the run, builds its state (fresh, continued or resumed) and calls
-`Loop.train`; a diverging run (bertjax.divergence: a non-finite step or a loss spike) is rolled
-back here: the newest checkpoint from before the trouble is restored (the initial state when none
-is), the steps from there to the bad one are skipped, not replayed, and the learning rate is
-multiplied by `train.rollback_lr_factor` from then on. Metrics are read lazily, so every save and
-validation reads and checks them first: no checkpoint holds a state that is known to be bad.
+bertjax.pretrain resolves the run, builds its state (fresh, continued or resumed), calls
+`Loop.train` and then `Loop.write_results`; a diverging run (bertjax.divergence: a non-finite
+step or a loss spike) is rolled back here: the newest checkpoint from before the trouble is
+restored (the initial state when none is), the steps from there to the bad one are skipped, not
+replayed, and the learning rate is multiplied by `train.rollback_lr_factor` from then on.
+Metrics are read lazily, so every save and validation reads and checks them first: no
+checkpoint holds a state that is known to be bad.
 """
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from bertjax.checkpoint import Checkpoints, config_hash, restore_target
 from bertjax.config import Config
 from bertjax.data import Prefetcher, PretrainData
 from bertjax.divergence import Diverged, Trouble, Watch, roll_back
+from bertjax.files import json_text, write_atomic
 from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
@@ -94,6 +97,14 @@ def validation_sums(eval_step, model, data: PretrainData, size: int, max_sequenc
         batch = global_batch(data.rows(i * size + offset, count), mesh)
         sums.append(eval_step(model, batch, jnp.int32(i * size), key, jnp.int32(scored)))
     return jax.tree.map(lambda *xs: float(sum(xs)), *jax.device_get(sums))
+
+
+def _why_none(nonfinite: int, rolled_back: int) -> str:
+    """Why no step of a run is in its model: non-finite steps, rollbacks (the last one went
+    back to the initial state), or both."""
+    reasons = (["their gradients or loss were not finite"] if nonfinite else []) + \
+        ([f"{rolled_back} were rolled back after training diverged"] if rolled_back else [])
+    return "; ".join(reasons)
 
 
 class Loop:
@@ -269,3 +280,33 @@ class Loop:
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}
         self.checkpoints.save(done, state, meta)
+
+    def write_results(self) -> None:
+        """results.json of the finished run (process 0), and a word where steps were not
+        applied: none of them (a warning), non-finite ones, rollbacks."""
+        run, watch = self.run, self.watch
+        rolled_back = sum(last - first + 1 for first, last in watch.skipped)
+        # Steps whose update was not applied, rollbacks apart: non-finite gradients or loss
+        # (float16: a loss scale still halving; a few at the start are how the scaling settles).
+        nonfinite = run.total_steps - watch.updates - rolled_back
+        results = {"steps": run.total_steps,
+                   **token_counts(run.ramp, self.cfg.data.seq_len, run.total_steps,
+                                  self.tokens_before, watch),
+                   "validation": self.last_validation, "rollbacks": watch.rollbacks,
+                   "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
+                   "nonfinite_steps": nonfinite}
+        write_atomic(run.run_dir / "results.json", json_text(results))
+        if watch.updates == 0:  # every step skipped: the curves and checkpoints look like a run's
+            warnings.warn(f"none of the {run.total_steps} steps was applied "
+                          f"({_why_none(nonfinite, rolled_back)}): the model did not train at "
+                          "all; " + ("lower precision.loss_scale, or use bfloat16"
+                                     if self.cfg.precision.compute == "float16" and nonfinite
+                                     else "lower optim.lr"),
+                          stacklevel=3)
+        elif nonfinite:
+            print(f"note: {nonfinite} of {run.total_steps} steps were not applied (gradients or "
+                  "loss not finite; results.json nonfinite_steps)")
+        if watch.rollbacks:
+            print(f"note: training diverged and rolled back {watch.rollbacks} time(s): steps "
+                  f"{', '.join(f'{a}-{b}' for a, b in watch.skipped)} are not in the model, and "
+                  f"the learning rate ended at x{watch.lr_factor:g} of optim.lr's schedule")

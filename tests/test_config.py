@@ -726,7 +726,7 @@ def test_an_empty_document_or_include_sets_nothing(tmp_path, text):
 
 @pytest.mark.parametrize("text, key, example", [
     ("train.steps: 5\n", "train.steps", r"'train:' then '  steps: \.\.\.'"),
-    ("train:\n  optim.lr: 5\n", "optim.lr", r"'train:' then '  optim: \.\.\.'"),
+    ("train:\n  optim.lr: 5\n", "optim.lr", r"'optim:' then '  lr: \.\.\.'"),  # a section
 ])
 def test_a_dotted_key_in_yaml_says_to_nest_it(tmp_path, text, key, example):
     """Was "unknown config key 'train.steps'; did you mean 'train.steps'?"."""

@@ -13,7 +13,7 @@ import pytest
 import suite_items
 from profile_summary import describe_ops, device_events, family, summarize
 
-from bertjax import pretrain
+from bertjax import pretrain_loop
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -143,7 +143,7 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pretrain, "write_results", disk_full)
+    monkeypatch.setattr(pretrain_loop.Loop, "write_results", disk_full)
     item = gpu_suite.item("loop", "loop", ("tiny", 512, 8, 32), set_=["data.max_documents=300"],
                           precision="float32", steps=2)
     result = suite_items.run_loop(item)
