@@ -365,3 +365,17 @@ def count_calls(monkeypatch, owner, name: str) -> list:
 
     monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def count_encoded_rows(monkeypatch, encode_rows: int) -> list[int]:
+    """Tokenize `encode_rows` rows at a time (tokenizer.ENCODE_ROWS) while the test runs, and
+    record how many rows each call of tokenizer.encode_truncated gets."""
+    seen, original = [], tokenizer.encode_truncated
+
+    def counted(tok, texts, *args):
+        seen.append(len(texts))
+        return original(tok, texts, *args)
+
+    monkeypatch.setattr(tokenizer, "ENCODE_ROWS", encode_rows)
+    monkeypatch.setattr(tokenizer, "encode_truncated", counted)
+    return seen

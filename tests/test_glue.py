@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rte_pairs
+from conftest import count_encoded_rows, rte_pairs
 
 from bertjax import config, glue, glue_batches, glue_tasks
 from bertjax import glue_metrics as gm
-from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
 
@@ -368,14 +367,7 @@ def test_encode_tokenizes_a_few_rows_at_a_time_with_the_same_result(glue_tokeniz
     # objects at once in every process: rows go through it ENCODE_ROWS at a time.
     ex, buckets = rte_pairs(45), [8, 16, 32]
     whole = glue_batches.encode(glue_tokenizer, ex, buckets)
-    seen, real = [], tokenizer_lib.encode_truncated
-
-    def counting(tok, texts, pairs, max_len, marks_masks):
-        seen.append(len(texts))
-        return real(tok, texts, pairs, max_len, marks_masks)
-
-    monkeypatch.setattr(tokenizer_lib, "ENCODE_ROWS", 7)
-    monkeypatch.setattr(tokenizer_lib, "encode_truncated", counting)
+    seen = count_encoded_rows(monkeypatch, 7)
     parts = glue_batches.encode(glue_tokenizer, ex, buckets)
     assert max(seen) == 7 and sum(seen) == 45
     for name in ("tokens", "type_ids", "offsets", "labels", "bucket"):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import count_calls
+from conftest import count_calls, count_encoded_rows
 from make_hf_export_fixture import VOCAB, WORDS, make_tokenizer  # noqa: E402
 
 from bertjax import config, predict
@@ -81,14 +81,7 @@ def test_inputs_are_tokenized_a_chunk_at_a_time_with_the_same_outputs(model, mon
     texts[3] = texts[9] = long
     with pytest.warns(UserWarning, match="^2 input"):
         whole = predict.classify(model, tok, texts, pairs, batch_size=2)
-    seen, real = [], tokenizer_lib.encode_truncated
-
-    def counting(tok, texts, pairs, max_len, marks_masks):
-        seen.append(len(texts))
-        return real(tok, texts, pairs, max_len, marks_masks)
-
-    monkeypatch.setattr(tokenizer_lib, "ENCODE_ROWS", 5)
-    monkeypatch.setattr(tokenizer_lib, "encode_truncated", counting)
+    seen = count_encoded_rows(monkeypatch, 5)
     with pytest.warns(UserWarning, match="^2 input"):
         chunked = predict.classify(model, tok, texts, pairs, batch_size=2)
     assert seen == [4, 4, 3]  # whole batches of 2 per chunk
