@@ -261,6 +261,7 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
 def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`."""
     merged = _schema()
+    merged.train.steps = "???"  # unset until a file or an override sets it: _default_steps
     for path in map(Path, files):
         merged = _merge_file(merged, path, seen=())
     for item in overrides:
@@ -268,9 +269,18 @@ def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
         merged = _merge(merged, _without_retired(read_override(item, source), source, True),
                         source)
     try:
+        _default_steps(merged)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise _explain(e, merged, "the merged config") from None
+
+
+def _default_steps(merged: DictConfig) -> None:
+    """train.steps where no file or override set it: its default, or null when train.tokens
+    sets the run's length (a tokens-only config was told its 1000 steps were not used)."""
+    if OmegaConf.is_missing(merged.train, "steps"):
+        default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "steps")
+        merged.train.steps = None if merged.train.tokens is not None else default
 
 
 OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "

@@ -206,7 +206,8 @@ class TrainConfig:
     task: str = opt("pretrain", "pretrain | glue", domain=one_of("pretrain", "glue"))
     run_dir: str = opt("runs/demo", "where config, metrics, checkpoints and plots go",
                         domain=PATH)
-    steps: int | None = opt(1000, "optimizer steps (null = from train.tokens)", domain=POSITIVE)
+    steps: int | None = opt(1000, "optimizer steps (null = from train.tokens; left unset, null "
+                            "when train.tokens is set)", domain=POSITIVE)
     tokens: int | None = opt(None, "token budget, counted as sequences x data.seq_len (an NSP/SOP "
                              "row's padding too); when set, overrides steps", domain=POSITIVE,
                              int_bits=64)

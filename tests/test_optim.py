@@ -85,6 +85,11 @@ def test_a_step_count_a_token_budget_overrides_is_said():
     with warnings.catch_warnings():  # the config as written (steps: null) says nothing
         warnings.simplefilter("error")
         assert size_run(config.load([str(ROOT / "configs/pretrain_base.yaml")], []))[0] == 59_644
+        # Nor does a token budget where train.steps was never written: that was "train.steps=
+        # 1000 is not used" for the default, until `train.steps: null` was added by hand.
+        budget = config.load([], ["train.tokens=1e6", "data.seq_len=128"])
+        assert budget.train.steps is None and size_run(budget)[0] == -(-1_000_000 // (32 * 128))
+        assert config.load().train.steps == 1000  # no budget: the default
 
 
 def test_a_ramp_over_every_step_says_it_never_trains_at_the_end_batch():
