@@ -279,8 +279,7 @@ def _default_steps(merged: DictConfig) -> None:
     """train.steps where no file or override set it: its default, or null when train.tokens
     sets the run's length (a tokens-only config was told its 1000 steps were not used)."""
     if OmegaConf.is_missing(merged.train, "steps"):
-        default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "steps")
-        merged.train.steps = None if merged.train.tokens is not None else default
+        merged.train.steps = None if merged.train.tokens is not None else TrainConfig.steps
 
 
 OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "
