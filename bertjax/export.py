@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 
@@ -96,7 +95,8 @@ def _vocabulary(path: Path) -> dict | None:
 def check_tokenizer_file(path: str | Path, what: str) -> Tokenizer:
     """The tokenizer.json at `path` (`what`: how the user gave it), checked before it is copied:
     an error about the copy would name the staging directory instead of the user's file."""
-    return tokenizer_lib.load(path, what, "pass --tokenizer PATH to a Hugging Face tokenizer.json")
+    return tokenizer_lib.load(path, what,
+                              "pass --tokenizer PATH to a tokenizer.json or BERT vocab.txt")
 
 
 def _write_tokenizer(tokenizer, path: Path) -> Tokenizer | None:
@@ -108,7 +108,7 @@ def _write_tokenizer(tokenizer, path: Path) -> Tokenizer | None:
         path.write_text(tokenizer.to_str(pretty=True))
         return tokenizer
     tok = check_tokenizer_file(tokenizer, "tokenizer")
-    shutil.copyfile(tokenizer, path)
+    path.write_bytes(tokenizer_lib.file_bytes(tokenizer, tok))
     return tok
 
 

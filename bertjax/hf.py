@@ -268,7 +268,7 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
     # trained with `tokenizers` alone may have none: the model was trained on [CLS] a [SEP].
     tokenizer_lib.add_bert_framing(tok)
     tok.save(str(out / "tokenizer.json"))
-    spec = json.loads(tokenizer_json.read_text())
+    spec = json.loads(tok.to_str())  # a vocab.txt has no JSON of its own
     names = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
     tokens = {f"{k}_token": v for k, v in names.items()}
     wordpiece = (spec.get("model") or {}).get("type") == "WordPiece"
@@ -318,7 +318,7 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
 
 def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
     """An HF BERT directory (config.json + model.safetensors, or sharded safetensors) ->
-    (Bert, ModelConfig, tokenizer.json path or None)."""
+    (Bert, ModelConfig, its tokenizer file: tokenizer.json, else vocab.txt, else None)."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -330,8 +330,10 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
         raise UserError(f"{config_file} is not valid JSON ({e}); re-download it") from None
     config_from_hf(hf_config, str(path))  # its mistakes first: reading the weights takes longer
     model, model_cfg = bert_from_hf(_read_weights(path), hf_config, str(path))
-    tokenizer = path / "tokenizer.json"
-    return model, model_cfg, tokenizer if tokenizer.is_file() else None
+    # older transformers and Google's BERT releases save only vocab.txt (read as BertTokenizer)
+    tokenizer = next((path / name for name in ("tokenizer.json", "vocab.txt")
+                      if (path / name).is_file()), None)
+    return model, model_cfg, tokenizer
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:

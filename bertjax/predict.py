@@ -21,7 +21,7 @@ from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, path_argument, utf8_error
 from bertjax.model import Bert
-from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer, vocab_txt_only
+from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer
 from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 BATCH_SIZE = 64
@@ -235,8 +235,7 @@ def main(argv: list[str]) -> None:
     pretrained = load_pretrained(args.checkpoint,
                                  allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     if pretrained.tokenizer_path is None:
-        raise UserError(f"{args.checkpoint} carries no tokenizer.json"
-                        f"{vocab_txt_only(args.checkpoint) or '; export it with one'}")
+        raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
     tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, args.checkpoint)
     model = pretrained.model
     check_tokenizer_fits(tok, pretrained.tokenizer_path, model,

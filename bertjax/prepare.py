@@ -9,9 +9,9 @@ Reading and checking a prepared directory (meta.json and its files) is in prepar
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -78,7 +78,7 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
                           f"{cfg.tokenizer.path}, which lowercases: the text "
                           "is prepared lowercased; give a cased tokenizer.json, or "
                           "tokenizer.path=null to train one", stacklevel=2)
-        shutil.copyfile(cfg.tokenizer.path, tmp)
+        tmp.write_bytes(tokenizer.file_bytes(cfg.tokenizer.path, tok))  # vocab.txt: as JSON
         return tok
     seen = [0]
 
@@ -117,9 +117,9 @@ def _describe(cfg: DataConfig) -> str:
 def _inputs(cfg: Config) -> dict:
     """Everything the prepared files depend on; a change in any of it means a rebuild."""
     if cfg.tokenizer.path is not None:
-        tokenizer.load(cfg.tokenizer.path)  # fails early, with one line, on a bad path
-        tok = {"path": str(Path(cfg.tokenizer.path).resolve()),
-               "sha256": sha256_file(cfg.tokenizer.path)}
+        given = tokenizer.load(cfg.tokenizer.path)  # fails early, with one line, on a bad path
+        tok = {"path": str(Path(cfg.tokenizer.path).resolve()), "sha256": hashlib.sha256(
+            tokenizer.file_bytes(cfg.tokenizer.path, given)).hexdigest()}
     else:
         tok = {"vocab_size": cfg.tokenizer.vocab_size, "lowercase": cfg.tokenizer.lowercase,
                "min_frequency": cfg.tokenizer.min_frequency,

@@ -327,14 +327,3 @@ def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:
     if rows - tokens >= 128:
         warnings.warn(f"{where} has {tokens} tokens but the model's vocabulary has {rows} rows; "
                       f"if it is not the model's own tokenizer, {fix}", stacklevel=2)
-
-
-def vocab_txt_only(source: str | Path) -> str:
-    """A note for messages about a directory holding vocab.txt but no tokenizer.json (a Hugging
-    Face BERT saved by older transformers, or by hand): how to write the file bertjax reads."""
-    path = Path(source)
-    if not (path / "vocab.txt").is_file() or (path / "tokenizer.json").exists():
-        return ""
-    return (f"; it holds only vocab.txt, which bertjax does not read: save its tokenizer.json, "
-            f"e.g. AutoTokenizer.from_pretrained('{path}').save_pretrained('{path}') with "
-            "transformers")

@@ -18,7 +18,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.model import Bert
-from bertjax.pretrained import load_pretrained, load_tokenizer, vocab_txt_only
+from bertjax.pretrained import load_pretrained, load_tokenizer
 
 # What must agree for a checkpoint's weights to be another run's starting point.
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
@@ -69,8 +69,7 @@ def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
                          "the checkpoint was trained with")
     return UserError(f"{where} carries no tokenizer.json (looked in it, and for a run also in "
                      "its data.dir) and tokenizer.path is not set; set tokenizer.path="
-                     "TOKENIZER.json to the tokenizer the checkpoint was trained with"
-                     f"{vocab_txt_only(cfg.init.checkpoint)}")
+                     "TOKENIZER.json to the tokenizer the checkpoint was trained with")
 
 
 def _same_file_content(a: Path, b: Path) -> bool:

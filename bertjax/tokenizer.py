@@ -1,9 +1,11 @@
-"""WordPiece tokenizer: train one from an iterator of texts, or load an existing tokenizer.json.
+"""WordPiece tokenizer: train one from an iterator of texts, or load an existing tokenizer.json
+or BERT vocab.txt.
 
 Special-token ids are read from the tokenizer (`special_tokens`), never hard-coded: ours puts
 [PAD] at 0 and the rest at 1-4, bert-base-uncased uses 0/100/101/102/103.
 """
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -81,10 +83,13 @@ def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 
 def load(path: str | Path, what: str = "tokenizer file",
          fix: str = "set tokenizer.path to a tokenizer.json or null to train one") -> Tokenizer:
-    """Load a tokenizer.json; a missing, unreadable or incomplete file is a UserError naming it
-    as `what` (how the user gave it) and ending with `fix`."""
+    """Load a tokenizer.json, or a BERT vocab.txt (a path ending in .txt: `from_vocab_txt`); a
+    missing, unreadable or incomplete file is a UserError naming it as `what` (how the user gave
+    it) and ending with `fix`."""
     path = check_file(path, what, fix)
     check_not_lfs_pointer(path)
+    if is_vocab_txt(path):
+        return from_vocab_txt(path, what, fix)
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on bad JSON
@@ -92,6 +97,82 @@ def load(path: str | Path, what: str = "tokenizer file",
                         f"({str(e).splitlines()[0]}); {fix}") from None
     special_tokens(tok, f"{what} {path}")
     return tok
+
+
+def is_vocab_txt(path: str | Path) -> bool:
+    """Whether `path` names a vocabulary list (vocab.txt, bert-base-uncased-vocab.txt) rather
+    than a tokenizer.json."""
+    return Path(path).suffix == ".txt"
+
+
+# transformers' BertTokenizer defaults for the keys of tokenizer_config.json that shape the text
+VOCAB_TXT_OPTIONS = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
+
+
+def from_vocab_txt(path: Path, what: str = "vocab file",
+                   fix: str = "give a BERT vocab.txt (one WordPiece per line)") -> Tokenizer:
+    """A BERT vocab.txt (line n is the piece with id n: how Google's BERT releases and older
+    transformers save a vocabulary) as the tokenizer transformers' BertTokenizer builds from it,
+    with the options of the tokenizer_config.json beside it. Without that file, lowercasing is
+    what the vocabulary shows: transformers would lowercase, which leaves a cased vocabulary's
+    capitalised pieces unreachable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}), so "
+                        f"not a BERT vocab.txt; {fix}") from None
+    if text.lstrip().startswith("{"):
+        raise UserError(f"{what} {path} holds JSON, not one WordPiece per line; a tokenizer.json "
+                        "must be named *.json to be read as one")
+    # Pieces end at "\n" only: str.splitlines would also cut at the separators (U+2028, U+0085)
+    # a multilingual vocabulary holds as pieces.
+    pieces = text.split("\n")
+    if pieces[-1] == "":
+        pieces.pop()
+    if pieces and all(p.endswith("\r") for p in pieces):  # saved with Windows line ends
+        pieces = [p[:-1] for p in pieces]
+    # A repeated piece keeps its last id, as in transformers' load_vocab.
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    special_tokens(tok, f"{what} {path}")  # before anything needs [UNK], [CLS] or [SEP]
+    options = _vocab_txt_options(path.parent / "tokenizer_config.json", vocab)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=options["tokenize_chinese_chars"],
+        strip_accents=options["strip_accents"], lowercase=options["do_lower_case"])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(list(SPECIAL_NAMES))  # kept whole in text, as in a trained one
+    add_bert_framing(tok)
+    return tok
+
+
+def _vocab_txt_options(config_path: Path, vocab: dict[str, int]) -> dict:
+    """VOCAB_TXT_OPTIONS as tokenizer_config.json sets them, checked; without the file,
+    do_lower_case is whether no piece but the [bracketed] specials has a capital letter."""
+    if not config_path.is_file():
+        cased = any(p != p.lower() for p in vocab if not (p.startswith("[") and p.endswith("]")))
+        return VOCAB_TXT_OPTIONS | {"do_lower_case": not cased}
+    check_not_lfs_pointer(config_path)
+    fix = "fix it (transformers reads it too)"
+    try:
+        found = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(found, dict):
+        raise UserError(f"{config_path} holds a JSON {type(found).__name__}, not an object; {fix}")
+    options = VOCAB_TXT_OPTIONS | {k: found[k] for k in VOCAB_TXT_OPTIONS if k in found}
+    for key, value in options.items():
+        if not isinstance(value, bool) and not (value is None and key == "strip_accents"):
+            raise UserError(f"{config_path} has {key}={json.dumps(value)}, which is not "
+                            f"true or false; {fix}")
+    return options
+
+
+def file_bytes(path: str | Path, tok: Tokenizer) -> bytes:
+    """The tokenizer.json that `path` (loaded as `tok`) stands for: a tokenizer.json's own
+    bytes, or the JSON of the tokenizer a vocab.txt was read as. Copies and digests use these,
+    so a copy of a vocab.txt is a tokenizer.json, and its digest follows its options too."""
+    return tok.to_str(pretty=True).encode() if is_vocab_txt(path) else Path(path).read_bytes()
 
 
 def special_tokens(tok: Tokenizer, name: str = "the tokenizer") -> SpecialTokens:

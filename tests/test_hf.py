@@ -346,20 +346,30 @@ def test_a_checkpoint_without_a_tokenizer_says_where_it_looked_and_the_fix(tmp_p
         load_start(config.load([], [*start, f"tokenizer.path={tmp_path}/no.json"]))
 
 
-def test_a_vocab_txt_only_directory_says_how_to_write_its_tokenizer_json(tmp_path):
-    """Older transformers save vocab.txt without tokenizer.json: predict said 'export it with
-    one', which names no way out for a directory the user did not export."""
-    from bertjax import config, predict
+def test_a_vocab_txt_only_directory_loads_predicts_and_exports(tmp_path, capsys):
+    """Older transformers and Google's BERT releases save vocab.txt without tokenizer.json: such
+    a directory was refused (with a transformers command to write the file); now its vocabulary
+    is read as transformers' BertTokenizer reads it, for fine-tuning, predict and export."""
+    from bertjax import export, predict, tokenizer
     from bertjax.starting_points import load_start
 
     d = hf_copy(tmp_path)
-    (d / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
-    fix = (rf"it holds only vocab.txt, which bertjax does not read: save its tokenizer.json, "
-           rf"e.g. AutoTokenizer.from_pretrained\('{d}'\).save_pretrained\('{d}'\)")
-    with pytest.raises(UserError, match=rf"{d} carries no tokenizer.json; {fix}"):
-        predict.main(["fill-mask", str(d), "a [MASK] b"])
-    with pytest.raises(UserError, match=rf"set tokenizer.path=.*; {fix}"):
-        load_start(config.load([], [f"init.checkpoint={d}"]))
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))  # the model's 99 rows
+    tok = load_start(config.load([], [f"init.checkpoint={d}"]))[2]
+    assert tok.encode("W5 w93", "w7").tokens == ["[CLS]", "w5", "w93", "[SEP]", "w7", "[SEP]"]
+    predict.main(["fill-mask", str(d), "w1 [MASK] w3"])
+    from_vocab = capsys.readouterr().out
+    # the same as with the tokenizer.json it stands for
+    with_json = shutil.copytree(d, tmp_path / "with_json")
+    (with_json / "vocab.txt").unlink()
+    (with_json / "tokenizer.json").write_bytes(tokenizer.file_bytes(d / "vocab.txt", tok))
+    predict.main(["fill-mask", str(with_json), "w1 [MASK] w3"])
+    assert capsys.readouterr().out == from_vocab and "w" in from_vocab
+    # and back out as a Hugging Face directory: the same vocab.txt, lowercasing said
+    export.main([str(d), str(tmp_path / "hf"), "--format", "hf"])
+    assert (tmp_path / "hf" / "vocab.txt").read_text() == (d / "vocab.txt").read_text()
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["do_lower_case"]
 
 
 def test_a_unigram_tokenizer_exports_its_special_ids_not_its_scores(tmp_path):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -366,6 +367,26 @@ def test_a_cased_request_with_an_uncased_tokenizer_path_warns(tmp_path):
                                          r"tokenizer.path=.*uncased.json, which lowercases"):
         prepare.ensure_prepared(cfg)
 
+
+
+def test_a_bert_vocab_txt_as_tokenizer_path_prepares_as_its_tokenizer_json(tmp_path, corpus,
+                                                                          capsys):
+    """tokenizer.path=vocab.txt (BERT's own vocabulary, to pretrain as original BERT did): the
+    prepared tokenizer.json is the tokenizer it stands for, and its tokenizer_config.json counts
+    as an input (a changed lowercasing prepares again)."""
+    path, _ = corpus
+    shutil.copytree(ROOT / "tests" / "fixtures" / "vocab_txt" / "uncased", tmp_path / "bert")
+    vocab = tmp_path / "bert" / "vocab.txt"
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.path": vocab}))
+    tok = tokenizer.load(out / "tokenizer.json")
+    assert (out / "tokenizer.json").read_bytes() == tokenizer.file_bytes(vocab, tok)
+    assert tokenizer.lowercases(tok) and tokenizer.special_tokens(tok) == (0, 11, 12, 13, 14)
+    prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.path": vocab}))
+    assert "up to date" in capsys.readouterr().err
+    (tmp_path / "bert" / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.path": vocab}))
+    assert "preparing" in capsys.readouterr().err
+    assert not tokenizer.lowercases(tokenizer.load(out / "tokenizer.json"))
 
 
 def test_a_lowercasing_normalizer_is_told_by_what_it_does():

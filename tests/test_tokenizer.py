@@ -2,6 +2,7 @@
 bert-base-style tokenizer.json whose specials are 0/100/101/102/103, and clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import WORDS, bert_style_tokenizer, sentences
@@ -108,3 +109,64 @@ def test_pairs_are_framed_the_bert_way_whatever_the_files_post_processor(tmp_pat
     (single,), _ = tokenizer.encode_truncated(tok, ["the cat"], None, 16)
     assert single.tokens == ["[CLS]", "the", "cat", "[SEP]"]
     assert tok.post_processor is None  # the caller's tokenizer is left as it was
+
+
+# ---- BERT vocab.txt (Google's releases, older transformers) ----
+VOCAB_TXT = Path(__file__).parent / "fixtures" / "vocab_txt"
+VOCAB_EXPECTED = json.loads((VOCAB_TXT / "expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(VOCAB_EXPECTED["dirs"]))
+def test_a_vocab_txt_encodes_as_transformers_bert_tokenizer(name):
+    """Ids and type ids of tricky texts (accents, CJK, control characters, an over-long word,
+    literal specials, pairs) as transformers' BertTokenizer gave them for the same directory:
+    its tokenizer_config.json options (lowercase, strip_accents, tokenize_chinese_chars) apply;
+    without one, a vocabulary with capitals is read cased (tests/make_vocab_txt_fixture.py)."""
+    tok = tokenizer.load(VOCAB_TXT / name / "vocab.txt")
+    want = VOCAB_EXPECTED["dirs"][name]
+    encodings = [tok.encode(t) for t in VOCAB_EXPECTED["texts"]] + \
+        [tok.encode(a, b) for a, b in VOCAB_EXPECTED["pairs"]]
+    assert [e.ids for e in encodings] == want["ids"]
+    assert [e.type_ids for e in encodings] == want["type_ids"]
+    assert tokenizer.special_tokens(tok) == (0, 11, 12, 13, 14)  # BERT's layout: [unused] first
+
+
+def test_a_vocab_txt_is_read_whatever_its_line_ends_and_copied_as_json(tmp_path):
+    lines = (VOCAB_TXT / "cased" / "vocab.txt").read_text().split("\n")[:-1]
+    text = "The naïve café, 中文"
+    want = tokenizer.load(VOCAB_TXT / "cased" / "vocab.txt")
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    for name, content in (("crlf.txt", "\r\n".join(lines) + "\r\n"),
+                          ("no_final_newline.txt", "\n".join(lines))):
+        (tmp_path / name).write_text(content, newline="")
+        tok = tokenizer.load(tmp_path / name)
+        assert tok.encode(text).ids == want.encode(text).ids
+        assert tokenizer.vocab_size(tok) == len(lines)
+    # Copies (prepare, bundles) are the tokenizer.json it stands for, and the same each time.
+    copied = tokenizer.file_bytes(tmp_path / "crlf.txt", tokenizer.load(tmp_path / "crlf.txt"))
+    assert copied == tokenizer.file_bytes(tmp_path / "crlf.txt", tok)
+    assert Tokenizer.from_str(copied.decode()).encode(text, "B").ids == \
+        want.encode(text, "B").ids
+    # tokenizer_config.json is part of what a vocab.txt stands for
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    assert tokenizer.file_bytes(tmp_path / "crlf.txt", tokenizer.load(tmp_path / "crlf.txt")) \
+        != copied
+
+
+@pytest.mark.parametrize("vocab, config_json, message", [
+    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n", None, r"vocab.txt has no \[MASK\] token"),
+    ('{"model": {}}', None, "holds JSON, not one WordPiece per line; a tokenizer.json must be "
+                            r"named \*.json"),
+    (b"[PAD]\n\xff\xfe\n", None, "is not UTF-8 text"),
+    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", "{oops", r"tokenizer_config.json is not valid JSON"),
+    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", '["x"]', "holds a JSON list, not an object"),
+    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", '{"do_lower_case": "yes"}',
+     r'has do_lower_case="yes", which is not true or false'),
+])
+def test_a_bad_vocab_txt_or_its_config_is_one_line(tmp_path, vocab, config_json, message):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(vocab if isinstance(vocab, bytes) else vocab.encode())
+    if config_json is not None:
+        (tmp_path / "tokenizer_config.json").write_text(config_json)
+    with pytest.raises(UserError, match=message):
+        tokenizer.load(path)
