@@ -67,11 +67,15 @@ POSITIVE = Domain("> 0", lambda x: x > 0)
 # A blank path would silently mean the current directory. A shell's `$HOME/runs` or `~/runs`
 # (in YAML, or an override in single quotes) would be a directory named `$HOME` or `~` in the
 # current one: configs expand neither, OmegaConf's ${oc.env:HOME} does.
+# A control character is a typing accident, most often the line break a YAML `|` block keeps
+# (`run_dir: |` made a directory whose name ends in a newline).
 _SHELL_SYNTAX = re.compile(r"^~|\$\{?[A-Za-z_]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NO_SHELL = "without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full path)"
-PATH = Domain(f"a non-empty path {_NO_SHELL}",
-              lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x))
-PATHS = Domain(f"a list of non-empty paths {_NO_SHELL}", lambda xs: all(map(PATH.test, xs)))
+PATH = Domain(f"a non-empty path of printable characters {_NO_SHELL}",
+              lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x) and not _CONTROL.search(x))
+PATHS = Domain(f"a list of non-empty paths of printable characters {_NO_SHELL}",
+               lambda xs: all(map(PATH.test, xs)))
 FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan
 NON_NEGATIVE = at_least(0)
 UNIT_OPEN = interval(0, 1, "()")  # a probability that must do something: (0, 1)

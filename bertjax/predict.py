@@ -127,15 +127,20 @@ def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None =
              batch_size: int = BATCH_SIZE, max_len: int | None = None) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model; inputs
     cut to `max_len` tokens (a GLUE run's largest bucket) when given."""
-    return np.concatenate(list(_run(_class_probs, model, tokenizer, texts, pairs, batch_size,
-                                    max_len)))
+    return _rows(_run(_class_probs, model, tokenizer, texts, pairs, batch_size, max_len),
+                 model.classifier.bias.shape[0])
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
                   batch_size: int = BATCH_SIZE) -> np.ndarray:
     """P(IsNext) of each (first, second) pair from the NSP head (BERT's class 0: IsNext)."""
-    return np.concatenate(list(_run(_pair_probs, model, tokenizer, first, second,
-                                    batch_size)))[:, 0]
+    return _rows(_run(_pair_probs, model, tokenizer, first, second, batch_size), 2)[:, 0]
+
+
+def _rows(batches, width: int) -> np.ndarray:
+    """The batches' rows as one array; [0, width] for no input (np.concatenate needs one)."""
+    parts = list(batches)
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
 def _entries(args) -> list[tuple[str, str]]:

@@ -438,11 +438,22 @@ def test_a_shell_variable_or_tilde_in_a_path_is_refused_with_the_oc_env_form(tmp
     current one (and `~/x` one named `~`), exit 0."""
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(UserError, match=r"is invalid: it must be a (non-empty path|list of "
-                                        r"non-empty paths) without \$VAR or ~ \(configs expand "
+                                        r"non-empty paths) of printable characters without "
+                                        r"\$VAR or ~ \(configs expand "
                                         r"neither: write \$\{oc\.env:HOME\}/\.\.\. or the full"):
         config.load([tmp_path / "c.yaml"])
     assert config.load([], ["train.run_dir=${oc.env:HOME}/x"]).train.run_dir.endswith("/x")
     assert config.load([], ["train.run_dir=runs/a~b"]).train.run_dir == "runs/a~b"
+
+
+@pytest.mark.parametrize("text", ["train:\n  run_dir: |\n    runs/x\n",
+                                  'data:\n  sources: ["a.txt\\tb.txt"]\n'])
+def test_a_control_character_in_a_path_is_refused(tmp_path, text):
+    """A YAML `|` block keeps its line break: `run_dir: |` made a directory named 'x\\n'."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"\\[nt].* is invalid: it must be a (non-empty path|list "
+                                        r"of non-empty paths) of printable characters"):
+        config.load([tmp_path / "c.yaml"])
 
 
 def test_a_partial_multi_process_setting_names_the_missing_keys():

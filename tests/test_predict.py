@@ -109,6 +109,14 @@ def test_inputs_longer_than_the_positions_are_cut(model):
     assert 0.0 < pair[0] < 1.0
 
 
+def test_no_inputs_give_no_rows(model):
+    # the library functions (the CLI refuses empty input first) failed in np.concatenate
+    tok = make_tokenizer()
+    assert predict.classify(model, tok, []).shape == (0, 3)
+    assert predict.next_sentence(model, tok, [], []).shape == (0,)
+    assert predict.fill_mask(model, tok, []) == []
+
+
 def direct(model: Bert, tok, a: str, b: str) -> tuple[float, np.ndarray]:
     """P(IsNext) and class probabilities computed straight from the model, one pair."""
     e = tok.encode(a, b)
