@@ -70,6 +70,10 @@ def cli(main: Callable[[list[str]], None]) -> None:
     try:
         main(sys.argv[1:])
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        # The work is done and said. A SIGTERM in the ~0.5 s the interpreter then takes to exit
+        # (jax's teardown) ended an export whose bundle was complete with 143 and no word:
+        # Python restores the default action before that teardown, but keeps "ignore".
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except UserError as e:
         message = " ".join(str(e).split("\n"))
         print(f"error: {message}", file=sys.stderr)

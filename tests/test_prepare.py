@@ -211,6 +211,20 @@ def test_a_command_stopped_by_a_signal_exits_with_its_code(stop, code, capsys):
     assert capsys.readouterr().err.startswith("error: interrupted (SIG")
 
 
+def test_a_sigterm_once_the_work_is_done_ends_nothing_and_exits_0():
+    """A SIGTERM in the interpreter's last half second (jax's teardown, after an export's bundle
+    was complete and reported) exited 143 and said nothing. Here the teardown is an atexit
+    sleep: the signal came into it as an interruption (a traceback)."""
+    code = ("import atexit, time; from bertjax.errors import cli; atexit.register(time.sleep, 3); "
+            "atexit.register(print, 'done', flush=True); cli(lambda argv: None)")  # done, sleep
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "done\n"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, "")
+
+
 @pytest.mark.slow
 def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
     """A real SIGKILL in the middle of tokenizing (no cleanup code runs)."""
