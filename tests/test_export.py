@@ -619,6 +619,26 @@ def test_a_tokenizer_flag_with_another_vocabulary_than_the_weights_own_is_said(r
         export(run[0], tmp_path / "b", tokenizer=other)
 
 
+def test_a_vocab_txt_as_tokenizer_flag_is_exported_as_its_tokenizer_json(run, tmp_path):
+    """A BERT vocab.txt given as --tokenizer: the bundle holds the tokenizer.json it stands for
+    (it was copied byte for byte: a bundle whose tokenizer.json was a word list)."""
+    from bertjax import tokenizer
+
+    ids = make_tokenizer().get_vocab()
+    pieces = {i: piece for piece, i in ids.items()}
+    vocab = tmp_path / "vocab.txt"  # the run's pieces; its unused ids as BERT's [unusedN]
+    lines = (pieces.get(i, f"[unused{i}]") for i in range(max(ids.values()) + 1))
+    vocab.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.warns(UserWarning, match="has another vocabulary"):  # the [unusedN] pieces
+        export_run(run[0], tmp_path / "out", tokenizer=vocab)
+    written = (tmp_path / "out" / "tokenizer.json").read_bytes()
+    assert written == tokenizer.file_bytes(vocab, tokenizer.load(vocab))
+    text = "the cat sat on the mat"
+    assert tokenizer.load(tmp_path / "out" / "tokenizer.json").encode(text).ids == \
+        make_tokenizer().encode(text).ids
+    assert load_pretrained(tmp_path / "out").tokenizer_path == tmp_path / "out" / "tokenizer.json"
+
+
 def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypatch):
     import errno
 
