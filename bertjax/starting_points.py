@@ -38,8 +38,9 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     if source.tokenizer_path is None or \
             load_tokenizer(source.tokenizer_path, source.kind, cfg.init.checkpoint).get_vocab() \
             != tok.get_vocab():
+        theirs = source.tokenizer_path or "<the checkpoint's tokenizer.json>"
         raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
-                        f"prepare a data.dir with tokenizer.path=<the checkpoint's tokenizer.json>")
+                        f"prepare another data.dir with tokenizer.path={theirs}")
     for name in ARCHITECTURE:
         theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
         if theirs != ours:

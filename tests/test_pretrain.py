@@ -346,7 +346,8 @@ def test_continued_pretraining_refuses_another_architecture(config_file, straigh
 def test_continued_pretraining_refuses_another_vocabulary(config_file, straight):
     run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}"]))
     run.tokenizer.add_tokens(["unseen-token"])  # same size of model, different token ids
-    with pytest.raises(UserError, match="another vocabulary"):
+    with pytest.raises(UserError, match=r"another vocabulary .*; prepare another data.dir with "
+                                        rf"tokenizer.path={straight}\S*/tokenizer.json$"):
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
     # A tokenizer of another size makes this run's model.vocab_size another too: the message
     # was "set model.vocab_size=N", which led only to this refusal
