@@ -142,7 +142,8 @@ def _heads_for(model: Bert, pre: bool, kind: str) -> dict:
 
 
 def _normalise(sd: dict[str, np.ndarray], pre: bool) -> dict[str, np.ndarray]:
-    """Old TF-converted names (LayerNorm.gamma/beta) and a bare BertModel's unprefixed keys."""
+    """Old TF-converted names (LayerNorm.gamma/beta), a bare BertModel's unprefixed keys and an
+    MLM bias stored only as the decoder's."""
     renamed = {}
     base = PRE if pre else "bert"
     bare = not any(k.startswith(f"{base}.") for k in sd)
@@ -152,6 +153,12 @@ def _normalise(sd: dict[str, np.ndarray], pre: bool) -> dict[str, np.ndarray]:
         if bare and key.split(".")[0] in ("embeddings", "encoder", "pooler", "LayerNorm"):
             key = f"{base}.{key}"
         renamed[key] = value
+    # The MLM output bias is tied both ways: a checkpoint that stores it only as the decoder's
+    # (older heads kept it there) lost its MLM head, and the head's other tensors read as
+    # unplaceable; transformers' from_pretrained ties the copy that is there
+    head = "lm_head" if pre else "cls.predictions"
+    if f"{head}.decoder.bias" in renamed and f"{head}.bias" not in renamed:
+        renamed[f"{head}.bias"] = renamed[f"{head}.decoder.bias"]
     return renamed
 
 

@@ -432,3 +432,15 @@ def test_a_token_or_multiple_choice_model_s_head_is_left_out(tmp_path, arch):
     assert (model.pooler is None) == (arch == "BertForTokenClassification")
     ref = load_file(str(d / "reference.safetensors"))
     assert_close(forward(model, ref), ref["hidden_states"])
+
+
+def test_an_mlm_bias_stored_only_as_the_decoder_s_loads(tmp_path):
+    # transformers ties cls.predictions.bias and .decoder.bias both ways; with only the
+    # decoder's stored, the MLM head was lost and its transform refused as "cannot place"
+    d = hf_copy(tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["cls.predictions.decoder.bias"] = sd.pop("cls.predictions.bias")
+    save_file(sd, str(d / "model.safetensors"))
+    model, _, _ = import_hf(d)
+    ref = load_file(str(d / "reference.safetensors"))
+    assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
