@@ -205,7 +205,9 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
         raise UserError(f"{source} has tensors bertjax cannot place: {unknown[:5]}; only BERT "
                         "(post-LN) and RobertaPreLayerNorm encoders with MLM/NSP/classifier "
                         "heads are supported")
-    dropout = field(hf_config, "classifier_dropout", source) or model_cfg.dropout
+    # transformers: hidden_dropout_prob only when classifier_dropout is null (0.0 is a rate)
+    dropout = field(hf_config, "classifier_dropout", source)
+    dropout = model_cfg.dropout if dropout is None else dropout
     return model_from_arrays(model_cfg, arrays, source, dropout), model_cfg
 
 

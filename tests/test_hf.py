@@ -444,3 +444,12 @@ def test_an_mlm_bias_stored_only_as_the_decoder_s_loads(tmp_path):
     model, _, _ = import_hf(d)
     ref = load_file(str(d / "reference.safetensors"))
     assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+@pytest.mark.parametrize("rate, expected", [(0.0, 0.0), (0.3, 0.3), (None, 0.1)])
+def test_classifier_dropout_is_read_as_transformers_reads_it(rate, expected):
+    # 0.0 was taken for "not set" and replaced by hidden_dropout_prob (0.1)
+    hf_config = json.loads((HF_TINY / "cls" / "config.json").read_text())
+    model, _ = bert_from_hf(load_file(str(HF_TINY / "cls" / "model.safetensors")),
+                            hf_config | {"classifier_dropout": rate})
+    assert model.classifier_dropout == expected
