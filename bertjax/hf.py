@@ -9,6 +9,7 @@ config.json's fields are mapped, both ways, in hf_config.py.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,12 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     # no sentence: read such a model's encoder (and pooler), as transformers' sequence classes do
     arch = (hf_config.get("architectures") or [""])[0]
     if isinstance(arch, str) and arch.endswith(OTHER_TASK_HEADS):
-        sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "qa_outputs."))}
+        head = sorted(k for k in sd if k.startswith(("classifier.", "qa_outputs.")))
+        sd = {k: v for k, v in sd.items() if k not in head}
+        if head:  # said, as transformers says which weights it did not use
+            warnings.warn(f"{source} is a {arch}: its task head ({', '.join(head)}) is left out, "
+                          "as bertjax has sentence-level heads only; its encoder is loaded",
+                          stacklevel=2)
     classifier = "classifier.out_proj.weight" if pre else "classifier.weight"
     heads = {"mlm": ("lm_head.bias" if pre else "cls.predictions.bias") in sd,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd,
