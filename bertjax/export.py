@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from bertjax import __version__, glue_tasks
+from bertjax import __version__
 from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
@@ -264,9 +264,9 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
         f"no tokenizer found with {source}; pass --tokenizer PATH (the tokenizer.json the model "
         "was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
-    # a fine-tuned seed's classes by GLUE's names (MNLI: contradiction, entailment, neutral)
-    labels = glue_tasks.get_task(loaded.config.glue.task).labels \
-        if kind == "cls" and loaded.config else ()
+    # the classes' names as loaded: a fine-tuned seed's GLUE names (MNLI: contradiction,
+    # entailment, neutral), a Hugging Face directory's id2label (they were LABEL_i again)
+    labels = loaded.label_names if kind == "cls" else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
                      label_names=labels, key="OUT_DIR") + left_out
 

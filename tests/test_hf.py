@@ -456,3 +456,20 @@ def test_classifier_dropout_is_read_as_transformers_reads_it(rate, expected):
     model, _ = bert_from_hf(load_file(str(HF_TINY / "cls" / "model.safetensors")),
                             hf_config | {"classifier_dropout": rate})
     assert model.classifier_dropout == expected
+
+
+def test_a_hugging_face_classifier_re_exported_keeps_its_class_names(tmp_path):
+    # only a GLUE run's names were passed on: id2label came out as LABEL_0..2
+    from bertjax import export
+
+    d = hf_copy(tmp_path, "cls")
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    names = {"0": "negative", "1": "neutral", "2": "positive"}
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(config | {"id2label": names, "label2id": {
+        name: int(i) for i, name in names.items()}}))
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["id2label"] == names and out["label2id"] == {"negative": 0, "neutral": 1,
+                                                            "positive": 2}
