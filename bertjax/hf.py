@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer
 
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import ModelConfig
@@ -348,7 +349,29 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
     # older transformers and Google's BERT releases save only vocab.txt (read as BertTokenizer)
     tokenizer = next((path / name for name in ("tokenizer.json", "vocab.txt")
                       if (path / name).is_file()), None)
+    if tokenizer is not None and tokenizer.name == "tokenizer.json":
+        _check_lowercasing(path, tokenizer, hf_config.get("model_type", "bert"))
     return model, model_cfg, tokenizer
+
+
+def _check_lowercasing(path: Path, tokenizer: Path, model_type: str) -> None:
+    """Say when transformers would lowercase other than tokenizer.json does (ids then differ
+    from those the model was trained on with transformers, silently)."""
+    theirs = tokenizer_lib.transformers_lowercase(path, model_type)
+    if theirs is None:
+        return
+    try:
+        ours = tokenizer_lib.lowercases(Tokenizer.from_file(str(tokenizer)))
+    except Exception:  # noqa: BLE001 -- a damaged file is reported where it is loaded
+        return
+    if ours != theirs:
+        said = ("tokenizer_config.json's do_lower_case" if (path / "tokenizer_config.json")
+                .is_file() else "BertTokenizer's default do_lower_case (no tokenizer_config.json)")
+        warnings.warn(f"{tokenizer} {'lowercases' if ours else 'keeps case'}, but transformers "
+                      f"{'lowercases' if theirs else 'keeps case'} here ({said} is "
+                      f"{str(theirs).lower()} and wins over tokenizer.json): bertjax follows "
+                      "tokenizer.json, so token ids may differ from transformers'; make the two "
+                      "files agree", stacklevel=2)
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:

@@ -168,6 +168,26 @@ def _vocab_txt_options(config_path: Path, vocab: dict[str, int]) -> dict:
     return options
 
 
+def transformers_lowercase(directory: Path, model_type: str) -> bool | None:
+    """Whether transformers lowercases text for the BERT directory's tokenizer.json, where it
+    does not follow that file: its BertTokenizer (tokenizer_config.json's tokenizer_class, or
+    none and config.json's model_type 'bert') rebuilds the normalizer from tokenizer_config.json's
+    do_lower_case (default true) whatever tokenizer.json says. None: it follows the file (or
+    the files are unreadable, which their loaders report)."""
+    config_path = directory / "tokenizer_config.json"
+    try:
+        found = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() \
+            else {}
+        spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        wordpiece = spec["model"]["type"] == "WordPiece"
+        options = _vocab_txt_options(config_path, {}) if found else VOCAB_TXT_OPTIONS
+    except (OSError, ValueError, TypeError, KeyError, UserError):
+        return None
+    cls = found.get("tokenizer_class") if isinstance(found, dict) else None
+    bert = cls in ("BertTokenizer", "BertTokenizerFast") or (cls is None and model_type == "bert")
+    return options["do_lower_case"] if bert and wordpiece else None
+
+
 def file_bytes(path: str | Path, tok: Tokenizer) -> bytes:
     """The tokenizer.json that `path` (loaded as `tok`) stands for: a tokenizer.json's own
     bytes, or the JSON of the tokenizer a vocab.txt was read as. Copies and digests use these,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
 
 from bertjax import config
 from bertjax.errors import UserError
@@ -473,3 +474,33 @@ def test_a_hugging_face_classifier_re_exported_keeps_its_class_names(tmp_path):
     out = json.loads((tmp_path / "out" / "config.json").read_text())
     assert out["id2label"] == names and out["label2id"] == {"negative": 0, "neutral": 1,
                                                             "positive": 2}
+
+
+@pytest.mark.parametrize("tokenizer_config, warned", [
+    (None, True),  # transformers' BertTokenizer: do_lower_case defaults to true
+    ({"tokenizer_class": "BertTokenizer"}, True),
+    ({"tokenizer_class": "BertTokenizer", "do_lower_case": False}, False),
+    ({"tokenizer_class": "PreTrainedTokenizerFast"}, False)])  # follows tokenizer.json
+def test_a_tokenizer_json_transformers_would_lowercase_otherwise_is_said(tmp_path,
+                                                                        tokenizer_config, warned):
+    # transformers 5.25 (measured: AutoTokenizer on such directories) rebuilds a BERT
+    # tokenizer's normalizer from tokenizer_config.json, so a cased tokenizer.json there was
+    # read cased by bertjax and lowercased by transformers, without a word
+    import warnings
+
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    d = hf_copy(tmp_path)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"W{i}" for i in range(94))]
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.save(str(d / "tokenizer.json"))
+    if tokenizer_config is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import_hf(d)
+    said = [str(w.message) for w in caught if "transformers lowercases" in str(w.message)]
+    assert len(said) == int(warned)
+    assert not said or "keeps case, but transformers lowercases here" in said[0]
