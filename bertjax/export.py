@@ -268,7 +268,8 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
     # entailment, neutral), a Hugging Face directory's id2label (they were LABEL_i again)
     labels = loaded.label_names if kind == "cls" else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
-                     label_names=labels, key="OUT_DIR") + left_out
+                     label_names=labels, key="OUT_DIR",
+                     multi_label=kind == "cls" and loaded.multi_label) + left_out
 
 
 class _Parser(argparse.ArgumentParser):

@@ -303,11 +303,12 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
 
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
               out_dir: str | Path, kind: str, *, force: bool = False,
-              label_names: tuple[str, ...] = (), key: str = "out_dir") -> str:
+              label_names: tuple[str, ...] = (), key: str = "out_dir",
+              multi_label: bool = False) -> str:
     """Write a directory `transformers` loads (config.json, model.safetensors, tokenizer files);
     returns a note on how to load it (for pre-LN: that inputs must be right-padded).
     `label_names`: a classifier's classes by index (a GLUE task's), for id2label; `key`: what
-    errors call `out_dir` (the CLI's OUT_DIR)."""
+    errors call `out_dir` (the CLI's OUT_DIR); `multi_label`: see config_to_hf."""
     if kind not in KINDS:
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything
@@ -320,7 +321,7 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
             special = _tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
         num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
-        config = config_to_hf(model_cfg, kind, num_labels, special, label_names)
+        config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label)
         state = bert_to_hf(model, model_cfg, kind, special["pad"])
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

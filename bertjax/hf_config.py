@@ -80,9 +80,11 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
 
 
 def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
-                 special: dict | None = None, label_names: tuple[str, ...] = ()) -> dict:
+                 special: dict | None = None, label_names: tuple[str, ...] = (),
+                 multi_label: bool = False) -> dict:
     """config.json for `kind` (mlm | cls | pretrain); `special`: pad/cls/sep token ids;
-    `label_names`: a classifier's class names by index (else transformers' LABEL_i)."""
+    `label_names`: a classifier's class names by index (else transformers' LABEL_i);
+    `multi_label`: a multi-label classifier's problem_type."""
     special = special or {"pad": 0}
     pre = model_cfg.norm == "pre"
     positions = model_cfg.max_position_embeddings + (special["pad"] + 1 if pre else 0)
@@ -105,7 +107,19 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
                  [f"LABEL_{i}" for i in range(num_labels)])
         c |= {"id2label": {str(i): name for i, name in enumerate(names)},
               "label2id": {name: i for i, name in enumerate(names)}, "classifier_dropout": None}
+        if multi_label:
+            c["problem_type"] = MULTI_LABEL
     return c
+
+
+MULTI_LABEL = "multi_label_classification"
+
+
+def hf_multi_label(path: Path, num_labels: int) -> bool:
+    """Whether config.json's problem_type makes the classifier multi-label: one independent
+    sigmoid per class, as transformers' pipelines score it (a softmax over them means nothing)."""
+    return num_labels > 1 and json.loads((path / "config.json").read_text()).get(
+        "problem_type") == MULTI_LABEL
 
 
 def hf_label_names(path: Path, num_labels: int) -> tuple[str, ...]:

@@ -504,3 +504,32 @@ def test_a_tokenizer_json_transformers_would_lowercase_otherwise_is_said(tmp_pat
     said = [str(w.message) for w in caught if "transformers lowercases" in str(w.message)]
     assert len(said) == int(warned)
     assert not said or "keeps case, but transformers lowercases here" in said[0]
+
+
+def test_a_multi_label_classifier_is_scored_and_exported_as_one(tmp_path, capsys):
+    # config.json's problem_type multi_label_classification: transformers' pipelines give each
+    # class its own sigmoid; predict classify showed a softmax over them (summing to 1), and
+    # export --format hf dropped the problem_type
+    from bertjax import export, predict
+    from bertjax.starting_points import load_start
+
+    d = hf_copy(tmp_path, "cls")
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    assert not load_pretrained(d).multi_label
+    hf_config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(hf_config | {"problem_type":
+                                                           "multi_label_classification"}))
+    loaded = load_pretrained(d)
+    assert loaded.multi_label
+    tok = load_start(config.load([], [f"init.checkpoint={d}"]))[2]
+    each = predict.classify(loaded.model, tok, ["w5 w6 w7"], multi_label=True)[0]
+    softmax = predict.classify(loaded.model, tok, ["w5 w6 w7"])[0]
+    logits = np.log(each) - np.log1p(-each)
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), softmax, rtol=1e-4)
+    predict.main(["classify", str(d), "w5 w6 w7"])
+    shown = capsys.readouterr().out.split("\t")[0].split()
+    assert shown == [x for i, p in enumerate(each) for x in (f"LABEL_{i}", f"{p:.3f}")]
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["problem_type"] == "multi_label_classification"
