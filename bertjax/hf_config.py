@@ -109,6 +109,8 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
               "label2id": {name: i for i, name in enumerate(names)}, "classifier_dropout": None}
         if multi_label:
             c["problem_type"] = MULTI_LABEL
+        elif num_labels == 1:  # else transformers' pipelines put a sigmoid on the score (STS-B)
+            c["problem_type"] = "regression"
     return c
 
 

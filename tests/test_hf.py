@@ -533,3 +533,11 @@ def test_a_multi_label_classifier_is_scored_and_exported_as_one(tmp_path, capsys
     export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
     out = json.loads((tmp_path / "out" / "config.json").read_text())
     assert out["problem_type"] == "multi_label_classification"
+
+
+def test_an_exported_regression_head_says_so():
+    # without problem_type, transformers' text-classification pipeline takes a one-label head
+    # for a binary classifier and shows sigmoid(score): an STS-B 4.2 became 0.985
+    model_cfg = config.load([], ["model.vocab_size=99"]).model
+    assert config_to_hf(model_cfg, "cls", 1)["problem_type"] == "regression"
+    assert "problem_type" not in config_to_hf(model_cfg, "cls", 3)
