@@ -51,7 +51,8 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
     if model_type not in ("bert", "roberta-prelayernorm"):
         raise UserError(f"{source}: model_type={model_type!r} is not supported; bertjax imports "
                         "'bert' (post-LN) and 'roberta-prelayernorm' (pre-LN) checkpoints")
-    if c["hidden_act"] != "gelu":
+    # gelu_python is transformers' own erf formula of the same function
+    if c["hidden_act"] not in ("gelu", "gelu_python"):
         raise UserError(f"{source}: hidden_act={c['hidden_act']!r} is not supported; bertjax "
                         "uses exact (erf) GELU, hidden_act 'gelu'")
     if c["position_embedding_type"] != "absolute":

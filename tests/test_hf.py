@@ -541,3 +541,13 @@ def test_an_exported_regression_head_says_so():
     model_cfg = config.load([], ["model.vocab_size=99"]).model
     assert config_to_hf(model_cfg, "cls", 1)["problem_type"] == "regression"
     assert "problem_type" not in config_to_hf(model_cfg, "cls", 3)
+
+
+def test_hidden_act_gelu_python_is_the_exact_gelu_it_is():
+    # transformers' "gelu_python" is GELUActivation(use_gelu_python=True), x * Phi(x) by erf:
+    # it was refused as an unsupported activation
+    hf_config = json.loads((HF_TINY / "mlm" / "config.json").read_text())
+    model, _ = bert_from_hf(load_file(str(HF_TINY / "mlm" / "model.safetensors")),
+                            hf_config | {"hidden_act": "gelu_python"})
+    ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
+    assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
