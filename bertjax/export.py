@@ -235,9 +235,12 @@ def check_not_the_run(run_dir: Path, out_dir: Path) -> Path:
 def hf_kind(model: Bert, norm: str) -> tuple[str, str]:
     """(bertjax.hf kind, what is left out) for a model's heads: a GLUE classifier is a sequence
     classifier; MLM + NSP/SOP is BertForPreTraining (post-LN; pre-LN has no such class in
-    transformers, so its pair head stays behind); else MLM."""
+    transformers, so its pair head stays behind); NSP alone BertForNextSentencePrediction
+    (post-LN); else MLM."""
     if model.classifier is not None:
         return "cls", ""
+    if model.mlm is None and model.nsp is not None and norm == "post":  # e.g. imported from one
+        return "nsp", ""
     if model.mlm is None:
         raise UserError("the model has neither an MLM head nor a classifier; transformers has "
                         "no BERT class for an encoder alone here: export a pretraining run or a "

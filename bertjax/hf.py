@@ -1,9 +1,10 @@
 """Hugging Face interop: BERT weights <-> bertjax, as state dicts and as directories.
 
-Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `BertForPreTraining`;
-pre-LN models onto `RobertaPreLayerNormForMaskedLM` / `...ForSequenceClassification` (the same
-function on right-padded input; see tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights
-are [out, in], ours [in, out]; our fused QKV is HF's query | key | value. No torch, no pickle.
+Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `BertForPreTraining`
+/ `BertForNextSentencePrediction`; pre-LN models onto `RobertaPreLayerNormForMaskedLM` /
+`...ForSequenceClassification` (the same function on right-padded input; see
+tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights are [out, in], ours [in, out]; our
+fused QKV is HF's query | key | value. No torch, no pickle.
 One name table serves both directions (import and export), so its halves cannot drift;
 config.json's fields are mapped, both ways, in hf_config.py.
 """
@@ -34,7 +35,7 @@ from bertjax.weights import (
 from bertjax.weights import state_dict as our_state_dict
 
 PRE = "roberta_prelayernorm"
-KINDS = ("mlm", "cls", "pretrain")
+KINDS = ("mlm", "cls", "pretrain", "nsp")
 OTHER_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
 RIGHT_PAD_NOTE = ("inputs must be right-padded: transformers derives RoBERTa position ids from "
                   "input_ids != pad_token_id, so left padding shifts every position")
@@ -128,7 +129,7 @@ def _heads_for(model: Bert, pre: bool, kind: str) -> dict:
     if (norm, kind) not in ARCHITECTURES:
         raise UserError(f"cannot export a {norm}-LN model as kind={kind!r} (transformers has no "
                         f"such class); use one of {[k for n, k in ARCHITECTURES if n == norm]}")
-    heads = {"mlm": kind in ("mlm", "pretrain"), "nsp": kind == "pretrain",
+    heads = {"mlm": kind in ("mlm", "pretrain"), "nsp": kind in ("pretrain", "nsp"),
              "classifier": kind == "cls"}
     have = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
             "classifier": model.classifier is not None}

@@ -13,6 +13,7 @@ from bertjax.errors import UserError
 
 ARCHITECTURES = {("post", "mlm"): "BertForMaskedLM", ("post", "pretrain"): "BertForPreTraining",
                  ("post", "cls"): "BertForSequenceClassification",
+                 ("post", "nsp"): "BertForNextSentencePrediction",
                  ("pre", "mlm"): "RobertaPreLayerNormForMaskedLM",
                  ("pre", "cls"): "RobertaPreLayerNormForSequenceClassification"}
 
@@ -83,7 +84,7 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
 def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
                  special: dict | None = None, label_names: tuple[str, ...] = (),
                  multi_label: bool = False) -> dict:
-    """config.json for `kind` (mlm | cls | pretrain); `special`: pad/cls/sep token ids;
+    """config.json for `kind` (mlm | cls | pretrain | nsp); `special`: pad/cls/sep token ids;
     `label_names`: a classifier's class names by index (else transformers' LABEL_i);
     `multi_label`: a multi-label classifier's problem_type."""
     special = special or {"pad": 0}

@@ -551,3 +551,21 @@ def test_hidden_act_gelu_python_is_the_exact_gelu_it_is():
                             hf_config | {"hidden_act": "gelu_python"})
     ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
     assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+def test_a_next_sentence_prediction_model_exports_as_one(tmp_path):
+    # BertForNextSentencePrediction loaded (encoder, pooler, NSP head), but export --format hf
+    # refused it as having "neither an MLM head nor a classifier"
+    from bertjax import export
+
+    d = hf_copy(tmp_path, "pretrain")
+    sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items()
+          if not k.startswith("cls.predictions.")}
+    save_file(sd, str(d / "model.safetensors"))
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["architectures"] == ["BertForNextSentencePrediction"]
+    back = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(back) == set(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
