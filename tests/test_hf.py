@@ -569,3 +569,27 @@ def test_a_next_sentence_prediction_model_exports_as_one(tmp_path):
     assert out["architectures"] == ["BertForNextSentencePrediction"]
     back = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(back) == set(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("tokenizer_class, refused", [
+    ("BertJapaneseTokenizer", True), ("HerbertTokenizer", True),
+    ("BertTokenizerFast", False), ("DistilBertTokenizer", False)])
+def test_a_vocab_txt_of_another_tokenizer_class_is_refused(tmp_path, tokenizer_class, refused):
+    # cl-tohoku's Japanese BERT (model_type bert) keeps vocab.txt with tokenizer_class
+    # BertJapaneseTokenizer (MeCab splits words first): it was read as BertTokenizer's,
+    # tokenizing its text into other ids without a word
+    from bertjax.starting_points import load_start
+
+    d = hf_copy(tmp_path)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class,
+                                                         "do_lower_case": False}))
+    cfg = config.load([], [f"init.checkpoint={d}"])
+    if not refused:
+        assert load_start(cfg)[2].encode("w5").tokens == ["[CLS]", "w5", "[SEP]"]
+        return
+    with pytest.raises(UserError, match=f'tokenizer_class "{tokenizer_class}", whose text '
+                       "processing bertjax does not reproduce.*put a tokenizer.json") as e:
+        load_start(cfg)
+    assert "\n" not in str(e.value)
