@@ -26,7 +26,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
-from bertjax import __version__, glue_tasks
+from bertjax import __version__
 from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
@@ -235,9 +235,12 @@ def check_not_the_run(run_dir: Path, out_dir: Path) -> Path:
 def hf_kind(model: Bert, norm: str) -> tuple[str, str]:
     """(bertjax.hf kind, what is left out) for a model's heads: a GLUE classifier is a sequence
     classifier; MLM + NSP/SOP is BertForPreTraining (post-LN; pre-LN has no such class in
-    transformers, so its pair head stays behind); else MLM."""
+    transformers, so its pair head stays behind); NSP alone BertForNextSentencePrediction
+    (post-LN); else MLM."""
     if model.classifier is not None:
         return "cls", ""
+    if model.mlm is None and model.nsp is not None and norm == "post":  # e.g. imported from one
+        return "nsp", ""
     if model.mlm is None:
         raise UserError("the model has neither an MLM head nor a classifier; transformers has "
                         "no BERT class for an encoder alone here: export a pretraining run or a "
@@ -264,11 +267,12 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
         f"no tokenizer found with {source}; pass --tokenizer PATH (the tokenizer.json the model "
         "was trained with)")
     kind, left_out = hf_kind(loaded.model, loaded.model_cfg.norm)
-    # a fine-tuned seed's classes by GLUE's names (MNLI: contradiction, entailment, neutral)
-    labels = glue_tasks.get_task(loaded.config.glue.task).labels \
-        if kind == "cls" and loaded.config else ()
+    # the classes' names as loaded: a fine-tuned seed's GLUE names (MNLI: contradiction,
+    # entailment, neutral), a Hugging Face directory's id2label (they were LABEL_i again)
+    labels = loaded.label_names if kind == "cls" else ()
     return export_hf(loaded.model, loaded.model_cfg, tokenizer, out_dir, kind, force=force,
-                     label_names=labels, key="OUT_DIR") + left_out
+                     label_names=labels, key="OUT_DIR",
+                     multi_label=kind == "cls" and loaded.multi_label) + left_out
 
 
 class _Parser(argparse.ArgumentParser):

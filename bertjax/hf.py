@@ -1,18 +1,21 @@
 """Hugging Face interop: BERT weights <-> bertjax, as state dicts and as directories.
 
-Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `BertForPreTraining`;
-pre-LN models onto `RobertaPreLayerNormForMaskedLM` / `...ForSequenceClassification` (the same
-function on right-padded input; see tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights
-are [out, in], ours [in, out]; our fused QKV is HF's query | key | value. No torch, no pickle.
+Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `BertForPreTraining`
+/ `BertForNextSentencePrediction`; pre-LN models onto `RobertaPreLayerNormForMaskedLM` /
+`...ForSequenceClassification` (the same function on right-padded input; see
+tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights are [out, in], ours [in, out]; our
+fused QKV is HF's query | key | value. No torch, no pickle.
 One name table serves both directions (import and export), so its halves cannot drift;
 config.json's fields are mapped, both ways, in hf_config.py.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer
 
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import ModelConfig
@@ -32,7 +35,7 @@ from bertjax.weights import (
 from bertjax.weights import state_dict as our_state_dict
 
 PRE = "roberta_prelayernorm"
-KINDS = ("mlm", "cls", "pretrain")
+KINDS = ("mlm", "cls", "pretrain", "nsp")
 OTHER_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
 RIGHT_PAD_NOTE = ("inputs must be right-padded: transformers derives RoBERTa position ids from "
                   "input_ids != pad_token_id, so left padding shifts every position")
@@ -126,7 +129,7 @@ def _heads_for(model: Bert, pre: bool, kind: str) -> dict:
     if (norm, kind) not in ARCHITECTURES:
         raise UserError(f"cannot export a {norm}-LN model as kind={kind!r} (transformers has no "
                         f"such class); use one of {[k for n, k in ARCHITECTURES if n == norm]}")
-    heads = {"mlm": kind in ("mlm", "pretrain"), "nsp": kind == "pretrain",
+    heads = {"mlm": kind in ("mlm", "pretrain"), "nsp": kind in ("pretrain", "nsp"),
              "classifier": kind == "cls"}
     have = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
             "classifier": model.classifier is not None}
@@ -142,7 +145,8 @@ def _heads_for(model: Bert, pre: bool, kind: str) -> dict:
 
 
 def _normalise(sd: dict[str, np.ndarray], pre: bool) -> dict[str, np.ndarray]:
-    """Old TF-converted names (LayerNorm.gamma/beta) and a bare BertModel's unprefixed keys."""
+    """Old TF-converted names (LayerNorm.gamma/beta), a bare BertModel's unprefixed keys and an
+    MLM bias stored only as the decoder's."""
     renamed = {}
     base = PRE if pre else "bert"
     bare = not any(k.startswith(f"{base}.") for k in sd)
@@ -152,6 +156,12 @@ def _normalise(sd: dict[str, np.ndarray], pre: bool) -> dict[str, np.ndarray]:
         if bare and key.split(".")[0] in ("embeddings", "encoder", "pooler", "LayerNorm"):
             key = f"{base}.{key}"
         renamed[key] = value
+    # The MLM output bias is tied both ways: a checkpoint that stores it only as the decoder's
+    # (older heads kept it there) lost its MLM head, and the head's other tensors read as
+    # unplaceable; transformers' from_pretrained ties the copy that is there
+    head = "lm_head" if pre else "cls.predictions"
+    if f"{head}.decoder.bias" in renamed and f"{head}.bias" not in renamed:
+        renamed[f"{head}.bias"] = renamed[f"{head}.decoder.bias"]
     return renamed
 
 
@@ -165,7 +175,12 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     # no sentence: read such a model's encoder (and pooler), as transformers' sequence classes do
     arch = (hf_config.get("architectures") or [""])[0]
     if isinstance(arch, str) and arch.endswith(OTHER_TASK_HEADS):
-        sd = {k: v for k, v in sd.items() if not k.startswith(("classifier.", "qa_outputs."))}
+        head = sorted(k for k in sd if k.startswith(("classifier.", "qa_outputs.")))
+        sd = {k: v for k, v in sd.items() if k not in head}
+        if head:  # said, as transformers says which weights it did not use
+            warnings.warn(f"{source} is a {arch}: its task head ({', '.join(head)}) is left out, "
+                          "as bertjax has sentence-level heads only; its encoder is loaded",
+                          stacklevel=2)
     classifier = "classifier.out_proj.weight" if pre else "classifier.weight"
     heads = {"mlm": ("lm_head.bias" if pre else "cls.predictions.bias") in sd,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd,
@@ -198,7 +213,9 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
         raise UserError(f"{source} has tensors bertjax cannot place: {unknown[:5]}; only BERT "
                         "(post-LN) and RobertaPreLayerNorm encoders with MLM/NSP/classifier "
                         "heads are supported")
-    dropout = field(hf_config, "classifier_dropout", source) or model_cfg.dropout
+    # transformers: hidden_dropout_prob only when classifier_dropout is null (0.0 is a rate)
+    dropout = field(hf_config, "classifier_dropout", source)
+    dropout = model_cfg.dropout if dropout is None else dropout
     return model_from_arrays(model_cfg, arrays, source, dropout), model_cfg
 
 
@@ -287,11 +304,12 @@ def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
 
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
               out_dir: str | Path, kind: str, *, force: bool = False,
-              label_names: tuple[str, ...] = (), key: str = "out_dir") -> str:
+              label_names: tuple[str, ...] = (), key: str = "out_dir",
+              multi_label: bool = False) -> str:
     """Write a directory `transformers` loads (config.json, model.safetensors, tokenizer files);
     returns a note on how to load it (for pre-LN: that inputs must be right-padded).
     `label_names`: a classifier's classes by index (a GLUE task's), for id2label; `key`: what
-    errors call `out_dir` (the CLI's OUT_DIR)."""
+    errors call `out_dir` (the CLI's OUT_DIR); `multi_label`: see config_to_hf."""
     if kind not in KINDS:
         raise UserError(f"kind={kind!r}: use one of {list(KINDS)}")
     _heads_for(model, model_cfg.norm == "pre", kind)  # refuse before writing anything
@@ -304,7 +322,7 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
             special = _tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
         num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
-        config = config_to_hf(model_cfg, kind, num_labels, special, label_names)
+        config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label)
         state = bert_to_hf(model, model_cfg, kind, special["pad"])
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -333,7 +351,29 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
     # older transformers and Google's BERT releases save only vocab.txt (read as BertTokenizer)
     tokenizer = next((path / name for name in ("tokenizer.json", "vocab.txt")
                       if (path / name).is_file()), None)
+    if tokenizer is not None and tokenizer.name == "tokenizer.json":
+        _check_lowercasing(path, tokenizer, hf_config.get("model_type", "bert"))
     return model, model_cfg, tokenizer
+
+
+def _check_lowercasing(path: Path, tokenizer: Path, model_type: str) -> None:
+    """Say when transformers would lowercase other than tokenizer.json does (ids then differ
+    from those the model was trained on with transformers, silently)."""
+    theirs = tokenizer_lib.transformers_lowercase(path, model_type)
+    if theirs is None:
+        return
+    try:
+        ours = tokenizer_lib.lowercases(Tokenizer.from_file(str(tokenizer)))
+    except Exception:  # noqa: BLE001 -- a damaged file is reported where it is loaded
+        return
+    if ours != theirs:
+        said = ("tokenizer_config.json's do_lower_case" if (path / "tokenizer_config.json")
+                .is_file() else "BertTokenizer's default do_lower_case (no tokenizer_config.json)")
+        warnings.warn(f"{tokenizer} {'lowercases' if ours else 'keeps case'}, but transformers "
+                      f"{'lowercases' if theirs else 'keeps case'} here ({said} is "
+                      f"{str(theirs).lower()} and wins over tokenizer.json): bertjax follows "
+                      "tokenizer.json, so token ids may differ from transformers'; make the two "
+                      "files agree", stacklevel=2)
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from bertjax.errors import UserError
 
 ARCHITECTURES = {("post", "mlm"): "BertForMaskedLM", ("post", "pretrain"): "BertForPreTraining",
                  ("post", "cls"): "BertForSequenceClassification",
+                 ("post", "nsp"): "BertForNextSentencePrediction",
                  ("pre", "mlm"): "RobertaPreLayerNormForMaskedLM",
                  ("pre", "cls"): "RobertaPreLayerNormForSequenceClassification"}
 
@@ -51,7 +52,8 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
     if model_type not in ("bert", "roberta-prelayernorm"):
         raise UserError(f"{source}: model_type={model_type!r} is not supported; bertjax imports "
                         "'bert' (post-LN) and 'roberta-prelayernorm' (pre-LN) checkpoints")
-    if c["hidden_act"] != "gelu":
+    # gelu_python is transformers' own erf formula of the same function
+    if c["hidden_act"] not in ("gelu", "gelu_python"):
         raise UserError(f"{source}: hidden_act={c['hidden_act']!r} is not supported; bertjax "
                         "uses exact (erf) GELU, hidden_act 'gelu'")
     if c["position_embedding_type"] != "absolute":
@@ -80,9 +82,11 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
 
 
 def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
-                 special: dict | None = None, label_names: tuple[str, ...] = ()) -> dict:
-    """config.json for `kind` (mlm | cls | pretrain); `special`: pad/cls/sep token ids;
-    `label_names`: a classifier's class names by index (else transformers' LABEL_i)."""
+                 special: dict | None = None, label_names: tuple[str, ...] = (),
+                 multi_label: bool = False) -> dict:
+    """config.json for `kind` (mlm | cls | pretrain | nsp); `special`: pad/cls/sep token ids;
+    `label_names`: a classifier's class names by index (else transformers' LABEL_i);
+    `multi_label`: a multi-label classifier's problem_type."""
     special = special or {"pad": 0}
     pre = model_cfg.norm == "pre"
     positions = model_cfg.max_position_embeddings + (special["pad"] + 1 if pre else 0)
@@ -105,7 +109,21 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
                  [f"LABEL_{i}" for i in range(num_labels)])
         c |= {"id2label": {str(i): name for i, name in enumerate(names)},
               "label2id": {name: i for i, name in enumerate(names)}, "classifier_dropout": None}
+        if multi_label:
+            c["problem_type"] = MULTI_LABEL
+        elif num_labels == 1:  # else transformers' pipelines put a sigmoid on the score (STS-B)
+            c["problem_type"] = "regression"
     return c
+
+
+MULTI_LABEL = "multi_label_classification"
+
+
+def hf_multi_label(path: Path, num_labels: int) -> bool:
+    """Whether config.json's problem_type makes the classifier multi-label: one independent
+    sigmoid per class, as transformers' pipelines score it (a softmax over them means nothing)."""
+    return num_labels > 1 and json.loads((path / "config.json").read_text()).get(
+        "problem_type") == MULTI_LABEL
 
 
 def hf_label_names(path: Path, num_labels: int) -> tuple[str, ...]:

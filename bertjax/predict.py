@@ -4,7 +4,7 @@
 
 Inputs (arguments, or --file with one per line; `--file -` reads standard input) run in batches
 of --batch-size, each padded to a power-of-two length and cut to the model's positions; outputs
-are probabilities (softmax in f32).
+are probabilities (softmax in f32; a sigmoid per class for a multi-label classifier).
 """
 
 import argparse
@@ -105,9 +105,11 @@ def _each_fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int, batch_
                    for slot in range(len(pos))]
 
 
-@jax.jit
-def _class_probs(model: Bert, ids, types, mask):
+@partial(jax.jit, static_argnames="multi_label")
+def _class_probs(model: Bert, ids, types, mask, multi_label: bool = False):
     logits = model.classify(model(ids, types, mask), mask)
+    if multi_label:  # classes are independent: a sigmoid each, as transformers' pipelines do
+        return jax.nn.sigmoid(logits)
     return logits if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
 
 
@@ -124,10 +126,13 @@ def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
 
 
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
-             batch_size: int = BATCH_SIZE, max_len: int | None = None) -> np.ndarray:
+             batch_size: int = BATCH_SIZE, max_len: int | None = None,
+             multi_label: bool = False) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model; inputs
-    cut to `max_len` tokens (a GLUE run's largest bucket) when given."""
-    return _rows(_run(_class_probs, model, tokenizer, texts, pairs, batch_size, max_len),
+    cut to `max_len` tokens (a GLUE run's largest bucket) when given; `multi_label`: each
+    class's own probability (Pretrained.multi_label)."""
+    fn = partial(_class_probs, multi_label=multi_label)
+    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size, max_len),
                  model.classifier.bias.shape[0])
 
 
@@ -291,7 +296,8 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
         # cut as the fine-tune cut its dev set, so the scores agree with its dev metrics
         cfg = pretrained.config
         max_len = cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
-        outputs = _run(_class_probs, model, tok, *texts, args.batch_size, max_len)
+        outputs = _run(partial(_class_probs, multi_label=pretrained.multi_label),
+                       model, tok, *texts, args.batch_size, max_len)
         for text, probs in zip(shown, (row for batch in outputs for row in batch), strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")

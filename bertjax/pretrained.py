@@ -21,7 +21,7 @@ from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
 from bertjax.hf import import_hf
-from bertjax.hf_config import hf_label_names
+from bertjax.hf_config import hf_label_names, hf_multi_label
 from bertjax.model import Bert
 from bertjax.step import abstract_state
 from bertjax.weights import model_from_arrays, read_safetensors
@@ -42,6 +42,7 @@ class Pretrained:
     kind: str  # run | checkpoint | bundle | hf
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
     label_names: tuple[str, ...] = ()  # the classifier's classes by index (() when unnamed)
+    multi_label: bool = False  # a Hugging Face multi-label classifier: a sigmoid per class
 
 
 def _classes(model: Bert) -> int:
@@ -288,7 +289,8 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     if (path / "config.json").is_file():
         model, model_cfg, tokenizer = import_hf(path)
         return Pretrained(model, model_cfg, None, tokenizer, "hf", None,
-                          hf_label_names(path, _classes(model)))
+                          hf_label_names(path, _classes(model)),
+                          hf_multi_label(path, _classes(model)))
     if (path / "checkpoints").is_dir() or is_step_dir(path):
         step = int(path.name) if is_step_dir(path) else None
         run_dir = path.parent.parent if step is not None else path

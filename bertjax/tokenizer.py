@@ -109,6 +109,11 @@ def is_vocab_txt(path: str | Path) -> bool:
 VOCAB_TXT_OPTIONS = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
 
 
+# transformers' classes that tokenize a vocab.txt as BertTokenizer does (their own copies of it)
+BERT_TOKENIZER_CLASSES = ("BertTokenizer", "DistilBertTokenizer", "ElectraTokenizer",
+                          "MobileBertTokenizer", "SqueezeBertTokenizer", "LayoutLMTokenizer")
+
+
 def from_vocab_txt(path: Path, what: str = "vocab file",
                    fix: str = "give a BERT vocab.txt (one WordPiece per line)") -> Tokenizer:
     """A BERT vocab.txt (line n is the piece with id n: how Google's BERT releases and older
@@ -160,12 +165,40 @@ def _vocab_txt_options(config_path: Path, vocab: dict[str, int]) -> dict:
         raise UserError(f"{config_path} is not valid JSON ({e}); {fix}") from None
     if not isinstance(found, dict):
         raise UserError(f"{config_path} holds a JSON {type(found).__name__}, not an object; {fix}")
+    # A vocab.txt is also what other tokenizers keep (BertJapaneseTokenizer splits words with
+    # MeCab first): read as BertTokenizer's, its text would silently give other ids
+    cls = found.get("tokenizer_class")
+    if cls is not None and str(cls).removesuffix("Fast") not in BERT_TOKENIZER_CLASSES:
+        raise UserError(f"{config_path} names tokenizer_class {json.dumps(cls)}, whose text "
+                        f"processing bertjax does not reproduce (it reads a vocab.txt as "
+                        "BertTokenizer does); put a tokenizer.json that tokenizes as that "
+                        "class does beside it (it is read first), or set tokenizer.path to one")
     options = VOCAB_TXT_OPTIONS | {k: found[k] for k in VOCAB_TXT_OPTIONS if k in found}
     for key, value in options.items():
         if not isinstance(value, bool) and not (value is None and key == "strip_accents"):
             raise UserError(f"{config_path} has {key}={json.dumps(value)}, which is not "
                             f"true or false; {fix}")
     return options
+
+
+def transformers_lowercase(directory: Path, model_type: str) -> bool | None:
+    """Whether transformers lowercases text for the BERT directory's tokenizer.json, where it
+    does not follow that file: its BertTokenizer (tokenizer_config.json's tokenizer_class, or
+    none and config.json's model_type 'bert') rebuilds the normalizer from tokenizer_config.json's
+    do_lower_case (default true) whatever tokenizer.json says. None: it follows the file (or
+    the files are unreadable, which their loaders report)."""
+    config_path = directory / "tokenizer_config.json"
+    try:
+        found = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() \
+            else {}
+        spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        wordpiece = spec["model"]["type"] == "WordPiece"
+        options = _vocab_txt_options(config_path, {}) if found else VOCAB_TXT_OPTIONS
+    except (OSError, ValueError, TypeError, KeyError, UserError):
+        return None
+    cls = found.get("tokenizer_class") if isinstance(found, dict) else None
+    bert = cls in ("BertTokenizer", "BertTokenizerFast") or (cls is None and model_type == "bert")
+    return options["do_lower_case"] if bert and wordpiece else None
 
 
 def file_bytes(path: str | Path, tok: Tokenizer) -> bytes:

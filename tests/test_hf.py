@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
 
 from bertjax import config
 from bertjax.errors import UserError
@@ -427,8 +428,168 @@ def test_a_token_or_multiple_choice_model_s_head_is_left_out(tmp_path, arch):
     save_file(sd, str(d / "model.safetensors"))
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"architectures": [arch]}))
-    model, _, _ = import_hf(d)
+    # and said (it was left out without a word; transformers lists the weights it did not use)
+    with pytest.warns(UserWarning, match=rf"is a {arch}: its task head \(classifier.bias, "
+                      r"classifier.weight\) is left out"):
+        model, _, _ = import_hf(d)
     assert model.classifier is None and model.mlm is None
     assert (model.pooler is None) == (arch == "BertForTokenClassification")
     ref = load_file(str(d / "reference.safetensors"))
     assert_close(forward(model, ref), ref["hidden_states"])
+
+
+def test_an_mlm_bias_stored_only_as_the_decoder_s_loads(tmp_path):
+    # transformers ties cls.predictions.bias and .decoder.bias both ways; with only the
+    # decoder's stored, the MLM head was lost and its transform refused as "cannot place"
+    d = hf_copy(tmp_path)
+    sd = load_file(str(d / "model.safetensors"))
+    sd["cls.predictions.decoder.bias"] = sd.pop("cls.predictions.bias")
+    save_file(sd, str(d / "model.safetensors"))
+    model, _, _ = import_hf(d)
+    ref = load_file(str(d / "reference.safetensors"))
+    assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+@pytest.mark.parametrize("rate, expected", [(0.0, 0.0), (0.3, 0.3), (None, 0.1)])
+def test_classifier_dropout_is_read_as_transformers_reads_it(rate, expected):
+    # 0.0 was taken for "not set" and replaced by hidden_dropout_prob (0.1)
+    hf_config = json.loads((HF_TINY / "cls" / "config.json").read_text())
+    model, _ = bert_from_hf(load_file(str(HF_TINY / "cls" / "model.safetensors")),
+                            hf_config | {"classifier_dropout": rate})
+    assert model.classifier_dropout == expected
+
+
+def test_a_hugging_face_classifier_re_exported_keeps_its_class_names(tmp_path):
+    # only a GLUE run's names were passed on: id2label came out as LABEL_0..2
+    from bertjax import export
+
+    d = hf_copy(tmp_path, "cls")
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    names = {"0": "negative", "1": "neutral", "2": "positive"}
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(config | {"id2label": names, "label2id": {
+        name: int(i) for i, name in names.items()}}))
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["id2label"] == names and out["label2id"] == {"negative": 0, "neutral": 1,
+                                                            "positive": 2}
+
+
+@pytest.mark.parametrize("tokenizer_config, warned", [
+    (None, True),  # transformers' BertTokenizer: do_lower_case defaults to true
+    ({"tokenizer_class": "BertTokenizer"}, True),
+    ({"tokenizer_class": "BertTokenizer", "do_lower_case": False}, False),
+    ({"tokenizer_class": "PreTrainedTokenizerFast"}, False)])  # follows tokenizer.json
+def test_a_tokenizer_json_transformers_would_lowercase_otherwise_is_said(tmp_path,
+                                                                        tokenizer_config, warned):
+    # transformers 5.25 (measured: AutoTokenizer on such directories) rebuilds a BERT
+    # tokenizer's normalizer from tokenizer_config.json, so a cased tokenizer.json there was
+    # read cased by bertjax and lowercased by transformers, without a word
+    import warnings
+
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    d = hf_copy(tmp_path)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"W{i}" for i in range(94))]
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.save(str(d / "tokenizer.json"))
+    if tokenizer_config is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import_hf(d)
+    said = [str(w.message) for w in caught if "transformers lowercases" in str(w.message)]
+    assert len(said) == int(warned)
+    assert not said or "keeps case, but transformers lowercases here" in said[0]
+
+
+def test_a_multi_label_classifier_is_scored_and_exported_as_one(tmp_path, capsys):
+    # config.json's problem_type multi_label_classification: transformers' pipelines give each
+    # class its own sigmoid; predict classify showed a softmax over them (summing to 1), and
+    # export --format hf dropped the problem_type
+    from bertjax import export, predict
+    from bertjax.starting_points import load_start
+
+    d = hf_copy(tmp_path, "cls")
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    assert not load_pretrained(d).multi_label
+    hf_config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(hf_config | {"problem_type":
+                                                           "multi_label_classification"}))
+    loaded = load_pretrained(d)
+    assert loaded.multi_label
+    tok = load_start(config.load([], [f"init.checkpoint={d}"]))[2]
+    each = predict.classify(loaded.model, tok, ["w5 w6 w7"], multi_label=True)[0]
+    softmax = predict.classify(loaded.model, tok, ["w5 w6 w7"])[0]
+    logits = np.log(each) - np.log1p(-each)
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), softmax, rtol=1e-4)
+    predict.main(["classify", str(d), "w5 w6 w7"])
+    shown = capsys.readouterr().out.split("\t")[0].split()
+    assert shown == [x for i, p in enumerate(each) for x in (f"LABEL_{i}", f"{p:.3f}")]
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["problem_type"] == "multi_label_classification"
+
+
+def test_an_exported_regression_head_says_so():
+    # without problem_type, transformers' text-classification pipeline takes a one-label head
+    # for a binary classifier and shows sigmoid(score): an STS-B 4.2 became 0.985
+    model_cfg = config.load([], ["model.vocab_size=99"]).model
+    assert config_to_hf(model_cfg, "cls", 1)["problem_type"] == "regression"
+    assert "problem_type" not in config_to_hf(model_cfg, "cls", 3)
+
+
+def test_hidden_act_gelu_python_is_the_exact_gelu_it_is():
+    # transformers' "gelu_python" is GELUActivation(use_gelu_python=True), x * Phi(x) by erf:
+    # it was refused as an unsupported activation
+    hf_config = json.loads((HF_TINY / "mlm" / "config.json").read_text())
+    model, _ = bert_from_hf(load_file(str(HF_TINY / "mlm" / "model.safetensors")),
+                            hf_config | {"hidden_act": "gelu_python"})
+    ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
+    assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+def test_a_next_sentence_prediction_model_exports_as_one(tmp_path):
+    # BertForNextSentencePrediction loaded (encoder, pooler, NSP head), but export --format hf
+    # refused it as having "neither an MLM head nor a classifier"
+    from bertjax import export
+
+    d = hf_copy(tmp_path, "pretrain")
+    sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items()
+          if not k.startswith("cls.predictions.")}
+    save_file(sd, str(d / "model.safetensors"))
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["architectures"] == ["BertForNextSentencePrediction"]
+    back = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(back) == set(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("tokenizer_class, refused", [
+    ("BertJapaneseTokenizer", True), ("HerbertTokenizer", True),
+    ("BertTokenizerFast", False), ("DistilBertTokenizer", False)])
+def test_a_vocab_txt_of_another_tokenizer_class_is_refused(tmp_path, tokenizer_class, refused):
+    # cl-tohoku's Japanese BERT (model_type bert) keeps vocab.txt with tokenizer_class
+    # BertJapaneseTokenizer (MeCab splits words first): it was read as BertTokenizer's,
+    # tokenizing its text into other ids without a word
+    from bertjax.starting_points import load_start
+
+    d = hf_copy(tmp_path)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class,
+                                                         "do_lower_case": False}))
+    cfg = config.load([], [f"init.checkpoint={d}"])
+    if not refused:
+        assert load_start(cfg)[2].encode("w5").tokens == ["[CLS]", "w5", "[SEP]"]
+        return
+    with pytest.raises(UserError, match=f'tokenizer_class "{tokenizer_class}", whose text '
+                       "processing bertjax does not reproduce.*put a tokenizer.json") as e:
+        load_start(cfg)
+    assert "\n" not in str(e.value)
