@@ -308,7 +308,7 @@ def main(argv: list[str]) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"wrote {out}: {manifest['parameters']:,} parameters ({args.dtype}), step "
           f"{manifest['summary']['step']}; {os.path.getsize(out / 'model.safetensors'):,} bytes "
-          "of weights. Load it with bertjax.pretrained.load_pretrained or init.checkpoint=")
+          f"of weights. Load it with bertjax.pretrained.load_pretrained or init.checkpoint={out}")
 
 
 if __name__ == "__main__":

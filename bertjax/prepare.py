@@ -301,7 +301,7 @@ def ensure_prepared(cfg: Config) -> Path:
     return directory
 
 
-USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [key=value ...]"
+USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...]"
 
 
 def main(argv: list[str]) -> None:

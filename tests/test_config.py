@@ -485,6 +485,7 @@ def test_help_prints_usage_and_exits_0(argv, capsys):
         front_door.main(argv)  # returns: exit code 0, nothing loaded or written
         out = capsys.readouterr().out
         assert out.startswith(front_door.USAGE) and "section.key=value" in out
+        assert "CONFIG.yaml [more.yaml] [key=value" in out  # both merge several YAML files
 
 
 def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):

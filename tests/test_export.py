@@ -291,6 +291,12 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
         main([str(run[0]), str(tmp_path / "o2"), "--dtype", "float16"])
 
 
+def test_bundle_export_names_the_bundle_to_load(run, tmp_path, capsys):
+    """Its closing line ends with init.checkpoint=OUT, ready to paste (it once ended at `=`)."""
+    main([str(run[0]), str(tmp_path / "b")])
+    assert capsys.readouterr().out.strip().endswith(f"init.checkpoint={tmp_path / 'b'}")
+
+
 @pytest.mark.parametrize("argv", [["", "out"], ["run", ""], ["run", "out", "--tokenizer", ""]])
 def test_an_empty_path_is_refused_not_read_as_the_current_directory(argv, tmp_path,
                                                                      monkeypatch):
