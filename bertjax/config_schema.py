@@ -151,7 +151,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = opt(1e-3, "peak learning rate", domain=POSITIVE)
-    schedule: str = opt("one_cycle", "one_cycle | linear (warmup + linear decay) | constant",
+    schedule: str = opt("one_cycle", "one_cycle | linear (warmup + linear decay) | constant; "
+                        "pretraining only: GLUE fine-tuning always decays linearly to 0",
                         domain=one_of("one_cycle", "linear", "constant"))
     warmup: float = opt(0.1, "warm-up length as a fraction of training steps", domain=FRACTION)
     final_lr_fraction: float = opt(0.01, "one_cycle/linear: final lr as a fraction of peak",

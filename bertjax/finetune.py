@@ -142,7 +142,12 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
 
 def with_glue_schedule(cfg: Config) -> Config:
     """Fine-tuning's schedule is warm-up + linear decay to 0 (BERT's), whatever optim.schedule
-    says; the run's saved config.yaml records it so."""
+    says; the run's saved config.yaml records it so. A schedule other than the default asked
+    for is said (it was replaced without a word)."""
+    if cfg.optim.schedule == "constant":
+        warnings.warn("optim.schedule=constant does not apply to GLUE fine-tuning, which uses "
+                      "BERT's warm-up + linear decay to 0; drop it (optim.warmup and optim.lr "
+                      "apply)", stacklevel=2)
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="linear",
                                                               final_lr_fraction=0.0))
 

@@ -11,6 +11,7 @@ pretraining run's directory, or either in a release bundle, would overwrite what
 
 import contextlib
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from bertjax.sharding import same_on_every_process
 @contextlib.contextmanager
 def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
     """Hold `run_dir` inside the `with` block; a `UserError` (before anything is written) when
-    another run holds it. A run that fails before writing anything into the directory (bad
-    input found after the lock was taken) leaves no lock file, nor the directory it created."""
+    another run holds it. A run that fails before writing a file into the directory (bad input
+    found after the lock was taken: a missing init.checkpoint) leaves no lock file, nor the
+    directories it created (the run directory, its parents, an empty checkpoints/)."""
     run_dir = Path(run_dir)
-    created, had_lock = not run_dir.exists(), (run_dir / LOCK_NAME).exists()
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # leaf first
+    had_lock = (run_dir / LOCK_NAME).exists()
     lock, refused = None, None
     if jax.process_index() == 0:
         try:
@@ -44,15 +47,21 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
                             "wait for it to end, or set train.run_dir to another directory")
         yield
     except BaseException:
-        if lock is not None and not had_lock and \
-                [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+        if lock is not None and not had_lock and _no_file_but_the_lock(run_dir):
             (run_dir / LOCK_NAME).unlink()
             if created:
-                run_dir.rmdir()
+                shutil.rmtree(run_dir)  # empty folders only
+                for made in created[1:]:  # the parents it was created with
+                    with contextlib.suppress(OSError):  # one that is no longer empty stays
+                        made.rmdir()
         raise
     finally:
         if lock is not None:
             lock.close()
+
+
+def _no_file_but_the_lock(run_dir: Path) -> bool:
+    return all(p.is_dir() or p == run_dir / LOCK_NAME for p in run_dir.rglob("*"))
 
 
 JOBS = {"pretrain": "pretraining", "glue": "fine-tuning"}  # train.task -> what the run does

@@ -625,3 +625,14 @@ def test_a_fine_tune_runs_the_encoder_as_its_config_says(tmp_path, tokenizer_pat
         with pytest.warns(UserWarning, match=rf"^{key} applies to pretraining only and is "
                                              "ignored by GLUE fine-tuning; it reads nothing: "):
             train_lib.warn_pretraining_overrides([f"{key}=1"])
+
+
+def test_a_constant_schedule_asked_of_fine_tuning_is_said_to_be_replaced():
+    import warnings
+
+    with pytest.warns(UserWarning, match="optim.schedule=constant does not apply to GLUE"):
+        cfg = finetune_lib.with_glue_schedule(config.load([], ["optim.schedule=constant"]))
+    assert (cfg.optim.schedule, cfg.optim.final_lr_fraction) == ("linear", 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default (one_cycle, pretraining's): nothing to say
+        finetune_lib.with_glue_schedule(config.load([], []))

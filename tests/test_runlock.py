@@ -52,6 +52,25 @@ def test_pretraining_and_fine_tuning_are_refused_before_they_write(tmp_path):
         pass
 
 
+def test_a_run_that_fails_before_writing_a_file_leaves_no_directory_it_made(tmp_path):
+    """A pretraining run whose init.checkpoint is missing (found after the lock, and after
+    Orbax made checkpoints/) left runs/x holding .lock and an empty checkpoints/."""
+    run_dir = tmp_path / "runs" / "x"
+    with pytest.raises(UserError, match="missing"), hold_run_dir(run_dir):
+        (run_dir / "checkpoints").mkdir()
+        raise UserError("init.checkpoint is missing")
+    assert list(tmp_path.iterdir()) == []  # runs/ too
+    (tmp_path / "mine").mkdir()  # a run directory that was there stays, lock gone
+    with pytest.raises(UserError), hold_run_dir(tmp_path / "mine"):
+        (tmp_path / "mine" / "checkpoints").mkdir()
+        raise UserError("init.checkpoint is missing")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["checkpoints"]
+    with pytest.raises(UserError), hold_run_dir(tmp_path / "new"):  # a file written: kept
+        (tmp_path / "new" / "config.yaml").write_text("train: {}")
+        raise UserError("later")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [LOCK_NAME, "config.yaml"]
+
+
 HOLD = """
 import sys, time
 from bertjax.files import lock_dir
