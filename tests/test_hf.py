@@ -214,6 +214,12 @@ def hf_copy(tmp_path: Path, name: str = "mlm") -> Path:
     return out
 
 
+def with_vocab_txt(d: Path) -> None:
+    """A BERT vocab.txt for the fixtures' 99 rows: the five specials, then w0..w93."""
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+
+
 @pytest.mark.parametrize("weights, message", [
     ("pytorch_model.bin", "pickled weights.*convert it to model.safetensors"),
     ("pytorch_model.bin.index.json", "pickled weights.*convert it to model.safetensors"),
@@ -355,8 +361,7 @@ def test_a_vocab_txt_only_directory_loads_predicts_and_exports(tmp_path, capsys)
     from bertjax.starting_points import load_start
 
     d = hf_copy(tmp_path)
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
-    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))  # the model's 99 rows
+    with_vocab_txt(d)
     tok = load_start(config.load([], [f"init.checkpoint={d}"]))[2]
     assert tok.encode("W5 w93", "w7").tokens == ["[CLS]", "w5", "w93", "[SEP]", "w7", "[SEP]"]
     predict.main(["fill-mask", str(d), "w1 [MASK] w3"])
@@ -464,8 +469,7 @@ def test_a_hugging_face_classifier_re_exported_keeps_its_class_names(tmp_path):
     from bertjax import export
 
     d = hf_copy(tmp_path, "cls")
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
-    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    with_vocab_txt(d)
     names = {"0": "negative", "1": "neutral", "2": "positive"}
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(config | {"id2label": names, "label2id": {
@@ -514,8 +518,7 @@ def test_a_multi_label_classifier_is_scored_and_exported_as_one(tmp_path, capsys
     from bertjax.starting_points import load_start
 
     d = hf_copy(tmp_path, "cls")
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
-    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    with_vocab_txt(d)
     assert not load_pretrained(d).multi_label
     hf_config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(hf_config | {"problem_type":
@@ -562,8 +565,7 @@ def test_a_next_sentence_prediction_model_exports_as_one(tmp_path):
     sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items()
           if not k.startswith("cls.predictions.")}
     save_file(sd, str(d / "model.safetensors"))
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
-    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    with_vocab_txt(d)
     export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
     out = json.loads((tmp_path / "out" / "config.json").read_text())
     assert out["architectures"] == ["BertForNextSentencePrediction"]
@@ -581,8 +583,7 @@ def test_a_vocab_txt_of_another_tokenizer_class_is_refused(tmp_path, tokenizer_c
     from bertjax.starting_points import load_start
 
     d = hf_copy(tmp_path)
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
-    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))
+    with_vocab_txt(d)
     (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class,
                                                          "do_lower_case": False}))
     cfg = config.load([], [f"init.checkpoint={d}"])
