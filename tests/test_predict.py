@@ -184,9 +184,9 @@ def test_outputs_stream_batch_by_batch_and_a_closed_pipe_ends_quietly(bundle, tm
                 raise BrokenPipeError(32, "Broken pipe")
             return super().write(text)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         batches.append(1)
-        return probs(*args)
+        return probs(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(predict, "_class_probs", counted)
