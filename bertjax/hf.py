@@ -6,7 +6,8 @@ Post-LN models map onto `BertForMaskedLM` / `BertForSequenceClassification` / `B
 tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights are [out, in], ours [in, out]; our
 fused QKV is HF's query | key | value. No torch, no pickle.
 One name table serves both directions (import and export), so its halves cannot drift;
-config.json's fields are mapped, both ways, in hf_config.py.
+config.json's fields are mapped, both ways, in hf_config.py; the tokenizer files in
+hf_tokenizer.py.
 """
 
 import json
@@ -15,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer
 
-from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import ModelConfig
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer
 from bertjax.hf_config import ARCHITECTURES, config_from_hf, config_to_hf, field
+from bertjax.hf_tokenizer import check_lowercasing, tokenizer_files
 from bertjax.model import Bert
 from bertjax.output_dirs import staged_dir
 from bertjax.weights import (
@@ -275,33 +275,6 @@ def _check_tied(sd: dict, pre: bool, source: str) -> None:
 
 
 # ---- directories ----
-def _tokenizer_files(tokenizer_json: Path, out: Path, max_length: int) -> dict:
-    """tokenizer.json + tokenizer_config.json + special_tokens_map.json (+ vocab.txt for
-    WordPiece), so `AutoTokenizer.from_pretrained(out)` works; returns the special token ids."""
-    tok = tokenizer_lib.load(tokenizer_json, "tokenizer", "export with a BERT tokenizer.json")
-    # The ids through the tokenizers library: a Unigram vocabulary is [token, score] pairs.
-    ids = tokenizer_lib.special_tokens(tok)
-    # transformers frames text only through the file's post-processor, and a tokenizer.json
-    # trained with `tokenizers` alone may have none: the model was trained on [CLS] a [SEP].
-    tokenizer_lib.add_bert_framing(tok)
-    tok.save(str(out / "tokenizer.json"))
-    spec = json.loads(tok.to_str())  # a vocab.txt has no JSON of its own
-    names = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-    tokens = {f"{k}_token": v for k, v in names.items()}
-    wordpiece = (spec.get("model") or {}).get("type") == "WordPiece"
-    (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        # BertTokenizer is WordPiece (its slow form reads vocab.txt); any other model loads as
-        # the generic fast tokenizer, from tokenizer.json alone
-        {"tokenizer_class": "BertTokenizer" if wordpiece else "PreTrainedTokenizerFast",
-         "do_lower_case": tokenizer_lib.lowercases(tok), "model_max_length": max_length,
-         "clean_up_tokenization_spaces": False, **tokens}, indent=2))
-    if wordpiece:  # for older, vocab.txt-based loaders
-        by_id = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-        (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id))
-    return ids._asdict()
-
-
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
               out_dir: str | Path, kind: str, *, force: bool = False,
               label_names: tuple[str, ...] = (), key: str = "out_dir",
@@ -319,7 +292,7 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
                     kind="Hugging Face directory") as tmp:
         special = {"pad": 0}
         if tokenizer_json_path is not None:
-            special = _tokenizer_files(Path(tokenizer_json_path), tmp,
+            special = tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
         num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
         config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label)
@@ -352,28 +325,8 @@ def import_hf(path: str | Path) -> tuple[Bert, ModelConfig, Path | None]:
     tokenizer = next((path / name for name in ("tokenizer.json", "vocab.txt")
                       if (path / name).is_file()), None)
     if tokenizer is not None and tokenizer.name == "tokenizer.json":
-        _check_lowercasing(path, tokenizer, hf_config.get("model_type", "bert"))
+        check_lowercasing(path, tokenizer, hf_config.get("model_type", "bert"))
     return model, model_cfg, tokenizer
-
-
-def _check_lowercasing(path: Path, tokenizer: Path, model_type: str) -> None:
-    """Say when transformers would lowercase other than tokenizer.json does (ids then differ
-    from those the model was trained on with transformers, silently)."""
-    theirs = tokenizer_lib.transformers_lowercase(path, model_type)
-    if theirs is None:
-        return
-    try:
-        ours = tokenizer_lib.lowercases(Tokenizer.from_file(str(tokenizer)))
-    except Exception:  # noqa: BLE001 -- a damaged file is reported where it is loaded
-        return
-    if ours != theirs:
-        said = ("tokenizer_config.json's do_lower_case" if (path / "tokenizer_config.json")
-                .is_file() else "BertTokenizer's default do_lower_case (no tokenizer_config.json)")
-        warnings.warn(f"{tokenizer} {'lowercases' if ours else 'keeps case'}, but transformers "
-                      f"{'lowercases' if theirs else 'keeps case'} here ({said} is "
-                      f"{str(theirs).lower()} and wins over tokenizer.json): bertjax follows "
-                      "tokenizer.json, so token ids may differ from transformers'; make the two "
-                      "files agree", stacklevel=2)
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
