@@ -187,6 +187,7 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
              # a bare BertModel's trained pooler: BertForSequenceClassification starts from it
              "pooler": not pre and "bert.pooler.dense.weight" in sd}
     _check_tied(sd, pre, source)
+    _check_untied_decoder(sd, hf_config, heads["mlm"], pre, source)
     _check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
     labels = sd[classifier].shape[0] if heads["classifier"] and sd[classifier].ndim else 0
     ours = parameter_shapes(abstract_bert(model_cfg, heads["mlm"], heads["nsp"], labels,
@@ -274,6 +275,17 @@ def _check_tied(sd: dict, pre: bool, source: str) -> None:
                             "bertjax ties the MLM decoder to the word embeddings and bias")
 
 
+def _check_untied_decoder(sd: dict, hf_config: dict, mlm: bool, pre: bool, source: str) -> None:
+    """An MLM head said untied (tie_word_embeddings: false) without its decoder weight:
+    transformers starts that decoder at random, bertjax ties it; said, as the two then differ."""
+    decoder = f"{'lm_head' if pre else 'cls.predictions'}.decoder.weight"
+    if mlm and hf_config.get("tie_word_embeddings") is False and decoder not in sd:
+        warnings.warn(f"{source}: config.json has tie_word_embeddings=false but the weights hold "
+                      f"no {decoder}: transformers would start that decoder at random; bertjax "
+                      "ties it to the word embeddings, so masked-word predictions differ from "
+                      "transformers' (fine-tuning reads the encoder only)", stacklevel=3)
+
+
 # ---- directories ----
 def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Path | None,
               out_dir: str | Path, kind: str, *, force: bool = False,
@@ -295,7 +307,9 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
             special = tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
         num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
-        config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label)
+        # the classifier's own rate (written as null, transformers took hidden_dropout_prob)
+        config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label,
+                              model.classifier_dropout if num_labels else None)
         state = bert_to_hf(model, model_cfg, kind, special["pad"])
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

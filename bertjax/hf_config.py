@@ -6,6 +6,7 @@ names), `hf_label_names` reads a classifier's class names back.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 from bertjax.config import MODEL_SIZES, ModelConfig
@@ -83,10 +84,11 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
 
 def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
                  special: dict | None = None, label_names: tuple[str, ...] = (),
-                 multi_label: bool = False) -> dict:
+                 multi_label: bool = False, classifier_dropout: float | None = None) -> dict:
     """config.json for `kind` (mlm | cls | pretrain | nsp); `special`: pad/cls/sep token ids;
     `label_names`: a classifier's class names by index (else transformers' LABEL_i);
-    `multi_label`: a multi-label classifier's problem_type."""
+    `multi_label`: a multi-label classifier's problem_type; `classifier_dropout`: the rate before
+    the classifier (None: transformers then takes hidden_dropout_prob)."""
     special = special or {"pad": 0}
     pre = model_cfg.norm == "pre"
     positions = model_cfg.max_position_embeddings + (special["pad"] + 1 if pre else 0)
@@ -108,7 +110,8 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
         names = (list(label_names) if len(label_names) == num_labels else
                  [f"LABEL_{i}" for i in range(num_labels)])
         c |= {"id2label": {str(i): name for i, name in enumerate(names)},
-              "label2id": {name: i for i, name in enumerate(names)}, "classifier_dropout": None}
+              "label2id": {name: i for i, name in enumerate(names)},
+              "classifier_dropout": classifier_dropout}
         if multi_label:
             c["problem_type"] = MULTI_LABEL
         elif num_labels == 1:  # else transformers' pipelines put a sigmoid on the score (STS-B)
@@ -134,5 +137,10 @@ def hf_label_names(path: Path, num_labels: int) -> tuple[str, ...]:
     if not isinstance(id2label, dict):
         return ()
     names = tuple(id2label.get(str(i)) for i in range(num_labels))
-    return names if len(id2label) == num_labels and all(
-        isinstance(n, str) for n in names) else ()
+    if len(id2label) == num_labels and all(isinstance(n, str) for n in names):
+        return names
+    # transformers sizes the classifier by id2label, so it would refuse these weights
+    warnings.warn(f"{path / 'config.json'}: id2label does not name the classifier's "
+                  f"{num_labels} classes 0..{num_labels - 1} (it has {len(id2label)} entries); "
+                  "classes are shown by index: fix id2label to name them", stacklevel=3)
+    return ()

@@ -274,10 +274,16 @@ def test_a_classifier_s_class_names_come_from_config_json_id2label(tmp_path):
     shutil.copytree(HF_TINY / "cls", d)
     config = json.loads((d / "config.json").read_text())
     for id2label, names in [({"0": "no", "1": "maybe", "2": "yes"}, ("no", "maybe", "yes")),
-                            ({"0": "no", "1": "yes"}, ()),  # not one name per class
                             (None, ())]:
         (d / "config.json").write_text(json.dumps(config | {"id2label": id2label}))
         assert load_pretrained(d).label_names == names
+    # not one name per class (transformers would refuse the weights): said, not dropped silently
+    for id2label in ({"0": "no", "1": "yes"}, {"0": "no", "1": "maybe", "3": "yes"}):
+        (d / "config.json").write_text(json.dumps(config | {"id2label": id2label}))
+        with pytest.warns(UserWarning, match=r"id2label does not name the classifier's 3 classes "
+                                             r"0\.\.2 \(it has \d entries\); classes are shown "
+                                             "by index"):
+            assert load_pretrained(d).label_names == ()
 
 
 def test_sharded_safetensors_load_like_a_single_file(tmp_path):
@@ -462,6 +468,35 @@ def test_classifier_dropout_is_read_as_transformers_reads_it(rate, expected):
     model, _ = bert_from_hf(load_file(str(HF_TINY / "cls" / "model.safetensors")),
                             hf_config | {"classifier_dropout": rate})
     assert model.classifier_dropout == expected
+
+
+def test_an_untied_mlm_head_without_its_decoder_is_said(tmp_path):
+    # transformers starts such a decoder at random; bertjax tied it without a word
+    d = hf_copy(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(config | {"tie_word_embeddings": False}))
+    with pytest.warns(UserWarning, match=r"tie_word_embeddings=false but the weights hold no "
+                                         r"cls\.predictions\.decoder\.weight: transformers would "
+                                         "start that decoder at random; bertjax ties it"):
+        import_hf(d)
+    import warnings
+
+    with warnings.catch_warnings():  # tied, the default: nothing to say
+        warnings.simplefilter("error")
+        import_hf(hf_copy(tmp_path / "tied"))
+
+
+def test_an_exported_classifier_keeps_its_dropout_rate(tmp_path):
+    # written as null, transformers fine-tuned the export with hidden_dropout_prob (0.1) instead
+    from bertjax import export
+
+    d = hf_copy(tmp_path, "cls")
+    with_vocab_txt(d)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(config | {"classifier_dropout": 0.0}))
+    export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
+    out = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert out["classifier_dropout"] == 0.0 and out["hidden_dropout_prob"] == 0.1
 
 
 def test_a_hugging_face_classifier_re_exported_keeps_its_class_names(tmp_path):
