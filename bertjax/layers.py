@@ -69,18 +69,18 @@ def split_key(key: PRNGKeyArray | None, n: int) -> list:
 
 class Dense(eqx.Module):
     weight: jax.Array  # [in, out]
-    bias: jax.Array | None
+    bias: jax.Array
 
-    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, use_bias: bool = True):
+    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray):
         self.weight = truncated_normal(key, (d_in, d_out))
-        self.bias = jnp.zeros((d_out,), jnp.float32) if use_bias else None
+        self.bias = jnp.zeros((d_out,), jnp.float32)
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         # One 2-D matmul over all rows: with [batch, seq, in] operands XLA:CPU computed the
         # weight gradient (a contraction over batch and seq) ~3x slower (log.md, 2026-12-01).
         y = x.reshape(-1, x.shape[-1]) @ whole(self.weight).astype(x.dtype)
         y = y.reshape(*x.shape[:-1], -1)
-        return y if self.bias is None else y + whole(self.bias).astype(x.dtype)
+        return y + whole(self.bias).astype(x.dtype)
 
 
 class LayerNorm(eqx.Module):
