@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_cfg, sentences
 
-from bertjax import prepare, tokenizer
+from bertjax import prepare
 from bertjax.data import Permutation, Prefetcher, PretrainData
 from bertjax.errors import UserError
 
@@ -160,11 +160,7 @@ def test_prefetch_reads_ahead_in_order_and_hands_errors_over(prepared):
         next(it)
 
 
-def test_mismatched_tokenizer_and_missing_data_are_user_errors(prepared, tmp_path):
-    tok = tokenizer.load(prepared / "tokenizer.json")
-    assert PretrainData(prepared, special=tokenizer.special_tokens(tok)).num_sequences > 0
-    with pytest.raises(UserError, match="special ids .* do not match"):
-        PretrainData(prepared, special=tokenizer.SpecialTokens(0, 100, 101, 102, 103))
+def test_missing_data_and_unknown_split_are_user_errors(prepared, tmp_path):
     with pytest.raises(UserError, match="no meta.json"):
         PretrainData(tmp_path)
     with pytest.raises(UserError, match="split 'test' is unknown"):
