@@ -116,12 +116,13 @@ def sinusoidal(positions: int, dim: int) -> jax.Array:
     return INIT_STD * table
 
 
-def gather_f32(table: jax.Array, index, axis: int = 0) -> jax.Array:
-    """`jnp.take(table, index, axis)` with the gradient's scatter-add done in f32. On GPU a bf16
-    or fp16 scatter-add is a compare-and-swap loop per element: the embedding and MLM gathers'
-    gradients took 198 of the 223 ms of a bf16 train step on an H100 (mini, batch 256; the whole
-    f32 step: 21 ms; log.md, 2026-11-25). The f32 copy of the table costs one elementwise pass."""
-    return jnp.take(table.astype(jnp.float32), index, axis=axis).astype(table.dtype)
+def gather_f32(table: jax.Array, index) -> jax.Array:
+    """`jnp.take(table, index, axis=0)` with the gradient's scatter-add done in f32. On GPU a
+    bf16 or fp16 scatter-add is a compare-and-swap loop per element: the embedding and MLM
+    gathers' gradients took 198 of the 223 ms of a bf16 train step on an H100 (mini, batch 256;
+    the whole f32 step: 21 ms; log.md, 2026-11-25). The f32 copy of the table costs one
+    elementwise pass."""
+    return jnp.take(table.astype(jnp.float32), index, axis=0).astype(table.dtype)
 
 
 class Embeddings(eqx.Module):

@@ -6,8 +6,6 @@ feeding the NSP/SOP head (2-way) and the GLUE classifier/regressor. Model code n
 training, data or I/O code. `param_count` and `flops_per_token` serve logging and MFU.
 """
 
-from functools import partial
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -135,7 +133,7 @@ class Bert(eqx.Module):
                    ) -> Float[Array, "batch _ vocab"]:
         """Vocabulary logits (f32) at `positions` (sparse mode) or at every position."""
         if positions is not None:
-            hidden = jax.vmap(partial(gather_f32, axis=0))(hidden, positions)
+            hidden = jax.vmap(gather_f32)(hidden, positions)
         return self.mlm(hidden, self.encoder.embeddings.word)
 
     def pooled(self, hidden: Float[Array, "batch seq embed"],
