@@ -40,6 +40,7 @@ from bertjax.pretrained import (
     BUNDLE_VERSION,
     check_tokenizer_fits,
     load_pretrained,
+    num_labels,
     restore_model,
     tokenizer_of,
 )
@@ -126,7 +127,7 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
     arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
                                       else v) for k, v in state_dict(model).items()}
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
-             "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
+             "num_labels": num_labels(model)}
     with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
         # One metadata key: safetensors writes them in hash order, which changes from call to
         # call, and the same weights must give the same bytes (the manifest records the dtype).
