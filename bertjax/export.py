@@ -48,6 +48,8 @@ from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
 FORMATS = ("bundle", "hf")
+USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
+         "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 # What --force may replace: a directory holding a bundle's manifest (or, --format hf, a Hugging
 # Face directory's config.json), never anything else.
 MARKER, KIND = "manifest.json", "release bundle"
@@ -57,8 +59,6 @@ HF_MARKER, HF_KIND = "config.json", "Hugging Face directory"
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
-         "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 
 
 def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
