@@ -70,7 +70,7 @@ def _name(path) -> str:
 def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:
     """`{dotted tree path: array}`, e.g. `encoder.blocks.attn.qkv.weight` (stacked [layers, ..])."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))[0]
-    return {_name(p): np.asarray(x) for p, x in leaves if x is not None}
+    return {_name(p): np.asarray(x) for p, x in leaves}
 
 
 def _is_parameter(x) -> bool:
