@@ -110,10 +110,6 @@ class PretrainData:
                             f"{more}, or data.objective=mlm")
         return int(self.chunk_end[-1])
 
-    def epoch(self, position: int) -> int:
-        """The epoch a global sequence position falls in (0 for the first pass)."""
-        return position // self.num_sequences
-
     def sequence_index(self, positions: np.ndarray) -> np.ndarray:
         """Global positions -> sequence ids in [0, num_sequences)."""
         epochs, index = np.divmod(positions, self.num_sequences)
