@@ -33,14 +33,13 @@ from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import from_cwd, path_argument, sha256_file
 from bertjax.hf import export_hf
-from bertjax.model import Bert, param_count
+from bertjax.model import Bert, num_labels, param_count
 from bertjax.output_dirs import check_output_dir, staged_dir
 from bertjax.pretrained import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     check_tokenizer_fits,
     load_pretrained,
-    num_labels,
     restore_model,
     tokenizer_of,
 )

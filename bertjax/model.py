@@ -173,6 +173,11 @@ def attention_summary(cfg: ModelConfig, compute_dtype: str) -> str:
                               cfg.attention_dropout)
 
 
+def num_labels(model: Bert) -> int:
+    """The classifier's outputs (GLUE classes, or 1 for regression); 0 without a classifier."""
+    return model.classifier.weight.shape[-1] if model.classifier is not None else 0
+
+
 def param_count(model: eqx.Module) -> int:
     """Number of parameters (tied weights counted once, as they are stored once)."""
     leaves = jax.tree.leaves(model)  # arrays, or ShapeDtypeStructs from eqx.filter_eval_shape

@@ -22,7 +22,7 @@ from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
 from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
-from bertjax.model import Bert
+from bertjax.model import Bert, num_labels
 from bertjax.step import abstract_state
 from bertjax.weights import model_from_arrays, read_safetensors
 
@@ -43,11 +43,6 @@ class Pretrained:
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
     label_names: tuple[str, ...] = ()  # the classifier's classes by index (() when unnamed)
     multi_label: bool = False  # a Hugging Face multi-label classifier: a sigmoid per class
-
-
-def num_labels(model: Bert) -> int:
-    """The classifier's outputs (GLUE classes, or 1 for regression); 0 without a classifier."""
-    return model.classifier.weight.shape[-1] if model.classifier is not None else 0
 
 
 def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
