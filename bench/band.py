@@ -77,6 +77,28 @@ def refresh_test_seed(work: Path, glue_dir: Path, entry: str, own: bool) -> None
     print(f"wrote the exact figures{' and own band' if own else ''} into {recipe.BAND_FILE}")
 
 
+def print_band(per_seed: dict, stats: dict, band: dict, k: float) -> None:
+    """The seeds' figures, their mean, std and band as a markdown table, then how many figures
+    fall outside the band when each seed is held out."""
+    names = list(recipe.FIGURES)
+    print("| seed | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names))
+    for seed, f in per_seed.items():
+        print(f"| {seed} | " + " | ".join(f"{f[n]:.4f}" for n in names) + " |")
+    for label, row in (("mean", [stats[n][0] for n in names]),
+                       ("std", [stats[n][1] for n in names]),
+                       ("band lo", [band[n][0] for n in names]),
+                       ("band hi", [band[n][1] for n in names])):
+        print(f"| {label} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
+    # Each seed against the band of the others: how often a correct run would have failed.
+    misses = [f"seed {s}: {line}" for s, f in per_seed.items() for line in recipe.outside(
+        f, {"band": band_of([g for t, g in per_seed.items() if t != s], k)[1]})]
+    print(f"leave-one-out: {len(misses)} of {len(per_seed) * len(names)} figures outside",
+          *misses, sep="\n  ")
+    alarm = false_alarm(k, len(per_seed))
+    print(f"a correct run outside, if the figures were normal: {alarm:.2g} per figure, at most "
+          f"{len(names) * alarm:.2g} per run")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (at least 8)")
@@ -111,23 +133,7 @@ def main() -> None:
         print(f"seed {seed} ({time.perf_counter() - start:.0f} s): " +
               ", ".join(f"{k} {v:.5f}" for k, v in per_seed[seed].items()), flush=True)
     stats, band = band_of(per_seed.values(), args.k)
-    names = list(recipe.FIGURES)
-    print("| seed | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names))
-    for seed, f in per_seed.items():
-        print(f"| {seed} | " + " | ".join(f"{f[n]:.4f}" for n in names) + " |")
-    for label, row in (("mean", [stats[n][0] for n in names]),
-                       ("std", [stats[n][1] for n in names]),
-                       ("band lo", [band[n][0] for n in names]),
-                       ("band hi", [band[n][1] for n in names])):
-        print(f"| {label} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
-    # Each seed against the band of the others: how often a correct run would have failed.
-    misses = [f"seed {s}: {line}" for s, f in per_seed.items() for line in recipe.outside(
-        f, {"band": band_of([g for t, g in per_seed.items() if t != s], args.k)[1]})]
-    print(f"leave-one-out: {len(misses)} of {len(per_seed) * len(names)} figures outside",
-          *misses, sep="\n  ")
-    alarm = false_alarm(args.k, len(per_seed))
-    print(f"a correct run outside, if the figures were normal: {alarm:.2g} per figure, at most "
-          f"{len(names) * alarm:.2g} per run")
+    print_band(per_seed, stats, band, args.k)
     result = {"source": f"log.md, {args.entry}", "recipe": ["configs/band.yaml",
                                                              "configs/band_sst2.yaml"],
               "seeds": list(per_seed), "k": args.k, "figures": recipe.FIGURES,

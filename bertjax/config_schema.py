@@ -111,8 +111,8 @@ def check_objective(objective: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dir: str = opt("data/demo", "prepared data directory (tokens, offsets, meta.json)",
-                    domain=PATH)
+    dir: str = opt("data/demo", "prepared data directory (token ids, document lengths, "
+                    "tokenizer.json, meta.json)", domain=PATH)
     sources: list[str] = opt([], "local text/jsonl/parquet files or globs",
                               domain=PATHS)
     hf_dataset: str | None = opt(None, "Hugging Face hub dataset name (streamed)")

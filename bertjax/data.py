@@ -66,17 +66,12 @@ class PretrainData:
     """Sequences of one split of a prepared directory (train shuffles, validation does not)."""
 
     def __init__(self, data_dir: str | Path, split: str = "train", seq_len: int = 128,
-                 objective: str = "mlm", seed: int = 0, special: SpecialTokens | None = None,
-                 shuffle: bool | None = None):
+                 objective: str = "mlm", seed: int = 0, shuffle: bool | None = None):
         meta = prepared.read_meta(data_dir)
         if split not in meta["splits"]:
             raise UserError(f"split {split!r} is unknown; use one of {list(meta['splits'])}")
         check_objective(objective)
         self.special = SpecialTokens(**meta["special_tokens"])
-        if special is not None and tuple(special) != tuple(self.special):
-            raise UserError(f"the tokenizer's special ids {tuple(special)} do not match the data "
-                            f"in {data_dir} {tuple(self.special)}; use the tokenizer.json "
-                            "saved there, or prepare the data again with yours")
         self.split, self.seq_len, self.objective, self.seed = split, seq_len, objective, seed
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.data_dir, self.vocab_size = Path(data_dir), meta["vocab_size"]
@@ -114,10 +109,6 @@ class PretrainData:
                             f"which has {np.count_nonzero(self.doc_chunks)}; use more text, "
                             f"{more}, or data.objective=mlm")
         return int(self.chunk_end[-1])
-
-    def epoch(self, position: int) -> int:
-        """The epoch a global sequence position falls in (0 for the first pass)."""
-        return position // self.num_sequences
 
     def sequence_index(self, positions: np.ndarray) -> np.ndarray:
         """Global positions -> sequence ids in [0, num_sequences)."""

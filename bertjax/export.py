@@ -33,7 +33,7 @@ from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import from_cwd, path_argument, sha256_file
 from bertjax.hf import export_hf
-from bertjax.model import Bert, param_count
+from bertjax.model import Bert, num_labels, param_count
 from bertjax.output_dirs import check_output_dir, staged_dir
 from bertjax.pretrained import (
     BUNDLE_FORMAT,
@@ -47,6 +47,8 @@ from bertjax.weights import state_dict
 
 DTYPES = ("float32", "bfloat16")
 FORMATS = ("bundle", "hf")
+USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
+         "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 # What --force may replace: a directory holding a bundle's manifest (or, --format hf, a Hugging
 # Face directory's config.json), never anything else.
 MARKER, KIND = "manifest.json", "release bundle"
@@ -56,8 +58,6 @@ HF_MARKER, HF_KIND = "config.json", "Hugging Face directory"
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-USAGE = ("usage: python -m bertjax.export RUN_DIR OUT_DIR [--dtype float32|bfloat16] [--force] "
-         "[--tokenizer PATH], or CHECKPOINT OUT_DIR --format hf [--force] [--tokenizer PATH]")
 
 
 def tokenizer_for(model: Bert, given: Tokenizer | None, path: str | Path | None,
@@ -126,7 +126,7 @@ def save_bundle(model: Bert, cfg: Config, tokenizer, out_dir: str | Path, *,
     arrays = {k: np.ascontiguousarray(v.astype(target) if jnp.issubdtype(v.dtype, jnp.floating)
                                       else v) for k, v in state_dict(model).items()}
     heads = {"mlm": model.mlm is not None, "nsp": model.nsp is not None,
-             "num_labels": 0 if model.classifier is None else int(model.classifier.bias.shape[0])}
+             "num_labels": num_labels(model)}
     with staged_dir(out_dir, force, key=key, marker=MARKER, kind=KIND) as tmp:
         # One metadata key: safetensors writes them in hash order, which changes from call to
         # call, and the same weights must give the same bytes (the manifest records the dtype).

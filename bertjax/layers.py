@@ -69,18 +69,18 @@ def split_key(key: PRNGKeyArray | None, n: int) -> list:
 
 class Dense(eqx.Module):
     weight: jax.Array  # [in, out]
-    bias: jax.Array | None
+    bias: jax.Array
 
-    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, use_bias: bool = True):
+    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray):
         self.weight = truncated_normal(key, (d_in, d_out))
-        self.bias = jnp.zeros((d_out,), jnp.float32) if use_bias else None
+        self.bias = jnp.zeros((d_out,), jnp.float32)
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         # One 2-D matmul over all rows: with [batch, seq, in] operands XLA:CPU computed the
         # weight gradient (a contraction over batch and seq) ~3x slower (log.md, 2026-12-01).
         y = x.reshape(-1, x.shape[-1]) @ whole(self.weight).astype(x.dtype)
         y = y.reshape(*x.shape[:-1], -1)
-        return y if self.bias is None else y + whole(self.bias).astype(x.dtype)
+        return y + whole(self.bias).astype(x.dtype)
 
 
 class LayerNorm(eqx.Module):
@@ -116,12 +116,13 @@ def sinusoidal(positions: int, dim: int) -> jax.Array:
     return INIT_STD * table
 
 
-def gather_f32(table: jax.Array, index, axis: int = 0) -> jax.Array:
-    """`jnp.take(table, index, axis)` with the gradient's scatter-add done in f32. On GPU a bf16
-    or fp16 scatter-add is a compare-and-swap loop per element: the embedding and MLM gathers'
-    gradients took 198 of the 223 ms of a bf16 train step on an H100 (mini, batch 256; the whole
-    f32 step: 21 ms; log.md, 2026-11-25). The f32 copy of the table costs one elementwise pass."""
-    return jnp.take(table.astype(jnp.float32), index, axis=axis).astype(table.dtype)
+def gather_f32(table: jax.Array, index) -> jax.Array:
+    """`jnp.take(table, index, axis=0)` with the gradient's scatter-add done in f32. On GPU a
+    bf16 or fp16 scatter-add is a compare-and-swap loop per element: the embedding and MLM
+    gathers' gradients took 198 of the 223 ms of a bf16 train step on an H100 (mini, batch 256;
+    the whole f32 step: 21 ms; log.md, 2026-11-25). The f32 copy of the table costs one
+    elementwise pass."""
+    return jnp.take(table.astype(jnp.float32), index, axis=0).astype(table.dtype)
 
 
 class Embeddings(eqx.Module):

@@ -234,9 +234,10 @@ class Monitor:
             return {}
         return {"eta": tqdm.format_interval(left * (now - then) / (step - first))}
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self) -> None:
+        """One step more on the progress bar."""
         if self.enabled:
-            self.bar.update(steps)
+            self.bar.update()
 
     def seek(self, step: int) -> None:
         """Put the progress bar back at `step` (after a rollback)."""

@@ -6,8 +6,6 @@ feeding the NSP/SOP head (2-way) and the GLUE classifier/regressor. Model code n
 training, data or I/O code. `param_count` and `flops_per_token` serve logging and MFU.
 """
 
-from functools import partial
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -135,7 +133,7 @@ class Bert(eqx.Module):
                    ) -> Float[Array, "batch _ vocab"]:
         """Vocabulary logits (f32) at `positions` (sparse mode) or at every position."""
         if positions is not None:
-            hidden = jax.vmap(partial(gather_f32, axis=0))(hidden, positions)
+            hidden = jax.vmap(gather_f32)(hidden, positions)
         return self.mlm(hidden, self.encoder.embeddings.word)
 
     def pooled(self, hidden: Float[Array, "batch seq embed"],
@@ -173,6 +171,11 @@ def attention_summary(cfg: ModelConfig, compute_dtype: str) -> str:
     """The attention path of training and evaluation steps, in words (for the run log)."""
     return describe_attention(cfg.attention, compute_dtype, cfg.hidden_size // cfg.num_heads,
                               cfg.attention_dropout)
+
+
+def num_labels(model: Bert) -> int:
+    """The classifier's outputs (GLUE classes, or 1 for regression); 0 without a classifier."""
+    return model.classifier.weight.shape[-1] if model.classifier is not None else 0
 
 
 def param_count(model: eqx.Module) -> int:

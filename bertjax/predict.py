@@ -126,13 +126,11 @@ def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
 
 
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
-             batch_size: int = BATCH_SIZE, max_len: int | None = None,
-             multi_label: bool = False) -> np.ndarray:
-    """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model; inputs
-    cut to `max_len` tokens (a GLUE run's largest bucket) when given; `multi_label`: each
-    class's own probability (Pretrained.multi_label)."""
+             batch_size: int = BATCH_SIZE, multi_label: bool = False) -> np.ndarray:
+    """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model;
+    `multi_label`: each class's own probability (Pretrained.multi_label)."""
     fn = partial(_class_probs, multi_label=multi_label)
-    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size, max_len),
+    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size),
                  model.classifier.bias.shape[0])
 
 

@@ -22,7 +22,7 @@ from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
 from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
-from bertjax.model import Bert
+from bertjax.model import Bert, num_labels
 from bertjax.step import abstract_state
 from bertjax.weights import model_from_arrays, read_safetensors
 
@@ -45,14 +45,10 @@ class Pretrained:
     multi_label: bool = False  # a Hugging Face multi-label classifier: a sigmoid per class
 
 
-def _classes(model: Bert) -> int:
-    return model.classifier.weight.shape[-1] if model.classifier is not None else 0
-
-
 def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
     """The GLUE task's class names, when the model's classifier is that task's."""
     labels = tuple(glue_tasks.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
-    return labels if labels and len(labels) == _classes(model) else ()
+    return labels if labels and len(labels) == num_labels(model) else ()
 
 
 # ---- the four kinds of source ----
@@ -289,8 +285,8 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
     if (path / "config.json").is_file():
         model, model_cfg, tokenizer = import_hf(path)
         return Pretrained(model, model_cfg, None, tokenizer, "hf", None,
-                          hf_label_names(path, _classes(model)),
-                          hf_multi_label(path, _classes(model)))
+                          hf_label_names(path, num_labels(model)),
+                          hf_multi_label(path, num_labels(model)))
     if (path / "checkpoints").is_dir() or is_step_dir(path):
         step = int(path.name) if is_step_dir(path) else None
         run_dir = path.parent.parent if step is not None else path

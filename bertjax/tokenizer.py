@@ -42,9 +42,16 @@ class SpecialTokens(NamedTuple):
 def build(cfg: TokenizerConfig) -> Tokenizer:
     """An untrained BERT WordPiece pipeline (normalizer, pre-tokenizer, model, decoder)."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    return _bert_text_pipeline(tok, cfg.lowercase)
+
+
+def _bert_text_pipeline(tok: Tokenizer, lowercase: bool, strip_accents: bool | None = None,
+                        chinese_chars: bool = True) -> Tokenizer:
+    """`tok` with BERT's normalizer, pre-tokenizer and '##' decoder (BertTokenizer's defaults
+    but for `lowercase`), for a trained tokenizer and a vocab.txt alike."""
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=cfg.lowercase
-    )
+        clean_text=True, handle_chinese_chars=chinese_chars, strip_accents=strip_accents,
+        lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     return tok
@@ -141,11 +148,8 @@ def from_vocab_txt(path: Path, what: str = "vocab file",
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     special_tokens(tok, f"{what} {path}")  # before anything needs [UNK], [CLS] or [SEP]
     options = _vocab_txt_options(path.parent / "tokenizer_config.json", vocab)
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=options["tokenize_chinese_chars"],
-        strip_accents=options["strip_accents"], lowercase=options["do_lower_case"])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    _bert_text_pipeline(tok, options["do_lower_case"], options["strip_accents"],
+                        options["tokenize_chinese_chars"])
     tok.add_special_tokens(list(SPECIAL_NAMES))  # kept whole in text, as in a trained one
     add_bert_framing(tok)
     return tok

@@ -62,11 +62,15 @@ def read_sharded_safetensors(index: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _name(path) -> str:
+    """A leaf's dotted tree path, e.g. `encoder.blocks.attn.qkv.weight`: its tensor's name."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
 def state_dict(model: eqx.Module) -> dict[str, np.ndarray]:
     """`{dotted tree path: array}`, e.g. `encoder.blocks.attn.qkv.weight` (stacked [layers, ..])."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="."): np.asarray(x)
-            for p, x in leaves if x is not None}
+    return {_name(p): np.asarray(x) for p, x in leaves}
 
 
 def _is_parameter(x) -> bool:
@@ -76,15 +80,14 @@ def _is_parameter(x) -> bool:
 def parameter_shapes(abstract: eqx.Module) -> dict[str, tuple[int, ...]]:
     """`{name as state_dict names it: shape}` of a model (abstract, from abstract_bert, or not)."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(abstract, _is_parameter))[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="."): tuple(x.shape)
-            for p, x in leaves}
+    return {_name(p): tuple(x.shape) for p, x in leaves}
 
 
 def load_state_dict(abstract: eqx.Module, arrays: dict[str, np.ndarray], source: str):
     """Fill `abstract` (from eqx.filter_eval_shape) with `arrays`, cast to its dtypes."""
     params, static = eqx.partition(abstract, _is_parameter)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [jax.tree_util.keystr(p, simple=True, separator=".") for p, _ in leaves]
+    names = [_name(p) for p, _ in leaves]
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
     if missing or extra:
