@@ -22,7 +22,7 @@ from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer
 from bertjax.hf_config import ARCHITECTURES, config_from_hf, config_to_hf, field
 from bertjax.hf_tokenizer import check_lowercasing, tokenizer_files
-from bertjax.model import Bert
+from bertjax.model import Bert, num_labels
 from bertjax.output_dirs import staged_dir
 from bertjax.weights import (
     abstract_bert,
@@ -306,10 +306,10 @@ def export_hf(model: Bert, model_cfg: ModelConfig, tokenizer_json_path: str | Pa
         if tokenizer_json_path is not None:
             special = tokenizer_files(Path(tokenizer_json_path), tmp,
                                        model_cfg.max_position_embeddings)
-        num_labels = 0 if model.classifier is None else model.classifier.bias.shape[0]
+        labels = num_labels(model)
         # the classifier's own rate (written as null, transformers took hidden_dropout_prob)
-        config = config_to_hf(model_cfg, kind, num_labels, special, label_names, multi_label,
-                              model.classifier_dropout if num_labels else None)
+        config = config_to_hf(model_cfg, kind, labels, special, label_names, multi_label,
+                              model.classifier_dropout if labels else None)
         state = bert_to_hf(model, model_cfg, kind, special["pad"])
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
