@@ -14,9 +14,9 @@ imports only from lower layers, and never in a circle inside its own.
                                                    host-side: text -> tokens -> batches
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
-    L3  hf_config hf_tokenizer hf pretrained       HF config.json, tokenizer files and weights;
-        starting_points export predict plot        load a model; start a run from it; release;
-        glue_eval                                  infer; plot; GLUE scores
+    L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
+        pretrained starting_points export          weights; load a model; start a run from it;
+        predict plot glue_eval                     release; infer; plot; GLUE scores
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
                                                    GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only

@@ -7,7 +7,7 @@ tests/fixtures/hf_tiny/PRELN_NOTES.md). torch Linear weights are [out, in], ours
 fused QKV is HF's query | key | value. No torch, no pickle.
 One name table serves both directions (import and export), so its halves cannot drift;
 config.json's fields are mapped, both ways, in hf_config.py; the tokenizer files in
-hf_tokenizer.py.
+hf_tokenizer.py; what a state dict must satisfy first is checked in hf_checks.py.
 """
 
 import json
@@ -20,13 +20,13 @@ from safetensors.numpy import save_file
 from bertjax.config import ModelConfig
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer
+from bertjax.hf_checks import PRE, check_heads, check_layer_count, check_tensor
 from bertjax.hf_config import ARCHITECTURES, config_from_hf, config_to_hf, field
 from bertjax.hf_tokenizer import check_lowercasing, tokenizer_files
 from bertjax.model import Bert, num_labels
 from bertjax.output_dirs import staged_dir
 from bertjax.weights import (
     abstract_bert,
-    check_values,
     model_from_arrays,
     parameter_shapes,
     read_safetensors,
@@ -34,7 +34,6 @@ from bertjax.weights import (
 )
 from bertjax.weights import state_dict as our_state_dict
 
-PRE = "roberta_prelayernorm"
 KINDS = ("mlm", "cls", "pretrain", "nsp")
 OTHER_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
 RIGHT_PAD_NOTE = ("inputs must be right-padded: transformers derives RoBERTa position ids from "
@@ -186,9 +185,8 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
              "nsp": not pre and "cls.seq_relationship.weight" in sd, "classifier": classifier in sd,
              # a bare BertModel's trained pooler: BertForSequenceClassification starts from it
              "pooler": not pre and "bert.pooler.dense.weight" in sd}
-    _check_tied(sd, pre, source)
-    _check_untied_decoder(sd, hf_config, heads["mlm"], pre, source)
-    _check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
+    check_heads(sd, hf_config, heads, pre, source)
+    check_layer_count(sd, _tables(pre, heads)[2], hf_config, model_cfg.num_layers, source)
     labels = sd[classifier].shape[0] if heads["classifier"] and sd[classifier].ndim else 0
     ours = parameter_shapes(abstract_bert(model_cfg, heads["mlm"], heads["nsp"], labels,
                                           pooled=heads["pooler"]))
@@ -197,12 +195,12 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     for name, layer, part, hf, transpose in _pairs(pre, heads, model_cfg.num_layers):
         if hf not in sd:
             raise UserError(f"{source} lacks {hf}; it is not a complete BERT checkpoint")
-        _check_tensor(sd[hf], hf, _hf_shape(ours[name], layer, part, transpose), source)
+        check_tensor(sd[hf], hf, _hf_shape(ours[name], layer, part, transpose), source)
         used.add(hf)
         pieces.setdefault(name, {})[(layer, part)] = sd[hf].T if transpose else sd[hf]
     arrays = {name: _assemble(p) for name, p in pieces.items()}
     position = sd[_position_name(pre)]
-    _check_tensor(position, _position_name(pre), (model_cfg.max_position_embeddings +
+    check_tensor(position, _position_name(pre), (model_cfg.max_position_embeddings +
                                                   (pad + 1 if pre else 0), model_cfg.hidden_size),
                   source)
     used.add(_position_name(pre))
@@ -230,30 +228,6 @@ def _hf_shape(ours: tuple[int, ...], layer: int | None, part: int | None,
     return tuple(shape[::-1] if transpose else shape)
 
 
-def _check_tensor(array: np.ndarray, hf_name: str, shape: tuple[int, ...], source: str) -> None:
-    """One HF tensor, named as the user's file names it, before it is transposed and joined
-    (a wrong shape then raised numpy's ValueError from the joining)."""
-    if tuple(array.shape) != shape:
-        raise UserError(f"{source}: {hf_name} has shape {list(array.shape)}, but config.json's "
-                        f"sizes need {list(shape)}; config.json does not belong to these weights, "
-                        "or the file is damaged: download the model again")
-    check_values(array, hf_name, source)
-
-
-def _check_layer_count(sd: dict, prefix: str, hf_config: dict, num_layers: int,
-                       source: str) -> None:
-    """config.json's layer count against the weights' (else a missing layer reads as an
-    incomplete checkpoint, while the weights are whole and config.json is what is wrong)."""
-    found = {key[len(prefix) + 1:].split(".")[0] for key in sd if key.startswith(f"{prefix}.")}
-    layers = sum(index.isdigit() for index in found)
-    if layers and layers != num_layers:
-        says = (f"says num_hidden_layers={num_layers}" if "num_hidden_layers" in hf_config else
-                f"has no num_hidden_layers (so transformers' default, {num_layers})")
-        raise UserError(f"{source}: config.json {says} but the weights hold {layers} layers; "
-                        "config.json does not belong to these weights: fix it or download the "
-                        "model again")
-
-
 def _assemble(parts: dict) -> np.ndarray:
     """{(layer, qkv part): array} -> one array: parts joined on the last axis, layers stacked."""
     layers = sorted({layer for layer, _ in parts}, key=lambda x: -1 if x is None else x)
@@ -263,27 +237,6 @@ def _assemble(parts: dict) -> np.ndarray:
                                            key=lambda k: -1 if k[1] is None else k[1])]
         per_layer.append(chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=-1))
     return per_layer[0] if layers == [None] else np.stack(per_layer)
-
-
-def _check_tied(sd: dict, pre: bool, source: str) -> None:
-    word = sd.get(f"{PRE if pre else 'bert'}.embeddings.word_embeddings.weight")
-    head = "lm_head" if pre else "cls.predictions"
-    for tied, target in ((f"{head}.decoder.weight", word), (f"{head}.decoder.bias",
-                                                             sd.get(f"{head}.bias"))):
-        if tied in sd and target is not None and not np.array_equal(sd[tied], target):
-            raise UserError(f"{source}: {tied} differs from the tensor it should be tied to; "
-                            "bertjax ties the MLM decoder to the word embeddings and bias")
-
-
-def _check_untied_decoder(sd: dict, hf_config: dict, mlm: bool, pre: bool, source: str) -> None:
-    """An MLM head said untied (tie_word_embeddings: false) without its decoder weight:
-    transformers starts that decoder at random, bertjax ties it; said, as the two then differ."""
-    decoder = f"{'lm_head' if pre else 'cls.predictions'}.decoder.weight"
-    if mlm and hf_config.get("tie_word_embeddings") is False and decoder not in sd:
-        warnings.warn(f"{source}: config.json has tie_word_embeddings=false but the weights hold "
-                      f"no {decoder}: transformers would start that decoder at random; bertjax "
-                      "ties it to the word embeddings, so masked-word predictions differ from "
-                      "transformers' (fine-tuning reads the encoder only)", stacklevel=3)
 
 
 # ---- directories ----

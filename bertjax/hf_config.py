@@ -134,7 +134,7 @@ def hf_label_names(path: Path, num_labels: int) -> tuple[str, ...]:
     pipelines show them), or () when it names no complete set of `num_labels` classes.
     config.json was checked by import_hf already."""
     id2label = json.loads((path / "config.json").read_text()).get("id2label")
-    if not isinstance(id2label, dict):
+    if not isinstance(id2label, dict) or not num_labels:  # no classifier (or its head left out)
         return ()
     names = tuple(id2label.get(str(i)) for i in range(num_labels))
     if len(id2label) == num_labels and all(isinstance(n, str) for n in names):

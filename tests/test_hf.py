@@ -449,6 +449,26 @@ def test_a_token_or_multiple_choice_model_s_head_is_left_out(tmp_path, arch):
     assert_close(forward(model, ref), ref["hidden_states"])
 
 
+def test_a_token_classifier_without_architectures_is_named_as_one(tmp_path):
+    # its classifier without a pooler was refused as "lacks bert.pooler.dense.weight; it is not
+    # a complete BERT checkpoint": the fix (naming the class) went unsaid
+    d = hf_copy(tmp_path, "cls")
+    sd = load_file(str(d / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if "pooler" not in k}, str(d / "model.safetensors"))
+    config = json.loads((d / "config.json").read_text())
+    config.pop("architectures", None)
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"has a classifier but no pooler \(bert.pooler.dense\): a "
+                                        r"per-token head \(BertForTokenClassification\) without "
+                                        r"`architectures`.*add \"architectures\": "
+                                        r"\[\"BertForTokenClassification\"\]"):
+        import_hf(d)
+    (d / "config.json").write_text(json.dumps(config | {"architectures": [
+        "BertForTokenClassification"]}))
+    with pytest.warns(UserWarning, match="its task head"):  # as that fix says: the encoder loads
+        assert import_hf(d)[0].classifier is None
+
+
 def test_an_mlm_bias_stored_only_as_the_decoder_s_loads(tmp_path):
     # transformers ties cls.predictions.bias and .decoder.bias both ways; with only the
     # decoder's stored, the MLM head was lost and its transform refused as "cannot place"
