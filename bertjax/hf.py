@@ -209,9 +209,12 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
                  "pooler.dense.bias", "token_type_ids")
     unknown = sorted(k for k in set(sd) - used if not k.endswith(ignorable))
     if unknown:
+        qa = all(k.startswith("qa_outputs.") for k in unknown)  # a span head, its class unnamed
         raise UserError(f"{source} has tensors bertjax cannot place: {unknown[:5]}; only BERT "
                         "(post-LN) and RobertaPreLayerNorm encoders with MLM/NSP/classifier "
-                        "heads are supported")
+                        "heads are supported" + ('; for a question-answering model\'s encoder add '
+                                                 '"architectures": ["BertForQuestionAnswering"] '
+                                                 "to config.json" if qa else ""))
     # transformers: hidden_dropout_prob only when classifier_dropout is null (0.0 is a rate)
     dropout = field(hf_config, "classifier_dropout", source)
     dropout = model_cfg.dropout if dropout is None else dropout

@@ -449,7 +449,7 @@ def test_a_token_or_multiple_choice_model_s_head_is_left_out(tmp_path, arch):
     assert_close(forward(model, ref), ref["hidden_states"])
 
 
-def test_a_token_classifier_without_architectures_is_named_as_one(tmp_path):
+def test_a_token_or_span_head_without_architectures_is_told_its_fix(tmp_path):
     # its classifier without a pooler was refused as "lacks bert.pooler.dense.weight; it is not
     # a complete BERT checkpoint": the fix (naming the class) went unsaid
     d = hf_copy(tmp_path, "cls")
@@ -467,6 +467,13 @@ def test_a_token_classifier_without_architectures_is_named_as_one(tmp_path):
         "BertForTokenClassification"]}))
     with pytest.warns(UserWarning, match="its task head"):  # as that fix says: the encoder loads
         assert import_hf(d)[0].classifier is None
+    # a span head without architectures: the same fix named
+    sd = {k.replace("classifier.", "qa_outputs."): v for k, v in sd.items() if "pooler" not in k}
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"cannot place: \['qa_outputs.bias', 'qa_outputs.weight'\]"
+                                        r".*add \"architectures\": \[\"BertForQuestionAnswering"):
+        import_hf(d)
 
 
 def test_an_mlm_bias_stored_only_as_the_decoder_s_loads(tmp_path):
