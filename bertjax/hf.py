@@ -201,8 +201,8 @@ def bert_from_hf(sd: dict[str, np.ndarray], hf_config: dict,
     arrays = {name: _assemble(p) for name, p in pieces.items()}
     position = sd[_position_name(pre)]
     check_tensor(position, _position_name(pre), (model_cfg.max_position_embeddings +
-                                                  (pad + 1 if pre else 0), model_cfg.hidden_size),
-                  source)
+                                                 (pad + 1 if pre else 0), model_cfg.hidden_size),
+                 source)
     used.add(_position_name(pre))
     arrays["encoder.embeddings.position"] = position[pad + 1:] if pre else position
     ignorable = ("position_ids", "decoder.weight", "decoder.bias", "pooler.dense.weight",

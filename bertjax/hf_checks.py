@@ -24,7 +24,7 @@ def check_tensor(array: np.ndarray, hf_name: str, shape: tuple[int, ...], source
 
 
 def check_layer_count(sd: dict, prefix: str, hf_config: dict, num_layers: int,
-                       source: str) -> None:
+                      source: str) -> None:
     """config.json's layer count against the weights' (else a missing layer reads as an
     incomplete checkpoint, while the weights are whole and config.json is what is wrong)."""
     found = {key[len(prefix) + 1:].split(".")[0] for key in sd if key.startswith(f"{prefix}.")}
