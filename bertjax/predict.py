@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import check_file, path_argument, utf8_error
-from bertjax.model import Bert
+from bertjax.model import Bert, num_labels
 from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer
 from bertjax.tokenizer import encode_in_chunks, pad_rows
 
@@ -130,8 +130,7 @@ def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None =
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model;
     `multi_label`: each class's own probability (Pretrained.multi_label)."""
     fn = partial(_class_probs, multi_label=multi_label)
-    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size),
-                 model.classifier.bias.shape[0])
+    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size), num_labels(model))
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
