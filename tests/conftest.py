@@ -40,6 +40,7 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
+import compile_memo  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -55,12 +56,14 @@ from bertjax.precision import Precision  # noqa: E402
 from bertjax.step import StepSpec, init_state, make_train_step  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
-# The pytest processes themselves do not use that cache (their CLI subprocesses do). Six times
+# The pytest processes themselves do not write that cache (their CLI subprocesses do). Six times
 # (sessions 22-26) a pytest worker died inside XLA:CPU (a segfault, once an abort): four times in
 # jax's cache write (`put_executable_and_time`, serialising an executable), once in a compile,
 # once where CI's log did not show; never in a CLI subprocess. Not reproduced alone, cause
-# unknown (log.md, session 26).
-jax.config.update("jax_enable_compilation_cache", False)
+# unknown (log.md, session 26). They keep their compiled programs in memory instead
+# (compile_memo.py), or, where that cannot hook this jax, compile every repeat.
+if not compile_memo.install():
+    jax.config.update("jax_enable_compilation_cache", False)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
