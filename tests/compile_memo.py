@@ -19,10 +19,11 @@ import threading
 from jax._src import compiler
 
 _executables: dict = {}  # cache key -> (executable, compile seconds)
+_with_callbacks: set = set()  # keys of programs that call back into Python: never kept
 _lock = threading.Lock()
+# The two signatures seen: jax 0.10 passes host callbacks to the write, 0.11-0.12 to the read.
 READ_ARGS = ["module_name", "cache_key", "compile_options", "backend", "executable_devices"]
-WRITE_ARGS = ["cache_key", "compile_time_secs", "module_name", "backend", "executable",
-              "host_callbacks"]
+WRITE_ARGS = ["cache_key", "compile_time_secs", "module_name", "backend", "executable"]
 
 
 def _params(name: str) -> list[str] | None:
@@ -30,29 +31,28 @@ def _params(name: str) -> list[str] | None:
     return None if fn is None else list(inspect.signature(fn).parameters)
 
 
-def _read(module_name, cache_key, compile_options, backend, executable_devices):
+def _read(module_name, cache_key, compile_options, backend, executable_devices,
+          host_callbacks=()):
     with _lock:
+        if host_callbacks:  # bound into the executable: a kept one would call the old ones
+            _with_callbacks.add(cache_key)
         return _executables.get(cache_key, (None, None))
 
 
-def _write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks):
-    if host_callbacks:  # baked into the program (jax.debug.print): jax does not cache these
-        return
+def _write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks=()):
     with _lock:
-        _executables[cache_key] = (executable, compile_time_secs)
+        if not host_callbacks and cache_key not in _with_callbacks:
+            _executables[cache_key] = (executable, compile_time_secs)
 
 
 def install() -> bool:
     """Route jax's compilation-cache read and write to this process's memory. Needs jax's
-    compilation cache on (its keys are only computed then) and a cache directory set (none
-    is read or written). False, and nothing changed, where jax's functions differ."""
-    if _params("_cache_read") != READ_ARGS or _params("_cache_write") != WRITE_ARGS:
-        return False
-    compiler._cache_read, compiler._cache_write = _read, _write
-    return True
+    compilation cache on (its keys are only computed then); no cache directory is read or
+    written. False, and nothing changed, where jax's functions are not the ones known."""
+    read, write = _params("_cache_read"), _params("_cache_write")
+    known = (read, write) in [(READ_ARGS, WRITE_ARGS + ["host_callbacks"]),  # jax 0.10
+                              (READ_ARGS + ["host_callbacks"], WRITE_ARGS)]  # jax 0.11-0.12
+    if known:
+        compiler._cache_read, compiler._cache_write = _read, _write
+    return known
 
-
-def compiled_programs() -> int:
-    """How many distinct programs this process has compiled since `install`."""
-    with _lock:
-        return len(_executables)
