@@ -14,7 +14,8 @@ demo: $(VENV)/.installed
 
 # Compiling is most of the tests' time and XLA compiles on one thread, so both tiers run in
 # TEST_WORKERS processes (pytest-xdist); the CLI runs they start share one compilation cache
-# (tests/conftest.py).
+# (tests/conftest.py), and each pytest process compiles a repeated program once
+# (tests/compile_memo.py).
 # `make test` runs every test and compiles as users' runs do. A worker that dies (a native crash)
 # is not replaced: with the file-grouping scheduler of tests/conftest.py, pytest-xdist 3.8 would
 # deadlock after a replacement (pytest-xdist issues 1323, 1378); the run ends instead, the test
