@@ -2,7 +2,8 @@
 
 The tests build the same small programs again and again in one process (every in-process
 pretraining or fine-tuning run makes its own jitted steps, and jax caches a compiled program
-per function object): test_rollback's 18 tests compiled the same train step ~25 times. jax's
+per function object): each of test_rollback's 14 in-process runs compiled the same train step
+again, up to three times (log.md, session 33). jax's
 persistent compilation cache would serve the repeats, but it serialises each executable to
 write it, and that write is where the pytest workers crashed (conftest.py); the CLI
 subprocesses keep using it. Here jax's own cache keys (program, compile options, devices,
