@@ -159,14 +159,17 @@ def injected(multipliers: dict, stop_after: int | None):
     SIGTERM to this process after step `stop_after` (the run saves and raises StoppedBySignal, as
     a signalled run does)."""
     make = pretrain_loop.make_train_step
+    # Made here, outside the step's mesh context, as the loop makes a rollback's multiplier: an
+    # array made inside it is laid out on the mesh, another program to compile.
+    scales = {s: jnp.asarray(m, jnp.float32) for s, m in multipliers.items()}
 
     def make_injected(*args, **kwargs):
         train_step = make(*args, **kwargs)
 
         def step(state, batch, first_row, mask_key, dropout_key, lr_scale):
             s = int(first_row) // 8 + 1
-            if s in multipliers:
-                lr_scale = jnp.asarray(multipliers[s], jnp.float32)
+            if s in scales:
+                lr_scale = scales[s]
             out = train_step(state, batch, first_row, mask_key, dropout_key, lr_scale)
             if s == stop_after:
                 os.kill(os.getpid(), signal.SIGTERM)
