@@ -3,24 +3,28 @@ overwrite each other's config, checkpoints and results and interleave their metr
 
 Process 0 takes the lock (`files.lock_dir`: an flock that dies with the process); every process
 learns whether it got it, so a refused multi-host run stops everywhere with the same one line
-instead of leaving the other processes waiting in a collective.
+instead of leaving the other processes waiting in a collective. Every process must also see the
+directory process 0 holds (shared storage): checkpoints from all hosts meet there.
 
 A run directory also belongs to one kind of job (`check_run_dir_kind`): a fine-tune started in a
 pretraining run's directory, or either in a release bundle, would overwrite what is there.
 """
 
 import contextlib
+import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
+import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
 from bertjax.files import LOCK_NAME, lock_dir
-from bertjax.sharding import same_on_every_process
+from bertjax.sharding import barrier, same_on_every_process
 
 
 @contextlib.contextmanager
@@ -45,6 +49,7 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
         if not agreed:
             raise UserError(f"{run_dir} is in use by another run (process 0 could not lock it); "
                             "wait for it to end, or set train.run_dir to another directory")
+        _check_every_process_sees(run_dir)
         yield
     except BaseException:
         if lock is not None and not had_lock and _no_file_but_the_lock(run_dir):
@@ -58,6 +63,34 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.close()
+
+
+def _check_every_process_sees(run_dir: Path) -> None:
+    """Refuse a run_dir that is not one directory for every host (each host's own disk, say):
+    Orbax writes each process's share of a checkpoint where that process sees train.run_dir and
+    process 0 alone completes it, so the checkpoints would lack the other hosts' shares (process
+    1 ended in a FileNotFoundError traceback at its first look into checkpoints/, process 0 in a
+    Gloo timeout). Process 0 creates a file under a fresh name, which no host can have cached or
+    left over from another run, and every process looks for it."""
+    if jax.process_count() == 1:
+        return
+    tokens = multihost_utils.process_allgather(np.frombuffer(os.urandom(16), np.uint8))
+    probe = run_dir / f".seen-by-every-host-{bytes(np.asarray(tokens)[0]).hex()}"
+    try:
+        if jax.process_index() == 0:
+            probe.touch()
+        barrier("run_dir probe written")
+        seen = np.asarray(multihost_utils.process_allgather(np.array([probe.is_file()]))).ravel()
+    finally:
+        if jax.process_index() == 0:
+            probe.unlink(missing_ok=True)
+    blind = [str(i) for i, sees in enumerate(seen) if not sees]
+    if blind:
+        who = f"process {blind[0]} does" if len(blind) == 1 else f"processes {', '.join(blind)} do"
+        raise UserError(f"train.run_dir={run_dir} is not one directory shared by every host: "
+                        f"{who} not see the file process 0 wrote there, and checkpoints must "
+                        "gather every host's share in one place; put train.run_dir on storage "
+                        "that every host mounts (NFS or another shared file system)")
 
 
 def _no_file_but_the_lock(run_dir: Path) -> bool:

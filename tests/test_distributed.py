@@ -1,6 +1,6 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
 and parameters of the same 3 train steps on one device; a process left alone at the start, or
-losing another mid-run, ends in one line."""
+losing another mid-run, or not sharing the run directory, ends in one line."""
 
 import os
 import socket
@@ -116,6 +116,37 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
         assert lines[0].startswith("error: the 2 processes were started with different configs "
                                    f"(process {i} has optim.lr={0.003 * (i + 1)});"), err
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", ["pretrain", "glue"])
+def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
+    # Each process given a run_dir of its own (as on hosts with their own disks): process 1 ended
+    # in a FileNotFoundError traceback (no checkpoints/ where it looked), process 0 in a Gloo
+    # timeout after 30 s (2 devices each) or both hung (1 device each, as here); checkpoints
+    # would have held one host's shards. Now both refuse in one line, before anything is
+    # prepared, and leave no run directory behind.
+    cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / f'run{i}'}",
+         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
+         f"mesh.process_id={i}", "glue.data_dir=."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    except subprocess.TimeoutExpired:  # as both did before the check
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+    for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
+        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+        assert p.returncode == 2 and lines == [
+            f"error: train.run_dir={tmp_path / f'run{i}'} is not one directory shared by every "
+            "host: process 1 does not see the file process 0 wrote there, and checkpoints must "
+            "gather every host's share in one place; put train.run_dir on storage that every "
+            "host mounts (NFS or another shared file system)"], err
+    assert not (tmp_path / "prepared").exists()
+    assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
 
 
 def test_processes_with_different_device_counts_are_refused(tmp_path):
