@@ -69,11 +69,16 @@ POSITIVE = Domain("> 0", lambda x: x > 0)
 # current one: configs expand neither, OmegaConf's ${oc.env:HOME} does.
 # A control character is a typing accident, most often the line break a YAML `|` block keeps
 # (`run_dir: |` made a directory whose name ends in a newline).
+# A URL (gs://bucket/run, the natural run_dir on a TPU VM) would be a local folder named `gs:`,
+# found out only at the first checkpoint (an Orbax traceback): every path is local.
 _SHELL_SYNTAX = re.compile(r"^~|\$\{?[A-Za-z_]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NO_SHELL = "without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full path)"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_NO_SHELL = ("without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full "
+             "path), and local (a bucket: mount it, e.g. with gcsfuse, and give its path)")
 PATH = Domain(f"a non-empty path of printable characters {_NO_SHELL}",
-              lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x) and not _CONTROL.search(x))
+              lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x) and not _CONTROL.search(x)
+              and not _URL.match(x))
 PATHS = Domain(f"a list of non-empty paths of printable characters {_NO_SHELL}",
                lambda xs: all(map(PATH.test, xs)))
 FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan

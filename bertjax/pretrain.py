@@ -35,6 +35,7 @@ from bertjax.model import Bert, attention_summary, flops_per_token, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
+from bertjax.pretrained import check_checkpoint_path
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import (
     StopSignal,
@@ -149,6 +150,8 @@ def pretrain(cfg: Config) -> Path:
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
+    if cfg.init.checkpoint is not None:  # missing: said now, not after preparing the data
+        check_checkpoint_path(cfg.init.checkpoint)
     initialize_distributed(cfg.mesh)
     same_config_on_every_process(cfg)
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):

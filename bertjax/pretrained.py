@@ -270,13 +270,25 @@ def is_step_dir(path: Path) -> bool:
     return path.name.isdigit() and path.parent.name == "checkpoints" and (path / "meta").exists()
 
 
+def check_checkpoint_path(path: str | Path) -> Path:
+    """`path` if it exists, else a UserError; a missing name that looks like a Hugging Face hub
+    id (`bert-base-uncased`, `google-bert/bert-base-uncased`) is read from a local download."""
+    path = Path(path)
+    if path.exists():
+        return path
+    hint = ""
+    if not path.is_absolute() and len(path.parts) <= 2 and not Path(path.parts[0]).exists():
+        hint = (f"; if {path} is a Hugging Face hub model, download it first (`hf download "
+                f"{path} --local-dir DIR`) and pass DIR")
+    raise UserError(f"checkpoint path {path} does not exist{from_cwd(path)}; pass {EXPECTED}"
+                    f"{hint}")
+
+
 def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
     """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir.
     A bundle whose tokenizer is not the one exported with its weights is refused unless
     `allow_tokenizer_mismatch`."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint path {path} does not exist{from_cwd(path)}; pass {EXPECTED}")
+    path = check_checkpoint_path(path)
     if path.is_file():
         check_not_lfs_pointer(path)
         raise UserError(f"{path} is a file; pass the directory that holds it ({EXPECTED})")

@@ -446,6 +446,18 @@ def test_a_shell_variable_or_tilde_in_a_path_is_refused_with_the_oc_env_form(tmp
     assert config.load([], ["train.run_dir=runs/a~b"]).train.run_dir == "runs/a~b"
 
 
+@pytest.mark.parametrize("override", ["train.run_dir=gs://bucket/runs/x",
+                                      "init.checkpoint=s3://bucket/run",
+                                      "data.sources=[https://example.org/corpus.txt]"])
+def test_a_url_as_a_path_is_refused(override):
+    """`train.run_dir=gs://bucket/runs/x` (a TPU VM's natural choice) trained into a local folder
+    named `gs:` and failed with an Orbax traceback at its first checkpoint."""
+    with pytest.raises(UserError, match=r"is invalid: .*and local \(a bucket: mount it, e\.g\. "
+                                        r"with gcsfuse, and give its path\)"):
+        config.load([], [override])
+    assert config.load([], ["train.run_dir=runs/gs:x"]).train.run_dir == "runs/gs:x"
+
+
 @pytest.mark.parametrize("text", ["train:\n  run_dir: |\n    runs/x\n",
                                   'data:\n  sources: ["a.txt\\tb.txt"]\n'])
 def test_a_control_character_in_a_path_is_refused(tmp_path, text):

@@ -291,6 +291,19 @@ def test_processes_with_different_prepared_data_are_refused(config_file, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_missing_init_checkpoint_is_said_before_the_data_is_prepared(config_file, tmp_path):
+    # It was said only after prepare had trained a tokenizer and written data.dir.
+    cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path / 'run'}",
+                                          f"data.dir={tmp_path / 'data'}",
+                                          "init.checkpoint=google-bert/bert-base-uncased"])
+    with pytest.raises(UserError, match=r"checkpoint path google-bert/bert-base-uncased does not "
+                                        r"exist .*if google-bert/bert-base-uncased is a Hugging "
+                                        r"Face hub model, download it first \(`hf download "
+                                        r"google-bert/bert-base-uncased --local-dir DIR`\)"):
+        pretrain(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
 def test_sequences_longer_than_the_position_table_are_refused(config_file):
     cfg = config_lib.load([config_file], ["model.max_position_embeddings=16"])  # seq_len 32
     with pytest.raises(UserError, match="data.seq_len=32 is longer than the model's 16 positions"):
