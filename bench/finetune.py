@@ -88,38 +88,28 @@ def run_ours(args) -> dict:
             "device": jax.devices()[0].device_kind}
 
 
-def run_peer(args) -> dict:
-    import numpy as np
-    import torch
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        get_linear_schedule_with_warmup,
-    )
+def peer_config(cfg):
+    """transformers' BertConfig for our model config and GLUE task."""
+    from transformers import BertConfig
 
     from bertjax import glue_tasks
 
-    cfg, enc = load_rows(args)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     m = cfg.model
-    hf_cfg = BertConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
-                        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-                        intermediate_size=m.intermediate_size,
-                        max_position_embeddings=m.max_position_embeddings,
-                        hidden_dropout_prob=m.dropout,
-                        attention_probs_dropout_prob=m.attention_dropout,
-                        classifier_dropout=cfg.glue.classifier_dropout,
-                        num_labels=glue_tasks.get_task(cfg.glue.task).num_labels)
-    batches = -(-len(enc) // args.batch)
+    return BertConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+                      num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                      intermediate_size=m.intermediate_size,
+                      max_position_embeddings=m.max_position_embeddings,
+                      hidden_dropout_prob=m.dropout,
+                      attention_probs_dropout_prob=m.attention_dropout,
+                      classifier_dropout=cfg.glue.classifier_dropout,
+                      num_labels=glue_tasks.get_task(cfg.glue.task).num_labels)
 
-    def fresh():
-        torch.manual_seed(0)
-        model = BertForSequenceClassification._from_config(hf_cfg, attn_implementation="sdpa")
-        model = model.to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, eps=1e-6,
-                                fused=cuda)
-        return model, opt, get_linear_schedule_with_warmup(opt, int(0.1 * batches), batches)
+
+def peer_collate(enc, device):
+    """collate(row indices) -> the torch batch of those rows, padded to the longest, as
+    DataCollatorWithPadding does."""
+    import numpy as np
+    import torch
 
     rows = [(enc.tokens[a:b], enc.type_ids[a:b])
             for a, b in zip(enc.offsets[:-1], enc.offsets[1:], strict=True)]
@@ -128,7 +118,6 @@ def run_peer(args) -> dict:
                                                else np.float32))
 
     def collate(index):
-        """Pad to the batch's longest row, as DataCollatorWithPadding does."""
         width = max(len(rows[i][0]) for i in index)
         ids = np.zeros((len(index), width), np.int64)
         types, mask = np.zeros_like(ids), np.zeros_like(ids)
@@ -140,6 +129,28 @@ def run_peer(args) -> dict:
                 "attention_mask": torch.as_tensor(mask).to(device),
                 "labels": labels[index].to(device)}
 
+    return collate
+
+
+def run_peer(args) -> dict:
+    import numpy as np
+    import torch
+    from transformers import BertForSequenceClassification, get_linear_schedule_with_warmup
+
+    cfg, enc = load_rows(args)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    hf_cfg = peer_config(cfg)
+    batches = -(-len(enc) // args.batch)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = BertForSequenceClassification._from_config(hf_cfg, attn_implementation="sdpa")
+        model = model.to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, eps=1e-6,
+                                fused=cuda)
+        return model, opt, get_linear_schedule_with_warmup(opt, int(0.1 * batches), batches)
+
     def step(batch):
         model, opt, sched = trainer
         loss = model(**batch).loss
@@ -150,6 +161,7 @@ def run_peer(args) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
+    collate = peer_collate(enc, device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     order = np.random.default_rng(0).permutation(len(enc))
     index = [order[i:i + args.batch] for i in range(0, len(order), args.batch)]
