@@ -61,8 +61,10 @@ def cli(main: Callable[[list[str]], None]) -> None:
     """Run `main(sys.argv[1:])`, turning a `UserError` into `error: ...` on stderr and exit 2
     (Ctrl-C or SIGTERM: one line and 128 + the signal's number, 130 or 143, the shell's code for
     it, as the loops exit after saving, see `StoppedBySignal`; a reader that closed the pipe:
-    quietly, 141); warnings print as one `warning: ...` line (no source file and line)."""
+    quietly, 141); warnings print as one `warning: ...` line (no source file and line). In a
+    multi-process run, a process that fails (its error line, or a bug's traceback) ends at once."""
     warnings.showwarning = _one_line_warning
+    sys.excepthook = _traceback_then_exit
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
     # run (prepare removes its .tmp files) instead of the process vanishing. The training
     # loops replace this with their own handler (save a checkpoint, then stop) while they run.
@@ -75,9 +77,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
         # Python restores the default action before that teardown, but keeps "ignore".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except UserError as e:
-        message = " ".join(str(e).split("\n"))
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _fail(" ".join(str(e).split("\n")), 2)
     except StoppedBySignal as e:  # the loop has said where it saved
         sys.exit(e.exit_code)
     except LostProcess as e:
@@ -95,15 +95,38 @@ def cli(main: Callable[[list[str]], None]) -> None:
         sys.exit(128 + signal.SIGPIPE.value)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(f"error: no space left on the disk holding {e.filename or 'the output'}; free "
-                  "space or choose another directory, then run the same command again",
-                  file=sys.stderr)
+            _fail(f"no space left on the disk holding {e.filename or 'the output'}; free space or "
+                  "choose another directory, then run the same command again", 2)
         elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename:
             # e.g. a run directory made read-only after its first run: the writers write through
             # temporaries, so the refusal came before anything was replaced
-            print(f"error: cannot access {e.filename} ({e.strerror}); give this user "
-                  "permission there or choose another path, then run the same command again",
-                  file=sys.stderr)
-        else:
-            raise
-        sys.exit(2)
+            _fail(f"cannot access {e.filename} ({e.strerror}); give this user permission there "
+                  "or choose another path, then run the same command again", 2)
+        raise
+
+
+def _fail(message: str, code: int) -> None:
+    """Print `error: message` and exit with `code`. A process of a multi-process run ends at
+    once (`exit_now`): an error only it met (a file missing on its host) left the others waiting
+    for it in a collective while sys.exit's jax.distributed shutdown held it at a barrier, all of
+    them for 5 minutes, then aborted with C++ stack traces. Gone, its connections close, and the
+    others' collective fails in one line of their own (`LostProcess`)."""
+    if _joined_a_multi_process_run():
+        exit_now(message, code)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _joined_a_multi_process_run() -> bool:
+    jax = sys.modules.get("jax")  # not imported: no run joined
+    return jax is not None and jax.distributed.is_initialized()
+
+
+def _traceback_then_exit(kind, value, tb) -> None:
+    """sys.excepthook: a bug's traceback as Python prints it; a process of a multi-process run
+    then ends at once, for the reason `_fail` gives."""
+    sys.__excepthook__(kind, value, tb)
+    if _joined_a_multi_process_run():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

@@ -18,6 +18,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -149,6 +150,9 @@ def _not_joined(reason: str) -> str:
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")
 
 
+_XLA_STATUS = re.compile(r"(UNKNOWN|INTERNAL|UNAVAILABLE|DEADLINE_EXCEEDED|ABORTED|CANCELLED): ")
+
+
 @contextlib.contextmanager
 def losing_a_process_is_fatal() -> Iterator[None]:
     """Inside the block, a failed step or collective of a multi-process run (JAX's runtime
@@ -157,8 +161,12 @@ def losing_a_process_is_fatal() -> Iterator[None]:
     by JAX's abort at exit. What the run saved (checkpoints, finished seeds) is on disk."""
     try:
         yield
-    except jax.errors.JaxRuntimeError as e:
-        if jax.process_count() == 1:
+    except (jax.errors.JaxRuntimeError, ValueError) as e:
+        # A collective run through jit outside a step (process_allgather, Orbax's syncs) can fail
+        # as a ValueError carrying XLA's status: "UNKNOWN: Gloo AllGather failed: … Connection
+        # reset by peer". Any other ValueError is a bug: its traceback stays.
+        if jax.process_count() == 1 or (isinstance(e, ValueError)
+                                        and not _XLA_STATUS.match(str(e))):
             raise
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         # The cause may be another (out of memory on this device): said first, not guessed over.

@@ -14,6 +14,8 @@ import pytest
 from conftest import free_port, three_steps_on_one_device, tiny_run_config
 from safetensors.numpy import load_file
 
+from bertjax import config, prepare
+from bertjax.errors import LostProcess
 from bertjax.sharding import losing_a_process_is_fatal
 
 pytestmark = pytest.mark.slow  # two jax.distributed processes
@@ -68,6 +70,83 @@ def test_one_process_keeps_jaxs_own_error():
     with pytest.raises(jax.errors.JaxRuntimeError):  # a bug or an OOM: its traceback stays
         with losing_a_process_is_fatal():
             raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+
+def test_a_collective_failing_as_a_value_error_is_a_lost_process(monkeypatch):
+    # process_allgather's jit (and Orbax's syncs through it) raised the dead peer as a ValueError
+    # carrying XLA's status; a ValueError without one is a bug and keeps its traceback.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(LostProcess, match=r"^a step of this 2-process run failed \(UNKNOWN: "
+                                          r"Gloo AllGather failed: .* Connection reset by peer\)"):
+        with losing_a_process_is_fatal():
+            raise ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
+                             "pair.cc:538] Read error [127.0.0.1]:46284: Connection reset by peer")
+    with pytest.raises(ValueError, match="^operands could not be broadcast"):
+        with losing_a_process_is_fatal():
+            raise ValueError("operands could not be broadcast together")
+
+
+def test_a_bug_in_one_process_ends_every_process_at_once(tmp_path):
+    # After a bug's traceback, a process waited at jax.distributed's shutdown barrier until the
+    # others were gone, then aborted (SIGABRT) with a C++ stack trace. Now it ends after its
+    # traceback (exit 1), and the others' collective fails on it in one line.
+    port = free_port()
+    procs = []
+    for i in range(2):
+        write_join_script(tmp_path / f"join{i}.py", port, i)
+        script = (tmp_path / f"join{i}.py").read_text().replace("errors.cli(main)", (
+            "def then(argv):\n"
+            "    main(argv)\n"
+            "    if jax.process_index() == 1:\n"
+            "        raise RuntimeError('a bug')\n"
+            "    with sharding.losing_a_process_is_fatal():\n"
+            "        sharding.same_on_every_process([b'x'])\n"
+            "import jax\nerrors.cli(then)\n"))
+        (tmp_path / f"join{i}.py").write_text(script)
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+    assert [p.returncode for p in procs] == [1, 1], errors
+    assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
+    lines = [line for line in errors[0].splitlines() if not line.startswith("[Gloo]")]
+    assert len(lines) == 1 and lines[0].startswith("error: a step of this 2-process run failed ("
+                                                   ), errors[0]
+
+
+def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
+    # Process 1's data.dir holds no prepared data (copied to host 0 only). Process 1 printed its
+    # error, then waited in jax.distributed's shutdown while process 0 waited for it in a
+    # collective: both 5 minutes, then aborted (134) with C++ stack traces. Now process 1 ends at
+    # once (exit 2, its line), and process 0's collective fails on it (exit 1, one line).
+    cfg, port = tiny_run_config(tmp_path, {"steps": 4, "micro_batch": 2}), free_port()
+    prepare.ensure_prepared(config.load([cfg], ["tokenizer.vocab_size=100"]))  # 117 trained
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / 'run'}",
+         f"data.dir={tmp_path / ('prepared' if i == 0 else 'nothing')}", "data.sources=[]",
+         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
+         f"mesh.process_id={i}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    try:
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+    lines = [[line for line in err.splitlines() if line.startswith("error: ")] for err in errors]
+    assert [p.returncode for p in procs] == [1, 2], errors
+    assert lines[1] == [f"error: {tmp_path / 'nothing'} holds no prepared data and no data source "
+                        "is set: set data.sources (files or globs), data.hf_dataset or "
+                        "data.builtin=stdlib"], errors[1]
+    assert len(lines[0]) == 1 and "see its log" in lines[0][0], errors[0]
+    assert "Traceback" not in errors[0] + errors[1] and "Check failure" not in errors[0]
+    assert not (tmp_path / "run").exists()
 
 
 def write_join_script(script: Path, port: int, process_id: int, setup: str = "") -> None:
