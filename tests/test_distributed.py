@@ -23,6 +23,27 @@ pytestmark = pytest.mark.slow  # two jax.distributed processes
 HERE = Path(__file__).resolve().parent
 
 
+def two_train_processes(cfg: Path, port: int, per_process) -> list[subprocess.Popen]:
+    """`python -m bertjax.train cfg` as the 2 processes of a run on 127.0.0.1:port, 1 CPU device
+    each; `per_process(i)`: process i's other arguments."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(cfg), *per_process(i),
+         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
+         f"mesh.process_id={i}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+
+
+def stderr_of(procs: list[subprocess.Popen]) -> list[str]:
+    """Each process's stderr once all ended; a hang fails the test (the processes killed)."""
+    try:
+        return [p.communicate(timeout=300)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+
+
 def test_two_processes_match_one_device(tmp_path):
     port = free_port()
     procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(port), str(i),
@@ -106,12 +127,7 @@ def test_a_bug_in_one_process_ends_every_process_at_once(tmp_path):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
         procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("the processes were still running after 300 s")
+    errors = stderr_of(procs)
     assert [p.returncode for p in procs] == [1, 1], errors
     assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
     lines = [line for line in errors[0].splitlines() if not line.startswith("[Gloo]")]
@@ -126,19 +142,10 @@ def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
     # once (exit 2, its line), and process 0's collective fails on it (exit 1, one line).
     cfg, port = tiny_run_config(tmp_path, {"steps": 4, "micro_batch": 2}), free_port()
     prepare.ensure_prepared(config.load([cfg], ["tokenizer.vocab_size=100"]))  # 117 trained
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / 'run'}",
-         f"data.dir={tmp_path / ('prepared' if i == 0 else 'nothing')}", "data.sources=[]",
-         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
-         f"mesh.process_id={i}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("the processes were still running after 300 s")
+    procs = two_train_processes(cfg, port, lambda i: (
+        f"train.run_dir={tmp_path / 'run'}", "data.sources=[]",
+        f"data.dir={tmp_path / ('prepared' if i == 0 else 'nothing')}"))
+    errors = stderr_of(procs)
     lines = [[line for line in err.splitlines() if line.startswith("error: ")] for err in errors]
     assert [p.returncode for p in procs] == [1, 2], errors
     assert lines[1] == [f"error: {tmp_path / 'nothing'} holds no prepared data and no data source "
@@ -182,13 +189,9 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     # rate to its replicas of the parameters (with another train.steps, one process waited
     # forever for the other). Now both refuse in one line before anything is prepared.
     cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / 'run'}",
-         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
-         f"mesh.process_id={i}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
+    procs = two_train_processes(cfg, port, lambda i: (
+        f"train.run_dir={tmp_path / 'run'}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."))
+    errors = stderr_of(procs)
     for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
         assert p.returncode == 2 and len(lines) == 1, err
@@ -205,18 +208,9 @@ def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
     # would have held one host's shards. Now both refuse in one line, before anything is
     # prepared, and leave no run directory behind.
     cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "bertjax.train", str(cfg), f"train.run_dir={tmp_path / f'run{i}'}",
-         f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
-         f"mesh.process_id={i}", "glue.data_dir=."],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    try:
-        errors = [p.communicate(timeout=300)[1] for p in procs]
-    except subprocess.TimeoutExpired:  # as both did before the check
-        for p in procs:
-            p.kill()
-        pytest.fail("the processes were still running after 300 s")
+    procs = two_train_processes(cfg, port, lambda i: (
+        f"train.run_dir={tmp_path / f'run{i}'}", "glue.data_dir=."))
+    errors = stderr_of(procs)
     for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
         assert p.returncode == 2 and lines == [
