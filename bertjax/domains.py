@@ -74,12 +74,12 @@ POSITIVE = Domain("> 0", lambda x: x > 0)
 _SHELL_SYNTAX = re.compile(r"^~|\$\{?[A-Za-z_]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_NO_SHELL = ("without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full "
+_PATH_RULES = ("without $VAR or ~ (configs expand neither: write ${oc.env:HOME}/... or the full "
              "path), and local (a bucket: mount it, e.g. with gcsfuse, and give its path)")
-PATH = Domain(f"a non-empty path of printable characters {_NO_SHELL}",
+PATH = Domain(f"a non-empty path of printable characters {_PATH_RULES}",
               lambda x: x.strip() != "" and not _SHELL_SYNTAX.search(x) and not _CONTROL.search(x)
               and not _URL.match(x))
-PATHS = Domain(f"a list of non-empty paths of printable characters {_NO_SHELL}",
+PATHS = Domain(f"a list of non-empty paths of printable characters {_PATH_RULES}",
                lambda xs: all(map(PATH.test, xs)))
 FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan
 NON_NEGATIVE = at_least(0)

@@ -12,6 +12,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -35,7 +36,7 @@ class LostProcess(Exception):
     input. `cli` prints it as one line and exits 1 at once (see there)."""
 
 
-def exit_now(message: str, code: int) -> None:
+def exit_now(message: str, code: int) -> NoReturn:
     """Print `error: message` and end the process at once, from any thread. Not sys.exit: in a
     multi-process run jax.distributed's shutdown at exit waits at a barrier for every process,
     for a lost one until its heartbeat times out (100 s), then aborts with a C++ stack trace."""
@@ -105,7 +106,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
         raise
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     """Print `error: message` and exit with `code`. A process of a multi-process run ends at
     once (`exit_now`): an error only it met (a file missing on its host) left the others waiting
     for it in a collective while sys.exit's jax.distributed shutdown held it at a barrier, all of

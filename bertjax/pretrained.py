@@ -271,8 +271,9 @@ def is_step_dir(path: Path) -> bool:
 
 
 def check_checkpoint_path(path: str | Path) -> Path:
-    """`path` if it exists, else a UserError; a missing name that looks like a Hugging Face hub
-    id (`bert-base-uncased`, `google-bert/bert-base-uncased`) is read from a local download."""
+    """`path` if it exists, else a UserError; for a missing name shaped like a Hugging Face hub
+    id (`bert-base-uncased`, `google-bert/bert-base-uncased`) it says how to download one: models
+    are read from local directories only."""
     path = Path(path)
     if path.exists():
         return path
