@@ -1,6 +1,7 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
-and parameters of the same 3 train steps on one device; a process left alone at the start, or
-losing another mid-run, or not sharing the run directory, ends in one line."""
+and parameters of the same 3 train steps on one device; processes left alone at the start,
+losing another mid-run, failing alone (bad input on one host, or a bug) or not sharing the run
+directory end at once, in one line each (a bug: its traceback)."""
 
 import os
 import socket
