@@ -150,8 +150,6 @@ def pretrain(cfg: Config) -> Path:
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
-    if cfg.init.checkpoint is not None:  # missing: said now, not after preparing the data
-        check_checkpoint_path(cfg.init.checkpoint)
     initialize_distributed(cfg.mesh)
     same_config_on_every_process(cfg)
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
@@ -159,6 +157,10 @@ def pretrain(cfg: Config) -> Path:
 
 
 def pretrain_holding_the_run_dir(cfg: Config) -> Path:
+    # A missing init.checkpoint is said before the data is prepared. Here, not before the
+    # processes join: one host without it would leave the others waiting 5 minutes to join.
+    if cfg.init.checkpoint is not None:
+        check_checkpoint_path(cfg.init.checkpoint)
     run = resolve(cfg)
     cfg = run.cfg
     check_tokenizer(run.run_dir, Path(cfg.data.dir))
