@@ -35,6 +35,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import json  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -282,6 +283,17 @@ def rte_pairs(n: int) -> glue_tasks.Examples:
 
 
 # ---- processes ----
+def communicate_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once all ended; a hang fails the test (the processes are
+    killed) instead of waiting forever."""
+    try:
+        return [p.communicate(timeout=300) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the processes were still running after 300 s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import free_port, three_steps_on_one_device, tiny_run_config
+from conftest import communicate_all, free_port, three_steps_on_one_device, tiny_run_config
 from safetensors.numpy import load_file
 
 from bertjax import config, prepare
@@ -33,16 +33,6 @@ def two_train_processes(cfg: Path, port: int, per_process) -> list[subprocess.Po
          f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
          f"mesh.process_id={i}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-
-
-def stderr_of(procs: list[subprocess.Popen]) -> list[str]:
-    """Each process's stderr once all ended; a hang fails the test (the processes killed)."""
-    try:
-        return [p.communicate(timeout=300)[1] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("the processes were still running after 300 s")
 
 
 def test_two_processes_match_one_device(tmp_path):
@@ -128,7 +118,7 @@ def test_a_bug_in_one_process_ends_every_process_at_once(tmp_path):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
         procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    errors = stderr_of(procs)
+    errors = [err for _, err in communicate_all(procs)]
     assert [p.returncode for p in procs] == [1, 1], errors
     assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
     lines = [line for line in errors[0].splitlines() if not line.startswith("[Gloo]")]
@@ -146,7 +136,7 @@ def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / 'run'}", "data.sources=[]",
         f"data.dir={tmp_path / ('prepared' if i == 0 else 'nothing')}"))
-    errors = stderr_of(procs)
+    errors = [err for _, err in communicate_all(procs)]
     lines = [[line for line in err.splitlines() if line.startswith("error: ")] for err in errors]
     assert [p.returncode for p in procs] == [1, 2], errors
     assert lines[1] == [f"error: {tmp_path / 'nothing'} holds no prepared data and no data source "
@@ -192,7 +182,7 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / 'run'}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."))
-    errors = stderr_of(procs)
+    errors = [err for _, err in communicate_all(procs)]
     for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
         assert p.returncode == 2 and len(lines) == 1, err
@@ -211,7 +201,7 @@ def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
     cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / f'run{i}'}", "glue.data_dir=."))
-    errors = stderr_of(procs)
+    errors = [err for _, err in communicate_all(procs)]
     for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
         assert p.returncode == 2 and lines == [

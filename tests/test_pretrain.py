@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
-from conftest import free_port, tiny_run_config, write_corpus
+from conftest import communicate_all, free_port, tiny_run_config, write_corpus
 
 from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints
@@ -234,19 +234,9 @@ def start_two_processes(config_file, run_dir, *extra, per_process=lambda i: ()):
             for i in range(2)]
 
 
-def outputs(procs: list[subprocess.Popen]) -> list[str]:
-    """Each process's output; a hang fails the test (and is killed) instead of waiting forever."""
-    try:
-        return [p.communicate(timeout=300)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail("the processes were still running after 300 s")
-
-
 def finish(procs: list[subprocess.Popen], code: int = 0) -> str:
     """Process 0's output, once both processes exited with `code` (0: finished)."""
-    outs = outputs(procs)
+    outs = [out for out, _ in communicate_all(procs)]
     assert all(p.returncode == code for p in procs), "\n".join(o[-3000:] for o in outs)
     return outs[0]
 
@@ -285,7 +275,7 @@ def test_processes_with_different_prepared_data_are_refused(config_file, tmp_pat
     vocab = {0: 300, 1: 250}
     procs = start_two_processes(config_file, tmp_path / "run", per_process=lambda i: (
         f"data.dir={tmp_path / f'data{i}'}", f"tokenizer.vocab_size={vocab[i]}"))
-    for proc, out in zip(procs, outputs(procs), strict=True):
+    for proc, out in zip(procs, [out for out, _ in communicate_all(procs)], strict=True):
         assert proc.returncode == 2, out
         assert "prepared data in" in out and "differ" in out and "Traceback" not in out, out
     assert not (tmp_path / "run" / "checkpoints").exists()
