@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import NoReturn
@@ -33,7 +34,7 @@ class StoppedBySignal(Exception):
 
 class LostProcess(Exception):
     """A multi-process run lost one of its processes (a collective failed): a fault, not bad
-    input. `cli` prints it as one line and exits 1 at once (see there)."""
+    input. `cli` prints it as one line and exits 1 (see `_leave_the_run`)."""
 
 
 def exit_now(message: str, code: int) -> NoReturn:
@@ -63,7 +64,8 @@ def cli(main: Callable[[list[str]], None]) -> None:
     (Ctrl-C or SIGTERM: one line and 128 + the signal's number, 130 or 143, the shell's code for
     it, as the loops exit after saving, see `StoppedBySignal`; a reader that closed the pipe:
     quietly, 141); warnings print as one `warning: ...` line (no source file and line). In a
-    multi-process run, a process that fails (its error line, or a bug's traceback) ends at once."""
+    multi-process run, a process that fails (its error line, or a bug's traceback) ends within
+    seconds (`_leave_the_run`)."""
     warnings.showwarning = _one_line_warning
     sys.excepthook = _traceback_then_exit
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
@@ -82,7 +84,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
     except StoppedBySignal as e:  # the loop has said where it saved
         sys.exit(e.exit_code)
     except LostProcess as e:
-        exit_now(str(e), 1)
+        _fail(str(e), 1)
     except KeyboardInterrupt as e:  # where no loop catches it (prepare, export, predict)
         name = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
         print(f"error: interrupted ({name}); outputs are renamed into place only when "
@@ -107,15 +109,45 @@ def cli(main: Callable[[list[str]], None]) -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    """Print `error: message` and exit with `code`. A process of a multi-process run ends at
-    once (`exit_now`): an error only it met (a file missing on its host) left the others waiting
-    for it in a collective while sys.exit's jax.distributed shutdown held it at a barrier, all of
-    them for 5 minutes, then aborted with C++ stack traces. Gone, its connections close, and the
-    others' collective fails in one line of their own (`LostProcess`)."""
-    if _joined_a_multi_process_run():
-        exit_now(message, code)
+    """Print `error: message` and exit with `code`; a process of a multi-process run leaves it
+    first (`_leave_the_run`)."""
     print(f"error: {message}", file=sys.stderr)
+    if _joined_a_multi_process_run():
+        _leave_the_run(code)
     sys.exit(code)
+
+
+# Long enough for processes that met the same error a moment apart (a slower host) to meet at
+# jax.distributed's shutdown barrier; short next to the 5 minutes that barrier waits by default.
+LEAVE_WAIT_S = 10
+
+
+def _leave_the_run(code: int) -> NoReturn:
+    """End this process of a multi-process run within LEAVE_WAIT_S, at jax.distributed's
+    shutdown barrier if every process comes to it by then (they all met the error), else alone.
+
+    Not sys.exit: an error only this process met (a file missing on its host) left the others
+    waiting for it in a collective while the exit's shutdown held it at the barrier, all of them
+    for 5 minutes, then aborted with C++ stack traces. Gone, its connections close, and the
+    others' collective fails in one line of their own (`LostProcess`). Not at once either:
+    process 0 serves the run's coordination, and a process still connected to it when it
+    vanishes is aborted (SIGABRT, a C++ stack trace) before it can say its own line."""
+    import jax  # imported already: a run was joined
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    leaving = threading.Thread(target=_shut_down_quietly, args=(jax,), daemon=True)
+    leaving.start()
+    # When the barrier is not met (a process is lost), process 0 leaves last, for that reason.
+    leaving.join(LEAVE_WAIT_S + (5 if jax.process_index() == 0 else 0))
+    os._exit(code)
+
+
+def _shut_down_quietly(jax) -> None:
+    try:
+        jax.distributed.shutdown()
+    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to leave in order
+        pass
 
 
 def _joined_a_multi_process_run() -> bool:
@@ -128,6 +160,4 @@ def _traceback_then_exit(kind, value, tb) -> None:
     then ends at once, for the reason `_fail` gives."""
     sys.__excepthook__(kind, value, tb)
     if _joined_a_multi_process_run():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _leave_the_run(1)
