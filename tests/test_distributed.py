@@ -104,22 +104,12 @@ def test_a_bug_in_one_process_ends_every_process_in_seconds(tmp_path):
     # others were gone, then aborted (SIGABRT) with a C++ stack trace. Now it ends after its
     # traceback (exit 1) within errors.LEAVE_WAIT_S, and the others' collective fails on it in
     # one line (~30 s in all).
-    port = free_port()
-    procs = []
-    for i in range(2):
-        write_join_script(tmp_path / f"join{i}.py", port, i)
-        script = (tmp_path / f"join{i}.py").read_text().replace("errors.cli(main)", (
-            "def then(argv):\n"
-            "    main(argv)\n"
-            "    if jax.process_index() == 1:\n"
-            "        raise RuntimeError('a bug')\n"
-            "    with sharding.losing_a_process_is_fatal():\n"
-            "        sharding.same_on_every_process([b'x'])\n"
-            "import jax\nerrors.cli(then)\n"))
-        (tmp_path / f"join{i}.py").write_text(script)
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = two_joined_processes(tmp_path, lambda i: (
+        "    import jax\n"
+        "    if jax.process_index() == 1:\n"
+        "        raise RuntimeError('a bug')\n"
+        "    with sharding.losing_a_process_is_fatal():\n"
+        "        sharding.same_on_every_process([b'x'])\n"))
     errors = [err for _, err in communicate_all(procs)]
     assert [p.returncode for p in procs] == [1, 1], errors
     assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
@@ -150,14 +140,30 @@ def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def write_join_script(script: Path, port: int, process_id: int, setup: str = "") -> None:
-    """A CLI that only joins a 2-process jax.distributed run on 127.0.0.1:port (after `setup`)."""
+def write_join_script(script: Path, port: int, process_id: int, setup: str = "",
+                      then: str = "") -> None:
+    """A CLI that joins a 2-process jax.distributed run on 127.0.0.1:port (after `setup`), then
+    runs `then` (lines of its main, indented)."""
     script.write_text(
         f"from bertjax import config, errors, sharding\n{setup}"
         "def main(argv):\n"
         "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
         f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
+        f"{then}"
         "errors.cli(main)\n")
+
+
+def two_joined_processes(tmp_path: Path, then=lambda i: "", devices=(1, 1)) -> list[
+        subprocess.Popen]:
+    """The 2 processes of `write_join_script` runs, process i with `devices[i]` CPU devices and
+    `then(i)` after joining."""
+    port, procs = free_port(), []
+    for i in range(2):
+        write_join_script(tmp_path / f"join{i}.py", port, i, then=then(i))
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices[i]}"}
+        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
 
 
 @pytest.mark.parametrize("process_id", [0, 1])
@@ -219,15 +225,8 @@ def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
 def test_processes_with_different_device_counts_are_refused(tmp_path):
     # One host with 1 device, one with 2: the first collective was a numpy reshape traceback
     # (JAX lays the devices out as processes x devices per process), exit 1, on both.
-    port = free_port()
-    procs = []
-    for i, devices in enumerate([1, 2]):
-        write_join_script(tmp_path / f"join{i}.py", port, i)
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        err = p.communicate(timeout=120)[1]
+    procs = two_joined_processes(tmp_path, devices=(1, 2))
+    for p, (_, err) in zip(procs, communicate_all(procs), strict=True):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
         assert p.returncode == 2 and lines == [
             "error: the processes have different numbers of devices (process 0: 1, process 1: "
@@ -240,20 +239,10 @@ def test_processes_meeting_the_same_error_a_moment_apart_each_say_it(tmp_path):
     # still connected to the coordination service process 0 ran, and JAX aborted it (134) with
     # a C++ stack trace instead of its line (the device-count test above, once in CI). Now they
     # leave together at jax.distributed's shutdown barrier.
-    port = free_port()
-    procs = []
-    for i in range(2):
-        write_join_script(tmp_path / f"join{i}.py", port, i)
-        script = (tmp_path / f"join{i}.py").read_text().replace("errors.cli(main)", (
-            "def then(argv):\n"
-            "    main(argv)\n"
-            f"    time.sleep({i})\n"
-            "    raise errors.UserError('met by both')\n"
-            "import time\nerrors.cli(then)\n"))
-        (tmp_path / f"join{i}.py").write_text(script)
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-        procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = two_joined_processes(tmp_path, lambda i: (
+        "    import time\n"
+        f"    time.sleep({i})\n"
+        "    raise errors.UserError('met by both')\n"))
     errors = [err for _, err in communicate_all(procs)]
     assert [p.returncode for p in procs] == [2, 2], errors
     for err in errors:
