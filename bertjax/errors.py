@@ -123,8 +123,9 @@ LEAVE_WAIT_S = 10
 
 
 def _leave_the_run(code: int) -> NoReturn:
-    """End this process of a multi-process run within LEAVE_WAIT_S, at jax.distributed's
-    shutdown barrier if every process comes to it by then (they all met the error), else alone.
+    """End this process of a multi-process run within LEAVE_WAIT_S (process 0: 5 s more, see
+    below): at jax.distributed's shutdown barrier if every process comes to it by then (they
+    all met the error), else alone.
 
     Not sys.exit: an error only this process met (a file missing on its host) left the others
     waiting for it in a collective while the exit's shutdown held it at the barrier, all of them
@@ -157,7 +158,7 @@ def _joined_a_multi_process_run() -> bool:
 
 def _traceback_then_exit(kind, value, tb) -> None:
     """sys.excepthook: a bug's traceback as Python prints it; a process of a multi-process run
-    then ends at once, for the reason `_fail` gives."""
+    then leaves the run (`_leave_the_run`)."""
     sys.__excepthook__(kind, value, tb)
     if _joined_a_multi_process_run():
         _leave_the_run(1)
