@@ -10,10 +10,11 @@ import errno
 import os
 import signal
 import sys
-import threading
 import warnings
 from collections.abc import Callable
 from typing import NoReturn
+
+from bertjax import leaving
 
 
 class UserError(Exception):
@@ -34,7 +35,7 @@ class StoppedBySignal(Exception):
 
 class LostProcess(Exception):
     """A multi-process run lost one of its processes (a collective failed): a fault, not bad
-    input. `cli` prints it as one line and exits 1 (see `_leave_the_run`)."""
+    input. `cli` prints it as one line and exits 1 (see `leaving`)."""
 
 
 def exit_now(message: str, code: int) -> NoReturn:
@@ -64,8 +65,8 @@ def cli(main: Callable[[list[str]], None]) -> None:
     (Ctrl-C or SIGTERM: one line and 128 + the signal's number, 130 or 143, the shell's code for
     it, as the loops exit after saving, see `StoppedBySignal`; a reader that closed the pipe:
     quietly, 141); warnings print as one `warning: ...` line (no source file and line). In a
-    multi-process run, a process that fails (its error line, or a bug's traceback) ends within
-    seconds (`_leave_the_run`)."""
+    multi-process run, a process that fails (its error line, or a bug's traceback) ends every
+    process within seconds (`leaving`)."""
     warnings.showwarning = _one_line_warning
     sys.excepthook = _traceback_then_exit
     # SIGTERM (kill, a scheduler's time limit) stops the same way as Ctrl-C: writers' cleanups
@@ -109,56 +110,22 @@ def cli(main: Callable[[list[str]], None]) -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    """Print `error: message` and exit with `code`; a process of a multi-process run leaves it
-    first (`_leave_the_run`)."""
-    print(f"error: {message}", file=sys.stderr)
-    if _joined_a_multi_process_run():
-        _leave_the_run(code)
+    """Print `error: message` and exit with `code`; a process of a multi-process run takes the
+    others along (`leaving`)."""
+    line = f"error: {message}"
+    if leaving.in_a_multi_process_run():
+        leaving.leave_the_run(code, lambda: print(line, file=sys.stderr), message)
+    print(line, file=sys.stderr)
     sys.exit(code)
-
-
-# Long enough for processes that met the same error a moment apart (a slower host) to meet at
-# jax.distributed's shutdown barrier; short next to the 5 minutes that barrier waits by default.
-LEAVE_WAIT_S = 10
-
-
-def _leave_the_run(code: int) -> NoReturn:
-    """End this process of a multi-process run within LEAVE_WAIT_S (process 0: 5 s more, see
-    below): at jax.distributed's shutdown barrier if every process comes to it by then (they
-    all met the error), else alone.
-
-    Not sys.exit: an error only this process met (a file missing on its host) left the others
-    waiting for it in a collective while the exit's shutdown held it at the barrier, all of them
-    for 5 minutes, then aborted with C++ stack traces. Gone, its connections close, and the
-    others' collective fails in one line of their own (`LostProcess`). Not at once either:
-    process 0 serves the run's coordination, and a process still connected to it when it
-    vanishes is aborted (SIGABRT, a C++ stack trace) before it can say its own line."""
-    import jax  # imported already: a run was joined
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    leaving = threading.Thread(target=_shut_down_quietly, args=(jax,), daemon=True)
-    leaving.start()
-    # When the barrier is not met (a process is lost), process 0 leaves last, for that reason.
-    leaving.join(LEAVE_WAIT_S + (5 if jax.process_index() == 0 else 0))
-    os._exit(code)
-
-
-def _shut_down_quietly(jax) -> None:
-    try:
-        jax.distributed.shutdown()
-    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to leave in order
-        pass
-
-
-def _joined_a_multi_process_run() -> bool:
-    jax = sys.modules.get("jax")  # not imported: no run joined
-    return jax is not None and jax.distributed.is_initialized()
 
 
 def _traceback_then_exit(kind, value, tb) -> None:
     """sys.excepthook: a bug's traceback as Python prints it; a process of a multi-process run
-    then leaves the run (`_leave_the_run`)."""
-    sys.__excepthook__(kind, value, tb)
-    if _joined_a_multi_process_run():
-        _leave_the_run(1)
+    then takes the others along (`leaving`)."""
+    if not leaving.in_a_multi_process_run():
+        sys.__excepthook__(kind, value, tb)
+        return
+    first_line = (str(value).strip().splitlines() or [""])[0][:300]
+    leaving.leave_the_run(1, lambda: sys.__excepthook__(kind, value, tb),
+                          f"a bug, {kind.__name__}: {first_line} (its traceback is in that "
+                          "process's log)")

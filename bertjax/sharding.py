@@ -32,6 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bertjax import leaving
 from bertjax.config import Config, MeshConfig
 from bertjax.config_changes import LAUNCH_KEYS
 from bertjax.domains import PATH, PATHS
@@ -97,6 +98,7 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     finally:
         for timer in timers:
             timer.cancel()
+    leaving.watch_for_failed_processes()
     _refuse_unequal_device_counts()
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -102,9 +103,9 @@ def test_a_collective_failing_as_a_value_error_is_a_lost_process(monkeypatch):
 
 def test_a_bug_in_one_process_ends_every_process_in_seconds(tmp_path):
     # After a bug's traceback, a process waited at jax.distributed's shutdown barrier until the
-    # others were gone, then aborted (SIGABRT) with a C++ stack trace. Now it ends after its
-    # traceback (exit 1) within errors.LEAVE_WAIT_S, and the others' collective fails on it in
-    # one line (~30 s in all).
+    # others were gone, then aborted (SIGABRT) with a C++ stack trace. Now every process ends
+    # with exit 1 in seconds: the buggy one after its traceback, the others in one line that
+    # names it and where its traceback is.
     procs = two_joined_processes(tmp_path, lambda i: (
         "    import jax\n"
         "    if jax.process_index() == 1:\n"
@@ -114,30 +115,30 @@ def test_a_bug_in_one_process_ends_every_process_in_seconds(tmp_path):
     errors = [err for _, err in communicate_all(procs)]
     assert [p.returncode for p in procs] == [1, 1], errors
     assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
-    lines = [line for line in errors[0].splitlines() if not line.startswith("[Gloo]")]
-    assert len(lines) == 1 and lines[0].startswith("error: a step of this 2-process run failed ("
-                                                   ), errors[0]
+    assert said_lines(errors[0]) == [
+        "error: process 1 of this 2-process run failed, so every process stops: a bug, "
+        "RuntimeError: a bug (its traceback is in that process's log)"], errors[0]
 
 
 def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
     # Process 1's data.dir holds no prepared data (copied to host 0 only). Process 1 printed its
     # error, then waited in jax.distributed's shutdown while process 0 waited for it in a
-    # collective: both 5 minutes, then aborted (134) with C++ stack traces. Now process 1 ends
-    # within errors.LEAVE_WAIT_S (exit 2, its line), and process 0's collective fails on it (exit
-    # 1, one line).
+    # collective: both 5 minutes, then aborted (134) with C++ stack traces. Now both say process
+    # 1's error, exit 2, in seconds.
     cfg, port = tiny_run_config(tmp_path, {"steps": 4, "micro_batch": 2}), free_port()
     prepare.ensure_prepared(config.load([cfg], ["tokenizer.vocab_size=100"]))  # 117 trained
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / 'run'}", "data.sources=[]",
         f"data.dir={tmp_path / ('prepared' if i == 0 else 'nothing')}"))
     errors = [err for _, err in communicate_all(procs)]
+    message = (f"{tmp_path / 'nothing'} holds no prepared data and no data source is set: set "
+               "data.sources (files or globs), data.hf_dataset or data.builtin=stdlib")
+    assert [p.returncode for p in procs] == [2, 2], errors
     lines = [[line for line in err.splitlines() if line.startswith("error: ")] for err in errors]
-    assert [p.returncode for p in procs] == [1, 2], errors
-    assert lines[1] == [f"error: {tmp_path / 'nothing'} holds no prepared data and no data source "
-                        "is set: set data.sources (files or globs), data.hf_dataset or "
-                        "data.builtin=stdlib"], errors[1]
-    assert len(lines[0]) == 1 and "see its log" in lines[0][0], errors[0]
-    assert "Traceback" not in errors[0] + errors[1] and "Check failure" not in errors[0]
+    assert lines == [["error: process 1 of this 2-process run failed, so every process stops: "
+                      f"{message}"], [f"error: {message}"]], errors
+    for err in errors:  # the error line is the last, after the progress lines
+        assert said_lines(err)[-1].startswith("error: "), err
     assert not (tmp_path / "run").exists()
 
 
@@ -154,17 +155,32 @@ def write_join_script(script: Path, port: int, process_id: int, setup: str = "",
         "errors.cli(main)\n")
 
 
-def two_joined_processes(tmp_path: Path, then=lambda i: "", devices=(1, 1)) -> list[
+def two_joined_processes(tmp_path: Path, then=lambda i: "", devices=(1, 1), setup="") -> list[
         subprocess.Popen]:
     """The 2 processes of `write_join_script` runs, process i with `devices[i]` CPU devices and
     `then(i)` after joining."""
     port, procs = free_port(), []
     for i in range(2):
-        write_join_script(tmp_path / f"join{i}.py", port, i, then=then(i))
+        write_join_script(tmp_path / f"join{i}.py", port, i, setup, then(i))
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices[i]}"}
         procs.append(subprocess.Popen([sys.executable, str(tmp_path / f"join{i}.py")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
+
+
+def said_lines(err: str) -> list[str]:
+    """A process's stderr lines, Gloo's own chatter left out."""
+    return [line for line in err.splitlines() if not line.startswith("[Gloo]")]
+
+
+def assert_each_says_one_line(procs, errors, message_of, code=2) -> None:
+    """Each process exited `code` with one line: its own error, `message_of(i)`, or (a process
+    that heard first) the error another process posted, relayed."""
+    assert [p.returncode for p in procs] == [code] * len(procs), errors
+    for i, err in enumerate(errors):
+        relayed = [f"error: process {j} of this {len(procs)}-process run failed, so every process "
+                   f"stops: {message_of(j)}" for j in range(len(procs)) if j != i]
+        assert said_lines(err) in ([f"error: {message_of(i)}"], *([r] for r in relayed)), err
 
 
 @pytest.mark.parametrize("process_id", [0, 1])
@@ -193,11 +209,10 @@ def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / 'run'}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."))
     errors = [err for _, err in communicate_all(procs)]
-    for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
-        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
-        assert p.returncode == 2 and len(lines) == 1, err
-        assert lines[0].startswith("error: the 2 processes were started with different configs "
-                                   f"(process {i} has optim.lr={0.003 * (i + 1)});"), err
+    assert_each_says_one_line(procs, errors, lambda i: (
+        f"the 2 processes were started with different configs (process {i} has "
+        f"optim.lr={0.003 * (i + 1)}); start every process with the same config files and "
+        "overrides (only mesh.process_id and paths may differ between them)"))
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
 
 
@@ -212,13 +227,11 @@ def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
     procs = two_train_processes(cfg, port, lambda i: (
         f"train.run_dir={tmp_path / f'run{i}'}", "glue.data_dir=."))
     errors = [err for _, err in communicate_all(procs)]
-    for i, (p, err) in enumerate(zip(procs, errors, strict=True)):
-        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
-        assert p.returncode == 2 and lines == [
-            f"error: train.run_dir={tmp_path / f'run{i}'} is not one directory shared by every "
-            "host: process 1 does not see the file process 0 wrote there, and checkpoints must "
-            "gather every host's share in one place; put train.run_dir on storage that every "
-            "host mounts (NFS or another shared file system)"], err
+    assert_each_says_one_line(procs, errors, lambda i: (
+        f"train.run_dir={tmp_path / f'run{i}'} is not one directory shared by every host: "
+        "process 1 does not see the file process 0 wrote there, and checkpoints must gather "
+        "every host's share in one place; put train.run_dir on storage that every host mounts "
+        "(NFS or another shared file system)"))
     assert not (tmp_path / "prepared").exists()
     assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
 
@@ -227,28 +240,52 @@ def test_processes_with_different_device_counts_are_refused(tmp_path):
     # One host with 1 device, one with 2: the first collective was a numpy reshape traceback
     # (JAX lays the devices out as processes x devices per process), exit 1, on both.
     procs = two_joined_processes(tmp_path, devices=(1, 2))
-    for p, (_, err) in zip(procs, communicate_all(procs), strict=True):
-        lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
-        assert p.returncode == 2 and lines == [
-            "error: the processes have different numbers of devices (process 0: 1, process 1: "
-            "2); give every process the same number (e.g. with CUDA_VISIBLE_DEVICES on each "
-            "host)"], err
+    errors = [err for _, err in communicate_all(procs)]
+    assert_each_says_one_line(procs, errors, lambda i: (
+        "the processes have different numbers of devices (process 0: 1, process 1: 2); give "
+        "every process the same number (e.g. with CUDA_VISIBLE_DEVICES on each host)"))
 
 
 def test_processes_meeting_the_same_error_a_moment_apart_each_say_it(tmp_path):
     # Process 0 ended at once on its error. Process 1, a second slower to meet the same one, was
     # still connected to the coordination service process 0 ran, and JAX aborted it (134) with
     # a C++ stack trace instead of its line (the device-count test above, once in CI). Now they
-    # leave together at jax.distributed's shutdown barrier.
+    # leave together at jax.distributed's shutdown barrier (process 1 hears of process 0's error
+    # before it meets its own, and says that).
     procs = two_joined_processes(tmp_path, lambda i: (
         "    import time\n"
         f"    time.sleep({i})\n"
         "    raise errors.UserError('met by both')\n"))
     errors = [err for _, err in communicate_all(procs)]
+    assert_each_says_one_line(procs, errors, lambda i: "met by both")
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp_path, failing):
+    # Only one process met the error; the other waited for it in a collective. When the one
+    # was process 0 (it serves the run's coordination), the other was aborted (134) with a C++
+    # stack trace after 17-20 s; when it was process 1, the other's collective failed after
+    # ~14 s in a line that did not say why. Now the failed process posts its line for the others,
+    # and each process says it and they leave together at the shutdown barrier, exit 2 (not
+    # after LEAVE_WAIT_S, the wait for a barrier that is not met: set long here to tell them apart).
+    procs = two_joined_processes(tmp_path, setup="from bertjax import leaving\n"
+                                                  "leaving.LEAVE_WAIT_S = 100\n", then=lambda i: (
+        "    import jax, time\n"
+        f"    if jax.process_index() == {failing}:\n"
+        "        time.sleep(1)\n"  # the other is in the collective by then
+        "        raise errors.UserError('met by one')\n"
+        "    with sharding.losing_a_process_is_fatal():\n"
+        "        sharding.same_on_every_process([b'x'])\n"))
+    started = time.monotonic()
+    errors = [err for _, err in communicate_all(procs)]
+    took = time.monotonic() - started
     assert [p.returncode for p in procs] == [2, 2], errors
-    for err in errors:
+    for i, err in enumerate(errors):
         lines = [line for line in err.splitlines() if not line.startswith("[Gloo]")]
-        assert lines == ["error: met by both"], err
+        assert lines == ["error: met by one" if i == failing else
+                         f"error: process {failing} of this 2-process run failed, so every "
+                         "process stops: met by one"], err
+    assert took < 100, took  # they met at the shutdown barrier
 
 
 def test_a_busy_coordinator_port_is_one_line(tmp_path):
