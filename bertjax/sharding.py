@@ -8,7 +8,8 @@ model's sharding hints, which `with_mesh` switches on for the jitted steps. `Sto
 SIGTERM/SIGINT into a stop that every process takes after the same step. A process that waits
 in vain for the others to join ends in one line, and so does one that loses another mid-run
 where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it); so do a
-busy coordinator port and processes with unequal device counts or different configs.
+busy coordinator port and processes with unequal device counts or different configs. An error
+one process meets ends them all (`leaving`).
 """
 
 import collections
