@@ -4,9 +4,9 @@ A process blocked in a collective cannot hear that another failed: it waited for
 until its connections closed, and when that one was process 0 (it serves the run's coordination)
 JAX aborted it with a C++ stack trace before it could say a word. So a failing process posts
 why in the coordination service's key-value store (the store Orbax syncs through), and every
-process watches that key from a thread: on it, each says the failed process's line as its own
-and leaves. They all meet at jax.distributed's shutdown barrier and end within seconds, each in
-one line with the failed process's exit code.
+process watches that key from a thread: on it, each says which process failed and why, and
+leaves. They all meet at jax.distributed's shutdown barrier and end within seconds, each in one
+line, with the failed process's exit code.
 """
 
 import atexit
@@ -20,7 +20,9 @@ from typing import NoReturn
 # jax.distributed's shutdown barrier; short next to the 5 minutes that barrier waits by default.
 LEAVE_WAIT_S = 10
 FAILED_KEY = "bertjax/failed"  # its value: "<exit code> <process index> <why>"
-WATCH_POLL_MS = 1000  # how long the watcher's wait lasts before it checks whether to stop
+# How long each of the watcher's waits lasts before it checks whether to stop: what a normal exit
+# waits for it at most, and one request per process per interval at the coordinator.
+WATCH_POLL_MS = 1000
 
 _claim = threading.Lock()  # held by the first thread to leave (the main one or the watcher)
 _stop_watching = threading.Event()
