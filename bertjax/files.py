@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -160,17 +161,19 @@ def read_utf8(path: str | Path, fix: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def utf8_error(path: str | Path, fix: str) -> UserError:
-    """The first line of `path` that is not UTF-8, as an error naming the line, the column and
-    the byte (slow path: call it after a decode error)."""
+def utf8_error(path: str | Path, fix: str, opener: Callable = open) -> UserError:
+    """The first line of `path` (opened by `opener`: a decompressing one reads the text, whose
+    offsets are then not the file's) that is not UTF-8, as an error naming the line, the column
+    and the byte (slow path: call it after a decode error)."""
     offset = 0
-    with open(path, "rb") as f:
+    offsets = "file offset" if opener is open else "offset in the decompressed text"
+    with opener(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 return UserError(f"{path} line {number}: not valid UTF-8 (byte "
-                                 f"0x{raw[e.start]:02x} at column {e.start + 1}, file offset "
+                                 f"0x{raw[e.start]:02x} at column {e.start + 1}, {offsets} "
                                  f"{offset + e.start}); {fix}")
             offset += len(raw)
     return UserError(f"{path}: not valid UTF-8; {fix}")

@@ -1,19 +1,28 @@
 """Which local files `data.sources` names, and whether `prepare` can read them: globs expanded
 (never into data.dir), each file checked to exist once, be text (not UTF-16 or binary), not an
-LFS pointer, and of a format sources.py reads (plain text, .jsonl, .parquet; compressed files,
-.json and tables are refused with the command that converts them). A local path given as
-data.hf_dataset is refused too: `datasets` would read it line by line.
+LFS pointer, and of a format sources.py reads (plain text, .jsonl, .parquet; text and .jsonl
+also compressed as .gz, .bz2 or .xz, read as they stream; other compressions, .json and tables
+are refused with the command that converts them). A local path given as data.hf_dataset is
+refused too: `datasets` would read it line by line.
 """
 
+import bz2
+import contextlib
 import glob
+import gzip
+import io
+import lzma
 import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from bertjax.config import DataConfig
 from bertjax.errors import UserError
 from bertjax.files import UTF16_BOMS, check_not_lfs_pointer, from_cwd, utf16_error
 
-FIX = "data.sources takes plain UTF-8 text, .jsonl or .parquet files"
+FIX = ("data.sources takes plain UTF-8 text, .jsonl or .parquet files (text and .jsonl "
+       "also as .gz, .bz2 or .xz)")
 
 
 def local_files(cfg: DataConfig) -> list[Path]:
@@ -70,9 +79,56 @@ def _check_glob_dirs(pattern: str, dirs: list[str], any_file: bool) -> None:
                   f"read; write {str(deeper)!r} to read them too", stacklevel=2)
 
 
+# Compressions the standard library reads as it streams: a name is <name>.<format>.<compression>
+# (wiki.txt.bz2, c4.jsonl.gz); the others must be decompressed first.
+DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_DECOMPRESS_COMMANDS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k",
+                        ".zst": "unzstd", ".zip": "unzip", ".7z": "7z x"}
+
+
+def compression(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return suffix if suffix in DECOMPRESSORS else None
+
+
+def format_suffix(path: Path) -> str:
+    """The lowercased suffix that says how the text is laid out: .jsonl for c4.jsonl.gz."""
+    return (path.with_suffix("") if compression(path) else path).suffix.lower()
+
+
+def open_source(path: Path, mode: str = "rb", **kwargs) -> io.IOBase:
+    """`path` opened as `open` would, decompressed as it is read when it is compressed."""
+    return DECOMPRESSORS.get(compression(path), open)(path, mode, **kwargs)
+
+
+@contextlib.contextmanager
+def decompression_errors_named(path: Path) -> Iterator[None]:
+    """Inside the block, a compressed file that does not decompress (damaged, cut short by an
+    interrupted download, or not that compression at all) is a UserError naming it, not the
+    decompressor's traceback."""
+    if compression(path) is None:
+        yield
+        return
+    try:
+        yield
+    except (EOFError, zlib.error, lzma.LZMAError) as e:
+        raise _not_decompressible(path, e) from None
+    except OSError as e:  # gzip's BadGzipFile, bz2's "Invalid data stream": no errno, as a
+        if e.errno is not None:  # failing disk's has
+            raise
+        raise _not_decompressible(path, e) from None
+
+
+def _not_decompressible(path: Path, e: Exception) -> UserError:
+    suffix = compression(path)
+    return UserError(f"{path} does not decompress as {suffix} ({e}): it is damaged, cut short "
+                     f"or not {suffix} at all; download or compress it again, or drop it from "
+                     "data.sources")
+
+
 def check_not_binary(path: Path) -> None:
     """UTF-16, or a NUL byte in the first 8 KiB (binary), is refused before reading."""
-    with open(path, "rb") as f:
+    with decompression_errors_named(path), open_source(path) as f:
         head = f.read(8192)
     if head.startswith(UTF16_BOMS):  # Windows editors' "Unicode": was "binary"
         raise utf16_error(path, FIX)
@@ -106,26 +162,28 @@ def check_hub_name(name: str) -> None:
                         "in data.sources, hub datasets are named like wikitext or org/name")
 
 
-_DECOMPRESS = {".gz": "gunzip -k", ".bz2": "bunzip2 -k", ".xz": "unxz -k", ".zst": "unzstd",
-               ".zip": "unzip", ".7z": "7z x"}
-
-
 def _check_format(path: Path) -> None:
     """Any other suffix is read as plain text: a compressed file would be called binary or
     latin-1, and JSON (.json) or a table (.csv, .tsv) would be trained on as text, braces,
     keys, headers and quotes included."""
-    suffix = path.suffix.lower()
-    if suffix in _DECOMPRESS:
-        raise UserError(f"{path} is compressed ({suffix}); decompress it first (e.g. "
-                        f"{_DECOMPRESS[suffix]} {path}) and list the result in data.sources")
+    suffix, compressed = format_suffix(path), compression(path) or ""
+    command = _DECOMPRESS_COMMANDS.get(path.suffix.lower())
+    if command and not compressed:
+        raise UserError(f"{path} is compressed ({path.suffix}); decompress it first (e.g. "
+                        f"{command} {path}) and list the result in data.sources, or compress "
+                        "it as .gz, .bz2 or .xz, which are read as they are")
+    if suffix == ".parquet" and compressed:
+        raise UserError(f"{path}: a parquet file compresses its own pages and is read only "
+                        f"as it is; decompress it (e.g. {command} {path})")
     if suffix == ".json":
         raise UserError(f"{path}: .json is not read; {FIX}: if it holds one JSON object per "
-                        "line, rename it to .jsonl, else convert it")
+                        f"line, rename it to .jsonl{compressed}, else convert it")
     if suffix in (".csv", ".tsv"):  # as text, its header, ids and quotes were trained on
         tab = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
+        table = (path.with_suffix("") if compressed else path).with_suffix(".parquet")
         raise UserError(f"{path}: {suffix} is not read; {FIX}: convert it, e.g. python -c "
                         "\"import pyarrow.csv as c, pyarrow.parquet as p; p.write_table("
-                        f"c.read_csv('{path}'{tab}), '{path.with_suffix('.parquet')}')\", "
+                        f"c.read_csv('{path}'{tab}), '{table}')\", "
                         "and set data.text_column to its text column")
 
 
@@ -133,6 +191,8 @@ def text_bytes(path: Path, column: str) -> int:
     """A file's size; for parquet (compressed: the shared Wikipedia 1.7 times) the text
     column's uncompressed size from its footer, else the tokenizer sample's stride came out too
     small and the sample stopped before the last sources, which the tokenizer never saw."""
+    if compression(path):
+        return _decompressed_size(path)
     if path.suffix.lower() != ".parquet":
         return path.stat().st_size
     import pyarrow.parquet as pq
@@ -144,3 +204,22 @@ def text_bytes(path: Path, column: str) -> int:
     return sum(chunk.total_uncompressed_size for r in range(meta.num_row_groups)
                for chunk in map(meta.row_group(r).column, range(meta.num_columns))
                if chunk.path_in_schema == column) or path.stat().st_size
+
+
+def _decompressed_size(path: Path) -> int:
+    """A compressed file's text size, estimated from how much room its first MiB or so of text
+    took (its compressed size was 3-4 times too small a total for English)."""
+    produced = 0
+    with (decompression_errors_named(path), open(path, "rb") as raw,
+          DECOMPRESSORS[compression(path)](raw) as text):
+        while True:
+            consumed = raw.tell()
+            chunk = text.read(1 << 16)
+            if not chunk:
+                return produced  # all of it
+            if raw.tell() > consumed and produced >= 1 << 20:
+                # This read needed more input: what came out before it is all that the first
+                # `consumed` bytes hold (bz2 gives out its text a 900 kB block at a time: a
+                # ratio taken mid-block was 40 % low).
+                return round(path.stat().st_size * produced / consumed)
+            produced += len(chunk)

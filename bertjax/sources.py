@@ -1,5 +1,6 @@
-"""Text sources for `prepare`: local text/.jsonl/.parquet files, a streamed hub dataset, or the
-embedded `stdlib` corpus, all read as a stream of (text, ends_document) pieces in bounded memory.
+"""Text sources for `prepare`: local text/.jsonl/.parquet files (text and .jsonl also as .gz,
+.bz2 or .xz), a streamed hub dataset, or the embedded `stdlib` corpus, all read as a stream of
+(text, ends_document) pieces in bounded memory.
 Which local files, and whether they can be read at all, is source_files.py's.
 
 Plain text: one paragraph per line, a blank line between documents. Bad text is an error, never
@@ -25,7 +26,11 @@ from bertjax.source_files import (
     check_hub_name,
     check_not_binary,
     checked_local_files,
+    compression,
+    decompression_errors_named,
+    format_suffix,
     local_files,
+    open_source,
     text_bytes,
 )
 
@@ -37,7 +42,7 @@ _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 
 def _utf8_error(path: Path) -> UserError:
     return utf8_error(path, "convert it, e.g. iconv -f latin1 -t utf-8, or drop it from "
-                            "data.sources")
+                            "data.sources", open_source if compression(path) else open)
 
 
 def text_pieces(path: Path) -> Iterator[Piece]:
@@ -45,7 +50,7 @@ def text_pieces(path: Path) -> Iterator[Piece]:
     check_not_binary(path)
     carry, open_doc = "", False  # open_doc: part of the current document was already emitted
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with decompression_errors_named(path), open_source(path, "rt", encoding="utf-8-sig") as f:
             while chunk := f.read(READ_CHUNK):
                 parts = _BLANK_LINE.split(carry + chunk)
                 carry = parts.pop()
@@ -83,7 +88,7 @@ def _column_text(value: object, where: str, column: str) -> str:
 def jsonl_pieces(path: Path, column: str) -> Iterator[Piece]:
     """One document per JSON line, its text in `column`."""
     check_not_binary(path)
-    with open(path, "rb") as f:
+    with decompression_errors_named(path), open_source(path) as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -278,9 +283,9 @@ def _all_pieces(cfg: DataConfig) -> Iterator[Piece]:
     if cfg.hf_dataset is not None:
         yield from hub_pieces(cfg)
     for path in files:
-        if path.suffix.lower() == ".jsonl":  # any case: a.JSONL was read as plain text
+        if format_suffix(path) == ".jsonl":  # any case: a.JSONL was read as plain text
             yield from jsonl_pieces(path, cfg.text_column)
-        elif path.suffix.lower() == ".parquet":
+        elif format_suffix(path) == ".parquet":
             yield from parquet_pieces(path, cfg.text_column)
         else:
             yield from text_pieces(path)

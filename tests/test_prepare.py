@@ -1,10 +1,13 @@
 """prepare: the written format, dtype choice, idempotent and crash-safe re-runs, every source
 kind, and one-line errors for bad input (also through the CLI: exit code 2, no traceback)."""
 
+import bz2
 import csv
 import fcntl
+import gzip
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -331,11 +334,9 @@ def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
     assert meta["splits"]["train"]["tokens"] > 10_000
 
 
-def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_path):
-    """a.JSONL was read as plain text (JSON syntax trained on, exit 0); a .gz file was called
-    binary, or not UTF-8 with iconv as the fix; a .json file was read as text."""
-    import gzip
-
+def test_suffixes_match_in_any_case_and_json_files_are_named(tmp_path):
+    """a.JSONL was read as plain text (JSON syntax trained on, exit 0); a .json file was read as
+    text."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -343,14 +344,85 @@ def test_suffixes_match_in_any_case_and_compressed_or_json_files_are_named(tmp_p
     pq.write_table(pa.table({"text": ["two"]}), tmp_path / "b.Parquet")
     cfg = load_cfg(tmp_path, [tmp_path / "a.JSONL", tmp_path / "b.Parquet"])
     assert list(sources.pieces(cfg.data)) == [("one", True), ("two", True)]
-    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(b"no NUL in here " * 9, mtime=0))
     (tmp_path / "d.json").write_text(json.dumps([{"text": "three"}]))
-    for name, message in (("c.txt.gz", r"is compressed \(.gz\); decompress it first \(e.g. "
-                                       r"gunzip -k .*c.txt.gz\)"),
-                          ("d.json", r"d.json: .json is not read; .*rename it to .jsonl")):
-        with pytest.raises(UserError, match=message):
-            prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / name], dir=tmp_path / "p"))
-        assert not (tmp_path / "p").exists()  # refused before data.dir is created
+    with pytest.raises(UserError, match=r"d.json: .json is not read; .*rename it to .jsonl,"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "d.json"], dir=tmp_path / "p"))
+    assert not (tmp_path / "p").exists()  # refused before data.dir is created
+
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def test_gz_bz2_and_xz_sources_prepare_as_their_plain_text(tmp_path):
+    """A .gz file was refused ("decompress it first"): a Wikipedia .txt.bz2 or C4-style
+    .jsonl.gz had to be written out in full first. Now they are read as they stream, text and
+    .jsonl alike, into the same token files as their plain copies."""
+    plain, compressed = tmp_path / "plain", tmp_path / "compressed"
+    plain.mkdir(), compressed.mkdir()
+    docs = write_corpus(plain / "a.txt", 60)
+    (plain / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:20]))
+    names = {"a.txt": ".gz", "b.jsonl": ".bz2"}
+    for name, suffix in names.items():
+        (compressed / (name + suffix)).write_bytes(COMPRESSORS[suffix]((plain / name).read_bytes()))
+    (plain / "c.txt").write_text("Ünïcode text, BOM first.\n", encoding="utf-8-sig")
+    (compressed / "c.TXT.xz").write_bytes(lzma.compress((plain / "c.txt").read_bytes()))
+    bert_style_tokenizer(tmp_path / "tokenizer.json")  # one tokenizer: WordPiece training
+    out, read = {}, {}  # can differ between two runs on the same text (upstream)
+    for where, names_there in ((plain, ["a.txt", "b.jsonl", "c.txt"]),
+                               (compressed, ["a.txt.gz", "b.jsonl.bz2", "c.TXT.xz"])):
+        cfg = load_cfg(tmp_path, [where / f for f in names_there], dir=where / "prepared",
+                       **{"tokenizer.path": tmp_path / "tokenizer.json"})
+        read[where] = list(sources.pieces(cfg.data))
+        out[where] = prepare.ensure_prepared(cfg)
+    assert read[plain] == read[compressed] and len(read[plain]) == 81
+    for name in ("train.bin", "validation.bin"):
+        assert (out[plain] / name).read_bytes() == (out[compressed] / name).read_bytes(), name
+    assert (prepare.read_meta(out[plain])["splits"]
+            == prepare.read_meta(out[compressed])["splits"])
+
+
+def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_path):
+    """The sample's stride and the progress bar's total come from the sources' sizes: a
+    compressed file's is its text's, estimated from its first MiB (not 3-4 times too small)."""
+    write_corpus(tmp_path / "c.txt", 15_000)
+    text = (tmp_path / "c.txt").read_bytes()
+    assert len(text) > 2 << 20  # more than the MiB the estimate reads
+    for suffix, compress in COMPRESSORS.items():
+        (tmp_path / f"c.txt{suffix}").write_bytes(compress(text))
+        cfg = load_cfg(tmp_path, [tmp_path / f"c.txt{suffix}"]).data
+        assert 0.9 * len(text) < sources.total_bytes(cfg) < 1.1 * len(text), suffix
+    (tmp_path / "s.txt.gz").write_bytes(gzip.compress(b"short\n"))
+    assert sources.total_bytes(load_cfg(tmp_path, [tmp_path / "s.txt.gz"]).data) == 6
+
+
+@pytest.mark.parametrize("case, message", [
+    ("c.txt.zst", r"c.txt.zst is compressed \(.zst\); decompress it first \(e.g. unzstd "
+                  r".*c.txt.zst\) .*or compress it as .gz, .bz2 or .xz"),
+    ("c.parquet.gz", r"c.parquet.gz: a parquet file compresses its own pages .*\(e.g. gunzip -k "
+                     r".*c.parquet.gz\)"),
+    ("c.json.gz", r"c.json.gz: .json is not read; .*rename it to .jsonl.gz, else convert it"),
+    ("c.csv.bz2", r"c.csv.bz2: .csv is not read; .*c.read_csv\('.*c.csv.bz2'\), '.*c.parquet'\)"),
+    ("cut.txt.gz", r"cut.txt.gz does not decompress as .gz \(Compressed file ended before the "
+                   r"end-of-stream marker was reached\): it is damaged, cut short or not .gz at "
+                   r"all; download or compress it again, or drop it from data.sources"),
+    ("plain.txt.bz2", r"plain.txt.bz2 does not decompress as .bz2 \(Invalid data stream\)"),
+    ("damaged.jsonl.xz", r"damaged.jsonl.xz does not decompress as .xz \(.*\)"),
+    ("latin1.txt.gz", r"latin1.txt.gz line 2: not valid UTF-8 \(byte 0xe9 at column 4, offset "
+                      r"in the decompressed text 7\); convert it"),
+])
+def test_a_bad_compressed_source_is_one_line_and_nothing_is_prepared(tmp_path, case, message):
+    body = "".join(json.dumps({"text": t}) + "\n" for t in sentences(3000)).encode()
+    contents = {
+        "cut.txt.gz": gzip.compress(body)[:len(gzip.compress(body)) // 2],  # a download cut short
+        "plain.txt.bz2": body,  # named .bz2, never compressed
+        "damaged.jsonl.xz": (lambda b: b[:len(b) // 2] + b"\xff" * 64 + b[len(b) // 2 + 64:])(
+            lzma.compress(body)),
+        "latin1.txt.gz": gzip.compress("one\ncaf\xe9\n".encode("latin-1")),
+    }
+    (tmp_path / case).write_bytes(contents.get(case, gzip.compress(body)))
+    with pytest.raises(UserError, match=message):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / case]))
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_a_tokenizer_saved_with_truncation_or_padding_on_cuts_no_document(tmp_path):
