@@ -2,8 +2,9 @@
 
 `load_pretrained(path) -> Pretrained` accepts a pretraining run directory (newest complete
 checkpoint), a checkpoint step directory (`RUN/checkpoints/<step>`), a release bundle (every
-sha256 in manifest.json verified, and its tokenizer the one its weights were exported with) or a
-Hugging Face BERT directory. starting_points.py fits one as the start of another run.
+sha256 in manifest.json verified, and its tokenizer the one its weights were exported with), a
+Hugging Face BERT directory, or a hub model id (downloaded, `hub_models`). starting_points.py
+fits one as the start of another run.
 """
 
 import contextlib
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import jax
 
-from bertjax import glue_tasks
+from bertjax import glue_tasks, hub_models
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
@@ -29,8 +30,8 @@ from bertjax.weights import model_from_arrays, read_safetensors
 BUNDLE_FORMAT = "bertjax-bundle"
 BUNDLE_VERSION = 1
 EXPECTED = ("a run directory (with checkpoints/), a checkpoint directory (RUN/checkpoints/STEP), "
-            "a release bundle (manifest.json) or a Hugging Face BERT directory (config.json + "
-            "model.safetensors)")
+            "a release bundle (manifest.json), a Hugging Face BERT directory (config.json + "
+            "model.safetensors) or a Hugging Face hub model id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,18 +272,16 @@ def is_step_dir(path: Path) -> bool:
 
 
 def check_checkpoint_path(path: str | Path) -> Path:
-    """`path` if it exists, else a UserError; for a missing name shaped like a Hugging Face hub
-    id (`bert-base-uncased`, `google-bert/bert-base-uncased`) it says how to download one: models
-    are read from local directories only."""
+    """`path` if it exists; else, for a name shaped like a Hugging Face hub id
+    (`bert-base-uncased`, `google-bert/bert-base-uncased`), that model's local snapshot,
+    downloaded when missing (`hub_models`); else a UserError."""
     path = Path(path)
     if path.exists():
         return path
-    hint = ""
-    if not path.is_absolute() and len(path.parts) <= 2 and not Path(path.parts[0]).exists():
-        hint = (f"; if {path} is a Hugging Face hub model, download it first (`hf download "
-                f"{path} --local-dir DIR`) and pass DIR")
-    raise UserError(f"checkpoint path {path} does not exist{from_cwd(path)}; pass {EXPECTED}"
-                    f"{hint}")
+    not_local = f"checkpoint path {path} does not exist{from_cwd(path)}"
+    if hub_models.looks_like_hub_id(path):
+        return hub_models.download(str(path), not_local)
+    raise UserError(f"{not_local}; pass {EXPECTED}")
 
 
 def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:

@@ -957,8 +957,8 @@ def test_a_missing_relative_path_says_it_was_looked_for_in_the_current_directory
                                          **{"tokenizer.path": "configs/t.json"}))
     with pytest.raises(UserError, match=r"checkpoint path runs/x does not exist " + where):
         pretrained.load_pretrained("runs/x")
-    (tmp_path / "runs").mkdir()  # a path under a folder that is there: no hub hint
-    with pytest.raises(UserError, match=r"config\.json \+ model\.safetensors\)$"):
+    (tmp_path / "runs").mkdir()  # a path under a folder that is there: not a hub id
+    with pytest.raises(UserError, match=r"model\.safetensors\) or a Hugging Face hub model id$"):
         pretrained.load_pretrained("runs/x")
     with pytest.raises(UserError, match=rf"entry {tmp_path}/c.txt does not exist; give"):
         prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"]))  # absolute: no hint

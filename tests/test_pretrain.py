@@ -281,14 +281,19 @@ def test_processes_with_different_prepared_data_are_refused(config_file, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_missing_init_checkpoint_is_said_before_the_data_is_prepared(config_file, tmp_path):
-    # It was said only after prepare had trained a tokenizer and written data.dir.
+def test_a_missing_init_checkpoint_is_said_before_the_data_is_prepared(config_file, tmp_path,
+                                                                      monkeypatch):
+    # It was said only after prepare had trained a tokenizer and written data.dir. A hub id is
+    # looked up in the (here empty) Hugging Face cache, the hub being off in the tests.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path / 'run'}",
                                           f"data.dir={tmp_path / 'data'}",
                                           "init.checkpoint=google-bert/bert-base-uncased"])
     with pytest.raises(UserError, match=r"checkpoint path google-bert/bert-base-uncased does not "
-                                        r"exist .*if google-bert/bert-base-uncased is a Hugging "
-                                        r"Face hub model, download it first \(`hf download "
+                                        r"exist .*as a Hugging Face hub model it is not "
+                                        r"\(complete\) in the cache .* \(`hf download "
                                         r"google-bert/bert-base-uncased --local-dir DIR`\)"):
         pretrain(cfg)
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()

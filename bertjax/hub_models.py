@@ -1,0 +1,56 @@
+"""Hugging Face hub model ids as checkpoints: `init.checkpoint=google-bert/bert-base-uncased`
+(or `bert-base-uncased`, or `predict`/`export`'s checkpoint argument) is downloaded into the
+Hugging Face cache (HF_HOME, HF_HUB_CACHE; offline, HF_HUB_OFFLINE=1, it is read from there) and
+loaded like a local Hugging Face BERT directory. Only the config, safetensors weights and
+tokenizer files are fetched: bertjax loads no pickle (pytorch_model.bin).
+"""
+
+import re
+from pathlib import Path
+
+from bertjax.errors import UserError
+from bertjax.sources import quiet_hub
+
+# transformers' names: the weights whole, or in shards with their index (not other variants)
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+FILES = ["config.json", *WEIGHTS, "model-*.safetensors", "tokenizer.json", "vocab.txt",
+         "tokenizer_config.json", "special_tokens_map.json"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # the hub's own rule, roughly
+
+
+def looks_like_hub_id(path: Path) -> bool:
+    """A relative name of one or two parts whose first part is not a local directory."""
+    return (not path.is_absolute() and _HUB_ID.fullmatch(str(path)) is not None
+            and not Path(path.parts[0]).exists())
+
+
+def download(model_id: str, not_local: str) -> Path:
+    """The local snapshot of hub model `model_id` (downloaded when missing or stale); a failure
+    is a UserError that starts with `not_local` (why it was not taken as a local path)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import errors as hub
+
+    try:
+        with quiet_hub():
+            folder = Path(snapshot_download(model_id, allow_patterns=FILES))
+    except hub.LocalEntryNotFoundError as e:  # offline or unreachable, and not (all) cached
+        reached = ("is switched off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else
+                   f"could not be reached ({type(e.__cause__ or e).__name__})")
+        raise UserError(f"{not_local}; as a Hugging Face hub model it is not (complete) in the "
+                        f"cache {constants.HF_HUB_CACHE} and the hub {reached}: download it "
+                        f"where there is a network (`hf download {model_id} --local-dir DIR`) "
+                        "and pass DIR") from None
+    except hub.RepositoryNotFoundError as e:  # gated or private models too
+        raise UserError(f"{not_local}, and the Hugging Face hub has no model {model_id} that "
+                        f"this user can read ({type(e).__name__}); check the name (e.g. "
+                        "google-bert/bert-base-uncased), or log in (`hf auth login`) for a "
+                        "gated or private model") from None
+    except hub.HfHubHTTPError as e:  # the hub is down, a proxy refused, ...
+        raise UserError(f"{not_local}; downloading it from the Hugging Face hub failed "
+                        f"({str(e).splitlines()[0][:200]}); try again later") from None
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise UserError(f"the Hugging Face hub model {model_id} has no safetensors weights "
+                        "(only pickled or other formats, which bertjax does not load); choose "
+                        "a model that has model.safetensors, or convert it with transformers "
+                        "(save_pretrained(dir)) and pass dir")
+    return folder
