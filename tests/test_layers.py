@@ -8,14 +8,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
-    {"errors", "domains", "config_schema", "config_yaml", "config", "config_changes", "files",
-     "output_dirs"},
+    {"errors", "leaving", "domains", "config_schema", "config_yaml", "config", "config_changes",
+     "files", "output_dirs"},
     {"layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "prepared",
      "token_files", "prepare", "data", "glue_tasks", "glue", "glue_metrics", "glue_batches",
      "sharding", "checkpoint", "metrics", "weights", "runlock", "divergence"},
-    {"hf_config", "hf_tokenizer", "hf_checks", "hf", "pretrained", "starting_points", "export",
-     "predict", "plot", "glue_eval"},
+    {"hf_config", "hf_tokenizer", "hf_checks", "hf", "hub_models", "pretrained", "starting_points",
+     "export", "predict", "plot", "glue_eval"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune"},
     {"train"},
 ]
