@@ -3,10 +3,11 @@
 A flat package read bottom-up, in one-way layers (tests/test_layers.py keeps them so): a module
 imports only from lower layers, and never in a circle inside its own.
 
-    L0  errors domains config_schema               user errors; config domains, every key (schema),
-        config_yaml config config_changes          YAML text in (values as written), loading;
-        files output_dirs                          what changed between two configs; files and
-                                                   whole output directories
+    L0  errors leaving domains config_schema       user errors, a failing process leaving its run;
+        config_yaml config config_changes          config domains, every key (schema), YAML text
+        files output_dirs                          in (values as written), loading; what changed
+                                                   between two configs; files and whole output
+                                                   directories
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
         tokenizer source_files sources prepared token_files prepare data
@@ -15,8 +16,8 @@ imports only from lower layers, and never in a circle inside its own.
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
-        pretrained starting_points export          weights; load a model; start a run from it;
-        predict plot glue_eval                     release; infer; plot; GLUE scores
+        hub_models pretrained starting_points      weights; hub ids; load a model; start a run
+        export predict plot glue_eval              from it; release; infer; plot; GLUE scores
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
                                                    GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only
