@@ -45,9 +45,13 @@ def download(model_id: str, not_local: str) -> Path:
                         f"this user can read ({type(e).__name__}); check the name (e.g. "
                         "google-bert/bert-base-uncased), or log in (`hf auth login`) for a "
                         "gated or private model") from None
-    except hub.HfHubHTTPError as e:  # the hub is down, a proxy refused, ...
+    except Exception as e:  # noqa: BLE001 - the hub down, a connection cut mid-file, a name
+        # the hub's rules refuse: a fault of the download (the call above is all this block
+        # runs), said in one line; huggingface_hub keeps no partial file as complete
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{not_local}; downloading it from the Hugging Face hub failed "
-                        f"({str(e).splitlines()[0][:200]}); try again later") from None
+                        f"({type(e).__name__}: {first}); check the name and the network, then "
+                        "run the same command again") from None
     if not any((folder / name).is_file() for name in WEIGHTS):
         raise UserError(f"the Hugging Face hub model {model_id} has no safetensors weights "
                         "(only pickled or other formats, which bertjax does not load); choose "

@@ -91,3 +91,11 @@ def test_export_reads_a_hub_id_from_the_cache_on_the_command_line(tmp_path):
         env={**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_name_the_hub_refuses_is_one_line(hub_cache):
+    # huggingface_hub's own checks (here its repo id rules) fail as a download would: one line.
+    with pytest.raises(UserError, match=r"^checkpoint path a\.\.b does not exist .*; downloading "
+                                        r"it from the Hugging Face hub failed \(HFValidationError: "
+                                        r"Cannot have -- or \.\. in repo_id"):
+        load_pretrained("a..b")
