@@ -172,6 +172,9 @@ def _check_format(path: Path) -> None:
         raise UserError(f"{path} is compressed ({path.suffix}); decompress it first (e.g. "
                         f"{command} {path}) and list the result in data.sources, or compress "
                         "it as .gz, .bz2 or .xz, which are read as they are")
+    if suffix == ".tar" or path.suffix.lower() == ".tgz":  # its headers were called binary
+        raise UserError(f"{path} is an archive of files; extract it (e.g. tar xf {path}) and "
+                        "list the files it holds in data.sources")
     if suffix == ".parquet" and compressed:
         raise UserError(f"{path}: a parquet file compresses its own pages and is read only "
                         f"as it is; decompress it (e.g. {command} {path})")

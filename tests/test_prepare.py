@@ -401,6 +401,8 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
     ("c.parquet.gz", r"c.parquet.gz: a parquet file compresses its own pages .*\(e.g. gunzip -k "
                      r".*c.parquet.gz\)"),
     ("c.json.gz", r"c.json.gz: .json is not read; .*rename it to .jsonl.gz, else convert it"),
+    ("c.tar.gz", r"c.tar.gz is an archive of files; extract it \(e.g. tar xf .*c.tar.gz\)"),
+    ("c.tgz", r"c.tgz is an archive of files; extract it"),
     ("c.csv.bz2", r"c.csv.bz2: .csv is not read; .*c.read_csv\('.*c.csv.bz2'\), '.*c.parquet'\)"),
     ("cut.txt.gz", r"cut.txt.gz does not decompress as .gz \(Compressed file ended before the "
                    r"end-of-stream marker was reached\): it is damaged, cut short or not .gz at "
