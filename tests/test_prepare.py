@@ -407,6 +407,8 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
     ("cut.txt.gz", r"cut.txt.gz does not decompress as .gz \(Compressed file ended before the "
                    r"end-of-stream marker was reached\): it is damaged, cut short or not .gz at "
                    r"all; download or compress it again, or drop it from data.sources"),
+    ("cut.txt.bz2", r"cut.txt.bz2 does not decompress as .bz2 \(Compressed file ended before"),
+    ("cut.txt.xz", r"cut.txt.xz does not decompress as .xz \(Compressed file ended before"),
     ("plain.txt.bz2", r"plain.txt.bz2 does not decompress as .bz2 \(Invalid data stream\)"),
     ("damaged.jsonl.xz", r"damaged.jsonl.xz does not decompress as .xz \(.*\)"),
     ("latin1.txt.gz", r"latin1.txt.gz line 2: not valid UTF-8 \(byte 0xe9 at column 4, offset "
@@ -414,8 +416,9 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
 ])
 def test_a_bad_compressed_source_is_one_line_and_nothing_is_prepared(tmp_path, case, message):
     body = "".join(json.dumps({"text": t}) + "\n" for t in sentences(3000)).encode()
-    contents = {
-        "cut.txt.gz": gzip.compress(body)[:len(gzip.compress(body)) // 2],  # a download cut short
+    contents = {  # a download cut short:
+        **{f"cut.txt{suffix}": (lambda b: b[:len(b) // 2])(compress(body))
+           for suffix, compress in COMPRESSORS.items()},
         "plain.txt.bz2": body,  # named .bz2, never compressed
         "damaged.jsonl.xz": (lambda b: b[:len(b) // 2] + b"\xff" * 64 + b[len(b) // 2 + 64:])(
             lzma.compress(body)),
