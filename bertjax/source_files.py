@@ -1,9 +1,9 @@
 """Which local files `data.sources` names, and whether `prepare` can read them: globs expanded
 (never into data.dir), each file checked to exist once, be text (not UTF-16 or binary), not an
-LFS pointer, and of a format sources.py reads (plain text, .jsonl, .parquet; text and .jsonl
-also compressed as .gz, .bz2 or .xz, read as they stream; other compressions, .json and tables
-are refused with the command that converts them). A local path given as data.hf_dataset is
-refused too: `datasets` would read it line by line.
+LFS pointer, and of a format sources.py reads (plain text, JSON lines as .jsonl or .json,
+.parquet; text and JSON lines also compressed as .gz, .bz2 or .xz, read as they stream; other
+compressions, JSON documents and tables are refused with the command that converts them). A
+local path given as data.hf_dataset is refused too: `datasets` would read it line by line.
 """
 
 import bz2
@@ -11,6 +11,7 @@ import contextlib
 import glob
 import gzip
 import io
+import json
 import lzma
 import warnings
 import zlib
@@ -21,8 +22,8 @@ from bertjax.config import DataConfig
 from bertjax.errors import UserError
 from bertjax.files import UTF16_BOMS, check_not_lfs_pointer, from_cwd, utf16_error
 
-FIX = ("data.sources takes plain UTF-8 text, .jsonl or .parquet files (text and .jsonl "
-       "also as .gz, .bz2 or .xz)")
+FIX = ("data.sources takes plain UTF-8 text, JSON lines (.jsonl, .json) or .parquet files "
+       "(text and JSON lines also as .gz, .bz2 or .xz)")
 
 
 def local_files(cfg: DataConfig) -> list[Path]:
@@ -164,7 +165,7 @@ def check_hub_name(name: str) -> None:
 
 def _check_format(path: Path) -> None:
     """Any other suffix is read as plain text: a compressed file would be called binary or
-    latin-1, and JSON (.json) or a table (.csv, .tsv) would be trained on as text, braces,
+    latin-1, and a JSON document or a table (.csv, .tsv) would be trained on as text, braces,
     keys, headers and quotes included."""
     suffix, compressed = format_suffix(path), compression(path) or ""
     command = _DECOMPRESS_COMMANDS.get(path.suffix.lower())
@@ -179,8 +180,7 @@ def _check_format(path: Path) -> None:
         raise UserError(f"{path}: a parquet file compresses its own pages and is read only "
                         f"as it is; decompress it (e.g. {command} {path})")
     if suffix == ".json":
-        raise UserError(f"{path}: .json is not read; {FIX}: if it holds one JSON object per "
-                        f"line, rename it to .jsonl{compressed}, else convert it")
+        _check_json_lines(path)
     if suffix in (".csv", ".tsv"):  # as text, its header, ids and quotes were trained on
         tab = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
         table = (path.with_suffix("") if compressed else path).with_suffix(".parquet")
@@ -188,6 +188,33 @@ def _check_format(path: Path) -> None:
                         "\"import pyarrow.csv as c, pyarrow.parquet as p; p.write_table("
                         f"c.read_csv('{path}'{tab}), '{table}')\", "
                         "and set data.text_column to its text column")
+
+
+JSON_LINE_LIMIT = 1 << 24  # characters of a .json file's first line read to tell its layout
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether `path` is read one JSON object per line: .jsonl, or .json whose first line is
+    one (C4's c4-train.*.json.gz, Dolma and many exports name JSON lines so)."""
+    return format_suffix(path) in (".jsonl", ".json")
+
+
+def _check_json_lines(path: Path) -> None:
+    """A .json file is read as JSON lines when its first line is one whole JSON object; one
+    JSON document (an array, an object over many lines) was trained on as text, braces and
+    keys included."""
+    with decompression_errors_named(path), open_source(path) as f:
+        first = b""
+        while not first.strip() and (line := f.readline(JSON_LINE_LIMIT)):
+            first = line
+    try:
+        whole_object = isinstance(json.loads(first), dict)
+    except ValueError:  # not JSON, half a document, or not UTF-8 (reading names the byte)
+        whole_object = False
+    if not whole_object:
+        raise UserError(f"{path}: its first line is not one JSON object, and a .json source is "
+                        "read as JSON lines (one object per line); convert it to .jsonl (e.g. "
+                        "jq -c '.[]' for an array) or give another format: " + FIX)
 
 
 def text_bytes(path: Path, column: str) -> int:

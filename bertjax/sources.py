@@ -1,7 +1,7 @@
-"""Text sources for `prepare`: local text/.jsonl/.parquet files (text and .jsonl also as .gz,
-.bz2 or .xz), a streamed hub dataset, or the embedded `stdlib` corpus, all read as a stream of
-(text, ends_document) pieces in bounded memory.
-Which local files, and whether they can be read at all, is source_files.py's.
+"""Text sources for `prepare`: local text, JSON lines (.jsonl, .json) and .parquet files (text and
+JSON lines also as .gz, .bz2 or .xz), a streamed hub dataset, or the embedded `stdlib` corpus,
+all read as a stream of (text, ends_document) pieces in bounded memory. Which local files, and
+whether they can be read at all, is source_files.py's.
 
 Plain text: one paragraph per line, a blank line between documents. Bad text is an error, never
 silently replaced: a file with a NUL byte in its first 8 KiB is called binary, and invalid UTF-8
@@ -29,6 +29,7 @@ from bertjax.source_files import (
     compression,
     decompression_errors_named,
     format_suffix,
+    is_json_lines,
     local_files,
     open_source,
     text_bytes,
@@ -98,7 +99,7 @@ def jsonl_pieces(path: Path, column: str) -> Iterator[Piece]:
                 raise _utf8_error(path) from None
             except json.JSONDecodeError as e:
                 raise UserError(f"{path} line {number}: not valid JSON ({e.msg}); "
-                                "a .jsonl file holds one JSON object per line") from None
+                                "a JSON lines file holds one JSON object per line") from None
             if not isinstance(row, dict) or column not in row:
                 keys = list(row) if isinstance(row, dict) else type(row).__name__
                 raise UserError(f"{path} line {number}: no {column!r} field (found {keys}); "
@@ -283,7 +284,7 @@ def _all_pieces(cfg: DataConfig) -> Iterator[Piece]:
     if cfg.hf_dataset is not None:
         yield from hub_pieces(cfg)
     for path in files:
-        if format_suffix(path) == ".jsonl":  # any case: a.JSONL was read as plain text
+        if is_json_lines(path):  # any case: a.JSONL was read as plain text
             yield from jsonl_pieces(path, cfg.text_column)
         elif format_suffix(path) == ".parquet":
             yield from parquet_pieces(path, cfg.text_column)

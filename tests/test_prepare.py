@@ -334,7 +334,7 @@ def test_stdlib_builtin_is_deterministic_and_prepares(tmp_path):
     assert meta["splits"]["train"]["tokens"] > 10_000
 
 
-def test_suffixes_match_in_any_case_and_json_files_are_named(tmp_path):
+def test_suffixes_match_in_any_case_and_json_documents_are_named(tmp_path):
     """a.JSONL was read as plain text (JSON syntax trained on, exit 0); a .json file was read as
     text."""
     import pyarrow as pa
@@ -345,7 +345,8 @@ def test_suffixes_match_in_any_case_and_json_files_are_named(tmp_path):
     cfg = load_cfg(tmp_path, [tmp_path / "a.JSONL", tmp_path / "b.Parquet"])
     assert list(sources.pieces(cfg.data)) == [("one", True), ("two", True)]
     (tmp_path / "d.json").write_text(json.dumps([{"text": "three"}]))
-    with pytest.raises(UserError, match=r"d.json: .json is not read; .*rename it to .jsonl,"):
+    with pytest.raises(UserError, match=r"d.json: its first line is not one JSON object, and a "
+                                        r".json source is read as JSON lines .*jq -c '.\[\]'"):
         prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "d.json"], dir=tmp_path / "p"))
     assert not (tmp_path / "p").exists()  # refused before data.dir is created
 
@@ -381,6 +382,19 @@ def test_gz_bz2_and_xz_sources_prepare_as_their_plain_text(tmp_path):
             == prepare.read_meta(out[compressed])["splits"])
 
 
+def test_json_lines_named_json_are_read_as_c4_ships_them(tmp_path):
+    """C4's c4-train.*.json.gz (and Dolma's, and many exports) hold JSON lines under .json:
+    refused, they had to be renamed one by one."""
+    rows = [{"text": t, "timestamp": "2019-04-25T12:57:54Z", "url": "https://example.com/"}
+            for t in sentences(20)]
+    lines = "\n" + "".join(json.dumps(row) + "\n" for row in rows)  # a blank line first
+    (tmp_path / "c4-train.00000-of-01024.json.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "plain.JSON").write_text(lines)
+    for name in ("c4-train.00000-of-01024.json.gz", "plain.JSON"):
+        cfg = load_cfg(tmp_path, [tmp_path / name])
+        assert list(sources.pieces(cfg.data)) == [(t, True) for t in sentences(20)], name
+
+
 def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_path):
     """The sample's stride and the progress bar's total come from the sources' sizes: a
     compressed file's is its text's, estimated from its first MiB (not 3-4 times too small)."""
@@ -400,7 +414,8 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
                   r".*c.txt.zst\) .*or compress it as .gz, .bz2 or .xz"),
     ("c.parquet.gz", r"c.parquet.gz: a parquet file compresses its own pages .*\(e.g. gunzip -k "
                      r".*c.parquet.gz\)"),
-    ("c.json.gz", r"c.json.gz: .json is not read; .*rename it to .jsonl.gz, else convert it"),
+    ("c.json.gz", r"c.json.gz: its first line is not one JSON object"),  # one document
+    ("pretty.json", r"pretty.json: its first line is not one JSON object"),
     ("c.tar.gz", r"c.tar.gz is an archive of files; extract it \(e.g. tar xf .*c.tar.gz\)"),
     ("c.tgz", r"c.tgz is an archive of files; extract it"),
     ("c.csv.bz2", r"c.csv.bz2: .csv is not read; .*c.read_csv\('.*c.csv.bz2'\), '.*c.parquet'\)"),
@@ -423,6 +438,8 @@ def test_a_bad_compressed_source_is_one_line_and_nothing_is_prepared(tmp_path, c
         "damaged.jsonl.xz": (lambda b: b[:len(b) // 2] + b"\xff" * 64 + b[len(b) // 2 + 64:])(
             lzma.compress(body)),
         "latin1.txt.gz": gzip.compress("one\ncaf\xe9\n".encode("latin-1")),
+        "c.json.gz": gzip.compress(json.dumps([{"text": t} for t in sentences(3)]).encode()),
+        "pretty.json": json.dumps({"text": "one"}, indent=2).encode(),
     }
     (tmp_path / case).write_bytes(contents.get(case, gzip.compress(body)))
     with pytest.raises(UserError, match=message):
