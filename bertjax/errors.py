@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import NoReturn
@@ -114,7 +115,7 @@ def _fail(message: str, code: int) -> NoReturn:
     others along (`leaving`)."""
     line = f"error: {message}"
     if leaving.in_a_multi_process_run():
-        leaving.leave_the_run(code, lambda: print(line, file=sys.stderr), message)
+        leaving.leave_the_run(code, lambda stderr: print(line, file=stderr), message)
     print(line, file=sys.stderr)
     sys.exit(code)
 
@@ -126,6 +127,7 @@ def _traceback_then_exit(kind, value, tb) -> None:
         sys.__excepthook__(kind, value, tb)
         return
     first_line = (str(value).strip().splitlines() or [""])[0][:300]
-    leaving.leave_the_run(1, lambda: sys.__excepthook__(kind, value, tb),
+    leaving.leave_the_run(1, lambda stderr: traceback.print_exception(kind, value, tb,
+                                                                      file=stderr),
                           f"a bug, {kind.__name__}: {first_line} (its traceback is in that "
                           "process's log)")

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 # Long enough for processes that met the same error a moment apart (a slower host) to meet at
 # jax.distributed's shutdown barrier; short next to the 5 minutes that barrier waits by default.
@@ -24,8 +24,14 @@ FAILED_KEY = "bertjax/failed"  # its value: "<exit code> <process index> <why>"
 # waits for it at most, and one request per process per interval at the coordinator.
 WATCH_POLL_MS = 1000
 
+# How long the watcher, leaving on another's post, waits for the main thread to unwind: its
+# collective fails once the others are gone, and on the way out its cleanups run (a run
+# directory it created and left empty was left behind with its lock file).
+UNWIND_WAIT_S = 3
+
 _claim = threading.Lock()  # held by the first thread to leave (the main one or the watcher)
 _stop_watching = threading.Event()
+_main_thread_unwound = threading.Event()
 
 
 def in_a_multi_process_run() -> bool:
@@ -36,30 +42,35 @@ def in_a_multi_process_run() -> bool:
     return _claim.locked() or (jax is not None and jax.distributed.is_initialized())
 
 
-def leave_the_run(code: int, say: Callable[[], None], why: str | None) -> NoReturn:
-    """Say this process's line (`say`), post `why` for the others (None: the watcher leaves on
-    another's post), and end within LEAVE_WAIT_S (process 0: 5 s more, see below): at
-    jax.distributed's shutdown barrier if every process comes to it by then, else alone.
+def leave_the_run(code: int, say: Callable[[TextIO], None], why: str | None) -> NoReturn:
+    """Say this process's line (`say` writes it to the stream given), post `why` for the others
+    (None: the watcher leaves on another's post), and end within LEAVE_WAIT_S (process 0: 5 s
+    more, see below): at jax.distributed's shutdown barrier if every process comes to it by
+    then, else alone.
 
     Not sys.exit: its shutdown waits at that barrier for 5 minutes, then aborts with a C++ stack
     trace. Not at once either: process 0 serves the run's coordination, and a process still
     connected to it when it vanishes is aborted before it can say its own line."""
-    if not _claim.acquire(blocking=False):  # the other thread is already leaving: it ends us
+    if not _claim.acquire(blocking=False):  # the other thread is leaving: it ends the process
+        _main_thread_unwound.set()
         threading.Event().wait()
     import jax  # imported already: a run was joined
 
-    say()
+    # The error line is the last word: what the main thread, still at work while the watcher
+    # leaves, would print from here on (a progress line) is dropped.
+    sys.stdout.flush()
+    stderr = sys.stderr
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open until os._exit
+    say(stderr)
+    stderr.flush()
     if why is not None:
         _post(code, jax.process_index(), why)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The error line is the last word: what the main thread, still at work while the watcher
-    # leaves, would print after it (a progress line) is dropped.
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open until os._exit
     leaving = threading.Thread(target=_shut_down_quietly, args=(jax,), daemon=True)
     leaving.start()
     # When the barrier is not met (a process is lost), process 0 leaves last, for that reason.
     leaving.join(LEAVE_WAIT_S + (5 if jax.process_index() == 0 else 0))
+    if threading.current_thread() is not threading.main_thread():
+        _main_thread_unwound.wait(UNWIND_WAIT_S)
     os._exit(code)
 
 
@@ -119,4 +130,4 @@ def _watch(jax) -> None:
         return  # this process's own post: its main thread is leaving
     line = (f"error: process {process} of this {jax.process_count()}-process run failed, so "
             f"every process stops: {why}")
-    leave_the_run(int(code), lambda: print(line, file=sys.stderr), None)
+    leave_the_run(int(code), lambda stderr: print(line, file=stderr), None)

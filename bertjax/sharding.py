@@ -173,10 +173,10 @@ def losing_a_process_is_fatal() -> Iterator[None]:
             raise
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         # The cause may be another (out of memory on this device): said first, not guessed over.
-        raise LostProcess(f"a step of this {jax.process_count()}-process run failed ({cause}); "
-                          "if another process died or lost its network (see its log), start "
-                          "every process again with the same command to resume: what the run "
-                          "saved (checkpoints, finished seeds) is kept") from None
+        raise LostProcess(f"a collective operation of this {jax.process_count()}-process run "
+                          f"failed ({cause}); if another process died or lost its network (see "
+                          "its log), start every process again with the same command to resume: "
+                          "what the run saved (checkpoints, finished seeds) is kept") from None
 
 
 def make_mesh() -> Mesh:

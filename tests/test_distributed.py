@@ -74,10 +74,10 @@ def test_a_lost_process_is_one_line_and_exit_1_in_seconds(tmp_path):
                           timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
-        "error: a step of this 2-process run failed (UNKNOWN: Gloo all-reduce failed: Connection "
-        "reset by peer); if another process died or lost its network (see its log), start every "
-        "process again with the same command to resume: what the run saved (checkpoints, "
-        "finished seeds) is kept"], done.stderr
+        "error: a collective operation of this 2-process run failed (UNKNOWN: Gloo all-reduce "
+        "failed: Connection reset by peer); if another process died or lost its network (see its "
+        "log), start every process again with the same command to resume: what the run saved "
+        "(checkpoints, finished seeds) is kept"], done.stderr
     assert "exit handlers ran" not in done.stdout
 
 
@@ -91,8 +91,9 @@ def test_a_collective_failing_as_a_value_error_is_a_lost_process(monkeypatch):
     # process_allgather's jit (and Orbax's syncs through it) raised the dead peer as a ValueError
     # carrying XLA's status; a ValueError without one is a bug and keeps its traceback.
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(LostProcess, match=r"^a step of this 2-process run failed \(UNKNOWN: "
-                                          r"Gloo AllGather failed: .* Connection reset by peer\)"):
+    with pytest.raises(LostProcess, match=r"^a collective operation of this 2-process run "
+                                          r"failed \(UNKNOWN: Gloo AllGather failed: .* "
+                                          r"Connection reset by peer\)"):
         with losing_a_process_is_fatal():
             raise ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/"
                              "pair.cc:538] Read error [127.0.0.1]:46284: Connection reset by peer")
