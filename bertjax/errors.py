@@ -89,10 +89,10 @@ def cli(main: Callable[[list[str]], None]) -> None:
         _fail(str(e), 1)
     except KeyboardInterrupt as e:  # where no loop catches it (prepare, export, predict)
         name = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
-        print(f"error: interrupted ({name}); outputs are renamed into place only when "
-              "complete, so nothing half-written is taken as done: run the same command again",
-              file=sys.stderr)
-        sys.exit(128 + signal.Signals[name].value)
+        # a process of a multi-process run takes the others along (they wait for it)
+        _fail(f"interrupted ({name}); outputs are renamed into place only when complete, so "
+              "nothing half-written is taken as done: run the same command again",
+              128 + signal.Signals[name].value)
     except BrokenPipeError:  # `predict ... | head`: the reader has all it wanted
         # quietly, with the code of a process SIGPIPE ended (Python ignores SIGPIPE), as `yes |
         # head` reports; stdout goes to /dev/null first, or flushing it at exit fails again

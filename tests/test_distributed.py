@@ -289,6 +289,27 @@ def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp
     assert took < 100, took  # they met at the shutdown barrier
 
 
+def test_ctrl_c_on_one_process_outside_the_loops_stops_every_process(tmp_path):
+    # Ctrl-C on one host while the others wait for it (prepare, compile): that process said
+    # "interrupted" (130), the others' collective failed after ~30 s in a line that did not say
+    # why (exit 1). The training loops' own stop (all processes after the same step) is
+    # test_pretrain's; this is what happens outside them.
+    procs = two_joined_processes(tmp_path, lambda i: (
+        "    import jax, time\n"
+        "    if jax.process_index() == 1:\n"
+        "        time.sleep(1)\n"
+        "        raise KeyboardInterrupt\n"
+        "    with sharding.losing_a_process_is_fatal():\n"
+        "        sharding.same_on_every_process([b'x'])\n"))
+    errors = [err for _, err in communicate_all(procs)]
+    said = ("interrupted (SIGINT); outputs are renamed into place only when complete, so nothing "
+            "half-written is taken as done: run the same command again")
+    assert [p.returncode for p in procs] == [130, 130], errors
+    assert said_lines(errors[1]) == [f"error: {said}"], errors[1]
+    assert said_lines(errors[0]) == [f"error: process 1 of this 2-process run failed, so every "
+                                     f"process stops: {said}"], errors[0]
+
+
 def test_a_busy_coordinator_port_is_one_line(tmp_path):
     # Process 0 could not listen on mesh.coordinator_address's port: JAX's "Failed to start RPC
     # server" traceback, exit 1, or (1 run in 2, in CI too) a segfault, -11, with no message.
