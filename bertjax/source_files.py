@@ -203,6 +203,7 @@ def _check_json_lines(path: Path) -> None:
     """A .json file is read as JSON lines when its first line is one whole JSON object; one
     JSON document (an array, an object over many lines) was trained on as text, braces and
     keys included."""
+    check_not_binary(path)  # UTF-16 said as such, not as a first line that is no JSON
     with decompression_errors_named(path), open_source(path) as f:
         first = b""
         while not first.strip() and (line := f.readline(JSON_LINE_LIMIT)):

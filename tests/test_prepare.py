@@ -416,6 +416,7 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
                      r".*c.parquet.gz\)"),
     ("c.json.gz", r"c.json.gz: its first line is not one JSON object"),  # one document
     ("pretty.json", r"pretty.json: its first line is not one JSON object"),
+    ("utf16.json", r"utf16.json is UTF-16 text; .*iconv -f utf-16 -t utf-8"),
     ("c.tar.gz", r"c.tar.gz is an archive of files; extract it \(e.g. tar xf .*c.tar.gz\)"),
     ("c.tgz", r"c.tgz is an archive of files; extract it"),
     ("c.csv.bz2", r"c.csv.bz2: .csv is not read; .*c.read_csv\('.*c.csv.bz2'\), '.*c.parquet'\)"),
@@ -440,6 +441,7 @@ def test_a_bad_compressed_source_is_one_line_and_nothing_is_prepared(tmp_path, c
         "latin1.txt.gz": gzip.compress("one\ncaf\xe9\n".encode("latin-1")),
         "c.json.gz": gzip.compress(json.dumps([{"text": t} for t in sentences(3)]).encode()),
         "pretty.json": json.dumps({"text": "one"}, indent=2).encode(),
+        "utf16.json": (json.dumps({"text": "one"}) + "\n").encode("utf-16"),
     }
     (tmp_path / case).write_bytes(contents.get(case, gzip.compress(body)))
     with pytest.raises(UserError, match=message):
