@@ -53,10 +53,9 @@ def test_a_hub_id_loads_the_cached_model_like_its_directory(hub_cache):
 def test_a_hub_id_neither_local_nor_cached_names_the_cache_and_the_fix(hub_cache):
     with pytest.raises(UserError, match=(
             r"^checkpoint path some-org/absent does not exist \(in the current directory, .*\); "
-            r"as a Hugging "
-            r"Face hub model it is not \(complete\) in the cache .*hub and the hub is switched "
-            r"off \(HF_HUB_OFFLINE=1\): download it where there is a network \(`hf download "
-            r"some-org/absent --local-dir DIR`\) and pass DIR$")):
+            r"as a Hugging Face hub model it is not \(complete\) in the cache .*hub and the hub "
+            r"is switched off \(HF_HUB_OFFLINE=1\): download it where there is a network \(`hf "
+            r"download some-org/absent --local-dir DIR`\) and pass DIR$")):
         load_pretrained("some-org/absent")
 
 

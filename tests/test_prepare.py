@@ -367,8 +367,10 @@ def test_gz_bz2_and_xz_sources_prepare_as_their_plain_text(tmp_path):
         (compressed / (name + suffix)).write_bytes(COMPRESSORS[suffix]((plain / name).read_bytes()))
     (plain / "c.txt").write_text("Ünïcode text, BOM first.\n", encoding="utf-8-sig")
     (compressed / "c.TXT.xz").write_bytes(lzma.compress((plain / "c.txt").read_bytes()))
-    bert_style_tokenizer(tmp_path / "tokenizer.json")  # one tokenizer: WordPiece training
-    out, read = {}, {}  # can differ between two runs on the same text (upstream)
+    # One tokenizer for both: WordPiece training can differ between two runs on the same text
+    # (upstream), which would change the tokens, not the text read.
+    bert_style_tokenizer(tmp_path / "tokenizer.json")
+    out, read = {}, {}
     for where, names_there in ((plain, ["a.txt", "b.jsonl", "c.txt"]),
                                (compressed, ["a.txt.gz", "b.jsonl.bz2", "c.TXT.xz"])):
         cfg = load_cfg(tmp_path, [where / f for f in names_there], dir=where / "prepared",
