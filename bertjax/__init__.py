@@ -10,14 +10,15 @@ imports only from lower layers, and never in a circle inside its own.
                                                    directories
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
-        tokenizer source_files sources prepared token_files prepare data
+        tokenizer source_files sources hub_models prepared token_files prepare data
         glue_tasks glue glue_metrics glue_batches
-                                                   host-side: text -> tokens -> batches
+                                                   host-side: text -> tokens -> batches (hub
+                                                   model ids: downloaded)
         sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
-        hub_models pretrained starting_points      weights; hub ids; load a model; start a run
-        export predict plot glue_eval              from it; release; infer; plot; GLUE scores
+        pretrained starting_points export          weights; load a model; start a run from it;
+        predict plot glue_eval                     release; infer; plot; GLUE scores
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
                                                    GLUE: one seed, all seeds)
     L5  train                                      `python -m bertjax.train`: dispatch only

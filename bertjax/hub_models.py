@@ -1,7 +1,8 @@
-"""Hugging Face hub model ids as checkpoints: `init.checkpoint=google-bert/bert-base-uncased`
-(or `bert-base-uncased`, or `predict`/`export`'s checkpoint argument) is downloaded into the
-Hugging Face cache (HF_HOME, HF_HUB_CACHE; offline, HF_HUB_OFFLINE=1, it is read from there) and
-loaded like a local Hugging Face BERT directory. Only the config, safetensors weights and
+"""Hugging Face hub model ids as checkpoints and tokenizers: a model id such as
+`google-bert/bert-base-uncased` (or `bert-base-uncased`) as init.checkpoint, as predict's or
+export's checkpoint argument, or as tokenizer.path is downloaded into the Hugging Face cache
+(HF_HOME, HF_HUB_CACHE; offline, HF_HUB_OFFLINE=1, they are read from there) and loaded like a
+local Hugging Face BERT directory or tokenizer file. Only the config, safetensors weights and
 tokenizer files are fetched: bertjax loads no pickle (pytorch_model.bin).
 """
 
@@ -13,8 +14,9 @@ from bertjax.sources import quiet_hub
 
 # transformers' names: the weights whole, or in shards with their index (not other variants)
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-FILES = ["config.json", *WEIGHTS, "model-*.safetensors", "tokenizer.json", "vocab.txt",
-         "tokenizer_config.json", "special_tokens_map.json"]
+TOKENIZER_FILES = ["tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json"]
+FILES = ["config.json", *WEIGHTS, "model-*.safetensors", *TOKENIZER_FILES]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # the hub's own rule, roughly
 
 
@@ -24,15 +26,38 @@ def looks_like_hub_id(path: Path) -> bool:
             and not Path(path.parts[0]).exists())
 
 
-def download(model_id: str, not_local: str) -> Path:
-    """The local snapshot of hub model `model_id` (downloaded when missing or stale); a failure
-    is a UserError that starts with `not_local` (why it was not taken as a local path)."""
+def model_dir(model_id: str, not_local: str) -> Path:
+    """The local snapshot of hub model `model_id`, its weights included."""
+    folder = _download(model_id, not_local, FILES)
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise UserError(f"the Hugging Face hub model {model_id} has no safetensors weights "
+                        "(only pickled or other formats, which bertjax does not load); choose "
+                        "a model that has model.safetensors, or convert it with transformers "
+                        "(save_pretrained(dir)) and pass dir")
+    return folder
+
+
+def tokenizer_file(model_id: str, not_local: str) -> Path:
+    """Hub model `model_id`'s tokenizer.json, else its vocab.txt (read with the
+    tokenizer_config.json beside it), downloaded without the weights."""
+    folder = _download(model_id, not_local, TOKENIZER_FILES)
+    for name in TOKENIZER_FILES[:2]:
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"the Hugging Face hub model {model_id} has no tokenizer.json or vocab.txt; "
+                    "choose a model with a BERT tokenizer, or give a tokenizer file")
+
+
+def _download(model_id: str, not_local: str, files: list[str]) -> Path:
+    """The local snapshot of `files` of hub model `model_id` (downloaded when missing or
+    stale); a failure is a UserError that starts with `not_local` (why it was not taken as a
+    local path)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub import errors as hub
 
     try:
         with quiet_hub():
-            folder = Path(snapshot_download(model_id, allow_patterns=FILES))
+            return Path(snapshot_download(model_id, allow_patterns=files))
     except hub.LocalEntryNotFoundError as e:  # offline or unreachable, and not (all) cached
         reached = ("is switched off (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else
                    f"could not be reached ({type(e.__cause__ or e).__name__})")
@@ -52,9 +77,3 @@ def download(model_id: str, not_local: str) -> Path:
         raise UserError(f"{not_local}; downloading it from the Hugging Face hub failed "
                         f"({type(e).__name__}: {first}); check the name and the network, then "
                         "run the same command again") from None
-    if not any((folder / name).is_file() for name in WEIGHTS):
-        raise UserError(f"the Hugging Face hub model {model_id} has no safetensors weights "
-                        "(only pickled or other formats, which bertjax does not load); choose "
-                        "a model that has model.safetensors, or convert it with transformers "
-                        "(save_pretrained(dir)) and pass dir")
-    return folder

@@ -22,13 +22,14 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
-from bertjax import sources, tokenizer
+from bertjax import hub_models, sources, tokenizer
 from bertjax.config import Config, DataConfig
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     LOCK_NAME,
     check_dir_path,
     disk_full_error,
+    from_cwd,
     is_disk_full,
     make_dir,
     open_lock_file,
@@ -66,11 +67,23 @@ def _tokenizer_sample(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
         doc += ends
 
 
+def _given_tokenizer(cfg: Config) -> Path:
+    """tokenizer.path as a local file; a Hugging Face hub model id (not a name ending in .json or
+    .txt) stands for that model's tokenizer file, downloaded (`hub_models`)."""
+    path = Path(cfg.tokenizer.path)
+    if (path.exists() or path.suffix in (".json", ".txt")
+            or not hub_models.looks_like_hub_id(path)):
+        return path
+    return hub_models.tokenizer_file(str(path), f"tokenizer file {path} does not exist"
+                                                f"{from_cwd(path)}")
+
+
 def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
     """Copy tokenizer.path, or train on the training documents; written as tokenizer.json.tmp."""
     tmp = directory / "tokenizer.json.tmp"
     if cfg.tokenizer.path is not None:
-        tok = tokenizer.load(cfg.tokenizer.path)
+        given = _given_tokenizer(cfg)
+        tok = tokenizer.load(given)
         # tokenizer.lowercase trains a tokenizer; a given one keeps its own normalizer, so a
         # request for cased text was lowercased without a word by an uncased file.
         if not cfg.tokenizer.lowercase and tokenizer.lowercases(tok):
@@ -78,7 +91,7 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
                           f"{cfg.tokenizer.path}, which lowercases: the text "
                           "is prepared lowercased; give a cased tokenizer.json, or "
                           "tokenizer.path=null to train one", stacklevel=2)
-        tmp.write_bytes(tokenizer.file_bytes(cfg.tokenizer.path, tok))  # vocab.txt: as JSON
+        tmp.write_bytes(tokenizer.file_bytes(given, tok))  # vocab.txt: as JSON
         return tok
     seen = [0]
 
@@ -117,9 +130,10 @@ def _describe(cfg: DataConfig) -> str:
 def _inputs(cfg: Config) -> dict:
     """Everything the prepared files depend on; a change in any of it means a rebuild."""
     if cfg.tokenizer.path is not None:
-        given = tokenizer.load(cfg.tokenizer.path)  # fails early, with one line, on a bad path
-        tok = {"path": str(Path(cfg.tokenizer.path).resolve()), "sha256": hashlib.sha256(
-            tokenizer.file_bytes(cfg.tokenizer.path, given)).hexdigest()}
+        path = _given_tokenizer(cfg)
+        given = tokenizer.load(path)  # fails early, with one line, on a bad path
+        tok = {"path": str(path.resolve()), "sha256": hashlib.sha256(
+            tokenizer.file_bytes(path, given)).hexdigest()}
     else:
         tok = {"vocab_size": cfg.tokenizer.vocab_size, "lowercase": cfg.tokenizer.lowercase,
                "min_frequency": cfg.tokenizer.min_frequency,

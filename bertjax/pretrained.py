@@ -280,7 +280,7 @@ def check_checkpoint_path(path: str | Path) -> Path:
         return path
     not_local = f"checkpoint path {path} does not exist{from_cwd(path)}"
     if hub_models.looks_like_hub_id(path):
-        return hub_models.download(str(path), not_local)
+        return hub_models.model_dir(str(path), not_local)
     raise UserError(f"{not_local}; pass {EXPECTED}")
 
 

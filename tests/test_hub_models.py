@@ -1,6 +1,7 @@
-"""A Hugging Face hub model id as a checkpoint (`init.checkpoint=org/name`): read from the
-Hugging Face cache as huggingface_hub lays it out (offline here: the tests run with
-HF_HUB_OFFLINE=1), and one line naming the fix when it is not there or has no safetensors."""
+"""A Hugging Face hub model id as a checkpoint (`init.checkpoint=org/name`) or a tokenizer
+(`tokenizer.path=org/name`): read from the Hugging Face cache as huggingface_hub lays it out
+(offline here: the tests run with HF_HUB_OFFLINE=1), and one line naming the fix when it is not
+there or has no safetensors."""
 
 import os
 import shutil
@@ -12,8 +13,10 @@ import huggingface_hub.constants
 import jax
 import numpy as np
 import pytest
+from conftest import bert_style_tokenizer, load_cfg, write_corpus
 from test_hf import with_vocab_txt
 
+from bertjax import prepare
 from bertjax.errors import UserError
 from bertjax.pretrained import load_pretrained
 
@@ -98,3 +101,26 @@ def test_a_name_the_hub_refuses_is_one_line(hub_cache):
                                         r"it from the Hugging Face hub failed \(HFValidationError: "
                                         r"Cannot have -- or \.\. in repo_id"):
         load_pretrained("a..b")
+
+
+def test_a_hub_id_as_tokenizer_path_prepares_with_that_models_tokenizer(hub_cache, tmp_path):
+    # Pretraining from scratch with BERT's own vocabulary: tokenizer.path=google-bert/bert-base-
+    # uncased was "tokenizer file ... does not exist". Its tokenizer file is downloaded alone.
+    given = tmp_path / "given"
+    given.mkdir()
+    bert_style_tokenizer(given / "tokenizer.json")
+    cached_model(hub_cache, "some-org/tiny-bert", given)
+    write_corpus(tmp_path / "c.txt", 40)
+    prepared = [prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"], dir=tmp_path / d,
+                                                 **{"tokenizer.path": path}))
+                for d, path in (("by_id", "some-org/tiny-bert"),
+                                ("by_file", given / "tokenizer.json"))]
+    assert [(p / "train.bin").read_bytes() for p in prepared] == \
+        [(prepared[1] / "train.bin").read_bytes()] * 2
+    assert (prepared[0] / "tokenizer.json").read_bytes() == (given / "tokenizer.json").read_bytes()
+    with pytest.raises(UserError, match=r"^tokenizer file other-org/absent does not exist \(in the "
+                                        r"current directory, .*\); as a Hugging Face hub model it "
+                                        r"is not \(complete\) in the cache"):
+        prepare.ensure_prepared(load_cfg(tmp_path, [tmp_path / "c.txt"], dir=tmp_path / "none",
+                                         **{"tokenizer.path": "other-org/absent"}))
+    assert not (tmp_path / "none").exists()
