@@ -14,8 +14,8 @@ from bertjax.sources import quiet_hub
 
 # transformers' names: the weights whole, or in shards with their index (not other variants)
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ["tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json"]
+TOKENIZERS = ("tokenizer.json", "vocab.txt")  # in the order they are preferred
+TOKENIZER_FILES = [*TOKENIZERS, "tokenizer_config.json", "special_tokens_map.json"]
 FILES = ["config.json", *WEIGHTS, "model-*.safetensors", *TOKENIZER_FILES]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # the hub's own rule, roughly
 
@@ -41,7 +41,7 @@ def tokenizer_file(model_id: str, not_local: str) -> Path:
     """Hub model `model_id`'s tokenizer.json, else its vocab.txt (read with the
     tokenizer_config.json beside it), downloaded without the weights."""
     folder = _download(model_id, not_local, TOKENIZER_FILES)
-    for name in TOKENIZER_FILES[:2]:
+    for name in TOKENIZERS:
         if (folder / name).is_file():
             return folder / name
     raise UserError(f"the Hugging Face hub model {model_id} has no tokenizer.json or vocab.txt; "

@@ -434,12 +434,18 @@ def test_a_compressed_sources_size_is_its_texts_for_the_tokenizer_sample(tmp_pat
 ])
 def test_a_bad_compressed_source_is_one_line_and_nothing_is_prepared(tmp_path, case, message):
     body = "".join(json.dumps({"text": t}) + "\n" for t in sentences(3000)).encode()
-    contents = {  # a download cut short:
-        **{f"cut.txt{suffix}": (lambda b: b[:len(b) // 2])(compress(body))
-           for suffix, compress in COMPRESSORS.items()},
+
+    def cut(data: bytes) -> bytes:  # a download cut short
+        return data[:len(data) // 2]
+
+    def overwritten(data: bytes) -> bytes:  # 64 bytes in the middle damaged
+        middle = len(data) // 2
+        return data[:middle] + b"\xff" * 64 + data[middle + 64:]
+
+    contents = {
+        **{f"cut.txt{suffix}": cut(compress(body)) for suffix, compress in COMPRESSORS.items()},
         "plain.txt.bz2": body,  # named .bz2, never compressed
-        "damaged.jsonl.xz": (lambda b: b[:len(b) // 2] + b"\xff" * 64 + b[len(b) // 2 + 64:])(
-            lzma.compress(body)),
+        "damaged.jsonl.xz": overwritten(lzma.compress(body)),
         "latin1.txt.gz": gzip.compress("one\ncaf\xe9\n".encode("latin-1")),
         "c.json.gz": gzip.compress(json.dumps([{"text": t} for t in sentences(3)]).encode()),
         "pretty.json": json.dumps({"text": "one"}, indent=2).encode(),
