@@ -33,12 +33,21 @@ XLA = {"xla-lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
        "xla-no-triton-gemm": "--xla_gpu_enable_triton_gemm=false",
        "xla-no-cmd-buffers": "--xla_gpu_enable_command_buffer=",
        "xla-cmd-buffers-while": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,"
-                                "CUSTOM_CALL,WHILE,CONDITIONAL"}
+                                "CUSTOM_CALL,WHILE,CONDITIONAL",
+       "xla-cudnn-layernorm": "--xla_gpu_enable_cudnn_layer_norm=true",
+       "xla-cublaslt": "--xla_gpu_enable_cublaslt=true"}
+# Dropout's random bits: JAX's default threefry hash (sharding-invariant) against XLA's
+# RngBitGenerator (Philox on GPU), through JAX's own option. Dropout 0 bounds what any generator
+# can win; on this CPU dropout costs ~10 % of a mini step (log.md, session 37).
+RBG = {"JAX_DEFAULT_PRNG_IMPL": "rbg"}
 
 
-def item(id_, kind, shape=BASE, budget=75, set_=(), xla="", note="", **extra) -> dict:
+def item(id_, kind, shape=BASE, budget=75, set_=(), xla="", note="", env=None,
+         **extra) -> dict:
+    """One row of the plan: `set_` are config overrides, `xla` XLA flags, `env` environment
+    variables of the item's process."""
     return {"id": id_, "kind": kind, "shape": list(shape), "budget": budget, "set": list(set_),
-            "xla_flags": xla, "note": note, **extra}
+            "xla_flags": xla, "env": dict(env or {}), "note": note, **extra}
 
 
 def gpu_plan() -> list[dict]:
@@ -56,6 +65,9 @@ def gpu_plan() -> list[dict]:
         item("micro", "ours", SHAPES["b256"], set_=["train.micro_batch=128"],
              note="batch 256 as 2 accumulated micro-batches of 128"),
         item("unrolled", "ours", budget=120, set_=["model.scan_layers=false"]),
+        item("no-dropout", "ours", set_=["model.dropout=0.0"],
+             note="what dropout costs: the most a faster generator can win"),
+        item("rng-rbg", "ours", env=RBG, note="dropout bits from XLA's RngBitGenerator"),
         item("loop", "loop", budget=150, note="the whole pretraining loop on the demo corpus: "
              "beside ours, what the host adds"),
         *(item(name, "ours", xla=flag) for name, flag in XLA.items()),
@@ -70,11 +82,11 @@ def gpu_plan() -> list[dict]:
 
 def smoke_plan() -> list[dict]:
     """The same code paths on CPU in tiny shapes, in as few processes as cover them: our item
-    takes an override, micro-batches and an XLA flag; the loop prepares a slice of the demo
-    corpus; the profile reruns our item from the cache."""
+    takes an override, micro-batches, an XLA flag and an environment variable; the loop prepares
+    a slice of the demo corpus; the profile reruns our item from the cache."""
     tiny = ("tiny", 512, 8, 32)
     return [item("matmul", "matmul", budget=60, n=512),
-            item("ours", "ours", tiny, budget=90, xla=XLA["xla-lhs"],
+            item("ours", "ours", tiny, budget=90, xla=XLA["xla-lhs"], env=RBG,
                  set_=["train.micro_batch=4", "model.attention=xla", "data.whole_word_mask=true"]),
             item("loop", "loop", tiny, budget=90, set_=["data.max_documents=300"]),
             item("peer", "peer", tiny, budget=90)]
@@ -83,7 +95,7 @@ def smoke_plan() -> list[dict]:
 def run_item(it: dict, timeout: float, env: dict) -> dict:
     """Run one item in a subprocess (its own process group, so torch.compile's workers die with
     it); returns the item with status "ok" and its result, or "failed"/"over budget"."""
-    env = dict(env)
+    env = dict(env, **it.get("env", {}))
     if it["xla_flags"]:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {it['xla_flags']}".strip()
     t0 = time.monotonic()
@@ -206,6 +218,7 @@ def rows(report: dict) -> list[str]:
         mem = f"{mem / 2**20:.0f}" if mem else f"{r['max_rss_mb']:.0f}r"
         what = r.get("attention", r.get("name", ""))[:60]
         what += " [fmha in HLO]" if r.get("cudnn_attention_in_hlo") else ""
+        what += f" [{r['prng']}]" if r.get("prng", "threefry2x32") != "threefry2x32" else ""
         what += f" [its end failed: {r['run_end']}]" if r.get("run_end", "ok") != "ok" else ""
         lines.append(
             f"{d['id']:22} {shape:22} {r.get('compile_s', r['first_step_s']):9.1f} "

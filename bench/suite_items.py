@@ -129,7 +129,8 @@ def run_ours(item: dict) -> dict:
         "attention": attention_summary(cfg.model, item["precision"]),
         "cudnn_attention_in_hlo": "fmha" in hlo.lower(),  # jax's cuDNN custom call
         "device": device.device_kind, "vendor_peak": device_peak_flops(item["precision"]),
-        "micro_batch": cfg.train.micro_batch, "jax": jax.__version__}
+        "micro_batch": cfg.train.micro_batch, "jax": jax.__version__,
+        "prng": str(jax.config.jax_default_prng_impl)}
     if item.get("profile_steps"):
         from profile_summary import trace_steps  # bench/: the script's own folder
 
