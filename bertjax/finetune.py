@@ -81,11 +81,13 @@ RESULT_INDEPENDENT = {
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory.
     Raises StoppedBySignal when SIGTERM/SIGINT stopped it after saving (not finished)."""
+    initialize_distributed(cfg.mesh)
+    same_config_on_every_process(cfg)
+    # Each host checks its own paths once every process has joined: a host that failed before
+    # joining left the others waiting 5 minutes to join; now they hear why (leaving.py).
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
-    initialize_distributed(cfg.mesh)
-    same_config_on_every_process(cfg)
     # One run at a time in a run directory.
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
         return finetune_holding_the_run_dir(cfg)

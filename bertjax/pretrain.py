@@ -145,13 +145,15 @@ def resolve(cfg: Config) -> Run:
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory. Raises
     StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint (not finished)."""
+    initialize_distributed(cfg.mesh)
+    same_config_on_every_process(cfg)
+    # Each host checks its own paths once every process has joined: a host that failed before
+    # joining left the others waiting 5 minutes to join; now they hear why (leaving.py).
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
-    initialize_distributed(cfg.mesh)
-    same_config_on_every_process(cfg)
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
         return pretrain_holding_the_run_dir(cfg)
 

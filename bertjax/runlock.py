@@ -42,8 +42,10 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[None]:
             lock = lock_dir(run_dir)
         except UserError as e:
             refused = e
-    agreed = same_on_every_process([b"refused" if refused else b"held"])
     try:
+        # Inside the try: this collective fails when another process fails before it (its
+        # post ends this one: leaving.py), and the lock just taken must go too.
+        agreed = same_on_every_process([b"refused" if refused else b"held"])
         if refused is not None:
             raise refused
         if not agreed:

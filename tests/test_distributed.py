@@ -5,6 +5,7 @@ says it) or not sharing the run directory end within seconds, in one line each (
 traceback)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import communicate_all, free_port, three_steps_on_one_device, tiny_run_config
+from conftest import (
+    GLUE_FIXTURES,
+    bert_style_tokenizer,
+    communicate_all,
+    free_port,
+    three_steps_on_one_device,
+    tiny_run_config,
+)
 from safetensors.numpy import load_file
 
 from bertjax import config, prepare
@@ -24,6 +32,7 @@ from bertjax.sharding import losing_a_process_is_fatal
 pytestmark = pytest.mark.slow  # two jax.distributed processes
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 def two_train_processes(cfg: Path, port: int, per_process) -> list[subprocess.Popen]:
@@ -142,6 +151,52 @@ def test_an_error_met_by_one_process_ends_every_process_in_one_line(tmp_path):
     for err in errors:  # the error line is the last, after the progress lines
         assert said_lines(err)[-1].startswith("error: ") and "Traceback" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def one_host_with_a_bad_glue_file(tmp_path: Path) -> tuple[Path, object, str]:
+    """RTE, process 1's copy of the GLUE files holding a test split that is not UTF-8."""
+    for i in range(2):
+        shutil.copytree(GLUE_FIXTURES / "RTE", tmp_path / f"glue{i}" / "RTE")
+    bad = tmp_path / "glue1" / "RTE" / "test.tsv"
+    bad.write_bytes(b"index\tsentence1\tsentence2\n0\tbad \xff byte\tx\n")
+    bert_style_tokenizer(tmp_path / "tokenizer.json")
+    return ROOT / "configs" / "rte.yaml", lambda i: (
+        f"glue.data_dir={tmp_path / f'glue{i}'}", f"train.run_dir={tmp_path / 'run'}",
+        f"tokenizer.path={tmp_path / 'tokenizer.json'}", "model.num_layers=2",
+        "model.hidden_size=64", "model.num_heads=2", "glue.batch_size=8",
+        "glue.buckets=[16,32,64]"), (
+        f"{bad} line 2: not valid UTF-8 (byte 0xff at column 7, file offset 32); GLUE files are "
+        "UTF-8: convert it (e.g. iconv -t utf-8) or download it again")
+
+
+def one_host_with_data_in_the_run_dir(tmp_path: Path) -> tuple[Path, object, str]:
+    """Pretraining, process 1 given its run directory as data.dir."""
+    cfg = tiny_run_config(tmp_path, {"steps": 4, "micro_batch": 2})
+    run = tmp_path / "run"
+    return cfg, lambda i: (f"train.run_dir={run}", f"data.dir={run if i else tmp_path / 'data'}"), (
+        f"data.dir and train.run_dir are the same directory ({run}); the prepared data needs a "
+        "directory of its own (e.g. data/NAME)")
+
+
+@pytest.mark.parametrize("setup", [one_host_with_a_bad_glue_file,
+                                   one_host_with_data_in_the_run_dir])
+def test_bad_input_on_one_host_found_before_training_is_said_by_every_process(tmp_path, setup):
+    # The checks of a host's own paths (the run directory, GLUE's test splits) ran before the
+    # processes joined: process 1 said its error and left, and process 0 waited 5 minutes for
+    # it to join, then said "not every process joined". Now they run once the processes have
+    # joined, and process 0 says process 1's error within seconds (and leaves no run directory:
+    # the collective after its lock failed outside the lock's clean-up).
+    cfg, per_process, message = setup(tmp_path)
+    procs = two_train_processes(cfg, free_port(), per_process)
+    started = time.monotonic()
+    errors = [err for _, err in communicate_all(procs)]
+    took = time.monotonic() - started
+    assert [p.returncode for p in procs] == [2, 2], errors
+    assert [said_lines(err) for err in errors] == [
+        [f"error: process 1 of this 2-process run failed, so every process stops: {message}"],
+        [f"error: {message}"]], errors
+    assert took < 60, took
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
 def write_join_script(script: Path, port: int, process_id: int, setup: str = "",
