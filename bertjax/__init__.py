@@ -14,7 +14,8 @@ imports only from lower layers, and never in a circle inside its own.
         glue_tasks glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches (hub
                                                    model ids: downloaded)
-        sharding checkpoint metrics weights        mesh + signals, Orbax, monitoring, safetensors
+        sharding processes checkpoint metrics      mesh; joining, agreeing, stopping together;
+        weights                                    Orbax, monitoring, safetensors
         runlock divergence                         the run directory's lock; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
         pretrained starting_points export          weights; load a model; start a run from it;

@@ -38,6 +38,14 @@ from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
+from bertjax.processes import (
+    StopSignal,
+    barrier,
+    initialize_distributed,
+    losing_a_process_is_fatal,
+    same_config_on_every_process,
+    same_on_every_process,
+)
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.seed_run import (
     INPUTS,
@@ -51,16 +59,7 @@ from bertjax.seed_run import (
     input_digests,
     load_best,
 )
-from bertjax.sharding import (
-    StopSignal,
-    barrier,
-    initialize_distributed,
-    losing_a_process_is_fatal,
-    make_mesh,
-    same_config_on_every_process,
-    same_on_every_process,
-    with_mesh,
-)
+from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import initial_model, load_start
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes

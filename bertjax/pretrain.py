@@ -36,17 +36,15 @@ from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
 from bertjax.pretrained import check_checkpoint_path
-from bertjax.runlock import check_run_dir_kind, hold_run_dir
-from bertjax.sharding import (
+from bertjax.processes import (
     StopSignal,
-    full_copy,
     initialize_distributed,
     losing_a_process_is_fatal,
-    make_mesh,
     same_config_on_every_process,
     same_on_every_process,
-    shard_params,
 )
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
+from bertjax.sharding import full_copy, make_mesh, shard_params
 from bertjax.starting_points import ARCHITECTURE, continue_from
 from bertjax.step import init_state
 

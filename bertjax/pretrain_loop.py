@@ -31,7 +31,8 @@ from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
 from bertjax.optim import BatchRamp, schedule
 from bertjax.precision import Precision
-from bertjax.sharding import StopSignal, global_batch, process_slice, with_mesh
+from bertjax.processes import StopSignal
+from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
 
 # Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.

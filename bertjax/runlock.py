@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
 from bertjax.files import LOCK_NAME, lock_dir
-from bertjax.sharding import barrier, same_on_every_process
+from bertjax.processes import barrier, same_on_every_process
 
 
 @contextlib.contextmanager

@@ -31,7 +31,8 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule
 from bertjax.precision import Precision
 from bertjax.pretrained import load_bundle
-from bertjax.sharding import StopSignal, full_copy, shard_params
+from bertjax.processes import StopSignal
+from bertjax.sharding import full_copy, shard_params
 from bertjax.starting_points import initial_model
 from bertjax.step import init_state, make_glue_steps
 

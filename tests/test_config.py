@@ -475,7 +475,7 @@ def test_a_partial_multi_process_setting_names_the_missing_keys():
              "initialize_distributed(MeshConfig(coordinator_address='notahost:1234'))"]
     code = "\n".join(["from bertjax.config import MeshConfig",
                       "from bertjax.errors import UserError",
-                      "from bertjax.sharding import initialize_distributed"] +
+                      "from bertjax.processes import initialize_distributed"] +
                      [f"try:\n    {call}\nexcept UserError as e:\n    print(e)" for call in calls])
     launchers = ("SLURM_", "OMPI_", "PMI_", "JAX_", "TPU_", "MEGASCALE_", "KUBERNETES_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(launchers)}

@@ -27,7 +27,7 @@ from safetensors.numpy import load_file
 
 from bertjax import config, prepare
 from bertjax.errors import LostProcess
-from bertjax.sharding import losing_a_process_is_fatal
+from bertjax.processes import losing_a_process_is_fatal
 
 pytestmark = pytest.mark.slow  # two jax.distributed processes
 
@@ -71,12 +71,12 @@ def test_a_lost_process_is_one_line_and_exit_1_in_seconds(tmp_path):
     script = tmp_path / "lost.py"
     script.write_text(
         "import atexit, jax\n"
-        "from bertjax import errors, sharding\n"
+        "from bertjax import errors, processes\n"
         "jax.process_count = lambda: 2\n"
         "jax.distributed.is_initialized = lambda: True\n"
         "atexit.register(print, 'exit handlers ran')\n"
         "def main(argv):\n"
-        "    with sharding.losing_a_process_is_fatal():\n"
+        "    with processes.losing_a_process_is_fatal():\n"
         "        raise jax.errors.JaxRuntimeError('UNKNOWN: Gloo all-reduce failed: Connection "
         "reset by peer\\nmore detail')\n"
         "errors.cli(main)\n")
@@ -121,8 +121,8 @@ def test_a_bug_in_one_process_ends_every_process_in_seconds(tmp_path):
         "    import jax\n"
         "    if jax.process_index() == 1:\n"
         "        raise RuntimeError('a bug')\n"
-        "    with sharding.losing_a_process_is_fatal():\n"
-        "        sharding.same_on_every_process([b'x'])\n"))
+        "    with processes.losing_a_process_is_fatal():\n"
+        "        processes.same_on_every_process([b'x'])\n"))
     errors = [err for _, err in communicate_all(procs)]
     assert [p.returncode for p in procs] == [1, 1], errors
     assert errors[1].rstrip().endswith("RuntimeError: a bug"), errors[1]
@@ -204,9 +204,9 @@ def write_join_script(script: Path, port: int, process_id: int, setup: str = "",
     """A CLI that joins a 2-process jax.distributed run on 127.0.0.1:port (after `setup`), then
     runs `then` (lines of its main, indented)."""
     script.write_text(
-        f"from bertjax import config, errors, sharding\n{setup}"
+        f"from bertjax import config, errors, processes\n{setup}"
         "def main(argv):\n"
-        "    sharding.initialize_distributed(config.MeshConfig(coordinator_address="
+        "    processes.initialize_distributed(config.MeshConfig(coordinator_address="
         f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
         f"{then}"
         "errors.cli(main)\n")
@@ -245,8 +245,8 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     # The other process never starts (or another port, or the same process_id twice): JAX
     # waited 5 minutes in silence, then aborted (134) with a C++ stack trace.
     script, port = tmp_path / "alone.py", free_port()
-    write_join_script(script, port, process_id, "sharding.JOIN_TIMEOUT_S, "
-                                                "sharding.JOIN_NOTICE_S = 3, 1\n")
+    write_join_script(script, port, process_id, "processes.JOIN_TIMEOUT_S, "
+                                                "processes.JOIN_NOTICE_S = 3, 1\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stderr
@@ -331,8 +331,8 @@ def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp
         f"    if jax.process_index() == {failing}:\n"
         "        time.sleep(1)\n"  # the other is in the collective by then
         "        raise errors.UserError('met by one')\n"
-        "    with sharding.losing_a_process_is_fatal():\n"
-        "        sharding.same_on_every_process([b'x'])\n"))
+        "    with processes.losing_a_process_is_fatal():\n"
+        "        processes.same_on_every_process([b'x'])\n"))
     started = time.monotonic()
     errors = [err for _, err in communicate_all(procs)]
     took = time.monotonic() - started
@@ -354,8 +354,8 @@ def test_ctrl_c_on_one_process_outside_the_loops_stops_every_process(tmp_path):
         "    if jax.process_index() == 1:\n"
         "        time.sleep(1)\n"
         "        raise KeyboardInterrupt\n"
-        "    with sharding.losing_a_process_is_fatal():\n"
-        "        sharding.same_on_every_process([b'x'])\n"))
+        "    with processes.losing_a_process_is_fatal():\n"
+        "        processes.same_on_every_process([b'x'])\n"))
     errors = [err for _, err in communicate_all(procs)]
     said = ("interrupted (SIGINT); outputs are renamed into place only when complete, so nothing "
             "half-written is taken as done: run the same command again")
