@@ -63,6 +63,22 @@ from bertjax.sharding import (
 )
 from bertjax.starting_points import initial_model, load_start
 
+# Pretraining keys a fine-tune never reads, and what it reads instead.
+_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
+_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
+PRETRAINING_ONLY = {
+    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
+    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
+    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
+    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
+    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
+    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
+    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
+    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
+                     "train.rollback_warmup", "train.rollback_lr_factor",
+                     "train.max_rollbacks"), _ONLY_SKIPPED),
+}
+
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.
 RESULT_INDEPENDENT = {
@@ -75,6 +91,10 @@ RESULT_INDEPENDENT = {
     "glue.seeds": "each seed's result depends on its own seed only; results report the listed",
     "mesh.coordinator_address": "how the processes find each other",
     "mesh.process_id": "differs between the processes of one run by design",
+    # ... and every key a fine-tune never reads: optim.schedule, for one, is always linear decay
+    # to 0, but a config.yaml saved before 2026-12-01 (f821808) said one_cycle / 0.01, and a
+    # rerun of such a run started its finished seeds over for a change that was none.
+    **PRETRAINING_ONLY,
 }
 
 

@@ -602,6 +602,13 @@ def test_config_change_reads_the_earlier_config_through_todays_schema(tmp_path, 
     older["precision"]["param"] = "float32"  # a retired key, dropped on reading
     saved.write_text(yaml.safe_dump(older))
     assert finetune_lib.config_change(saved, now) is None
+    # Keys a fine-tune never reads decide nothing: a config.yaml saved before 2026-12-01 said
+    # the pretraining schedule (fine-tuning decayed linearly to 0 all the same), and a rerun
+    # started its finished seeds over "(optim.final_lr_fraction, optim.schedule changed)".
+    older["optim"].update(schedule="one_cycle", final_lr_fraction=0.01)
+    older["train"]["steps"] = 12345
+    saved.write_text(yaml.safe_dump(older))
+    assert finetune_lib.config_change(saved, now) is None
     older["optim"]["lr"] = 0.5
     saved.write_text(yaml.safe_dump(older))
     assert finetune_lib.config_change(saved, now) == "optim.lr changed"
