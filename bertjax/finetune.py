@@ -248,8 +248,12 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
     done = {seed: steps_done(job.run_dir / f"seed{seed}", job.steps.total)
             for seed in job.cfg.glue.seeds}
     if job.cfg.train.resume == "auto" and change is None:
+        say_seeds_trained_again(job, done)
         return done
-    if job.main and earlier_seed_dirs(job.run_dir):
+    # A listed seed's best/ alone is an earlier run's too (a bertjax before 2026-12-01 left no
+    # more): its start-over went unsaid.
+    if job.main and (earlier_seed_dirs(job.run_dir) or
+                     any((job.run_dir / f"seed{seed}" / "best").is_dir() for seed in done)):
         print(f"{job.run_dir} holds an interrupted or finished fine-tune"
               f"{f' with another config ({change})' if change else ''}: starting over")
     if job.main:
@@ -269,6 +273,19 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
                           "(predict or export would take it for this run's)", stacklevel=2)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
+
+
+def say_seeds_trained_again(job: Job, done: dict[int, int]) -> None:
+    """A seed with a best/ model but no result.json or checkpoint cannot be kept or resumed: it
+    trains again and its best/ is replaced. Said: a bertjax before 2026-12-01 left every seed
+    so (its reruns started over), and today's rerun trained them all again without a word,
+    where the README says finished seeds are kept."""
+    again = [seed for seed, steps in done.items() if steps == 0 and
+             (job.run_dir / f"seed{seed}" / "best" / "manifest.json").is_file()]
+    if job.main and again:
+        print(f"{job.run_dir}: seed(s) {again} hold a best/ model but no result.json or "
+              "checkpoint (a bertjax before 2026-12-01 kept no per-seed results): training "
+              "them again, which replaces their best/")
 
 
 def warn_unlisted_seeds(job: Job) -> None:
