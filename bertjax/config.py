@@ -63,7 +63,13 @@ def _without_retired(data: DictConfig, source: str, strict: bool) -> DictConfig:
             if strict:
                 raise UserError(f"config key '{key}' in {source} was removed ({why}); "
                                 "delete it")
-            node.pop(name)
+            value = node.pop(name)
+            if key == "train.eval_batches" and "eval_sequences" not in node:
+                # The sample it scored, eval_batches x micro_batch: read as the default (256),
+                # an old run resumed with the same config file was told "train.eval_sequences:
+                # 256 -> 32" (tiny.yaml, 4 x 8), a change that was none.
+                micro_batch = node.get("micro_batch", TrainConfig.micro_batch)
+                node["eval_sequences"] = value * micro_batch
     return data
 
 

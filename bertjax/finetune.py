@@ -62,6 +62,22 @@ from bertjax.seed_run import (
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import initial_model, load_start
 
+# Pretraining keys a fine-tune never reads, and what it reads instead.
+_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
+_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
+PRETRAINING_ONLY = {
+    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
+    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
+    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
+    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
+    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
+    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
+    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
+    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
+                     "train.rollback_warmup", "train.rollback_lr_factor",
+                     "train.max_rollbacks"), _ONLY_SKIPPED),
+}
+
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.
 RESULT_INDEPENDENT = {
@@ -74,6 +90,10 @@ RESULT_INDEPENDENT = {
     "glue.seeds": "each seed's result depends on its own seed only; results report the listed",
     "mesh.coordinator_address": "how the processes find each other",
     "mesh.process_id": "differs between the processes of one run by design",
+    # ... and every key a fine-tune never reads: optim.schedule, for one, is always linear decay
+    # to 0, but a config.yaml saved before 2026-12-01 (f821808) said one_cycle / 0.01, and a
+    # rerun of such a run started its finished seeds over for a change that was none.
+    **PRETRAINING_ONLY,
 }
 
 
@@ -227,8 +247,12 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
     done = {seed: steps_done(job.run_dir / f"seed{seed}", job.steps.total)
             for seed in job.cfg.glue.seeds}
     if job.cfg.train.resume == "auto" and change is None:
+        say_seeds_trained_again(job, done)
         return done
-    if job.main and earlier_seed_dirs(job.run_dir):
+    # A listed seed's best/ alone is an earlier run's too (a bertjax before 2026-12-01 left no
+    # more): its start-over went unsaid.
+    if job.main and (earlier_seed_dirs(job.run_dir) or
+                     any((job.run_dir / f"seed{seed}" / "best").is_dir() for seed in done)):
         print(f"{job.run_dir} holds an interrupted or finished fine-tune"
               f"{f' with another config ({change})' if change else ''}: starting over")
     if job.main:
@@ -248,6 +272,19 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
                           "(predict or export would take it for this run's)", stacklevel=2)
     barrier("fine-tuning starts over")
     return dict.fromkeys(done, 0)
+
+
+def say_seeds_trained_again(job: Job, done: dict[int, int]) -> None:
+    """A seed with a best/ model but no result.json or checkpoint cannot be kept or resumed: it
+    trains again and its best/ is replaced. Said: a bertjax before 2026-12-01 left every seed
+    so (its reruns started over), and today's rerun trained them all again without a word,
+    where the README says finished seeds are kept."""
+    again = [seed for seed, steps in done.items() if steps == 0 and
+             (job.run_dir / f"seed{seed}" / "best" / "manifest.json").is_file()]
+    if job.main and again:
+        print(f"{job.run_dir}: seed(s) {again} hold a best/ model but no result.json or "
+              "checkpoint (a bertjax before 2026-12-01 kept no per-seed results): training "
+              "them again, which replaces their best/")
 
 
 def warn_unlisted_seeds(job: Job) -> None:

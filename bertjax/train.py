@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bertjax import config
 from bertjax.errors import UserError, cli
-from bertjax.finetune import earlier_seed_dirs, finetune
+from bertjax.finetune import PRETRAINING_ONLY, earlier_seed_dirs, finetune
 from bertjax.pretrain import pretrain
 
 USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
@@ -31,23 +31,6 @@ def main(argv: list[str]) -> None:
         finetune(cfg)
     else:
         pretrain(cfg)
-
-
-# Pretraining keys a fine-tune never reads, and what it reads instead.
-_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
-_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
-PRETRAINING_ONLY = {
-    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
-    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
-    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
-    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
-    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
-    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
-    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
-    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
-                     "train.rollback_warmup", "train.rollback_lr_factor",
-                     "train.max_rollbacks"), _ONLY_SKIPPED),
-}
 
 
 def warn_pretraining_overrides(overrides: list[str]) -> None:

@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bertjax import config, domains, glue_tasks, prepare, train
 from bertjax.domains import check_domains
@@ -178,6 +179,12 @@ def test_a_removed_key_says_why(tmp_path):
         config.load([], ["train.eval_batches=4"])
     old = config.to_yaml(config.load([])).replace("train:\n", "train:\n  eval_batches: 8\n")
     assert config.from_yaml_text(old, "an old run's config.yaml") == config.load([])
+    # An older bertjax's config.yaml has eval_batches where eval_sequences is now: it is read
+    # as the sample that run scored (eval_batches x micro_batch), not as the default 256.
+    tiny = config.load([], ["train.micro_batch=8", "train.eval_sequences=32"])
+    written = yaml.safe_load(config.to_yaml(tiny))
+    written["train"]["eval_batches"] = written["train"].pop("eval_sequences") // 8
+    assert config.from_yaml_text(yaml.safe_dump(written), "an old run's config.yaml") == tiny
 
 
 # ---- domains (issue 19): every numeric and list key declares what it may be, checked at load ----

@@ -227,6 +227,26 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     assert ids[:3] == [ids[0]] * 3 and ids[3] != ids[0]
 
 
+def test_a_rerun_of_a_run_from_before_per_seed_results_says_it_trains_the_seeds_again(
+        tmp_path, tokenizer_path, capsys):
+    # bertjax before 2026-12-01 left seedN/best and results.json, no seedN/result.json: today's
+    # rerun cannot keep such a seed and trained it again, replacing its best/, without a word.
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]"))
+    (tmp_path / "seed0" / "result.json").unlink()  # as the older bertjax left it
+    capsys.readouterr()
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]"))
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: seed(s) [0] hold a best/ model but no result.json or checkpoint (a " \
+           "bertjax before 2026-12-01 kept no per-seed results): training them again, which " \
+           "replaces their best/" in out
+    assert "seed 0: done before" not in out and (tmp_path / "seed0" / "result.json").is_file()
+    # With a result-deciding change, starting over is said too (such a seed was not counted as
+    # an earlier run's: nothing was said).
+    (tmp_path / "seed0" / "result.json").unlink()
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]", "optim.lr=1e-3"))
+    assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
+
+
 def test_sigterm_saves_the_seed_and_the_rerun_finishes_it_alike(tmp_path, tokenizer_path):
     # A preempted machine gets SIGTERM: the run saves where it is and exits 143 (128 + SIGTERM:
     # not finished); the same command
@@ -600,6 +620,13 @@ def test_config_change_reads_the_earlier_config_through_todays_schema(tmp_path, 
     older = yaml.safe_load(now)
     del older["data"]["whole_word_mask"]  # written before the key existed
     older["precision"]["param"] = "float32"  # a retired key, dropped on reading
+    saved.write_text(yaml.safe_dump(older))
+    assert finetune_lib.config_change(saved, now) is None
+    # Keys a fine-tune never reads decide nothing: a config.yaml saved before 2026-12-01 said
+    # the pretraining schedule (fine-tuning decayed linearly to 0 all the same), and a rerun
+    # started its finished seeds over "(optim.final_lr_fraction, optim.schedule changed)".
+    older["optim"].update(schedule="one_cycle", final_lr_fraction=0.01)
+    older["train"]["steps"] = 12345
     saved.write_text(yaml.safe_dump(older))
     assert finetune_lib.config_change(saved, now) is None
     older["optim"]["lr"] = 0.5
