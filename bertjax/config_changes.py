@@ -1,7 +1,8 @@
 """Which config keys differ between two runs of one directory, for the messages that decide or
 explain a rerun: a GLUE rerun starts over when a result-deciding key changed (bertjax.finetune),
 a resumed pretraining run names the keys it changed and what that does to its learning rate
-(bertjax.pretrain)."""
+(bertjax.pretrain); the pretraining keys a fine-tune never reads (warned of as overrides, and
+deciding no GLUE seed's result)."""
 
 import yaml
 
@@ -31,6 +32,22 @@ def listed(items: list[str], limit: int) -> str:
 # Keys that differ between launches of one multi-process run without changing what it computes
 # (a new coordinator port each time): not worth a resume's warning.
 LAUNCH_KEYS = ("mesh.coordinator_address", "mesh.process_id")
+
+# Pretraining keys a fine-tune never reads, and what it reads instead.
+_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
+_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
+PRETRAINING_ONLY = {
+    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
+    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
+    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
+    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
+    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
+    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
+    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
+    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
+                     "train.rollback_warmup", "train.rollback_lr_factor",
+                     "train.max_rollbacks"), _ONLY_SKIPPED),
+}
 
 
 def describe_changes(old_yaml: str, new_yaml: str, limit: int = 5) -> str:

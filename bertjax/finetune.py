@@ -32,7 +32,7 @@ from bertjax import config as config_lib
 from bertjax import glue, glue_batches, glue_tasks, plot
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config
-from bertjax.config_changes import changed_keys, listed
+from bertjax.config_changes import PRETRAINING_ONLY, changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.glue_eval import summarize, write_submissions
@@ -61,22 +61,6 @@ from bertjax.seed_run import (
 )
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import initial_model, load_start
-
-# Pretraining keys a fine-tune never reads, and what it reads instead.
-_ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"
-_LINEAR = "nothing: fine-tuning warms up over optim.warmup, then decays linearly to 0 (BERT's)"
-PRETRAINING_ONLY = {
-    "train.steps": "glue.epochs", "train.tokens": "glue.epochs",
-    "train.micro_batch": "glue.batch_size", "train.batch_start": "glue.batch_size",
-    "train.batch_end": "glue.batch_size", "data.seq_len": "glue.buckets (the largest is the "
-    "max length)", "train.seed": "glue.seeds", "train.eval_every": "nothing: the dev set is "
-    "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
-    "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
-    "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
-    **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
-                     "train.rollback_warmup", "train.rollback_lr_factor",
-                     "train.max_rollbacks"), _ONLY_SKIPPED),
-}
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.

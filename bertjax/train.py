@@ -10,8 +10,9 @@ import warnings
 from pathlib import Path
 
 from bertjax import config
+from bertjax.config_changes import PRETRAINING_ONLY
 from bertjax.errors import UserError, cli
-from bertjax.finetune import PRETRAINING_ONLY, earlier_seed_dirs, finetune
+from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.pretrain import pretrain
 
 USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
