@@ -64,7 +64,8 @@ def _without_retired(data: DictConfig, source: str, strict: bool) -> DictConfig:
                 raise UserError(f"config key '{key}' in {source} was removed ({why}); "
                                 "delete it")
             value = node.pop(name)
-            if key == "train.eval_batches" and "eval_sequences" not in node:
+            if key == "train.eval_batches" and "eval_sequences" not in node and \
+                    isinstance(value, int) and isinstance(node.get("micro_batch", 0), int):
                 # The sample it scored, eval_batches x micro_batch: read as the default (256),
                 # an old run resumed with the same config file was told "train.eval_sequences:
                 # 256 -> 32" (tiny.yaml, 4 x 8), a change that was none.
