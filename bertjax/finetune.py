@@ -41,9 +41,8 @@ from bertjax.model import Bert
 from bertjax.processes import (
     StopSignal,
     barrier,
-    initialize_distributed,
+    join_the_run,
     losing_a_process_is_fatal,
-    same_config_on_every_process,
     same_on_every_process,
 )
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -84,10 +83,7 @@ RESULT_INDEPENDENT = {
 def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory.
     Raises StoppedBySignal when SIGTERM/SIGINT stopped it after saving (not finished)."""
-    initialize_distributed(cfg.mesh)
-    same_config_on_every_process(cfg)
-    # Each host checks its own paths once every process has joined: a host that failed before
-    # joining left the others waiting 5 minutes to join; now they hear why (leaving.py).
+    join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after

@@ -38,9 +38,8 @@ from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
 from bertjax.pretrained import check_checkpoint_path
 from bertjax.processes import (
     StopSignal,
-    initialize_distributed,
+    join_the_run,
     losing_a_process_is_fatal,
-    same_config_on_every_process,
     same_on_every_process,
 )
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -143,10 +142,7 @@ def resolve(cfg: Config) -> Run:
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory. Raises
     StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint (not finished)."""
-    initialize_distributed(cfg.mesh)
-    same_config_on_every_process(cfg)
-    # Each host checks its own paths once every process has joined: a host that failed before
-    # joining left the others waiting 5 minutes to join; now they hear why (leaving.py).
+    join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():

@@ -98,6 +98,15 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     _refuse_unequal_device_counts()
 
 
+def join_the_run(cfg: Config) -> None:
+    """Join the run `cfg` describes (nothing to join for one process) and refuse processes
+    started with different configs. The entry points check each host's own paths (run
+    directory, GLUE files) after this, not before: a host that failed before joining left the
+    others waiting 5 minutes to join; joined, they hear why within seconds (leaving.py)."""
+    initialize_distributed(cfg.mesh)
+    same_config_on_every_process(cfg)
+
+
 def _refuse_unequal_device_counts() -> None:
     """Each process feeds an equal share of every batch, and JAX's multi-host gathers lay the
     devices out as (processes, devices per process): with unequal counts the first collective
