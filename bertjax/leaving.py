@@ -57,10 +57,16 @@ def leave_the_run(code: int, say: Callable[[TextIO], None], why: str | None) -> 
     import jax  # imported already: a run was joined
 
     # The error line is the last word: what the main thread, still at work while the watcher
-    # leaves, would print from here on (a progress line) is dropped.
-    sys.stdout.flush()
-    stderr = sys.stderr
+    # leaves, would print from here on (a progress line) is dropped. It starts a line of its
+    # own: the main thread may be halfway through one (a progress bar; print's text written,
+    # its newline not yet), and "<that line>error: ..." hid the error from a reader's eye and
+    # from grep (a CI failure).
+    stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open until os._exit
+    for stream in (stdout, stderr):
+        if getattr(stream, "mid_line", False):
+            stream.write("\n")
+    stdout.flush()
     say(stderr)
     stderr.flush()
     if why is not None:
@@ -98,11 +104,30 @@ def _shut_down_quietly(jax) -> None:
         pass
 
 
+class _LineEnds:
+    """A text stream (sys.stdout, sys.stderr) that knows whether its last write ended a line."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self.mid_line = False
+
+    def write(self, text: str) -> int:
+        if text:  # a progress bar rewinds with "\r": what comes next overwrites it
+            self.mid_line = not text.endswith(("\n", "\r"))
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def watch_for_failed_processes() -> None:
     """Start the watcher of a joined run; it stops before the interpreter exits (a thread still
-    inside JAX's client then aborts the process)."""
+    inside JAX's client then aborts the process). sys.stdout and sys.stderr learn where their
+    lines end, so that the line it may say starts a line of its own."""
     import jax
 
+    if not isinstance(sys.stderr, _LineEnds):
+        sys.stdout, sys.stderr = _LineEnds(sys.stdout), _LineEnds(sys.stderr)
     watcher = threading.Thread(target=_watch, args=(jax,), name="bertjax-failure-watcher",
                                daemon=True)
     watcher.start()

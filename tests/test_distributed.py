@@ -331,16 +331,24 @@ def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp
         f"    if jax.process_index() == {failing}:\n"
         "        time.sleep(1)\n"  # the other is in the collective by then
         "        raise errors.UserError('met by one')\n"
+        # The other is halfway through two lines when it hears (print's text written, its
+        # newline not yet): the error was glued to the end of one (once in CI).
+        "    import sys\n"
+        "    sys.stdout.write('step 1/2: half a line')\n"
+        "    sys.stderr.write('prepare: half a line')\n"
         "    with processes.losing_a_process_is_fatal():\n"
         "        processes.same_on_every_process([b'x'])\n"))
     started = time.monotonic()
-    errors = [err for _, err in communicate_all(procs)]
+    outputs = communicate_all(procs)
     took = time.monotonic() - started
+    errors = [err for _, err in outputs]
     assert [p.returncode for p in procs] == [2, 2], errors
     for i, err in enumerate(errors):
-        assert said_lines(err) == ["error: met by one" if i == failing else
-                                   f"error: process {failing} of this 2-process run failed, so "
-                                   "every process stops: met by one"], err
+        assert said_lines(err) == (["error: met by one"] if i == failing else [
+            "prepare: half a line",
+            f"error: process {failing} of this 2-process run failed, so every process stops: "
+            "met by one"]), err
+    assert outputs[1 - failing][0] == "step 1/2: half a line\n"
     assert took < 100, took  # they met at the shutdown barrier
 
 
