@@ -63,9 +63,8 @@ def leave_the_run(code: int, say: Callable[[TextIO], None], why: str | None) -> 
     # from grep (a CI failure).
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - open until os._exit
-    for stream in (stdout, stderr):
-        if getattr(stream, "mid_line", False):
-            stream.write("\n")
+    stdout, stderr = (s.end_for_good() if isinstance(s, _LineEnds) else s
+                      for s in (stdout, stderr))
     stdout.flush()
     say(stderr)
     stderr.flush()
@@ -109,12 +108,23 @@ class _LineEnds:
 
     def __init__(self, stream: TextIO):
         self._stream = stream
-        self.mid_line = False
+        self._mid_line = False
+        self._ended = False
 
     def write(self, text: str) -> int:
+        if self._ended:
+            return len(text)
         if text:  # a progress bar rewinds with "\r": what comes next overwrites it
-            self.mid_line = not text.endswith(("\n", "\r"))
+            self._mid_line = not text.endswith(("\n", "\r"))
         return self._stream.write(text)
+
+    def end_for_good(self) -> TextIO:
+        """End the line written last, drop what is written here from now on (the rest of a
+        print the main thread began: its newline), and return the stream below."""
+        self._ended = True
+        if self._mid_line:
+            self._stream.write("\n")
+        return self._stream
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
