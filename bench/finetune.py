@@ -74,7 +74,7 @@ def run_ours(args) -> dict:
         for step, batch in enumerate(glue_batches.iter_batches(enc, cfg.glue.batch_size, seed=0)):
             positions += batch["input_ids"].size
             state, sums = steps.train_step(
-                (device_batch(batch, mesh), jax.random.fold_in(key, step)), state)
+                (device_batch(batch, mesh), jax.random.fold_in(key, step), steps.schedule), state)
             window.append(sums)
         jax.block_until_ready(state.model)
         seconds = time.perf_counter() - t0

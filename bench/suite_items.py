@@ -51,7 +51,7 @@ def setup_ours(item: dict):
     from bertjax import config
     from bertjax.masking import row_masker
     from bertjax.model import Bert
-    from bertjax.optim import make_optimizer
+    from bertjax.optim import make_optimizer, schedule_args
     from bertjax.precision import Precision
     from bertjax.step import StepSpec, init_state, make_train_step
     from bertjax.tokenizer import SpecialTokens
@@ -64,7 +64,7 @@ def setup_ours(item: dict):
         raise ValueError(f"batch {batch} is not a multiple of micro-batch {cfg.train.micro_batch}")
     special = SpecialTokens(**SPECIAL_IDS)
     model = Bert(cfg.model, key=jax.random.key(0))
-    optimizer = make_optimizer(cfg.optim, 1000, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)
     # Hidden dropout 0.1 (the default) as the peer's; attention dropout 0 on both sides.
     # Whole-word masking groups '##' pieces: as many as bert-base-uncased has (5,828 of 30,522).
@@ -78,7 +78,7 @@ def setup_ours(item: dict):
     ids[:, 0], ids[:, -1] = SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]
     arrays = {"input_ids": jnp.asarray(ids), "token_type_ids": jnp.zeros((batch, seq), jnp.int32),
               "attention_mask": jnp.ones((batch, seq), bool)}
-    return cfg, step, state, arrays
+    return cfg, step, state, arrays, schedule_args(cfg.optim, 1000)
 
 
 def run_ours(item: dict) -> dict:
@@ -90,12 +90,12 @@ def run_ours(item: dict) -> dict:
     from bertjax.model import attention_summary, flops_per_token
 
     t0 = time.perf_counter()
-    cfg, step, state, batch = setup_ours(item)
+    cfg, step, state, batch, schedule = setup_ours(item)
     setup_s = time.perf_counter() - t0
     rows = batch["input_ids"].shape[0]
 
     def inputs(i):
-        return (batch, jnp.int32(i * rows), jax.random.key(1), jax.random.key(2 + i), None)
+        return (batch, jnp.int32(i * rows), jax.random.key(1), jax.random.key(2 + i), schedule)
 
     t0 = time.perf_counter()
     compiled = step.jitted.lower(inputs(0), state).compile()

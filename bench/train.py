@@ -42,7 +42,7 @@ def run_ours(args) -> dict:
     from bertjax import config
     from bertjax.masking import row_masker
     from bertjax.model import Bert, flops_per_token
-    from bertjax.optim import make_optimizer
+    from bertjax.optim import make_optimizer, schedule_args
     from bertjax.precision import Precision
     from bertjax.step import StepSpec, init_state, make_train_step
     from bertjax.tokenizer import SpecialTokens
@@ -55,10 +55,11 @@ def run_ours(args) -> dict:
 
     one_row = row_masker(cfg.data, args.vocab, special)
     model = Bert(cfg.model, key=jax.random.key(0))
-    optimizer = make_optimizer(cfg.optim, 1000, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)
     spec = StepSpec(Precision.from_names(compute=args.precision), one_row, False, True)
     step = make_train_step(spec, optimizer, args.batch)
+    schedule = schedule_args(cfg.optim, 1000)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, args.vocab, (args.batch, args.seq)).astype(np.int32)
     ids[:, 0], ids[:, -1] = 2, 3
@@ -68,7 +69,7 @@ def run_ours(args) -> dict:
 
     def call(i):
         return step(state_box[0], batch, jnp.int32(i * args.batch), mask_key,
-                    jax.random.key(i))
+                    jax.random.key(i), schedule)
 
     state_box = [state]
     t0 = time.perf_counter()

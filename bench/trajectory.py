@@ -22,7 +22,7 @@ from bertjax.hf import bert_to_hf
 from bertjax.hf_config import config_to_hf
 from bertjax.masking import row_masker
 from bertjax.model import Bert
-from bertjax.optim import make_optimizer
+from bertjax.optim import make_optimizer, schedule_args
 from bertjax.precision import Precision
 from bertjax.step import StepSpec, init_state, make_train_step, mask_rows
 from bertjax.tokenizer import SpecialTokens
@@ -95,9 +95,10 @@ def main():
     cfg, spec = setup(args)
     model = Bert(cfg.model, key=jax.random.key(0))
     hf = hf_model(model, cfg)
-    optimizer = make_optimizer(cfg.optim, args.steps, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)
     step = make_train_step(spec, optimizer, args.batch)
+    schedule = schedule_args(cfg.optim, args.steps)
     torch_opt = hf_optimizer(hf)
     mask_key = jax.random.key(1)
     print(f"{'step':>4} {'bertjax loss':>13} {'HF loss':>13} {'rel diff':>9}")
@@ -118,7 +119,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(hf.parameters(), CLIP)
         torch_opt.step()
         torch_opt.zero_grad()
-        state, metrics = step(state, batch, first, mask_key, jax.random.key(0))
+        state, metrics = step(state, batch, first, mask_key, jax.random.key(0), schedule)
         ours = float(metrics["mlm_loss"] / metrics["mlm_weight"])
         rel = abs(ours - out.loss.item()) / abs(out.loss.item())
         worst = max(worst, rel)

@@ -7,10 +7,14 @@ train step compiles at most `stages + 1` times (one shape per accumulation count
 """
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bertjax.config import OptimConfig, TrainConfig
@@ -29,26 +33,69 @@ def decay_mask(params):
                                             is_leaf=lambda x: isinstance(x, LayerNorm))
 
 
-def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """one_cycle: linear warm-up to the peak then cosine anneal to `final_lr_fraction` (Smith
-    2018); linear: warm-up then linear decay; constant: warm-up then flat."""
+class ScheduleArgs(NamedTuple):
+    """The learning-rate schedule's numbers: arguments of the train step, not constants of its
+    program, so a run with another optim.lr, warm-up or length (a learning-rate sweep, a
+    rollback's lower rate) runs the program already compiled (or in JAX's persistent cache)."""
+
+    peak: np.float32  # optim.lr, times a rollback's factor
+    warmup: np.int32  # steps
+    rest: np.int32  # steps after the warm-up (at least 1)
+    final_fraction: np.float32  # of the peak, where one_cycle and linear end
+
+
+def schedule_args(cfg: OptimConfig, total_steps: int, factor: float = 1.0) -> ScheduleArgs:
     warmup = int(cfg.warmup * total_steps)
-    rest = max(total_steps - warmup, 1)
-    final = cfg.lr * cfg.final_lr_fraction
-    if cfg.schedule == "one_cycle":
-        after = optax.cosine_decay_schedule(cfg.lr, rest, alpha=cfg.final_lr_fraction)
-    elif cfg.schedule == "linear":
-        after = optax.linear_schedule(cfg.lr, final, rest)
+    return ScheduleArgs(np.float32(cfg.lr * factor), np.int32(warmup),
+                        np.int32(max(total_steps - warmup, 1)), np.float32(cfg.final_lr_fraction))
+
+
+def learning_rate(kind: str, count, args: ScheduleArgs) -> jax.Array:
+    """The rate after `count` updates. one_cycle: linear warm-up to the peak then cosine anneal
+    to the final fraction (Smith 2018); linear: warm-up then linear decay; constant: warm-up
+    then flat. optax's schedules' arithmetic (linear_schedule, cosine_decay_schedule,
+    join_schedules), on arrays instead of Python numbers."""
+    peak, final = jnp.asarray(args.peak), jnp.asarray(args.final_fraction)
+    count, warmup, rest = (jnp.asarray(x, jnp.int32) for x in (count, args.warmup, args.rest))
+    after = count - warmup
+    if kind == "one_cycle":
+        done = jnp.minimum(after, rest).astype(jnp.float32)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * done / rest.astype(jnp.float32)))
+        rate = peak * ((1 - final) * cosine + final)
+    elif kind == "linear":
+        rate = (peak - peak * final) * (1 - jnp.clip(after, 0, rest) / rest) + peak * final
     else:
-        after = optax.constant_schedule(cfg.lr)
-    if warmup == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+        rate = peak
+    warming = (0.0 - peak) * (1 - jnp.clip(count, 0, warmup) / jnp.maximum(warmup, 1)) + peak
+    return jnp.where(count < warmup, warming, rate)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, params) -> optax.GradientTransformation:
-    adamw = optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask(params))
+def schedule(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The run's learning rate after `count` updates, on the host (for the logs)."""
+    args = schedule_args(cfg, total_steps)
+    return lambda count: float(learning_rate(cfg.schedule, count, args))
+
+
+def scale_by_schedule_args(kind: str) -> optax.GradientTransformationExtraArgs:
+    """optax.scale_by_learning_rate(schedule), whose numbers come with each update
+    (`schedule=ScheduleArgs`). Its state is the one optax's keeps (ScaleByScheduleState: the
+    count of updates), so checkpoints of either restore into the other."""
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, schedule: ScheduleArgs, **extra_args):
+        step_size = -learning_rate(kind, state.count, schedule)
+        updates = jax.tree.map(lambda g: step_size.astype(g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformationExtraArgs:
+    """AdamW (optax.adamw's three parts) after clipping; its update takes `schedule=`."""
+    adamw = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                        optax.add_decayed_weights(cfg.weight_decay, decay_mask(params)),
+                        scale_by_schedule_args(cfg.schedule))
     if cfg.clip <= 0:
         return adamw
     return optax.chain(optax.clip_by_global_norm(cfg.clip), adamw)

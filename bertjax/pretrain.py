@@ -230,7 +230,7 @@ def initial_state(run: Run, key: jax.Array, mesh, load_init: bool):
     tokens_before = 0  # earlier phases' tokens (continued pretraining); None when unknown
     if load_init and cfg.init.checkpoint is not None:
         model, tokens_before = continue_from(model, cfg, run.tokenizer)
-    optimizer = make_optimizer(cfg.optim, run.total_steps, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
     return state, optimizer, tokens_before
 

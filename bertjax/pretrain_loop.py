@@ -29,7 +29,7 @@ from bertjax.files import json_text, write_atomic
 from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
-from bertjax.optim import BatchRamp, schedule
+from bertjax.optim import BatchRamp, schedule, schedule_args
 from bertjax.precision import Precision
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
@@ -165,15 +165,13 @@ class Loop:
 
     def steps(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
-        # No multiplier until a rollback: the step is then the very program it always was.
-        factor = self.watch.lr_factor
-        lr_scale = None if factor == 1.0 else jnp.asarray(factor, jnp.float32)
+        lr = schedule_args(self.cfg.optim, self.run.total_steps, self.watch.lr_factor)
         with self.batches(start) as batches:
             for step, first, local in batches:
                 batch = global_batch(local, self.mesh)
                 state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],
                                                  jax.random.fold_in(self.keys[DROPOUT], step),
-                                                 lr_scale)
+                                                 lr)
                 self.pending.append((step, metrics))
                 done = step + 1
                 if done % train.log_every == 0 or done == self.run.total_steps:

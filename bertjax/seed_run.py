@@ -28,7 +28,7 @@ from bertjax.export import save_bundle
 from bertjax.glue_eval import device_batch, evaluate
 from bertjax.metrics import Monitor
 from bertjax.model import Bert
-from bertjax.optim import make_optimizer, schedule
+from bertjax.optim import ScheduleArgs, make_optimizer, schedule, schedule_args
 from bertjax.precision import Precision
 from bertjax.pretrained import load_bundle
 from bertjax.processes import StopSignal
@@ -56,7 +56,8 @@ class Steps:
     predict: Callable
     total: int
     per_epoch: int
-    lr: optax.Schedule  # for the logs
+    schedule: ScheduleArgs  # the train step's
+    lr: Callable[[int], float]  # for the logs
 
 
 def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> Steps:
@@ -65,12 +66,13 @@ def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> St
     if total >= 2**31:  # optax's schedules and the step loop count in int32
         raise UserError(f"glue.epochs={cfg.glue.epochs:g} of {per_epoch:,} batches is {total:,} "
                         "steps, more than an int32 step counter holds (2**31); lower glue.epochs")
-    optimizer = make_optimizer(cfg.optim, total, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0
     train_step, predict = make_glue_steps(optimizer, Precision.from_names(cfg.precision.compute),
                                           dropout)
-    return Steps(optimizer, train_step, predict, total, per_epoch, schedule(cfg.optim, total))
+    return Steps(optimizer, train_step, predict, total, per_epoch,
+                 schedule_args(cfg.optim, total), schedule(cfg.optim, total))
 
 
 @dataclasses.dataclass
@@ -164,8 +166,8 @@ class SeedRun:
             if self.step == steps.total:
                 break
             self.state, sums = steps.train_step(
-                (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1)),
-                self.state)
+                (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
+                 steps.schedule), self.state)
             self.window.append(sums)
             self.step += 1
             self.tokens += int(batch["attention_mask"].sum())  # real tokens, not padding

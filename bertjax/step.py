@@ -5,10 +5,9 @@ MLM: one global batch per step is sharded over the mesh's `data` axis, masked on
 derived from each sequence's global position, so masks do not depend on how the batch is
 split), split into micro-batches that a `lax.scan` accumulates, and normalised once by the
 global number of predicted tokens. GLUE: one bucketed batch, mean loss over its valid rows.
-Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step. The
-MLM step also takes an optional learning-rate multiplier (after a rollback); without one it is
-the very program it was before the multiplier existed, so runs that never roll back keep their
-numbers to the last bit.
+Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step. Both
+take the learning-rate schedule's numbers as an argument (`optim.ScheduleArgs`), so one program
+serves every learning rate, warm-up and run length.
 """
 
 import dataclasses
@@ -23,7 +22,7 @@ from bertjax.config import Config, PrecisionConfig
 from bertjax.loss import classification_sums, mlm_sums, pair_sums
 from bertjax.masking import MaskedBatch
 from bertjax.model import Bert
-from bertjax.optim import init_optimizer, make_optimizer
+from bertjax.optim import ScheduleArgs, init_optimizer, make_optimizer
 from bertjax.precision import LossScale, Precision, all_finite
 
 
@@ -46,7 +45,7 @@ def abstract_state(cfg: Config, total_steps: int) -> TrainState:
     target)."""
     def build():
         model = Bert(cfg.model, key=jax.random.key(0), nsp=cfg.data.objective != "mlm")
-        optimizer = make_optimizer(cfg.optim, total_steps, eqx.filter(model, eqx.is_array))
+        optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
         return init_state(model, optimizer, cfg.precision)
 
     return eqx.filter_eval_shape(build)
@@ -57,23 +56,20 @@ def select(pred: jax.Array, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y) if eqx.is_array(x) else x, a, b)
 
 
-def apply_update(optimizer: optax.GradientTransformation, state: TrainState, grads,
-                 loss: jax.Array, lr_scale: jax.Array | None = None
+def apply_update(optimizer: optax.GradientTransformationExtraArgs, state: TrainState, grads,
+                 loss: jax.Array, schedule: ScheduleArgs
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update from (loss-scaled) gradients, times `lr_scale` when given (AdamW's
-    update is linear in the learning rate, decay included, so this scales the schedule). A step
+    """One optimizer update from (loss-scaled) gradients at the rate `schedule` gives. A step
     whose gradients or loss are not finite leaves the model and optimizer state as they were
-    (fp16: the loss scale halves). Returns the new state and `finite`, `grad_norm` (and
-    `loss_scale` under fp16)."""
+    (fp16: the loss scale halves; the schedule counts applied updates). Returns the new state
+    and `finite`, `grad_norm` (and `loss_scale` under fp16)."""
     if state.loss_scale is not None:
         grads = state.loss_scale.unscale(grads)
     finite = all_finite(grads) & jnp.isfinite(loss)
     params = eqx.filter(state.model, eqx.is_inexact_array)
     # optax mixes Python ints and floats internally; strict promotion is for our code.
     with jax.numpy_dtype_promotion("standard"):
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    if lr_scale is not None:
-        updates = jax.tree.map(lambda u: u * lr_scale, updates)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params, schedule=schedule)
     model = eqx.apply_updates(state.model, updates)
     loss_scale = None if state.loss_scale is None else state.loss_scale.update(finite)
     new = TrainState(select(finite, model, state.model),
@@ -120,12 +116,9 @@ def forward_sums(model: Bert, batch: dict, spec: StepSpec, key) -> dict[str, jax
 
 
 def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, micro: int):
-    """The jitted step: (state, batch [global rows, ...], first_row, mask key, dropout key[,
-    lr_scale: an f32 multiplier of the schedule]) -> (state, metrics). The state's buffers are
-    donated (updated in place); the step recompiles when the number of accumulated micro-batches
-    changes, and once for the first call with an `lr_scale` (a rollback's: the multiply is left
-    out of the program until then, an exact 1 would still change XLA's fusion and the last bits
-    of the sums)."""
+    """The jitted step: (state, batch [global rows, ...], first_row, mask key, dropout key,
+    ScheduleArgs) -> (state, metrics). The state's buffers are donated (updated in place); the
+    step recompiles when the number of accumulated micro-batches changes."""
 
     def loss_fn(model, mb, key, denominators, scale):
         sums = forward_sums(model, mb, spec, key)
@@ -138,7 +131,7 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
     def donating_step(inputs, state: TrainState):
         return step(state, *inputs)
 
-    def step(state: TrainState, batch: dict, first_row, mask_key, dropout_key, lr_scale):
+    def step(state: TrainState, batch: dict, first_row, mask_key, dropout_key, schedule):
         batch = mask_rows(spec, mask_key, batch, first_row)
         rows = batch["input_ids"].shape[0]
         accum = rows // micro
@@ -161,11 +154,11 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
             lambda x: x[0], micro_batches), spec, None))
         zeros = jax.tree.map(jnp.zeros_like, (params, zero_sums))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(accum)))
-        new, info = apply_update(optimizer, state, grads, sums["mlm_loss"], lr_scale)
+        new, info = apply_update(optimizer, state, grads, sums["mlm_loss"], schedule)
         return new, dict(sums, **info)
 
-    def train_step(state, batch, first_row, mask_key, dropout_key, lr_scale=None):
-        return donating_step((batch, first_row, mask_key, dropout_key, lr_scale), state)
+    def train_step(state, batch, first_row, mask_key, dropout_key, schedule: ScheduleArgs):
+        return donating_step((batch, first_row, mask_key, dropout_key, schedule), state)
 
     train_step.jitted = donating_step  # to lower and inspect the compiled step (HLO, tests)
     return train_step
@@ -189,9 +182,9 @@ def make_eval_step(spec: StepSpec):
 # ---- GLUE fine-tuning ----
 def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precision,
                     dropout: bool):
-    """(train_step, predict) for a classifier or regressor. train_step((batch, key), state) ->
-    (state, sums): one update on the mean loss over the batch's valid rows; predict(model,
-    batch, sharding) -> logits laid out by `sharding`."""
+    """(train_step, predict) for a classifier or regressor. train_step((batch, key,
+    ScheduleArgs), state) -> (state, sums): one update on the mean loss over the batch's valid
+    rows; predict(model, batch, sharding) -> logits laid out by `sharding`."""
     def loss_fn(model, batch, key, scale):
         m = precision.cast_to_compute(model)
         k_enc, k_cls = (None, None) if key is None else jax.random.split(key)
@@ -203,11 +196,11 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
 
     @eqx.filter_jit(donate="all-except-first")
     def train_step(inputs, state: TrainState):
-        batch, key = inputs
+        batch, key, schedule = inputs
         scale = jnp.asarray(1.0) if state.loss_scale is None else state.loss_scale.scale
         (_, sums), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
             state.model, batch, key if dropout else None, scale)
-        new, info = apply_update(optimizer, state, grads, sums["loss"])
+        new, info = apply_update(optimizer, state, grads, sums["loss"], schedule)
         return new, dict(sums, **info)
 
     @eqx.filter_jit

@@ -52,7 +52,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from bertjax import config, glue, glue_tasks, prepare, tokenizer  # noqa: E402
 from bertjax.config import GlueConfig, TokenizerConfig  # noqa: E402
 from bertjax.model import Bert  # noqa: E402
-from bertjax.optim import make_optimizer  # noqa: E402
+from bertjax.optim import make_optimizer, schedule_args  # noqa: E402
 from bertjax.precision import Precision  # noqa: E402
 from bertjax.step import StepSpec, init_state, make_train_step  # noqa: E402
 
@@ -321,14 +321,17 @@ def key_mask(key, input_ids, attention_mask):
     return Masked(input_ids.at[positions].set(4), positions.astype(jnp.int32), labels, weights)
 
 
+# Adam turns tiny gradient differences (reduction order across devices or micro-batches) into
+# update differences of up to ~lr for near-zero gradients, hence the small lr.
+SETUP_OPTIM = ("optim.warmup=0.0", "optim.lr=1e-3")
+SCHEDULE = schedule_args(config.load([], list(SETUP_OPTIM)).optim, 10)  # setup's, for 10 steps
+
+
 def setup(overrides=(), rows=8):
-    # Adam turns tiny gradient differences (reduction order across devices or micro-batches)
-    # into update differences of up to ~lr for near-zero gradients, hence the small lr.
     cfg = config.load([], [f"model.vocab_size={VOCAB}", "model.dropout=0.0",
-                           "model.attention_dropout=0.0", "optim.warmup=0.0", "optim.lr=1e-3",
-                           *overrides])
+                           "model.attention_dropout=0.0", *SETUP_OPTIM, *overrides])
     model = Bert(cfg.model, key=jax.random.key(0), nsp=True)
-    optimizer = make_optimizer(cfg.optim, 10, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)
     rng = np.random.default_rng(0)
     batch = {"input_ids": rng.integers(5, VOCAB, (rows, SEQ)).astype(np.int32),
@@ -341,8 +344,10 @@ def setup(overrides=(), rows=8):
 
 
 def step_inputs(i: int):
-    """first_row, mask key and dropout key of step i (as the pretraining loop derives them)."""
-    return jnp.int32(16 * i), jax.random.key(1), jax.random.fold_in(jax.random.key(2), i)
+    """first_row, mask key, dropout key and schedule of step i (as the pretraining loop derives
+    them)."""
+    return (jnp.int32(16 * i), jax.random.key(1), jax.random.fold_in(jax.random.key(2), i),
+            SCHEDULE)
 
 
 def flat_params(model) -> dict:

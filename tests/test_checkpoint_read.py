@@ -32,7 +32,7 @@ def save_run(run_dir, edit_yaml) -> None:
                            "model.num_heads=2", "model.intermediate_size=48",
                            "model.max_position_embeddings=32"])
     model = Bert(cfg.model, key=jax.random.key(0))
-    optimizer = make_optimizer(cfg.optim, TOTAL, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     checkpoints = Checkpoints(run_dir)
     checkpoints.save(STEP, init_state(model, optimizer, cfg.precision),
                      {"config_yaml": edit_yaml(config.to_yaml(cfg)), "total_steps": TOTAL})

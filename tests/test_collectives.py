@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_close, setup
+from conftest import SCHEDULE, assert_trees_close, setup
 
 from bertjax import config
 from bertjax.model import Bert
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 COLLECTIVE = re.compile(r"\b(all-gather|reduce-scatter|all-reduce|all-to-all|collective-permute)"
                         r"(?:-start)?\(")
-INPUTS = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
+INPUTS = (jnp.int32(0), jax.random.key(1), jax.random.key(2), SCHEDULE)
 
 
 def count(hlo: str) -> collections.Counter:
@@ -40,7 +40,7 @@ def compiled_pretraining_step(strategy: str):
     sharded, rows = shard_params(jax.tree.map(jnp.copy, state), mesh, cfg.mesh), \
         global_batch(batch, mesh)
     with jax.set_mesh(mesh):  # what with_mesh does around every call of the step
-        compiled = step.jitted.lower((rows, *INPUTS, None), sharded).compile()
+        compiled = step.jitted.lower((rows, *INPUTS), sharded).compile()
     return compiled, compiled.compiled.as_text(), sharded, rows, (step, state, batch)
 
 
@@ -52,7 +52,7 @@ def test_fsdp_pretraining_step_holds_only_gathers_and_reductions_and_matches_one
     assert n["all-gather"] > 0, n  # parameters really are split: FSDP gathers them
     assert n["all-reduce"] + n["reduce-scatter"] > 0, n  # and reduces their gradients
     with jax.set_mesh(make_mesh()):
-        multi, m8 = compiled((rows, *INPUTS, None), sharded)
+        multi, m8 = compiled((rows, *INPUTS), sharded)
     single, m1 = step(state, {k: jnp.asarray(v) for k, v in batch.items()}, *INPUTS)
     np.testing.assert_allclose(m1["mlm_loss"], m8["mlm_loss"], rtol=1e-5)
     assert_trees_close(single.model, multi.model, rtol=1e-5, atol=1e-5)
@@ -67,7 +67,7 @@ def test_data_parallel_step_holds_only_all_reduces():
 def test_fsdp_glue_steps_hold_no_all_to_all_or_collective_permute():
     cfg = config.load([], ["model.vocab_size=61", "mesh.strategy=fsdp", "mesh.fsdp_min_size=64"])
     model = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=3)
-    optimizer = make_optimizer(cfg.optim, 10, model)
+    optimizer = make_optimizer(cfg.optim, model)
     mesh = make_mesh()
     state = shard_params(init_state(model, optimizer, cfg.precision), mesh, cfg.mesh)
     train_step, predict = make_glue_steps(optimizer, Precision.from_names("float32"), True)
@@ -78,7 +78,7 @@ def test_fsdp_glue_steps_hold_no_all_to_all_or_collective_permute():
         "attention_mask": np.arange(24)[None] < rng.integers(3, 25, 16)[:, None],
         "labels": rng.integers(0, 3, 16).astype(np.int32), "valid": np.ones(16, bool)}, mesh)
     with jax.set_mesh(mesh):
-        train = count(train_step.lower((batch, jax.random.key(0)), state)
+        train = count(train_step.lower((batch, jax.random.key(0), SCHEDULE), state)
                       .lowered.compile().as_text())
         infer = count(predict.lower(state.model, batch, replicated(mesh))
                       .lowered.compile().as_text())

@@ -53,7 +53,7 @@ def run(tmp_path_factory):
     (tmp / "data").mkdir()
     make_tokenizer().save(str(tmp / "data" / "tokenizer.json"))
     model = Bert(cfg.model, key=jax.random.key(3), nsp=True)
-    optimizer = make_optimizer(cfg.optim, TOTAL, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     checkpoints = Checkpoints(tmp / "run")
     checkpoints.save(STEP, init_state(model, optimizer, cfg.precision),
                      {"config_yaml": config.to_yaml(cfg), "total_steps": TOTAL,

@@ -78,7 +78,7 @@ def world(tmp_path_factory) -> World:
                                                 f"train.run_dir={root / 'run'}"])
     # A run as pretraining leaves it, without the minute of compiling a train step.
     model = Bert(cfg.model, key=jax.random.key(0))
-    optimizer = make_optimizer(cfg.optim, TOTAL_STEPS, eqx.filter(model, eqx.is_array))
+    optimizer = make_optimizer(cfg.optim, eqx.filter(model, eqx.is_array))
     state = init_state(model, optimizer, cfg.precision)
     (root / "run").mkdir()
     (root / "run" / "config.yaml").write_text(config.to_yaml(cfg))

@@ -30,6 +30,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.finetune import finetune
 from bertjax.model import Bert
+from bertjax.optim import schedule_args
 from bertjax.precision import Precision
 from bertjax.predict import classify, fill_mask
 from bertjax.pretrained import load_pretrained
@@ -441,13 +442,14 @@ def test_training_compiles_once_per_bucket(tokenizer_path, monkeypatch):
     optimizer = optax.adam(1e-3)
     state = init_state(model, optimizer, cfg.precision)
     train_step, _ = make_glue_steps(optimizer, Precision(), dropout=False)
+    schedule = schedule_args(cfg.optim, 10)
     traces = count_calls(monkeypatch, step_lib, "classification_sums")
     shapes = set()
     for epoch in range(3):
         for batch in glue_batches.iter_batches(enc, 2, seed=0, epoch=epoch):
             shapes.add(batch["input_ids"].shape)
             batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "example_index"}
-            state, _ = train_step((batch, jax.random.key(epoch)), state)
+            state, _ = train_step((batch, jax.random.key(epoch), schedule), state)
     assert len(traces) == len(shapes) <= 4
 
 

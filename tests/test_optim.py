@@ -1,14 +1,17 @@
-"""Optimizer pieces: decay mask, schedules, batch ramp arithmetic."""
+"""Optimizer pieces: decay mask, schedules (optax's, with their numbers as arguments), batch ramp
+arithmetic."""
 
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
+import optax
 import pytest
 
 from bertjax import config
 from bertjax.model import Bert
-from bertjax.optim import BatchRamp, decay_mask, schedule
+from bertjax.optim import BatchRamp, decay_mask, make_optimizer, schedule, schedule_args
 from bertjax.pretrain import size_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +44,44 @@ def test_schedules_warm_up_to_the_peak(name):
     assert end == pytest.approx(1.0 if name == "constant" else 0.01, abs=1e-6)
     if name == "one_cycle":  # cosine: halfway through the anneal sits halfway between
         assert float(lr(550)) == pytest.approx(0.505, abs=1e-3)
+
+
+def optax_adamw(cfg, total_steps: int, params) -> optax.GradientTransformation:
+    """The optimizer as bertjax built it until 2026-12-05: optax's schedules, their numbers
+    constants of the program."""
+    warmup = int(cfg.warmup * total_steps)
+    rest = max(total_steps - warmup, 1)
+    after = {"one_cycle": optax.cosine_decay_schedule(cfg.lr, rest, alpha=cfg.final_lr_fraction),
+             "linear": optax.linear_schedule(cfg.lr, cfg.lr * cfg.final_lr_fraction, rest),
+             "constant": optax.constant_schedule(cfg.lr)}[cfg.schedule]
+    lr = after if warmup == 0 else optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adamw(
+        lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        mask=decay_mask(params)))
+
+
+@pytest.mark.parametrize("name", ["one_cycle", "linear", "constant"])
+@pytest.mark.parametrize("warmup", [0.0, 0.3])
+def test_schedules_are_optaxs_with_their_numbers_as_arguments(name, warmup):
+    cfg = config.load([], [f"optim.schedule={name}", f"optim.warmup={warmup}"]).optim
+    model = Bert(config.load([], ["model.vocab_size=50"]).model, key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    ours, theirs = make_optimizer(cfg, params), optax_adamw(cfg, 40, params)
+    # The same state (a checkpoint of either restores into the other) ...
+    state = ours.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(theirs.init(params))
+    # ... and the same updates, step after step (the rates agree to ~1e-5: the warm-up's
+    # arithmetic cancels, and XLA folds optax's constants its own way).
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(1), x.shape), params)
+    update = eqx.filter_jit(lambda opt, s, args: opt.update(grads, s, params, schedule=args))
+    mine, its = state, state
+    with jax.numpy_dtype_promotion("standard"):
+        for _ in range(45):  # past the end of the 40-step schedule
+            ours_u, mine = update(ours, mine, schedule_args(cfg, 40))
+            theirs_u, its = theirs.update(grads, its, params)
+            for a, b in zip(jax.tree.leaves(ours_u), jax.tree.leaves(theirs_u), strict=True):
+                np.testing.assert_allclose(a, b, rtol=3e-5, atol=1e-12)
 
 
 def test_batch_ramp_grows_in_bounded_stages_and_counts_sequences():

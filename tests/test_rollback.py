@@ -9,7 +9,6 @@ import os
 import signal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_run_config
@@ -154,23 +153,20 @@ def config(base, run_dir, *overrides):
 
 
 def injected(multipliers: dict, stop_after: int | None):
-    """make_train_step whose step s (1-based; 8 rows a step, so first_row = 8 (s - 1)) uses
-    `multipliers[s]` as its lr multiplier instead of the rollbacks' factor, and which sends
-    SIGTERM to this process after step `stop_after` (the run saves and raises StoppedBySignal, as
-    a signalled run does)."""
+    """make_train_step whose step s (1-based; 8 rows a step, so first_row = 8 (s - 1)) runs at
+    `multipliers[s]` times the learning rate the loop gives it, and which sends SIGTERM to this
+    process after step `stop_after` (the run saves and raises StoppedBySignal, as a signalled run
+    does)."""
     make = pretrain_loop.make_train_step
-    # Made here, outside the step's mesh context, as the loop makes a rollback's multiplier: an
-    # array made inside it is laid out on the mesh, another program to compile.
-    scales = {s: jnp.asarray(m, jnp.float32) for s, m in multipliers.items()}
 
     def make_injected(*args, **kwargs):
         train_step = make(*args, **kwargs)
 
-        def step(state, batch, first_row, mask_key, dropout_key, lr_scale):
+        def step(state, batch, first_row, mask_key, dropout_key, schedule):
             s = int(first_row) // 8 + 1
-            if s in scales:
-                lr_scale = scales[s]
-            out = train_step(state, batch, first_row, mask_key, dropout_key, lr_scale)
+            if s in multipliers:
+                schedule = schedule._replace(peak=np.float32(schedule.peak * multipliers[s]))
+            out = train_step(state, batch, first_row, mask_key, dropout_key, schedule)
             if s == stop_after:
                 os.kill(os.getpid(), signal.SIGTERM)
             return out

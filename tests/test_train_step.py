@@ -1,6 +1,7 @@
 """The jitted train step: micro-batch split invariance, fp16 loss scaling, skipped steps,
-compilation count under the batch ramp, and device-count invariance of the sharded step; the
-validation step's count of a split smaller than its batch."""
+compilation counts (the batch ramp; one program for every learning-rate schedule), and
+device-count invariance of the sharded step; the validation step's count of a split smaller than
+its batch."""
 
 import dataclasses
 import functools
@@ -11,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import PREDS, assert_trees_close, key_mask, setup
+from conftest import PREDS, SCHEDULE, assert_trees_close, key_mask, setup
 
 from bertjax import config, tokenizer
 from bertjax.data import PretrainData
 from bertjax.masking import tokenizer_masker
 from bertjax.model import Bert
+from bertjax.optim import schedule_args
 from bertjax.precision import LossScale, Precision
 from bertjax.pretrain_loop import validation_sums
 from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
@@ -36,7 +38,7 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
     else:
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
-    return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2))
+    return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), SCHEDULE)
 
 
 def test_validation_counts_each_sequence_of_a_split_smaller_than_its_batch_once():
@@ -122,6 +124,35 @@ def test_fp16_finite_steps_train_and_grow_the_scale_after_the_period():
 
 
 @pytest.mark.slow  # two compilations to count them; not a reference check
+def test_one_program_serves_every_learning_rate_and_run_length():
+    # The schedule's numbers were constants of the program: another optim.lr, warm-up or
+    # train.steps compiled the step again (a tiny CLI run: 4.4 s warm, 9.5 s with another lr),
+    # and a rollback's lower rate compiled a second program.
+    cfg, optimizer, state, batch, spec = setup(rows=8)
+    traces = []
+
+    def counted_mask(*args):
+        traces.append(1)
+        return key_mask(*args)
+
+    step = make_train_step(dataclasses.replace(spec, mask_fn=counted_mask), optimizer, micro=8)
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    inputs = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
+    before = np.asarray(state.model.pooler.weight)
+    moved = []
+    for schedule in (SCHEDULE,  # lr 1e-3, no warm-up, 10 steps
+                     schedule_args(dataclasses.replace(cfg.optim, lr=5e-4), 1000),
+                     schedule_args(cfg.optim, 10, factor=0.5),  # a rollback's
+                     schedule_args(dataclasses.replace(cfg.optim, warmup=0.5), 10)):  # lr 0
+        new, _ = step(jax.tree.map(jnp.copy, state), batch, *inputs, schedule)  # (donated)
+        moved.append(np.asarray(new.model.pooler.weight) - before)
+    assert len(traces) == 1
+    # Adam's first update is linear in the rate: each step moved the weights by its own.
+    np.testing.assert_allclose(moved[1], moved[0] / 2, rtol=1e-5, atol=1e-8)  # f32 weights
+    np.testing.assert_allclose(moved[2], moved[0] / 2, rtol=1e-5, atol=1e-8)  # f32 weights
+    assert np.abs(moved[0]).max() > 1e-4 and not moved[3].any()
+
+
 def test_ramp_recompiles_once_per_accumulation_count():
     _, optimizer, state, batch, spec = setup(rows=8)
     traces = []  # the row masker runs once per trace of the step, i.e. once per compilation
@@ -131,7 +162,7 @@ def test_ramp_recompiles_once_per_accumulation_count():
         return key_mask(*args)
 
     step = make_train_step(dataclasses.replace(spec, mask_fn=counted_mask), optimizer, micro=2)
-    args = (jnp.int32(0), jax.random.key(1), jax.random.key(2))
+    args = (jnp.int32(0), jax.random.key(1), jax.random.key(2), SCHEDULE)
     for rows in (2, 4, 4, 8, 8, 2):  # 3 distinct global batches -> 3 compilations
         part = {k: jnp.asarray(v[:rows]) for k, v in batch.items()}
         state, _ = step(state, part, *args)
