@@ -1,9 +1,9 @@
 """Optimizer, learning-rate schedules and the gradient-accumulation batch ramp.
 
-AdamW (Loshchilov & Hutter 2019) after global-norm clipping, with a structural weight-decay mask:
-matrices and embeddings decay, biases and LayerNorm parameters do not (as in BERT's optimizer).
-The batch ramp grows the number of accumulated micro-batches in at most `stages` steps, so the
-train step compiles at most `stages + 1` times (one shape per accumulation count).
+AdamW (Loshchilov & Hutter 2019) after global-norm clipping; matrices and embeddings decay, biases
+and LayerNorm parameters do not (as in BERT's optimizer). The schedule's numbers are arguments of
+the compiled step (`ScheduleArgs`). The batch ramp grows the accumulated micro-batches in at most
+`stages` steps, so the train step compiles at most `stages + 1` times (one per accumulation count).
 """
 
 import warnings

@@ -165,13 +165,13 @@ class Loop:
 
     def steps(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
-        lr = schedule_args(self.cfg.optim, self.run.total_steps, self.watch.lr_factor)
+        rates = schedule_args(self.cfg.optim, self.run.total_steps, self.watch.lr_factor)
         with self.batches(start) as batches:
             for step, first, local in batches:
                 batch = global_batch(local, self.mesh)
                 state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],
                                                  jax.random.fold_in(self.keys[DROPOUT], step),
-                                                 lr)
+                                                 rates)
                 self.pending.append((step, metrics))
                 done = step + 1
                 if done % train.log_every == 0 or done == self.run.total_steps:

@@ -241,16 +241,15 @@ def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
                             f"resuming, not a model; rerun its command to finish it, or pass "
                             f"{run_dir / 'best'}")
         where = run_dir / "checkpoints" / str(step)
-        if not isinstance(meta["config_yaml"], str) or type(meta.get("total_steps")) is not int:
-            raise UserError(f"checkpoint {where}: its meta lacks config_yaml (text) or "
-                            f"total_steps (a number); delete {where} to fall back to the "
-                            "checkpoint before it")
+        if not isinstance(meta["config_yaml"], str):
+            raise UserError(f"checkpoint {where}: its meta's config_yaml is not text; delete "
+                            f"{where} to fall back to the checkpoint before it")
         cfg = checkpoint_config(meta["config_yaml"], f"checkpoint {where} (its meta's config)",
                                 f"delete {where} to fall back to the checkpoint before it")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
-            if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg, meta["total_steps"]))
+            if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg))
         model = checkpoints.restore_model(step, abstract)
     finally:
         checkpoints.close()

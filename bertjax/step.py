@@ -40,7 +40,7 @@ def init_state(model: Bert, optimizer: optax.GradientTransformation,
     return TrainState(model, init_optimizer(optimizer, model), scale)
 
 
-def abstract_state(cfg: Config, total_steps: int) -> TrainState:
+def abstract_state(cfg: Config) -> TrainState:
     """Shapes and dtypes of the pretraining train state, without allocating it (a restore
     target)."""
     def build():

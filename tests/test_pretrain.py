@@ -207,7 +207,7 @@ def test_inference_restore_reads_the_weights_and_leaves_the_optimizer_on_disk(st
     try:
         step = checkpoints.latest_step()
         cfg = config_lib.from_yaml_text(checkpoints.read_meta(step)["config_yaml"], "meta")
-        abstract = abstract_state(cfg, STEPS)
+        abstract = abstract_state(cfg)
         full, _ = checkpoints.restore(step, abstract)
         targets = []
         restore = ocp.PyTreeCheckpointer.restore

@@ -202,7 +202,7 @@ def checkpoints(run_dir) -> dict:
         out = {}
         for step in found.all_steps():
             cfg = config_lib.from_yaml_text(found.read_meta(step)["config_yaml"], "meta")
-            out[step] = found.restore(step, abstract_state(cfg, STEPS))
+            out[step] = found.restore(step, abstract_state(cfg))
         return out
     finally:
         found.close()
