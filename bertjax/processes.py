@@ -148,10 +148,13 @@ def _busy_port(reason: str, process_id: int | None) -> str:
 
 
 def _not_joined(reason: str) -> str:
-    return (f"not every process joined within {JOIN_TIMEOUT_S} s ({reason}); start the same "
-            "command on every host, each with its own mesh.process_id below "
-            "mesh.num_processes, process 0 on the host of mesh.coordinator_address, whose port "
-            "must be free there and reachable from every host")
+    # A process that fails before it joins (a config error only its host meets: its own copy of
+    # a config file) cannot tell the others, who wait here; it said why in its own output.
+    return (f"not every process joined within {JOIN_TIMEOUT_S} s ({reason}); a process that "
+            "failed before joining (a config error on its host) said why in its own output; "
+            "else start the same command on every host, each with its own mesh.process_id "
+            "below mesh.num_processes, process 0 on the host of mesh.coordinator_address, whose "
+            "port must be free there and reachable from every host")
 
 
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")

@@ -254,6 +254,8 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     assert lines[0] == (f"mesh: mesh.coordinator_address=127.0.0.1:{port}: waiting up to 3 s "
                         "for every process to join")
     assert lines[1].startswith("error: not every process joined within 3 s"), done.stderr
+    assert "a process that failed before joining (a config error on its host) said why in its " \
+        "own output" in lines[1], done.stderr
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
 
 
