@@ -86,7 +86,10 @@ def scale_by_schedule_args(kind: str) -> optax.GradientTransformationExtraArgs:
     def update(updates, state, params=None, *, schedule: ScheduleArgs, **extra_args):
         step_size = -learning_rate(kind, state.count, schedule)
         updates = jax.tree.map(lambda g: step_size.astype(g.dtype) * g, updates)
-        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+        # optax's +1 that stops at int32's largest value, written out so as not to depend on
+        # which optax release names it (safe_increment; earlier, safe_int32_increment).
+        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
+        return updates, optax.ScaleByScheduleState(count=count)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
