@@ -178,6 +178,13 @@ def num_labels(model: Bert) -> int:
     return model.classifier.weight.shape[-1] if model.classifier is not None else 0
 
 
+def new_bert(cfg: ModelConfig, *, key: PRNGKeyArray, **heads) -> Bert:
+    """`Bert(cfg, key=key, **heads)`, initialised by one compiled program. Built op by op, every
+    initializer is compiled once per weight shape: 40-odd small programs at each start (BERT-base
+    on a 2-core CPU: 3.1 s against 1.7 s as one program; the same weights, bit for bit)."""
+    return eqx.filter_jit(lambda k: Bert(cfg, key=k, **heads))(key)
+
+
 def param_count(model: eqx.Module) -> int:
     """Number of parameters (tied weights counted once, as they are stored once)."""
     leaves = jax.tree.leaves(model)  # arrays, or ShapeDtypeStructs from eqx.filter_eval_shape

@@ -31,7 +31,7 @@ from bertjax.data import PretrainData
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
-from bertjax.model import Bert, attention_summary, flops_per_token, param_count
+from bertjax.model import Bert, attention_summary, flops_per_token, new_bert, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
@@ -226,7 +226,7 @@ def initial_state(run: Run, key: jax.Array, mesh, load_init: bool):
     """(train state on the mesh before any step, optimizer, tokens of earlier phases): fresh, or
     init.checkpoint's weights (continued pretraining) when `load_init`."""
     cfg = run.cfg
-    model = Bert(cfg.model, key=key, nsp=cfg.data.objective != "mlm")
+    model = new_bert(cfg.model, key=key, nsp=cfg.data.objective != "mlm")
     tokens_before = 0  # earlier phases' tokens (continued pretraining); None when unknown
     if load_init and cfg.init.checkpoint is not None:
         model, tokens_before = continue_from(model, cfg, run.tokenizer)

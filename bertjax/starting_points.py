@@ -17,7 +17,7 @@ from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError
-from bertjax.model import Bert
+from bertjax.model import Bert, new_bert
 from bertjax.pretrained import load_pretrained, load_tokenizer
 
 # What must agree for a checkpoint's weights to be another run's starting point.
@@ -124,7 +124,7 @@ def transplant(source, target):
 def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
     """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
     under a fresh classifier or regression head."""
-    fresh = Bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
+    fresh = new_bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
                  classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
     pooler = fresh.pooler if start.pooler is None else start.pooler
     return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
@@ -136,6 +136,6 @@ def initial_model(seed: int, start: Bert | None, cfg: Config) -> Bert:
     so that the baseline's spread covers its initialisation too."""
     key = jax.random.key(seed)
     if start is None:
-        start = Bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
+        start = new_bert(cfg.model, key=jax.random.fold_in(key, 1), mlm=False)
     return with_task_head(start, cfg, glue_tasks.get_task(cfg.glue.task).num_labels,
                           jax.random.fold_in(key, 0))
