@@ -125,7 +125,7 @@ def with_task_head(start: Bert, cfg: Config, num_labels: int, key) -> Bert:
     """The pretrained encoder (and pooler, when the checkpoint has one: NSP or a GLUE model)
     under a fresh classifier or regression head."""
     fresh = new_bert(cfg.model, key=key, mlm=False, num_labels=num_labels,
-                 classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
+                     classifier_dropout=cfg.glue.classifier_dropout, pooling=cfg.glue.pooling)
     pooler = fresh.pooler if start.pooler is None else start.pooler
     return eqx.tree_at(lambda m: (m.encoder, m.pooler), fresh,
                        (transplant(start.encoder, fresh.encoder), pooler))
