@@ -228,17 +228,15 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
     assert ids[:3] == [ids[0]] * 3 and ids[3] != ids[0]
 
 
-ONE_SHORT_SEED = ("glue.seeds=[0]", "glue.epochs=2")  # for what is said, not what is learnt
-
-
 def test_a_rerun_of_a_run_from_before_per_seed_results_says_it_trains_the_seeds_again(
         tmp_path, tokenizer_path, capsys):
     # bertjax before 2026-12-01 left seedN/best and results.json, no seedN/result.json: today's
     # rerun cannot keep such a seed and trained it again, replacing its best/, without a word.
-    finetune(sst2_cfg(tmp_path, tokenizer_path, *ONE_SHORT_SEED))
+    one_short_seed = ("glue.seeds=[0]", "glue.epochs=2")  # for what is said, not what is learnt
+    finetune(sst2_cfg(tmp_path, tokenizer_path, *one_short_seed))
     (tmp_path / "seed0" / "result.json").unlink()  # as the older bertjax left it
     capsys.readouterr()
-    finetune(sst2_cfg(tmp_path, tokenizer_path, *ONE_SHORT_SEED))
+    finetune(sst2_cfg(tmp_path, tokenizer_path, *one_short_seed))
     out = capsys.readouterr().out
     assert f"{tmp_path}: seed(s) [0] hold a best/ model but no result.json or checkpoint (a " \
            "bertjax before 2026-12-01 kept no per-seed results): training them again, which " \
@@ -247,7 +245,7 @@ def test_a_rerun_of_a_run_from_before_per_seed_results_says_it_trains_the_seeds_
     # With a result-deciding change, starting over is said too (such a seed was not counted as
     # an earlier run's: nothing was said).
     (tmp_path / "seed0" / "result.json").unlink()
-    finetune(sst2_cfg(tmp_path, tokenizer_path, *ONE_SHORT_SEED, "optim.lr=1e-3"))
+    finetune(sst2_cfg(tmp_path, tokenizer_path, *one_short_seed, "optim.lr=1e-3"))
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
 
 
