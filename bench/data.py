@@ -90,7 +90,11 @@ def make_tokenizer(work: Path, files: list[Path]) -> Path:
 
     path = work / "tokenizer.json"
     if not path.exists():
-        texts = (line for f in files for line in open(f, encoding="utf-8"))
+        def texts():  # tokenizer.train reads them twice
+            for f in files:
+                with open(f, encoding="utf-8") as lines:
+                    yield from lines
+
         tokenizer.save(tokenizer.train(texts, TokenizerConfig(vocab_size=8192)), path)
     return path
 

@@ -95,14 +95,15 @@ def _make_tokenizer(cfg: Config, directory: Path) -> Tokenizer:
         return tok
     seen = [0]
 
-    def texts() -> Iterator[str]:
+    def texts() -> Iterator[str]:  # read twice by tokenizer.train; `seen` counts one pass
+        seen[0] = 0
         for text, _, split in _tokenizer_sample(cfg.data):
             if split == 0 and text.strip():
                 yield text
                 seen[0] += len(text)
 
     _say("training the WordPiece tokenizer")
-    tok = tokenizer.train(texts(), cfg.tokenizer)
+    tok = tokenizer.train(texts, cfg.tokenizer)
     if not seen[0]:
         raise UserError(f"the corpus is empty: {_describe(cfg.data)} holds no text")
     trained = tokenizer.vocab_size(tok)
@@ -147,8 +148,8 @@ def _inputs(cfg: Config) -> dict:
 def _is_current(directory: Path, inputs: dict) -> bool:
     """Built from these inputs. Local files whose mtime alone changed (a fresh copy, a checkout,
     rsync without -t) are compared by content and meta.json takes the new mtimes: a needless
-    rebuild would retrain the tokenizer, which is not reproducible, so every token id, and the
-    meaning of every run trained on them, would change."""
+    rebuild would cost a tokenizer training and a full pass (and with another `tokenizers`
+    release could change every token id, and the meaning of every run trained on them)."""
     try:
         meta = read_meta(directory)
     except UserError:

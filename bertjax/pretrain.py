@@ -50,8 +50,8 @@ from bertjax.step import init_state
 
 def check_tokenizer(run_dir: Path, data_dir: Path) -> None:
     """A resume refuses a data directory whose tokenizer has changed since the run began:
-    re-preparing retrains it, which is not reproducible, so every token id would silently mean
-    something else."""
+    re-preparing from other text (or with another `tokenizers` release) retrains it, and every
+    token id would silently mean something else."""
     source, kept = data_dir / "tokenizer.json", run_dir / "tokenizer.json"
     if kept.is_file() and kept.read_bytes() != source.read_bytes():
         raise UserError(f"{source} is not the tokenizer {run_dir} was trained with ({kept}): "
@@ -68,9 +68,9 @@ def keep_tokenizer(run_dir: Path, data_dir: Path) -> None:
 
 def same_data_on_every_process(data_dir: Path, meta: dict) -> None:
     """Hosts without shared storage (TPU VMs, for one) each prepare their own copy of the data.
-    Tokenizer training is not reproducible, so their token ids could differ, silently: compare
-    the tokenizer's sha256 and the token counts (of `meta`, its meta.json) across processes and
-    refuse a mismatch."""
+    From different text, or with different `tokenizers` releases, their token ids would differ
+    silently: compare the tokenizer's sha256 and the token counts (of `meta`, its meta.json)
+    across processes and refuse a mismatch."""
     counts = [meta["splits"][s]["tokens"] for s in sorted(meta["splits"])]
     if not same_on_every_process([meta["tokenizer_sha256"].encode(), repr(counts).encode()]):
         raise UserError(f"the processes' prepared data in {data_dir} differ (tokenizer or token "

@@ -6,7 +6,7 @@ Special-token ids are read from the tokenizer (`special_tokens`), never hard-cod
 """
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,25 +67,43 @@ def add_bert_framing(tok: Tokenizer) -> None:
     )
 
 
-def train(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Train WordPiece on a stream of texts (the trainer counts words; the texts are not kept).
+def train(texts: Callable[[], Iterable[str]], cfg: TokenizerConfig) -> Tokenizer:
+    """Train WordPiece on what `texts()` yields, read twice (the trainer counts words; the texts
+    are not kept). The same texts give the same tokenizer.json, byte for byte.
 
-    The specials come first, so [PAD] = 0 and [UNK], [CLS], [SEP], [MASK] = 1..4.
+    The specials come first, so [PAD] = 0 and [UNK], [CLS], [SEP], [MASK] = 1..4. Why two
+    passes: Hugging Face's trainer numbers the continuing pieces ('##s') in hash-map order and
+    breaks count ties between merges by those numbers, so one pass gives another vocabulary each
+    time (huggingface/tokenizers#1794). The first pass only finds those pieces (no merges); the
+    second is given them sorted, as specials (the one list it numbers in the order given), and
+    they become plain vocabulary again afterwards.
     """
     if cfg.vocab_size < len(SPECIAL_NAMES) + 1:
         raise UserError(f"tokenizer.vocab_size={cfg.vocab_size} is too small; use at least 100")
+    probe = build(cfg)
+    probe.train_from_iterator(texts(), _trainer(cfg, SPECIAL_NAMES, vocab_size=1))
+    continuing = sorted(piece for piece in probe.get_vocab() if piece.startswith("##"))
     tok = build(cfg)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=cfg.vocab_size,
-        min_frequency=cfg.min_frequency,
-        special_tokens=list(SPECIAL_NAMES),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator(texts(), _trainer(cfg, (*SPECIAL_NAMES, *continuing)))
+    tok = _as_plain_vocabulary(tok, set(continuing))
     add_bert_framing(tok)
     special_tokens(tok, "the trained tokenizer")  # sanity: all five specials exist
     return tok
+
+
+def _trainer(cfg: TokenizerConfig, specials: Sequence[str],
+             vocab_size: int | None = None) -> trainers.WordPieceTrainer:
+    return trainers.WordPieceTrainer(
+        vocab_size=vocab_size or cfg.vocab_size, min_frequency=cfg.min_frequency,
+        special_tokens=list(specials), continuing_subword_prefix="##", show_progress=False)
+
+
+def _as_plain_vocabulary(tok: Tokenizer, pieces: set[str]) -> Tokenizer:
+    """`tok` with `pieces` no longer added tokens (which are matched whole in raw text and left
+    out of decoding) but plain vocabulary, at the same ids."""
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["content"] not in pieces]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def load(path: str | Path, what: str = "tokenizer file",

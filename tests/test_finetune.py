@@ -47,7 +47,8 @@ GLUE_DIR = ROOT / "tests" / "fixtures" / "glue"
 def tokenizer_path(tmp_path_factory) -> Path:
     texts = [line for f in sorted(GLUE_DIR.rglob("*.tsv")) for line in
              f.read_text(encoding="utf-8").splitlines()]
-    tok = tokenizer_lib.train(texts * 3, config.TokenizerConfig(vocab_size=400, min_frequency=1))
+    tok = tokenizer_lib.train(lambda: texts * 3,
+                              config.TokenizerConfig(vocab_size=400, min_frequency=1))
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tokenizer_lib.save(tok, path)
     return path
