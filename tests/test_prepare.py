@@ -1004,10 +1004,22 @@ def test_a_tokenizer_smaller_than_asked_is_said(tmp_path, corpus):
         warnings.simplefilter("error")  # 100 tokens fit the 60-document corpus: nothing said
         prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.vocab_size": 100}))
     with pytest.warns(UserWarning, match=r"the trained tokenizer has \d+ tokens, fewer than "
-                                         r"tokenizer.vocab_size=50000: .* use more text"):
+                                         r"tokenizer.vocab_size=50000: .* use more text") as said:
         out = prepare.ensure_prepared(load_cfg(tmp_path, [path], **{
             "tokenizer.vocab_size": 50000, "data.dir": tmp_path / "big"}))
     assert prepare.read_meta(out)["vocab_size"] < 50000
+    # the tokenizer reads its sample twice; the warning counts one reading
+    sample_chars = int(re.search(r"the sample of ([\d,]+) characters", str(said[0].message))
+                       .group(1).replace(",", ""))
+    assert 0 < sample_chars <= path.stat().st_size
+
+
+def test_two_preparations_of_the_same_text_are_the_same_bytes(tmp_path, corpus):
+    path, _ = corpus
+    dirs = [prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"data.dir": tmp_path / name}))
+            for name in ("a", "b")]
+    for name in ("tokenizer.json", "train.bin", "validation.bin"):
+        assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
 
 
 def test_the_progress_bar_has_no_total_under_max_documents(tmp_path, corpus, monkeypatch):
