@@ -21,7 +21,8 @@ imports only from lower layers, and never in a circle inside its own.
         pretrained starting_points export          weights; load a model; start a run from it;
         predict plot glue_eval                     release; infer; plot; GLUE scores
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
-                                                   GLUE: one seed, all seeds)
+        glue_sweep                                 GLUE: one seed, all seeds; one run per
+                                                   learning rate)
     L5  train                                      `python -m bertjax.train`: dispatch only
 
 Import submodules directly; this file stays empty so `import bertjax` is cheap.

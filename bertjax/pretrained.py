@@ -320,7 +320,20 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         raise UserError(f"{path} is a GLUE fine-tuning run with no finished seed yet (only train "
                         "state for resuming); rerun its command to finish it, then pass a seed's "
                         f"best epoch, {path}/seedN/best")
+    if swept := sorted(path.glob("lr*/seed*/best/manifest.json")):  # glue_sweep.py's folders
+        example = _sweep_best(path) or swept[0].parent
+        raise UserError(f"{path} holds a learning-rate sweep (a fine-tuning run per rate, "
+                        f"lr<rate>/); pass one of its models, e.g. {example}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
+
+
+def _sweep_best(path: Path) -> str | None:
+    """The best model a finished sweep's sweep.json names, said as such; None without one."""
+    try:
+        best = json.loads((path / "sweep.json").read_bytes())["best"]["best_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return f"{best} (the best rate's best seed)"
 
 
 def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:

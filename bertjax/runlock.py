@@ -99,14 +99,17 @@ def _no_file_but_the_lock(run_dir: Path) -> bool:
     return all(p.is_dir() or p == run_dir / LOCK_NAME for p in run_dir.rglob("*"))
 
 
-JOBS = {"pretrain": "pretraining", "glue": "fine-tuning"}  # train.task -> what the run does
+# What a run does (train.task; "sweep": glue_sweep.py), as a subject and as what a folder holds
+JOBS = {"pretrain": "pretraining", "glue": "fine-tuning", "sweep": "a learning-rate sweep"}
+HELD = {"pretrain": "a pretraining run", "glue": "a fine-tuning run",
+        "sweep": "a learning-rate sweep"}
 
 
 def check_run_dir_kind(run_dir: str | Path, task: str, init_checkpoint: str | None = None) -> None:
     """Refuse, before anything is written, a train.run_dir holding a release bundle, a run of
-    the other kind (`task` is train.task) or, for fine-tuning, init.checkpoint itself: the run
-    would overwrite its config.yaml, metrics.jsonl and results.json (and break a bundle's
-    sha256 check)."""
+    the other kind (`task` is train.task, or "sweep") or, for fine-tuning, init.checkpoint
+    itself: the run would overwrite its config.yaml, metrics.jsonl and results.json (and break
+    a bundle's sha256 check)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
@@ -120,25 +123,30 @@ def _held_in(run_dir: Path, task: str, init_checkpoint: str | None) -> str | Non
     """What in `run_dir` a `task` run must not write over, in words; None when nothing."""
     if (run_dir / "manifest.json").is_file():
         return "a release bundle (manifest.json)"
-    if task == "glue" and init_checkpoint and Path(init_checkpoint).exists():
+    if task != "pretrain" and init_checkpoint and Path(init_checkpoint).exists():
         start, own = Path(init_checkpoint).resolve(), run_dir.resolve()
         if start == own or own in start.parents:
             return f"init.checkpoint={init_checkpoint}, the model this fine-tune starts from"
     for other, evidence in _runs_in(run_dir).items():
         if other != task:
-            return f"a {JOBS[other]} run ({evidence})"
+            return f"{HELD[other]} ({evidence})"
     return None
 
 
 def _runs_in(run_dir: Path) -> dict[str, str]:
-    """{train.task: what shows it} for the runs `run_dir` holds: its config.yaml's train.task,
-    a pretraining run's checkpoints/, a fine-tune's seedN/ folders."""
+    """{train.task or "sweep": what shows it} for the runs `run_dir` holds: its config.yaml's
+    train.task, a pretraining run's checkpoints/, a sweep's sweep.json or lr<rate>/ runs, a
+    fine-tune's seedN/ folders."""
     runs = {}
     saved = _saved_task(run_dir / "config.yaml")
     if saved in JOBS:
         runs[saved] = f"its config.yaml has train.task={saved}"
     if (run_dir / "checkpoints").is_dir():
         runs.setdefault("pretrain", "checkpoints/")
+    rates = sorted(p.parent.name for p in run_dir.glob("lr*/config.yaml")
+                   if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name))
+    if (run_dir / "sweep.json").is_file() or rates:  # each rate a fine-tune of its own
+        runs["sweep"] = "sweep.json" if (run_dir / "sweep.json").is_file() else f"{rates[0]}/"
     seeds = sorted(p.name for p in run_dir.iterdir()
                    if p.is_dir() and re.fullmatch(r"seed\d+", p.name))
     if seeds:

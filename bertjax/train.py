@@ -1,9 +1,9 @@
 """`python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]`: the front door.
 
-Dispatch: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune,
-after two checks of the command line itself (a config file the run would overwrite, pretraining
-keys given to a fine-tune). Nothing imports this module; the steps live in bertjax.step, the
-loops in pretrain/finetune.
+Dispatch: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune (or,
+with glue.learning_rates, bertjax.glue_sweep), after two checks of the command line itself (a
+config file the run would overwrite, pretraining keys given to a fine-tune). Nothing imports
+this module; the steps live in bertjax.step, the loops in pretrain/finetune.
 """
 
 import warnings
@@ -13,6 +13,7 @@ from bertjax import config
 from bertjax.config_changes import PRETRAINING_ONLY
 from bertjax.errors import UserError, cli
 from bertjax.finetune import earlier_seed_dirs, finetune
+from bertjax.glue_sweep import sweep
 from bertjax.pretrain import pretrain
 
 USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
@@ -29,7 +30,10 @@ def main(argv: list[str]) -> None:
     check_config_file_kept(files, cfg.train.run_dir)
     if cfg.train.task == "glue":
         warn_pretraining_overrides(overrides)
-        finetune(cfg)
+        if cfg.glue.learning_rates:
+            sweep(cfg)
+        else:
+            finetune(cfg)
     else:
         pretrain(cfg)
 

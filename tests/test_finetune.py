@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import count_calls, free_port
 
-from bertjax import config, glue, glue_batches
+from bertjax import config, glue, glue_batches, glue_eval, glue_sweep
 from bertjax import finetune as finetune_lib
 from bertjax import step as step_lib
 from bertjax import tokenizer as tokenizer_lib
@@ -667,3 +667,72 @@ def test_a_constant_schedule_asked_of_fine_tuning_is_said_to_be_replaced():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default (one_cycle, pretraining's): nothing to say
         finetune_lib.with_glue_schedule(config.load([], []))
+
+
+def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
+        tmp_path, tokenizer_path, capsys):
+    """glue.learning_rates (BERT's protocol): a plain fine-tune per rate in lr<rate>/ and
+    sweep.json; a rerun keeps finished rates and trains an added one only."""
+    from bertjax import train as train_lib
+
+    def run(rates):
+        overrides = sst2_overrides(tmp_path, tokenizer_path, "glue.epochs=3", "glue.seeds=[0,1]",
+                                   f"glue.learning_rates={rates}")
+        with pytest.warns(UserWarning, match="SST-2.tsv holds 3 predictions"):
+            train_lib.main([str(ROOT / "configs" / "sst2.yaml"), *overrides])
+        return json.loads((tmp_path / "sweep.json").read_text()), capsys.readouterr().out
+
+    report, out = run("[1e-9,2e-3]")
+    assert [r["lr"] for r in report["rates"]] == [1e-9, 2e-3]
+    for r, folder in zip(report["rates"], ("lr1e-09", "lr0.002"), strict=True):
+        saved = yaml.safe_load((tmp_path / folder / "config.yaml").read_text())
+        assert (saved["optim"]["lr"], saved["glue"]["learning_rates"]) == (r["lr"], [])
+        results = json.loads((tmp_path / folder / "results.json").read_text())
+        assert r["main_score"] == results["summary"]["main_score"]
+        assert r["run_dir"] == str(tmp_path / folder)
+        assert re.search(rf"lr {r['lr']:g}: median {r['main_score']['median']:.4f}, ", out)
+    best = max(report["rates"], key=lambda r: r["main_score"]["median"])  # the rule: next test
+    assert report["best"] == {k: best[k] for k in ("lr", "run_dir", "best_model")}
+    assert re.search(rf"lr {best['lr']:g}: median .*<- best: {best['run_dir']}/seed\d/best\n",
+                     out)
+    # An added rate trains alone: the others' seeds are kept (their configs hold no sweep).
+    kept = (tmp_path / "lr0.002" / "seed0" / "result.json").stat().st_mtime_ns
+    report, out = run("[1e-9,2e-3,1e-3]")
+    assert out.count("done before") == 4 and len(report["rates"]) == 3
+    assert (tmp_path / "lr0.002" / "seed0" / "result.json").stat().st_mtime_ns == kept
+    # The sweep's folder holds no model of its own: predict and export name one that it holds.
+    with pytest.raises(UserError, match=rf"{tmp_path} holds a learning-rate sweep .* e\.g\. "
+                                        rf"{report['best']['best_model']} \(the best rate's"):
+        load_pretrained(tmp_path)
+    # Nor does a plain fine-tune go there, nor a sweep into a fine-tune's folder.
+    with pytest.raises(UserError, match=r"holds a learning-rate sweep \(sweep.json\); "
+                                        "fine-tuning there would overwrite"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path))
+    with pytest.raises(UserError, match=r"holds a fine-tuning run \(its config.yaml has "
+                                        r"train.task=glue\); a learning-rate sweep there"):
+        train_lib.main([str(ROOT / "configs" / "sst2.yaml"),
+                        *sst2_overrides(tmp_path / "lr0.002", tokenizer_path,
+                                        "glue.learning_rates=[1e-3]")])
+
+
+def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path):
+    def finished(folder, scores):
+        (tmp_path / folder).mkdir()
+        seeds = [{"seed": s, "best_score": x} for s, x in zip((3, 5, 7), scores, strict=False)]
+        results = {"seeds": seeds, "summary": glue_eval.summarize(
+            [{**r, "best_metrics": {}} for r in seeds])}
+        (tmp_path / folder / "results.json").write_text(json.dumps(results))
+        return tmp_path / folder
+
+    cfg = config.load([], ["glue.task=mrpc", "glue.learning_rates=[5e-5,4e-5,3e-5,2e-5]",
+                           "glue.seeds=[3,5,7]"])
+    # medians 0.6, 0.7, 0.7, 0.5: 4e-5 wins (3e-5 ties it later; 5e-5 has the best mean)
+    dirs = [finished("a", [0.6, 0.99, 0.1]), finished("b", [0.7, 0.7, 0.2]),
+            finished("c", [0.5, 0.7, 0.8]), finished("d", [0.5, 0.5, 0.5])]
+    report = glue_sweep.summarize(cfg, dirs)
+    assert [r["main_score"]["median"] for r in report["rates"]] == pytest.approx(
+        [0.6, 0.7, 0.7, 0.5])
+    assert report["best"] == {"lr": 4e-5, "run_dir": str(dirs[1]),
+                              "best_model": str(dirs[1] / "seed3" / "best")}  # 0.7 twice: first
+    assert report["rates"][2]["best_model"] == str(dirs[2] / "seed7" / "best")
+    assert report["main_score"] == "mean of f1 and accuracy" and report["seeds"] == [3, 5, 7]

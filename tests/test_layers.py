@@ -17,7 +17,7 @@ LAYERS = [
      "divergence"},
     {"hf_config", "hf_tokenizer", "hf_checks", "hf", "pretrained", "starting_points", "export",
      "predict", "plot", "glue_eval"},
-    {"pretrain_loop", "pretrain", "seed_run", "finetune"},
+    {"pretrain_loop", "pretrain", "seed_run", "finetune", "glue_sweep"},
     {"train"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -1,0 +1,78 @@
+"""GLUE's learning-rate sweep, BERT's fine-tuning protocol (Devlin et al. 2019, section 4.1: the
+best of 5e-5, 4e-5, 3e-5 and 2e-5 on the dev set): `'glue.learning_rates=[5e-5,4e-5,3e-5,2e-5]'`.
+
+Each rate is a plain fine-tune in a folder of its own, train.run_dir/lr<rate>/, whose config.yaml
+holds that optim.lr and no sweep: it resumes, keeps its finished seeds and loads like any other
+run. Then sweep.json lists every rate's main dev score over the seeds and names the best rate (by
+median, as results.json summarises seeds; the earlier-listed rate on a tie) and its best model.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+
+from bertjax import glue_tasks
+from bertjax.config import Config
+from bertjax.files import check_dir_path, json_text, write_atomic
+from bertjax.finetune import finetune
+from bertjax.processes import join_the_run
+from bertjax.runlock import check_run_dir_kind
+
+SWEEP = "sweep.json"
+
+
+def sweep(cfg: Config) -> Path:
+    """Fine-tune once per glue.learning_rates entry (resuming what an earlier run left), then
+    write sweep.json; returns train.run_dir. A signal stops it as it stops a fine-tune."""
+    join_the_run(cfg)  # before the paths are checked, as finetune does: every host says a bad one
+    parent = check_dir_path(cfg.train.run_dir, "train.run_dir")
+    check_run_dir_kind(parent, "sweep", cfg.init.checkpoint)
+    run_dirs = [finetune(for_rate(cfg, lr)) for lr in cfg.glue.learning_rates]
+    if jax.process_index() == 0:
+        report = summarize(cfg, run_dirs)
+        write_atomic(parent / SWEEP, json_text(report))
+        print(describe(report, parent / SWEEP))
+    return parent
+
+
+def for_rate(cfg: Config, lr: float) -> Config:
+    """The plain fine-tune of one rate: optim.lr set, no sweep, in its own folder (named by the
+    rate's repr, unique per float: lr2e-05, lr0.0001), and named so in wandb (rte-lr2e-05)."""
+    parent, folder = Path(cfg.train.run_dir), f"lr{lr!r}"
+    return dataclasses.replace(
+        cfg, optim=dataclasses.replace(cfg.optim, lr=lr),
+        glue=dataclasses.replace(cfg.glue, learning_rates=[]),
+        train=dataclasses.replace(cfg.train, run_dir=str(parent / folder)),
+        wandb=dataclasses.replace(cfg.wandb, name=f"{cfg.wandb.name or parent.name}-{folder}"))
+
+
+def summarize(cfg: Config, run_dirs: list[Path]) -> dict:
+    """sweep.json: each rate's main-score statistics (its results.json's) and best model, and
+    the best rate."""
+    rates = []
+    for lr, run_dir in zip(cfg.glue.learning_rates, run_dirs, strict=True):
+        results = json.loads((run_dir / "results.json").read_bytes())
+        best_seed = max(results["seeds"], key=lambda r: r["best_score"])  # first of equals
+        rates.append({"lr": lr, "run_dir": str(run_dir), "main_score":
+                      results["summary"]["main_score"],
+                      "best_model": str(run_dir / f"seed{best_seed['seed']}" / "best")})
+    best = max(rates, key=lambda r: r["main_score"]["median"])  # first of equals
+    task = glue_tasks.get_task(cfg.glue.task)
+    return {"task": task.name, "init": cfg.init.checkpoint, "seeds": list(cfg.glue.seeds),
+            "main_score": task.metrics[0] if len(task.metrics) == 1 else
+            f"mean of {' and '.join(task.metrics)}", "rates": rates,
+            "best": {k: best[k] for k in ("lr", "run_dir", "best_model")}}
+
+
+def describe(report: dict, path: Path) -> str:
+    """The sweep as a few lines: one per rate, the best one marked."""
+    lines = [f"{report['task']} learning-rate sweep, main dev score ({report['main_score']}) "
+             f"over seeds {report['seeds']}:"]
+    for r in report["rates"]:
+        s = r["main_score"]
+        mark = f"   <- best: {r['best_model']}" if r["lr"] == report["best"]["lr"] else ""
+        lines.append(f"  lr {r['lr']:g}: median {s['median']:.4f}, mean {s['mean']:.4f}, "
+                     f"std {s['std']:.4f}{mark}")
+    return "\n".join([*lines, f"{path}"])
