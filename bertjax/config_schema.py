@@ -309,8 +309,8 @@ class GlueConfig:
     # 32 bits, as train.seed: seeds 1 and 2**32 + 1 would train the same model twice
     seeds: list[int] = opt([0], "fine-tuning seeds; results report mean, median and spread",
                            domain=list_of(NON_NEGATIVE, non_empty=True, unique=True))
-    learning_rates: list[float] = opt([], "a sweep (BERT: [5e-5, 4e-5, 3e-5, 2e-5]): each rate "
-                                      "fine-tunes every seed in train.run_dir/lr<rate>/ and "
+    learning_rates: list[float] = opt([], "rates to sweep, each fine-tuning every seed in "
+                                      "train.run_dir/lr<rate>/ (BERT: [5e-5, 4e-5, 3e-5, 2e-5]); "
                                       "sweep.json names the best; [] = optim.lr alone",
                                       domain=list_of(POSITIVE, unique=True))
     epochs: float = opt(3.0, "passes over the training set", domain=POSITIVE)

@@ -45,7 +45,8 @@ def for_rate(cfg: Config, lr: float) -> Config:
         cfg, optim=dataclasses.replace(cfg.optim, lr=lr),
         glue=dataclasses.replace(cfg.glue, learning_rates=[]),
         train=dataclasses.replace(cfg.train, run_dir=str(parent / folder)),
-        wandb=dataclasses.replace(cfg.wandb, name=f"{cfg.wandb.name or parent.name}-{folder}"))
+        wandb=dataclasses.replace(cfg.wandb,
+                                  name=f"{cfg.wandb.name or parent.resolve().name}-{folder}"))
 
 
 def summarize(cfg: Config, run_dirs: list[Path]) -> dict:

@@ -736,3 +736,6 @@ def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path)
                               "best_model": str(dirs[1] / "seed3" / "best")}  # 0.7 twice: first
     assert report["rates"][2]["best_model"] == str(dirs[2] / "seed7" / "best")
     assert report["main_score"] == "mean of f1 and accuracy" and report["seeds"] == [3, 5, 7]
+    one = glue_sweep.for_rate(cfg, 3e-5)
+    assert (one.optim.lr, one.glue.learning_rates, one.train.run_dir, one.wandb.name) == (
+        3e-5, [], "runs/demo/lr3e-05", "demo-lr3e-05")
