@@ -296,7 +296,8 @@ def test_mean_pooled_classifier_trains_saves_and_predicts(tmp_path, tokenizer_pa
 def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
     # The CLI as two jax.distributed processes (2 CPU devices each, parameters split across
     # them: FSDP) against one process on 4 devices: same batches, so the same run. One bucket,
-    # so that both processes' halves of a batch hold real rows.
+    # so that both processes' halves of a batch hold real rows. The two run it as a one-rate
+    # learning-rate sweep (optim.lr's own value), which must train what a plain fine-tune does.
     def launch(run_dir, processes, *extra):
         port, devices = free_port(), 4 // processes
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
@@ -309,21 +310,23 @@ def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for i in range(processes)]
 
-    procs = launch(tmp_path / "two", 2, "mesh.strategy=fsdp", "mesh.fsdp_min_size=64") + \
-        launch(tmp_path / "one", 1)
+    procs = launch(tmp_path / "two", 2, "mesh.strategy=fsdp", "mesh.fsdp_min_size=64",
+                   "glue.learning_rates=[2e-3]") + launch(tmp_path / "one", 1)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
-    two, one = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("two", "one"))
+    assert json.loads((tmp_path / "two" / "sweep.json").read_text())["best"]["lr"] == 2e-3
+    dirs = {"two": tmp_path / "two" / "lr0.002", "one": tmp_path / "one"}
+    two, one = (json.loads((dirs[d] / "results.json").read_text()) for d in ("two", "one"))
     for a, b in zip(two["seeds"], one["seeds"], strict=True):
         np.testing.assert_allclose([h["train_loss"] for h in a["history"]],
                                    [h["train_loss"] for h in b["history"]], rtol=1e-4)
         assert a["best_epoch"] == b["best_epoch"]
-        mine, theirs = (load_pretrained(tmp_path / d / f"seed{a['seed']}" / "best").model
+        mine, theirs = (load_pretrained(dirs[d] / f"seed{a['seed']}" / "best").model
                         for d in ("two", "one"))
         for x, y in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
-    assert two["submissions"] and (tmp_path / "two" / "submission" / "SST-2.tsv").read_text() \
-        == (tmp_path / "one" / "submission" / "SST-2.tsv").read_text()
+    assert two["submissions"] and (dirs["two"] / "submission" / "SST-2.tsv").read_text() \
+        == (dirs["one"] / "submission" / "SST-2.tsv").read_text()
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path,
