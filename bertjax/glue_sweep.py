@@ -9,6 +9,7 @@ median, as results.json summarises seeds; the earlier-listed rate on a tie) and 
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import jax
@@ -31,6 +32,7 @@ def sweep(cfg: Config) -> Path:
     check_run_dir_kind(parent, "sweep", cfg.init.checkpoint)
     run_dirs = [finetune(for_rate(cfg, lr)) for lr in cfg.glue.learning_rates]
     if jax.process_index() == 0:
+        warn_unlisted_rates(parent, run_dirs)
         report = summarize(cfg, run_dirs)
         write_atomic(parent / SWEEP, json_text(report))
         print(describe(report, parent / SWEEP))
@@ -47,6 +49,18 @@ def for_rate(cfg: Config, lr: float) -> Config:
         train=dataclasses.replace(cfg.train, run_dir=str(parent / folder)),
         wandb=dataclasses.replace(cfg.wandb,
                                   name=f"{cfg.wandb.name or parent.resolve().name}-{folder}"))
+
+
+def warn_unlisted_rates(parent: Path, run_dirs: list[Path]) -> None:
+    """Name the runs of rates no longer listed: kept (the user's results), but left out of
+    sweep.json, so a reader of the folder could take them for part of this sweep."""
+    listed = {run_dir.name for run_dir in run_dirs}
+    unlisted = sorted(p.parent for p in parent.glob("lr*/config.yaml")
+                      if p.parent.name not in listed)
+    if unlisted:
+        warnings.warn(f"{', '.join(map(str, unlisted))}: not in glue.learning_rates, so left "
+                      "out of sweep.json (kept); delete them, or list their rates again",
+                      stacklevel=2)
 
 
 def summarize(cfg: Config, run_dirs: list[Path]) -> dict:

@@ -703,6 +703,11 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
     report, out = run("[1e-9,2e-3,1e-3]")
     assert out.count("done before") == 4 and len(report["rates"]) == 3
     assert (tmp_path / "lr0.002" / "seed0" / "result.json").stat().st_mtime_ns == kept
+    # A rate dropped from the list is kept, said, and left out.
+    with pytest.warns(UserWarning, match=rf"^{tmp_path / 'lr1e-09'}: not in glue.learning_rates, "
+                                         "so left out of sweep.json \\(kept\\)"):
+        report, out = run("[2e-3,1e-3]")
+    assert [r["lr"] for r in report["rates"]] == [2e-3, 1e-3] and out.count("done before") == 4
     # The sweep's folder holds no model of its own: predict and export name one that it holds.
     with pytest.raises(UserError, match=rf"{tmp_path} holds a learning-rate sweep .* e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
