@@ -31,6 +31,7 @@ def main(argv: list[str]) -> None:
     if cfg.train.task == "glue":
         warn_pretraining_overrides(overrides)
         if cfg.glue.learning_rates:
+            warn_replaced_rate(overrides)
             sweep(cfg)
         else:
             finetune(cfg)
@@ -47,6 +48,15 @@ def warn_pretraining_overrides(overrides: list[str]) -> None:
         if key in PRETRAINING_ONLY:
             warnings.warn(f"{key} applies to pretraining only and is ignored by GLUE "
                           f"fine-tuning; it reads {PRETRAINING_ONLY[key]}", stacklevel=2)
+
+
+def warn_replaced_rate(overrides: list[str]) -> None:
+    """`optim.lr=` given with glue.learning_rates trains at none of its value: each rate of the
+    sweep replaces it. Said, as a pretraining key given to a fine-tune is."""
+    for override in overrides:
+        if override.partition("=")[0].strip() == "optim.lr":
+            warnings.warn(f"{override} is replaced by each rate of glue.learning_rates; drop it, "
+                          "or set glue.learning_rates=[] to train at it", stacklevel=2)
 
 
 def check_config_file_kept(files: list[str], run_dir: str) -> None:

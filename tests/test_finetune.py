@@ -678,11 +678,15 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
     sweep.json; a rerun keeps finished rates and trains an added one only."""
     from bertjax import train as train_lib
 
+    def sweep_args(run_dir, rates):  # optim.lr left out: said to be replaced (below)
+        return [str(ROOT / "configs" / "sst2.yaml"), *(
+            o for o in sst2_overrides(run_dir, tokenizer_path, "glue.epochs=3",
+                                      "glue.seeds=[0,1]", f"glue.learning_rates={rates}")
+            if not o.startswith("optim.lr="))]
+
     def run(rates):
-        overrides = sst2_overrides(tmp_path, tokenizer_path, "glue.epochs=3", "glue.seeds=[0,1]",
-                                   f"glue.learning_rates={rates}")
         with pytest.warns(UserWarning, match="SST-2.tsv holds 3 predictions"):
-            train_lib.main([str(ROOT / "configs" / "sst2.yaml"), *overrides])
+            train_lib.main(sweep_args(tmp_path, rates))
         return json.loads((tmp_path / "sweep.json").read_text()), capsys.readouterr().out
 
     report, out = run("[1e-9,2e-3]")
@@ -712,15 +716,17 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
     with pytest.raises(UserError, match=rf"{tmp_path} holds a learning-rate sweep .* e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
         load_pretrained(tmp_path)
+    # optim.lr given beside the sweep is said to be replaced.
+    with pytest.warns(UserWarning, match=r"^optim.lr=1e-4 is replaced by each rate of glue."
+                                         r"learning_rates; drop it, or set glue.learning_rates"):
+        train_lib.warn_replaced_rate(["glue.seeds=[0]", "optim.lr=1e-4"])
     # Nor does a plain fine-tune go there, nor a sweep into a fine-tune's folder.
     with pytest.raises(UserError, match=r"holds a learning-rate sweep \(sweep.json\); "
                                         "fine-tuning there would overwrite"):
         finetune(sst2_cfg(tmp_path, tokenizer_path))
     with pytest.raises(UserError, match=r"holds a fine-tuning run \(its config.yaml has "
                                         r"train.task=glue\); a learning-rate sweep there"):
-        train_lib.main([str(ROOT / "configs" / "sst2.yaml"),
-                        *sst2_overrides(tmp_path / "lr0.002", tokenizer_path,
-                                        "glue.learning_rates=[1e-3]")])
+        train_lib.main(sweep_args(tmp_path / "lr0.002", "[1e-3]"))
 
 
 def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path):
