@@ -64,21 +64,22 @@ def warn_unlisted_rates(parent: Path, run_dirs: list[Path]) -> None:
 
 
 def summarize(cfg: Config, run_dirs: list[Path]) -> dict:
-    """sweep.json: each rate's main-score statistics (its results.json's) and best model, and
-    the best rate."""
+    """sweep.json: each rate's main-score statistics, best model and GLUE submission files (its
+    results.json's), and the best rate's: the files to send the leaderboard."""
     rates = []
     for lr, run_dir in zip(cfg.glue.learning_rates, run_dirs, strict=True):
         results = json.loads((run_dir / "results.json").read_bytes())
         best_seed = max(results["seeds"], key=lambda r: r["best_score"])  # first of equals
         rates.append({"lr": lr, "run_dir": str(run_dir), "main_score":
                       results["summary"]["main_score"],
-                      "best_model": str(run_dir / f"seed{best_seed['seed']}" / "best")})
+                      "best_model": str(run_dir / f"seed{best_seed['seed']}" / "best"),
+                      "submissions": results["submissions"]})
     best = max(rates, key=lambda r: r["main_score"]["median"])  # first of equals
     task = glue_tasks.get_task(cfg.glue.task)
     return {"task": task.name, "init": cfg.init.checkpoint, "seeds": list(cfg.glue.seeds),
             "main_score": task.metrics[0] if len(task.metrics) == 1 else
             f"mean of {' and '.join(task.metrics)}", "rates": rates,
-            "best": {k: best[k] for k in ("lr", "run_dir", "best_model")}}
+            "best": {k: best[k] for k in ("lr", "run_dir", "best_model", "submissions")}}
 
 
 def describe(report: dict, path: Path) -> str:

@@ -699,7 +699,8 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
         assert r["run_dir"] == str(tmp_path / folder)
         assert re.search(rf"lr {r['lr']:g}: median {r['main_score']['median']:.4f}, ", out)
     best = max(report["rates"], key=lambda r: r["main_score"]["median"])  # the rule: next test
-    assert report["best"] == {k: best[k] for k in ("lr", "run_dir", "best_model")}
+    assert report["best"] == {k: best[k] for k in ("lr", "run_dir", "best_model", "submissions")}
+    assert best["submissions"] == [str(Path(best["run_dir"]) / "submission" / "SST-2.tsv")]
     assert re.search(rf"lr {best['lr']:g}: median .*<- best: {best['run_dir']}/seed\d/best\n",
                      out)
     # An added rate trains alone: the others' seeds are kept (their configs hold no sweep).
@@ -733,7 +734,7 @@ def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path)
     def finished(folder, scores):
         (tmp_path / folder).mkdir()
         seeds = [{"seed": s, "best_score": x} for s, x in zip((3, 5, 7), scores, strict=False)]
-        results = {"seeds": seeds, "summary": glue_eval.summarize(
+        results = {"seeds": seeds, "submissions": [], "summary": glue_eval.summarize(
             [{**r, "best_metrics": {}} for r in seeds])}
         (tmp_path / folder / "results.json").write_text(json.dumps(results))
         return tmp_path / folder
@@ -746,7 +747,7 @@ def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path)
     report = glue_sweep.summarize(cfg, dirs)
     assert [r["main_score"]["median"] for r in report["rates"]] == pytest.approx(
         [0.6, 0.7, 0.7, 0.5])
-    assert report["best"] == {"lr": 4e-5, "run_dir": str(dirs[1]),
+    assert report["best"] == {"lr": 4e-5, "run_dir": str(dirs[1]), "submissions": [],
                               "best_model": str(dirs[1] / "seed3" / "best")}  # 0.7 twice: first
     assert report["rates"][2]["best_model"] == str(dirs[2] / "seed7" / "best")
     assert report["main_score"] == "mean of f1 and accuracy" and report["seeds"] == [3, 5, 7]
