@@ -176,10 +176,17 @@ def _not_a_run(path: Path) -> str:
     run's seed is one already (the user wanted a copy, or a transformers directory)."""
     bests = sorted(path.glob("seed*/best/manifest.json")) or \
         sorted(path.glob("manifest.json")) or sorted(path.glob("best/manifest.json"))
-    if not bests:
+    swept = sorted(path.glob("lr*/seed*/best/manifest.json"))  # glue_sweep.py's runs
+    if not bests and not swept:
         return "pass a pretraining run directory (train.run_dir)"
-    what = "a release bundle already" if bests[0].parent == path else \
-        f"a GLUE fine-tuning run: its best epochs are release bundles already ({bests[0].parent})"
+    if not bests:
+        what = ("a GLUE learning-rate sweep: its runs' best epochs are release bundles already "
+                f"({swept[0].parent}; sweep.json names the best)")
+    elif bests[0].parent == path:
+        what = "a release bundle already"
+    else:
+        what = ("a GLUE fine-tuning run: its best epochs are release bundles already "
+                f"({bests[0].parent})")
     return (f"it is {what}: use or copy it as it is, or convert it for transformers with "
             "--format hf (bundles are made from pretraining runs)")
 

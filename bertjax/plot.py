@@ -66,8 +66,11 @@ def metrics_path(run_dir: Path) -> Path:
         check_file(path, "metrics file", "pass a run directory written by bertjax.train")
     if not path.is_file():
         where = from_cwd(run_dir) if not run_dir.exists() else ""
+        rates = sorted(p.parent for p in run_dir.glob("lr*/metrics.jsonl"))  # glue_sweep.py's
+        which = f" (this is a learning-rate sweep: pass one of its runs, e.g. {rates[0]})" \
+            if rates else ""
         raise UserError(f"{path} does not exist{where}; pass a run directory written by "
-                        "bertjax.train")
+                        f"bertjax.train{which}")
     return path
 
 

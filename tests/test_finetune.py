@@ -676,6 +676,7 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
         tmp_path, tokenizer_path, capsys):
     """glue.learning_rates (BERT's protocol): a plain fine-tune per rate in lr<rate>/ and
     sweep.json; a rerun keeps finished rates and trains an added one only."""
+    from bertjax import export, plot
     from bertjax import train as train_lib
 
     def sweep_args(run_dir, rates):  # optim.lr left out: said to be replaced (below)
@@ -717,6 +718,12 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
     with pytest.raises(UserError, match=rf"{tmp_path} holds a learning-rate sweep .* e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
         load_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"this is a learning-rate sweep: pass one of its runs, "
+                                        rf"e\.g\. {tmp_path}/lr"):
+        plot.metrics_path(tmp_path)
+    with pytest.raises(UserError, match=r"it is a GLUE learning-rate sweep: its runs' best epochs "
+                                        r"are release bundles already \(.*/lr.*/seed\d/best; "):
+        export.export_run(tmp_path, tmp_path.parent / "bundle")
     # optim.lr given beside the sweep is said to be replaced.
     with pytest.warns(UserWarning, match=r"^optim.lr=1e-4 is replaced by each rate of glue."
                                          r"learning_rates; drop it, or set glue.learning_rates"):
