@@ -28,7 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from bertjax import leaving
-from bertjax.config import Config, MeshConfig
+from bertjax.config import Config, MeshConfig, load
 from bertjax.config_changes import LAUNCH_KEYS
 from bertjax.domains import PATH, PATHS
 from bertjax.errors import LostProcess, UserError, exit_now
@@ -96,6 +96,29 @@ def initialize_distributed(cfg: MeshConfig) -> None:
             timer.cancel()
     leaving.watch_for_failed_processes()
     _refuse_unequal_device_counts()
+
+
+def relay_a_config_error(message: str, overrides: list[str]) -> None:
+    """A process whose config does not load (its host's copy of a YAML file has a typo) ended
+    before joining, and the others waited JOIN_TIMEOUT_S at the join, then said only that one
+    had not come. When its launch is still known (its mesh.* overrides, or a launcher's
+    environment), it says its error at once, joins, and posts the error (`leaving`): the others
+    end within seconds, naming it. Returns only when there is no run to join."""
+    try:
+        mesh = load([], [o for o in overrides if o.lstrip().startswith("mesh.")]).mesh
+    except UserError:  # the launch keys themselves are wrong: nothing to join with
+        return
+    if multi_process_reason(mesh) is None or jax.distributed.is_initialized():
+        return
+    message = " ".join(message.split("\n"))
+    print(f"error: {message}", file=sys.stderr, flush=True)  # now: joining may take a while
+    try:
+        initialize_distributed(mesh)
+    except UserError:  # a busy port, unequal devices: this process's own error is said already
+        pass
+    if jax.distributed.is_initialized():
+        leaving.leave_the_run(2, lambda stderr: None, message)
+    sys.exit(2)
 
 
 def join_the_run(cfg: Config) -> None:

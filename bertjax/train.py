@@ -15,6 +15,7 @@ from bertjax.errors import UserError, cli
 from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.glue_sweep import sweep
 from bertjax.pretrain import pretrain
+from bertjax.processes import relay_a_config_error
 
 USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
 
@@ -26,7 +27,11 @@ def main(argv: list[str]) -> None:
     if not argv:
         raise UserError(USAGE)
     files, overrides = config.split_args(argv)
-    cfg = config.load(files, overrides)
+    try:
+        cfg = config.load(files, overrides)
+    except UserError as e:
+        relay_a_config_error(str(e), overrides)  # to the other processes of a run, if any
+        raise
     check_config_file_kept(files, cfg.train.run_dir)
     if cfg.train.task == "glue":
         warn_pretraining_overrides(overrides)

@@ -259,6 +259,26 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
 
 
+def test_a_config_error_on_one_host_is_said_by_every_process(tmp_path):
+    # Process 1's config did not load: it ended before joining, and process 0 waited 5 minutes
+    # at the join, then said only that a process had not come.
+    port, message = free_port(), ("unknown config key 'train.stepz' in override 'train.stepz=5'; "
+                                  "did you mean 'train.steps'?")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bertjax.train", str(ROOT / "configs" / "demo.yaml"),
+         f"train.run_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}",
+         "mesh.num_processes=2", f"mesh.coordinator_address=127.0.0.1:{port}",
+         f"mesh.process_id={i}", *(["train.stepz=5"] if i else [])], cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errors
+    assert said_lines(errors[1]) == [f"error: {message}"], errors[1]
+    assert said_lines(errors[0]) == ["error: process 1 of this 2-process run failed, so every "
+                                     f"process stops: {message}"], errors[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("task", ["pretrain", "glue"])
 def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     # Process 1 given another learning rate: both trained, exit 0, each process applying its own
