@@ -1,9 +1,10 @@
 """`python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]`: the front door.
 
 Dispatch: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune (or,
-with glue.learning_rates, bertjax.glue_sweep), after two checks of the command line itself (a
-config file the run would overwrite, pretraining keys given to a fine-tune). Nothing imports
-this module; the steps live in bertjax.step, the loops in pretrain/finetune.
+with glue.learning_rates, bertjax.glue_sweep), after checks of the command line itself (a config
+file the run would overwrite, keys the job does not read). A config that does not load in one
+process of a multi-process run is said to the others too. Nothing imports this module; the steps
+live in bertjax.step, the loops in pretrain/finetune.
 """
 
 import warnings
