@@ -41,6 +41,7 @@ from bertjax.pretrained import (
     check_tokenizer_fits,
     load_pretrained,
     restore_model,
+    sweep_models,
     tokenizer_of,
 )
 from bertjax.weights import state_dict
@@ -176,12 +177,12 @@ def _not_a_run(path: Path) -> str:
     run's seed is one already (the user wanted a copy, or a transformers directory)."""
     bests = sorted(path.glob("seed*/best/manifest.json")) or \
         sorted(path.glob("manifest.json")) or sorted(path.glob("best/manifest.json"))
-    swept = sorted(path.glob("lr*/seed*/best/manifest.json"))  # glue_sweep.py's runs
+    swept = sweep_models(path)
     if not bests and not swept:
         return "pass a pretraining run directory (train.run_dir)"
     if not bests:
         what = ("a GLUE learning-rate sweep: its runs' best epochs are release bundles already "
-                f"({swept[0].parent}; sweep.json names the best)")
+                f"({swept[0]}; sweep.json names the best)")
     elif bests[0].parent == path:
         what = "a release bundle already"
     else:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import warnings
 from collections.abc import Callable
@@ -126,6 +127,13 @@ def check_dir_path(path: str | Path, key: str) -> Path:
         raise UserError(f"{key}={path} cannot be created: {existing} is a file, not a "
                         f"directory; set {key} to a path under a directory")
     return path
+
+
+def rate_runs(run_dir: str | Path) -> list[Path]:
+    """The runs of a GLUE learning-rate sweep in `run_dir` (glue_sweep.py names them
+    lr<repr of the rate>/), those holding a config.yaml, by name."""
+    return sorted(p.parent for p in Path(run_dir).glob("lr*/config.yaml")
+                  if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name))
 
 
 def make_dir(path: Path, key: str) -> Path:

@@ -16,7 +16,7 @@ import jax
 
 from bertjax import glue_tasks
 from bertjax.config import Config
-from bertjax.files import check_dir_path, json_text, write_atomic
+from bertjax.files import check_dir_path, json_text, rate_runs, write_atomic
 from bertjax.finetune import finetune
 from bertjax.processes import join_the_run
 from bertjax.runlock import check_run_dir_kind
@@ -55,8 +55,7 @@ def warn_unlisted_rates(parent: Path, run_dirs: list[Path]) -> None:
     """Name the runs of rates no longer listed: kept (the user's results), but left out of
     sweep.json, so a reader of the folder could take them for part of this sweep."""
     listed = {run_dir.name for run_dir in run_dirs}
-    unlisted = sorted(p.parent for p in parent.glob("lr*/config.yaml")
-                      if p.parent.name not in listed)
+    unlisted = [run for run in rate_runs(parent) if run.name not in listed]
     if unlisted:
         warnings.warn(f"{', '.join(map(str, unlisted))}: not in glue.learning_rates, so left "
                       "out of sweep.json (kept); delete them, or list their rates again",

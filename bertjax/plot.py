@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from bertjax.errors import UserError, cli
-from bertjax.files import check_file, from_cwd, write_atomic
+from bertjax.files import check_file, from_cwd, rate_runs, write_atomic
 
 PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
@@ -66,7 +66,7 @@ def metrics_path(run_dir: Path) -> Path:
         check_file(path, "metrics file", "pass a run directory written by bertjax.train")
     if not path.is_file():
         where = from_cwd(run_dir) if not run_dir.exists() else ""
-        rates = sorted(p.parent for p in run_dir.glob("lr*/metrics.jsonl"))  # glue_sweep.py's
+        rates = rate_runs(run_dir)
         which = f" (this is a learning-rate sweep: pass one of its runs, e.g. {rates[0]})" \
             if rates else ""
         raise UserError(f"{path} does not exist{where}; pass a run directory written by "

@@ -20,7 +20,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
-from bertjax.files import check_not_lfs_pointer, from_cwd, sha256_file
+from bertjax.files import check_not_lfs_pointer, from_cwd, rate_runs, sha256_file
 from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
 from bertjax.model import Bert, num_labels
@@ -320,11 +320,17 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         raise UserError(f"{path} is a GLUE fine-tuning run with no finished seed yet (only train "
                         "state for resuming); rerun its command to finish it, then pass a seed's "
                         f"best epoch, {path}/seedN/best")
-    if swept := sorted(path.glob("lr*/seed*/best/manifest.json")):  # glue_sweep.py's folders
-        example = _sweep_best(path) or swept[0].parent
+    if swept := sweep_models(path):
+        example = _sweep_best(path) or swept[0]
         raise UserError(f"{path} holds a learning-rate sweep (a fine-tuning run per rate, "
                         f"lr<rate>/); pass one of its models, e.g. {example}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
+
+
+def sweep_models(path: Path) -> list[Path]:
+    """The best-epoch bundles (seedN/best/) of a learning-rate sweep's runs in `path`."""
+    return [manifest.parent for run in rate_runs(path)
+            for manifest in sorted(run.glob("seed*/best/manifest.json"))]
 
 
 def _sweep_best(path: Path) -> str | None:

@@ -23,7 +23,7 @@ import yaml
 from jax.experimental import multihost_utils
 
 from bertjax.errors import UserError
-from bertjax.files import LOCK_NAME, lock_dir
+from bertjax.files import LOCK_NAME, lock_dir, rate_runs
 from bertjax.processes import barrier, same_on_every_process
 
 
@@ -143,10 +143,10 @@ def _runs_in(run_dir: Path) -> dict[str, str]:
         runs[saved] = f"its config.yaml has train.task={saved}"
     if (run_dir / "checkpoints").is_dir():
         runs.setdefault("pretrain", "checkpoints/")
-    rates = sorted(p.parent.name for p in run_dir.glob("lr*/config.yaml")
-                   if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name))
+    rates = rate_runs(run_dir)
     if (run_dir / "sweep.json").is_file() or rates:  # each rate a fine-tune of its own
-        runs["sweep"] = "sweep.json" if (run_dir / "sweep.json").is_file() else f"{rates[0]}/"
+        runs["sweep"] = "sweep.json" if (run_dir / "sweep.json").is_file() else \
+            f"{rates[0].name}/"
     seeds = sorted(p.name for p in run_dir.iterdir()
                    if p.is_dir() and re.fullmatch(r"seed\d+", p.name))
     if seeds:
