@@ -3,8 +3,11 @@ best of 5e-5, 4e-5, 3e-5 and 2e-5 on the dev set): `'glue.learning_rates=[5e-5,4
 
 Each rate is a plain fine-tune in a folder of its own, train.run_dir/lr<rate>/, whose config.yaml
 holds that optim.lr and no sweep: it resumes, keeps its finished seeds and loads like any other
-run. Then sweep.json lists every rate's main dev score over the seeds and names the best rate (by
-median, as results.json summarises seeds; the earlier-listed rate on a tie) and its best model.
+run. sweep.json lists every finished rate's main dev score over the seeds and names the best rate
+(by median, as results.json summarises seeds; the earlier-listed rate on a tie) and its best
+model. It is rewritten as each rate finishes, its "to_run" listing the rates still to come: an
+interrupted sweep's file says what it holds (not an earlier sweep's verdict). The sweep holds its
+folder while it runs (runlock.py): a second sweep there would train the same rates beside it.
 """
 
 import dataclasses
@@ -18,8 +21,8 @@ from bertjax import glue_tasks
 from bertjax.config import Config
 from bertjax.files import check_dir_path, json_text, rate_runs, write_atomic
 from bertjax.finetune import finetune
-from bertjax.processes import join_the_run
-from bertjax.runlock import check_run_dir_kind
+from bertjax.processes import join_the_run, losing_a_process_is_fatal
+from bertjax.runlock import check_run_dir_kind, hold_run_dir
 
 SWEEP = "sweep.json"
 
@@ -30,11 +33,15 @@ def sweep(cfg: Config) -> Path:
     join_the_run(cfg)  # before the paths are checked, as finetune does: every host says a bad one
     parent = check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(parent, "sweep", cfg.init.checkpoint)
-    run_dirs = [finetune(for_rate(cfg, lr)) for lr in cfg.glue.learning_rates]
+    run_dirs = []
+    with losing_a_process_is_fatal(), hold_run_dir(parent):
+        for lr in cfg.glue.learning_rates:
+            run_dirs.append(finetune(for_rate(cfg, lr)))
+            if jax.process_index() == 0:
+                report = summarize(cfg, run_dirs)
+                write_atomic(parent / SWEEP, json_text(report))
     if jax.process_index() == 0:
         warn_unlisted_rates(parent, run_dirs)
-        report = summarize(cfg, run_dirs)
-        write_atomic(parent / SWEEP, json_text(report))
         print(describe(report, parent / SWEEP))
     return parent
 
@@ -64,9 +71,10 @@ def warn_unlisted_rates(parent: Path, run_dirs: list[Path]) -> None:
 
 def summarize(cfg: Config, run_dirs: list[Path]) -> dict:
     """sweep.json: each rate's main-score statistics, best model and GLUE submission files (its
-    results.json's), and the best rate's: the files to send the leaderboard."""
+    results.json's), and the best rate's: the files to send the leaderboard. `run_dirs` are
+    the runs of the first rates listed (those finished); the others are "to_run"."""
     rates = []
-    for lr, run_dir in zip(cfg.glue.learning_rates, run_dirs, strict=True):
+    for lr, run_dir in zip(cfg.glue.learning_rates, run_dirs, strict=False):
         results = json.loads((run_dir / "results.json").read_bytes())
         best_seed = max(results["seeds"], key=lambda r: r["best_score"])  # first of equals
         rates.append({"lr": lr, "run_dir": str(run_dir), "main_score":
@@ -78,6 +86,7 @@ def summarize(cfg: Config, run_dirs: list[Path]) -> dict:
     return {"task": task.name, "init": cfg.init.checkpoint, "seeds": list(cfg.glue.seeds),
             "main_score": task.metrics[0] if len(task.metrics) == 1 else
             f"mean of {' and '.join(task.metrics)}", "rates": rates,
+            "to_run": cfg.glue.learning_rates[len(rates):],
             "best": {k: best[k] for k in ("lr", "run_dir", "best_model", "submissions")}}
 
 

@@ -334,11 +334,16 @@ def sweep_models(path: Path) -> list[Path]:
 
 
 def _sweep_best(path: Path) -> str | None:
-    """The best model a finished sweep's sweep.json names, said as such; None without one."""
+    """The best model a sweep's sweep.json names, said as such (so far, when rates are still to
+    run: the sweep was interrupted); None without one."""
     try:
-        best = json.loads((path / "sweep.json").read_bytes())["best"]["best_model"]
-    except (OSError, ValueError, KeyError, TypeError):
+        report = json.loads((path / "sweep.json").read_bytes())
+        best, to_run = report["best"]["best_model"], report.get("to_run", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if to_run:
+        return (f"{best} (the best so far: the sweep has yet to run lr "
+                f"{', '.join(map(str, to_run))}; rerun its command to finish it)")
     return f"{best} (the best rate's best seed)"
 
 

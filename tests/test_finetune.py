@@ -737,14 +737,24 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
         train_lib.main(sweep_args(tmp_path / "lr0.002", "[1e-3]"))
 
 
+def finished_rate_run(run_dir: Path, scores: list[float]) -> Path:
+    """What a fine-tune leaves that a sweep reads: results.json for seeds 3, 5, 7 with these main
+    scores, config.yaml and each seed's best/manifest.json (empty: only their names count)."""
+    run_dir.mkdir(parents=True)
+    seeds = [{"seed": s, "best_score": x} for s, x in zip((3, 5, 7), scores, strict=False)]
+    results = {"seeds": seeds, "submissions": [], "summary": glue_eval.summarize(
+        [{**r, "best_metrics": {}} for r in seeds])}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "config.yaml").write_text("train: {task: glue}\n")
+    for seed in seeds:
+        (run_dir / f"seed{seed['seed']}" / "best").mkdir(parents=True)
+        (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").write_text("{}")
+    return run_dir
+
+
 def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path):
     def finished(folder, scores):
-        (tmp_path / folder).mkdir()
-        seeds = [{"seed": s, "best_score": x} for s, x in zip((3, 5, 7), scores, strict=False)]
-        results = {"seeds": seeds, "submissions": [], "summary": glue_eval.summarize(
-            [{**r, "best_metrics": {}} for r in seeds])}
-        (tmp_path / folder / "results.json").write_text(json.dumps(results))
-        return tmp_path / folder
+        return finished_rate_run(tmp_path / folder, scores)
 
     cfg = config.load([], ["glue.task=mrpc", "glue.learning_rates=[5e-5,4e-5,3e-5,2e-5]",
                            "glue.seeds=[3,5,7]"])
@@ -761,3 +771,44 @@ def test_a_sweep_picks_the_rate_of_best_median_and_the_first_of_equals(tmp_path)
     one = glue_sweep.for_rate(cfg, 3e-5)
     assert (one.optim.lr, one.glue.learning_rates, one.train.run_dir, one.wandb.name) == (
         3e-5, [], "runs/demo/lr3e-05", "demo-lr3e-05")
+
+
+def test_an_interrupted_sweep_says_so_and_a_second_sweep_waits_for_the_first(
+        tmp_path, monkeypatch):
+    """sweep.json is rewritten as each rate finishes: one interrupted before its last rate names
+    the rates still to run (not an earlier sweep's verdict), and so do predict and export. While a
+    sweep runs, its folder is held: a second sweep there is refused, not run beside it."""
+    cfg = config.load([], [f"train.run_dir={tmp_path}", "glue.task=mrpc", "glue.seeds=[3,5,7]",
+                           "glue.learning_rates=[5e-5,3e-5]"])
+    (tmp_path / glue_sweep.SWEEP).write_text('{"best": {"best_model": "an earlier sweep\'s"}}')
+
+    def fine_tune(rate_cfg):  # the first rate finishes; the second is interrupted
+        run_dir = Path(rate_cfg.train.run_dir)
+        if rate_cfg.optim.lr == 5e-5:
+            return finished_rate_run(run_dir, [0.5, 0.6, 0.7])
+        report = json.loads((tmp_path / glue_sweep.SWEEP).read_text())
+        assert [r["lr"] for r in report["rates"]] == [5e-5] and report["to_run"] == [3e-5]
+        with pytest.raises(UserError, match=rf"^{tmp_path} is in use by another run \(pid "):
+            glue_sweep.sweep(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(glue_sweep, "finetune", fine_tune)
+    with pytest.raises(KeyboardInterrupt):
+        glue_sweep.sweep(cfg)
+    report = json.loads((tmp_path / glue_sweep.SWEEP).read_text())
+    assert report["to_run"] == [3e-5]
+    assert report["best"]["best_model"] == str(tmp_path / "lr5e-05" / "seed7" / "best")
+    with pytest.raises(UserError, match=rf"holds a learning-rate sweep .* e\.g\. {tmp_path}/"
+                       r"lr5e-05/seed7/best \(the best so far: the sweep has yet to run lr "
+                       r"3e-05; rerun its command to finish it\)$"):
+        load_pretrained(tmp_path)
+    # Finished, the file says so; the lock went with the sweep.
+    monkeypatch.setattr(glue_sweep, "finetune", lambda rate_cfg: finished_rate_run(
+        Path(rate_cfg.train.run_dir), [0.9, 0.1, 0.2]))
+    with pytest.warns(UserWarning, match="lr5e-05: not in glue.learning_rates"):
+        glue_sweep.sweep(dataclasses.replace(cfg, glue=dataclasses.replace(
+            cfg.glue, learning_rates=[3e-5])))
+    report = json.loads((tmp_path / glue_sweep.SWEEP).read_text())
+    assert report["to_run"] == [] and [r["lr"] for r in report["rates"]] == [3e-5]
+    with pytest.raises(UserError, match=r"\(the best rate's best seed\)$"):
+        load_pretrained(tmp_path)
