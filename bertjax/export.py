@@ -41,6 +41,7 @@ from bertjax.pretrained import (
     check_tokenizer_fits,
     load_pretrained,
     restore_model,
+    sweep_example,
     sweep_models,
     tokenizer_of,
 )
@@ -181,8 +182,8 @@ def _not_a_run(path: Path) -> str:
     if not bests and not swept:
         return "pass a pretraining run directory (train.run_dir)"
     if not bests:
-        what = ("a GLUE learning-rate sweep: its runs' best epochs are release bundles already "
-                f"({swept[0]}; sweep.json names the best)")
+        what = ("a GLUE learning-rate sweep: its runs' best epochs are release bundles already, "
+                f"e.g. {sweep_example(path, swept)}")
     elif bests[0].parent == path:
         what = "a release bundle already"
     else:

@@ -321,9 +321,8 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
                         "state for resuming); rerun its command to finish it, then pass a seed's "
                         f"best epoch, {path}/seedN/best")
     if swept := sweep_models(path):
-        example = _sweep_best(path) or swept[0]
         raise UserError(f"{path} holds a learning-rate sweep (a fine-tuning run per rate, "
-                        f"lr<rate>/); pass one of its models, e.g. {example}")
+                        f"lr<rate>/); pass one of its models, e.g. {sweep_example(path, swept)}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
 
 
@@ -333,14 +332,14 @@ def sweep_models(path: Path) -> list[Path]:
             for manifest in sorted(run.glob("seed*/best/manifest.json"))]
 
 
-def _sweep_best(path: Path) -> str | None:
-    """The best model a sweep's sweep.json names, said as such (so far, when rates are still to
-    run: the sweep was interrupted); None without one."""
+def sweep_example(path: Path, swept: list[Path]) -> str:
+    """The model of sweep `path` to name as an example: the best its sweep.json names, said as
+    such (so far, when rates are still to run: the sweep was interrupted), else its first."""
     try:
         report = json.loads((path / "sweep.json").read_bytes())
         best, to_run = report["best"]["best_model"], report.get("to_run", [])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        return str(swept[0])
     if to_run:
         return (f"{best} (the best so far: the sweep has yet to run lr "
                 f"{', '.join(map(str, to_run))}; rerun its command to finish it)")

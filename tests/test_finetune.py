@@ -722,7 +722,8 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
                                         rf"e\.g\. {tmp_path}/lr"):
         plot.metrics_path(tmp_path)
     with pytest.raises(UserError, match=r"it is a GLUE learning-rate sweep: its runs' best epochs "
-                                        r"are release bundles already \(.*/lr.*/seed\d/best; "):
+                                        r"are release bundles already, e\.g\. "
+                                        rf"{report['best']['best_model']} \(the best rate's"):
         export.export_run(tmp_path, tmp_path.parent / "bundle")
     # optim.lr given beside the sweep is said to be replaced.
     with pytest.warns(UserWarning, match=r"^optim.lr=1e-4 is replaced by each rate of glue."
