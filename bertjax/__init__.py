@@ -19,7 +19,8 @@ imports only from lower layers, and never in a circle inside its own.
         runlock divergence                         the run directory's lock; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
         pretrained starting_points export          weights; load a model; start a run from it;
-        predict plot glue_eval                     release; infer; plot; GLUE scores
+        predict plot glue_eval glue_submission     release; infer; plot; GLUE scores; the
+                                                   leaderboard's zip
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
         glue_sweep                                 GLUE: one seed, all seeds; one run per
                                                    learning rate)

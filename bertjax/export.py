@@ -14,7 +14,6 @@ directory holding it, or a directory that is not such an export.
 `best/`; the model's heads pick the class (see `hf_kind`).
 """
 
-import argparse
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
-from bertjax.files import from_cwd, path_argument, sha256_file
+from bertjax.files import ArgParser, from_cwd, path_argument, sha256_file
 from bertjax.hf import export_hf
 from bertjax.model import Bert, num_labels, param_count
 from bertjax.output_dirs import check_output_dir, staged_dir
@@ -284,15 +283,10 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
                      multi_label=kind == "cls" and loaded.multi_label) + left_out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2 through bertjax.errors.cli
-        raise UserError(f"{message}; {USAGE}")
-
-
 def main(argv: list[str]) -> None:
     # the docstring's whole first paragraph: its first line alone ended at "[--force]`;" and
     # left --format hf out of --help
-    parser = _Parser(prog="python -m bertjax.export",
+    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.export",
                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT", type=path_argument,
                         help="a pretraining run; with --format hf also a checkpoint or bundle")

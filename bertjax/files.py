@@ -91,6 +91,18 @@ def from_cwd(path: str | Path) -> str:
     return "" if Path(path).is_absolute() else f" (in the current directory, {Path.cwd()})"
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the commands: a bad command line is one UserError line ending with `usage`
+    (exit 2 through errors.cli), where argparse prints its usage block and exits itself."""
+
+    def __init__(self, *args, usage_line: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.usage_line = usage_line
+
+    def error(self, message):
+        raise UserError(f"{message}; {self.usage_line}")
+
+
 def path_argument(text: str) -> str:
     """argparse `type` of a command-line path: an empty one (an unset shell variable) is
     refused, where Path("") would quietly read as the current directory."""

@@ -7,7 +7,6 @@ of --batch-size, each padded to a power-of-two length and cut to the model's pos
 are probabilities (softmax in f32; a sigmoid per class for a multi-label classifier).
 """
 
-import argparse
 import sys
 import warnings
 from functools import partial
@@ -19,7 +18,7 @@ from tokenizers import Tokenizer
 
 from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
-from bertjax.files import check_file, path_argument, utf8_error
+from bertjax.files import ArgParser, check_file, path_argument, utf8_error
 from bertjax.model import Bert, num_labels
 from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer
 from bertjax.tokenizer import encode_in_chunks, pad_rows
@@ -206,13 +205,8 @@ def _inputs(args) -> tuple[list[str], list[str] | None]:
     return [s[0] for s in split], None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2 through bertjax.errors.cli
-        raise UserError(f"{message}; {USAGE}")
-
-
 def main(argv: list[str]) -> None:
-    parser = _Parser(prog="python -m bertjax.predict")
+    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.predict")
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
     parser.add_argument("checkpoint", type=path_argument,
                         help="run dir, checkpoint dir, bundle or HF BERT dir")

@@ -127,13 +127,13 @@ def _held_in(run_dir: Path, task: str, init_checkpoint: str | None) -> str | Non
         start, own = Path(init_checkpoint).resolve(), run_dir.resolve()
         if start == own or own in start.parents:
             return f"init.checkpoint={init_checkpoint}, the model this fine-tune starts from"
-    for other, evidence in _runs_in(run_dir).items():
+    for other, evidence in runs_in(run_dir).items():
         if other != task:
             return f"{HELD[other]} ({evidence})"
     return None
 
 
-def _runs_in(run_dir: Path) -> dict[str, str]:
+def runs_in(run_dir: Path) -> dict[str, str]:
     """{train.task or "sweep": what shows it} for the runs `run_dir` holds: its config.yaml's
     train.task, a pretraining run's checkpoints/, a sweep's sweep.json or lr<rate>/ runs, a
     fine-tune's seedN/ folders."""

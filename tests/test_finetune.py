@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import count_calls, free_port
 
-from bertjax import config, glue, glue_batches, glue_eval, glue_sweep
+from bertjax import config, glue, glue_batches, glue_eval, glue_submission, glue_sweep
 from bertjax import finetune as finetune_lib
 from bertjax import step as step_lib
 from bertjax import tokenizer as tokenizer_lib
@@ -725,6 +725,11 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
                                         r"are release bundles already, e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
         export.export_run(tmp_path, tmp_path.parent / "bundle")
+    # The leaderboard's zip reads the best rate's files (the fixture's test split is cut short).
+    with pytest.raises(UserError, match=rf"^{report['best']['run_dir']}/submission/SST-2.tsv has "
+                                        "3 predictions but GLUE's sst2 test split has 1,821"):
+        glue_submission.main([str(tmp_path), "--out", str(tmp_path.parent / "glue.zip"),
+                              "--allow-missing"])
     # optim.lr given beside the sweep is said to be replaced.
     with pytest.warns(UserWarning, match=r"^optim.lr=1e-4 is replaced by each rate of glue."
                                          r"learning_rates; drop it, or set glue.learning_rates"):

@@ -16,7 +16,7 @@ LAYERS = [
      "glue_batches", "sharding", "processes", "checkpoint", "metrics", "weights", "runlock",
      "divergence"},
     {"hf_config", "hf_tokenizer", "hf_checks", "hf", "pretrained", "starting_points", "export",
-     "predict", "plot", "glue_eval"},
+     "predict", "plot", "glue_eval", "glue_submission"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune", "glue_sweep"},
     {"train"},
 ]
