@@ -22,7 +22,14 @@ from pathlib import Path
 
 from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
-from bertjax.files import ArgParser, check_dir_path, path_argument, rate_runs, write_atomic
+from bertjax.files import (
+    ArgParser,
+    check_dir_path,
+    path_argument,
+    rate_runs,
+    read_utf8,
+    write_atomic,
+)
 from bertjax.runlock import runs_in
 
 USAGE = ("usage: python -m bertjax.glue_submission RUN [RUN ...] --out FILE.zip "
@@ -40,7 +47,6 @@ class Source:
     """Where one task's files come from: the run that wrote them and its dev score."""
 
     run_dir: Path
-    task: str
     files: list[Path]
     score: str  # the dev main score as the run's results.json summarises it
 
@@ -81,11 +87,10 @@ def read_source(path: Path) -> Source:
         raise UserError(f"{path} wrote no submission files (its glue.data_dir had no test "
                         "split); give GLUE's test files and rerun its command")
     score = _field(results, results_file, "summary", "main_score", "median")
-    return Source(path, _field(results, results_file, "task"), files,
-                  "n/a" if score is None else f"{score:.4f}")
+    return Source(path, files, "n/a" if score is None else f"{score:.4f}")
 
 
-def _read_json(path: Path, fix: str) -> dict:
+def _read_json(path: Path, fix: str) -> object:
     try:
         return json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
@@ -111,7 +116,7 @@ def check_file(path: Path, task_name: str, split_name: str) -> int:
     fix = f"rerun {task_name}'s fine-tune with GLUE's own test file to write it again"
     if not path.is_file():
         raise UserError(f"{path} is missing (its results.json lists it); {fix}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path, fix).splitlines()
     if not lines or lines[0] != HEADER:
         raise UserError(f"{path} does not start with GLUE's header {HEADER!r}; {fix}")
     seen = set()
