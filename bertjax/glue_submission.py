@@ -146,8 +146,11 @@ def _valid(task: glue_tasks.Task, value: str) -> bool:
 def gather(run_dirs: list[Path], allow_missing: bool) -> tuple[dict[str, Path], list[str]]:
     """{file name in the zip: the file} from the runs, and a table of what came from where."""
     chosen: dict[str, tuple[Path, Source]] = {}
-    table = []
+    table, seen = [], set()
     for source in map(read_source, run_dirs):
+        if source.run_dir.resolve() in seen:  # named twice (a sweep and its best rate's run)
+            continue
+        seen.add(source.run_dir.resolve())
         for file in source.files:
             if file.name not in FILES:
                 raise UserError(f"{file}: {file.name} is no file of GLUE's submission; delete "
@@ -193,6 +196,9 @@ def main(argv: list[str]) -> None:
     check_dir_path(out.parent, "--out")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name, e.g. {out}/glue.zip")
+    if out.suffix != ".zip":  # (--force on a run's own file would replace it)
+        raise UserError(f"--out {out} is not a .zip file name; the leaderboard takes a zip: "
+                        f"e.g. --out {out.with_suffix('.zip')}")
     if out.exists() and not args.force:
         raise UserError(f"--out {out} exists; add --force to replace it, or choose another name")
     files, table = gather([Path(r) for r in args.runs], args.allow_missing)

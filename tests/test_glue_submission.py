@@ -80,7 +80,8 @@ def test_a_missing_task_is_named_unless_allowed(every_task, tmp_path):
                                         r"no CoLA.tsv \(cola\), .*WNLI.tsv \(wnli\); fine-tune"):
         main([str(every_task[1]), "--out", str(out)])
     assert not out.exists()
-    main([str(every_task[1]), str(every_task[5]), "--out", str(out), "--allow-missing"])
+    main([str(every_task[1]), str(every_task[5]), str(every_task[1]), "--out", str(out),
+          "--allow-missing"])  # a run named twice is read once
     with zipfile.ZipFile(out) as archive:
         assert archive.namelist() == ["SST-2.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"]
 
@@ -169,6 +170,8 @@ def test_the_command_line_says_a_bad_input_in_one_line(tmp_path):
                                                        "directory; give a file name"),
         ([str(tmp_path), "--out", str(tmp_path / "x.zip")], f"{tmp_path} is not a finished "
                                                             "GLUE fine-tuning run"),
+        ([str(run), "--out", str(run / "results.json"), "--force"],
+         f"--out {run / 'results.json'} is not a .zip file name; the leaderboard takes a zip"),
     ]:
         proc = subprocess.run([sys.executable, "-m", "bertjax.glue_submission", *args],
                               capture_output=True, text=True, cwd=ROOT)
