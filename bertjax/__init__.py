@@ -5,8 +5,9 @@ imports only from lower layers, and never in a circle inside its own.
 
     L0  errors leaving domains config_schema       user errors, a failing process leaving its run;
         config_yaml config config_changes          config domains, every key (schema), YAML text
-        files output_dirs                          in (values as written), loading; what changed
-                                                   between two configs; files and whole output
+        config_help files output_dirs              in (values as written), loading; what changed
+                                                   between two configs; --help and
+                                                   --print-config; files and whole output
                                                    directories
     L1  layers model precision                     the Equinox BERT, pure
     L2  loss masking optim step                    device-side: losses, masking, AdamW, steps

@@ -289,11 +289,6 @@ def _default_steps(merged: DictConfig) -> None:
         merged.train.steps = None if merged.train.tokens is not None else TrainConfig.steps
 
 
-OVERRIDES_HELP = ("YAML files merge in order over the defaults, then each section.key=value "
-                  "override (e.g. train.steps=100); every key, its default and its doc: "
-                  "bertjax/config_schema.py")
-
-
 def asks_for_help(argv: list[str]) -> bool:
     """-h or --help anywhere on a command line that takes CONFIG [key=value ...]."""
     return any(word in ("-h", "--help") for word in argv)

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from bertjax import config as config_lib
 from bertjax import hub_models, sources, tokenizer
 from bertjax.config import Config, DataConfig
+from bertjax.config_help import help_text, split_print_flag
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     LOCK_NAME,
@@ -316,17 +317,22 @@ def ensure_prepared(cfg: Config) -> Path:
     return directory
 
 
-USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...]"
+USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...] [--print-config]"
 
 
 def main(argv: list[str]) -> None:
     if config_lib.asks_for_help(argv):
-        print(f"{USAGE}\n{config_lib.OVERRIDES_HELP}")
+        print(help_text(USAGE))
         return
+    argv, print_only = split_print_flag(argv)
     files, overrides = config_lib.split_args(argv)
     if not files:
         raise UserError(USAGE)
-    ensure_prepared(config_lib.load(files, overrides))
+    cfg = config_lib.load(files, overrides)
+    if print_only:
+        print(config_lib.to_yaml(cfg), end="")
+        return
+    ensure_prepared(cfg)
 
 
 if __name__ == "__main__":

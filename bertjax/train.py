@@ -12,27 +12,33 @@ from pathlib import Path
 
 from bertjax import config
 from bertjax.config_changes import PRETRAINING_ONLY
+from bertjax.config_help import help_text, split_print_flag
 from bertjax.errors import UserError, cli
 from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.glue_sweep import sweep
 from bertjax.pretrain import pretrain
 from bertjax.processes import relay_a_config_error
 
-USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]"
+USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...] [--print-config]"
 
 
 def main(argv: list[str]) -> None:
     if config.asks_for_help(argv):
-        print(f"{USAGE}\n{config.OVERRIDES_HELP}")
+        print(help_text(USAGE))
         return
+    argv, print_only = split_print_flag(argv)
     if not argv:
         raise UserError(USAGE)
     files, overrides = config.split_args(argv)
     try:
         cfg = config.load(files, overrides)
     except UserError as e:
-        relay_a_config_error(str(e), overrides)  # to the other processes of a run, if any
+        if not print_only:
+            relay_a_config_error(str(e), overrides)  # to the other processes of a run, if any
         raise
+    if print_only:
+        print(config.to_yaml(cfg), end="")
+        return
     check_config_file_kept(files, cfg.train.run_dir)
     if cfg.train.task == "glue":
         warn_pretraining_overrides(overrides)

@@ -499,12 +499,39 @@ def test_a_partial_multi_process_setting_names_the_missing_keys():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["configs/demo.yaml", "--help"], ["-h"]])
-def test_help_prints_usage_and_exits_0(argv, capsys):
+def test_help_prints_usage_and_every_key_and_exits_0(argv, capsys):
     for front_door in (train, prepare):
         front_door.main(argv)  # returns: exit code 0, nothing loaded or written
         out = capsys.readouterr().out
         assert out.startswith(front_door.USAGE) and "section.key=value" in out
         assert "CONFIG.yaml [more.yaml] [key=value" in out  # both merge several YAML files
+        # every key of the schema, with its declared default, type, domain and doc
+        for section in dataclasses.fields(config.Config):
+            for f in dataclasses.fields(section.default_factory):
+                assert f"\n  {section.name}.{f.name} = " in out, f.name
+                assert f"\n      {f.metadata['doc']}\n" in out, f.name
+        assert "\n  model.num_layers = null  (int | None; > 0)\n" in out  # not the derived 2
+        assert "\n  model.scan_layers = true  (bool)\n" in out
+        assert "\n  glue.buckets = [32, 64, 128]  (list[int]; a non-empty, strictly increasing " \
+               "list of values >= 8)\n" in out
+
+
+def test_print_config_shows_what_a_command_line_resolves_to_and_runs_nothing(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the configs' relative run_dir and data.dir: nothing made here
+    args = [str(ROOT / "configs" / "mnli.yaml"), "glue.epochs=2", "--print-config"]
+    train.main(args)
+    printed = capsys.readouterr().out
+    expected = config.load([ROOT / "configs" / "mnli.yaml"], ["glue.epochs=2"])
+    assert yaml.safe_load(printed) == config.to_dict(expected)
+    assert yaml.safe_load(printed)["glue"]["epochs"] == 2.0
+    (tmp_path / "printed.yaml").write_text(printed)  # a config file as it is
+    assert config.load([tmp_path / "printed.yaml"], []) == expected
+    prepare.main([str(ROOT / "configs" / "demo.yaml"), "--print-config", "data.seq_len=64"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["seq_len"] == 64
+    assert list(tmp_path.iterdir()) == [tmp_path / "printed.yaml"]
+    with pytest.raises(UserError, match=r"unknown config key 'glue.epochz'.*'glue.epochs'"):
+        train.main([*args, "glue.epochz=2"])
 
 
 def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):

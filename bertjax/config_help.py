@@ -1,0 +1,49 @@
+"""What the commands that take a config (train, prepare) show instead of running: `--help` lists
+every key with its default, type, domain and doc, generated from config_schema.py (the one
+reference, so the help cannot drift from it), and `--print-config` prints the config that the
+files and overrides resolve to, as YAML, so a long run's command line can be checked first.
+"""
+
+import dataclasses
+
+from bertjax.config_schema import Config
+from bertjax.domains import show, type_name
+
+PRINT_FLAG = "--print-config"
+HELP = ("YAML files merge in order over the defaults, then each section.key=value override (e.g. "
+        f"train.steps=100). {PRINT_FLAG} prints the config they resolve to, as YAML, and exits: "
+        "nothing else is read or written (null keys are derived when a run starts, a "
+        "fine-tune's model.* from init.checkpoint). Every key, its default (type; domain) and "
+        "its doc, as bertjax/config_schema.py declares them:")
+
+
+def help_text(usage: str) -> str:
+    return f"{usage}\n{HELP}\n\n{every_key()}"
+
+
+def every_key() -> str:
+    """Each section's keys: `section.key = default  (type; must be domain)` over its doc."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        # the declared defaults: an instance holds derived ones (model.num_layers from size)
+        for f in dataclasses.fields(section.default_factory):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            domain = f.metadata.get("domain")
+            # (a path's rules end in examples: the error that refuses one gives them)
+            kind = type_name(f.type) + (f"; {domain.says.split(' (')[0]}" if domain else "")
+            lines.append(f"  {section.name}.{f.name} = {as_written(default)}  ({kind})")
+            lines.append(f"      {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+def as_written(value) -> str:
+    """A default as YAML and overrides write it: null, true, false."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return show(value)
+
+
+def split_print_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """(the command line without --print-config, whether it was there)."""
+    return [a for a in argv if a != PRINT_FLAG], PRINT_FLAG in argv
