@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from bertjax import glue_tasks
+from bertjax import glue_tasks, plot
 from bertjax.config import Config
 from bertjax.files import check_dir_path, json_text, rate_runs, write_atomic
 from bertjax.finetune import finetune
@@ -42,6 +42,7 @@ def sweep(cfg: Config) -> Path:
                 write_atomic(parent / SWEEP, json_text(report))
     if jax.process_index() == 0:
         warn_unlisted_rates(parent, run_dirs)
+        plot.plot_finished_run(parent)  # every rate's seeds: curves.png
         print(describe(report, parent / SWEEP))
     return parent
 

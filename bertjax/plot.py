@@ -3,9 +3,10 @@
 Pretraining: two panels, loss and MLM accuracy, with training rows as lines and validation rows
 as markers, against tokens seen (the x-axis that compares runs of different batch sizes). GLUE:
 each seed's training loss and dev score (the task's main metric) by epoch, one colour a seed,
-where overfitting and the spread between seeds show. Damaged rows (a line cut by a crash, an
-edited file) are left out with one warning; a file with nothing to draw is refused before an
-existing curves.png is touched.
+where overfitting and the spread between seeds show. A learning-rate sweep's folder: each rate's
+seeds' dev scores by epoch, one colour a rate, and each seed's best dev score against its rate.
+Damaged rows (a line cut by a crash, an edited file) are left out with one warning; a file with
+nothing to draw is refused before an existing curves.png is touched.
 """
 
 import io
@@ -23,8 +24,9 @@ VAL_FIELDS = ("step", "val_loss", "val_accuracy")
 EPOCH_FIELDS = ("seed", "epoch", "train_loss", "dev_score")  # a GLUE seed's epoch row
 # The measured values (not the axes): null there is a NaN or infinity strict JSON could not hold.
 MEASURED = {"loss", "accuracy", "val_loss", "val_accuracy", "train_loss", "dev_score"}
-# A panel: (x label, y label, lines); a line: (legend label, xs, ys, matplotlib format, colour).
-Panel = tuple[str, str, list[tuple[str, list, list, str, str]]]
+# A panel: (x label, y label, lines); a line: (legend label or None, xs, ys, matplotlib format,
+# colour).
+Panel = tuple[str, str, list[tuple[str | None, list, list, str, str]]]
 
 
 def _parse(path: Path) -> tuple[list[dict], list[str]]:
@@ -129,20 +131,50 @@ def _pretraining_panels(path: Path, rows: list[dict], skipped: list[str]) -> lis
         for key, label in PANELS]
 
 
-def _glue_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel]:
-    """Each seed's epoch rows (an epoch a resume logged twice: its last row)."""
+def _epochs_by_seed(rows: list[dict], skipped: list[str]) -> list[tuple[int, list[dict]]]:
+    """Each seed's epoch rows in order (an epoch a resume logged twice: its last row)."""
     seeds: dict = {}
     for r in _complete(rows, EPOCH_FIELDS, ("dev_score",), skipped):
         seeds.setdefault(r["seed"], {})[r["epoch"]] = r
-    if not seeds:
+    return [(seed, [epochs[e] for e in sorted(epochs)]) for seed, epochs in sorted(seeds.items())]
+
+
+def _glue_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel]:
+    """Each seed's training loss and dev score by epoch."""
+    by_seed = _epochs_by_seed(rows, skipped)
+    if not by_seed:
         raise _nothing_to_draw(path, skipped)
-    by_seed = [(seed, [epochs[e] for e in sorted(epochs)])
-               for seed, epochs in sorted(seeds.items())]
     return [("epoch", label, [(f"seed {seed}", [r["epoch"] for r in epochs],
                                [r[key] for r in epochs], "o-", f"C{i % 10}")
                               for i, (seed, epochs) in enumerate(by_seed)])
             for key, label in (("train_loss", "training loss (epoch mean)"),
                                ("dev_score", _score_name(by_seed[0][1][0])))]
+
+
+def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
+    """A learning-rate sweep (a GLUE run per rate in lr<rate>/, glue_sweep.py): every seed's dev
+    score by epoch, one colour a rate; and each seed's best dev score against its rate, where
+    the sweep's choice and the spread between seeds show. A rate with no finished epoch yet (an
+    interrupted sweep) is left out."""
+    by_epoch, best, name = [], [], None
+    for i, run in enumerate(sorted(rates, key=lambda r: float(r.name[2:]))):
+        if not (run / "metrics.jsonl").is_file():
+            continue
+        rows, skipped = _parse(run / "metrics.jsonl")
+        by_seed = _epochs_by_seed(rows, skipped)
+        _warn_skipped(run / "metrics.jsonl", skipped)
+        for j, (_, epochs) in enumerate(by_seed):
+            label, color, scores = f"lr {run.name[2:]}" if j == 0 else None, f"C{i % 10}", \
+                [r["dev_score"] for r in epochs]
+            by_epoch.append((label, [r["epoch"] for r in epochs], scores, "o-", color))
+            kept = [x for x in scores if not math.isnan(x)]  # a diverged epoch: no best
+            best.append((label, [float(run.name[2:])] if kept else [], [max(kept, default=0)],
+                         "o", color))
+            name = name or _score_name(epochs[0])
+    if not by_epoch:
+        raise UserError(f"{run_dir} is a learning-rate sweep with no finished epoch yet; plot it "
+                        "once one is done; nothing was written")
+    return [("epoch", name, by_epoch), ("learning rate", f"best {name} of each seed", best)]
 
 
 def _score_name(row: dict) -> str:
@@ -163,18 +195,30 @@ def plot_run(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    path = metrics_path(run_dir)
-    rows, skipped = _parse(path)
-    glue_run = any("dev_score" in r for r in rows)
-    panels = (_glue_panels if glue_run else _pretraining_panels)(path, rows, skipped)
-    _warn_skipped(path, skipped)
+    rates = [] if (run_dir / "metrics.jsonl").exists() else rate_runs(run_dir)
+    if rates:
+        panels = _sweep_panels(run_dir, rates)
+    else:
+        path = metrics_path(run_dir)
+        rows, skipped = _parse(path)
+        glue_run = any("dev_score" in r for r in rows)
+        panels = (_glue_panels if glue_run else _pretraining_panels)(path, rows, skipped)
+        _warn_skipped(path, skipped)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, (xlabel, ylabel, lines) in zip(axes, panels, strict=True):
         for label, xs, ys, fmt, color in lines:
             if xs:
                 ax.plot(xs, ys, fmt, label=label, color=color)
-        if glue_run:  # whole epochs only
+        xs = sorted({x for line in lines for x in line[1]})
+        if xlabel == "epoch" and len(xs) <= 12:  # each epoch (one gave ticks at 0.96, 1.04)
+            ax.set_xticks(xs)
+        elif xlabel == "epoch":  # whole epochs only
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if xlabel == "learning rate":  # a sweep's rates span decades: each one named
+            ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.margins(x=0.15)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

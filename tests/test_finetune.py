@@ -718,9 +718,12 @@ def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
     with pytest.raises(UserError, match=rf"{tmp_path} holds a learning-rate sweep .* e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
         load_pretrained(tmp_path)
+    # plot draws the whole sweep (as the sweep did at its end): one colour a rate
+    assert (tmp_path / "curves.png").is_file()
+    assert plot.plot_run(tmp_path) == tmp_path / "curves.png"
     with pytest.raises(UserError, match=r"this is a learning-rate sweep: pass one of its runs, "
                                         rf"e\.g\. {tmp_path}/lr"):
-        plot.metrics_path(tmp_path)
+        plot.metrics_path(tmp_path)  # what a loader of one run's metrics is told
     with pytest.raises(UserError, match=r"it is a GLUE learning-rate sweep: its runs' best epochs "
                                         r"are release bundles already, e\.g\. "
                                         rf"{report['best']['best_model']} \(the best rate's"):
@@ -811,7 +814,8 @@ def test_an_interrupted_sweep_says_so_and_a_second_sweep_waits_for_the_first(
     # Finished, the file says so; the lock went with the sweep.
     monkeypatch.setattr(glue_sweep, "finetune", lambda rate_cfg: finished_rate_run(
         Path(rate_cfg.train.run_dir), [0.9, 0.1, 0.2]))
-    with pytest.warns(UserWarning, match="lr5e-05: not in glue.learning_rates"):
+    with pytest.warns(UserWarning, match="lr5e-05: not in glue.learning_rates"), \
+            pytest.warns(UserWarning, match="curves.png not drawn: .* no finished epoch yet"):
         glue_sweep.sweep(dataclasses.replace(cfg, glue=dataclasses.replace(
             cfg.glue, learning_rates=[3e-5])))
     report = json.loads((tmp_path / glue_sweep.SWEEP).read_text())

@@ -144,6 +144,37 @@ def test_plot_of_a_glue_run_draws_each_seeds_epochs_in_both_panels(tmp_path):
         "dev: mean of accuracy, f1"
 
 
+def test_plot_of_a_sweep_draws_each_rates_seeds_by_epoch_and_against_the_rate(tmp_path):
+    """A sweep's folder (no metrics.jsonl of its own): one colour a rate, in both panels; a rate
+    with no epoch yet (an interrupted sweep) is left out."""
+    def rate(folder, scores):  # two seeds, an epoch each score
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.yaml").write_text("train: {task: glue}\n")
+        rows = [{"step": e, "seed": seed, "epoch": e, "train_loss": 1.0, "dev_score": x + seed,
+                 "dev/accuracy": x + seed} for seed in (0, 1) for e, x in enumerate(scores, 1)]
+        (tmp_path / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                              for r in rows))
+    (tmp_path / "lr0.001").mkdir()  # started, no epoch row yet
+    (tmp_path / "lr0.001" / "config.yaml").write_text("train: {task: glue}\n")
+    with pytest.raises(UserError, match=r"is a learning-rate sweep with no finished epoch yet; "
+                                        r"plot it once one is done; nothing was written"):
+        plot_run(tmp_path)
+    rate("lr5e-05", [0.1, 0.2, 0.15])
+    rate("lr2e-05", [0.3, 0.1, 0.2])
+    assert plot._sweep_panels(tmp_path, plot.rate_runs(tmp_path))[1] == (
+        "learning rate", "best dev accuracy of each seed", [
+            ("lr 2e-05", [2e-5], [0.3], "o", "C0"), (None, [2e-5], [1.3], "o", "C0"),
+            ("lr 5e-05", [5e-5], [0.2], "o", "C1"), (None, [5e-5], [1.2], "o", "C1")])
+    image = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
+
+    def drawn(color):  # pixels of this colour in the left (by epoch) and right (by rate) panel
+        hit = np.abs(image - np.asarray(to_rgb(color))).max(-1) < 0.05
+        return hit[:, :550].sum(), hit[:, 550:].sum()
+
+    assert min(drawn("C0")) > 20 and min(drawn("C1")) > 20  # 2e-5 then 5e-5: by rate
+    assert drawn("C2") == (0, 0)  # lr0.001 has no epoch
+
+
 TRAIN_ROW = {"step": 1, "loss": 4.0, "accuracy": 0.1, "tokens": 100}
 
 
