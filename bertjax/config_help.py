@@ -5,11 +5,15 @@ files and overrides resolve to, as YAML, so a long run's command line can be che
 """
 
 import dataclasses
+import difflib
+from pathlib import Path
 
 from bertjax.config_schema import Config
 from bertjax.domains import show, type_name
+from bertjax.errors import UserError
 
 PRINT_FLAG = "--print-config"
+OPTIONS = ("--help", PRINT_FLAG)
 HELP = ("YAML files merge in order over the defaults, then each section.key=value override (e.g. "
         f"train.steps=100). {PRINT_FLAG} prints the config they resolve to, as YAML, and exits: "
         "nothing else is read or written (null keys are derived when a run starts, a "
@@ -45,5 +49,15 @@ def as_written(value) -> str:
 
 
 def split_print_flag(argv: list[str]) -> tuple[list[str], bool]:
-    """(the command line without --print-config, whether it was there)."""
+    """(the command line without --print-config, whether it was there). Another word that
+    starts with a dash and is no file is refused as an unknown option (`--print-confg` was
+    "config file --print-confg does not exist"); `--train.steps=5` is left to the overrides'
+    own check, which says to drop the dashes."""
+    for word in argv:
+        if word.startswith("-") and word != PRINT_FLAG and "=" not in word and \
+                not Path(word).exists():
+            near = difflib.get_close_matches(word, OPTIONS, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise UserError(f"unknown option {word}; {hint}the options are "
+                            f"{', '.join(OPTIONS)}")
     return [a for a in argv if a != PRINT_FLAG], PRINT_FLAG in argv

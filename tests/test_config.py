@@ -532,6 +532,13 @@ def test_print_config_shows_what_a_command_line_resolves_to_and_runs_nothing(
     assert list(tmp_path.iterdir()) == [tmp_path / "printed.yaml"]
     with pytest.raises(UserError, match=r"unknown config key 'glue.epochz'.*'glue.epochs'"):
         train.main([*args, "glue.epochz=2"])
+    for front_door in (train, prepare):  # was "config file --print-confg does not exist"
+        with pytest.raises(UserError, match=r"^unknown option --print-confg; did you mean "
+                                            r"--print-config\? the options are --help, --print"):
+            front_door.main([str(ROOT / "configs" / "demo.yaml"), "--print-confg"])
+    (tmp_path / "-odd.yaml").write_text("train: {steps: 7}\n")  # a file is a file
+    train.main(["-odd.yaml", "--print-config"])
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["steps"] == 7
 
 
 def test_a_missing_file_that_is_a_key_or_an_include_says_so(tmp_path):
