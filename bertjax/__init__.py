@@ -17,7 +17,8 @@ imports only from lower layers, and never in a circle inside its own.
                                                    model ids: downloaded)
         sharding processes checkpoint metrics      mesh; joining, agreeing, stopping together;
         weights                                    Orbax, monitoring, safetensors
-        runlock divergence                         the run directory's lock; rollbacks
+        runlock sweep_state divergence             the run directory's lock; what a sweep's
+                                                   folder holds; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
         pretrained starting_points export          weights; load a model; start a run from it;
         predict plot glue_eval glue_submission     release; infer; plot; GLUE scores; the

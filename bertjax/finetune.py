@@ -60,6 +60,7 @@ from bertjax.seed_run import (
 )
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import initial_model, load_start
+from bertjax.sweep_state import check_rate_folder
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.
@@ -86,6 +87,7 @@ def finetune(cfg: Config) -> Path:
     join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
+    check_rate_folder(cfg.train.run_dir, cfg.optim.lr)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     # One run at a time in a run directory.
     with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):

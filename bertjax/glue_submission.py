@@ -13,9 +13,10 @@ refused too, unless --allow-missing. The zip is written whole or not at all, wit
 timestamps: the same files give the same bytes.
 """
 
+import errno
 import io
 import json
-import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +25,22 @@ from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     ArgParser,
-    check_dir_path,
+    check_file,
+    is_disk_full,
     path_argument,
     rate_runs,
     read_utf8,
     write_atomic,
 )
 from bertjax.runlock import runs_in
+from bertjax.sweep_state import read_sweep
 
 USAGE = ("usage: python -m bertjax.glue_submission RUN [RUN ...] --out FILE.zip "
          "[--allow-missing] [--force]")
 HEADER = "index\tprediction"
+SCORE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_MISSING = object()
+AX_SOURCE = "the MNLI run writes it, given GLUE's diagnostic/diagnostic.tsv"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say: no build time in the bytes
 # Every file of a complete submission, in GLUE's order: (task, split) by file name.
 FILES = {glue_tasks.get_task(task).split(split).submission: (task, split)
@@ -56,15 +62,11 @@ def read_source(path: Path) -> Source:
     naming what to do for anything else (an unfinished run or sweep, a pretraining run)."""
     if not path.is_dir():
         raise UserError(f"{path} is not a directory; pass GLUE runs' train.run_dir")
-    sweep = path / "sweep.json"
-    if sweep.is_file():
-        report = _read_json(sweep, "rerun the sweep's command to write it again")
-        # (a sweep.json older than "to_run" is a finished sweep's)
-        if isinstance(report, dict) and report.get("to_run"):
-            raise UserError(f"{path} is a learning-rate sweep that has yet to run lr "
-                            f"{', '.join(map(str, report['to_run']))}; rerun its command to "
-                            "finish it")
-        path = path / Path(_field(report, sweep, "best", "run_dir")).name  # moved folders too
+    sweep = read_sweep(path)
+    if sweep is not None:
+        if sweep.problem:  # an interrupted sweep, or one whose runs changed since
+            raise UserError(f"{path} is a learning-rate sweep, but {sweep.problem}")
+        path = sweep.best_run  # found in this folder: a moved sweep's own
     elif rate_runs(path):
         raise UserError(f"{path} is a learning-rate sweep with no finished rate yet (no "
                         "sweep.json); rerun its command to finish it")
@@ -81,13 +83,15 @@ def read_source(path: Path) -> Source:
                         "finished one, or rerun its command to finish it")
     results = _read_json(results_file, "rerun the run's command to write it again")
     # by name, in the run's own submission/: the paths it wrote may be relative to another folder
-    files = [path / "submission" / Path(f).name for f in _field(results, results_file,
-                                                                "submissions")]
-    if not files:
+    names = dict.fromkeys(Path(f).name for f in _field(results, results_file, "submissions",
+                                                         kind=(list,), items=str))
+    if not names:
         raise UserError(f"{path} wrote no submission files (its glue.data_dir had no test "
                         "split); give GLUE's test files and rerun its command")
-    score = _field(results, results_file, "summary", "main_score", "median")
-    return Source(path, files, "n/a" if score is None else f"{score:.4f}")
+    score = _field(results, results_file, "summary", "main_score", "median",
+                   kind=(int, float, type(None)))
+    return Source(path, [path / "submission" / n for n in names],
+                  "n/a" if score is None else f"{score:.4f}")
 
 
 def _read_json(path: Path, fix: str) -> object:
@@ -97,36 +101,48 @@ def _read_json(path: Path, fix: str) -> object:
         raise UserError(f"{path} is not valid JSON ({e}); {fix}") from None
 
 
-def _field(data, path: Path, *keys: str):
-    """data[keys[0]][keys[1]]...; one line naming the file where one is missing (an edited or
-    foreign file)."""
+def _field(data, path: Path, *keys: str, kind: tuple, items: type | None = None):
+    """data[keys[0]][keys[1]]..., an instance of `kind` (a list: of `items`); one line naming the
+    file where it is missing or of another type (an edited or foreign file)."""
     for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            raise UserError(f"{path} has no {'.'.join(keys)}; it is not a file bertjax wrote: "
-                            "rerun the run's command to write it again")
-        data = data[key]
+        data = data.get(key, _MISSING) if isinstance(data, dict) else _MISSING
+    if data is _MISSING or isinstance(data, bool) or not isinstance(data, kind) or (
+            items is not None and not all(isinstance(x, items) for x in data)):
+        what = "no " + ".".join(keys) if data is _MISSING else \
+            f"{'.'.join(keys)} = {json.dumps(data)[:40]}, which bertjax never writes"
+        raise UserError(f"{path} has {what}; it is not a file bertjax wrote: rerun the run's "
+                        "command to write it again")
     return data
 
 
-def check_file(path: Path, task_name: str, split_name: str) -> int:
+def check_submission_file(path: Path, task_name: str, split_name: str) -> int:
     """The number of predictions in submission file `path`, refused in one line where the
-    leaderboard would refuse it."""
+    leaderboard would refuse it. GLUE's test indices are 0 .. rows - 1."""
     task = glue_tasks.get_task(task_name)
     rows = task.split(split_name).rows
-    fix = f"rerun {task_name}'s fine-tune with GLUE's own test file to write it again"
-    if not path.is_file():
-        raise UserError(f"{path} is missing (its results.json lists it); {fix}")
-    lines = read_utf8(path, fix).splitlines()
+    fix = (f"rerun {'MNLI' if task_name == 'ax' else task_name}'s fine-tune with GLUE's own "
+           f"{task.dir}/{task.split(split_name).file} to write it again")
+    check_file(path, "submission file", f"its results.json lists it: {fix}")
+    text = read_utf8(path, fix)
+    if text.startswith("\ufeff"):
+        raise UserError(f"{path} starts with a byte-order mark (an editor's UTF-8 BOM) before "
+                        f"GLUE's header; {fix}")
+    lines = text.split("\n")  # read_utf8 made every line end "\n"; not splitlines: a \x0c
+    lines = lines[:-1] if lines[-1] == "" else lines  # inside a line is part of that line
     if not lines or lines[0] != HEADER:
         raise UserError(f"{path} does not start with GLUE's header {HEADER!r}; {fix}")
     seen = set()
     for number, line in enumerate(lines[1:], 2):
         index, _, value = line.partition("\t")
-        if not index.isdigit() or index in seen or not _valid(task, value):
-            what = "an index seen before" if index in seen else "not an index and a " + (
-                "label of " + "/".join(task.labels) if task.labels else "score in [0, 5]")
-            raise UserError(f"{path} line {number}: {line!r} is {what}; {fix}")
-        seen.add(index)
+        number_ok = index.isascii() and index.isdigit() and (index == "0" or index[0] != "0")
+        if not number_ok or int(index) >= rows or int(index) in seen or not _valid(task, value):
+            what = (f"an index outside GLUE's test indices 0 to {rows - 1:,}"
+                    if number_ok and int(index) >= rows else
+                    "an index seen before" if number_ok and int(index) in seen else
+                    "not an index and a " + ("label of " + "/".join(task.labels) if task.labels
+                                             else "score in [0, 5]"))
+            raise UserError(f"{path} line {number}: {line[:60]!r} is {what}; {fix}")
+        seen.add(int(index))
     if len(seen) != rows:
         raise UserError(f"{path} has {len(seen):,} predictions but GLUE's {task_name} "
                         f"{split_name} split has {rows:,} rows, and the leaderboard refuses a "
@@ -135,12 +151,11 @@ def check_file(path: Path, task_name: str, split_name: str) -> int:
 
 
 def _valid(task: glue_tasks.Task, value: str) -> bool:
+    """A label of the task, or an STS-B score written as a plain decimal number in [0, 5]
+    (float() would also take ' 3', '３' and '0_1')."""
     if task.labels:
         return value in task.labels
-    try:
-        return math.isfinite(score := float(value)) and 0.0 <= score <= glue_tasks.STSB_SCALE
-    except ValueError:
-        return False
+    return bool(SCORE.fullmatch(value)) and 0.0 <= float(value) <= glue_tasks.STSB_SCALE
 
 
 def gather(run_dirs: list[Path], allow_missing: bool) -> tuple[dict[str, Path], list[str]]:
@@ -158,11 +173,12 @@ def gather(run_dirs: list[Path], allow_missing: bool) -> tuple[dict[str, Path], 
             if file.name in chosen:
                 raise UserError(f"{file.name} comes from two runs, {chosen[file.name][1].run_dir}"
                                 f" and {source.run_dir}; pass one of them")
-            rows = check_file(file, *FILES[file.name])
+            rows = check_submission_file(file, *FILES[file.name])
             chosen[file.name] = (file, source)
             table.append(f"  {file.name:<12} {rows:>8,} rows  dev {source.score:>6}  "
                          f"{source.run_dir}")
-    missing = [f"{name} ({task})" for name, (task, _) in FILES.items() if name not in chosen]
+    missing = [f"{name} ({AX_SOURCE if task == 'ax' else task})"
+               for name, (task, _) in FILES.items() if name not in chosen]
     if missing and not allow_missing:
         raise UserError(f"the leaderboard scores only complete submissions, and these runs have "
                         f"no {', '.join(missing)}; fine-tune those tasks too and pass their "
@@ -178,8 +194,14 @@ def write_zip(files: dict[str, Path], out: Path) -> None:
             info = zipfile.ZipInfo(name, ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, files[name].read_bytes())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, buffer.getvalue())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, buffer.getvalue())
+    except OSError as e:  # (a full disk or a refused permission: errors.cli says those)
+        if is_disk_full(e) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise UserError(f"cannot write --out {out} ({e.strerror or e}); give a path on a disk "
+                        "you can write") from None
 
 
 def main(argv: list[str]) -> None:
@@ -193,12 +215,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    check_dir_path(out.parent, "--out")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--out {out} cannot be written: {above} is a file, not a directory; "
+                        "give a zip's path in a directory")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name, e.g. {out}/glue.zip")
     if out.suffix != ".zip":  # (--force on a run's own file would replace it)
+        like = out.parent / "glue.zip" if out.name.startswith(".") else out.with_suffix(".zip")
         raise UserError(f"--out {out} is not a .zip file name; the leaderboard takes a zip: "
-                        f"e.g. --out {out.with_suffix('.zip')}")
+                        f"e.g. --out {like}")
     if out.exists() and not args.force:
         raise UserError(f"--out {out} exists; add --force to replace it, or choose another name")
     files, table = gather([Path(r) for r in args.runs], args.allow_missing)

@@ -23,8 +23,7 @@ from bertjax.files import check_dir_path, json_text, rate_runs, write_atomic
 from bertjax.finetune import finetune
 from bertjax.processes import join_the_run, losing_a_process_is_fatal
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
-
-SWEEP = "sweep.json"
+from bertjax.sweep_state import SWEEP
 
 
 def sweep(cfg: Config) -> Path:

@@ -25,6 +25,7 @@ from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
 from bertjax.model import Bert, num_labels
 from bertjax.step import abstract_state
+from bertjax.sweep_state import read_sweep
 from bertjax.weights import model_from_arrays, read_safetensors
 
 BUNDLE_FORMAT = "bertjax-bundle"
@@ -334,16 +335,13 @@ def sweep_models(path: Path) -> list[Path]:
 
 def sweep_example(path: Path, swept: list[Path]) -> str:
     """The model of sweep `path` to name as an example: the best its sweep.json names, said as
-    such (so far, when rates are still to run: the sweep was interrupted), else its first."""
-    try:
-        report = json.loads((path / "sweep.json").read_bytes())
-        best, to_run = report["best"]["best_model"], report.get("to_run", [])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    such (and why that may no longer hold: an interrupted sweep), else its first."""
+    state = read_sweep(path)
+    if state is None or state.best_model is None or not state.best_model.is_dir():
         return str(swept[0])
-    if to_run:
-        return (f"{best} (the best so far: the sweep has yet to run lr "
-                f"{', '.join(map(str, to_run))}; rerun its command to finish it)")
-    return f"{best} (the best rate's best seed)"
+    if state.problem:
+        return f"{state.best_model} (sweep.json's best, but {state.problem})"
+    return f"{state.best_model} (the best rate's best seed)"
 
 
 def check_tokenizer_fits(tok, where: str | Path, model: Bert, fix: str) -> None:

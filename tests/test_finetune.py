@@ -750,11 +750,12 @@ def finished_rate_run(run_dir: Path, scores: list[float]) -> Path:
     """What a fine-tune leaves that a sweep reads: results.json for seeds 3, 5, 7 with these main
     scores, config.yaml and each seed's best/manifest.json (empty: only their names count)."""
     run_dir.mkdir(parents=True)
+    lr = float(run_dir.name[2:]) if run_dir.name.startswith("lr") else 1e-3
+    (run_dir / "config.yaml").write_text(f"train: {{task: glue}}\noptim: {{lr: {lr!r}}}\n")
     seeds = [{"seed": s, "best_score": x} for s, x in zip((3, 5, 7), scores, strict=False)]
     results = {"seeds": seeds, "submissions": [], "summary": glue_eval.summarize(
         [{**r, "best_metrics": {}} for r in seeds])}
-    (run_dir / "results.json").write_text(json.dumps(results))
-    (run_dir / "config.yaml").write_text("train: {task: glue}\n")
+    (run_dir / "results.json").write_text(json.dumps(results))  # after config.yaml: finished
     for seed in seeds:
         (run_dir / f"seed{seed['seed']}" / "best").mkdir(parents=True)
         (run_dir / f"seed{seed['seed']}" / "best" / "manifest.json").write_text("{}")
@@ -808,8 +809,8 @@ def test_an_interrupted_sweep_says_so_and_a_second_sweep_waits_for_the_first(
     assert report["to_run"] == [3e-5]
     assert report["best"]["best_model"] == str(tmp_path / "lr5e-05" / "seed7" / "best")
     with pytest.raises(UserError, match=rf"holds a learning-rate sweep .* e\.g\. {tmp_path}/"
-                       r"lr5e-05/seed7/best \(the best so far: the sweep has yet to run lr "
-                       r"3e-05; rerun its command to finish it\)$"):
+                       r"lr5e-05/seed7/best \(sweep.json's best, but the sweep has yet to run "
+                       r"lr 3e-05; rerun its command to finish it\)$"):
         load_pretrained(tmp_path)
     # Finished, the file says so; the lock went with the sweep.
     monkeypatch.setattr(glue_sweep, "finetune", lambda rate_cfg: finished_rate_run(
@@ -822,3 +823,54 @@ def test_an_interrupted_sweep_says_so_and_a_second_sweep_waits_for_the_first(
     assert report["to_run"] == [] and [r["lr"] for r in report["rates"]] == [3e-5]
     with pytest.raises(UserError, match=r"\(the best rate's best seed\)$"):
         load_pretrained(tmp_path)
+
+
+def test_a_sweep_json_that_no_longer_describes_its_folder_is_said_so(tmp_path, monkeypatch):
+    """sweep.json names the best model of a finished sweep, found in the folder it is in (a moved
+    sweep's own). An interrupted rerun (a rate's run unfinished), a rate's run trained again,
+    or a damaged file is said by the readers instead of passing sweep.json's verdict on; a plain
+    fine-tune at another rate is refused in a rate's folder."""
+    from bertjax import sweep_state
+    from bertjax.glue_submission import read_source
+
+    cfg = config.load([], [f"train.run_dir={tmp_path / 'first'}", "glue.task=mrpc",
+                           "glue.seeds=[3,5,7]", "glue.learning_rates=[5e-5,3e-5]"])
+    monkeypatch.setattr(glue_sweep, "finetune", lambda rate_cfg: finished_rate_run(
+        Path(rate_cfg.train.run_dir), [0.5, 0.9, 0.7] if rate_cfg.optim.lr == 3e-5 else [0.5]))
+    with pytest.warns(UserWarning, match="curves.png not drawn"):
+        glue_sweep.sweep(cfg)
+    sweep = (tmp_path / "first").rename(tmp_path / "moved")
+    state = sweep_state.read_sweep(sweep)
+    assert (state.best_run, state.best_model, state.problem) == (
+        sweep / "lr3e-05", sweep / "lr3e-05" / "seed5" / "best", None)
+    # A rerun with a new rate, interrupted: that rate's run holds a config.yaml, no results.
+    (sweep / "lr4e-05").mkdir()
+    (sweep / "lr4e-05" / "config.yaml").write_text("optim: {lr: 4.0e-05}\n")
+    problem = rf"{sweep}/lr4e-05 has not finished \(a sweep or fine-tune there was interrupted\)"
+    assert re.match(problem, sweep_state.read_sweep(sweep).problem)
+    with pytest.raises(UserError, match=rf"^{sweep} is a learning-rate sweep, but {problem}"):
+        read_source(sweep)
+    with pytest.raises(UserError, match=rf"e\.g\. {sweep}/lr3e-05/seed5/best \(sweep.json's "
+                                        rf"best, but {problem}"):
+        load_pretrained(sweep)
+    shutil.rmtree(sweep / "lr4e-05")
+    # A plain fine-tune at another rate is refused in a rate's folder; the same rate is not.
+    with pytest.raises(UserError, match=rf"^{sweep}/lr3e-05 is the run of rate 3e-05 in the "
+                                        rf"learning-rate sweep {sweep}; fine-tuning it at "
+                                        r"optim.lr=0.001 would replace that rate's seeds"):
+        sweep_state.check_rate_folder(sweep / "lr3e-05", 1e-3)
+    sweep_state.check_rate_folder(sweep / "lr3e-05", 3e-5)
+    sweep_state.check_rate_folder(tmp_path / "lr3e-05", 1e-3)  # no sweep around it
+    # A rate's run trained again after sweep.json (another score), or its best model removed.
+    (sweep / "lr5e-05" / "results.json").write_text(
+        (sweep / "lr3e-05" / "results.json").read_text())
+    assert re.match(rf"{sweep}/lr5e-05 changed after sweep.json was written",
+                    sweep_state.read_sweep(sweep).problem)
+    shutil.rmtree(sweep / "lr3e-05" / "seed5")
+    assert re.match(rf"{sweep}/lr3e-05/seed5/best, the best model sweep.json names, is missing",
+                    sweep_state.read_sweep(sweep).problem)
+    with pytest.raises(UserError, match=r"is a learning-rate sweep, but .* is missing; rerun "):
+        read_source(sweep)
+    (sweep / "sweep.json").write_text('{"best": 3}')
+    assert re.match(rf"{sweep}/sweep.json is damaged \(TypeError: ",
+                    sweep_state.read_sweep(sweep).problem)

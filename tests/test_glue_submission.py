@@ -37,11 +37,16 @@ def glue_run(run_dir: Path, task: str, rows: dict[str, int] | None = None,
 
 
 def sweep_of(parent: Path, task: str, to_run: list[float] = ()) -> Path:
-    """A learning-rate sweep whose best rate's run is lr3e-05/."""
+    """A learning-rate sweep (as glue_sweep.py writes it, then moved) whose best rate's run is
+    lr3e-05/."""
+    (parent / "lr3e-05" / "seed0" / "best").mkdir(parents=True)
+    (parent / "lr3e-05" / "seed0" / "best" / "manifest.json").write_text("{}")
+    (parent / "lr3e-05" / "config.yaml").write_text("optim: {lr: 3.0e-05}\n")  # first, as a run
     run = glue_run(parent / "lr3e-05", task)
-    (run / "config.yaml").write_text("train: {task: glue}\n")
+    score = json.loads((run / "results.json").read_text())["summary"]["main_score"]
     (parent / "sweep.json").write_text(json.dumps(
-        {"to_run": list(to_run), "best": {"run_dir": "elsewhere/lr3e-05"}}))
+        {"rates": [{"lr": 3e-5, "main_score": score}], "to_run": list(to_run),
+         "best": {"best_model": "elsewhere/lr3e-05/seed0/best"}}))
     return parent
 
 
@@ -77,7 +82,9 @@ def test_every_task_gives_the_leaderboards_zip_the_same_bytes_each_time(
 def test_a_missing_task_is_named_unless_allowed(every_task, tmp_path):
     out = tmp_path / "partial.zip"
     with pytest.raises(UserError, match=r"scores only complete submissions, and these runs have "
-                                        r"no CoLA.tsv \(cola\), .*WNLI.tsv \(wnli\); fine-tune"):
+                                        r"no CoLA.tsv \(cola\), .*AX.tsv \(the MNLI run writes "
+                                        r"it, given GLUE's diagnostic/diagnostic.tsv\), .*WNLI.tsv "
+                                        r"\(wnli\); fine-tune"):
         main([str(every_task[1]), "--out", str(out)])
     assert not out.exists()
     main([str(every_task[1]), str(every_task[5]), str(every_task[1]), "--out", str(out),
@@ -102,13 +109,25 @@ def test_only_the_files_a_run_wrote_are_taken(tmp_path):
     (lambda f: f.write_text(f.read_text().replace("\n3\t0\n", "\n3\tpositive\n").replace(
         "\n3\t1\n", "\n3\tpositive\n")),  # GLUE's SST-2 labels are 0 and 1
      r"SST-2.tsv line 5: '3\\tpositive' is not an index and a label of 0/1; "
-     r"rerun sst2's fine-tune with GLUE's own test file"),
-    (lambda f: f.write_text(f.read_text().replace("\n3\t", "\n2\t", 1)),
-     r"SST-2.tsv line 5: '2\\t\w+' is an index seen before"),
+     r"rerun sst2's fine-tune with GLUE's own SST-2/test.tsv to write it again$"),
     (lambda f: f.write_text("\n".join(f.read_text().splitlines()[:-5]) + "\n"),
      r"SST-2.tsv has 1,816 predictions but GLUE's sst2 test split has 1,821 rows, and the "
      r"leaderboard refuses a file without all of them"),
-    (lambda f: f.unlink(), r"SST-2.tsv is missing \(its results.json lists it\)"),
+    (lambda f: f.unlink(), r"SST-2.tsv does not exist; its results.json lists it: rerun"),
+    (lambda f: (f.unlink(), f.mkdir()), r"SST-2.tsv is a directory, not a file; its results"),
+    # GLUE's test indices are 0 .. rows - 1, each once: shifted, out of range, spelt otherwise
+    (lambda f: f.write_text(f.read_text().replace("\n0\t", "\n1821\t", 1)),
+     r"line 2: '1821\\t\d' is an index outside GLUE's test indices 0 to 1,820; rerun"),
+    (lambda f: f.write_text(f.read_text().replace("\n3\t", "\n03\t", 1)),
+     r"line 5: '03\\t\d' is not an index and a label of 0/1"),
+    (lambda f: f.write_text(f.read_text().replace("\n3\t", "\n\u00b2\t", 1)),
+     r"line 5: '\u00b2\\t\d' is not an index"),
+    (lambda f: f.write_text(f.read_text().replace("\n3\t", "\n2\t", 1)),
+     r"SST-2.tsv line 5: '2\\t\d' is an index seen before"),
+    (lambda f: f.write_text("\ufeff" + f.read_text()),
+     r"SST-2.tsv starts with a byte-order mark \(an editor's UTF-8 BOM\) before GLUE's header"),
+    (lambda f: f.write_text(f.read_text().replace("\n4\t", "\n4\x0c\t", 1)),
+     r"line 6: '4\\x0c\\t\d' is not an index"),  # the line's own number: not splitlines'
 ])
 def test_a_file_the_leaderboard_would_refuse_is_refused(tmp_path, damage, error):
     run = glue_run(tmp_path / "sst2", "sst2")
@@ -118,15 +137,21 @@ def test_a_file_the_leaderboard_would_refuse_is_refused(tmp_path, damage, error)
     assert not (tmp_path / "x.zip").exists()
 
 
-def test_an_sts_b_score_outside_0_to_5_is_refused(tmp_path):
+@pytest.mark.parametrize(("score", "kept"), [
+    ("5.000", True), ("-0.0", True), ("1e0", True), ("3", True), (".5", True), ("5.5", False),
+    ("nan", False), ("-1e-9", False), (" 3.0", False), ("\uff13", False), ("0_1", False)])
+def test_an_sts_b_score_is_a_plain_number_in_0_to_5(tmp_path, score, kept):
     run = glue_run(tmp_path / "stsb", "stsb")
     file = run / "submission" / "STS-B.tsv"
     lines = file.read_text().splitlines()
-    lines[1] = "0\t5.5"
+    lines[1] = f"0\t{score}"
     file.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=r"line 2: '0\\t5.5' is not an index and a score in "
-                                        r"\[0, 5\]"):
-        main([str(run), "--out", str(tmp_path / "x.zip"), "--allow-missing"])
+    args = [str(run), "--out", str(tmp_path / "x.zip"), "--allow-missing"]
+    if kept:
+        main(args)
+    else:
+        with pytest.raises(UserError, match=r"line 2: .* is not an index and a score in \[0, 5\]"):
+            main(args)
 
 
 def test_runs_that_are_not_finished_or_overlap_are_refused(tmp_path):
@@ -136,8 +161,8 @@ def test_runs_that_are_not_finished_or_overlap_are_refused(tmp_path):
                                         "pass one of them"):
         main([str(sst2), str(glue_run(tmp_path / "again", "sst2")), *out])
     sweep = sweep_of(tmp_path / "rte", "rte", to_run=[2e-5])
-    with pytest.raises(UserError, match=r"rte is a learning-rate sweep that has yet to run lr "
-                                        "2e-05; rerun its command to finish it"):
+    with pytest.raises(UserError, match=r"rte is a learning-rate sweep, but the sweep has yet to "
+                                        "run lr 2e-05; rerun its command to finish it"):
         main([str(sweep), *out])
     (tmp_path / "unfinished" / "seed0").mkdir(parents=True)
     with pytest.raises(UserError, match=r"unfinished is a GLUE run with no finished seed yet "
@@ -147,6 +172,14 @@ def test_runs_that_are_not_finished_or_overlap_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"results.json has no submissions; it is not a file "
                                         "bertjax wrote"):
         main([str(sst2), *out])
+    for submissions, median, said in [
+            (["a/SST-2.tsv"], "0.8", 'summary.main_score.median = "0.8", which bertjax never'),
+            ([3], 0.8, r"submissions = \[3\], which bertjax never writes")]:
+        (sst2 / "results.json").write_text(json.dumps({"task": "sst2", "submissions": submissions,
+                                                       "summary": {"main_score": {"median":
+                                                                                  median}}}))
+        with pytest.raises(UserError, match=rf"results.json has {said}"):
+            main([str(sst2), *out])
     (sst2 / "results.json").write_text('{"task": "sst2", ')
     with pytest.raises(UserError, match=r"results.json is not valid JSON"):
         main([str(sst2), *out])
@@ -172,6 +205,10 @@ def test_the_command_line_says_a_bad_input_in_one_line(tmp_path):
                                                             "GLUE fine-tuning run"),
         ([str(run), "--out", str(run / "results.json"), "--force"],
          f"--out {run / 'results.json'} is not a .zip file name; the leaderboard takes a zip"),
+        ([str(run), "--out", str(run / "results.json" / "x.zip")],
+         f"--out {run / 'results.json' / 'x.zip'} cannot be written: {run / 'results.json'} is a "
+         "file, not a directory"),
+        ([str(run), "--out", "/proc/x.zip", "--allow-missing"], "cannot write --out /proc/x.zip"),
     ]:
         proc = subprocess.run([sys.executable, "-m", "bertjax.glue_submission", *args],
                               capture_output=True, text=True, cwd=ROOT)
