@@ -315,7 +315,16 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """`cfg` as YAML that reads back as the same config (a run's config.yaml, --print-config): a
+    string holding "${" (an override's 'a\\${b}') is written escaped, or reading it back took
+    it for an interpolation ("interpolation key 'b' not found": the run could not resume)."""
+    def escaped(x):
+        if isinstance(x, str):
+            return x.replace("${", "\\${")
+        if isinstance(x, dict):
+            return {k: escaped(v) for k, v in x.items()}
+        return [escaped(v) for v in x] if isinstance(x, list) else x
+    return OmegaConf.to_yaml(OmegaConf.create(escaped(dataclasses.asdict(cfg))))
 
 
 def from_yaml_text(text: str, source: str) -> Config:

@@ -6,6 +6,7 @@ files and overrides resolve to, as YAML, so a long run's command line can be che
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 
 from bertjax.config_schema import Config
@@ -34,11 +35,17 @@ def every_key() -> str:
         for f in dataclasses.fields(section.default_factory):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             domain = f.metadata.get("domain")
-            # (a path's rules end in examples: the error that refuses one gives them)
-            kind = type_name(f.type) + (f"; {domain.says.split(' (')[0]}" if domain else "")
+            kind = type_name(f.type) + (f"; {_without_examples(domain.says)}" if domain else "")
             lines.append(f"  {section.name}.{f.name} = {as_written(default)}  ({kind})")
             lines.append(f"      {f.metadata['doc']}")
     return "\n".join(lines)
+
+
+def _without_examples(says: str) -> str:
+    """A domain without its parenthesised examples (a path's "(configs expand neither: write
+    ${oc.env:HOME}/...)"; the error that refuses a value gives them), keeping "in (0, 1]" and
+    "0 (no spike test) or > 1"."""
+    return re.sub(r" \([^()]*:[^()]*\)", "", says)
 
 
 def as_written(value) -> str:
@@ -54,6 +61,9 @@ def split_print_flag(argv: list[str]) -> tuple[list[str], bool]:
     "config file --print-confg does not exist"); `--train.steps=5` is left to the overrides'
     own check, which says to drop the dashes."""
     for word in argv:
+        if word.partition("=")[0] in OPTIONS and "=" in word:  # was "write print-config=true"
+            raise UserError(f"{word}: {word.partition('=')[0]} takes no value; write "
+                            f"{word.partition('=')[0]}")
         if word.startswith("-") and word != PRINT_FLAG and "=" not in word and \
                 not Path(word).exists():
             near = difflib.get_close_matches(word, OPTIONS, n=1)

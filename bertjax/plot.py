@@ -156,13 +156,14 @@ def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
     score by epoch, one colour a rate; and each seed's best dev score against its rate, where
     the sweep's choice and the spread between seeds show. A rate with no finished epoch yet (an
     interrupted sweep) is left out."""
-    by_epoch, best, name = [], [], None
+    by_epoch, best, name, left_out = [], [], None, []
     for i, run in enumerate(sorted(rates, key=lambda r: float(r.name[2:]))):
-        if not (run / "metrics.jsonl").is_file():
-            continue
-        rows, skipped = _parse(run / "metrics.jsonl")
+        rows, skipped = _parse(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() \
+            else ([], [])
         by_seed = _epochs_by_seed(rows, skipped)
         _warn_skipped(run / "metrics.jsonl", skipped)
+        if not by_seed:
+            left_out.append(run.name)
         for j, (_, epochs) in enumerate(by_seed):
             label, color, scores = f"lr {run.name[2:]}" if j == 0 else None, f"C{i % 10}", \
                 [r["dev_score"] for r in epochs]
@@ -174,6 +175,9 @@ def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
     if not by_epoch:
         raise UserError(f"{run_dir} is a learning-rate sweep with no finished epoch yet; plot it "
                         "once one is done; nothing was written")
+    if left_out:  # unfinished, or its metrics.jsonl emptied: said, not silently missing
+        warnings.warn(f"{run_dir}: {', '.join(left_out)} left out of the plot (no finished "
+                      "epoch in its metrics.jsonl)", stacklevel=3)
     return [("epoch", name, by_epoch), ("learning rate", f"best {name} of each seed", best)]
 
 

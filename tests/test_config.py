@@ -45,6 +45,11 @@ def test_yaml_then_overrides_in_order(tmp_path):
 def test_resolved_yaml_round_trips():
     cfg = config.load([], ["model.size=small", "glue.seeds=[1,2]"])
     assert config.from_yaml_text(config.to_yaml(cfg), "test") == cfg
+    # a literal "${" (escaped in the override): its run's config.yaml did not read back
+    # ("interpolation key 'b' not found"), so the run could not resume
+    cfg = config.load([], ["wandb.name=a\\${b}", "wandb.project=\\${x}"])
+    assert (cfg.wandb.name, cfg.wandb.project) == ("a${b}", "${x}")
+    assert config.from_yaml_text(config.to_yaml(cfg), "test") == cfg
 
 
 def test_unknown_key_names_key_file_and_closest(tmp_path):
@@ -514,6 +519,11 @@ def test_help_prints_usage_and_every_key_and_exits_0(argv, capsys):
         assert "\n  model.scan_layers = true  (bool)\n" in out
         assert "\n  glue.buckets = [32, 64, 128]  (list[int]; a non-empty, strictly increasing " \
                "list of values >= 8)\n" in out
+        # a domain's own parentheses stay; a path's examples go (its error gives them)
+        assert "\n  data.mask_rate = 0.15  (float; in (0, 1))\n" in out
+        assert "\n  train.rollback_spike = 2.0  (float; 0 (no spike test) or > 1)\n" in out
+        assert "\n  glue.data_dir = null  (str | None; a non-empty path of printable characters " \
+               "without $VAR or ~, and local)\n" in out
 
 
 def test_print_config_shows_what_a_command_line_resolves_to_and_runs_nothing(
@@ -536,6 +546,13 @@ def test_print_config_shows_what_a_command_line_resolves_to_and_runs_nothing(
         with pytest.raises(UserError, match=r"^unknown option --print-confg; did you mean "
                                             r"--print-config\? the options are --help, --print"):
             front_door.main([str(ROOT / "configs" / "demo.yaml"), "--print-confg"])
+    with pytest.raises(UserError, match=r"^--print-config=true: --print-config takes no value; "
+                                        r"write --print-config$"):
+        train.main([str(ROOT / "configs" / "demo.yaml"), "--print-config=true"])
+    # A literal "${" (escaped in an override) is printed escaped: the file reads back the same.
+    train.main([str(ROOT / "configs" / "demo.yaml"), "wandb.name=a\\${b}", "--print-config"])
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    assert config.load([tmp_path / "printed.yaml"], []).wandb.name == "a${b}"
     (tmp_path / "-odd.yaml").write_text("train: {steps: 7}\n")  # a file is a file
     train.main(["-odd.yaml", "--print-config"])
     assert yaml.safe_load(capsys.readouterr().out)["train"]["steps"] == 7

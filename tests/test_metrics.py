@@ -161,11 +161,14 @@ def test_plot_of_a_sweep_draws_each_rates_seeds_by_epoch_and_against_the_rate(tm
         plot_run(tmp_path)
     rate("lr5e-05", [0.1, 0.2, 0.15])
     rate("lr2e-05", [0.3, 0.1, 0.2])
-    assert plot._sweep_panels(tmp_path, plot.rate_runs(tmp_path))[1] == (
+    with pytest.warns(UserWarning, match="left out"):
+        panels = plot._sweep_panels(tmp_path, plot.rate_runs(tmp_path))
+    assert panels[1] == (
         "learning rate", "best dev accuracy of each seed", [
             ("lr 2e-05", [2e-5], [0.3], "o", "C0"), (None, [2e-5], [1.3], "o", "C0"),
             ("lr 5e-05", [5e-5], [0.2], "o", "C1"), (None, [5e-5], [1.2], "o", "C1")])
-    image = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
+    with pytest.warns(UserWarning, match=r": lr0.001 left out of the plot \(no finished epoch"):
+        image = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
 
     def drawn(color):  # pixels of this colour in the left (by epoch) and right (by rate) panel
         hit = np.abs(image - np.asarray(to_rgb(color))).max(-1) < 0.05
