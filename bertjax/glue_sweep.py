@@ -5,9 +5,10 @@ Each rate is a plain fine-tune in a folder of its own, train.run_dir/lr<rate>/, 
 holds that optim.lr and no sweep: it resumes, keeps its finished seeds and loads like any other
 run. sweep.json lists every finished rate's main dev score over the seeds and names the best rate
 (by median, as results.json summarises seeds; the earlier-listed rate on a tie) and its best
-model. It is rewritten as each rate finishes, its "to_run" listing the rates still to come: an
-interrupted sweep's file says what it holds (not an earlier sweep's verdict). The sweep holds its
-folder while it runs (runlock.py): a second sweep there would train the same rates beside it.
+model. It is rewritten as each rate finishes, its "to_run" listing the rates still to come, and
+its readers check that it still describes the folder (sweep_state.py: a rerun interrupted before
+its first rate finished leaves an earlier sweep's file). The sweep holds its folder while it runs
+(runlock.py): a second sweep there would train the same rates beside it.
 """
 
 import dataclasses
