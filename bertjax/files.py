@@ -145,7 +145,15 @@ def rate_runs(run_dir: str | Path) -> list[Path]:
     """The runs of a GLUE learning-rate sweep in `run_dir` (glue_sweep.py names them
     lr<repr of the rate>/), those holding a config.yaml, by name."""
     return sorted(p.parent for p in Path(run_dir).glob("lr*/config.yaml")
-                  if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name))
+                  if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name) and _is_float(p.parent.name[2:]))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def make_dir(path: Path, key: str) -> Path:

@@ -169,8 +169,8 @@ def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
                 [r["dev_score"] for r in epochs]
             by_epoch.append((label, [r["epoch"] for r in epochs], scores, "o-", color))
             kept = [x for x in scores if not math.isnan(x)]  # a diverged epoch: no best
-            best.append((label, [float(run.name[2:])] if kept else [], [max(kept, default=0)],
-                         "o", color))
+            if kept:
+                best.append((label, [float(run.name[2:])], [max(kept)], "o", color))
             name = name or _score_name(epochs[0])
     if not by_epoch:
         raise UserError(f"{run_dir} is a learning-rate sweep with no finished epoch yet; plot it "
@@ -213,14 +213,14 @@ def plot_run(run_dir: str | Path) -> Path:
         for label, xs, ys, fmt, color in lines:
             if xs:
                 ax.plot(xs, ys, fmt, label=label, color=color)
-        xs = sorted({x for line in lines for x in line[1]})
-        if xlabel == "epoch" and len(xs) <= 12:  # each epoch (one gave ticks at 0.96, 1.04)
-            ax.set_xticks(xs)
+        ticks = sorted({x for line in lines for x in line[1]})
+        if xlabel == "epoch" and len(ticks) <= 12:  # each epoch (one gave ticks at 0.96, 1.04)
+            ax.set_xticks(ticks)
         elif xlabel == "epoch":  # whole epochs only
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if xlabel == "learning rate":  # a sweep's rates span decades: each one named
             ax.set_xscale("log")
-            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.margins(x=0.15)
         ax.set_xlabel(xlabel)
