@@ -33,7 +33,7 @@ from bertjax.files import (
     write_atomic,
 )
 from bertjax.runlock import runs_in
-from bertjax.sweep_state import read_sweep
+from bertjax.sweep_state import finished, read_sweep
 
 USAGE = ("usage: python -m bertjax.glue_submission RUN [RUN ...] --out FILE.zip "
          "[--allow-missing] [--force]")
@@ -81,6 +81,10 @@ def read_source(path: Path) -> Source:
             "not a finished GLUE fine-tuning run"
         raise UserError(f"{path} is {what} (no results.json); pass the train.run_dir of a "
                         "finished one, or rerun its command to finish it")
+    if not finished(path):  # a rerun, interrupted: results and files are an earlier run's
+        raise UserError(f"{path} has not finished: its config.yaml is newer than its results.json "
+                        "(a rerun was interrupted), so its submission files may be an earlier "
+                        "run's; rerun its command to finish it")
     results = _read_json(results_file, "rerun the run's command to write it again")
     # by name, in the run's own submission/: the paths it wrote may be relative to another folder
     names = dict.fromkeys(Path(f).name for f in _field(results, results_file, "submissions",

@@ -2,6 +2,7 @@
 file checked as the leaderboard checks it; bad input is one line, exit 2, nothing written."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,9 @@ def glue_run(run_dir: Path, task: str, rows: dict[str, int] | None = None,
     """What a finished fine-tune of `task` leaves that the submission reads: its submission files
     (random predictions, `rows` per split where given, else GLUE's test sizes) and results.json."""
     rng = np.random.default_rng(len(task))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():  # written first by every run
+        (run_dir / "config.yaml").write_text(f"glue: {{task: {task}}}\n")
     written = []
     for name, split in glue_tasks.submissions(task):
         t = glue_tasks.get_task(name)
@@ -164,6 +168,14 @@ def test_runs_that_are_not_finished_or_overlap_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"rte is a learning-rate sweep, but the sweep has yet to "
                                         "run lr 2e-05; rerun its command to finish it"):
         main([str(sweep), *out])
+    results = (sst2 / "results.json").read_bytes()
+    (sst2 / "config.yaml").write_text("glue: {task: sst2}\n")  # a rerun began, after results
+    later = (sst2 / "results.json").stat().st_mtime_ns + 10**9  # (a file system's clock ticks)
+    os.utime(sst2 / "config.yaml", ns=(later, later))
+    with pytest.raises(UserError, match=r"sst2 has not finished: its config.yaml is newer than its "
+                                        r"results.json \(a rerun was interrupted\)"):
+        main([str(sst2), *out])
+    (sst2 / "results.json").write_bytes(results)
     (tmp_path / "unfinished" / "seed0").mkdir(parents=True)
     with pytest.raises(UserError, match=r"unfinished is a GLUE run with no finished seed yet "
                                         r"\(no results.json\)"):
