@@ -239,6 +239,9 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
               f"{f' with another config ({change})' if change else ''}: starting over")
     if job.main:
         (job.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        # The earlier seeds' summary: read while this run trains (or after it was interrupted),
+        # it was taken for this config's results
+        (job.run_dir / "results.json").unlink(missing_ok=True)
         # Every seed, listed or not: the seed list decides nothing, so an unlisted seed left
         # here would later be taken for one this config finished.
         listed = {f"seed{seed}" for seed in job.cfg.glue.seeds}

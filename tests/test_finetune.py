@@ -180,7 +180,7 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         steps = original(*args)
 
         def train_step(*a):
-            calls.append(1)
+            calls.append((tmp_path / "results.json").exists())  # an earlier run's, as it trains
             return steps.train_step(*a)
 
         return dataclasses.replace(steps, train_step=train_step)
@@ -222,6 +222,7 @@ def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         f"{tmp_path / 'seed1' / 'best'}: the earlier run's best model, of another config, kept "
         "but no part of this run; delete it (predict or export would take it for this run's)"]
     assert len(calls) == per_seed and result.read_bytes() != kept[0]
+    assert not any(calls)  # the earlier seeds' results.json went as the start-over began
     assert "with another config (optim.lr changed): starting over" in capsys.readouterr().out
     assert not (tmp_path / "seed1" / "result.json").exists()
     # The reruns that kept the seeds logged into the first run's wandb run; the start-over not.
