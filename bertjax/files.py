@@ -141,19 +141,28 @@ def check_dir_path(path: str | Path, key: str) -> Path:
     return path
 
 
-def rate_runs(run_dir: str | Path) -> list[Path]:
-    """The runs of a GLUE learning-rate sweep in `run_dir` (glue_sweep.py names them
-    lr<repr of the rate>/), those holding a config.yaml, by name."""
-    return sorted(p.parent for p in Path(run_dir).glob("lr*/config.yaml")
-                  if re.fullmatch(r"lr[0-9.e+-]+", p.parent.name) and _is_float(p.parent.name[2:]))
+def rate_folder(lr: float) -> str:
+    """The folder of a GLUE learning-rate sweep's run at `lr`: lr<repr of the rate>, unique per
+    float (lr2e-05, lr0.0001)."""
+    return f"lr{lr!r}"
 
 
-def _is_float(text: str) -> bool:
+def rate_of(folder: str | Path) -> float | None:
+    """The rate a sweep's run folder is named for (`rate_folder`), or None for another name."""
+    name = Path(folder).name
+    if not re.fullmatch(r"lr[0-9.e+-]+", name):
+        return None
     try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        return float(name[2:])
+    except ValueError:  # lr1.2.3
+        return None
+
+
+def rate_runs(run_dir: str | Path) -> list[Path]:
+    """The runs of a GLUE learning-rate sweep in `run_dir` (folders named by `rate_folder`),
+    those holding a config.yaml, by name."""
+    return sorted(p.parent for p in Path(run_dir).glob("lr*/config.yaml")
+                  if rate_of(p.parent) is not None)
 
 
 def make_dir(path: Path, key: str) -> Path:

@@ -20,7 +20,7 @@ import jax
 
 from bertjax import glue_tasks, plot
 from bertjax.config import Config
-from bertjax.files import check_dir_path, json_text, rate_runs, write_atomic
+from bertjax.files import check_dir_path, json_text, rate_folder, rate_runs, write_atomic
 from bertjax.finetune import finetune
 from bertjax.processes import join_the_run, losing_a_process_is_fatal
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
@@ -50,7 +50,7 @@ def sweep(cfg: Config) -> Path:
 def for_rate(cfg: Config, lr: float) -> Config:
     """The plain fine-tune of one rate: optim.lr set, no sweep, in its own folder (named by the
     rate's repr, unique per float: lr2e-05, lr0.0001), and named so in wandb (rte-lr2e-05)."""
-    parent, folder = Path(cfg.train.run_dir), f"lr{lr!r}"
+    parent, folder = Path(cfg.train.run_dir), rate_folder(lr)
     return dataclasses.replace(
         cfg, optim=dataclasses.replace(cfg.optim, lr=lr),
         glue=dataclasses.replace(cfg.glue, learning_rates=[]),

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from bertjax.errors import UserError, cli
-from bertjax.files import check_file, from_cwd, rate_runs, write_atomic
+from bertjax.files import check_file, from_cwd, rate_of, rate_runs, write_atomic
 
 PANELS = (("loss", "MLM loss"), ("accuracy", "MLM accuracy"))
 TRAIN_FIELDS = ("step", "tokens", "loss", "accuracy")
@@ -157,7 +157,7 @@ def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
     the sweep's choice and the spread between seeds show. A rate with no finished epoch yet (an
     interrupted sweep) is left out."""
     by_epoch, best, name, left_out = [], [], None, []
-    for i, run in enumerate(sorted(rates, key=lambda r: float(r.name[2:]))):
+    for i, run in enumerate(sorted(rates, key=rate_of)):
         rows, skipped = _parse(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() \
             else ([], [])
         by_seed = _epochs_by_seed(rows, skipped)
@@ -170,7 +170,7 @@ def _sweep_panels(run_dir: Path, rates: list[Path]) -> list[Panel]:
             by_epoch.append((label, [r["epoch"] for r in epochs], scores, "o-", color))
             kept = [x for x in scores if not math.isnan(x)]  # a diverged epoch: no best
             if kept:
-                best.append((label, [float(run.name[2:])], [max(kept)], "o", color))
+                best.append((label, [rate_of(run)], [max(kept)], "o", color))
             name = name or _score_name(epochs[0])
     if not by_epoch:
         raise UserError(f"{run_dir} is a learning-rate sweep with no finished epoch yet; plot it "

@@ -9,14 +9,13 @@ verdict on; a plain fine-tune is refused in a rate's folder at another rate.
 """
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from bertjax.errors import UserError
-from bertjax.files import rate_runs
+from bertjax.files import rate_folder, rate_of, rate_runs
 
 SWEEP = "sweep.json"
 
@@ -60,7 +59,7 @@ def _problem(path: Path, rates: dict, to_run: list[float], best_model: Path) -> 
                     "the sweep's command to finish it (or delete that folder if its rate is no "
                     "longer swept)")
     for lr, score in rates.items():
-        run = path / f"lr{lr!r}"
+        run = path / rate_folder(lr)
         if not finished(run) or _saved_lr(run) != lr or _main_score(run) != score:
             return (f"{run} changed after sweep.json was written (trained again or removed); "
                     "rerun the sweep's command to bring sweep.json up to date")
@@ -95,15 +94,10 @@ def check_rate_folder(run_dir: str | Path, lr: float) -> None:
     """Refuse a fine-tune at `lr` into a sweep's run of another rate (RUN/lr2e-05 at optim.lr
     1e-3): it replaced that rate's seeds and left sweep.json naming them."""
     run_dir = Path(run_dir)
-    parent = run_dir.parent
-    if re.fullmatch(r"lr[0-9.e+-]+", run_dir.name) and \
+    parent, rate = run_dir.parent, rate_of(run_dir)
+    if rate is not None and rate != lr and \
             ((parent / SWEEP).is_file() or run_dir in rate_runs(parent)):
-        try:
-            rate = float(run_dir.name[2:])
-        except ValueError:
-            return
-        if rate != lr:
-            raise UserError(f"{run_dir} is the run of rate {rate!r} in the learning-rate sweep "
-                            f"{parent}; fine-tuning it at optim.lr={lr!r} would replace that "
-                            f"rate's seeds: add {lr!r} to the sweep's glue.learning_rates and "
-                            "rerun it, or set train.run_dir outside the sweep's folder")
+        raise UserError(f"{run_dir} is the run of rate {rate!r} in the learning-rate sweep "
+                        f"{parent}; fine-tuning it at optim.lr={lr!r} would replace that rate's "
+                        f"seeds: add {lr!r} to the sweep's glue.learning_rates and rerun it, or "
+                        "set train.run_dir outside the sweep's folder")
