@@ -325,9 +325,9 @@ def main(argv: list[str]) -> None:
         print(help_text(USAGE))
         return
     argv, print_only = split_print_flag(argv)
-    files, overrides = config_lib.split_args(argv)
-    if not files:
+    if not argv:  # overrides alone are a config, as for train (over the schema's defaults)
         raise UserError(USAGE)
+    files, overrides = config_lib.split_args(argv)
     cfg = config_lib.load(files, overrides)
     if print_only:
         print(config_lib.to_yaml(cfg), end="")

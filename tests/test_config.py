@@ -539,6 +539,11 @@ def test_print_config_shows_what_a_command_line_resolves_to_and_runs_nothing(
     assert config.load([tmp_path / "printed.yaml"], []) == expected
     prepare.main([str(ROOT / "configs" / "demo.yaml"), "--print-config", "data.seq_len=64"])
     assert yaml.safe_load(capsys.readouterr().out)["data"]["seq_len"] == 64
+    for front_door in (train, prepare):  # overrides alone, over the defaults (prepare took none)
+        front_door.main(["data.seq_len=64", "--print-config"])
+        assert yaml.safe_load(capsys.readouterr().out)["data"]["seq_len"] == 64
+        with pytest.raises(UserError, match=r"^usage: python -m bertjax\.\w+ CONFIG"):
+            front_door.main(["--print-config"])
     assert list(tmp_path.iterdir()) == [tmp_path / "printed.yaml"]
     with pytest.raises(UserError, match=r"unknown config key 'glue.epochz'.*'glue.epochs'"):
         train.main([*args, "glue.epochz=2"])
