@@ -87,15 +87,16 @@ def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, me
     return written
 
 
-def warn_partial_submission(path: Path, task: str, split: str, rows: int) -> None:
+def warn_partial_submission(path: Path, task: str, split: str, rows: int,
+                            data_key: str = "glue.data_dir") -> None:
     """GLUE's leaderboard scores a submission only with one prediction for each of its test
     examples. A file from a cut-down test TSV is still written (its predictions are the model's),
-    with this warning that it cannot be submitted."""
+    with this warning that it cannot be submitted; `data_key`: how the command names its data."""
     expected = glue_tasks.get_task(task).split(split).rows
     if expected is not None and rows != expected:
         warnings.warn(f"{path} holds {rows} predictions, but GLUE's {task} {split} split has "
                       f"{expected} examples: the leaderboard will refuse it; to submit, give "
-                      "glue.data_dir the whole test file and run again", stacklevel=2)
+                      f"{data_key} the whole test file and run again", stacklevel=2)
 
 
 def warn_not_finite(run_dir: Path, task: str, split: str) -> None:

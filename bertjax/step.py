@@ -203,6 +203,12 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
         new, info = apply_update(optimizer, state, grads, sums["loss"], schedule)
         return new, dict(sums, **info)
 
+    return train_step, make_glue_predict(precision)
+
+
+def make_glue_predict(precision: Precision):
+    """predict(model, batch, sharding) -> a classifier's logits (a regressor's scores) laid out
+    by `sharding`: the fine-tune's dev and test predictions, and bertjax.glue_score's."""
     @eqx.filter_jit
     def predict(model, batch, everywhere):
         m = precision.cast_to_compute(model)
@@ -211,4 +217,4 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
         return jax.lax.with_sharding_constraint(m.classify(hidden, batch["attention_mask"]),
                                                 everywhere)
 
-    return train_step, predict
+    return predict
