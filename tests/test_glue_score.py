@@ -200,13 +200,17 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 
-def test_a_forced_rescore_replaces_the_earlier_files_and_the_cli_exits_2_on_bad_input(
-        tmp_path, tokenizer):
+def test_a_forced_rescore_replaces_the_earlier_files(tmp_path, tokenizer):
     out = tmp_path / "out"
     main([str(fine_tuned(tmp_path / "sst2", tokenizer, "sst2", 2)), "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["SST-2.tsv", "scores.json"]
     main([str(fine_tuned(tmp_path / "rte", tokenizer, "rte", 2)), "--out", str(out), "--force"])
     assert sorted(p.name for p in out.iterdir()) == ["RTE.tsv", "scores.json"]  # SST-2's gone
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_the_cli_says_bad_input_in_one_line_and_exits_2(tmp_path, tokenizer):
+    fine_tuned(tmp_path / "rte", tokenizer, "rte", 2)
     done = subprocess.run([sys.executable, "-m", "bertjax.glue_score", str(tmp_path / "rte"),
                            "--task", "qqp"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
