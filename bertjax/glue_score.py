@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
     order = class_order(task, args.labels.split(",") if args.labels else
                         list(pretrained.label_names), args.checkpoint, given=bool(args.labels))
     glue_cfg = data_config(args.checkpoint, task, args.data_dir, trained, pretrained)
-    scores, predictions = score(pretrained, glue_cfg, order, args.batch_size, with_tests=bool(out))
+    scores, predictions = score(args.checkpoint, pretrained, glue_cfg, order, args.batch_size,
+                                with_tests=bool(out))
     for split, row in scores["dev"].items():
         print(f"{task} {split} ({row['examples']} examples): " +
               ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()) +
@@ -161,14 +162,15 @@ def data_config(path: str, task: str, data_dir: str | None, trained: Config | No
     return cfg
 
 
-def score(pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray | None,
+def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray | None,
           batch_size: int | None, with_tests: bool) -> tuple[dict, dict]:
     """({task, classes, data, dev: {split: examples, metrics, main score}}, {(task, split):
     (index, predictions)} of the test splits to submit, when `with_tests`)."""
     if pretrained.tokenizer_path is None:
-        raise UserError(f"{pretrained.kind} checkpoint carries no tokenizer.json; export it "
-                        "with one")
-    tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, None)
+        raise UserError(f"{path} carries no tokenizer (tokenizer.json, or a Hugging Face "
+                        "directory's vocab.txt); put the one its weights were trained with "
+                        "beside them")
+    tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, path)
     check_tokenizer_fits(tok, pretrained.tokenizer_path, pretrained.model,
                          "use the tokenizer saved with the checkpoint")
     compute = pretrained.config.precision.compute if pretrained.config else "float32"

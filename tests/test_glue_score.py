@@ -4,6 +4,7 @@ matched to the task's; bad input is one line and writes nothing."""
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +151,7 @@ def test_a_binary_task_takes_the_hubs_names_and_a_regressor_its_correlations(tmp
 @pytest.mark.parametrize("case", ["encoder", "another task", "unrecorded task", "class count",
                                   "unknown names", "names for a regressor", "no data dir",
                                   "its data dir gone", "out holds other files",
-                                  "out holds a score", "force without out"])
+                                  "out holds a score", "force without out", "no tokenizer"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, monkeypatch):
     sst2 = fine_tuned(tmp_path / "sst2", tokenizer, "sst2", 2)
     (tmp_path / "taken").mkdir()
@@ -161,6 +162,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
     loaded = load_pretrained(sst2)
     export_hf(loaded.model, loaded.model_cfg, loaded.tokenizer_path, hf_dir, "cls",
               label_names=("0", "1"))
+    bare = tmp_path / "bare"  # weights and config.json without a tokenizer
+    shutil.copytree(hf_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt"))
     argv, expected = {
         "encoder": ([str(fine_tuned(tmp_path / "enc", tokenizer, "sst2", 0, mlm=True))],
                     r"has no classifier \(a pretrained encoder\); fine-tune it on the task "
@@ -191,6 +194,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
         "out holds a score": ([str(sst2), "--out", str(tmp_path / "scored")],
                               r"holds an earlier score \(scores.json\); pass --force"),
         "force without out": ([str(sst2), "--force"], r"^--force replaces .*; give --out DIR$"),
+        "no tokenizer": ([str(bare), "--task", "sst2"],
+                         r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
+                         r"directory's vocab.txt\); put the one its weights were trained with"),
     }[case]
     monkeypatch.chdir(tmp_path)
     before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
