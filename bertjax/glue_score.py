@@ -181,7 +181,10 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
     model = shard_params(pretrained.model, mesh, MeshConfig())
 
     def predictions(task: str, split: str):
-        examples = glue.load_split(cfg, split, task=task)
+        try:
+            examples = glue.load_split(cfg, split, task=task)
+        except UserError as e:
+            raise as_options(e) from None
         enc = glue_batches.encode(tok, examples, cfg.buckets)
         logits = predict_split(predict, model, enc, rows, mesh)
         return examples, logits if order is None else logits[:, order]
@@ -201,6 +204,14 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
     t = glue_tasks.get_task(cfg.task)
     return {"task": cfg.task, "classes": list(t.labels), "data_dir": cfg.data_dir,
             "dev": dev}, tests
+
+
+def as_options(e: UserError) -> UserError:
+    """The readers' errors name the fine-tune's config key for the data; here it is an option."""
+    text = str(e).replace("set glue.data_dir to", "give --data-dir").replace(
+        " or to null to use the hub", " or leave it out to use the hub").replace(
+        "glue.data_dir=", "--data-dir ")
+    return UserError(text)
 
 
 def check_out_dir(out: Path, force: bool) -> Path:

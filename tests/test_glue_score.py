@@ -151,7 +151,8 @@ def test_a_binary_task_takes_the_hubs_names_and_a_regressor_its_correlations(tmp
 @pytest.mark.parametrize("case", ["encoder", "another task", "unrecorded task", "class count",
                                   "unknown names", "names for a regressor", "no data dir",
                                   "its data dir gone", "out holds other files",
-                                  "out holds a score", "force without out", "no tokenizer"])
+                                  "out holds a score", "force without out", "no tokenizer",
+                                  "hub offline", "the task's folder"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, monkeypatch):
     sst2 = fine_tuned(tmp_path / "sst2", tokenizer, "sst2", 2)
     (tmp_path / "taken").mkdir()
@@ -194,6 +195,12 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
         "out holds a score": ([str(sst2), "--out", str(tmp_path / "scored")],
                               r"holds an earlier score \(scores.json\); pass --force"),
         "force without out": ([str(sst2), "--force"], r"^--force replaces .*; give --out DIR$"),
+        "hub offline": ([str(hf_dir), "--task", "sst2"],  # the tests run offline
+                        r"^could not load nyu-mll/glue/sst2 split validation from the hub .*; "
+                        r"give --data-dir a directory of GLUE TSV files$"),
+        "the task's folder": ([str(sst2), "--data-dir", str(GLUE_DIR / "SST-2")],
+                              r"--data-dir .*/SST-2 is the SST-2 folder itself: set it to the "
+                              r"folder holding SST-2/$"),
         "no tokenizer": ([str(bare), "--task", "sst2"],
                          r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
                          r"directory's vocab.txt\); put the one its weights were trained with"),
