@@ -38,6 +38,7 @@ from bertjax.pretrained import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
     check_tokenizer_fits,
+    fine_tune_example,
     load_pretrained,
     restore_model,
     sweep_example,
@@ -187,7 +188,7 @@ def _not_a_run(path: Path) -> str:
         what = "a release bundle already"
     else:
         what = ("a GLUE fine-tuning run: its best epochs are release bundles already "
-                f"({bests[0].parent})")
+                f"(e.g. {fine_tune_example(path, bests)})")
     return (f"it is {what}: use or copy it as it is, or convert it for transformers with "
             "--format hf (bundles are made from pretraining runs)")
 

@@ -35,7 +35,7 @@ from bertjax.config import Config
 from bertjax.config_changes import PRETRAINING_ONLY, changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, json_text, write_atomic
-from bertjax.glue_eval import summarize, write_submissions
+from bertjax.glue_eval import best_seed, summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
 from bertjax.processes import (
@@ -131,7 +131,8 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
         job.monitor.close()
     task = glue_tasks.get_task(job.cfg.glue.task).name
     results = {"task": task, "init": job.cfg.init.checkpoint, "seeds": per_seed,
-               "summary": summarize(per_seed)}
+               "summary": summarize(per_seed),
+               "best_model": str(job.run_dir / f"seed{best_seed(per_seed)['seed']}" / "best")}
     results["submissions"] = write_submissions(job.cfg, job.tok, job.run_dir, best_model,
                                                job.mesh, job.steps.predict)
     if job.main:
@@ -308,7 +309,7 @@ def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
             barrier(f"seed {seed} done")  # then its checkpoint is no longer needed
             if job.main:
                 shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
-        if not per_seed or result["best_score"] > max(r["best_score"] for r in per_seed):
+        if best_seed([*per_seed, result]) is result:
             best_model = seed_best or load_best(seed_dir)
         per_seed.append(result)
     return per_seed, best_model

@@ -59,6 +59,12 @@ def summarize(per_seed: list[dict]) -> dict:
     return summary
 
 
+def best_seed(per_seed: list[dict]) -> dict:
+    """The seed whose best model writes the submission files: the highest best_score, the first
+    listed of equals (results.json's `best_model`, a sweep's best model per rate)."""
+    return max(per_seed, key=lambda r: r["best_score"])
+
+
 def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, mesh,
                       predict) -> list[str]:
     """GLUE test-set files from the best seed's best model, for the test splits that exist

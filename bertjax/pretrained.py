@@ -21,6 +21,7 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, rate_runs, sha256_file
+from bertjax.glue_eval import best_seed
 from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
 from bertjax.model import Bert, num_labels
@@ -316,7 +317,8 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         sorted(path.glob("best/manifest.json"))  # a GLUE run, or one of its seeds' folders
     if bests:  # a GLUE fine-tuning run: its checkpoints are one bundle per seed
         raise UserError(f"{path} holds the checkpoints of a fine-tuning run (each seed's best "
-                        f"epoch as a bundle); pass one of them, e.g. {bests[0].parent}")
+                        f"epoch as a bundle); pass one of them, e.g. "
+                        f"{fine_tune_example(path, bests)}")
     if any(path.glob("seed*/checkpoints")):  # a GLUE run interrupted before a seed finished
         raise UserError(f"{path} is a GLUE fine-tuning run with no finished seed yet (only train "
                         "state for resuming); rerun its command to finish it, then pass a seed's "
@@ -325,6 +327,19 @@ def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) ->
         raise UserError(f"{path} holds a learning-rate sweep (a fine-tuning run per rate, "
                         f"lr<rate>/); pass one of its models, e.g. {sweep_example(path, swept)}")
     raise UserError(f"nothing recognisable in {path}: expected {EXPECTED}")
+
+
+def fine_tune_example(path: Path, bests: list[Path]) -> str:
+    """The model of GLUE run `path` to name as an example: its best seed's (the one that wrote
+    the submission files), by its results.json, said as such; else the first seed's."""
+    try:
+        seed = best_seed(json.loads((path / "results.json").read_bytes())["seeds"])["seed"]
+    except (OSError, ValueError, TypeError, KeyError):  # none yet, or damaged: no best known
+        return str(bests[0].parent)
+    model = path / f"seed{seed}" / "best"
+    if not (model / "manifest.json").is_file():
+        return str(bests[0].parent)
+    return f"{model} (the best seed's, which wrote the submission files)"
 
 
 def sweep_models(path: Path) -> list[Path]:

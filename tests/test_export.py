@@ -657,16 +657,30 @@ def test_a_full_disk_when_staging_is_the_disk_full_line(run, tmp_path, monkeypat
 
 
 def test_a_fine_tuning_run_or_one_of_its_seeds_points_to_a_seeds_best_bundle(tmp_path):
-    (tmp_path / "seed0" / "best").mkdir(parents=True)
-    (tmp_path / "seed0" / "best" / "manifest.json").write_text("{}")
-    for path in (tmp_path, tmp_path / "seed0"):
+    for seed in (0, 2, 10):
+        (tmp_path / f"seed{seed}" / "best").mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / "best" / "manifest.json").write_text("{}")
+    for path in (tmp_path, tmp_path / "seed0"):  # no results.json (yet): the first seed's
         with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best$"):
             load_pretrained(path)
+    # With results.json: the best seed's, whose model wrote the submission files (the first of
+    # equals, as the run chose it); it named seed 0's, whatever the scores.
+    scores = {0: 0.5092, 10: 0.5149, 2: 0.5149}
+    (tmp_path / "results.json").write_text(json.dumps({"seeds": [
+        {"seed": seed, "best_score": score} for seed, score in scores.items()]}))
+    best = rf"{tmp_path}/seed10/best \(the best seed's, which wrote the submission files\)$"
+    with pytest.raises(UserError, match=rf"fine-tuning run .* e\.g\. {best}"):
+        load_pretrained(tmp_path)
+    with pytest.raises(UserError, match=rf"GLUE fine-tuning run: .* \(e\.g\. {best[:-1]}\): use"):
+        main([str(tmp_path), str(tmp_path / "out")])
+    (tmp_path / "results.json").write_text('{"seeds": [{"seed": 0}]}')  # damaged: the first
+    with pytest.raises(UserError, match=r"fine-tuning run .* e\.g\. .*seed0/best$"):
+        load_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("source, fragment", [
     ("glue", r"it is a GLUE fine-tuning run: its best epochs are release bundles already "
-             r"\(.*glue/seed0/best\): use or copy it .*--format hf"),
+             r"\(e\.g\. .*glue/seed0/best\): use or copy it .*--format hf"),
     ("glue/seed0/best", r"it is a release bundle already: use or copy it .*--format hf"),
 ])
 def test_a_bundle_export_of_a_fine_tuning_run_or_a_bundle_says_it_is_one_already(

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import count_calls, free_port
 
-from bertjax import config, glue, glue_batches, glue_eval, glue_submission, glue_sweep
+from bertjax import config, glue, glue_batches, glue_eval, glue_score, glue_submission, glue_sweep
 from bertjax import finetune as finetune_lib
 from bertjax import step as step_lib
 from bertjax import tokenizer as tokenizer_lib
@@ -103,6 +103,12 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
                                                  "glue.task=sst2"]).glue, "test")
     assert submission[0] == "index\tprediction" and len(submission) == len(test_rows) + 1
     assert {line.split("\t")[1] for line in submission[1:]} <= {"0", "1"}
+    assert results["best_model"] == str(run_dir / "seed0" / "best")  # both 1.0: the first listed
+    # bertjax.glue_score on that model: the run's dev score and the same submission file
+    glue_score.main([results["best_model"], "--out", str(tmp_path / "scored")])
+    scored = json.loads((tmp_path / "scored" / "scores.json").read_text())
+    assert scored["dev"]["dev"]["metrics"] == results["seeds"][0]["best_metrics"]["dev"]
+    assert (tmp_path / "scored" / "SST-2.tsv").read_text() == "\n".join(submission) + "\n"
     # MNLI -> RTE style: a fine-tuned bundle initialises the next task (its head is replaced).
     chained = finetune(sst2_cfg(tmp_path / "rte", tokenizer_path, "glue.task=rte",
                                 f"init.checkpoint={run_dir / 'seed0' / 'best'}",
