@@ -4,7 +4,8 @@
 
 Inputs (arguments, or --file with one per line; `--file -` reads standard input) run in batches
 of --batch-size, each padded to a power-of-two length and cut to the model's positions; outputs
-are probabilities (softmax in f32; a sigmoid per class for a multi-label classifier).
+are probabilities (softmax in f32; a sigmoid per class for a multi-label classifier); classify
+prints the predicted class first (a multi-label classifier's classes above 0.5, or -).
 """
 
 import sys
@@ -292,10 +293,12 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
         for text, probs in zip(shown, (row for batch in outputs for row in batch), strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")
-            else:
+            else:  # the class predicted first: near a tie the rounded figures cannot show it
                 names = pretrained.label_names or [str(i) for i in range(len(probs))]
-                print("  ".join(f"{n} {p:.3f}" for n, p in zip(names, probs, strict=True))
-                      + f"\t{text}")
+                chosen = (",".join(n for n, p in zip(names, probs, strict=True) if p > 0.5)
+                          or "-") if pretrained.multi_label else names[int(np.argmax(probs))]
+                print(f"{chosen}\t" + "  ".join(
+                    f"{n} {p:.3f}" for n, p in zip(names, probs, strict=True)) + f"\t{text}")
     else:  # the pair head's class 0: B follows A (NSP), or A and B are in order (SOP)
         sop = pretrained.config is not None and pretrained.config.data.objective == "mlm+sop"
         outputs = _run(_pair_probs, model, tok, *texts, args.batch_size)

@@ -593,8 +593,9 @@ def test_a_multi_label_classifier_is_scored_and_exported_as_one(tmp_path, capsys
     logits = np.log(each) - np.log1p(-each)
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), softmax, rtol=1e-4)
     predict.main(["classify", str(d), "w5 w6 w7"])
-    shown = capsys.readouterr().out.split("\t")[0].split()
-    assert shown == [x for i, p in enumerate(each) for x in (f"LABEL_{i}", f"{p:.3f}")]
+    chosen, shown = capsys.readouterr().out.split("\t")[:2]
+    assert shown.split() == [x for i, p in enumerate(each) for x in (f"LABEL_{i}", f"{p:.3f}")]
+    assert chosen == (",".join(f"LABEL_{i}" for i, p in enumerate(each) if p > 0.5) or "-")
     export.main([str(d), str(tmp_path / "out"), "--format", "hf"])
     out = json.loads((tmp_path / "out" / "config.json").read_text())
     assert out["problem_type"] == "multi_label_classification"
