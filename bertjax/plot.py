@@ -1,7 +1,8 @@
 """Training curves: `python -m bertjax.plot RUN_DIR` writes curves.png next to metrics.jsonl.
 
 Pretraining: two panels, loss and MLM accuracy, with training rows as lines and validation rows
-as markers, against tokens seen (the x-axis that compares runs of different batch sizes). GLUE:
+as markers, against this run's tokens (the x-axis that compares runs of different batch sizes;
+continued pretraining starts it at 0: results.json's tokens_seen adds the earlier phases). GLUE:
 each seed's training loss and dev score (the task's main metric) by epoch, one colour a seed,
 where overfitting and the spread between seeds show. A learning-rate sweep's folder: each rate's
 seeds' dev scores by epoch, one colour a rate, and each seed's best dev score against its rate.
@@ -115,7 +116,7 @@ def _nothing_to_draw(path: Path, skipped: list[str]) -> UserError:
 
 
 def _pretraining_panels(path: Path, rows: list[dict], skipped: list[str]) -> list[Panel]:
-    """Training lines and validation markers against tokens seen, each row complete for both
+    """Training lines and validation markers against this run's tokens, each row complete for both
     panels."""
     train = _complete(rows, TRAIN_FIELDS, ("loss", "accuracy"), skipped)
     val = _complete(rows, VAL_FIELDS, ("val_loss", "val_accuracy"), skipped)
@@ -125,7 +126,7 @@ def _pretraining_panels(path: Path, rows: list[dict], skipped: list[str]) -> lis
     points = [(tokens[r["step"]], r) for r in val if r["step"] in tokens]
     if not train and not points:
         raise _nothing_to_draw(path, skipped)
-    return [("tokens seen", label, [
+    return [("tokens (this run)", label, [
         ("train", [r["tokens"] for r in train], [r[key] for r in train], "-", "C0"),
         ("validation", [x for x, _ in points], [r[f"val_{key}"] for _, r in points], "o-", "C1")])
         for key, label in PANELS]
