@@ -19,7 +19,15 @@ import numpy as np
 from bertjax import glue, glue_batches, glue_metrics, glue_tasks
 from bertjax.config import Config, GlueConfig, MeshConfig
 from bertjax.errors import UserError, cli
-from bertjax.files import ArgParser, from_cwd, json_text, path_argument, write_atomic
+from bertjax.files import (
+    ArgParser,
+    check_dir_path,
+    from_cwd,
+    json_text,
+    make_dir,
+    path_argument,
+    write_atomic,
+)
 from bertjax.glue_eval import predict_split, warn_partial_submission
 from bertjax.model import num_labels
 from bertjax.precision import Precision
@@ -217,8 +225,7 @@ def as_options(e: UserError) -> UserError:
 def check_out_dir(out: Path, force: bool) -> Path:
     """--out may be new, empty, or an earlier --out (its scores.json) replaced with --force;
     anything else is not ours to write into."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a directory (it is created when missing)")
+    check_dir_path(out, "--out")  # neither it nor a folder above it a file
     if not out.is_dir() or not any(out.iterdir()):
         return out
     if not (out / SCORES).is_file():
@@ -233,6 +240,7 @@ def check_out_dir(out: Path, force: bool) -> Path:
 def write_outputs(out: Path, scores: dict, tests: dict) -> None:
     """The submission files, then scores.json naming them (each file written whole under a
     temporary name): an earlier score's files this one does not write are removed last."""
+    make_dir(out, "--out")  # said in one line where it cannot be (read-only, /proc)
     earlier = set()
     if (out / SCORES).is_file():
         try:

@@ -152,7 +152,8 @@ def test_a_binary_task_takes_the_hubs_names_and_a_regressor_its_correlations(tmp
                                   "unknown names", "names for a regressor", "no data dir",
                                   "its data dir gone", "out holds other files",
                                   "out holds a score", "force without out", "no tokenizer",
-                                  "hub offline", "the task's folder"])
+                                  "hub offline", "the task's folder", "out is a file",
+                                  "out cannot be made"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, monkeypatch):
     sst2 = fine_tuned(tmp_path / "sst2", tokenizer, "sst2", 2)
     (tmp_path / "taken").mkdir()
@@ -201,6 +202,11 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
         "the task's folder": ([str(sst2), "--data-dir", str(GLUE_DIR / "SST-2")],
                               r"--data-dir .*/SST-2 is the SST-2 folder itself: set it to the "
                               r"folder holding SST-2/$"),
+        "out is a file": ([str(sst2), "--out", str(tmp_path / "taken" / "notes.txt" / "x")],
+                          r"^--out=.*notes.txt/x cannot be created: .*notes.txt is a file"),
+        "out cannot be made": ([str(sst2), "--out", "/proc/scores"],
+                               r"^cannot create --out=/proc/scores \(No such file or directory\)"
+                               r"; set --out to a directory you can write$"),
         "no tokenizer": ([str(bare), "--task", "sst2"],
                          r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
                          r"directory's vocab.txt\); put the one its weights were trained with"),
