@@ -148,26 +148,37 @@ def test_a_binary_task_takes_the_hubs_names_and_a_regressor_its_correlations(tmp
     assert (tmp_path / "out" / "STS-B.tsv").is_file()
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer) -> Path:
+    """The checkpoints and folders the bad inputs are given (made once: ~1 s a case before)."""
+    root = tmp_path_factory.mktemp("world")
+    sst2 = fine_tuned(root / "sst2", tokenizer, "sst2", 2)
+    fine_tuned(root / "enc", tokenizer, "sst2", 0, mlm=True)
+    fine_tuned(root / "stsb", tokenizer, "stsb", 1)
+    fine_tuned(root / "rel", tokenizer, "sst2", 2, data_dir="glue_data")  # relative, not here
+    (root / "taken").mkdir()
+    (root / "taken" / "notes.txt").write_text("mine")
+    (root / "scored").mkdir()
+    (root / "scored" / "scores.json").write_text("{}")
+    loaded = load_pretrained(sst2)
+    export_hf(loaded.model, loaded.model_cfg, loaded.tokenizer_path, root / "hf", "cls",
+              label_names=("0", "1"))
+    # weights and config.json without a tokenizer
+    shutil.copytree(root / "hf", root / "bare",
+                    ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt"))
+    return root
+
+
 @pytest.mark.parametrize("case", ["encoder", "another task", "unrecorded task", "class count",
                                   "unknown names", "names for a regressor", "no data dir",
                                   "its data dir gone", "out holds other files",
                                   "out holds a score", "force without out", "no tokenizer",
                                   "hub offline", "the task's folder", "out is a file",
                                   "out cannot be made"])
-def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, monkeypatch):
-    sst2 = fine_tuned(tmp_path / "sst2", tokenizer, "sst2", 2)
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "notes.txt").write_text("mine")
-    (tmp_path / "scored").mkdir()
-    (tmp_path / "scored" / "scores.json").write_text("{}")
-    hf_dir = tmp_path / "hf"
-    loaded = load_pretrained(sst2)
-    export_hf(loaded.model, loaded.model_cfg, loaded.tokenizer_path, hf_dir, "cls",
-              label_names=("0", "1"))
-    bare = tmp_path / "bare"  # weights and config.json without a tokenizer
-    shutil.copytree(hf_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt"))
+def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
+    sst2, hf_dir, bare = world / "sst2", world / "hf", world / "bare"
     argv, expected = {
-        "encoder": ([str(fine_tuned(tmp_path / "enc", tokenizer, "sst2", 0, mlm=True))],
+        "encoder": ([str(world / "enc")],
                     r"has no classifier \(a pretrained encoder\); fine-tune it on the task "
                     r"first: python -m bertjax.train configs/<task>.yaml init.checkpoint="),
         "another task": ([str(sst2), "--task", "cola"],
@@ -181,19 +192,18 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
         "unknown names": ([str(sst2), "--labels", "good,bad"],
                           r"^--labels \(good, bad\) are not sst2's 2 classes \(0/negative \| "
                           r"1/positive\); pass --labels naming"),
-        "names for a regressor": ([str(fine_tuned(tmp_path / "stsb", tokenizer, "stsb", 1)),
-                                   "--labels", "a"], r"stsb is a regression task"),
-        "no data dir": ([str(sst2), "--data-dir", str(tmp_path / "nope")],
+        "names for a regressor": ([str(world / "stsb"), "--labels", "a"],
+                                  r"stsb is a regression task"),
+        "no data dir": ([str(sst2), "--data-dir", str(world / "nope")],
                         r"^--data-dir .*/nope does not exist; give the directory of GLUE's"),
-        "its data dir gone": ([str(fine_tuned(tmp_path / "rel", tokenizer, "sst2", 2,
-                                              data_dir="glue_data"))],
+        "its data dir gone": ([str(world / "rel")],
                               r"was fine-tuned on the GLUE files in glue_data, which is not a "
                               r"directory here \(in the current directory, .*\); give "
                               r"--data-dir DIR"),
-        "out holds other files": ([str(sst2), "--out", str(tmp_path / "taken")],
+        "out holds other files": ([str(sst2), "--out", str(world / "taken")],
                                   r"holds files but no scores.json \(not an earlier glue_score "
                                   r"output\); give a new or empty directory"),
-        "out holds a score": ([str(sst2), "--out", str(tmp_path / "scored")],
+        "out holds a score": ([str(sst2), "--out", str(world / "scored")],
                               r"holds an earlier score \(scores.json\); pass --force"),
         "force without out": ([str(sst2), "--force"], r"^--force replaces .*; give --out DIR$"),
         "hub offline": ([str(hf_dir), "--task", "sst2"],  # the tests run offline
@@ -202,7 +212,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
         "the task's folder": ([str(sst2), "--data-dir", str(GLUE_DIR / "SST-2")],
                               r"--data-dir .*/SST-2 is the SST-2 folder itself: set it to the "
                               r"folder holding SST-2/$"),
-        "out is a file": ([str(sst2), "--out", str(tmp_path / "taken" / "notes.txt" / "x")],
+        "out is a file": ([str(sst2), "--out", str(world / "taken" / "notes.txt" / "x")],
                           r"^--out=.*notes.txt/x cannot be created: .*notes.txt is a file"),
         "out cannot be made": ([str(sst2), "--out", "/proc/scores"],
                                r"^cannot create --out=/proc/scores \(No such file or directory\)"
@@ -211,12 +221,12 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, tokenizer, mon
                          r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
                          r"directory's vocab.txt\); put the one its weights were trained with"),
     }[case]
-    monkeypatch.chdir(tmp_path)
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(world)
+    before = sorted((p, p.stat().st_mtime_ns) for p in world.rglob("*"))
     with pytest.raises(UserError, match=expected) as e:
         main(argv)
     assert "\n" not in str(e.value)
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert sorted((p, p.stat().st_mtime_ns) for p in world.rglob("*")) == before
 
 
 def test_a_forced_rescore_replaces_the_earlier_files(tmp_path, tokenizer):
