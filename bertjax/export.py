@@ -30,7 +30,7 @@ from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
-from bertjax.files import ArgParser, from_cwd, path_argument, sha256_file
+from bertjax.files import ArgParser, not_a_dir, path_argument, sha256_file
 from bertjax.hf import export_hf
 from bertjax.model import Bert, num_labels, param_count
 from bertjax.output_dirs import check_output_dir, staged_dir
@@ -198,9 +198,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float3
     """The newest complete checkpoint of a pretraining run -> a release bundle."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        state = "is a file" if run_dir.exists() else f"does not exist{from_cwd(run_dir)}"
-        raise UserError(f"run directory {run_dir} {state}; pass a pretraining run directory "
-                        "(train.run_dir, holding checkpoints/)")
+        raise UserError(f"run directory {run_dir} {not_a_dir(run_dir)}; pass a pretraining run "
+                        "directory (train.run_dir, holding checkpoints/)")
     if not (run_dir / "checkpoints").is_dir():
         raise UserError(f"{run_dir} has no checkpoints/ directory; {_not_a_run(run_dir)}")
     check_dtype(dtype)

@@ -91,6 +91,12 @@ def from_cwd(path: str | Path) -> str:
     return "" if Path(path).is_absolute() else f" (in the current directory, {Path.cwd()})"
 
 
+def not_a_dir(path: str | Path) -> str:
+    """What is wrong with `path`, where a directory was expected and none is: "is a file", or
+    "does not exist" with where a relative path was looked for."""
+    return "is a file" if Path(path).exists() else f"does not exist{from_cwd(path)}"
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse for the commands: a bad command line is one UserError line ending with `usage`
     (exit 2 through errors.cli), where argparse prints its usage block and exits itself."""

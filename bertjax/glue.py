@@ -11,7 +11,7 @@ import numpy as np
 
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError
-from bertjax.files import check_file, check_not_lfs_pointer, from_cwd, utf8_error
+from bertjax.files import check_file, check_not_lfs_pointer, not_a_dir, utf8_error
 from bertjax.glue_tasks import STSB_SCALE, Examples, Task, get_task, submissions
 from bertjax.sources import quiet_hub
 
@@ -229,10 +229,9 @@ def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples
     t = get_task(task or cfg.task)
     t.split(split)
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        state = "is a file" if Path(cfg.data_dir).exists() else \
-            f"does not exist{from_cwd(cfg.data_dir)}"
-        raise UserError(f"glue.data_dir={cfg.data_dir} {state}; set it to a directory of GLUE "
-                        f"TSVs (holding {t.dir}/{t.split(split).file}, ...) or to null for the hub")
+        raise UserError(f"glue.data_dir={cfg.data_dir} {not_a_dir(cfg.data_dir)}; set it to a "
+                        f"directory of GLUE TSVs (holding {t.dir}/{t.split(split).file}, ...) "
+                        "or to null for the hub")
     if cfg.data_dir is None:
         if cfg.train_file or cfg.dev_files:
             raise UserError("glue.train_file / glue.dev_files name files inside glue.data_dir; "

@@ -7,6 +7,7 @@ ones it was fine-tuned on), a release bundle, a Hugging Face classifier director
 --labels): a model fine-tuned on the hub's MNLI orders them unlike GLUE's files. One process.
 """
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -22,9 +23,9 @@ from bertjax.errors import UserError, cli
 from bertjax.files import (
     ArgParser,
     check_dir_path,
-    from_cwd,
     json_text,
     make_dir,
+    not_a_dir,
     path_argument,
     write_atomic,
 )
@@ -155,14 +156,12 @@ def data_config(path: str, task: str, data_dir: str | None, trained: Config | No
     cfg = trained.glue if trained is not None else GlueConfig(task=task)
     if data_dir is not None:
         if not Path(data_dir).is_dir():
-            state = "is a file" if Path(data_dir).exists() else \
-                f"does not exist{from_cwd(data_dir)}"
-            raise UserError(f"--data-dir {data_dir} {state}; give the directory of GLUE's "
-                            "task folders (e.g. glue_data, holding SST-2/dev.tsv)")
+            raise UserError(f"--data-dir {data_dir} {not_a_dir(data_dir)}; give the directory "
+                            "of GLUE's task folders (e.g. glue_data, holding SST-2/dev.tsv)")
         cfg = dataclasses.replace(cfg, data_dir=data_dir, train_file=None, dev_files=[])
     elif cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise UserError(f"{path} was fine-tuned on the GLUE files in {cfg.data_dir}, which is "
-                        f"not a directory here{from_cwd(cfg.data_dir)}; give --data-dir DIR")
+        raise UserError(f"{path} was fine-tuned on the GLUE files in {cfg.data_dir}, which "
+                        f"{not_a_dir(cfg.data_dir)}; give --data-dir DIR")
     positions = pretrained.model_cfg.max_position_embeddings
     if cfg.buckets[-1] > positions:  # a Hugging Face model of fewer positions than 128
         cfg = dataclasses.replace(cfg, buckets=[b for b in cfg.buckets if b < positions] +
@@ -243,10 +242,8 @@ def write_outputs(out: Path, scores: dict, tests: dict) -> None:
     make_dir(out, "--out")  # said in one line where it cannot be (read-only, /proc)
     earlier = set()
     if (out / SCORES).is_file():
-        try:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):  # damaged: none known
             earlier = set(json.loads((out / SCORES).read_text()).get("submissions", []))
-        except (ValueError, AttributeError, TypeError):
-            earlier = set()
     written = []
     for (task, split), (index, logits) in tests.items():
         if not np.isfinite(logits).all():

@@ -197,9 +197,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
         "no data dir": ([str(sst2), "--data-dir", str(world / "nope")],
                         r"^--data-dir .*/nope does not exist; give the directory of GLUE's"),
         "its data dir gone": ([str(world / "rel")],
-                              r"was fine-tuned on the GLUE files in glue_data, which is not a "
-                              r"directory here \(in the current directory, .*\); give "
-                              r"--data-dir DIR"),
+                              r"was fine-tuned on the GLUE files in glue_data, which does not "
+                              r"exist \(in the current directory, .*\); give --data-dir DIR$"),
         "out holds other files": ([str(sst2), "--out", str(world / "taken")],
                                   r"holds files but no scores.json \(not an earlier glue_score "
                                   r"output\); give a new or empty directory"),
