@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from bertjax import __version__
 from bertjax import config as config_lib
 from bertjax import tokenizer as tokenizer_lib
+from bertjax.bundle import BUNDLE_FORMAT, BUNDLE_VERSION
 from bertjax.config import Config
 from bertjax.errors import UserError, cli
 from bertjax.files import ArgParser, not_a_dir, path_argument, sha256_file
@@ -35,8 +36,6 @@ from bertjax.hf import export_hf
 from bertjax.model import Bert, num_labels, param_count
 from bertjax.output_dirs import check_output_dir, staged_dir
 from bertjax.pretrained import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
     check_tokenizer_fits,
     fine_tune_example,
     load_pretrained,

@@ -20,13 +20,14 @@ from tokenizers import normalizers
 
 from bertjax import config, output_dirs
 from bertjax import export as export_lib
+from bertjax.bundle import read_manifest
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.export import export_run, main, save_bundle
 from bertjax.hf import import_hf
 from bertjax.model import Bert, param_count
 from bertjax.optim import make_optimizer
-from bertjax.pretrained import load_pretrained, read_manifest
+from bertjax.pretrained import load_pretrained
 from bertjax.starting_points import load_start
 from bertjax.step import init_state
 from bertjax.weights import state_dict
