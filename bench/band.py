@@ -56,10 +56,10 @@ def measure_own_band(work: Path, glue_dir: Path, seed: int, center: dict, entry:
     return own
 
 
-def refresh_test_seed(work: Path, glue_dir: Path, entry: str, own: bool) -> None:
+def refresh_test_seed(work: Path, glue_dir: Path, entry: str, own: bool, dry_run: bool) -> None:
     """Run the test seed and replace the band file's exact figures and machine key (and, with
     `own`, its own band); nothing is written when the new figures leave the seeds' band (then
-    re-measure everything), or, without `own`, the seed's own band."""
+    re-measure everything), or, without `own`, the seed's own band, or on a dry run."""
     band = recipe.load_band()
     seed = band["test_seed"]
     figures = recipe.run_seed(seed, work / "data", glue_dir, work / f"seed{seed}")
@@ -73,6 +73,9 @@ def refresh_test_seed(work: Path, glue_dir: Path, entry: str, own: bool) -> None
         raise SystemExit("not written: the new figures leave the test seed's own band; "
                          "re-measure it with --test-seed-only\n" + "\n".join(problems))
     band["exact"] = {"key": recipe.machine_key(), "figures": figures, "source": f"log.md, {entry}"}
+    if dry_run:
+        print(f"dry run: {recipe.BAND_FILE} kept")
+        return
     recipe.BAND_FILE.write_text(json.dumps(band, indent=2) + "\n")
     print(f"wrote the exact figures{' and own band' if own else ''} into {recipe.BAND_FILE}")
 
@@ -124,7 +127,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         recipe.prepare(work / "data")
     if args.exact_only or args.test_seed_only:
-        return refresh_test_seed(work, Path(args.glue_dir), args.entry, args.test_seed_only)
+        return refresh_test_seed(work, Path(args.glue_dir), args.entry, args.test_seed_only,
+                                 args.dry_run)
     per_seed = {}
     for seed in range(args.seeds):
         out, start = work / f"seed{seed}", time.perf_counter()
@@ -148,6 +152,8 @@ def main() -> None:
     if not args.dry_run:
         recipe.BAND_FILE.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {recipe.BAND_FILE}")
+    else:
+        print(f"dry run: {recipe.BAND_FILE} kept")
 
 
 if __name__ == "__main__":

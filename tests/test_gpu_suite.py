@@ -1,6 +1,7 @@
 """bench/gpu_suite.py before it meets a GPU: the kernel-family rules and trace reading of
 bench/profile_summary.py, a failing item and an over-budget item reported (never fatal), and the
-whole --smoke run on CPU (every code path of the GPU call, tiny shapes)."""
+whole --smoke run on CPU (every code path of the GPU call, tiny shapes); bench/gpu_glue.sh's
+failed stages said in its exit code."""
 
 import json
 import os
@@ -215,3 +216,54 @@ def test_order_probe_probes_each_validation_row_once(capsys):
     assert distinct_rows(113, 256, "data/demo's validation split", 128) == 113
     assert "has 113 rows of 128 tokens; probing those, not --rows 256" in capsys.readouterr().out
     assert distinct_rows(113, 64, "x", 128) == 64 and capsys.readouterr().out == ""
+
+
+# A stand-in for the python that bench/gpu_glue.sh runs: each command makes what the real one
+# would leave for the script to collect, and the command named by $FAIL fails.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+echo "$*" >> "$RUN/calls"
+case "$*" in *"${FAIL:-nothing}"*) echo "$FAIL failed"; exit 1;; esac
+case "$1 $2" in
+  "-m bertjax.train") mkdir -p "$RUN/checkpoints/8"; echo '{"step": 8}' > "$RUN/metrics.jsonl";;
+  "-m bertjax.export") mkdir -p "$4" && echo weights > "$4/model.safetensors";;
+  bench/glue_experiment.py*) out=$(sed -E 's/.*--out ([^ ]+).*/\1/' <<< "$*")
+                             mkdir -p "$out" && echo '{}' > "$out/summary.json";;
+  *) echo "probe: $1";;
+esac
+"""
+
+
+@pytest.mark.parametrize("fail, rc, said", [
+    (None, 0, "done"),
+    ("--out RUN/sst2_full", 1, "done; failed: GLUE sst2_full"),
+    ("bench/order_probe.py", 1, "done; failed: order probe"),
+    ("-m bertjax.export", 1, "done; failed: export"),
+    ("bench/linear_probe.py", 1, "done; failed: linear probe"),
+    ("-m bertjax.train", 1, "FAILED: pretraining (no checkpoint)"),
+])
+def test_the_gpu_glue_script_says_which_stage_failed_in_its_exit_code(tmp_path, fail, rc, said):
+    """bench/gpu_glue.sh is a GPU session's second call: a failed stage must show in its exit
+    code and last line (it exited 0 whatever its GLUE runs did) and not stop the other stages."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    run, out = tmp_path / "run", tmp_path / "out"
+    run.mkdir()
+    env = dict(os.environ, PY=str(python), RUN=str(run), OUT=str(out),
+               FAIL=(fail or "nothing").replace("RUN", str(run)))
+    done = subprocess.run(["bash", str(BENCH / "gpu_glue.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == rc, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].split(": ", 1)[1] == said
+    assert (out / "session.log").read_text() == done.stdout
+    kept = {p.name for p in out.iterdir()}
+    if fail == "-m bertjax.train":
+        assert kept == {"session.log"}
+        return
+    experiments = ["glue_plan", "sst2_3epochs", "sst2_full", "cls_sst2_mnli"]
+    missing = {"-m bertjax.export": "mini_bundle.tar",
+               "--out RUN/sst2_full": "sst2_full_summary.json"}.get(fail)
+    assert kept == {"session.log", "pretrain_metrics.jsonl", "probes.txt", "mini_bundle.tar",
+                    *(f"{name}_summary.json" for name in experiments)} - {missing}
+    calls = (run / "calls").read_text()
+    assert all(f"--out {run}/{name} " in calls for name in experiments)  # none skipped

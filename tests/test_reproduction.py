@@ -12,6 +12,7 @@ from importlib.metadata import version
 import pytest
 from band_mutations import MUTATIONS, ROOT
 from reproduction import (
+    BAND_FILE,
     FIGURES,
     PRETRAIN,
     data_sha256,
@@ -114,3 +115,26 @@ def test_the_band_corpus_prepares_to_the_tokens_the_band_was_measured_on(tmp_pat
     assert data_sha256(tmp_path) == band["test_seed_band"]["data_sha256"], (
         "the band recipe's tokens changed: re-measure the band (bench/band.py) and say why in "
         "log.md")
+
+
+
+@pytest.mark.parametrize("mode", [["--exact-only"], ["--seeds", "8"]])
+def test_a_dry_run_of_the_band_script_keeps_the_band_file(tmp_path, monkeypatch, capsys, mode):
+    """bench/band.py --dry-run prints and writes nothing (with --exact-only it once rewrote the
+    band file). The runs are replaced by the band's recorded figures, so no seed is trained."""
+    import band as band_script  # bench/ is on the path through pyproject
+
+    band_file = tmp_path / "band.json"
+    band_file.write_bytes(BAND_FILE.read_bytes())
+    band = load_band()
+    monkeypatch.setattr(band_script.recipe, "BAND_FILE", band_file)
+    monkeypatch.setattr(band_script.recipe, "prepare", lambda data: data.mkdir(parents=True))
+    monkeypatch.setattr(band_script.recipe, "data_sha256", lambda data: "other tokens")
+    monkeypatch.setattr(band_script.recipe, "run_seed",
+                        lambda seed, *_: band["per_seed"].get(str(seed), band["exact"]["figures"]))
+    monkeypatch.setattr(band_script, "measure_own_band", lambda *_: band["test_seed_band"])
+    monkeypatch.setattr("sys.argv", ["band.py", "--entry", "a test", "--dry-run",
+                                     f"--work={tmp_path / 'work'}", *mode])
+    band_script.main()
+    assert band_file.read_bytes() == BAND_FILE.read_bytes()
+    assert "dry run: " in capsys.readouterr().out
