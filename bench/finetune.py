@@ -206,10 +206,11 @@ def report(args, results) -> None:
           f"tokens), {args.size}, batch {args.batch}, dropout {args.dropout}, float32, "
           f"device: {ours['device']}"
           + (f"; bertjax with {' '.join(args.set)}" if args.set else ""))
-    print(f"{'':52} {'first s':>8} {'epoch s':>8} {'rows/s':>8} {'tokens/s':>9} "
+    width = max(len(r["name"]) for r in results)  # whole names: the peer names torch and SDPA
+    print(f"{'':{width}} {'first s':>8} {'epoch s':>8} {'rows/s':>8} {'tokens/s':>9} "
           f"{'padding':>8} {'loss':>6} {'RSS MB':>7}")
     for r in results:
-        print(f"{r['name'][:52]:52} {r['first_epoch_s']:8.2f} {r['epoch_s']:8.2f} "
+        print(f"{r['name']:{width}} {r['first_epoch_s']:8.2f} {r['epoch_s']:8.2f} "
               f"{r['examples'] / r['epoch_s']:8,.0f} {r['real_tokens'] / r['epoch_s']:9,.0f} "
               f"{1 - r['real_tokens'] / r['positions']:8.1%} {r['loss']:6.3f} "
               f"{r['max_rss_mb']:7.0f}")

@@ -1,7 +1,10 @@
 """What do an encoder's frozen features know about a GLUE task? A logistic regression on them.
 
     .venv/bin/python bench/linear_probe.py CHECKPOINT [--task sst2] [--glue-dir DIR] \
-        [--max-train 6000]
+        [--max-train 6000] [--train-file NAME] [--dev-file NAME]
+
+(--train-file / --dev-file name a task's files when they are not GLUE's: the shared MNLI copy
+has MNLI/train_pairs10k.tsv and MNLI/dev_matched_subset.tsv.)
 
 Fine-tuning mixes two things: what the encoder already knows and how fast the recipe can move it.
 This probe keeps the encoder fixed: it embeds the training and dev sentences with the checkpoint's
@@ -88,19 +91,28 @@ def probe(train_x, train_y, dev_x, dev_y, classes: int) -> tuple[float, float]:
     return accuracy(fit_logistic(train_x, train_y, best, classes), dev_x, dev_y), best
 
 
-def read_splits(task: glue_tasks.Task, glue_dir: str, max_train: int):
+def read_splits(task: glue_tasks.Task, glue_dir: str, max_train: int,
+                train_file: str | None = None, dev_file: str | None = None):
     """(train, dev) of `task`, checked in the probe's own flags (glue.load_split's messages name
     config keys, which this script does not read)."""
     if max_train < MIN_TRAIN:
         raise UserError(f"--max-train {max_train}: the probe needs at least {MIN_TRAIN} training "
                         "rows (the last 10 % of them choose the L2 strength)")
     dev_split = task.dev_splits[0]
-    for split in ("train", dev_split):
-        path = Path(glue_dir) / task.dir / task.split(split).file
-        if not path.is_file():
-            raise UserError(f"--glue-dir {glue_dir} holds no {task.dir}/{path.name}; pass a "
+    folder = Path(glue_dir) / task.dir
+    for split, name, flag in (("train", train_file, "--train-file"),
+                              (dev_split, dev_file, "--dev-file")):
+        path = folder / (name or task.split(split).file)
+        if path.is_file():
+            continue
+        if not folder.is_dir():
+            raise UserError(f"--glue-dir {glue_dir} holds no {task.dir}/ folder; pass a "
                             f"directory of GLUE TSVs (the folder holding {task.dir}/)")
-    cfg = GlueConfig(task=task.name, data_dir=glue_dir, max_train_examples=max_train)
+        has = ", ".join(sorted(p.name for p in folder.glob("*.tsv"))) or "no .tsv files"
+        raise UserError(f"{folder} holds no {path.name} (it holds {has}); name the {split} "
+                        f"file it has: {flag} NAME")
+    cfg = GlueConfig(task=task.name, data_dir=glue_dir, max_train_examples=max_train,
+                     train_file=train_file, dev_files=[dev_file] if dev_file else [])
     train = glue.load_split(cfg, "train")
     if len(train) < MIN_TRAIN:
         raise UserError(f"{train.source} has {len(train)} rows; the probe needs at least "
@@ -114,6 +126,9 @@ def main():
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--glue-dir", default=str(GLUE))
     parser.add_argument("--max-train", type=int, default=6000)
+    parser.add_argument("--train-file", help="the training TSV inside GLUE_DIR/<Task>/ "
+                                             "(default: GLUE's name)")
+    parser.add_argument("--dev-file", help="the dev TSV (default: GLUE's first dev split)")
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=0, help="the random encoder's seed")
     args = parser.parse_args()
@@ -125,7 +140,8 @@ def main():
                         f"{', '.join(probed)}")
     task = glue_tasks.get_task(args.task)
     glue_batches.check_buckets(args.buckets, lambda b: "--buckets " + " ".join(map(str, b)))
-    train, dev = read_splits(task, args.glue_dir, args.max_train)
+    train, dev = read_splits(task, args.glue_dir, args.max_train, args.train_file,
+                             args.dev_file)
 
     pretrained = load_pretrained(args.checkpoint)
     tok = load(pretrained.tokenizer_path)

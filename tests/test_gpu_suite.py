@@ -14,7 +14,7 @@ import pytest
 import suite_items
 from profile_summary import describe_ops, device_events, family, summarize
 
-from bertjax import pretrain_loop
+from bertjax import glue_tasks, pretrain_loop
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -164,7 +164,7 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     (["linear_probe.py", "nope", "--max-train", "1"],  # fitted the L2 strength on no rows
      "error: --max-train 1: the probe needs at least 10 training rows"),
     (["linear_probe.py", "nope", "--glue-dir", "nope"],  # named glue.data_dir, a config key
-     "error: --glue-dir nope holds no SST-2/train.tsv; pass a directory of GLUE TSVs"),
+     "error: --glue-dir nope holds no SST-2/ folder; pass a directory of GLUE TSVs"),
     (["linear_probe.py", "nope", "--buckets", "16", "8"],  # named glue.buckets
      "error: --buckets 16 8 must be strictly increasing lengths >= 8, e.g. --buckets 32 64 128"),
 ], ids=["unknown-item", "bad-size", "no-checkpoint", "no-glue-dir", "regression-task",
@@ -178,6 +178,23 @@ def test_a_bench_scripts_bad_argument_is_one_line_and_exit_2(tmp_path, argv, say
     assert out.returncode == 2, out.stderr[-2000:]
     assert says in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_linear_probe_reads_a_task_whose_files_have_other_names(shared_data):
+    """The shared MNLI copy has train_pairs10k.tsv and dev_matched_subset.tsv: the probe could not
+    read it, and said the --glue-dir holding MNLI/ held no MNLI folder's files."""
+    from linear_probe import read_splits
+
+    from bertjax.errors import UserError
+
+    mnli, glue_dir = glue_tasks.get_task("mnli"), str(shared_data / "glue")
+    with pytest.raises(UserError, match=r"MNLI holds no train.tsv \(it holds .*"
+                                        r"train_pairs10k.tsv.*\); name the train file it has: "
+                                        r"--train-file NAME"):
+        read_splits(mnli, glue_dir, 50)
+    train, dev = read_splits(mnli, glue_dir, 50, "train_pairs10k.tsv", "dev_matched_subset.tsv")
+    assert (len(train), dev.split) == (50, "dev_matched") and len(dev) > 50
+    assert dev.source.endswith("MNLI/dev_matched_subset.tsv")
 
 
 @pytest.mark.slow
