@@ -39,7 +39,8 @@ from bertjax.step import make_glue_predict
 SCORED = [name for name, t in glue_tasks.TASKS.items() if t.dev_splits]  # not AX (test only)
 SCORES = "scores.json"
 USAGE = ("usage: python -m bertjax.glue_score CHECKPOINT [--task T] [--data-dir DIR] "
-         "[--labels A,B,..] [--out DIR [--force]] [--batch-size B] [--allow-tokenizer-mismatch]")
+         "[--dev-files A,..] [--labels A,B,..] [--out DIR [--force]] [--batch-size B] "
+         "[--allow-tokenizer-mismatch]")
 GENERIC_NAME = re.compile(r"label_?\d+")  # transformers' names for unnamed classes
 
 
@@ -53,6 +54,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", type=path_argument,
                         help="original GLUE TSVs (default: the checkpoint's glue.data_dir, else "
                              "the hub)")
+    parser.add_argument("--dev-files", type=lambda text: [n.strip() for n in text.split(",")],
+                        help="the dev TSVs inside DIR/<Task>/ when not GLUE's names, comma-"
+                             "separated, read as the task's dev splits in order (fewer names "
+                             "score fewer splits)")
     parser.add_argument("--labels", help="the checkpoint's classes in index order, comma-"
                                          "separated, as GLUE or the hub names them")
     parser.add_argument("--out", type=path_argument,
@@ -73,7 +78,8 @@ def main(argv: list[str]) -> None:
     task = task_to_score(args.checkpoint, args.task, trained, pretrained)
     order = class_order(task, args.labels.split(",") if args.labels else
                         list(pretrained.label_names), args.checkpoint, given=bool(args.labels))
-    glue_cfg = data_config(args.checkpoint, task, args.data_dir, trained, pretrained)
+    glue_cfg = data_config(args.checkpoint, task, args.data_dir, args.dev_files, trained,
+                           pretrained)
     scores, predictions = score(args.checkpoint, pretrained, glue_cfg, order, args.batch_size,
                                 with_tests=bool(out))
     for split, row in scores["dev"].items():
@@ -148,11 +154,12 @@ def class_order(task: str, names: list[str], path: str, given: bool) -> np.ndarr
     return np.argsort(index)  # column j of the result = the checkpoint's class for label j
 
 
-def data_config(path: str, task: str, data_dir: str | None, trained: Config | None,
-                pretrained: Pretrained) -> GlueConfig:
+def data_config(path: str, task: str, data_dir: str | None, dev_files: list[str] | None,
+                trained: Config | None, pretrained: Pretrained) -> GlueConfig:
     """Where the task's splits are read from and how they are cut: the fine-tune's glue
     settings (its files, buckets, batch size) when it was fine-tuned on this task, with
-    --data-dir replacing its files; else GLUE's files in --data-dir, or the hub."""
+    --data-dir replacing its files; else GLUE's files in --data-dir, or the hub. --dev-files
+    names the dev files in either folder."""
     cfg = trained.glue if trained is not None else GlueConfig(task=task)
     if data_dir is not None:
         if not Path(data_dir).is_dir():
@@ -162,6 +169,11 @@ def data_config(path: str, task: str, data_dir: str | None, trained: Config | No
     elif cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise UserError(f"{path} was fine-tuned on the GLUE files in {cfg.data_dir}, which "
                         f"{not_a_dir(cfg.data_dir)}; give --data-dir DIR")
+    if dev_files is not None:
+        if cfg.data_dir is None:
+            raise UserError("--dev-files names files inside --data-dir (the hub's splits have "
+                            "no files); give --data-dir too")
+        cfg = dataclasses.replace(cfg, dev_files=dev_files)
     positions = pretrained.model_cfg.max_position_embeddings
     if cfg.buckets[-1] > positions:  # a Hugging Face model of fewer positions than 128
         cfg = dataclasses.replace(cfg, buckets=[b for b in cfg.buckets if b < positions] +
@@ -214,10 +226,12 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
 
 
 def as_options(e: UserError) -> UserError:
-    """The readers' errors name the fine-tune's config key for the data; here it is an option."""
+    """The readers' errors name the fine-tune's config keys for the data; here they are options."""
     text = str(e).replace("set glue.data_dir to", "give --data-dir").replace(
         " or to null to use the hub", " or leave it out to use the hub").replace(
-        "glue.data_dir=", "--data-dir ")
+        "glue.data_dir=", "--data-dir ").replace(
+        "glue.dev_files=[NAME, ...]", "--dev-files NAME,...").replace(
+        "glue.dev_files", "--dev-files")
     return UserError(text)
 
 

@@ -148,6 +148,30 @@ def test_a_binary_task_takes_the_hubs_names_and_a_regressor_its_correlations(tmp
     assert (tmp_path / "out" / "STS-B.tsv").is_file()
 
 
+def test_dev_files_of_other_names_are_scored_as_the_tasks_dev_splits(tmp_path, tokenizer,
+                                                                     capsys):
+    """A partial MNLI copy (../shared/data's: dev_matched_subset.tsv, no mismatched set) was
+    refused, naming glue.dev_files, a key glue_score has no way to set."""
+    bundle = fine_tuned(tmp_path / "mnli", tokenizer, "mnli", 3)
+    main([str(bundle)])
+    whole = capsys.readouterr().out.splitlines()[0]  # dev_matched under GLUE's name
+    partial = tmp_path / "glue" / "MNLI"
+    partial.mkdir(parents=True)
+    shutil.copy(GLUE_DIR / "MNLI" / "dev_matched.tsv", partial / "dev_matched_subset.tsv")
+    with pytest.raises(UserError, match=r"dev_matched.tsv does not exist; give --data-dir a "
+                                        r"directory .*name the dev files it has: --dev-files "
+                                        r"NAME,\.\.\. "
+                                        r"\(read as dev_matched, dev_mismatched, in order"):
+        main([str(bundle), "--data-dir", str(tmp_path / "glue")])
+    main([str(bundle), "--data-dir", str(tmp_path / "glue"), "--dev-files",
+          "dev_matched_subset.tsv"])
+    assert capsys.readouterr().out.splitlines() == [whole]
+    with pytest.raises(UserError, match=r"^--dev-files has 3 names but mnli has only the dev "
+                                        r"splits \['dev_matched', 'dev_mismatched'\]; name at "
+                                        r"most 2$"):
+        main([str(bundle), "--dev-files", "a.tsv,b.tsv,c.tsv"])
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizer) -> Path:
     """The checkpoints and folders the bad inputs are given (made once: ~1 s a case before)."""
@@ -174,7 +198,7 @@ def world(tmp_path_factory, tokenizer) -> Path:
                                   "its data dir gone", "out holds other files",
                                   "out holds a score", "force without out", "no tokenizer",
                                   "hub offline", "the task's folder", "out is a file",
-                                  "out cannot be made"])
+                                  "out cannot be made", "dev files from the hub"])
 def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
     sst2, hf_dir, bare = world / "sst2", world / "hf", world / "bare"
     argv, expected = {
@@ -216,6 +240,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
         "out cannot be made": ([str(sst2), "--out", "/proc/scores"],
                                r"^cannot create --out=/proc/scores \(No such file or directory\)"
                                r"; set --out to a directory you can write$"),
+        "dev files from the hub": ([str(hf_dir), "--task", "sst2", "--dev-files", "dev.tsv"],
+                                   r"^--dev-files names files inside --data-dir \(the hub's "
+                                   r"splits have no files\); give --data-dir too$"),
         "no tokenizer": ([str(bare), "--task", "sst2"],
                          r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
                          r"directory's vocab.txt\); put the one its weights were trained with"),
