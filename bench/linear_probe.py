@@ -29,6 +29,7 @@ import optax
 from bertjax import glue, glue_batches, glue_tasks
 from bertjax.config import GlueConfig
 from bertjax.errors import UserError, cli
+from bertjax.files import path_argument
 from bertjax.model import Bert, masked_mean
 from bertjax.pretrained import load_pretrained
 from bertjax.tokenizer import load
@@ -126,9 +127,10 @@ def main():
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--glue-dir", default=str(GLUE))
     parser.add_argument("--max-train", type=int, default=6000)
-    parser.add_argument("--train-file", help="the training TSV inside GLUE_DIR/<Task>/ "
-                                             "(default: GLUE's name)")
-    parser.add_argument("--dev-file", help="the dev TSV (default: GLUE's first dev split)")
+    parser.add_argument("--train-file", type=path_argument,
+                        help="the training TSV inside GLUE_DIR/<Task>/ (default: GLUE's name)")
+    parser.add_argument("--dev-file", type=path_argument,
+                        help="the dev TSV (default: GLUE's first dev split)")
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=0, help="the random encoder's seed")
     args = parser.parse_args()

@@ -7,6 +7,7 @@ ones it was fine-tuned on), a release bundle, a Hugging Face classifier director
 --labels): a model fine-tuned on the hub's MNLI orders them unlike GLUE's files. One process.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--data-dir", type=path_argument,
                         help="original GLUE TSVs (default: the checkpoint's glue.data_dir, else "
                              "the hub)")
-    parser.add_argument("--dev-files", type=lambda text: [n.strip() for n in text.split(",")],
+    parser.add_argument("--dev-files", type=file_names,
                         help="the dev TSVs inside DIR/<Task>/ when not GLUE's names, comma-"
                              "separated, read as the task's dev splits in order (fewer names "
                              "score fewer splits)")
@@ -88,6 +89,15 @@ def main(argv: list[str]) -> None:
               f"; main score {row['main_score']:.4f}")
     if out is not None:
         write_outputs(out, {"checkpoint": str(args.checkpoint), **scores}, predictions)
+
+
+def file_names(text: str) -> list[str]:
+    """argparse `type` of --dev-files: comma-separated names, none empty (a stray comma)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} holds an empty name; give file names "
+                                         "separated by commas, e.g. dev_matched_subset.tsv")
+    return names
 
 
 def fine_tune_config(pretrained: Pretrained) -> Config | None:

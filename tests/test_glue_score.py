@@ -198,7 +198,8 @@ def world(tmp_path_factory, tokenizer) -> Path:
                                   "its data dir gone", "out holds other files",
                                   "out holds a score", "force without out", "no tokenizer",
                                   "hub offline", "the task's folder", "out is a file",
-                                  "out cannot be made", "dev files from the hub"])
+                                  "out cannot be made", "dev files from the hub",
+                                  "a stray comma in dev files"])
 def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
     sst2, hf_dir, bare = world / "sst2", world / "hf", world / "bare"
     argv, expected = {
@@ -243,6 +244,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, world, monkeypatch):
         "dev files from the hub": ([str(hf_dir), "--task", "sst2", "--dev-files", "dev.tsv"],
                                    r"^--dev-files names files inside --data-dir \(the hub's "
                                    r"splits have no files\); give --data-dir too$"),
+        "a stray comma in dev files": ([str(sst2), "--dev-files", "dev.tsv,"],
+                                       r"^argument --dev-files: 'dev.tsv,' holds an empty name; "
+                                       r"give file names separated by commas, .*; usage: "),
         "no tokenizer": ([str(bare), "--task", "sst2"],
                          r"bare carries no tokenizer \(tokenizer.json, or a Hugging Face "
                          r"directory's vocab.txt\); put the one its weights were trained with"),
