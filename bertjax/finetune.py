@@ -35,7 +35,7 @@ from bertjax.config import Config
 from bertjax.config_changes import PRETRAINING_ONLY, changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, json_text, write_atomic
-from bertjax.glue_eval import best_seed, summarize, write_submissions
+from bertjax.glue_eval import best_model_dir, best_seed, summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
 from bertjax.processes import (
@@ -132,7 +132,7 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
     task = glue_tasks.get_task(job.cfg.glue.task).name
     results = {"task": task, "init": job.cfg.init.checkpoint, "seeds": per_seed,
                "summary": summarize(per_seed),
-               "best_model": str(job.run_dir / f"seed{best_seed(per_seed)['seed']}" / "best")}
+               "best_model": str(best_model_dir(job.run_dir, per_seed))}
     results["submissions"] = write_submissions(job.cfg, job.tok, job.run_dir, best_model,
                                                job.mesh, job.steps.predict)
     if job.main:

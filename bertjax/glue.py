@@ -6,6 +6,7 @@ in glue_metrics.py, batching in glue_batches.py.
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,30 +111,47 @@ def _row_problem(row: list[str], need: int, width: int | None, what: str) -> str
     return None
 
 
-def _missing_file_fix(t: Task, split: str, path: Path) -> str:
+class Naming(NamedTuple):
+    """How the readers' messages name the data settings: the fine-tune's config keys
+    (CONFIG_KEYS), or a command's own options (glue_score's --data-dir, --dev-files)."""
+
+    data_dir: str  # followed by a value: "glue.data_dir=" | "--data-dir "
+    set_data_dir: str  # the fix: "set glue.data_dir to" | "give --data-dir"
+    or_hub: str  # the other fix: "or to null to use the hub"
+    train_file: str  # "glue.train_file=NAME"
+    dev_files: str  # the key alone, "glue.dev_files"; then its value: "=[NAME, ...]"
+    dev_files_value: str
+
+
+CONFIG_KEYS = Naming("glue.data_dir=", "set glue.data_dir to", "or to null to use the hub",
+                     "glue.train_file=NAME", "glue.dev_files", "=[NAME, ...]")
+
+
+def _missing_file_fix(t: Task, split: str, path: Path, naming: Naming) -> str:
     """How to read what glue.data_dir holds: its parent, when it is the task's own folder; the
     files a partial copy has (MNLI's matched dev set without the mismatched one, say)."""
-    fix = (f"set glue.data_dir to a directory of GLUE TSVs ({t.dir}/{t.split(split).file}, ...) "
-           "or to null to use the hub")
+    fix = (f"{naming.set_data_dir} a directory of GLUE TSVs ({t.dir}/{t.split(split).file}, "
+           f"...) {naming.or_hub}")
     if not path.parent.is_dir():
         if (path.parent.parent / path.name).is_file():
-            return (f"glue.data_dir={path.parent.parent} is the {t.dir} folder itself: set it to "
-                    f"the folder holding {t.dir}/")
+            return (f"{naming.data_dir}{path.parent.parent} is the {t.dir} folder itself: set "
+                    f"it to the folder holding {t.dir}/")
         return fix
     has = sorted(p.name for p in path.parent.glob("*.tsv"))
     has = f" ({path.parent} holds {', '.join(has[:6])}{', ...' * (len(has) > 6)})" if has else ""
     if split == "train":
-        return f"{fix}; or name the training file it has: glue.train_file=NAME{has}"
+        return f"{fix}; or name the training file it has: {naming.train_file}{has}"
     if split in t.dev_splits:
-        return (f"{fix}; or name the dev files it has: glue.dev_files=[NAME, ...] (read as "
-                f"{', '.join(t.dev_splits)}, in order; fewer names evaluate fewer splits){has}")
+        return (f"{fix}; or name the dev files it has: {naming.dev_files}"
+                f"{naming.dev_files_value} (read as {', '.join(t.dev_splits)}, in order; fewer "
+                f"names evaluate fewer splits){has}")
     return fix
 
 
-def read_tsv(task: str, split: str, path: str | Path) -> Examples:
+def read_tsv(task: str, split: str, path: str | Path, naming: Naming = CONFIG_KEYS) -> Examples:
     """Read one GLUE TSV (or a file with the same header names) into `Examples`."""
     t = get_task(task)
-    path = check_file(path, f"GLUE {split} file", _missing_file_fix(t, split, Path(path)))
+    path = check_file(path, f"GLUE {split} file", _missing_file_fix(t, split, Path(path), naming))
     check_not_lfs_pointer(path)
     rows = _read_tsv(path)
     if not rows:
@@ -172,7 +190,8 @@ def read_tsv(task: str, split: str, path: str | Path) -> Examples:
 
 # ---------------------------------------------------------------- readers: Hugging Face hub
 
-def read_hub(task: str, split: str, cache_dir: str | None = None) -> Examples:
+def read_hub(task: str, split: str, cache_dir: str | None = None,
+             naming: Naming = CONFIG_KEYS) -> Examples:
     """One split from `nyu-mll/glue` on the hub (needs a network or a filled cache)."""
     t = get_task(task)
     s = t.split(split)
@@ -184,7 +203,7 @@ def read_hub(task: str, split: str, cache_dir: str | None = None) -> Examples:
     except Exception as e:  # offline, no cache, hub errors: all mean "use local files"
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(f"could not load {HUB_DATASET}/{t.name} split {s.hub} from the hub "
-                        f"({type(e).__name__}: {first}); set glue.data_dir to a directory of "
+                        f"({type(e).__name__}: {first}); {naming.set_data_dir} a directory of "
                         "GLUE TSV files") from None
     raw = np.asarray(ds["label"])
     labels = None
@@ -200,13 +219,13 @@ def read_hub(task: str, split: str, cache_dir: str | None = None) -> Examples:
                     np.asarray(ds["idx"], np.int64), f"{HUB_DATASET}/{t.name}:{s.hub}")
 
 
-def _named_file(cfg: GlueConfig, t: Task, split: str) -> str:
+def _named_file(cfg: GlueConfig, t: Task, split: str, naming: Naming) -> str:
     dev = t.dev_splits
     if split == "train" and cfg.train_file:
         return cfg.train_file
     if split in dev and cfg.dev_files:
         if len(cfg.dev_files) > len(dev):
-            raise UserError(f"glue.dev_files has {len(cfg.dev_files)} names but {t.name} has "
+            raise UserError(f"{naming.dev_files} has {len(cfg.dev_files)} names but {t.name} has "
                             f"only the dev splits {dev}; name at most {len(dev)}")
         if dev.index(split) < len(cfg.dev_files):
             return cfg.dev_files[dev.index(split)]
@@ -219,7 +238,8 @@ def dev_splits(cfg: GlueConfig) -> list[str]:
     return dev[: len(cfg.dev_files)] if cfg.dev_files else dev
 
 
-def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples:
+def load_split(cfg: GlueConfig, split: str, task: str | None = None,
+               naming: Naming = CONFIG_KEYS) -> Examples:
     """`split` of glue.task (or of `task`, e.g. 'ax' next to MNLI) from glue.data_dir or the hub.
 
     glue.train_file / glue.dev_files name files inside `<data_dir>/<TaskDir>/` (absolute paths
@@ -229,16 +249,17 @@ def load_split(cfg: GlueConfig, split: str, task: str | None = None) -> Examples
     t = get_task(task or cfg.task)
     t.split(split)
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise UserError(f"glue.data_dir={cfg.data_dir} {not_a_dir(cfg.data_dir)}; set it to a "
-                        f"directory of GLUE TSVs (holding {t.dir}/{t.split(split).file}, ...) "
-                        "or to null for the hub")
+        raise UserError(f"{naming.data_dir}{cfg.data_dir} {not_a_dir(cfg.data_dir)}; "
+                        f"{naming.set_data_dir} a directory of GLUE TSVs (holding "
+                        f"{t.dir}/{t.split(split).file}, ...) {naming.or_hub}")
     if cfg.data_dir is None:
         if cfg.train_file or cfg.dev_files:
             raise UserError("glue.train_file / glue.dev_files name files inside glue.data_dir; "
                             "set glue.data_dir too")
-        ex = read_hub(t.name, split)
+        ex = read_hub(t.name, split, naming=naming)
     else:
-        ex = read_tsv(t.name, split, Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split))
+        path = Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split, naming)
+        ex = read_tsv(t.name, split, path, naming)
     if split == "train" and cfg.max_train_examples is not None:
         ex = ex.head(cfg.max_train_examples)
     return ex
@@ -259,4 +280,4 @@ def split_available(cfg: GlueConfig, split: str, task: str | None = None) -> boo
     t = get_task(task or cfg.task)
     if cfg.data_dir is None:
         return True
-    return os.path.lexists(Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split))
+    return os.path.lexists(Path(cfg.data_dir) / t.dir / _named_file(cfg, t, split, CONFIG_KEYS))

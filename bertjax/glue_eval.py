@@ -61,8 +61,13 @@ def summarize(per_seed: list[dict]) -> dict:
 
 def best_seed(per_seed: list[dict]) -> dict:
     """The seed whose best model writes the submission files: the highest best_score, the first
-    listed of equals (results.json's `best_model`, a sweep's best model per rate)."""
+    listed of equals."""
     return max(per_seed, key=lambda r: r["best_score"])
+
+
+def best_model_dir(run_dir: Path, per_seed: list[dict]) -> Path:
+    """That seed's best model (results.json's `best_model`, a sweep's best model per rate)."""
+    return run_dir / f"seed{best_seed(per_seed)['seed']}" / "best"
 
 
 def write_submissions(cfg: Config, tok: Tokenizer, run_dir: Path, best: Bert, mesh,

@@ -43,6 +43,10 @@ USAGE = ("usage: python -m bertjax.glue_score CHECKPOINT [--task T] [--data-dir 
          "[--dev-files A,..] [--labels A,B,..] [--out DIR [--force]] [--batch-size B] "
          "[--allow-tokenizer-mismatch]")
 GENERIC_NAME = re.compile(r"label_?\d+")  # transformers' names for unnamed classes
+# The GLUE readers' messages name these options, not the fine-tune's keys (no training split
+# is read here, so no training file is ever named)
+AS_OPTIONS = glue.Naming("--data-dir ", "give --data-dir", "or leave it out to use the hub",
+                      "glue.train_file=NAME", "--dev-files", " NAME,...")
 
 
 def main(argv: list[str]) -> None:
@@ -210,10 +214,7 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
     model = shard_params(pretrained.model, mesh, MeshConfig())
 
     def predictions(task: str, split: str):
-        try:
-            examples = glue.load_split(cfg, split, task=task)
-        except UserError as e:
-            raise as_options(e) from None
+        examples = glue.load_split(cfg, split, task=task, naming=AS_OPTIONS)
         enc = glue_batches.encode(tok, examples, cfg.buckets)
         logits = predict_split(predict, model, enc, rows, mesh)
         return examples, logits if order is None else logits[:, order]
@@ -233,16 +234,6 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
     t = glue_tasks.get_task(cfg.task)
     return {"task": cfg.task, "classes": list(t.labels), "data_dir": cfg.data_dir,
             "dev": dev}, tests
-
-
-def as_options(e: UserError) -> UserError:
-    """The readers' errors name the fine-tune's config keys for the data; here they are options."""
-    text = str(e).replace("set glue.data_dir to", "give --data-dir").replace(
-        " or to null to use the hub", " or leave it out to use the hub").replace(
-        "glue.data_dir=", "--data-dir ").replace(
-        "glue.dev_files=[NAME, ...]", "--dev-files NAME,...").replace(
-        "glue.dev_files", "--dev-files")
-    return UserError(text)
 
 
 def check_out_dir(out: Path, force: bool) -> Path:

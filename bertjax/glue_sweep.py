@@ -22,7 +22,7 @@ from bertjax import glue_tasks, plot
 from bertjax.config import Config
 from bertjax.files import check_dir_path, json_text, rate_folder, rate_runs, write_atomic
 from bertjax.finetune import finetune
-from bertjax.glue_eval import best_seed
+from bertjax.glue_eval import best_model_dir
 from bertjax.processes import join_the_run, losing_a_process_is_fatal
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sweep_state import SWEEP
@@ -78,10 +78,9 @@ def summarize(cfg: Config, run_dirs: list[Path]) -> dict:
     rates = []
     for lr, run_dir in zip(cfg.glue.learning_rates, run_dirs, strict=False):
         results = json.loads((run_dir / "results.json").read_bytes())
-        top = best_seed(results["seeds"])
         rates.append({"lr": lr, "run_dir": str(run_dir), "main_score":
                       results["summary"]["main_score"],
-                      "best_model": str(run_dir / f"seed{top['seed']}" / "best"),
+                      "best_model": str(best_model_dir(run_dir, results["seeds"])),
                       "submissions": results["submissions"]})
     best = max(rates, key=lambda r: r["main_score"]["median"])  # first of equals
     task = glue_tasks.get_task(cfg.glue.task)

@@ -22,7 +22,7 @@ from bertjax.checkpoint import Checkpoints
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, rate_runs
-from bertjax.glue_eval import best_seed
+from bertjax.glue_eval import best_model_dir
 from bertjax.hf import import_hf
 from bertjax.hf_config import hf_label_names, hf_multi_label
 from bertjax.model import Bert, num_labels
@@ -254,10 +254,9 @@ def fine_tune_example(path: Path, bests: list[Path]) -> str:
     """The model of GLUE run `path` to name as an example: its best seed's (the one that wrote
     the submission files), by its results.json, said as such; else the first seed's."""
     try:
-        seed = best_seed(json.loads((path / "results.json").read_bytes())["seeds"])["seed"]
+        model = best_model_dir(path, json.loads((path / "results.json").read_bytes())["seeds"])
     except (OSError, ValueError, TypeError, KeyError):  # none yet, or damaged: no best known
         return str(bests[0].parent)
-    model = path / f"seed{seed}" / "best"
     if not (model / "manifest.json").is_file():
         return str(bests[0].parent)
     return f"{model} (the best seed's, which wrote the submission files)"
