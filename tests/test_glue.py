@@ -479,7 +479,8 @@ def test_a_malformed_glue_file_names_the_file_and_line(tmp_path):
     (rte / "train.tsv").mkdir()
     with pytest.raises(UserError, match=r"train.tsv is a directory, not a file"):
         glue.load_split(GlueConfig(task="rte", data_dir=str(tmp_path)), "train")
-    with pytest.raises(UserError, match=r"glue.data_dir=.*header.tsv is a file; set glue.data_dir to a dir"):
+    with pytest.raises(UserError, match=r"glue.data_dir=.*header.tsv is a file; set "
+                                        r"glue.data_dir to a dir"):
         glue.load_split(GlueConfig(task="rte", data_dir=str(_write(tmp_path / "header.tsv",
                                                                       header))), "train")
 
