@@ -46,7 +46,7 @@ GENERIC_NAME = re.compile(r"label_?\d+")  # transformers' names for unnamed clas
 # The GLUE readers' messages name these options, not the fine-tune's keys (no training split
 # is read here, so no training file is ever named)
 AS_OPTIONS = glue.Naming("--data-dir ", "give --data-dir", "or leave it out to use the hub",
-                      "glue.train_file=NAME", "--dev-files", " NAME,...")
+                         "glue.train_file=NAME", "--dev-files", " NAME,...")
 
 
 def main(argv: list[str]) -> None:
