@@ -76,16 +76,46 @@ class Dense(eqx.Module):
         self.bias = jnp.zeros((d_out,), jnp.float32)
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        return self.matmul(x) + whole(self.bias).astype(x.dtype)
+
+    def matmul(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        """x @ weight, without the bias."""
         # One 2-D matmul over all rows: with [batch, seq, in] operands XLA:CPU computed the
         # weight gradient (a contraction over batch and seq) ~3x slower (log.md, 2026-12-01).
         y = x.reshape(-1, x.shape[-1]) @ whole(self.weight).astype(x.dtype)
-        y = y.reshape(*x.shape[:-1], -1)
-        return y + whole(self.bias).astype(x.dtype)
+        return y.reshape(*x.shape[:-1], -1)
+
+
+def _layer_norm_fwd(x, weight, bias, eps):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + eps)
+    return ((x32 - mean) * rstd * weight + bias).astype(x.dtype), (x, mean, rstd, weight)
+
+
+def _layer_norm_bwd(eps, saved, dy):
+    x, mean, rstd, weight = saved
+    x_hat = (x.astype(jnp.float32) - mean) * rstd
+    dy32 = dy.astype(jnp.float32)
+    g = dy32 * weight
+    dx = rstd * (g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return dx.astype(x.dtype), (dy32 * x_hat).sum(rows), dy32.sum(rows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, weight: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis with f32 statistics (bf16 variance underflows), returned in
+    x's dtype; weight and bias f32. The gradient is written out so that the backward pass keeps
+    only x and two f32 numbers per row: differentiated automatically it kept f32 copies of the
+    centred input and moved ~4x the bytes of x in a GPU step (log.md, session 44)."""
+    return _layer_norm_fwd(x, weight, bias, eps)[0]
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(eqx.Module):
-    """LayerNorm with f32 statistics whatever the compute dtype (bf16 variance underflows)."""
-
     weight: jax.Array
     bias: jax.Array
     eps: float = eqx.field(static=True)
@@ -96,12 +126,8 @@ class LayerNorm(eqx.Module):
         self.eps = eps
 
     def __call__(self, x: Float[Array, "*batch embed"]) -> Float[Array, "*batch embed"]:
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * whole(self.weight).astype(jnp.float32) + whole(self.bias).astype(jnp.float32)
-        return y.astype(x.dtype)
+        return layer_norm(x, whole(self.weight).astype(jnp.float32),
+                          whole(self.bias).astype(jnp.float32), self.eps)
 
 
 def sinusoidal(positions: int, dim: int) -> jax.Array:
@@ -167,11 +193,11 @@ def warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def cudnn_unsupported(dtype, head_dim: int) -> str | None:
-    """Why cuDNN flash attention cannot run on the default device for this dtype and head size,
-    or None when it can (jax's cuDNN path raises on these; head sizes up to 256 work on Hopper,
-    128 everywhere from Ampere on, and BERT's is 64)."""
-    device = jax.devices()[0]
+def cudnn_unsupported(dtype, head_dim: int, device=None) -> str | None:
+    """Why cuDNN flash attention cannot run on `device` (default: the default device) for this
+    dtype and head size, or None when it can (jax's cuDNN path raises on these; head sizes up to
+    256 work on Hopper, 128 everywhere from Ampere on, and BERT's is 64)."""
+    device = jax.devices()[0] if device is None else device
     if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
         return f"the device is {device.device_kind}, not an NVIDIA GPU"
     capability = getattr(device, "compute_capability", None)
@@ -298,6 +324,32 @@ class SelfAttention(eqx.Module):
         return self.out(y.reshape(batch, seq, dim))
 
 
+def _bias_gelu_fwd(h, bias):
+    return jax.nn.gelu(h + bias, approximate=False), (h, bias)
+
+
+def _bias_gelu_bwd(saved, dy):
+    h, bias = saved
+    x = (h + bias).astype(jnp.float32)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    dx = dy.astype(jnp.float32) * (cdf + x * pdf)
+    return dx.astype(h.dtype), dx.reshape(-1, dx.shape[-1]).sum(0).astype(bias.dtype)
+
+
+@jax.custom_vjp
+def bias_gelu(h: jax.Array, bias: jax.Array) -> jax.Array:
+    """Exact (erf) GELU of `h + bias`, as BERT and Hugging Face's "gelu" use. The gradient is
+    written out so that the backward pass keeps only `h` (the matmul's output, in memory
+    anyway) and recomputes the rest: differentiated automatically, the forward pass wrote
+    `h + bias` and two more tensors of the FFN's width for the backward's use (log.md,
+    session 44)."""
+    return _bias_gelu_fwd(h, bias)[0]
+
+
+bias_gelu.defvjp(_bias_gelu_fwd, _bias_gelu_bwd)
+
+
 class FeedForward(eqx.Module):
     up: Dense
     down: Dense
@@ -308,8 +360,11 @@ class FeedForward(eqx.Module):
         self.down = Dense(hidden, dim, key=k_down)
 
     def __call__(self, x: Float[Array, "batch seq embed"]) -> Float[Array, "batch seq embed"]:
-        # Exact (erf) GELU, as BERT and Hugging Face's "gelu" use.
-        return self.down(jax.nn.gelu(self.up(x), approximate=False))
+        # On rows ([batch * seq, embed]): XLA:GPU then computes h + bias and GELU in one
+        # kernel; on [batch, seq, hidden] it wrote GELU's argument to memory first.
+        rows = x.reshape(-1, x.shape[-1])
+        h = bias_gelu(self.up.matmul(rows), whole(self.up.bias).astype(x.dtype))
+        return self.down(h).reshape(x.shape)
 
 
 class Block(eqx.Module):

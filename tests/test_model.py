@@ -203,6 +203,58 @@ def test_bf16_compute_is_close_to_f32():
     assert float(jnp.corrcoef(bf16.ravel(), f32.ravel())[0, 1]) > 0.999
 
 
+def reference_layer_norm(x, weight, bias, eps):
+    """LayerNorm as written before its gradient was (f32 statistics), for autodiff to check."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps) * weight + bias).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_written_out_gradients_equal_autodiffs_of_the_same_functions(dtype):
+    """layers.layer_norm and layers.bias_gelu carry their own backward passes (custom_vjp, for
+    the bytes a GPU step moves): values and gradients are those of the plain formulas, to f32
+    rounding in f32; in bf16 the written-out GELU gradient is computed in f32, autodiff's in bf16,
+    so they agree to bf16's precision."""
+    k = iter(jax.random.split(jax.random.key(0), 6))
+    x = (3 * jax.random.normal(next(k), (3, 5, 16)) + 1).astype(dtype)
+    weight = 1 + 0.1 * jax.random.normal(next(k), (16,))
+    bias = 0.1 * jax.random.normal(next(k), (16,))
+    dy = jax.random.normal(next(k), (3, 5, 16)).astype(dtype)
+    h = (2 * jax.random.normal(next(k), (15, 32))).astype(dtype)
+    b = (0.5 * jax.random.normal(next(k), (32,))).astype(dtype)
+    dg = jnp.ones((15, 32), dtype)
+    pairs = [(lambda *a: layers.layer_norm(*a, 1e-12), lambda *a: reference_layer_norm(*a, 1e-12),
+              (x, weight, bias), dy),
+             (layers.bias_gelu, lambda h, b: jax.nn.gelu(h + b, approximate=False), (h, b), dg)]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+    for written, reference, args, cotangent in pairs:
+        (out, vjp), (ref_out, ref_vjp) = (jax.vjp(f, *args) for f in (written, reference))
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref_out, np.float32))
+        for got, want in zip(vjp(cotangent), ref_vjp(cotangent), strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                       **tol)
+
+
+def test_a_bf16_block_keeps_no_f32_activations_and_two_of_the_ffn_width():
+    """What a block keeps for its backward pass (the residuals of jax.vjp): LayerNorm keeps x
+    and two f32 numbers per row, the FFN its matmul's output and the GELU's. Differentiated
+    automatically they kept six f32 copies of the activations and four tensors of the FFN's
+    width: memory traffic of a GPU step (log.md, session 44)."""
+    rows, embed, hidden = 12, 64, 256  # sizes no weight shares
+    block = layers.Block(embed, 4, hidden, 1e-12, True, 0.0, 0.0, key=jax.random.key(0),
+                         attention="xla")
+    block = Precision.from_names(compute="bfloat16").cast_to_compute(block)
+    x = jax.random.normal(jax.random.key(1), (2, rows // 2, embed), jnp.bfloat16)
+    _, vjp = jax.vjp(lambda b, x: b(x, jnp.ones((2, rows // 2), bool)), block, x)
+    kept = jax.tree.leaves(vjp)
+    assert [a.dtype for a in kept if a.size == rows * hidden] == [jnp.bfloat16] * 2
+    assert not [a.shape for a in kept if a.dtype == jnp.float32 and a.size == rows * embed]
+
+
 def scatter_dtypes(jaxpr) -> list:
     """Result dtypes of every scatter-add in a jaxpr, nested ones (scan, pjit, ...) included."""
     found = []

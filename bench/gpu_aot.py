@@ -1,0 +1,160 @@
+"""bertjax's pretraining step compiled for an NVIDIA H100 on a machine without a GPU: what it
+would launch (kernels, bytes moved, matmul FLOPs, a roofline time; bench/hlo_summary.py), for
+the GPU defaults and each variant side by side.
+
+    pip install "jax[cuda12]==<the installed jax version>"        # ~5.5 GB, once, bench venv only
+    python bench/gpu_aot.py [--variant NAME:KEY=VALUE,...]... [--hlo-dir DIR] [--top N]
+
+With jax's CUDA plugin installed, XLA:GPU compiles for a described device (XLA's deviceless
+compilation: a "target config" instead of a GPU; no autotuning, so GEMM tilings are XLA's
+defaults). The numbers are static estimates for comparing programs before a GPU time is
+available, not speeds: bench/gpu_suite.py measures. The step is bench/gpu_suite.py's "ours"
+item (bench/suite_items.setup_ours): BERT-base, seq 128, batch 128, bf16, hidden dropout 0.1.
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ["JAX_PLATFORMS"] = "cpu"  # the arrays are built here; only the compile targets CUDA
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bertjax from this checkout
+
+import hlo_summary  # noqa: E402 (bench/: the script's own folder)
+
+from bertjax import layers  # noqa: E402
+
+ATTENTION_RULE = layers.cudnn_unsupported  # asks the default device: here, the CPU
+
+# H100 SXM 80GB as XLA describes it (openxla/xla, xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb).
+H100_SXM = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+BANDWIDTH, PEAK = 3.35e12, 989e12  # H100 SXM: HBM3 bytes/s, dense bf16 FLOP/s
+# The GPU's defaults spelled out: on this CPU backend model.remat=null would mean on.
+GPU_DEFAULTS = ["model.remat=false"]
+VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
+            "unrolled": ["model.scan_layers=false"]}
+
+
+def h100_device():
+    """The H100 a deviceless compile targets (jax's CUDA plugin, no GPU needed)."""
+    from jax.experimental import topologies
+
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
+                                                target_config=H100_SXM)
+    except Exception as e:  # no plugin: jax says "Unknown backend cuda" or similar
+        raise SystemExit(f"error: cannot describe a CUDA device ({str(e).splitlines()[0]}); "
+                         f"install jax's CUDA plugin: pip install 'jax[cuda12]=="
+                         f"{__import__('jax').__version__}'") from None
+    return topology.devices[0]
+
+
+def compile_step(overrides: list[str], device) -> tuple[str, dict]:
+    """(optimized HLO text, memory figures) of the pretraining step compiled for `device`."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import suite_items
+
+    layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=device)
+    item = {"shape": ["base", 30522, 128, 128], "precision": "bfloat16",
+            "set": GPU_DEFAULTS + overrides}
+    _, step, state, batch, schedule = suite_items.setup_ours(item)
+    inputs = (batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), schedule)
+    (inputs_dyn, state_dyn), (inputs_static, state_static) = eqx.partition((inputs, state),
+                                                                           eqx.is_array)
+    on_device = jax.sharding.SingleDeviceSharding(device)
+
+    def abstract(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device)
+
+    def whole_step(inputs_dyn, state_dyn):  # equinox's filter_jit takes no abstract arrays
+        return step.jitted(eqx.combine(inputs_dyn, inputs_static),
+                           eqx.combine(state_dyn, state_static))
+
+    lowered = jax.jit(whole_step, donate_argnums=1).lower(
+        *jax.tree.map(abstract, (inputs_dyn, state_dyn)))
+    compiled = lowered.compile()
+    memory = compiled.memory_analysis()
+    return compiled.as_text(), {"temp_bytes": memory.temp_size_in_bytes,
+                                "argument_bytes": memory.argument_size_in_bytes}
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition(":")
+    if not name or not overrides:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    return name, overrides.split(",")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", type=parse_variant, action="append",
+                        help="NAME:KEY=VALUE,... beside the GPU defaults (default: "
+                             + ", ".join(VARIANTS) + ")")
+    parser.add_argument("--hlo-dir", type=Path, help="write each variant's optimized HLO here")
+    parser.add_argument("--json", type=Path, help="write the tables here")
+    parser.add_argument("--top", type=int, default=0, help="list each variant's N costliest "
+                        "kernels by roofline time")
+    args = parser.parse_args(argv)
+    variants = dict(args.variant) if args.variant else VARIANTS
+    device = h100_device()
+    results = {}
+    for name, overrides in variants.items():
+        t0 = time.perf_counter()
+        hlo, memory = compile_step(overrides, device)
+        found = hlo_summary.kernels(hlo)
+        table = hlo_summary.family_table(found, BANDWIDTH, PEAK)
+        results[name] = {"overrides": overrides, "compile_s": time.perf_counter() - t0,
+                         **memory, "families": table, "total": hlo_summary.totals(table)}
+        if args.hlo_dir:
+            args.hlo_dir.mkdir(parents=True, exist_ok=True)
+            (args.hlo_dir / f"{name.replace(' ', '_')}.hlo").write_text(hlo)
+        print_variant(name, results[name], found, args.top)
+    print_comparison(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def print_variant(name: str, result: dict, found: list[dict], top: int):
+    print(f"\n{name} ({' '.join(GPU_DEFAULTS + result['overrides'])}): compiled in "
+          f"{result['compile_s']:.0f} s, temporaries {result['temp_bytes'] / 1e9:.2f} GB")
+    print(f"  {'family':26s} {'launches':>8s} {'GB moved':>9s} {'TFLOP':>7s} {'roofline ms':>11s}")
+    for fam, row in [*result["families"].items(), ("total", result["total"])]:
+        print(f"  {fam:26s} {row['launches']:8d} {row['bytes'] / 1e9:9.2f} "
+              f"{row['flops'] / 1e12:7.3f} {row['roofline_s'] * 1e3:11.2f}")
+    costliest = sorted(found, key=lambda k: -max(k["bytes"] / BANDWIDTH, k["flops"] / PEAK)
+                       * k["times"])
+    for k in costliest[:top]:
+        print(f"    {k['bytes'] * k['times'] / 1e9:6.2f} GB x{k['times']:<3d} {k['family']:24s} "
+              f"{k['op_name'][-70:]}")
+
+
+def print_comparison(results: dict):
+    print(f"\n{'variant':16s} {'launches':>8s} {'GB moved':>9s} {'roofline ms':>11s}")
+    for name, result in results.items():
+        total = result["total"]
+        print(f"{name:16s} {total['launches']:8d} {total['bytes'] / 1e9:9.2f} "
+              f"{total['roofline_s'] * 1e3:11.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

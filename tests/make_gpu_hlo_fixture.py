@@ -1,0 +1,35 @@
+"""Build tests/fixtures/gpu_hlo/scan_grad.hlo: the optimized XLA:GPU program, compiled for an
+H100 on a machine without a GPU (bench/gpu_aot.py), of the gradient of three scanned layers
+h -> gelu(h @ w[i]) (bf16, h [512, 256], w [3, 256, 256]) that tests/test_hlo_summary.py reads.
+
+Needs jax's CUDA plugin (not a test dependency):
+    pip install "jax[cuda12]==<the installed jax version>"; python tests/make_gpu_hlo_fixture.py
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import gpu_aot  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+ROWS, WIDTH, LAYERS = 512, 256, 3
+
+
+def loss(w, x):
+    h, _ = jax.lax.scan(lambda h, wi: (jax.nn.gelu(h @ wi), None), x, w)
+    return jnp.square(h.astype(jnp.float32)).sum()
+
+
+if __name__ == "__main__":
+    on_h100 = jax.sharding.SingleDeviceSharding(gpu_aot.h100_device())
+    w = jax.ShapeDtypeStruct((LAYERS, WIDTH, WIDTH), jnp.bfloat16, sharding=on_h100)
+    x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=on_h100)
+    text = jax.jit(jax.grad(loss)).lower(w, x).compile().as_text()
+    out = Path(__file__).parent / "fixtures" / "gpu_hlo" / "scan_grad.hlo"
+    out.write_text(f"// jax {jax.__version__}, tests/make_gpu_hlo_fixture.py\n{text}")
+    print(f"wrote {out} ({len(text)} characters)")

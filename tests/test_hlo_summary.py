@@ -1,0 +1,45 @@
+"""bench/hlo_summary.py on a real XLA:GPU program (tests/fixtures/gpu_hlo/scan_grad.hlo: the
+gradient of three scanned bf16 layers h -> gelu(h @ w[i]), h [512, 256], compiled for an H100
+by tests/make_gpu_hlo_fixture.py)."""
+
+from pathlib import Path
+
+import hlo_summary  # bench/ (pyproject's pythonpath)
+import pytest
+
+HLO = (Path(__file__).parent / "fixtures" / "gpu_hlo" / "scan_grad.hlo").read_text()
+ROWS, WIDTH, LAYERS = 512, 256, 3
+
+
+def test_matmul_flops_and_launches_count_each_scanned_layer():
+    found = hlo_summary.kernels(HLO)
+    matmuls = [k for k in found if k["family"].startswith("matmul")]
+    # Per layer one matmul forward, two backward (the input's and the weight's gradients).
+    assert sum(k["times"] for k in matmuls) == 3 * LAYERS
+    assert all(k["flops"] == 2 * ROWS * WIDTH * WIDTH for k in matmuls)
+    assert {k["times"] for k in found} == {1, LAYERS}  # kernels outside and inside the loops
+
+
+def test_a_buffer_updated_in_place_counts_as_its_update():
+    """The forward scan stacks six [512, 256] bf16 tensors per layer into [3, 512, 256] buffers
+    for the backward pass: each such kernel reads and writes one layer's slice (and the s32
+    layer index), not the whole buffer."""
+    one_layer = ROWS * WIDTH * 2
+    updates = [k for k in hlo_summary.kernels(HLO) if k["family"] == "in-place update"]
+    assert sum(k["bytes"] == 2 * one_layer + 4 for k in updates) == 6
+
+
+def test_the_family_table_sums_rooflines_of_kernels():
+    found = hlo_summary.kernels(HLO)
+    memory_bound = hlo_summary.family_table(found, bandwidth=1.0, peak=float("inf"))
+    for row in memory_bound.values():
+        assert row["roofline_s"] == row["bytes"]
+    compute_bound = hlo_summary.family_table(found, bandwidth=float("inf"), peak=1.0)
+    flops = sum(k["flops"] * k["times"] for k in found)
+    assert hlo_summary.totals(compute_bound)["roofline_s"] == flops == 9 * 2 * ROWS * WIDTH**2
+    assert hlo_summary.totals(compute_bound)["launches"] == sum(k["times"] for k in found)
+
+
+def test_text_without_an_entry_computation_is_refused():
+    with pytest.raises(ValueError, match="no ENTRY computation"):
+        hlo_summary.kernels("HloModule m\n")
