@@ -45,6 +45,18 @@ lint: $(VENV)/.installed
 .PHONY: bench-env
 bench-env: .venv-bench/.installed
 
+# The pretraining step compiled for an H100 on this machine, no GPU needed: what it launches and
+# the bytes it moves (bench/gpu_aot.py). jax's CUDA plugin (~5.5 GB) lives in its own venv.
+.venv-aot/.installed: pyproject.toml
+	python3 -m venv .venv-aot
+	.venv-aot/bin/python -m pip install -q --upgrade pip
+	.venv-aot/bin/python -m pip install -q -e . "jax[cuda12]"
+	touch $@
+
+.PHONY: gpu-aot
+gpu-aot: .venv-aot/.installed
+	.venv-aot/bin/python bench/gpu_aot.py $(ARGS)
+
 # Issue 18's GPU measurements, one call of ~7 minutes (results: log.md); ARGS=--smoke on CPU.
 SUITE_PY ?= python3
 .PHONY: gpu-suite
