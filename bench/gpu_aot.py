@@ -2,14 +2,17 @@
 would launch (kernels, bytes moved, matmul FLOPs, a roofline time; bench/hlo_summary.py), for
 the GPU defaults and each variant side by side.
 
-    pip install "jax[cuda12]==<the installed jax version>"        # ~5.5 GB, once, bench venv only
-    python bench/gpu_aot.py [--variant NAME:KEY=VALUE,...]... [--hlo-dir DIR] [--top N]
+    make gpu-aot ARGS="..."     # first: .venv-aot, bertjax and jax's CUDA plugin (~5.5 GB)
+    python bench/gpu_aot.py [--variant NAME:KEY=VALUE,...]... [--devices N] [--hlo-dir DIR]
+                            [--top N] [--json FILE]
 
 With jax's CUDA plugin installed, XLA:GPU compiles for a described device (XLA's deviceless
 compilation: a "target config" instead of a GPU; no autotuning, so GEMM tilings are XLA's
 defaults). The numbers are static estimates for comparing programs before a GPU time is
 available, not speeds: bench/gpu_suite.py measures. The step is bench/gpu_suite.py's "ours"
 item (bench/suite_items.setup_ours): BERT-base, seq 128, batch 128, bf16, hidden dropout 0.1.
+With --devices N, N H100s of one host with 128 rows each, sharded as bertjax shards a run
+(mesh.strategy=fsdp|dp as a variant's override): what each device runs, collectives included.
 """
 
 import argparse
@@ -52,45 +55,55 @@ VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
             "unrolled": ["model.scan_layers=false"]}
 
 
-def h100_device():
-    """The H100 a deviceless compile targets (jax's CUDA plugin, no GPU needed)."""
+def h100s(count: int) -> list:
+    """`count` H100s on one host, as a deviceless compile targets them (jax's CUDA plugin)."""
     from jax.experimental import topologies
 
     try:
-        topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
+        topology = topologies.get_topology_desc(platform="cuda", topology=f"1x1x{count}",
                                                 target_config=H100_SXM)
     except Exception as e:  # no plugin: jax says "Unknown backend cuda" or similar
         raise SystemExit(f"error: cannot describe a CUDA device ({str(e).splitlines()[0]}); "
                          f"install jax's CUDA plugin: pip install 'jax[cuda12]=="
                          f"{__import__('jax').__version__}'") from None
-    return topology.devices[0]
+    return list(topology.devices)
 
 
-def compile_step(overrides: list[str], device) -> tuple[str, dict]:
-    """(optimized HLO text, memory figures) of the pretraining step compiled for `device`."""
+def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
+                 ) -> tuple[str, dict]:
+    """(optimized HLO text, memory figures per device) of the pretraining step compiled for
+    `devices`: on several, sharded as bertjax shards it (mesh.strategy: the rows split over the
+    devices, parameters replicated or FSDP-split by bertjax.sharding.param_shardings)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
+    import numpy as np
     import suite_items
 
-    layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=device)
-    item = {"shape": ["base", 30522, 128, 128], "precision": "bfloat16",
-            "set": GPU_DEFAULTS + overrides}
-    _, step, state, batch, schedule = suite_items.setup_ours(item)
+    from bertjax.sharding import param_shardings, replicated, rows
+
+    layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
+    item = {"shape": ["base", 30522, rows_per_device * len(devices), 128],
+            "precision": "bfloat16", "set": GPU_DEFAULTS + overrides}
+    cfg, step, state, batch, schedule = suite_items.setup_ours(item)
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     inputs = (batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), schedule)
     (inputs_dyn, state_dyn), (inputs_static, state_static) = eqx.partition((inputs, state),
                                                                            eqx.is_array)
-    on_device = jax.sharding.SingleDeviceSharding(device)
+    input_shardings = (jax.tree.map(lambda _: rows(mesh), inputs_dyn[0]),  # the batch
+                       *jax.tree.map(lambda _: replicated(mesh), inputs_dyn[1:]))
 
-    def abstract(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device)
+    def abstract(x, sharding):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     def whole_step(inputs_dyn, state_dyn):  # equinox's filter_jit takes no abstract arrays
         return step.jitted(eqx.combine(inputs_dyn, inputs_static),
                            eqx.combine(state_dyn, state_static))
 
-    lowered = jax.jit(whole_step, donate_argnums=1).lower(
-        *jax.tree.map(abstract, (inputs_dyn, state_dyn)))
+    with jax.set_mesh(mesh):  # the model's sharding hints, as bertjax.sharding.with_mesh
+        lowered = jax.jit(whole_step, donate_argnums=1).lower(
+            jax.tree.map(abstract, inputs_dyn, input_shardings),
+            jax.tree.map(abstract, state_dyn, param_shardings(state_dyn, mesh, cfg.mesh)))
     compiled = lowered.compile()
     memory = compiled.memory_analysis()
     return compiled.as_text(), {"temp_bytes": memory.temp_size_in_bytes,
@@ -109,17 +122,19 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", type=parse_variant, action="append",
                         help="NAME:KEY=VALUE,... beside the GPU defaults (default: "
                              + ", ".join(VARIANTS) + ")")
+    parser.add_argument("--devices", type=int, default=1, help="H100s on one host: the rows "
+                        "(128 per device) split over them, parameters as mesh.strategy says")
     parser.add_argument("--hlo-dir", type=Path, help="write each variant's optimized HLO here")
     parser.add_argument("--json", type=Path, help="write the tables here")
     parser.add_argument("--top", type=int, default=0, help="list each variant's N costliest "
                         "kernels by roofline time")
     args = parser.parse_args(argv)
     variants = dict(args.variant) if args.variant else VARIANTS
-    device = h100_device()
+    devices = h100s(args.devices)
     results = {}
     for name, overrides in variants.items():
         t0 = time.perf_counter()
-        hlo, memory = compile_step(overrides, device)
+        hlo, memory = compile_step(overrides, devices)
         found = hlo_summary.kernels(hlo)
         table = hlo_summary.family_table(found, BANDWIDTH, PEAK)
         results[name] = {"overrides": overrides, "compile_s": time.perf_counter() - t0,

@@ -7,7 +7,8 @@ parameter a fusion only slices counts as the slice; a buffer updated in place co
 update) and, for matmuls, the FLOPs. `family_table` sums them by family with a roofline time,
 max(bytes / memory bandwidth, FLOPs / peak), per kernel.
 
-These are static estimates: no launch overhead, no cache reuse, peak rates. Their use is to
+These are static estimates: no launch overhead, no cache reuse, peak rates; a collective counts
+its buffers' bytes in device memory, not its time on the links. Their use is to
 compare two programs (a code change, a config, a flag) before a GPU measures them. One rough
 calibration: the only H100 trace read so far (log.md, session 5: 52.7 ms of kernels, XLA's
 attention, jax 0.11) is close to this roofline for that configuration today (49.3 ms, jax 0.10).
@@ -158,7 +159,7 @@ def family(ins: dict, computations: dict) -> str:
     if op in ("copy", "copy-start"):
         return "copy"
     if op.startswith(("all-", "reduce-scatter", "collective-permute")):
-        return "collective"
+        return f"collective: {op.removesuffix('-start')}"
     return op
 
 
@@ -171,7 +172,7 @@ def kernels(hlo: str) -> list[dict]:
     def walk(name: str, times: int):
         for ins in computations[name]:
             op = ins["op"]
-            if op in NO_KERNEL:
+            if op in NO_KERNEL or op.endswith("-done"):  # an async op's end: its start ran it
                 continue
             if op == "while":
                 trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins["line"])

@@ -116,6 +116,8 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(eqx.Module):
+    """`layer_norm` with a learned scale and shift (f32)."""
+
     weight: jax.Array
     bias: jax.Array
     eps: float = eqx.field(static=True)

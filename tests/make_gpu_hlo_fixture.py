@@ -1,6 +1,9 @@
-"""Build tests/fixtures/gpu_hlo/scan_grad.hlo: the optimized XLA:GPU program, compiled for an
-H100 on a machine without a GPU (bench/gpu_aot.py), of the gradient of three scanned layers
-h -> gelu(h @ w[i]) (bf16, h [512, 256], w [3, 256, 256]) that tests/test_hlo_summary.py reads.
+"""Build the optimized XLA:GPU programs tests/test_hlo_summary.py reads, compiled for H100s on
+a machine without a GPU (bench/gpu_aot.py), in tests/fixtures/gpu_hlo/:
+- scan_grad.hlo: the gradient of three scanned layers h -> gelu(h @ w[i]) (bf16, h [512, 256],
+  w [3, 256, 256]) on one H100;
+- data_parallel_grad.hlo: the gradient of one such layer's squared sum for w, its rows split
+  over two H100s (so the gradient is all-reduced).
 
 Needs jax's CUDA plugin (not a test dependency):
     pip install "jax[cuda12]==<the installed jax version>"; python tests/make_gpu_hlo_fixture.py
@@ -25,11 +28,21 @@ def loss(w, x):
     return jnp.square(h.astype(jnp.float32)).sum()
 
 
-if __name__ == "__main__":
-    on_h100 = jax.sharding.SingleDeviceSharding(gpu_aot.h100_device())
-    w = jax.ShapeDtypeStruct((LAYERS, WIDTH, WIDTH), jnp.bfloat16, sharding=on_h100)
-    x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=on_h100)
-    text = jax.jit(jax.grad(loss)).lower(w, x).compile().as_text()
-    out = Path(__file__).parent / "fixtures" / "gpu_hlo" / "scan_grad.hlo"
+def write(name: str, text: str):
+    out = Path(__file__).parent / "fixtures" / "gpu_hlo" / name
     out.write_text(f"// jax {jax.__version__}, tests/make_gpu_hlo_fixture.py\n{text}")
     print(f"wrote {out} ({len(text)} characters)")
+
+
+if __name__ == "__main__":
+    on_h100 = jax.sharding.SingleDeviceSharding(gpu_aot.h100s(1)[0])
+    w = jax.ShapeDtypeStruct((LAYERS, WIDTH, WIDTH), jnp.bfloat16, sharding=on_h100)
+    x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=on_h100)
+    write("scan_grad.hlo", jax.jit(jax.grad(loss)).lower(w, x).compile().as_text())
+
+    mesh = jax.sharding.Mesh(gpu_aot.h100s(2), ("data",))
+    split, whole = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+                    for spec in (("data",), ()))
+    w = jax.ShapeDtypeStruct((1, WIDTH, WIDTH), jnp.bfloat16, sharding=whole)
+    x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=split)
+    write("data_parallel_grad.hlo", jax.jit(jax.grad(loss)).lower(w, x).compile().as_text())

@@ -1,13 +1,15 @@
-"""bench/hlo_summary.py on a real XLA:GPU program (tests/fixtures/gpu_hlo/scan_grad.hlo: the
-gradient of three scanned bf16 layers h -> gelu(h @ w[i]), h [512, 256], compiled for an H100
-by tests/make_gpu_hlo_fixture.py)."""
+"""bench/hlo_summary.py on real XLA:GPU programs compiled for H100s by
+tests/make_gpu_hlo_fixture.py (tests/fixtures/gpu_hlo): the gradient of three scanned bf16
+layers h -> gelu(h @ w[i]), h [512, 256], on one H100, and of one layer with its rows split over
+two (data parallel)."""
 
 from pathlib import Path
 
 import hlo_summary  # bench/ (pyproject's pythonpath)
 import pytest
 
-HLO = (Path(__file__).parent / "fixtures" / "gpu_hlo" / "scan_grad.hlo").read_text()
+FIXTURES = Path(__file__).parent / "fixtures" / "gpu_hlo"
+HLO = (FIXTURES / "scan_grad.hlo").read_text()
 ROWS, WIDTH, LAYERS = 512, 256, 3
 
 
@@ -38,6 +40,15 @@ def test_the_family_table_sums_rooflines_of_kernels():
     flops = sum(k["flops"] * k["times"] for k in found)
     assert hlo_summary.totals(compute_bound)["roofline_s"] == flops == 9 * 2 * ROWS * WIDTH**2
     assert hlo_summary.totals(compute_bound)["launches"] == sum(k["times"] for k in found)
+
+
+def test_a_data_parallel_gradient_holds_one_all_reduce_counted_once():
+    """XLA:GPU runs it asynchronously (all-reduce-start ... all-reduce-done): one collective,
+    the weight gradient's [256, 256] bf16, read and written once."""
+    found = hlo_summary.kernels((FIXTURES / "data_parallel_grad.hlo").read_text())
+    collectives = [k for k in found if k["family"].startswith("collective")]
+    assert [(k["family"], k["times"], k["bytes"]) for k in collectives] == [
+        ("collective: all-reduce", 1, 2 * WIDTH * WIDTH * 2)]
 
 
 def test_text_without_an_entry_computation_is_refused():
