@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bertjax from thi
 import hlo_summary  # noqa: E402 (bench/: the script's own folder)
 
 from bertjax import layers  # noqa: E402
+from bertjax.errors import UserError, cli  # noqa: E402
 
 ATTENTION_RULE = layers.cudnn_unsupported  # asks the default device: here, the CPU
 
@@ -57,15 +58,16 @@ VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
 
 def h100s(count: int) -> list:
     """`count` H100s on one host, as a deviceless compile targets them (jax's CUDA plugin)."""
+    import jax
     from jax.experimental import topologies
 
     try:
         topology = topologies.get_topology_desc(platform="cuda", topology=f"1x1x{count}",
                                                 target_config=H100_SXM)
-    except Exception as e:  # no plugin: jax says "Unknown backend cuda" or similar
-        raise SystemExit(f"error: cannot describe a CUDA device ({str(e).splitlines()[0]}); "
-                         f"install jax's CUDA plugin: pip install 'jax[cuda12]=="
-                         f"{__import__('jax').__version__}'") from None
+    except Exception as e:  # without the plugin: "topology not implemented for cuda"
+        raise UserError(f"cannot describe {count} CUDA device(s) ({str(e).splitlines()[0]}); "
+                        "run it as `make gpu-aot`, or install jax's CUDA plugin: pip install "
+                        f"'jax[cuda12]=={jax.__version__}'") from None
     return list(topology.devices)
 
 
@@ -117,7 +119,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, overrides.split(",")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", type=parse_variant, action="append",
                         help="NAME:KEY=VALUE,... beside the GPU defaults (default: "
@@ -129,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=0, help="list each variant's N costliest "
                         "kernels by roofline time")
     args = parser.parse_args(argv)
+    if args.devices < 1:
+        raise UserError(f"--devices {args.devices}: give 1 or more")
     variants = dict(args.variant) if args.variant else VARIANTS
     devices = h100s(args.devices)
     results = {}
@@ -146,7 +150,6 @@ def main(argv=None) -> int:
     print_comparison(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    return 0
 
 
 def print_variant(name: str, result: dict, found: list[dict], top: int):
@@ -172,4 +175,4 @@ def print_comparison(results: dict):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)  # a missing plugin or a bad override: one line, exit 2

@@ -3,6 +3,9 @@ tests/make_gpu_hlo_fixture.py (tests/fixtures/gpu_hlo): the gradient of three sc
 layers h -> gelu(h @ w[i]), h [512, 256], on one H100, and of one layer with its rows split over
 two (data parallel)."""
 
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import hlo_summary  # bench/ (pyproject's pythonpath)
@@ -54,3 +57,13 @@ def test_a_data_parallel_gradient_holds_one_all_reduce_counted_once():
 def test_text_without_an_entry_computation_is_refused():
     with pytest.raises(ValueError, match="no ENTRY computation"):
         hlo_summary.kernels("HloModule m\n")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is not None,
+                    reason="jax's CUDA plugin is installed: gpu_aot would compile BERT-base")
+def test_gpu_aot_without_jax_cuda_plugin_says_how_to_get_it():
+    script = Path(__file__).parents[1] / "bench" / "gpu_aot.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "make gpu-aot" in done.stderr, done.stderr
