@@ -33,7 +33,8 @@ from bertjax.errors import UserError, cli  # noqa: E402
 
 ATTENTION_RULE = layers.cudnn_unsupported  # asks the default device: here, the CPU
 
-# H100 SXM 80GB as XLA describes it (openxla/xla, xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb).
+# H100 SXM 80GB as XLA describes one (the device info quoted in openxla/xla pull request 25919;
+# the cuDNN and CUDA versions are ours: cuDNN >= 9 compiles flash attention).
 H100_SXM = """
 gpu_device_info {
   threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152

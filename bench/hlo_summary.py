@@ -8,12 +8,13 @@ update) and, for matmuls, the FLOPs. `family_table` sums them by family with a r
 max(bytes / memory bandwidth, FLOPs / peak), per kernel.
 
 These are static estimates: no launch overhead, no cache reuse, peak rates; a collective counts
-its buffers' bytes in device memory, not its time on the links. Their use is to
-compare two programs (a code change, a config, a flag) before a GPU measures them. One rough
-calibration: the only H100 trace read so far (log.md, session 5: 52.7 ms of kernels, XLA's
-attention, jax 0.11) is close to this roofline for that configuration today (49.3 ms, jax 0.10).
+its buffers' bytes in device memory, not its time on the links. Their use is to compare two
+programs (a code change, a config, a flag) before a GPU measures them. One rough calibration:
+the only H100 trace read so far (log.md, session 5: 52.7 ms of kernels, XLA's attention,
+jax 0.11) is close to this roofline for that configuration today (49.3 ms, jax 0.10).
 """
 
+import math
 import re
 from collections import defaultdict
 
@@ -106,26 +107,25 @@ def parameter_reads(body: list[dict]) -> dict[int, int]:
     return reads
 
 
+def matmul_flops(result_type: str, lhs_type: str, contracting: str) -> int:
+    """2 * result elements * contracted size; `contracting`: the lhs's dimensions, "1,2"."""
+    lhs = dims(lhs_type)
+    k = math.prod(lhs[int(d)] for d in filter(None, contracting.replace('"', "").split(",")))
+    return 2 * math.prod(dims(result_type)) * k
+
+
 def dot_flops(dot: dict, types: dict) -> int:
-    """2 * result elements * contracted size, for an HLO dot."""
-    lhs = dims(types[operands(dot["rest"])[0]])
-    contracted = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", dot["line"]).group(1)
-    k = 1
-    for d in filter(None, contracted.split(",")):
-        k *= lhs[int(d)]
-    return 2 * elements(",".join(map(str, dims(dot["type"])))) * k
+    """An HLO dot's FLOPs."""
+    contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", dot["line"]).group(1)
+    return matmul_flops(dot["type"], types[operands(dot["rest"])[0]], contracting)
 
 
 def library_call_flops(ins: dict, types: dict) -> int:
-    """A cuBLAS call's FLOPs from its backend config's contracting dimensions."""
+    """A cuBLAS call's FLOPs, from its backend config's contracting dimensions."""
     found = re.search(r'"lhs_contracting_dimensions":\[([0-9",]*)\]', ins["line"])
     if not found:
         return 0
-    lhs = dims(types[operands(ins["rest"])[0]])
-    k = 1
-    for d in filter(None, found.group(1).replace('"', "").split(",")):
-        k *= lhs[int(d)]
-    return 2 * elements(",".join(map(str, dims(ins["type"])))) * k
+    return matmul_flops(ins["type"], types[operands(ins["rest"])[0]], found.group(1))
 
 
 def family(ins: dict, computations: dict) -> str:
