@@ -220,6 +220,9 @@ def rows(report: dict) -> list[str]:
         mem = f"{mem / 2**20:.0f}" if mem else f"{r['max_rss_mb']:.0f}r"
         what = r.get("attention", r.get("name", ""))[:60]
         what += " [fmha in HLO]" if r.get("cudnn_attention_in_hlo") else ""
+        if r.get("moved_bytes"):  # read from the compiled program: what the step moved, per s
+            what += (f" [{r['kernels']} kernels, {r['moved_bytes'] / 1e9:.1f} GB: "
+                     f"{r['moved_bytes'] / r['step_s'] / 1e12:.2f} TB/s]")
         what += f" [{r['prng']}]" if r.get("prng", "threefry2x32") != "threefry2x32" else ""
         what += f" [its end failed: {r['run_end']}]" if r.get("run_end", "ok") != "ok" else ""
         lines.append(
@@ -243,7 +246,9 @@ def report_text(report: dict) -> str:
               "tok/s: batch x seq per step; MFU: model FLOPs (sparse MLM head, both sides) / "
               "vendor peak; %mm: / the matmul measured above; peak MB: device peak (GPU), compiled "
               "size (CPU jax), or process max RSS (r); loop: step ms from its log windows after "
-              "the first, compile s = start to the first log line (prepare, compile, 1 window)"]
+              "the first, compile s = start to the first log line (prepare, compile, 1 window); "
+              "[kernels, GB: TB/s]: what the compiled step launches and moves in memory, read "
+              "from its HLO (bench/hlo_summary.py), over the step's time"]
     return "\n".join(lines)
 
 
