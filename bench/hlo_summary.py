@@ -128,6 +128,15 @@ def library_call_flops(ins: dict, types: dict) -> int:
     return matmul_flops(ins["type"], types[operands(ins["rest"])[0]], found.group(1))
 
 
+def library_call_output_bytes(type_text: str) -> int:
+    """A cuBLAS or cuDNN call's results without the byte buffer that ends its tuple (the
+    library's workspace: cuBLASLt's is 4 MiB, mostly untouched)."""
+    shapes = SHAPE.findall(type_text)
+    if len(shapes) > 1 and shapes[-1][0] in ("s8", "u8"):
+        shapes = shapes[:-1]
+    return sum(elements(dims) * DTYPE_BYTES[dtype] for dtype, dims in shapes)
+
+
 def family(ins: dict, computations: dict) -> str:
     op = ins["op"]
     if op == "custom-call":
@@ -202,6 +211,8 @@ def kernels(hlo: str) -> list[dict]:
                     flops = sum(dot_flops(i, body_types) for i in body if i["op"] == "dot")
             else:
                 read = sum(nbytes(types.get(n, "")) for n in names)
+                if op == "custom-call":
+                    written = library_call_output_bytes(ins["type"])
                 if fam == "matmul (cuBLAS)":
                     flops = library_call_flops(ins, types)
             op_name = re.search(r'op_name="([^"]*)"', ins["line"])

@@ -3,7 +3,8 @@ a machine without a GPU (bench/gpu_aot.py), in tests/fixtures/gpu_hlo/:
 - scan_grad.hlo: the gradient of three scanned layers h -> gelu(h @ w[i]) (bf16, h [512, 256],
   w [3, 256, 256]) on one H100;
 - data_parallel_grad.hlo: the gradient of one such layer's squared sum for w, its rows split
-  over two H100s (so the gradient is all-reduced).
+  over two H100s (so the gradient is all-reduced), its matmuls through cuBLAS (Triton GEMMs
+  off), the other form a matmul takes in XLA:GPU programs.
 
 Needs jax's CUDA plugin (not a test dependency):
     pip install "jax[cuda12]==<the installed jax version>"; python tests/make_gpu_hlo_fixture.py
@@ -45,4 +46,6 @@ if __name__ == "__main__":
                     for spec in (("data",), ()))
     w = jax.ShapeDtypeStruct((1, WIDTH, WIDTH), jnp.bfloat16, sharding=whole)
     x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=split)
-    write("data_parallel_grad.hlo", jax.jit(jax.grad(loss)).lower(w, x).compile().as_text())
+    cublas = {"xla_gpu_enable_triton_gemm": False}
+    write("data_parallel_grad.hlo",
+          jax.jit(jax.grad(loss)).lower(w, x).compile(compiler_options=cublas).as_text())

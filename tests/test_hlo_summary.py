@@ -54,6 +54,17 @@ def test_a_data_parallel_gradient_holds_one_all_reduce_counted_once():
         ("collective: all-reduce", 1, 2 * WIDTH * WIDTH * 2)]
 
 
+def test_cublas_matmuls_count_their_flops_and_not_their_workspace():
+    """The same program's two matmuls (forward, weight gradient) on each device's 256 rows, as
+    cuBLAS calls: their FLOPs from the call's config, their bytes without cuBLAS's workspace."""
+    found = hlo_summary.kernels((FIXTURES / "data_parallel_grad.hlo").read_text())
+    matmuls = [k for k in found if k["family"] == "matmul (cuBLAS)"]
+    rows = ROWS // 2
+    assert [k["flops"] for k in matmuls] == [2 * rows * WIDTH * WIDTH] * 2
+    # each reads two bf16 [256, 256] operands and writes one (no 4 MiB workspace)
+    assert [k["bytes"] for k in matmuls] == [3 * rows * WIDTH * 2] * 2
+
+
 def test_text_without_an_entry_computation_is_refused():
     with pytest.raises(ValueError, match="no ENTRY computation"):
         hlo_summary.kernels("HloModule m\n")
