@@ -223,6 +223,8 @@ def rows(report: dict) -> list[str]:
         if r.get("moved_bytes"):  # read from the compiled program: what the step moved, per s
             what += (f" [{r['kernels']} kernels, {r['moved_bytes'] / 1e9:.1f} GB: "
                      f"{r['moved_bytes'] / r['step_s'] / 1e12:.2f} TB/s]")
+        elif r.get("static_error"):
+            what += " [its HLO not read: static_error in the json]"
         what += f" [{r['prng']}]" if r.get("prng", "threefry2x32") != "threefry2x32" else ""
         what += f" [its end failed: {r['run_end']}]" if r.get("run_end", "ok") != "ok" else ""
         lines.append(

@@ -127,6 +127,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert ours["micro_batch"] == 4 and ours["attention"].startswith("XLA's")
     assert ours["prng"] == "rbg"  # the item's environment reached its process
     assert ours["kernels"] > 0 and ours["moved_bytes"] > 0  # its compiled program, read
+    assert ours["static_error"] is None
     assert by_id["profile"]["note"].endswith("row: ours")
     loop = by_id["loop"]["result"]  # 3 timed log windows of the real pretraining loop
     assert len(loop["window_tok_s"]) == 3 and min(loop["window_tok_s"]) > 0
