@@ -14,6 +14,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 INIT_STD = 0.02
@@ -24,19 +25,50 @@ def truncated_normal(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
 
 
 def einsum_f32(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
-    """einsum with f32 results (accumulated in f32 on accelerators). XLA:CPU has no f16 x f16 ->
-    f32 dot, so f16 operands are upcast there (CPU runs of fp16 configs are for testing)."""
+    """einsum with f32 results (accumulated in f32 on accelerators), for logits that a softmax
+    reads in f32. XLA:CPU has no f16 x f16 -> f32 dot, so f16 operands are upcast there (CPU
+    runs of fp16 configs are for testing)."""
     if x.dtype == jnp.float16 and jax.default_backend() == "cpu":
         x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    return _einsum_f32(spec, x, y)
+
+
+# The gradient runs in the operands' dtype, as under PyTorch's autocast. Autodiff's would pair
+# the f32 cotangent with a bf16 operand, and XLA makes such a mixed dot an f32 x f32 one: for
+# the MLM decoder ([masked rows, 768] x [768, 30522]) its two gradient matmuls ran in f32 and
+# read the cotangent in f32 (log.md, session 45).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(spec, x, y):
+    return _einsum_f32(spec, x, y), (x, y)
+
+
+def _einsum_f32_bwd(spec, operands, cotangent):
+    _, vjp = jax.vjp(functools.partial(jnp.einsum, spec), *operands)
+    return vjp(cotangent.astype(jnp.result_type(*operands)))
+
+
+_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
 
 
 def dropout(x: jax.Array, rate: float, key: PRNGKeyArray | None) -> jax.Array:
     """Inverted dropout; the identity when `key` is None (evaluation) or `rate` is 0."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    keep = bernoulli_from_bits(jax.random.bits(key, x.shape, jnp.uint32), 1.0 - rate)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def bernoulli_from_bits(bits: jax.Array, p: float) -> jax.Array:
+    """What jax.random.bernoulli(key, p) gives for the key whose random bits are `bits`
+    (uint32), draw for draw, without its uniform floats: those are clipped at a zero tensor the
+    size of the draws, which XLA:GPU wrote once and read in every dropout (1.2 GB per BERT-base
+    step; log.md, session 45). A uniform float is a draw's top 23 bits over 2**23, so
+    `float < p` is `top bits < ceil(p * 2**23)` (p as the f32 that jax compares with)."""
+    return bits >> 9 < jnp.uint32(math.ceil(float(np.float32(p)) * 2**23))
 
 
 # Sharding hints. Without them XLA's partitioner carries the FSDP split of a weight (often a

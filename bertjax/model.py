@@ -20,7 +20,6 @@ from bertjax.layers import (
     describe_attention,
     dropout,
     einsum_f32,
-    gather_f32,
     split_key,
     whole,
 )
@@ -79,6 +78,16 @@ class Encoder(eqx.Module):
         return x if self.final_norm is None else self.final_norm(x)
 
 
+def select_positions(hidden: Float[Array, "batch seq embed"], positions: Int[Array, "batch preds"]
+                     ) -> Float[Array, "batch preds embed"]:
+    """hidden[b, positions[b]] as a batched matmul with one-hot rows (exact: one term each).
+    Its gradient is a matmul too; a gather's is a scatter-add, and XLA:GPU laid that scatter's
+    [batch, seq, embed] buffer out seq-minor, then the whole residual stream with it, which
+    added transposes and f32 copies to every LayerNorm's backward pass (log.md, session 45)."""
+    one_hot = positions[..., None] == jnp.arange(hidden.shape[1])
+    return jnp.einsum("bps,bse->bpe", one_hot.astype(hidden.dtype), hidden)
+
+
 class MLMHead(eqx.Module):
     transform: Dense
     norm: LayerNorm
@@ -133,7 +142,7 @@ class Bert(eqx.Module):
                    ) -> Float[Array, "batch _ vocab"]:
         """Vocabulary logits (f32) at `positions` (sparse mode) or at every position."""
         if positions is not None:
-            hidden = jax.vmap(gather_f32)(hidden, positions)
+            hidden = select_positions(hidden, positions)
         return self.mlm(hidden, self.encoder.embeddings.word)
 
     def pooled(self, hidden: Float[Array, "batch seq embed"],

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from bertjax import config, layers
-from bertjax.model import Bert, flops_per_token, new_bert, param_count
+from bertjax.model import Bert, flops_per_token, new_bert, param_count, select_positions
 from bertjax.precision import Precision
 
 VOCAB = 97
@@ -189,6 +189,44 @@ def test_sparse_mlm_head_equals_dense_head_at_selected_positions():
                                atol=1e-5)
 
 
+def test_selecting_positions_by_matmul_is_exact_and_its_gradient_is_the_gathers():
+    """model.select_positions (a one-hot matmul) equals indexing, bit for bit in bf16, and its
+    gradient equals the gather's (a scatter-add; repeated positions add up)."""
+    hidden = jax.random.normal(jax.random.key(3), (3, 16, 8), jnp.bfloat16)
+    positions = jnp.array([[0, 3, 15], [1, 1, 10], [4, 2, 0]], jnp.int32)
+    indexed = jax.vmap(lambda h, p: h[p])
+    np.testing.assert_array_equal(select_positions(hidden, positions), indexed(hidden, positions))
+    cotangent = jax.random.normal(jax.random.key(4), (3, 3, 8))
+    h32 = hidden.astype(jnp.float32)
+    (got,) = jax.vjp(select_positions, h32, positions)[1](cotangent)[:1]
+    (want,) = jax.vjp(indexed, h32, positions)[1](cotangent)[:1]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert float(jnp.abs(got[1, 1]).sum()) > 0  # the repeated position got both terms
+    np.testing.assert_allclose(got[1, 1], cotangent[1, 0] + cotangent[1, 1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.7, 0.9])  # 0.7, 0.9: p * 2**23 not whole
+def test_dropout_keeps_what_jax_random_bernoulli_keeps(rate):
+    """layers.dropout draws its mask from raw bits (for the bytes a GPU step moves) and keeps
+    exactly what jax.random.bernoulli(key, 1 - rate) keeps, so runs keep their numbers."""
+    x = jnp.ones((100_000,))
+    out = layers.dropout(x, rate, jax.random.key(0))
+    kept = out != 0
+    np.testing.assert_array_equal(kept, jax.random.bernoulli(jax.random.key(0), 1.0 - rate,
+                                                             x.shape))
+    assert abs(float(kept.mean()) - (1 - rate)) < 0.01
+    np.testing.assert_allclose(out[kept], 1 / (1 - rate), rtol=1e-6)
+    # Draws next to the threshold, which 100,000 random ones almost never hit: jax's uniform
+    # float (top 23 bits as a mantissa in [1, 2), minus 1) against p.
+    top = np.arange(2**23, dtype=np.uint32)
+    p = np.float32(1.0 - rate)
+    edge = top[np.abs(top.astype(np.float64) / 2**23 - p) < 4 / 2**23]
+    bits = np.concatenate([edge << 9, edge << 9 | 0x1FF])
+    uniform = ((bits >> 9) | np.float32(1).view(np.uint32)).view(np.float32) - np.float32(1)
+    np.testing.assert_array_equal(layers.bernoulli_from_bits(jnp.asarray(bits), 1.0 - rate),
+                                  uniform < p)
+
+
 def test_bf16_compute_is_close_to_f32():
     model = Bert(tiny(), key=jax.random.key(8))
     ids, types, mask = inputs()
@@ -255,26 +293,64 @@ def test_a_bf16_block_keeps_no_f32_activations_and_two_of_the_ffn_width():
     assert not [a.shape for a in kept if a.dtype == jnp.float32 and a.size == rows * embed]
 
 
-def scatter_dtypes(jaxpr) -> list:
-    """Result dtypes of every scatter-add in a jaxpr, nested ones (scan, pjit, ...) included."""
+def equations(jaxpr, primitive: str) -> list:
+    """Every equation of `primitive` in a jaxpr, nested ones (scan, pjit, custom_vjp, ...)
+    included."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scatter-add":
-            found += [v.aval.dtype for v in eqn.outvars]
+        if eqn.primitive.name == primitive:
+            found.append(eqn)
         for param in eqn.params.values():
             for sub in param if isinstance(param, tuple | list) else [param]:
                 inner = getattr(sub, "jaxpr", sub)
                 if isinstance(inner, jax.extend.core.Jaxpr):
-                    found += scatter_dtypes(inner)
+                    found += equations(inner, primitive)
     return found
+
+
+def scatter_dtypes(jaxpr) -> list:
+    """Result dtypes of every scatter-add in a jaxpr."""
+    return [v.aval.dtype for eqn in equations(jaxpr, "scatter-add") for v in eqn.outvars]
+
+
+def test_the_bf16_mlm_heads_gradient_matmuls_take_bf16_operands():
+    """The decoder's logits leave in f32 (layers.einsum_f32); its gradient matmuls take the
+    cotangent in bf16, as under PyTorch's autocast. Differentiated automatically, they paired
+    the f32 cotangent with a bf16 operand, which XLA:GPU ran as f32 x f32 matmuls over the
+    vocabulary (log.md, session 45). In f32 the written-out gradient is autodiff's."""
+    model = Bert(tiny(), key=jax.random.key(9))
+    hidden = jax.random.normal(jax.random.key(1), (3, 5, model.encoder.embeddings.word.shape[1]))
+    positions = jnp.array([[0, 3], [1, 4], [2, 0]], jnp.int32)
+
+    def loss(model, hidden, compute):
+        low = Precision.from_names(compute=compute).cast_to_compute(model)
+        logits = low.mlm_logits(hidden.astype(low.mlm.bias.dtype), positions)
+        return jnp.sum(logits * jnp.arange(VOCAB, dtype=jnp.float32))
+
+    grad_jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)), static_argnums=2)(
+        model, hidden, "bfloat16").jaxpr
+    dots = equations(grad_jaxpr, "dot_general")
+    assert len(dots) >= 6  # transform and decoder, each forward and two gradients
+    assert {str(v.aval.dtype) for eqn in dots for v in eqn.invars} == {"bfloat16"}
+    written = jax.grad(loss, (0, 1))(model, hidden, "float32")
+
+    def plain_loss(m, h):  # the head written with a plain einsum
+        h = m.mlm.norm(jax.nn.gelu(m.mlm.transform(jax.vmap(lambda x, p: x[p])(h, positions)),
+                                   approximate=False))
+        logits = jnp.einsum("bpe,ve->bpv", h, m.encoder.embeddings.word) + m.mlm.bias
+        return jnp.sum(logits * jnp.arange(VOCAB, dtype=jnp.float32))
+
+    expected = jax.grad(plain_loss, (0, 1))(model, hidden)
+    for got, want in zip(jax.tree.leaves(written), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # two low-precision backward compilations; a GPU-speed guard, not a reference
 @pytest.mark.parametrize("compute", ["bfloat16", "float16"])
 def test_low_precision_gradients_scatter_in_f32(compute):
-    """The gathers' gradients (word and token-type embeddings, sparse MLM positions) are
-    scatter-adds; in bf16/fp16 they took 200 of 223 ms of an H100 train step (log.md), so they
-    must run in f32 whatever the compute dtype."""
+    """The embedding gathers' gradients (word and token type) are scatter-adds; in bf16/fp16
+    they took 200 of 223 ms of an H100 train step (log.md), so they must run in f32 whatever
+    the compute dtype. (The sparse MLM positions are selected by a matmul: no scatter.)"""
     model = Bert(tiny(), key=jax.random.key(9))
     ids, types, mask = inputs()
     positions = jnp.array([[0, 3, 15], [1, 1, 10], [4, 2, 0]], jnp.int32)
@@ -285,7 +361,7 @@ def test_low_precision_gradients_scatter_in_f32(compute):
 
     grad_jaxpr = jax.make_jaxpr(eqx.filter_grad(loss))(model).jaxpr
     dtypes = scatter_dtypes(grad_jaxpr)
-    assert len(dtypes) >= 3 and set(dtypes) == {jnp.dtype(jnp.float32)}, dtypes
+    assert len(dtypes) == 2 and set(dtypes) == {jnp.dtype(jnp.float32)}, dtypes
     reference = eqx.filter_jit(eqx.filter_grad(
         lambda m: m.mlm_logits(m(ids, types, mask), positions).sum()))
     # jax's own XLA attention backward mixes bf16 with f32 (cf. layers.attention's forward).
