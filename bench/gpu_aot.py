@@ -51,10 +51,11 @@ runtime_version { major: 12 minor: 9 }
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
 BANDWIDTH, PEAK = 3.35e12, 989e12  # H100 SXM: HBM3 bytes/s, dense bf16 FLOP/s
-# The GPU's defaults spelled out: on this CPU backend model.remat=null would mean on.
-GPU_DEFAULTS = ["model.remat=false"]
+# The GPU's defaults spelled out: on this CPU backend model.remat=null and
+# model.scan_layers=null would mean on.
+GPU_DEFAULTS = ["model.remat=false", "model.scan_layers=false"]
 VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
-            "unrolled": ["model.scan_layers=false"]}
+            "scan": ["model.scan_layers=true"]}
 
 
 def h100s(count: int) -> list:

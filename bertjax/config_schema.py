@@ -64,7 +64,10 @@ class ModelConfig:
                          "bf16/fp16, else XLA's) | xla | cudnn (as auto, warning where it cannot)",
                          domain=one_of("auto", "xla", "cudnn"))
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)", domain=POSITIVE)
-    scan_layers: bool = opt(True, "lax.scan over blocks: compile time independent of depth")
+    scan_layers: bool | None = opt(None, "run the blocks as one lax.scan (compile time "
+                                   "independent of depth) or unrolled; null = scan on CPU, "
+                                   "unrolled on GPU/TPU, where the scan copies the activations "
+                                   "it keeps for the backward pass (log.md, session 45)")
     remat: bool | None = opt(None, "recompute each block in the backward pass instead of storing "
                              "its activations: less memory; null = on for CPU, where it is "
                              "also faster (log.md, 2026-12-01), off on GPU/TPU")

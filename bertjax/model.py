@@ -50,7 +50,11 @@ class Encoder(eqx.Module):
         self.blocks = eqx.filter_vmap(make_block)(jax.random.split(k_blocks, cfg.num_layers))
         self.final_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps) if pre else None
         self.num_layers = cfg.num_layers
-        self.scan_layers = cfg.scan_layers
+        # On a GPU the scan copies every activation it keeps into a [layers, ...] stack and
+        # back (session 5's H100 trace: 8.3 of 52.7 ms; statically a third of a BERT-base
+        # step's bytes, log.md, session 45); on CPU its compile time wins.
+        self.scan_layers = (jax.default_backend() == "cpu" if cfg.scan_layers is None
+                            else cfg.scan_layers)
         # On XLA:CPU the scan's stored activations cost more than recomputing them: stacking
         # them zero-fills and copies large buffers (a quarter of a tiny gradient; log.md).
         self.remat = jax.default_backend() == "cpu" if cfg.remat is None else cfg.remat

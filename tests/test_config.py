@@ -516,7 +516,7 @@ def test_help_prints_usage_and_every_key_and_exits_0(argv, capsys):
                 assert f"\n  {section.name}.{f.name} = " in out, f.name
                 assert f"\n      {f.metadata['doc']}\n" in out, f.name
         assert "\n  model.num_layers = null  (int | None; > 0)\n" in out  # not the derived 2
-        assert "\n  model.scan_layers = true  (bool)\n" in out
+        assert "\n  model.scan_layers = null  (bool | None)\n" in out
         assert "\n  glue.buckets = [32, 64, 128]  (list[int]; a non-empty, strictly increasing " \
                "list of values >= 8)\n" in out
         # a domain's own parentheses stay; a path's examples go (its error gives them)

@@ -127,10 +127,15 @@ def test_remat_gives_the_same_gradients():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_remat_by_default_on_cpu_only():
-    # null picks the faster path per backend (log.md, 2026-12-01: CPU measured; GPU not yet).
-    assert Bert(tiny(), key=jax.random.key(0)).encoder.remat == (jax.default_backend() == "cpu")
-    assert not Bert(tiny(remat=False), key=jax.random.key(0)).encoder.remat
+def test_remat_and_scan_by_default_on_cpu_only():
+    # null picks the faster path per backend (log.md, 2026-12-01: CPU measured; GPU: session
+    # 45's static figures and session 5's trace).
+    cpu = jax.default_backend() == "cpu"
+    encoder = Bert(tiny(), key=jax.random.key(0)).encoder
+    assert (encoder.remat, encoder.scan_layers) == (cpu, cpu)
+    encoder = Bert(tiny(remat=False, scan_layers=True), key=jax.random.key(0)).encoder
+    assert (encoder.remat, encoder.scan_layers) == (False, True)
+    assert not Bert(tiny(scan_layers=False), key=jax.random.key(0)).encoder.scan_layers
 
 
 def test_dropout_is_driven_by_the_key():
