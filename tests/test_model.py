@@ -318,6 +318,22 @@ def scatter_dtypes(jaxpr) -> list:
     return [v.aval.dtype for eqn in equations(jaxpr, "scatter-add") for v in eqn.outvars]
 
 
+def test_the_explicit_attentions_bf16_gradient_matmuls_take_bf16_operands():
+    """The attention path with dropout (GLUE fine-tuning's default) computes its logits with
+    layers.einsum_f32 too: its gradient matmuls (dq, dk) take bf16 operands, not f32 ones."""
+    q, k, v = jax.random.normal(jax.random.key(2), (3, 2, 8, 2, 4), jnp.bfloat16)
+    mask = jnp.ones((2, 8), bool)
+
+    def loss(q, k, v):
+        out = layers.attention(q, k, v, mask, 0.1, jax.random.key(0))
+        return jnp.sum(out.astype(jnp.float32))
+
+    assert layers.attention_path("auto", q.dtype, q.shape[-1], True) == "explicit"
+    dots = equations(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr, "dot_general")
+    assert len(dots) >= 6  # two forward, four gradient
+    assert {str(v.aval.dtype) for eqn in dots for v in eqn.invars} == {"bfloat16"}
+
+
 def test_the_bf16_mlm_heads_gradient_matmuls_take_bf16_operands():
     """The decoder's logits leave in f32 (layers.einsum_f32); its gradient matmuls take the
     cotangent in bf16, as under PyTorch's autocast. Differentiated automatically, they paired
