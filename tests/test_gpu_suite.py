@@ -89,6 +89,24 @@ def test_a_call_without_the_matmul_item_keeps_its_mfu():
     assert line[7:9] == ["327,680", "32.8%"]  # 128 x 128 / 0.05 s; x 1e9 FLOPs / 1e15
 
 
+def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
+    """An `ours` row carries the static reading of its compiled step (hlo_summary); where the
+    reader failed on the GPU's program (another jax's HLO text), the row says so and the
+    timing stands."""
+    result = {"step_s": 0.05, "compile_s": 30.0, "first_step_s": 1.0, "loss": 10.0,
+              "peak_bytes": 2**30, "flops_per_token": 1e9, "vendor_peak": 1e15,
+              "attention": "cuDNN"}
+    ours = {"kind": "ours", "shape": ["base", 30522, 128, 128], "status": "ok"}
+    read = dict(ours, id="ours", result=dict(result, kernels=703, moved_bytes=49.33e9,
+                                             static_error=None))
+    unread = dict(ours, id="scan", result=dict(result, kernels=0, moved_bytes=0,
+                                               static_error="ValueError: unknown op"))
+    lines = gpu_suite.rows({"items": [read, unread]})
+    assert lines[1].endswith("cuDNN [703 kernels, 49.3 GB: 0.99 TB/s]")  # 49.33 GB / 50 ms
+    assert lines[2].endswith("cuDNN [its HLO not read: static_error in the json]")
+    assert lines[2].split()[7] == "327,680"  # the timing stands
+
+
 def test_a_failing_item_is_reported_not_fatal():
     it = dict(gpu_suite.item("bad", "ours", ("tiny", 64, 2, 16), set_=["model.attention=flash"]),
               precision="float32", steps=1)
