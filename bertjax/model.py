@@ -84,12 +84,14 @@ class Encoder(eqx.Module):
 
 def select_positions(hidden: Float[Array, "batch seq embed"], positions: Int[Array, "batch preds"]
                      ) -> Float[Array, "batch preds embed"]:
-    """hidden[b, positions[b]] as a batched matmul with one-hot rows (exact: one term each).
-    Its gradient is a matmul too; a gather's is a scatter-add, and XLA:GPU laid that scatter's
+    """hidden[b, positions[b]] as a batched matmul with one-hot rows (exact: one term each;
+    HIGHEST precision so that f32 states are not rounded to TF32 or bf16 on GPU or TPU). Its
+    gradient is a matmul too; a gather's is a scatter-add, and XLA:GPU laid that scatter's
     [batch, seq, embed] buffer out seq-minor, then the whole residual stream with it, which
     added transposes and f32 copies to every LayerNorm's backward pass (log.md, session 45)."""
     one_hot = positions[..., None] == jnp.arange(hidden.shape[1])
-    return jnp.einsum("bps,bse->bpe", one_hot.astype(hidden.dtype), hidden)
+    return jnp.einsum("bps,bse->bpe", one_hot.astype(hidden.dtype), hidden,
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 class MLMHead(eqx.Module):
