@@ -1,4 +1,5 @@
-"""The BERT model: an encoder of stacked blocks run with `lax.scan`, plus optional heads.
+"""The BERT model: an encoder of stacked blocks (one `lax.scan` on CPU, unrolled on GPU/TPU:
+`model.scan_layers`), plus optional heads.
 
 Heads: masked-LM (dense + GELU + LayerNorm + decoder tied to the word embeddings + bias), with a
 sparse mode that computes vocabulary logits only at selected positions; a tanh pooler over [CLS]
