@@ -122,7 +122,12 @@ def _layer_norm_fwd(x, weight, bias, eps):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + eps)
-    return ((x32 - mean) * rstd * weight + bias).astype(x.dtype), (x, mean, rstd, weight)
+    y = ((x32 - mean) * rstd * weight + bias).astype(x.dtype)
+    # The barrier makes the backward pass read these two numbers per row instead of fusing
+    # their reductions into its own kernels: XLA:GPU did, and the scale's gradient (a sum over
+    # rows of a product that then needed sums over features) became a kernel writing an f32
+    # copy of x and a second one reading it back (log.md, session 46).
+    return y, (x, *jax.lax.optimization_barrier((mean, rstd)), weight)
 
 
 def _layer_norm_bwd(eps, saved, dy):

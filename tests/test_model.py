@@ -282,6 +282,17 @@ def test_written_out_gradients_equal_autodiffs_of_the_same_functions(dtype):
                                        **tol)
 
 
+def test_layer_norms_backward_reads_the_forwards_statistics_behind_a_barrier():
+    """The mean and 1/std a LayerNorm keeps reach its backward pass through an optimization
+    barrier, so XLA cannot recompute them there: XLA:GPU did, and the scale's gradient then
+    wrote and re-read an f32 copy of the input (log.md, session 46)."""
+    x = jnp.ones((2, 3, 8))
+    jaxpr = jax.make_jaxpr(lambda x: jax.vjp(lambda x: layers.layer_norm(
+        x, jnp.ones(8), jnp.zeros(8), 1e-12), x)[1](x))(x)
+    barriers = equations(jaxpr.jaxpr, "optimization_barrier")
+    assert [[v.aval.shape for v in eqn.outvars] for eqn in barriers] == [[(2, 3, 1), (2, 3, 1)]]
+
+
 def test_a_bf16_block_keeps_no_f32_activations_and_two_of_the_ffn_width():
     """What a block keeps for its backward pass (the residuals of jax.vjp): LayerNorm keeps x
     and two f32 numbers per row, the FFN its matmul's output and the GELU's. Differentiated
