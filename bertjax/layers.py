@@ -355,7 +355,15 @@ class SelfAttention(eqx.Module):
     def __call__(self, x: Float[Array, "batch seq embed"], mask: Bool[Array, "batch seq"],
                  *, key: PRNGKeyArray | None = None) -> Float[Array, "batch seq embed"]:
         batch, seq, dim = x.shape
-        q, k, v = jnp.split(self.qkv(x).reshape(batch, seq, 3 * self.num_heads, -1), 3, axis=2)
+        # Three matmuls on the fused weight's column blocks, not one and a split: cuDNN takes
+        # q, k and v as separate arrays, and the split copied [rows, 3 * embed] forward and
+        # concatenated the gradients back (302 MB a BERT-base layer). XLA:GPU's dot merger
+        # joins the forward ones again unless --xla_gpu_dot_merger_threshold_mb=0 (log.md,
+        # session 46; bench/gpu_suite.py's xla-cublas-unmerged item).
+        rows = x.reshape(-1, dim)
+        weight, bias = whole(self.qkv.weight).astype(x.dtype), whole(self.qkv.bias).astype(x.dtype)
+        q, k, v = ((rows @ weight[:, i * dim:(i + 1) * dim] + bias[i * dim:(i + 1) * dim])
+                   .reshape(batch, seq, self.num_heads, -1) for i in range(3))
         # Split by rows like the layer input: cuDNN's partitioner refuses q/k/v split on any
         # other axis, and XLA would otherwise move heads between devices (all-to-alls).
         q, k, v = split_rows(q), split_rows(k), split_rows(v)

@@ -107,6 +107,17 @@ def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
     assert lines[2].split()[7] == "327,680"  # the timing stands
 
 
+def test_every_xla_flag_of_the_gpu_plan_is_one_xla_knows():
+    """XLA aborts at start on a flag it does not know: a typo would cost its item on the GPU.
+    This jaxlib parses the GPU flags on CPU too (the GPU image's is newer)."""
+    flags = sorted({f for it in gpu_suite.gpu_plan() for f in it["xla_flags"].split()})
+    assert "--xla_gpu_dot_merger_threshold_mb=0" in flags
+    proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                          env=dict(ENV, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
 def test_a_failing_item_is_reported_not_fatal():
     it = dict(gpu_suite.item("bad", "ours", ("tiny", 64, 2, 16), set_=["model.attention=flash"]),
               precision="float32", steps=1)
