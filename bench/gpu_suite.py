@@ -67,6 +67,8 @@ def gpu_plan() -> list[dict]:
         # moves 50 % more bytes: bench/gpu_aot.py) and session 5's trace; this times the scan.
         item("scan", "ours", set_=["model.scan_layers=true"]),
         item("xla-cublas-unmerged", "ours", xla=XLA["xla-cublas-unmerged"]),
+        item("cublas-gelu-tanh", "ours", set_=["model.gelu=tanh"], xla=XLA["xla-cublas-unmerged"],
+             note="the tanh GELU, which cuBLAS computes in the up-projection's epilogue"),
         item("attn-xla", "ours", set_=["model.attention=xla"]),
         item("b256", "ours", SHAPES["b256"]),
         item("remat", "ours", set_=["model.remat=true"]),

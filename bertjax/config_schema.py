@@ -64,6 +64,11 @@ class ModelConfig:
                          "bf16/fp16, else XLA's) | xla | cudnn (as auto, warning where it cannot)",
                          domain=one_of("auto", "xla", "cudnn"))
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (BERT: 1e-12)", domain=POSITIVE)
+    gelu: str = opt("exact", "GELU of the feed-forward blocks (and of a post-LN model's MLM "
+                    "head, as in Hugging Face's BERT): exact (erf; BERT's, Hugging Face's 'gelu') "
+                    "| tanh (the approximation, Hugging Face's 'gelu_pytorch_tanh'; cuBLAS can "
+                    "compute it in its matmul: log.md, session 46)",
+                    domain=one_of("exact", "tanh"))
     scan_layers: bool | None = opt(None, "run the blocks as one lax.scan (compile time "
                                    "independent of depth) or unrolled; null = scan on CPU, "
                                    "unrolled on GPU/TPU, where the scan copies the activations "

@@ -18,6 +18,10 @@ ARCHITECTURES = {("post", "mlm"): "BertForMaskedLM", ("post", "pretrain"): "Bert
                  ("pre", "mlm"): "RobertaPreLayerNormForMaskedLM",
                  ("pre", "cls"): "RobertaPreLayerNormForSequenceClassification"}
 
+# hidden_act -> model.gelu. gelu_python is transformers' erf formula of "gelu", gelu_new its
+# formula of the tanh approximation that gelu_pytorch_tanh computes in torch.
+HF_GELU = {"gelu": "exact", "gelu_python": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
+
 # The config.json fields bertjax reads: (type, default when absent or null).
 HF_FIELDS = {"model_type": (str, "bert"), "hidden_act": (str, "gelu"),
              "position_embedding_type": (str, "absolute"), "is_decoder": (bool, False),
@@ -53,10 +57,9 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
     if model_type not in ("bert", "roberta-prelayernorm"):
         raise UserError(f"{source}: model_type={model_type!r} is not supported; bertjax imports "
                         "'bert' (post-LN) and 'roberta-prelayernorm' (pre-LN) checkpoints")
-    # gelu_python is transformers' own erf formula of the same function
-    if c["hidden_act"] not in ("gelu", "gelu_python"):
+    if c["hidden_act"] not in HF_GELU:
         raise UserError(f"{source}: hidden_act={c['hidden_act']!r} is not supported; bertjax "
-                        "uses exact (erf) GELU, hidden_act 'gelu'")
+                        f"has {', '.join(repr(a) for a in HF_GELU)}")
     if c["position_embedding_type"] != "absolute":
         raise UserError(f"{source}: position_embedding_type={c['position_embedding_type']!r} is "
                         "not supported; bertjax has learned absolute positions only")
@@ -75,7 +78,7 @@ def config_from_hf(c: object, source: str = "config.json") -> tuple[ModelConfig,
             type_vocab_size=c["type_vocab_size"], norm="pre" if pre else "post",
             dropout=float(c["hidden_dropout_prob"]),
             attention_dropout=float(c["attention_probs_dropout_prob"]),
-            layer_norm_eps=float(c["layer_norm_eps"]))
+            layer_norm_eps=float(c["layer_norm_eps"]), gelu=HF_GELU[c["hidden_act"]])
     except UserError as e:  # a value outside bertjax's domains, named by our key
         raise UserError(f"{source}: config.json describes no model bertjax can build ({e})"
                         ) from None
@@ -97,7 +100,8 @@ def config_to_hf(model_cfg: ModelConfig, kind: str, num_labels: int = 0,
          "vocab_size": model_cfg.vocab_size, "hidden_size": model_cfg.hidden_size,
          "num_hidden_layers": model_cfg.num_layers,
          "num_attention_heads": model_cfg.num_heads,
-         "intermediate_size": model_cfg.intermediate_size, "hidden_act": "gelu",
+         "intermediate_size": model_cfg.intermediate_size,
+         "hidden_act": "gelu" if model_cfg.gelu == "exact" else "gelu_pytorch_tanh",
          "hidden_dropout_prob": model_cfg.dropout,
          "attention_probs_dropout_prob": model_cfg.attention_dropout,
          "max_position_embeddings": positions, "type_vocab_size": model_cfg.type_vocab_size,

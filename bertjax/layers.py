@@ -371,27 +371,41 @@ class SelfAttention(eqx.Module):
         return self.out(y.reshape(batch, seq, dim))
 
 
-def _bias_gelu_fwd(h, bias):
-    return jax.nn.gelu(h + bias, approximate=False), (h, bias)
+def _bias_gelu_fwd(h, bias, approximate):
+    return jax.nn.gelu(h + bias, approximate=approximate), (h, bias)
 
 
-def _bias_gelu_bwd(saved, dy):
-    h, bias = saved
-    x = (h + bias).astype(jnp.float32)
+def _gelu_slope(x, approximate):
+    """d GELU(x) / dx in f32, of the exact (erf) GELU or of its tanh approximation."""
+    # The tanh approximation 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715
+    # x^3), is differentiated through the sigmoid: with a tanh, XLA:GPU would not fuse this into
+    # the bias gradient's reduction and sent an f32 [rows, 3072] through memory (log.md,
+    # session 46).
+    if approximate:
+        c = 2 * math.sqrt(2.0 / math.pi)
+        s = jax.nn.sigmoid(c * (x + 0.044715 * x * x * x))
+        return s + x * s * (1.0 - s) * c * (1.0 + 3 * 0.044715 * x * x)
     cdf = 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
     pdf = jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    dx = dy.astype(jnp.float32) * (cdf + x * pdf)
+    return cdf + x * pdf
+
+
+def _bias_gelu_bwd(approximate, saved, dy):
+    h, bias = saved
+    x = (h + bias).astype(jnp.float32)
+    dx = dy.astype(jnp.float32) * _gelu_slope(x, approximate)
     return dx.astype(h.dtype), dx.reshape(-1, dx.shape[-1]).sum(0).astype(bias.dtype)
 
 
-@jax.custom_vjp
-def bias_gelu(h: jax.Array, bias: jax.Array) -> jax.Array:
-    """Exact (erf) GELU of `h + bias`, as BERT and Hugging Face's "gelu" use. The gradient is
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def bias_gelu(h: jax.Array, bias: jax.Array, approximate: bool = False) -> jax.Array:
+    """GELU of `h + bias`: exact (erf), as BERT and Hugging Face's "gelu" use, or with
+    `approximate` its tanh approximation (Hugging Face's "gelu_pytorch_tanh"). The gradient is
     written out so that the backward pass keeps only `h` (the matmul's output, in memory
     anyway) and recomputes the rest: differentiated automatically, the forward pass wrote
     `h + bias` and two more tensors of the FFN's width for the backward's use (log.md,
     session 44)."""
-    return _bias_gelu_fwd(h, bias)[0]
+    return _bias_gelu_fwd(h, bias, approximate)[0]
 
 
 bias_gelu.defvjp(_bias_gelu_fwd, _bias_gelu_bwd)
@@ -400,17 +414,20 @@ bias_gelu.defvjp(_bias_gelu_fwd, _bias_gelu_bwd)
 class FeedForward(eqx.Module):
     up: Dense
     down: Dense
+    approximate_gelu: bool = eqx.field(static=True)  # model.gelu=tanh
 
-    def __init__(self, dim: int, hidden: int, *, key: PRNGKeyArray):
+    def __init__(self, dim: int, hidden: int, *, key: PRNGKeyArray, approximate_gelu=False):
         k_up, k_down = jax.random.split(key)
         self.up = Dense(dim, hidden, key=k_up)
         self.down = Dense(hidden, dim, key=k_down)
+        self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: Float[Array, "batch seq embed"]) -> Float[Array, "batch seq embed"]:
         # On rows ([batch * seq, embed]): XLA:GPU then computes h + bias and GELU in one
         # kernel; on [batch, seq, hidden] it wrote GELU's argument to memory first.
         rows = x.reshape(-1, x.shape[-1])
-        h = bias_gelu(self.up.matmul(rows), whole(self.up.bias).astype(x.dtype))
+        h = bias_gelu(self.up.matmul(rows), whole(self.up.bias).astype(x.dtype),
+                      self.approximate_gelu)
         return self.down(h).reshape(x.shape)
 
 
@@ -427,10 +444,10 @@ class Block(eqx.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, eps: float, pre_norm: bool,
                  rate: float, attention_rate: float, *, key: PRNGKeyArray,
-                 attention: str = "auto"):
+                 attention: str = "auto", gelu: str = "exact"):
         k_attn, k_ffn = jax.random.split(key)
         self.attn = SelfAttention(dim, heads, attention_rate, key=k_attn, implementation=attention)
-        self.ffn = FeedForward(dim, hidden, key=k_ffn)
+        self.ffn = FeedForward(dim, hidden, key=k_ffn, approximate_gelu=gelu == "tanh")
         self.norm1 = LayerNorm(dim, eps)
         self.norm2 = LayerNorm(dim, eps)
         self.pre_norm = pre_norm

@@ -46,7 +46,7 @@ class Encoder(eqx.Module):
         def make_block(k):
             return Block(cfg.hidden_size, cfg.num_heads, cfg.intermediate_size,
                          cfg.layer_norm_eps, pre, cfg.dropout, cfg.attention_dropout, key=k,
-                         attention=cfg.attention)
+                         attention=cfg.attention, gelu=cfg.gelu)
 
         self.blocks = eqx.filter_vmap(make_block)(jax.random.split(k_blocks, cfg.num_layers))
         self.final_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps) if pre else None
@@ -99,15 +99,19 @@ class MLMHead(eqx.Module):
     transform: Dense
     norm: LayerNorm
     bias: jax.Array  # [vocab]; the decoder matrix is the tied word embedding
+    approximate_gelu: bool = eqx.field(static=True)  # the tanh GELU (model.gelu), post-LN only
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         self.transform = Dense(cfg.hidden_size, cfg.hidden_size, key=key)
         self.norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.bias = jnp.zeros((cfg.vocab_size,), jnp.float32)
+        # As Hugging Face's heads: BERT's GELU is hidden_act's, RoBERTa-PreLayerNorm's (the
+        # pre-LN export) always the exact one.
+        self.approximate_gelu = cfg.gelu == "tanh" and cfg.norm == "post"
 
     def __call__(self, h: Float[Array, "batch preds embed"],
                  word: Float[Array, "vocab embed"]) -> Float[Array, "batch preds vocab"]:
-        h = self.norm(jax.nn.gelu(self.transform(h), approximate=False))
+        h = self.norm(jax.nn.gelu(self.transform(h), approximate=self.approximate_gelu))
         # Logits leave in f32: the softmax cross-entropy over the vocabulary is done in f32.
         # As one 2-D matmul: XLA:CPU runs "bpe,ve->bpv" and its gradient ~1.4-2x slower (log.md).
         logits = einsum_f32("ne,ve->nv", h.reshape(-1, h.shape[-1]), whole(word).astype(h.dtype))

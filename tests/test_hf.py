@@ -180,7 +180,7 @@ def test_export_refuses_a_non_empty_directory_and_unsupported_kinds(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"hidden_act": "gelu_new"}, "hidden_act='gelu_new' is not supported"),
+    ({"hidden_act": "relu"}, "hidden_act='relu' is not supported"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
     ({"model_type": "distilbert"}, "model_type='distilbert' is not supported"),
 ])
@@ -617,6 +617,36 @@ def test_hidden_act_gelu_python_is_the_exact_gelu_it_is():
                             hf_config | {"hidden_act": "gelu_python"})
     ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
     assert_close(model.mlm_logits(forward(model, ref)), ref["logits"])
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_the_tanh_gelu_goes_to_config_json_and_back(norm):
+    model_cfg = config.load([], ["model.vocab_size=99", "model.gelu=tanh", f"model.norm={norm}"]
+                            ).model
+    hf_config = config_to_hf(model_cfg, "mlm")
+    assert hf_config["hidden_act"] == "gelu_pytorch_tanh"
+    assert config_from_hf(hf_config)[0].gelu == "tanh"
+    assert config_from_hf(hf_config | {"hidden_act": "gelu_new"})[0].gelu == "tanh"
+    assert config_from_hf(hf_config | {"hidden_act": "gelu"})[0].gelu == "exact"
+    # as transformers' heads: BERT's MLM head takes hidden_act, RoBERTa-PreLayerNorm's exact GELU
+    model = Bert(model_cfg, key=jax.random.key(0))
+    assert model.mlm.approximate_gelu == (norm == "post")
+    assert model.encoder.blocks.ffn.approximate_gelu
+
+
+def test_a_tanh_gelu_checkpoint_computes_the_tanh_gelu():
+    """The fixture's weights read as hidden_act gelu_pytorch_tanh: the blocks and BERT's MLM
+    head (whose GELU is hidden_act's) take the tanh approximation, which moves the logits past
+    the parity tolerance (the fixture's init makes a tanh-GELU mistake visible: its README)."""
+    hf_config = json.loads((HF_TINY / "mlm" / "config.json").read_text())
+    weights = load_file(str(HF_TINY / "mlm" / "model.safetensors"))
+    model, cfg = bert_from_hf(weights, hf_config | {"hidden_act": "gelu_pytorch_tanh"})
+    assert cfg.gelu == "tanh" and model.mlm.approximate_gelu
+    ref = load_file(str(HF_TINY / "mlm" / "reference.safetensors"))
+    logits = np.asarray(model.mlm_logits(forward(model, ref)))
+    with pytest.raises(AssertionError):
+        assert_close(logits, ref["logits"])
+    np.testing.assert_allclose(logits, ref["logits"], atol=0.01)  # the same function, roughly
 
 
 def test_a_next_sentence_prediction_model_exports_as_one(tmp_path):

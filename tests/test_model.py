@@ -270,7 +270,9 @@ def test_written_out_gradients_equal_autodiffs_of_the_same_functions(dtype):
     dg = jnp.ones((15, 32), dtype)
     pairs = [(lambda *a: layers.layer_norm(*a, 1e-12), lambda *a: reference_layer_norm(*a, 1e-12),
               (x, weight, bias), dy),
-             (layers.bias_gelu, lambda h, b: jax.nn.gelu(h + b, approximate=False), (h, b), dg)]
+             (layers.bias_gelu, lambda h, b: jax.nn.gelu(h + b, approximate=False), (h, b), dg),
+             (lambda h, b: layers.bias_gelu(h, b, True),
+              lambda h, b: jax.nn.gelu(h + b, approximate=True), (h, b), dg)]
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
     for written, reference, args, cotangent in pairs:
         (out, vjp), (ref_out, ref_vjp) = (jax.vjp(f, *args) for f in (written, reference))
