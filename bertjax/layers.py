@@ -416,7 +416,7 @@ class FeedForward(eqx.Module):
     down: Dense
     approximate_gelu: bool = eqx.field(static=True)  # model.gelu=tanh
 
-    def __init__(self, dim: int, hidden: int, *, key: PRNGKeyArray, approximate_gelu=False):
+    def __init__(self, dim: int, hidden: int, *, key: PRNGKeyArray, approximate_gelu: bool = False):
         k_up, k_down = jax.random.split(key)
         self.up = Dense(dim, hidden, key=k_up)
         self.down = Dense(hidden, dim, key=k_down)
