@@ -6,6 +6,10 @@ the GPU defaults and each variant side by side.
     python bench/gpu_aot.py [--variant NAME:KEY=VALUE,...]... [--devices N] [--hlo-dir DIR]
                             [--top N] [--json FILE]
 
+A variant's KEY=VALUE is a config override, or with a key starting xla_ an XLA option for that
+compile alone (as XLA_FLAGS would set it for a whole process: --xla_gpu_enable_triton_gemm=false
+is xla_gpu_enable_triton_gemm=false).
+
 With jax's CUDA plugin installed, XLA:GPU compiles for a described device (XLA's deviceless
 compilation: a "target config" instead of a GPU; no autotuning, so GEMM tilings are XLA's
 defaults). The numbers are static estimates for comparing programs before a GPU time is
@@ -27,6 +31,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"  # the arrays are built here; only the compi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bertjax from this checkout
 
 import hlo_summary  # noqa: E402 (bench/: the script's own folder)
+from gpu_suite import XLA  # noqa: E402 (the suite's XLA-flag items)
 
 from bertjax import layers  # noqa: E402
 from bertjax.errors import UserError, cli  # noqa: E402
@@ -54,8 +59,19 @@ BANDWIDTH, PEAK = 3.35e12, 989e12  # H100 SXM: HBM3 bytes/s, dense bf16 FLOP/s
 # The GPU's defaults spelled out: on this CPU backend model.remat=null and
 # model.scan_layers=null would mean on.
 GPU_DEFAULTS = ["model.remat=false", "model.scan_layers=false"]
+
+
+def flags_as_overrides(flags: str) -> list[str]:
+    """XLA_FLAGS text ("--xla_a=1 --xla_b=x") as a variant's xla_ overrides."""
+    return [flag.removeprefix("--") for flag in flags.split()]
+
+
 VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
-            "scan": ["model.scan_layers=true"]}
+            "scan": ["model.scan_layers=true"],
+            # the suite's items of these names
+            "xla-cublas-unmerged": flags_as_overrides(XLA["xla-cublas-unmerged"]),
+            "cublas-gelu-tanh": ["model.gelu=tanh",
+                                 *flags_as_overrides(XLA["xla-cublas-unmerged"])]}
 
 
 def h100s(count: int) -> list:
@@ -88,8 +104,9 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
     from bertjax.sharding import param_shardings, replicated, rows
 
     layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
-    item = {"shape": ["base", 30522, rows_per_device * len(devices), 128],
-            "precision": "bfloat16", "set": GPU_DEFAULTS + overrides}
+    xla_options = dict(xla_option(o) for o in overrides if o.startswith("xla_"))
+    item = {"shape": ["base", 30522, rows_per_device * len(devices), 128], "precision": "bfloat16",
+            "set": GPU_DEFAULTS + [o for o in overrides if not o.startswith("xla_")]}
     cfg, step, state, batch, schedule = suite_items.setup_ours(item)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     inputs = (batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), schedule)
@@ -109,13 +126,27 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
         lowered = jax.jit(whole_step, donate_argnums=1).lower(
             jax.tree.map(abstract, inputs_dyn, input_shardings),
             jax.tree.map(abstract, state_dyn, param_shardings(state_dyn, mesh, cfg.mesh)))
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile(compiler_options=xla_options)
+    except jax.errors.JaxRuntimeError as e:  # an XLA option it does not know, or a bad value
+        if not xla_options or "compile option" not in str(e):
+            raise
+        raise UserError(f"{str(e).splitlines()[0]}; give an XLA option of this jaxlib "
+                        "(xla_name=value, as in XLA_FLAGS without the dashes)") from None
     memory = compiled.memory_analysis()
     return compiled.as_text(), {
         "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
         # what the suite's MFU counts (useful FLOPs: the sparse MLM head's)
         "tokens_per_device": rows_per_device * cfg.data.seq_len,
         "flops_per_token": flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)}
+
+
+def xla_option(text: str) -> tuple[str, bool | int | str]:
+    """"xla_name=value" as jax's compiler_options take it: booleans and integers typed."""
+    name, _, value = text.partition("=")
+    if value in ("true", "false"):
+        return name, value == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -175,12 +206,12 @@ def print_variant(name: str, result: dict, found: list[dict], top: int):
 def print_comparison(results: dict):
     """One line per variant; tok/s and MFU (the suite's FLOP count over the bf16 peak) per
     device if every kernel ran at its roofline: a bound, not a forecast."""
-    print(f"\n{'variant':16s} {'launches':>8s} {'GB moved':>9s} {'roofline ms':>11s} "
+    print(f"\n{'variant':20s} {'launches':>8s} {'GB moved':>9s} {'roofline ms':>11s} "
           f"{'its tok/s':>10s} {'its MFU':>7s}")
     for name, result in results.items():
         total = result["total"]
         tok_s = result["tokens_per_device"] / total["roofline_s"]
-        print(f"{name:16s} {total['launches']:8d} {total['bytes'] / 1e9:9.2f} "
+        print(f"{name:20s} {total['launches']:8d} {total['bytes'] / 1e9:9.2f} "
               f"{total['roofline_s'] * 1e3:11.2f} {tok_s:10,.0f} "
               f"{tok_s * result['flops_per_token'] / PEAK:7.1%}")
 
