@@ -31,7 +31,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"  # the arrays are built here; only the compi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bertjax from this checkout
 
 import hlo_summary  # noqa: E402 (bench/: the script's own folder)
-from gpu_suite import XLA  # noqa: E402 (the suite's XLA-flag items)
+from gpu_suite import CUBLAS_UNMERGED  # noqa: E402 (the flags of two suite items)
 
 from bertjax import layers  # noqa: E402
 from bertjax.errors import UserError, cli  # noqa: E402
@@ -69,9 +69,8 @@ def flags_as_overrides(flags: str) -> list[str]:
 VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
             "scan": ["model.scan_layers=true"],
             # the suite's items of these names
-            "xla-cublas-unmerged": flags_as_overrides(XLA["xla-cublas-unmerged"]),
-            "cublas-gelu-tanh": ["model.gelu=tanh",
-                                 *flags_as_overrides(XLA["xla-cublas-unmerged"])]}
+            "xla-cublas-unmerged": flags_as_overrides(CUBLAS_UNMERGED),
+            "cublas-gelu-tanh": ["model.gelu=tanh", *flags_as_overrides(CUBLAS_UNMERGED)]}
 
 
 def h100s(count: int) -> list:

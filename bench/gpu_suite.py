@@ -35,12 +35,11 @@ XLA = {"xla-lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
        "xla-cmd-buffers-while": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUDNN,"
                                 "CUSTOM_CALL,WHILE,CONDITIONAL",
        "xla-cudnn-layernorm": "--xla_gpu_enable_cudnn_layer_norm=true",
-       "xla-cublaslt": "--xla_gpu_enable_cublaslt=true",
-       # cuBLAS adds the q/k/v biases in its epilogue, and without the dot merger q, k and v
-       # stay three matmuls that write cuDNN's inputs directly: the least bytes of any
-       # program compiled so far (bench/gpu_aot.py; log.md, session 46).
-       "xla-cublas-unmerged": "--xla_gpu_enable_triton_gemm=false "
-                              "--xla_gpu_dot_merger_threshold_mb=0"}
+       "xla-cublaslt": "--xla_gpu_enable_cublaslt=true"}
+# cuBLAS adds the q/k/v biases in its epilogue, and without the dot merger q, k and v stay three
+# matmuls that write cuDNN's inputs directly: the least bytes of any program compiled so far
+# (bench/gpu_aot.py; log.md, session 46). Its items run early, before the XLA ones above.
+CUBLAS_UNMERGED = "--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0"
 # Dropout's random bits: JAX's default threefry hash (sharding-invariant) against XLA's
 # RngBitGenerator (Philox on GPU), through JAX's own option. Dropout 0 bounds what any generator
 # can win; on this CPU dropout costs ~10 % of a mini step (log.md, session 37).
@@ -66,8 +65,8 @@ def gpu_plan() -> list[dict]:
         # The GPU default since session 45 is unrolled layers, from static figures (the scan
         # moves 50 % more bytes: bench/gpu_aot.py) and session 5's trace; this times the scan.
         item("scan", "ours", set_=["model.scan_layers=true"]),
-        item("xla-cublas-unmerged", "ours", xla=XLA["xla-cublas-unmerged"]),
-        item("cublas-gelu-tanh", "ours", set_=["model.gelu=tanh"], xla=XLA["xla-cublas-unmerged"],
+        item("xla-cublas-unmerged", "ours", xla=CUBLAS_UNMERGED),
+        item("cublas-gelu-tanh", "ours", set_=["model.gelu=tanh"], xla=CUBLAS_UNMERGED,
              note="the tanh GELU, which cuBLAS computes in the up-projection's epilogue"),
         item("attn-xla", "ours", set_=["model.attention=xla"]),
         item("b256", "ours", SHAPES["b256"]),
@@ -80,8 +79,7 @@ def gpu_plan() -> list[dict]:
         item("rng-rbg", "ours", env=RBG, note="dropout bits from XLA's RngBitGenerator"),
         item("loop", "loop", budget=150, note="the whole pretraining loop on the demo corpus: "
              "beside ours, what the host adds"),
-        *(item(name, "ours", xla=flag) for name, flag in XLA.items()
-          if name != "xla-cublas-unmerged"),
+        *(item(name, "ours", xla=flag) for name, flag in XLA.items()),
         item("s512", "ours", SHAPES["s512"]),
         item("peer-s512", "peer", SHAPES["s512"], budget=45),
         item("mini", "ours", SHAPES["mini"], budget=60),
