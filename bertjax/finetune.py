@@ -44,6 +44,7 @@ from bertjax.processes import (
     join_the_run,
     losing_a_process_is_fatal,
     same_on_every_process,
+    seen_alike_by_every_process,
 )
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.seed_run import (
@@ -229,6 +230,8 @@ def seeds_done(job: Job, change: str | None) -> dict[int, int]:
     starts over and removes what an earlier run of this directory left."""
     done = {seed: steps_done(job.run_dir / f"seed{seed}", job.steps.total)
             for seed in job.cfg.glue.seeds}
+    seen_alike_by_every_process(f"the seeds done in {job.run_dir}", ", ".join(
+        f"seed {seed} at step {step}" for seed, step in done.items()))
     if job.cfg.train.resume == "auto" and change is None:
         say_seeds_trained_again(job, done)
         return done

@@ -41,6 +41,7 @@ from bertjax.processes import (
     join_the_run,
     losing_a_process_is_fatal,
     same_on_every_process,
+    seen_alike_by_every_process,
 )
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import full_copy, make_mesh, shard_params
@@ -239,6 +240,8 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
     """(train state on the mesh, optimizer, first step, checkpoint meta): fresh, from
     init.checkpoint's weights (continued pretraining), or the newest checkpoint (resume)."""
     latest = checkpoints.latest_step() if run.cfg.train.resume == "auto" else None
+    seen_alike_by_every_process(f"the newest checkpoint in {checkpoints.directory}",
+                                "none" if latest is None else f"step {latest}")
     state, optimizer, tokens_before = initial_state(run, key, mesh, load_init=latest is None)
     if latest is None:
         return state, optimizer, 0, {"tokens_before": tokens_before}

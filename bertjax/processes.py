@@ -3,10 +3,11 @@
 A multi-host run joins through `jax.distributed.initialize` (JAX's own engine): a process that
 waits in vain for the others to join ends in one line, and so do a busy coordinator port and
 processes with unequal device counts or different configs. Joined, they agree (`barrier`,
-`same_on_every_process`), stop after the same step on SIGTERM/SIGINT (`StopSignal`), and a
-process that loses another mid-run says so in one line where JAX reports it
-(`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it). An error one process meets
-ends them all (`leaving`). With one process, every function here is (nearly) free.
+`same_on_every_process`, `seen_alike_by_every_process`), stop after the same step on
+SIGTERM/SIGINT (`StopSignal`), and a process that loses another mid-run says so in one line
+where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it). An
+error one process meets ends them all (`leaving`). With one process, every function here is
+(nearly) free.
 """
 
 import collections
@@ -220,6 +221,19 @@ def same_on_every_process(parts: Iterable[bytes]) -> bool:
         digest.update(hashlib.sha256(part).digest())
     mine = np.frombuffer(digest.digest(), np.uint8)
     return not (multihost_utils.process_allgather(mine) != mine).any()
+
+
+def seen_alike_by_every_process(what: str, view: str) -> None:
+    """Refuse a run directory that processes see differently (a collective): `view`, this
+    process's reading of `what` (its newest checkpoint, the seeds done). The run directory is
+    one shared folder (runlock), but a network file system may still list a directory from a
+    host's stale cache: processes resuming from different steps would mix two checkpoints'
+    shares of the state, or wait forever for each other in different seeds."""
+    if not same_on_every_process([view.encode()]):
+        raise UserError(f"the processes see {what} differently (process {jax.process_index()}: "
+                        f"{view}); every host must list train.run_dir alike: wait until the "
+                        "shared file system shows each host the same files (or remount it), "
+                        "then run the same command again")
 
 
 def same_config_on_every_process(cfg: Config) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
@@ -19,6 +20,7 @@ from bertjax.config import Config
 from bertjax.errors import UserError
 from bertjax.model import Bert, new_bert
 from bertjax.pretrained import load_pretrained, load_tokenizer
+from bertjax.processes import same_on_every_process
 
 # What must agree for a checkpoint's weights to be another run's starting point.
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
@@ -33,6 +35,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     Also returns the tokens the checkpoint had seen (None when it does not say: Hugging Face)."""
     source = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
     where = f"init.checkpoint={cfg.init.checkpoint}"
+    same_weights_on_every_process(source.model, where)
     # The vocabulary first: this run's model.vocab_size comes from its tokenizer, so another
     # tokenizer shows as another vocab_size too, and setting that would only meet this refusal.
     if source.tokenizer_path is None or \
@@ -55,6 +58,18 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
             model = eqx.tree_at(lambda m, p=part: getattr(m, p), model,
                                 transplant(getattr(pretrained, part), getattr(model, part)))
     return model, source.tokens_seen
+
+
+def same_weights_on_every_process(model: Bert, where: str) -> None:
+    """Refuse weights that differ between processes (a collective). Each host reads `where` from
+    its own path (hosts with their own disks, a hub model downloaded by each at another
+    revision), and each device's share of the parameters comes from its own host's copy
+    (`sharding.place`): the run would train a silent mix of models. Compared by content."""
+    local = (x for x in jax.tree.leaves(eqx.filter(model, eqx.is_array))
+             if getattr(x, "is_fully_addressable", True))  # a global one: from shared storage
+    if not same_on_every_process(np.asarray(x).tobytes() for x in local):
+        raise UserError(f"the processes loaded different weights from {where}: give every host "
+                        "the same files (a copy of one checkpoint, the same hub revision)")
 
 
 def _no_tokenizer(cfg: Config, tok_path: Path | None) -> UserError:
@@ -86,6 +101,7 @@ def load_start(cfg: Config):
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
     if cfg.init.checkpoint is not None:
         pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
+        same_weights_on_every_process(pretrained.model, f"init.checkpoint={cfg.init.checkpoint}")
         tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
                                                  if cfg.tokenizer.path else None)
         if cfg.tokenizer.path and pretrained.tokenizer_path is not None and \

@@ -23,7 +23,8 @@ from conftest import (
     three_steps_on_one_device,
     tiny_run_config,
 )
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
+from test_hf import HF_TINY, with_vocab_txt
 
 from bertjax import config, prepare
 from bertjax.errors import LostProcess
@@ -33,14 +34,20 @@ pytestmark = pytest.mark.slow  # two jax.distributed processes
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+HF_TINY_MLM = HF_TINY / "mlm"
 
 
-def two_train_processes(cfg: Path, port: int, per_process) -> list[subprocess.Popen]:
+def two_train_processes(cfg: Path, port: int, per_process, patch_1: str = ""
+                        ) -> list[subprocess.Popen]:
     """`python -m bertjax.train cfg` as the 2 processes of a run on 127.0.0.1:port, 1 CPU device
-    each; `per_process(i)`: process i's other arguments."""
+    each; `per_process(i)`: process i's other arguments; `patch_1`: a line process 1 runs first
+    (what its host alone sees)."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    patched = ["-c", f"import runpy\n{patch_1}\n"
+                     "runpy.run_module('bertjax.train', run_name='__main__', alter_sys=True)"]
     return [subprocess.Popen(
-        [sys.executable, "-m", "bertjax.train", str(cfg), *per_process(i),
+        [sys.executable, *(patched if i and patch_1 else ["-m", "bertjax.train"]), str(cfg),
+         *per_process(i),
          f"mesh.coordinator_address=127.0.0.1:{port}", "mesh.num_processes=2",
          f"mesh.process_id={i}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
@@ -230,14 +237,20 @@ def said_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if not line.startswith("[Gloo]")]
 
 
-def assert_each_says_one_line(procs, errors, message_of, code=2) -> None:
+def assert_each_says_one_line(procs, errors, message_of, code=2, after_progress=False) -> None:
     """Each process exited `code` with one line: its own error, `message_of(i)`, or (a process
-    that heard first) the error another process posted, relayed."""
+    that heard first) the error another process posted, relayed. `after_progress`: the line
+    ends what the run printed before it (preparing the data), the only error and no traceback."""
     assert [p.returncode for p in procs] == [code] * len(procs), errors
     for i, err in enumerate(errors):
         relayed = [f"error: process {j} of this {len(procs)}-process run failed, so every process "
                    f"stops: {message_of(j)}" for j in range(len(procs)) if j != i]
-        assert said_lines(err) in ([f"error: {message_of(i)}"], *([r] for r in relayed)), err
+        said = said_lines(err)
+        if after_progress:
+            assert [line.startswith("error: ") for line in said].count(True) == 1, err
+            assert "Traceback" not in err, err
+            said = said[-1:]
+        assert said in ([f"error: {message_of(i)}"], *([r] for r in relayed)), err
 
 
 @pytest.mark.parametrize("process_id", [0, 1])
@@ -313,6 +326,65 @@ def test_a_run_dir_that_is_not_shared_by_every_host_is_refused(tmp_path, task):
         "(NFS or another shared file system)"))
     assert not (tmp_path / "prepared").exists()
     assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
+
+
+def rte_run(tmp_path: Path, *extra: str) -> tuple[Path, object]:
+    """configs/rte.yaml on the RTE fixture rows, one seed, a tiny model (RUN = tmp_path/run)."""
+    shutil.copytree(GLUE_FIXTURES / "RTE", tmp_path / "glue" / "RTE")
+    bert_style_tokenizer(tmp_path / "tokenizer.json")
+    return ROOT / "configs" / "rte.yaml", lambda i: (
+        f"glue.data_dir={tmp_path / 'glue'}", f"train.run_dir={tmp_path / 'run'}",
+        f"tokenizer.path={tmp_path / 'tokenizer.json'}", "model.num_layers=2",
+        "model.hidden_size=64", "model.num_heads=2", "glue.batch_size=8", "glue.seeds=[0]",
+        "glue.buckets=[16,32,64]", *extra)
+
+
+@pytest.mark.parametrize("task", ["pretrain", "glue"])
+def test_processes_that_list_the_run_directory_differently_are_refused(tmp_path, task):
+    # A network file system listing checkpoints/ from one host's stale cache: process 1 sees a
+    # checkpoint (a finished seed's steps) that process 0 does not. They resumed from different
+    # states: pretraining would have mixed two steps' shares of the parameters (or one process
+    # restored while the other started afresh), GLUE waited for each other in different seeds.
+    if task == "pretrain":
+        cfg = tiny_run_config(tmp_path, {"steps": 4, "micro_batch": 2})
+        per_process = lambda i: (f"train.run_dir={tmp_path / 'run'}",)  # noqa: E731
+        patch = "from bertjax import checkpoint; checkpoint.Checkpoints.latest_step = lambda _: 3"
+        what, views = f"the newest checkpoint in {tmp_path / 'run' / 'checkpoints'}", \
+            ("none", "step 3")
+    else:
+        cfg, per_process = rte_run(tmp_path)
+        patch = "from bertjax import finetune; finetune.steps_done = lambda *_: 2"
+        what, views = f"the seeds done in {tmp_path / 'run'}", \
+            ("seed 0 at step 0", "seed 0 at step 2")
+    procs = two_train_processes(cfg, free_port(), per_process, patch)
+    errors = [err for _, err in communicate_all(procs)]
+    assert_each_says_one_line(procs, errors, lambda i: (
+        f"the processes see {what} differently (process {i}: {views[i]}); every host must list "
+        "train.run_dir alike: wait until the shared file system shows each host the same files "
+        "(or remount it), then run the same command again"), after_progress=True)
+    assert not (tmp_path / "run" / "checkpoints").exists() or \
+        not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_processes_that_load_different_weights_are_refused(tmp_path):
+    # Each host's own copy of init.checkpoint, one with other weights (another hub revision, say):
+    # each device's share of the parameters came from its own host's copy, and the fine-tune
+    # trained a mix of the two models, exit 0.
+    for i in range(2):
+        shutil.copytree(HF_TINY_MLM, tmp_path / f"bert{i}")
+        with_vocab_txt(tmp_path / f"bert{i}")
+    weights = load_file(tmp_path / "bert1" / "model.safetensors")
+    weights["bert.embeddings.word_embeddings.weight"][5, 0] += 0.5
+    save_file(weights, tmp_path / "bert1" / "model.safetensors")
+    cfg, common = rte_run(tmp_path)
+    procs = two_train_processes(cfg, free_port(), lambda i: (
+        *[o for o in common(i) if not o.startswith(("model.", "tokenizer."))],
+        f"init.checkpoint={tmp_path / f'bert{i}'}"))
+    errors = [err for _, err in communicate_all(procs)]
+    assert_each_says_one_line(procs, errors, lambda i: (
+        f"the processes loaded different weights from init.checkpoint={tmp_path / f'bert{i}'}: "
+        "give every host the same files (a copy of one checkpoint, the same hub revision)"))
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_processes_with_different_device_counts_are_refused(tmp_path):
