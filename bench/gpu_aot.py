@@ -6,9 +6,9 @@ the GPU defaults and each variant side by side.
     python bench/gpu_aot.py [--variant NAME:KEY=VALUE,...]... [--devices N] [--hlo-dir DIR]
                             [--top N] [--json FILE]
 
-A variant's KEY=VALUE is a config override, or with a key starting xla_ an XLA option for that
-compile alone (as XLA_FLAGS would set it for a whole process: --xla_gpu_enable_triton_gemm=false
-is xla_gpu_enable_triton_gemm=false).
+A variant's KEY=VALUE is a config override; XLA options go where a run takes them,
+train.xla_flags ("train.xla_flags=--xla_gpu_enable_triton_gemm=false --xla_..."), and reach
+that compile alone.
 
 With jax's CUDA plugin installed, XLA:GPU compiles for a described device (XLA's deviceless
 compilation: a "target config" instead of a GPU; no autotuning, so GEMM tilings are XLA's
@@ -35,6 +35,7 @@ from gpu_suite import CUBLAS_UNMERGED  # noqa: E402 (the flags of two suite item
 
 from bertjax import layers  # noqa: E402
 from bertjax.errors import UserError, cli  # noqa: E402
+from bertjax.xla_options import compiler_options, jit_options  # noqa: E402
 
 ATTENTION_RULE = layers.cudnn_unsupported  # asks the default device: here, the CPU
 
@@ -61,16 +62,11 @@ BANDWIDTH, PEAK = 3.35e12, 989e12  # H100 SXM: HBM3 bytes/s, dense bf16 FLOP/s
 GPU_DEFAULTS = ["model.remat=false", "model.scan_layers=false"]
 
 
-def flags_as_overrides(flags: str) -> list[str]:
-    """XLA_FLAGS text ("--xla_a=1 --xla_b=x") as a variant's xla_ overrides."""
-    return [flag.removeprefix("--") for flag in flags.split()]
-
-
 VARIANTS = {"gpu defaults": [], "remat": ["model.remat=true"],
             "scan": ["model.scan_layers=true"],
             # the suite's items of these names
-            "xla-cublas-unmerged": flags_as_overrides(CUBLAS_UNMERGED),
-            "cublas-gelu-tanh": ["model.gelu=tanh", *flags_as_overrides(CUBLAS_UNMERGED)]}
+            "xla-cublas-unmerged": [f"train.xla_flags={CUBLAS_UNMERGED}"],
+            "cublas-gelu-tanh": ["model.gelu=tanh", f"train.xla_flags={CUBLAS_UNMERGED}"]}
 
 
 def h100s(count: int) -> list:
@@ -103,9 +99,8 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
     from bertjax.sharding import param_shardings, replicated, rows
 
     layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
-    xla_options = dict(xla_option(o) for o in overrides if o.startswith("xla_"))
     item = {"shape": ["base", 30522, rows_per_device * len(devices), 128], "precision": "bfloat16",
-            "set": GPU_DEFAULTS + [o for o in overrides if not o.startswith("xla_")]}
+            "set": GPU_DEFAULTS + overrides}
     cfg, step, state, batch, schedule = suite_items.setup_ours(item)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     inputs = (batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), schedule)
@@ -125,27 +120,14 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
         lowered = jax.jit(whole_step, donate_argnums=1).lower(
             jax.tree.map(abstract, inputs_dyn, input_shardings),
             jax.tree.map(abstract, state_dyn, param_shardings(state_dyn, mesh, cfg.mesh)))
-    try:
-        compiled = lowered.compile(compiler_options=xla_options)
-    except jax.errors.JaxRuntimeError as e:  # an XLA option it does not know, or a bad value
-        if not xla_options or "compile option" not in str(e):
-            raise
-        raise UserError(f"{str(e).splitlines()[0]}; give an XLA option of this jaxlib "
-                        "(xla_name=value, as in XLA_FLAGS without the dashes)") from None
+    # The step's own jit options do not reach a compile it is inlined into: passed again.
+    compiled = lowered.compile(**jit_options(compiler_options(cfg.train.xla_flags)))
     memory = compiled.memory_analysis()
     return compiled.as_text(), {
         "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
         # what the suite's MFU counts (useful FLOPs: the sparse MLM head's)
         "tokens_per_device": rows_per_device * cfg.data.seq_len,
         "flops_per_token": flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)}
-
-
-def xla_option(text: str) -> tuple[str, bool | int | str]:
-    """"xla_name=value" as jax's compiler_options take it: booleans and integers typed."""
-    name, _, value = text.partition("=")
-    if value in ("true", "false"):
-        return name, value == "true"
-    return name, int(value) if value.lstrip("-").isdigit() else value
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

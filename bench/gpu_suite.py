@@ -38,7 +38,8 @@ XLA = {"xla-lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
        "xla-cublaslt": "--xla_gpu_enable_cublaslt=true"}
 # cuBLAS adds the q/k/v biases in its epilogue, and without the dot merger q, k and v stay three
 # matmuls that write cuDNN's inputs directly: the least bytes of any program compiled so far
-# (bench/gpu_aot.py; log.md, session 46). Its items run early, before the XLA ones above.
+# (bench/gpu_aot.py; log.md, session 46). Its items run early, before the XLA ones above, and
+# pass the flags as a run would make them its default: train.xla_flags, not XLA_FLAGS.
 CUBLAS_UNMERGED = "--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0"
 # Dropout's random bits: JAX's default threefry hash (sharding-invariant) against XLA's
 # RngBitGenerator (Philox on GPU), through JAX's own option. Dropout 0 bounds what any generator
@@ -65,8 +66,9 @@ def gpu_plan() -> list[dict]:
         # The GPU default since session 45 is unrolled layers, from static figures (the scan
         # moves 50 % more bytes: bench/gpu_aot.py) and session 5's trace; this times the scan.
         item("scan", "ours", set_=["model.scan_layers=true"]),
-        item("xla-cublas-unmerged", "ours", xla=CUBLAS_UNMERGED),
-        item("cublas-gelu-tanh", "ours", set_=["model.gelu=tanh"], xla=CUBLAS_UNMERGED,
+        item("xla-cublas-unmerged", "ours", set_=[f"train.xla_flags={CUBLAS_UNMERGED}"]),
+        item("cublas-gelu-tanh", "ours", set_=["model.gelu=tanh",
+                                               f"train.xla_flags={CUBLAS_UNMERGED}"],
              note="the tanh GELU, which cuBLAS computes in the up-projection's epilogue"),
         item("attn-xla", "ours", set_=["model.attention=xla"]),
         item("b256", "ours", SHAPES["b256"]),
@@ -91,12 +93,14 @@ def gpu_plan() -> list[dict]:
 
 def smoke_plan() -> list[dict]:
     """The same code paths on CPU in tiny shapes, in as few processes as cover them: our item
-    takes an override, micro-batches, an XLA flag and an environment variable; the loop prepares
-    a slice of the demo corpus; the profile reruns our item from the cache."""
+    takes overrides, micro-batches, XLA flags (XLA_FLAGS, train.xla_flags: XLA:CPU accepts and
+    ignores GPU options) and an environment variable; the loop prepares a slice of the demo
+    corpus; the profile reruns our item from the cache."""
     tiny = ("tiny", 512, 8, 32)
     return [item("matmul", "matmul", budget=60, n=512),
             item("ours", "ours", tiny, budget=90, xla=XLA["xla-lhs"], env=RBG,
-                 set_=["train.micro_batch=4", "model.attention=xla", "data.whole_word_mask=true"]),
+                 set_=["train.micro_batch=4", "model.attention=xla", "data.whole_word_mask=true",
+                       f"train.xla_flags={CUBLAS_UNMERGED}"]),
             item("loop", "loop", tiny, budget=90, set_=["data.max_documents=300"]),
             item("peer", "peer", tiny, budget=90)]
 

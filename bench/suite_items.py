@@ -57,6 +57,7 @@ def setup_ours(item: dict):
     from bertjax.precision import Precision
     from bertjax.step import StepSpec, init_state, make_train_step
     from bertjax.tokenizer import SpecialTokens
+    from bertjax.xla_options import compiler_options
 
     size, vocab, batch, seq = item["shape"]
     cfg = config.load([], [f"model.size={size}", f"model.vocab_size={vocab}",
@@ -74,7 +75,7 @@ def setup_ours(item: dict):
     continuation = rng.random(vocab) < 0.19 if cfg.data.whole_word_mask else None
     spec = StepSpec(Precision.from_names(compute=item["precision"]),
                     row_masker(cfg.data, vocab, special, continuation), False,
-                    cfg.model.dropout > 0)
+                    cfg.model.dropout > 0, compiler_options(cfg.train.xla_flags))
     step = make_train_step(spec, optimizer, cfg.train.micro_batch)
     ids = rng.integers(5, vocab, (batch, seq)).astype(np.int32)
     ids[:, 0], ids[:, -1] = SPECIAL_IDS["cls"], SPECIAL_IDS["sep"]

@@ -10,7 +10,8 @@ imports only from lower layers, and never in a circle inside its own.
                                                    --print-config; files and whole output
                                                    directories
     L1  layers model precision                     the Equinox BERT, pure
-    L2  loss masking optim step                    device-side: losses, masking, AdamW, steps
+    L2  loss masking optim step xla_options        device-side: losses, masking, AdamW, steps
+                                                   and the XLA options they compile with
         tokenizer source_files sources hub_models prepared token_files prepare data
         glue_tasks glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches (hub

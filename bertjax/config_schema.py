@@ -16,6 +16,7 @@ from bertjax.domains import (
     POSITIVE,
     UNIT_CLOSED,
     UNIT_OPEN,
+    XLA_FLAGS,
     Domain,
     at_least,
     check_domains,
@@ -267,6 +268,9 @@ class TrainConfig:
                                     domain=interval(0, 1, "(]"))
     max_rollbacks: int = opt(3, "rollbacks a diverging run may take before it stops (exit 1)",
                              domain=NON_NEGATIVE)
+    xla_flags: str = opt("", "XLA options for this run's train and eval steps, written as "
+                         "XLA_FLAGS writes them (--xla_gpu_enable_triton_gemm=false ...); passed "
+                         "to their compiles alone (bertjax/xla_options.py)", domain=XLA_FLAGS)
 
     def __post_init__(self):
         check_domains(self)

@@ -2,7 +2,8 @@
 
 `opt(default, doc, domain=POSITIVE)` makes a field; the vocabulary is POSITIVE, NON_NEGATIVE,
 `at_least(n)`, `interval(lo, hi, "[)")` (UNIT_OPEN, FRACTION, UNIT_CLOSED), `one_of(...)`,
-`list_of(item, non_empty=, increasing=, unique=)`, `containing(text)`, PATH and PATHS.
+`list_of(item, non_empty=, increasing=, unique=)`, `containing(text)`, PATH, PATHS and
+XLA_FLAGS.
 `check_domains(section)`, run by every section's __post_init__, is the one place they are checked
 (types included, and that every number fits what numpy and JAX hold: `representable`).
 """
@@ -81,6 +82,9 @@ PATH = Domain(f"a non-empty path of printable characters {_PATH_RULES}",
               and not _URL.match(x))
 PATHS = Domain(f"a list of non-empty paths of printable characters {_PATH_RULES}",
                lambda xs: all(map(PATH.test, xs)))
+XLA_FLAG = re.compile(r"--(xla_[a-z0-9_]+)=(\S*)")  # one option as XLA_FLAGS writes it
+XLA_FLAGS = Domain("XLA options separated by spaces, each written --xla_name=value (as in "
+                   "XLA_FLAGS)", lambda x: all(map(XLA_FLAG.fullmatch, x.split())))
 FINITE = Domain("finite", lambda x: abs(x) <= sys.float_info.max)  # not inf, -inf or nan
 NON_NEGATIVE = at_least(0)
 UNIT_OPEN = interval(0, 1, "()")  # a probability that must do something: (0, 1)

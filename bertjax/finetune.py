@@ -62,6 +62,7 @@ from bertjax.seed_run import (
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import initial_model, load_start
 from bertjax.sweep_state import check_rate_folder
+from bertjax.xla_options import compiler_options
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.
@@ -86,6 +87,7 @@ def finetune(cfg: Config) -> Path:
     """Fine-tune every seed of `cfg` (resuming an interrupted run); returns the run directory.
     Raises StoppedBySignal when SIGTERM/SIGINT stopped it after saving (not finished)."""
     join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
+    compiler_options(cfg.train.xla_flags)  # an option XLA refuses, before any file is written
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task, cfg.init.checkpoint)
     check_rate_folder(cfg.train.run_dir, cfg.optim.lr)

@@ -47,6 +47,7 @@ from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import full_copy, make_mesh, shard_params
 from bertjax.starting_points import ARCHITECTURE, continue_from
 from bertjax.step import init_state
+from bertjax.xla_options import compiler_options
 
 
 def check_tokenizer(run_dir: Path, data_dir: Path) -> None:
@@ -144,6 +145,7 @@ def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory. Raises
     StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint (not finished)."""
     join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
+    compiler_options(cfg.train.xla_flags)  # an option XLA refuses, before any file is written
     check_dir_path(cfg.train.run_dir, "train.run_dir")
     check_run_dir_kind(cfg.train.run_dir, cfg.train.task)
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():

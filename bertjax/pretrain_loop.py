@@ -34,6 +34,7 @@ from bertjax.precision import Precision
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
+from bertjax.xla_options import compiler_options
 
 # Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.
 INIT, MASK, DROPOUT, EVAL = range(4)
@@ -126,7 +127,7 @@ class Loop:
         dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0
         spec = StepSpec(Precision.from_names(cfg.precision.compute),
                         tokenizer_masker(cfg.data, run.tokenizer), cfg.data.objective != "mlm",
-                        dropout)
+                        dropout, compiler_options(cfg.train.xla_flags))
         self.train_step = with_mesh(make_train_step(spec, optimizer, cfg.train.micro_batch), mesh)
         self.eval_step = with_mesh(make_eval_step(spec), mesh)
         self.lr = schedule(cfg.optim, run.total_steps)

@@ -35,6 +35,7 @@ from bertjax.processes import StopSignal
 from bertjax.sharding import full_copy, shard_params
 from bertjax.starting_points import initial_model
 from bertjax.step import init_state, make_glue_steps
+from bertjax.xla_options import compiler_options
 
 
 def encoded_parts(tok: Tokenizer, train_enc, dev: dict) -> Iterator[bytes]:
@@ -70,7 +71,7 @@ def build_steps(cfg: Config, train_enc: glue_batches.Encoded, model: Bert) -> St
     dropout = cfg.model.dropout > 0 or cfg.model.attention_dropout > 0 or \
         cfg.glue.classifier_dropout > 0
     train_step, predict = make_glue_steps(optimizer, Precision.from_names(cfg.precision.compute),
-                                          dropout)
+                                          dropout, compiler_options(cfg.train.xla_flags))
     return Steps(optimizer, train_step, predict, total, per_epoch,
                  schedule_args(cfg.optim, total), schedule(cfg.optim, total))
 

@@ -24,6 +24,7 @@ from bertjax.masking import MaskedBatch
 from bertjax.model import Bert
 from bertjax.optim import ScheduleArgs, init_optimizer, make_optimizer
 from bertjax.precision import LossScale, Precision, all_finite
+from bertjax.xla_options import Options, jit_options
 
 
 class TrainState(eqx.Module):
@@ -92,6 +93,7 @@ class StepSpec:
     mask_fn: RowMasker  # (key, input_ids[seq], attention_mask[seq]) -> one row's MaskedBatch
     pair_objective: bool
     dropout: bool
+    xla_options: Options = ()  # train.xla_flags, for the steps' compiles
 
 
 def mask_rows(spec: StepSpec, key: jax.Array, batch: dict, first_row: jax.Array) -> dict:
@@ -127,7 +129,7 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
             loss = loss + sums["pair_loss"] / denominators["pair"]
         return loss * scale, sums
 
-    @eqx.filter_jit(donate="all-except-first")
+    @eqx.filter_jit(donate="all-except-first", **jit_options(spec.xla_options))
     def donating_step(inputs, state: TrainState):
         return step(state, *inputs)
 
@@ -168,7 +170,7 @@ def make_eval_step(spec: StepSpec):
     """eval_step(model, batch, first_row, mask key, num_sequences) -> sums over the batch's
     rows at global positions below num_sequences (the sequences scored). A last batch part
     filled (the shape is fixed) reads some sequences again; those copies weigh nothing."""
-    @eqx.filter_jit
+    @eqx.filter_jit(**jit_options(spec.xla_options))
     def eval_step(model: Bert, batch: dict, first_row, mask_key, num_sequences):
         batch = mask_rows(spec, mask_key, batch, first_row)
         rows = batch["input_ids"].shape[0]
@@ -181,10 +183,11 @@ def make_eval_step(spec: StepSpec):
 
 # ---- GLUE fine-tuning ----
 def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precision,
-                    dropout: bool):
+                    dropout: bool, xla_options: Options = ()):
     """(train_step, predict) for a classifier or regressor. train_step((batch, key,
     ScheduleArgs), state) -> (state, sums): one update on the mean loss over the batch's valid
-    rows; predict(model, batch, sharding) -> logits laid out by `sharding`."""
+    rows; predict(model, batch, sharding) -> logits laid out by `sharding`. `xla_options`:
+    train.xla_flags, for both compiles."""
     def loss_fn(model, batch, key, scale):
         m = precision.cast_to_compute(model)
         k_enc, k_cls = (None, None) if key is None else jax.random.split(key)
@@ -194,7 +197,7 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
         sums = classification_sums(logits, batch["labels"], batch["valid"].astype(jnp.float32))
         return sums["loss"] / jnp.maximum(sums["weight"], 1.0) * scale, sums
 
-    @eqx.filter_jit(donate="all-except-first")
+    @eqx.filter_jit(donate="all-except-first", **jit_options(xla_options))
     def train_step(inputs, state: TrainState):
         batch, key, schedule = inputs
         scale = jnp.asarray(1.0) if state.loss_scale is None else state.loss_scale.scale
@@ -203,13 +206,13 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
         new, info = apply_update(optimizer, state, grads, sums["loss"], schedule)
         return new, dict(sums, **info)
 
-    return train_step, make_glue_predict(precision)
+    return train_step, make_glue_predict(precision, xla_options)
 
 
-def make_glue_predict(precision: Precision):
+def make_glue_predict(precision: Precision, xla_options: Options = ()):
     """predict(model, batch, sharding) -> a classifier's logits (a regressor's scores) laid out
     by `sharding`: the fine-tune's dev and test predictions, and bertjax.glue_score's."""
-    @eqx.filter_jit
+    @eqx.filter_jit(**jit_options(xla_options))
     def predict(model, batch, everywhere):
         m = precision.cast_to_compute(model)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])

@@ -242,11 +242,16 @@ CASES = [
           ("train.tokens=-100", "train.tokens"), ("optim.b2=1.5", "optim.b2=1.5"),
           ("train.micro_batch=0", "train.micro_batch=0"), ("model.num_heads=0", "model.num_heads"),
           ("model.num_layers=0", "model.num_layers=0"), ("train.log_every=0", "train.log_every"),
-          ("train.seed=-1", "train.seed")]],
+          ("train.seed=-1", "train.seed"),
+          ("train.xla_flags=xla_gpu_enable_triton_gemm=false", "--xla_name=value"),
+          # XLA's own check, before anything is prepared
+          ("train.xla_flags=--xla_no_such_option=1", "No such compile option: 'xla_no_such_")]],
     *[Case("impossible value", override, lambda w, c, o=override: glue_args(w, c, None, o), key)
       for override, key in [("glue.buckets=[]", "glue.buckets"), ("glue.seeds=[]", "glue.seeds"),
                             ("glue.epochs=-1", "glue.epochs"),
-                            ("glue.max_train_examples=0", "glue.max_train_examples")]],
+                            ("glue.max_train_examples=0", "glue.max_train_examples"),
+                            ("train.xla_flags=--xla_gpu_enable_triton_gemm=maybe",
+                             "'maybe' is not a valid bool value")]],
     # ---- found too late (19.2): everything a run needs is read before training ----
     Case("found too late", "fill_mask sentence without [MASK]",
          lambda w, c: pretrain_args(w, c, "train.fill_mask=[a sentence]"), "[MASK]"),

@@ -110,7 +110,9 @@ def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
 def test_every_xla_flag_of_the_gpu_plan_is_one_xla_knows():
     """XLA aborts at start on a flag it does not know: a typo would cost its item on the GPU.
     This jaxlib parses the GPU flags on CPU too (the GPU image's is newer)."""
-    flags = sorted({f for it in gpu_suite.gpu_plan() for f in it["xla_flags"].split()})
+    flags = sorted({f for it in gpu_suite.gpu_plan() for f in it["xla_flags"].split()} |
+                   {f for it in gpu_suite.gpu_plan() for o in it["set"]
+                    if o.startswith("train.xla_flags=") for f in o.partition("=")[2].split()})
     assert "--xla_gpu_dot_merger_threshold_mb=0" in flags
     proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
                           env=dict(ENV, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu"),

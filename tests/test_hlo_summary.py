@@ -70,21 +70,6 @@ def test_text_without_an_entry_computation_is_refused():
         hlo_summary.kernels("HloModule m\n")
 
 
-def test_gpu_aot_variants_take_xla_options_typed_as_compiler_options_want_them():
-    """A variant's xla_ keys go to that compile as options (the suite's XLA_FLAGS items, one
-    compile each): booleans and integers typed, the rest config overrides."""
-    import gpu_aot
-
-    assert gpu_aot.xla_option("xla_gpu_enable_triton_gemm=false") == (
-        "xla_gpu_enable_triton_gemm", False)
-    assert gpu_aot.xla_option("xla_gpu_dot_merger_threshold_mb=0") == (
-        "xla_gpu_dot_merger_threshold_mb", 0)
-    assert gpu_aot.xla_option("xla_gpu_enable_command_buffer=FUSION") == (
-        "xla_gpu_enable_command_buffer", "FUSION")
-    assert gpu_aot.VARIANTS["cublas-gelu-tanh"] == [
-        "model.gelu=tanh", "xla_gpu_enable_triton_gemm=false", "xla_gpu_dot_merger_threshold_mb=0"]
-
-
 @pytest.mark.skipif(importlib.util.find_spec("jax_cuda12_plugin") is not None,
                     reason="jax's CUDA plugin is installed: gpu_aot would compile BERT-base")
 def test_gpu_aot_without_jax_cuda_plugin_says_how_to_get_it():

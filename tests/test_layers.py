@@ -14,7 +14,7 @@ LAYERS = [
     {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "hub_models",
      "prepared", "token_files", "prepare", "data", "glue_tasks", "glue", "glue_metrics",
      "glue_batches", "sharding", "processes", "checkpoint", "metrics", "weights", "bundle",
-     "runlock", "sweep_state", "divergence"},
+     "runlock", "sweep_state", "divergence", "xla_options"},
     {"hf_config", "hf_tokenizer", "hf_checks", "hf", "pretrained", "starting_points", "export",
      "predict", "plot", "glue_eval", "glue_submission", "glue_score"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune", "glue_sweep"},

@@ -16,19 +16,23 @@ from conftest import PREDS, SCHEDULE, assert_trees_close, key_mask, setup
 
 from bertjax import config, tokenizer
 from bertjax.data import PretrainData
+from bertjax.errors import UserError
 from bertjax.masking import tokenizer_masker
 from bertjax.model import Bert
-from bertjax.optim import schedule_args
+from bertjax.optim import make_optimizer, schedule_args
 from bertjax.precision import LossScale, Precision
 from bertjax.pretrain_loop import validation_sums
 from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
 from bertjax.step import (
     StepSpec,
     forward_sums,
+    init_state,
     make_eval_step,
+    make_glue_steps,
     make_train_step,
     mask_rows,
 )
+from bertjax.xla_options import compiler_options
 
 
 def run_step(state, batch, spec, optimizer, micro, mesh=None):
@@ -39,6 +43,49 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
         batch = {k: jnp.asarray(v) for k, v in batch.items()}
     state = jax.tree.map(jnp.copy, state)  # the step donates (consumes) the state it is given
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), SCHEDULE)
+
+
+def test_train_xla_flags_reach_the_compile_of_every_step():
+    # An option XLA does not know fails the compile that receives it (compiler_options checks
+    # train.xla_flags before a run builds its steps; here it is given unchecked): each of the
+    # four steps a run compiles must fail, so each takes the run's options.
+    cfg, optimizer, state, batch, spec = setup(rows=8)
+    spec = dataclasses.replace(spec, xla_options=(("xla_no_such_option", 1),))
+    arrays = jax.tree.map(jnp.asarray, batch)
+    glue_batch = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["token_type_ids"],
+                  "attention_mask": arrays["attention_mask"],
+                  "labels": arrays["pair_labels"], "valid": jnp.ones(8, bool)}
+    classifier = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2)
+    glue_optimizer = make_optimizer(cfg.optim, eqx.filter(classifier, eqx.is_array))
+    glue_train, predict = make_glue_steps(glue_optimizer, spec.precision, False,
+                                          spec.xla_options)
+    glue_state = init_state(classifier, glue_optimizer, cfg.precision)
+    calls = {
+        "train": lambda: run_step(state, batch, spec, optimizer, 8),
+        "eval": lambda: make_eval_step(spec)(state.model, arrays, jnp.int32(0), jax.random.key(1),
+                                             jnp.int32(8)),
+        "glue train": lambda: glue_train((glue_batch, None, SCHEDULE), glue_state),
+        "glue predict": lambda: predict(classifier, glue_batch,
+                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+    for name, call in calls.items():
+        try:
+            call()
+        except jax.errors.JaxRuntimeError as e:
+            assert "No such compile option: 'xla_no_such_option'" in str(e), (name, e)
+        else:
+            pytest.fail(f"the {name} step compiled without the run's XLA options")
+
+
+def test_train_xla_flags_are_typed_and_checked_by_xla():
+    assert compiler_options("") == ()
+    assert compiler_options("--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0"
+                            " --xla_gpu_enable_command_buffer=") == (
+        ("xla_gpu_enable_triton_gemm", False), ("xla_gpu_dot_merger_threshold_mb", 0),
+        ("xla_gpu_enable_command_buffer", ""))  # XLA refuses "false" for a bool
+    with pytest.raises(UserError, match=r"^train.xla_flags=--xla_gpu_dot_merger_threshold_mb=x: "
+                                        r"While setting option xla_gpu_dot_merger_threshold_mb, "
+                                        r"'x' is not a valid int32 value; give options"):
+        compiler_options("--xla_gpu_dot_merger_threshold_mb=x")
 
 
 def test_validation_counts_each_sequence_of_a_split_smaller_than_its_batch_once():
