@@ -23,7 +23,16 @@ import pytest
 import yaml
 from conftest import count_calls, free_port
 
-from bertjax import config, glue, glue_batches, glue_eval, glue_score, glue_submission, glue_sweep
+from bertjax import (
+    config,
+    glue,
+    glue_batches,
+    glue_eval,
+    glue_score,
+    glue_submission,
+    glue_sweep,
+    seed_run,
+)
 from bertjax import finetune as finetune_lib
 from bertjax import step as step_lib
 from bertjax import tokenizer as tokenizer_lib
@@ -380,6 +389,15 @@ def test_processes_with_different_glue_files_are_refused(tmp_path, tokenizer_pat
         assert proc.returncode == 2, out
         assert "different GLUE data" in out and "Traceback" not in out, out
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_fine_tune_compiles_its_steps_with_the_runs_xla_options(tmp_path, tokenizer_path,
+                                                                    monkeypatch):
+    # What compiler_options makes of train.xla_flags reaches the GLUE steps' compile: an option
+    # XLA does not know (given past the check) fails it.
+    monkeypatch.setattr(seed_run, "compiler_options", lambda flags: (("xla_no_such_option", 1),))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]"))
 
 
 def test_float16_fine_tuning_trains_under_a_dynamic_loss_scale(tmp_path, tokenizer_path):

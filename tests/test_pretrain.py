@@ -56,8 +56,9 @@ def config_file(tmp_path_factory) -> Path:
         "keep_checkpoints": 5, "fill_mask": ["the [MASK] is here ."]})
 
 
-def train(config_file, run_dir, *extra, devices=8, wait=True):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+def train(config_file, run_dir, *extra, devices=8, wait=True, env=None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               **(env or {}))
     cmd = [sys.executable, "-m", "bertjax.train", str(config_file), f"train.run_dir={run_dir}",
            *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -530,12 +531,21 @@ def test_a_run_that_applied_no_step_says_so(config_file, tmp_path):
 
 
 def test_demo_config_runs_end_to_end(tmp_path):
+    # With train.xla_flags, which XLA applies to the compiles it reaches: its dump option writes
+    # the train and eval steps' modules, and no other program's (the cache off: a program it
+    # served would not be compiled, and the dump options are not part of its key).
     code, out = train(ROOT / "configs" / "demo.yaml", tmp_path / "run",
                       f"data.dir={tmp_path / 'data'}", "train.steps=4", "train.log_every=2",
-                      "train.eval_every=4", "train.checkpoint_every=0", devices=1)
+                      "train.eval_every=4", "train.checkpoint_every=0",
+                      f"train.xla_flags=--xla_dump_to={tmp_path / 'xla'}", devices=1,
+                      env={"JAX_ENABLE_COMPILATION_CACHE": "false"})
     assert code == 0, out
     assert "fill-mask predictions:" in out and "validation loss" in out
     assert (tmp_path / "run" / "curves.png").is_file()
+    dumped = {p.name.split(".")[1] for p in (tmp_path / "xla").glob("module_*.jit_*.txt")}
+    steps = {"jit_donating_step", "jit_eval_step"}
+    # besides them, the one-line program that checked the options
+    assert steps <= dumped and all("lambda" in name for name in dumped - steps), dumped
 
 
 def test_resume_never_starts_over_without_the_earlier_checkpoints(config_file, straight, tmp_path):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import PREDS, SCHEDULE, assert_trees_close, key_mask, setup
+from conftest import PREDS, SCHEDULE, assert_trees_close, key_mask, setup, step_inputs
 
 from bertjax import config, tokenizer
 from bertjax.data import PretrainData
@@ -62,6 +62,8 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
     glue_state = init_state(classifier, glue_optimizer, cfg.precision)
     calls = {
         "train": lambda: run_step(state, batch, spec, optimizer, 8),
+        "train, lowered and compiled (as bench/suite_items times it)": lambda: make_train_step(
+            spec, optimizer, 8).jitted.lower((arrays, *step_inputs(0)), state).compile(),
         "eval": lambda: make_eval_step(spec)(state.model, arrays, jnp.int32(0), jax.random.key(1),
                                              jnp.int32(8)),
         "glue train": lambda: glue_train((glue_batch, None, SCHEDULE), glue_state),
