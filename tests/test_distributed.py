@@ -1,8 +1,8 @@
 """Two jax.distributed processes on 127.0.0.1 (2 CPU devices each, FSDP) reproduce the losses
 and parameters of the same 3 train steps on one device; processes left alone at the start,
 losing another mid-run, failing alone (bad input on one host, a bug, a Ctrl-C: every process
-says it) or not sharing the run directory end within seconds, in one line each (a bug: its
-traceback)."""
+says it), not sharing the run directory, listing it differently or loading different weights
+end within seconds, in one line each (a bug: its traceback)."""
 
 import os
 import shutil
