@@ -8,6 +8,8 @@ to everything it compiles. An option only one backend reads (xla_gpu_...) is acc
 ignored by the others. Which options pay off on a GPU, bench/gpu_suite.py measures.
 """
 
+import re
+
 import jax
 
 from bertjax.domains import XLA_FLAG
@@ -16,19 +18,40 @@ from bertjax.errors import UserError
 Options = tuple[tuple[str, bool | int | str], ...]  # hashable: steps close over them
 
 
+# XLA_FLAGS's spellings of a boolean value (tsl's flag parser); compiler_options takes a bool.
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+_NOT_A_BOOL = re.compile(r"While setting option (\w+), '(.*)' is not a valid bool value")
+# Options XLA reads once, when the backend starts (from XLA_FLAGS): given to one compile they
+# are accepted and do nothing.
+AT_START = {"xla_force_host_platform_device_count": "the number of CPU devices"}
+
+
 def compiler_options(flags: str) -> Options:
-    """`flags` as jax's compiler_options take them (booleans and integers typed: XLA refuses
-    "false" for a bool), checked by XLA on this backend: an option it does not know, or a value
-    of the wrong type, is a UserError here rather than at the first step."""
-    options = tuple(_typed(*XLA_FLAG.fullmatch(flag).groups()) for flag in flags.split())
-    if options:
+    """`flags` as jax's compiler_options take them, checked by XLA on this backend: an option
+    it does not know, or a value of the wrong type, is a UserError here rather than at the first
+    step. Values go as text, which XLA parses for the option's type (a number for a float or a
+    text option too: 1, 123), except booleans: XLA takes only a bool or "True"/"False" for
+    those, so a value XLA refuses as a bool that XLA_FLAGS spells as one (true, 0, ...) is
+    typed and tried again. The last of a repeated option wins, as in XLA_FLAGS."""
+    options = dict(XLA_FLAG.fullmatch(flag).groups() for flag in flags.split())
+    for name, what in AT_START.items():
+        if name in options:
+            raise UserError(f"train.xla_flags=--{name}={options[name]}: XLA reads {what} once, "
+                            f"when JAX starts, not per compile; set it in the environment "
+                            f"instead: XLA_FLAGS=--{name}={options[name]}")
+    while options:
         try:
-            jax.jit(lambda: 0, compiler_options=dict(options)).lower().compile()
+            jax.jit(lambda: 0, compiler_options=options).lower().compile()
+            break
         except jax.errors.JaxRuntimeError as e:
             reason = str(e).splitlines()[0].removeprefix("INVALID_ARGUMENT: ").rstrip(".")
-            raise UserError(f"train.xla_flags={flags}: {reason}; give options this jaxlib's XLA "
-                            "knows (--xla_name=value, as in XLA_FLAGS)") from None
-    return options
+            bool_wanted = _NOT_A_BOOL.match(reason)
+            value = options.get(bool_wanted[1]) if bool_wanted else None
+            if not isinstance(value, str) or value.lower() not in BOOLEANS:
+                raise UserError(f"train.xla_flags={flags}: {reason}; give options this jaxlib's "
+                                "XLA knows (--xla_name=value, as in XLA_FLAGS)") from None
+            options[bool_wanted[1]] = BOOLEANS[value.lower()]
+    return tuple(options.items())
 
 
 def jit_options(options: Options) -> dict:
@@ -36,8 +59,3 @@ def jit_options(options: Options) -> dict:
     (and caches) the very programs it did before the key existed."""
     return {"compiler_options": dict(options)} if options else {}
 
-
-def _typed(name: str, value: str) -> tuple[str, bool | int | str]:
-    if value in ("true", "false"):
-        return name, value == "true"
-    return name, int(value) if value.lstrip("-").isdigit() else value

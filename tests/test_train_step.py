@@ -82,8 +82,27 @@ def test_train_xla_flags_are_typed_and_checked_by_xla():
     assert compiler_options("") == ()
     assert compiler_options("--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0"
                             " --xla_gpu_enable_command_buffer=") == (
-        ("xla_gpu_enable_triton_gemm", False), ("xla_gpu_dot_merger_threshold_mb", 0),
+        ("xla_gpu_enable_triton_gemm", False), ("xla_gpu_dot_merger_threshold_mb", "0"),
         ("xla_gpu_enable_command_buffer", ""))  # XLA refuses "false" for a bool
+    # XLA_FLAGS's other spellings of a bool; the last of a repeated option wins, as there.
+    assert compiler_options("--xla_cpu_enable_fast_math=1 --xla_gpu_enable_triton_gemm=FALSE "
+                            "--xla_cpu_enable_fast_math=0") == (
+        ("xla_cpu_enable_fast_math", False), ("xla_gpu_enable_triton_gemm", False))
+    # A number for a float or a text option is that option's value, as XLA_FLAGS reads it (it
+    # was typed as an int, which XLA refused), and a value int() cannot read is XLA's to refuse
+    # (it was a traceback).
+    assert compiler_options("--xla_gpu_auto_spmd_partitioning_memory_budget_ratio=1 "
+                            "--xla_dump_hlo_module_re=123") == (
+        ("xla_gpu_auto_spmd_partitioning_memory_budget_ratio", "1"),
+        ("xla_dump_hlo_module_re", "123"))
+    for value in ("--5", "\u00b2"):
+        with pytest.raises(UserError, match=f"'{value}' is not a valid int32 value"):
+            compiler_options(f"--xla_gpu_dot_merger_threshold_mb={value}")
+    # XLA reads the CPU device count when the backend starts: per compile it did nothing.
+    with pytest.raises(UserError, match=r"^train.xla_flags=--xla_force_host_platform_device_count"
+                                        r"=8: XLA reads the number of CPU devices once, when JAX "
+                                        r"starts.*XLA_FLAGS=--xla_force_host_platform_device_"):
+        compiler_options("--xla_force_host_platform_device_count=8")
     with pytest.raises(UserError, match=r"^train.xla_flags=--xla_gpu_dot_merger_threshold_mb=x: "
                                         r"While setting option xla_gpu_dot_merger_threshold_mb, "
                                         r"'x' is not a valid int32 value; give options"):
