@@ -16,7 +16,7 @@ import numpy as np
 
 from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
-from bertjax.config import Config
+from bertjax.config import Config, ModelConfig
 from bertjax.errors import UserError
 from bertjax.model import Bert, new_bert
 from bertjax.pretrained import load_pretrained, load_tokenizer
@@ -26,6 +26,11 @@ from bertjax.processes import same_on_every_process
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings", "type_vocab_size", "norm")
 SIZE_SETS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")  # via model.size
+# What else a checkpoint's weights were trained to compute with. The weights fit either value,
+# so continued pretraining takes this run's, and says when they differ.
+COMPUTES_WITH = ("gelu", "layer_norm_eps")
+# The model keys a fine-tune takes from its config; every other one is the checkpoint's.
+RUN_KEYS = ("dropout", "attention_dropout", "attention", "scan_layers", "remat")
 
 
 def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
@@ -50,6 +55,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
             by_size = " (or model.size to the checkpoint's)" if name in SIZE_SETS else ""
             raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
                             f"model.{name}={theirs}{by_size}")
+    warn_other_function(source.model_cfg, cfg.model, where)
     pretrained = source.model
     # The checkpoint's arrays in this run's modules: its static fields (dropout rates, remat,
     # scan) are its own config's, and would silently override this run's.
@@ -58,6 +64,38 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
             model = eqx.tree_at(lambda m, p=part: getattr(m, p), model,
                                 transplant(getattr(pretrained, part), getattr(model, part)))
     return model, source.tokens_seen
+
+
+def warn_other_function(theirs: ModelConfig, ours: ModelConfig, where: str) -> None:
+    """Say where continued pretraining computes with another GELU or LayerNorm epsilon than the
+    checkpoint was trained with: the config's default (the exact GELU) silently replaced a
+    model.gelu=tanh checkpoint's."""
+    changed = [name for name in COMPUTES_WITH if getattr(theirs, name) != getattr(ours, name)]
+    if changed:
+        warnings.warn(f"{where} was trained with "
+                      f"{', '.join(f'model.{n}={getattr(theirs, n)}' for n in changed)}, but "
+                      f"this run computes with {', '.join(f'{getattr(ours, n)}' for n in changed)}"
+                      f"; set {' '.join(f'model.{n}={getattr(theirs, n)}' for n in changed)} to "
+                      "continue as it was trained", stacklevel=2)
+
+
+def warn_unused_model_keys(configured: ModelConfig, checkpoint: ModelConfig, where: str) -> None:
+    """Say which model keys a fine-tune's config sets (to other than their defaults) that the
+    checkpoint's architecture replaces: model.gelu=tanh (for cuBLAS's GELU epilogue) was
+    dropped without a word, the run's config.yaml saying exact."""
+    default = ModelConfig()
+    unused = [f.name for f in dataclasses.fields(ModelConfig)
+              if f.name not in (*RUN_KEYS, "size")
+              and getattr(configured, f.name) not in (getattr(checkpoint, f.name),
+                                                      getattr(default, f.name))]
+    if configured.size != default.size and set(unused) & set(SIZE_SETS):
+        unused.insert(0, "size")  # the key the config most likely set them by
+    if unused:
+        warnings.warn(f"{', '.join(f'model.{n}={getattr(configured, n)}' for n in unused)} not "
+                      f"used: {where} decides the architecture (its "
+                      f"{', '.join(f'model.{n}={getattr(checkpoint, n)}' for n in unused)}); "
+                      "drop them (a fine-tune takes only model.dropout, attention_dropout, "
+                      "attention, scan_layers and remat from its config)", stacklevel=2)
 
 
 def same_weights_on_every_process(model: Bert, where: str) -> None:
@@ -110,6 +148,7 @@ def load_start(cfg: Config):
                           f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
                           f"with ({tok_path}); drop tokenizer.path", stacklevel=2)
         model, model_cfg = pretrained.model, pretrained.model_cfg
+        warn_unused_model_keys(cfg.model, model_cfg, f"init.checkpoint={cfg.init.checkpoint}")
         came_with = pretrained.kind if pretrained.tokenizer_path else None
     else:
         tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \

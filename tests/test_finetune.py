@@ -400,6 +400,31 @@ def test_a_fine_tune_compiles_its_steps_with_the_runs_xla_options(tmp_path, toke
         finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]"))
 
 
+def test_a_fine_tune_says_which_model_keys_its_checkpoint_replaces(tmp_path):
+    # The checkpoint decides the architecture: model.gelu=tanh (for cuBLAS's GELU epilogue) was
+    # dropped without a word, config.yaml then saying exact. Keys at their defaults, and those
+    # a fine-tune takes from its config (dropout), are nothing to say.
+    from bertjax.starting_points import load_start
+
+    d = tmp_path / "mlm"
+    shutil.copytree(ROOT / "tests/fixtures/hf_tiny/mlm", d)
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]
+    (d / "vocab.txt").write_text("".join(f"{p}\n" for p in pieces))  # its 99 rows' tokenizer
+    sst2, start = [ROOT / "configs" / "sst2.yaml"], [f"init.checkpoint={d}", "model.dropout=0.3"]
+    with pytest.warns(UserWarning, match=r"^model.layer_norm_eps=1e-05, model.gelu=tanh not used: "
+                                         rf"init.checkpoint={d} decides the architecture \(its "
+                                         r"model.layer_norm_eps=1e-12, model.gelu=exact\); drop"):
+        model_cfg = load_start(config.load(sst2, [*start, "model.gelu=tanh",
+                                                  "model.layer_norm_eps=1e-5"]))[1]
+    assert model_cfg.gelu == "exact"
+    with pytest.warns(UserWarning, match=r"^model.size=mini, model.num_layers=4, model.hidden_size="
+                                         r"256, model.intermediate_size=1024 not used"):
+        load_start(config.load(sst2, [*start, "model.size=mini"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_start(config.load(sst2, start))
+
+
 def test_float16_fine_tuning_trains_under_a_dynamic_loss_scale(tmp_path, tokenizer_path):
     # fp16 (GPUs without bf16, e.g. T4/V100) needs a loss scale; it doubles every 4 finite steps.
     cfg = sst2_cfg(tmp_path, tokenizer_path, "precision.compute=float16", "glue.seeds=[0]",

@@ -354,6 +354,25 @@ def test_continued_pretraining_refuses_another_architecture(config_file, straigh
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
+def test_continued_pretraining_says_it_computes_with_another_gelu(config_file, straight):
+    # The checkpoint's weights fit either GELU, so the run's config decides; a checkpoint
+    # trained with model.gelu=tanh continued under the default exact GELU changed its function
+    # without a word (the architecture keys are refused above).
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}", "model.gelu=tanh",
+                                                  "model.layer_norm_eps=1e-5"]))
+    with pytest.warns(UserWarning, match=rf"init.checkpoint={straight} was trained with "
+                                         r"model.gelu=exact, model.layer_norm_eps=1e-12, but this "
+                                         r"run computes with tanh, 1e-05; set model.gelu=exact "
+                                         r"model.layer_norm_eps=1e-12 to continue as it was"):
+        model, _ = continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg,
+                                 run.tokenizer)
+    assert model.encoder.blocks.ffn.approximate_gelu  # the run's, as config.yaml says
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}"]))
+    with warnings.catch_warnings():  # the checkpoint's own: nothing to say
+        warnings.simplefilter("error")
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+
+
 def test_continued_pretraining_refuses_another_vocabulary(config_file, straight):
     run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}"]))
     run.tokenizer.add_tokens(["unseen-token"])  # same size of model, different token ids
