@@ -18,9 +18,11 @@ ARCHITECTURES = {("post", "mlm"): "BertForMaskedLM", ("post", "pretrain"): "Bert
                  ("pre", "mlm"): "RobertaPreLayerNormForMaskedLM",
                  ("pre", "cls"): "RobertaPreLayerNormForSequenceClassification"}
 
-# hidden_act -> model.gelu. gelu_python is transformers' erf formula of "gelu", gelu_new its
-# formula of the tanh approximation that gelu_pytorch_tanh computes in torch.
-HF_GELU = {"gelu": "exact", "gelu_python": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh"}
+# hidden_act -> model.gelu. gelu_python is transformers' erf formula of "gelu"; gelu_new,
+# gelu_fast, gelu_accurate and gelu_python_tanh are its formulas of the tanh approximation that
+# gelu_pytorch_tanh computes in torch (transformers/activations.py: the same expression).
+HF_GELU = {"gelu": "exact", "gelu_python": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh",
+           "gelu_fast": "tanh", "gelu_accurate": "tanh", "gelu_python_tanh": "tanh"}
 
 # The config.json fields bertjax reads: (type, default when absent or null).
 HF_FIELDS = {"model_type": (str, "bert"), "hidden_act": (str, "gelu"),
