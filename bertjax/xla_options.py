@@ -9,6 +9,7 @@ ignored by the others. Which options pay off on a GPU, bench/gpu_suite.py measur
 """
 
 import re
+from pathlib import Path
 
 import jax
 
@@ -24,6 +25,8 @@ _NOT_A_BOOL = re.compile(r"While setting option (\w+), '(.*)' is not a valid boo
 # Options XLA reads once, when the backend starts (from XLA_FLAGS): given to one compile they
 # are accepted and do nothing.
 AT_START = {"xla_force_host_platform_device_count": "the number of CPU devices"}
+# xla_dump_to's values that name no folder (XLA's dump.cc: stdout, the test runner's folder).
+DUMP_ELSEWHERE = {"", "-", "sponge", "test_undeclared_outputs_dir"}
 
 
 def compiler_options(flags: str) -> Options:
@@ -39,6 +42,7 @@ def compiler_options(flags: str) -> Options:
             raise UserError(f"train.xla_flags=--{name}={options[name]}: XLA reads {what} once, "
                             f"when JAX starts, not per compile; set it in the environment "
                             f"instead: XLA_FLAGS=--{name}={options[name]}")
+    _make_dump_folder(options.get("xla_dump_to", ""))
     while options:
         try:
             jax.jit(lambda: 0, compiler_options=options).lower().compile()
@@ -52,6 +56,18 @@ def compiler_options(flags: str) -> Options:
                                 "XLA knows (--xla_name=value, as in XLA_FLAGS)") from None
             options[bool_wanted[1]] = BOOLEANS[value.lower()]
     return tuple(options.items())
+
+
+def _make_dump_folder(folder: str) -> None:
+    """Create xla_dump_to's folder now: XLA, unable to, logs an error at every compile and the
+    run goes on without its dumps (exit 0)."""
+    if folder in DUMP_ELSEWHERE:
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"train.xla_flags=--xla_dump_to={folder}: cannot create that folder "
+                        f"({e.strerror}); give a folder this process can write") from None
 
 
 def jit_options(options: Options) -> dict:

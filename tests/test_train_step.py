@@ -78,7 +78,7 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
             pytest.fail(f"the {name} step compiled without the run's XLA options")
 
 
-def test_train_xla_flags_are_typed_and_checked_by_xla():
+def test_train_xla_flags_are_typed_and_checked_by_xla(tmp_path):
     assert compiler_options("") == ()
     assert compiler_options("--xla_gpu_enable_triton_gemm=false --xla_gpu_dot_merger_threshold_mb=0"
                             " --xla_gpu_enable_command_buffer=") == (
@@ -103,6 +103,13 @@ def test_train_xla_flags_are_typed_and_checked_by_xla():
                                         r"=8: XLA reads the number of CPU devices once, when JAX "
                                         r"starts.*XLA_FLAGS=--xla_force_host_platform_device_"):
         compiler_options("--xla_force_host_platform_device_count=8")
+    # A dump folder XLA cannot create was an error logged at every compile, and exit 0.
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"^train.xla_flags=--xla_dump_to=.*a_file/dumps: cannot "
+                                        r"create that folder \(Not a directory\); give a folder"):
+        compiler_options(f"--xla_dump_to={tmp_path / 'a_file' / 'dumps'}")
+    compiler_options(f"--xla_dump_to={tmp_path / 'new' / 'dumps'}")
+    assert (tmp_path / "new" / "dumps").is_dir()
     with pytest.raises(UserError, match=r"^train.xla_flags=--xla_gpu_dot_merger_threshold_mb=x: "
                                         r"While setting option xla_gpu_dot_merger_threshold_mb, "
                                         r"'x' is not a valid int32 value; give options"):
