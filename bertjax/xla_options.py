@@ -16,7 +16,7 @@ import jax
 from bertjax.domains import XLA_FLAG
 from bertjax.errors import UserError
 
-Options = tuple[tuple[str, bool | int | str], ...]  # hashable: steps close over them
+Options = tuple[tuple[str, bool | str], ...]  # hashable: steps close over them
 
 
 # XLA_FLAGS's spellings of a boolean value (tsl's flag parser); compiler_options takes a bool.
