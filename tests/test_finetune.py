@@ -395,7 +395,7 @@ def test_a_fine_tune_compiles_its_steps_with_the_runs_xla_options(tmp_path, toke
                                                                     monkeypatch):
     # What compiler_options makes of train.xla_flags reaches the GLUE steps' compile: an option
     # XLA does not know (given past the check) fails it.
-    monkeypatch.setattr(seed_run, "compiler_options", lambda flags: (("xla_no_such_option", 1),))
+    monkeypatch.setattr(seed_run, "compiler_options", lambda flags: (("xla_no_such_option", "1"),))
     with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
         finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.seeds=[0]"))
 

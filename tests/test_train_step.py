@@ -50,7 +50,7 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
     # train.xla_flags before a run builds its steps; here it is given unchecked): each of the
     # four steps a run compiles must fail, so each takes the run's options.
     cfg, optimizer, state, batch, spec = setup(rows=8)
-    spec = dataclasses.replace(spec, xla_options=(("xla_no_such_option", 1),))
+    spec = dataclasses.replace(spec, xla_options=(("xla_no_such_option", "1"),))
     arrays = jax.tree.map(jnp.asarray, batch)
     glue_batch = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["token_type_ids"],
                   "attention_mask": arrays["attention_mask"],
