@@ -8,6 +8,7 @@ to everything it compiles. An option only one backend reads (xla_gpu_...) is acc
 ignored by the others. Which options pay off on a GPU, bench/gpu_suite.py measures.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -29,6 +30,7 @@ AT_START = {"xla_force_host_platform_device_count": "the number of CPU devices"}
 DUMP_ELSEWHERE = {"", "-", "sponge", "test_undeclared_outputs_dir"}
 
 
+@functools.cache  # a run asks twice (its early check, then its steps): XLA checks once
 def compiler_options(flags: str) -> Options:
     """`flags` as jax's compiler_options take them, checked by XLA on this backend: an option
     it does not know, or a value of the wrong type, is a UserError here rather than at the first
