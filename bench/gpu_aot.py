@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bertjax from thi
 import hlo_summary  # noqa: E402 (bench/: the script's own folder)
 from gpu_suite import CUBLAS_UNMERGED  # noqa: E402 (the flags of two suite items)
 
-from bertjax import layers  # noqa: E402
+from bertjax import attention  # noqa: E402
 from bertjax.errors import UserError, cli  # noqa: E402
 from bertjax.xla_options import compiler_options, jit_options  # noqa: E402
 
-ATTENTION_RULE = layers.cudnn_unsupported  # asks the default device: here, the CPU
+ATTENTION_RULE = attention.cudnn_unsupported  # asks the default device: here, the CPU
 
 # H100 SXM 80GB as XLA describes one (the device info quoted in openxla/xla pull request 25919;
 # the cuDNN and CUDA versions are ours: cuDNN >= 9 compiles flash attention).
@@ -99,7 +99,7 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
     from bertjax.model import flops_per_token
     from bertjax.sharding import param_shardings, replicated, rows
 
-    layers.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
+    attention.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
     # The step is compiled inlined into whole_step below, and jax takes compiler_options on a
     # top-level jit only: train.xla_flags goes to that compile instead of the step's own jit.
     flags = " ".join(o.partition("=")[2] for o in overrides if o.startswith(XLA_FLAGS_KEY))

@@ -4,7 +4,7 @@
 create_perfetto_trace=True)`, reads the Chrome-format JSON that trace writes, and sums the
 device time of every XLA op by family (matmul, attention, fusions/elementwise, copies,
 scatter/gather, collectives), naming each op from the compiled HLO text (`compiled.as_text()`)
-and the "attention" named scope of bertjax.layers.attention.
+and the "attention" named scope of bertjax.attention.attention.
 """
 
 import collections
@@ -28,7 +28,7 @@ def family(op: str, kernel: str = "", opcode: str = "", target: str = "",
     """The family of one XLA op from its name, the GPU kernel's name, its opcode, custom-call
     target and jax op_name. The first rule that matches wins: a cuDNN attention kernel is
     attention, not matmul; an "input_scatter_fusion" is a scatter, not a fusion. Only the op_name
-    path's "attention" scope is read (bertjax.layers.attention): its other parts, such as
+    path's "attention" scope is read (bertjax.attention.attention): its other parts, such as
     "transpose(jvp(...))" for autodiff, name no kernel."""
     own = f"{op} {kernel} {opcode} {target}".lower()
     if re.search(r"all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute|nccl", own):

@@ -9,7 +9,9 @@ imports only from lower layers, and never in a circle inside its own.
                                                    between two configs; --help and
                                                    --print-config; files and whole output
                                                    directories
-    L1  layers model precision                     the Equinox BERT, pure
+    L1  ops attention layers model precision       the Equinox BERT, pure: functions with
+                                                   written-out gradients, attention paths,
+                                                   modules, the model, casts
     L2  loss masking optim step xla_options        device-side: losses, masking, AdamW, steps
                                                    and the XLA options they compile with
         tokenizer source_files sources hub_models prepared token_files prepare data

@@ -12,18 +12,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from bertjax.attention import describe_attention
 from bertjax.config import ModelConfig
-from bertjax.layers import (
-    Block,
-    Dense,
-    Embeddings,
-    LayerNorm,
-    describe_attention,
-    dropout,
-    einsum_f32,
-    split_key,
-    whole,
-)
+from bertjax.layers import Block, Dense, Embeddings, LayerNorm, split_key, whole
+from bertjax.ops import dropout, einsum_f32
 
 
 class Encoder(eqx.Module):

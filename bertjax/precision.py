@@ -2,8 +2,8 @@
 
 Parameters and optimizer state are always f32; the loss function casts the model to the
 `compute` dtype, so gradients come back in f32. LayerNorm statistics, softmax and
-the loss are computed in f32 regardless, and every head returns f32 logits (see layers.py,
-model.py and loss.py).
+the loss are computed in f32 regardless, and every head returns f32 logits (see ops.py,
+attention.py, model.py and loss.py).
 """
 
 from dataclasses import dataclass

@@ -12,10 +12,17 @@ import numpy as np
 import pytest
 from conftest import rte_pairs
 
-from bertjax import config, glue_batches, layers
+from bertjax import config, glue_batches
+from bertjax.attention import (
+    attention,
+    attention_path,
+    describe_attention,
+    key_lengths,
+    length_attention,
+    warn_once,
+)
 from bertjax.data import PretrainData
 from bertjax.errors import UserError
-from bertjax.layers import attention, attention_path, describe_attention, key_lengths
 from bertjax.model import Bert, attention_summary
 
 H200 = SimpleNamespace(platform="gpu", device_kind="NVIDIA H200", compute_capability="9.0")
@@ -23,9 +30,9 @@ H200 = SimpleNamespace(platform="gpu", device_kind="NVIDIA H200", compute_capabi
 
 @pytest.fixture
 def fresh_warnings():
-    layers.warn_once.cache_clear()  # "once per process": start each test with none given
+    warn_once.cache_clear()  # "once per process": start each test with none given
     yield
-    layers.warn_once.cache_clear()
+    warn_once.cache_clear()
 
 
 @pytest.fixture
@@ -110,14 +117,14 @@ def test_attention_dropout_takes_the_explicit_path_and_says_so_once(on_gpu):
 def test_key_lengths_mask_equals_the_boolean_mask_for_right_padded_rows(dtype):
     q, k, v = qkv(dtype, batch=4)
     mask = right_padded([10, 7, 3, 1])
-    by_lengths = layers.length_attention(q, k, v, mask, "xla")
+    by_lengths = length_attention(q, k, v, mask, "xla")
     by_mask = attention(q, k, v, mask, 0.0, None, "xla")
     assert by_lengths.dtype == by_mask.dtype == dtype
     np.testing.assert_allclose(np.asarray(by_lengths, np.float32),
                                np.asarray(by_mask, np.float32), rtol=1e-6, atol=1e-6)
     # The test can fail: a mask that is not right-padded gives other results.
     holes = mask.at[1, 2].set(False)
-    assert not np.allclose(layers.length_attention(q, k, v, holes, "xla")[1],
+    assert not np.allclose(length_attention(q, k, v, holes, "xla")[1],
                            attention(q, k, v, holes, 0.0, None, "xla")[1], atol=1e-3)
 
 
@@ -125,7 +132,7 @@ def test_a_row_of_padding_alone_stays_finite_on_the_lengths_path():
     q, k, v = qkv(batch=2)
     mask = right_padded([5, 0])
     np.testing.assert_array_equal(key_lengths(mask), [5, 1])
-    out = layers.length_attention(q, k, v, mask, "xla")
+    out = length_attention(q, k, v, mask, "xla")
     assert np.isfinite(np.asarray(out)).all()
     np.testing.assert_allclose(out[1], jnp.broadcast_to(v[1, :1], out[1].shape), rtol=1e-6)
 
@@ -153,7 +160,7 @@ def test_the_model_on_the_cudnn_route_matches_the_mask_route(monkeypatch, fresh_
         return jnp.sum(jnp.where(mask[..., None], m(ids, types, mask), 0.0) ** 2)
 
     reference, ref_grads = eqx.filter_jit(jax.value_and_grad(loss))(model)
-    monkeypatch.setattr(layers, "cudnn_unsupported", lambda dtype, head_dim: None)
+    monkeypatch.setattr("bertjax.attention.cudnn_unsupported", lambda dtype, head_dim: None)
     monkeypatch.setattr(jax.nn, "dot_product_attention", xla_in_place_of_cudnn)
     routed, grads = eqx.filter_jit(jax.value_and_grad(loss))(model)  # traced anew: patched
     assert set(calls) == {("cudnn", True)}

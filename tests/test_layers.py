@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bertjax"
 LAYERS = [
     {"errors", "leaving", "domains", "config_schema", "config_yaml", "config", "config_changes",
      "config_help", "files", "output_dirs"},
-    {"layers", "model", "precision"},
+    {"ops", "attention", "layers", "model", "precision"},
     {"loss", "masking", "optim", "step", "tokenizer", "source_files", "sources", "hub_models",
      "prepared", "token_files", "prepare", "data", "glue_tasks", "glue", "glue_metrics",
      "glue_batches", "sharding", "processes", "checkpoint", "metrics", "weights", "bundle",

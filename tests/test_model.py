@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from bertjax import config, layers
+from bertjax import attention, config, layers, ops
 from bertjax.model import Bert, flops_per_token, new_bert, param_count, select_positions
 from bertjax.precision import Precision
 
@@ -162,8 +162,9 @@ def test_every_dropout_draws_from_its_own_key(monkeypatch, scan_layers):
                                jax.random.key_data(key))
         return original(x, rate, key)
 
-    original = layers.dropout
-    monkeypatch.setattr(layers, "dropout", recording)
+    original = ops.dropout
+    monkeypatch.setattr(layers, "dropout", recording)  # embeddings, blocks
+    monkeypatch.setattr(attention, "dropout", recording)  # attention probabilities
     model = Bert(tiny(num_layers=3, scan_layers=scan_layers, remat=False), key=jax.random.key(5))
     jax.block_until_ready(model(*inputs(), key=jax.random.key(1)))
     # embeddings, then per layer: attention probabilities, attention output, feed-forward
@@ -174,12 +175,10 @@ def test_every_dropout_draws_from_its_own_key(monkeypatch, scan_layers):
 def test_attention_dropout_path_matches_fused_path_at_rate_zero():
     # The explicit (dropout) path is only taken with a key and rate > 0; with the rate at 0 and
     # a key, both paths must agree, which checks the explicit masking and scaling.
-    from bertjax.layers import attention
-
     q, k, v = jax.random.normal(jax.random.key(6), (3, 2, 10, 4, 8))
     mask = jnp.arange(10)[None] < jnp.array([10, 6])[:, None]
-    fused = attention(q, k, v, mask, 0.0, None)
-    explicit = attention(q, k, v, mask, 1e-9, jax.random.key(0))
+    fused = attention.attention(q, k, v, mask, 0.0, None)
+    explicit = attention.attention(q, k, v, mask, 1e-9, jax.random.key(0))
     np.testing.assert_allclose(fused, explicit, atol=1e-5)
 
 
@@ -212,10 +211,10 @@ def test_selecting_positions_by_matmul_is_exact_and_its_gradient_is_the_gathers(
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.7, 0.9])  # 0.7, 0.9: p * 2**23 not whole
 def test_dropout_keeps_what_jax_random_bernoulli_keeps(rate):
-    """layers.dropout draws its mask from raw bits (for the bytes a GPU step moves) and keeps
+    """ops.dropout draws its mask from raw bits (for the bytes a GPU step moves) and keeps
     exactly what jax.random.bernoulli(key, 1 - rate) keeps, so runs keep their numbers."""
     x = jnp.ones((100_000,))
-    out = layers.dropout(x, rate, jax.random.key(0))
+    out = ops.dropout(x, rate, jax.random.key(0))
     kept = out != 0
     np.testing.assert_array_equal(kept, jax.random.bernoulli(jax.random.key(0), 1.0 - rate,
                                                              x.shape))
@@ -228,7 +227,7 @@ def test_dropout_keeps_what_jax_random_bernoulli_keeps(rate):
     edge = top[np.abs(top.astype(np.float64) / 2**23 - p) < 4 / 2**23]
     bits = np.concatenate([edge << 9, edge << 9 | 0x1FF])
     uniform = ((bits >> 9) | np.float32(1).view(np.uint32)).view(np.float32) - np.float32(1)
-    np.testing.assert_array_equal(layers.bernoulli_from_bits(jnp.asarray(bits), 1.0 - rate),
+    np.testing.assert_array_equal(ops.bernoulli_from_bits(jnp.asarray(bits), 1.0 - rate),
                                   uniform < p)
 
 
@@ -256,7 +255,7 @@ def reference_layer_norm(x, weight, bias, eps):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_written_out_gradients_equal_autodiffs_of_the_same_functions(dtype):
-    """layers.layer_norm and layers.bias_gelu carry their own backward passes (custom_vjp, for
+    """ops.layer_norm and ops.bias_gelu carry their own backward passes (custom_vjp, for
     the bytes a GPU step moves): values and gradients are those of the plain formulas, to f32
     rounding in f32; in bf16 the written-out GELU gradient is computed in f32, autodiff's in bf16,
     so they agree to bf16's precision."""
@@ -268,10 +267,10 @@ def test_written_out_gradients_equal_autodiffs_of_the_same_functions(dtype):
     h = (2 * jax.random.normal(next(k), (15, 32))).astype(dtype)
     b = (0.5 * jax.random.normal(next(k), (32,))).astype(dtype)
     dg = jnp.ones((15, 32), dtype)
-    pairs = [(lambda *a: layers.layer_norm(*a, 1e-12), lambda *a: reference_layer_norm(*a, 1e-12),
+    pairs = [(lambda *a: ops.layer_norm(*a, 1e-12), lambda *a: reference_layer_norm(*a, 1e-12),
               (x, weight, bias), dy),
-             (layers.bias_gelu, lambda h, b: jax.nn.gelu(h + b, approximate=False), (h, b), dg),
-             (lambda h, b: layers.bias_gelu(h, b, True),
+             (ops.bias_gelu, lambda h, b: jax.nn.gelu(h + b, approximate=False), (h, b), dg),
+             (lambda h, b: ops.bias_gelu(h, b, True),
               lambda h, b: jax.nn.gelu(h + b, approximate=True), (h, b), dg)]
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
     for written, reference, args, cotangent in pairs:
@@ -289,7 +288,7 @@ def test_layer_norms_backward_reads_the_forwards_statistics_behind_a_barrier():
     barrier, so XLA cannot recompute them there: XLA:GPU did, and the scale's gradient then
     wrote and re-read an f32 copy of the input (log.md, session 46)."""
     x = jnp.ones((2, 3, 8))
-    jaxpr = jax.make_jaxpr(lambda x: jax.vjp(lambda x: layers.layer_norm(
+    jaxpr = jax.make_jaxpr(lambda x: jax.vjp(lambda x: ops.layer_norm(
         x, jnp.ones(8), jnp.zeros(8), 1e-12), x)[1](x))(x)
     barriers = equations(jaxpr.jaxpr, "optimization_barrier")
     assert [[v.aval.shape for v in eqn.outvars] for eqn in barriers] == [[(2, 3, 1), (2, 3, 1)]]
@@ -333,22 +332,22 @@ def scatter_dtypes(jaxpr) -> list:
 
 def test_the_explicit_attentions_bf16_gradient_matmuls_take_bf16_operands():
     """The attention path with dropout (GLUE fine-tuning's default) computes its logits with
-    layers.einsum_f32 too: its gradient matmuls (dq, dk) take bf16 operands, not f32 ones."""
+    ops.einsum_f32 too: its gradient matmuls (dq, dk) take bf16 operands, not f32 ones."""
     q, k, v = jax.random.normal(jax.random.key(2), (3, 2, 8, 2, 4), jnp.bfloat16)
     mask = jnp.ones((2, 8), bool)
 
     def loss(q, k, v):
-        out = layers.attention(q, k, v, mask, 0.1, jax.random.key(0))
+        out = attention.attention(q, k, v, mask, 0.1, jax.random.key(0))
         return jnp.sum(out.astype(jnp.float32))
 
-    assert layers.attention_path("auto", q.dtype, q.shape[-1], True) == "explicit"
+    assert attention.attention_path("auto", q.dtype, q.shape[-1], True) == "explicit"
     dots = equations(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr, "dot_general")
     assert len(dots) >= 6  # two forward, four gradient
     assert {str(v.aval.dtype) for eqn in dots for v in eqn.invars} == {"bfloat16"}
 
 
 def test_the_bf16_mlm_heads_gradient_matmuls_take_bf16_operands():
-    """The decoder's logits leave in f32 (layers.einsum_f32); its gradient matmuls take the
+    """The decoder's logits leave in f32 (ops.einsum_f32); its gradient matmuls take the
     cotangent in bf16, as under PyTorch's autocast. Differentiated automatically, they paired
     the f32 cotangent with a bf16 operand, which XLA:GPU ran as f32 x f32 matmuls over the
     vocabulary (log.md, session 45). In f32 the written-out gradient is autodiff's."""
@@ -398,7 +397,7 @@ def test_low_precision_gradients_scatter_in_f32(compute):
     assert len(dtypes) == 2 and set(dtypes) == {jnp.dtype(jnp.float32)}, dtypes
     reference = eqx.filter_jit(eqx.filter_grad(
         lambda m: m.mlm_logits(m(ids, types, mask), positions).sum()))
-    # jax's own XLA attention backward mixes bf16 with f32 (cf. layers.attention's forward).
+    # jax's own XLA attention backward mixes bf16 with f32 (cf. attention.attention's forward).
     # (jitted: one compilation instead of one per eager op, most of this test's time)
     with jax.numpy_dtype_promotion("standard"):
         low_grad = eqx.filter_jit(eqx.filter_grad(loss))(model).encoder.embeddings.token_type
