@@ -220,8 +220,10 @@ def _schema() -> DictConfig:
 _SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
-def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
-    """Merge one YAML file, after the files its `include:` names (relative to it)."""
+def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...],
+                section: str | None = None) -> DictConfig:
+    """Merge one YAML file, after the files its `include:` names (relative to it); with
+    `section`, that section of each file alone."""
     if path.is_dir():
         raise UserError(f"config file {path} is a directory; pass a path to a YAML file")
     if not path.is_file():
@@ -240,7 +242,10 @@ def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictC
         raise UserError(f"include: in {path} must be a YAML file path or a list of them "
                         f"(relative to {path.parent}), got {_plain(includes)}")
     for name in includes:
-        merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()))
+        merged = _merge_file(merged, path.parent / name, (*seen, path.resolve()), section)
+    if section is not None:
+        for key in [key for key in data if key != section]:
+            data.pop(key)
     return _merge(merged, _without_retired(data, str(path), strict=True), str(path))
 
 
@@ -265,12 +270,16 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
                      f"file{f' (did you mean {yaml_file}?)' if yaml_file.is_file() else ''}")
 
 
-def load(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
-    """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`."""
+def load(files: list[str | Path] = (), overrides: list[str] = (),
+         section: str | None = None) -> Config:
+    """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`; with
+    `section`, only that section of the files and overrides (the rest: defaults)."""
     merged = _schema()
     merged.train.steps = "???"  # unset until a file or an override sets it: _default_steps
     for path in map(Path, files):
-        merged = _merge_file(merged, path, seen=())
+        merged = _merge_file(merged, path, seen=(), section=section)
+    if section is not None:
+        overrides = [o for o in overrides if o.lstrip().startswith(f"{section}.")]
     for item in overrides:
         source = f"override {item!r}"
         merged = _merge(merged, _without_retired(read_override(item, source), source, True),

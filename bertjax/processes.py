@@ -99,14 +99,15 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     _refuse_unequal_device_counts()
 
 
-def relay_a_config_error(message: str, overrides: list[str]) -> None:
+def relay_a_config_error(message: str, files: list[str], overrides: list[str]) -> None:
     """A process whose config does not load (its host's copy of a YAML file has a typo) ended
     before joining, and the others waited JOIN_TIMEOUT_S at the join, then said only that one
-    had not come. When its launch is still known (its mesh.* overrides, or a launcher's
-    environment), it says its error at once, joins, and posts the error (`leaving`): the others
-    end within seconds, naming it. Returns only when there is no run to join."""
+    had not come. When its launch is still known (the mesh sections of its files and its
+    mesh.* overrides, or a launcher's environment), it says its error at once, joins, and posts
+    the error (`leaving`): the others end within seconds, naming it. Returns only when there is
+    no run to join."""
     try:
-        mesh = load([], [o for o in overrides if o.lstrip().startswith("mesh.")]).mesh
+        mesh = load(files, overrides, section="mesh").mesh
     except UserError:  # the launch keys themselves are wrong: nothing to join with
         return
     if multi_process_reason(mesh) is None or jax.distributed.is_initialized():

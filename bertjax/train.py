@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         cfg = config.load(files, overrides)
     except UserError as e:
         if not print_only:
-            relay_a_config_error(str(e), overrides)  # to the other processes of a run, if any
+            relay_a_config_error(str(e), files, overrides)  # to the other processes of a run
         raise
     if print_only:
         print(config.to_yaml(cfg), end="")

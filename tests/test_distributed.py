@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import yaml
 from conftest import (
     GLUE_FIXTURES,
     bert_style_tokenizer,
@@ -27,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 from test_hf import HF_TINY, with_vocab_txt
 
 from bertjax import config, prepare
-from bertjax.errors import LostProcess
+from bertjax.errors import LostProcess, UserError
 from bertjax.processes import losing_a_process_is_fatal
 
 pytestmark = pytest.mark.slow  # two jax.distributed processes
@@ -272,16 +273,35 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
 
 
-def test_a_config_error_on_one_host_is_said_by_every_process(tmp_path):
+@pytest.mark.parametrize("launch_keys_in", ["overrides", "yaml"])
+def test_a_config_error_on_one_host_is_said_by_every_process(tmp_path, launch_keys_in):
     # Process 1's config did not load: it ended before joining, and process 0 waited 5 minutes
-    # at the join, then said only that a process had not come.
-    port, message = free_port(), ("unknown config key 'train.stepz' in override 'train.stepz=5'; "
-                                  "did you mean 'train.steps'?")
+    # at the join, then said only that a process had not come. "yaml": the run's mesh keys and
+    # process 1's typo are in each host's copy of a YAML file (the error was relayed only when
+    # the mesh keys were overrides).
+    port = free_port()
+    launch = ["mesh.num_processes=2", f"mesh.coordinator_address=127.0.0.1:{port}"]
+    typo = {"train": {"stepz": 5}}
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"host{i}.yaml")
+        mesh = {"mesh": {"num_processes": 2, "coordinator_address": f"127.0.0.1:{port}"}}
+        files[i].write_text(yaml.safe_dump({"include": str(ROOT / "configs" / "demo.yaml"),
+                                            **(mesh if launch_keys_in == "yaml" else {}),
+                                            **(typo if i and launch_keys_in == "yaml" else {})}))
+    if launch_keys_in == "yaml":
+        with pytest.raises(UserError) as e:
+            config.load([files[1]])
+        message = str(e.value)
+        assert "train.stepz" in message, message
+    else:
+        message = ("unknown config key 'train.stepz' in override 'train.stepz=5'; did you mean "
+                   "'train.steps'?")
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "bertjax.train", str(ROOT / "configs" / "demo.yaml"),
-         f"train.run_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}",
-         "mesh.num_processes=2", f"mesh.coordinator_address=127.0.0.1:{port}",
-         f"mesh.process_id={i}", *(["train.stepz=5"] if i else [])], cwd=ROOT,
+        [sys.executable, "-m", "bertjax.train", str(files[i]), f"train.run_dir={tmp_path / 'run'}",
+         f"data.dir={tmp_path / 'data'}", *(launch if launch_keys_in == "overrides" else []),
+         f"mesh.process_id={i}", *(["train.stepz=5"] if i and launch_keys_in == "overrides"
+                                   else [])], cwd=ROOT,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     errors = [p.communicate(timeout=240)[1] for p in procs]
