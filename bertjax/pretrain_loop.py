@@ -70,20 +70,46 @@ class Run:
 
 
 def token_counts(ramp: BatchRamp, seq_len: int, steps_done: int, tokens_before: int | None,
-                 watch: Watch) -> dict:
+                 watch: Watch, offset: int = 0) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
     None when the starting checkpoint does not say) and their sum (None when unknown), as
     sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md).
     The steps that applied no update are not behind the weights and are left out: those
     rollbacks threw away (Watch.skipped, [first, last] ranges) and float16's single non-finite
-    steps (Watch.unapplied). metrics.jsonl's `tokens` is the stream's position."""
+    steps (Watch.unapplied). `offset`: tokens this formula miscounts before a resume that changed
+    seq_len or the batch ramp (TokenOffsets). metrics.jsonl's `tokens` is the stream's position."""
     sequences = ramp.sequences_before(steps_done) - sum(
         ramp.sequences_before(min(last, steps_done)) - ramp.sequences_before(first - 1)
         for first, last in watch.skipped if first <= steps_done) - sum(
         ramp.batch(step - 1) for step in watch.unapplied if step <= steps_done)
-    this_run = sequences * seq_len
+    this_run = sequences * seq_len + offset
     return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
             "tokens_this_run": this_run, "tokens_before": tokens_before}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenOffsets:
+    """What a checkpoint counted less what this run's seq_len and batch ramp count for the same
+    steps: tokens of the stream read (metrics.jsonl's `tokens`) and tokens behind the weights
+    (`tokens_this_run`). Both are 0 unless a resume changed data.seq_len, train.micro_batch or
+    the ramp: counted from step 0 with the new values, results.json, the bundle's manifest and
+    the curves' token axis were wrong (512 x 8 from step 0 where steps 1-10 read 128 x 8)."""
+
+    stream: int = 0
+    seen: int = 0
+
+    @classmethod
+    def at(cls, ramp: BatchRamp, seq_len: int, step: int, meta: dict,
+           watch: Watch) -> "TokenOffsets":
+        """For the state of checkpoint `step` (its `meta`; `watch` restored from it)."""
+        if step == 0 or "tokens_this_run" not in meta:  # fresh, or older than the count
+            return cls()
+        seen = meta["tokens_this_run"] - token_counts(ramp, seq_len, step, 0,
+                                                      watch)["tokens_this_run"]
+        # Checkpoints from before `tokens_stream` was saved: without rollbacks the same offset.
+        stream = meta.get("tokens_stream", ramp.sequences_before(step) * seq_len + seen) - \
+            ramp.sequences_before(step) * seq_len
+        return cls(stream, seen)
 
 
 def validation_sums(eval_step, model, data: PretrainData, size: int, max_sequences: int, mesh,
@@ -136,6 +162,7 @@ class Loop:
         # A resume past the first epoch said so before it was stopped (the row that crossed
         # it); said again, it named the resume's first logged step as the crossing.
         self.warned_epoch = run.ramp.sequences_before(start) > run.data.num_sequences
+        self.offsets = TokenOffsets.at(run.ramp, cfg.data.seq_len, start, meta, self.watch)
         self.last_validation: dict | None = None
         self.target = None  # what a rollback restores into
 
@@ -235,7 +262,7 @@ class Loop:
         # rollbacks' factor.
         row |= {"lr": float(self.lr(updates)) * self.watch.lr_factor,
                 "batch": self.run.ramp.batch(last_step),
-                "tokens": sequences * self.cfg.data.seq_len,
+                "tokens": sequences * self.cfg.data.seq_len + self.offsets.stream,
                 "epoch": sequences / self.run.data.num_sequences}
         row |= self.monitor.throughput(row["tokens"])
         if row["epoch"] > 1 and not self.warned_epoch:
@@ -251,6 +278,10 @@ class Loop:
         on after the bad step; returns the state and the next step."""
         state = roll_back(self.watch, trouble, self.checkpoints, self.target, self.initial,
                           self.monitor)
+        target = self.watch.skipped[-1][0] - 1  # the restored checkpoint (0: the initial state)
+        self.offsets = TokenOffsets.at(
+            self.run.ramp, self.cfg.data.seq_len, target,
+            self.checkpoints.read_meta(target) if target else {}, self.watch)
         self.monitor.seek(trouble.step)
         return state, trouble.step
 
@@ -275,7 +306,9 @@ class Loop:
     def save(self, state: TrainState, done: int) -> None:
         self.read()  # never checkpoint a state whose steps diverged
         meta = {**token_counts(self.run.ramp, self.cfg.data.seq_len, done, self.tokens_before,
-                                     self.watch),
+                               self.watch, self.offsets.seen),
+                "tokens_stream": (self.run.ramp.sequences_before(done) * self.cfg.data.seq_len
+                                  + self.offsets.stream),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}
@@ -291,7 +324,7 @@ class Loop:
         nonfinite = run.total_steps - watch.updates - rolled_back
         results = {"steps": run.total_steps,
                    **token_counts(run.ramp, self.cfg.data.seq_len, run.total_steps,
-                                  self.tokens_before, watch),
+                                  self.tokens_before, watch, self.offsets.seen),
                    "validation": self.last_validation, "rollbacks": watch.rollbacks,
                    "lr_factor": watch.lr_factor, "skipped_steps": watch.skipped,
                    "nonfinite_steps": nonfinite}

@@ -629,3 +629,23 @@ def test_whole_word_masking_without_word_pieces_is_refused_before_anything_is_wr
                                         r"data.whole_word_mask=false"):
         pretrain(cfg)
     assert not run_dir.exists() or not any(p.name != ".lock" for p in run_dir.iterdir())
+
+
+def test_a_resume_at_another_seq_len_counts_the_tokens_each_step_read(config_file, tmp_path):
+    """Phase 2 of BERT's recipe in the same run directory (seq_len 32 -> 16 here): the token
+    counts took the new seq_len for every step from 0 on, so results.json's tokens_seen (and the
+    bundle's, and the next phase's tokens_before) and the curves' token axis were wrong."""
+    run_dir = tmp_path / "run"
+    common = [f"train.run_dir={run_dir}", "train.batch_end=8", "train.eval_every=0",
+              "train.checkpoint_every=2", "train.fill_mask=[]", "train.log_every=1"]
+    pretrain(config_lib.load([config_file], [*common, "train.steps=2"]))
+    pretrain(config_lib.load([config_file], [*common, "train.steps=4", "data.seq_len=16"]))
+    read = (8 * 32) * 2 + (8 * 16) * 2  # 8 rows of 32 tokens twice, then of 16 twice
+    assert json.loads((run_dir / "results.json").read_text())["tokens_this_run"] == read
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows if "loss" in r] == [256, 512, 640, 768]
+    checkpoints = Checkpoints(run_dir)
+    try:
+        assert checkpoints.read_meta(4)["tokens_this_run"] == read
+    finally:
+        checkpoints.close()
