@@ -146,10 +146,10 @@ def rotated_away(watch: Watch, trouble: Trouble) -> int:
     return max(step, 0)
 
 
-def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore_into,
+def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore: Callable,
               initial: Callable, monitor: Monitor):
     """The state to go on with after `trouble` (the step after it comes next): the target
-    checkpoint restored into `restore_into` (checkpoint.restore_target), or `initial()`. The
+    checkpoint as `restore(step)` gives it, with its meta, or `initial()`. The
     checkpoints after the target are deleted, written on a state that was already diverging.
     After train.max_rollbacks the run stops instead: exit 1 with one line. So it does, deleting
     nothing, when the checkpoints from before the trouble were rotated away (keep_checkpoints=1):
@@ -174,7 +174,7 @@ def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore_
                  f"{checkpoints.directory}. Lower optim.lr (the rollbacks took it to "
                  f"x{watch.lr_factor:g}) or raise train.max_rollbacks")
     if target:
-        state, meta = checkpoints.restore(target, restore_into)
+        state, meta = restore(target)
         saved = meta.get("divergence")
     else:
         state, saved = initial(), None

@@ -34,7 +34,7 @@ from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, new_bert, param_count
 from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
 from bertjax.predict import fill_mask
-from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys
+from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys, restore_state
 from bertjax.pretrained import check_checkpoint_path
 from bertjax.processes import (
     StopSignal,
@@ -247,7 +247,7 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
     state, optimizer, tokens_before = initial_state(run, key, mesh, load_init=latest is None)
     if latest is None:
         return state, optimizer, 0, {"tokens_before": tokens_before}
-    state, meta = restore_resumed(run, checkpoints, latest, state)
+    state, meta = restore_resumed(run, checkpoints, latest, state, mesh)
     if meta.get("config_hash") != config_hash(run.config_yaml) and (
             changed := what_changed(run, meta)) is not None:
         print(f"warning: resuming {run.run_dir} with a config that differs from the "
@@ -304,7 +304,7 @@ def what_changed(run: Run, meta: dict) -> str | None:
     return said
 
 
-def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state):
+def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state, mesh):
     """(state, meta) of checkpoint `step`, refusing a resume that cannot continue it: a model of
     another shape (named, instead of Orbax's shape error read as a damaged checkpoint) or a
     checkpoint past the run's last step."""
@@ -324,7 +324,7 @@ def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state):
     if step > run.total_steps:
         raise UserError(f"{run.run_dir} holds checkpoint {step}, past this run's last step "
                         f"{run.total_steps}; raise train.steps (or train.tokens), or {fix}")
-    return checkpoints.restore(step, state)
+    return restore_state(checkpoints, step, state, run.cfg, mesh)
 
 
 def finish(run: Run, model: Bert) -> None:

@@ -16,8 +16,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
@@ -30,7 +32,7 @@ from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
 from bertjax.optim import BatchRamp, schedule, schedule_args
-from bertjax.precision import Precision
+from bertjax.precision import LossScale, Precision
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
@@ -110,6 +112,33 @@ class TokenOffsets:
         stream = meta.get("tokens_stream", ramp.sequences_before(step) * seq_len + seen) - \
             ramp.sequences_before(step) * seq_len
         return cls(stream, seen)
+
+
+def restore_state(checkpoints: Checkpoints, step: int, target, cfg: Config, mesh):
+    """(state, meta) of checkpoint `step` restored into `target` (a state or its
+    restore_target), holding the loss scale this run computes with: float16's dynamic scale is
+    part of the state, so a checkpoint written at another precision.compute (its config says)
+    did not fit the target, and Orbax's tree mismatch was called a damaged checkpoint, to be
+    deleted. float16 -> bfloat16 drops the scale; a switch to float16 starts a fresh one."""
+    meta = checkpoints.read_meta(step)
+    theirs = (config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {step}'s config")
+              .precision if "config_yaml" in meta else cfg.precision)
+    saved, wanted = theirs.compute == "float16", cfg.precision.compute == "float16"
+    if saved == wanted:
+        return checkpoints.restore(step, target)
+
+    def scale(precision):  # replicated, as shard_params places a loss scale
+        return jax.device_put(LossScale.create(precision.loss_scale, precision.loss_scale_period),
+                              NamedSharding(mesh, PartitionSpec()))
+
+    state, meta = checkpoints.restore(step, with_loss_scale(
+        target, restore_target(scale(theirs)) if saved else None))
+    return with_loss_scale(state, scale(cfg.precision) if wanted else None), meta
+
+
+def with_loss_scale(state, scale):
+    """`state` (a TrainState, or its restore target) with `scale` (None: no loss scale)."""
+    return eqx.tree_at(lambda s: s.loss_scale, state, scale, is_leaf=lambda x: x is None)
 
 
 def validation_sums(eval_step, model, data: PretrainData, size: int, max_sequences: int, mesh,
@@ -276,8 +305,10 @@ class Loop:
     def roll_back(self, trouble: Trouble) -> tuple[TrainState, int]:
         """Back to the newest checkpoint from before `trouble` (bertjax.divergence.roll_back),
         on after the bad step; returns the state and the next step."""
-        state = roll_back(self.watch, trouble, self.checkpoints, self.target, self.initial,
-                          self.monitor)
+        state = roll_back(self.watch, trouble, self.checkpoints,
+                          lambda step: restore_state(self.checkpoints, step, self.target,
+                                                     self.cfg, self.mesh),
+                          self.initial, self.monitor)
         target = self.watch.skipped[-1][0] - 1  # the restored checkpoint (0: the initial state)
         self.offsets = TokenOffsets.at(
             self.run.ramp, self.cfg.data.seq_len, target,

@@ -6,6 +6,7 @@ signal to one process, and processes whose prepared data differ."""
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -649,3 +650,18 @@ def test_a_resume_at_another_seq_len_counts_the_tokens_each_step_read(config_fil
         assert checkpoints.read_meta(4)["tokens_this_run"] == read
     finally:
         checkpoints.close()
+
+
+def test_a_resume_may_switch_to_and_from_float16(config_file, tmp_path):
+    """float16's loss scale is part of the train state: a resume at another precision.compute
+    (float32 -> float16 -> float32 here; bfloat16 is float32's case) met a checkpoint of another
+    tree, called it damaged and advised deleting it."""
+    run_dir = tmp_path / "run"
+    common = [f"train.run_dir={run_dir}", "train.batch_end=8", "train.eval_every=0",
+              "train.checkpoint_every=2", "train.fill_mask=[]", "train.keep_checkpoints=5"]
+    for steps, compute in ((2, "float32"), (4, "float16"), (6, "float32")):
+        pretrain(config_lib.load([config_file], [*common, f"train.steps={steps}",
+                                                 f"precision.compute={compute}"]))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    scaled = [r["step"] for r in rows if "loss_scale" in r]
+    assert scaled == [3, 4] and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
