@@ -49,6 +49,13 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
         theirs = source.tokenizer_path or "<the checkpoint's tokenizer.json>"
         raise UserError(f"{where} was trained with another vocabulary than {cfg.data.dir}; "
                         f"prepare another data.dir with tokenizer.path={theirs}")
+    positions = source.model_cfg.max_position_embeddings
+    if positions < cfg.data.seq_len:
+        # "set model.max_position_embeddings=N" alone only met resolve()'s seq_len refusal.
+        raise UserError(f"{where} has {positions} learned positions, fewer than data.seq_len="
+                        f"{cfg.data.seq_len}; its position table is continued as it is: set "
+                        f"data.seq_len to at most {positions} and model.max_position_embeddings="
+                        f"{positions}")
     for name in ARCHITECTURE:
         theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
         if theirs != ours:

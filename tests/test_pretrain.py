@@ -355,6 +355,19 @@ def test_continued_pretraining_refuses_another_architecture(config_file, straigh
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
+def test_continued_pretraining_longer_than_the_checkpoints_positions_says_the_way_out(
+        config_file, straight):
+    """Phase 2 at a longer seq_len than the checkpoint's table: the fix offered was "set
+    model.max_position_embeddings=N", which then met the refusal of data.seq_len > N."""
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}",
+                                                  "data.seq_len=600",
+                                                  "model.max_position_embeddings=1024"]))
+    with pytest.raises(UserError, match=r"has 512 learned positions, fewer than data.seq_len=600;"
+                                        r" .* set data.seq_len to at most 512 and "
+                                        r"model.max_position_embeddings=512$"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
+
+
 def test_continued_pretraining_says_it_computes_with_another_gelu(config_file, straight):
     # The checkpoint's weights fit either GELU, so the run's config decides; a checkpoint
     # trained with model.gelu=tanh continued under the default exact GELU changed its function
