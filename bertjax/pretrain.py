@@ -297,7 +297,11 @@ def what_changed(run: Run, meta: dict) -> str | None:
     # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
     was_at = BatchRamp.from_config(theirs.train, total).sequences_before(step)
     now_at = run.ramp.sequences_before(step)
-    if was_at != now_at:
+    if theirs.data.seq_len != run.cfg.data.seq_len:  # other sequences: positions do not compare
+        said += (f"; the data are cut into sequences of {run.cfg.data.seq_len} tokens (was "
+                 f"{theirs.data.seq_len}) in a new order, read from its sequence {now_at:,}: "
+                 f"text the first {step} steps read may come again")
+    elif was_at != now_at:
         said += (f"; the data stream goes on from sequence {now_at:,} (was {was_at:,}): "
                  f"{abs(was_at - now_at):,} sequences "
                  f"{'read again' if now_at < was_at else 'skipped'}")

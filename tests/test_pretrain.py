@@ -431,6 +431,12 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
                                                         "train.batch_start=16"]))
     assert what_changed(coarser, dict(meta, step=4)).endswith(
         "; the data stream goes on from sequence 64 (was 48): 16 sequences skipped")
+    # At another seq_len the sequences themselves differ (and their order): "goes on from
+    # sequence 12 (was 24): 12 sequences read again" compared positions in two other streams.
+    longer = resolve(config_lib.load([config_file], ["data.seq_len=64"]))
+    assert what_changed(longer, dict(meta, step=2)) == (
+        ": data.seq_len: 32 -> 64; the data are cut into sequences of 64 tokens (was 32) in a new "
+        "order, read from its sequence 16: text the first 2 steps read may come again")
 
 
 def test_a_resume_on_data_prepared_again_from_more_text_is_said(config_file, tmp_path):
