@@ -287,6 +287,10 @@ def what_changed(run: Run, meta: dict) -> str | None:
         return None
     said = f": {keys}"
     step, total = meta["step"], meta.get("total_steps", run.total_steps)
+    if theirs.init.checkpoint != run.cfg.init.checkpoint:  # `--help`: "when the run is new"
+        said += (f"; init.checkpoint is not used: a resume continues checkpoint {step} (for a "
+                 "phase that starts from init.checkpoint's weights, with a fresh optimizer and "
+                 "schedule, set a new train.run_dir)")
     was, now = (float(schedule(theirs.optim, total)(step)),
                 float(schedule(run.cfg.optim, run.total_steps)(step)))
     if not math.isclose(was, now, rel_tol=1e-6):

@@ -431,6 +431,13 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
                                                         "train.batch_start=16"]))
     assert what_changed(coarser, dict(meta, step=4)).endswith(
         "; the data stream goes on from sequence 64 (was 48): 16 sequences skipped")
+    # init.checkpoint takes effect in a new run only: phase 2 started in phase 1's directory
+    # resumed phase 1 (its optimizer, its schedule stretched), the key merely listed.
+    phase_two = resolve(config_lib.load([config_file], ["init.checkpoint=runs/phase1"]))
+    assert what_changed(phase_two, meta) == (
+        ": init.checkpoint: None -> runs/phase1; init.checkpoint is not used: a resume continues "
+        "checkpoint 3 (for a phase that starts from init.checkpoint's weights, with a fresh "
+        "optimizer and schedule, set a new train.run_dir)")
     # At another seq_len the sequences themselves differ (and their order): "goes on from
     # sequence 12 (was 24): 12 sequences read again" compared positions in two other streams.
     longer = resolve(config_lib.load([config_file], ["data.seq_len=64"]))
