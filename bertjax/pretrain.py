@@ -291,6 +291,11 @@ def what_changed(run: Run, meta: dict) -> str | None:
         said += (f"; init.checkpoint is not used: a resume continues checkpoint {step} (for a "
                  "phase that starts from init.checkpoint's weights, with a fresh optimizer and "
                  "schedule, set a new train.run_dir)")
+    if theirs.precision.loss_scale != run.cfg.precision.loss_scale and \
+            theirs.precision.compute == run.cfg.precision.compute == "float16":
+        said += (f"; precision.loss_scale is not used: the loss scale goes on from checkpoint "
+                 f"{step}'s (the key sets a new run's first scale; the scale halves by itself "
+                 "on overflow)")
     was, now = (float(schedule(theirs.optim, total)(step)),
                 float(schedule(run.cfg.optim, run.total_steps)(step)))
     if not math.isclose(was, now, rel_tol=1e-6):

@@ -438,6 +438,14 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
         ": init.checkpoint: None -> runs/phase1; init.checkpoint is not used: a resume continues "
         "checkpoint 3 (for a phase that starts from init.checkpoint's weights, with a fresh "
         "optimizer and schedule, set a new train.run_dir)")
+    # float16's loss scale is state: a resume goes on with the checkpoint's, whatever the key.
+    fp16 = resolve(config_lib.load([config_file], ["precision.compute=float16"]))
+    lower = resolve(config_lib.load([config_file], ["precision.compute=float16",
+                                                    "precision.loss_scale=1024"]))
+    assert what_changed(lower, dict(meta, config_yaml=fp16.config_yaml)) == (
+        ": precision.loss_scale: 32768.0 -> 1024.0; precision.loss_scale is not used: the loss "
+        "scale goes on from checkpoint 3's (the key sets a new run's first scale; the scale "
+        "halves by itself on overflow)")
     # At another seq_len the sequences themselves differ (and their order): "goes on from
     # sequence 12 (was 24): 12 sequences read again" compared positions in two other streams.
     longer = resolve(config_lib.load([config_file], ["data.seq_len=64"]))
