@@ -159,14 +159,21 @@ class BatchRamp:
         return total
 
 
-def steps_for_tokens(cfg: TrainConfig, tokens: int, seq_len: int) -> int:
+def steps_for_tokens(cfg: TrainConfig, tokens: int, seq_len: int,
+                     read: tuple[int, int] = (0, 0)) -> int:
     """Smallest step count whose run reads `tokens` tokens, its ramp spanning train.batch_ramp
     of those very steps (a ramp sized for another count leaves the budget short: 70 % of it
-    with batch_ramp=1). Every step reads at least micro_batch rows, which bounds the search."""
-    def reads(steps: int) -> int:
-        return BatchRamp.from_config(cfg, steps).sequences_before(steps) * seq_len
+    with batch_ramp=1). Every step reads at least micro_batch rows, which bounds the search.
+    `read`: (step, tokens its first steps read), a resumed checkpoint's, counted as they were
+    read (at an earlier seq_len or batch, say); the steps after it read at `seq_len`."""
+    done, before = read
 
-    lo, hi = 1, max(1, -(-tokens // (cfg.micro_batch * seq_len)))
+    def reads(steps: int) -> int:
+        ramp = BatchRamp.from_config(cfg, steps)
+        return before + (ramp.sequences_before(steps) - ramp.sequences_before(done)) * seq_len
+
+    lo = max(1, done)
+    hi = max(lo, done + -(-(tokens - before) // (cfg.micro_batch * seq_len)))
     while lo < hi:
         mid = (lo + hi) // 2
         if reads(mid) >= tokens:

@@ -103,6 +103,22 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
     return steps, ramp
 
 
+def fit_budget_to_checkpoint(run: Run, checkpoints: Checkpoints) -> Run:
+    """`run` sized by train.tokens as its resumed checkpoint read them: counted at this run's
+    seq_len and batch ramp from step 0 (size_run), a phase 2 at a longer seq_len in the same run
+    directory ended half-way through the budget, or was refused as past its last step."""
+    step = checkpoints.latest_step() if run.cfg.train.resume == "auto" else None
+    if run.cfg.train.tokens is None or step is None:
+        return run
+    read = checkpoints.read_meta(step).get("tokens_stream")  # older checkpoints lack it
+    if read is None or read == run.ramp.sequences_before(step) * run.cfg.data.seq_len:
+        return run  # read as this run would have: its length stands
+    steps = steps_for_tokens(run.cfg.train, run.cfg.train.tokens, run.cfg.data.seq_len,
+                             (step, read))
+    return dataclasses.replace(run, total_steps=steps,
+                               ramp=BatchRamp.from_config(run.cfg.train, steps))
+
+
 def resolve(cfg: Config) -> Run:
     """Prepare (or reuse) the data, fit the model's vocabulary to it, and size the run."""
     if cfg.data.seq_len > cfg.model.max_position_embeddings:
@@ -166,6 +182,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     mesh = make_mesh()
     keys = purpose_keys(cfg.train.seed)
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
+    run = fit_budget_to_checkpoint(run, checkpoints)
     state, optimizer, start, meta = start_state(run, keys[INIT], mesh, checkpoints)
     if start == run.total_steps and (run.run_dir / "results.json").is_file():
         checkpoints.close()

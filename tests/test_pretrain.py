@@ -699,3 +699,16 @@ def test_a_resume_may_switch_to_and_from_float16(config_file, tmp_path):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     scaled = [r["step"] for r in rows if "loss_scale" in r]
     assert scaled == [3, 4] and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_a_token_budget_resumed_at_another_seq_len_counts_what_was_read(config_file, tmp_path):
+    """train.tokens sized the run at the resume's seq_len from step 0: phase 2 of BERT's recipe
+    (a longer seq_len for the rest of the budget) stopped with part of the budget unread, or,
+    past the step so computed, was refused; a shorter one read more than the budget."""
+    run_dir = tmp_path / "run"
+    common = [f"train.run_dir={run_dir}", "train.batch_end=8", "train.eval_every=0",
+              "train.checkpoint_every=2", "train.fill_mask=[]", "train.steps=null"]
+    pretrain(config_lib.load([config_file], [*common, "train.tokens=512"]))  # 2 steps of 8 x 32
+    pretrain(config_lib.load([config_file], [*common, "train.tokens=1024", "data.seq_len=16"]))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["steps"], results["tokens_this_run"]) == (2 + 4, 1024)  # 4 steps of 8 x 16
