@@ -29,6 +29,8 @@ SIZE_SETS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")  # v
 # What else a checkpoint's weights were trained to compute with. The weights fit either value,
 # so continued pretraining takes this run's, and says when they differ.
 COMPUTES_WITH = ("gelu", "layer_norm_eps")
+# What continue_from says of a head the checkpoint lacks.
+HEAD_NAMES = {"mlm": "MLM head", "pooler": "pooler", "nsp": "NSP/SOP head"}
 # The model keys a fine-tune takes from its config; every other one is the checkpoint's.
 RUN_KEYS = ("dropout", "attention_dropout", "attention", "scan_layers", "remat")
 
@@ -66,10 +68,16 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     pretrained = source.model
     # The checkpoint's arrays in this run's modules: its static fields (dropout rates, remat,
     # scan) are its own config's, and would silently override this run's.
+    fresh = []
     for part in ("encoder", "mlm", "pooler", "nsp"):
         if getattr(model, part) is not None and getattr(pretrained, part) is not None:
             model = eqx.tree_at(lambda m, p=part: getattr(m, p), model,
                                 transplant(getattr(pretrained, part), getattr(model, part)))
+        elif getattr(model, part) is not None:
+            fresh.append(HEAD_NAMES[part])
+    if fresh:  # a GLUE classifier has no MLM head: its transform was random, unsaid
+        warnings.warn(f"{where} has no {' or '.join(fresh)}: this run initialises "
+                      f"{'it' if len(fresh) == 1 else 'them'} at random", stacklevel=2)
     return model, source.tokens_seen
 
 

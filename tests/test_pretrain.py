@@ -368,6 +368,17 @@ def test_continued_pretraining_longer_than_the_checkpoints_positions_says_the_wa
         continue_from(Bert(run.cfg.model, key=jax.random.key(0)), run.cfg, run.tokenizer)
 
 
+def test_continued_pretraining_says_which_heads_start_at_random(config_file, straight):
+    """An MLM-only checkpoint continued with NSP (or a GLUE classifier continued with MLM) left
+    the heads it lacks at their random init without a word."""
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}",
+                                                  "data.objective=mlm+nsp"]))
+    with pytest.warns(UserWarning, match=rf"init.checkpoint={straight} has no pooler or NSP/SOP "
+                                         r"head: this run initialises them at random$"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0), nsp=True), run.cfg,
+                      run.tokenizer)
+
+
 def test_continued_pretraining_says_it_computes_with_another_gelu(config_file, straight):
     # The checkpoint's weights fit either GELU, so the run's config decides; a checkpoint
     # trained with model.gelu=tanh continued under the default exact GELU changed its function
