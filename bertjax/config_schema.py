@@ -97,9 +97,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    path: str | None = opt(None, "existing tokenizer.json or BERT vocab.txt to use, or a Hugging "
-                           "Face hub model id (its tokenizer, downloaded); null = train one on "
-                           "the corpus", domain=PATH)
+    path: str | None = opt(None, "existing tokenizer.json or BERT vocab.txt to use (or a "
+                           "directory holding one: a Hugging Face model's), or a Hugging Face "
+                           "hub model id (its tokenizer, downloaded); null = train one on the "
+                           "corpus", domain=PATH)
     vocab_size: int = opt(8192, "WordPiece vocabulary size when training", domain=at_least(100))
     lowercase: bool = opt(True, "BERT normalizer lowercases and strips accents")
     min_frequency: int = opt(2, "minimum pair frequency for a WordPiece merge",

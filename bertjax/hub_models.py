@@ -40,12 +40,29 @@ def model_dir(model_id: str, not_local: str) -> Path:
 def tokenizer_file(model_id: str, not_local: str) -> Path:
     """Hub model `model_id`'s tokenizer.json, else its vocab.txt (read with the
     tokenizer_config.json beside it), downloaded without the weights."""
-    folder = _download(model_id, not_local, TOKENIZER_FILES)
-    for name in TOKENIZERS:
-        if (folder / name).is_file():
-            return folder / name
+    found = tokenizer_in(_download(model_id, not_local, TOKENIZER_FILES))
+    if found is not None:
+        return found
     raise UserError(f"the Hugging Face hub model {model_id} has no tokenizer.json or vocab.txt; "
                     "choose a model with a BERT tokenizer, or give a tokenizer file")
+
+
+def tokenizer_in(folder: Path) -> Path | None:
+    """`folder`'s tokenizer.json, else its vocab.txt (a hub snapshot, a local Hugging Face model
+    directory, Google's BERT release folder); None when it holds neither."""
+    return next((folder / name for name in TOKENIZERS if (folder / name).is_file()), None)
+
+
+def file_of_tokenizer_path(path: Path) -> Path:
+    """A local tokenizer.path as the file to read: itself, or a directory's tokenizer_in (a
+    directory without one is a UserError)."""
+    if not path.is_dir():
+        return path
+    found = tokenizer_in(path)
+    if found is None:
+        raise UserError(f"tokenizer.path={path} is a directory without a "
+                        f"{' or '.join(TOKENIZERS)}; set tokenizer.path to one of those files")
+    return found
 
 
 def _download(model_id: str, not_local: str, files: list[str]) -> Path:

@@ -69,9 +69,13 @@ def _tokenizer_sample(cfg: DataConfig) -> Iterator[tuple[str, bool, int]]:
 
 
 def _given_tokenizer(cfg: Config) -> Path:
-    """tokenizer.path as a local file; a Hugging Face hub model id (not a name ending in .json or
-    .txt) stands for that model's tokenizer file, downloaded (`hub_models`)."""
+    """tokenizer.path as a local file; a directory stands for its tokenizer.json, else its
+    vocab.txt (a Hugging Face model's, Google's BERT release, a run or bundle); a Hugging Face
+    hub model id (not a name ending in .json or .txt) for that model's tokenizer file,
+    downloaded (`hub_models`)."""
     path = Path(cfg.tokenizer.path)
+    if path.is_dir():  # as a hub id is read: was "is a directory, not a file"
+        return hub_models.file_of_tokenizer_path(path)
     if (path.exists() or path.suffix in (".json", ".txt")
             or not hub_models.looks_like_hub_id(path)):
         return path

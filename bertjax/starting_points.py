@@ -18,6 +18,7 @@ from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.config import Config, ModelConfig
 from bertjax.errors import UserError
+from bertjax.hub_models import file_of_tokenizer_path
 from bertjax.model import Bert, new_bert
 from bertjax.pretrained import load_pretrained, load_tokenizer
 from bertjax.processes import same_on_every_process
@@ -152,13 +153,13 @@ def _same_file_content(a: Path, b: Path) -> bool:
 def load_start(cfg: Config):
     """(encoder source model, model config, tokenizer) from init.checkpoint, or (None, the
     configured model, the tokenizer named by the config) for the no-pretraining baseline."""
+    given = file_of_tokenizer_path(Path(cfg.tokenizer.path)) if cfg.tokenizer.path else None
     if cfg.init.checkpoint is not None:
         pretrained = load_pretrained(cfg.init.checkpoint, cfg.init.tokenizer_mismatch_ok)
         same_weights_on_every_process(pretrained.model, f"init.checkpoint={cfg.init.checkpoint}")
-        tok_path = pretrained.tokenizer_path or (Path(cfg.tokenizer.path)
-                                                 if cfg.tokenizer.path else None)
-        if cfg.tokenizer.path and pretrained.tokenizer_path is not None and \
-                not _same_file_content(Path(cfg.tokenizer.path), pretrained.tokenizer_path):
+        tok_path = pretrained.tokenizer_path or given
+        if given is not None and pretrained.tokenizer_path is not None and \
+                not _same_file_content(given, pretrained.tokenizer_path):
             warnings.warn(f"tokenizer.path={cfg.tokenizer.path} is not used: "
                           f"{cfg.init.checkpoint} carries the tokenizer its weights were trained "
                           f"with ({tok_path}); drop tokenizer.path", stacklevel=2)
@@ -166,8 +167,7 @@ def load_start(cfg: Config):
         warn_unused_model_keys(cfg.model, model_cfg, f"init.checkpoint={cfg.init.checkpoint}")
         came_with = pretrained.kind if pretrained.tokenizer_path else None
     else:
-        tok_path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else \
-            Path(cfg.data.dir) / "tokenizer.json"
+        tok_path = given or Path(cfg.data.dir) / "tokenizer.json"
         model, model_cfg, came_with = None, None, None
     if tok_path is None or not Path(tok_path).is_file():
         raise _no_tokenizer(cfg, tok_path)

@@ -792,6 +792,15 @@ def test_a_tokenizer_path_beside_a_checkpoint_with_its_own_is_said_to_be_unused(
     assert not [w for w in recwarn if "tokenizer.path" in str(w.message)]
 
 
+def test_a_directory_as_tokenizer_path_of_the_baseline_is_its_tokenizer_file():
+    """The no-pretraining baseline read tokenizer.path as a file only: a BERT release folder
+    was "no init.checkpoint given and no tokenizer at DIR" (pretraining read it: prepare)."""
+    folder = ROOT / "tests" / "fixtures" / "vocab_txt" / "uncased"
+    _, _, tok = load_start(config.load([], ["glue.task=sst2", f"tokenizer.path={folder}"]))
+    words = (folder / "vocab.txt").read_text().splitlines()
+    assert tok.get_vocab() == {word: i for i, word in enumerate(words)}
+
+
 def test_a_full_disk_during_a_hf_export_is_one_line_and_leaves_nothing(run, tmp_path,
                                                                       monkeypatch):
     import errno

@@ -507,6 +507,24 @@ def test_a_bert_vocab_txt_as_tokenizer_path_prepares_as_its_tokenizer_json(tmp_p
     assert not tokenizer.lowercases(tokenizer.load(out / "tokenizer.json"))
 
 
+def test_a_directory_as_tokenizer_path_stands_for_its_tokenizer_file(tmp_path, corpus):
+    """Google's BERT release folder or a Hugging Face model directory, as a hub id would be
+    read: it was "is a directory, not a file; set tokenizer.path to a tokenizer.json", not even
+    naming vocab.txt."""
+    path, _ = corpus
+    shutil.copytree(ROOT / "tests" / "fixtures" / "vocab_txt" / "uncased", tmp_path / "bert")
+    out = prepare.ensure_prepared(load_cfg(tmp_path, [path],
+                                           **{"tokenizer.path": tmp_path / "bert"}))
+    vocab = tmp_path / "bert" / "vocab.txt"
+    assert (out / "tokenizer.json").read_bytes() == \
+        tokenizer.file_bytes(vocab, tokenizer.load(vocab))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"tokenizer.path=.*empty is a directory without a "
+                                        r"tokenizer.json or vocab.txt; set tokenizer.path to "):
+        prepare.ensure_prepared(load_cfg(tmp_path, [path], **{"tokenizer.path": tmp_path /
+                                                              "empty"}))
+
+
 def test_a_lowercasing_normalizer_is_told_by_what_it_does():
     """Only BertNormalizer's `lowercase` field was read: a Sequence holding Lowercase (how the
     tokenizers library's WordPiece examples build one) lowercased a cased request silently, and
