@@ -26,7 +26,8 @@ imports only from lower layers, and never in a circle inside its own.
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and
         pretrained starting_points export          weights; load a model; start a run from it;
         predict plot glue_eval glue_submission     release; infer; plot; GLUE scores; the
-        glue_score                                 leaderboard's zip; scoring any classifier
+        glue_score pretrain_run                    leaderboard's zip; scoring any classifier;
+                                                   a pretraining run as resolved and resumed
     L4  pretrain_loop pretrain seed_run finetune   the two loops (pretraining: steps, run;
         glue_sweep                                 GLUE: one seed, all seeds; one run per
                                                    learning rate)

@@ -13,7 +13,6 @@ A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); a
 """
 
 import dataclasses
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -26,15 +25,24 @@ from bertjax import plot, prepare, prepared
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
-from bertjax.config_changes import describe_changes
 from bertjax.data import PretrainData
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, new_bert, param_count
-from bertjax.optim import BatchRamp, make_optimizer, schedule, steps_for_tokens
+from bertjax.optim import BatchRamp, make_optimizer, steps_for_tokens
 from bertjax.predict import fill_mask
-from bertjax.pretrain_loop import INIT, VALIDATION_SEED, Loop, Run, purpose_keys, restore_state
+from bertjax.pretrain_loop import Loop
+from bertjax.pretrain_run import (
+    INIT,
+    VALIDATION_SEED,
+    Run,
+    fit_budget_to_checkpoint,
+    purpose_keys,
+    restore_resumed,
+    warn_if_other_data,
+    what_changed,
+)
 from bertjax.pretrained import check_checkpoint_path
 from bertjax.processes import (
     StopSignal,
@@ -45,7 +53,7 @@ from bertjax.processes import (
 )
 from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import full_copy, make_mesh, shard_params
-from bertjax.starting_points import ARCHITECTURE, continue_from
+from bertjax.starting_points import continue_from
 from bertjax.step import init_state
 from bertjax.xla_options import compiler_options
 
@@ -101,22 +109,6 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
                         "lower train.steps or train.tokens, or continue in a second run "
                         "(init.checkpoint)")
     return steps, ramp
-
-
-def fit_budget_to_checkpoint(run: Run, checkpoints: Checkpoints) -> Run:
-    """`run` sized by train.tokens as its resumed checkpoint read them: counted at this run's
-    seq_len and batch ramp from step 0 (size_run), a phase 2 at a longer seq_len in the same run
-    directory ended half-way through the budget, or was refused as past its last step."""
-    step = checkpoints.latest_step() if run.cfg.train.resume == "auto" else None
-    if run.cfg.train.tokens is None or step is None:
-        return run
-    read = checkpoints.read_meta(step).get("tokens_stream")  # older checkpoints lack it
-    if read is None or read == run.ramp.sequences_before(step) * run.cfg.data.seq_len:
-        return run  # read as this run would have: its length stands
-    steps = steps_for_tokens(run.cfg.train, run.cfg.train.tokens, run.cfg.data.seq_len,
-                             (step, read))
-    return dataclasses.replace(run, total_steps=steps,
-                               ramp=BatchRamp.from_config(run.cfg.train, steps))
 
 
 def resolve(cfg: Config) -> Run:
@@ -271,90 +263,6 @@ def start_state(run: Run, key: jax.Array, mesh, checkpoints: Checkpoints):
               f"checkpoint's{changed}", file=sys.stderr)
     warn_if_other_data(run, meta)
     return state, optimizer, meta["step"], meta
-
-
-def warn_if_other_data(run: Run, meta: dict) -> None:
-    """A resume on prepared data other than its checkpoint's (data.dir prepared again since, say
-    from a file added under a data.sources glob, with the same tokenizer.path) is said: the data
-    order and validation split are functions of (seed, step) on one token stream only. A
-    warning, not a refusal: adding data mid-run can be meant. Older checkpoints lack the record:
-    nothing is said for them."""
-    theirs, step = meta.get("prepared_data"), meta["step"]
-    if not isinstance(theirs, dict):
-        return
-    changed = prepared.describe_change(theirs, run.prepared_data)
-    if changed is not None:
-        warnings.warn(f"resuming {run.run_dir} at step {step} on other prepared data: "
-                      f"{run.cfg.data.dir} is not what checkpoint {step} was trained on "
-                      f"({changed}); the run continues on another token stream: its data order "
-                      "and validation split are not the checkpoint's", stacklevel=2)
-
-
-def what_changed(run: Run, meta: dict) -> str | None:
-    """': KEY: OLD -> NEW, ...' of a resume's config change, and the learning rate and data
-    position it moves (a longer run stretches the schedule: its lr rises again mid-decay); ''
-    for checkpoints older than the config in their meta; None when only how the processes were
-    launched changed."""
-    if "config_yaml" not in meta:
-        return ""
-    # Through today's schema: a key added since that checkpoint is its default, no change.
-    theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {meta['step']}'s config")
-    keys = describe_changes(config_lib.to_yaml(theirs), run.config_yaml)
-    if not keys:
-        return None
-    said = f": {keys}"
-    step, total = meta["step"], meta.get("total_steps", run.total_steps)
-    if theirs.init.checkpoint != run.cfg.init.checkpoint:  # `--help`: "when the run is new"
-        said += (f"; init.checkpoint is not used: a resume continues checkpoint {step} (for a "
-                 "phase that starts from init.checkpoint's weights, with a fresh optimizer and "
-                 "schedule, set a new train.run_dir)")
-    if theirs.precision.loss_scale != run.cfg.precision.loss_scale and \
-            theirs.precision.compute == run.cfg.precision.compute == "float16":
-        said += (f"; precision.loss_scale is not used: the loss scale goes on from checkpoint "
-                 f"{step}'s (the key sets a new run's first scale; the scale halves by itself "
-                 "on overflow)")
-    was, now = (float(schedule(theirs.optim, total)(step)),
-                float(schedule(run.cfg.optim, run.total_steps)(step)))
-    if not math.isclose(was, now, rel_tol=1e-6):
-        stretched = (f": the schedule spans {run.total_steps} steps (was {total})"
-                     if total != run.total_steps else "")
-        said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
-    # The data position is the ramp's sequence count (its stages are whole micro-batches): a
-    # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
-    was_at = BatchRamp.from_config(theirs.train, total).sequences_before(step)
-    now_at = run.ramp.sequences_before(step)
-    if theirs.data.seq_len != run.cfg.data.seq_len:  # other sequences: positions do not compare
-        said += (f"; the data are cut into sequences of {run.cfg.data.seq_len} tokens (was "
-                 f"{theirs.data.seq_len}) in a new order, read from its sequence {now_at:,}: "
-                 f"text the first {step} steps read may come again")
-    elif was_at != now_at:
-        said += (f"; the data stream goes on from sequence {now_at:,} (was {was_at:,}): "
-                 f"{abs(was_at - now_at):,} sequences "
-                 f"{'read again' if now_at < was_at else 'skipped'}")
-    return said
-
-
-def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state, mesh):
-    """(state, meta) of checkpoint `step`, refusing a resume that cannot continue it: a model of
-    another shape (named, instead of Orbax's shape error read as a damaged checkpoint) or a
-    checkpoint past the run's last step."""
-    meta = checkpoints.read_meta(step)
-    fix = ("undo that change, or set a new train.run_dir (train.resume=never starts this one "
-           "over, replacing its checkpoints)")
-    if "config_yaml" in meta:
-        theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {step}'s config")
-        shape_keys = [("model", name) for name in ARCHITECTURE] + [("data", "objective")]
-        changed = [f"{section}.{name}: {getattr(getattr(theirs, section), name)} -> "
-                   f"{getattr(getattr(run.cfg, section), name)}" for section, name in shape_keys
-                   if getattr(getattr(theirs, section), name) !=
-                   getattr(getattr(run.cfg, section), name)]
-        if changed:
-            raise UserError(f"{run.run_dir} holds checkpoint {step} of another model shape "
-                            f"({', '.join(changed)}); {fix}")
-    if step > run.total_steps:
-        raise UserError(f"{run.run_dir} holds checkpoint {step}, past this run's last step "
-                        f"{run.total_steps}; raise train.steps (or train.tokens), or {fix}")
-    return restore_state(checkpoints, step, state, run.cfg, mesh)
 
 
 def finish(run: Run, model: Bert) -> None:

@@ -1,5 +1,5 @@
-"""The pretraining step loop (`Loop`) and what it runs on (`Run`): batches -> sharded train step ->
-metrics rows, validation, checkpoints, rollbacks when the steps diverge, and the results.
+"""The pretraining step loop (`Loop`) over a `Run` (bertjax.pretrain_run): batches -> sharded train
+step -> metrics rows, validation, checkpoints, rollbacks when the steps diverge, and the results.
 
 bertjax.pretrain resolves the run, builds its state (fresh, continued or resumed), calls
 `Loop.train` and then `Loop.write_results`; a diverging run (bertjax.divergence: a non-finite
@@ -10,135 +10,27 @@ Metrics are read lazily, so every save and validation reads and checks them firs
 checkpoint holds a state that is known to be bad.
 """
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
-from tokenizers import Tokenizer
 
-from bertjax import config as config_lib
 from bertjax.checkpoint import Checkpoints, config_hash, restore_target
-from bertjax.config import Config
 from bertjax.data import Prefetcher, PretrainData
 from bertjax.divergence import Diverged, Trouble, Watch, roll_back
 from bertjax.files import json_text, write_atomic
 from bertjax.loss import safe_ratio
 from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
-from bertjax.optim import BatchRamp, schedule, schedule_args
-from bertjax.precision import LossScale, Precision
+from bertjax.optim import schedule, schedule_args
+from bertjax.precision import Precision
+from bertjax.pretrain_run import DROPOUT, EVAL, MASK, Run, TokenOffsets, restore_state, token_counts
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
 from bertjax.xla_options import compiler_options
-
-# Purposes of the root key; each gets its own stream (fold_in), so adding one never shifts another.
-INIT, MASK, DROPOUT, EVAL = range(4)
-# Validation scores the same sequences, masked the same way, whatever train.seed: its sample
-# (a fixed shuffle of the split) and its masks come from this seed, so two runs' validation
-# losses score the same predictions, a paired comparison rather than each run's own draw.
-VALIDATION_SEED = 0
-
-
-def purpose_keys(seed: int) -> dict:
-    """The run's key for each purpose, from train.seed; validation's from VALIDATION_SEED."""
-    root = jax.random.key(seed)
-    keys = {p: jax.random.fold_in(root, p) for p in (INIT, MASK, DROPOUT)}
-    return keys | {EVAL: jax.random.fold_in(jax.random.key(VALIDATION_SEED), EVAL)}
-
-
-@dataclasses.dataclass
-class Run:
-    """What the loop needs, resolved from the config and the prepared data."""
-
-    cfg: Config
-    data: PretrainData  # the train split
-    validation: PretrainData | None
-    tokenizer: Tokenizer
-    ramp: BatchRamp
-    total_steps: int
-    run_dir: Path
-    prepared_data: dict  # what identifies the token stream (prepared.identity), for checkpoints
-
-    @property
-    def config_yaml(self) -> str:
-        return config_lib.to_yaml(self.cfg)
-
-
-def token_counts(ramp: BatchRamp, seq_len: int, steps_done: int, tokens_before: int | None,
-                 watch: Watch, offset: int = 0) -> dict:
-    """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;
-    None when the starting checkpoint does not say) and their sum (None when unknown), as
-    sequences x seq_len: positions computed on, an NSP/SOP row's padding too (data/README.md).
-    The steps that applied no update are not behind the weights and are left out: those
-    rollbacks threw away (Watch.skipped, [first, last] ranges) and float16's single non-finite
-    steps (Watch.unapplied). `offset`: tokens this formula miscounts before a resume that changed
-    seq_len or the batch ramp (TokenOffsets). metrics.jsonl's `tokens` is the stream's position."""
-    sequences = ramp.sequences_before(steps_done) - sum(
-        ramp.sequences_before(min(last, steps_done)) - ramp.sequences_before(first - 1)
-        for first, last in watch.skipped if first <= steps_done) - sum(
-        ramp.batch(step - 1) for step in watch.unapplied if step <= steps_done)
-    this_run = sequences * seq_len + offset
-    return {"tokens_seen": None if tokens_before is None else tokens_before + this_run,
-            "tokens_this_run": this_run, "tokens_before": tokens_before}
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenOffsets:
-    """What a checkpoint counted less what this run's seq_len and batch ramp count for the same
-    steps: tokens of the stream read (metrics.jsonl's `tokens`) and tokens behind the weights
-    (`tokens_this_run`). Both are 0 unless a resume changed data.seq_len, train.micro_batch or
-    the ramp: counted from step 0 with the new values, results.json, the bundle's manifest and
-    the curves' token axis were wrong (512 x 8 from step 0 where steps 1-10 read 128 x 8)."""
-
-    stream: int = 0
-    seen: int = 0
-
-    @classmethod
-    def at(cls, ramp: BatchRamp, seq_len: int, step: int, meta: dict,
-           watch: Watch) -> "TokenOffsets":
-        """For the state of checkpoint `step` (its `meta`; `watch` restored from it)."""
-        if step == 0 or "tokens_this_run" not in meta:  # fresh, or older than the count
-            return cls()
-        seen = meta["tokens_this_run"] - token_counts(ramp, seq_len, step, 0,
-                                                      watch)["tokens_this_run"]
-        # Checkpoints from before `tokens_stream` was saved: without rollbacks the same offset.
-        stream = meta.get("tokens_stream", ramp.sequences_before(step) * seq_len + seen) - \
-            ramp.sequences_before(step) * seq_len
-        return cls(stream, seen)
-
-
-def restore_state(checkpoints: Checkpoints, step: int, target, cfg: Config, mesh):
-    """(state, meta) of checkpoint `step` restored into `target` (a state or its
-    restore_target), holding the loss scale this run computes with: float16's dynamic scale is
-    part of the state, so a checkpoint written at another precision.compute (its config says)
-    did not fit the target, and Orbax's tree mismatch was called a damaged checkpoint, to be
-    deleted. float16 -> bfloat16 drops the scale; a switch to float16 starts a fresh one."""
-    meta = checkpoints.read_meta(step)
-    theirs = (config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {step}'s config")
-              .precision if "config_yaml" in meta else cfg.precision)
-    saved, wanted = theirs.compute == "float16", cfg.precision.compute == "float16"
-    if saved == wanted:
-        return checkpoints.restore(step, target)
-
-    def scale(precision):  # replicated, as shard_params places a loss scale
-        return jax.device_put(LossScale.create(precision.loss_scale, precision.loss_scale_period),
-                              NamedSharding(mesh, PartitionSpec()))
-
-    state, meta = checkpoints.restore(step, with_loss_scale(
-        target, restore_target(scale(theirs)) if saved else None))
-    return with_loss_scale(state, scale(cfg.precision) if wanted else None), meta
-
-
-def with_loss_scale(state, scale):
-    """`state` (a TrainState, or its restore target) with `scale` (None: no loss scale)."""
-    return eqx.tree_at(lambda s: s.loss_scale, state, scale, is_leaf=lambda x: x is None)
 
 
 def validation_sums(eval_step, model, data: PretrainData, size: int, max_sequences: int, mesh,

@@ -16,7 +16,7 @@ LAYERS = [
      "glue_batches", "sharding", "processes", "checkpoint", "metrics", "weights", "bundle",
      "runlock", "sweep_state", "divergence", "xla_options"},
     {"hf_config", "hf_tokenizer", "hf_checks", "hf", "pretrained", "starting_points", "export",
-     "predict", "plot", "glue_eval", "glue_submission", "glue_score"},
+     "predict", "plot", "glue_eval", "glue_submission", "glue_score", "pretrain_run"},
     {"pretrain_loop", "pretrain", "seed_run", "finetune", "glue_sweep"},
     {"train"},
 ]

@@ -34,10 +34,8 @@ from bertjax.pretrain import (
     pretrain,
     resolve,
     start_state,
-    warn_if_other_data,
-    what_changed,
 )
-from bertjax.pretrain_loop import EVAL, MASK, purpose_keys
+from bertjax.pretrain_run import EVAL, MASK, purpose_keys, warn_if_other_data, what_changed
 from bertjax.pretrained import restore_model
 from bertjax.sharding import make_mesh
 from bertjax.starting_points import continue_from

@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_run_config
 
 from bertjax import config as config_lib
-from bertjax import pretrain_loop
+from bertjax import pretrain_loop, pretrain_run
 from bertjax.checkpoint import Checkpoints
 from bertjax.divergence import Trouble, Watch, rollback_target
 from bertjax.errors import StoppedBySignal
@@ -100,10 +100,10 @@ def test_float16s_single_non_finite_steps_stay_out_of_the_tokens_behind_the_weig
     saved = w.saved()
     assert json.loads(json.dumps(saved)) == saved
     ramp = BatchRamp(micro=4, start=4, end=12, ramp_steps=4, stages=2)  # 4, 4, 8, 8, 12, ...
-    counts = pretrain_loop.token_counts(ramp, 10, 7, 100, w)
+    counts = pretrain_run.token_counts(ramp, 10, 7, 100, w)
     assert counts["tokens_this_run"] == (ramp.sequences_before(7) - 4 - 12 - 12) * 10
     assert counts["tokens_seen"] == 100 + counts["tokens_this_run"]
-    assert pretrain_loop.token_counts(ramp, 10, 4, None, w)["tokens_this_run"] == (24 - 4) * 10
+    assert pretrain_run.token_counts(ramp, 10, 4, None, w)["tokens_this_run"] == (24 - 4) * 10
     # A streak that becomes trouble: the rollback to checkpoint 4 keeps only its own skips.
     for step in (8, 9):
         w.see(step, False, math.nan)
@@ -113,7 +113,7 @@ def test_float16s_single_non_finite_steps_stay_out_of_the_tokens_behind_the_weig
         target.see(step, step != 2, 9.0)
     w.rolled_back(trouble, 4, target.saved())
     assert w.unapplied == [2] and w.skipped == [[5, 10]]
-    assert pretrain_loop.token_counts(ramp, 10, 10, 0, w)["tokens_this_run"] == \
+    assert pretrain_run.token_counts(ramp, 10, 10, 0, w)["tokens_this_run"] == \
         (ramp.sequences_before(10) - 4 - (ramp.sequences_before(10) - ramp.sequences_before(4))) \
         * 10
     # A checkpoint from before the field resumes with none recorded.
