@@ -222,7 +222,10 @@ def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state, mesh):
                    if getattr(getattr(theirs, section), name) !=
                    getattr(getattr(run.cfg, section), name)]
         if changed:
-            raise UserError(f"{run.run_dir} holds checkpoint {step} of another model shape "
+            # NSP -> SOP keeps every shape: its head's two classes would mean other things.
+            kind = ("another pretraining objective" if changed[-1].startswith("data.") and
+                    len(changed) == 1 else "another model shape")
+            raise UserError(f"{run.run_dir} holds checkpoint {step} of {kind} "
                             f"({', '.join(changed)}); {fix}")
     if step > run.total_steps:
         raise UserError(f"{run.run_dir} holds checkpoint {step}, past this run's last step "

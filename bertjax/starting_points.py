@@ -79,7 +79,21 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     if fresh:  # a GLUE classifier has no MLM head: its transform was random, unsaid
         warnings.warn(f"{where} has no {' or '.join(fresh)}: this run initialises "
                       f"{'it' if len(fresh) == 1 else 'them'} at random", stacklevel=2)
+    warn_other_pair_objective(source, cfg, where)
     return model, source.tokens_seen
+
+
+def warn_other_pair_objective(source, cfg: Config, where: str) -> None:
+    """NSP and SOP heads have one shape and two meanings (class 0: the second segment follows
+    the first / the segments are in order): continued pretraining from the other objective's
+    head took its weights without a word. A Hugging Face pretraining head is NSP's."""
+    if cfg.data.objective == "mlm" or source.model.nsp is None:
+        return
+    theirs = source.config.data.objective if source.config is not None else "mlm+nsp"
+    if theirs != cfg.data.objective:
+        warnings.warn(f"{where}'s pair head was trained for data.objective={theirs}; this run's "
+                      f"{cfg.data.objective} head starts from its weights, whose two classes "
+                      "meant other things", stacklevel=3)
 
 
 def warn_other_function(theirs: ModelConfig, ours: ModelConfig, where: str) -> None:

@@ -25,6 +25,7 @@ import yaml
 from conftest import communicate_all, free_port, tiny_run_config, write_corpus
 
 from bertjax import config as config_lib
+from bertjax import starting_points
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
@@ -158,8 +159,10 @@ def test_a_finished_run_started_again_changes_nothing(config_file, straight, tmp
     before = file_hashes(run_dir)
     code, out = train(config_file, run_dir)
     assert code == 0 and "nothing to do" in out, out
-    for change, expect in [("model.intermediate_size=32", "model.intermediate_size: 256 -> 32"),
-                           ("data.objective=mlm+sop", "data.objective: mlm -> mlm+sop"),
+    for change, expect in [("model.intermediate_size=32", "another model shape (model."
+                                                          "intermediate_size: 256 -> 32)"),
+                           ("data.objective=mlm+sop", "another pretraining objective (data."
+                                                      "objective: mlm -> mlm+sop)"),
                            (f"train.steps={STEPS - 1}", f"past this run's last step {STEPS - 1}")]:
         code, out = train(config_file, run_dir, change)
         last = out.strip().splitlines()[-1]
@@ -374,6 +377,29 @@ def test_continued_pretraining_says_which_heads_start_at_random(config_file, str
     with pytest.warns(UserWarning, match=rf"init.checkpoint={straight} has no pooler or NSP/SOP "
                                          r"head: this run initialises them at random$"):
         continue_from(Bert(run.cfg.model, key=jax.random.key(0), nsp=True), run.cfg,
+                      run.tokenizer)
+
+
+def test_continued_pretraining_says_when_its_pair_head_had_the_other_objective(
+        config_file, straight, monkeypatch):
+    """SOP continued from an NSP checkpoint took the NSP head's weights (same shape, other
+    classes) without a word."""
+    run = resolve(config_lib.load([config_file], [f"init.checkpoint={straight}",
+                                                  "data.objective=mlm+sop"]))
+    nsp_run = dataclasses.replace(run.cfg, data=dataclasses.replace(run.cfg.data,
+                                                                    objective="mlm+nsp"))
+    source = starting_points.load_pretrained(straight)
+    source = dataclasses.replace(source, config=nsp_run, model=Bert(
+        source.model_cfg, key=jax.random.key(1), nsp=True))
+    monkeypatch.setattr(starting_points, "load_pretrained", lambda *a: source)
+    with pytest.warns(UserWarning, match=rf"init.checkpoint={straight}'s pair head was trained "
+                                         r"for data.objective=mlm\+nsp; this run's mlm\+sop "
+                                         r"head starts from its weights"):
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0), nsp=True), run.cfg,
+                      run.tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same objective: nothing said
+        continue_from(Bert(run.cfg.model, key=jax.random.key(0), nsp=True), nsp_run,
                       run.tokenizer)
 
 
