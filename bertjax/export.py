@@ -308,8 +308,10 @@ def main(argv: list[str]) -> None:
     out = export_run(args.run_dir, args.out_dir, dtype=args.dtype, force=args.force,
                      tokenizer=args.tokenizer)
     manifest = json.loads((out / "manifest.json").read_text())
+    step, total = manifest["summary"]["step"], manifest["summary"].get("total_steps")
+    unfinished = f" of {total} (the run is unfinished)" if total and step < total else ""
     print(f"wrote {out}: {manifest['parameters']:,} parameters ({args.dtype}), step "
-          f"{manifest['summary']['step']}; {os.path.getsize(out / 'model.safetensors'):,} bytes "
+          f"{step}{unfinished}; {os.path.getsize(out / 'model.safetensors'):,} bytes "
           f"of weights. Load it with bertjax.pretrained.load_pretrained or init.checkpoint={out}")
 
 

@@ -293,9 +293,12 @@ def test_cli_refuses_bad_paths_and_non_empty_output(run, tmp_path, capsys):
 
 
 def test_bundle_export_names_the_bundle_to_load(run, tmp_path, capsys):
-    """Its closing line ends with init.checkpoint=OUT, ready to paste (it once ended at `=`)."""
+    """Its closing line ends with init.checkpoint=OUT, ready to paste (it once ended at `=`),
+    and says when the run is unfinished (it said only "step 6")."""
     main([str(run[0]), str(tmp_path / "b")])
-    assert capsys.readouterr().out.strip().endswith(f"init.checkpoint={tmp_path / 'b'}")
+    out = capsys.readouterr().out.strip()
+    assert out.endswith(f"init.checkpoint={tmp_path / 'b'}")
+    assert f"step {STEP} of {TOTAL} (the run is unfinished);" in out, out
 
 
 @pytest.mark.parametrize("argv", [["", "out"], ["run", ""], ["run", "out", "--tokenizer", ""]])
