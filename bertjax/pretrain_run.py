@@ -98,8 +98,8 @@ class TokenOffsets:
         seen = meta["tokens_this_run"] - token_counts(ramp, seq_len, step, 0,
                                                       watch)["tokens_this_run"]
         # Checkpoints from before `tokens_stream` was saved: without rollbacks the same offset.
-        stream = meta.get("tokens_stream", ramp.sequences_before(step) * seq_len + seen) - \
-            ramp.sequences_before(step) * seq_len
+        here = ramp.sequences_before(step) * seq_len
+        stream = meta["tokens_stream"] - here if "tokens_stream" in meta else seen
         return cls(stream, seen)
 
 

@@ -20,7 +20,7 @@ from bertjax.config import Config, ModelConfig
 from bertjax.errors import UserError
 from bertjax.hub_models import file_of_tokenizer_path
 from bertjax.model import Bert, new_bert
-from bertjax.pretrained import load_pretrained, load_tokenizer
+from bertjax.pretrained import Pretrained, load_pretrained, load_tokenizer
 from bertjax.processes import same_on_every_process
 
 # What must agree for a checkpoint's weights to be another run's starting point.
@@ -83,7 +83,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     return model, source.tokens_seen
 
 
-def warn_other_pair_objective(source, cfg: Config, where: str) -> None:
+def warn_other_pair_objective(source: Pretrained, cfg: Config, where: str) -> None:
     """NSP and SOP heads have one shape and two meanings (class 0: the second segment follows
     the first / the segments are in order): continued pretraining from the other objective's
     head took its weights without a word. A Hugging Face pretraining head is NSP's."""
