@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
 from bertjax import config
 from bertjax.hf import bert_to_hf
@@ -64,24 +64,30 @@ def make_batch(rng, args):
             "attention_mask": jnp.asarray(mask)}
 
 
-def hf_model(model: Bert, cfg) -> BertForMaskedLM:
-    hf_cfg = BertConfig(**{k: v for k, v in config_to_hf(cfg.model, "mlm").items()
-                           if k != "architectures"})
-    hf = BertForMaskedLM._from_config(hf_cfg, attn_implementation="eager")
+def hf_model(model: Bert, cfg, kind: str = "mlm", num_labels: int = 0):
+    """The Hugging Face twin of `model` (kind mlm: BertForMaskedLM; cls:
+    BertForSequenceClassification with `num_labels` outputs) holding its weights, in train mode."""
+    hf_cfg = BertConfig(**{k: v for k, v in config_to_hf(
+        cfg.model, kind, num_labels, classifier_dropout=cfg.glue.classifier_dropout).items()
+        if k != "architectures"})
+    hf_class = BertForMaskedLM if kind == "mlm" else BertForSequenceClassification
+    hf = hf_class._from_config(hf_cfg, attn_implementation="eager")
     state = {k: torch.from_numpy(np.array(v)) for k, v in bert_to_hf(model, cfg.model,
-                                                                     "mlm").items()}
+                                                                     kind).items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("decoder" in k for k in missing), (missing, unexpected)
     hf.tie_weights()
     return hf.train()
 
 
-def hf_optimizer(hf):
+def hf_optimizer(hf, optim):
+    """torch AdamW as Hugging Face fine-tunes: `optim`'s (bertjax's) rate and betas, weight
+    decay on everything but biases and LayerNorm."""
     decay = [p for n, p in hf.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in hf.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": WD},
+    return torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=LR, betas=(B1, B2), eps=EPS)
+                             lr=optim.lr, betas=(optim.b1, optim.b2), eps=optim.eps)
 
 
 def main():
@@ -99,7 +105,7 @@ def main():
     state = init_state(model, optimizer, cfg.precision)
     step = make_train_step(spec, optimizer, args.batch)
     schedule = schedule_args(cfg.optim, args.steps)
-    torch_opt = hf_optimizer(hf)
+    torch_opt = hf_optimizer(hf, cfg.optim)
     mask_key = jax.random.key(1)
     print(f"{'step':>4} {'bertjax loss':>13} {'HF loss':>13} {'rel diff':>9}")
     worst = 0.0
