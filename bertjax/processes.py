@@ -1,12 +1,12 @@
 """The processes of a run and what they must do together.
 
 A multi-host run joins through `jax.distributed.initialize` (JAX's own engine): a process that
-waits in vain for the others to join ends in one line, and so do a busy coordinator port and
-processes with unequal device counts or different configs. Joined, they agree (`barrier`,
-`same_on_every_process`, `seen_alike_by_every_process`), stop after the same step on
-SIGTERM/SIGINT (`StopSignal`), and a process that loses another mid-run says so in one line
-where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it). An
-error one process meets ends them all (`leaving`). With one process, every function here is
+waits in vain for the others to join ends in one line (at once on Ctrl-C or SIGTERM), and so do
+a busy coordinator port and processes with unequal device counts or different configs. Joined,
+they agree (`barrier`, `same_on_every_process`, `seen_alike_by_every_process`), stop after the
+same step on SIGTERM/SIGINT (`StopSignal`), and a process that loses another mid-run says so in
+one line where JAX reports it (`losing_a_process_is_fatal`; else JAX's heartbeat abort ends it).
+An error one process meets ends them all (`leaving`). With one process, every function here is
 (nearly) free.
 """
 
@@ -77,9 +77,11 @@ def initialize_distributed(cfg: MeshConfig) -> None:
         timer.daemon = True
         timer.start()
     try:
-        jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
-                                   num_processes=cfg.num_processes, process_id=cfg.process_id,
-                                   initialization_timeout=JOIN_TIMEOUT_S + 60)
+        with _signals_end_the_wait(reason):
+            jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
+                                       num_processes=cfg.num_processes,
+                                       process_id=cfg.process_id,
+                                       initialization_timeout=JOIN_TIMEOUT_S + 60)
     except ValueError as e:
         missing = [f"mesh.{k}" for k in _PROCESS_KEYS if getattr(cfg, k) is None]
         if not missing:
@@ -97,6 +99,38 @@ def initialize_distributed(cfg: MeshConfig) -> None:
             timer.cancel()
     leaving.watch_for_failed_processes()
     _refuse_unequal_device_counts()
+
+
+@contextlib.contextmanager
+def _signals_end_the_wait(reason: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while JAX waits for the processes to join ends the process at once, in
+    one line and 130/143. JAX's wait is one C++ call that Python's signal handlers cannot
+    interrupt (they run when it returns): a process left alone ignored both until the join timed
+    out, 5 minutes later, then said only that the others had not joined, exit 2. The C-level
+    handler still writes the signal's number to the wakeup fd, which a thread watches."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    theirs, ours = socket.socketpair()
+    ours.setblocking(False)
+    previous = signal.set_wakeup_fd(ours.fileno(), warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while number := theirs.recv(1):
+            if number[0] in (signal.SIGINT, signal.SIGTERM):
+                name = signal.Signals(number[0]).name
+                exit_now(f"interrupted ({name}) while waiting for every process to join "
+                         f"({reason}); run the same command again", 128 + number[0])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        ours.close()  # the watcher reads the end of the stream and returns
+        watcher.join()
+        theirs.close()
 
 
 def relay_a_config_error(message: str, files: list[str], overrides: list[str]) -> None:

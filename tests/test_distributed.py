@@ -6,6 +6,7 @@ end within seconds, in one line each (a bug: its traceback)."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -271,6 +272,30 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     assert "a process that failed before joining (a config error on its host) said why in its " \
         "own output" in lines[1], done.stderr
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_waiting_to_join_ends_the_process_at_once(tmp_path, sig):
+    # JAX's wait to join is one C++ call: Ctrl-C or a scheduler's SIGTERM on a process left
+    # alone was ignored until the join timed out (5 minutes), then "not every process joined",
+    # exit 2.
+    script, port = tmp_path / "alone.py", free_port()
+    write_join_script(script, port, 0, "processes.JOIN_TIMEOUT_S, "
+                                       "processes.JOIN_NOTICE_S = 90, 1\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        notice = proc.stderr.readline()  # it waits inside the join now
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert notice == (f"mesh: mesh.coordinator_address=127.0.0.1:{port}: waiting up to 90 s for "
+                      "every process to join\n")
+    assert proc.returncode == 128 + sig, err
+    assert err.splitlines() == [f"error: interrupted ({sig.name}) while waiting for every process "
+                                f"to join (mesh.coordinator_address=127.0.0.1:{port}); run the "
+                                "same command again"], err
 
 
 @pytest.mark.parametrize("launch_keys_in", ["overrides", "yaml"])
