@@ -1,10 +1,11 @@
 """Corpus -> prepared data: tokenizer.json, flat token files, document lengths and meta.json.
 
-`python -m bertjax.prepare CONFIG [key=value ...]`; the trainer calls `ensure_prepared(cfg)`.
-The input is streamed and tokens are written as they come (token_files.py), so memory does not
-grow with the corpus. Outputs get temporary names and are renamed when complete, meta.json last:
-a run that dies half-way is never taken as finished. Format: data/README.md.
-Reading and checking a prepared directory (meta.json and its files) is in prepared.py.
+`python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...]`; the trainer calls
+`ensure_prepared(cfg)`. The input is streamed and tokens are written as they come
+(token_files.py), so memory does not grow with the corpus. Outputs get temporary names and are
+renamed when complete, meta.json last: a run that dies half-way is never taken as finished.
+Format: data/README.md. Reading and checking a prepared directory (meta.json and its files) is
+in prepared.py.
 """
 
 import contextlib
