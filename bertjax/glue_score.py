@@ -1,5 +1,5 @@
 """Score a trained classifier on a GLUE task's dev split(s) with the official metrics, and with
---out write its scores and the task's leaderboard files: `python -m bertjax.glue_score CKPT`.
+--out write its scores and the task's leaderboard files: `python -m bertjax.glue_score CHECKPOINT`.
 
 CHECKPOINT is anything load_pretrained reads: a seed's best/ (its task and GLUE files are the
 ones it was fine-tuned on), a release bundle, a Hugging Face classifier directory or hub id
