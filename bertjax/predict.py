@@ -237,7 +237,9 @@ def main(argv: list[str]) -> None:
     pretrained = load_pretrained(args.checkpoint,
                                  allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     if pretrained.tokenizer_path is None:
-        raise UserError(f"{args.checkpoint} carries no tokenizer.json; export it with one")
+        raise UserError(f"{args.checkpoint} carries no tokenizer (tokenizer.json, or a Hugging "
+                        "Face directory's vocab.txt); put the one its weights were trained with "
+                        "beside them")
     tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, args.checkpoint)
     model = pretrained.model
     check_tokenizer_fits(tok, pretrained.tokenizer_path, model,

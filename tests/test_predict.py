@@ -229,6 +229,17 @@ def test_fill_mask_cli_refuses_an_input_without_a_mask(bundle):
                                   "fill-mask needs one per input")
 
 
+def test_a_hugging_face_directory_without_a_tokenizer_is_told_what_to_put_there(capsys):
+    # It said "carries no tokenizer.json; export it with one": export writes bertjax's runs, and
+    # a Hugging Face directory's vocab.txt is a tokenizer too (glue_score's words, now both).
+    mlm = ROOT / "tests" / "fixtures" / "hf_tiny" / "mlm"  # weights and config.json only
+    with pytest.raises(UserError, match=r"mlm carries no tokenizer \(tokenizer.json, or a Hugging "
+                       r"Face directory's vocab.txt\); put the one its weights were trained "
+                       r"with beside them$"):
+        predict.main(["fill-mask", str(mlm), "the [MASK] sat."])
+    assert capsys.readouterr().out == ""
+
+
 # ---- issue 19: argument and input mistakes are one line, before the model is loaded ----
 @pytest.mark.parametrize("argv, fragment", [
     (["fill-mask"], "required: checkpoint.*; usage: python -m bertjax.predict"),
