@@ -43,7 +43,7 @@ from bertjax.pretrain_run import (
     warn_if_other_data,
     what_changed,
 )
-from bertjax.pretrained import check_checkpoint_path
+from bertjax.pretrained import check_checkpoint_path, check_weights_fetched
 from bertjax.processes import (
     StopSignal,
     join_the_run,
@@ -164,10 +164,11 @@ def pretrain(cfg: Config) -> Path:
 
 
 def pretrain_holding_the_run_dir(cfg: Config) -> Path:
-    # A missing init.checkpoint is said before the data is prepared. Here, not before the
-    # processes join: one host without it would leave the others waiting 5 minutes to join.
+    # A missing init.checkpoint (or one whose weights are LFS pointers) is said before the data
+    # is prepared. Here, not before the processes join: one host without it would leave the
+    # others waiting 5 minutes to join.
     if cfg.init.checkpoint is not None:
-        check_checkpoint_path(cfg.init.checkpoint)
+        check_weights_fetched(check_checkpoint_path(cfg.init.checkpoint))
     run = resolve(cfg)
     cfg = run.cfg
     check_tokenizer(run.run_dir, Path(cfg.data.dir))

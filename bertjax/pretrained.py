@@ -206,6 +206,15 @@ def check_checkpoint_path(path: str | Path) -> Path:
     raise UserError(f"{not_local}; pass {EXPECTED}")
 
 
+def check_weights_fetched(path: Path) -> None:
+    """A checkout without `git lfs pull` holds pointers where a bundle's weights belong
+    (checkpoints/, .gitattributes): said before anything is prepared or written, not after."""
+    if path.is_dir():
+        for file in sorted(path.iterdir()):
+            if file.suffix in (".safetensors", ".bin", ".msgpack") and file.is_file():
+                check_not_lfs_pointer(file)
+
+
 def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
     """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir.
     A bundle whose tokenizer is not the one exported with its weights is refused unless

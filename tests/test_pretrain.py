@@ -304,6 +304,23 @@ def test_a_missing_init_checkpoint_is_said_before_the_data_is_prepared(config_fi
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
+def test_init_checkpoint_weights_left_as_lfs_pointers_are_said_before_the_data_is_prepared(
+        config_file, tmp_path):
+    # configs/pretrain_tiny_tapt.yaml in a clone without `git lfs pull`: the data was prepared
+    # (a tokenizer trained, data.dir written), then the pointer was named.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "checkpoints" / "tiny_corpus_mini", bundle)
+    (bundle / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:5af6\nsize 6147824\n")
+    cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path / 'run'}",
+                                          f"data.dir={tmp_path / 'data'}",
+                                          f"init.checkpoint={bundle}"])
+    with pytest.raises(UserError, match=r"bundle/model.safetensors is a git LFS pointer, not the "
+                                        r"file itself"):
+        pretrain(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
 def test_sequences_longer_than_the_position_table_are_refused(config_file):
     cfg = config_lib.load([config_file], ["model.max_position_embeddings=16"])  # seq_len 32
     with pytest.raises(UserError, match="data.seq_len=32 is longer than the model's 16 positions"):
