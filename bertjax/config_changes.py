@@ -54,6 +54,16 @@ def describe_changes(old_yaml: str, new_yaml: str, limit: int = 5) -> str:
     """'optim.lr: 0.001 -> 0.002, train.steps: 100 -> 200' for two configs' YAML texts, leaving
     out LAUNCH_KEYS; '' when nothing else changed."""
     old, new = flat_keys(yaml.safe_load(old_yaml)), flat_keys(yaml.safe_load(new_yaml))
-    unset = "(unset)"
-    return listed([f"{key}: {old.get(key, unset)} -> {new.get(key, unset)}"
+
+    def value(side: dict, key: str) -> str:
+        return as_written(side[key]) if key in side else "(unset)"
+
+    return listed([f"{key}: {value(old, key)} -> {value(new, key)}"
                    for key in changed_keys(old, new) if key not in LAUNCH_KEYS], limit)
+
+
+def as_written(value: object) -> str:
+    """A config value as a `key=value` override or a YAML file writes it: null, '', true,
+    [a, b] (Python's None, True and an empty string's nothing read as other things)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=2**31).removesuffix(
+        "\n...\n").strip()

@@ -469,9 +469,15 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS}); the data "
                          "stream goes on from sequence 24 (was 32): 8 sequences read again")
     assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
+    # Values as a key=value override writes them (it said "init.checkpoint: None -> runs/x" and
+    # "train.xla_flags:  -> " for an empty string).
+    theirs = yaml.safe_load(before.config_yaml)
+    theirs["train"]["xla_flags"], theirs["data"]["hf_config"] = "--xla_cpu_foo=true", "20231101.en"
+    assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(theirs))).startswith(
+        ": data.hf_config: 20231101.en -> null, train.xla_flags: --xla_cpu_foo=true -> ''")
     relaunched = resolve(config_lib.load([config_file], ["mesh.coordinator_address=h:1234"]))
     assert what_changed(relaunched, meta) is None  # a new coordinator port changes nothing
-    # An older bertjax's checkpoint lacks the keys added since (read as "(unset) -> False"):
+    # An older bertjax's checkpoint lacks the keys added since (read as "(unset) -> false"):
     # their defaults compute what it computed.
     older = yaml.safe_load(before.config_yaml)
     del older["data"]["whole_word_mask"]
@@ -487,7 +493,7 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     # resumed phase 1 (its optimizer, its schedule stretched), the key merely listed.
     phase_two = resolve(config_lib.load([config_file], ["init.checkpoint=runs/phase1"]))
     assert what_changed(phase_two, meta) == (
-        ": init.checkpoint: None -> runs/phase1; init.checkpoint is not used: a resume continues "
+        ": init.checkpoint: null -> runs/phase1; init.checkpoint is not used: a resume continues "
         "checkpoint 3 (for a phase that starts from init.checkpoint's weights, with a fresh "
         "optimizer and schedule, set a new train.run_dir)")
     # float16's loss scale is state: a resume goes on with the checkpoint's, whatever the key.
