@@ -56,8 +56,9 @@ def warn_pretraining_overrides(overrides: list[str]) -> None:
     for longer GLUE inputs) was silently ignored. Only overrides: a YAML file may include a
     pretraining config on purpose (configs/band_sst2.yaml)."""
     for override in overrides:
-        key = override.partition("=")[0].strip()
-        if key in PRETRAINING_ONLY:
+        key, _, value = (part.strip() for part in override.partition("="))
+        if key in PRETRAINING_ONLY and f"{key}={value}" != "optim.schedule=constant":
+            # (that one finetune.with_glue_schedule says, from a YAML file too: once is enough)
             warnings.warn(f"{key} applies to pretraining only and is ignored by GLUE "
                           f"fine-tuning; it reads {PRETRAINING_ONLY[key]}", stacklevel=2)
 

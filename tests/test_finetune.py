@@ -714,12 +714,16 @@ def test_a_fine_tune_runs_the_encoder_as_its_config_says(tmp_path, tokenizer_pat
 def test_a_constant_schedule_asked_of_fine_tuning_is_said_to_be_replaced():
     import warnings
 
+    from bertjax import train as train_lib
+
     with pytest.warns(UserWarning, match="optim.schedule=constant does not apply to GLUE"):
         cfg = finetune_lib.with_glue_schedule(config.load([], ["optim.schedule=constant"]))
     assert (cfg.optim.schedule, cfg.optim.final_lr_fraction) == ("linear", 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default (one_cycle, pretraining's): nothing to say
         finetune_lib.with_glue_schedule(config.load([], []))
+        # Said once, not again as a pretraining-only override (a command line gave both).
+        train_lib.warn_pretraining_overrides(["optim.schedule = constant"])
 
 
 def test_a_learning_rate_sweep_runs_a_fine_tune_per_rate_and_names_the_best(
