@@ -175,6 +175,13 @@ def training_summary(run_dir: Path, meta: dict) -> dict:
 def _not_a_run(path: Path) -> str:
     """What to do with a directory that a release bundle is not made from: a bundle or a GLUE
     run's seed is one already (the user wanted a copy, or a transformers directory)."""
+    # RUN/checkpoints/50, or RUN/checkpoints (Orbax names each step's directory by its number).
+    step = path.parent.name == "checkpoints" and path.name.isdigit()
+    run = path.parent.parent if step else path.parent
+    if step or (path.name == "checkpoints" and any(p.name.isdigit() for p in path.iterdir())):
+        what = f"checkpoint {path.name} of" if step else "the checkpoints of"
+        return (f"it is {what} the pretraining run {run}: pass {run} (export takes its newest "
+                "complete checkpoint)")
     bests = sorted(path.glob("seed*/best/manifest.json")) or \
         sorted(path.glob("manifest.json")) or sorted(path.glob("best/manifest.json"))
     swept = sweep_models(path)

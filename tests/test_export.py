@@ -697,6 +697,18 @@ def test_a_bundle_export_of_a_fine_tuning_run_or_a_bundle_says_it_is_one_already
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkpoint_of_a_run_is_told_to_pass_the_run(run, tmp_path):
+    """runs/demo/checkpoints/50 said "has no checkpoints/ directory; pass a pretraining run
+    directory", not which one."""
+    run_dir = run[0]
+    step = next(p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    for path, what in ((step, f"checkpoint {step.name} of"), (step.parent, "the checkpoints of")):
+        with pytest.raises(UserError, match=rf"; it is {what} the pretraining run {run_dir}: "
+                                            rf"pass {run_dir} \(export takes its newest"):
+            main([str(path), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_fine_tuning_run_with_no_finished_seed_says_to_finish_it(tmp_path):
     (tmp_path / "seed0" / "checkpoints" / "3").mkdir(parents=True)  # interrupted in seed 0
     with pytest.raises(UserError, match=r"GLUE fine-tuning run with no finished seed yet .* "
