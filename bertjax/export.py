@@ -290,10 +290,7 @@ def export_hf_dir(source: str | Path, out_dir: str | Path, *, force: bool = Fals
 
 
 def main(argv: list[str]) -> None:
-    # the docstring's whole first paragraph: its first line alone ended at "[--force]`;" and
-    # left --format hf out of --help
-    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.export",
-                       description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.export", doc=__doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR|CHECKPOINT", type=path_argument,
                         help="a pretraining run; with --format hf also a checkpoint or bundle")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=path_argument)

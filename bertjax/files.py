@@ -99,10 +99,12 @@ def not_a_dir(path: str | Path) -> str:
 
 class ArgParser(argparse.ArgumentParser):
     """argparse for the commands: a bad command line is one UserError line ending with `usage`
-    (exit 2 through errors.cli), where argparse prints its usage block and exits itself."""
+    (exit 2 through errors.cli), where argparse prints its usage block and exits itself.
+    --help describes the command by its module docstring's first paragraph (`doc`), whole: its
+    first line alone can stop mid-sentence."""
 
-    def __init__(self, *args, usage_line: str, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, usage_line: str, doc: str, **kwargs):
+        super().__init__(*args, description=" ".join(doc.split("\n\n")[0].split()), **kwargs)
         self.usage_line = usage_line
 
     def error(self, message):

@@ -50,7 +50,7 @@ AS_OPTIONS = glue.Naming("--data-dir ", "give --data-dir", "or leave it out to u
 
 
 def main(argv: list[str]) -> None:
-    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.glue_score")
+    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.glue_score", doc=__doc__)
     parser.add_argument("checkpoint", type=path_argument,
                         help="a fine-tuned classifier: a seed's best/, a bundle, a Hugging Face "
                              "directory or hub id")

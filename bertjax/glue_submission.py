@@ -210,7 +210,7 @@ def write_zip(files: dict[str, Path], out: Path) -> None:
 
 def main(argv: list[str]) -> None:
     parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.glue_submission",
-                       description=__doc__.split("\n\n")[0].replace("\n", " "))
+                       doc=__doc__)
     parser.add_argument("runs", metavar="RUN", nargs="+", type=path_argument,
                         help="a finished GLUE run's or learning-rate sweep's train.run_dir")
     parser.add_argument("--out", required=True, type=path_argument, help="the zip to write")

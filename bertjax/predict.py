@@ -207,7 +207,7 @@ def _inputs(args) -> tuple[list[str], list[str] | None]:
 
 
 def main(argv: list[str]) -> None:
-    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.predict")
+    parser = ArgParser(usage_line=USAGE, prog="python -m bertjax.predict", doc=__doc__)
     parser.add_argument("command", choices=["fill-mask", "classify", "nsp"])
     parser.add_argument("checkpoint", type=path_argument,
                         help="run dir, checkpoint dir, bundle or HF BERT dir")

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import importlib
 import os
 import re
 import subprocess
@@ -501,6 +502,17 @@ def test_a_partial_multi_process_setting_names_the_missing_keys():
         "set mesh.num_processes and mesh.process_id (" in lines[1]
     assert all("set mesh.coordinator_address, mesh.num_processes and mesh.process_id together"
                in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["predict", "glue_score", "glue_submission", "export"])
+def test_every_command_s_help_says_what_it_does(command, capsys):
+    """predict's and glue_score's --help had no description, only their options."""
+    module = importlib.import_module(f"bertjax.{command}")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    first_paragraph = " ".join(module.__doc__.split("\n\n")[0].split())
+    assert first_paragraph in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["configs/demo.yaml", "--help"], ["-h"]])
