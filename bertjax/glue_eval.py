@@ -105,8 +105,8 @@ def warn_partial_submission(path: Path, task: str, split: str, rows: int,
     with this warning that it cannot be submitted; `data_key`: how the command names its data."""
     expected = glue_tasks.get_task(task).split(split).rows
     if expected is not None and rows != expected:
-        warnings.warn(f"{path} holds {rows} predictions, but GLUE's {task} {split} split has "
-                      f"{expected} examples: the leaderboard will refuse it; to submit, give "
+        warnings.warn(f"{path} holds {rows:,} predictions, but GLUE's {task} {split} split has "
+                      f"{expected:,} examples: the leaderboard will refuse it; to submit, give "
                       f"{data_key} the whole test file and run again", stacklevel=2)
 
 

@@ -88,7 +88,7 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
     train_traces = count_calls(monkeypatch, step_lib, "classification_sums")  # train step only
     # The fixture's test.tsv has 3 of SST-2's 1,821 test rows: written, and said unsubmittable.
     with pytest.warns(UserWarning, match=r"submission/SST-2.tsv holds 3 predictions, but GLUE's "
-                                         r"sst2 test split has 1821 examples: the leaderboard "
+                                         r"sst2 test split has 1,821 examples: the leaderboard "
                                          "will refuse it"):
         run_dir = finetune(sst2_cfg(tmp_path, tokenizer_path))
     results = json.loads((run_dir / "results.json").read_text())

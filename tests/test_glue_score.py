@@ -65,7 +65,7 @@ def classified(bundle: Path, rows: list[dict], a: str, b: str | None) -> np.ndar
 def test_mnli_dev_scores_and_test_files_are_the_models_predictions(tmp_path, tokenizer, capsys):
     bundle = fine_tuned(tmp_path / "mnli", tokenizer, "mnli", 3)
     with pytest.warns(UserWarning, match=r"MNLI-m.tsv holds 2 predictions, but GLUE's mnli "
-                                         r"test_matched split has 9796 examples: the leaderboard "
+                                         r"test_matched split has 9,796 examples: the leaderboard "
                                          r"will refuse it; to submit, give --data-dir the whole"):
         main([str(bundle), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out.splitlines()
