@@ -198,14 +198,14 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
         monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
                           cfg.precision.compute)
-        monitor.write(f"bertjax: {param_count(state.model):,} parameters, {jax.device_count()} "
-                      f"device(s), {run.total_steps} steps, {run.data.num_sequences:,} train "
-                      f"sequences/epoch, attention: "
-                      f"{attention_summary(cfg.model, cfg.precision.compute)}")
         stop = StopSignal(mesh)
-        loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
-                    lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
-        try:
+        try:  # from here: a failure in-process (a notebook) leaves no file open, no handler
+            monitor.write(f"bertjax: {param_count(state.model):,} parameters, "
+                          f"{jax.device_count()} device(s), {run.total_steps} steps, "
+                          f"{run.data.num_sequences:,} train sequences/epoch, attention: "
+                          f"{attention_summary(cfg.model, cfg.precision.compute)}")
+            loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
+                        lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
             state = loop.train(state, start, stop)
         finally:
             stop.restore()

@@ -316,8 +316,13 @@ class StopSignal:
         self.mesh = mesh
         self.previous_vote: jax.Array | None = None
         self.any_true = jax.jit(jnp.any, out_shardings=replicated(mesh))
+        # Python installs handlers from the main thread only (ValueError elsewhere) and runs
+        # them there: a run a notebook or a server starts on a thread of its own leaves the
+        # signals alone (Ctrl-C interrupts the main thread, not the run), rather than failing
+        # after its run directory was written.
+        on_main = threading.current_thread() is threading.main_thread()
         self.previous = {sig: signal.signal(sig, self.handle)
-                         for sig in (signal.SIGTERM, signal.SIGINT)}
+                         for sig in (signal.SIGTERM, signal.SIGINT)} if on_main else {}
 
     def restore(self) -> None:
         """Give the signals back to the handlers they had before (the run is over)."""

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -770,3 +771,27 @@ def test_a_token_budget_resumed_at_another_seq_len_counts_what_was_read(config_f
     pretrain(config_lib.load([config_file], [*common, "train.tokens=1024", "data.seq_len=16"]))
     results = json.loads((run_dir / "results.json").read_text())
     assert (results["steps"], results["tokens_this_run"]) == (2 + 4, 1024)  # 4 steps of 8 x 16
+
+
+def test_a_run_started_on_a_thread_of_its_own_trains_and_leaves_the_signals_alone(config_file,
+                                                                                  tmp_path):
+    """A notebook or a server trains on a thread of its own. Python installs signal handlers from
+    the main thread only: the run failed with ValueError after it had written its run directory,
+    leaving metrics.jsonl open."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    outcome = {}
+
+    def run() -> None:
+        try:
+            outcome["run_dir"] = pretrain(config_lib.load([config_file], [
+                f"train.run_dir={tmp_path}", "train.steps=2", "train.batch_end=8",
+                "train.eval_every=0", "train.fill_mask=[]"]))
+        except Exception as e:  # noqa: BLE001 - asserted below, in the test's own thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert "error" not in outcome, outcome
+    assert (outcome["run_dir"] / "results.json").is_file()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
