@@ -21,11 +21,11 @@ computed from the checkpoint-(s-1) state.
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable
 
 from bertjax.checkpoint import Checkpoints
 from bertjax.config import TrainConfig
+from bertjax.errors import RunDiverged
 from bertjax.metrics import Monitor
 
 ALPHA = 0.02  # weight of the newest loss in the running mean and variance (~50-step horizon)
@@ -151,13 +151,14 @@ def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore:
     """The state to go on with after `trouble` (the step after it comes next): the target
     checkpoint as `restore(step)` gives it, with its meta, or `initial()`. The
     checkpoints after the target are deleted, written on a state that was already diverging.
-    After train.max_rollbacks the run stops instead: exit 1 with one line. So it does, deleting
-    nothing, when the checkpoints from before the trouble were rotated away (keep_checkpoints=1):
-    the initial state would throw the whole run away, with its only checkpoint."""
+    After train.max_rollbacks the run stops instead: RunDiverged (the CLI: exit 1, one line). So
+    it does, deleting nothing, when the checkpoints from before the trouble were rotated away
+    (keep_checkpoints=1): the initial state would throw the whole run away, with its only
+    checkpoint."""
     target = rollback_target(checkpoints.all_steps(), trouble)
     if target == 0 and (gone := rotated_away(watch, trouble)):
         monitor.log(trouble.step, {"diverged": trouble.reason, "stopped": True})
-        sys.exit(f"error: training diverged at step {trouble.step} ({trouble.reason}); its "
+        raise RunDiverged(f"training diverged at step {trouble.step} ({trouble.reason}); its "
                  f"checkpoints from before that (step {gone} and earlier) were rotated away "
                  f"(train.keep_checkpoints={watch.cfg.keep_checkpoints}), so a rollback would "
                  f"start over from the initial state: stopping instead, {checkpoints.directory} "
@@ -169,7 +170,7 @@ def roll_back(watch: Watch, trouble: Trouble, checkpoints: Checkpoints, restore:
     if watch.exhausted:
         monitor.log(trouble.step, {"diverged": trouble.reason, "stopped": True})
         kept = f"step {target} is the newest checkpoint" if target else "no checkpoint is"
-        sys.exit(f"error: training diverged at step {trouble.step} ({trouble.reason}) after "
+        raise RunDiverged(f"training diverged at step {trouble.step} ({trouble.reason}) after "
                  f"{watch.rollbacks} rollback(s); stopping. {kept} from before it, in "
                  f"{checkpoints.directory}. Lower optim.lr (the rollbacks took it to "
                  f"x{watch.lr_factor:g}) or raise train.max_rollbacks")

@@ -39,6 +39,13 @@ class LostProcess(Exception):
     input. `cli` prints it as one line and exits 1 (see `leaving`)."""
 
 
+class RunDiverged(Exception):
+    """A pretraining run diverged past what its rollbacks mend (train.max_rollbacks spent, or the
+    checkpoints from before the trouble rotated away): `cli` prints it as one line and exits 1.
+    An exception, not sys.exit: a script or notebook calling `pretrain` (a search over learning
+    rates, say) catches it as it catches any other failure."""
+
+
 def exit_now(message: str, code: int) -> NoReturn:
     """Print `error: message` and end the process at once, from any thread. Not sys.exit: in a
     multi-process run jax.distributed's shutdown at exit waits at a barrier for every process,
@@ -85,7 +92,7 @@ def cli(main: Callable[[list[str]], None]) -> None:
         _fail(" ".join(str(e).split("\n")), 2)
     except StoppedBySignal as e:  # the loop has said where it saved
         sys.exit(e.exit_code)
-    except LostProcess as e:
+    except (LostProcess, RunDiverged) as e:
         _fail(str(e), 1)
     except KeyboardInterrupt as e:  # where no loop catches it (prepare, export, predict)
         name = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"

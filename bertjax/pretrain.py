@@ -9,7 +9,7 @@ result is bit-for-bit the same as an uninterrupted run on CPU. SIGTERM/SIGINT sa
 holds its directory (a lock) while it runs.
 
 A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); after
-`train.max_rollbacks` the run stops (exit 1).
+`train.max_rollbacks` the run stops (RunDiverged; exit 1).
 """
 
 import dataclasses
@@ -151,7 +151,8 @@ def resolve(cfg: Config) -> Run:
 
 def pretrain(cfg: Config) -> Path:
     """Pretrain (or resume) the run `cfg` describes; returns its run directory. Raises
-    StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint (not finished)."""
+    UserError for bad input, StoppedBySignal when SIGTERM/SIGINT stopped it after a checkpoint
+    (not finished), RunDiverged when it diverged past its rollbacks (train.max_rollbacks)."""
     join_the_run(cfg)  # before the paths are checked: a bad one is then said by every host
     compiler_options(cfg.train.xla_flags)  # an option XLA refuses, before any file is written
     check_dir_path(cfg.train.run_dir, "train.run_dir")
