@@ -61,6 +61,21 @@ def _batches(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
                       stacklevel=3)
 
 
+HEADS = {"mlm": "MLM head", "classifier": "GLUE head (fine-tune it first)", "nsp": "NSP head"}
+
+
+def check_call(model: Bert, head: str, call: str, **texts) -> None:
+    """A library call's mistakes as one UserError each, as the CLI says them: a model without
+    the head the call needs (else a TypeError from inside jit), and one string where a list of
+    texts belongs (else read as one input per character, silently)."""
+    if getattr(model, head) is None:
+        raise UserError(f"the model has no {HEADS[head]}, which {call} needs")
+    for name, value in texts.items():
+        if isinstance(value, str):
+            raise UserError(f"{call}: {name} is one string, not a list of texts (it would be "
+                            f"read one character per input); pass [{name}]")
+
+
 @partial(jax.jit, static_argnums=4)
 def _top_k(model: Bert, ids, types, mask, k: int, positions, has_token):
     """Top-k (probability, token id) at `positions` [batch, slots] of each row, over the ids
@@ -72,7 +87,11 @@ def _top_k(model: Bert, ids, types, mask, k: int, positions, has_token):
 
 def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
               batch_size: int = BATCH_SIZE) -> list:
-    """For each text, for each [MASK] in it: the top-k (token, probability) pairs."""
+    """For each text, for each [MASK] in it: the top-k (token, probability) pairs (an empty list
+    for a text without one). `tokenizer`: a tokenizers.Tokenizer (pretrained.load_tokenizer).
+    Raises UserError for a model without an MLM head, a top_k outside the vocabulary, or one
+    string for `texts`."""
+    check_call(model, "mlm", "fill_mask", texts=texts)
     return list(_each_fill_mask(model, tokenizer, texts, top_k, batch_size))
 
 
@@ -128,14 +147,19 @@ def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
              batch_size: int = BATCH_SIZE, multi_label: bool = False) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model;
-    `multi_label`: each class's own probability (Pretrained.multi_label)."""
+    `multi_label`: each class's own probability (Pretrained.multi_label). `pairs`: each text's
+    second sentence, for a task on pairs. Raises UserError for a model without a GLUE head or
+    one string for `texts` or `pairs`."""
+    check_call(model, "classifier", "classify", texts=texts, pairs=pairs)
     fn = partial(_class_probs, multi_label=multi_label)
     return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size), num_labels(model))
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
                   batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """P(IsNext) of each (first, second) pair from the NSP head (BERT's class 0: IsNext)."""
+    """P(IsNext) of each (first, second) pair from the NSP head (BERT's class 0: IsNext) [n].
+    Raises UserError for a model without an NSP head or one string for `first` or `second`."""
+    check_call(model, "nsp", "next_sentence", first=first, second=second)
     return _rows(_run(_pair_probs, model, tokenizer, first, second, batch_size), 2)[:, 0]
 
 
@@ -244,10 +268,9 @@ def main(argv: list[str]) -> None:
     model = pretrained.model
     check_tokenizer_fits(tok, pretrained.tokenizer_path, model,
                          "use the tokenizer saved with the checkpoint")
-    needs = {"fill-mask": ("mlm", "MLM head"), "classify": ("classifier", "GLUE head (fine-tune "
-             "it first)"), "nsp": ("nsp", "NSP head")}[args.command]
-    if getattr(model, needs[0]) is None:
-        raise UserError(f"{args.checkpoint} has no {needs[1]}, which `{args.command}` needs")
+    needs = {"fill-mask": "mlm", "classify": "classifier", "nsp": "nsp"}[args.command]
+    if getattr(model, needs) is None:
+        raise UserError(f"{args.checkpoint} has no {HEADS[needs]}, which `{args.command}` needs")
     if args.command == "classify":
         check_pairing(args.checkpoint, pretrained, texts)
     print_predictions(args, pretrained, tok, texts)

@@ -6,6 +6,7 @@ without [MASK] is one error line before any output."""
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import re
@@ -115,6 +116,29 @@ def test_no_inputs_give_no_rows(model):
     assert predict.classify(model, tok, []).shape == (0, 3)
     assert predict.next_sentence(model, tok, [], []).shape == (0,)
     assert predict.fill_mask(model, tok, []) == []
+
+
+def test_library_calls_refuse_one_string_and_a_missing_head_in_one_line(model):
+    # In a notebook: one string was read as one input per character (fill_mask gave 17 empty
+    # answers), and a model without the head failed inside jit ("'NoneType' object is not
+    # callable"); the CLI checks both before it calls these. Unwrapped: the tests' type checker
+    # (pyproject's --jaxtyping-packages) refuses a string itself, a user's Python does not.
+    tok = make_tokenizer()
+    fill_mask, classify, next_sentence = (inspect.unwrap(f) for f in (
+        predict.fill_mask, predict.classify, predict.next_sentence))
+    with pytest.raises(UserError, match=r"fill_mask: texts is one string, .*pass \[texts\]"):
+        fill_mask(model, tok, "the [MASK] is here.")
+    with pytest.raises(UserError, match="classify: pairs is one string"):
+        classify(model, tok, ["a b"], "c d")
+    with pytest.raises(UserError, match="next_sentence: first is one string"):
+        next_sentence(model, tok, "a b", ["c d"])
+    bare = eqx.tree_at(lambda m: (m.classifier, m.nsp), model, (None, None),
+                       is_leaf=lambda x: x is None)
+    with pytest.raises(UserError, match=r"^the model has no GLUE head \(fine-tune it first\), "
+                                        "which classify needs$"):
+        predict.classify(bare, tok, ["a b"])
+    with pytest.raises(UserError, match="^the model has no NSP head, which next_sentence needs$"):
+        predict.next_sentence(bare, tok, ["a b"], ["c d"])
 
 
 def direct(model: Bert, tok, a: str, b: str) -> tuple[float, np.ndarray]:
