@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import re
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,10 +271,16 @@ def _no_config_file(path: Path, included_by: Path | None) -> UserError:
                      f"file{f' (did you mean {yaml_file}?)' if yaml_file.is_file() else ''}")
 
 
-def load(files: list[str | Path] = (), overrides: list[str] = (),
+def load(files: str | Path | Sequence[str | Path] = (), overrides: str | Sequence[str] = (),
          section: str | None = None) -> Config:
     """Defaults <- each YAML file in order <- `key=value` overrides, as a frozen `Config`; with
-    `section`, only that section of the files and overrides (the rest: defaults)."""
+    `section`, only that section of the files and overrides (the rest: defaults). One file or
+    one override may be given alone: `load("configs/tiny.yaml", "train.steps=5")`. Raises
+    UserError, one line naming the key or file and the fix."""
+    # Alone, a string was read one character per file ("config file c does not exist") or per
+    # override: a notebook's first call.
+    files = [files] if isinstance(files, str | Path) else files
+    overrides = [overrides] if isinstance(overrides, str) else overrides
     merged = _schema()
     merged.train.steps = "???"  # unset until a file or an override sets it: _default_steps
     for path in map(Path, files):

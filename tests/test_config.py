@@ -26,6 +26,14 @@ def test_every_shipped_config_loads(path):
     assert cfg.model.hidden_size % cfg.model.num_heads == 0
 
 
+def test_one_file_or_one_override_may_be_given_alone():
+    # A notebook's first call, load("configs/tiny.yaml"), said "config file c does not exist":
+    # the string was read one character per file (and an override's, one per override).
+    alone = config.load(ROOT / "configs" / "tiny.yaml", "train.steps=5")
+    assert alone == config.load([ROOT / "configs" / "tiny.yaml"], ["train.steps=5"])
+    assert config.load(str(ROOT / "configs" / "tiny.yaml")).model.size == "tiny"
+
+
 def test_named_size_sets_dims_and_each_dim_is_overridable():
     base = config.load([], ["model.size=base"]).model
     assert (base.num_layers, base.hidden_size, base.num_heads, base.intermediate_size) == (
