@@ -33,7 +33,9 @@ imports only from lower layers, and never in a circle inside its own.
                                                    learning rate)
     L5  train                                      `python -m bertjax.train`: dispatch only
 
-Import submodules directly; this file stays empty so `import bertjax` is cheap.
+Import submodules directly; this file stays empty so `import bertjax` is cheap. From Python,
+start with README's "From Python": config.load, pretrain.pretrain, finetune.finetune,
+pretrained.load_pretrained and predict's functions.
 """
 
 __version__ = "0.1.0"
