@@ -21,7 +21,7 @@ from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import ArgParser, check_file, path_argument, utf8_error
 from bertjax.model import Bert, num_labels
-from bertjax.pretrained import check_tokenizer_fits, load_pretrained, load_tokenizer
+from bertjax.pretrained import Pretrained, check_tokenizer_fits, load_pretrained, load_tokenizer
 from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 BATCH_SIZE = 64
@@ -145,14 +145,25 @@ def _run(fn, model: Bert, tokenizer, texts: list[str], pairs: list[str] | None,
 
 
 def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None = None,
-             batch_size: int = BATCH_SIZE, multi_label: bool = False) -> np.ndarray:
+             batch_size: int = BATCH_SIZE, multi_label: bool = False,
+             max_len: int | None = None) -> np.ndarray:
     """Class probabilities [n, labels] (or regression scores [n, 1]) of a GLUE model;
     `multi_label`: each class's own probability (Pretrained.multi_label). `pairs`: each text's
-    second sentence, for a task on pairs. Raises UserError for a model without a GLUE head or
-    one string for `texts` or `pairs`."""
+    second sentence, for a task on pairs. `max_len`: inputs cut to it (None: the model's
+    positions); fine_tuned_length(pretrained) cuts as the fine-tune cut its dev set, as the CLI
+    does. Raises UserError for a model without a GLUE head or one string for `texts` or
+    `pairs`."""
     check_call(model, "classifier", "classify", texts=texts, pairs=pairs)
     fn = partial(_class_probs, multi_label=multi_label)
-    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size), num_labels(model))
+    return _rows(_run(fn, model, tokenizer, texts, pairs, batch_size, max_len),
+                 num_labels(model))
+
+
+def fine_tuned_length(pretrained: Pretrained) -> int | None:
+    """The length a GLUE model's fine-tune cut its inputs to (glue.buckets' largest), so that
+    classify's scores agree with the run's dev metrics; None for other checkpoints."""
+    cfg = pretrained.config
+    return cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
@@ -310,11 +321,8 @@ def print_predictions(args, pretrained, tok, texts: tuple[list[str], list[str] |
                       "was cut)")
     elif args.command == "classify":
         shown = texts[0] if texts[1] is None else map(" || ".join, zip(*texts, strict=True))
-        # cut as the fine-tune cut its dev set, so the scores agree with its dev metrics
-        cfg = pretrained.config
-        max_len = cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
         outputs = _run(partial(_class_probs, multi_label=pretrained.multi_label),
-                       model, tok, *texts, args.batch_size, max_len)
+                       model, tok, *texts, args.batch_size, fine_tuned_length(pretrained))
         for text, probs in zip(shown, (row for batch in outputs for row in batch), strict=True):
             if probs.shape[0] == 1:
                 print(f"{float(probs[0]):.4f}\t{text}")

@@ -29,7 +29,7 @@ from bertjax.errors import UserError
 from bertjax.export import main as export_main
 from bertjax.export import save_bundle
 from bertjax.model import Bert
-from bertjax.pretrained import load_bundle
+from bertjax.pretrained import load_bundle, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIONS = 32
@@ -505,6 +505,13 @@ def test_classify_cuts_a_glue_model_s_inputs_as_its_dev_set_was_cut(model, cfg, 
     probs = np.asarray(jax.nn.softmax(model.classify(model(ids, types, mask), mask))[0])
     np.testing.assert_allclose(shown, probs, atol=1e-3)
     assert lengths == [8]  # (a random model's probabilities hardly move with the cut)
+    # From Python the same: classify took no length and cut to the model's positions only.
+    pretrained = load_pretrained(path)
+    with pytest.warns(UserWarning, match="the 8 tokens it was fine-tuned and evaluated on"):
+        library = predict.classify(pretrained.model, make_tokenizer(), [a], [b],
+                                   max_len=predict.fine_tuned_length(pretrained))
+    np.testing.assert_allclose(library[0], probs, atol=1e-5)
+    assert lengths == [8, 8]
 
 
 def test_a_file_line_ends_at_a_newline_only(tmp_path):
