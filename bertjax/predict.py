@@ -64,12 +64,12 @@ def _batches(model: Bert, tokenizer: Tokenizer, texts: list, pairs: list | None,
 HEADS = {"mlm": "MLM head", "classifier": "GLUE head (fine-tune it first)", "nsp": "NSP head"}
 
 
-def check_call(model: Bert, head: str, call: str, **texts) -> None:
-    """A library call's mistakes as one UserError each, as the CLI says them: a model without
-    the head the call needs (else a TypeError from inside jit), and one string where a list of
-    texts belongs (else read as one input per character, silently)."""
+def check_call(model: Bert, head: str, call: str, source: str = "the model", **texts) -> None:
+    """A call's mistakes as one UserError each (the CLI's too, `source` its checkpoint): a model
+    without the head the call needs (else a TypeError from inside jit), and one string where a
+    list of texts belongs (else read as one input per character, silently)."""
     if getattr(model, head) is None:
-        raise UserError(f"the model has no {HEADS[head]}, which {call} needs")
+        raise UserError(f"{source} has no {HEADS[head]}, which {call} needs")
     for name, value in texts.items():
         if isinstance(value, str):
             raise UserError(f"{call}: {name} is one string, not a list of texts (it would be "
@@ -280,8 +280,7 @@ def main(argv: list[str]) -> None:
     check_tokenizer_fits(tok, pretrained.tokenizer_path, model,
                          "use the tokenizer saved with the checkpoint")
     needs = {"fill-mask": "mlm", "classify": "classifier", "nsp": "nsp"}[args.command]
-    if getattr(model, needs) is None:
-        raise UserError(f"{args.checkpoint} has no {HEADS[needs]}, which `{args.command}` needs")
+    check_call(model, needs, f"`{args.command}`", args.checkpoint)
     if args.command == "classify":
         check_pairing(args.checkpoint, pretrained, texts)
     print_predictions(args, pretrained, tok, texts)

@@ -118,7 +118,7 @@ def test_no_inputs_give_no_rows(model):
     assert predict.fill_mask(model, tok, []) == []
 
 
-def test_library_calls_refuse_one_string_and_a_missing_head_in_one_line(model):
+def test_library_calls_refuse_one_string_and_a_missing_head_in_one_line(model, cfg, tmp_path):
     # In a notebook: one string was read as one input per character (fill_mask gave 17 empty
     # answers), and a model without the head failed inside jit ("'NoneType' object is not
     # callable"); the CLI checks both before it calls these. Unwrapped: the tests' type checker
@@ -139,6 +139,10 @@ def test_library_calls_refuse_one_string_and_a_missing_head_in_one_line(model):
         predict.classify(bare, tok, ["a b"])
     with pytest.raises(UserError, match="^the model has no NSP head, which next_sentence needs$"):
         predict.next_sentence(bare, tok, ["a b"], ["c d"])
+    # The CLI says it through the same check, naming the checkpoint.
+    path = str(save_bundle(bare, cfg, tok, tmp_path / "bare"))
+    with pytest.raises(UserError, match=rf"^{path} has no NSP head, which `nsp` needs$"):
+        predict.main(["nsp", path, "a b\tc d"])
 
 
 def direct(model: Bert, tok, a: str, b: str) -> tuple[float, np.ndarray]:
