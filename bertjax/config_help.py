@@ -22,6 +22,17 @@ HELP = ("YAML files merge in order over the defaults, then each section.key=valu
         "its doc, as bertjax/config_schema.py declares them:")
 
 
+def usage_line(command: str) -> str:
+    """train's and prepare's usage: files, overrides or both (overrides alone are a config over
+    the schema's defaults), so neither part is required alone."""
+    return f"usage: python -m bertjax.{command} [CONFIG.yaml ...] [key=value ...] [{PRINT_FLAG}]"
+
+
+def nothing_given(usage: str) -> UserError:
+    return UserError(f"nothing to run: give a config file (configs/demo.yaml is the offline "
+                     f"demo), key=value overrides, or both; {usage}")
+
+
 def help_text(usage: str) -> str:
     return f"{usage}\n{HELP}\n\n{every_key()}"
 

@@ -1,6 +1,6 @@
 """Corpus -> prepared data: tokenizer.json, flat token files, document lengths and meta.json.
 
-`python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...]`; the trainer calls
+`python -m bertjax.prepare [CONFIG.yaml ...] [key=value ...]`; the trainer calls
 `ensure_prepared(cfg)`. The input is streamed and tokens are written as they come
 (token_files.py), so memory does not grow with the corpus. Outputs get temporary names and are
 renamed when complete, meta.json last: a run that dies half-way is never taken as finished.
@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from bertjax import config as config_lib
 from bertjax import hub_models, sources, tokenizer
 from bertjax.config import Config, DataConfig
-from bertjax.config_help import help_text, split_print_flag
+from bertjax.config_help import help_text, nothing_given, split_print_flag, usage_line
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     LOCK_NAME,
@@ -322,7 +322,7 @@ def ensure_prepared(cfg: Config) -> Path:
     return directory
 
 
-USAGE = "usage: python -m bertjax.prepare CONFIG.yaml [more.yaml] [key=value ...] [--print-config]"
+USAGE = usage_line("prepare")
 
 
 def main(argv: list[str]) -> None:
@@ -331,7 +331,7 @@ def main(argv: list[str]) -> None:
         return
     argv, print_only = split_print_flag(argv)
     if not argv:  # overrides alone are a config, as for train (over the schema's defaults)
-        raise UserError(USAGE)
+        raise nothing_given(USAGE)
     files, overrides = config_lib.split_args(argv)
     cfg = config_lib.load(files, overrides)
     if print_only:

@@ -1,4 +1,4 @@
-"""`python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...]`: the front door.
+"""`python -m bertjax.train [CONFIG.yaml ...] [key=value ...]`: the front door.
 
 Dispatch: `train.task: pretrain` runs bertjax.pretrain, `train.task: glue` bertjax.finetune (or,
 with glue.learning_rates, bertjax.glue_sweep), after checks of the command line itself (a config
@@ -12,14 +12,14 @@ from pathlib import Path
 
 from bertjax import config
 from bertjax.config_changes import PRETRAINING_ONLY
-from bertjax.config_help import help_text, split_print_flag
+from bertjax.config_help import help_text, nothing_given, split_print_flag, usage_line
 from bertjax.errors import UserError, cli
 from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.glue_sweep import sweep
 from bertjax.pretrain import pretrain
 from bertjax.processes import relay_a_config_error
 
-USAGE = "usage: python -m bertjax.train CONFIG.yaml [more.yaml] [key=value ...] [--print-config]"
+USAGE = usage_line("train")
 
 
 def main(argv: list[str]) -> None:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         return
     argv, print_only = split_print_flag(argv)
     if not argv:
-        raise UserError(USAGE)
+        raise nothing_given(USAGE)
     files, overrides = config.split_args(argv)
     try:
         cfg = config.load(files, overrides)

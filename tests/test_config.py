@@ -523,13 +523,26 @@ def test_every_command_s_help_says_what_it_does(command, capsys):
     assert first_paragraph in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize("argv", [[], ["--print-config"]])
+def test_nothing_to_run_names_the_demo_and_the_usage(argv):
+    """Overrides alone are a config (the usage line showed CONFIG.yaml as required); nothing at
+    all is one line naming what to give."""
+    for front_door in (train, prepare):
+        with pytest.raises(UserError) as e:
+            front_door.main(argv)
+        assert str(e.value).startswith("nothing to run: give a config file (configs/demo.yaml")
+        assert str(e.value).endswith(front_door.USAGE) and "\n" not in str(e.value)
+        assert front_door.USAGE.startswith(f"usage: python -m bertjax.{front_door.__name__[8:]} "
+                                           "[CONFIG.yaml ...] [key=value ...]")
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["configs/demo.yaml", "--help"], ["-h"]])
 def test_help_prints_usage_and_every_key_and_exits_0(argv, capsys):
     for front_door in (train, prepare):
         front_door.main(argv)  # returns: exit code 0, nothing loaded or written
         out = capsys.readouterr().out
         assert out.startswith(front_door.USAGE) and "section.key=value" in out
-        assert "CONFIG.yaml [more.yaml] [key=value" in out  # both merge several YAML files
+        assert "[CONFIG.yaml ...] [key=value ...]" in out  # several YAML files, overrides alone too
         # every key of the schema, with its declared default, type, domain and doc
         for section in dataclasses.fields(config.Config):
             for f in dataclasses.fields(section.default_factory):
