@@ -33,7 +33,7 @@ from bertjax.files import (
 from bertjax.glue_eval import predict_split, warn_partial_submission
 from bertjax.model import num_labels
 from bertjax.precision import Precision
-from bertjax.pretrained import Pretrained, check_tokenizer_fits, load_pretrained, load_tokenizer
+from bertjax.pretrained import Pretrained, load_pretrained
 from bertjax.sharding import make_mesh, shard_params, with_mesh
 from bertjax.step import make_glue_predict
 
@@ -199,13 +199,7 @@ def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray 
           batch_size: int | None, with_tests: bool) -> tuple[dict, dict]:
     """({task, classes, data, dev: {split: examples, metrics, main score}}, {(task, split):
     (index, predictions)} of the test splits to submit, when `with_tests`)."""
-    if pretrained.tokenizer_path is None:
-        raise UserError(f"{path} carries no tokenizer (tokenizer.json, or a Hugging Face "
-                        "directory's vocab.txt); put the one its weights were trained with "
-                        "beside them")
-    tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, path)
-    check_tokenizer_fits(tok, pretrained.tokenizer_path, pretrained.model,
-                         "use the tokenizer saved with the checkpoint")
+    tok = pretrained.tokenizer()
     compute = pretrained.config.precision.compute if pretrained.config else "float32"
     mesh = make_mesh()
     devices = jax.device_count()

@@ -21,7 +21,7 @@ from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import ArgParser, check_file, path_argument, utf8_error
 from bertjax.model import Bert, num_labels
-from bertjax.pretrained import Pretrained, check_tokenizer_fits, load_pretrained, load_tokenizer
+from bertjax.pretrained import Pretrained, load_pretrained
 from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 BATCH_SIZE = 64
@@ -271,14 +271,8 @@ def main(argv: list[str]) -> None:
         raise UserError("nsp needs sentence pairs: two TEXT arguments, or 'a<TAB>b' lines")
     pretrained = load_pretrained(args.checkpoint,
                                  allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
-    if pretrained.tokenizer_path is None:
-        raise UserError(f"{args.checkpoint} carries no tokenizer (tokenizer.json, or a Hugging "
-                        "Face directory's vocab.txt); put the one its weights were trained with "
-                        "beside them")
-    tok = load_tokenizer(pretrained.tokenizer_path, pretrained.kind, args.checkpoint)
+    tok = pretrained.tokenizer()
     model = pretrained.model
-    check_tokenizer_fits(tok, pretrained.tokenizer_path, model,
-                         "use the tokenizer saved with the checkpoint")
     needs = {"fill-mask": "mlm", "classify": "classifier", "nsp": "nsp"}[args.command]
     check_call(model, needs, f"`{args.command}`", args.checkpoint)
     if args.command == "classify":

@@ -45,6 +45,19 @@ class Pretrained:
     tokens_seen: int | None  # training tokens behind the weights, all phases (None: unknown)
     label_names: tuple[str, ...] = ()  # the classifier's classes by index (() when unnamed)
     multi_label: bool = False  # a Hugging Face multi-label classifier: a sigmoid per class
+    source: str = ""  # the path or hub id it was loaded from, as given (for messages)
+
+    def tokenizer(self):
+        """The tokenizers.Tokenizer its weights were trained with (what predict's functions
+        take), checked against the model's vocabulary as predict's CLI checks it."""
+        if self.tokenizer_path is None:
+            raise UserError(f"{self.source} carries no tokenizer (tokenizer.json, or a Hugging "
+                            "Face directory's vocab.txt); put the one its weights were trained "
+                            "with beside them")
+        tok = load_tokenizer(self.tokenizer_path, self.kind, self.source)
+        check_tokenizer_fits(tok, self.tokenizer_path, self.model,
+                             "use the tokenizer saved with the checkpoint")
+        return tok
 
 
 def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
@@ -216,10 +229,14 @@ def check_weights_fetched(path: Path) -> None:
 
 
 def load_pretrained(path: str | Path, allow_tokenizer_mismatch: bool = False) -> Pretrained:
-    """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir.
-    A bundle whose tokenizer is not the one exported with its weights is refused unless
-    `allow_tokenizer_mismatch`."""
-    path = check_checkpoint_path(path)
+    """Model, configs and tokenizer from a run dir, checkpoint dir, bundle or HF BERT dir
+    (`.tokenizer()` loads the tokenizer). A bundle whose tokenizer is not the one exported with
+    its weights is refused unless `allow_tokenizer_mismatch`."""
+    loaded = _load(check_checkpoint_path(path), allow_tokenizer_mismatch)
+    return dataclasses.replace(loaded, source=str(path))
+
+
+def _load(path: Path, allow_tokenizer_mismatch: bool) -> Pretrained:
     if path.is_file():
         check_not_lfs_pointer(path)
         raise UserError(f"{path} is a file; pass the directory that holds it ({EXPECTED})")

@@ -268,6 +268,21 @@ def test_a_hugging_face_directory_without_a_tokenizer_is_told_what_to_put_there(
     assert capsys.readouterr().out == ""
 
 
+
+def test_a_loaded_model_gives_its_checked_tokenizer(bundle, model):
+    """From Python a tokenizer took `load_tokenizer(p.tokenizer_path, p.kind, path)`; now
+    `p.tokenizer()`, with the CLI's checks (none carried; one the model's table cannot hold)."""
+    pretrained = load_pretrained(bundle)
+    tok = pretrained.tokenizer()
+    assert tok.get_vocab() == make_tokenizer().get_vocab()
+    mlm = ROOT / "tests" / "fixtures" / "hf_tiny" / "mlm"  # weights and config.json only
+    with pytest.raises(UserError, match=rf"^{re.escape(str(mlm))} carries no tokenizer \("):
+        load_pretrained(str(mlm)).tokenizer()
+    small = dataclasses.replace(pretrained, model=eqx.tree_at(
+        lambda m: m.encoder.embeddings.word, model, model.encoder.embeddings.word[:10]))
+    with pytest.raises(UserError, match=r"tokens but the model's vocabulary has 10 rows"):
+        small.tokenizer()
+
 # ---- issue 19: argument and input mistakes are one line, before the model is loaded ----
 @pytest.mark.parametrize("argv, fragment", [
     (["fill-mask"], "required: checkpoint.*; usage: python -m bertjax.predict"),
