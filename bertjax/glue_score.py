@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
                         list(pretrained.label_names), args.checkpoint, given=bool(args.labels))
     glue_cfg = data_config(args.checkpoint, task, args.data_dir, args.dev_files, trained,
                            pretrained)
-    scores, predictions = score(args.checkpoint, pretrained, glue_cfg, order, args.batch_size,
+    scores, predictions = score(pretrained, glue_cfg, order, args.batch_size,
                                 with_tests=bool(out))
     for split, row in scores["dev"].items():
         print(f"{task} {split} ({row['examples']} examples): " +
@@ -195,7 +195,7 @@ def data_config(path: str, task: str, data_dir: str | None, dev_files: list[str]
     return cfg
 
 
-def score(path: str, pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray | None,
+def score(pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray | None,
           batch_size: int | None, with_tests: bool) -> tuple[dict, dict]:
     """({task, classes, data, dev: {split: examples, metrics, main score}}, {(task, split):
     (index, predictions)} of the test splits to submit, when `with_tests`)."""
