@@ -197,8 +197,8 @@ def data_config(path: str, task: str, data_dir: str | None, dev_files: list[str]
 
 def score(pretrained: Pretrained, cfg: GlueConfig, order: np.ndarray | None,
           batch_size: int | None, with_tests: bool) -> tuple[dict, dict]:
-    """({task, classes, data, dev: {split: examples, metrics, main score}}, {(task, split):
-    (index, predictions)} of the test splits to submit, when `with_tests`)."""
+    """({task, classes, data_dir, dev: {split: examples, source, metrics, main_score}},
+    {(task, split): (index, predictions)} of the test splits to submit, when `with_tests`)."""
     tok = pretrained.tokenizer()
     compute = pretrained.config.precision.compute if pretrained.config else "float32"
     mesh = make_mesh()
