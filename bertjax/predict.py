@@ -88,7 +88,7 @@ def _top_k(model: Bert, ids, types, mask, k: int, positions, has_token):
 def fill_mask(model: Bert, tokenizer, texts: list[str], top_k: int = 5,
               batch_size: int = BATCH_SIZE) -> list:
     """For each text, for each [MASK] in it: the top-k (token, probability) pairs (an empty list
-    for a text without one). `tokenizer`: a tokenizers.Tokenizer (pretrained.load_tokenizer).
+    for a text without one). `tokenizer`: a tokenizers.Tokenizer (Pretrained.tokenizer()).
     Raises UserError for a model without an MLM head, a top_k outside the vocabulary, or one
     string for `texts`."""
     check_call(model, "mlm", "fill_mask", texts=texts)
