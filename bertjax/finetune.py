@@ -60,7 +60,7 @@ from bertjax.seed_run import (
     load_best,
 )
 from bertjax.sharding import make_mesh, with_mesh
-from bertjax.starting_points import initial_model, load_start
+from bertjax.starting_points import RUN_KEYS, initial_model, load_start
 from bertjax.sweep_state import check_rate_folder
 from bertjax.xla_options import compiler_options
 
@@ -164,10 +164,7 @@ def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     dropout and how the encoder runs still come from the config), the start model and the
     tokenizer."""
     model, model_cfg, tok = load_start(cfg)
-    model_cfg = dataclasses.replace(model_cfg, dropout=cfg.model.dropout,
-                                    attention_dropout=cfg.model.attention_dropout,
-                                    attention=cfg.model.attention,
-                                    scan_layers=cfg.model.scan_layers, remat=cfg.model.remat)
+    model_cfg = dataclasses.replace(model_cfg, **{k: getattr(cfg.model, k) for k in RUN_KEYS})
     cfg = with_glue_schedule(dataclasses.replace(cfg, model=model_cfg))
     if cfg.glue.batch_size % jax.device_count():
         raise UserError(f"glue.batch_size={cfg.glue.batch_size} must be a multiple of the "
