@@ -47,7 +47,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # noqa: E402,E501
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers  # noqa: E402
 
 from bertjax import config, glue, glue_tasks, prepare, tokenizer  # noqa: E402
 from bertjax.config import GlueConfig, TokenizerConfig  # noqa: E402
@@ -273,14 +273,10 @@ def glue_tokenizer() -> Tokenizer:
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     words = sorted({w for t in texts
                     for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t))})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + words)}
+    vocab = {w: i for i, w in enumerate([*tokenizer.SPECIAL_NAMES, *words])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer.add_bert_framing(tok)
     return tok
 
 
