@@ -1,5 +1,6 @@
 """File helpers every layer shares: atomic writes, strict JSON, sha256, LFS pointers, paths and
-text a user gives, directory locks.
+text a user gives (and the commands' ArgParser), a learning-rate sweep's folder names, directory
+locks.
 
 Nothing a user keeps is ever half-written: a file is written under a temporary name and renamed
 when complete (`write_atomic`; a whole directory: output_dirs.staged_dir). Git LFS pointers (a
