@@ -33,7 +33,7 @@ from bertjax.files import (
 from bertjax.glue_eval import predict_split, warn_partial_submission
 from bertjax.model import num_labels
 from bertjax.precision import Precision
-from bertjax.pretrained import Pretrained, load_pretrained
+from bertjax.pretrained import Pretrained, fine_tune_config, load_pretrained
 from bertjax.sharding import make_mesh, shard_params, with_mesh
 from bertjax.step import make_glue_predict
 
@@ -102,13 +102,6 @@ def file_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"{text!r} holds an empty name; give file names "
                                          "separated by commas, e.g. dev_matched_subset.tsv")
     return names
-
-
-def fine_tune_config(pretrained: Pretrained) -> Config | None:
-    """The GLUE fine-tune's config the checkpoint records (None: a pretraining run's, or a
-    Hugging Face directory, which records none)."""
-    cfg = pretrained.config
-    return cfg if cfg is not None and cfg.train.task == "glue" else None
 
 
 def task_to_score(path: str, asked: str | None, trained: Config | None,

@@ -21,7 +21,7 @@ from bertjax import glue_tasks
 from bertjax.errors import UserError, cli
 from bertjax.files import ArgParser, check_file, path_argument, utf8_error
 from bertjax.model import Bert, num_labels
-from bertjax.pretrained import Pretrained, load_pretrained
+from bertjax.pretrained import Pretrained, fine_tune_config, load_pretrained
 from bertjax.tokenizer import encode_in_chunks, pad_rows
 
 BATCH_SIZE = 64
@@ -162,8 +162,8 @@ def classify(model: Bert, tokenizer, texts: list[str], pairs: list[str] | None =
 def fine_tuned_length(pretrained: Pretrained) -> int | None:
     """The length a GLUE model's fine-tune cut its inputs to (glue.buckets' largest), so that
     classify's scores agree with the run's dev metrics; None for other checkpoints."""
-    cfg = pretrained.config
-    return cfg.glue.buckets[-1] if cfg is not None and cfg.train.task == "glue" else None
+    cfg = fine_tune_config(pretrained)
+    return cfg.glue.buckets[-1] if cfg is not None else None
 
 
 def next_sentence(model: Bert, tokenizer, first: list[str], second: list[str],
@@ -284,8 +284,8 @@ def check_pairing(path: str, pretrained, texts: tuple[list[str], list[str] | Non
     """Single texts for a model fine-tuned on pairs (or pairs for one on single sentences) are
     refused: each was classified alone, exit 0 (`classify MNLI_RUN "a" "b"`, nsp's spelling of
     a pair, is two inputs). Models without a recorded GLUE task (Hugging Face) are not checked."""
-    cfg = pretrained.config
-    if cfg is None or cfg.train.task != "glue":
+    cfg = fine_tune_config(pretrained)
+    if cfg is None:
         return
     task = glue_tasks.get_task(cfg.glue.task)
     pairs = task.columns[1] is not None

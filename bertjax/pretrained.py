@@ -60,6 +60,13 @@ class Pretrained:
         return tok
 
 
+def fine_tune_config(pretrained: Pretrained) -> Config | None:
+    """The GLUE fine-tune's config the checkpoint records (None: a pretraining run's, or a
+    Hugging Face directory, which records none)."""
+    cfg = pretrained.config
+    return cfg if cfg is not None and cfg.train.task == "glue" else None
+
+
 def _task_label_names(model: Bert, cfg: Config) -> tuple[str, ...]:
     """The GLUE task's class names, when the model's classifier is that task's."""
     labels = tuple(glue_tasks.get_task(cfg.glue.task).labels) if cfg.glue.task else ()
