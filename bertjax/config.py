@@ -28,6 +28,7 @@ from bertjax.config_schema import (  # noqa: F401
     GLUE_TASKS,
     MODEL_SIZES,
     OBJECTIVES,
+    SIZE_DERIVED,
     Config,
     DataConfig,
     GlueConfig,
@@ -213,12 +214,9 @@ def _schema() -> DictConfig:
     schema = OmegaConf.structured(Config)
     for node in [schema, *schema.values()]:  # frozen dataclasses mark every section read-only
         OmegaConf.set_readonly(node, False)
-    for name in _SIZE_DERIVED:
+    for name in SIZE_DERIVED:
         schema.model[name] = None
     return schema
-
-
-_SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
 def _merge_file(merged: DictConfig, path: Path, seen: tuple[Path, ...],

@@ -38,6 +38,8 @@ MODEL_SIZES = {
     "base": (12, 768, 12),
     "large": (24, 1024, 16),
 }
+# The model keys `size` decides while they are null (ModelConfig.__post_init__).
+SIZE_DERIVED = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
 
 @dataclass(frozen=True)

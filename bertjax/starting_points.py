@@ -16,7 +16,7 @@ import numpy as np
 
 from bertjax import glue_tasks
 from bertjax import tokenizer as tokenizer_lib
-from bertjax.config import Config, ModelConfig
+from bertjax.config import SIZE_DERIVED, Config, ModelConfig
 from bertjax.errors import UserError
 from bertjax.hub_models import file_of_tokenizer_path
 from bertjax.model import Bert, new_bert
@@ -26,7 +26,6 @@ from bertjax.processes import same_on_every_process
 # What must agree for a checkpoint's weights to be another run's starting point.
 ARCHITECTURE = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings", "type_vocab_size", "norm")
-SIZE_SETS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")  # via model.size
 # What else a checkpoint's weights were trained to compute with. The weights fit either value,
 # so continued pretraining takes this run's, and says when they differ.
 COMPUTES_WITH = ("gelu", "layer_norm_eps")
@@ -62,7 +61,7 @@ def continue_from(model: Bert, cfg: Config, tok) -> tuple[Bert, int | None]:
     for name in ARCHITECTURE:
         theirs, ours = getattr(source.model_cfg, name), getattr(cfg.model, name)
         if theirs != ours:
-            by_size = " (or model.size to the checkpoint's)" if name in SIZE_SETS else ""
+            by_size = " (or model.size to the checkpoint's)" if name in SIZE_DERIVED else ""
             raise UserError(f"{where} has model.{name}={theirs} but this run has {ours}; set "
                             f"model.{name}={theirs}{by_size}")
     warn_other_function(source.model_cfg, cfg.model, where)
@@ -118,7 +117,7 @@ def warn_unused_model_keys(configured: ModelConfig, checkpoint: ModelConfig, whe
               if f.name not in (*RUN_KEYS, "size")
               and getattr(configured, f.name) not in (getattr(checkpoint, f.name),
                                                       getattr(default, f.name))]
-    if configured.size != default.size and set(unused) & set(SIZE_SETS):
+    if configured.size != default.size and set(unused) & set(SIZE_DERIVED):
         unused.insert(0, "size")  # the key the config most likely set them by
     if unused:
         warnings.warn(f"{', '.join(f'model.{n}={getattr(configured, n)}' for n in unused)} not "
