@@ -1,6 +1,7 @@
 """Test environment: 8 forced CPU devices, strict dtype promotion, offline, wandb disabled, one
-XLA compilation cache per session; and the helpers several test files share (corpora,
-tokenizers, a tiny train step, free ports).
+XLA compilation cache per session (for the CLI subprocesses), how pytest-xdist spreads the files;
+and the helpers several test files share (corpora, tokenizers, GLUE rows, a fake wandb, a tiny
+train step, compilation counts, processes and free ports).
 
 The environment variables must be set before jax (or datasets/wandb) is first imported, which is
 why they sit at the top of conftest.py; jaxtyping's runtime checks come from pyproject's addopts
