@@ -326,3 +326,13 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def latest_step(directory: str | Path) -> int | None:
+    """The step of `directory`'s newest complete checkpoint (None: it has none), read as a
+    reader reads a run that may be training (`read_only`)."""
+    checkpoints = Checkpoints(directory, read_only=True)
+    try:
+        return checkpoints.latest_step()
+    finally:
+        checkpoints.close()

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from bertjax import config as config_lib
 from bertjax import glue, glue_batches, glue_tasks, plot
-from bertjax.checkpoint import Checkpoints
+from bertjax.checkpoint import latest_step
 from bertjax.config import Config
 from bertjax.config_changes import PRETRAINING_ONLY, changed_keys, listed
 from bertjax.errors import StoppedBySignal, UserError
@@ -346,8 +346,4 @@ def steps_done(seed_dir: Path, total: int) -> int:
         return total
     if not (seed_dir / "checkpoints").is_dir():
         return 0
-    checkpoints = Checkpoints(seed_dir, read_only=True)
-    try:
-        return checkpoints.latest_step() or 0
-    finally:
-        checkpoints.close()
+    return latest_step(seed_dir) or 0

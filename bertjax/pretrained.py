@@ -18,7 +18,7 @@ import jax
 from bertjax import glue_tasks, hub_models
 from bertjax import tokenizer as tokenizer_lib
 from bertjax.bundle import read_manifest, verify_bundle
-from bertjax.checkpoint import Checkpoints
+from bertjax.checkpoint import Checkpoints, latest_step
 from bertjax.config import Config, ModelConfig, from_yaml_text
 from bertjax.errors import UserError
 from bertjax.files import check_not_lfs_pointer, from_cwd, rate_runs
@@ -160,11 +160,7 @@ def restore_model(run_dir: Path, step: int | None) -> tuple[Bert, Config, dict]:
 
 
 def _newest_step(run_dir: Path) -> int:
-    checkpoints = Checkpoints(run_dir, read_only=True)
-    try:
-        step = checkpoints.latest_step()
-    finally:
-        checkpoints.close()
+    step = latest_step(run_dir)
     if step is None:
         raise UserError(f"{run_dir} has no complete checkpoint in checkpoints/; train first or "
                         f"pass {EXPECTED}")
