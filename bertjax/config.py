@@ -303,11 +303,6 @@ def _default_steps(merged: DictConfig) -> None:
         merged.train.steps = None if merged.train.tokens is not None else TrainConfig.steps
 
 
-def asks_for_help(argv: list[str]) -> bool:
-    """-h or --help anywhere on a command line that takes CONFIG [key=value ...]."""
-    return any(word in ("-h", "--help") for word in argv)
-
-
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Command-line words -> (YAML files, key=value overrides). A file whose path holds an '='
     (`runs/lr=1e-3/config.yaml`) is a file: it was read as a malformed override. A word after

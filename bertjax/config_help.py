@@ -28,6 +28,11 @@ def usage_line(command: str) -> str:
     return f"usage: python -m bertjax.{command} [CONFIG.yaml ...] [key=value ...] [{PRINT_FLAG}]"
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """-h or --help anywhere on a command line that takes CONFIG [key=value ...]."""
+    return any(word in ("-h", "--help") for word in argv)
+
+
 def nothing_given(usage: str) -> UserError:
     return UserError(f"nothing to run: give a config file (configs/demo.yaml is the offline "
                      f"demo), key=value overrides, or both; {usage}")

@@ -25,7 +25,13 @@ from tokenizers import Tokenizer
 from bertjax import config as config_lib
 from bertjax import hub_models, sources, tokenizer
 from bertjax.config import Config, DataConfig
-from bertjax.config_help import help_text, nothing_given, split_print_flag, usage_line
+from bertjax.config_help import (
+    asks_for_help,
+    help_text,
+    nothing_given,
+    split_print_flag,
+    usage_line,
+)
 from bertjax.errors import UserError, cli
 from bertjax.files import (
     LOCK_NAME,
@@ -326,7 +332,7 @@ USAGE = usage_line("prepare")
 
 
 def main(argv: list[str]) -> None:
-    if config_lib.asks_for_help(argv):
+    if asks_for_help(argv):
         print(help_text(USAGE))
         return
     argv, print_only = split_print_flag(argv)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from bertjax import config
 from bertjax.config_changes import PRETRAINING_ONLY
-from bertjax.config_help import help_text, nothing_given, split_print_flag, usage_line
+from bertjax.config_help import (
+    asks_for_help,
+    help_text,
+    nothing_given,
+    split_print_flag,
+    usage_line,
+)
 from bertjax.errors import UserError, cli
 from bertjax.finetune import earlier_seed_dirs, finetune
 from bertjax.glue_sweep import sweep
@@ -23,7 +29,7 @@ USAGE = usage_line("train")
 
 
 def main(argv: list[str]) -> None:
-    if config.asks_for_help(argv):
+    if asks_for_help(argv):
         print(help_text(USAGE))
         return
     argv, print_only = split_print_flag(argv)
