@@ -1,7 +1,7 @@
 """Which config keys differ between two runs of one directory, for the messages that decide or
 explain a rerun: a GLUE rerun starts over when a result-deciding key changed (bertjax.finetune),
 a resumed pretraining run names the keys it changed and what that does to its learning rate
-(bertjax.pretrain); the pretraining keys a fine-tune never reads (warned of as overrides, and
+(bertjax.pretrain_run); the pretraining keys a fine-tune never reads (warned of as overrides, and
 deciding no GLUE seed's result)."""
 
 import yaml
