@@ -175,7 +175,7 @@ def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
     checkpoints = Checkpoints(run_dir, read_only=True)
     try:
         meta = checkpoints.read_meta(step)
-        if "config_yaml" not in meta:  # finetune.py's resume state (RUN/seedN/checkpoints)
+        if "config_yaml" not in meta:  # seed_run.py's resume state (RUN/seedN/checkpoints)
             raise UserError(f"{run_dir} holds an unfinished GLUE fine-tuning seed's state for "
                             f"resuming, not a model; rerun its command to finish it, or pass "
                             f"{run_dir / 'best'}")
