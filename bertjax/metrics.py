@@ -176,7 +176,8 @@ class Monitor:
         self.since: tuple[float, int] | None = None  # (time, step) the log lines' ETA counts from
 
     def throughput(self, tokens_seen: int) -> dict:
-        """tokens/s (and MFU where the peak is known) since the previous call."""
+        """tokens/s (and MFU where the peak is known) since the previous call, or since
+        `restart_throughput`."""
         now = time.perf_counter()
         out = {}
         if self.last_tokens is not None and now > self.last_time:
@@ -186,6 +187,15 @@ class Monitor:
                 out["mfu"] = rate * self.flops_per_token / (self.peak * self.n_devices)
         self.last_time, self.last_tokens = now, tokens_seen
         return out
+
+    def restart_throughput(self, tokens_seen: int) -> None:
+        """The next rate counts from now at `tokens_seen`: the time since the last row went to
+        something other than training steps (validation, a checkpoint, a rollback's restore,
+        another seed's start), which made that row's tok/s and MFU a fraction of the steps' (a
+        new seed, counting from 0 again, a negative rate). Before the first row there is no
+        window to restart: that row's rate, which holds the compilation, stays out."""
+        if self.last_tokens is not None:
+            self.last_time, self.last_tokens = time.perf_counter(), tokens_seen
 
     def drop_seed_rows_after(self, step: int, seed: int) -> None:
         """A GLUE seed resumed at `step` (global): its rows past it go, as drop_rows_after does

@@ -183,7 +183,7 @@ class Loop:
         # rollbacks' factor.
         row |= {"lr": float(self.lr(updates)) * self.watch.lr_factor,
                 "batch": self.run.ramp.batch(last_step),
-                "tokens": sequences * self.cfg.data.seq_len + self.offsets.stream,
+                "tokens": self.stream_tokens(done),
                 "epoch": sequences / self.run.data.num_sequences}
         row |= self.monitor.throughput(row["tokens"])
         if row["epoch"] > 1 and not self.warned_epoch:
@@ -206,6 +206,7 @@ class Loop:
             self.run.ramp, self.cfg.data.seq_len, target,
             self.checkpoints.read_meta(target) if target else {}, self.watch)
         self.monitor.seek(trouble.step)
+        self.monitor.restart_throughput(self.stream_tokens(trouble.step))
         return state, trouble.step
 
     def validate(self, state: TrainState, done: int) -> dict | None:
@@ -222,6 +223,7 @@ class Loop:
             row["val_pair_accuracy"] = total["pair_correct"] / total["pair_weight"]
         self.monitor.log(done, row)
         self.last_validation = row
+        self.monitor.restart_throughput(self.stream_tokens(done))
         self.monitor.write(f"step {done}: validation loss {loss:.3f}, accuracy "
                            f"{row['val_accuracy']:.3f}, perplexity {row['val_perplexity']:.1f}")
         return row
@@ -230,12 +232,16 @@ class Loop:
         self.read()  # never checkpoint a state whose steps diverged
         meta = {**token_counts(self.run.ramp, self.cfg.data.seq_len, done, self.tokens_before,
                                self.watch, self.offsets.seen),
-                "tokens_stream": (self.run.ramp.sequences_before(done) * self.cfg.data.seq_len
-                                  + self.offsets.stream),
+                "tokens_stream": self.stream_tokens(done),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}
         self.checkpoints.save(done, state, meta)
+        self.monitor.restart_throughput(self.stream_tokens(done))
+
+    def stream_tokens(self, done: int) -> int:
+        """The stream's position after `done` steps: metrics.jsonl's `tokens`."""
+        return self.run.ramp.sequences_before(done) * self.cfg.data.seq_len + self.offsets.stream
 
     def write_results(self) -> None:
         """results.json of the finished run (process 0), and a word where steps were not

@@ -138,6 +138,7 @@ class SeedRun:
         """Its per-epoch and best metrics, and its best model (whole on this process)."""
         try:
             self.resume()
+            self.job.monitor.restart_throughput(self.tokens)  # counted from 0 for each seed
             self.checkpoints.check_room(self.state)
             for epoch in range(len(self.progress["history"]), math.ceil(self.job.cfg.glue.epochs)):
                 self.train_epoch(epoch)
@@ -245,6 +246,8 @@ class SeedRun:
 
     def save(self) -> None:
         self.checkpoints.save(self.step, self.state, {"progress": self.progress})
+        # An epoch's evaluation and its bundle came before this: not training time either.
+        self.job.monitor.restart_throughput(self.tokens)
 
 
 def load_best(seed_dir: Path) -> Bert:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from bertjax import (
     glue_score,
     glue_submission,
     glue_sweep,
+    metrics,
     seed_run,
 )
 from bertjax import finetune as finetune_lib
@@ -455,6 +457,35 @@ def test_steps_skipped_for_non_finite_gradients_are_counted_and_warned_of(tmp_pa
     steps = [r for r in rows if "loss" in r]
     assert history[0]["skipped_steps"] == history[0]["step"] == len(steps) > 0
     assert all(r["skipped"] == 1 for r in steps)
+
+
+def fake_clock(monkeypatch) -> list[float]:
+    """The Monitor's perf_counter, plus the seconds added to the list's one item (a slow
+    evaluation, without the wait)."""
+    extra = [0.0]
+    monkeypatch.setattr(metrics, "time", types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + extra[0], time=time.time))
+    return extra
+
+
+def test_tok_s_counts_the_steps_alone_not_evaluations_or_another_seeds_tokens(
+        tmp_path, tokenizer_path, monkeypatch):
+    """A row's tok/s counted the epoch's evaluation before it (25 tok/s beside 7,000), and each
+    seed's tokens from 0 against the last seed's total: its first row's rate was negative."""
+    extra = fake_clock(monkeypatch)
+
+    def slow_evaluate(*args):
+        extra[0] += 1000.0
+        return glue_eval.evaluate(*args)
+
+    monkeypatch.setattr(seed_run, "evaluate", slow_evaluate)
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.log_every=1",
+                      "glue.buckets=[64]"))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rates = [(r["seed"], r["step"], r["tokens_per_s"]) for r in rows if "tokens_per_s" in r]
+    assert {seed for seed, _, _ in rates} == {0, 1}
+    assert len(rates) == sum("loss" in r for r in rows) - 1  # the first row's holds compiling
+    assert all(rate > 1.0 for _, _, rate in rates), rates  # a 1,000 s window: < 1 tok/s
 
 
 def test_a_diverged_fine_tune_writes_strict_json_and_no_nan_submission(tmp_path, tokenizer_path):
