@@ -188,10 +188,16 @@ class SeedRun:
     def log(self, epoch: int, sums: dict) -> None:
         monitor = self.job.monitor
         skipped = count_skipped(self.window)
+        last_skipped = not bool(self.window[-1]["finite"])
         loss = fold(self.progress, self.window)
+        # The rate this step's update used: optax counts the updates applied before it, and a
+        # skipped step (gradients not finite) applies none, so float16's first overflows delay
+        # the schedule; counted by steps, the logs ran ahead of it.
+        unapplied = sum(h.get("skipped_steps", 0) for h in self.progress["history"]) + \
+            self.progress["skipped"] - last_skipped
         row = {"seed": self.seed, "epoch": epoch + 1, "loss": loss, "skipped": skipped,
-               # the rate this step's update used (optax counts updates from 0)
-               "lr": float(self.job.steps.lr(self.step - 1)), **monitor.throughput(self.tokens)}
+               "lr": float(self.job.steps.lr(self.step - 1 - unapplied)),
+               **monitor.throughput(self.tokens)}
         if "loss_scale" in sums:
             row["loss_scale"] = float(sums["loss_scale"])
         monitor.log(self.offset + self.step, row, {"seed": self.seed, "loss": f"{loss:.4f}"})

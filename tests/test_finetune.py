@@ -41,7 +41,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.errors import UserError
 from bertjax.finetune import finetune
 from bertjax.model import Bert
-from bertjax.optim import schedule_args
+from bertjax.optim import learning_rate, schedule_args
 from bertjax.precision import Precision
 from bertjax.predict import classify, fill_mask
 from bertjax.pretrained import load_pretrained
@@ -486,6 +486,35 @@ def test_tok_s_counts_the_steps_alone_not_evaluations_or_another_seeds_tokens(
     assert {seed for seed, _, _ in rates} == {0, 1}
     assert len(rates) == sum("loss" in r for r in rows) - 1  # the first row's holds compiling
     assert all(rate > 1.0 for _, _, rate in rates), rates  # a 1,000 s window: < 1 tok/s
+
+
+def test_the_logged_rate_is_the_one_the_update_used_after_skipped_steps(tmp_path,
+                                                                       tokenizer_path,
+                                                                       monkeypatch):
+    """float16's first steps overflow (skipped: no update, the schedule's count stays); the
+    rows logged the rate of the step's number, 13 steps ahead of the one applied."""
+    used = []
+
+    def recording(*args):
+        train_step, predict = make_glue_steps(*args)
+
+        def step(inputs, state):
+            count, = [s.count for s in jax.tree.leaves(
+                state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+                if isinstance(s, optax.ScaleByScheduleState)]
+            used.append(float(learning_rate("linear", count, inputs[2])))
+            return train_step(inputs, state)
+
+        return step, predict
+
+    monkeypatch.setattr(seed_run, "make_glue_steps", recording)
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "precision.compute=float16", "glue.seeds=[0]",
+                      "precision.loss_scale=1e9", "glue.epochs=6", "optim.warmup=0.5",
+                      "train.log_every=1"))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert sum(r["skipped"] for r in steps) > 5  # the scale halved from 1e9 for a while
+    assert [r["lr"] for r in steps] == pytest.approx(used, rel=1e-6, abs=1e-12)
 
 
 def test_a_diverged_fine_tune_writes_strict_json_and_no_nan_submission(tmp_path, tokenizer_path):
