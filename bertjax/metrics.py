@@ -27,8 +27,13 @@ from bertjax.config import WandbConfig
 from bertjax.errors import StoppedBySignal, UserError
 from bertjax.files import json_text, write_atomic
 
-# Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity).
+# Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity). The first
+# name in the device's kind counts: the PCIe and NVL cards come before the SXM ones they share a
+# name with (an H100 PCIe's MFU was a quarter low at the SXM peak).
 PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 51e12},
+    "H100 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 60e12},
+    "H200 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 60e12},
     "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
     "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
     "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},

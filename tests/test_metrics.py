@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from matplotlib.colors import to_rgb
 
 from bertjax import config, plot
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.metrics import WANDB_RUN_ID, Monitor, wandb_session
+from bertjax.metrics import WANDB_RUN_ID, Monitor, device_peak_flops, wandb_session
 from bertjax.plot import plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,3 +348,14 @@ def test_plot_of_a_read_only_run_is_one_line_and_a_finished_run_only_warns(tmp_p
         plot.plot_finished_run(tmp_path)
     monkeypatch.undo()
     assert (tmp_path / "curves.png").read_bytes() == b"old curves"
+
+
+@pytest.mark.parametrize("kind, peak", [("NVIDIA H100 80GB HBM3", 989e12),
+                                        ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+                                        ("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("cpu", None)])
+def test_mfu_divides_by_the_cards_own_peak(monkeypatch, kind, peak):
+    """An H100 PCIe (756 TFLOP/s dense bf16) was read as the SXM card (989): its MFU a quarter
+    low."""
+    monkeypatch.setattr("jax.devices", lambda: [types.SimpleNamespace(device_kind=kind)])
+    assert device_peak_flops("bfloat16") == peak
