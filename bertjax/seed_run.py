@@ -133,6 +133,9 @@ class SeedRun:
         self.best_model: Bert | None = None
         self.step, self.tokens = 0, 0
         self.window: list[dict] = []  # step sums not yet in progress (read when logged)
+        # Step sums since the last row: an epoch's end or a checkpoint folds `window` into the
+        # epoch's sums, and the next row then counted only the steps after it.
+        self.unlogged: list[dict] = []
 
     def run(self) -> tuple[dict, Bert]:
         """Its per-epoch and best metrics, and its best model (whole on this process)."""
@@ -171,6 +174,7 @@ class SeedRun:
                 (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
                  steps.schedule), self.state)
             self.window.append(sums)
+            self.unlogged.append(sums)
             self.step += 1
             self.tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
             job.monitor.advance()
@@ -187,9 +191,11 @@ class SeedRun:
 
     def log(self, epoch: int, sums: dict) -> None:
         monitor = self.job.monitor
-        skipped = count_skipped(self.window)
-        last_skipped = not bool(self.window[-1]["finite"])
-        loss = fold(self.progress, self.window)
+        steps, self.unlogged = self.unlogged, []
+        skipped, last_skipped = count_skipped(steps), not bool(steps[-1]["finite"])
+        loss, weight = (sum(float(s[k]) for s in steps) for k in ("loss", "weight"))
+        loss /= max(weight, 1.0)  # per example (padding rows weigh 0)
+        fold(self.progress, self.window)
         # The rate this step's update used: optax counts the updates applied before it, and a
         # skipped step (gradients not finite) applies none, so float16's first overflows delay
         # the schedule; counted by steps, the logs ran ahead of it.
@@ -279,16 +285,15 @@ def count_skipped(window: list[dict]) -> int:
     return sum(1 for s in window if not bool(s["finite"]))
 
 
-def fold(progress: dict, window: list[dict]) -> float:
+def fold(progress: dict, window: list[dict]) -> None:
     """Add the step sums in `window` to the epoch's running loss sums and skipped-step count
-    and empty it; returns the window's per-example mean loss (padding rows weigh 0)."""
+    and empty it."""
     loss, weight = (sum(float(s[k]) for s in window) for k in ("loss", "weight"))
     progress["loss"] += loss
     progress["weight"] += weight
     # .get: a checkpoint written before this count existed resumes without it
     progress["skipped"] = progress.get("skipped", 0) + count_skipped(window)
     window.clear()
-    return loss / max(weight, 1.0)
 
 
 INPUTS = "inputs.json"  # RUN/inputs.json: input_digests of the run's seeds

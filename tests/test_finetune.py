@@ -517,6 +517,41 @@ def test_the_logged_rate_is_the_one_the_update_used_after_skipped_steps(tmp_path
     assert [r["lr"] for r in steps] == pytest.approx(used, rel=1e-6, abs=1e-12)
 
 
+def test_each_row_holds_every_step_since_the_row_before(tmp_path, tokenizer_path, monkeypatch):
+    """An epoch's end (and a checkpoint) folded the steps not yet logged into the epoch's sums:
+    the next row's loss and skipped count held only the steps after it (log_every=2 over
+    3-step epochs: rows counted 11 of 13 skipped steps)."""
+    outputs = []
+
+    def recording(*args):
+        train_step, predict = make_glue_steps(*args)
+
+        def step(inputs, state):
+            state, sums = train_step(inputs, state)
+            outputs.append({k: float(sums[k]) for k in ("loss", "weight", "finite")})
+            return state, sums
+
+        return step, predict
+
+    monkeypatch.setattr(seed_run, "make_glue_steps", recording)
+    glue_dir = tmp_path / "glue"  # the fixture's rows 4 times: 3 batches of 8 an epoch
+    (glue_dir / "SST-2").mkdir(parents=True)
+    header, *lines = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines(keepends=True)
+    (glue_dir / "SST-2" / "train.tsv").write_text(header + "".join(lines * 4))
+    finetune(sst2_cfg(tmp_path / "run", tokenizer_path, f"glue.data_dir={glue_dir}",
+                      "precision.compute=float16", "glue.seeds=[0]", "precision.loss_scale=1e7",
+                      "glue.epochs=4", "train.log_every=2", "train.checkpoint_every=5"))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(2, len(outputs) + 1, 2))
+    for row in steps:
+        held = outputs[row["step"] - 2:row["step"]]
+        assert row["loss"] == pytest.approx(sum(s["loss"] for s in held) /
+                                            sum(s["weight"] for s in held), rel=1e-6)
+        assert row["skipped"] == sum(s["finite"] == 0.0 for s in held)
+    assert 0 < sum(r["skipped"] for r in steps) < len(outputs)
+
+
 def test_a_diverged_fine_tune_writes_strict_json_and_no_nan_submission(tmp_path, tokenizer_path):
     """optim.lr=1e30 makes the weights, then every logit, NaN. results.json held the bare word
     NaN (no JSON reader but Python's takes it) and submission/SST-2.tsv predicted class 0 for
