@@ -174,22 +174,27 @@ class Loop:
         """One metrics row for the steps read since the last one."""
         if not self.window:
             return
-        last_step, _, updates = self.window[-1]
-        row = mlm_row([m for _, m, _ in self.window])
-        self.window = []
+        window, self.window = self.window, []
+        last_step, _, updates = window[-1]
+        row = mlm_row([m for _, m, _ in window])
         done = last_step + 1
-        sequences = self.run.ramp.sequences_before(done)
+        ramp, size = self.run.ramp, self.run.data.num_sequences
+        sequences = ramp.sequences_before(done)
         # The schedule follows the optimizer's updates (a skipped step applies none), times the
         # rollbacks' factor.
         row |= {"lr": float(self.lr(updates)) * self.watch.lr_factor,
-                "batch": self.run.ramp.batch(last_step),
+                "batch": ramp.batch(last_step),
                 "tokens": self.stream_tokens(done),
-                "epoch": sequences / self.run.data.num_sequences}
+                "epoch": sequences / size}
         row |= self.monitor.throughput(row["tokens"])
         if row["epoch"] > 1 and not self.warned_epoch:
             self.warned_epoch = True
-            self.monitor.write(f"warning: passed one epoch of the training data at step {done}; "
-                               "sequences now repeat (in a new order)")
+            # The step of the window that first read a sequence again, not the row's last one
+            # (a test at log_every=5 named the last row's step 12 for step 11)
+            passed = next((s + 1 for s, _, _ in window if ramp.sequences_before(s + 1) > size),
+                          done)
+            self.monitor.write(f"warning: passed one epoch of the training data at step "
+                               f"{passed}; sequences now repeat (in a new order)")
         show = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
                 "lr": f"{row['lr']:.2e}", "batch": row["batch"]}
         self.monitor.log(done, row, show)

@@ -31,6 +31,7 @@ from bertjax import metrics, pretrain_loop, starting_points
 from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
+from bertjax.optim import BatchRamp
 from bertjax.pretrain import (
     check_tokenizer,
     keep_tokenizer,
@@ -820,3 +821,19 @@ def test_tok_s_counts_the_steps_not_validations_or_checkpoints(config_file, tmp_
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     assert len(rates) == 7  # every step's row but the first (it holds the compilation)
     assert min(rates) > 1.0, rates  # a window holding 1,000 s: < 1 tok/s
+
+
+def test_the_new_pass_is_said_at_the_step_that_made_it_not_at_its_row(config_file, tmp_path,
+                                                                      capsys):
+    """With log_every=5 the warning named the row's step (12), not the step whose batch first
+    read a sequence again."""
+    cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path}", "train.steps=12",
+                                          "train.log_every=5", "train.eval_every=0",
+                                          "train.checkpoint_every=0", "train.fill_mask=[]"])
+    pretrain(cfg)
+    out = capsys.readouterr().out
+    size = int(re.search(r"([\d,]+) train sequences/epoch", out).group(1).replace(",", ""))
+    ramp = BatchRamp.from_config(cfg.train, 12)
+    passed = next(step for step in range(1, 13) if ramp.sequences_before(step) > size)
+    assert passed % 5, passed  # inside a row's window: the test tells the two apart
+    assert f"passed one epoch of the training data at step {passed};" in out, out
