@@ -53,7 +53,9 @@ def device_peak_flops(compute_dtype: str) -> float | None:
 def mlm_row(steps: list[dict]) -> dict:
     """Loss, accuracy, grad norm (and pair objective, fp16 loss scale) of some pretraining
     steps' metrics (sums, from the train step), and how many were skipped (not finite): those
-    are left out unless all were."""
+    are left out unless all were. Loss and accuracy are per predicted token over all the steps
+    (a step that masked more tokens weighs more); grad_norm is the mean of the steps' global
+    gradient norms before clipping (optim.clip), so one step's spike shows diluted."""
     finite = [m for m in steps if m["finite"]] or steps
     total = {k: float(sum(m[k] for m in finite)) for k in finite[0] if k != "finite"}
     row = {"loss": total["mlm_loss"] / max(total["mlm_weight"], 1.0),
