@@ -29,23 +29,29 @@ from bertjax.files import json_text, write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity). The first
 # name in the device's kind counts: the PCIe and NVL cards come before the SXM ones they share a
-# name with (an H100 PCIe's MFU was a quarter low at the SXM peak).
+# name with (an H100 PCIe's MFU was a quarter low at the SXM peak). NVIDIA's "float32" is the
+# TensorFloat-32 tensor-core peak: jax's default matmul precision runs float32 matmuls as TF32
+# on Ampere and Hopper (against the CUDA-core peak, "float32_full", MFU read up to 7x high).
 PEAK_FLOPS = {
-    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 51e12},
-    "H100 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 60e12},
-    "H200 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 60e12},
-    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
-    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12, "float32_full": 51e12},
+    "H100 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12, "float32_full": 60e12},
+    "H200 NVL": {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12, "float32_full": 60e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12, "float32_full": 67e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12, "float32_full": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12, "float32_full": 19.5e12},
     "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 2},
     "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 2},
 }
+FULL_FLOAT32 = ("highest", "float32", "F32_F32_F32")  # jax_default_matmul_precision's names
 
 
 def device_peak_flops(compute_dtype: str) -> float | None:
     kind = jax.devices()[0].device_kind
     for name, peaks in PEAK_FLOPS.items():
         if name in kind:
+            if compute_dtype == "float32" and "float32_full" in peaks and \
+                    str(jax.config.jax_default_matmul_precision) in FULL_FLOAT32:
+                return peaks["float32_full"]  # TF32 turned off: CUDA cores
             return peaks.get(compute_dtype)
     return None
 

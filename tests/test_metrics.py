@@ -11,6 +11,7 @@ import types
 import warnings
 from pathlib import Path
 
+import jax
 import matplotlib.image
 import numpy as np
 import pytest
@@ -359,3 +360,17 @@ def test_mfu_divides_by_the_cards_own_peak(monkeypatch, kind, peak):
     low."""
     monkeypatch.setattr("jax.devices", lambda: [types.SimpleNamespace(device_kind=kind)])
     assert device_peak_flops("bfloat16") == peak
+
+
+@pytest.mark.parametrize("kind, tf32, full", [("NVIDIA H100 80GB HBM3", 495e12, 67e12),
+                                              ("NVIDIA A100-SXM4-80GB", 156e12, 19.5e12)])
+def test_float32_mfu_divides_by_the_tf32_peak_unless_full_precision_is_asked(monkeypatch, kind,
+                                                                            tf32, full):
+    """jax runs float32 matmuls as TensorFloat-32 on NVIDIA's tensor cores by default: against
+    the CUDA-core peak (67 TFLOP/s on an H100) a float32 run's MFU could pass 100 %."""
+    monkeypatch.setattr("jax.devices", lambda: [types.SimpleNamespace(device_kind=kind)])
+    assert device_peak_flops("float32") == tf32
+    with jax.default_matmul_precision("highest"):
+        assert device_peak_flops("float32") == full
+    with jax.default_matmul_precision("tensorfloat32"):
+        assert device_peak_flops("float32") == tf32
