@@ -196,6 +196,10 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
             keep_tokenizer(run.run_dir, Path(cfg.data.dir))
             write_atomic(run.run_dir / "config.yaml", run.config_yaml)
             drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
+            # Results of an earlier end (train.steps raised since) describe a shorter run: kept,
+            # a kill after the new last checkpoint left them to a rerun as this run's ("nothing
+            # to do", 24 steps' tokens and validation for a 30-step model) and in its export
+            (run.run_dir / "results.json").unlink(missing_ok=True)
         fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
         monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
                           cfg.precision.compute)

@@ -187,6 +187,24 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_on_a_rerun(config_file,
     assert results["steps"] == STEPS and results["validation"]["val_loss"] > 0
 
 
+def test_a_run_trained_on_keeps_no_results_of_its_earlier_end(config_file, straight, tmp_path):
+    """train.steps raised on a finished run, killed after a checkpoint: its results.json was the
+    earlier end's (a kill after the new last checkpoint: the rerun said "nothing to do" over
+    them). Now none until the new end, whose results the rerun writes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    longer = f"train.steps={STEPS + 4}"
+    proc = train(config_file, run_dir, longer, wait=False)
+    wait_for_checkpoint(run_dir, proc, STEPS + 2)
+    proc.kill()
+    proc.wait()
+    results = run_dir / "results.json"
+    assert not results.exists() or json.loads(results.read_text())["steps"] == STEPS + 4
+    code, out = train(config_file, run_dir, longer)
+    assert code == 0 and "trained to its last step" not in out, out
+    assert json.loads(results.read_text())["steps"] == STEPS + 4
+
+
 def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, straight,
                                                                   tmp_path):
     # A second phase at another seq_len; a vanishing lr keeps the weights where they started.
