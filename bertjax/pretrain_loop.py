@@ -7,7 +7,8 @@ step or a loss spike) is rolled back here: the newest checkpoint from before the
 restored (the initial state when none is), the steps from there to the bad one are skipped, not
 replayed, and the learning rate is multiplied by `train.rollback_lr_factor` from then on.
 Metrics are read lazily, so every save and validation reads and checks them first: no
-checkpoint holds a state that is known to be bad.
+checkpoint holds a state that is known to be bad. A save also writes the row of the steps not
+logged yet, so a run killed after it and resumed there has every step in a row.
 """
 
 import math
@@ -132,7 +133,6 @@ class Loop:
                     self.save(state, done)
                 self.monitor.advance()
                 if stopping:
-                    self.log()
                     self.monitor.write(f"{stop.name}: saved a checkpoint at step {done}; run the "
                                        "same command again to resume")
                     return state
@@ -234,7 +234,10 @@ class Loop:
         return row
 
     def save(self, state: TrainState, done: int) -> None:
-        self.read()  # never checkpoint a state whose steps diverged
+        # Read first: never checkpoint a state whose steps diverged. Logged, not left for the
+        # next row: a resume here drops the killed run's rows past `done`, and the steps up to
+        # it that no row held yet were in none (checkpoint_every=5, log_every=2: step 15)
+        self.log()
         meta = {**token_counts(self.run.ramp, self.cfg.data.seq_len, done, self.tokens_before,
                                self.watch, self.offsets.seen),
                 "tokens_stream": self.stream_tokens(done),

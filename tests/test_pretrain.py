@@ -592,6 +592,24 @@ def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_kill_after_a_checkpoint_off_the_log_cadence_leaves_the_same_rows(config_file,
+                                                                            tmp_path):
+    """A checkpoint between two rows writes the steps not logged yet: the resume there drops the
+    killed run's later rows, and steps 1-3 were in the dropped row 4 alone (the resumed row 4
+    held step 4's loss only)."""
+    cadence = ("train.log_every=4", "train.checkpoint_every=3")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    code, out = train(config_file, straight, *cadence)
+    assert code == 0, out
+    proc = train(config_file, killed, *cadence, wait=False)
+    wait_for_checkpoint(killed, proc, 3)
+    proc.kill()
+    proc.wait()
+    code, out = train(config_file, killed, *cadence)
+    assert code == 0, out
+    assert losses(killed) == losses(straight)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_with_sigterms_code(config_file, tmp_path):
     # 143 = 128 + SIGTERM, as a shell reports a killed process: not 0, so `train && export`
     # does not export an unfinished run.

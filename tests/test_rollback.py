@@ -232,7 +232,8 @@ def test_a_nan_state_rolls_back_to_the_checkpoint_before_it(nan_run):
     assert {k: rollback[k] for k in ("step", "rollback", "restored_step", "skipped_steps",
                                      "lr_factor")} == {
         "step": 7, "rollback": 1, "restored_step": 3, "skipped_steps": [4, 7], "lr_factor": 0.5}
-    assert training_steps(nan_run) == [4, 7, 8, 12]  # one row each; 7: the steps up to the NaN
+    # one row each (3, 6, 9: checkpoints write theirs); 7: the steps up to the NaN
+    assert training_steps(nan_run) == [3, 4, 6, 7, 8, 9, 12]
     last = [r for r in rows(nan_run) if "loss" in r][-1]
     assert math.isfinite(last["loss"]) and last["skipped"] == 0
     saved = checkpoints(nan_run)
@@ -324,9 +325,9 @@ def test_a_resumed_run_logs_into_the_wandb_run_it_started(base, tmp_path, fake_w
     run(base, tmp_path, {}, "wandb.mode=online", "train.resume=never", "train.steps=4")
     preempted, resumed, fresh = fake_wandb.inits
     assert (preempted.preempting, preempted.exit_code, preempted.logged) == (True, 143, [3])
-    assert resumed.id == preempted.id and resumed.logged == [4, 8, 12, 12]  # 12: validation
+    assert resumed.id == preempted.id and resumed.logged == [4, 6, 8, 9, 12, 12]  # 12: validation
     assert (resumed.finished, resumed.exit_code, resumed.preempting) == (True, None, False)
-    assert fresh.id != preempted.id and fresh.logged == [4, 4] and fresh.finished
+    assert fresh.id != preempted.id and fresh.logged == [3, 4, 4] and fresh.finished
 
 
 @pytest.mark.slow
