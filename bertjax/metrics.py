@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -167,11 +168,15 @@ class Monitor:
     """Progress bar + metrics.jsonl + wandb for one run (process 0 only)."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, wandb_run,
-                 flops_per_token: float | None, compute_dtype: str):
+                 flops_per_token: float | None, compute_dtype: str,
+                 work_before: Callable[[int], int] | None = None):
         """`wandb_run`: the caller's `wandb_session(...)` (or None), entered before it wrote to the
         run directory, and finished by it. A resumed wandb run already holds the steps before
         its `step`: rows for them (the steps a killed run repeats) go to metrics.jsonl only, as
-        wandb would drop them, with a warning each."""
+        wandb would drop them, with a warning each. `work_before(step)`: the work done before a
+        step, for the log lines' ETA (pretraining's sequences: with a batch-size ramp, later
+        steps take longer); None counts steps."""
+        self.work_before = work_before or (lambda step: step)
         self.enabled = jax.process_index() == 0
         self.peak = device_peak_flops(compute_dtype)
         self.flops_per_token = flops_per_token
@@ -245,17 +250,19 @@ class Monitor:
             self.bar.set_postfix(show, refresh=False)
 
     def eta(self, step: int) -> dict:
-        """{"eta": "H:MM:SS"} for a log line (the bar shows its own), at the pace of the steps
-        since the first line (compilation and a resume's restore come before it); nothing on
-        the first line and the last."""
+        """{"eta": "H:MM:SS"} for a log line (the bar shows its own, by steps), at the pace of
+        the work since the first line (compilation and a resume's restore come before it);
+        nothing on the first line and the last. Counted by steps, a batch-size ramp's ETA read
+        up to its batch ratio low (a 4x ramp: 0:00 with 34 s left)."""
         now = time.perf_counter()
         if self.since is None:
             self.since = now, step
             return {}
-        (then, first), left = self.since, self.total_steps - step
-        if step <= first or left <= 0:
+        (then, first), work = self.since, self.work_before
+        left, done = work(self.total_steps) - work(step), work(step) - work(first)
+        if done <= 0 or left <= 0:
             return {}
-        return {"eta": tqdm.format_interval(left * (now - then) / (step - first))}
+        return {"eta": tqdm.format_interval(left * (now - then) / done)}
 
     def advance(self) -> None:
         """One step more on the progress bar."""

@@ -202,7 +202,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
             (run.run_dir / "results.json").unlink(missing_ok=True)
         fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
         monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
-                          cfg.precision.compute)
+                          cfg.precision.compute, work_before=run.ramp.sequences_before)
         stop = StopSignal(mesh)
         try:  # from here: a failure in-process (a notebook) leaves no file open, no handler
             monitor.write(f"bertjax: {param_count(state.model):,} parameters, "

@@ -307,6 +307,24 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
         assert stderr.getvalue() == ""
 
 
+
+def test_the_eta_weighs_steps_by_their_work_under_a_batch_ramp(tmp_path, monkeypatch, capsys):
+    """Counted by steps, a ramp's later, larger batches made the log lines' ETA read low (a 4x
+    ramp: 00:00 with 34 s left). Batches 1, 1, 4, 4, 4: at 10 s for the second step, the 12
+    sequences left take 120 s; by steps it said 30 s."""
+    monkeypatch.setattr("sys.stderr", Stream(False))
+    clock = iter([0.0, 100.0, 110.0, 200.0])  # the monitor's start, then each log line
+    monkeypatch.setattr("bertjax.metrics.time.perf_counter", lambda: next(clock))
+    batches = [1, 1, 4, 4, 4]
+    monitor = Monitor(tmp_path, total_steps=5, start_step=0, wandb_run=None,
+                      flops_per_token=None, compute_dtype="float32",
+                      work_before=lambda step: sum(batches[:step]))
+    for step in (1, 2):
+        monitor.log(step, {"loss": 1.0}, {"loss": "1.0"})
+    monitor.close()
+    assert capsys.readouterr().out.splitlines() == ["step 1/5: loss 1.0",
+                                                    "step 2/5: loss 1.0, eta 02:00"]
+
 @pytest.mark.slow  # wandb starts its service process (about 8 s)
 def test_wandb_online_without_an_api_key_is_one_line_not_wandbs_traceback(tmp_path,
                                                                           no_wandb_key):
