@@ -123,6 +123,10 @@ class Loop:
                                                  jax.random.fold_in(self.keys[DROPOUT], step),
                                                  rates)
                 self.pending.append((step, metrics))
+                if step > start and self.run.ramp.batch(step) != self.run.ramp.batch(step - 1):
+                    # The call above compiled the ramp's next batch shape (seconds to a
+                    # minute): not training time (a row across it read 72 tok/s beside 20,000).
+                    self.monitor.restart_throughput(self.stream_tokens(step))
                 done = step + 1
                 if done % train.log_every == 0 or done == self.run.total_steps:
                     self.log()

@@ -835,10 +835,11 @@ def test_a_run_started_on_a_thread_of_its_own_trains_and_leaves_the_signals_alon
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
-def test_tok_s_counts_the_steps_not_validations_or_checkpoints(config_file, tmp_path,
-                                                               monkeypatch):
+def test_tok_s_counts_the_steps_not_validations_checkpoints_or_compiles(config_file, tmp_path,
+                                                                       monkeypatch):
     """A row's tok/s (and MFU) counted the validation and checkpoint before it: the demo-sized
-    run's rows after one read 487 and 3,931 tok/s beside 7,600."""
+    run's rows after one read 487 and 3,931 tok/s beside 7,600; and the compilation of the batch
+    ramp's next shape (72 tok/s beside 20,000)."""
     extra = [0.0]  # seconds added to the Monitor's clock: a slow pass, without the wait
     monkeypatch.setattr(metrics, "time", types.SimpleNamespace(
         perf_counter=lambda: time.perf_counter() + extra[0], time=time.time))
@@ -849,11 +850,26 @@ def test_tok_s_counts_the_steps_not_validations_or_checkpoints(config_file, tmp_
             return call(*args, **kwargs)
         return wrapped
 
+    def slow_new_shapes(make_train_step):
+        def made(*args, **kwargs):
+            step, shapes = make_train_step(*args, **kwargs), []
+
+            def call(state, batch, *rest):
+                shapes.append(jax.tree.leaves(batch)[0].shape)
+                if len(set(shapes)) > 1 and shapes[-1] != shapes[-2]:  # compiles a new shape
+                    extra[0] += 1000.0
+                return step(state, batch, *rest)
+            return call
+        return made
+
     monkeypatch.setattr(pretrain_loop, "validation_sums", slow(pretrain_loop.validation_sums))
     monkeypatch.setattr(Checkpoints, "save", slow(Checkpoints.save))
+    monkeypatch.setattr(pretrain_loop, "make_train_step",
+                        slow_new_shapes(pretrain_loop.make_train_step))
     pretrain(config_lib.load([config_file], [f"train.run_dir={tmp_path}", "train.steps=8",
                                              "train.fill_mask=[]"]))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["batch"] for r in rows if "batch" in r}) > 1  # the ramp ran
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     assert len(rates) == 7  # every step's row but the first (it holds the compilation)
     assert min(rates) > 1.0, rates  # a window holding 1,000 s: < 1 tok/s
