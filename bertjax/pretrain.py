@@ -13,6 +13,7 @@ A diverging run rolls back (bertjax.pretrain_loop, which holds the step loop); a
 """
 
 import dataclasses
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -178,7 +179,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
     checkpoints = Checkpoints(run.run_dir, cfg.train.keep_checkpoints)
     run = fit_budget_to_checkpoint(run, checkpoints)
     state, optimizer, start, meta = start_state(run, keys[INIT], mesh, checkpoints)
-    if start == run.total_steps and (run.run_dir / "results.json").is_file():
+    if start == run.total_steps and results_of_the_end(run.run_dir, start):
         checkpoints.close()
         print(f"{run.run_dir} is trained to its last step ({start}) already: nothing to do; "
               "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
@@ -283,3 +284,15 @@ def finish(run: Run, model: Bert) -> None:
             guesses = (", ".join(f"{tok} ({p:.2f})" for tok, p in top[0]) if top else
                        "[MASK] lies beyond the model's positions (the input was cut)")
             print(f"  {text}  ->  {guesses}")
+
+
+def results_of_the_end(run_dir: Path, last_step: int) -> bool:
+    """Whether run_dir's results.json is that of the run's end at `last_step`. An earlier bertjax
+    left a run trained on (train.steps raised) and killed after its new last checkpoint with the
+    earlier end's results, and each rerun said "nothing to do" over them: such a run finishes
+    now (its last validation and results)."""
+    try:
+        return json.loads((run_dir / "results.json").read_bytes())["steps"] == last_step
+    except (OSError, ValueError, TypeError, KeyError):  # none, or damaged: not the end's
+        return False
+

@@ -205,6 +205,20 @@ def test_a_run_trained_on_keeps_no_results_of_its_earlier_end(config_file, strai
     assert json.loads(results.read_text())["steps"] == STEPS + 4
 
 
+def test_results_of_an_earlier_end_beside_the_last_checkpoint_are_written_again(
+        config_file, straight, tmp_path, capsys):
+    """The state an earlier bertjax left (the test above): a checkpoint at the last step beside
+    results.json of a shorter end. Each rerun said "nothing to do" over them."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    results = run_dir / "results.json"
+    results.write_text(json.dumps(json.loads(results.read_text()) | {"steps": STEPS - 2}))
+    pretrain(config_lib.load([config_file], [f"train.run_dir={run_dir}", "train.fill_mask=[]"]))
+    assert "nothing to do" not in capsys.readouterr().out
+    assert json.loads(results.read_text())["steps"] == STEPS
+    pretrain(config_lib.load([config_file], [f"train.run_dir={run_dir}", "train.fill_mask=[]"]))
+    assert "nothing to do" in capsys.readouterr().out  # finished now
+
 def test_continued_pretraining_starts_from_the_checkpoint_weights(config_file, straight,
                                                                   tmp_path):
     # A second phase at another seq_len; a vanishing lr keeps the weights where they started.
