@@ -90,6 +90,7 @@ class Job:
     steps: Steps
     monitor: Monitor | None = None
     stop: StopSignal | None = None
+    shapes_run: set = dataclasses.field(default_factory=set)  # batch shapes the step compiled
 
     @property
     def main(self) -> bool:
@@ -173,6 +174,10 @@ class SeedRun:
             self.state, sums = steps.train_step(
                 (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
                  steps.schedule), self.state)
+            if batch["input_ids"].shape not in job.shapes_run:
+                # That call compiled a new bucket's step: not training time (a row's tok/s)
+                job.shapes_run.add(batch["input_ids"].shape)
+                job.monitor.restart_throughput(self.tokens)
             self.window.append(sums)
             self.unlogged.append(sums)
             self.step += 1

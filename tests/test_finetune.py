@@ -471,16 +471,31 @@ def fake_clock(monkeypatch) -> list[float]:
 def test_tok_s_counts_the_steps_alone_not_evaluations_or_another_seeds_tokens(
         tmp_path, tokenizer_path, monkeypatch):
     """A row's tok/s counted the epoch's evaluation before it (25 tok/s beside 7,000), and each
-    seed's tokens from 0 against the last seed's total: its first row's rate was negative."""
+    seed's tokens from 0 against the last seed's total: its first row's rate was negative; and
+    the compilation of each bucket's step after the first."""
     extra = fake_clock(monkeypatch)
+    shapes = set()
 
     def slow_evaluate(*args):
         extra[0] += 1000.0
         return glue_eval.evaluate(*args)
 
+    def slow_new_shapes(*args):
+        train_step, predict = make_glue_steps(*args)
+
+        def step(inputs, state):
+            shape = inputs[0]["input_ids"].shape
+            if shapes and shape not in shapes:  # compiles this bucket's step
+                extra[0] += 1000.0
+            shapes.add(shape)
+            return train_step(inputs, state)
+
+        return step, predict
+
     monkeypatch.setattr(seed_run, "evaluate", slow_evaluate)
-    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.log_every=1",
-                      "glue.buckets=[64]"))
+    monkeypatch.setattr(seed_run, "make_glue_steps", slow_new_shapes)
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.log_every=1"))
+    assert len(shapes) > 1  # the buckets' shapes
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rates = [(r["seed"], r["step"], r["tokens_per_s"]) for r in rows if "tokens_per_s" in r]
     assert {seed for seed, _, _ in rates} == {0, 1}
