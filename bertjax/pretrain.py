@@ -295,4 +295,3 @@ def results_of_the_end(run_dir: Path, last_step: int) -> bool:
         return json.loads((run_dir / "results.json").read_bytes())["steps"] == last_step
     except (OSError, ValueError, TypeError, KeyError):  # none, or damaged: not the end's
         return False
-

@@ -90,7 +90,7 @@ class Job:
     steps: Steps
     monitor: Monitor | None = None
     stop: StopSignal | None = None
-    shapes_run: set = dataclasses.field(default_factory=set)  # batch shapes the step compiled
+    shapes_run: set[tuple[int, ...]] = dataclasses.field(default_factory=set)  # compiled
 
     @property
     def main(self) -> bool:
