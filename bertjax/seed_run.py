@@ -90,7 +90,8 @@ class Job:
     steps: Steps
     monitor: Monitor | None = None
     stop: StopSignal | None = None
-    shapes_run: set[tuple[int, ...]] = dataclasses.field(default_factory=set)  # compiled
+    # the batch shapes its train step has compiled (each seed's rates leave them out)
+    shapes_run: set[tuple[int, ...]] = dataclasses.field(default_factory=set)
 
     @property
     def main(self) -> bool:
