@@ -197,9 +197,10 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
             keep_tokenizer(run.run_dir, Path(cfg.data.dir))
             write_atomic(run.run_dir / "config.yaml", run.config_yaml)
             drop_rows_after(run.run_dir, start)  # a killed run's rows past the checkpoint
-            # Results of an earlier end (train.steps raised since) describe a shorter run: kept,
-            # a kill after the new last checkpoint left them to a rerun as this run's ("nothing
-            # to do", 24 steps' tokens and validation for a 30-step model) and in its export
+            # Results of an earlier end (train.steps raised since, or train.resume=never)
+            # describe another run: kept, a kill after the new last checkpoint left them to a
+            # rerun as this run's ("nothing to do", 24 steps' tokens and validation for a 30-step
+            # model) and in its export
             (run.run_dir / "results.json").unlink(missing_ok=True)
         fpt = flops_per_token(cfg.model, cfg.data.seq_len, cfg.data.predictions)
         monitor = Monitor(run.run_dir, run.total_steps, start, wandb_run, fpt,
@@ -229,16 +230,14 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
 
 
 def forget_earlier_run(run_dir: Path, checkpoints: Checkpoints) -> None:
-    """train.resume=never starts over: the earlier run's checkpoints and results go (a later
-    resume would else continue them, and its metrics.jsonl rows are dropped already)."""
+    """train.resume=never starts over: the earlier run's checkpoints go (a later resume would
+    else continue them; its metrics.jsonl rows and results.json go as every start's do)."""
     steps = checkpoints.all_steps()
     if steps:
         print(f"train.resume=never: deleting {run_dir}'s earlier checkpoints {steps} and its "
               "results.json", file=sys.stderr)
     for step in steps:
         checkpoints.delete(step)
-    if jax.process_index() == 0:
-        (run_dir / "results.json").unlink(missing_ok=True)
 
 
 def initial_state(run: Run, key: jax.Array, mesh, load_init: bool):
