@@ -2,7 +2,7 @@
 
 The bar is for terminals. When stderr is not one (a batch job's log file, `nohup`, CI), a bar
 would fill the log with carriage-return redraws; there each logged row becomes one plain line,
-with the time left at the pace so far (the bar's ETA).
+with the time left at the pace so far (on the bar too, in place of tqdm's own).
 
 metrics.jsonl is strict JSON, one object a line: a value that is not finite (a skipped step's
 loss) is written as null. A resumed run first drops the rows past the step it resumes from
@@ -189,8 +189,12 @@ class Monitor:
         self.run_dir = run_dir
         self.file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         self.total_steps = total_steps
+        # tqdm's own time left (counted by steps, from the start) is left out of the bar: the
+        # rows' `eta` (`eta()`) stands in its place, as on the log lines.
         self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step",
-                        disable=not sys.stderr.isatty())
+                        disable=not sys.stderr.isatty(),
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, "
+                                   "{rate_fmt}{postfix}]")
         self.since: tuple[float, int] | None = None  # (time, step) the log lines' ETA counts from
 
     def throughput(self, tokens_seen: int) -> dict:
@@ -242,18 +246,18 @@ class Monitor:
             show = {**show, "mfu": f"{row['mfu']:.1%}"}
         if row.get("skipped"):  # steps not applied (not finite): a loss alone would not say so
             show = {**show, "skipped": row["skipped"]}
+        show = {**show, **self.eta(step)}
         if self.bar.disable:
-            show = {**show, **self.eta(step)}
             print(f"step {step}/{self.total_steps}: "
                   + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)
         else:
             self.bar.set_postfix(show, refresh=False)
 
     def eta(self, step: int) -> dict:
-        """{"eta": "H:MM:SS"} for a log line (the bar shows its own, by steps), at the pace of
-        the work since the first line (compilation and a resume's restore come before it);
-        nothing on the first line and the last. Counted by steps, a batch-size ramp's ETA read
-        up to its batch ratio low (a 4x ramp: 0:00 with 34 s left)."""
+        """{"eta": "H:MM:SS"} for a log line or the bar, at the pace of the work since the first
+        row (compilation and a resume's restore come before it); nothing on the first row and
+        the last. Counted by steps (tqdm's own ETA, which the bar showed), a batch-size ramp's
+        ETA read up to its batch ratio low (a 4x ramp: 0:00 with 34 s left)."""
         now = time.perf_counter()
         if self.since is None:
             self.since = now, step

@@ -286,6 +286,7 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
     monkeypatch.setattr("sys.stderr", stderr)
     monitor = Monitor(tmp_path, total_steps=3, start_step=0, wandb_run=None,
                       flops_per_token=None, compute_dtype="float32")
+    postfixes = []
     for step in (1, 2, 3):
         monitor.advance()
         throughput = {"tokens_per_s": 1234.4} if step == 2 else {}  # shown when the row has it
@@ -293,11 +294,16 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
         # only in metrics.jsonl, so a run of fp16 overflows printed plain losses
         monitor.log(step, {"loss": 3.0 / step, **throughput, "skipped": step - 1},
                     {"loss": f"{3.0 / step:.3f}"})
+        postfixes.append(monitor.bar.postfix if tty else None)  # a disabled bar has none
     monitor.close()
     out = capsys.readouterr().out
     if tty:  # tqdm draws on stderr; stdout stays clean
         assert out == "" and "\r" in stderr.getvalue() and "loss=1.000" in stderr.getvalue()
-        assert "skipped=2" in stderr.getvalue() and "eta" not in stderr.getvalue()
+        assert "skipped=2" in stderr.getvalue()
+        # The rows' ETA, as on the log lines, not tqdm's by steps (`elapsed<remaining`: low
+        # under a batch ramp)
+        assert re.fullmatch(r"loss=1\.500, tok/s=1,234, skipped=1, eta=00:0\d", postfixes[1])
+        assert "<" not in stderr.getvalue() and "eta" not in postfixes[0] + postfixes[2]
     else:  # one line per logged row, no redraws, and the time left (the bar's ETA) between
         # the first and the last (a week-long job's log said nothing of when it would end)
         lines = out.splitlines()
