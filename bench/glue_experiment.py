@@ -26,6 +26,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bertjax.starting_points import RUN_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 SEEDS = [0, 1, 2]
@@ -56,8 +58,7 @@ def run(task: str, init: str, args) -> None:
         # The architecture of the pretrained run; dropout and the like come from the fine-tuning
         # config for both inits (finetune.py does the same for a checkpoint).
         model = OmegaConf.load(Path(args.pretrained) / "config.yaml").model
-        cmd += [f"model.{k}={v}" for k, v in model.items()
-                if k not in ("dropout", "attention_dropout", "scan_layers", "remat")]
+        cmd += [f"model.{k}={v}" for k, v in model.items() if k not in RUN_KEYS]
         cmd.append(f"tokenizer.path={args.tokenizer}")
     cmd += args.override
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(args.out).resolve() / "jax_cache"),
