@@ -280,7 +280,12 @@ def test_a_signal_while_waiting_to_join_ends_the_process_at_once(tmp_path, sig):
     # alone was ignored until the join timed out (5 minutes), then "not every process joined",
     # exit 2.
     script, port = tmp_path / "alone.py", free_port()
-    write_join_script(script, port, 0, "processes.JOIN_TIMEOUT_S, "
+    # Ctrl-C as a terminal delivers it. A process started in the background of a shell without
+    # job control (`(pytest ... &)`) inherits SIGINT ignored, as nohup's do: there the process
+    # rightly ignored it, and this test waited out its 30 s (a flake, session 52).
+    write_join_script(script, port, 0, "import signal\n"
+                                       "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                                       "processes.JOIN_TIMEOUT_S, "
                                        "processes.JOIN_NOTICE_S = 90, 1\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
