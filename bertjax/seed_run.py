@@ -134,10 +134,10 @@ class SeedRun:
         self.progress = {"history": [], "best": {}, "loss": 0.0, "weight": 0.0}
         self.best_model: Bert | None = None
         self.step, self.tokens = 0, 0
-        self.window: list[dict] = []  # step sums not yet in progress (read when logged)
-        # Step sums since the last row: an epoch's end or a checkpoint folds `window` into the
-        # epoch's sums, and the next row then counted only the steps after it.
-        self.unlogged: list[dict] = []
+        # Step sums since the last row, read when the next is logged and then folded into
+        # progress. A checkpoint and an epoch's end log it first, so that a resume there finds
+        # every step before it in a row, and a row holds every step since the one before.
+        self.window: list[dict] = []
 
     def run(self) -> tuple[dict, Bert]:
         """Its per-epoch and best metrics, and its best model (whole on this process)."""
@@ -180,26 +180,27 @@ class SeedRun:
                 job.shapes_run.add(batch["input_ids"].shape)
                 job.monitor.restart_throughput(self.tokens)
             self.window.append(sums)
-            self.unlogged.append(sums)
             self.step += 1
             self.tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
             job.monitor.advance()
             if self.step % train.log_every == 0:
-                self.log(epoch, sums)
+                self.log(epoch)
             if self.step % steps.per_epoch == 0 or self.step == steps.total:
                 continue  # an epoch's last step is saved after its evaluation (end_epoch)
             stopping = job.stop.should_stop()
             if stopping or (train.checkpoint_every and self.step % train.checkpoint_every == 0):
-                fold(self.progress, self.window)
+                self.log(epoch)  # a resume here drops the rows past this step
                 self.save()
             if stopping:
                 raise Stopped(self.seed, self.step)
 
-    def log(self, epoch: int, sums: dict) -> None:
-        monitor = self.job.monitor
-        steps, self.unlogged = self.unlogged, []
-        skipped, last_skipped = count_skipped(steps), not bool(steps[-1]["finite"])
-        loss, weight = (sum(float(s[k]) for s in steps) for k in ("loss", "weight"))
+    def log(self, epoch: int) -> None:
+        """The row of the steps since the last one (none: no row)."""
+        if not self.window:
+            return
+        monitor, sums = self.job.monitor, self.window[-1]
+        skipped, last_skipped = count_skipped(self.window), not bool(sums["finite"])
+        loss, weight = (sum(float(s[k]) for s in self.window) for k in ("loss", "weight"))
         loss /= max(weight, 1.0)  # per example (padding rows weigh 0)
         fold(self.progress, self.window)
         # The rate this step's update used: optax counts the updates applied before it, and a
@@ -217,7 +218,7 @@ class SeedRun:
     def end_epoch(self, epoch: int) -> None:
         """Evaluate, record the epoch, keep the best model as a bundle, checkpoint."""
         job, progress = self.job, self.progress
-        fold(progress, self.window)
+        self.log(epoch)  # the steps no row holds yet: the epoch's checkpoint comes below
         loss = progress["loss"] / max(progress["weight"], 1.0)
         metrics = evaluate(job.steps.predict, self.state.model, job.dev, job.cfg, job.mesh)
         score = glue_metrics.main_score(self.task, next(iter(metrics.values())))

@@ -132,14 +132,15 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
 def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer_path,
                                                              monkeypatch):
     # 25 SST-2 rows (the fixture's 5, five times) in one bucket: 4 batches of 8 per epoch; 2 seeds
-    # x 4 epochs = 16 steps each, checkpoints every 2 steps and at each epoch's end. A crash at
-    # seed 1's 8th step leaves seed 0 finished and seed 1 saved at step 6, inside epoch 2.
+    # x 4 epochs = 16 steps each, checkpoints every 2 steps and at each epoch's end, rows every 3
+    # steps. A crash at seed 1's 12th step leaves seed 0 finished and seed 1 saved at step 10,
+    # inside epoch 3, after its row at step 9.
     glue_dir = tmp_path / "glue"
     shutil.copytree(GLUE_DIR, glue_dir)
     header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
     (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
     extra = (f"glue.data_dir={glue_dir}", "glue.epochs=4", "train.checkpoint_every=2",
-             "model.dropout=0.1", "glue.buckets=[64]", "train.log_every=1")
+             "model.dropout=0.1", "glue.buckets=[64]", "train.log_every=3")
     original, calls = finetune_lib.build_steps, []
 
     def counting(crash_at):
@@ -158,7 +159,7 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     straight = finetune(sst2_cfg(tmp_path / "straight", tokenizer_path, *extra))
     history = json.loads((straight / "results.json").read_text())["seeds"][0]["history"]
     assert [h["step"] for h in history] == [4, 8, 12, 16]
-    monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=16 + 8))
+    monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=16 + 12))
     with pytest.raises(KeyboardInterrupt):
         finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
     assert (tmp_path / "resumed" / "seed0" / "result.json").is_file()
@@ -168,21 +169,29 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     calls.clear()
     monkeypatch.setattr(finetune_lib, "build_steps", counting(crash_at=0))
     resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
-    assert len(calls) == 16 - 6  # only seed 1's remaining steps ran
+    assert len(calls) == 16 - 10  # only seed 1's remaining steps ran
     a, b = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
     assert a["seeds"] == b["seeds"] and a["summary"] == b["summary"]  # exactly
     assert (straight / "submission" / "SST-2.tsv").read_text() == \
         (resumed / "submission" / "SST-2.tsv").read_text()
     assert not list(resumed.glob("seed*/checkpoints"))  # a finished seed keeps no train state
-    # One metrics row per step: seed 1's step 7, logged before the crash, was logged twice.
+    # The same rows, each holding the same steps: rows come every 3 steps and at each checkpoint
+    # and epoch end. Seed 1's rows past step 10, logged before the crash, were dropped; its
+    # step 10 is in the row the checkpoint wrote (it was in no row: the killed run's row at
+    # step 12 went, and the resumed one's held steps 11 and 12 alone).
     rows = {d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
             for d in (straight, resumed)}
-    logged = {d: [(r["seed"], r["step"], "loss" in r) for r in rows[d]] for d in rows}
-    assert logged[resumed] == logged[straight] and len(logged[straight]) == 2 * (16 + 4)
+    logged = {d: [(r["seed"], r["step"], r.get("loss"), r.get("dev_score")) for r in rows[d]]
+              for d in rows}
+    assert logged[resumed] == logged[straight]
+    trained = [step - 16 * seed for seed, step, loss, _ in logged[straight]
+               if loss is not None and seed == 1]
+    assert trained == [2, 3, 4, 6, 8, 9, 10, 12, 14, 15, 16]
     # `lr` is the rate the step's update used: the peak at the first (no warm-up), not 0 at
     # the last (it was the next update's).
-    lrs = [r["lr"] for r in rows[straight] if "lr" in r][:16]
-    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-3 / 16)
+    lrs = {r["step"]: r["lr"] for r in rows[straight] if "lr" in r and r["seed"] == 0}
+    assert lrs == {s: pytest.approx(2e-3 * (1 - (s - 1) / 16)) for s in trained}
+    assert lrs[16] == pytest.approx(2e-3 / 16)
     # Another config in the same directory starts over instead of mixing runs.
     calls.clear()
     finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "optim.lr=1e-3"))
@@ -535,7 +544,7 @@ def test_the_logged_rate_is_the_one_the_update_used_after_skipped_steps(tmp_path
 def test_each_row_holds_every_step_since_the_row_before(tmp_path, tokenizer_path, monkeypatch):
     """An epoch's end (and a checkpoint) folded the steps not yet logged into the epoch's sums:
     the next row's loss and skipped count held only the steps after it (log_every=2 over
-    3-step epochs: rows counted 11 of 13 skipped steps)."""
+    3-step epochs: rows counted 11 of 13 skipped steps). Both now write those steps' row."""
     outputs = []
 
     def recording(*args):
@@ -558,9 +567,11 @@ def test_each_row_holds_every_step_since_the_row_before(tmp_path, tokenizer_path
                       "glue.epochs=4", "train.log_every=2", "train.checkpoint_every=5"))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
-    assert [r["step"] for r in steps] == list(range(2, len(outputs) + 1, 2))
-    for row in steps:
-        held = outputs[row["step"] - 2:row["step"]]
+    # Every 2 steps, and at each checkpoint (5, 10) and epoch end (3, 6, 9, 12) after an unlogged
+    # step: every step is in one row.
+    assert [r["step"] for r in steps] == [2, 3, 4, 5, 6, 8, 9, 10, 12] and len(outputs) == 12
+    for before, row in zip([0, *(r["step"] for r in steps)], steps, strict=False):
+        held = outputs[before:row["step"]]
         assert row["loss"] == pytest.approx(sum(s["loss"] for s in held) /
                                             sum(s["weight"] for s in held), rel=1e-6)
         assert row["skipped"] == sum(s["finite"] == 0.0 for s in held)
