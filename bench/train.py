@@ -4,9 +4,10 @@
         [--set model.remat=true ...]
 
 Each side runs in its own subprocess (so peak memory is its own): random tokens, 15 % masked,
-AdamW, forward + backward + update. Reported: compile/first-step time, step time, tokens/s, peak
-memory, achieved model FLOP/s as a share of this device's *measured* matmul peak (a large square
-matmul timed here), and MFU against the vendor peak where known. The environment needs jax
+AdamW after global-norm clipping (1.0), forward + backward + update. Reported: compile/first-step
+time, step time, tokens/s, peak memory, achieved model FLOP/s as a share of this device's
+*measured* matmul peak (a large square matmul timed here), and MFU against the vendor peak where
+known. The environment needs jax
 (bertjax) and torch + transformers: `make bench-env` creates .venv-bench with both.
 """
 
@@ -101,7 +102,8 @@ def run_peer(args) -> dict:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    mcfg = config.load([], [f"model.size={args.size}", f"model.vocab_size={args.vocab}"]).model
+    cfg = config.load([], [f"model.size={args.size}", f"model.vocab_size={args.vocab}"])
+    mcfg = cfg.model
     hf_cfg = BertConfig(vocab_size=args.vocab, hidden_size=mcfg.hidden_size,
                         num_hidden_layers=mcfg.num_layers, num_attention_heads=mcfg.num_heads,
                         intermediate_size=mcfg.intermediate_size,
@@ -122,6 +124,10 @@ def run_peer(args) -> dict:
                             enabled=autocast is not None):
             loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         scaler.scale(loss).backward()
+        # Our step clips the global gradient norm (optim.clip), as Hugging Face's Trainer does
+        # (max_grad_norm 1.0): the peer does that work too. unscale_ first: clip true gradients.
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)

@@ -89,6 +89,22 @@ def test_a_call_without_the_matmul_item_keeps_its_mfu():
     assert line[7:9] == ["327,680", "32.8%"]  # 128 x 128 / 0.05 s; x 1e9 FLOPs / 1e15
 
 
+def test_the_peer_clips_its_gradients_as_our_step_does(monkeypatch):
+    """Our step clips the global gradient norm at optim.clip (1.0), as Hugging Face's Trainer
+    does by default; the peer's step did not, so the two sides timed different work."""
+    torch = pytest.importorskip("torch")  # in .venv-bench
+    pytest.importorskip("transformers")
+    clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def counted(parameters, max_norm, *args, **kwargs):
+        norms.append(max_norm)
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", counted)
+    item = dict(gpu_suite.item("peer", "peer", ("tiny", 64, 2, 16)), precision="float32", steps=2)
+    suite_items.run_peer(item)
+    assert norms == [1.0] * 3  # the warm-up step and the two timed ones
+
 def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
     """An `ours` row carries the static reading of its compiled step (hlo_summary); where the
     reader failed on the GPU's program (another jax's HLO text), the row says so and the
