@@ -193,6 +193,42 @@ def pct(x: float | None) -> str:
     return "" if x is None else f"{x:.1%}"
 
 
+def shape_label(shape: list) -> str:
+    size, vocab, batch, seq = shape
+    return f"{size} b{batch} s{seq} v{vocab}"
+
+
+def fastest_peers(items: list[dict]) -> dict[tuple, dict]:
+    """Per shape, the fastest successful peer row (eager or torch.compile): what "vs peer"
+    divides by, the strongest peer measured."""
+    best = {}
+    for d in items:
+        if d["kind"].startswith("peer") and d["status"] == "ok":
+            shape = tuple(d["shape"])
+            if shape not in best or d["result"]["step_s"] < best[shape]["result"]["step_s"]:
+                best[shape] = d
+    return best
+
+
+def peer_lines(report: dict) -> list[str]:
+    """Which peer row each shape's "vs peer" is against, beside every peer row of that shape:
+    a torch.compile peer that failed or was not run leaves the ratio against eager, said here."""
+    lines = []
+    for shape, best in fastest_peers(report["items"]).items():
+        peers = [d for d in report["items"] if d["kind"].startswith("peer")
+                 and d["status"] == "ok" and tuple(d["shape"]) == shape]
+        timed = ", ".join(f"{d['id']} {d['result']['step_s'] * 1e3:.2f} ms" for d in peers)
+        compiled = any(d["kind"] == "peer-compile" for d in peers)
+        ours = next((d["result"]["flops_per_token"] for d in report["items"] if d["status"] == "ok"
+                     and d["kind"] == "ours" and tuple(d["shape"]) == shape), None)
+        dense = best["result"].get("flops_per_token")  # its head at every position
+        lines.append(f"vs peer at {shape_label(list(shape))}: against {best['id']} (of {timed})"
+                     + ("" if compiled else "; no torch.compile peer measured at this shape")
+                     + (f"; the peer's dense MLM head does {dense / ours - 1:.0%} more FLOPs "
+                        "than its MFU credits" if ours and dense else ""))
+    return lines
+
+
 def rows(report: dict) -> list[str]:
     """The table: one line per item. MFU counts the same useful work (our sparse-head model
     FLOPs of the shape) for every row of a shape, the peer's too."""
@@ -202,18 +238,14 @@ def rows(report: dict) -> list[str]:
     # Every jax row knows the vendor peak: a call without the matmul item (--only) keeps its MFU.
     vendor = next((d["result"]["vendor_peak"] for d in ok if d["result"].get("vendor_peak")), None)
     measured = mm.get("matmul_flops")
-    peer_s, flops = {}, {}
-    for d in ok:
-        shape = tuple(d["shape"])
-        if d["kind"].startswith("peer"):
-            peer_s[shape] = min(peer_s.get(shape, 1e9), d["result"]["step_s"])
-        elif d["kind"] in ("ours", "loop"):
-            flops[shape] = d["result"]["flops_per_token"]
+    peer_s = {shape: d["result"]["step_s"] for shape, d in fastest_peers(items).items()}
+    flops = {tuple(d["shape"]): d["result"]["flops_per_token"] for d in ok
+             if d["kind"] in ("ours", "loop")}
     lines = [f"{'item':22} {'shape':22} {'compile s':>9} {'step ms':>8} {'tok/s':>10} "
              f"{'vs peer':>7} {'MFU':>6} {'%mm':>6} {'peak MB':>8} {'loss':>7}  attention / status"]
     for d in items:
         size, vocab, batch, seq = d["shape"]
-        shape = "" if d["kind"] == "matmul" else f"{size} b{batch} s{seq} v{vocab}"
+        shape = "" if d["kind"] == "matmul" else shape_label(d["shape"])
         if d["kind"] == "matmul" and d["status"] == "ok":
             status = (f"{measured / 1e12:.3g} TFLOP/s measured ({d['n']}^3 {d['precision']}), "
                       f"vendor peak {f'{vendor / 1e12:.0f}' if vendor else 'n/a'}, "
@@ -254,10 +286,17 @@ def report_text(report: dict) -> str:
         lines += ["", prof["note"], format_summary(prof["result"]["profile"],
                                                    prof["result"]["step_s"] * 1e3)]
     skipped = [d["id"] for d in report["items"] if d["status"] != "ok"]
-    lines += ["", f"elapsed {report['elapsed_s']:.0f} s of a {report['meta']['budget']:.0f} s "
+    lines += ["", *peer_lines(report),
+              f"elapsed {report['elapsed_s']:.0f} s of a {report['meta']['budget']:.0f} s "
               f"budget; not ok: {', '.join(skipped) or 'none'}",
-              "tok/s: batch x seq per step; MFU: model FLOPs (sparse MLM head, both sides) / "
-              "vendor peak; %mm: / the matmul measured above; peak MB: device peak (GPU), compiled "
+              "tok/s: batch x seq per step (no padding on either side); vs peer: the fastest peer "
+              "row of the shape (named above), its step ms / the row's; MFU: model FLOPs with our "
+              "sparse MLM head (data.predictions positions a sequence) / vendor peak, the same "
+              "useful work credited to the peer rows of the shape; %mm: / the matmul measured "
+              "above; compile s: ours = trace + XLA compile, timed apart from the steps, a peer "
+              "row's = its first step (eager: no compile; torch.compile: compiled in it); peak "
+              "MB: device peak (GPU: ours jax peak_bytes_in_use over the process, compile "
+              "included; the peer's torch max_memory_allocated over its timed steps), compiled "
               "size (CPU jax), or process max RSS (r); loop: step ms from its log windows after "
               "the first, compile s = start to the first log line (prepare, compile, 1 window); "
               "[kernels, GB: TB/s]: what the compiled step launches and moves in memory, read "

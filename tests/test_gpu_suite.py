@@ -105,6 +105,37 @@ def test_the_peer_clips_its_gradients_as_our_step_does(monkeypatch):
     suite_items.run_peer(item)
     assert norms == [1.0] * 3  # the warm-up step and the two timed ones
 
+def test_the_table_names_the_peer_its_ratio_is_against():
+    """A GPU call's first table, by hand: "vs peer" is against the faster peer row of the shape
+    (here torch.compile's), and the text names it; it named neither, so a failed compile peer
+    silently left the headline ratio against eager. BERT-base at seq 128 with 20 predictions a
+    sequence: 3 x (12 x (2 (4 h^2 + 2 h i) + 4 s h) + 2 (h^2 + h V) 20 / 128) = 546,292,512."""
+    base, sparse, dense = ["base", 30522, 128, 128], 546_292_512, 667_948_032
+
+    def row(id_, kind, step_s, flops, status="ok"):
+        return {"id": id_, "kind": kind, "shape": base, "status": status, "result": {
+            "step_s": step_s, "first_step_s": 9.0, "loss": 10.0, "peak_bytes": 2**30,
+            "flops_per_token": flops, "vendor_peak": 989e12, "name": id_}}
+
+    matmul = {"id": "matmul", "kind": "matmul", "shape": base, "status": "ok", "n": 8192,
+              "precision": "bfloat16", "result": {"matmul_flops": 700e12, "vendor_peak": 989e12,
+                                                  "device": "NVIDIA H100 80GB HBM3", "jax": "x"}}
+    items = [matmul, row("ours", "ours", 0.05, sparse), row("peer", "peer", 0.08, dense),
+             row("peer-compile", "peer-compile", 0.06, dense)]
+    report = {"items": items, "elapsed_s": 1.0, "meta": {"budget": 400}}
+    lines = gpu_suite.report_text(report).splitlines()
+    # 16,384 tokens / 50 ms = 327,680 tok/s; x 546.3 MFLOP = 179.0 TFLOP/s: / 989, / 700
+    assert lines[2].split()[6:11] == ["50.00", "327,680", "1.20x", "18.1%", "25.6%"]
+    assert lines[4].split()[7:10] == ["273,067", "15.1%", "21.3%"]  # the same useful work
+    assert ("vs peer at base b128 s128 v30522: against peer-compile (of peer 80.00 ms, "
+            "peer-compile 60.00 ms); the peer's dense MLM head does 22% more FLOPs than its MFU "
+            "credits") in lines
+    items[3] = row("peer-compile", "peer-compile", 0.06, dense, status="failed: OOM")
+    lines = gpu_suite.report_text(report).splitlines()
+    assert lines[2].split()[8] == "1.60x"
+    assert any(x.startswith("vs peer at base b128 s128 v30522: against peer (of peer 80.00 ms); "
+                            "no torch.compile peer measured at this shape") for x in lines)
+
 def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
     """An `ours` row carries the static reading of its compiled step (hlo_summary); where the
     reader failed on the GPU's program (another jax's HLO text), the row says so and the
