@@ -155,6 +155,20 @@ def test_bench_train_times_its_matmul_peak_on_random_data(monkeypatch):
     assert bench_train.measured_matmul_peak("float32") > 0
     assert constant and not any(constant)
 
+def test_our_timed_steps_end_when_the_last_update_is_done(monkeypatch):
+    """The clock stopped on the last step's metrics alone; the optimizer update that writes the
+    state is part of the step the peer times (torch.cuda.synchronize)."""
+    import jax
+
+    real, blocked = jax.block_until_ready, []
+    monkeypatch.setattr(jax, "block_until_ready",
+                        lambda tree: blocked.append(jax.tree.leaves(tree)) or real(tree))
+    item = dict(gpu_suite.item("ours", "ours", ("tiny", 64, 2, 16), set_=["model.num_layers=1"]),
+                precision="float32", steps=1)
+    suite_items.run_ours(item)
+    timed = blocked[1]  # after the warm-up step's
+    assert any(x.ndim == 2 for x in timed)  # the state's weight matrices, not only the scalars
+
 def test_a_row_says_what_its_step_moved_or_that_its_program_was_not_read():
     """An `ours` row carries the static reading of its compiled step (hlo_summary); where the
     reader failed on the GPU's program (another jax's HLO text), the row says so and the
