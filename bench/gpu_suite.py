@@ -221,7 +221,7 @@ def peer_lines(report: dict) -> list[str]:
         compiled = any(d["kind"] == "peer-compile" for d in peers)
         ours = next((d["result"]["flops_per_token"] for d in report["items"] if d["status"] == "ok"
                      and d["kind"] == "ours" and tuple(d["shape"]) == shape), None)
-        dense = best["result"].get("flops_per_token")  # its head at every position
+        dense = best["result"].get("dense_flops_per_token")  # its head at every position
         lines.append(f"vs peer at {shape_label(list(shape))}: against {best['id']} (of {timed})"
                      + ("" if compiled else "; no torch.compile peer measured at this shape")
                      + (f"; the peer's dense MLM head does {dense / ours - 1:.0%} more FLOPs "
