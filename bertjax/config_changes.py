@@ -30,8 +30,9 @@ def listed(items: list[str], limit: int) -> str:
 
 
 # Keys that differ between launches of one multi-process run without changing what it computes
-# (a new coordinator port each time): not worth a resume's warning.
-LAUNCH_KEYS = ("mesh.coordinator_address", "mesh.process_id")
+# (a new coordinator port each time, a longer wait on a slow cluster): not worth a resume's
+# warning, nor the same on every process.
+LAUNCH_KEYS = ("mesh.coordinator_address", "mesh.process_id", "mesh.join_timeout")
 
 # Pretraining keys a fine-tune never reads, and what it reads instead.
 _ONLY_SKIPPED = "nothing: a fine-tune skips (and counts) a step with non-finite gradients"

@@ -206,6 +206,9 @@ class MeshConfig:
                                     domain=POSITIVE)
     process_id: int | None = opt(None, "multi-host: this process's index (null = auto)",
                                  domain=NON_NEGATIVE)
+    join_timeout: int = opt(300, "multi-host: seconds every process waits for the others to "
+                            "join (JAX's default; raise it where hosts start minutes apart)",
+                            domain=POSITIVE)
 
     def __post_init__(self):
         check_domains(self)

@@ -76,6 +76,7 @@ RESULT_INDEPENDENT = {
     "glue.seeds": "each seed's result depends on its own seed only; results report the listed",
     "mesh.coordinator_address": "how the processes find each other",
     "mesh.process_id": "differs between the processes of one run by design",
+    "mesh.join_timeout": "how long the processes wait for each other to start",
     # ... and every key a fine-tune never reads: optim.schedule, for one, is always linear decay
     # to 0, but a config.yaml saved before 2026-12-01 (f821808) said one_cycle / 0.01, and a
     # rerun of such a run started its finished seeds over for a change that was none.

@@ -53,7 +53,6 @@ def multi_process_reason(cfg: MeshConfig) -> str | None:
     return None
 
 
-JOIN_TIMEOUT_S = 300  # JAX's own default wait for the processes to join
 JOIN_NOTICE_S = 10  # processes started together join sooner: a longer wait is said
 
 
@@ -69,9 +68,10 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     if reason is None:
         return
     # JAX waits in silence, then aborts with a C++ stack trace: say so, and end first in one line.
-    waiting = f"mesh: {reason}: waiting up to {JOIN_TIMEOUT_S} s for every process to join"
+    waiting = f"mesh: {reason}: waiting up to {cfg.join_timeout} s for every process to join"
     timers = [threading.Timer(JOIN_NOTICE_S, print, (waiting,), {"file": sys.stderr}),
-              threading.Timer(JOIN_TIMEOUT_S, exit_now, (_not_joined(reason), 2))]
+              threading.Timer(cfg.join_timeout, exit_now,
+                              (_not_joined(reason, cfg.join_timeout), 2))]
     _refuse_a_busy_coordinator_port(cfg, reason)
     for timer in timers:
         timer.daemon = True
@@ -81,7 +81,7 @@ def initialize_distributed(cfg: MeshConfig) -> None:
             jax.distributed.initialize(coordinator_address=cfg.coordinator_address,
                                        num_processes=cfg.num_processes,
                                        process_id=cfg.process_id,
-                                       initialization_timeout=JOIN_TIMEOUT_S + 60)
+                                       initialization_timeout=cfg.join_timeout + 60)
     except ValueError as e:
         missing = [f"mesh.{k}" for k in _PROCESS_KEYS if getattr(cfg, k) is None]
         if not missing:
@@ -135,7 +135,7 @@ def _signals_end_the_wait(reason: str) -> Iterator[None]:
 
 def relay_a_config_error(message: str, files: list[str], overrides: list[str]) -> None:
     """A process whose config does not load (its host's copy of a YAML file has a typo) ended
-    before joining, and the others waited JOIN_TIMEOUT_S at the join, then said only that one
+    before joining, and the others waited mesh.join_timeout at the join, then said only that one
     had not come. When its launch is still known (the mesh sections of its files and its
     mesh.* overrides, or a launcher's environment), it says its error at once, joins, and posts
     the error (`leaving`): the others end within seconds, naming it. Returns only when there is
@@ -206,14 +206,15 @@ def _busy_port(reason: str, process_id: int | None) -> str:
             "mesh.coordinator_address for every process")
 
 
-def _not_joined(reason: str) -> str:
+def _not_joined(reason: str, timeout: int) -> str:
     # A process that fails before it joins (a config error only its host meets: its own copy of
     # a config file) cannot tell the others, who wait here; it said why in its own output.
-    return (f"not every process joined within {JOIN_TIMEOUT_S} s ({reason}); a process that "
+    return (f"not every process joined within {timeout} s ({reason}); a process that "
             "failed before joining (a config error on its host) said why in its own output; "
             "else start the same command on every host, each with its own mesh.process_id "
             "below mesh.num_processes, process 0 on the host of mesh.coordinator_address, whose "
-            "port must be free there and reachable from every host")
+            "port must be free there and reachable from every host (where hosts start minutes "
+            "apart, raise mesh.join_timeout)")
 
 
 _PROCESS_KEYS = ("coordinator_address", "num_processes", "process_id")
@@ -292,8 +293,8 @@ def same_config_on_every_process(cfg: Config) -> None:
         raise UserError(f"the {jax.process_count()} processes were started with different configs "
                         f"(process {jax.process_index()} has "
                         f"{', '.join(f'{k}={values[k]}' for k in differ[:5])}); start every "
-                        "process with the same config files and overrides (only mesh.process_id "
-                        "and paths may differ between them)")
+                        "process with the same config files and overrides (only mesh.process_id, "
+                        "mesh.join_timeout and paths may differ between them)")
 
 
 def barrier(name: str) -> None:

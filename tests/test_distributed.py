@@ -209,14 +209,15 @@ def test_bad_input_on_one_host_found_before_training_is_said_by_every_process(tm
 
 
 def write_join_script(script: Path, port: int, process_id: int, setup: str = "",
-                      then: str = "") -> None:
+                      then: str = "", join_timeout: int = 300) -> None:
     """A CLI that joins a 2-process jax.distributed run on 127.0.0.1:port (after `setup`), then
     runs `then` (lines of its main, indented)."""
     script.write_text(
         f"from bertjax import config, errors, processes\n{setup}"
         "def main(argv):\n"
         "    processes.initialize_distributed(config.MeshConfig(coordinator_address="
-        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}))\n"
+        f"'127.0.0.1:{port}', num_processes=2, process_id={process_id}, "
+        f"join_timeout={join_timeout}))\n"
         f"{then}"
         "errors.cli(main)\n")
 
@@ -260,8 +261,8 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     # The other process never starts (or another port, or the same process_id twice): JAX
     # waited 5 minutes in silence, then aborted (134) with a C++ stack trace.
     script, port = tmp_path / "alone.py", free_port()
-    write_join_script(script, port, process_id, "processes.JOIN_TIMEOUT_S, "
-                                                "processes.JOIN_NOTICE_S = 3, 1\n")
+    write_join_script(script, port, process_id, "processes.JOIN_NOTICE_S = 1\n",
+                      join_timeout=3)  # mesh.join_timeout
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stderr
@@ -272,6 +273,7 @@ def test_a_process_alone_says_so_and_stops_in_one_line(tmp_path, process_id):
     assert "a process that failed before joining (a config error on its host) said why in its " \
         "own output" in lines[1], done.stderr
     assert "each with its own mesh.process_id" in lines[1] and len(lines) == 2, done.stderr
+    assert lines[1].endswith("(where hosts start minutes apart, raise mesh.join_timeout)")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -285,8 +287,7 @@ def test_a_signal_while_waiting_to_join_ends_the_process_at_once(tmp_path, sig):
     # rightly ignored it, and this test waited out its 30 s (a flake, session 52).
     write_join_script(script, port, 0, "import signal\n"
                                        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-                                       "processes.JOIN_TIMEOUT_S, "
-                                       "processes.JOIN_NOTICE_S = 90, 1\n")
+                                       "processes.JOIN_NOTICE_S = 1\n", join_timeout=90)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -346,15 +347,17 @@ def test_a_config_error_on_one_host_is_said_by_every_process(tmp_path, launch_ke
 def test_processes_started_with_different_configs_are_refused(tmp_path, task):
     # Process 1 given another learning rate: both trained, exit 0, each process applying its own
     # rate to its replicas of the parameters (with another train.steps, one process waited
-    # forever for the other). Now both refuse in one line before anything is prepared.
+    # forever for the other). Now both refuse in one line before anything is prepared. Each
+    # process's own wait to join (mesh.join_timeout) is not a difference.
     cfg, port = tiny_run_config(tmp_path, {"task": task, "steps": 4, "micro_batch": 2}), free_port()
     procs = two_train_processes(cfg, port, lambda i: (
-        f"train.run_dir={tmp_path / 'run'}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=."))
+        f"train.run_dir={tmp_path / 'run'}", f"optim.lr={0.003 * (i + 1)}", "glue.data_dir=.",
+        f"mesh.join_timeout={300 + i}"))
     errors = [err for _, err in communicate_all(procs)]
     assert_each_says_one_line(procs, errors, lambda i: (
         f"the 2 processes were started with different configs (process {i} has "
         f"optim.lr={0.003 * (i + 1)}); start every process with the same config files and "
-        "overrides (only mesh.process_id and paths may differ between them)"))
+        "overrides (only mesh.process_id, mesh.join_timeout and paths may differ between them)"))
     assert not (tmp_path / "prepared").exists() and not (tmp_path / "run").exists()
 
 
