@@ -8,7 +8,8 @@ restored (the initial state when none is), the steps from there to the bad one a
 replayed, and the learning rate is multiplied by `train.rollback_lr_factor` from then on.
 Metrics are read lazily, so every save and validation reads and checks them first: no
 checkpoint holds a state that is known to be bad. A save also writes the row of the steps not
-logged yet, so a run killed after it and resumed there has every step in a row.
+logged yet, so a run killed after it and resumed there has every step in a row; a validation
+does too, so that row's tok/s is of its steps, before the validation.
 """
 
 import math
@@ -222,7 +223,10 @@ class Loop:
         data = self.run.validation
         if data is None:
             return None
-        self.read()  # a diverged state is not worth validating
+        # Read (a diverged state is not worth validating) and logged: the validation restarts
+        # the tok/s window, and a row of steps from before it, written after it (by a checkpoint
+        # at this step off the log cadence), counted 0 tokens in it: 0 tok/s, 0 MFU.
+        self.log()
         total = validation_sums(self.eval_step, state.model, data, self.cfg.train.micro_batch,
                                 self.cfg.train.eval_sequences, self.mesh, self.keys[EVAL])
         loss = float(safe_ratio(jnp.asarray(total["mlm_loss"]), jnp.asarray(total["mlm_weight"])))

@@ -849,11 +849,18 @@ def test_a_run_started_on_a_thread_of_its_own_trains_and_leaves_the_signals_alon
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
+@pytest.mark.parametrize("overrides,rated", [
+    ([], 7),  # every step's row but the first (it holds the compilation)
+    (["train.log_every=2", "train.eval_every=3", "train.checkpoint_every=3"], 4),  # 3, 4, 6, 8
+], ids=["every-step", "off-cadence"])
 def test_tok_s_counts_the_steps_not_validations_checkpoints_or_compiles(config_file, tmp_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch, overrides,
+                                                                       rated):
     """A row's tok/s (and MFU) counted the validation and checkpoint before it: the demo-sized
     run's rows after one read 487 and 3,931 tok/s beside 7,600; and the compilation of the batch
-    ramp's next shape (72 tok/s beside 20,000)."""
+    ramp's next shape (72 tok/s beside 20,000). Off the log cadence, a validation then a
+    checkpoint at step 3 wrote step 3's row after the validation had restarted the
+    window: 0 tok/s."""
     extra = [0.0]  # seconds added to the Monitor's clock: a slow pass, without the wait
     monkeypatch.setattr(metrics, "time", types.SimpleNamespace(
         perf_counter=lambda: time.perf_counter() + extra[0], time=time.time))
@@ -881,11 +888,11 @@ def test_tok_s_counts_the_steps_not_validations_checkpoints_or_compiles(config_f
     monkeypatch.setattr(pretrain_loop, "make_train_step",
                         slow_new_shapes(pretrain_loop.make_train_step))
     pretrain(config_lib.load([config_file], [f"train.run_dir={tmp_path}", "train.steps=8",
-                                             "train.fill_mask=[]"]))
+                                             "train.fill_mask=[]", *overrides]))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len({r["batch"] for r in rows if "batch" in r}) > 1  # the ramp ran
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    assert len(rates) == 7  # every step's row but the first (it holds the compilation)
+    assert len(rates) == rated
     assert min(rates) > 1.0, rates  # a window holding 1,000 s: < 1 tok/s
 
 
