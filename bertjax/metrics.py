@@ -199,10 +199,12 @@ class Monitor:
 
     def throughput(self, tokens_seen: int) -> dict:
         """tokens/s (and MFU where the peak is known) since the previous call, or since
-        `restart_throughput`."""
+        `restart_throughput`; none when no step's tokens are in that window (a row of only the
+        step that compiled a new shape, which the window leaves out: 0 tok/s would be wrong)."""
         now = time.perf_counter()
         out = {}
-        if self.last_tokens is not None and now > self.last_time:
+        if self.last_tokens is not None and now > self.last_time and \
+                tokens_seen > self.last_tokens:
             rate = (tokens_seen - self.last_tokens) / (now - self.last_time)
             out["tokens_per_s"] = rate
             if self.peak and self.flops_per_token:

@@ -127,7 +127,11 @@ class Loop:
                 if step > start and self.run.ramp.batch(step) != self.run.ramp.batch(step - 1):
                     # The call above compiled the ramp's next batch shape (seconds to a
                     # minute): not training time (a row across it read 72 tok/s beside 20,000).
-                    self.monitor.restart_throughput(self.stream_tokens(step))
+                    # The window restarts after this step is done, without it: where the call
+                    # also ran the step (CPU), a window from before the step counted its tokens
+                    # in no time (a row of it alone: 397,000 tok/s beside 22,000).
+                    jax.block_until_ready(metrics)
+                    self.monitor.restart_throughput(self.stream_tokens(step + 1))
                 done = step + 1
                 if done % train.log_every == 0 or done == self.run.total_steps:
                     self.log()
