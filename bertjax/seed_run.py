@@ -175,13 +175,16 @@ class SeedRun:
             self.state, sums = steps.train_step(
                 (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
                  steps.schedule), self.state)
-            if batch["input_ids"].shape not in job.shapes_run:
-                # That call compiled a new bucket's step: not training time (a row's tok/s)
-                job.shapes_run.add(batch["input_ids"].shape)
-                job.monitor.restart_throughput(self.tokens)
             self.window.append(sums)
             self.step += 1
             self.tokens += int(batch["attention_mask"].sum())  # real tokens, not padding
+            if batch["input_ids"].shape not in job.shapes_run:
+                # That call compiled a new bucket's step: not training time (a row's tok/s).
+                # The window restarts after the step is done, without it: where the call also
+                # ran it (CPU), a window from before it counted its tokens in no time.
+                job.shapes_run.add(batch["input_ids"].shape)
+                jax.block_until_ready(sums)
+                job.monitor.restart_throughput(self.tokens)
             job.monitor.advance()
             if self.step % train.log_every == 0:
                 self.log(epoch)
