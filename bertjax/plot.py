@@ -121,8 +121,9 @@ def _pretraining_panels(path: Path, rows: list[dict], skipped: list[str]) -> lis
     train = _complete(rows, TRAIN_FIELDS, ("loss", "accuracy"), skipped)
     val = _complete(rows, VAL_FIELDS, ("val_loss", "val_accuracy"), skipped)
     tokens = {r["step"]: r["tokens"] for r in train}
-    # A validation step without a training row at that step has no x (eval_every not a
-    # multiple of log_every): left out, as it always was.
+    # A validation step without a training row at that step has no x: left out. bertjax
+    # writes that row before each validation; runs of earlier versions lack it where
+    # eval_every is not a multiple of log_every.
     points = [(tokens[r["step"]], r) for r in val if r["step"] in tokens]
     if not train and not points:
         raise _nothing_to_draw(path, skipped)

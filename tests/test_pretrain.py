@@ -902,6 +902,17 @@ def test_tok_s_counts_the_steps_not_validations_checkpoints_or_compiles(config_f
     assert max(rates) <= 16 * 32, rates
 
 
+def test_a_validation_off_the_log_cadence_has_a_training_row_at_its_step(config_file, tmp_path):
+    """bertjax.plot draws a validation at its training row's tokens: with eval_every=2 and
+    log_every=3 the validation at step 2 had no such row, and was left out of curves.png."""
+    pretrain(config_lib.load([config_file], [
+        f"train.run_dir={tmp_path}", "train.steps=4", "train.log_every=3", "train.eval_every=2",
+        "train.checkpoint_every=0", "train.fill_mask=[]"]))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 3, 4]  # each step in one row
+
+
 def test_the_new_pass_is_said_at_the_step_that_made_it_not_at_its_row(config_file, tmp_path,
                                                                       capsys):
     """With log_every=5 the warning named the row's step (12), not the step whose batch first
