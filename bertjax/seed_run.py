@@ -130,8 +130,8 @@ class SeedRun:
                                   job.mesh, job.cfg.mesh)
         self.checkpoints = Checkpoints(self.dir, keep=1)
         # What the checkpoints carry besides the state: the epochs evaluated so far, the best
-        # one, and the current epoch's running loss sums.
-        self.progress = {"history": [], "best": {}, "loss": 0.0, "weight": 0.0}
+        # one, the current epoch's running loss sums, and the rows' step offset.
+        self.progress = {"history": [], "best": {}, "loss": 0.0, "weight": 0.0, "offset": offset}
         self.best_model: Bert | None = None
         self.step, self.tokens = 0, 0
         # Step sums since the last row, read when the next is logged and then folded into
@@ -159,6 +159,11 @@ class SeedRun:
             return
         self.state, meta = self.checkpoints.restore(latest, self.state)
         self.progress, self.step = meta["progress"], latest
+        # The rows go on at the steps they started at: with the seed now elsewhere in
+        # glue.seeds (a rerun with seeds=[1] of [0,1]), its rows past the checkpoint were looked
+        # for at the new offset, its earlier rows were all dropped, and the rows written after
+        # went back below steps wandb already had (which drops them).
+        self.offset = self.progress.setdefault("offset", self.offset)
         # A run killed outright logged steps past its checkpoint, which this one repeats.
         self.job.monitor.drop_seed_rows_after(self.offset + latest, self.seed)
         if self.progress["best"]:  # the bundle written when that epoch was best

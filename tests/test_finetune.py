@@ -198,6 +198,50 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     assert len(calls) == 2 * 16
 
 
+def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_path,
+                                                                         tokenizer_path,
+                                                                         monkeypatch, fake_wandb):
+    """Seeds [0,1] of 8 steps each, seed 1 crashed after its checkpoint at its step 6, rerun
+    with glue.seeds=[1]: its rows went on at step 7 instead of 15 (its place in the new list),
+    its rows up to its checkpoint (steps 9-14) were dropped as past it, and wandb, at step 15
+    already, took none of the rows after."""
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_DIR, glue_dir)
+    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
+    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    extra = (f"glue.data_dir={glue_dir}", "glue.epochs=2", "train.checkpoint_every=2",
+             "glue.buckets=[64]", "train.log_every=3", "wandb.mode=online")
+    original, calls = finetune_lib.build_steps, []
+
+    def crashing(*args):
+        steps = original(*args)
+
+        def train_step(*a):
+            calls.append(1)
+            if len(calls) == 8 + 7:  # seed 1's 7th step
+                raise KeyboardInterrupt("simulated crash")
+            return steps.train_step(*a)
+
+        return dataclasses.replace(steps, train_step=train_step)
+
+    def seed1_rows(run_dir):
+        return [(r["step"], r.get("loss"), r.get("dev_score")) for r in map(
+            json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["seed"] == 1]
+
+    straight = finetune(sst2_cfg(tmp_path / "straight", tokenizer_path, *extra))
+    monkeypatch.setattr(finetune_lib, "build_steps", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
+    monkeypatch.setattr(finetune_lib, "build_steps", original)
+    with pytest.warns(UserWarning, match="seed0: not in glue.seeds"):
+        resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra,
+                                    "glue.seeds=[1]"))
+    assert seed1_rows(resumed) == seed1_rows(straight)
+    crashed, rerun = fake_wandb.inits[1:]
+    assert rerun.id == crashed.id and crashed.logged[-1] == 14
+    assert rerun.logged == [s for s, _, _ in seed1_rows(straight) if s > 14]  # 15, 16, 16
+
+
 def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         tmp_path, tokenizer_path, monkeypatch, capsys, fake_wandb):
     original, calls = finetune_lib.build_steps, []
