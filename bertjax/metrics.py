@@ -230,6 +230,17 @@ class Monitor:
         drop_rows_after(self.run_dir, step, seed)
         self.file = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
 
+    def last_step(self) -> int:
+        """The highest step metrics.jsonl holds a row for (0: none, or not process 0)."""
+        if not self.enabled:
+            return 0
+        self.file.flush()
+        steps = [0]
+        for line in (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+                steps.append(int(json.loads(line)["step"]))
+        return max(steps)
+
     def log(self, step: int, row: dict, show: dict | None = None) -> None:
         """Write `row`; `show` (short strings) goes to the console, with the row's throughput
         and MFU from `throughput()` when it has them."""

@@ -156,6 +156,11 @@ class SeedRun:
     def resume(self) -> None:
         latest = self.checkpoints.latest_step() if self.job.cfg.train.resume == "auto" else None
         if latest is None:
+            # Rows of an attempt killed before its first checkpoint are written again; the
+            # rows then come after every row the file holds: a seed new to a rerun whose list
+            # changed ([0,1] done, then [1,2]) wrote below seed 1's, which wandb drops.
+            self.job.monitor.drop_seed_rows_after(0, self.seed)
+            self.offset = self.progress["offset"] = max(self.offset, self.job.monitor.last_step())
             return
         self.state, meta = self.checkpoints.restore(latest, self.state)
         self.progress, self.step = meta["progress"], latest

@@ -240,6 +240,12 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     crashed, rerun = fake_wandb.inits[1:]
     assert rerun.id == crashed.id and crashed.logged[-1] == 14
     assert rerun.logged == [s for s, _, _ in seed1_rows(straight) if s > 14]  # 15, 16, 16
+    # A seed new to the list goes after every row ([1,2]: seed 2 wrote at 9-16, below seed
+    # 1's rows, and wandb took only its 16)
+    finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "glue.seeds=[1,2]"))
+    steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 24
+    assert fake_wandb.inits[-1].logged[0] > 16
 
 
 def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
