@@ -248,6 +248,40 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     assert fake_wandb.inits[-1].logged[0] > 16
 
 
+def test_a_seed_killed_before_its_first_checkpoint_has_each_step_in_one_row(tmp_path,
+                                                                            tokenizer_path,
+                                                                            monkeypatch):
+    # 4 steps an epoch, 8 a seed: seed 1 logged its step 1 (row 9 of 16) and crashed at its
+    # step 2, before any checkpoint; the rerun trains it from the start and wrote step 9's row
+    # a second time.
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_DIR, glue_dir)
+    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
+    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    original, calls = finetune_lib.build_steps, []
+
+    def crashing(*args):
+        steps = original(*args)
+
+        def train_step(*a):
+            calls.append(1)
+            if len(calls) == 8 + 2:
+                raise KeyboardInterrupt("simulated crash")
+            return steps.train_step(*a)
+
+        return dataclasses.replace(steps, train_step=train_step)
+
+    extra = (f"glue.data_dir={glue_dir}", "glue.epochs=2", "glue.buckets=[64]",
+             "train.log_every=1", "train.checkpoint_every=0")
+    monkeypatch.setattr(finetune_lib, "build_steps", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, *extra))
+    monkeypatch.setattr(finetune_lib, "build_steps", original)
+    finetune(sst2_cfg(tmp_path, tokenizer_path, *extra))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 17))
+
+
 def test_a_rerun_keeps_finished_seeds_unless_a_result_deciding_key_changed(
         tmp_path, tokenizer_path, monkeypatch, capsys, fake_wandb):
     original, calls = finetune_lib.build_steps, []
