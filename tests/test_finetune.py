@@ -129,16 +129,22 @@ def test_tiny_finetune_overfits_and_writes_results(tmp_path, tokenizer_path, mon
     assert (chained / "submission" / "RTE.tsv").is_file()
 
 
+def glue_with_sst2_rows_repeated(tmp_path: Path, times: int) -> Path:
+    """A copy of the GLUE fixture whose SST-2 training rows are there `times` over."""
+    glue_dir = tmp_path / "glue"
+    shutil.copytree(GLUE_DIR, glue_dir)
+    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
+    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * times) + "\n")
+    return glue_dir
+
+
 def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer_path,
                                                              monkeypatch):
     # 25 SST-2 rows (the fixture's 5, five times) in one bucket: 4 batches of 8 per epoch; 2 seeds
     # x 4 epochs = 16 steps each, checkpoints every 2 steps and at each epoch's end, rows every 3
     # steps. A crash at seed 1's 12th step leaves seed 0 finished and seed 1 saved at step 10,
     # inside epoch 3, after its row at step 9.
-    glue_dir = tmp_path / "glue"
-    shutil.copytree(GLUE_DIR, glue_dir)
-    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
-    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    glue_dir = glue_with_sst2_rows_repeated(tmp_path, 5)
     extra = (f"glue.data_dir={glue_dir}", "glue.epochs=4", "train.checkpoint_every=2",
              "model.dropout=0.1", "glue.buckets=[64]", "train.log_every=3")
     original, calls = finetune_lib.build_steps, []
@@ -205,10 +211,7 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     with glue.seeds=[1]: its rows went on at step 7 instead of 15 (its place in the new list),
     its rows up to its checkpoint (steps 9-14) were dropped as past it, and wandb, at step 15
     already, took none of the rows after."""
-    glue_dir = tmp_path / "glue"
-    shutil.copytree(GLUE_DIR, glue_dir)
-    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
-    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    glue_dir = glue_with_sst2_rows_repeated(tmp_path, 5)
     extra = (f"glue.data_dir={glue_dir}", "glue.epochs=2", "train.checkpoint_every=2",
              "glue.buckets=[64]", "train.log_every=3", "wandb.mode=online")
     original, calls = finetune_lib.build_steps, []
@@ -254,10 +257,7 @@ def test_a_seed_killed_before_its_first_checkpoint_has_each_step_in_one_row(tmp_
     # 4 steps an epoch, 8 a seed: seed 1 logged its step 1 (row 9 of 16) and crashed at its
     # step 2, before any checkpoint; the rerun trains it from the start and wrote step 9's row
     # a second time.
-    glue_dir = tmp_path / "glue"
-    shutil.copytree(GLUE_DIR, glue_dir)
-    header, *rows = (GLUE_DIR / "SST-2" / "train.tsv").read_text().splitlines()
-    (glue_dir / "SST-2" / "train.tsv").write_text("\n".join([header] + rows * 5) + "\n")
+    glue_dir = glue_with_sst2_rows_repeated(tmp_path, 5)
     original, calls = finetune_lib.build_steps, []
 
     def crashing(*args):
