@@ -18,7 +18,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -77,6 +77,17 @@ def mlm_row(steps: list[dict]) -> dict:
     return row
 
 
+def stepped_rows(lines: list[str]) -> Iterator[tuple[str, dict]]:
+    """Each of metrics.jsonl's `lines` that is a row (a JSON object with a numeric step), with
+    its row; others are passed over: a torn last line (a kill in mid-write), a damaged one."""
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("step"), int | float) and \
+                    not isinstance(row["step"], bool):
+                yield line, row
+
+
 def drop_rows_after(run_dir: Path, step: int, seed: int | None = None) -> None:
     """Keep only the rows of `run_dir/metrics.jsonl` up to `step` (a resume's restored step): the
     interrupted run's rows past it are about to be written again. With `seed` (a GLUE seed's
@@ -86,14 +97,8 @@ def drop_rows_after(run_dir: Path, step: int, seed: int | None = None) -> None:
     if not path.is_file():
         return
     lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-            if row["step"] <= step or (seed is not None and row.get("seed") != seed):
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
+    kept = [line for line, row in stepped_rows(lines)
+            if row["step"] <= step or (seed is not None and row.get("seed") != seed)]
     if len(kept) != len(lines):
         write_atomic(path, "".join(line + "\n" for line in kept))
 
@@ -182,6 +187,10 @@ class Monitor:
         self.flops_per_token = flops_per_token
         self.n_devices = jax.device_count()
         self.last_time, self.last_tokens = time.perf_counter(), None
+        # Steps done of total_steps, as the bar counts them (also when it is hidden): a GLUE
+        # row's step is its seed's offset + step, which a seed resumed with its earlier offset
+        # keeps, past this run's total (the log line said "step 16/8").
+        self.position = start_step
         if not self.enabled:
             return
         self.wandb = wandb_run
@@ -235,15 +244,14 @@ class Monitor:
         if not self.enabled:
             return 0
         self.file.flush()
-        steps = [0]
-        for line in (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                steps.append(int(json.loads(line)["step"]))
-        return max(steps)
+        lines = (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        return max((int(row["step"]) for _, row in stepped_rows(lines)), default=0)
 
-    def log(self, step: int, row: dict, show: dict | None = None) -> None:
+    def log(self, step: int, row: dict, show: dict | None = None,
+            progress: int | None = None) -> None:
         """Write `row`; `show` (short strings) goes to the console, with the row's throughput
-        and MFU from `throughput()` when it has them."""
+        and MFU from `throughput()` when it has them, at `progress` of total_steps (default
+        `step`; GLUE: `position`), which the ETA counts from too."""
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **row}
@@ -259,9 +267,10 @@ class Monitor:
             show = {**show, "mfu": f"{row['mfu']:.1%}"}
         if row.get("skipped"):  # steps not applied (not finite): a loss alone would not say so
             show = {**show, "skipped": row["skipped"]}
-        show = {**show, **self.eta(step)}
+        progress = step if progress is None else progress
+        show = {**show, **self.eta(progress)}
         if self.bar.disable:
-            print(f"step {step}/{self.total_steps}: "
+            print(f"step {progress}/{self.total_steps}: "
                   + ", ".join(f"{k} {v}" for k, v in show.items()), flush=True)
         else:
             self.bar.set_postfix(show, refresh=False)
@@ -284,12 +293,13 @@ class Monitor:
     def advance(self) -> None:
         """One step more on the progress bar."""
         if self.enabled:
+            self.position += 1
             self.bar.update()
 
     def seek(self, step: int) -> None:
         """Put the progress bar back at `step` (after a rollback)."""
         if self.enabled:
-            self.bar.n = step
+            self.position = self.bar.n = step
             self.bar.refresh()
             self.since = None  # the pace counts again from the next line
 

@@ -226,7 +226,8 @@ class SeedRun:
                **monitor.throughput(self.tokens)}
         if "loss_scale" in sums:
             row["loss_scale"] = float(sums["loss_scale"])
-        monitor.log(self.offset + self.step, row, {"seed": self.seed, "loss": f"{loss:.4f}"})
+        monitor.log(self.offset + self.step, row, {"seed": self.seed, "loss": f"{loss:.4f}"},
+                    progress=monitor.position)
 
     def end_epoch(self, epoch: int) -> None:
         """Evaluate, record the epoch, keep the best model as a bundle, checkpoint."""

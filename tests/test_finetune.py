@@ -206,11 +206,13 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
 
 def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_path,
                                                                          tokenizer_path,
-                                                                         monkeypatch, fake_wandb):
+                                                                         monkeypatch, fake_wandb,
+                                                                         capsys):
     """Seeds [0,1] of 8 steps each, seed 1 crashed after its checkpoint at its step 6, rerun
     with glue.seeds=[1]: its rows went on at step 7 instead of 15 (its place in the new list),
     its rows up to its checkpoint (steps 9-14) were dropped as past it, and wandb, at step 15
-    already, took none of the rows after."""
+    already, took none of the rows after. The log lines count this run's steps: they said
+    "step 16/8", the row's step."""
     glue_dir = glue_with_sst2_rows_repeated(tmp_path, 5)
     extra = (f"glue.data_dir={glue_dir}", "glue.epochs=2", "train.checkpoint_every=2",
              "glue.buckets=[64]", "train.log_every=3", "wandb.mode=online")
@@ -236,18 +238,24 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
     monkeypatch.setattr(finetune_lib, "build_steps", original)
+    capsys.readouterr()
     with pytest.warns(UserWarning, match="seed0: not in glue.seeds"):
         resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra,
                                     "glue.seeds=[1]"))
     assert seed1_rows(resumed) == seed1_rows(straight)
+    shown = re.findall(r"^step (\d+/\d+): seed 1, ", capsys.readouterr().out, re.MULTILINE)
+    assert shown == ["8/8"]  # its row at step 16, the one row the rerun wrote for steps 7-8
     crashed, rerun = fake_wandb.inits[1:]
     assert rerun.id == crashed.id and crashed.logged[-1] == 14
-    assert rerun.logged == [s for s, _, _ in seed1_rows(straight) if s > 14]  # 15, 16, 16
+    assert rerun.logged == [s for s, _, _ in seed1_rows(straight) if s > 14]  # 16, 16
     # A seed new to the list goes after every row ([1,2]: seed 2 wrote at 9-16, below seed
     # 1's rows, and wandb took only its 16)
     finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra, "glue.seeds=[1,2]"))
     steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 24
+    # Seed 2's rows at 18-24 are this run's steps 10-16 (seed 1's 8 came before)
+    shown = re.findall(r"^step (\d+)/16: seed 2, ", capsys.readouterr().out, re.MULTILINE)
+    assert shown[-1] == "16" and all(8 < int(step) <= 16 for step in shown)
     assert fake_wandb.inits[-1].logged[0] > 16
 
 
