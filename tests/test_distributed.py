@@ -474,8 +474,15 @@ def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp
     # after LEAVE_WAIT_S, the wait for a barrier that is not met: set long here to tell them apart).
     procs = two_joined_processes(tmp_path, setup="from bertjax import leaving\n"
                                                   "leaving.LEAVE_WAIT_S = 100\n", then=lambda i: (
-        "    import jax, time\n"
+        "    import jax, pathlib, time\n"
+        f"    written = pathlib.Path({str(tmp_path / 'written')!r})\n"
         f"    if jax.process_index() == {failing}:\n"
+        # Not a fixed sleep alone: a slow start of the other (a loaded CI machine) had it post
+        # before the other wrote its half lines, and the watcher left without them.
+        "        for _ in range(6000):\n"
+        "            if written.exists():\n"
+        "                break\n"
+        "            time.sleep(0.01)\n"
         "        time.sleep(1)\n"  # the other is in the collective by then
         "        raise errors.UserError('met by one')\n"
         # The other is halfway through two lines when it hears (print's text written, its
@@ -483,6 +490,7 @@ def test_an_error_met_by_one_process_is_said_by_every_process_within_seconds(tmp
         "    import sys\n"
         "    sys.stdout.write('step 1/2: half a line')\n"
         "    sys.stderr.write('prepare: half a line')\n"
+        "    written.touch()\n"
         "    with processes.losing_a_process_is_fatal():\n"
         "        processes.same_on_every_process([b'x'])\n"))
     started = time.monotonic()
