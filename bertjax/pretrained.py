@@ -168,7 +168,9 @@ def _newest_step(run_dir: Path) -> int:
 
 
 def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
-    for file in (run_dir / "checkpoints").rglob("*"):
+    # In path order: a clone without `git lfs pull` holds a pointer for every array file, and
+    # the one named was whichever the file system listed first.
+    for file in sorted((run_dir / "checkpoints").rglob("*")):
         with contextlib.suppress(FileNotFoundError):  # deleted meanwhile by a run training
             if file.is_file():
                 check_not_lfs_pointer(file)

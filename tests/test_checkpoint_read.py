@@ -163,3 +163,23 @@ def test_a_step_deleted_while_orbax_lists_the_run_is_listed_again(tmp_path, monk
     with pytest.raises(UserError, match=r"changed while being listed, 5 times: a run still "
                                         r"training there .*not damaged"):
         Checkpoints(tmp_path, read_only=True)
+
+
+def test_a_checkpoint_of_lfs_pointers_names_the_same_file_whatever_the_listing_order(
+        tmp_path, monkeypatch):
+    """A clone without `git lfs pull` holds a pointer for every array file: the error named
+    whichever the directory listing gave first, which differs between file systems."""
+    save_run(tmp_path, lambda text: text)
+    files = sorted(f for f in (tmp_path / "checkpoints").rglob("*") if f.is_file())
+    for f in files:
+        f.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 +
+                     "\nsize 123\n")
+    named, real = [], type(tmp_path).rglob
+    for order in (sorted, lambda paths: sorted(paths, reverse=True)):
+        monkeypatch.setattr(type(tmp_path), "rglob",
+                            lambda self, pattern, real=real, order=order: iter(
+                                order(real(self, pattern))))
+        with pytest.raises(UserError, match="is a git LFS pointer") as e:
+            load_pretrained(tmp_path)
+        named.append(str(e.value).split(" is a git LFS pointer")[0])
+    assert named == [str(files[0])] * 2
