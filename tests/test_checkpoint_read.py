@@ -6,7 +6,6 @@ restore in five)."""
 
 import gc
 import logging
-import re
 import sys
 import warnings
 
@@ -78,23 +77,24 @@ def edited(tmp_path_factory):
 
 
 def test_a_config_that_disagrees_with_the_arrays_is_not_called_corrupt(edited):
-    with pytest.raises(UserError) as e:
-        load_pretrained(edited)
-    # Orbax reads the arrays concurrently, so the one named is whichever failed first: the
-    # embeddings' (.., 32) against (.., 64) in most runs, the stacked q/k/v biases' (2, 96)
-    # against (2, 192) in some (CI, session 52). Each is named with the shape the meta's hidden
-    # size 64 needs, which doubles every dimension of hidden size 32 and keeps the others.
-    shapes = re.search(r"holds an array of shape \(([\d, ]+)\) where the model config it is "
-                       r"read with needs \(([\d, ]+)\)", str(e.value))
-    assert shapes, str(e.value)
-    held, needed = ([int(n) for n in group.split(",") if n.strip()] for group in shapes.groups())
-    assert held != needed and all(n in (h, 2 * h) for h, n in zip(held, needed, strict=True))
-    assert "do not delete it" in str(e.value) and "corrupt" not in str(e.value)
+    """The first array in the model's order, by name. Orbax's own error, which this was, names
+    the shapes alone, of whichever of its concurrent reads failed first: the embeddings' in
+    most runs, the q/k/v biases' (2, 96) against (2, 192) on CI in session 52."""
+    for _ in range(3):
+        with pytest.raises(UserError, match=rf"checkpoint {edited}/checkpoints/{STEP} holds "
+                                            rf"model\.encoder\.embeddings\.word of shape "
+                                            rf"\({len(VOCAB)}, 32\) where the model config it "
+                                            rf"is read with needs \({len(VOCAB)}, 64\): ") as e:
+            load_pretrained(edited)
+        assert "do not delete it" in str(e.value) and "corrupt" not in str(e.value)
 
 
 def test_the_reads_orbax_abandons_after_a_failed_restore_report_nothing(edited, monkeypatch):
     """Each try fails one restore and collects what it left. Without the filters a report came
-    in one try in three to five (measured), so 20 tries see one with a chance over 99%."""
+    in one try in three to five (measured), so 20 tries see one with a chance over 99%. The
+    restore is Orbax's, as where the metadata walk does not know the stored layout (another
+    Orbax's), and its error is read for the shapes (of one array, unnamed)."""
+    monkeypatch.setattr(Checkpoints, "_check_model_shapes", lambda *args: None)
     # What earlier tests in this process left is theirs, not these tries': collected, then frozen
     # out of the collections below, which then scan only what the tries made (in a worker that
     # ran hundreds of tests before, 20 full collections took ~27 s).
@@ -111,7 +111,9 @@ def test_the_reads_orbax_abandons_after_a_failed_restore_report_nothing(edited, 
     try:
         with warnings.catch_warnings(record=True) as caught:
             for _ in range(20):
-                with pytest.raises(UserError):
+                with pytest.raises(UserError, match=r"holds an array of shape \(.*\) where "
+                                                    r"the model config it is read with needs "
+                                                    r"\(.*\): .*do not delete it"):
                     load_pretrained(edited)
                 gc.collect()
     finally:
