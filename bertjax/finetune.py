@@ -125,7 +125,7 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
                           sum(done.values()), wandb_run, None, job.cfg.precision.compute)
     job.stop = StopSignal(job.mesh)
     try:
-        per_seed, best_model = run_seeds(job, finished)
+        per_seed, best_model = run_seeds(job, done, finished)
     except Stopped as stopped:
         job.monitor.write(f"{job.stop.name}: saved seed {stopped.seed} at step {stopped.step}; "
                           "run the same command again to resume")
@@ -295,12 +295,19 @@ def earlier_seed_dirs(run_dir: Path) -> list[Path]:
             ((p / "result.json").is_file() or (p / "checkpoints").is_dir())]
 
 
-def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
-    """Each seed's result (fine-tuned now, or `finished` by an earlier run) and the best
-    seed's best model (for the submission files)."""
-    per_seed, best_model = [], None
-    for i, seed in enumerate(job.cfg.glue.seeds):
-        seed_dir = job.run_dir / f"seed{seed}"
+def run_seeds(job: Job, done: dict[int, int],
+              finished: dict[int, dict]) -> tuple[list[dict], Bert]:
+    """Each seed's result, in glue.seeds' order (fine-tuned now, or `finished` by an earlier
+    run), and the best seed's best model (for the submission files)."""
+    seeds = job.cfg.glue.seeds
+    # Seeds an earlier run left unfinished go first: their rows go on at the steps they started
+    # at, and a seed that starts now writes after every row the file holds. A new seed listed
+    # before an unfinished one ([2,1] after [0,1] stopped in seed 1) wrote past the rows seed 1
+    # then wrote, which went back (wandb drops such rows).
+    order = sorted(seeds, key=lambda seed: not 0 < done[seed] < job.steps.total)
+    results, best = {}, None  # best: (result, its best model when in memory)
+    for seed in order:
+        i, seed_dir = seeds.index(seed), job.run_dir / f"seed{seed}"
         if seed in finished:  # finished before an interruption
             result, seed_best = finished[seed], None
             job.monitor.write(f"{job.cfg.glue.task} seed {seed}: done before, "
@@ -312,10 +319,13 @@ def run_seeds(job: Job, finished: dict[int, dict]) -> tuple[list[dict], Bert]:
             barrier(f"seed {seed} done")  # then its checkpoint is no longer needed
             if job.main:
                 shutil.rmtree(seed_dir / "checkpoints", ignore_errors=True)
-        if best_seed([*per_seed, result]) is result:
-            best_model = seed_best or load_best(seed_dir)
-        per_seed.append(result)
-    return per_seed, best_model
+        results[seed] = result
+        # Best of those so far, listed in glue.seeds' order as best_seed reads them: the best
+        # of all was so when it came, and none after it is.
+        if best_seed([results[s] for s in seeds if s in results]) is result:
+            best = result, seed_best
+    return ([results[seed] for seed in seeds],
+            best[1] or load_best(job.run_dir / f"seed{best[0]['seed']}"))
 
 
 def same_inputs_on_every_process(tok: Tokenizer, train_enc, dev: dict) -> None:

@@ -204,18 +204,13 @@ def test_an_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tokenizer
     assert len(calls) == 2 * 16
 
 
-def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_path,
-                                                                         tokenizer_path,
-                                                                         monkeypatch, fake_wandb,
-                                                                         capsys):
-    """Seeds [0,1] of 8 steps each, seed 1 crashed after its checkpoint at its step 6, rerun
-    with glue.seeds=[1]: its rows went on at step 7 instead of 15 (its place in the new list),
-    its rows up to its checkpoint (steps 9-14) were dropped as past it, and wandb, at step 15
-    already, took none of the rows after. The log lines count this run's steps: they said
-    "step 16/8", the row's step."""
-    glue_dir = glue_with_sst2_rows_repeated(tmp_path, 5)
-    extra = (f"glue.data_dir={glue_dir}", "glue.epochs=2", "train.checkpoint_every=2",
-             "glue.buckets=[64]", "train.log_every=3", "wandb.mode=online")
+def seed1_crashed_after_its_checkpoint(tmp_path, tokenizer_path, monkeypatch) -> tuple:
+    """tmp_path/resumed: seeds [0,1] of 8 steps each (SST-2's 25 rows, 2 epochs), seed 1
+    crashed at its step 7, after its checkpoint at 6 and its row at 6 (step 14). Returns the
+    overrides it ran with (its rows logged into a FakeWandb run: wandb.mode=online)."""
+    extra = (f"glue.data_dir={glue_with_sst2_rows_repeated(tmp_path, 5)}", "glue.epochs=2",
+             "train.checkpoint_every=2", "glue.buckets=[64]", "train.log_every=3",
+             "wandb.mode=online")
     original, calls = finetune_lib.build_steps, []
 
     def crashing(*args):
@@ -229,15 +224,29 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
 
         return dataclasses.replace(steps, train_step=train_step)
 
+    monkeypatch.setattr(finetune_lib, "build_steps", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
+    monkeypatch.setattr(finetune_lib, "build_steps", original)
+    return extra
+
+
+def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_path,
+                                                                         tokenizer_path,
+                                                                         monkeypatch, fake_wandb,
+                                                                         capsys):
+    """Seeds [0,1] of 8 steps each, seed 1 crashed after its checkpoint at its step 6, rerun
+    with glue.seeds=[1]: its rows went on at step 7 instead of 15 (its place in the new list),
+    its rows up to its checkpoint (steps 9-14) were dropped as past it, and wandb, at step 15
+    already, took none of the rows after. The log lines count this run's steps: they said
+    "step 16/8", the row's step."""
+    extra = seed1_crashed_after_its_checkpoint(tmp_path, tokenizer_path, monkeypatch)
+
     def seed1_rows(run_dir):
         return [(r["step"], r.get("loss"), r.get("dev_score")) for r in map(
             json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["seed"] == 1]
 
     straight = finetune(sst2_cfg(tmp_path / "straight", tokenizer_path, *extra))
-    monkeypatch.setattr(finetune_lib, "build_steps", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra))
-    monkeypatch.setattr(finetune_lib, "build_steps", original)
     capsys.readouterr()
     with pytest.warns(UserWarning, match="seed0: not in glue.seeds"):
         resumed = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra,
@@ -245,7 +254,7 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     assert seed1_rows(resumed) == seed1_rows(straight)
     shown = re.findall(r"^step (\d+/\d+): seed 1, ", capsys.readouterr().out, re.MULTILINE)
     assert shown == ["8/8"]  # its row at step 16, the one row the rerun wrote for steps 7-8
-    crashed, rerun = fake_wandb.inits[1:]
+    crashed, rerun = fake_wandb.inits[0], fake_wandb.inits[2]  # [1]: the straight run's
     assert rerun.id == crashed.id and crashed.logged[-1] == 14
     assert rerun.logged == [s for s, _, _ in seed1_rows(straight) if s > 14]  # 16, 16
     # A seed new to the list goes after every row ([1,2]: seed 2 wrote at 9-16, below seed
@@ -257,6 +266,27 @@ def test_a_seed_resumed_at_another_place_in_the_seed_list_keeps_its_rows(tmp_pat
     shown = re.findall(r"^step (\d+)/16: seed 2, ", capsys.readouterr().out, re.MULTILINE)
     assert shown[-1] == "16" and all(8 < int(step) <= 16 for step in shown)
     assert fake_wandb.inits[-1].logged[0] > 16
+
+
+def test_an_unfinished_seed_resumes_before_a_new_one_listed_before_it(tmp_path, tokenizer_path,
+                                                                      monkeypatch, fake_wandb):
+    """[0,1] stopped in seed 1, rerun with [2,1]: seed 2 wrote at steps 15-22, after every row
+    the file held, then seed 1 went on at 15 and 16 (its rows' place), below them, and wandb
+    dropped those rows (FakeWandb refuses them). Seed 1 now finishes first; the results keep
+    the list's order."""
+    extra = seed1_crashed_after_its_checkpoint(tmp_path, tokenizer_path, monkeypatch)
+    with pytest.warns(UserWarning, match="seed0: not in glue.seeds"):
+        run_dir = finetune(sst2_cfg(tmp_path / "resumed", tokenizer_path, *extra,
+                                    "glue.seeds=[2,1]"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps)
+    # seed 1's rows at 16 (steps 7-8, and its epoch), then seed 2's 7 rows (at its steps 2, 3, 4,
+    # 6, 8, and its two epochs)
+    assert [row["seed"] for row in rows if row["step"] > 14] == [1, 1] + [2] * 7
+    assert fake_wandb.inits[-1].logged == [step for step in steps if step > 14]
+    results = json.loads((run_dir / "results.json").read_bytes())
+    assert [result["seed"] for result in results["seeds"]] == [2, 1]
 
 
 def test_a_seed_killed_before_its_first_checkpoint_has_each_step_in_one_row(tmp_path,
