@@ -302,8 +302,8 @@ def run_seeds(job: Job, done: dict[int, int],
     seeds = job.cfg.glue.seeds
     # Seeds an earlier run left unfinished go first: their rows go on at the steps they started
     # at, and a seed that starts now writes after every row the file holds. A new seed listed
-    # before an unfinished one ([2,1] after [0,1] stopped in seed 1) wrote past the rows seed 1
-    # then wrote, which went back (wandb drops such rows).
+    # before an unfinished one ([2,1] after [0,1] stopped in seed 1) took the steps after the
+    # file's rows, and seed 1's rows then went back below its (wandb drops such rows).
     order = sorted(seeds, key=lambda seed: not 0 < done[seed] < job.steps.total)
     results, best = {}, None  # best: (result, its best model when in memory)
     for seed in order:
