@@ -102,14 +102,20 @@ def _is_abandoned_read(unraisable) -> bool:
 
 
 class _NoOrbaxLeftovers(logging.Filter):
-    """Drops asyncio's 'Task (or _GatheringFuture) exception was never retrieved' for a read
-    inside Orbax's deserialization that failed or was abandoned along with a failed restore."""
+    """Drops asyncio's 'Task (or _GatheringFuture, or Future) exception was never retrieved' for
+    a read inside Orbax's deserialization that failed or was abandoned along with a failed
+    restore. A tensorstore future's error has no Python frames to tell it by; its text names
+    its tensorstore spec (after a damaged checkpoint's one-line error, 1 run in ~6 of
+    test_faults' corrupt-checkpoint cases printed one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-        return not (record.getMessage().split("\n")[0].endswith("exception was never retrieved")
-                    and any(ORBAX_READS in frame.filename for frame in frames))
+        if error is None or not record.getMessage().split("\n")[0].endswith(
+                "exception was never retrieved"):
+            return True
+        frames = traceback.extract_tb(error.__traceback__)
+        return not (any(ORBAX_READS in frame.filename for frame in frames) or
+                    "tensorstore_spec=" in str(error))
 
 
 NO_ORBAX_LEFTOVERS = _NoOrbaxLeftovers()
@@ -267,8 +273,7 @@ class Checkpoints:
         # A resume after a change of model shape fails here too: say so before advising deletion.
         changed = ("if the model config changed since it was written, use a new train.run_dir "
                    "or train.resume=never; if its files are damaged, ")
-        with self._reading(step, changed):
-            self._check_model_shapes(step, target)
+        with self._reading(step, changed, target):
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], self._checked(restored["meta"], step)
@@ -283,40 +288,40 @@ class Checkpoints:
                                                              abstract_state),
                              jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state.model))
         args = ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target))
-        with self._reading(step), ocp.PyTreeCheckpointer() as checkpointer:
-            self._check_model_shapes(step, target)
+        with self._reading(step, target=target), ocp.PyTreeCheckpointer() as checkpointer:
             state = checkpointer.restore(self.directory / str(step) / "state", args=args)
         return state.model
 
-    def _check_model_shapes(self, step: int, target) -> None:
-        """A model config that disagrees with the stored arrays, said from the checkpoint's
-        metadata before any array is read: the first array in the model's order whose shape
-        differs, by name. Orbax's own error (still caught by _reading) names no array, only
-        the shapes of whichever of its concurrent reads failed first, another from run to run.
-        A state without a model (the tests' dicts), or a stored layout this walk does not know,
-        is left to Orbax's restore."""
+    def _named_mismatch(self, step: int, target) -> tuple[str, tuple] | None:
+        """After Orbax refused an array's shape: the first array in the model's order whose
+        stored shape (the checkpoint's metadata) is not `target`'s, by name, and the shape
+        needed. Orbax's error names no array, only the shapes of whichever of its concurrent
+        reads failed first, another from run to run. None where that cannot be said: a target
+        without a model, a stored layout this walk does not know, metadata that cannot be read.
+        Read only after the refusal: the metadata's concurrent reads of damaged files leave
+        tracebacks behind, as a restore's do."""
         if not isinstance(getattr(target, "model", None), eqx.Module):
-            return
+            return None
         handler = ocp.PyTreeCheckpointHandler()
         try:
-            stored = handler.metadata(self.directory / str(step) / "state").tree
+            stored = handler.metadata(self.directory / str(step) / "state").tree["model"]
+        except Exception:  # any reason: Orbax's own error is said instead
+            return None
         finally:
             handler.close()
-        if not isinstance(stored, dict) or "model" not in stored:
-            return
         for path, needed in jax.tree_util.tree_flatten_with_path(target.model)[0]:
-            node = stored["model"]
+            node = stored
             for key in path:
                 name = getattr(key, "name", getattr(key, "key", getattr(key, "idx", None)))
                 try:
                     node = node[name]
                 except (KeyError, IndexError, TypeError):
-                    return
+                    return None
             shape = getattr(node, "shape", None)
             if shape is not None and tuple(shape) != tuple(needed.shape):
-                raise config_mismatch(self.directory / str(step),
-                                      f"model{jax.tree_util.keystr(path)} of shape "
-                                      f"{tuple(shape)}", tuple(needed.shape))
+                return (f"model{jax.tree_util.keystr(path)} of shape {tuple(shape)}",
+                        tuple(needed.shape))
+        return None
 
     def read_meta(self, step: int) -> dict:
         with self._reading(step):
@@ -325,10 +330,10 @@ class Checkpoints:
         return self._checked(meta, step)
 
     @contextlib.contextmanager
-    def _reading(self, step: int, first_hint: str = ""):
+    def _reading(self, step: int, first_hint: str = "", target=None):
         """Whatever Orbax, tensorstore or json raise on a damaged checkpoint (a missing or
         truncated file, bad metadata) -> one UserError naming the step directory and the fix.
-        Arrays of other shapes than the target's are no damage: that error says so instead."""
+        Arrays of other shapes than the `target`'s are no damage: that error says so instead."""
         _quiet_closed_loop()
         try:
             yield
@@ -338,8 +343,9 @@ class Checkpoints:
             where = self.directory / str(step)
             first = (str(e).strip().splitlines() or [""])[0]
             if shapes := SHAPE_MISMATCH.search(first):
-                raise config_mismatch(where, f"an array of shape {shapes[2]}",
-                                      shapes[1]) from None
+                held, needed = self._named_mismatch(step, target) or (
+                    f"an array of shape {shapes[2]}", shapes[1])
+                raise config_mismatch(where, held, needed) from None
             # TensorStore ends its errors with "See full TensorStore details: <bound method
             # ...>", a repr with no details in it: keep what comes before.
             reason = re.split(r"See full TensorStore details|<bound method", first)[0][:200]
