@@ -67,15 +67,6 @@ SHAPE_MISMATCH = re.compile(r"Requested shape: (\(.*?\)) is not compatible with 
                             r"shape: (\(.*?\))")
 
 
-def config_mismatch(where: Path, held: str, needed) -> UserError:
-    return UserError(
-        f"checkpoint {where} holds {held} where the model config it is read with needs "
-        f"{needed}: the config differs from the one the checkpoint was written with (a changed "
-        "model config, or an edited config_yaml in its meta); its arrays are intact, so do not "
-        "delete it: read it with the model config it was written with (or train afresh in a "
-        "new train.run_dir)")
-
-
 def restore_target(state):
     """Shapes, dtypes and shardings of `state`'s arrays: a target to restore into later, once
     the arrays themselves are gone (a jitted step donates them)."""
@@ -345,7 +336,12 @@ class Checkpoints:
             if shapes := SHAPE_MISMATCH.search(first):
                 held, needed = self._named_mismatch(step, target) or (
                     f"an array of shape {shapes[2]}", shapes[1])
-                raise config_mismatch(where, held, needed) from None
+                raise UserError(
+                    f"checkpoint {where} holds {held} where the model config it is read with "
+                    f"needs {needed}: the config differs from the one the checkpoint was written "
+                    "with (a changed model config, or an edited config_yaml in its meta); its "
+                    "arrays are intact, so do not delete it: read it with the model config it "
+                    "was written with (or train afresh in a new train.run_dir)") from None
             # TensorStore ends its errors with "See full TensorStore details: <bound method
             # ...>", a repr with no details in it: keep what comes before.
             reason = re.split(r"See full TensorStore details|<bound method", first)[0][:200]
