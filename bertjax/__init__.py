@@ -18,9 +18,10 @@ imports only from lower layers, and never in a circle inside its own.
         glue_tasks glue glue_metrics glue_batches
                                                    host-side: text -> tokens -> batches (hub
                                                    model ids: downloaded)
-        sharding processes checkpoint metrics      mesh; joining, agreeing, stopping together;
-        weights bundle                             Orbax, monitoring, safetensors, release
-                                                   bundles read and verified
+        sharding processes checkpoint orbax_quiet  mesh; joining, agreeing, stopping together;
+        metrics weights bundle                     Orbax (and its noise after a failure),
+                                                   monitoring, safetensors, release bundles
+                                                   read and verified
         runlock sweep_state divergence             the run directory's lock; what a sweep's
                                                    folder holds; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and

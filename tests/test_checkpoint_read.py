@@ -17,10 +17,11 @@ import pytest
 from make_hf_export_fixture import VOCAB
 
 from bertjax import config
-from bertjax.checkpoint import Checkpoints, _quiet_closed_loop
+from bertjax.checkpoint import Checkpoints
 from bertjax.errors import UserError
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer
+from bertjax.orbax_quiet import quiet_orbax_leftovers
 from bertjax.pretrained import load_pretrained
 from bertjax.step import init_state
 
@@ -105,7 +106,7 @@ def test_the_reads_orbax_abandons_after_a_failed_restore_report_nothing(edited, 
     monkeypatch.setattr(sys, "unraisablehook", lambda u: reports.append(repr(u.exc_value)))
     # In front of the collector now, as a restore puts it: the fixture's save may still report
     # its own closed-loop leftovers before the first restore would (seen: 1 run in 3).
-    _quiet_closed_loop()
+    quiet_orbax_leftovers()
     handler = logging.Handler()
     handler.emit = lambda record: reports.append(record.getMessage())
     logging.getLogger("asyncio").addHandler(handler)
@@ -128,7 +129,7 @@ def test_a_tensorstore_future_left_unretrieved_is_not_reported_but_others_are(ca
     """A damaged checkpoint's one-line error was followed by asyncio's 'Future exception was
     never retrieved' and tensorstore's error (1 run in ~6 of test_faults' corrupt-checkpoint
     cases): a tensorstore future carries no Python frames for the filter to tell it by."""
-    _quiet_closed_loop()
+    quiet_orbax_leftovers()
     loop = asyncio.new_event_loop()
     try:
         for text in ("NOT_FOUND: Error reading \"model.mlm.bias/.zarray\" [tensorstore_spec='{}']",
