@@ -310,10 +310,25 @@ def communicate_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
         pytest.fail("the processes were still running after 300 s")
 
 
+# Coordinator ports come from below the kernel's ephemeral range (32768 and up by default), so
+# no outgoing connection (a gRPC client's, another test's) can take one between free_port's check
+# and the coordinator's bind, and from a block of their own per pytest-xdist worker, so two
+# workers never pick the same one. A port the OS picked (bind to 0) had neither guarantee.
+PORT_BLOCK, FIRST_PORT = 1000, 20000
+_port_offsets = iter(range(PORT_BLOCK))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for offset in _port_offsets:
+        port = FIRST_PORT + (worker % 12) * PORT_BLOCK + offset
+        with socket.socket() as s:
+            try:  # every interface, as the coordinator binds it
+                s.bind(("", port))
+            except OSError:  # in use, or a finished run's still in TIME_WAIT
+                continue
+        return port
+    raise RuntimeError(f"no free port left in worker {worker}'s block of {PORT_BLOCK}")
 
 
 # ---- a tiny train step (test_train_step, test_distributed, dist_worker) ----
