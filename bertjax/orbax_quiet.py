@@ -67,6 +67,12 @@ def quiet_orbax_leftovers() -> None:
     reads of the other arrays are closed unfinished (unraisable, or 'never awaited'), and
     their tasks' errors are never retrieved (asyncio logs them). Those (and only those) are
     dropped."""
+    # Every time: a caller's warnings.catch_warnings (pytest's around each test) restores the
+    # filters it found when it ends; filterwarnings drops an equal filter before adding it.
+    for coroutine in (ORBAX_READ, ORBAX_METADATA_READ):
+        warnings.filterwarnings("ignore", f"coroutine '{coroutine}' was never awaited",
+                                RuntimeWarning)
+    logging.getLogger("asyncio").addFilter(NO_ORBAX_LEFTOVERS)  # added once: the same object
     previous = sys.unraisablehook
     if getattr(previous, "bertjax_quiet", False):
         return
@@ -77,10 +83,6 @@ def quiet_orbax_leftovers() -> None:
 
     hook.bertjax_quiet = True
     sys.unraisablehook = hook
-    for coroutine in (ORBAX_READ, ORBAX_METADATA_READ):
-        warnings.filterwarnings("ignore", f"coroutine '{coroutine}' was never awaited",
-                                RuntimeWarning)
-    logging.getLogger("asyncio").addFilter(NO_ORBAX_LEFTOVERS)  # added once: the same object
 
 
 class _NotDiskFull(logging.Filter):

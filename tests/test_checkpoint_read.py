@@ -204,3 +204,17 @@ def test_a_checkpoint_of_lfs_pointers_names_the_same_file_whatever_the_listing_o
             load_pretrained(tmp_path)
         named.append(str(e.value).split(" is a git LFS pointer")[0])
     assert named == [str(files[0])] * 2
+
+
+def test_the_never_awaited_filters_come_back_after_a_caller_restores_the_warnings():
+    """pytest (any warnings.catch_warnings) restores the filters it found after each test, and
+    the filters were added once per process: a later damaged read's abandoned coroutines then
+    warned again, beside the one-line error."""
+    quiet_orbax_leftovers()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # what a restore to filters from before the first call leaves
+        warnings.simplefilter("always")
+        quiet_orbax_leftovers()
+        warnings.warn_explicit("coroutine '_read_array_index_and_device_put' was never awaited",
+                               RuntimeWarning, "orbax_read.py", 1)
+    assert [str(w.message) for w in caught] == []
