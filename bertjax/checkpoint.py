@@ -84,7 +84,11 @@ class Checkpoints:
         # read_only's other settings spelled out: Orbax warns for each it has to override
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
                                                save_interval_steps=0) if read_only else \
-            ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         # a save killed midway (kill -9, a node lost) left
+                                         # its temporary directory, as big as a checkpoint,
+                                         # until a save of the same step replaced it
+                                         cleanup_tmp_directories=True)
         for listing in range(LISTINGS_OF_A_LIVE_RUN):
             try:  # Orbax lists the step directories, then reads each one's time stamp
                 self.manager = ocp.CheckpointManager(self.directory, options=options,

@@ -211,6 +211,8 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
                           f"{jax.device_count()} device(s), {run.total_steps} steps, "
                           f"{run.data.num_sequences:,} train sequences/epoch, attention: "
                           f"{attention_summary(cfg.model, cfg.precision.compute)}")
+            if start:  # as a GLUE seed says it; before, only a changed config's warning did
+                monitor.write(f"resumed at step {start} ({checkpoints.directory / str(start)})")
             loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
                         lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
             state = loop.train(state, start, stop)

@@ -1,7 +1,8 @@
 """Writing a checkpoint (bertjax.checkpoint.Checkpoints.save) of arrays replicated over 8 devices:
 Orbax splits an array into one slice per replica only when a slice holds at least
 REPLICA_SLICE_MIN_BYTES (small arrays cost an eager slice op per device per save, big ones gain
-parallel writes), and the state reads back the same either way."""
+parallel writes), and the state reads back the same either way. A save killed midway leaves
+nothing behind once the run starts again."""
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +57,24 @@ def test_a_big_replicated_array_is_still_split_across_replicas(tmp_path, slices_
     assert slices_cut and set(slices_cut) == {(rows, 256)}  # the small array was not cut
     for name, array in state.items():
         np.testing.assert_array_equal(restored[name], array)
+
+
+def test_a_save_killed_midway_leaves_no_temporary_directory_once_the_run_restarts(tmp_path):
+    """kill -9 while Orbax writes leaves its temporary directory (here as a killed tiny run's
+    left it), as big as a checkpoint: it stayed until a save of the same step replaced it
+    (never, after a resume with another train.checkpoint_every). The next writer removes it;
+    a reader (export, predict, of a run that may be saving) leaves it."""
+    state = {"a": jnp.arange(8.0)}
+    first = Checkpoints(tmp_path)
+    first.save(2, state, {})
+    first.close()
+    left = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp"
+    (left / "meta.orbax-checkpoint-tmp").mkdir(parents=True)
+    (left / "_CHECKPOINT_METADATA").write_text("{}")
+    Checkpoints(tmp_path, read_only=True).close()
+    assert left.exists()
+    resumed = Checkpoints(tmp_path)
+    assert resumed.latest_step() == 2
+    resumed.save(3, state, {})
+    resumed.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]

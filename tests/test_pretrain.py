@@ -597,8 +597,10 @@ def test_kill_and_resume_is_bit_for_bit(config_file, straight, tmp_path):
     wait_for_checkpoint(tmp_path, proc, 2)
     proc.kill()
     proc.wait()
+    latest = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     code, out = train(config_file, tmp_path)
     assert code == 0, out
+    assert f"resumed at step {latest} ({tmp_path / 'checkpoints' / str(latest)})\n" in out
     assert losses(tmp_path) == losses(straight)  # exact equality, not allclose
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, STEPS + 1))  # once each
