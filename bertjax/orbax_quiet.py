@@ -33,9 +33,12 @@ def _is_closed_loop(unraisable) -> bool:
 def _is_abandoned_read(unraisable) -> bool:
     """Orbax's read of one array, closed unfinished after another read failed: it catches
     BaseException, so the GeneratorExit of the close comes back as an Exception, reported
-    when the coroutine is collected (orbax serialization._read_array_index_and_device_put)."""
+    when the coroutine is collected (orbax serialization._read_array_index_and_device_put).
+    Python 3.11-3.13 pass the coroutine as the report's object; 3.14 passes None and names it
+    in the message ("Exception ignored while closing generator <coroutine object NAME at..>")."""
     code = getattr(unraisable.object, "cr_code", None)
-    return (getattr(code, "co_name", None) == ORBAX_READ and
+    return ((getattr(code, "co_name", None) == ORBAX_READ or
+             f"<coroutine object {ORBAX_READ} at " in (unraisable.err_msg or "")) and
             isinstance(unraisable.exc_value.__cause__, GeneratorExit) and
             str(unraisable.exc_value).startswith("Encountered error while reading array index"))
 
