@@ -187,7 +187,7 @@ def _restore_step(run_dir: Path, step: int) -> tuple[Bert, Config, dict]:
                             f"{where} to fall back to the checkpoint before it")
         cfg = checkpoint_config(meta["config_yaml"], f"checkpoint {where} (its meta's config)",
                                 f"delete {where} to fall back to the checkpoint before it")
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device)
             if isinstance(s, jax.ShapeDtypeStruct) else s, abstract_state(cfg))

@@ -36,7 +36,7 @@ def write(name: str, text: str):
 
 
 if __name__ == "__main__":
-    on_h100 = jax.sharding.SingleDeviceSharding(gpu_aot.h100s(1)[0])
+    on_h100 = jax.sharding.make_single_device_sharding(gpu_aot.h100s(1)[0])
     w = jax.ShapeDtypeStruct((LAYERS, WIDTH, WIDTH), jnp.bfloat16, sharding=on_h100)
     x = jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16, sharding=on_h100)
     write("scan_grad.hlo", jax.jit(jax.grad(loss)).lower(w, x).compile().as_text())

@@ -68,7 +68,7 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
                                              jnp.int32(8)),
         "glue train": lambda: glue_train((glue_batch, None, SCHEDULE), glue_state),
         "glue predict": lambda: predict(classifier, glue_batch,
-                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+                                        jax.sharding.make_single_device_sharding(jax.devices()[0]))}
     for name, call in calls.items():
         try:
             call()
