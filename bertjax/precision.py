@@ -37,7 +37,11 @@ def cast_floating(tree, dtype):
 
 class LossScale(eqx.Module):
     """Dynamic loss scale (Micikevicius et al. 2018): grow after `period` finite steps, halve on
-    overflow. Its fields are arrays so it lives in the train state and checkpoints."""
+    overflow. Its fields are arrays so it lives in the train state and checkpoints.
+
+    torch.amp.GradScaler's rule, with two differences kept: a halving stops at 1 (apex's and
+    DeepSpeed's min_loss_scale: an overflow at scale 1 is not one scaling can cure), and a scale
+    set below 1 stays there on an overflow instead of rising to it."""
 
     scale: jax.Array
     finite_steps: jax.Array
@@ -52,10 +56,13 @@ class LossScale(eqx.Module):
 
     def update(self, grads_finite: jax.Array) -> "LossScale":
         grow = self.finite_steps + 1 >= self.period
+        # As GradScaler: a doubling to inf is not taken (every later step would overflow and
+        # halve inf to inf: no update ever again); the counter restarts all the same.
+        doubled = jnp.where(jnp.isfinite(self.scale * 2.0), self.scale * 2.0, self.scale)
         scale = jnp.where(
             grads_finite,
-            jnp.where(grow, self.scale * 2.0, self.scale),
-            jnp.maximum(self.scale * 0.5, 1.0),
+            jnp.where(grow, doubled, self.scale),
+            jnp.minimum(self.scale, jnp.maximum(self.scale * 0.5, 1.0)),
         )
         steps = jnp.where(grads_finite & ~grow, self.finite_steps + 1, 0)
         return LossScale(scale, steps.astype(jnp.int32), self.period)

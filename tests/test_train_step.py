@@ -175,7 +175,7 @@ def test_splitting_into_micro_batches_leaves_the_update_unchanged():
 def test_injected_fp16_overflow_skips_the_step_and_halves_the_scale():
     _, optimizer, state, batch, spec = setup(["precision.compute=float16"])
     assert state.loss_scale is not None
-    # period 2, one finite step made: a step taken as finite would double the scale (to inf);
+    # period 2, one finite step made: a step taken as finite would keep 3e38 (not doubled to inf);
     # the same step program as the next test's (its period and micro-batches), compiled once
     huge = LossScale(jnp.asarray(3e38, jnp.float32), jnp.asarray(1, jnp.int32), 2)
     state = dataclasses.replace(state, loss_scale=huge)
@@ -196,6 +196,31 @@ def test_fp16_finite_steps_train_and_grow_the_scale_after_the_period():
     s2, m2 = run_step(s1, batch, spec, optimizer, micro=4)
     assert bool(m2["finite"]) and float(s2.loss_scale.scale) == 2048.0
     assert float(m2["mlm_loss"]) < float(m1["mlm_loss"])
+
+
+def gradscaler_update(scale, tracker, overflow, period):
+    """torch.amp.GradScaler's update (_amp_update_scale_, growth 2, backoff 0.5) written out,
+    with bertjax's floor at 1 for a scale that is above it."""
+    if overflow:
+        return (max(scale * 0.5, 1.0) if scale > 1 else scale), 0
+    if tracker + 1 < period:
+        return scale, tracker + 1
+    grown = float(np.float32(scale) * np.float32(2.0))
+    return (grown if np.isfinite(grown) else scale), 0
+
+
+@pytest.mark.parametrize(("initial", "period"), [(2.0**15, 3), (2.0**15, 1), (4.0, 5),
+                                                 (0.25, 1000), (3e38, 1)])
+def test_the_loss_scale_follows_gradscalers_rule(initial, period):
+    # It doubled to inf at the top of float32 (then every step overflowed and halved inf to inf:
+    # no update ever again; GradScaler keeps the last finite scale), and a scale set below 1
+    # rose to 1 on an overflow.
+    overflows = np.random.default_rng(0).random(300) < 0.15
+    ours, theirs = LossScale.create(initial, period), (float(np.float32(initial)), 0)
+    for overflow in overflows:
+        ours, theirs = ours.update(jnp.asarray(not overflow)), gradscaler_update(
+            *theirs, overflow, period)
+        assert (float(ours.scale), int(ours.finite_steps)) == theirs
 
 
 @pytest.mark.slow  # two compilations to count them; not a reference check
