@@ -255,7 +255,8 @@ class TrainConfig:
                                  "a checkpoint has none before it to roll back to: the run stops)",
                                  domain=POSITIVE)
     max_nonfinite: int = opt(10, "float16: non-finite steps in a row that roll back (fewer are "
-                             "skipped: the loss scale overflows now and then); others: 1 does",
+                             "skipped; the loss scale's own overflows, a finite loss at a scale "
+                             "above 1, are skipped and not counted); others: 1 does",
                              domain=POSITIVE)
     fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training",
                                domain=list_of(containing("[MASK]")))

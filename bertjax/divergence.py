@@ -1,7 +1,9 @@
 """Divergence in pretraining: which steps are trouble, and the rollback that follows.
 
 Trouble is a non-finite step (float16: `train.max_nonfinite` in a row, since its dynamic loss
-scale overflows now and then by design) or a loss spike: a finite loss above
+scale overflows now and then by design; an overflow the scale's halving deals with, a finite
+loss at a scale above 1, is skipped and counts for nothing, as torch.amp.GradScaler skips it) or
+a loss spike: a finite loss above
 `train.rollback_spike` times the running mean of the losses before it and, once the statistics
 have seen `train.rollback_warmup` steps, also above that mean by `train.rollback_sigmas` running
 standard deviations (exponential moving averages). The factor test counts from the second step:
@@ -79,8 +81,14 @@ class Watch:
     def saved(self) -> dict:
         return {name: getattr(self, name) for name in self.SAVED}
 
-    def see(self, step: int, finite: bool, loss: float) -> Trouble | None:
-        """Take step `step`'s outcome; trouble when it diverges."""
+    def see(self, step: int, finite: bool, loss: float, overflow: bool = False) -> Trouble | None:
+        """Take step `step`'s outcome; trouble when it diverges. `overflow`: float16 skipped
+        the step for its loss scale alone (which halved): not in a streak, not trouble. Counted,
+        a scale set high (2**30) overflowed 10 steps in a row, and each rollback restored the
+        scale that overflowed: 3 rollbacks, then "lower optim.lr", where GradScaler trains."""
+        if not finite and overflow:
+            self.unapplied = [*self.unapplied, step]
+            return None
         if not finite:
             self.streak_start = self.streak_start if self.streak else step
             self.streak += 1

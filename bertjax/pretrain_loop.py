@@ -170,7 +170,8 @@ class Loop:
         for step, m in zip(steps, fetched, strict=True):
             self.window.append((step, m, self.watch.updates))
             loss = float(m["mlm_loss"]) / max(float(m["mlm_weight"]), 1.0)
-            trouble = self.watch.see(step + 1, bool(m["finite"]), loss)
+            trouble = self.watch.see(step + 1, bool(m["finite"]), loss,
+                                     bool(m.get("overflow", False)))
             if trouble is not None:
                 self.write_row()
                 raise Diverged(trouble)

@@ -63,7 +63,8 @@ def apply_update(optimizer: optax.GradientTransformationExtraArgs, state: TrainS
     """One optimizer update from (loss-scaled) gradients at the rate `schedule` gives. A step
     whose gradients or loss are not finite leaves the model and optimizer state as they were
     (fp16: the loss scale halves; the schedule counts applied updates). Returns the new state
-    and `finite`, `grad_norm` (and `loss_scale` under fp16)."""
+    and `finite`, `grad_norm` (and under fp16 `loss_scale`, and `overflow`: a step skipped for
+    the scale alone, its loss finite and its scale still above the floor of 1)."""
     if state.loss_scale is not None:
         grads = state.loss_scale.unscale(grads)
     finite = all_finite(grads) & jnp.isfinite(loss)
@@ -78,6 +79,7 @@ def apply_update(optimizer: optax.GradientTransformationExtraArgs, state: TrainS
     info = {"finite": finite, "grad_norm": optax.tree.norm(grads)}
     if loss_scale is not None:
         info["loss_scale"] = loss_scale.scale
+        info["overflow"] = ~finite & jnp.isfinite(loss) & (state.loss_scale.scale > 1.0)
     return new, info
 
 

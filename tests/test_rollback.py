@@ -90,6 +90,22 @@ def test_a_rollback_keeps_the_targets_statistics_and_lowers_the_lr():
     assert (w.seen, w.updates, w.lr_factor, w.skipped) == (0, 0, 0.25**2, [[1, 12]])
 
 
+def test_float16s_own_overflows_are_skipped_without_counting_toward_trouble():
+    # A loss-scale overflow (finite loss, scale above 1) is the scale's business, as in
+    # torch.amp.GradScaler: counted, 10 of them from a scale set at 2**30 rolled the run back to
+    # a state with that same scale, three times, and stopped it saying "lower optim.lr".
+    fp16 = Watch.restore(watch().cfg, nonfinite_limit=3, saved=None)
+    assert [fp16.see(s, False, 9.0, overflow=True) for s in range(1, 21)] == [None] * 20
+    assert fp16.unapplied == list(range(1, 21)) and fp16.updates == 0
+    assert fp16.see(21, True, 9.0) is None and fp16.updates == 1
+    # A non-finite loss, or an overflow at the floor of 1, still counts (overflows between them
+    # neither count nor break the streak).
+    assert fp16.see(22, False, math.nan) is None
+    assert fp16.see(23, False, 9.0, overflow=True) is None
+    assert fp16.see(24, False, 9.0) is None
+    assert fp16.see(25, False, math.nan) == Trouble(25, 22, "3 non-finite step(s) in a row")
+
+
 def test_float16s_single_non_finite_steps_stay_out_of_the_tokens_behind_the_weights():
     # A loss-scale overflow skips a step without trouble; its tokens were counted as trained on
     # (results.json, checkpoint meta and bundles: tokens_seen) though no update applied them.
@@ -262,6 +278,22 @@ def test_a_loss_spike_rolls_back(base, tmp_path):
     assert "running mean" in rollback["reason"]
     assert all(all_finite(state) for state, _ in checkpoints(tmp_path).values())
     assert math.isfinite([r for r in rows(tmp_path) if "loss" in r][-1]["loss"])
+
+
+def test_a_float16_scale_set_too_high_settles_without_a_rollback(base, tmp_path):
+    # 2**22 overflows the first 5 steps (this model trains at 2**17; one more overflow later
+    # halves it again), more of them in a row than train.max_nonfinite: each rollback restored
+    # the scale that overflowed, until the run stopped ("lower optim.lr"). GradScaler halves its
+    # way down and trains; so now does this.
+    run(base, tmp_path, {}, "precision.compute=float16", f"precision.loss_scale={2.0**22}",
+        "train.max_nonfinite=2", "train.log_every=1")
+    steps = [r for r in rows(tmp_path) if "loss" in r]
+    assert not [r for r in rows(tmp_path) if "rollback" in r]
+    skipped = [r["step"] for r in steps if r["skipped"]]
+    assert skipped[:5] == [1, 2, 3, 4, 5] and steps[5]["skipped"] == 0
+    assert [r["loss_scale"] for r in steps[:6]] == [2.0**k for k in (21, 20, 19, 18, 17, 17)]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["rollbacks"], results["nonfinite_steps"]) == (0, len(skipped))
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from bertjax.pretrain_loop import validation_sums
 from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
 from bertjax.step import (
     StepSpec,
+    apply_update,
     forward_sums,
     init_state,
     make_eval_step,
@@ -221,6 +222,20 @@ def test_the_loss_scale_follows_gradscalers_rule(initial, period):
         ours, theirs = ours.update(jnp.asarray(not overflow)), gradscaler_update(
             *theirs, overflow, period)
         assert (float(ours.scale), int(ours.finite_steps)) == theirs
+
+
+@pytest.mark.parametrize(("scale", "grad", "loss", "overflow"), [
+    (4.0, np.inf, 1.0, True),  # the scale's own: it halves, the divergence watch looks away
+    (1.0, np.inf, 1.0, False),  # at the floor: no halving cures it
+    (4.0, np.nan, np.nan, False),  # a non-finite loss is not the scale's
+    (4.0, 8.0, 1.0, False)])  # applied
+def test_apply_update_says_which_skipped_steps_are_the_loss_scales(scale, grad, loss, overflow):
+    _, optimizer, state, _, _ = setup(["precision.compute=float16"])
+    state = dataclasses.replace(state, loss_scale=LossScale.create(scale, 5))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, grad), eqx.filter(state.model, eqx.is_array))
+    _, info = eqx.filter_jit(apply_update)(optimizer, state, grads, jnp.float32(loss), SCHEDULE)
+    assert bool(info["overflow"]) is overflow
+    assert bool(info["finite"]) is (grad == 8.0)
 
 
 @pytest.mark.slow  # two compilations to count them; not a reference check
