@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from bertjax.attention import attention
-from bertjax.ops import bias_gelu, dropout, gather_f32, layer_norm
+from bertjax.ops import add_bias, bias_gelu, dropout, gather_f32, layer_norm
 
 INIT_STD = 0.02
 
@@ -62,7 +62,7 @@ class Dense(eqx.Module):
         self.bias = jnp.zeros((d_out,), jnp.float32)
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
-        return self.matmul(x) + whole(self.bias).astype(x.dtype)
+        return add_bias(self.matmul(x), whole(self.bias).astype(x.dtype))
 
     def matmul(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         """x @ weight, without the bias."""
@@ -159,7 +159,7 @@ class SelfAttention(eqx.Module):
         # session 46; bench/gpu_suite.py's xla-cublas-unmerged item).
         rows = x.reshape(-1, dim)
         weight, bias = whole(self.qkv.weight).astype(x.dtype), whole(self.qkv.bias).astype(x.dtype)
-        q, k, v = ((rows @ weight[:, i * dim:(i + 1) * dim] + bias[i * dim:(i + 1) * dim])
+        q, k, v = (add_bias(rows @ weight[:, i * dim:(i + 1) * dim], bias[i * dim:(i + 1) * dim])
                    .reshape(batch, seq, self.num_heads, -1) for i in range(3))
         # Split by rows like the layer input: cuDNN's partitioner refuses q/k/v split on any
         # other axis, and XLA would otherwise move heads between devices (all-to-alls).

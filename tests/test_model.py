@@ -406,6 +406,41 @@ def test_low_precision_gradients_scatter_in_f32(compute):
     assert float(jnp.abs(low_grad - expected).max()) < 0.05 * float(jnp.abs(expected).max())
 
 
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_low_precision_bias_gradients_sum_the_rows_in_f32(compute):
+    """A bias's gradient is a sum over every row of the batch. Differentiated automatically it
+    was summed in the compute dtype: here the output projection's bf16 bias gradient was 61 %
+    off (a running bf16 sum of ~0.01s stops growing), fp16 1.8 %; in a tiny model's step the
+    bias gradients were 1.3-2.7 % off the f32 step's, ten times the other gradients. Now the
+    rows are summed in f32 and rounded once, as torch sums half types."""
+    dtype = jnp.dtype(compute)
+    rows, dim = 4096, 8
+    attn = layers.SelfAttention(dim, 2, 0.0, key=jax.random.key(1), implementation="xla")
+    x = jax.random.normal(jax.random.key(2), (rows // 64, 64, dim))
+    cotangent = 0.01 + 0.002 * jax.random.normal(jax.random.key(3), (rows // 64, 64, dim))
+    mask = jnp.ones((rows // 64, 64), bool)
+
+    def grads(dtype):
+        low = Precision(dtype).cast_to_compute(attn)
+        # jax's own XLA attention backward mixes bf16 with f32 (see the test above)
+        with jax.numpy_dtype_promotion("standard"):
+            return jax.grad(lambda a: (a(x.astype(dtype), mask).astype(jnp.float32)
+                                       * cotangent).sum())(low)
+
+    got, f32 = grads(dtype), grads(jnp.dtype(jnp.float32))
+    # The output projection's: the cotangent's f32 sum, rounded once to the compute dtype.
+    want = cotangent.astype(dtype).astype(jnp.float32).reshape(rows, dim).sum(0)
+    np.testing.assert_allclose(np.float32(got.out.bias), want, rtol=float(jnp.finfo(dtype).eps))
+
+    # The fused q/k/v projection's three slices: as close to the f32 layer's as its weight
+    # gradient (a matmul, accumulated in f32) is; summed in bf16 they were 2.7 times further.
+    def error(name):
+        a, b = (np.float32(getattr(g.qkv, name)) for g in (got, f32))
+        return np.abs(a - b).max() / np.abs(b).max()
+
+    assert error("bias") < 1.5 * error("weight"), (error("bias"), error("weight"))
+
+
 def test_init_is_bert_truncated_normal():
     model = Bert(tiny(size="mini"), key=jax.random.key(9))
     w = np.asarray(model.encoder.blocks.ffn.up.weight).ravel()
