@@ -82,10 +82,10 @@ class Loop:
         self.lr = schedule(cfg.optim, run.total_steps)
         self.pending: list[tuple[int, dict]] = []  # dispatched steps, metrics not read yet
         self.window: list[tuple[int, dict, int]] = []  # read, not logged: (step, metrics, updates)
+        self.offsets = TokenOffsets.at(run.ramp, cfg.data.seq_len, start, meta, self.watch)
         # A resume past the first epoch said so before it was stopped (the row that crossed
         # it); said again, it named the resume's first logged step as the crossing.
-        self.warned_epoch = run.ramp.sequences_before(start) > run.data.num_sequences
-        self.offsets = TokenOffsets.at(run.ramp, cfg.data.seq_len, start, meta, self.watch)
+        self.warned_epoch = self.position(start) > run.data.num_sequences
         self.last_validation: dict | None = None
         self.target = None  # what a rollback restores into
 
@@ -94,7 +94,7 @@ class Loop:
         ramp, data = self.run.ramp, self.run.data
 
         def read(step):
-            first, size = ramp.sequences_before(step), ramp.batch(step)
+            first, size = self.position(step), ramp.batch(step)
             offset, count = process_slice(size)
             return step, first, data.rows(first + offset, count)
 
@@ -189,7 +189,7 @@ class Loop:
         row = mlm_row([m for _, m, _ in window])
         done = last_step + 1
         ramp, size = self.run.ramp, self.run.data.num_sequences
-        sequences = ramp.sequences_before(done)
+        sequences = self.position(done)
         # The schedule follows the optimizer's updates (a skipped step applies none), times the
         # rollbacks' factor.
         row |= {"lr": float(self.lr(updates)) * self.watch.lr_factor,
@@ -201,8 +201,7 @@ class Loop:
             self.warned_epoch = True
             # The step of the window that first read a sequence again, not the row's last one
             # (a test at log_every=5 named the last row's step 12 for step 11)
-            passed = next((s + 1 for s, _, _ in window if ramp.sequences_before(s + 1) > size),
-                          done)
+            passed = next((s + 1 for s, _, _ in window if self.position(s + 1) > size), done)
             self.monitor.write(f"warning: passed one epoch of the training data at step "
                                f"{passed}; sequences now repeat (in a new order)")
         show = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}",
@@ -253,12 +252,16 @@ class Loop:
         self.log()
         meta = {**token_counts(self.run.ramp, self.cfg.data.seq_len, done, self.tokens_before,
                                self.watch, self.offsets.seen),
-                "tokens_stream": self.stream_tokens(done),
+                "tokens_stream": self.stream_tokens(done), "data_position": self.position(done),
                 "total_steps": self.run.total_steps,
                 "config_hash": config_hash(self.config_yaml), "config_yaml": self.config_yaml,
                 "prepared_data": self.run.prepared_data, "divergence": self.watch.saved()}
         self.checkpoints.save(done, state, meta)
         self.monitor.restart_throughput(self.stream_tokens(done))
+
+    def position(self, done: int) -> int:
+        """The data stream's row after `done` steps: where the next step reads."""
+        return self.run.ramp.sequences_before(done) + self.offsets.sequences
 
     def stream_tokens(self, done: int) -> int:
         """The stream's position after `done` steps: metrics.jsonl's `tokens`."""

@@ -81,13 +81,16 @@ def token_counts(ramp: BatchRamp, seq_len: int, steps_done: int, tokens_before: 
 @dataclasses.dataclass(frozen=True)
 class TokenOffsets:
     """What a checkpoint counted less what this run's seq_len and batch ramp count for the same
-    steps: tokens of the stream read (metrics.jsonl's `tokens`) and tokens behind the weights
-    (`tokens_this_run`). Both are 0 unless a resume changed data.seq_len, train.micro_batch or
-    the ramp: counted from step 0 with the new values, results.json, the bundle's manifest and
-    the curves' token axis were wrong (512 x 8 from step 0 where steps 1-10 read 128 x 8)."""
+    steps: tokens of the stream read (metrics.jsonl's `tokens`), tokens behind the weights
+    (`tokens_this_run`) and the data position (`sequences`, in the stream's rows). All are 0
+    unless a resume changed data.seq_len, train.micro_batch or the ramp: counted from step 0 with
+    the new values, results.json, the bundle's manifest and the curves' token axis were wrong
+    (512 x 8 from step 0 where steps 1-10 read 128 x 8), and the stream skipped sequences or
+    read them again (with the masks they had: masks follow the position)."""
 
     stream: int = 0
     seen: int = 0
+    sequences: int = 0
 
     @classmethod
     def at(cls, ramp: BatchRamp, seq_len: int, step: int, meta: dict,
@@ -100,7 +103,26 @@ class TokenOffsets:
         # Checkpoints from before `tokens_stream` was saved: without rollbacks the same offset.
         here = ramp.sequences_before(step) * seq_len
         stream = meta["tokens_stream"] - here if "tokens_stream" in meta else seen
-        return cls(stream, seen)
+        position = data_position(meta, step, seq_len)
+        return cls(stream, seen, 0 if position is None else
+                   position - ramp.sequences_before(step))
+
+
+def data_position(meta: dict, step: int, seq_len: int) -> int | None:
+    """The row of the data stream checkpoint `step` (its `meta`) stopped at, in sequences of
+    `seq_len`; None where the checkpoint read sequences of another length (their positions do not
+    compare: a new seq_len reads its own stream from the ramp's position) or does not say. Older
+    checkpoints lack `data_position`: their run read where its own ramp put it."""
+    if "config_yaml" not in meta:
+        return None
+    theirs = config_lib.from_yaml_text(meta["config_yaml"], f"checkpoint {step}'s config")
+    if theirs.data.seq_len != seq_len:
+        return None
+    if "data_position" in meta:
+        return int(meta["data_position"])
+    total = meta.get("total_steps")
+    return None if total is None else \
+        BatchRamp.from_config(theirs.train, total).sequences_before(step)
 
 
 def restore_state(checkpoints: Checkpoints, step: int, target, cfg: Config, mesh):
@@ -192,18 +214,13 @@ def what_changed(run: Run, meta: dict) -> str | None:
         stretched = (f": the schedule spans {run.total_steps} steps (was {total})"
                      if total != run.total_steps else "")
         said += f"; the learning rate at step {step} is now {now:.3g} (was {was:.3g}){stretched}"
-    # The data position is the ramp's sequence count (its stages are whole micro-batches): a
-    # new micro_batch or ramp moves it, and the run reads sequences again or skips them.
-    was_at = BatchRamp.from_config(theirs.train, total).sequences_before(step)
-    now_at = run.ramp.sequences_before(step)
-    if theirs.data.seq_len != run.cfg.data.seq_len:  # other sequences: positions do not compare
+    # A new micro_batch or ramp reads on from the checkpoint's data position (TokenOffsets);
+    # other sequences are another stream, read from the ramp's position in it.
+    if theirs.data.seq_len != run.cfg.data.seq_len:
         said += (f"; the data are cut into sequences of {run.cfg.data.seq_len} tokens (was "
-                 f"{theirs.data.seq_len}) in a new order, read from its sequence {now_at:,}: "
-                 f"text the first {step} steps read may come again")
-    elif was_at != now_at:
-        said += (f"; the data stream goes on from sequence {now_at:,} (was {was_at:,}): "
-                 f"{abs(was_at - now_at):,} sequences "
-                 f"{'read again' if now_at < was_at else 'skipped'}")
+                 f"{theirs.data.seq_len}) in a new order, read from its sequence "
+                 f"{run.ramp.sequences_before(step):,}: text the first {step} steps read may "
+                 "come again")
     return said
 
 

@@ -29,6 +29,7 @@ from conftest import communicate_all, free_port, tiny_run_config, write_corpus
 from bertjax import config as config_lib
 from bertjax import metrics, pretrain_loop, starting_points
 from bertjax.checkpoint import Checkpoints
+from bertjax.divergence import Watch
 from bertjax.errors import UserError
 from bertjax.model import Bert
 from bertjax.optim import BatchRamp
@@ -39,7 +40,15 @@ from bertjax.pretrain import (
     resolve,
     start_state,
 )
-from bertjax.pretrain_run import EVAL, MASK, purpose_keys, warn_if_other_data, what_changed
+from bertjax.pretrain_run import (
+    EVAL,
+    MASK,
+    TokenOffsets,
+    data_position,
+    purpose_keys,
+    warn_if_other_data,
+    what_changed,
+)
 from bertjax.pretrained import restore_model
 from bertjax.sharding import make_mesh
 from bertjax.starting_points import continue_from
@@ -499,10 +508,10 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
                            f"{2 * STEPS}; the learning rate at step {STEPS // 2} is now "), said
     now, was = (float(x) for x in re.findall(r"now (\S+) \(was (\S+)\)", said)[0])
     assert now > was > 0
-    # A longer run ramps its batch over more steps (batch_ramp is a fraction), so it is also
-    # further back in the data at that step.
-    assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS}); the data "
-                         "stream goes on from sequence 24 (was 32): 8 sequences read again")
+    # A longer run ramps its batch over more steps (batch_ramp is a fraction), so its ramp is
+    # further back in the data at that step; the stream reads on from the checkpoint's position
+    # (test_a_resume_with_another_batch_ramp_reads_on_where_its_checkpoint_stopped): unsaid.
+    assert said.endswith(f": the schedule spans {after.total_steps} steps (was {STEPS})")
     assert what_changed(after, {"step": 1}) == ""  # a checkpoint from before config_yaml in meta
     # Values as a key=value override writes them (it said "init.checkpoint: None -> runs/x" and
     # "train.xla_flags:  -> " for an empty string).
@@ -518,12 +527,10 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
     del older["data"]["whole_word_mask"]
     assert what_changed(before, dict(meta, config_yaml=yaml.safe_dump(older))) is None
     # A new micro_batch (with the batch_start it needs) moves the ramp's stages (whole
-    # micro-batches), so the data position: a resume read sequences again, or skipped them,
-    # unsaid (pretrain_base, micro_batch 1024 -> 512 at step 10,000: ~400 k read again).
+    # micro-batches), not the data position: the stream reads on from the checkpoint's.
     coarser = resolve(config_lib.load([config_file], ["train.micro_batch=16",
                                                         "train.batch_start=16"]))
-    assert what_changed(coarser, dict(meta, step=4)).endswith(
-        "; the data stream goes on from sequence 64 (was 48): 16 sequences skipped")
+    assert "sequence" not in what_changed(coarser, dict(meta, step=4))
     # init.checkpoint takes effect in a new run only: phase 2 started in phase 1's directory
     # resumed phase 1 (its optimizer, its schedule stretched), the key merely listed.
     phase_two = resolve(config_lib.load([config_file], ["init.checkpoint=runs/phase1"]))
@@ -797,6 +804,61 @@ def test_a_resume_at_another_seq_len_counts_the_tokens_each_step_read(config_fil
         assert checkpoints.read_meta(4)["tokens_this_run"] == read
     finally:
         checkpoints.close()
+
+
+def test_a_resume_with_another_batch_ramp_reads_on_where_its_checkpoint_stopped(
+        config_file, tmp_path, monkeypatch):
+    """The data position was the new ramp's sequence count at the resumed step, as if the new
+    batch had been trained from step 0: 5 steps of 8 sequences then batch 16 went on from
+    sequence 80, skipping 40 (raising train.steps under a batch_ramp fraction read sequences
+    again, with the masks they had, since masks follow the position). The stream now goes on
+    from the checkpoint's position, and the epoch column with it."""
+    read = []
+    rows = pretrain_loop.PretrainData.rows
+
+    def recorded(self, start, count):
+        if self.split == "train":
+            read.append((start, count))
+        return rows(self, start, count)
+
+    monkeypatch.setattr(pretrain_loop.PretrainData, "rows", recorded)
+    run_dir = tmp_path / "run"
+    common = [f"train.run_dir={run_dir}", "train.eval_every=0", "train.batch_ramp=0",
+              "train.batch_start=null", "train.checkpoint_every=5", "train.fill_mask=[]",
+              "train.log_every=1"]
+    pretrain(config_lib.load([config_file], [*common, "train.batch_end=8", "train.steps=5"]))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        pretrain(config_lib.load([config_file], [*common, "train.batch_end=16",
+                                                 "train.steps=8"]))
+    assert read == [(8 * i, 8) for i in range(5)] + [(40 + 16 * i, 16) for i in range(3)]
+    assert not [w for w in said if "sequence" in str(w.message)], [str(w.message) for w in said]
+    checkpoints = Checkpoints(run_dir)
+    try:
+        assert checkpoints.read_meta(8)["data_position"] == 40 + 16 * 3
+    finally:
+        checkpoints.close()
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in logged if "loss" in r]
+    assert all(b > a for a, b in zip(epochs, epochs[1:], strict=False)), epochs
+    # The step sequence counts (40 + 16 per step) over the epoch, not the ramp's from step 0.
+    assert epochs[5] / epochs[4] == pytest.approx(56 / 40)
+
+
+def test_a_checkpoint_without_its_data_position_is_where_its_own_ramp_put_it(config_file):
+    """Checkpoints from before `data_position` was saved read where their config's ramp put
+    them; a checkpoint of another seq_len has no position in this stream."""
+    before = resolve(config_lib.load([config_file]))
+    meta = {"step": 4, "total_steps": STEPS, "config_yaml": before.config_yaml}
+    ramp = BatchRamp.from_config(before.cfg.train, STEPS)
+    assert data_position(meta, 4, 32) == ramp.sequences_before(4) == 48
+    assert data_position(dict(meta, data_position=99), 4, 32) == 99
+    assert data_position(meta, 4, 64) is None and data_position({"step": 4}, 4, 32) is None
+    wider = resolve(config_lib.load([config_file], ["train.batch_start=16"]))  # 16 from step 0
+    assert wider.ramp.sequences_before(4) == 64
+    offsets = TokenOffsets.at(wider.ramp, 32, 4, dict(meta, tokens_this_run=48 * 32),
+                              Watch.restore(wider.cfg.train, 1, None, 4))
+    assert offsets.sequences == 48 - 64
 
 
 def test_a_resume_may_switch_to_and_from_float16(config_file, tmp_path):
