@@ -38,6 +38,7 @@ from bertjax.pretrain_run import (
     INIT,
     VALIDATION_SEED,
     Run,
+    check_row_numbers,
     fit_budget_to_checkpoint,
     purpose_keys,
     restore_resumed,
@@ -103,12 +104,7 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
                           "silence this", stacklevel=2)
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
-    if ramp.sequences_before(steps) >= 2**31:
-        # The step numbers each sequence's masking key by its global row, an int32 on device.
-        raise UserError(f"{steps:,} steps of this batch ramp read {ramp.sequences_before(steps):,} "
-                        "sequences, more than the masking's int32 row numbers reach (2**31); "
-                        "lower train.steps or train.tokens, or continue in a second run "
-                        "(init.checkpoint)")
+    check_row_numbers(steps, ramp.sequences_before(steps))
     return steps, ramp
 
 

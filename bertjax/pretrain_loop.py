@@ -28,7 +28,16 @@ from bertjax.masking import tokenizer_masker
 from bertjax.metrics import Monitor, mlm_row
 from bertjax.optim import schedule, schedule_args
 from bertjax.precision import Precision
-from bertjax.pretrain_run import DROPOUT, EVAL, MASK, Run, TokenOffsets, restore_state, token_counts
+from bertjax.pretrain_run import (
+    DROPOUT,
+    EVAL,
+    MASK,
+    Run,
+    TokenOffsets,
+    check_row_numbers,
+    restore_state,
+    token_counts,
+)
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
@@ -83,6 +92,8 @@ class Loop:
         self.pending: list[tuple[int, dict]] = []  # dispatched steps, metrics not read yet
         self.window: list[tuple[int, dict, int]] = []  # read, not logged: (step, metrics, updates)
         self.offsets = TokenOffsets.at(run.ramp, cfg.data.seq_len, start, meta, self.watch)
+        # size_run checked the ramp's rows from step 0; a resume reads on from its checkpoint's
+        check_row_numbers(run.total_steps, self.position(run.total_steps))
         # A resume past the first epoch said so before it was stopped (the row that crossed
         # it); said again, it named the resume's first logged step as the crossing.
         self.warned_epoch = self.position(start) > run.data.num_sequences

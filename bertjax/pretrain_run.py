@@ -60,6 +60,16 @@ class Run:
         return config_lib.to_yaml(self.cfg)
 
 
+def check_row_numbers(steps: int, end: int) -> None:
+    """Refuse a run whose `steps` end at data row `end` (the stream's position after them) past
+    2**31: the step numbers each sequence's masking key by its global row, an int32 on device."""
+    if end >= 2**31:
+        raise UserError(f"{steps:,} steps of this batch ramp read up to row {end:,} of the data "
+                        "stream, more than the masking's int32 row numbers reach (2**31); "
+                        "lower train.steps or train.tokens, or continue in a second run "
+                        "(init.checkpoint)")
+
+
 def token_counts(ramp: BatchRamp, seq_len: int, steps_done: int, tokens_before: int | None,
                  watch: Watch, offset: int = 0) -> dict:
     """Training tokens behind the weights: this run's, earlier phases' (continued pretraining;

@@ -861,6 +861,22 @@ def test_a_checkpoint_without_its_data_position_is_where_its_own_ramp_put_it(con
     assert offsets.sequences == 48 - 64
 
 
+def test_a_resume_reading_on_past_the_masks_row_numbers_is_refused(config_file, tmp_path):
+    """size_run checks the rows a ramp reads from step 0; a resume reads on from its
+    checkpoint's row, which can be further on (a longer ramp). Past 2**31 the step's int32 row
+    number failed mid-run with numpy's OverflowError."""
+    run_dir = tmp_path / "run"
+    common = [f"train.run_dir={run_dir}", "train.eval_every=0", "train.checkpoint_every=2",
+              "train.fill_mask=[]"]
+    pretrain(config_lib.load([config_file], [*common, "train.steps=2"]))
+    meta_file = run_dir / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps(dict(meta, data_position=2**31 - 8)))
+    with pytest.raises(UserError, match=r"read up to row 2,147,483,\d+ of the data stream, "
+                                        r"more than the masking's int32 row numbers"):
+        pretrain(config_lib.load([config_file], [*common, "train.steps=4"]))
+
+
 def test_a_resume_may_switch_to_and_from_float16(config_file, tmp_path):
     """float16's loss scale is part of the train state: a resume at another precision.compute
     (float32 -> float16 -> float32 here; bfloat16 is float32's case) met a checkpoint of another
