@@ -231,7 +231,25 @@ def what_changed(run: Run, meta: dict) -> str | None:
                  f"{theirs.data.seq_len}) in a new order, read from its sequence "
                  f"{run.ramp.sequences_before(step):,}: text the first {step} steps read may "
                  "come again")
+    elif theirs.train.seed != run.cfg.train.seed:
+        said += reshuffled(run, data_position(meta, step, run.cfg.data.seq_len))
     return said
+
+
+def reshuffled(run: Run, position: int | None) -> str:
+    """What a new train.seed does to the epoch a resume is in: its order is a function of the
+    seed, so the rest of it is drawn from another order than its first `done` rows were. Of
+    the `left` rows still to come, about done * left / n were read already, and as many of the
+    epoch's sequences are never read in it."""
+    if position is None:
+        return ""
+    n = run.data.num_sequences
+    epoch, done = divmod(position, n)
+    if not done:  # at an epoch's start: nothing of it read yet
+        return ""
+    return (f"; train.seed orders the data: the rest of epoch {epoch + 1} comes in another order "
+            f"than its first {done:,} of {n:,} sequences, so about {done * (n - done) // n:,} "
+            "of them are read again in it and as many not at all")
 
 
 def restore_resumed(run: Run, checkpoints: Checkpoints, step: int, state, mesh):

@@ -546,6 +546,14 @@ def test_a_changed_resume_names_its_keys_and_the_learning_rate_it_moves(config_f
         ": precision.loss_scale: 32768.0 -> 1024.0; precision.loss_scale is not used: the loss "
         "scale goes on from checkpoint 3's (the key sets a new run's first scale; the scale "
         "halves by itself on overflow)")
+    # The data order is a function of train.seed: the epoch a resume is in goes on in another
+    # order (nothing said but the key).
+    reseeded = resolve(config_lib.load([config_file], ["train.seed=1"]))
+    n, done = reseeded.data.num_sequences, before.ramp.sequences_before(3)
+    assert what_changed(reseeded, meta) == (
+        f": train.seed: 0 -> 1; train.seed orders the data: the rest of epoch 1 comes in another "
+        f"order than its first {done} of {n} sequences, so about {done * (n - done) // n} of "
+        "them are read again in it and as many not at all")
     # At another seq_len the sequences themselves differ (and their order): "goes on from
     # sequence 12 (was 24): 12 sequences read again" compared positions in two other streams.
     longer = resolve(config_lib.load([config_file], ["data.seq_len=64"]))
