@@ -71,7 +71,15 @@ def config_hash(config_yaml: str) -> str:
 LISTINGS_OF_A_LIVE_RUN = 5
 
 
-LISTINGS_OF_A_LIVE_RUN = 5
+def remove_unfinished_saves(directory: Path) -> None:
+    """A save killed midway (kill -9, a lost node) leaves Orbax's temporary directory, as big as
+    a checkpoint, which stayed until a save of the same step replaced it (never, after a resume
+    with another train.checkpoint_every). Removed when a run's writer opens, on process 0: no save
+    runs then (the run directory's lock). Not Orbax's cleanup_tmp_directories: it removes them
+    on a thread, which a run refused at once (a full disk) left running into the interpreter's
+    shutdown (an absl traceback after the one-line error)."""
+    for unfinished in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(unfinished, ignore_errors=True)
 
 
 class Checkpoints:
@@ -84,11 +92,9 @@ class Checkpoints:
         # read_only's other settings spelled out: Orbax warns for each it has to override
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
                                                save_interval_steps=0) if read_only else \
-            ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         # a save killed midway (kill -9, a node lost) left
-                                         # its temporary directory, as big as a checkpoint,
-                                         # until a save of the same step replaced it
-                                         cleanup_tmp_directories=True)
+            ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        if not read_only and jax.process_index() == 0:
+            remove_unfinished_saves(self.directory)
         for listing in range(LISTINGS_OF_A_LIVE_RUN):
             try:  # Orbax lists the step directories, then reads each one's time stamp
                 self.manager = ocp.CheckpointManager(self.directory, options=options,
