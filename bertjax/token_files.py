@@ -102,6 +102,14 @@ class SplitWriter:
         self.docs.close()
         return {"tokens": self.n_tokens, "documents": self.n_docs}
 
+    def abandon(self) -> None:
+        """Close after a failure without writing what is still buffered: after a failed write
+        (a full disk) a flush fails again, and the files stayed open until collected, where
+        Python 3.14 reports each one ("Exception ignored while finalizing file ... No space
+        left on device") below the one-line error. Closing the raw file drops the buffer."""
+        for file in (self.tokens, self.docs):
+            file.raw.close()
+
 
 _release = _malloc_trim()
 
@@ -146,7 +154,11 @@ def write_token_files(cfg: DataConfig, tok: Tokenizer, directory: Path, dtype: n
                 bar.set_postfix_str(f"{n_tokens / (time.perf_counter() - start) / 1e6:.2f} "
                                     "M tokens/s", refresh=False)
                 batch, chars = [], 0
+        counts = {name: w.close() for name, w in zip(SPLITS, writers, strict=True)}
+    except BaseException:
+        for w in writers:
+            w.abandon()
+        raise
     finally:
         bar.close()
-        counts = {name: w.close() for name, w in zip(SPLITS, writers, strict=True)}
     return {"splits": counts, "text_bytes": n_bytes, "text_tokens": n_tokens}

@@ -778,6 +778,25 @@ def test_disk_full_keeps_the_earlier_preparation(tmp_path, corpus, monkeypatch):
     assert {f.name: f.read_bytes() for f in out.iterdir()} == old  # no .tmp left either
 
 
+def test_a_full_disk_leaves_no_token_file_open(tmp_path, corpus, monkeypatch):
+    """The split files' writes fail for real (they go to /dev/full): the error closes them.
+    They stayed open with their buffers until collected, where Python 3.14 reports each one
+    ("Exception ignored while finalizing file ... No space left on device") after the
+    one-line error (test_faults' disk-full prepare failed there)."""
+    import builtins
+
+    path, _ = corpus
+    monkeypatch.setattr(token_files, "open", lambda _, mode: builtins.open("/dev/full", mode),
+                        raising=False)
+    with pytest.raises(UserError, match="no space left on the disk holding") as error:
+        prepare.ensure_prepared(load_cfg(tmp_path, [path]))
+    # Checked while the error is held (its context's frames hold the writers), as the CLI holds
+    # it until it exits: the files are closed by then, not left to the collector.
+    assert error.value.__context__ is not None
+    fds = Path("/proc/self/fd")
+    assert [fd for fd in fds.iterdir() if os.path.realpath(fd) == "/dev/full"] == []
+
+
 def test_a_data_dir_that_is_a_file_is_named(tmp_path, corpus):
     path, _ = corpus
     with pytest.raises(UserError, match=r"data.dir=.*a.txt is a file, not a directory"):
