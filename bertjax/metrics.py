@@ -15,6 +15,7 @@ for common accelerators only (dense bf16 / f32 peaks from the vendors' data shee
 
 import contextlib
 import json
+import logging
 import re
 import sys
 import time
@@ -142,6 +143,8 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict, resuming: bo
         return None
     import wandb
 
+    logging.getLogger(OTEL_METRICS).addFilter(NOT_SHUT_DOWN_TWICE)  # the same object: added once
+
     kept = run_dir / WANDB_RUN_ID
     run_id = kept.read_text(errors="replace").strip() if resuming and kept.is_file() else None
     try:
@@ -155,6 +158,20 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict, resuming: bo
     if run.id != run_id:
         write_atomic(kept, run.id + "\n")
     return run
+
+
+# wandb's telemetry (opentelemetry's MeterProvider) is shut down twice at exit under Python
+# 3.14, whose second call logs "shutdown can only be called once": a line after every wandb
+# run's output, and after the one-line error of a wandb that did not start. Only that is dropped.
+OTEL_METRICS = "opentelemetry.sdk.metrics._internal"
+
+
+class _NotShutDownTwice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "shutdown can only be called once"
+
+
+NOT_SHUT_DOWN_TWICE = _NotShutDownTwice()
 
 
 def _wandb_fix(cfg: WandbConfig, message: str) -> str:
