@@ -53,7 +53,7 @@ def exit_now(message: str, code: int) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    leaving.end_process(code)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -10,6 +10,7 @@ line, with the failed process's exit code.
 """
 
 import atexit
+import multiprocessing.util
 import os
 import sys
 import threading
@@ -76,6 +77,15 @@ def leave_the_run(code: int, say: Callable[[TextIO], None], why: str | None) -> 
     leaving.join(LEAVE_WAIT_S + (5 if jax.process_index() == 0 else 0))
     if threading.current_thread() is not threading.main_thread():
         _main_thread_unwound.wait(UNWIND_WAIT_S)
+    end_process(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """os._exit(code), after multiprocessing's exit finalizers, which unlink its named semaphores
+    (tqdm's write lock is one). Python 3.14 starts processes by forkserver, under which it tracks
+    them, and one that os._exit left linked made its resource tracker report "leaked semaphore
+    objects" (two lines) below the one-line error. A normal exit runs the same finalizers."""
+    multiprocessing.util._run_finalizers(0)
     os._exit(code)
 
 
