@@ -12,6 +12,7 @@ logged yet, so a run killed after it and resumed there has every step in a row; 
 does too, so that row's tok/s is of its steps, before the validation.
 """
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -227,9 +228,14 @@ class Loop:
                                                      self.cfg, self.mesh),
                           self.initial, self.monitor)
         target = self.watch.skipped[-1][0] - 1  # the restored checkpoint (0: the initial state)
-        self.offsets = TokenOffsets.at(
-            self.run.ramp, self.cfg.data.seq_len, target,
-            self.checkpoints.read_meta(target) if target else {}, self.watch)
+        # The tokens behind the weights are the target's; the stream goes on from the bad step
+        # (the skipped steps' data are not read again). Taken from a checkpoint written before a
+        # resume that changed the ramp, the stream's offsets put it as if the new ramp had run
+        # since the target: 8 -> 16 at step 10, a rollback to 5 skipped 40 sequences never read.
+        seen = TokenOffsets.at(self.run.ramp, self.cfg.data.seq_len, target,
+                               self.checkpoints.read_meta(target) if target else {},
+                               self.watch).seen
+        self.offsets = dataclasses.replace(self.offsets, seen=seen)
         self.monitor.seek(trouble.step)
         self.monitor.restart_throughput(self.stream_tokens(trouble.step))
         return state, trouble.step

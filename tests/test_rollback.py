@@ -375,3 +375,37 @@ def test_a_rollback_past_the_kept_checkpoints_stops_instead_of_starting_over(bas
     assert sorted(checkpoints(tmp_path)) == [6]  # kept: the user's to resume or delete
     assert not [r for r in rows(tmp_path) if "rollback" in r]
     assert rows(tmp_path)[-1] == {**rows(tmp_path)[-1], "step": 7, "stopped": True}
+
+
+def test_a_rollback_past_a_resume_that_changed_the_ramp_reads_on_from_the_bad_step(
+        base, tmp_path, monkeypatch):
+    # 4 steps of 8, resumed at batch 16; step 5's trouble rolls back to checkpoint 3, written
+    # before the resume. The offsets were recomputed from it, as if batch 16 had run since step
+    # 3: step 6 read rows 64-80, the 16 after step 5's never read, the epoch and `tokens` jumped.
+    read = []
+    rows_of = pretrain_loop.PretrainData.rows
+
+    def recorded(self, start, count):
+        if self.split == "train":
+            read.append(start)
+        return rows_of(self, start, count)
+
+    see = Watch.see
+
+    def non_finite_at_5(self, step, finite, loss, overflow=False):
+        return see(self, step, finite and step != 5, loss, overflow)
+
+    monkeypatch.setattr(pretrain_loop.PretrainData, "rows", recorded)
+    monkeypatch.setattr(Watch, "see", non_finite_at_5)
+    common = ["train.log_every=1", "train.batch_ramp=0", "train.batch_start=null"]
+    pretrain(config(base, tmp_path, *common, "train.steps=4", "train.batch_end=8"))
+    read.clear()
+    pretrain(config(base, tmp_path, *common, "train.steps=7", "train.batch_end=16"))
+    (rollback,) = [r for r in rows(tmp_path) if "rollback" in r]
+    assert (rollback["step"], rollback["restored_step"]) == (5, 3)
+    # Step 5 read 32-48 (the prefetcher read on to 64 and 80 before the trouble was seen).
+    assert read[0] == 32 and read[-2:] == [48, 64], read
+    tokens = {r["step"]: r["tokens"] for r in rows(tmp_path) if "loss" in r}
+    assert [tokens[s] for s in (5, 6, 7)] == [48 * 32, 64 * 32, 80 * 32]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["tokens_this_run"] == (3 * 8 + 2 * 16) * 32  # steps 1-3, 6-7
