@@ -42,6 +42,7 @@ from bertjax.pretrain_run import (
     fit_budget_to_checkpoint,
     purpose_keys,
     restore_resumed,
+    stream_shift,
     warn_if_other_data,
     what_changed,
 )
@@ -180,6 +181,11 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         print(f"{run.run_dir} is trained to its last step ({start}) already: nothing to do; "
               "raise train.steps (or train.tokens) to train on, or set a new train.run_dir")
         return run.run_dir
+    # size_run checked the ramp's rows from step 0; a resume reads on from its checkpoint's row.
+    # Here, before the run directory is written to: refused in the loop, the resume had already
+    # rewritten config.yaml and deleted the finished run's results.json.
+    check_row_numbers(run.total_steps, run.ramp.sequences_before(run.total_steps)
+                      + stream_shift(run.ramp, cfg.data.seq_len, start, meta))
     checkpoints.check_room(state)
     # Entered before anything below writes or deletes: a wandb that refuses to start (online
     # without an API key) leaves the run directory as it was.

@@ -35,7 +35,6 @@ from bertjax.pretrain_run import (
     MASK,
     Run,
     TokenOffsets,
-    check_row_numbers,
     restore_state,
     token_counts,
 )
@@ -93,8 +92,6 @@ class Loop:
         self.pending: list[tuple[int, dict]] = []  # dispatched steps, metrics not read yet
         self.window: list[tuple[int, dict, int]] = []  # read, not logged: (step, metrics, updates)
         self.offsets = TokenOffsets.at(run.ramp, cfg.data.seq_len, start, meta, self.watch)
-        # size_run checked the ramp's rows from step 0; a resume reads on from its checkpoint's
-        check_row_numbers(run.total_steps, self.position(run.total_steps))
         # A resume past the first epoch said so before it was stopped (the row that crossed
         # it); said again, it named the resume's first logged step as the crossing.
         self.warned_epoch = self.position(start) > run.data.num_sequences

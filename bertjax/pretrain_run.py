@@ -113,9 +113,16 @@ class TokenOffsets:
         # Checkpoints from before `tokens_stream` was saved: without rollbacks the same offset.
         here = ramp.sequences_before(step) * seq_len
         stream = meta["tokens_stream"] - here if "tokens_stream" in meta else seen
-        position = data_position(meta, step, seq_len)
-        return cls(stream, seen, 0 if position is None else
-                   position - ramp.sequences_before(step))
+        return cls(stream, seen, stream_shift(ramp, seq_len, step, meta))
+
+
+def stream_shift(ramp: BatchRamp, seq_len: int, step: int, meta: dict) -> int:
+    """Rows the data stream is ahead of `ramp`'s count at checkpoint `step` (its `meta`; 0 for a
+    fresh run): TokenOffsets.sequences."""
+    if step == 0 or "tokens_this_run" not in meta:
+        return 0
+    position = data_position(meta, step, seq_len)
+    return 0 if position is None else position - ramp.sequences_before(step)
 
 
 def data_position(meta: dict, step: int, seq_len: int) -> int | None:

@@ -880,9 +880,14 @@ def test_a_resume_reading_on_past_the_masks_row_numbers_is_refused(config_file, 
     meta_file = run_dir / "checkpoints" / "2" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps(dict(meta, data_position=2**31 - 8)))
+    written = (run_dir / "config.yaml").read_text()
     with pytest.raises(UserError, match=r"read up to row 2,147,483,\d+ of the data stream, "
                                         r"more than the masking's int32 row numbers"):
         pretrain(config_lib.load([config_file], [*common, "train.steps=4"]))
+    # Refused before the run directory is written to (in the loop it came after the resume
+    # rewrote config.yaml and deleted the finished run's results.json).
+    assert (run_dir / "config.yaml").read_text() == written
+    assert (run_dir / "results.json").exists()
 
 
 def test_a_resume_may_switch_to_and_from_float16(config_file, tmp_path):
