@@ -181,13 +181,19 @@ class OptimConfig:
         check_domains(self)
 
 
+# The scale is a float32 on device: 1e39 was inf there, which halves to inf, so every step
+# overflowed; counted as the scale's own overflows (skipped, never trouble), the whole run
+# trained nothing.
+LOSS_SCALE = Domain("> 0 and at most 2**127 (a float32)", lambda x: 0 < x <= 2.0**127)
+
+
 @dataclass(frozen=True)
 class PrecisionConfig:
     """Parameters and optimizer state are always float32 (`compute` casts them per step)."""
 
     compute: str = opt("float32", "activation dtype: float32 | bfloat16 | float16",
                        domain=one_of("float32", "bfloat16", "float16"))
-    loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale", domain=POSITIVE)
+    loss_scale: float = opt(2.0**15, "fp16 only: initial dynamic loss scale", domain=LOSS_SCALE)
     loss_scale_period: int = opt(2000, "fp16 only: finite steps before the scale doubles",
                                  domain=POSITIVE)
 

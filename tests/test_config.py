@@ -417,7 +417,10 @@ def test_a_section_with_every_key_commented_out_is_empty(tmp_path):
 @pytest.mark.parametrize("override, says", [
     ("optim.lr=inf", "> 0 and finite"), ("optim.lr=-inf", "> 0 and finite"),
     ("glue.epochs=inf", "> 0 and finite"), ("optim.clip=inf", ">= 0 and finite"),
-    ("precision.loss_scale=inf", "> 0 and finite"), ("model.layer_norm_eps=1e400", "finite"),
+    ("precision.loss_scale=inf", "> 0 and at most 2**127"),
+    # float32 on device: inf, which halves to inf (every step skipped as an overflow)
+    ("precision.loss_scale=1e39", "> 0 and at most 2**127"),
+    ("model.layer_norm_eps=1e400", "finite"),
     ("train.steps=2147483648", "> 0 and below 2**31"),  # optax counts steps in int32
     ("train.steps=99999999999999999999999", "below 2**31"),
     # jax.random.key keeps a seed's low 32 bits: seed 2**32 was seed 0, [1, 2**32 + 1] one seed
