@@ -83,14 +83,20 @@ class Watch:
 
     def see(self, step: int, finite: bool, loss: float, overflow: bool = False) -> Trouble | None:
         """Take step `step`'s outcome; trouble when it diverges. `overflow`: float16 skipped
-        the step for its loss scale alone (which halved): not in a streak, not trouble. Counted,
+        the step for its loss scale alone (which halved): not counted in a streak (one that
+        follows starts at the first of them), not trouble. Counted,
         a scale set high (2**30) overflowed 10 steps in a row, and each rollback restored the
         scale that overflowed: 3 rollbacks, then "lower optim.lr", where GradScaler trains."""
+        if not finite and not (self.unapplied and self.unapplied[-1] == step - 1):
+            # The first of a run of non-finite steps, the scale's overflows included: a state
+            # broken for good (gradients past float16 at every scale) overflows while the scale
+            # halves to 1 before its steps count. Started at the first counted one, the rollback
+            # went to a checkpoint written during the overflows, on the same broken weights.
+            self.streak_start = step
         if not finite and overflow:
             self.unapplied = [*self.unapplied, step]
             return None
         if not finite:
-            self.streak_start = self.streak_start if self.streak else step
             self.streak += 1
             if self.streak >= self.nonfinite_limit:
                 return Trouble(step, self.streak_start,

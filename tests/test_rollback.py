@@ -106,6 +106,27 @@ def test_float16s_own_overflows_are_skipped_without_counting_toward_trouble():
     assert fp16.see(25, False, math.nan) == Trouble(25, 22, "3 non-finite step(s) in a row")
 
 
+def test_a_streak_after_float16_overflows_starts_at_the_first_of_them():
+    # Step 3's update broke the weights for good: step 4 on, the gradients pass float16 at every
+    # scale while the loss stays finite. Overflows (steps 4-8) halve the scale to 1; then the
+    # steps count (9-11). Started at step 9, the rollback went to checkpoint 5, written during
+    # the overflows on the same broken weights; each rollback restored it, and the run stopped.
+    fp16 = Watch.restore(watch().cfg, nonfinite_limit=3, saved=None)
+    assert [fp16.see(s, True, 9.0) for s in (1, 2, 3)] == [None] * 3
+    assert [fp16.see(s, False, 9.0, overflow=True) for s in range(4, 9)] == [None] * 5
+    resumed = Watch.restore(fp16.cfg, 3, json.loads(json.dumps(fp16.saved())), 8)
+    for w in (fp16, resumed):  # a checkpoint at step 8, resumed: the same decision
+        assert [w.see(s, False, 9.0) for s in (9, 10)] == [None, None]
+        trouble = w.see(11, False, 9.0)
+        assert trouble == Trouble(11, 4, "3 non-finite step(s) in a row")
+        assert rollback_target([2, 5, 8], trouble) == 2
+    # A finite step ends the run: the overflows before it are the scale's alone.
+    w = Watch.restore(fp16.cfg, nonfinite_limit=2, saved=None)
+    assert [w.see(1, False, 9.0, overflow=True), w.see(2, True, 9.0), w.see(3, False, 9.0)] == \
+        [None] * 3
+    assert w.see(4, False, 9.0) == Trouble(4, 3, "2 non-finite step(s) in a row")
+
+
 def test_float16s_single_non_finite_steps_stay_out_of_the_tokens_behind_the_weights():
     # A loss-scale overflow skips a step without trouble; its tokens were counted as trained on
     # (results.json, checkpoint meta and bundles: tokens_seen) though no update applied them.
