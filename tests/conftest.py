@@ -299,15 +299,18 @@ def rte_pairs(n: int) -> glue_tasks.Examples:
 
 
 # ---- processes ----
-def communicate_all(procs: list[subprocess.Popen]) -> list[tuple[str, str]]:
-    """Each process's (stdout, stderr) once all ended; a hang fails the test (the processes are
-    killed) instead of waiting forever."""
+def communicate_all(procs: list[subprocess.Popen], timeout: float = 300
+                    ) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once all ended; a hang fails the test and kills the
+    processes, instead of waiting forever or leaving them behind (a communicate that timed out
+    left two GLUE processes waiting in a collective for the rest of the suite)."""
     try:
-        return [p.communicate(timeout=300) for p in procs]
+        return [p.communicate(timeout=timeout) for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        pytest.fail("the processes were still running after 300 s")
+            p.communicate()
+        pytest.fail(f"the processes were still running after {timeout:g} s")
 
 
 # Coordinator ports come from below the kernel's ephemeral range (32768 and up by default), so

@@ -60,7 +60,7 @@ def test_two_processes_match_one_device(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(HERE / "dist_worker.py"), str(port), str(i),
                                str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    outputs = [out for out, _ in communicate_all(procs)]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
     result = load_file(str(tmp_path / "result.safetensors"))
     losses, params = three_steps_on_one_device()
@@ -335,7 +335,7 @@ def test_a_config_error_on_one_host_is_said_by_every_process(tmp_path, launch_ke
                                    else [])], cwd=ROOT,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    errors = [p.communicate(timeout=240)[1] for p in procs]
+    errors = [err for _, err in communicate_all(procs, 240)]
     assert [p.returncode for p in procs] == [2, 2], errors
     assert said_lines(errors[1]) == [f"error: {message}"], errors[1]
     assert said_lines(errors[0]) == ["error: process 1 of this 2-process run failed, so every "

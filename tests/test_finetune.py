@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from conftest import count_calls, free_port
+from conftest import communicate_all, count_calls, free_port
 
 from bertjax import (
     config,
@@ -461,7 +461,7 @@ def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
 
     procs = launch(tmp_path / "two", 2, "mesh.strategy=fsdp", "mesh.fsdp_min_size=64",
                    "glue.learning_rates=[2e-3]") + launch(tmp_path / "one", 1)
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    outs = [out for out, _ in communicate_all(procs, 600)]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
     assert json.loads((tmp_path / "two" / "sweep.json").read_text())["best"]["lr"] == 2e-3
     dirs = {"two": tmp_path / "two" / "lr0.002", "one": tmp_path / "one"}
@@ -495,7 +495,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path
         assert all(p.poll() is None for p in procs) and time.time() < deadline
         time.sleep(0.1)
     procs[1].send_signal(signal.SIGTERM)  # the process that writes nothing
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [out for out, _ in communicate_all(procs)]
     assert all(p.returncode == 128 + signal.SIGTERM for p in procs), \
         "\n".join(o[-2000:] for o in outs)
     assert "a signal to another process: saved seed 0 at step" in outs[0], outs[0][-2000:]
