@@ -20,7 +20,7 @@ MUTATIONS = {
                        "rate=data_cfg.mask_rate / 3,"),
     "warmup_off": ("bertjax/optim.py", "warmup = int(cfg.warmup * total_steps)", "warmup = 0"),
     "one_batch_repeated": ("bertjax/pretrain_loop.py",
-                           "first, size = ramp.sequences_before(step), ramp.batch(step)",
+                           "first, size = self.position(step), ramp.batch(step)",
                            "first, size = 0, ramp.batch(step)"),
     "dropout_key_reused": ("bertjax/model.py",
                            "else jax.random.split(k_blocks, self.num_layers)",
