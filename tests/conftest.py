@@ -43,6 +43,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import json  # noqa: E402
+import random  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -316,9 +317,11 @@ def communicate_all(procs: list[subprocess.Popen], timeout: float = 300
 # Coordinator ports come from below the kernel's ephemeral range (32768 and up by default), so
 # no outgoing connection (a gRPC client's, another test's) can take one between free_port's check
 # and the coordinator's bind, and from a block of their own per pytest-xdist worker, so two
-# workers never pick the same one. A port the OS picked (bind to 0) had neither guarantee.
+# workers never pick the same one. A port the OS picked (bind to 0) had neither guarantee. In a
+# random order: a later pytest run takes other ports than an earlier one, whose processes (a
+# killed run's) may still try to reach their coordinator.
 PORT_BLOCK, FIRST_PORT = 1000, 20000
-_port_offsets = iter(range(PORT_BLOCK))
+_port_offsets = iter(random.sample(range(PORT_BLOCK), PORT_BLOCK))
 
 
 def free_port() -> int:
