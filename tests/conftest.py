@@ -310,8 +310,11 @@ def communicate_all(procs: list[subprocess.Popen], timeout: float = 300
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-            p.communicate()
-        pytest.fail(f"the processes were still running after {timeout:g} s")
+        # What each wrote until then (communicate keeps what it read before the timeout): where
+        # it hung is the first thing to know.
+        said = [f"process {i}: ...{str(out)[-1500:]}" for i, (out, _) in
+                enumerate(p.communicate() for p in procs)]
+        pytest.fail(f"the processes were still running after {timeout:g} s\n" + "\n".join(said))
 
 
 # Coordinator ports come from below the kernel's ephemeral range (32768 and up by default), so
