@@ -557,3 +557,17 @@ def test_leaving_at_once_leaves_no_semaphore_for_the_resource_tracker():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert (out.returncode, out.stderr) == (2, "error: it failed\n")
+
+
+def test_processes_that_hang_are_killed_and_say_what_they_wrote():
+    """communicate_all, which every multi-process test waits through: a hang fails the test,
+    kills the processes (a timed-out communicate left two GLUE processes in a collective for the
+    rest of the suite) and shows what each wrote (the hang's whereabouts)."""
+    procs = [subprocess.Popen([sys.executable, "-c", f"print('step {i}', flush=True); "
+                               "import time; time.sleep(60)"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    with pytest.raises(pytest.fail.Exception) as failed:
+        communicate_all(procs, 2)
+    assert [p.returncode for p in procs] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert "process 0: ...step 0\n" in str(failed.value) and "process 1: ...step 1" in str(
+        failed.value)
