@@ -99,6 +99,16 @@ def initialize_distributed(cfg: MeshConfig) -> None:
             timer.cancel()
     leaving.watch_for_failed_processes()
     _refuse_unequal_device_counts()
+    _compile_afresh_on_cpu()
+
+
+def _compile_afresh_on_cpu() -> None:
+    """Several processes on CPU compile their programs rather than read them from JAX's
+    persistent compilation cache (JAX_COMPILATION_CACHE_DIR): with jaxlib 0.12.1, a train step
+    that process 0 read from it deadlocked in its first Gloo all-reduce, every time (jaxlib
+    0.10.2 did not; log.md, 2026-12-07). Nothing is compiled yet, so this holds for the run."""
+    if jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 @contextlib.contextmanager

@@ -447,9 +447,13 @@ def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
     # them: FSDP) against one process on 4 devices: same batches, so the same run. One bucket,
     # so that both processes' halves of a batch hold real rows. The two run it as a one-rate
     # learning-rate sweep (optim.lr's own value), which must train what a plain fine-tune does.
+    # Each run is given a compilation cache of its own: several processes on CPU compile afresh
+    # (a step read from the cache deadlocked under jaxlib 0.12.1), one process uses it.
     def launch(run_dir, processes, *extra):
         port, devices = free_port(), 4 // processes
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   JAX_COMPILATION_CACHE_DIR=str(run_dir.with_name(f"{run_dir.name}-xla")),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         dist = ["mesh.num_processes=2", f"mesh.coordinator_address=127.0.0.1:{port}"]
         return [subprocess.Popen(
             [sys.executable, "-m", "bertjax.train", str(ROOT / "configs" / "sst2.yaml"),
@@ -463,6 +467,7 @@ def test_two_processes_fine_tune_like_one(tmp_path, tokenizer_path):
                    "glue.learning_rates=[2e-3]") + launch(tmp_path / "one", 1)
     outs = [out for out, _ in communicate_all(procs, 600)]
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    assert not list((tmp_path / "two-xla").glob("*")) and list((tmp_path / "one-xla").glob("*"))
     assert json.loads((tmp_path / "two" / "sweep.json").read_text())["best"]["lr"] == 2e-3
     dirs = {"two": tmp_path / "two" / "lr0.002", "one": tmp_path / "one"}
     two, one = (json.loads((dirs[d] / "results.json").read_text()) for d in ("two", "one"))
