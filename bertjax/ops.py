@@ -145,7 +145,7 @@ def _add_bias_fwd(y, bias):
 
 
 def _add_bias_bwd(bias, dy):
-    return dy, dy.reshape(-1, dy.shape[-1]).astype(jnp.float32).sum(0).astype(bias.dtype)
+    return dy, dy.reshape(-1, *bias.shape).astype(jnp.float32).sum(0).astype(bias.dtype)
 
 
 @jax.custom_vjp
@@ -157,8 +157,9 @@ _add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-    """`y + bias` over the rows of `y`, whose gradient sums the rows in f32 (rounded once to
-    the bias's dtype), as bias_gelu's does and as torch's reductions of half types accumulate.
+    """`y + bias` over the rows of `y` (its leading axes), whose gradient sums the rows in f32
+    (rounded once to the bias's dtype), as bias_gelu's does and as torch's reductions of half
+    types accumulate.
     Differentiated automatically, the sum ran in the compute dtype: against f32 compute, bf16
     bias gradients of a tiny model on 8,192 rows were 1.3-2.7 % off (fp16: up to 1.2 %), ten
     times the others (log.md, session 54). f32 keeps the plain add (the same program)."""
