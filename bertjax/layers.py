@@ -128,7 +128,8 @@ class Embeddings(eqx.Module):
             token_type_ids = jnp.zeros_like(token_type_ids)
         # The whole position table, then its first rows: slicing a table split by rows would
         # move rows between devices (collective-permutes). Its gradient, a sum over the batch,
-        # is summed in f32 (add_bias): in bf16 it was 0.8 % off (log.md, sessions 54-55).
+        # is summed in f32 (add_bias): where the batch's gradients share a sign, the bf16 sum
+        # was 1.2 % off, four times the word table's (log.md, session 55).
         words = gather_f32(whole(self.word), input_ids)
         x = (add_bias(words, whole(self.position)[:seq].astype(words.dtype))
              + gather_f32(whole(self.token_type), token_type_ids))

@@ -441,7 +441,6 @@ def test_low_precision_bias_gradients_sum_the_rows_in_f32(compute):
     assert error("bias") < 1.5 * error("weight"), (error("bias"), error("weight"))
 
 
-
 @pytest.mark.parametrize("compute", ["bfloat16", "float16"])
 def test_low_precision_position_gradient_sums_the_batch_in_f32(compute):
     """The position table's gradient is a sum over the batch. Differentiated automatically it was
