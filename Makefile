@@ -62,3 +62,10 @@ SUITE_PY ?= python3
 .PHONY: gpu-suite
 gpu-suite:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(SUITE_PY) bench/gpu_suite.py $(ARGS)
+
+# What a GPU image with only jax, equinox, optax, torch and transformers lacks (OmegaConf, Orbax
+# and Orbax's requirements), as Python 3.12 wheels in .whl/ at this venv's versions; on the GPU
+# machine `python3 bench/gpu_wheels.py install` installs the missing ones into /tmp/site.
+.PHONY: gpu-wheels
+gpu-wheels: $(VENV)/.installed
+	$(PY) bench/gpu_wheels.py download

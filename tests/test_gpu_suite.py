@@ -1,12 +1,13 @@
 """bench/gpu_suite.py before it meets a GPU: the kernel-family rules and trace reading of
 bench/profile_summary.py, a failing item and an over-budget item reported (never fatal), and the
 whole --smoke run on CPU (every code path of the GPU call, tiny shapes); bench/gpu_glue.sh's
-failed stages said in its exit code."""
+failed stages said in its exit code; bench/gpu_wheels.py installing only what a machine lacks."""
 
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import gpu_suite  # bench/ is on the path through pyproject's [tool.pytest.ini_options]
@@ -399,3 +400,40 @@ def test_the_gpu_glue_script_says_which_stage_failed_in_its_exit_code(tmp_path, 
                     *(f"{name}_summary.json" for name in experiments)} - {missing}
     calls = (run / "calls").read_text()
     assert all(f"--out {run}/{name} " in calls for name in experiments)  # none skipped
+
+
+def fake_wheel(folder: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of one module `name` (pip installs it offline)."""
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 1\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def test_the_gpu_call_installs_only_the_carried_wheels_its_machine_lacks(tmp_path):
+    """bench/gpu_wheels.py install, the GPU call's first command: a wheel of a distribution the
+    machine has (here pytest) is left alone, not shadowed on PYTHONPATH; a missing one is
+    installed into the target without dependencies."""
+    carried = tmp_path / "whl"
+    carried.mkdir()
+    fake_wheel(carried, "bertjax_missing_module", "1.0")
+    fake_wheel(carried, "pytest", "0.0.1")  # an old pytest would shadow this one's
+    target = tmp_path / "site"
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_wheels.py"), "install", "--dir",
+                           str(carried), "--target", str(target)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == [
+        "bertjax_missing_module-1.0.dist-info", "bertjax_missing_module.py"]
+    assert "installed into" in done.stdout and "bertjax_missing_module 1.0" in done.stdout
+    assert f"already here: pytest {pytest.__version__}" in done.stdout
+    empty = subprocess.run([sys.executable, str(BENCH / "gpu_wheels.py"), "install", "--dir",
+                            str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "bench/gpu_wheels.py download" in empty.stderr
