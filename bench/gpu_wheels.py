@@ -19,12 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-# omegaconf, then orbax-checkpoint and its requirements that jax, numpy and PyYAML do not cover
-# (orbax-checkpoint 0.12.8's metadata; etils.epath, which Orbax imports, needs zipp).
+# omegaconf, then orbax-checkpoint 0.12.8 and the requirements its metadata declares that the
+# image's packages do not bring (its etils[epath] adds zipp, and fsspec, which transformers has).
 CARRIED = ("omegaconf", "orbax-checkpoint", "tensorstore", "absl-py", "etils", "zipp", "msgpack",
            "protobuf", "humanize", "simplejson", "aiofiles", "psutil", "uvloop",
            "prometheus-client")
-# The GPU image: CPython 3.12 on x86-64 Linux (log.md); pip takes the newest tag a wheel has.
+# The GPU image: CPython 3.12 on x86-64 Linux (log.md); a wheel built for any of these glibc
+# levels will do.
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_28_x86_64")
 
