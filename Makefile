@@ -69,3 +69,15 @@ gpu-suite:
 .PHONY: gpu-wheels
 gpu-wheels: $(VENV)/.installed
 	$(PY) bench/gpu_wheels.py download
+
+# bench/gpu_glue.sh's data as one file a GPU call carries beside .whl/: data/corpus_mini
+# (configs/pretrain_mini.yaml, from ../shared's corpus) and a copy of the GLUE TSVs, xz-compressed
+# (~21 MB; as folders, 41 + 11 MB, they and .whl/ would pass the 64 MiB a call carries). On the
+# GPU machine: `tar -xJf data/gpu_glue.tar.xz`, then GLUE_DIR=data/glue.
+GLUE_TSV ?= ../shared/data/glue
+.PHONY: gpu-glue-data
+gpu-glue-data: $(VENV)/.installed
+	$(PY) -m bertjax.prepare configs/pretrain_mini.yaml
+	rm -rf data/glue && cp -r $(GLUE_TSV) data/glue && chmod -R u+w data/glue
+	tar -cJf data/gpu_glue.tar.xz.tmp data/corpus_mini data/glue
+	mv data/gpu_glue.tar.xz.tmp data/gpu_glue.tar.xz

@@ -8,6 +8,11 @@
 #
 #   bash bench/gpu_glue.sh                # data/corpus_mini prepared (make it on the CPU machine)
 #
+# On a GPU machine, carrying .whl/ (make gpu-wheels) and data/gpu_glue.tar.xz (make gpu-glue-data:
+# data/corpus_mini and the GLUE TSVs):
+#   tar -xJf data/gpu_glue.tar.xz && python3 bench/gpu_wheels.py install &&
+#   export PYTHONPATH=/tmp/site:$PWD GLUE_DIR=data/glue && bash bench/gpu_glue.sh
+#
 # Environment: RUN (the runs, default runs/gpu_glue), OUT (what to keep, default $RUN/out),
 # GLUE_DIR (GLUE TSV files, default ../shared/data/glue), STEPS (pretraining steps, default
 # 10000), PRETRAIN_SECONDS (pretraining is stopped, with a checkpoint, after this long; default
