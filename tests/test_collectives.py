@@ -40,9 +40,10 @@ def compiled_pretraining_step(strategy: str, compute: str = "float32"):
     step = make_train_step(spec, optimizer, 8)
     sharded, rows = shard_params(jax.tree.map(jnp.copy, state), mesh, cfg.mesh), \
         global_batch(batch, mesh)
-    # set_mesh: what with_mesh does around every call of the step. Standard promotion: lowering
-    # jax's own bf16 attention backward needs it (tests/test_train_step.py's bf16 test says why).
-    with jax.set_mesh(mesh), jax.numpy_dtype_promotion("standard"):
+    # set_mesh: what with_mesh does around every call of the step. Standard promotion for bf16:
+    # lowering jax's own bf16 attention backward needs it (tests/test_train_step.py's bf16 test).
+    promotion = "strict" if compute == "float32" else "standard"
+    with jax.set_mesh(mesh), jax.numpy_dtype_promotion(promotion):
         compiled = step.jitted.lower((rows, *INPUTS), sharded).compile()
     return compiled, compiled.compiled.as_text(), sharded, rows, (step, state, batch)
 
