@@ -225,6 +225,8 @@ class Checkpoints:
         except Exception as e:  # Orbax raises ValueError, OSError, JSONDecodeError, Exception
             where = self.directory / str(step)
             first = (str(e).strip().splitlines() or [""])[0]
+            if first.startswith("RESOURCE_EXHAUSTED:"):  # out of memory: no damage, and "delete
+                raise  # it" would lose an intact checkpoint (errors.out_of_memory_is_said)
             if shapes := SHAPE_MISMATCH.search(first):
                 held, needed = self._named_mismatch(step, target) or (
                     f"an array of shape {shapes[2]}", shapes[1])

@@ -3,16 +3,17 @@
 Anything a user can get wrong (config, path, data, checkpoint) raises `UserError` with a message
 naming the thing and the fix; `cli` prints it without a traceback, and a full disk or a refused
 permission too (wherever they strike: the writers that can leave temporaries behind catch them
-themselves and clean up).
+themselves and clean up), and a device out of memory (`out_of_memory_is_said`).
 """
 
+import contextlib
 import errno
 import os
 import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from bertjax import leaving
@@ -44,6 +45,21 @@ class RunDiverged(Exception):
     checkpoints from before the trouble rotated away): `cli` prints it as one line and exits 1.
     An exception, not sys.exit: a script or notebook calling `pretrain` (a search over learning
     rates, say) catches it as it catches any other failure."""
+
+
+@contextlib.contextmanager
+def out_of_memory_is_said(fix: str) -> Iterator[None]:
+    """Inside the block, XLA's RESOURCE_EXHAUSTED (a step, batch or model larger than the GPU's
+    memory, or on CPU the host's) becomes a UserError: XLA's first line, then `fix`, the keys
+    that shrink what the step holds. It was a 30-line traceback, for the error a GPU user meets
+    most. Told by the status XLA's message starts with, so this file need not import jax."""
+    try:
+        yield
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if not first.startswith("RESOURCE_EXHAUSTED:"):
+            raise
+        raise UserError(f"out of memory ({first[:200]}); {fix}") from None
 
 
 def exit_now(message: str, code: int) -> NoReturn:
@@ -82,7 +98,12 @@ def cli(main: Callable[[list[str]], None]) -> None:
     # loops replace this with their own handler (save a checkpoint, then stop) while they run.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        main(sys.argv[1:])
+        # The training commands name their own keys to lower (out_of_memory_is_said); this is
+        # for the others (predict, export)
+        with out_of_memory_is_said("the model or its batch is too large for this device: give a "
+                                   "smaller --batch-size where the command takes one, or run "
+                                   "where the device has more memory"):
+            main(sys.argv[1:])
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
         # The work is done and said. A SIGTERM in the ~0.5 s the interpreter then takes to exit
         # (jax's teardown) ended an export whose bundle was complete with 143 and no word:

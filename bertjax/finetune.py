@@ -33,7 +33,7 @@ from bertjax import glue, glue_batches, glue_tasks, plot
 from bertjax.checkpoint import latest_step
 from bertjax.config import Config
 from bertjax.config_changes import PRETRAINING_ONLY, changed_keys, listed
-from bertjax.errors import StoppedBySignal, UserError
+from bertjax.errors import StoppedBySignal, UserError, out_of_memory_is_said
 from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.glue_eval import best_model_dir, best_seed, summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
@@ -63,6 +63,10 @@ from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import RUN_KEYS, initial_model, load_start
 from bertjax.sweep_state import check_rate_folder
 from bertjax.xla_options import compiler_options
+
+# What a fine-tune too large for its GPU's memory can lower (batches are padded to a bucket).
+MEMORY_FIX = ("lower glue.batch_size or the largest of glue.buckets, or turn on model.remat (off "
+              "by default on a GPU); finished seeds and checkpoints already saved are kept")
 
 # Config keys (or whole sections) that cannot change a seed's result, so a rerun that changes
 # only these keeps the finished and interrupted seeds; every other change starts over.
@@ -94,7 +98,8 @@ def finetune(cfg: Config) -> Path:
     check_rate_folder(cfg.train.run_dir, cfg.optim.lr)
     glue.check_submission_inputs(cfg.glue)  # the test splits too: a bad one fails now, not after
     # One run at a time in a run directory.
-    with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
+    with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir), \
+            out_of_memory_is_said(MEMORY_FIX):
         return finetune_holding_the_run_dir(cfg)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from bertjax import glue, glue_batches, glue_metrics, glue_tasks
 from bertjax.config import Config, GlueConfig, MeshConfig
-from bertjax.errors import UserError, cli
+from bertjax.errors import UserError, cli, out_of_memory_is_said
 from bertjax.files import (
     ArgParser,
     check_dir_path,
@@ -85,8 +85,9 @@ def main(argv: list[str]) -> None:
                         list(pretrained.label_names), args.checkpoint, given=bool(args.labels))
     glue_cfg = data_config(args.checkpoint, task, args.data_dir, args.dev_files, trained,
                            pretrained)
-    scores, predictions = score(pretrained, glue_cfg, order, args.batch_size,
-                                with_tests=bool(out))
+    with out_of_memory_is_said("lower --batch-size"):
+        scores, predictions = score(pretrained, glue_cfg, order, args.batch_size,
+                                    with_tests=bool(out))
     for split, row in scores["dev"].items():
         print(f"{task} {split} ({row['examples']} examples): " +
               ", ".join(f"{k} {v:.4f}" for k, v in row["metrics"].items()) +

@@ -27,7 +27,7 @@ from bertjax import tokenizer as tokenizer_lib
 from bertjax.checkpoint import Checkpoints, config_hash
 from bertjax.config import Config
 from bertjax.data import PretrainData
-from bertjax.errors import StoppedBySignal, UserError
+from bertjax.errors import StoppedBySignal, UserError, out_of_memory_is_said
 from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, new_bert, param_count
@@ -59,6 +59,11 @@ from bertjax.sharding import full_copy, make_mesh, shard_params
 from bertjax.starting_points import continue_from
 from bertjax.step import init_state
 from bertjax.xla_options import compiler_options
+
+# What a run too large for its GPU's memory can lower (the step's activations grow with each).
+MEMORY_FIX = ("lower train.micro_batch (with train.batch_end at the batch you want: micro-batches "
+              "accumulate to it), data.seq_len or the model's size, or turn on model.remat (off "
+              "by default on a GPU); checkpoints already saved are kept")
 
 
 def check_tokenizer(run_dir: Path, data_dir: Path) -> None:
@@ -158,7 +163,8 @@ def pretrain(cfg: Config) -> Path:
     if Path(cfg.data.dir).resolve() == Path(cfg.train.run_dir).resolve():
         raise UserError(f"data.dir and train.run_dir are the same directory ({cfg.data.dir}); "
                         "the prepared data needs a directory of its own (e.g. data/NAME)")
-    with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir):
+    with losing_a_process_is_fatal(), hold_run_dir(cfg.train.run_dir), \
+            out_of_memory_is_said(MEMORY_FIX):
         return pretrain_holding_the_run_dir(cfg)
 
 

@@ -225,6 +225,25 @@ def bert_style_tokenizer(path, extra_words: int = 0) -> Tokenizer:
     return tok
 
 
+MEMORY_CAP = 16 << 30  # bytes; a tiny run's CLI peaks at ~2.2 GB of address space
+HUGE_BATCH = 1 << 20  # a tiny model's step on this many rows asks XLA for 60 GB or more
+
+
+def run_under_memory_cap(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python args` on one CPU device with its address space capped (a shell's ulimit, not a
+    fork hook in this multithreaded process): XLA's allocations past MEMORY_CAP fail with
+    RESOURCE_EXHAUSTED, as a GPU's allocator does past its memory, whatever this machine's RAM
+    and overcommit policy. One device: the suite's 8 fake CPU devices share the host's memory,
+    so two of them got their share and waited in a collective for the six that did not, until
+    XLA:CPU aborted (a GPU's devices each have their own, and fail alike). glibc's arenas (64 MB
+    of address space each, up to 8 per core) are kept few under the cap."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "XLA_FLAGS": "",
+           "MALLOC_ARENA_MAX": "2"}
+    return subprocess.run(["sh", "-c", f'ulimit -v {MEMORY_CAP >> 10} && exec "$@"', "sh",
+                           sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
 def write_corpus(path: Path, n_docs: int, seed: int = 0) -> list[str]:
     """Plain text: one paragraph per line, a blank line between documents."""
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ restore in five)."""
 import asyncio
 import gc
 import logging
+import signal
 import sys
 import types
 import warnings
@@ -19,7 +20,7 @@ from make_hf_export_fixture import VOCAB
 
 from bertjax import config, orbax_quiet
 from bertjax.checkpoint import Checkpoints
-from bertjax.errors import UserError
+from bertjax.errors import UserError, cli
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer
 from bertjax.orbax_quiet import quiet_orbax_leftovers
@@ -69,6 +70,36 @@ def test_a_truncated_array_file_is_named_without_tensorstore_internals(tmp_path)
         load_pretrained(tmp_path)
     assert "TensorStore details" not in str(e.value) and "<bound method" not in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_a_read_out_of_memory_is_not_called_corrupt(tmp_path, monkeypatch, capsys):
+    """Restoring onto a GPU too small for the model fails with XLA's RESOURCE_EXHAUSTED, which
+    was read as damage, with the advice to delete the (intact) checkpoint. The CLI says it as
+    out of memory (the error below is built, not run into: the real one is run into, under an
+    address-space cap, by test_faults and test_glue_score)."""
+    save_run(tmp_path, lambda text: text)
+    oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.00GiB."
+
+    def restore(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(oom)
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", restore)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+        load_pretrained(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["predict"])
+    for hook in (sys, "excepthook"), (warnings, "showwarning"):  # cli sets them, as for a CLI
+        monkeypatch.setattr(*hook, getattr(*hook))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli(lambda argv: load_pretrained(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (f"error: out of memory ({oom}); the model or its batch is "
+                                       "too large for this device: give a smaller --batch-size "
+                                       "where the command takes one, or run where the device has "
+                                       "more memory\n")
 
 
 @pytest.fixture(scope="module")

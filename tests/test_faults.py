@@ -23,7 +23,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import pytest
-from conftest import write_corpus
+from conftest import HUGE_BATCH, run_under_memory_cap, write_corpus
 
 from bertjax import config, prepare
 from bertjax.checkpoint import Checkpoints
@@ -524,3 +524,28 @@ def test_a_disk_with_no_room_at_all_is_named(job, world, tmp_path, tmpfs):
     changed = [c for c in changed if c != ".lock"]  # created empty: its pid found no room
     check(f"{job}: no room at all", "disk full", rc, stderr, changed,
           f"no space left on the disk holding {mount / 'run' / '.lock'}", mid_run=True)
+
+
+# ---- out of memory: a real RESOURCE_EXHAUSTED from XLA, under an address-space cap ----
+@pytest.mark.parametrize("job", ["pretrain", "finetune"])
+def test_a_step_too_large_for_memory_is_one_line_and_keeps_the_run(job, world, tmp_path):
+    """A batch too large for the device's memory was XLA's RESOURCE_EXHAUSTED under a 30-line
+    traceback: now one line naming the keys that shrink the step, exit 2, and the run's
+    checkpoints as they were (pretraining resumes the world's run for a third step)."""
+    if job == "pretrain":
+        run = copy(world.run, tmp_path / "run")
+        args = ["-m", "bertjax.train", str(world.pretrain_yaml), f"train.run_dir={run}",
+                f"train.steps={TOTAL_STEPS + 1}", f"train.micro_batch={HUGE_BATCH}"]
+        watched, key = run / "checkpoints", "train.micro_batch"
+    else:
+        watched = tmp_path / "glue_run"
+        args, key = glue_args(world, tmp_path, None, f"glue.batch_size={HUGE_BATCH}"), \
+            "glue.batch_size"
+    before = tree_hashes(watched) if watched.exists() else {}
+    out = run_under_memory_cap(args, tmp_path)
+    changed = sorted(set(before.items()) ^ set(tree_hashes(watched).items()))
+    if job == "finetune":  # a new run: no file of a seed may be written (its folders are made)
+        changed = [c for c in changed if "seed" in c[0] and c[1] != "dir"]
+    check(f"{job}: a batch too large for memory", "out of memory", out.returncode, out.stderr,
+          [k for k, _ in changed], "out of memory (RESOURCE_EXHAUSTED: ", mid_run=True)
+    assert key in out.stderr.strip().splitlines()[-1]

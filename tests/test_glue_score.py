@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import HUGE_BATCH, run_under_memory_cap
 
 from bertjax import config, predict
 from bertjax import tokenizer as tokenizer_lib
@@ -277,3 +278,16 @@ def test_the_cli_says_bad_input_in_one_line_and_exits_2(tmp_path, tokenizer):
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'rte'} was fine-tuned on rte, not qqp; score it on rte (drop "
         "--task), or fine-tune it on qqp"]
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_a_batch_too_large_for_memory_is_one_line_and_writes_nothing(tmp_path, tokenizer):
+    """XLA's RESOURCE_EXHAUSTED (real, under an address-space cap) was a traceback."""
+    fine_tuned(tmp_path / "rte", tokenizer, "rte", 2)
+    done = run_under_memory_cap(["-m", "bertjax.glue_score", str(tmp_path / "rte"), "--out",
+                                 str(tmp_path / "out"), "--batch-size", str(HUGE_BATCH)], ROOT)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: out of memory (RESOURCE_EXHAUSTED: ") and \
+        line.endswith("; lower --batch-size"), line
+    assert not (tmp_path / "out").exists()
