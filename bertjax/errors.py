@@ -50,14 +50,15 @@ class RunDiverged(Exception):
 @contextlib.contextmanager
 def out_of_memory_is_said(fix: str) -> Iterator[None]:
     """Inside the block, XLA's RESOURCE_EXHAUSTED (a step, batch or model larger than the GPU's
-    memory, or on CPU the host's) becomes a UserError: XLA's first line, then `fix`, the keys
-    that shrink what the step holds. It was a 30-line traceback, for the error a GPU user meets
-    most. Told by the status XLA's message starts with, so this file need not import jax."""
+    memory, or on CPU the host's) and numpy's MemoryError (a batch's host arrays) become a
+    UserError: the first line of the error, then `fix`, the keys that shrink what the step holds.
+    It was a 30-line traceback, for the error a GPU user meets most. XLA's is told by the status
+    its message starts with, so this file need not import jax."""
     try:
         yield
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        if not first.startswith("RESOURCE_EXHAUSTED:"):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if not (isinstance(e, MemoryError) or first.startswith("RESOURCE_EXHAUSTED:")):
             raise
         raise UserError(f"out of memory ({first[:200]}); {fix}") from None
 

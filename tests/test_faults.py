@@ -526,20 +526,26 @@ def test_a_disk_with_no_room_at_all_is_named(job, world, tmp_path, tmpfs):
           f"no space left on the disk holding {mount / 'run' / '.lock'}", mid_run=True)
 
 
-# ---- out of memory: a real RESOURCE_EXHAUSTED from XLA, under an address-space cap ----
-@pytest.mark.parametrize("job", ["pretrain", "finetune"])
-def test_a_step_too_large_for_memory_is_one_line_and_keeps_the_run(job, world, tmp_path):
-    """A batch too large for the device's memory was XLA's RESOURCE_EXHAUSTED under a 30-line
-    traceback: now one line naming the keys that shrink the step, exit 2, and the run's
-    checkpoints as they were (pretraining resumes the world's run for a third step)."""
+# ---- out of memory: XLA's RESOURCE_EXHAUSTED or numpy's MemoryError, real, under a cap ----
+@pytest.mark.parametrize("job, batch, says", [
+    ("pretrain", HUGE_BATCH, "RESOURCE_EXHAUSTED: "),
+    ("finetune", HUGE_BATCH, "RESOURCE_EXHAUSTED: "),
+    # the batch's row numbers alone (int64) take 16 GiB on the host: numpy's MemoryError
+    ("finetune", 2**31 - 1, "Unable to allocate ")])
+def test_a_step_too_large_for_memory_is_one_line_and_keeps_the_run(job, batch, says, world,
+                                                                  tmp_path):
+    """A batch too large for the device's memory was XLA's RESOURCE_EXHAUSTED (or numpy's
+    MemoryError) under a 30-line traceback: now one line naming the keys that shrink the step,
+    exit 2, and the run's checkpoints as they were (pretraining resumes the world's run for a
+    third step)."""
     if job == "pretrain":
         run = copy(world.run, tmp_path / "run")
         args = ["-m", "bertjax.train", str(world.pretrain_yaml), f"train.run_dir={run}",
-                f"train.steps={TOTAL_STEPS + 1}", f"train.micro_batch={HUGE_BATCH}"]
+                f"train.steps={TOTAL_STEPS + 1}", f"train.micro_batch={batch}"]
         watched, key = run / "checkpoints", "train.micro_batch"
     else:
         watched = tmp_path / "glue_run"
-        args, key = glue_args(world, tmp_path, None, f"glue.batch_size={HUGE_BATCH}"), \
+        args, key = glue_args(world, tmp_path, None, f"glue.batch_size={batch}"), \
             "glue.batch_size"
     before = tree_hashes(watched) if watched.exists() else {}
     out = run_under_memory_cap(args, tmp_path)
@@ -547,5 +553,5 @@ def test_a_step_too_large_for_memory_is_one_line_and_keeps_the_run(job, world, t
     if job == "finetune":  # a new run: no file of a seed may be written (its folders are made)
         changed = [c for c in changed if "seed" in c[0] and c[1] != "dir"]
     check(f"{job}: a batch too large for memory", "out of memory", out.returncode, out.stderr,
-          [k for k, _ in changed], "out of memory (RESOURCE_EXHAUSTED: ", mid_run=True)
+          [k for k, _ in changed], f"out of memory ({says}", mid_run=True)
     assert key in out.stderr.strip().splitlines()[-1]
