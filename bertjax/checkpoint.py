@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import orbax.checkpoint as ocp
 
-from bertjax.errors import UserError
+from bertjax.errors import UserError, out_of_memory
 from bertjax.files import disk_full_error
 from bertjax.orbax_quiet import disk_full_is_user_error, quiet_orbax_leftovers
 
@@ -223,10 +223,10 @@ class Checkpoints:
         except UserError:
             raise
         except Exception as e:  # Orbax raises ValueError, OSError, JSONDecodeError, Exception
+            if out_of_memory(e):  # no damage, and "delete it" would lose an intact checkpoint:
+                raise  # said as out of memory (errors.out_of_memory_is_said)
             where = self.directory / str(step)
             first = (str(e).strip().splitlines() or [""])[0]
-            if first.startswith("RESOURCE_EXHAUSTED:"):  # out of memory: no damage, and "delete
-                raise  # it" would lose an intact checkpoint (errors.out_of_memory_is_said)
             if shapes := SHAPE_MISMATCH.search(first):
                 held, needed = self._named_mismatch(step, target) or (
                     f"an array of shape {shapes[2]}", shapes[1])

@@ -47,19 +47,24 @@ class RunDiverged(Exception):
     rates, say) catches it as it catches any other failure."""
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is XLA's RESOURCE_EXHAUSTED (a step, batch or model larger than the GPU's
+    memory, or on CPU the host's) or numpy's MemoryError (a batch's host arrays). XLA's is told
+    by the status its message starts with, so this file need not import jax."""
+    return isinstance(e, MemoryError) or str(e).lstrip().startswith("RESOURCE_EXHAUSTED:")
+
+
 @contextlib.contextmanager
 def out_of_memory_is_said(fix: str) -> Iterator[None]:
-    """Inside the block, XLA's RESOURCE_EXHAUSTED (a step, batch or model larger than the GPU's
-    memory, or on CPU the host's) and numpy's MemoryError (a batch's host arrays) become a
-    UserError: the first line of the error, then `fix`, the keys that shrink what the step holds.
-    It was a 30-line traceback, for the error a GPU user meets most. XLA's is told by the status
-    its message starts with, so this file need not import jax."""
+    """Inside the block, running out of memory (`out_of_memory`) becomes a UserError: the first
+    line of the error, then `fix`, the keys that shrink what the step holds. It was a 30-line
+    traceback, for the error a GPU user meets most."""
     try:
         yield
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if not (isinstance(e, MemoryError) or first.startswith("RESOURCE_EXHAUSTED:")):
+        if not out_of_memory(e):
             raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"out of memory ({first[:200]}); {fix}") from None
 
 
