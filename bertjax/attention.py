@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from bertjax.ops import dropout, einsum_f32
+from bertjax.precision import nvidia_compute_capability
 
 Heads = Float[Array, "batch seq heads head_dim"]
 ATTENTION = ("auto", "xla", "cudnn")  # model.attention
@@ -29,10 +30,10 @@ def cudnn_unsupported(dtype, head_dim: int, device=None) -> str | None:
     dtype and head size, or None when it can (jax's cuDNN path raises on these; head sizes up to
     256 work on Hopper, 128 everywhere from Ampere on, and BERT's is 64)."""
     device = jax.devices()[0] if device is None else device
-    if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
+    capability = nvidia_compute_capability(device)
+    if capability is None:
         return f"the device is {device.device_kind}, not an NVIDIA GPU"
-    capability = getattr(device, "compute_capability", None)
-    if capability is not None and float(capability) < 8.0:
+    if capability < 8.0:
         return f"compute capability {capability} < 8.0"
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"{jnp.dtype(dtype).name} compute (cuDNN flash attention takes bfloat16 or float16)"

@@ -38,6 +38,7 @@ from bertjax.files import check_dir_path, json_text, write_atomic
 from bertjax.glue_eval import best_model_dir, best_seed, summarize, write_submissions
 from bertjax.metrics import Monitor, wandb_session
 from bertjax.model import Bert
+from bertjax.precision import warn_if_slow_compute_dtype
 from bertjax.processes import (
     StopSignal,
     barrier,
@@ -172,6 +173,7 @@ def resolve(cfg: Config) -> tuple[Config, Bert | None, Tokenizer]:
     model, model_cfg, tok = load_start(cfg)
     model_cfg = dataclasses.replace(model_cfg, **{k: getattr(cfg.model, k) for k in RUN_KEYS})
     cfg = with_glue_schedule(dataclasses.replace(cfg, model=model_cfg))
+    warn_if_slow_compute_dtype(cfg.precision.compute)
     if cfg.glue.batch_size % jax.device_count():
         raise UserError(f"glue.batch_size={cfg.glue.batch_size} must be a multiple of the "
                         f"{jax.device_count()} devices")

@@ -6,6 +6,7 @@ the loss are computed in f32 regardless, and every head returns f32 logits (see 
 attention.py, model.py and loss.py).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -24,6 +25,42 @@ class Precision:
     def cast_to_compute(self, tree):
         """Floating arrays of `tree` (e.g. the model) in compute dtype; integers untouched."""
         return cast_floating(tree, self.compute)
+
+
+def nvidia_compute_capability(device) -> float | None:
+    """An NVIDIA GPU's compute capability (7.5 for a T4, 9.0 for an H100), None for any other
+    device. NVIDIA's are told apart as jax's cuDNN code does, by a CUDA platform version: the
+    device kind alone would not do (V100s and T4s are "Tesla ...")."""
+    version = getattr(getattr(device, "client", None), "platform_version", "")
+    if device.platform != "gpu" or "cuda" not in version.lower():
+        return None
+    try:
+        return float(device.compute_capability)  # "9.0"
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def slow_compute_dtype(compute: str, device=None) -> str | None:
+    """Why `compute` (precision.compute) wastes `device` (default: the first), or None.
+
+    Tensor cores take bfloat16 from Ampere (compute capability 8.0) on; before it (V100, T4,
+    RTX 20xx: the GPUs a budget most often buys) they take float16 only, so bfloat16 matmuls
+    run without them, several times slower than float16's.
+    """
+    device = jax.devices()[0] if device is None else device
+    capability = nvidia_compute_capability(device)
+    if jnp.dtype(compute) != jnp.bfloat16 or capability is None or capability >= 8.0:
+        return None
+    return (f"precision.compute=bfloat16 on {device.device_kind} (compute capability "
+            f"{capability}): its tensor cores take float16, not bfloat16, which runs without them; "
+            "precision.compute=float16 uses them (with dynamic loss scaling)")
+
+
+def warn_if_slow_compute_dtype(compute: str) -> None:
+    """Say `slow_compute_dtype`'s reason as a warning (a run still starts: it is only slower)."""
+    reason = slow_compute_dtype(compute)
+    if reason:
+        warnings.warn(reason, stacklevel=2)
 
 
 def cast_floating(tree, dtype):

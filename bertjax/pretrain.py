@@ -32,6 +32,7 @@ from bertjax.files import check_dir_path, write_atomic
 from bertjax.metrics import Monitor, drop_rows_after, wandb_session
 from bertjax.model import Bert, attention_summary, flops_per_token, new_bert, param_count
 from bertjax.optim import BatchRamp, make_optimizer, steps_for_tokens
+from bertjax.precision import warn_if_slow_compute_dtype
 from bertjax.predict import fill_mask
 from bertjax.pretrain_loop import Loop
 from bertjax.pretrain_run import (
@@ -123,6 +124,7 @@ def resolve(cfg: Config) -> Run:
     if cfg.train.micro_batch % jax.device_count():  # each device takes an equal share of rows
         raise UserError(f"train.micro_batch={cfg.train.micro_batch} must be a multiple of the "
                         f"{jax.device_count()} devices")
+    warn_if_slow_compute_dtype(cfg.precision.compute)
     steps, ramp = size_run(cfg)
     data_dir = prepare.ensure_prepared(cfg)
     data_meta = prepared.read_meta(data_dir)

@@ -49,6 +49,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 from typing import NamedTuple  # noqa: E402
 
 import compile_memo  # noqa: E402
@@ -223,6 +224,13 @@ def bert_style_tokenizer(path, extra_words: int = 0) -> Tokenizer:
         tok.add_special_tokens([name])
     tok.save(str(path))
     return tok
+
+
+def fake_gpu(kind: str, capability: str | None, platform: str = "cuda 12080") -> SimpleNamespace:
+    """A GPU as jax describes one: NVIDIA's have a CUDA platform version and a compute
+    capability; their kind may not say NVIDIA ("Tesla T4")."""
+    return SimpleNamespace(platform="gpu", device_kind=kind, compute_capability=capability,
+                           client=SimpleNamespace(platform_version=platform))
 
 
 MEMORY_CAP = 16 << 30  # bytes; a tiny run's CLI peaks at ~2.2 GB of address space

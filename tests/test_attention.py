@@ -3,19 +3,19 @@
 CPU), and the right-padded, never-empty masks that key lengths need from every batch builder."""
 
 import warnings
-from types import SimpleNamespace
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rte_pairs
+from conftest import fake_gpu, rte_pairs
 
 from bertjax import config, glue_batches
 from bertjax.attention import (
     attention,
     attention_path,
+    cudnn_unsupported,
     describe_attention,
     key_lengths,
     length_attention,
@@ -25,7 +25,7 @@ from bertjax.data import PretrainData
 from bertjax.errors import UserError
 from bertjax.model import Bert, attention_summary
 
-H200 = SimpleNamespace(platform="gpu", device_kind="NVIDIA H200", compute_capability="9.0")
+H200 = fake_gpu("NVIDIA H200", "9.0")
 
 
 @pytest.fixture
@@ -94,10 +94,15 @@ def test_on_an_nvidia_gpu_auto_takes_cudnn_where_it_can_run(on_gpu):
         "cuDNN flash attention (per-row key lengths)")
 
 
-def test_an_old_gpu_gets_xla(monkeypatch, fresh_warnings):
-    monkeypatch.setattr(jax, "devices", lambda *a: [SimpleNamespace(
-        platform="gpu", device_kind="Tesla V100-SXM2-16GB", compute_capability="7.0")])
+def test_an_old_gpu_gets_xla_for_its_age(monkeypatch, fresh_warnings):
+    """A V100's kind does not say NVIDIA ("Tesla ..."): it was called "not an NVIDIA GPU"."""
+    monkeypatch.setattr(jax, "devices", lambda *a: [fake_gpu("Tesla V100-SXM2-16GB", "7.0")])
     assert attention_path("auto", jnp.bfloat16, 64, False) == "xla"
+    with pytest.warns(UserWarning, match=r"cannot run here \(compute capability 7.0 < 8.0\)"):
+        assert attention_path("cudnn", jnp.bfloat16, 64, False) == "xla"
+    rocm = fake_gpu("AMD Instinct MI250X", "gfx90a", platform="rocm 60300")
+    assert cudnn_unsupported(jnp.bfloat16, 64, rocm) == (
+        "the device is AMD Instinct MI250X, not an NVIDIA GPU")
 
 
 def test_attention_dropout_takes_the_explicit_path_and_says_so_once(on_gpu):

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from conftest import communicate_all, count_calls, free_port
+from conftest import communicate_all, count_calls, fake_gpu, free_port
 
 from bertjax import (
     config,
@@ -962,6 +962,17 @@ def test_a_fine_tune_runs_the_encoder_as_its_config_says(tmp_path, tokenizer_pat
         with pytest.warns(UserWarning, match=rf"^{key} applies to pretraining only and is "
                                              "ignored by GLUE fine-tuning; it reads nothing: "):
             train_lib.warn_pretraining_overrides([f"{key}=1"])
+
+
+def test_bfloat16_fine_tuning_on_a_gpu_without_bfloat16_tensor_cores_is_said(
+        tmp_path, tokenizer_path, monkeypatch):
+    cfg = sst2_cfg(tmp_path, tokenizer_path, "precision.compute=bfloat16")
+    monkeypatch.setattr(finetune_lib, "load_start", lambda c: (
+        None, cfg.model, tokenizer_lib.load(tokenizer_path)))
+    monkeypatch.setattr(jax, "devices", lambda *a: [fake_gpu("Tesla V100-SXM2-16GB", "7.0")])
+    with pytest.warns(UserWarning, match=r"^precision.compute=bfloat16 on Tesla V100-SXM2-16GB "
+                                         r"\(compute capability 7.0\)"):
+        finetune_lib.resolve(cfg)
 
 
 def test_a_constant_schedule_asked_of_fine_tuning_is_said_to_be_replaced():

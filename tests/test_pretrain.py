@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import yaml
-from conftest import communicate_all, free_port, tiny_run_config, write_corpus
+from conftest import communicate_all, fake_gpu, free_port, tiny_run_config, write_corpus
 
 from bertjax import config as config_lib
 from bertjax import metrics, pretrain_loop, starting_points
@@ -378,6 +378,14 @@ def test_an_empty_validation_split_is_said(config_file, tmp_path):
     with pytest.warns(UserWarning, match=r"validation split of .* is empty \(data.validation_"
                                          r"fraction=0.005 of 120 documents picks none\)"):
         assert resolve(cfg).validation is None
+
+
+def test_bfloat16_on_a_gpu_without_bfloat16_tensor_cores_is_said(config_file, monkeypatch):
+    cfg = config_lib.load([config_file], ["precision.compute=bfloat16"])
+    monkeypatch.setattr(jax, "devices", lambda *a: [fake_gpu("Tesla T4", "7.5")])
+    with pytest.warns(UserWarning, match=r"^precision.compute=bfloat16 on Tesla T4 .*"
+                                         r"precision.compute=float16 uses them"):
+        resolve(cfg)
 
 
 def test_validation_is_one_sample_of_the_whole_split_masked_alike_for_every_seed(config_file):

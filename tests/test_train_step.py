@@ -12,7 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import PREDS, SCHEDULE, VOCAB, assert_trees_close, key_mask, setup, step_inputs
+from conftest import (
+    PREDS,
+    SCHEDULE,
+    VOCAB,
+    assert_trees_close,
+    fake_gpu,
+    key_mask,
+    setup,
+    step_inputs,
+)
 
 from bertjax import config, tokenizer
 from bertjax.data import PretrainData
@@ -20,7 +29,7 @@ from bertjax.errors import UserError
 from bertjax.masking import tokenizer_masker
 from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule_args
-from bertjax.precision import LossScale, Precision
+from bertjax.precision import LossScale, Precision, slow_compute_dtype
 from bertjax.pretrain_loop import validation_sums
 from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
 from bertjax.step import (
@@ -228,6 +237,27 @@ def test_a_bf16_step_is_the_f32_step_to_bf16_precision_and_keeps_f32_weights(bui
         np.testing.assert_allclose(float(m16[name]), float(m32[name]), rtol=rtol, err_msg=name)
     cosine = update16 @ update32 / np.linalg.norm(update16) / np.linalg.norm(update32)
     assert cosine > 0.99, cosine
+
+
+T4 = fake_gpu("Tesla T4", "7.5")
+
+
+def test_bfloat16_is_said_to_be_slow_where_tensor_cores_take_only_float16():
+    """V100 and T4 tensor cores take float16 only (bfloat16 from Ampere, compute capability 8.0),
+    so bfloat16 there is slow, and precision.compute=float16 is the fix; elsewhere, nothing."""
+    assert slow_compute_dtype("bfloat16", T4) == (
+        "precision.compute=bfloat16 on Tesla T4 (compute capability 7.5): its tensor cores take "
+        "float16, not bfloat16, which runs without them; precision.compute=float16 uses them "
+        "(with dynamic loss scaling)")
+    assert "Tesla V100-SXM2-16GB (compute capability 7.0)" in slow_compute_dtype(
+        "bfloat16", fake_gpu("Tesla V100-SXM2-16GB", "7.0"))
+    for compute, device in [("float16", T4), ("float32", T4),
+                            ("bfloat16", fake_gpu("NVIDIA A100-SXM4-40GB", "8.0")),
+                            ("bfloat16", fake_gpu("NVIDIA H100 80GB HBM3", "9.0")),
+                            ("bfloat16", fake_gpu("Tesla T4", None)),  # jax does not say
+                            ("bfloat16", fake_gpu("AMD Instinct MI250X", "gfx90a", "rocm 60300")),
+                            ("bfloat16", jax.devices("cpu")[0])]:
+        assert slow_compute_dtype(compute, device) is None, (compute, device)
 
 
 @pytest.mark.slow  # fp16 on CPU: slow to compile and run; not a reference check
