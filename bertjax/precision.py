@@ -29,10 +29,12 @@ class Precision:
 
 def nvidia_compute_capability(device) -> float | None:
     """An NVIDIA GPU's compute capability (7.5 for a T4, 9.0 for an H100), None for any other
-    device. NVIDIA's are told apart as jax's cuDNN code does, by a CUDA platform version: the
-    device kind alone would not do (V100s and T4s are "Tesla ...")."""
-    version = getattr(getattr(device, "client", None), "platform_version", "")
-    if device.platform != "gpu" or "cuda" not in version.lower():
+    device. Neither the kind nor the platform version names NVIDIA every time (a V100 is "Tesla
+    V100-SXM2-16GB"; an H100 compiled for without one, bench/gpu_aot.py, has no "cuda" in its
+    version), so a GPU is NVIDIA's unless it is ROCm's, and then has a "major.minor" capability.
+    """
+    version = getattr(getattr(device, "client", None), "platform_version", "").lower()
+    if device.platform != "gpu" or "rocm" in version or device.device_kind.startswith("AMD"):
         return None
     try:
         return float(device.compute_capability)  # "9.0"

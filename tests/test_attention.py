@@ -103,6 +103,9 @@ def test_an_old_gpu_gets_xla_for_its_age(monkeypatch, fresh_warnings):
     rocm = fake_gpu("AMD Instinct MI250X", "gfx90a", platform="rocm 60300")
     assert cudnn_unsupported(jnp.bfloat16, 64, rocm) == (
         "the device is AMD Instinct MI250X, not an NVIDIA GPU")
+    # bench/gpu_aot.py's H100, compiled for without one: its version does not say CUDA
+    assert cudnn_unsupported(jnp.bfloat16, 64, fake_gpu(
+        "NVIDIA H100 80GB HBM3", "9.0", platform="PJRT C API\nNVIDIA H100 80GB HBM3")) is None
 
 
 def test_attention_dropout_takes_the_explicit_path_and_says_so_once(on_gpu):

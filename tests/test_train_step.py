@@ -254,6 +254,8 @@ def test_bfloat16_is_said_to_be_slow_where_tensor_cores_take_only_float16():
     for compute, device in [("float16", T4), ("float32", T4),
                             ("bfloat16", fake_gpu("NVIDIA A100-SXM4-40GB", "8.0")),
                             ("bfloat16", fake_gpu("NVIDIA H100 80GB HBM3", "9.0")),
+                            ("bfloat16", fake_gpu("NVIDIA H100 80GB HBM3", "9.0",  # deviceless
+                                                  "PJRT C API\nNVIDIA H100 80GB HBM3")),
                             ("bfloat16", fake_gpu("Tesla T4", None)),  # jax does not say
                             ("bfloat16", fake_gpu("AMD Instinct MI250X", "gfx90a", "rocm 60300")),
                             ("bfloat16", jax.devices("cpu")[0])]:
