@@ -218,7 +218,8 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
         stop = StopSignal(mesh)
         try:  # from here: a failure in-process (a notebook) leaves no file open, no handler
             monitor.write(f"bertjax: {param_count(state.model):,} parameters, "
-                          f"{jax.device_count()} device(s), {run.total_steps} steps, "
+                          f"{jax.device_count()} device(s) ({jax.devices()[0].device_kind}), "
+                          f"{run.total_steps} steps, "
                           f"{run.data.num_sequences:,} train sequences/epoch, attention: "
                           f"{attention_summary(cfg.model, cfg.precision.compute)}")
             if start:  # as a GLUE seed says it; before, only a changed config's warning did

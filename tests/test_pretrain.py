@@ -1023,6 +1023,8 @@ def test_the_new_pass_is_said_at_the_step_that_made_it_not_at_its_row(config_fil
                                           "train.checkpoint_every=0", "train.fill_mask=[]"])
     pretrain(cfg)
     out = capsys.readouterr().out
+    assert re.search(r"^bertjax: [\d,]+ parameters, \d+ device\(s\) \(cpu\), 12 steps, ", out,
+                     re.M), out  # the device's kind: which GPU a log came from
     size = int(re.search(r"([\d,]+) train sequences/epoch", out).group(1).replace(",", ""))
     ramp = BatchRamp.from_config(cfg.train, 12)
     passed = next(step for step in range(1, 13) if ramp.sequences_before(step) > size)
