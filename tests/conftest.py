@@ -227,8 +227,9 @@ def bert_style_tokenizer(path, extra_words: int = 0) -> Tokenizer:
 
 
 def fake_gpu(kind: str, capability: str | None, platform: str = "cuda 12080") -> SimpleNamespace:
-    """A GPU as jax describes one: NVIDIA's have a CUDA platform version and a compute
-    capability; their kind may not say NVIDIA ("Tesla T4")."""
+    """A GPU as jax describes one: a kind (NVIDIA's may not say NVIDIA: "Tesla T4"), a compute
+    capability ("7.5"; ROCm's "gfx90a") and its client's platform version ("rocm ..." on AMD's;
+    the CUDA plugin's says cuda, a deviceless H100's does not)."""
     return SimpleNamespace(platform="gpu", device_kind=kind, compute_capability=capability,
                            client=SimpleNamespace(platform_version=platform))
 
