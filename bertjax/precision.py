@@ -1,4 +1,5 @@
-"""Mixed precision as a value: the compute dtype, casts, fp16 dynamic loss scaling.
+"""Mixed precision as a value: the compute dtype, casts, fp16 dynamic loss scaling; the
+compute dtype a GPU would run without its tensor cores (bfloat16 before Ampere).
 
 Parameters and optimizer state are always f32; the loss function casts the model to the
 `compute` dtype, so gradients come back in f32. LayerNorm statistics, softmax and
@@ -47,7 +48,7 @@ def slow_compute_dtype(compute: str, device=None) -> str | None:
 
     Tensor cores take bfloat16 from Ampere (compute capability 8.0) on; before it (V100, T4,
     RTX 20xx: the GPUs a budget most often buys) they take float16 only, so bfloat16 matmuls
-    run without them, several times slower than float16's.
+    run without them (not measured here: no such GPU).
     """
     device = jax.devices()[0] if device is None else device
     capability = nvidia_compute_capability(device)
