@@ -19,9 +19,9 @@ imports only from lower layers, and never in a circle inside its own.
                                                    host-side: text -> tokens -> batches (hub
                                                    model ids: downloaded)
         sharding processes checkpoint orbax_quiet  mesh; joining, agreeing, stopping together;
-        metrics weights bundle                     Orbax (and its noise after a failure),
-                                                   monitoring, safetensors, release bundles
-                                                   read and verified
+        metrics step_trace weights bundle          Orbax (and its noise after a failure),
+                                                   monitoring, profiler traces, safetensors,
+                                                   release bundles read and verified
         runlock sweep_state divergence             the run directory's lock; what a sweep's
                                                    folder holds; rollbacks
     L3  hf_config hf_tokenizer hf_checks hf        HF config.json, tokenizer files, checks and

@@ -109,6 +109,10 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
                           f"{cfg.train.tokens:,} sets the run's length ({steps:,} steps); set "
                           "train.tokens=null to train for train.steps, or train.steps=null to "
                           "silence this", stacklevel=2)
+    if cfg.train.profile and cfg.train.profile[0] > steps:
+        warnings.warn(f"train.profile={cfg.train.profile} starts after the run's last step "
+                      f"({steps:,}): nothing will be traced; give steps within the run",
+                      stacklevel=2)
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
     check_row_numbers(steps, ramp.sequences_before(steps))

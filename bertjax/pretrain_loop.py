@@ -41,6 +41,7 @@ from bertjax.pretrain_run import (
 from bertjax.processes import StopSignal
 from bertjax.sharding import global_batch, process_slice, with_mesh
 from bertjax.step import StepSpec, TrainState, make_eval_step, make_train_step
+from bertjax.step_trace import StepTrace
 from bertjax.xla_options import compiler_options
 
 
@@ -97,6 +98,7 @@ class Loop:
         self.warned_epoch = self.position(start) > run.data.num_sequences
         self.last_validation: dict | None = None
         self.target = None  # what a rollback restores into
+        self.trace = StepTrace(cfg.train.profile, run.run_dir, monitor.write)
 
     def batches(self, start: int):
         """(step, first global row, this process's rows), read ahead on a thread."""
@@ -126,8 +128,9 @@ class Loop:
     def steps(self, state: TrainState, start: int, stop: StopSignal) -> TrainState:
         train = self.cfg.train
         rates = schedule_args(self.cfg.optim, self.run.total_steps, self.watch.lr_factor)
-        with self.batches(start) as batches:
+        with self.batches(start) as batches, self.trace:
             for step, first, local in batches:
+                self.trace.before(step + 1)
                 batch = global_batch(local, self.mesh)
                 state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],
                                                  jax.random.fold_in(self.keys[DROPOUT], step),
@@ -150,6 +153,10 @@ class Loop:
                 if (train.checkpoint_every and done % train.checkpoint_every == 0) or stopping:
                     self.save(state, done)
                 self.monitor.advance()
+                if self.trace.done(done, state):
+                    self.log()  # the traced steps' row, timed before the trace is written
+                    self.trace.stop()
+                    self.monitor.restart_throughput(self.stream_tokens(done))
                 if stopping:
                     self.monitor.write(f"{stop.name}: saved a checkpoint at step {done}; run the "
                                        "same command again to resume")

@@ -4,6 +4,7 @@ steps, and the same on two jax.distributed processes: continued pretraining, res
 signal to one process, and processes whose prepared data differ."""
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import math
@@ -386,6 +387,58 @@ def test_bfloat16_on_a_gpu_without_bfloat16_tensor_cores_is_said(config_file, mo
     with pytest.warns(UserWarning, match=r"^precision.compute=bfloat16 on Tesla T4 .*"
                                          r"precision.compute=float16 uses them"):
         resolve(cfg)
+
+
+def trace_events(run_dir: Path) -> list[dict]:
+    """The XLA ops of the one trace a run wrote (its Perfetto file)."""
+    traces = sorted((run_dir / "profile" / "plugins" / "profile").glob("*/perfetto_trace.json.gz"))
+    assert len(traces) == 1, traces
+    with gzip.open(traces[0], "rt") as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    return [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+
+
+def test_train_profile_traces_its_steps_into_the_run_directory(config_file, tmp_path, capsys):
+    cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path}", "train.profile=[2,3]",
+                                          "train.fill_mask=[]"])
+    pretrain(cfg)
+    out = capsys.readouterr().out
+    assert re.search(rf"^profile: steps 2-3 traced to {tmp_path}/profile/plugins/profile/\S+; ",
+                     out, re.M), out
+    # the train step's kernels ran in it (a trace of the host alone would not do)
+    modules = {e["args"].get("hlo_module") for e in trace_events(tmp_path)}
+    assert "jit_donating_step" in modules, modules
+
+
+def test_a_profile_window_past_the_run_is_said_and_cut_at_its_end(config_file, tmp_path, capsys):
+    overrides = [f"train.run_dir={tmp_path}", "train.fill_mask=[]"]
+    with pytest.warns(UserWarning, match=rf"train.profile=\[{STEPS + 1}, 99\] starts after the "
+                                         rf"run's last step \({STEPS}\): nothing will be traced"):
+        resolve(config_lib.load([config_file], [*overrides, f"train.profile=[{STEPS + 1},99]"]))
+    pretrain(config_lib.load([config_file], [*overrides, f"train.profile=[{STEPS},99]"]))
+    out = capsys.readouterr().out
+    assert re.search(rf"^profile: steps {STEPS}-{STEPS} traced to {tmp_path}/profile/plugins/"
+                     r"profile/\S+ \(the loop stopped before train.profile's last step\); ",
+                     out, re.M), out
+    assert trace_events(tmp_path)
+
+
+def test_a_loop_that_fails_in_its_profile_window_stops_the_trace(config_file, tmp_path,
+                                                                 monkeypatch):
+    """jax.profiler allows one trace per process: one left running would refuse the next run's
+    (a notebook's) and never be written."""
+    def failing_save(self, state, done):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(pretrain_loop.Loop, "save", failing_save)
+    cfg = config_lib.load([config_file], [f"train.run_dir={tmp_path}", "train.profile=[1,3]",
+                                          "train.checkpoint_every=2"])
+    with pytest.raises(RuntimeError, match="disk gone"):
+        pretrain(cfg)
+    assert trace_events(tmp_path)  # written, and the profiler free again:
+    jax.profiler.start_trace(str(tmp_path / "again"))
+    jax.profiler.stop_trace()
 
 
 def test_validation_is_one_sample_of_the_whole_split_masked_alike_for_every_seed(config_file):

@@ -1,0 +1,74 @@
+"""`train.profile: [FIRST, LAST]`: a jax.profiler trace of those pretraining steps (as the log
+counts them, from 1), written to RUN/profile/: TensorBoard's profile plugin or xprof read the
+folder, ui.perfetto.dev its `perfetto_trace.json.gz`. The trace holds what the loop does in the
+window (data reads, dispatch, metric read-backs, a checkpoint or validation falling in it), so
+beside the device's kernels it shows where the device waits for the host.
+
+One trace per invocation: a rollback or a resume back into the window does not trace it again
+in the same process. Several processes trace each to RUN/profile/processN/ (the file names would
+collide on a host running two).
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+
+def trace_directory(run_dir: Path) -> Path:
+    """Where this process's traces go."""
+    profile = run_dir / "profile"
+    return profile / f"process{jax.process_index()}" if jax.process_count() > 1 else profile
+
+
+class StepTrace:
+    """Around the step loop (`with trace:`): `before` each step starts jax.profiler at the
+    window's first step this process runs; `done` says when the window is complete, and the loop
+    then calls `stop` (which waits for the device's work). Where the loop ends first (the run's
+    end, a stop signal) the trace stops there; on an error, without waiting for the device."""
+
+    def __init__(self, window: list[int], run_dir: Path, say: Callable[[str], None]):
+        self.first, self.last = window if window else (0, -1)
+        self.directory, self.say = trace_directory(run_dir), say
+        self.started: int | None = None  # the first traced step, while tracing
+        self.step, self.state = 0, None  # the last traced step done, and the state after it
+        self.traced = False
+
+    def before(self, step: int) -> None:
+        """Called before step `step` (1-based) is dispatched."""
+        if not self.traced and self.started is None and self.first <= step <= self.last:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            self.started = step
+
+    def done(self, step: int, state) -> bool:
+        """Called once step `step` and its periodic work (log, validation, save) are done: True
+        when that completes the window (then `stop`)."""
+        if self.started is None:
+            return False
+        self.step, self.state = step, state
+        return step >= self.last
+
+    def stop(self) -> None:
+        """Wait for the traced steps' kernels (not only their dispatch), stop, say where."""
+        try:
+            jax.block_until_ready(self.state)
+        finally:
+            jax.profiler.stop_trace()
+            first, self.started, self.state, self.traced = self.started, None, None, True
+        runs = sorted((self.directory / "plugins" / "profile").glob("*"))
+        where = runs[-1] if runs else self.directory
+        early = " (the loop stopped before train.profile's last step)" \
+            if self.step < self.last else ""
+        self.say(f"profile: steps {first}-{self.step} traced to {where}{early}; open it with "
+                 "TensorBoard's profile plugin or xprof, or perfetto_trace.json.gz at "
+                 "ui.perfetto.dev")
+
+    def __enter__(self) -> "StepTrace":
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        if self.started is not None:
+            if error_type is not None:
+                self.state = None  # the device may be what failed: not waited on
+            self.stop()
