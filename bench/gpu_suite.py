@@ -285,6 +285,12 @@ def report_text(report: dict) -> str:
     if prof and prof["status"] == "ok" and "profile" in prof["result"]:
         lines += ["", prof["note"], format_summary(prof["result"]["profile"],
                                                    prof["result"]["step_s"] * 1e3)]
+    loop = next((d for d in report["items"] if d["kind"] == "loop" and d["status"] == "ok"), None)
+    if loop and "profile" in loop["result"]:  # kernels below the step time: the device waited
+        lines += ["", f"profile of the loop's last window (train.profile; its kernels against "
+                      f"its own step time, {loop['result']['traced_step_s'] * 1e3:.2f} ms "
+                      "under the trace):",
+                  format_summary(loop["result"]["profile"], loop["result"]["traced_step_s"] * 1e3)]
     skipped = [d["id"] for d in report["items"] if d["status"] != "ok"]
     lines += ["", *peer_lines(report),
               f"elapsed {report['elapsed_s']:.0f} s of a {report['meta']['budget']:.0f} s "

@@ -1,7 +1,8 @@
 """Time by kernel family from a `jax.profiler` trace, as text: no TensorBoard needed.
 
 `trace_steps(fn, steps, compiled_text)` runs `fn` under `jax.profiler.trace(...,
-create_perfetto_trace=True)`, reads the Chrome-format JSON that trace writes, and sums the
+create_perfetto_trace=True)`, reads the Chrome-format JSON that trace writes (`summarize_trace`
+reads one written before, e.g. by a run's train.profile), and sums the
 device time of every XLA op by family (matmul, attention, fusions/elementwise, copies,
 scatter/gather, collectives), naming each op from the compiled HLO text (`compiled.as_text()`)
 and the "attention" named scope of bertjax.attention.attention.
@@ -108,12 +109,19 @@ def trace_steps(fn, steps: int, compiled_text: str) -> dict:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for i in range(steps):
                 fn(i)
-        files = sorted(Path(tmp).rglob("perfetto_trace.json.gz"))
-        if not files:
-            return {"error": f"no perfetto_trace.json.gz under the trace directory "
-                             f"({sorted(p.name for p in Path(tmp).rglob('*'))[:8]})"}
-        with gzip.open(files[-1], "rt") as f:
-            trace = json.load(f)
+        return summarize_trace(Path(tmp), steps, compiled_text)
+
+
+def summarize_trace(directory: Path, steps: int, compiled_text: str = "") -> dict:
+    """The summary of the newest Perfetto trace under `directory` (a jax.profiler log folder,
+    e.g. a run's RUN/profile from train.profile), over `steps` steps; without the compiled HLO
+    text, ops are told apart by their names and kernels' names only."""
+    files = sorted(directory.rglob("perfetto_trace.json.gz"))
+    if not files:
+        return {"error": f"no perfetto_trace.json.gz under the trace directory "
+                         f"({sorted(p.name for p in directory.rglob('*'))[:8]})"}
+    with gzip.open(files[-1], "rt") as f:
+        trace = json.load(f)
     events = device_events(trace)
     if not events:
         return {"error": "the trace holds no XLA op event (none names an hlo_op, no Stream "

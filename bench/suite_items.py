@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import hlo_summary  # bench/: the script's own folder
+from profile_summary import summarize_trace
 
 SPECIAL_IDS = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
 
@@ -156,11 +157,13 @@ def run_ours(item: dict) -> dict:
 
 def run_loop(item: dict) -> dict:
     """`python -m bertjax.train configs/demo.yaml` at the item's shape, its corpus prepared in a
-    temporary folder: 4 log windows of item["steps"] steps each, no validation split (its
-    compilation would only cost budget; the final checkpoint cannot be turned off). The windows
-    after the first (which holds the compilation) give the loop's step time; beside the bare
-    step's (item "ours", same shape, fixed batch on the device) it is what the host adds: reading
-    and copying batches, dispatch, the metrics read-back at each log line."""
+    temporary folder: 5 log windows of item["steps"] steps each, no validation split (its
+    compilation would only cost budget; the final checkpoint cannot be turned off). Windows 2-4
+    (the first holds the compilation) give the loop's step time; beside the bare step's (item
+    "ours", same shape, fixed batch on the device) it is what the host adds: reading and copying
+    batches, dispatch, the metrics read-back at each log line. The fifth is traced
+    (train.profile): the device's kernel time per step against that window's step time says how
+    long the device waits for the host."""
     import jax
 
     from bertjax import config
@@ -175,7 +178,8 @@ def run_loop(item: dict) -> dict:
                      f"model.vocab_size={vocab}", f"tokenizer.vocab_size={min(vocab, 8192)}",
                      "model.dropout=0.1", "model.attention_dropout=0.0",
                      f"precision.compute={item['precision']}", f"data.seq_len={seq}",
-                     f"train.micro_batch={batch}", f"train.steps={4 * every}",
+                     f"train.micro_batch={batch}", f"train.steps={5 * every}",
+                     f"train.profile=[{4 * every + 1},{5 * every}]",
                      f"train.log_every={every}", "data.validation_fraction=0.0",
                      "train.checkpoint_every=0", "train.fill_mask=[]", *item["set"]]
         t0 = time.time()
@@ -189,11 +193,13 @@ def run_loop(item: dict) -> dict:
             raise RuntimeError(f"the run wrote no metrics; it ended: {ended}")
         rows = [r for r in read_metrics(run) if "loss" in r]  # not a validation row
         cfg = config.load([str(run / "config.yaml")], [])
+        profile = summarize_trace(run / "profile", every)
     # The first row's window holds the compilation and has no rate (bertjax.metrics.Monitor).
     later = [r["tokens_per_s"] for r in rows[1:]]
-    if len(later) != 3:
-        raise RuntimeError(f"expected 4 training rows in metrics.jsonl, found {len(rows)}; the "
+    if len(later) != 4:
+        raise RuntimeError(f"expected 5 training rows in metrics.jsonl, found {len(rows)}; the "
                            f"run ended: {ended}")
+    later, traced = later[:3], later[3]
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     step_s = sum(batch * seq / rate for rate in later) / len(later)
@@ -203,7 +209,7 @@ def run_loop(item: dict) -> dict:
             "peak_bytes": stats["peak_bytes_in_use"] if stats else None,
             "attention": attention_summary(cfg.model, item["precision"]), "run_end": ended,
             "window_tok_s": later, "device": device.device_kind,
-            "jax": jax.__version__}
+            "jax": jax.__version__, "profile": profile, "traced_step_s": batch * seq / traced}
 
 
 def peer_args(item: dict) -> argparse.Namespace:

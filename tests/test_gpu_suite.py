@@ -246,11 +246,14 @@ def test_smoke_run_end_to_end(tmp_path):
     loop = by_id["loop"]["result"]  # 3 timed log windows of the real pretraining loop
     assert len(loop["window_tok_s"]) == 3 and min(loop["window_tok_s"]) > 0
     assert loop["step_s"] > 0 and loop["flops_per_token"] == ours["flops_per_token"]
+    # and a fourth, traced by the run's own train.profile: the loop's kernels per step
+    assert loop["traced_step_s"] > 0 and loop["profile"]["families_ms"]["matmul"] > 0
     profile = by_id["profile"]["result"]["profile"]
     assert profile["kernel_ms_per_step"] > 0 and profile["families_ms"]["matmul"] > 0
     assert profile["families_ms"]["attention"] > 0  # the named scope reaches the profile
     text = (tmp_path / "gpu_suite.txt").read_text()
     assert "profile (2 steps)" in text and "MFU" in text
+    assert "profile of the loop's last window (train.profile;" in text
 
 
 @pytest.mark.slow
@@ -267,6 +270,7 @@ def test_the_loop_item_keeps_its_windows_when_the_run_fails_at_its_end(monkeypat
     result = suite_items.run_loop(item)
     assert result["run_end"] == "OSError: [Errno 28] No space left on device"
     assert len(result["window_tok_s"]) == 3 and result["step_s"] > 0
+    assert result["profile"]["kernel_ms_per_step"] > 0
 
 
 @pytest.mark.slow
