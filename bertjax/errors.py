@@ -54,6 +54,11 @@ def out_of_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or str(e).lstrip().startswith("RESOURCE_EXHAUSTED:")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message's first line (its type's name when it has none)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 @contextlib.contextmanager
 def out_of_memory_is_said(fix: str) -> Iterator[None]:
     """Inside the block, running out of memory (`out_of_memory`) becomes a UserError: the first
@@ -64,8 +69,7 @@ def out_of_memory_is_said(fix: str) -> Iterator[None]:
     except Exception as e:
         if not out_of_memory(e):
             raise
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"out of memory ({first[:200]}); {fix}") from None
+        raise UserError(f"out of memory ({first_line(e)[:200]}); {fix}") from None
 
 
 def exit_now(message: str, code: int) -> NoReturn:

@@ -9,10 +9,13 @@ in the same process. Several processes trace each to RUN/profile/processN/ (the 
 collide on a host running two).
 """
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
+
+from bertjax.errors import first_line
 
 
 def trace_directory(run_dir: Path) -> Path:
@@ -32,13 +35,19 @@ class StepTrace:
         self.directory, self.say = trace_directory(run_dir), say
         self.started: int | None = None  # the first traced step, while tracing
         self.step, self.state = 0, None  # the last traced step done, and the state after it
-        self.traced = False
+        self.traced = False  # tracing was started (or tried) once: never again
 
     def before(self, step: int) -> None:
         """Called before step `step` (1-based) is dispatched."""
         if not self.traced and self.started is None and self.first <= step <= self.last:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            self.traced = True  # one try: a profiler that will not start stays off
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            except Exception as e:  # no CUPTI on this GPU, a trace of the caller's running, ...
+                warnings.warn(f"train.profile: the profiler did not start ({first_line(e)}); the "
+                              "run goes on without a trace", stacklevel=2)
+                return
             self.started = step
 
     def done(self, step: int, state) -> bool:
@@ -51,18 +60,29 @@ class StepTrace:
 
     def stop(self) -> None:
         """Wait for the traced steps' kernels (not only their dispatch), stop, say where."""
+        first, state, self.started, self.state = self.started, self.state, None, None
         try:
-            jax.block_until_ready(self.state)
+            jax.block_until_ready(state)
         finally:
+            written = self.write(first)
+        if written:
+            runs = sorted((self.directory / "plugins" / "profile").glob("*"))
+            early = " (the loop stopped before train.profile's last step)" \
+                if self.step < self.last else ""
+            self.say(f"profile: steps {first}-{self.step} traced to "
+                     f"{runs[-1] if runs else self.directory}{early}; open it with TensorBoard's "
+                     "profile plugin or xprof, or perfetto_trace.json.gz at ui.perfetto.dev")
+
+    def write(self, first: int) -> bool:
+        """Stop the profiler, which writes the trace; a failure (a full disk) is warned of and
+        training goes on."""
+        try:
             jax.profiler.stop_trace()
-            first, self.started, self.state, self.traced = self.started, None, None, True
-        runs = sorted((self.directory / "plugins" / "profile").glob("*"))
-        where = runs[-1] if runs else self.directory
-        early = " (the loop stopped before train.profile's last step)" \
-            if self.step < self.last else ""
-        self.say(f"profile: steps {first}-{self.step} traced to {where}{early}; open it with "
-                 "TensorBoard's profile plugin or xprof, or perfetto_trace.json.gz at "
-                 "ui.perfetto.dev")
+            return True
+        except Exception as e:
+            warnings.warn(f"train.profile: the trace of steps {first}-{self.step} was not "
+                          f"written ({first_line(e)})", stacklevel=3)
+            return False
 
     def __enter__(self) -> "StepTrace":
         return self

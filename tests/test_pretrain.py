@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -54,6 +55,7 @@ from bertjax.pretrained import restore_model
 from bertjax.sharding import make_mesh
 from bertjax.starting_points import continue_from
 from bertjax.step import abstract_state
+from bertjax.step_trace import StepTrace, trace_directory
 
 pytestmark = pytest.mark.slow  # CLI pretraining runs (subprocesses), kills, resumes, two processes
 
@@ -439,6 +441,46 @@ def test_a_loop_that_fails_in_its_profile_window_stops_the_trace(config_file, tm
     assert trace_events(tmp_path)  # written, and the profiler free again:
     jax.profiler.start_trace(str(tmp_path / "again"))
     jax.profiler.stop_trace()
+
+
+def test_a_profiler_that_will_not_start_or_write_is_warned_of_and_training_goes_on(
+        tmp_path, monkeypatch):
+    said, real_start, real_stop = [], jax.profiler.start_trace, jax.profiler.stop_trace
+
+    def no_cupti(*args, **kwargs):
+        raise RuntimeError("CUPTI could not be loaded\n(details)")
+
+    monkeypatch.setattr(jax.profiler, "start_trace", no_cupti)
+    trace = StepTrace([1, 2], tmp_path, said.append)
+    with pytest.warns(UserWarning, match=r"^train.profile: the profiler did not start \(CUPTI "
+                                         r"could not be loaded\); the run goes on without a "
+                                         r"trace$"):
+        trace.before(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tried once, not at every step of the window
+        trace.before(2)
+    assert not trace.done(2, None) and not said
+
+    def disk_full():
+        real_stop()
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(jax.profiler, "start_trace", real_start)
+    monkeypatch.setattr(jax.profiler, "stop_trace", disk_full)
+    trace = StepTrace([1, 1], tmp_path, said.append)
+    trace.before(1)
+    assert trace.done(1, jnp.zeros(2))
+    with pytest.warns(UserWarning, match=r"^train.profile: the trace of steps 1-1 was not "
+                                         r"written \(No space left on device\)$"):
+        trace.stop()
+    assert not said  # no "traced to" line for a trace that is not there
+
+
+def test_each_process_traces_to_a_folder_of_its_own(tmp_path, monkeypatch):
+    assert trace_directory(tmp_path) == tmp_path / "profile"
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert trace_directory(tmp_path) == tmp_path / "profile" / "process1"
 
 
 def test_validation_is_one_sample_of_the_whole_split_masked_alike_for_every_seed(config_file):
