@@ -264,12 +264,12 @@ class TrainConfig:
                              "skipped; the loss scale's own overflows, a finite loss at a scale "
                              "above 1, are skipped and not counted); others: 1 does",
                              domain=POSITIVE)
-    profile: list[int] = opt([], "[FIRST, LAST]: trace these pretraining steps (counted from 1; "
-                             "step 1 compiles) with jax.profiler into RUN/profile, for "
-                             "TensorBoard, xprof or Perfetto; [] = none",
-                             domain=Domain("[] or [FIRST, LAST] with 1 <= FIRST <= LAST",
-                                           lambda xs: xs == [] or (len(xs) == 2 and
-                                                                   1 <= xs[0] <= xs[1])))
+    profile: list[int] = opt([], "[FIRST, LAST] (or [STEP]): trace these pretraining steps "
+                             "(counted from 1; step 1 compiles) with jax.profiler into "
+                             "RUN/profile, for TensorBoard, xprof or Perfetto; [] = none",
+                             domain=Domain("[], [STEP] or [FIRST, LAST] with 1 <= FIRST <= LAST",
+                                           lambda xs: xs == [] or (len(xs) in (1, 2) and
+                                                                   1 <= xs[0] <= xs[-1])))
     fill_mask: list[str] = opt([], "sentences with [MASK] to complete at the end of training",
                                domain=list_of(containing("[MASK]")))
     rollback_spike: float = opt(2.0, "a loss above this times the running mean of the losses "

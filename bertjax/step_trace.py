@@ -1,8 +1,8 @@
-"""`train.profile: [FIRST, LAST]`: a jax.profiler trace of those pretraining steps (as the log
-counts them, from 1), written to RUN/profile/: TensorBoard's profile plugin or xprof read the
-folder, ui.perfetto.dev its `perfetto_trace.json.gz`. The trace holds what the loop does in the
-window (data reads, dispatch, metric read-backs, a checkpoint or validation falling in it), so
-beside the device's kernels it shows where the device waits for the host.
+"""`train.profile: [FIRST, LAST]` (or `[STEP]`): a jax.profiler trace of those pretraining steps (as
+the log counts them, from 1), written to RUN/profile/: TensorBoard's profile plugin or xprof read
+the folder, ui.perfetto.dev its `perfetto_trace.json.gz`. The trace holds what the loop does in
+the window (data reads, dispatch, metric read-backs, a checkpoint or validation falling in it),
+so beside the device's kernels it shows where the device waits for the host.
 
 One trace per invocation: a rollback or a resume back into the window does not trace it again
 in the same process. Several processes trace each to RUN/profile/processN/ (the file names would
@@ -31,7 +31,7 @@ class StepTrace:
     end, a stop signal) the trace stops there; on an error, without waiting for the device."""
 
     def __init__(self, window: list[int], run_dir: Path, say: Callable[[str], None]):
-        self.first, self.last = window if window else (0, -1)
+        self.first, self.last = (window[0], window[-1]) if window else (0, -1)  # [STEP] too
         self.directory, self.say = trace_directory(run_dir), say
         self.started: int | None = None  # the first traced step, while tracing
         self.step, self.state = 0, None  # the last traced step done, and the state after it

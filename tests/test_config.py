@@ -227,8 +227,8 @@ def test_every_numeric_and_list_key_declares_a_domain_its_default_satisfies():
     ("data.mask_rate=1.0", "in (0, 1)"), ("model.dropout=1.0", "in [0, 1)"),
     ("optim.final_lr_fraction=2", "in [0, 1]"), ("data.prefetch=0", "> 0"),
     ("train.fill_mask=[no mask here]", "containing [MASK]"), ("glue.task=ax", "one of cola"),
-    ("train.profile=[3,2]", "1 <= FIRST <= LAST"), ("train.profile=[0,2]", "1 <= FIRST"),
-    ("train.profile=[5]", "[] or [FIRST, LAST]"),
+    ("train.profile=[3,2]", "1 <= FIRST <= LAST"), ("train.profile=[0]", "1 <= FIRST"),
+    ("train.profile=[1,2,3]", "[], [STEP] or [FIRST, LAST]"),
     ("tokenizer.vocab_size=10", ">= 100"), ("mesh.num_processes=0", "> 0"),
     # below 1 a loss under the running mean rolled back: no step was applied, exit 0
     ("train.rollback_spike=0.5", "0 (no spike test) or > 1"),

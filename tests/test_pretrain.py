@@ -467,7 +467,7 @@ def test_a_profiler_that_will_not_start_or_write_is_warned_of_and_training_goes_
 
     monkeypatch.setattr(jax.profiler, "start_trace", real_start)
     monkeypatch.setattr(jax.profiler, "stop_trace", disk_full)
-    trace = StepTrace([1, 1], tmp_path, said.append)
+    trace = StepTrace([1], tmp_path, said.append)  # [STEP]: that step alone
     trace.before(1)
     assert trace.done(1, jnp.zeros(2))
     with pytest.warns(UserWarning, match=r"^train.profile: the trace of steps 1-1 was not "
