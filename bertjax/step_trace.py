@@ -69,9 +69,12 @@ class StepTrace:
             runs = sorted((self.directory / "plugins" / "profile").glob("*"))
             early = " (the loop stopped before train.profile's last step)" \
                 if self.step < self.last else ""
+            others = " (each process traces to its own profile/processN folder)" \
+                if jax.process_count() > 1 else ""
             self.say(f"profile: steps {first}-{self.step} traced to "
-                     f"{runs[-1] if runs else self.directory}{early}; open it with TensorBoard's "
-                     "profile plugin or xprof, or perfetto_trace.json.gz at ui.perfetto.dev")
+                     f"{runs[-1] if runs else self.directory}{early}{others}; open it with "
+                     "TensorBoard's profile plugin or xprof, or perfetto_trace.json.gz at "
+                     "ui.perfetto.dev")
 
     def write(self, first: int) -> bool:
         """Stop the profiler, which writes the trace; a failure (a full disk) is warned of and
