@@ -26,7 +26,7 @@ import jax
 from tqdm import tqdm
 
 from bertjax.config import WandbConfig
-from bertjax.errors import StoppedBySignal, UserError
+from bertjax.errors import StoppedBySignal, UserError, first_line
 from bertjax.files import json_text, write_atomic
 
 # Dense peak FLOP/s per device, by compute dtype (vendor data sheets, no sparsity). The first
@@ -45,6 +45,23 @@ PEAK_FLOPS = {
     "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 2},
 }
 FULL_FLOAT32 = ("highest", "float32", "F32_F32_F32")  # jax_default_matmul_precision's names
+
+
+def device_memory() -> dict:
+    """The highest allocator peak among this process's devices (jax's peak_bytes_in_use: since
+    the process started, compilation and validation included) and that device's limit, in GB:
+    how close a run's batch comes to the device's memory. {} where jax keeps no such statistics
+    (the CPU)."""
+    try:
+        stats = [s for d in jax.local_devices() if (s := d.memory_stats())]
+    except Exception:  # monitoring never stops a run
+        return {}
+    stats = [s for s in stats if "peak_bytes_in_use" in s]
+    if not stats:
+        return {}
+    top = max(stats, key=lambda s: s["peak_bytes_in_use"])
+    return {"memory_peak_gb": top["peak_bytes_in_use"] / 1e9,
+            **({"memory_limit_gb": top["bytes_limit"] / 1e9} if top.get("bytes_limit") else {})}
 
 
 def device_peak_flops(compute_dtype: str) -> float | None:
@@ -152,7 +169,7 @@ def start_wandb(cfg: WandbConfig, run_dir: Path, config_dict: dict, resuming: bo
                          entity=cfg.entity, dir=str(run_dir), config=config_dict,
                          id=run_id, resume="allow")  # no id: wandb makes a new one
     except Exception as e:  # wandb raises UsageError, CommError, ValueError, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise UserError(f"wandb.mode={cfg.mode}: wandb did not start ({first}); "
                         f"{_wandb_fix(cfg, first)}") from None
     if run.id != run_id:
@@ -236,7 +253,7 @@ class Monitor:
             if self.peak and self.flops_per_token:
                 out["mfu"] = rate * self.flops_per_token / (self.peak * self.n_devices)
         self.last_time, self.last_tokens = now, tokens_seen
-        return out
+        return out | device_memory()
 
     def restart_throughput(self, tokens_seen: int) -> None:
         """The next rate counts from now at `tokens_seen`: the time since the last row went to
@@ -266,9 +283,9 @@ class Monitor:
 
     def log(self, step: int, row: dict, show: dict | None = None,
             progress: int | None = None) -> None:
-        """Write `row`; `show` (short strings) goes to the console, with the row's throughput
-        and MFU from `throughput()` when it has them, at `progress` of total_steps (default
-        `step`; GLUE: `position`), which the ETA counts from too."""
+        """Write `row`; `show` (short strings) goes to the console, with the row's throughput,
+        MFU and a GPU's peak memory from `throughput()` when it has them, at `progress` of
+        total_steps (default `step`; GLUE: `position`), which the ETA counts from too."""
         if not self.enabled:
             return
         row = {"step": step, "time": time.time(), **row}
@@ -282,6 +299,10 @@ class Monitor:
             show = {**show, "tok/s": f"{row['tokens_per_s']:,.0f}"}
         if "mfu" in row:
             show = {**show, "mfu": f"{row['mfu']:.1%}"}
+        if "memory_peak_gb" in row:  # a GPU's: how much room the batch leaves
+            limit = row.get("memory_limit_gb")
+            show = {**show, "mem": f"{row['memory_peak_gb']:.1f}"
+                    + (f"/{limit:.0f} GB" if limit else " GB")}
         if row.get("skipped"):  # steps not applied (not finite): a loss alone would not say so
             show = {**show, "skipped": row["skipped"]}
         progress = step if progress is None else progress

@@ -32,7 +32,7 @@ from bertjax import leaving
 from bertjax.config import Config, MeshConfig, load
 from bertjax.config_changes import LAUNCH_KEYS
 from bertjax.domains import PATH, PATHS
-from bertjax.errors import LostProcess, UserError, exit_now
+from bertjax.errors import LostProcess, UserError, exit_now, first_line
 from bertjax.sharding import global_batch, replicated
 
 
@@ -248,7 +248,7 @@ def losing_a_process_is_fatal() -> Iterator[None]:
         if jax.process_count() == 1 or (isinstance(e, ValueError)
                                         and not _XLA_STATUS.match(str(e))):
             raise
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        cause = first_line(e)[:300]
         # The cause may be another (out of memory on this device): said first, not guessed over.
         raise LostProcess(f"a collective operation of this {jax.process_count()}-process run "
                           f"failed ({cause}); if another process died or lost its network (see "

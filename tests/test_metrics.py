@@ -19,7 +19,7 @@ from matplotlib.colors import to_rgb
 
 from bertjax import config, plot
 from bertjax.errors import StoppedBySignal, UserError
-from bertjax.metrics import WANDB_RUN_ID, Monitor, device_peak_flops, wandb_session
+from bertjax.metrics import WANDB_RUN_ID, Monitor, device_memory, device_peak_flops, wandb_session
 from bertjax.plot import plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,6 +326,33 @@ def test_console_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path, monkeypatch
                             lines[1])
         assert stderr.getvalue() == ""
 
+
+
+def test_a_gpus_peak_memory_is_in_each_training_row_and_on_its_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    """How close a batch comes to the device's memory: the highest peak among the process's
+    devices, with that device's limit; nothing where jax keeps no statistics (the CPU)."""
+    assert jax.local_devices()[0].memory_stats() is None and device_memory() == {}
+    monkeypatch.setattr("sys.stderr", Stream(False))
+
+    def gpu(peak, limit):
+        return types.SimpleNamespace(memory_stats=lambda: {
+            "bytes_in_use": 1, "peak_bytes_in_use": peak, "bytes_limit": limit})
+
+    monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [
+        gpu(1_000_000_000, 85_000_000_000), gpu(61_230_000_000, 79_100_000_000)])
+    assert device_memory() == {"memory_peak_gb": 61.23, "memory_limit_gb": 79.1}
+    monitor = Monitor(tmp_path, total_steps=2, start_step=0, wandb_run=None,
+                      flops_per_token=None, compute_dtype="float32")
+    for step in (1, 2):
+        monitor.advance()
+        monitor.log(step, {"loss": 1.0, **monitor.throughput(step * 100)}, {"loss": "1.000"})
+    monitor.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step 1/2: loss 1.000, mem 61.2/79 GB"  # no rate yet: the memory still
+    assert re.fullmatch(r"step 2/2: loss 1\.000, tok/s [\d,]+, mem 61\.2/79 GB", lines[1])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["memory_peak_gb"] for r in rows] == [61.23, 61.23]
 
 
 def test_the_eta_weighs_steps_by_their_work_under_a_batch_ramp(tmp_path, monkeypatch, capsys):
