@@ -6,8 +6,16 @@ reads one written before, e.g. by a run's train.profile), and sums the
 device time of every XLA op by family (matmul, attention, fusions/elementwise, copies,
 scatter/gather, collectives), naming each op from the compiled HLO text (`compiled.as_text()`)
 and the "attention" named scope of bertjax.attention.attention.
+
+As a command, the text summary of a run's trace (train.profile=[FIRST, LAST]), no TensorBoard:
+
+    .venv/bin/python bench/profile_summary.py RUN/profile --steps N   # N = LAST - FIRST + 1
+
+(with several processes, give one's RUN/profile/processN). Without the compiled HLO text, ops are
+told apart by their names and kernels' names only (XLA's attention counts as fusions).
 """
 
+import argparse
 import collections
 import gzip
 import json
@@ -112,7 +120,7 @@ def trace_steps(fn, steps: int, compiled_text: str) -> dict:
         return summarize_trace(Path(tmp), steps, compiled_text)
 
 
-def summarize_trace(directory: Path, steps: int, compiled_text: str = "") -> dict:
+def summarize_trace(directory: Path, steps: int, compiled_text: str = "", top: int = 12) -> dict:
     """The summary of the newest Perfetto trace under `directory` (a jax.profiler log folder,
     e.g. a run's RUN/profile from train.profile), over `steps` steps; without the compiled HLO
     text, ops are told apart by their names and kernels' names only."""
@@ -126,7 +134,7 @@ def summarize_trace(directory: Path, steps: int, compiled_text: str = "") -> dic
     if not events:
         return {"error": "the trace holds no XLA op event (none names an hlo_op, no Stream "
                          "thread)"}
-    return summarize(events, describe_ops(compiled_text), steps)
+    return summarize(events, describe_ops(compiled_text), steps, top)
 
 
 def format_summary(summary: dict, step_ms: float | None = None) -> str:
@@ -145,3 +153,37 @@ def format_summary(summary: dict, step_ms: float | None = None) -> str:
         lines.append(f"    {op['ms']:8.3f} ms  {op['family']:20} {op['op'][:32]:32} "
                      f"{op['op_name'][-60:]}")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Time by kernel family of a run's "
+                                                 "train.profile trace, as text.")
+    parser.add_argument("trace_dir", type=Path, help="a jax.profiler log folder: RUN/profile")
+    parser.add_argument("--steps", type=int, default=1, help="the steps the trace holds (LAST - "
+                        "FIRST + 1 of train.profile): times are per step (default 1: the total)")
+    parser.add_argument("--top", type=int, default=12, help="the slowest ops listed")
+    args = parser.parse_args(argv)
+    from bertjax.errors import UserError, first_line
+
+    if args.steps < 1 or args.top < 0:
+        raise UserError(f"--steps {args.steps} --top {args.top}: give --steps >= 1, --top >= 0")
+    fix = "give the RUN/profile folder a run's train.profile wrote"
+    if not args.trace_dir.is_dir():
+        raise UserError(f"{args.trace_dir} is not a folder; {fix}")
+    if not any(args.trace_dir.rglob("perfetto_trace.json.gz")):
+        raise UserError(f"{args.trace_dir} holds no jax.profiler trace (perfetto_trace.json.gz); "
+                        f"{fix}")
+    try:
+        summary = summarize_trace(args.trace_dir, args.steps, top=args.top)
+    except (OSError, EOFError, ValueError) as e:  # a trace cut short (a run killed writing it)
+        raise UserError(f"the newest trace under {args.trace_dir} is unreadable "
+                        f"({type(e).__name__}: {first_line(e)}); trace the steps again") from None
+    if "error" in summary:
+        raise UserError(f"{args.trace_dir}: {summary['error']}")
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    from bertjax.errors import cli
+
+    cli(main)

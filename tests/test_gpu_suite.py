@@ -3,6 +3,7 @@ bench/profile_summary.py, a failing item and an over-budget item reported (never
 whole --smoke run on CPU (every code path of the GPU call, tiny shapes); bench/gpu_glue.sh's
 failed stages said in its exit code; bench/gpu_wheels.py installing only what a machine lacks."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -11,11 +12,13 @@ import zipfile
 from pathlib import Path
 
 import gpu_suite  # bench/ is on the path through pyproject's [tool.pytest.ini_options]
+import profile_summary
 import pytest
 import suite_items
 from profile_summary import describe_ops, device_events, family, summarize
 
 from bertjax import glue_tasks, pretrain_loop
+from bertjax.errors import UserError
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -79,6 +82,34 @@ def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels():
     s = summarize(events, {}, steps=1)
     assert s["families_ms"] == {"matmul": 3.0, "attention": 0.0, "fusions/elementwise": 1.0,
                                 "copies": 0.5, "scatter/gather": 0.0, "collectives": 0.0}
+
+
+def test_a_runs_trace_is_summarized_as_text_and_bad_folders_are_one_line(tmp_path, capsys):
+    """`bench/profile_summary.py RUN/profile --steps N`: train.profile's trace, without
+    TensorBoard; a folder without a trace, or a trace cut short, is one line."""
+    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": 1,
+             "args": {"name": "Stream #7(Compute)"}}]
+    kernels = [{"ph": "X", "pid": 1, "tid": 1, "name": name, "dur": dur, "args": {"hlo_op": op}}
+               for op, name, dur in (("fusion.1", "loop_add_fusion", 1000.0),
+                                     ("gemm.2", "sm90_xmma_gemm_bf16bf16", 3000.0))]
+    trace = tmp_path / "profile" / "plugins" / "profile" / "2026_12_07_21_20_42"
+    trace.mkdir(parents=True)
+    with gzip.open(trace / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": meta + kernels}, f)
+    profile_summary.main([str(tmp_path / "profile"), "--steps", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["profile (2 steps): 2.00 ms of kernels per step",
+                         "  matmul                     1.500 ms   75.0%",
+                         "  fusions/elementwise        0.500 ms   25.0%"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty holds no jax.profiler trace \(perfetto_trace"):
+        profile_summary.main([str(tmp_path / "empty")])
+    (trace / "perfetto_trace.json.gz").write_bytes(
+        gzip.compress(b'{"traceEvents": []}')[:20])  # cut short
+    with pytest.raises(UserError, match=r"^the newest trace under .* is unreadable \(EOFError"):
+        profile_summary.main([str(tmp_path / "profile")])
+    with pytest.raises(UserError, match=r"is not a folder"):
+        profile_summary.main([str(tmp_path / "nowhere")])
 
 
 def test_a_call_without_the_matmul_item_keeps_its_mfu():
