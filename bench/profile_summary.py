@@ -1,11 +1,13 @@
 """Time by kernel family from a `jax.profiler` trace, as text: no TensorBoard needed.
 
-`trace_steps(fn, steps, compiled_text)` runs `fn` under `jax.profiler.trace(...,
-create_perfetto_trace=True)`, reads the Chrome-format JSON that trace writes (`summarize_trace`
-reads one written before, e.g. by a run's train.profile), and sums the
-device time of every XLA op by family (matmul, attention, fusions/elementwise, copies,
-scatter/gather, collectives), naming each op from the compiled HLO text (`compiled.as_text()`)
-and the "attention" named scope of bertjax.attention.attention.
+`trace_steps(fn, steps, compiled_text)` runs `fn` under `jax.profiler.trace`, reads the XSpace
+that trace writes (`*.xplane.pb`, through jax.profiler.ProfileData; `summarize_trace` reads one
+written before, e.g. by a run's train.profile), and sums the device time of every XLA op by
+family (matmul, attention, fusions/elementwise, copies, scatter/gather, collectives), naming each
+op from the compiled HLO text (`compiled.as_text()`) and the "attention" named scope of
+bertjax.attention.attention. Not the `perfetto_trace.json.gz` beside it: that file keeps only
+the trace's first 1,000,000 events by start time, and a window whose Python calls fill them
+(a run's loop, traced with the Python tracer on) lost its later kernels from the sums.
 
 As a command, the text summary of a run's trace (train.profile=[FIRST, LAST]), no TensorBoard:
 
@@ -17,8 +19,6 @@ told apart by their names and kernels' names only (XLA's attention counts as fus
 
 import argparse
 import collections
-import gzip
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -70,20 +70,33 @@ def describe_ops(hlo_text: str) -> dict[str, dict[str, str]]:
     return ops
 
 
-def device_events(trace: dict) -> list[dict]:
-    """The trace's XLA-op events: those naming an `hlo_op`. A GPU's kernels sit on its
-    "Stream" threads; other threads there repeat them as derived summaries, so where stream
-    threads exist only they count (on CPU, ops run on the PjRt client threads). A trace whose
-    events name no hlo_op (a profiler version that drops it) falls back to every event on the
-    stream threads, named by its kernel."""
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    threads = {(e["pid"], e["tid"]): e.get("args", {}).get("name", "") for e in events
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    timed = [e for e in events if e.get("ph") == "X"]
-    on_stream = [e for e in timed
-                 if threads.get((e["pid"], e["tid"]), "").startswith("Stream")]
-    ops = [e for e in timed if "hlo_op" in e.get("args", {})]
-    streams = [e for e in on_stream if "hlo_op" in e.get("args", {})]
+def read_xspace(path: Path) -> list[dict]:
+    """The events of a jax.profiler XSpace file that may be a device's work: those naming an
+    `hlo_op`, and every event on a GPU's "Stream" lines. Each as {"line", "name", "dur" (µs),
+    "args" (its stats)}."""
+    from jax.profiler import ProfileData
+
+    events = []
+    for plane in ProfileData.from_file(str(path)).planes:
+        for line in plane.lines:
+            on_stream = line.name.startswith("Stream")
+            for e in line.events:
+                stats = dict(e.stats)
+                if on_stream or "hlo_op" in stats:
+                    events.append({"line": line.name, "name": e.name,
+                                   "dur": e.duration_ns / 1e3, "args": stats})
+    return events
+
+
+def device_events(events: list[dict]) -> list[dict]:
+    """The XLA-op events of `read_xspace`'s: those naming an `hlo_op`. A GPU's kernels sit on
+    its "Stream" lines; other lines there repeat them as derived summaries ("XLA Ops"), so where
+    stream lines exist only they count (on CPU, ops run on the PjRt client and Eigen threads). A
+    trace whose events name no hlo_op (a profiler version that drops it) falls back to every
+    event on the stream lines, named by its kernel."""
+    on_stream = [e for e in events if e["line"].startswith("Stream")]
+    ops = [e for e in events if "hlo_op" in e["args"]]
+    streams = [e for e in on_stream if "hlo_op" in e["args"]]
     return streams or ops or on_stream
 
 
@@ -114,23 +127,28 @@ def trace_steps(fn, steps: int, compiled_text: str) -> dict:
     import jax
 
     with tempfile.TemporaryDirectory() as tmp:
-        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+        with jax.profiler.trace(tmp):
             for i in range(steps):
                 fn(i)
         return summarize_trace(Path(tmp), steps, compiled_text)
 
 
+def newest_trace(directory: Path) -> Path | None:
+    """The XSpace file of the newest trace under a jax.profiler log folder (its run folders
+    are named by date and time)."""
+    files = sorted(directory.rglob("*.xplane.pb"), key=lambda p: (p.parent.name, p.name))
+    return files[-1] if files else None
+
+
 def summarize_trace(directory: Path, steps: int, compiled_text: str = "", top: int = 12) -> dict:
-    """The summary of the newest Perfetto trace under `directory` (a jax.profiler log folder,
-    e.g. a run's RUN/profile from train.profile), over `steps` steps; without the compiled HLO
-    text, ops are told apart by their names and kernels' names only."""
-    files = sorted(directory.rglob("perfetto_trace.json.gz"))
-    if not files:
-        return {"error": f"no perfetto_trace.json.gz under the trace directory "
+    """The summary of the newest trace under `directory` (a jax.profiler log folder, e.g. a
+    run's RUN/profile from train.profile), over `steps` steps; without the compiled HLO text,
+    ops are told apart by their names and kernels' names only."""
+    path = newest_trace(directory)
+    if path is None:
+        return {"error": f"no *.xplane.pb under the trace directory "
                          f"({sorted(p.name for p in directory.rglob('*'))[:8]})"}
-    with gzip.open(files[-1], "rt") as f:
-        trace = json.load(f)
-    events = device_events(trace)
+    events = device_events(read_xspace(path))
     if not events:
         return {"error": "the trace holds no XLA op event (none names an hlo_op, no Stream "
                          "thread)"}
@@ -170,12 +188,11 @@ def main(argv: list[str]) -> None:
     fix = "give the RUN/profile folder a run's train.profile wrote"
     if not args.trace_dir.is_dir():
         raise UserError(f"{args.trace_dir} is not a folder; {fix}")
-    if not any(args.trace_dir.rglob("perfetto_trace.json.gz")):
-        raise UserError(f"{args.trace_dir} holds no jax.profiler trace (perfetto_trace.json.gz); "
-                        f"{fix}")
+    if newest_trace(args.trace_dir) is None:
+        raise UserError(f"{args.trace_dir} holds no jax.profiler trace (*.xplane.pb); {fix}")
     try:
         summary = summarize_trace(args.trace_dir, args.steps, top=args.top)
-    except (OSError, EOFError, ValueError) as e:  # a trace cut short (a run killed writing it)
+    except (OSError, RuntimeError) as e:  # a trace cut short (a run killed writing it)
         raise UserError(f"the newest trace under {args.trace_dir} is unreadable "
                         f"({type(e).__name__}: {first_line(e)}); trace the steps again") from None
     if "error" in summary:

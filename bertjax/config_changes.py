@@ -45,7 +45,6 @@ PRETRAINING_ONLY = {
     "scored after every epoch", "train.eval_sequences": "nothing: the dev set is scored whole",
     "optim.schedule": _LINEAR, "optim.final_lr_fraction": _LINEAR,
     "train.fill_mask": "nothing: try a fine-tuned model with `python -m bertjax.predict`",
-    "train.profile": "nothing: fine-tuning traces no steps",
     **dict.fromkeys(("train.max_nonfinite", "train.rollback_spike", "train.rollback_sigmas",
                      "train.rollback_warmup", "train.rollback_lr_factor",
                      "train.max_rollbacks"), _ONLY_SKIPPED),

@@ -264,9 +264,10 @@ class TrainConfig:
                              "skipped; the loss scale's own overflows, a finite loss at a scale "
                              "above 1, are skipped and not counted); others: 1 does",
                              domain=POSITIVE)
-    profile: list[int] = opt([], "[FIRST, LAST] (or [STEP]): trace these pretraining steps "
-                             "(counted from 1; step 1 compiles) with jax.profiler into "
-                             "RUN/profile, for TensorBoard, xprof or Perfetto; [] = none",
+    profile: list[int] = opt([], "[FIRST, LAST] (or [STEP]): trace these steps (counted from "
+                             "1, step 1 compiling; fine-tuning: of the first seed trained to "
+                             "them) with jax.profiler into RUN/profile, for TensorBoard, xprof "
+                             "or Perfetto; [] = none",
                              domain=Domain("[], [STEP] or [FIRST, LAST] with 1 <= FIRST <= LAST",
                                            lambda xs: xs == [] or (len(xs) in (1, 2) and
                                                                    1 <= xs[0] <= xs[-1])))

@@ -62,6 +62,7 @@ from bertjax.seed_run import (
 )
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import RUN_KEYS, initial_model, load_start
+from bertjax.step_trace import StepTrace, warn_if_past_the_end
 from bertjax.sweep_state import check_rate_folder
 from bertjax.xla_options import compiler_options
 
@@ -77,6 +78,7 @@ RESULT_INDEPENDENT = {
     "train.checkpoint_every": "resuming is exact, so where the saves fall does not matter",
     "train.keep_checkpoints": "fine-tuning keeps one checkpoint per seed whatever it says",
     "train.run_dir": "where the run lives (a moved directory), not what it computes",
+    "train.profile": "which steps are traced, not what they compute",
     "train.resume": "whether to resume at all, decided on its own (never: start over)",
     "glue.seeds": "each seed's result depends on its own seed only; results report the listed",
     "mesh.coordinator_address": "how the processes find each other",
@@ -130,6 +132,7 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
     job.monitor = Monitor(job.run_dir, job.steps.total * len(job.cfg.glue.seeds),
                           sum(done.values()), wandb_run, None, job.cfg.precision.compute)
     job.stop = StopSignal(job.mesh)
+    job.trace = StepTrace(job.cfg.train.profile, job.run_dir, job.monitor.write)
     try:
         per_seed, best_model = run_seeds(job, done, finished)
     except Stopped as stopped:
@@ -203,6 +206,7 @@ def setup(cfg: Config) -> tuple[Job, str | None]:
     barrier("config compared")  # before process 0 writes the new one
     mesh = make_mesh()
     steps = build_steps(cfg, train_enc, initial_model(cfg.glue.seeds[0], model, cfg))
+    warn_if_past_the_end(cfg.train.profile, steps.total, "a seed's")
     # The model's sharding hints (FSDP: gather weights, keep activations split by rows) act
     # under the mesh only.
     steps = dataclasses.replace(steps, train_step=with_mesh(steps.train_step, mesh),

@@ -59,6 +59,7 @@ from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import full_copy, make_mesh, shard_params
 from bertjax.starting_points import continue_from
 from bertjax.step import init_state
+from bertjax.step_trace import warn_if_past_the_end
 from bertjax.xla_options import compiler_options
 
 # What a run too large for its GPU's memory can lower (the step's activations grow with each).
@@ -109,10 +110,7 @@ def size_run(cfg: Config) -> tuple[int, BatchRamp]:
                           f"{cfg.train.tokens:,} sets the run's length ({steps:,} steps); set "
                           "train.tokens=null to train for train.steps, or train.steps=null to "
                           "silence this", stacklevel=2)
-    if cfg.train.profile and cfg.train.profile[0] > steps:
-        warnings.warn(f"train.profile={cfg.train.profile} starts after the run's last step "
-                      f"({steps:,}): nothing will be traced; give steps within the run",
-                      stacklevel=2)
+    warn_if_past_the_end(cfg.train.profile, steps, "the run's")
     ramp = BatchRamp.from_config(cfg.train, steps)
     ramp.warn_if_end_unreached(steps)
     check_row_numbers(steps, ramp.sequences_before(steps))

@@ -35,6 +35,7 @@ from bertjax.processes import StopSignal
 from bertjax.sharding import full_copy, shard_params
 from bertjax.starting_points import initial_model
 from bertjax.step import init_state, make_glue_steps
+from bertjax.step_trace import StepTrace
 from bertjax.xla_options import compiler_options
 
 
@@ -90,6 +91,7 @@ class Job:
     steps: Steps
     monitor: Monitor | None = None
     stop: StopSignal | None = None
+    trace: StepTrace | None = None  # train.profile's window, in the first seed that reaches it
     # the batch shapes its train step has compiled (each seed's rates leave them out)
     shapes_run: set[tuple[int, ...]] = dataclasses.field(default_factory=set)
 
@@ -145,9 +147,11 @@ class SeedRun:
             self.resume()
             self.job.monitor.restart_throughput(self.tokens)  # counted from 0 for each seed
             self.checkpoints.check_room(self.state)
-            for epoch in range(len(self.progress["history"]), math.ceil(self.job.cfg.glue.epochs)):
-                self.train_epoch(epoch)
-                self.end_epoch(epoch)
+            with self.job.trace:  # stopped however the seed ends (the window may outlast it)
+                for epoch in range(len(self.progress["history"]),
+                                   math.ceil(self.job.cfg.glue.epochs)):
+                    self.train_epoch(epoch)
+                    self.end_epoch(epoch)
         finally:
             self.checkpoints.close()
         return {"seed": self.seed, "history": self.progress["history"],
@@ -182,6 +186,7 @@ class SeedRun:
                                                seed=self.seed, epoch=epoch, start=first):
             if self.step == steps.total:
                 break
+            job.trace.before(self.step + 1)
             self.state, sums = steps.train_step(
                 (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
                  steps.schedule), self.state)
@@ -206,6 +211,15 @@ class SeedRun:
                 self.save()
             if stopping:
                 raise Stopped(self.seed, self.step)
+            self.end_trace_if_done(epoch)
+
+    def end_trace_if_done(self, epoch: int) -> None:
+        """After a step and its periodic work (an epoch's end: its evaluation and save): the
+        traced steps' row, timed before the trace is written, then the trace."""
+        if self.job.trace.done(self.step, self.state):
+            self.log(epoch)
+            self.job.trace.stop()
+            self.job.monitor.restart_throughput(self.tokens)  # writing it is not training time
 
     def log(self, epoch: int) -> None:
         """The row of the steps since the last one (none: no row)."""
@@ -258,6 +272,7 @@ class SeedRun:
             self.best_model = jax.device_get(full_copy(self.state.model))
             job.save_best(self.best_model, self.dir / "best", progress["best"])
         self.save()
+        self.end_trace_if_done(epoch)
         if job.stop.should_stop():
             raise Stopped(self.seed, self.step)
 

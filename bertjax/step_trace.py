@@ -1,12 +1,13 @@
-"""`train.profile: [FIRST, LAST]` (or `[STEP]`): a jax.profiler trace of those pretraining steps (as
-the log counts them, from 1), written to RUN/profile/: TensorBoard's profile plugin or xprof read
+"""`train.profile: [FIRST, LAST]` (or `[STEP]`): a jax.profiler trace of those training steps
+(counted from 1: pretraining's as its log counts them, a fine-tune's in the first seed that this
+invocation trains to them), written to RUN/profile/: TensorBoard's profile plugin or xprof read
 the folder, ui.perfetto.dev its `perfetto_trace.json.gz`. The trace holds what the loop does in
-the window (data reads, dispatch, metric read-backs, a checkpoint or validation falling in it),
-so beside the device's kernels it shows where the device waits for the host.
+the window (data reads, dispatch, metric read-backs, a checkpoint, validation or GLUE evaluation
+falling in it), so beside the device's kernels it shows where the device waits for the host.
 
-One trace per invocation: a rollback or a resume back into the window does not trace it again
-in the same process. Several processes trace each to RUN/profile/processN/ (the file names would
-collide on a host running two).
+One trace per invocation: a rollback, a resume back into the window or a fine-tune's next seed
+does not trace it again in the same process. Several processes trace each to
+RUN/profile/processN/ (the file names would collide on a host running two).
 """
 
 import warnings
@@ -17,11 +18,34 @@ import jax
 
 from bertjax.errors import first_line
 
+# jax writes perfetto_trace.json.gz from the trace's first this many events by start time
+# (tsl's TraceContainer::CapEvents); the .xplane.pb beside it, which TensorBoard and xprof read,
+# holds them all. `make demo`'s steps on a 2-core CPU make ~14,000 events each (a third of them
+# Python calls): some 70 steps fill it.
+PERFETTO_EVENTS = 1_000_000
+
 
 def trace_directory(run_dir: Path) -> Path:
     """Where this process's traces go."""
     profile = run_dir / "profile"
     return profile / f"process{jax.process_index()}" if jax.process_count() > 1 else profile
+
+
+def warn_if_past_the_end(window: list[int], last_step: int, whose: str) -> None:
+    """A window that starts after the last step traces nothing: said when the run starts."""
+    if window and window[0] > last_step:
+        warnings.warn(f"train.profile={window} starts after {whose} last step ({last_step:,}): "
+                      "nothing will be traced; give steps within the run", stacklevel=3)
+
+
+def event_count(trace_run: Path) -> int | None:
+    """The events of the trace in one of jax.profiler's run folders (None: not readable)."""
+    try:
+        return sum(1 for path in trace_run.glob("*.xplane.pb")
+                   for plane in jax.profiler.ProfileData.from_file(str(path)).planes
+                   for line in plane.lines for _ in line.events)
+    except (AttributeError, RuntimeError, OSError):  # a jax without ProfileData; a bad file
+        return None
 
 
 class StepTrace:
@@ -71,9 +95,12 @@ class StepTrace:
                 if self.step < self.last else ""
             others = " (each process traces to its own profile/processN folder)" \
                 if jax.process_count() > 1 else ""
+            events = event_count(runs[-1]) if runs else None
+            cut = f" (its first {PERFETTO_EVENTS:,} of {events:,} events)" \
+                if events and events > PERFETTO_EVENTS else ""
             self.say(f"profile: steps {first}-{self.step} traced to "
                      f"{runs[-1] if runs else self.directory}{early}{others}; open it with "
-                     "TensorBoard's profile plugin or xprof, or perfetto_trace.json.gz at "
+                     f"TensorBoard's profile plugin or xprof, or perfetto_trace.json.gz{cut} at "
                      "ui.perfetto.dev")
 
     def write(self, first: int) -> bool:

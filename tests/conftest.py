@@ -467,3 +467,16 @@ def count_encoded_rows(monkeypatch, encode_rows: int) -> list[int]:
     monkeypatch.setattr(tokenizer, "ENCODE_ROWS", encode_rows)
     monkeypatch.setattr(tokenizer, "encode_truncated", counted)
     return seen
+
+
+def trace_events(run_dir: Path) -> list[dict]:
+    """The XLA ops of the one trace a run wrote, as {"name", "args": its stats}: from its
+    XSpace file, which holds the whole trace (its perfetto_trace.json.gz keeps the first
+    1,000,000 events)."""
+    traces = sorted((run_dir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1, traces
+    assert len(list(traces[0].parent.glob("perfetto_trace.json.gz"))) == 1  # for ui.perfetto.dev
+    return [{"name": e.name, "args": stats}
+            for plane in jax.profiler.ProfileData.from_file(str(traces[0])).planes
+            for line in plane.lines for e in line.events
+            if "hlo_op" in (stats := dict(e.stats))]

@@ -13,6 +13,7 @@ import sys
 import time
 import types
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import equinox as eqx
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from conftest import communicate_all, count_calls, fake_gpu, free_port
+from conftest import communicate_all, count_calls, fake_gpu, free_port, trace_events
 
 from bertjax import (
     config,
@@ -973,6 +974,40 @@ def test_bfloat16_fine_tuning_on_a_gpu_without_bfloat16_tensor_cores_is_said(
     with pytest.warns(UserWarning, match=r"^precision.compute=bfloat16 on Tesla V100-SXM2-16GB "
                                          r"\(compute capability 7.0\)"):
         finetune_lib.resolve(cfg)
+
+
+def executions(ops: list[dict]) -> dict[str, int]:
+    """How many times each of the fine-tune's programs ran in a trace (its ops' run ids)."""
+    runs = {(op["args"].get("hlo_module"), op["args"].get("run_id")) for op in ops}
+    return dict(sorted(Counter(module for module, _ in runs
+                               if module in ("jit_train_step", "jit_predict")).items()))
+
+
+def test_train_profile_traces_the_first_seeds_steps_with_its_evaluation(tmp_path, tokenizer_path,
+                                                                       capsys):
+    """A fine-tune's steps (and the epoch ends falling in the window: evaluation, save) traced,
+    once: the next seed runs untraced. A window the seed ends before is cut at its end, not
+    left running through the next seed. (2 steps an epoch: the 5 rows fill two buckets; an
+    evaluation runs predict once a bucket.)"""
+    finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.profile=[2,3]"))
+    said = re.findall(r"^profile: steps (.*) traced to (\S+);", capsys.readouterr().out, re.M)
+    assert said == [("2-3", said[0][1])] and said[0][1].startswith(f"{tmp_path}/profile/"), said
+    assert executions(trace_events(tmp_path)) == {"jit_train_step": 2, "jit_predict": 2}
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["epoch"]) for r in rows if "dev_score" in r] == [
+        (seed, epoch) for seed in (0, 1) for epoch in (1, 2, 3)]  # training went on alike
+
+    run_dir = tmp_path / "cut"
+    finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=3", "train.profile=[5,9]"))
+    out = capsys.readouterr().out
+    assert re.search(r"^profile: steps 5-6 traced to \S+ \(the loop stopped before "
+                     r"train.profile's last step\); ", out, re.M), out
+    # stopped at seed 0's end (6 steps): seed 1's steps and evaluations are not in it
+    assert executions(trace_events(run_dir)) == {"jit_train_step": 2, "jit_predict": 2}
+    with pytest.warns(UserWarning, match=r"^train.profile=\[7, 9\] starts after a seed's last "
+                                         r"step \(6\): nothing will be traced"):
+        finetune_lib.setup(sst2_cfg(tmp_path / "late", tokenizer_path, "glue.epochs=3",
+                                    "train.profile=[7,9]"))
 
 
 def test_a_constant_schedule_asked_of_fine_tuning_is_said_to_be_replaced():

@@ -3,9 +3,9 @@ bench/profile_summary.py, a failing item and an over-budget item reported (never
 whole --smoke run on CPU (every code path of the GPU call, tiny shapes); bench/gpu_glue.sh's
 failed stages said in its exit code; bench/gpu_wheels.py installing only what a machine lacks."""
 
-import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -46,7 +46,32 @@ def test_kernel_families(args, expected):
     assert family(*args) == expected
 
 
-def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow():
+def write_xspace(path: Path, lines: dict[str, list[tuple]]) -> Path:
+    """A jax.profiler XSpace file of one GPU plane: {line name: [(event name, µs, hlo_op or
+    None), ...]}, each line's events one after another."""
+    from jax.profiler import ProfileData
+
+    names = sorted({name for events in lines.values() for name, _, _ in events})
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    text = ['planes { id: 1 name: "/device:GPU:0"']
+    for i, (line, events) in enumerate(lines.items()):
+        text.append(f'lines {{ id: {i + 1} name: "{line}" timestamp_ns: 1000')
+        offset = 0
+        for name, us, op in events:
+            stat = f'stats {{ metadata_id: 1 str_value: "{op}" }}' if op else ""
+            text.append(f"events {{ metadata_id: {ids[name]} offset_ps: {offset} "
+                        f"duration_ps: {int(us * 1e6)} {stat} }}")
+            offset += int(us * 1e6)
+        text.append("}")
+    text += [f'event_metadata {{ key: {i} value {{ id: {i} name: "{name}" }} }}'
+             for name, i in ids.items()]
+    text += ['stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }', "}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ProfileData.text_proto_to_serialized_xspace("\n".join(text)))
+    return path
+
+
+def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow(tmp_path):
     hlo = """
   %fusion.1 = f32[8]{0} fusion(f32[8]{0} %p), kind=kLoop, calls=%c, metadata={op_name="a/add"}
   %dot.2 = f32[8,8]{1,0} dot(f32[8,8]{1,0} %x, f32[8,8]{1,0} %y), metadata={op_name="b/dot_general"}
@@ -54,29 +79,25 @@ def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow():
 """
     ops = describe_ops(hlo)
     assert ops["dot.2"] == {"opcode": "dot", "target": "", "op_name": "b/dot_general"}
-    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
-            for t, n in ((1, "Stream #7(Compute)"), (200, "XLA Ops"))]
-    kernels = [{"ph": "X", "pid": 1, "tid": tid, "name": name, "dur": dur,
-                "args": {"hlo_op": op}}
-               for tid in (1, 200)  # the "XLA Ops" line repeats the stream's kernels
-               for op, name, dur in (("fusion.1", "loop_add_fusion", 1000.0),
-                                     ("dot.2", "sm90_gemm", 3000.0),
-                                     ("while.3", "while", 9000.0))]
-    events = device_events({"traceEvents": meta + kernels})
+    kernels = [("loop_add_fusion", 1000.0, "fusion.1"), ("sm90_gemm", 3000.0, "dot.2"),
+               ("while", 9000.0, "while.3")]
+    # the "XLA Ops" line repeats the stream's kernels
+    path = write_xspace(tmp_path / "t.xplane.pb", {"Stream #7(Compute)": kernels,
+                                                   "XLA Ops": kernels})
+    events = device_events(profile_summary.read_xspace(path))
     assert len(events) == 3
     s = summarize(events, ops, steps=2)
     assert s["kernel_ms_per_step"] == 2.0  # (1 + 3) ms over 2 steps; the while left out
     assert s["families_ms"]["matmul"] == 1.5 and s["families_ms"]["fusions/elementwise"] == 0.5
 
 
-def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels():
-    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
-            for t, n in ((1, "Stream #7(Compute)"), (200, "python"))]
-    kernels = [{"ph": "X", "pid": 1, "tid": tid, "name": name, "dur": dur, "args": {}}
-               for tid, name, dur in ((1, "loop_add_fusion", 1000.0),
-                                      (1, "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 3000.0),
-                                      (1, "MemcpyD2D", 500.0), (200, "jit_step", 9000.0))]
-    events = device_events({"traceEvents": meta + kernels})
+def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels(tmp_path):
+    path = write_xspace(tmp_path / "t.xplane.pb", {
+        "Stream #7(Compute)": [("loop_add_fusion", 1000.0, None),
+                               ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", 3000.0, None),
+                               ("MemcpyD2D", 500.0, None)],
+        "python": [("jit_step", 9000.0, None)]})
+    events = device_events(profile_summary.read_xspace(path))
     assert [e["name"] for e in events] == ["loop_add_fusion",
                                            "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n", "MemcpyD2D"]
     s = summarize(events, {}, steps=1)
@@ -87,26 +108,21 @@ def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels():
 def test_a_runs_trace_is_summarized_as_text_and_bad_folders_are_one_line(tmp_path, capsys):
     """`bench/profile_summary.py RUN/profile --steps N`: train.profile's trace, without
     TensorBoard; a folder without a trace, or a trace cut short, is one line."""
-    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": 1,
-             "args": {"name": "Stream #7(Compute)"}}]
-    kernels = [{"ph": "X", "pid": 1, "tid": 1, "name": name, "dur": dur, "args": {"hlo_op": op}}
-               for op, name, dur in (("fusion.1", "loop_add_fusion", 1000.0),
-                                     ("gemm.2", "sm90_xmma_gemm_bf16bf16", 3000.0))]
-    trace = tmp_path / "profile" / "plugins" / "profile" / "2026_12_07_21_20_42"
-    trace.mkdir(parents=True)
-    with gzip.open(trace / "perfetto_trace.json.gz", "wt") as f:
-        json.dump({"traceEvents": meta + kernels}, f)
+    run = tmp_path / "profile" / "plugins" / "profile"
+    write_xspace(run / "2026_12_07_21_20_42" / "host.xplane.pb", {"Stream #7(Compute)": [
+        ("loop_add_fusion", 1000.0, "fusion.1"), ("sm90_xmma_gemm_bf16bf16", 3000.0, "gemm.2")]})
     profile_summary.main([str(tmp_path / "profile"), "--steps", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["profile (2 steps): 2.00 ms of kernels per step",
                          "  matmul                     1.500 ms   75.0%",
                          "  fusions/elementwise        0.500 ms   25.0%"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match=r"empty holds no jax.profiler trace \(perfetto_trace"):
+    with pytest.raises(UserError, match=r"empty holds no jax.profiler trace \(\*\.xplane\.pb"):
         profile_summary.main([str(tmp_path / "empty")])
-    (trace / "perfetto_trace.json.gz").write_bytes(
-        gzip.compress(b'{"traceEvents": []}')[:20])  # cut short
-    with pytest.raises(UserError, match=r"^the newest trace under .* is unreadable \(EOFError"):
+    newer = run / "2026_12_07_21_30_00" / "host.xplane.pb"  # the newest is read
+    newer.parent.mkdir()
+    newer.write_bytes((run / "2026_12_07_21_20_42" / "host.xplane.pb").read_bytes()[:-9])
+    with pytest.raises(UserError, match=r"^the newest trace under .* is unreadable \(Runtime"):
         profile_summary.main([str(tmp_path / "profile")])
     with pytest.raises(UserError, match=r"is not a folder"):
         profile_summary.main([str(tmp_path / "nowhere")])
@@ -285,6 +301,8 @@ def test_smoke_run_end_to_end(tmp_path):
     text = (tmp_path / "gpu_suite.txt").read_text()
     assert "profile (2 steps)" in text and "MFU" in text
     assert "profile of the loop's last window (train.profile;" in text
+    assert re.search(r"^  the same kernels against the untraced windows' [\d.]+ ms step: \d+% ",
+                     text, re.M), text
 
 
 @pytest.mark.slow
