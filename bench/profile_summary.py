@@ -74,17 +74,14 @@ def read_xspace(path: Path) -> list[dict]:
     """The events of a jax.profiler XSpace file that may be a device's work: those naming an
     `hlo_op`, and every event on a GPU's "Stream" lines. Each as {"line", "name", "dur" (µs),
     "args" (its stats)}."""
-    from jax.profiler import ProfileData
+    from bertjax.step_trace import xspace_events
 
     events = []
-    for plane in ProfileData.from_file(str(path)).planes:
-        for line in plane.lines:
-            on_stream = line.name.startswith("Stream")
-            for e in line.events:
-                stats = dict(e.stats)
-                if on_stream or "hlo_op" in stats:
-                    events.append({"line": line.name, "name": e.name,
-                                   "dur": e.duration_ns / 1e3, "args": stats})
+    for line, e in xspace_events(path):
+        stats = dict(e.stats)
+        if line.startswith("Stream") or "hlo_op" in stats:
+            events.append({"line": line, "name": e.name, "dur": e.duration_ns / 1e3,
+                           "args": stats})
     return events
 
 
@@ -107,7 +104,8 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 1
     for e in events:
         op = e.get("args", {}).get("hlo_op") or e.get("name", "?")
         info = ops.get(op, {})
-        if info.get("opcode") in CONTAINERS:
+        # Without the HLO text (a run's trace) XLA's own names tell: "while.454"
+        if info.get("opcode", re.sub(r"\.\d+$", "", op)) in CONTAINERS:
             continue
         names[op] = family(op, e.get("name", ""), **info)
         by_family[names[op]] += float(e.get("dur", 0.0))

@@ -11,7 +11,7 @@ RUN/profile/processN/ (the file names would collide on a host running two).
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -38,12 +38,22 @@ def warn_if_past_the_end(window: list[int], last_step: int, whose: str) -> None:
                       "nothing will be traced; give steps within the run", stacklevel=3)
 
 
+def xspace_events(path: Path) -> Iterator[tuple[str, object]]:
+    """(line name, event) of every event in a jax.profiler XSpace file (`*.xplane.pb`, the
+    whole trace); an event has .name, .duration_ns and .stats. Raises RuntimeError (jaxlib's)
+    for a file that is not one."""
+    with warnings.catch_warnings():  # jaxlib 0.11 on Python 3.12, at the first .stats
+        warnings.filterwarnings("ignore", "builtin type .* has no __module__", DeprecationWarning)
+        for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
+            for line in plane.lines:
+                for event in line.events:
+                    yield line.name, event
+
+
 def event_count(trace_run: Path) -> int | None:
     """The events of the trace in one of jax.profiler's run folders (None: not readable)."""
     try:
-        return sum(1 for path in trace_run.glob("*.xplane.pb")
-                   for plane in jax.profiler.ProfileData.from_file(str(path)).planes
-                   for line in plane.lines for _ in line.events)
+        return sum(1 for path in trace_run.glob("*.xplane.pb") for _ in xspace_events(path))
     except (AttributeError, RuntimeError, OSError):  # a jax without ProfileData; a bad file
         return None
 

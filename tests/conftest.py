@@ -476,7 +476,7 @@ def trace_events(run_dir: Path) -> list[dict]:
     traces = sorted((run_dir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1, traces
     assert len(list(traces[0].parent.glob("perfetto_trace.json.gz"))) == 1  # for ui.perfetto.dev
-    return [{"name": e.name, "args": stats}
-            for plane in jax.profiler.ProfileData.from_file(str(traces[0])).planes
-            for line in plane.lines for e in line.events
+    from bertjax.step_trace import xspace_events
+
+    return [{"name": e.name, "args": stats} for _, e in xspace_events(traces[0])
             if "hlo_op" in (stats := dict(e.stats))]
