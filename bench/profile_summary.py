@@ -158,7 +158,8 @@ def format_summary(summary: dict, step_ms: float | None = None) -> str:
     if "error" in summary:
         return f"profile: {summary['error']}"
     total = summary["kernel_ms_per_step"] or 1e-9
-    head = f"profile ({summary['steps']} steps): {total:.2f} ms of kernels per step"
+    steps = summary["steps"]
+    head = f"profile ({steps} step{'s' * (steps != 1)}): {total:.2f} ms of kernels per step"
     if step_ms:
         head += f" ({total / step_ms:.0%} of the {step_ms:.2f} ms step)"
     lines = [head]
@@ -188,6 +189,13 @@ def main(argv: list[str]) -> None:
         raise UserError(f"{args.trace_dir} is not a folder; {fix}")
     if newest_trace(args.trace_dir) is None:
         raise UserError(f"{args.trace_dir} holds no jax.profiler trace (*.xplane.pb); {fix}")
+    processes = sorted({part for path in args.trace_dir.rglob("*.xplane.pb")
+                        for part in path.relative_to(args.trace_dir).parts
+                        if re.fullmatch(r"process\d+", part)}, key=lambda p: int(p[7:]))
+    if len(processes) > 1:  # the newest of them alone would pass for the run's
+        raise UserError(f"{args.trace_dir} holds the traces of {len(processes)} processes "
+                        f"({', '.join(processes)}), one folder each: give one, e.g. "
+                        f"{args.trace_dir / processes[0]}")
     try:
         summary = summarize_trace(args.trace_dir, args.steps, top=args.top)
     except (OSError, RuntimeError) as e:  # a trace cut short (a run killed writing it)

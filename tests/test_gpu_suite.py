@@ -128,6 +128,16 @@ def test_a_runs_trace_is_summarized_as_text_and_bad_folders_are_one_line(tmp_pat
         profile_summary.main([str(tmp_path / "profile")])
     with pytest.raises(UserError, match=r"is not a folder"):
         profile_summary.main([str(tmp_path / "nowhere")])
+    for process in (0, 1):  # a run of two processes: one folder each
+        write_xspace(tmp_path / "two" / f"process{process}" / "plugins" / "profile" /
+                     "2026_12_07_21_20_42" / "host.xplane.pb",
+                     {"Stream #7(Compute)": [("loop_add_fusion", 1000.0, "fusion.1")]})
+    with pytest.raises(UserError, match=r"two holds the traces of 2 processes \(process0, "
+                                        r"process1\), one folder each: give one, e.g. .*/two/"
+                                        r"process0$"):
+        profile_summary.main([str(tmp_path / "two")])
+    profile_summary.main([str(tmp_path / "two" / "process1")])
+    assert capsys.readouterr().out.startswith("profile (1 step): 1.00 ms of kernels per step")
 
 
 def test_a_call_without_the_matmul_item_keeps_its_mfu():
