@@ -62,7 +62,7 @@ from bertjax.seed_run import (
 )
 from bertjax.sharding import make_mesh, with_mesh
 from bertjax.starting_points import RUN_KEYS, initial_model, load_start
-from bertjax.step_trace import StepTrace, warn_if_past_the_end
+from bertjax.step_trace import StepTrace, warn_if_past_the_end, warn_if_resumed_past
 from bertjax.sweep_state import check_rate_folder
 from bertjax.xla_options import compiler_options
 
@@ -133,6 +133,8 @@ def train_seeds(job: Job, change: str | None, wandb_run, digests: dict) -> Path:
                           sum(done.values()), wandb_run, None, job.cfg.precision.compute)
     job.stop = StopSignal(job.mesh)
     job.trace = StepTrace(job.cfg.train.profile, job.run_dir, job.monitor.write)
+    warn_if_resumed_past(job.cfg.train.profile, min(done.values()),
+                         "every seed resumes (or is done)")
     try:
         per_seed, best_model = run_seeds(job, done, finished)
     except Stopped as stopped:

@@ -59,7 +59,7 @@ from bertjax.runlock import check_run_dir_kind, hold_run_dir
 from bertjax.sharding import full_copy, make_mesh, shard_params
 from bertjax.starting_points import continue_from
 from bertjax.step import init_state
-from bertjax.step_trace import warn_if_past_the_end
+from bertjax.step_trace import warn_if_past_the_end, warn_if_resumed_past
 from bertjax.xla_options import compiler_options
 
 # What a run too large for its GPU's memory can lower (the step's activations grow with each).
@@ -226,6 +226,7 @@ def pretrain_holding_the_run_dir(cfg: Config) -> Path:
                           f"{attention_summary(cfg.model, cfg.precision.compute)}")
             if start:  # as a GLUE seed says it; before, only a changed config's warning did
                 monitor.write(f"resumed at step {start} ({checkpoints.directory / str(start)})")
+                warn_if_resumed_past(cfg.train.profile, start, "the run resumes")
             loop = Loop(run, mesh, keys, optimizer, monitor, checkpoints, meta, start,
                         lambda: initial_state(run, keys[INIT], mesh, load_init=True)[0])
             state = loop.train(state, start, stop)

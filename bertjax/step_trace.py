@@ -58,6 +58,15 @@ def event_count(trace_run: Path) -> int | None:
         return None
 
 
+def warn_if_resumed_past(window: list[int], done: int, who: str) -> None:
+    """A resume with `done` steps done, at or past the window's last step, traces nothing: said
+    (a run resumed after a crash with a window added to look into it traced nothing, without a
+    word)."""
+    if window and window[-1] <= done:
+        warnings.warn(f"train.profile={window} lies before step {done + 1:,}, where {who}: "
+                      "nothing will be traced; give later steps", stacklevel=3)
+
+
 class StepTrace:
     """Around the step loop (`with trace:`): `before` each step starts jax.profiler at the
     window's first step this process runs; `done` says when the window is complete, and the loop

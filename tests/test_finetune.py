@@ -996,6 +996,9 @@ def test_train_profile_traces_the_first_seeds_steps_with_its_evaluation(tmp_path
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["seed"], r["epoch"]) for r in rows if "dev_score" in r] == [
         (seed, epoch) for seed in (0, 1) for epoch in (1, 2, 3)]  # training went on alike
+    with pytest.warns(UserWarning, match=r"^train.profile=\[2, 3\] lies before step 7, where "
+                                         r"every seed resumes \(or is done\): nothing will"):
+        finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.profile=[2,3]"))
 
     run_dir = tmp_path / "cut"
     finetune(sst2_cfg(run_dir, tokenizer_path, "glue.epochs=3", "train.profile=[5,9]"))

@@ -425,6 +425,10 @@ def test_a_profile_window_past_the_run_is_said_and_cut_at_its_end(config_file, t
                      r".* perfetto_trace.json.gz \(its first 1,000 of [\d,]+ events\) at ",
                      out, re.M), out
     assert len(trace_events(tmp_path)) > 1000  # all of them in the .xplane.pb
+    with pytest.warns(UserWarning, match=rf"^train.profile=\[2, 3\] lies before step {STEPS + 1},"
+                                         r" where the run resumes: nothing will be traced"):
+        pretrain(config_lib.load([config_file], [*overrides, f"train.steps={STEPS + 1}",
+                                                 "train.profile=[2,3]"]))
 
 
 def test_a_loop_that_fails_in_its_profile_window_stops_the_trace(config_file, tmp_path,
