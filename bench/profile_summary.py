@@ -72,16 +72,16 @@ def describe_ops(hlo_text: str) -> dict[str, dict[str, str]]:
 
 def read_xspace(path: Path) -> list[dict]:
     """The events of a jax.profiler XSpace file that may be a device's work: those naming an
-    `hlo_op`, and every event on a GPU's "Stream" lines. Each as {"line", "name", "dur" (µs),
-    "args" (its stats)}."""
+    `hlo_op`, and every event on a GPU's "Stream" lines. Each as {"plane" (a GPU, or the CPU
+    host), "line", "name", "dur" (µs), "args" (its stats)}."""
     from bertjax.step_trace import xspace_events
 
     events = []
-    for line, e in xspace_events(path):
+    for plane, line, e in xspace_events(path):
         stats = dict(e.stats)
         if line.startswith("Stream") or "hlo_op" in stats:
-            events.append({"line": line, "name": e.name, "dur": e.duration_ns / 1e3,
-                           "args": stats})
+            events.append({"plane": plane, "line": line, "name": e.name,
+                           "dur": e.duration_ns / 1e3, "args": stats})
     return events
 
 
@@ -99,7 +99,9 @@ def device_events(events: list[dict]) -> list[dict]:
 
 def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 12) -> dict:
     """Milliseconds per step by family, and the `top` ops by time (control-flow ops left out:
-    their time is their body's)."""
+    their time is their body's), per device: the mean of the GPUs a process drives (summed, 8
+    GPUs' kernels read as 8 times a step's)."""
+    devices = len({e.get("plane") for e in events}) or 1
     by_family, by_op, names = collections.Counter(), collections.Counter(), {}
     for e in events:
         op = e.get("args", {}).get("hlo_op") or e.get("name", "?")
@@ -111,8 +113,9 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 1
         by_family[names[op]] += float(e.get("dur", 0.0))
         by_op[op] += float(e.get("dur", 0.0))
     total = sum(by_family.values())
-    ms = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
-    return {"steps": steps, "kernel_ms_per_step": ms(total), "events": len(events),
+    ms = lambda us: round(us / 1e3 / steps / devices, 3)  # noqa: E731
+    return {"steps": steps, "devices": devices, "kernel_ms_per_step": ms(total),
+            "events": len(events),
             "families_ms": {f: ms(by_family[f]) for f in FAMILIES},
             "top_ops": [{"op": op, "family": names[op], "ms": ms(us),
                          "opcode": ops.get(op, {}).get("opcode", ""),
@@ -160,6 +163,8 @@ def format_summary(summary: dict, step_ms: float | None = None) -> str:
     total = summary["kernel_ms_per_step"] or 1e-9
     steps = summary["steps"]
     head = f"profile ({steps} step{'s' * (steps != 1)}): {total:.2f} ms of kernels per step"
+    if summary.get("devices", 1) > 1:
+        head += f" and device (the mean of {summary['devices']})"
     if step_ms:
         head += f" ({total / step_ms:.0%} of the {step_ms:.2f} ms step)"
     lines = [head]

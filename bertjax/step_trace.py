@@ -38,16 +38,17 @@ def warn_if_past_the_end(window: list[int], last_step: int, whose: str) -> None:
                       "nothing will be traced; give steps within the run", stacklevel=3)
 
 
-def xspace_events(path: Path) -> Iterator[tuple[str, object]]:
-    """(line name, event) of every event in a jax.profiler XSpace file (`*.xplane.pb`, the
-    whole trace); an event has .name, .duration_ns and .stats. Raises RuntimeError (jaxlib's)
-    for a file that is not one."""
+def xspace_events(path: Path) -> Iterator[tuple[str, str, object]]:
+    """(plane name, line name, event) of every event in a jax.profiler XSpace file
+    (`*.xplane.pb`, the whole trace): a plane is a device ("/device:GPU:0") or the host, a line
+    one of its streams or threads; an event has .name, .duration_ns and .stats. Raises
+    RuntimeError (jaxlib's) for a file that is not one."""
     with warnings.catch_warnings():  # jaxlib 0.11 on Python 3.12, at the first .stats
         warnings.filterwarnings("ignore", "builtin type .* has no __module__", DeprecationWarning)
         for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
             for line in plane.lines:
                 for event in line.events:
-                    yield line.name, event
+                    yield plane.name, line.name, event
 
 
 def event_count(trace_run: Path) -> int | None:

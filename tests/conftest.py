@@ -478,5 +478,5 @@ def trace_events(run_dir: Path) -> list[dict]:
     assert len(list(traces[0].parent.glob("perfetto_trace.json.gz"))) == 1  # for ui.perfetto.dev
     from bertjax.step_trace import xspace_events
 
-    return [{"name": e.name, "args": stats} for _, e in xspace_events(traces[0])
+    return [{"name": e.name, "args": stats} for _, _, e in xspace_events(traces[0])
             if "hlo_op" in (stats := dict(e.stats))]

@@ -15,7 +15,7 @@ import gpu_suite  # bench/ is on the path through pyproject's [tool.pytest.ini_o
 import profile_summary
 import pytest
 import suite_items
-from profile_summary import describe_ops, device_events, family, summarize
+from profile_summary import describe_ops, device_events, family, format_summary, summarize
 
 from bertjax import glue_tasks, pretrain_loop
 from bertjax.errors import UserError
@@ -46,26 +46,28 @@ def test_kernel_families(args, expected):
     assert family(*args) == expected
 
 
-def write_xspace(path: Path, lines: dict[str, list[tuple]]) -> Path:
-    """A jax.profiler XSpace file of one GPU plane: {line name: [(event name, µs, hlo_op or
-    None), ...]}, each line's events one after another."""
+def write_xspace(path: Path, lines: dict[str, list[tuple]], gpus: int = 1) -> Path:
+    """A jax.profiler XSpace file of `gpus` GPU planes alike: {line name: [(event name, µs,
+    hlo_op or None), ...]}, each line's events one after another."""
     from jax.profiler import ProfileData
 
     names = sorted({name for events in lines.values() for name, _, _ in events})
     ids = {name: i + 1 for i, name in enumerate(names)}
-    text = ['planes { id: 1 name: "/device:GPU:0"']
-    for i, (line, events) in enumerate(lines.items()):
-        text.append(f'lines {{ id: {i + 1} name: "{line}" timestamp_ns: 1000')
-        offset = 0
-        for name, us, op in events:
-            stat = f'stats {{ metadata_id: 1 str_value: "{op}" }}' if op else ""
-            text.append(f"events {{ metadata_id: {ids[name]} offset_ps: {offset} "
-                        f"duration_ps: {int(us * 1e6)} {stat} }}")
-            offset += int(us * 1e6)
-        text.append("}")
-    text += [f'event_metadata {{ key: {i} value {{ id: {i} name: "{name}" }} }}'
-             for name, i in ids.items()]
-    text += ['stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }', "}"]
+    text = []
+    for gpu in range(gpus):
+        text.append(f'planes {{ id: {gpu + 1} name: "/device:GPU:{gpu}"')
+        for i, (line, events) in enumerate(lines.items()):
+            text.append(f'lines {{ id: {i + 1} name: "{line}" timestamp_ns: 1000')
+            offset = 0
+            for name, us, op in events:
+                stat = f'stats {{ metadata_id: 1 str_value: "{op}" }}' if op else ""
+                text.append(f"events {{ metadata_id: {ids[name]} offset_ps: {offset} "
+                            f"duration_ps: {int(us * 1e6)} {stat} }}")
+                offset += int(us * 1e6)
+            text.append("}")
+        text += [f'event_metadata {{ key: {i} value {{ id: {i} name: "{name}" }} }}'
+                 for name, i in ids.items()]
+        text += ['stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }', "}"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(ProfileData.text_proto_to_serialized_xspace("\n".join(text)))
     return path
@@ -91,6 +93,12 @@ def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow(tmp_pat
     assert s["families_ms"]["matmul"] == 1.5 and s["families_ms"]["fusions/elementwise"] == 0.5
     # a run's trace has no HLO text to read the opcodes from: the while is told by its name
     assert summarize(events, {}, steps=2)["kernel_ms_per_step"] == 2.0
+    # a process driving two GPUs: per device, their mean (summed, it read 4.0)
+    path = write_xspace(tmp_path / "two.xplane.pb", {"Stream #7(Compute)": kernels}, gpus=2)
+    s = summarize(device_events(profile_summary.read_xspace(path)), ops, steps=2)
+    assert (s["devices"], s["kernel_ms_per_step"]) == (2, 2.0)
+    assert format_summary(s).startswith("profile (2 steps): 2.00 ms of kernels per step and "
+                                        "device (the mean of 2)\n")
 
 
 def test_a_trace_without_hlo_op_names_falls_back_to_the_stream_kernels(tmp_path):
