@@ -292,9 +292,9 @@ def report_text(report: dict) -> str:
                       f"its own step time, {r['traced_step_s'] * 1e3:.2f} ms under the trace):",
                   format_summary(r["profile"], r["traced_step_s"] * 1e3)]
         if "error" not in r["profile"]:  # the Python tracer slows the host: the plain windows
-            kernels = r["profile"]["kernel_ms_per_step"]
+            busy = r["profile"]["busy_ms_per_step"]
             lines.append(f"  the same kernels against the untraced windows' {r['step_s'] * 1e3:.2f}"
-                         f" ms step: {kernels / (r['step_s'] * 1e3):.0%} (below 100 %: the "
+                         f" ms step: {busy / (r['step_s'] * 1e3):.0%} busy (below 100 %: the "
                          "device waits for the host)")
     skipped = [d["id"] for d in report["items"] if d["status"] != "ok"]
     lines += ["", *peer_lines(report),

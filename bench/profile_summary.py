@@ -73,7 +73,7 @@ def describe_ops(hlo_text: str) -> dict[str, dict[str, str]]:
 def read_xspace(path: Path) -> list[dict]:
     """The events of a jax.profiler XSpace file that may be a device's work: those naming an
     `hlo_op`, and every event on a GPU's "Stream" lines. Each as {"plane" (a GPU, or the CPU
-    host), "line", "name", "dur" (µs), "args" (its stats)}."""
+    host), "line", "name", "start" and "dur" (µs), "args" (its stats)}."""
     from bertjax.step_trace import xspace_events
 
     events = []
@@ -81,7 +81,8 @@ def read_xspace(path: Path) -> list[dict]:
         stats = dict(e.stats)
         if line.startswith("Stream") or "hlo_op" in stats:
             events.append({"plane": plane, "line": line, "name": e.name,
-                           "dur": e.duration_ns / 1e3, "args": stats})
+                           "start": e.start_ns / 1e3, "dur": e.duration_ns / 1e3,
+                           "args": stats})
     return events
 
 
@@ -97,12 +98,24 @@ def device_events(events: list[dict]) -> list[dict]:
     return streams or ops or on_stream
 
 
+def busy_us(events: list[dict]) -> float:
+    """The time some kernel ran, overlaps counted once (a copy stream beside the compute one,
+    CPU threads side by side): below the sum of their durations where they overlap."""
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted((e["start"], e["start"] + e["dur"]) for e in events):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return busy
+
+
 def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 12) -> dict:
     """Milliseconds per step by family, and the `top` ops by time (control-flow ops left out:
     their time is their body's), per device: the mean of the GPUs a process drives (summed, 8
-    GPUs' kernels read as 8 times a step's)."""
+    GPUs' kernels read as 8 times a step's). `busy_ms_per_step`: the time a kernel ran at all,
+    the share of the step the device did not wait."""
     devices = len({e.get("plane") for e in events}) or 1
     by_family, by_op, names = collections.Counter(), collections.Counter(), {}
+    kernels = collections.defaultdict(list)  # plane -> its kernels
     for e in events:
         op = e.get("args", {}).get("hlo_op") or e.get("name", "?")
         info = ops.get(op, {})
@@ -112,9 +125,11 @@ def summarize(events: list[dict], ops: dict[str, dict], steps: int, top: int = 1
         names[op] = family(op, e.get("name", ""), **info)
         by_family[names[op]] += float(e.get("dur", 0.0))
         by_op[op] += float(e.get("dur", 0.0))
+        kernels[e.get("plane")].append(e)
     total = sum(by_family.values())
     ms = lambda us: round(us / 1e3 / steps / devices, 3)  # noqa: E731
     return {"steps": steps, "devices": devices, "kernel_ms_per_step": ms(total),
+            "busy_ms_per_step": ms(sum(map(busy_us, kernels.values()))),
             "events": len(events),
             "families_ms": {f: ms(by_family[f]) for f in FAMILIES},
             "top_ops": [{"op": op, "family": names[op], "ms": ms(us),
@@ -165,8 +180,11 @@ def format_summary(summary: dict, step_ms: float | None = None) -> str:
     head = f"profile ({steps} step{'s' * (steps != 1)}): {total:.2f} ms of kernels per step"
     if summary.get("devices", 1) > 1:
         head += f" and device (the mean of {summary['devices']})"
+    busy = summary.get("busy_ms_per_step", total)
+    if busy < 0.995 * total:  # kernels side by side: CPU threads, GPU streams
+        head += f", busy {busy:.2f} ms"
     if step_ms:
-        head += f" ({total / step_ms:.0%} of the {step_ms:.2f} ms step)"
+        head += f" ({busy / step_ms:.0%} of the {step_ms:.2f} ms step busy)"
     lines = [head]
     for fam, ms in sorted(summary["families_ms"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {fam:22} {ms:9.3f} ms  {ms / total:6.1%}")

@@ -93,6 +93,14 @@ def test_trace_summary_counts_stream_kernels_once_and_skips_control_flow(tmp_pat
     assert s["families_ms"]["matmul"] == 1.5 and s["families_ms"]["fusions/elementwise"] == 0.5
     # a run's trace has no HLO text to read the opcodes from: the while is told by its name
     assert summarize(events, {}, steps=2)["kernel_ms_per_step"] == 2.0
+    # a copy stream beside the compute one: busy counts the overlap once
+    path = write_xspace(tmp_path / "copy.xplane.pb", {
+        "Stream #7(Compute)": kernels, "Stream #8(MemcpyH2D)": [("MemcpyH2D", 1500.0, "copy.4")]})
+    s = summarize(device_events(profile_summary.read_xspace(path)), ops, steps=2)
+    assert (s["kernel_ms_per_step"], s["busy_ms_per_step"]) == (2.75, 2.0)  # 5.5 ms, 4 at once
+    assert format_summary(s, step_ms=4.0).startswith(
+        "profile (2 steps): 2.75 ms of kernels per step, busy 2.00 ms (50% of the 4.00 ms step "
+        "busy)\n")
     # a process driving two GPUs: per device, their mean (summed, it read 4.0)
     path = write_xspace(tmp_path / "two.xplane.pb", {"Stream #7(Compute)": kernels}, gpus=2)
     s = summarize(device_events(profile_summary.read_xspace(path)), ops, steps=2)
@@ -321,8 +329,8 @@ def test_smoke_run_end_to_end(tmp_path):
     text = (tmp_path / "gpu_suite.txt").read_text()
     assert "profile (2 steps)" in text and "MFU" in text
     assert "profile of the loop's last window (train.profile;" in text
-    assert re.search(r"^  the same kernels against the untraced windows' [\d.]+ ms step: \d+% ",
-                     text, re.M), text
+    assert re.search(r"^  the same kernels against the untraced windows' [\d.]+ ms step: \d+% "
+                     r"busy ", text, re.M), text
 
 
 @pytest.mark.slow
