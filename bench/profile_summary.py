@@ -167,7 +167,7 @@ def summarize_trace(directory: Path, steps: int, compiled_text: str = "", top: i
     events = device_events(read_xspace(path))
     if not events:
         return {"error": "the trace holds no XLA op event (none names an hlo_op, no Stream "
-                         "thread)"}
+                         "line)"}
     return summarize(events, describe_ops(compiled_text), steps, top)
 
 
