@@ -218,7 +218,8 @@ def setup(cfg: Config) -> tuple[Job, str | None]:
         print(f"{glue_tasks.get_task(cfg.glue.task).name}: {len(train)} training examples "
               f"({train_enc.truncated} truncated to {cfg.glue.buckets[-1]} tokens), dev "
               f"{[len(e) for e, _ in dev.values()]}, seeds {cfg.glue.seeds}, "
-              f"{jax.process_count()} process(es)")
+              f"{jax.process_count()} process(es), {jax.device_count()} device(s) "
+              f"({jax.devices()[0].device_kind})")  # as pretraining says it: which GPU a log is of
     return job, change
 
 

@@ -990,7 +990,10 @@ def test_train_profile_traces_the_first_seeds_steps_with_its_evaluation(tmp_path
     left running through the next seed. (2 steps an epoch: the 5 rows fill two buckets; an
     evaluation runs predict once a bucket.)"""
     finetune(sst2_cfg(tmp_path, tokenizer_path, "glue.epochs=3", "train.profile=[2,3]"))
-    said = re.findall(r"^profile: steps (.*) traced to (\S+);", capsys.readouterr().out, re.M)
+    out = capsys.readouterr().out
+    assert re.search(r"^sst2: 5 training examples .* 1 process\(es\), 8 device\(s\) \(cpu\)$",
+                     out, re.M), out  # which device a log is of
+    said = re.findall(r"^profile: steps (.*) traced to (\S+);", out, re.M)
     assert said == [("2-3", said[0][1])] and said[0][1].startswith(f"{tmp_path}/profile/"), said
     assert executions(trace_events(tmp_path)) == {"jit_train_step": 2, "jit_predict": 2}
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
