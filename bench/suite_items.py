@@ -162,8 +162,9 @@ def run_loop(item: dict) -> dict:
     (the first holds the compilation) give the loop's step time; beside the bare step's (item
     "ours", same shape, fixed batch on the device) it is what the host adds: reading and copying
     batches, dispatch, the metrics read-back at each log line. The fifth is traced
-    (train.profile): the device's kernel time per step against that window's step time says how
-    long the device waits for the host."""
+    (train.profile): the device's busy time per step (bench/profile_summary.py) against the step
+    time of the untraced windows says how long the device waits for the host (the Python tracer
+    slows the traced window's own)."""
     import jax
 
     from bertjax import config
