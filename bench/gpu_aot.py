@@ -90,7 +90,6 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
     """(optimized HLO text, memory figures per device) of the pretraining step compiled for
     `devices`: on several, sharded as bertjax shards it (mesh.strategy: the rows split over the
     devices, parameters replicated or FSDP-split by bertjax.sharding.param_shardings)."""
-    import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -100,30 +99,24 @@ def compile_step(overrides: list[str], devices: list, rows_per_device: int = 128
     from bertjax.sharding import param_shardings, replicated, rows
 
     attention.cudnn_unsupported = functools.partial(ATTENTION_RULE, device=devices[0])
-    # The step is compiled inlined into whole_step below, and jax takes compiler_options on a
-    # top-level jit only: train.xla_flags goes to that compile instead of the step's own jit.
+    # train.xla_flags goes to the compile below, not through the item's config to the step's
+    # jit: a lowered program takes its compiler options when it is compiled.
     flags = " ".join(o.partition("=")[2] for o in overrides if o.startswith(XLA_FLAGS_KEY))
     item = {"shape": ["base", 30522, rows_per_device * len(devices), 128], "precision": "bfloat16",
             "set": GPU_DEFAULTS + [o for o in overrides if not o.startswith(XLA_FLAGS_KEY)]}
     cfg, step, state, batch, schedule = suite_items.setup_ours(item)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     inputs = (batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), schedule)
-    (inputs_dyn, state_dyn), (inputs_static, state_static) = eqx.partition((inputs, state),
-                                                                           eqx.is_array)
-    input_shardings = (jax.tree.map(lambda _: rows(mesh), inputs_dyn[0]),  # the batch
-                       *jax.tree.map(lambda _: replicated(mesh), inputs_dyn[1:]))
+    input_shardings = (jax.tree.map(lambda _: rows(mesh), inputs[0]),  # the batch
+                       *jax.tree.map(lambda _: replicated(mesh), inputs[1:]))
 
     def abstract(x, sharding):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    def whole_step(inputs_dyn, state_dyn):  # equinox's filter_jit takes no abstract arrays
-        return step.jitted(eqx.combine(inputs_dyn, inputs_static),
-                           eqx.combine(state_dyn, state_static))
-
     with jax.set_mesh(mesh):  # the model's sharding hints, as bertjax.sharding.with_mesh
-        lowered = jax.jit(whole_step, donate_argnums=1).lower(
-            jax.tree.map(abstract, inputs_dyn, input_shardings),
-            jax.tree.map(abstract, state_dyn, param_shardings(state_dyn, mesh, cfg.mesh)))
+        lowered = step.jitted.lower(
+            jax.tree.map(abstract, inputs, input_shardings),
+            jax.tree.map(abstract, state, param_shardings(state, mesh, cfg.mesh)))
     compiled = lowered.compile(**jit_options(compiler_options(flags)))
     memory = compiled.memory_analysis()
     return compiled.as_text(), {

@@ -30,8 +30,9 @@ def predict_split(predict, model: Bert, enc: glue_batches.Encoded, batch_size: i
     indices, outputs = [], []
     for batch in glue_batches.iter_batches(enc, batch_size):
         indices.append(batch["example_index"])
-        outputs.append(np.asarray(predict(model, device_batch(batch, mesh), replicated(mesh))))
-    return glue_batches.in_example_order(len(enc), indices, outputs)
+        # Read back after the loop: the host builds the next batch while the device runs this.
+        outputs.append(predict(model, device_batch(batch, mesh), replicated(mesh)))
+    return glue_batches.in_example_order(len(enc), indices, [np.asarray(o) for o in outputs])
 
 
 def evaluate(predict, model: Bert, dev: dict, cfg: Config, mesh) -> dict[str, dict]:

@@ -130,7 +130,7 @@ class Loop:
         rates = schedule_args(self.cfg.optim, self.run.total_steps, self.watch.lr_factor)
         with self.batches(start) as batches, self.trace:
             for step, first, local in batches:
-                self.trace.before(step + 1)
+                self.trace.before(step + 1, state)
                 batch = global_batch(local, self.mesh)
                 state, metrics = self.train_step(state, batch, jnp.int32(first), self.keys[MASK],
                                                  jax.random.fold_in(self.keys[DROPOUT], step),

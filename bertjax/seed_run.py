@@ -186,7 +186,7 @@ class SeedRun:
                                                seed=self.seed, epoch=epoch, start=first):
             if self.step == steps.total:
                 break
-            job.trace.before(self.step + 1)
+            job.trace.before(self.step + 1, self.state)
             self.state, sums = steps.train_step(
                 (device_batch(batch, job.mesh), jax.random.fold_in(self.key, self.step + 1),
                  steps.schedule), self.state)

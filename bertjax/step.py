@@ -8,9 +8,14 @@ global number of predicted tokens. GLUE: one bucketed batch, mean loss over its 
 Both then go through `apply_update`: unscale (fp16), finite check, AdamW, skip a bad step. Both
 take the learning-rate schedule's numbers as an argument (`optim.ScheduleArgs`), so one program
 serves every learning rate, warm-up and run length.
+
+The steps are `jax.jit`, not `eqx.filter_jit`: equinox's wrapper waits for each call's result
+(to raise its runtime errors at the call), so the host could not read, copy and dispatch the
+next batch while the device runs this step. Every leaf they take and return is an array.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -131,7 +136,7 @@ def make_train_step(spec: StepSpec, optimizer: optax.GradientTransformation, mic
             loss = loss + sums["pair_loss"] / denominators["pair"]
         return loss * scale, sums
 
-    @eqx.filter_jit(donate="all-except-first", **jit_options(spec.xla_options))
+    @functools.partial(jax.jit, donate_argnums=1, **jit_options(spec.xla_options))
     def donating_step(inputs, state: TrainState):
         return step(state, *inputs)
 
@@ -172,7 +177,7 @@ def make_eval_step(spec: StepSpec):
     """eval_step(model, batch, first_row, mask key, num_sequences) -> sums over the batch's
     rows at global positions below num_sequences (the sequences scored). A last batch part
     filled (the shape is fixed) reads some sequences again; those copies weigh nothing."""
-    @eqx.filter_jit(**jit_options(spec.xla_options))
+    @functools.partial(jax.jit, **jit_options(spec.xla_options))
     def eval_step(model: Bert, batch: dict, first_row, mask_key, num_sequences):
         batch = mask_rows(spec, mask_key, batch, first_row)
         rows = batch["input_ids"].shape[0]
@@ -199,7 +204,7 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
         sums = classification_sums(logits, batch["labels"], batch["valid"].astype(jnp.float32))
         return sums["loss"] / jnp.maximum(sums["weight"], 1.0) * scale, sums
 
-    @eqx.filter_jit(donate="all-except-first", **jit_options(xla_options))
+    @functools.partial(jax.jit, donate_argnums=1, **jit_options(xla_options))
     def train_step(inputs, state: TrainState):
         batch, key, schedule = inputs
         scale = jnp.asarray(1.0) if state.loss_scale is None else state.loss_scale.scale
@@ -214,7 +219,7 @@ def make_glue_steps(optimizer: optax.GradientTransformation, precision: Precisio
 def make_glue_predict(precision: Precision, xla_options: Options = ()):
     """predict(model, batch, sharding) -> a classifier's logits (a regressor's scores) laid out
     by `sharding`: the fine-tune's dev and test predictions, and bertjax.glue_score's."""
-    @eqx.filter_jit(**jit_options(xla_options))
+    @functools.partial(jax.jit, static_argnums=2, **jit_options(xla_options))
     def predict(model, batch, everywhere):
         m = precision.cast_to_compute(model)
         hidden = m(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])

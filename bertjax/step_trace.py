@@ -81,10 +81,13 @@ class StepTrace:
         self.step, self.state = 0, None  # the last traced step done, and the state after it
         self.traced = False  # tracing was started (or tried) once: never again
 
-    def before(self, step: int) -> None:
-        """Called before step `step` (1-based) is dispatched."""
+    def before(self, step: int, state) -> None:
+        """Called before step `step` (1-based) is dispatched, with the state it will update.
+        The steps before it run ahead of the host (dispatched, not done): a window starts when
+        they are done, so that their kernels are not counted among the window's."""
         if not self.traced and self.started is None and self.first <= step <= self.last:
             self.traced = True  # one try: a profiler that will not start stays off
+            jax.block_until_ready(state)
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)

@@ -9,6 +9,7 @@ why they sit at the top of conftest.py; jaxtyping's runtime checks come from pyp
 """
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -409,6 +410,15 @@ def setup(overrides=(), rows=8):
     precision = Precision.from_names(cfg.precision.compute)
     spec = StepSpec(precision, key_mask, True, False)
     return cfg, optimizer, state, batch, spec
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def held_back(x: jax.Array, iterations: int = 400_000) -> jax.Array:
+    """x again, from a program that runs `iterations` small matmuls first (2-3 s on a 2-core
+    machine): an input that stays not ready while a call is made with it."""
+    m = jax.lax.fori_loop(0, jnp.int32(iterations), lambda _, v: jnp.tanh(v @ v),
+                          jnp.full((64, 64), 1e-3, jnp.float32))
+    return x + (m[0, 0] > 1).astype(x.dtype)  # + 0, once the loop is done
 
 
 def step_inputs(i: int):

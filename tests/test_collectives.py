@@ -45,7 +45,7 @@ def compiled_pretraining_step(strategy: str, compute: str = "float32"):
     promotion = "strict" if compute == "float32" else "standard"
     with jax.set_mesh(mesh), jax.numpy_dtype_promotion(promotion):
         compiled = step.jitted.lower((rows, *INPUTS), sharded).compile()
-    return compiled, compiled.compiled.as_text(), sharded, rows, (step, state, batch)
+    return compiled, compiled.as_text(), sharded, rows, (step, state, batch)
 
 
 def test_fsdp_pretraining_step_holds_only_gathers_and_reductions_and_matches_one_device():
@@ -93,9 +93,9 @@ def test_fsdp_glue_steps_hold_no_all_to_all_or_collective_permute():
         "labels": rng.integers(0, 3, 16).astype(np.int32), "valid": np.ones(16, bool)}, mesh)
     with jax.set_mesh(mesh):
         train = count(train_step.lower((batch, jax.random.key(0), SCHEDULE), state)
-                      .lowered.compile().as_text())
+                      .compile().as_text())
         infer = count(predict.lower(state.model, batch, replicated(mesh))
-                      .lowered.compile().as_text())
+                      .compile().as_text())
     for n in (train, infer):
         assert n["all-to-all"] == 0 and n["collective-permute"] == 0 and n["all-gather"] > 0, n
     # Through with_mesh, as fine-tuning calls it: it runs and its logits are finite.

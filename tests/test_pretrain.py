@@ -29,6 +29,7 @@ from conftest import (
     communicate_all,
     fake_gpu,
     free_port,
+    held_back,
     tiny_run_config,
     trace_events,
     write_corpus,
@@ -460,10 +461,10 @@ def test_a_profiler_that_will_not_start_or_write_is_warned_of_and_training_goes_
     with pytest.warns(UserWarning, match=r"^train.profile: the profiler did not start \(CUPTI "
                                          r"could not be loaded\); the run goes on without a "
                                          r"trace$"):
-        trace.before(1)
+        trace.before(1, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # tried once, not at every step of the window
-        trace.before(2)
+        trace.before(2, None)
     assert not trace.done(2, None) and not said
 
     def disk_full():
@@ -473,12 +474,28 @@ def test_a_profiler_that_will_not_start_or_write_is_warned_of_and_training_goes_
     monkeypatch.setattr(jax.profiler, "start_trace", real_start)
     monkeypatch.setattr(jax.profiler, "stop_trace", disk_full)
     trace = StepTrace([1], tmp_path, said.append)  # [STEP]: that step alone
-    trace.before(1)
+    trace.before(1, None)
     assert trace.done(1, jnp.zeros(2))
     with pytest.warns(UserWarning, match=r"^train.profile: the trace of steps 1-1 was not "
                                          r"written \(No space left on device\)$"):
         trace.stop()
     assert not said  # no "traced to" line for a trace that is not there
+
+
+def test_a_window_starts_when_the_steps_dispatched_before_it_are_done(tmp_path):
+    # The loops dispatch steps ahead of the device. A trace started while an earlier step
+    # still ran would count its kernels among the window's; a seconds-long program stands for
+    # that step here.
+    said = []
+    trace = StepTrace([1], tmp_path, said.append)
+    earlier = held_back(jnp.int32(0))
+    trace.before(1, earlier)
+    assert earlier.is_ready()
+    assert trace.done(1, jnp.arange(4) * 2)  # the window's own step
+    trace.stop()
+    modules = {e["args"].get("hlo_module") for e in trace_events(tmp_path)}
+    assert modules and not any("held_back" in m for m in modules), modules
+    assert said and said[0].startswith("profile: steps 1-1 traced to")
 
 
 def test_each_process_traces_to_a_folder_of_its_own(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from conftest import (
     VOCAB,
     assert_trees_close,
     fake_gpu,
+    held_back,
     key_mask,
     setup,
     step_inputs,
@@ -86,6 +87,47 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
             assert "No such compile option: 'xla_no_such_option'" in str(e), (name, e)
         else:
             pytest.fail(f"the {name} step compiled without the run's XLA options")
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "glue train", "glue predict"])
+def test_each_step_returns_before_its_input_is_ready(name):
+    # The loops read a step's results at log lines only, so that the host reads, copies and
+    # dispatches the next batch while the device runs this one; a step that waits for its own
+    # result (eqx.filter_jit does, to raise its runtime errors) serialises the two. Here an
+    # input is held back by a seconds-long program: a call that waited would return after it.
+    cfg, optimizer, state, batch, spec = setup(rows=8)
+    arrays = jax.tree.map(jnp.asarray, batch)
+    glue_batch = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["token_type_ids"],
+                  "attention_mask": arrays["attention_mask"],
+                  "labels": arrays["pair_labels"], "valid": jnp.ones(8, bool)}
+    classifier = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2)
+    glue_optimizer = make_optimizer(cfg.optim, eqx.filter(classifier, eqx.is_array))
+    glue_train, predict = make_glue_steps(glue_optimizer, spec.precision, False)
+    glue_state = init_state(classifier, glue_optimizer, cfg.precision)
+    one_device = jax.sharding.make_single_device_sharding(jax.devices()[0])
+    train, evaluate = make_train_step(spec, optimizer, 8), make_eval_step(spec)
+    first_row, mask_key, dropout_key, schedule = step_inputs(0)
+    rows = jnp.int32(8)
+    # Every argument is made (and done) before the held-back program is dispatched: XLA:CPU
+    # runs a small program like a copy on the calling thread, after the programs before it.
+    def fresh():  # the train steps donate (consume) the state they are given
+        return jax.block_until_ready(jax.tree.map(jnp.copy, (state, glue_state)))
+
+    calls = {  # each given its held-back input and a state
+        "train": lambda x, s: train(s[0], arrays, x, mask_key, dropout_key, schedule),
+        "eval": lambda x, s: evaluate(s[0].model, arrays, x, mask_key, rows),
+        "glue train": lambda x, s: glue_train((dict(glue_batch, labels=x), None, SCHEDULE), s[1]),
+        "glue predict": lambda x, s: predict(s[1].model, dict(glue_batch, input_ids=x),
+                                             one_device)}
+    ready = {"train": first_row, "eval": first_row, "glue train": glue_batch["labels"],
+             "glue predict": glue_batch["input_ids"]}[name]
+    # Compiled before, for an input like the held-back one (a program's output).
+    jax.block_until_ready(calls[name](held_back(ready, 1), fresh()))
+    states = fresh()
+    held = held_back(ready)
+    out = calls[name](held, states)
+    assert not held.is_ready(), f"the {name} step waited for its input before returning"
+    jax.block_until_ready(out)
 
 
 def test_train_xla_flags_are_typed_and_checked_by_xla(tmp_path):
