@@ -56,13 +56,9 @@ def run_step(state, batch, spec, optimizer, micro, mesh=None):
     return step(state, batch, jnp.int32(0), jax.random.key(1), jax.random.key(2), SCHEDULE)
 
 
-def test_train_xla_flags_reach_the_compile_of_every_step():
-    # An option XLA does not know fails the compile that receives it (compiler_options checks
-    # train.xla_flags before a run builds its steps; here it is given unchecked): each of the
-    # four steps a run compiles must fail, so each takes the run's options.
-    cfg, optimizer, state, batch, spec = setup(rows=8)
-    spec = dataclasses.replace(spec, xla_options=(("xla_no_such_option", "1"),))
-    arrays = jax.tree.map(jnp.asarray, batch)
+def glue_parts(cfg, spec, arrays):
+    """A GLUE batch made from setup's arrays, and a classifier's state and (train, predict)
+    steps, compiled with spec's XLA options."""
     glue_batch = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["token_type_ids"],
                   "attention_mask": arrays["attention_mask"],
                   "labels": arrays["pair_labels"], "valid": jnp.ones(8, bool)}
@@ -70,7 +66,17 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
     glue_optimizer = make_optimizer(cfg.optim, eqx.filter(classifier, eqx.is_array))
     glue_train, predict = make_glue_steps(glue_optimizer, spec.precision, False,
                                           spec.xla_options)
-    glue_state = init_state(classifier, glue_optimizer, cfg.precision)
+    return glue_batch, init_state(classifier, glue_optimizer, cfg.precision), glue_train, predict
+
+
+def test_train_xla_flags_reach_the_compile_of_every_step():
+    # An option XLA does not know fails the compile that receives it (compiler_options checks
+    # train.xla_flags before a run builds its steps; here it is given unchecked): each of the
+    # four steps a run compiles must fail, so each takes the run's options.
+    cfg, optimizer, state, batch, spec = setup(rows=8)
+    spec = dataclasses.replace(spec, xla_options=(("xla_no_such_option", "1"),))
+    arrays = jax.tree.map(jnp.asarray, batch)
+    glue_batch, glue_state, glue_train, predict = glue_parts(cfg, spec, arrays)
     calls = {
         "train": lambda: run_step(state, batch, spec, optimizer, 8),
         "train, lowered and compiled (as bench/suite_items times it)": lambda: make_train_step(
@@ -78,7 +84,7 @@ def test_train_xla_flags_reach_the_compile_of_every_step():
         "eval": lambda: make_eval_step(spec)(state.model, arrays, jnp.int32(0), jax.random.key(1),
                                              jnp.int32(8)),
         "glue train": lambda: glue_train((glue_batch, None, SCHEDULE), glue_state),
-        "glue predict": lambda: predict(classifier, glue_batch,
+        "glue predict": lambda: predict(glue_state.model, glue_batch,
                                         jax.sharding.make_single_device_sharding(jax.devices()[0]))}
     for name, call in calls.items():
         try:
@@ -97,13 +103,7 @@ def test_each_step_returns_before_its_input_is_ready(name):
     # input is held back by a seconds-long program: a call that waited would return after it.
     cfg, optimizer, state, batch, spec = setup(rows=8)
     arrays = jax.tree.map(jnp.asarray, batch)
-    glue_batch = {"input_ids": arrays["input_ids"], "token_type_ids": arrays["token_type_ids"],
-                  "attention_mask": arrays["attention_mask"],
-                  "labels": arrays["pair_labels"], "valid": jnp.ones(8, bool)}
-    classifier = Bert(cfg.model, key=jax.random.key(0), mlm=False, num_labels=2)
-    glue_optimizer = make_optimizer(cfg.optim, eqx.filter(classifier, eqx.is_array))
-    glue_train, predict = make_glue_steps(glue_optimizer, spec.precision, False)
-    glue_state = init_state(classifier, glue_optimizer, cfg.precision)
+    glue_batch, glue_state, glue_train, predict = glue_parts(cfg, spec, arrays)
     one_device = jax.sharding.make_single_device_sharding(jax.devices()[0])
     train, evaluate = make_train_step(spec, optimizer, 8), make_eval_step(spec)
     first_row, mask_key, dropout_key, schedule = step_inputs(0)
