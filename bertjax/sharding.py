@@ -28,12 +28,22 @@ def with_mesh(step, mesh: Mesh):
     with the model's sharding hints on (bertjax.layers.whole, split_rows): FSDP then gathers each
     parameter before use and keeps activations split by rows, and the compiled step holds no
     all-to-all or collective-permute (tests/test_collectives.py). Only the step's own calls see
-    the mesh: inside `jax.set_mesh`, jitted calls on arrays of one device are refused."""
+    the mesh: inside `jax.set_mesh`, jitted calls on arrays of one device are refused.
+
+    On CPUs a call returns when its result is ready. XLA:CPU runs every device's part of a
+    program on one thread pool, and programs in flight at once that hold collectives (GLUE
+    evaluation batches, which do not depend on each other) can leave one collective short of
+    threads: XLA aborts after 40 s ("Expected 8 threads to join the rendezvous, but only 7 of
+    them arrived"; CI and a stress run, log.md 2026-12-08). Running ahead gains a CPU nothing:
+    XLA:CPU runs small programs on the calling thread after those before them. Elsewhere the
+    host runs ahead of the devices."""
+    wait = mesh.devices.flat[0].platform == "cpu"
 
     @functools.wraps(step)  # keeps attributes such as the train step's `jitted`
     def call(*args, **kwargs):
         with jax.set_mesh(mesh):
-            return step(*args, **kwargs)
+            out = step(*args, **kwargs)
+        return jax.block_until_ready(out) if wait else out
 
     return call
 

@@ -32,7 +32,7 @@ from bertjax.model import Bert
 from bertjax.optim import make_optimizer, schedule_args
 from bertjax.precision import LossScale, Precision, slow_compute_dtype
 from bertjax.pretrain_loop import validation_sums
-from bertjax.sharding import global_batch, make_mesh, shard_params, with_mesh
+from bertjax.sharding import global_batch, make_mesh, replicated, shard_params, with_mesh
 from bertjax.step import (
     StepSpec,
     apply_update,
@@ -128,6 +128,15 @@ def test_each_step_returns_before_its_input_is_ready(name):
     out = calls[name](held, states)
     assert not held.is_ready(), f"the {name} step waited for its input before returning"
     jax.block_until_ready(out)
+
+
+def test_on_cpus_a_step_called_on_the_mesh_returns_when_its_result_is_ready():
+    # The loops call every step through with_mesh. On 8 CPU devices, programs with collectives
+    # in flight at once abort XLA:CPU (a rendezvous short of threads, log.md 2026-12-08), and a
+    # CPU gains nothing by running ahead; so there the call waits.
+    mesh = make_mesh()
+    out = with_mesh(held_back, mesh)(jax.device_put(jnp.int32(0), replicated(mesh)))
+    assert out.is_ready()
 
 
 def test_train_xla_flags_are_typed_and_checked_by_xla(tmp_path):
