@@ -11,7 +11,8 @@ serves every learning rate, warm-up and run length.
 
 The steps are `jax.jit`, not `eqx.filter_jit`: equinox's wrapper waits for each call's result
 (to raise its runtime errors at the call), so the host could not read, copy and dispatch the
-next batch while the device runs this step. Every leaf they take and return is an array.
+next batch while the device runs this step (on CPUs `sharding.with_mesh` waits, for XLA:CPU's
+sake). Every leaf they take and return is an array.
 """
 
 import dataclasses
